@@ -1,0 +1,63 @@
+# pharma-twin: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LANDING ?= landing
+BATCHES ?= 100
+UNITS ?= 6
+SEED ?= 42
+
+.PHONY: demo test lint format bench simulate clean help
+
+help:
+	@echo "make demo   - set up, simulate a plant history into ./$(LANDING) (and, once the pipeline lands, serve the UIs)"
+	@echo "make test   - set up, then lint, dg check defs and the whole test suite"
+	@echo "make bench  - benchmarks; figures go to docs/benchmarks.md"
+	@echo "make lint   - ruff (lint + format check) and mypy"
+
+# The virtualenv is (re)built when missing or when the pins change: one pip resolve,
+# constrained by requirements.lock (see docs/STACK_NOTES in ../shared for why).
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	@if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV); fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pharma_assets pharma_assets_tests dashboards benchmarks
+	$(BIN)/ruff format --check pharma_assets pharma_assets_tests dashboards benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format pharma_assets pharma_assets_tests dashboards benchmarks
+	$(BIN)/ruff check --fix pharma_assets pharma_assets_tests dashboards benchmarks
+
+test: lint
+	$(BIN)/dg check defs
+	$(BIN)/pytest -q -n 2 --durations=10
+
+simulate: $(STAMP)
+	$(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING)
+
+demo: $(STAMP)
+	@if [ -d $(LANDING)/telemetry ]; then \
+	  echo "landing zone $(LANDING)/ already holds a plant history (remove it to simulate a new one)"; \
+	else \
+	  $(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING); \
+	fi
+	@echo
+	@echo "Plant history:  $$(pwd)/$(LANDING)   (telemetry/, mes/, lims/, cmms/)"
+	@echo "Ground truth:   $$(pwd)/ground_truth (fault labels, true trajectories)"
+	@echo "Formats:        docs/data_model.md"
+	@echo "The lakehouse pipeline, Dagster UI and dashboards are not built yet (issue: Foundation 2/2)."
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(LANDING) ground_truth .state .pytest_cache

@@ -1,0 +1,1 @@
+"""pharma-twin: a digital twin platform for biopharmaceutical manufacturing."""

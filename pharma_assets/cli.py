@@ -1,0 +1,133 @@
+"""The `pharma-twin` command line: simulate, live, import (and, later, pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .twin.config import ConfigError, load_plant, load_recipes
+
+app = typer.Typer(help="pharma-twin: a digital twin of a biopharmaceutical plant.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _period_seconds(text: str) -> float:
+    t = text.strip().lower()
+    try:
+        if t.endswith("ms"):
+            return float(t[:-2]) / 1000
+        if t.endswith("s"):
+            return float(t[:-1])
+        if t.endswith("min"):
+            return float(t[:-3]) * 60
+        if t.endswith("m"):
+            return float(t[:-1]) * 60
+        return float(t)
+    except ValueError:
+        raise typer.BadParameter(f"period {text!r} is not a duration like 60s, 1m or 5s") from None
+
+
+def _parse_start(text: str | None) -> datetime | None:
+    if text is None or text == "auto":
+        return None
+    try:
+        d = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"start {text!r} is not an ISO date/time such as 2026-01-05T00:00Z") from None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+PlantOpt = Annotated[Path | None, typer.Option(help="Plant YAML (default: the built-in 6-unit demo plant).")]
+RecipeOpt = Annotated[Path | None, typer.Option(help="Recipe book YAML (default: built-in recipes).")]
+
+
+@app.command()
+def simulate(
+    units: Annotated[int, typer.Option(help="Number of bioreactors.")] = 6,
+    batches: Annotated[int, typer.Option(help="Number of batches in the history.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed and options give identical files.")] = 42,
+    out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
+    truth: Annotated[Path | None, typer.Option(help="Ground-truth folder (default: <out>/../ground_truth).")] = None,
+    period: Annotated[str, typer.Option(help="Simulator step and default sampling period, e.g. 60s or 10s.")] = "60s",
+    start: Annotated[str | None, typer.Option(help="First inoculation (ISO, UTC). Default: end before today.")] = None,
+    plant: PlantOpt = None,
+    recipes: RecipeOpt = None,
+) -> None:
+    """Simulate a plant history into the landing zone, with a progress bar."""
+    from .twin.history import simulate_history
+
+    try:
+        plant_cfg = load_plant(plant).with_units(units)
+        book = load_recipes(recipes)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console) as prog:  # fmt: skip
+        task = prog.add_task("", total=batches)
+
+        def tick(done: int, total: int, batch_id: str) -> None:
+            prog.update(task, completed=done, description=batch_id)
+
+        res = simulate_history(plant_cfg, book, batches, seed, out, truth, _period_seconds(period), _parse_start(start),
+                               progress=tick)  # fmt: skip
+    dt = time.perf_counter() - t0
+    statuses = {s: sum(b.status == s for b in res.plan.batches) for s in ("complete", "aborted")}
+    console.print(
+        f"[green]wrote[/] {res.files_written:,} files, {res.readings_written:,} readings "
+        f"({res.batch_minutes:,.0f} batch-minutes) in {dt:.1f} s\n"
+        f"  batches: {statuses['complete']} complete, {statuses['aborted']} aborted; "
+        f"{len(res.plan.labels)} labelled faults; {len(res.plan.maintenance)} maintenance records\n"
+        f"  landing zone: {res.landing.resolve()}\n  ground truth: {res.ground_truth.resolve()}"
+    )
+
+
+@app.command()
+def live(
+    out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
+    seed: Annotated[int, typer.Option()] = 7,
+    speed: Annotated[float, typer.Option(help="Clock acceleration: 1 = real time, 60 = a process minute per second.")] = 60.0,
+    period: Annotated[str, typer.Option(help="Sampling period (down to 1s).")] = "60s",
+    chunk_minutes: Annotated[float, typer.Option(help="Process minutes per telemetry chunk.")] = 10.0,
+    hours: Annotated[float | None, typer.Option(help="Stop after this many process hours (default: run until Ctrl-C).")] = None,
+    units: Annotated[int, typer.Option(help="Number of bioreactors.")] = 6,
+    plant: PlantOpt = None,
+    recipes: RecipeOpt = None,
+) -> None:
+    """Run the plant live, writing telemetry chunks, MES events and LIMS results as they happen."""
+    from .twin.live import run_live
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    plant_cfg = load_plant(plant).with_units(units)
+    console.print(f"live plant: {units} units, speed x{speed:g}, writing to {out.resolve()} (Ctrl-C stops)")
+    stats = run_live(plant_cfg, load_recipes(recipes), out, seed=seed, speed=speed, period_s=_period_seconds(period),
+                     chunk_minutes=chunk_minutes, hours=hours)  # fmt: skip
+    console.print(f"live mode stopped: {stats.chunks} chunks, {stats.batches_started} batches started, "
+                  f"{stats.batches_finished} finished, {stats.process_hours:.1f} process hours")  # fmt: skip
+
+
+@app.command("import")
+def import_(
+    input: Annotated[Path, typer.Option("--input", help="Historical batch dataset (CSV or Parquet).")],
+    layout: Annotated[str, typer.Option(help="wide (a column per tag) or long (tag and value columns).")],
+    tag_map: Annotated[Path, typer.Option("--tag-map", help="YAML mapping source tags/units to ours.")],
+    out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
+) -> None:
+    """Turn a historical batch dataset into landing files; unmapped columns are reported."""
+    from .importer import import_file
+
+    if layout not in ("wide", "long"):
+        raise typer.BadParameter(f"--layout must be wide or long, got {layout!r}")
+    report = import_file(input, layout, tag_map, out)  # type: ignore[arg-type]
+    console.print(report.summary())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""The landing zone: files dropped by the historian, MES, LIMS and CMMS."""

@@ -1,0 +1,638 @@
+"""Historical-data importer: turn a plant's historical batch export into landing telemetry.
+
+What for: sites that already have batch history (historian or LIMS exports, spreadsheets)
+can feed it through the same pipeline as simulated data. The importer reads a CSV/TSV or
+Parquet file, maps the source's tag names and units to the twin's canonical tags
+(``pharma_assets.twin.config.CANONICAL_TAGS``) and writes landing telemetry Parquet files
+with ``pharma_assets.twin.landing.write_telemetry_chunk``, one file per batch per UTC day::
+
+    <out>/telemetry/<unit_id>/<batch_id>/<YYYYmmddTHHMMSSZ>_<seq:05d>.parquet
+
+Nothing is dropped silently: source columns (wide layout) or tag names (long layout) that
+the tag map does not cover are listed in ``ImportReport.unmapped_columns`` and logged as
+warnings, and cells that are empty or not numbers are written as NaN with quality
+``"bad"`` and counted in ``ImportReport.bad_values``. Structural problems (a missing id or
+time column, an unparseable timestamp, duplicate readings) stop the import with a
+``ValueError`` before any file is written.
+
+Layouts
+-------
+``wide``
+    one row per time point per batch, one column per source tag::
+
+        Time,Batch,Reactor,Temp_K,pH
+        2024-03-01T00:00:00Z,B001,BR01,310.15,7.01
+
+``long``
+    one row per reading: timestamp, batch, (unit), tag name and value columns, named by
+    ``columns.tag`` and ``columns.value``::
+
+        Time,Batch,Reactor,Tag,Value
+        2024-03-01T00:00:00Z,B001,BR01,Temp_K,310.15
+
+    Tags need not share time stamps (e.g. pH every 10 min, an offline value hourly); no
+    filler readings are invented for the gaps.
+
+Tag map (YAML)
+--------------
+::
+
+    site_id: SITE01            # site of every reading unless columns.site_id names a column
+    columns:                   # which source columns hold ids and time
+      timestamp: Time          # required; ISO 8601 timestamps, or numbers = hours since the
+                               #   batch start when columns.batch_start is given
+      batch_id: Batch          # required
+      unit_id: Reactor         # optional; else default_unit_id (one of the two is required)
+      site_id: Site            # optional; else site_id above
+      batch_start: Start       # optional; ISO batch start time for numeric (hours) timestamps
+      tag: Tag                 # long layout only (required there): tag-name column
+      value: Value             # long layout only (required there): value column
+    default_unit_id: BR01
+    timezone: UTC              # IANA zone of naive timestamps (e.g. Europe/Berlin); default UTC
+    tags:                      # source tag/column name -> canonical tag and source unit
+      Temp_K: {tag: temperature_c, from_uom: K}
+      pH: {tag: ph, from_uom: pH}
+      DO_percent: {tag: dissolved_oxygen_pct, from_uom: "%"}
+      Pressure_mbar: {tag: headspace_pressure_bar, from_uom: mbar}
+
+Rules checked when the map is loaded: every ``tag`` must be canonical, ``from_uom`` must
+equal the canonical unit or have a conversion in ``SUPPORTED_CONVERSIONS`` (else the error
+names the tag and both units), no two source tags may map to the same canonical tag, and
+``timezone`` must be a known IANA zone. Timestamps with an offset (``Z``, ``+02:00``) are
+converted to UTC; naive ones are read in ``timezone`` (the earlier instant when a local
+time is ambiguous at a DST change). Unit conversions are linear only: gauge versus
+absolute pressure is not converted.
+
+A documented example lives in ``docs/examples/tag_map_example.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import polars as pl
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .twin.config import CANONICAL_TAGS, ConfigError
+from .twin.landing import QUALITY_CODES, chunk_path, write_telemetry_chunk
+
+__all__ = [
+    "SUPPORTED_CONVERSIONS",
+    "ColumnMap",
+    "ImportReport",
+    "TagMap",
+    "TagMapping",
+    "convert_values",
+    "import_file",
+    "load_tag_map",
+]
+
+log = logging.getLogger(__name__)
+
+GOOD = QUALITY_CODES.index("good")
+BAD = QUALITY_CODES.index("bad")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 24 * _US_PER_HOUR
+_MAX_EXAMPLES = 5
+_SEQ_RE = re.compile(r"_(\d+)\.parquet$")
+
+# (from_uom, canonical uom) -> (scale, offset): canonical = source * scale + offset.
+SUPPORTED_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
+    ("K", "degC"): (1.0, -273.15),
+    ("degF", "degC"): (5.0 / 9.0, -32.0 * 5.0 / 9.0),
+    ("mbar", "bar"): (1e-3, 0.0),
+    ("hPa", "bar"): (1e-3, 0.0),
+    ("kPa", "bar"): (1e-2, 0.0),
+    ("Pa", "bar"): (1e-5, 0.0),
+    ("psi", "bar"): (0.06894757293168361, 0.0),  # 1 psi = 6894.757293168361 Pa
+    ("L/h", "mL/h"): (1e3, 0.0),
+    ("mL/min", "mL/h"): (60.0, 0.0),
+    ("m3", "L"): (1e3, 0.0),
+    ("mL", "L"): (1e-3, 0.0),
+    ("L", "mL"): (1e3, 0.0),
+    ("kPa", "mmHg"): (7.500615758456563, 0.0),  # 1 mmHg = 133.322387415 Pa
+    ("mA", "A"): (1e-3, 0.0),
+}
+
+
+def _conversion(tag: str, from_uom: str) -> tuple[float, float]:
+    """Scale and offset taking ``from_uom`` to the canonical unit of ``tag``."""
+    to_uom = CANONICAL_TAGS[tag]
+    if from_uom == to_uom:
+        return 1.0, 0.0
+    try:
+        return SUPPORTED_CONVERSIONS[(from_uom, to_uom)]
+    except KeyError:
+        known = sorted({to_uom} | {f for f, t in SUPPORTED_CONVERSIONS if t == to_uom})
+        raise ValueError(
+            f"no unit conversion from {from_uom!r} to {to_uom!r} for tag {tag!r}; "
+            f"supported source units for {to_uom!r}: {known}"
+        ) from None
+
+
+def convert_values(values: np.ndarray, tag: str, from_uom: str) -> np.ndarray:
+    """Convert ``values`` measured in ``from_uom`` to the canonical unit of ``tag``.
+
+    Raises ``ValueError`` naming the tag and both units when no conversion is known.
+    """
+    if tag not in CANONICAL_TAGS:
+        raise ValueError(f"unknown tag {tag!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
+    scale, offset = _conversion(tag, from_uom)
+    out = np.asarray(values, dtype=np.float64)
+    if scale == 1.0 and offset == 0.0:
+        return out.copy()
+    return out * scale + offset
+
+
+# ---------------------------------------------------------------- tag map
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagMapping(_Model):
+    """One source tag: the canonical tag it feeds and the unit the source records it in."""
+
+    tag: str
+    from_uom: str = Field(min_length=1)
+
+    @field_validator("tag")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        if v not in CANONICAL_TAGS:
+            raise ValueError(f"unknown tag {v!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _convertible(self) -> TagMapping:
+        _conversion(self.tag, self.from_uom)
+        return self
+
+    @property
+    def uom(self) -> str:
+        """Canonical unit the readings are written in."""
+        return CANONICAL_TAGS[self.tag]
+
+
+class ColumnMap(_Model):
+    """Names of the source columns that hold ids, time and (long layout) tag and value."""
+
+    timestamp: str = Field(min_length=1)
+    batch_id: str = Field(min_length=1)
+    unit_id: str | None = Field(default=None, min_length=1)
+    site_id: str | None = Field(default=None, min_length=1)
+    batch_start: str | None = Field(default=None, min_length=1)
+    tag: str | None = Field(default=None, min_length=1)
+    value: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ColumnMap:
+        names = [v for v in self.model_dump().values() if v is not None]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"column(s) {dupes} are named for more than one role")
+        return self
+
+    def id_fields(self, layout: str) -> dict[str, str]:
+        """Role -> source column for the non-tag columns used by ``layout``."""
+        roles = ["timestamp", "batch_id", "unit_id", "site_id", "batch_start"]
+        if layout == "long":
+            roles += ["tag", "value"]
+        return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
+
+
+class TagMap(_Model):
+    """Validated tag map: how one source's export maps onto canonical landing telemetry."""
+
+    site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
+    columns: ColumnMap
+    default_unit_id: str | None = Field(default=None, min_length=1)
+    timezone: str = "UTC"
+    tags: dict[str, TagMapping] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'UTC'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TagMap:
+        if self.columns.site_id is None and self.site_id is None:
+            raise ValueError("site_id is required when columns.site_id is not given")
+        if self.columns.unit_id is None and self.default_unit_id is None:
+            raise ValueError("default_unit_id is required when columns.unit_id is not given")
+        targets = [m.tag for m in self.tags.values()]
+        dupes = sorted({t for t in targets if targets.count(t) > 1})
+        if dupes:
+            sources = {t: [s for s, m in self.tags.items() if m.tag == t] for t in dupes}
+            raise ValueError(f"several source tags map to the same canonical tag: {sources}")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_tag_map(path: Path) -> TagMap:
+    """Load and validate a tag-map YAML file.
+
+    Raises ``ConfigError`` (a ``ValueError``) whose message names the file and the field.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"tag map {p} does not exist")
+    try:
+        data: Any = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"tag map {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"tag map {p} must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return TagMap.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"tag map {p} is invalid: {problems}") from e
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass
+class ImportReport:
+    """What an import read and wrote; ``summary()`` is meant for people (CLI, logs)."""
+
+    rows_read: int
+    readings_written: int
+    files_written: list[Path]
+    batches: list[str]
+    unmapped_columns: list[str]
+    bad_values: int
+    source: Path | None = None
+    layout: str = ""
+    missing_tags: list[str] = field(default_factory=list)  # mapped source tags absent from file
+    skipped_rows: int = 0  # long layout: rows whose tag name is unmapped (not imported)
+
+    def summary(self) -> str:
+        """Multi-line human-readable summary naming unmapped columns and bad values."""
+        src = f"{self.source} ({self.layout} layout)" if self.source else f"{self.layout} layout"
+        lines = [
+            f"Imported {src}",
+            f"  rows read:        {self.rows_read}",
+            f"  readings written: {self.readings_written} in {len(self.files_written)} file(s)",
+            f"  batches ({len(self.batches)}):      {', '.join(self.batches) or '-'}",
+            f"  bad values:       {self.bad_values} (empty or non-numeric; written as NaN, quality 'bad')",
+        ]
+        if self.unmapped_columns:
+            lines.append(
+                f"  NOT imported, not in tag map ({len(self.unmapped_columns)}): "
+                + ", ".join(self.unmapped_columns)
+            )
+        else:
+            lines.append("  unmapped columns: none")
+        if self.skipped_rows:
+            lines.append(f"  rows skipped (unmapped tag names): {self.skipped_rows}")
+        if self.missing_tags:
+            lines.append("  mapped tags absent from the file: " + ", ".join(self.missing_tags))
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _read_table(src: Path) -> pl.DataFrame:
+    """Read a CSV/TSV (every column as text, so we do the parsing) or Parquet file."""
+    if not src.is_file():
+        raise FileNotFoundError(f"input file {src} does not exist")
+    suffix = src.suffix.lower()
+    if suffix in (".csv", ".tsv", ".tab", ".txt"):
+        sep = "\t" if suffix in (".tsv", ".tab") else ","
+        return pl.read_csv(src, separator=sep, infer_schema=False)
+    if suffix in (".parquet", ".pq"):
+        return pl.read_parquet(src)
+    raise ValueError(f"{src}: unsupported file type {suffix!r}; use .csv, .tsv or .parquet")
+
+
+def _examples(rows: np.ndarray, values: pl.Series) -> str:
+    """'row 3: 'x', row 9: None' for the first few offending (1-based data) rows."""
+    shown = [f"row {int(r) + 1}: {values[int(r)]!r}" for r in rows[:_MAX_EXAMPLES]]
+    more = f" and {len(rows) - _MAX_EXAMPLES} more" if len(rows) > _MAX_EXAMPLES else ""
+    return ", ".join(shown) + more
+
+
+def _parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values as float64 and a mask of cells that are empty, non-numeric or not finite."""
+    if s.dtype.is_numeric() or s.dtype == pl.Boolean:
+        num = s.cast(pl.Float64)
+    else:
+        num = s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    vals = num.fill_null(float("nan")).to_numpy().astype(np.float64, copy=True)
+    bad = ~np.isfinite(vals)
+    vals[bad] = np.nan
+    return vals, bad
+
+
+def _text(s: pl.Series, src: Path, role: str) -> pl.Series:
+    """Column as stripped text; an empty cell is an error naming the role and rows."""
+    out = s.cast(pl.String).str.strip_chars()
+    empty = out.is_null() | (out == "")
+    if empty.any():
+        rows = np.flatnonzero(empty.to_numpy())
+        raise ValueError(
+            f"{src}: {len(rows)} empty value(s) in {role} column {s.name!r} ({_examples(rows, s)})"
+        )
+    return out
+
+
+def _ids(s: pl.Series, src: Path, role: str) -> pl.Series:
+    """Id column as stripped text; empty ids and ids unsafe as folder names are errors."""
+    out = _text(s, src, role)
+    unsafe = out.str.contains(r"[/\\\x00]") | out.str.starts_with(".")
+    if unsafe.any():
+        rows = np.flatnonzero(unsafe.to_numpy())
+        raise ValueError(
+            f"{src}: {role} values must not contain '/' or '\\' or start with '.' "
+            f"(they become folder names): {_examples(rows, s)}"
+        )
+    return out
+
+
+def _iso_to_us(text: str, zone: ZoneInfo) -> int | None:
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=zone)
+    return (dt - _EPOCH) // _ONE_US
+
+
+def _instants_us(s: pl.Series, zone: ZoneInfo) -> pl.Series:
+    """Absolute instants as Int64 microseconds since the epoch (null where unparseable)."""
+    if s.dtype == pl.Date:
+        s = s.cast(pl.Datetime("us"))
+    if isinstance(s.dtype, pl.Datetime):
+        if s.dtype.time_zone is None:
+            s = s.dt.replace_time_zone(zone.key, ambiguous="earliest", non_existent="null")
+        return s.dt.convert_time_zone("UTC").dt.cast_time_unit("us").dt.epoch("us")
+    text = s.cast(pl.String)
+    uniq = text.drop_nulls().unique()
+    mapping = {u: _iso_to_us(u, zone) for u in uniq.to_list()}
+    return text.replace_strict(mapping, default=None, return_dtype=pl.Int64)
+
+
+def _looks_numeric(s: pl.Series) -> bool:
+    if s.dtype.is_numeric():
+        return True
+    if s.dtype != pl.String:
+        return False
+    present = s.drop_nulls()
+    if present.len() == 0:
+        return False
+    return present.str.strip_chars().cast(pl.Float64, strict=False).null_count() == 0
+
+
+def _timestamps_us(df: pl.DataFrame, tm: TagMap, src: Path) -> np.ndarray:
+    """Reading times as int64 microseconds since the epoch, UTC; any failure is an error."""
+    col = tm.columns.timestamp
+    s = df[col]
+    if _looks_numeric(s):
+        if tm.columns.batch_start is None:
+            raise ValueError(
+                f"{src}: timestamps in column {col!r} are numbers; to read them as hours since "
+                "batch start set columns.batch_start in the tag map"
+            )
+        hours = s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        start = _instants_us(df[tm.columns.batch_start], tm.zone)
+        if start.null_count():
+            rows = np.flatnonzero(start.is_null().to_numpy())
+            raise ValueError(
+                f"{src}: unparseable batch start in column {tm.columns.batch_start!r} "
+                f"({_examples(rows, df[tm.columns.batch_start])})"
+            )
+        ts = start + (hours * _US_PER_HOUR).round(0).cast(pl.Int64)
+    else:
+        ts = _instants_us(s, tm.zone)
+    if ts.null_count():
+        rows = np.flatnonzero(ts.is_null().to_numpy())
+        raise ValueError(
+            f"{src}: {len(rows)} timestamp(s) in column {col!r} are empty or not ISO 8601 "
+            f"({_examples(rows, s)})"
+        )
+    return ts.to_numpy().astype(np.int64)
+
+
+# ---------------------------------------------------------------- import
+
+
+def _check_columns(df: pl.DataFrame, tm: TagMap, layout: str, src: Path) -> dict[str, str]:
+    if layout == "long":
+        for role in ("tag", "value"):
+            if getattr(tm.columns, role) is None:
+                raise ValueError(
+                    f"long layout needs columns.{role} in the tag map (importing {src})"
+                )
+    roles = tm.columns.id_fields(layout)
+    for role, name in roles.items():
+        if name not in df.columns:
+            raise ValueError(
+                f"{src}: column {name!r} (tag map columns.{role}) not found; "
+                f"the file has columns {df.columns}"
+            )
+    if layout == "wide":
+        clash = sorted(set(roles.values()) & set(tm.tags))
+        if clash:
+            raise ValueError(f"tag map names {clash} both as id/time column and as a tag")
+    return roles
+
+
+def _frame(
+    ids: pl.DataFrame, tag_idx: int | np.ndarray, vals: np.ndarray, bad: np.ndarray
+) -> pl.DataFrame:
+    n = len(vals)
+    tags = np.full(n, tag_idx, dtype=np.int32) if isinstance(tag_idx, int) else tag_idx
+    return ids.with_columns(
+        pl.Series("tag_idx", tags, dtype=pl.Int32),
+        pl.Series("value", vals, dtype=pl.Float64),
+        pl.Series("quality", np.where(bad, BAD, GOOD).astype(np.int8), dtype=pl.Int8),
+    )
+
+
+def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
+    c = tm.columns
+    n = df.height
+    site = _ids(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
+    unit = _ids(df[c.unit_id], src, "unit_id") if c.unit_id else pl.Series([tm.default_unit_id] * n)
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(_timestamps_us(df, tm, src), dtype=pl.Int64),
+            "site_id": site.cast(pl.String),
+            "unit_id": unit.cast(pl.String),
+            "batch_id": _ids(df[c.batch_id], src, "batch_id"),
+        }
+    )
+
+
+def _next_seq(folder: Path) -> int:
+    """First free sequence number in a landing folder (files already there are kept)."""
+    seqs = [int(m.group(1)) for p in folder.glob("*.parquet") if (m := _SEQ_RE.search(p.name))]
+    return max(seqs, default=0) + 1
+
+
+def import_file(
+    input: Path,
+    layout: Literal["wide", "long"],
+    tag_map: Path | TagMap,
+    out: Path,
+) -> ImportReport:
+    """Import one historical file into landing telemetry under ``out``.
+
+    ``tag_map`` is a ``TagMap`` or the path of a tag-map YAML file (see module docstring).
+    Writes one telemetry Parquet file per batch per UTC day and returns what was read,
+    written and left out. Raises ``ValueError`` for structural problems (missing columns,
+    bad timestamps or ids, duplicate readings) before writing anything.
+    """
+    src = Path(input)
+    root = Path(out)
+    if layout not in ("wide", "long"):
+        raise ValueError(f"layout must be 'wide' or 'long', got {layout!r}")
+    tm = tag_map if isinstance(tag_map, TagMap) else load_tag_map(Path(tag_map))
+    df = _read_table(src)
+    roles = _check_columns(df, tm, layout, src)
+    id_cols = set(roles.values())
+    order = {m.tag: i for i, m in enumerate(tm.tags.values())}
+    canon = [m.tag for m in tm.tags.values()]
+    parts: list[pl.DataFrame] = []
+    rows_read = df.height
+    skipped = 0
+
+    if layout == "wide":
+        unmapped = [c for c in df.columns if c not in id_cols and c not in tm.tags]
+        missing = [s for s in tm.tags if s not in df.columns]
+        present = [s for s in tm.tags if s in df.columns]
+        if not present and df.height:
+            raise ValueError(
+                f"{src}: none of the tag map's source tags {list(tm.tags)} is a column"
+            )
+        ids = _id_frame(df, tm, src)
+        for source in present:
+            m = tm.tags[source]
+            vals, bad = _parse_numbers(df[source])
+            parts.append(_frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom), bad))
+    else:
+        assert tm.columns.tag is not None and tm.columns.value is not None
+        names = _text(df[tm.columns.tag], src, "tag")
+        extra_cols = [c for c in df.columns if c not in id_cols]
+        seen = names.unique(maintain_order=True).to_list()
+        unmapped = extra_cols + [t for t in seen if t not in tm.tags]
+        seen_set = set(seen)
+        missing = [s for s in tm.tags if s not in seen_set]
+        mapped = names.is_in(list(tm.tags)).to_numpy()
+        skipped = int((~mapped).sum())
+        df, names = df.filter(pl.Series(mapped)), names.filter(pl.Series(mapped))
+        ids = _id_frame(df, tm, src)
+        vals, bad = _parse_numbers(df[tm.columns.value])
+        tag_idx = np.zeros(df.height, dtype=np.int32)
+        name_arr = names.to_numpy()
+        for source, m in tm.tags.items():
+            sel = name_arr == source
+            if sel.any():
+                vals[sel] = convert_values(vals[sel], m.tag, m.from_uom)
+                tag_idx[sel] = order[m.tag]
+        parts.append(_frame(ids, tag_idx, vals, bad))
+
+    if unmapped:
+        what = "columns" if layout == "wide" else "columns/tag names"
+        log.warning("%s: %d source %s not in the tag map, NOT imported: %s",
+                    src, len(unmapped), what, ", ".join(unmapped))  # fmt: skip
+    if missing:
+        log.warning("%s: mapped source tags absent from the file: %s", src, ", ".join(missing))
+
+    readings = pl.concat(parts) if parts else pl.DataFrame()
+    report = ImportReport(
+        rows_read=rows_read, readings_written=0, files_written=[], batches=[],
+        unmapped_columns=unmapped, bad_values=0, source=src, layout=layout,
+        missing_tags=missing, skipped_rows=skipped,
+    )  # fmt: skip
+    if readings.is_empty():
+        return report
+
+    key = ["site_id", "unit_id", "batch_id", "ts", "tag_idx"]
+    dup = readings.select(key).is_duplicated()
+    if dup.any():
+        ex = readings.filter(dup).select(key).head(_MAX_EXAMPLES).to_dicts()
+        for e in ex:
+            e["ts"] = (_EPOCH + e["ts"] * _ONE_US).isoformat()
+            e["tag"] = canon[e.pop("tag_idx")]
+        raise ValueError(
+            f"{src}: {int(dup.sum())} readings share batch, unit, time and tag with another "
+            f"(duplicate rows, or naive local times repeated at a DST change?); e.g. {ex}"
+        )
+
+    report.bad_values = int((readings["quality"] == BAD).sum())
+    if report.bad_values:
+        log.warning("%s: %d empty or non-numeric value(s) written as NaN with quality 'bad'",
+                    src, report.bad_values)  # fmt: skip
+
+    readings = readings.with_columns((pl.col("ts") // _US_PER_DAY).alias("day")).sort(key)
+    next_seq: dict[Path, int] = {}
+    for chunk in readings.partition_by(
+        ["site_id", "unit_id", "batch_id", "day"], maintain_order=True
+    ):
+        site, unit, batch = chunk["site_id"][0], chunk["unit_id"][0], chunk["batch_id"][0]
+        folder = root / "telemetry" / unit / batch
+        if folder not in next_seq:
+            next_seq[folder] = _next_seq(folder)
+            if next_seq[folder] > 1:
+                log.warning("%s already holds telemetry files; new files are added after them "
+                            "(importing the same data twice duplicates readings)", folder)  # fmt: skip
+        ts = chunk["ts"].to_numpy()
+        uniq_ts, t_row = np.unique(ts, return_inverse=True)
+        tix = chunk["tag_idx"].to_numpy()
+        used = np.unique(tix)  # tag-map order
+        t_col = np.searchsorted(used, tix)
+        shape = (len(uniq_ts), len(used))
+        values = np.full(shape, np.nan)
+        quality = np.full(shape, BAD, dtype=np.int8)
+        mask = np.zeros(shape, dtype=bool)
+        values[t_row, t_col] = chunk["value"].to_numpy()
+        quality[t_row, t_col] = chunk["quality"].to_numpy()
+        mask[t_row, t_col] = True
+        first = _EPOCH + int(uniq_ts[0]) * _ONE_US
+        path = chunk_path(root, "telemetry", unit, batch, first, next_seq[folder], "parquet")
+        next_seq[folder] += 1
+        tags = [canon[i] for i in used]
+        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [CANONICAL_TAGS[t] for t in tags],
+                              values, quality, mask=None if mask.all() else mask)  # fmt: skip
+        report.files_written.append(path)
+        report.readings_written += chunk.height
+        if batch not in report.batches:
+            report.batches.append(batch)
+    report.batches.sort()
+    log.info("%s: %d readings of %d batches written to %d files under %s", src,
+             report.readings_written, len(report.batches), len(report.files_written), root)  # fmt: skip
+    return report

@@ -1,0 +1,1 @@
+"""The process twin: plant configuration, mechanistic bioreactor model, equipment, faults."""

@@ -1,0 +1,181 @@
+"""Live mode: run the plant on a real-time or accelerated clock, writing landing chunks.
+
+Each unit runs its planned batches one after another. Every ``chunk_minutes`` of process
+time a telemetry chunk is written per running batch; MES events are written when they
+happen (batch start, phase change, batch end); LIMS results when the daily sample or the
+release assays are due. The clock runs ``speed`` times faster than real time (1 = real
+time). Batch ids continue after the highest sequence number already in the landing zone,
+so live batches follow a simulated history.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from .config import PlantConfig, RecipeBook
+from .engine import Engine
+from .history import mes_events, tag_strides
+from .landing import chunk_path, write_jsonl, write_lims_csv, write_telemetry_chunk
+from .outputs import batch_history_summary, lab_samples, release_assays, telemetry_signals
+from .plant import BatchPlan, plan_history
+
+log = logging.getLogger(__name__)
+_SEQ = re.compile(r"-B(\d+)$")
+
+
+def next_sequence(landing: Path, unit_id: str) -> int:
+    """1 + the highest batch sequence of ``unit_id`` already in the landing zone."""
+    folder = Path(landing) / "mes" / unit_id
+    seqs = [int(m.group(1)) for p in folder.glob("*") if (m := _SEQ.search(p.name))] if folder.exists() else []
+    return max(seqs, default=0) + 1
+
+
+@dataclass
+class _Running:
+    plan: BatchPlan
+    engine: Engine
+    rng: np.random.Generator
+    k: int = 0
+    seq: int = 0
+    buffer: list[dict[str, np.ndarray]] = field(default_factory=list)
+    history: list[dict[str, np.ndarray]] = field(default_factory=list)
+    emitted_events: int = 0
+
+
+@dataclass
+class LiveStats:
+    chunks: int = 0
+    batches_started: int = 0
+    batches_finished: int = 0
+    process_hours: float = 0.0
+
+
+def run_live(
+    plant: PlantConfig,
+    recipes: RecipeBook,
+    out: Path,
+    seed: int = 0,
+    speed: float = 60.0,
+    period_s: float = 60.0,
+    chunk_minutes: float = 10.0,
+    hours: float | None = None,
+    batches_per_unit: int = 50,
+    start: datetime | None = None,
+    on_chunk: Callable[[Path], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> LiveStats:
+    """Run until ``hours`` of process time have passed (forever when None) or Ctrl-C."""
+    out = Path(out)
+    dt_h = period_s / 3600.0
+    strides = tag_strides(plant, period_s)
+    tags = [t.tag for t in plant.tags]
+    uoms = [t.uom for t in plant.tags]
+    t0 = (start or datetime.now(UTC)).replace(microsecond=0)
+    queues: dict[str, list[BatchPlan]] = {}
+    for ui, unit in enumerate(plant.units):
+        one = plant.with_units(len(plant.units)).model_copy(
+            update={"areas": [plant.areas[0].model_copy(update={"units": [unit]})]}
+        )
+        first = next_sequence(out, unit.unit_id)
+        p = plan_history(one, recipes, batches_per_unit, seed=seed * 100 + ui, start=t0 + timedelta(minutes=5 * ui))
+        for b in p.batches:  # renumber after the history already landed
+            b.seq = first + b.seq - 1
+            b.batch_id = f"{unit.unit_id}-B{b.seq:04d}"
+            b.lots["inoculum_lot"] = f"INO-{b.batch_id}"
+        queues[unit.unit_id] = p.batches
+    stats = LiveStats()
+    running: dict[str, _Running] = {}
+    chunk_steps = max(1, round(chunk_minutes / 60.0 / dt_h))
+    spd = round(24 / dt_h)
+    wall0 = time.monotonic()
+    step = 0
+    now = t0
+
+    def flush(r: _Running) -> None:
+        if not r.buffer:
+            return
+        rec = {k: np.concatenate([b[k] for b in r.buffer]) for k in r.buffer[0]}
+        k_first = r.k - len(rec["T"])
+        sig = telemetry_signals(rec, r.engine.inputs, dt_h, k_first, r.rng)
+        vals = np.stack([sig[t][:, 0] for t in tags], axis=-1)
+        ks = np.arange(k_first, r.k)
+        mask = np.stack([(ks % s) == 0 for s in strides], axis=-1)
+        q = r.rng.random(vals.shape)
+        qual = np.where(q < 1e-4, 2, np.where(q < 6e-4, 1, 0)).astype(np.int8)
+        b = r.plan
+        ts_us = int(b.start.timestamp() * 1e6) + ks.astype(np.int64) * round(period_s * 1e6)
+        r.seq += 1
+        path = chunk_path(out, "telemetry", b.unit_id, b.batch_id, b.start + timedelta(hours=k_first * dt_h), r.seq, "parquet")
+        write_telemetry_chunk(path, ts_us, b.site_id, b.unit_id, b.batch_id, tags, uoms, vals, qual, None if mask.all() else mask)
+        stats.chunks += 1
+        r.buffer.clear()
+        if on_chunk:
+            on_chunk(path)
+
+    def emit_events(r: _Running, upto: datetime) -> None:
+        evs = mes_events(r.plan)
+        due = [e for e in evs if e["event_ts"] <= upto]
+        new = due[r.emitted_events :]
+        if new:
+            write_jsonl(chunk_path(out, "mes", r.plan.unit_id, r.plan.batch_id, new[0]["event_ts"],
+                                   r.emitted_events + 1, "jsonl"), new)  # fmt: skip
+            r.emitted_events = len(due)
+
+    try:
+        while hours is None or step * dt_h < hours:
+            now = t0 + timedelta(hours=step * dt_h)
+            for uid, q in queues.items():
+                if uid not in running and q and q[0].start <= now:
+                    b = q.pop(0)
+                    inputs = b.engine_inputs()
+                    running[uid] = _Running(b, Engine(inputs, dt_h=dt_h, seed=seed + b.seq), np.random.default_rng([seed, b.seq]))
+                    stats.batches_started += 1
+                    log.info("started %s on %s", b.batch_id, uid)
+            for uid in list(running):
+                r = running[uid]
+                rec = r.engine.run(1)
+                r.buffer.append(rec)
+                r.history.append({k: rec[k] for k in ("Xv", "Xd", "G", "Gln", "L", "A", "P", "pH", "pco2", "osm", "T", "B", "DO")})
+                if r.k % spd == 0:
+                    ts = r.plan.start + timedelta(hours=r.k * dt_h + 0.25)
+                    rows = [(f"{r.plan.batch_id}-S{r.k // spd:02d}", r.plan.site_id, uid, r.plan.batch_id, ts,
+                             "in_process", a, v, u) for a, v, u in lab_samples(rec, np.int64(0), 0, r.rng)]  # fmt: skip
+                    write_lims_csv(chunk_path(out, "lims", uid, r.plan.batch_id, ts, r.k // spd + 1, "csv"), rows)
+                r.k += 1
+                emit_events(r, now)
+                finished = r.k * dt_h >= r.plan.end_h
+                if len(r.buffer) >= chunk_steps or finished:
+                    flush(r)
+                if finished:
+                    hist_rec = {k: np.concatenate([h[k] for h in r.history]) for k in r.history[0]}
+                    hist = batch_history_summary(hist_rec, r.engine.inputs, 0, r.k, dt_h)
+                    rel = release_assays(hist, r.plan.lot_attributes["media_mn_ppb"], r.plan.status == "complete", r.rng)
+                    ts = r.plan.end
+                    write_lims_csv(chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
+                                   [(f"{r.plan.batch_id}-REL", r.plan.site_id, uid, r.plan.batch_id, ts, "release", a, v, u)
+                                    for a, v, u in rel])  # fmt: skip
+                    emit_events(r, r.plan.end + timedelta(seconds=1))
+                    del running[uid]
+                    stats.batches_finished += 1
+            step += 1
+            stats.process_hours = step * dt_h
+            if speed > 0:
+                lag = (step * period_s / speed) - (time.monotonic() - wall0)
+                if lag > 0:
+                    sleep(lag)
+    except KeyboardInterrupt:
+        log.info("live mode interrupted; flushing partial chunks")
+    for r in running.values():
+        flush(r)
+    return stats
+
+
+__all__ = ["LiveStats", "next_sequence", "run_live"]
