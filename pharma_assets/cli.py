@@ -14,7 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .twin.config import ConfigError, load_plant, load_recipes
 
-app = typer.Typer(help="pharma-twin: a digital twin of a biopharmaceutical plant.", no_args_is_help=True)
+app = typer.Typer(
+    help="pharma-twin: a digital twin of a biopharmaceutical plant.", no_args_is_help=True
+)
 console = Console(stderr=True)
 
 
@@ -40,23 +42,37 @@ def _parse_start(text: str | None) -> datetime | None:
     try:
         d = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(f"start {text!r} is not an ISO date/time such as 2026-01-05T00:00Z") from None
+        raise typer.BadParameter(
+            f"start {text!r} is not an ISO date/time such as 2026-01-05T00:00Z"
+        ) from None
     return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
-PlantOpt = Annotated[Path | None, typer.Option(help="Plant YAML (default: the built-in 6-unit demo plant).")]
-RecipeOpt = Annotated[Path | None, typer.Option(help="Recipe book YAML (default: built-in recipes).")]
+PlantOpt = Annotated[
+    Path | None, typer.Option(help="Plant YAML (default: the built-in 6-unit demo plant).")
+]
+RecipeOpt = Annotated[
+    Path | None, typer.Option(help="Recipe book YAML (default: built-in recipes).")
+]
 
 
 @app.command()
 def simulate(
     units: Annotated[int, typer.Option(help="Number of bioreactors.")] = 6,
     batches: Annotated[int, typer.Option(help="Number of batches in the history.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed and options give identical files.")] = 42,
+    seed: Annotated[
+        int, typer.Option(help="Seed: the same seed and options give identical files.")
+    ] = 42,
     out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
-    truth: Annotated[Path | None, typer.Option(help="Ground-truth folder (default: <out>/../ground_truth).")] = None,
-    period: Annotated[str, typer.Option(help="Simulator step and default sampling period, e.g. 60s or 10s.")] = "60s",
-    start: Annotated[str | None, typer.Option(help="First inoculation (ISO, UTC). Default: end before today.")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Ground-truth folder (default: <out>/../ground_truth).")
+    ] = None,
+    period: Annotated[
+        str, typer.Option(help="Simulator step and default sampling period, e.g. 60s or 10s.")
+    ] = "60s",
+    start: Annotated[
+        str | None, typer.Option(help="First inoculation (ISO, UTC). Default: end before today.")
+    ] = None,
     plant: PlantOpt = None,
     recipes: RecipeOpt = None,
 ) -> None:
@@ -93,10 +109,18 @@ def simulate(
 def live(
     out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
     seed: Annotated[int, typer.Option()] = 7,
-    speed: Annotated[float, typer.Option(help="Clock acceleration: 1 = real time, 60 = a process minute per second.")] = 60.0,
+    speed: Annotated[
+        float,
+        typer.Option(help="Clock acceleration: 1 = real time, 60 = a process minute per second."),
+    ] = 60.0,
     period: Annotated[str, typer.Option(help="Sampling period (down to 1s).")] = "60s",
-    chunk_minutes: Annotated[float, typer.Option(help="Process minutes per telemetry chunk.")] = 10.0,
-    hours: Annotated[float | None, typer.Option(help="Stop after this many process hours (default: run until Ctrl-C).")] = None,
+    chunk_minutes: Annotated[
+        float, typer.Option(help="Process minutes per telemetry chunk.")
+    ] = 10.0,
+    hours: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many process hours (default: run until Ctrl-C)."),
+    ] = None,
     units: Annotated[int, typer.Option(help="Number of bioreactors.")] = 6,
     plant: PlantOpt = None,
     recipes: RecipeOpt = None,
@@ -106,7 +130,9 @@ def live(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     plant_cfg = load_plant(plant).with_units(units)
-    console.print(f"live plant: {units} units, speed x{speed:g}, writing to {out.resolve()} (Ctrl-C stops)")
+    console.print(
+        f"live plant: {units} units, speed x{speed:g}, writing to {out.resolve()} (Ctrl-C stops)"
+    )
     stats = run_live(plant_cfg, load_recipes(recipes), out, seed=seed, speed=speed, period_s=_period_seconds(period),
                      chunk_minutes=chunk_minutes, hours=hours)  # fmt: skip
     console.print(f"live mode stopped: {stats.chunks} chunks, {stats.batches_started} batches started, "
@@ -115,9 +141,15 @@ def live(
 
 @app.command("import")
 def import_(
-    input: Annotated[Path, typer.Option("--input", help="Historical batch dataset (CSV or Parquet).")],
-    layout: Annotated[str, typer.Option(help="wide (a column per tag) or long (tag and value columns).")],
-    tag_map: Annotated[Path, typer.Option("--tag-map", help="YAML mapping source tags/units to ours.")],
+    input: Annotated[
+        Path, typer.Option("--input", help="Historical batch dataset (CSV or Parquet).")
+    ],
+    layout: Annotated[
+        str, typer.Option(help="wide (a column per tag) or long (tag and value columns).")
+    ],
+    tag_map: Annotated[
+        Path, typer.Option("--tag-map", help="YAML mapping source tags/units to ours.")
+    ],
     out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
 ) -> None:
     """Turn a historical batch dataset into landing files; unmapped columns are reported."""

@@ -292,7 +292,9 @@ class RecipeBook(_Model):
         for r in self.recipes:
             if r.recipe_id == recipe_id:
                 return r
-        raise KeyError(f"unknown recipe {recipe_id!r}; known: {[r.recipe_id for r in self.recipes]}")
+        raise KeyError(
+            f"unknown recipe {recipe_id!r}; known: {[r.recipe_id for r in self.recipes]}"
+        )
 
 
 # ---------------------------------------------------------------- loading

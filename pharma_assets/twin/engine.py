@@ -161,12 +161,18 @@ class BatchInputs:
         unknown = set(kw) - {f.name for f in fields(self)}
         if unknown:
             raise KeyError(f"unknown batch inputs {sorted(unknown)}")
-        return replace(self, **{k: np.broadcast_to(np.asarray(v, float), (self.n,)).copy() for k, v in kw.items()})
+        return replace(
+            self,
+            **{k: np.broadcast_to(np.asarray(v, float), (self.n,)).copy() for k, v in kw.items()},
+        )
 
     @staticmethod
     def concat(parts: list[BatchInputs]) -> BatchInputs:
         return BatchInputs(
-            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(BatchInputs)}
+            **{
+                f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                for f in fields(BatchInputs)
+            }
         )
 
 
@@ -281,7 +287,9 @@ class Engine:
     def from_snapshot(cls, snap: Snapshot, seed: int = 0, **changes: float) -> Engine:
         """Continue a batch from a snapshot, optionally with changed inputs (set-points)."""
         inputs = snap.inputs.with_values(**changes) if changes else snap.inputs
-        return cls(inputs, dt_h=snap.dt_h, seed=seed, params=snap.params, state=snap.state.take([0]))
+        return cls(
+            inputs, dt_h=snap.dt_h, seed=seed, params=snap.params, state=snap.state.take([0])
+        )
 
     # ------------------------------------------------------------ integration
     def run(self, n_steps: int) -> dict[str, np.ndarray]:
@@ -310,7 +318,9 @@ class Engine:
             # ---------------- schedule and equipment state
             ramp = minimum(maximum((t - u.shift_h) / u.ramp_h, 0.0), 1.0)
             T_sp = u.T_grow + (u.T_prod - u.T_grow) * ramp
-            dT_sp = where((t >= u.shift_h) & (t < u.shift_h + u.ramp_h), (u.T_prod - u.T_grow) / u.ramp_h, 0.0)
+            dT_sp = where(
+                (t >= u.shift_h) & (t < u.shift_h + u.ramp_h), (u.T_prod - u.T_grow) / u.ramp_h, 0.0
+            )
             pump_failed = (t >= u.pump_fail_onset_h) & (t < u.pump_fail_end_h)
             feed_cmd = where((t >= u.feed_start_h) & (t < u.feed_end_h), u.feed_lph, 0.0)
             pump_wear = (u.pump_run_h0 + t) / u.pump_life_h
@@ -322,7 +332,8 @@ class Engine:
             T_m = T + u.T_bias + 0.01 * noise[j, 0]
             drift = u.ph_drift_h * t + where(
                 (t >= u.ph_drift_fault_onset_h) & (t < u.ph_drift_fault_end_h),
-                u.ph_drift_fault_rate_h * maximum(t - u.ph_drift_fault_onset_h, 0.0), 0.0
+                u.ph_drift_fault_rate_h * maximum(t - u.ph_drift_fault_onset_h, 0.0),
+                0.0,
             )
             pH_m = pH + u.ph_bias + drift + 0.004 * noise[j, 1]
             DO_m = where(
@@ -338,7 +349,16 @@ class Engine:
                 vol = maximum(vol, 0.0)
                 G = (G * V + vol * u.gc_stock) / (V + vol)
                 dil = V / (V + vol)
-                Xv, Xd, Gln, L, A, P, alk, B = Xv * dil, Xd * dil, Gln * dil, L * dil, A * dil, P * dil, alk * dil, B * dil
+                Xv, Xd, Gln, L, A, P, alk, B = (
+                    Xv * dil,
+                    Xd * dil,
+                    Gln * dil,
+                    L * dil,
+                    A * dil,
+                    P * dil,
+                    alk * dil,
+                    B * dil,
+                )
                 V = V + vol
                 bolus_l = bolus_l + vol
             # ---------------- controllers
@@ -352,7 +372,9 @@ class Engine:
             # DO: PI cascade, output 0..100 agitation then 100..200 oxygen
             e_do = u.do_sp - DO_m
             u_do = 0.6 * e_do + 2.0 * i_do
-            i_do = where(((u_do > 0) | (e_do > 0)) & ((u_do < 200) | (e_do < 0)), i_do + e_do * h, i_do)
+            i_do = where(
+                ((u_do > 0) | (e_do > 0)) & ((u_do < 200) | (e_do < 0)), i_do + e_do * h, i_do
+            )
             u_do = minimum(maximum(u_do, 0.0), 200.0)
             rpm = where(agit_ok, u.rpm_min + fill_half * minimum(u_do, 100.0) / 100.0, 0.0)
             o2 = u.o2_max * maximum(u_do - 100.0, 0.0) / 100.0
@@ -397,13 +419,21 @@ class Engine:
             )
             q_glc = (p.q_glc_m + p.y_glc_mu * mu) * sqrt(f_met)
             s_shift = mu / (mu + p.mu_shift)
-            q_lac = p.y_lac_glc * q_glc * s_shift * G / (G + 0.05) - p.q_lac_c * (1.0 - s_shift) * L / (L + 0.5)
+            q_lac = p.y_lac_glc * q_glc * s_shift * G / (G + 0.05) - p.q_lac_c * (
+                1.0 - s_shift
+            ) * L / (L + 0.5)
             q_gln = (p.q_gln_m + p.y_gln_mu * mu) * Gln / (Gln + 0.3)
             q_p = p.q_p * u.qp_lot * (1.0 + p.qp_temp_gain * (36.5 - T)) * f_pH
             our_cells = p.q_o2 * Xv * (0.6 + 0.4 * f_met) * f_DO
             our = our_cells + p.contaminant_o2 * B * C / (C + 0.01)
             otr = kla * (c_star - C)
-            strip = p.strip_eff * (Qgas * 60.0 / 22.414 / V) * 1000.0 * (pco2 - 760.0 * pabs * co2 / Qgas) / (760.0 * pabs)
+            strip = (
+                p.strip_eff
+                * (Qgas * 60.0 / 22.414 / V)
+                * 1000.0
+                * (pco2 - 760.0 * pabs * co2 / Qgas)
+                / (760.0 * pabs)
+            )
             cer = p.rq * our + 1.5 * p.contaminant_o2 * B
             # ---------------- balances
             F_base_l = base_rate / 1000.0
@@ -428,7 +458,10 @@ class Engine:
                 + F * 10.0 / V
                 - D * alk
             )
-            dosm = F * (700.0 - osm_base) / V + F_base_l * (1.5 * p.base_meq_per_ml * 1000.0 - osm_base) / V
+            dosm = (
+                F * (700.0 - osm_base) / V
+                + F_base_l * (1.5 * p.base_meq_per_ml * 1000.0 - osm_base) / V
+            )
             T_amb = u.T_amb + 2.0 * np.sin(2 * math.pi * (u.hour_of_day0 + t) / 24.0)
             q_heat = (
                 p.ua_jacket * (Tj - T)

@@ -59,7 +59,12 @@ def tag_strides(plant: PlantConfig, dt_s: float) -> list[int]:
 
 def mes_events(b: BatchPlan) -> list[dict[str, Any]]:
     """MES records of a batch: start (recipe, lots), phase changes, end (status)."""
-    base = {"site_id": b.site_id, "area_id": b.area_id, "unit_id": b.unit_id, "batch_id": b.batch_id}
+    base = {
+        "site_id": b.site_id,
+        "area_id": b.area_id,
+        "unit_id": b.unit_id,
+        "batch_id": b.batch_id,
+    }
     ev: list[dict[str, Any]] = [
         {**base, "event_type": "batch_start", "event_ts": b.start, "recipe_id": b.recipe.recipe_id,
          "recipe_version": b.recipe.version, "product": b.recipe.product,
@@ -122,14 +127,12 @@ def simulate_history(
             end_k = min(math.ceil(b.end_h / dt_h), n_steps)
             t0_us = int(b.start.timestamp() * 1_000_000)
             step_us = round(period_s * 1_000_000)
-            seq = 0
-            for k0 in range(0, end_k, steps_per_chunk):
+            for seq, k0 in enumerate(range(0, end_k, steps_per_chunk), start=1):
                 k1 = min(k0 + steps_per_chunk, end_k)
                 vals = mat[k0:k1, j, :]
                 q = rng.random(vals.shape)
                 qual = np.where(q < 1e-4, 2, np.where(q < 6e-4, 1, 0)).astype(np.int8)
                 ts_us = t0_us + np.arange(k0, k1, dtype=np.int64) * step_us
-                seq += 1
                 path = chunk_path(out, "telemetry", b.unit_id, b.batch_id,
                                   b.start + timedelta(hours=k0 * dt_h), seq, "parquet")  # fmt: skip
                 m = mask_all[k0:k1]
@@ -147,12 +150,38 @@ def simulate_history(
             for d, k in enumerate(range(0, end_k, spd)):
                 ts = b.start + timedelta(hours=k * dt_h + 0.25)
                 sid = f"{b.batch_id}-S{d:02d}"
-                for analyte, value, uom in lab_samples(rec, np.int64(k), j, rng):
-                    rows.append((sid, b.site_id, b.unit_id, b.batch_id, ts, "in_process", analyte, value, uom))
+                for analyte, value, uom in lab_samples(rec, k, j, rng):
+                    rows.append(
+                        (
+                            sid,
+                            b.site_id,
+                            b.unit_id,
+                            b.batch_id,
+                            ts,
+                            "in_process",
+                            analyte,
+                            value,
+                            uom,
+                        )
+                    )
             hist = batch_history_summary(rec, inputs, j, end_k, dt_h)
             rel_ts = b.end + timedelta(hours=30)
-            for analyte, value, uom in release_assays(hist, b.lot_attributes["media_mn_ppb"], b.status == "complete", rng):
-                rows.append((f"{b.batch_id}-REL", b.site_id, b.unit_id, b.batch_id, rel_ts, "release", analyte, value, uom))
+            for analyte, value, uom in release_assays(
+                hist, b.lot_attributes["media_mn_ppb"], b.status == "complete", rng
+            ):
+                rows.append(
+                    (
+                        f"{b.batch_id}-REL",
+                        b.site_id,
+                        b.unit_id,
+                        b.batch_id,
+                        rel_ts,
+                        "release",
+                        analyte,
+                        value,
+                        uom,
+                    )
+                )
             write_lims_csv(chunk_path(out, "lims", b.unit_id, b.batch_id, b.start, 1, "csv"), rows)
             res.files_written += 2
             # truth
@@ -180,10 +209,28 @@ def simulate_history(
                     {
                         "batch_id": [b.batch_id] * len(hk),
                         "elapsed_h": (hk * dt_h).astype(np.float64),
-                        **{name: rec[name][hk, j].astype(np.float64) for name in
-                           ("Xv", "Xd", "G", "Gln", "L", "A", "P", "V", "DO", "pH", "T", "pco2", "osm", "B", "OUR")},
+                        **{
+                            name: rec[name][hk, j].astype(np.float64)
+                            for name in (
+                                "Xv",
+                                "Xd",
+                                "G",
+                                "Gln",
+                                "L",
+                                "A",
+                                "P",
+                                "V",
+                                "DO",
+                                "pH",
+                                "T",
+                                "pco2",
+                                "osm",
+                                "B",
+                                "OUR",
+                            )
+                        },
                     }
-                )  # fmt: skip
+                )
             )
             done += 1
             if progress:
@@ -196,6 +243,7 @@ def simulate_history(
     for uid, recs in by_unit.items():
         write_jsonl(chunk_path(out, "cmms", uid, None, recs[0]["event_ts"], 1, "jsonl"), recs)
         res.files_written += 1
-    write_ground_truth(truth_out, plan.labels, res.truth, pa.concat_tables(hourly_rows) if hourly_rows else None)
+    write_ground_truth(
+        truth_out, plan.labels, res.truth, pa.concat_tables(hourly_rows) if hourly_rows else None
+    )
     return res
-

@@ -50,7 +50,15 @@ def _atomic(path: Path, write: Any) -> Path:
     return path
 
 
-def chunk_path(root: Path, source: str, unit_id: str, batch_id: str | None, first_ts: datetime, seq: int, ext: str) -> Path:
+def chunk_path(
+    root: Path,
+    source: str,
+    unit_id: str,
+    batch_id: str | None,
+    first_ts: datetime,
+    seq: int,
+    ext: str,
+) -> Path:
     parts = [source, unit_id] + ([batch_id] if batch_id else [])
     return Path(root).joinpath(*parts) / f"{stamp(first_ts)}_{seq:05d}.{ext}"
 
@@ -90,7 +98,9 @@ def write_telemetry_chunk(
             "tag": pa.DictionaryArray.from_arrays(tag_idx, pa.array(list(tags))),
             "value": pa.array(values.astype(np.float64)),
             "uom": pa.DictionaryArray.from_arrays(tag_idx, pa.array(list(uoms))),
-            "quality": pa.DictionaryArray.from_arrays(quality.astype(np.int32), pa.array(QUALITY_CODES)),
+            "quality": pa.DictionaryArray.from_arrays(
+                quality.astype(np.int32), pa.array(QUALITY_CODES)
+            ),
         }
     )
     return _atomic(path, lambda p: pq.write_table(table, p, compression="zstd"))
@@ -127,7 +137,10 @@ def maintenance_record(e: MaintenanceEvent) -> dict[str, Any]:
 
 
 def write_ground_truth(
-    root: Path, labels: list[FaultLabel], batches: list[dict[str, Any]], trajectories: pa.Table | None = None
+    root: Path,
+    labels: list[FaultLabel],
+    batches: list[dict[str, Any]],
+    trajectories: pa.Table | None = None,
 ) -> None:
     """Fault labels, per-batch truth and hourly true trajectories (for scoring models)."""
     root = Path(root)
@@ -145,6 +158,10 @@ def write_ground_truth(
     )  # fmt: skip
     _atomic(root / "fault_labels.parquet", lambda p: pq.write_table(lab, p))
     if batches:
-        _atomic(root / "batches.parquet", lambda p: pq.write_table(pa.Table.from_pylist(batches), p))
+        _atomic(
+            root / "batches.parquet", lambda p: pq.write_table(pa.Table.from_pylist(batches), p)
+        )
     if trajectories is not None:
-        _atomic(root / "true_trajectories_hourly.parquet", lambda p: pq.write_table(trajectories, p))
+        _atomic(
+            root / "true_trajectories_hourly.parquet", lambda p: pq.write_table(trajectories, p)
+        )

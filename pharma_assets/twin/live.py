@@ -34,7 +34,11 @@ _SEQ = re.compile(r"-B(\d+)$")
 def next_sequence(landing: Path, unit_id: str) -> int:
     """1 + the highest batch sequence of ``unit_id`` already in the landing zone."""
     folder = Path(landing) / "mes" / unit_id
-    seqs = [int(m.group(1)) for p in folder.glob("*") if (m := _SEQ.search(p.name))] if folder.exists() else []
+    seqs = (
+        [int(m.group(1)) for p in folder.glob("*") if (m := _SEQ.search(p.name))]
+        if folder.exists()
+        else []
+    )
     return max(seqs, default=0) + 1
 
 
@@ -85,7 +89,13 @@ def run_live(
             update={"areas": [plant.areas[0].model_copy(update={"units": [unit]})]}
         )
         first = next_sequence(out, unit.unit_id)
-        p = plan_history(one, recipes, batches_per_unit, seed=seed * 100 + ui, start=t0 + timedelta(minutes=5 * ui))
+        p = plan_history(
+            one,
+            recipes,
+            batches_per_unit,
+            seed=seed * 100 + ui,
+            start=t0 + timedelta(minutes=5 * ui),
+        )
         for b in p.batches:  # renumber after the history already landed
             b.seq = first + b.seq - 1
             b.batch_id = f"{unit.unit_id}-B{b.seq:04d}"
@@ -113,8 +123,27 @@ def run_live(
         b = r.plan
         ts_us = int(b.start.timestamp() * 1e6) + ks.astype(np.int64) * round(period_s * 1e6)
         r.seq += 1
-        path = chunk_path(out, "telemetry", b.unit_id, b.batch_id, b.start + timedelta(hours=k_first * dt_h), r.seq, "parquet")
-        write_telemetry_chunk(path, ts_us, b.site_id, b.unit_id, b.batch_id, tags, uoms, vals, qual, None if mask.all() else mask)
+        path = chunk_path(
+            out,
+            "telemetry",
+            b.unit_id,
+            b.batch_id,
+            b.start + timedelta(hours=k_first * dt_h),
+            r.seq,
+            "parquet",
+        )
+        write_telemetry_chunk(
+            path,
+            ts_us,
+            b.site_id,
+            b.unit_id,
+            b.batch_id,
+            tags,
+            uoms,
+            vals,
+            qual,
+            None if mask.all() else mask,
+        )
         stats.chunks += 1
         r.buffer.clear()
         if on_chunk:
@@ -136,19 +165,45 @@ def run_live(
                 if uid not in running and q and q[0].start <= now:
                     b = q.pop(0)
                     inputs = b.engine_inputs()
-                    running[uid] = _Running(b, Engine(inputs, dt_h=dt_h, seed=seed + b.seq), np.random.default_rng([seed, b.seq]))
+                    running[uid] = _Running(
+                        b,
+                        Engine(inputs, dt_h=dt_h, seed=seed + b.seq),
+                        np.random.default_rng([seed, b.seq]),
+                    )
                     stats.batches_started += 1
                     log.info("started %s on %s", b.batch_id, uid)
             for uid in list(running):
                 r = running[uid]
                 rec = r.engine.run(1)
                 r.buffer.append(rec)
-                r.history.append({k: rec[k] for k in ("Xv", "Xd", "G", "Gln", "L", "A", "P", "pH", "pco2", "osm", "T", "B", "DO")})
+                r.history.append(
+                    {
+                        k: rec[k]
+                        for k in (
+                            "Xv",
+                            "Xd",
+                            "G",
+                            "Gln",
+                            "L",
+                            "A",
+                            "P",
+                            "pH",
+                            "pco2",
+                            "osm",
+                            "T",
+                            "B",
+                            "DO",
+                        )
+                    }
+                )
                 if r.k % spd == 0:
                     ts = r.plan.start + timedelta(hours=r.k * dt_h + 0.25)
                     rows = [(f"{r.plan.batch_id}-S{r.k // spd:02d}", r.plan.site_id, uid, r.plan.batch_id, ts,
-                             "in_process", a, v, u) for a, v, u in lab_samples(rec, np.int64(0), 0, r.rng)]  # fmt: skip
-                    write_lims_csv(chunk_path(out, "lims", uid, r.plan.batch_id, ts, r.k // spd + 1, "csv"), rows)
+                             "in_process", a, v, u) for a, v, u in lab_samples(rec, 0, 0, r.rng)]  # fmt: skip
+                    write_lims_csv(
+                        chunk_path(out, "lims", uid, r.plan.batch_id, ts, r.k // spd + 1, "csv"),
+                        rows,
+                    )
                 r.k += 1
                 emit_events(r, now)
                 finished = r.k * dt_h >= r.plan.end_h
@@ -157,7 +212,12 @@ def run_live(
                 if finished:
                     hist_rec = {k: np.concatenate([h[k] for h in r.history]) for k in r.history[0]}
                     hist = batch_history_summary(hist_rec, r.engine.inputs, 0, r.k, dt_h)
-                    rel = release_assays(hist, r.plan.lot_attributes["media_mn_ppb"], r.plan.status == "complete", r.rng)
+                    rel = release_assays(
+                        hist,
+                        r.plan.lot_attributes["media_mn_ppb"],
+                        r.plan.status == "complete",
+                        r.rng,
+                    )
                     ts = r.plan.end
                     write_lims_csv(chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
                                    [(f"{r.plan.batch_id}-REL", r.plan.site_id, uid, r.plan.batch_id, ts, "release", a, v, u)

@@ -50,14 +50,20 @@ def telemetry_signals(
     rpm = rec["rpm"].astype(float)
     running = rpm > 1.0
     cond = equipment_condition(u, t_h)
-    w, remaining, pw = cond["bearing_wear"], np.maximum(cond["bearing_remaining_h"], 0.0), cond["pump_wear"]
+    w, remaining, pw = (
+        cond["bearing_wear"],
+        np.maximum(cond["bearing_remaining_h"], 0.0),
+        cond["pump_wear"],
+    )
     spall = np.exp(-remaining / 60.0)  # bearing defect growth in the last days of life
     vib = np.where(
         running,
         u.vib_base * (rpm / 100.0) ** 1.3 + 0.5 * w**2 + 5.0 * spall + np.abs(noise(0.08)),
         0.05 + np.abs(noise(0.02)),
     )
-    bearing_temp = np.where(running, 24.0 + 14.0 * rpm / 120.0 + 2.0 * w + 14.0 * spall, 22.0) + noise(0.2)
+    bearing_temp = np.where(
+        running, 24.0 + 14.0 * rpm / 120.0 + 2.0 * w + 14.0 * spall, 22.0
+    ) + noise(0.2)
     motor_current = np.where(
         running,
         2.5 + 5.5 * (rpm / 140.0) ** 3 * rec["V"] / 2000.0 + 1.2 * w**2 + 2.5 * spall + noise(0.05),
@@ -120,7 +126,7 @@ IN_PROCESS_ANALYTES = {
 
 
 def lab_samples(
-    rec: dict[str, np.ndarray], k_idx: np.ndarray, b: int, rng: np.random.Generator
+    rec: dict[str, np.ndarray], k_idx: int, b: int, rng: np.random.Generator
 ) -> list[tuple[str, float, str]]:
     """In-process results (analyte, value, uom) for batch ``b`` at recorded step ``k_idx``."""
     xv, xd = float(rec["Xv"][k_idx, b]), float(rec["Xd"][k_idx, b])
@@ -161,7 +167,9 @@ RELEASE_ASSAYS = {
 }
 
 
-def batch_history_summary(rec: dict[str, np.ndarray], u: BatchInputs, b: int, end_k: int, dt_h: float) -> dict[str, float]:
+def batch_history_summary(
+    rec: dict[str, np.ndarray], u: BatchInputs, b: int, end_k: int, dt_h: float
+) -> dict[str, float]:
     """Process-history features the release CQAs depend on (truth, not measurements)."""
     steps = max(end_k, 1)
     shift_k = min(int(u.shift_h[b] / dt_h), steps - 1)
@@ -183,7 +191,9 @@ def batch_history_summary(rec: dict[str, np.ndarray], u: BatchInputs, b: int, en
     }
 
 
-def release_assays(h: dict[str, float], mn_ppb: float, completed: bool, rng: np.random.Generator) -> list[tuple[str, float, str]]:
+def release_assays(
+    h: dict[str, float], mn_ppb: float, completed: bool, rng: np.random.Generator
+) -> list[tuple[str, float, str]]:
     """Release results at harvest. Aborted batches get only the investigation assays."""
     z = rng.standard_normal
     dT = h["mean_production_temp_c"] - 33.0
@@ -192,13 +202,21 @@ def release_assays(h: dict[str, float], mn_ppb: float, completed: bool, rng: np.
     contaminated = h["peak_contaminant"] > 0.01
     aggregates = 1.1 + 0.35 * max(dT, 0) + 0.09 * amm + 1.2 * dead + 0.004 * max(h["max_pco2_mmhg"] - 60, 0) \
         + 0.15 * h["hours_ph_outside_6_9_7_1"] / 24 + 0.4 * max(h["max_temp_c"] - 37.5, 0) + 0.08 * z()  # fmt: skip
-    g0f = 36.0 + 0.9 * amm + 1.6 * dT - 0.12 * (mn_ppb - 40.0) + 6.0 * dead + 0.02 * (h["peak_osmolality"] - 400) + 0.8 * z()
+    g0f = (
+        36.0
+        + 0.9 * amm
+        + 1.6 * dT
+        - 0.12 * (mn_ppb - 40.0)
+        + 6.0 * dead
+        + 0.02 * (h["peak_osmolality"] - 400)
+        + 0.8 * z()
+    )
     g2f = max(9.0 - 0.25 * amm - 0.4 * dT + 0.05 * (mn_ppb - 40.0) + 0.3 * z(), 1.0)
     afuc = 6.0 + 0.012 * (h["peak_osmolality"] - 400) + 0.01 * (h["max_pco2_mmhg"] - 80) + 0.3 * z()
     other = 4.0 + 0.2 * z()
     g1f = 100.0 - g0f - g2f - afuc - other
     acidic = 17.0 + 0.9 * (h["duration_days"] - 14) + 0.7 * dT + 0.2 * amm + 10.0 * dead + 0.8 * z()
-    hcp = 25.0 + 180.0 * dead ** 1.5 + 4.0 * z()
+    hcp = 25.0 + 180.0 * dead**1.5 + 4.0 * z()
     if contaminated:
         bioburden = float(10 ** rng.uniform(3, 6))
         endotoxin = float(10 ** rng.uniform(0.7, 2.0))

@@ -88,7 +88,9 @@ class PlantPlan:
     labels: list[FaultLabel]
 
     def inputs(self, idx: list[int] | None = None) -> BatchInputs:
-        rows = [self.batches[i].inputs for i in (idx if idx is not None else range(len(self.batches)))]
+        rows = [
+            self.batches[i].inputs for i in (idx if idx is not None else range(len(self.batches)))
+        ]
         return BatchInputs(**{k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]})
 
 
@@ -191,7 +193,8 @@ def plan_history(
     shares = shares / shares.sum()
     per_unit = [len(range(i, n_batches, len(units))) for i in range(len(units))]
     mean_cycle_h = (
-        float(np.dot(shares, [r.planned_duration_days for r in recipes.recipes])) * 24 + rel.turnaround_h
+        float(np.dot(shares, [r.planned_duration_days for r in recipes.recipes])) * 24
+        + rel.turnaround_h
     )
 
     batches: list[BatchPlan] = []
@@ -205,13 +208,17 @@ def plan_history(
         area = plant.area_of(uid)
         eq = {e.type: f"{uid}-{e.suffix}" for e in plant.equipment}
         t = ui * mean_cycle_h / len(units)  # staggered unit starts, hours from plan origin
-        bearing_life = _weibull(rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape)
+        bearing_life = _weibull(
+            rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
+        )
         pump_life = _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
         bearing_run = float(rng.uniform(0, 0.5) * rel.preventive_maintenance_interval_h)
         pump_run = float(rng.uniform(0, 0.5) * rel.preventive_maintenance_interval_h)
         # a part already past its drawn life would have failed before our history starts
         while bearing_life <= bearing_run + 48:
-            bearing_life = _weibull(rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape)
+            bearing_life = _weibull(
+                rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
+            )
         while pump_life <= pump_run + 48:
             pump_life = _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
         since_pm = max(bearing_run, pump_run)
@@ -271,7 +278,9 @@ def plan_history(
                 dur, why = float(rng.uniform(6, 24)), "pump motor tripped"
             if pump_failed:
                 row["pump_fail_onset_h"], row["pump_fail_end_h"] = onset, onset + dur
-                blabels.append((onset, onset + dur, "feed_pump_failure", eq["feed_pump"], True, why))
+                blabels.append(
+                    (onset, onset + dur, "feed_pump_failure", eq["feed_pump"], True, why)
+                )
             if rng.random() < rates.contamination:
                 onset = float(rng.uniform(1.5, 9.0)) * 24
                 row["contam_onset_h"] = onset
@@ -281,7 +290,11 @@ def plan_history(
                 onset = float(rng.uniform(1, 10)) * 24
                 rate = float(rng.choice([-1, 1]) * rng.uniform(0.10, 0.20)) / 24.0
                 end = onset + float(rng.uniform(24, 48))
-                row.update(ph_drift_fault_onset_h=onset, ph_drift_fault_end_h=end, ph_drift_fault_rate_h=rate)
+                row.update(
+                    ph_drift_fault_onset_h=onset,
+                    ph_drift_fault_end_h=end,
+                    ph_drift_fault_rate_h=rate,
+                )
                 blabels.append((onset, end, "ph_probe_drift", eq["ph_probe"], False,
                                 f"drift {rate * 24:+.3f} pH/day until recalibration"))  # fmt: skip
             if rng.random() < rates.do_probe_failure:
@@ -304,14 +317,22 @@ def plan_history(
 
             batches.append(
                 BatchPlan(
-                    batch_id=bid, site_id=site, area_id=area, unit_id=uid, seq=seq, recipe=recipe,
+                    batch_id=bid,
+                    site_id=site,
+                    area_id=area,
+                    unit_id=uid,
+                    seq=seq,
+                    recipe=recipe,
                     start=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(hours=t),  # shifted below
-                    planned_end_h=planned, end_h=end_h, status=status, abort_reason=reason,
+                    planned_end_h=planned,
+                    end_h=end_h,
+                    status=status,
+                    abort_reason=reason,
                     inputs=row,
-                )  # fmt: skip
+                )
             )
-            for onset, end, ftype, eqid, is_fail, detail in blabels:
-                labels_rel.append((t + onset, None if end is None else t + min(end, end_h), ftype, uid,
+            for onset, fend, ftype, eqid, is_fail, detail in blabels:
+                labels_rel.append((t + onset, None if fend is None else t + min(fend, end_h), ftype, uid,
                                    bid, eqid, is_fail, detail))  # fmt: skip
 
             # ---------------- after the batch: wear, repairs, maintenance
@@ -333,19 +354,37 @@ def plan_history(
                 down += rel.repair_downtime_h
             if pump_failed and row["pump_fail_onset_h"] < end_h:
                 on = row["pump_fail_onset_h"]
-                maint.append((t + on, "failure", uid, eq["feed_pump"], None, "feed pump stopped", 0.0, pump_run))
+                maint.append(
+                    (
+                        t + on,
+                        "failure",
+                        uid,
+                        eq["feed_pump"],
+                        None,
+                        "feed pump stopped",
+                        0.0,
+                        pump_run,
+                    )
+                )
                 maint.append((t + min(row["pump_fail_end_h"], end_h), "corrective_maintenance", uid,
                               eq["feed_pump"], "pump head", "replace feed pump head and tubing",
                               0.0, pump_run))  # fmt: skip
-                pump_run, pump_life = 0.0, _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
+                pump_run, pump_life = (
+                    0.0,
+                    _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape),
+                )
             if since_pm >= rel.preventive_maintenance_interval_h:
                 maint.append((t_end + 4, "preventive_maintenance", uid, eq["agitator_motor"], "drive-end bearing",
                               "preventive maintenance: replace agitator bearings", 8.0, bearing_run))  # fmt: skip
                 maint.append((t_end + 4, "preventive_maintenance", uid, eq["feed_pump"], "pump head",
                               "preventive maintenance: replace feed pump head", 8.0, pump_run))  # fmt: skip
                 bearing_run, pump_run, since_pm = 0.0, 0.0, 0.0
-                bearing_life = _weibull(rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape)
-                pump_life = _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
+                bearing_life = _weibull(
+                    rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
+                )
+                pump_life = _weibull(
+                    rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape
+                )
                 down += 8.0
             if since_membrane >= rel.do_membrane_replacement_batches:
                 maint.append((t_end + 3, "preventive_maintenance", uid, eq["do_probe"], "DO membrane",
@@ -362,7 +401,10 @@ def plan_history(
          "mn_ppb": float(lot_rng.uniform(20, 60)), "osm": float(lot_rng.normal(295, 4))}
         for _ in range(n_media)
     ]  # fmt: skip
-    feeds = [{"conc": float(lot_rng.normal(1, 0.03)), "qp": float(lot_rng.normal(1, 0.05))} for _ in range(n_feed)]
+    feeds = [
+        {"conc": float(lot_rng.normal(1, 0.03)), "qp": float(lot_rng.normal(1, 0.05))}
+        for _ in range(n_feed)
+    ]
     year = 26
     for rank, i in enumerate(order):
         b = batches[i]
@@ -405,12 +447,20 @@ def plan_history(
         b.inputs["hour_of_day0"] = b.start.hour + b.start.minute / 60
     labels = [
         FaultLabel(
-            fault_id=f"F{k + 1:05d}", fault_type=ft, site_id=site, unit_id=uid, batch_id=bid,
-            equipment_id=eqid, onset_ts=origin + timedelta(hours=on),
+            fault_id=f"F{k + 1:05d}",
+            fault_type=ft,
+            site_id=site,
+            unit_id=uid,
+            batch_id=bid,
+            equipment_id=eqid,
+            onset_ts=origin + timedelta(hours=on),
             end_ts=None if end is None else origin + timedelta(hours=end),
-            is_equipment_failure=fail, detail=detail,
-        )  # fmt: skip
-        for k, (on, end, ft, uid, bid, eqid, fail, detail) in enumerate(sorted(labels_rel, key=lambda x: x[0]))
+            is_equipment_failure=fail,
+            detail=detail,
+        )
+        for k, (on, end, ft, uid, bid, eqid, fail, detail) in enumerate(
+            sorted(labels_rel, key=lambda x: x[0])
+        )
     ]
     by_batch: dict[str, list[FaultLabel]] = {}
     for lab in labels:
@@ -420,11 +470,20 @@ def plan_history(
         b.faults = by_batch.get(b.batch_id, [])
     events = [
         MaintenanceEvent(
-            work_order_id=f"WO-{k + 1:06d}", event_ts=origin + timedelta(hours=ts), site_id=site,
-            unit_id=uid, equipment_id=eqid, event_type=etype, part=part, description=desc,
-            downtime_h=down, run_hours_at_event=run,
-        )  # fmt: skip
-        for k, (ts, etype, uid, eqid, part, desc, down, run) in enumerate(sorted(maint, key=lambda x: (x[0], x[3])))
+            work_order_id=f"WO-{k + 1:06d}",
+            event_ts=origin + timedelta(hours=ts),
+            site_id=site,
+            unit_id=uid,
+            equipment_id=eqid,
+            event_type=etype,
+            part=part,
+            description=desc,
+            downtime_h=down,
+            run_hours_at_event=run,
+        )
+        for k, (ts, etype, uid, eqid, part, desc, down, run) in enumerate(
+            sorted(maint, key=lambda x: (x[0], x[3]))
+        )
     ]
     del wo
     return PlantPlan(plant=plant, seed=seed, batches=batches, maintenance=events, labels=labels)

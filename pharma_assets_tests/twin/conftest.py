@@ -39,9 +39,7 @@ def nominal_cohort() -> Cohort:
     plant = load_plant()
     plant = plant.model_copy(
         update={
-            "faults": plant.faults.model_copy(
-                update={k: 0.0 for k in plant.faults.model_fields}
-            ),
+            "faults": plant.faults.model_copy(update={k: 0.0 for k in plant.faults.model_fields}),
             "reliability": plant.reliability.model_copy(
                 update={"bearing_life_weibull_scale_h": 1e7, "pump_life_weibull_scale_h": 1e7}
             ),
@@ -64,7 +62,12 @@ def fault_cohort(recipes) -> Cohort:
         base,
         nominal_inputs(r, contam_onset_h=120.0),
         nominal_inputs(r, pump_fail_onset_h=150.0, pump_fail_end_h=170.0),
-        nominal_inputs(r, ph_drift_fault_onset_h=100.0, ph_drift_fault_end_h=140.0, ph_drift_fault_rate_h=0.15 / 24),
+        nominal_inputs(
+            r,
+            ph_drift_fault_onset_h=100.0,
+            ph_drift_fault_end_h=140.0,
+            ph_drift_fault_rate_h=0.15 / 24,
+        ),
         nominal_inputs(r, do_fail_onset_h=100.0, do_fail_end_h=115.0),
         nominal_inputs(r, chiller_onset_h=200.0, chiller_end_h=206.0),
         nominal_inputs(r, agitator_fail_h=180.0, bearing_life_h=2000.0, bearing_run_h0=1820.0),

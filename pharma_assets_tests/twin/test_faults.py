@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -77,14 +79,23 @@ def test_agitator_failure_and_bearing_degradation(fault_cohort):
     vib = sig["agitator_vibration_mm_s"][:, AGITATOR]
     # vibration rises towards failure: last 12 h before failure vs 3 days earlier
     assert vib[k(168) : k(180)].mean() > 2.0 * vib[k(96) : k(108)].mean()
-    assert sig["agitator_bearing_temp_c"][k(178), AGITATOR] > sig["agitator_bearing_temp_c"][k(100), AGITATOR] + 5
+    assert (
+        sig["agitator_bearing_temp_c"][k(178), AGITATOR]
+        > sig["agitator_bearing_temp_c"][k(100), AGITATOR] + 5
+    )
     assert np.all(sig["agitator_motor_current_a"][k(181) :, AGITATOR] == 0)
 
 
 @pytest.fixture(scope="module")
 def faulty_plan():
     plant = load_plant()
-    plant = plant.model_copy(update={"faults": plant.faults.model_copy(update={f: 0.3 for f in type(plant.faults).model_fields})})
+    plant = plant.model_copy(
+        update={
+            "faults": plant.faults.model_copy(
+                update={f: 0.3 for f in type(plant.faults).model_fields}
+            )
+        }
+    )
     return plan_history(plant, load_recipes(), 60, seed=5)
 
 
@@ -97,7 +108,12 @@ def test_every_fault_type_is_labelled_inside_its_batch(faulty_plan):
         assert b.start <= lab.onset_ts < b.end
         if lab.end_ts is not None:
             assert lab.onset_ts <= lab.end_ts <= b.end
-        if lab.fault_type in ("agitator_failure", "feed_pump_failure", "do_probe_failure", "chiller_fault"):
+        if lab.fault_type in (
+            "agitator_failure",
+            "feed_pump_failure",
+            "do_probe_failure",
+            "chiller_fault",
+        ):
             assert lab.equipment_id and lab.equipment_id.startswith(b.unit_id)
 
 
@@ -118,7 +134,7 @@ def test_aborts_and_maintenance_follow_faults(faulty_plan):
         by_unit.setdefault(b.unit_id, []).append(b)
     for bs in by_unit.values():
         bs.sort(key=lambda b: b.start)
-        assert all(a.end <= nxt.start for a, nxt in zip(bs, bs[1:], strict=False))
+        assert all(a.end <= nxt.start for a, nxt in itertools.pairwise(bs))
 
 
 def test_default_fault_rates_are_a_few_percent_of_batches():

@@ -94,7 +94,9 @@ def test_nominal_batches_in_published_ranges(nominal_cohort):
         via.append(100 * rec["Xv"][end - 1, b] / (rec["Xv"][end - 1, b] + rec["Xd"][end - 1, b]))
         lac.append(rec["L"][:end, b].max())
         days.append(u.end_h[b] / 24)
-    peak_vcd, peak_day, titer, via, lac, days = map(np.array, (peak_vcd, peak_day, titer, via, lac, days))
+    peak_vcd, peak_day, titer, via, lac, days = map(
+        np.array, (peak_vcd, peak_day, titer, via, lac, days)
+    )
     assert len(titer) == 32
     assert np.all((peak_vcd >= 10) & (peak_vcd <= 30)), peak_vcd
     assert np.mean((peak_day >= 6) & (peak_day <= 9)) >= 0.75, peak_day
