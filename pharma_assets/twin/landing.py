@@ -136,15 +136,8 @@ def maintenance_record(e: MaintenanceEvent) -> dict[str, Any]:
     return asdict(e)
 
 
-def write_ground_truth(
-    root: Path,
-    labels: list[FaultLabel],
-    batches: list[dict[str, Any]],
-    trajectories: pa.Table | None = None,
-) -> None:
-    """Fault labels, per-batch truth and hourly true trajectories (for scoring models)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+def write_fault_labels(path: Path, labels: list[FaultLabel]) -> Path:
+    """Fault labels (ground truth) as Parquet; an empty list writes an empty table."""
     lab = pa.Table.from_pylist(
         [asdict(x) for x in labels],
         schema=pa.schema(
@@ -156,7 +149,19 @@ def write_ground_truth(
             ]
         ),
     )  # fmt: skip
-    _atomic(root / "fault_labels.parquet", lambda p: pq.write_table(lab, p))
+    return _atomic(Path(path), lambda p: pq.write_table(lab, p))
+
+
+def write_ground_truth(
+    root: Path,
+    labels: list[FaultLabel],
+    batches: list[dict[str, Any]],
+    trajectories: pa.Table | None = None,
+) -> None:
+    """Fault labels, per-batch truth and hourly true trajectories (for scoring models)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_fault_labels(root / "fault_labels.parquet", labels)
     if batches:
         _atomic(
             root / "batches.parquet", lambda p: pq.write_table(pa.Table.from_pylist(batches), p)

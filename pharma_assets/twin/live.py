@@ -23,7 +23,14 @@ import numpy as np
 from .config import PlantConfig, RecipeBook
 from .engine import Engine
 from .history import mes_events, tag_strides
-from .landing import chunk_path, write_jsonl, write_lims_csv, write_telemetry_chunk
+from .landing import (
+    chunk_path,
+    stamp,
+    write_fault_labels,
+    write_jsonl,
+    write_lims_csv,
+    write_telemetry_chunk,
+)
 from .outputs import batch_history_summary, lab_samples, release_assays, telemetry_signals
 from .plant import BatchPlan, plan_history
 
@@ -78,6 +85,8 @@ def run_live(
 ) -> LiveStats:
     """Run until ``hours`` of process time have passed (forever when None) or Ctrl-C."""
     out = Path(out)
+    truth_dir = out.parent / "ground_truth"
+    started: list[BatchPlan] = []
     dt_h = period_s / 3600.0
     strides = tag_strides(plant, period_s)
     tags = [t.tag for t in plant.tags]
@@ -171,6 +180,7 @@ def run_live(
                         np.random.default_rng([seed, b.seq]),
                     )
                     stats.batches_started += 1
+                    started.append(b)
                     log.info("started %s on %s", b.batch_id, uid)
             for uid in list(running):
                 r = running[uid]
@@ -235,6 +245,9 @@ def run_live(
         log.info("live mode interrupted; flushing partial chunks")
     for r in running.values():
         flush(r)
+    # ground truth of the batches this run started (labels of faults that have begun)
+    labels = [f for b in started for f in b.faults if f.onset_ts <= now]
+    write_fault_labels(truth_dir / f"live_fault_labels_{stamp(t0)}.parquet", labels)
     return stats
 
 

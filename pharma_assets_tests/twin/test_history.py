@@ -157,6 +157,8 @@ def test_live_mode_writes_chunks_and_continues_batch_numbering(small_history, tm
     }
     assert len(seen) >= 4  # 30-min chunks over ~2 h per unit
     assert new.select(["batch_id", "tag", "ts"]).is_duplicated().sum() == 0
+    (labels,) = (tmp_path / "ground_truth").glob("live_fault_labels_*.parquet")
+    assert set(pl.read_parquet(labels)["batch_id"].to_list()) <= set(new["batch_id"].unique())
     starts = list((landing / "mes" / "BR01" / f"BR01-B{expected['BR01']:04d}").glob("*.jsonl"))
     assert (
         starts and json.loads(starts[0].read_text().splitlines()[0])["event_type"] == "batch_start"
