@@ -39,7 +39,9 @@ def nominal_cohort() -> Cohort:
     plant = load_plant()
     plant = plant.model_copy(
         update={
-            "faults": plant.faults.model_copy(update={k: 0.0 for k in type(plant.faults).model_fields}),
+            "faults": plant.faults.model_copy(
+                update={k: 0.0 for k in type(plant.faults).model_fields}
+            ),
             "reliability": plant.reliability.model_copy(
                 update={"bearing_life_weibull_scale_h": 1e7, "pump_life_weibull_scale_h": 1e7}
             ),
