@@ -86,6 +86,26 @@ RECORDED = (
 )  # fmt: skip
 
 
+# True state trajectories kept as ground truth (hourly) and for release-CQA summaries.
+TRUTH_VARIABLES = (
+    "Xv",
+    "Xd",
+    "G",
+    "Gln",
+    "L",
+    "A",
+    "P",
+    "V",
+    "DO",
+    "pH",
+    "T",
+    "pco2",
+    "osm",
+    "B",
+    "OUR",
+)
+
+
 @dataclass
 class BatchInputs:
     """Per-batch inputs of a cohort: one numpy element per batch (see `plant.plan_history`)."""

@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from .config import PlantConfig, RecipeBook
-from .engine import Engine
+from .engine import TRUTH_VARIABLES, Engine
 from .landing import (
     chunk_path,
     maintenance_record,
+    quality_codes,
     write_ground_truth,
     write_jsonl,
     write_lims_csv,
@@ -130,8 +131,7 @@ def simulate_history(
             for seq, k0 in enumerate(range(0, end_k, steps_per_chunk), start=1):
                 k1 = min(k0 + steps_per_chunk, end_k)
                 vals = mat[k0:k1, j, :]
-                q = rng.random(vals.shape)
-                qual = np.where(q < 1e-4, 2, np.where(q < 6e-4, 1, 0)).astype(np.int8)
+                qual = quality_codes(rng, vals.shape)
                 ts_us = t0_us + np.arange(k0, k1, dtype=np.int64) * step_us
                 path = chunk_path(out, "telemetry", b.unit_id, b.batch_id,
                                   b.start + timedelta(hours=k0 * dt_h), seq, "parquet")  # fmt: skip
@@ -209,26 +209,7 @@ def simulate_history(
                     {
                         "batch_id": [b.batch_id] * len(hk),
                         "elapsed_h": (hk * dt_h).astype(np.float64),
-                        **{
-                            name: rec[name][hk, j].astype(np.float64)
-                            for name in (
-                                "Xv",
-                                "Xd",
-                                "G",
-                                "Gln",
-                                "L",
-                                "A",
-                                "P",
-                                "V",
-                                "DO",
-                                "pH",
-                                "T",
-                                "pco2",
-                                "osm",
-                                "B",
-                                "OUR",
-                            )
-                        },
+                        **{name: rec[name][hk, j].astype(np.float64) for name in TRUTH_VARIABLES},
                     }
                 )
             )

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import PlantConfig, RecipeBook
-from .engine import Engine
+from .engine import TRUTH_VARIABLES, Engine
 from .history import mes_events, tag_strides
 from .landing import (
     chunk_path,
+    quality_codes,
     stamp,
     write_fault_labels,
     write_jsonl,
@@ -127,8 +128,7 @@ def run_live(
         vals = np.stack([sig[t][:, 0] for t in tags], axis=-1)
         ks = np.arange(k_first, r.k)
         mask = np.stack([(ks % s) == 0 for s in strides], axis=-1)
-        q = r.rng.random(vals.shape)
-        qual = np.where(q < 1e-4, 2, np.where(q < 6e-4, 1, 0)).astype(np.int8)
+        qual = quality_codes(r.rng, vals.shape)
         b = r.plan
         ts_us = int(b.start.timestamp() * 1e6) + ks.astype(np.int64) * round(period_s * 1e6)
         r.seq += 1
@@ -186,26 +186,7 @@ def run_live(
                 r = running[uid]
                 rec = r.engine.run(1)
                 r.buffer.append(rec)
-                r.history.append(
-                    {
-                        k: rec[k]
-                        for k in (
-                            "Xv",
-                            "Xd",
-                            "G",
-                            "Gln",
-                            "L",
-                            "A",
-                            "P",
-                            "pH",
-                            "pco2",
-                            "osm",
-                            "T",
-                            "B",
-                            "DO",
-                        )
-                    }
-                )
+                r.history.append({k: rec[k] for k in TRUTH_VARIABLES})
                 if r.k % spd == 0:
                     ts = r.plan.start + timedelta(hours=r.k * dt_h + 0.25)
                     rows = [(f"{r.plan.batch_id}-S{r.k // spd:02d}", r.plan.site_id, uid, r.plan.batch_id, ts,
