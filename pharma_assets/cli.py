@@ -163,3 +163,47 @@ def import_(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def pipeline(
+    landing: Annotated[
+        Path, typer.Option(help="Landing zone (default: $PHARMA_LANDING_DIR or ./landing).")
+    ] = None,  # type: ignore[assignment]
+    lake: Annotated[
+        str, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
+    ] = None,  # type: ignore[assignment]
+    batches_per_run: Annotated[int, typer.Option(help="Batch partitions per ingestion run.")] = 20,
+) -> None:
+    """Materialize everything pending for the landing zone (bronze, silver, gold) and exit."""
+    from .defs.lakehouse.resources import LakehouseResource
+    from .pipeline import default_instance, run_pipeline
+
+    res = LakehouseResource.from_env()
+    res = LakehouseResource(
+        lake_uri=lake or res.lake_uri,
+        landing_dir=str(landing or res.landing_dir),
+        spec_path=res.spec_path,
+    )
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("scanning landing zone", total=None)
+
+        def progress(msg: str, done: int, total: int) -> None:
+            bar.update(task, description=msg, completed=done, total=total or None)
+
+        with default_instance() as instance:
+            out = run_pipeline(res, instance, batches_per_run, progress)
+    console.print(
+        f"pipeline: {len(out.batches)} batch partitions with new files, {len(out.runs)} runs, "
+        f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}"
+    )
+    if out.failed:
+        console.print(f"[red]failed runs: {', '.join(out.failed)} (see the Dagster UI)")
+        raise typer.Exit(1)

@@ -1,0 +1,242 @@
+"""Bronze, silver and gold assets: thin wrappers over pharma_assets.lake.
+
+Batch-level assets share one dynamic partitions definition keyed by batch id and a
+single-run backfill policy, so a backfill of 1,000 batches is one run that commits in
+large groups instead of 1,000 runs.
+"""
+
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from pharma_assets.lake import bronze, gold, silver
+from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
+
+from .resources import LakehouseResource
+
+batch_partitions = dg.DynamicPartitionsDefinition(name="batch")
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+DELTA = {"delta", "polars"}
+
+
+def _keys(context: dg.AssetExecutionContext) -> list[str]:
+    return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
+
+
+def _table_meta(lake_uri: str, layer: str, name: str, version: int | None) -> dict[str, Any]:
+    return {"table_uri": dg.MetadataValue.path(f"{lake_uri}/{layer}/{name}"), "delta_version": version}
+
+
+def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["bronze", source],
+        group_name="bronze",
+        partitions_def=batch_partitions,
+        backfill_policy=SINGLE_RUN,
+        deps=[dg.AssetKey(["landing", source])],
+        kinds=DELTA,
+        description=description,
+        metadata={"partition_expr": "batch_id", "table": f"bronze/{source}"},
+        check_specs=[dg.AssetCheckSpec("files_reconcile", asset=["bronze", source],
+                                       description="every landed file is in the ingest log, accepted or quarantined")],
+    )  # fmt: skip
+    def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
+        lake = lakehouse.lake()
+        rep = bronze.IngestReport(source)
+        landed = 0
+        for bid in _keys(context):
+            files = files_for_batch(lakehouse.landing_dir, source, bid)
+            landed += len(files)
+            rep.merge(bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run_id))
+        logged = bronze.read_log(lake, _keys(context), source).height
+        yield dg.MaterializeResult(
+            metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", source, lake.version("bronze", source))}
+        )
+        yield dg.AssetCheckResult(
+            check_name="files_reconcile", passed=logged == landed,
+            metadata={"files_landed": landed, "files_in_ingest_log": logged},
+        )  # fmt: skip
+
+    return _asset
+
+
+bronze_telemetry = _bronze_batch_asset(
+    "telemetry",
+    "Historian telemetry, one row per reading as landed, plus source_file, ingested_at, "
+    "ingest_run_id and row_hash. Append-only; each landed file exactly once. Unreadable "
+    "files go to bronze/quarantine; every file gets a row in bronze/ingest_log.",
+)
+bronze_mes = _bronze_batch_asset("mes", "MES batch events as landed (typed keys plus the full JSON payload).")
+bronze_lims = _bronze_batch_asset("lims", "LIMS results as landed (in-process and release).")
+
+
+@dg.asset(
+    key=["bronze", "cmms"],
+    group_name="bronze",
+    deps=[dg.AssetKey(["landing", "cmms"])],
+    kinds=DELTA,
+    description="CMMS maintenance events as landed. Also quarantines landed files outside the "
+    "landing layout (reason unexpected_location), so no landed file is invisible.",
+)
+def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    rep = bronze.ingest_files(
+        lake, lakehouse.landing_dir, "cmms", files_for_source(lakehouse.landing_dir, "cmms"), context.run_id
+    )
+    odd = bronze.ingest_files(
+        lake, lakehouse.landing_dir, "unroutable", files_for_source(lakehouse.landing_dir, "unroutable"),
+        context.run_id,
+    )  # fmt: skip
+    rep.merge(odd)
+    return dg.MaterializeResult(
+        metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", "cmms", lake.version("bronze", "cmms"))}
+    )
+
+
+@dg.asset(
+    key=["silver", "batches"],
+    group_name="silver",
+    partitions_def=batch_partitions,
+    backfill_policy=SINGLE_RUN,
+    deps=[bronze_mes],
+    kinds=DELTA,
+    description="One row per batch from MES events: unit, recipe, material lots, start/end, "
+    "status running|complete|aborted, current phase. Also writes silver/batch_phases and "
+    "silver/event_quarantine (events that fail their contract, with the reason).",
+    metadata={"partition_expr": "batch_id"},
+)
+def silver_batches(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    res = silver.build_batches(lake, _keys(context))
+    return dg.MaterializeResult(metadata={**res, **_table_meta(lake.root, "silver", "batches", lake.version("silver", "batches"))})
+
+
+@dg.asset(
+    key=["silver", "lab_results"],
+    group_name="silver",
+    partitions_def=batch_partitions,
+    backfill_policy=SINGLE_RUN,
+    deps=[bronze_lims],
+    kinds=DELTA,
+    description="LIMS results validated against the spec file (known analyte, unit, physical "
+    "limits); release CQAs carry their spec limits and within_spec. Failures go to "
+    "silver/lab_quarantine with the failed check and the offending value.",
+    metadata={"partition_expr": "batch_id"},
+)
+def silver_lab_results(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    res = silver.build_lab_results(lake, lakehouse.spec(), _keys(context))
+    return dg.MaterializeResult(metadata={**res, **_table_meta(lake.root, "silver", "lab_results", lake.version("silver", "lab_results"))})
+
+
+@dg.asset(
+    key=["silver", "maintenance_events"],
+    group_name="silver",
+    deps=[bronze_cmms],
+    kinds=DELTA,
+    description="CMMS work orders, typed and de-duplicated by work order id.",
+)
+def silver_maintenance(lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    return dg.MaterializeResult(metadata=silver.build_maintenance(lake))
+
+
+_SILVER_TELEMETRY = {
+    "telemetry": "Valid readings: typed, unit-normalised (canonical unit per tag), with phase and spec version.",
+    "telemetry_quarantine": "Readings that failed the pandera contract, with failed_check, all failed checks and the offending value.",
+    "excursion_segments": "Runs of valid CPP readings outside the normal operating range, per delivered file.",
+    "telemetry_stats": "Per file, tag and phase: n, sum, sum of squares, min, max, first/last reading.",
+    "batch_timeline": "One row per batch per elapsed minute, a column per tag, with phase.",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(["silver", name], group_name="silver", description=desc, kinds=DELTA,
+                     deps=[bronze_telemetry, silver_batches], metadata={"partition_expr": "batch_id"},
+                     skippable=name != "telemetry")
+        for name, desc in _SILVER_TELEMETRY.items()
+    ],
+    partitions_def=batch_partitions,
+    backfill_policy=SINGLE_RUN,
+    name="silver_telemetry",
+    check_specs=[
+        dg.AssetCheckSpec("contract_pass_rate", asset=["silver", "telemetry"],
+                          description="share of the partition's readings that pass the contract (>= 99 %)"),
+        dg.AssetCheckSpec("reconciliation", asset=["silver", "telemetry"],
+                          description="rows landed = bronze rows = silver rows + quarantined rows (+ rows waiting for their batch_start)"),
+        dg.AssetCheckSpec("no_duplicate_readings", asset=["silver", "telemetry"],
+                          description="no two silver readings share (unit, tag, ts)"),
+    ],
+)  # fmt: skip
+def silver_telemetry(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
+    """Validate new bronze telemetry files of the partition(s) into the five silver tables."""
+    lake = lakehouse.lake()
+    keys = _keys(context)
+    rep = silver.process_telemetry(lake, keys, lakehouse.spec(), context.run_id)
+    for name in _SILVER_TELEMETRY:
+        yield dg.MaterializeResult(
+            asset_key=["silver", name],
+            metadata={**(rep.as_metadata() if name == "telemetry" else {}),
+                      **_table_meta(lake.root, "silver", name, lake.version("silver", name))},
+        )  # fmt: skip
+    rec = silver.reconcile_telemetry(lake, lakehouse.landing_dir, keys)
+    yield dg.AssetCheckResult(
+        check_name="contract_pass_rate", asset_key=["silver", "telemetry"],
+        passed=rec["silver_pass_rate"] >= 0.99, metadata={k: rec[k] for k in ("silver_pass_rate", "silver_rows", "quarantined_rows")},
+    )  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="reconciliation", asset_key=["silver", "telemetry"], passed=rec["reconciled"], metadata=rec,
+    )  # fmt: skip
+    dups = silver.duplicate_readings(lake, keys)
+    yield dg.AssetCheckResult(
+        check_name="no_duplicate_readings", asset_key=["silver", "telemetry"], passed=dups == 0,
+        metadata={"duplicate_keys": dups, "partitions": len(keys)},
+    )  # fmt: skip
+
+
+_GOLD = {
+    "batch_summary": "One row per batch: unit, recipe, times, duration, peak VCD, final titer, harvest volume, product mass, every release CQA, excursion count and minutes per CPP, Cpk per CPP, right-first-time, status.",
+    "cpp_excursions": "CPP excursions: start, end, duration, peak, minutes outside PAR, severity (minor/major/critical), active flag.",
+    "unit_status": "Latest state of every unit: current batch, phase, day, last reading of each CPP, active excursions.",
+    "plant_kpis": "Per ISO week: batches started/completed/aborted/running, right-first-time %, mean titer and product mass.",
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(["gold", name], group_name="gold", description=desc, kinds=DELTA,
+                     deps=[dg.AssetKey(["silver", "telemetry"]), dg.AssetKey(["silver", "excursion_segments"]),
+                           dg.AssetKey(["silver", "telemetry_stats"]), silver_batches, silver_lab_results])
+        for name, desc in _GOLD.items()
+    ],
+    name="gold_tables",
+    check_specs=[
+        dg.AssetCheckSpec("one_row_per_batch", asset=["gold", "batch_summary"],
+                          description="exactly one row per batch known to silver, and every completed batch present"),
+        dg.AssetCheckSpec("running_batches_fresh", asset=["gold", "unit_status"],
+                          description="every running batch has telemetry newer than 2 hours"),
+    ],
+)  # fmt: skip
+def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
+    """Rebuild the gold tables from silver aggregates (never from raw telemetry)."""
+    lake = lakehouse.lake()
+    res = gold.build_gold(lake, lakehouse.spec())
+    for name in _GOLD:
+        yield dg.MaterializeResult(
+            asset_key=["gold", name],
+            metadata={**(res if name == "batch_summary" else {}),
+                      **_table_meta(lake.root, "gold", name, lake.version("gold", name))},
+        )  # fmt: skip
+    chk = gold.check_one_row_per_batch(lake)
+    yield dg.AssetCheckResult(check_name="one_row_per_batch", asset_key=["gold", "batch_summary"],
+                              passed=chk["passed"], metadata=chk)  # fmt: skip
+    fr = gold.check_freshness(lake, max_age_h=2.0)
+    yield dg.AssetCheckResult(check_name="running_batches_fresh", asset_key=["gold", "unit_status"],
+                              passed=fr["passed"], severity=dg.AssetCheckSeverity.WARN, metadata=fr)  # fmt: skip
+
+
+

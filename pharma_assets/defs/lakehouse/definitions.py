@@ -1,0 +1,21 @@
+"""The lakehouse code location: assets, checks, jobs, sensors and the lake resource."""
+
+import dagster as dg
+
+from . import assets
+from .automation import batch_ingest_job, gold_job, gold_refresh_sensor, landing_sensor, plant_events_job
+from .resources import LakehouseResource
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            assets.bronze_telemetry, assets.bronze_mes, assets.bronze_lims, assets.bronze_cmms,
+            assets.silver_batches, assets.silver_lab_results, assets.silver_maintenance,
+            assets.silver_telemetry, assets.gold_tables,
+        ],  # fmt: skip
+        jobs=[batch_ingest_job, plant_events_job, gold_job],
+        sensors=[landing_sensor, gold_refresh_sensor],
+        resources={"lakehouse": LakehouseResource.from_env()},
+    )

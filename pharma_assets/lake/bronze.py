@@ -1,0 +1,420 @@
+"""Bronze: landed files become append-only Delta tables, each file exactly once.
+
+Per source there is one table (``bronze/telemetry``, ``bronze/mes``, ``bronze/lims``,
+``bronze/cmms``) holding the raw values plus ingestion metadata (``source_file``,
+``ingested_at``, ``ingest_run_id``, ``row_hash``). Values that do not fit their column type
+are kept verbatim in ``raw`` (and the typed cell is null) so that silver can quarantine the
+row with the offending value; columns the contract does not know are kept in ``extra``.
+
+A file that cannot be read at all (corrupt Parquet, wrong CSV delimiter, missing required
+columns, malformed JSON, empty, a second delivery of the same content) goes to
+``bronze/quarantine`` with its reason. Every file, accepted or not, gets one row in
+``bronze/ingest_log``: that table is the reconciliation ledger (rows landed per file).
+
+Exactly once: the rows of a file, its quarantine record and its ledger row are each
+committed with a Delta application-transaction marker for that file (see storage.py), and
+a writer holds the source's lock from its final check of the markers to its commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from .landing_scan import LandedFile
+from .storage import Lake
+
+LAYER = "bronze"
+UTC_US = pl.Datetime("us", "UTC")
+
+# The contract of each source: column -> type. Everything else in a file is "extra".
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "telemetry": {
+        "ts": UTC_US, "site_id": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(),
+        "tag": pl.String(), "value": pl.Float64(), "uom": pl.String(), "quality": pl.String(),
+    },
+    "lims": {
+        "sample_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(),
+        "batch_id": pl.String(), "sample_ts": UTC_US, "sample_type": pl.String(),
+        "analyte": pl.String(), "value": pl.Float64(), "uom": pl.String(),
+    },
+    "mes": {
+        "event_id": pl.String(), "event_type": pl.String(), "event_ts": UTC_US,
+        "site_id": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(),
+    },
+    "cmms": {
+        "work_order_id": pl.String(), "event_type": pl.String(), "event_ts": UTC_US,
+        "site_id": pl.String(), "unit_id": pl.String(), "equipment_id": pl.String(),
+    },
+}  # fmt: skip
+# Sources whose records keep their full original JSON in ``payload``.
+JSON_SOURCES = ("mes", "cmms")
+META_COLUMNS = ("source_file", "ingested_at", "ingest_run_id", "row_hash", "raw", "extra")
+
+LOG_SCHEMA = {
+    "source": pl.String(), "source_file": pl.String(), "unit_id": pl.String(),
+    "batch_id": pl.String(), "bytes": pl.Int64(), "sha256": pl.String(), "arrived_at": UTC_US,
+    "status": pl.String(), "reason": pl.String(), "detail": pl.String(), "rows": pl.Int64(),
+    "ingested_at": UTC_US, "ingest_run_id": pl.String(),
+}  # fmt: skip
+QUARANTINE_SCHEMA = {k: v for k, v in LOG_SCHEMA.items() if k != "status"}
+
+
+class FileRejected(Exception):
+    """A landed file that cannot become bronze rows; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str, rows: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.rows = reason, detail, rows
+
+
+@dataclass
+class IngestReport:
+    source: str
+    files_seen: int = 0
+    files_already_ingested: int = 0
+    files_accepted: int = 0
+    files_quarantined: int = 0
+    rows_landed: int = 0
+    rows_accepted: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    batches: set[str] = field(default_factory=set)
+    version: int | None = None
+
+    def merge(self, other: IngestReport) -> None:
+        for k in ("files_seen", "files_already_ingested", "files_accepted", "files_quarantined",
+                  "rows_landed", "rows_accepted"):  # fmt: skip
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.reasons.update(other.reasons)
+        self.batches |= other.batches
+        self.version = other.version if other.version is not None else self.version
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "files_seen": self.files_seen,
+            "files_already_ingested": self.files_already_ingested,
+            "files_accepted": self.files_accepted,
+            "files_quarantined": self.files_quarantined,
+            "rows_landed": self.rows_landed,
+            "rows_accepted": self.rows_accepted,
+            "quarantine_reasons": dict(self.reasons),
+        }
+
+
+# ---------------------------------------------------------------------------- readers
+def _read_parquet(data: bytes) -> pl.DataFrame:
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:
+        raise FileRejected("unreadable_parquet", f"{type(e).__name__}: {e}") from None
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def _read_csv(data: bytes, expected: Sequence[str]) -> pl.DataFrame:
+    text = data.decode("utf-8", errors="replace")
+    header = text.splitlines()[0] if text.strip() else ""
+    try:
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False, truncate_ragged_lines=False)
+    except Exception as e:
+        raise FileRejected("unreadable_csv", f"{type(e).__name__}: {e}") from None
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        hint = ""
+        for delim in (";", "\t", "|"):
+            if delim in header and all(c in header.split(delim) for c in expected):
+                hint = f" (the header is {delim!r}-delimited; expected ',')"
+        raise FileRejected("missing_columns", f"missing {missing}{hint}", rows=df.height)
+    return df
+
+
+def _read_jsonl(data: bytes) -> pl.DataFrame:
+    records = []
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FileRejected("malformed_json", f"line {n}: {e.msg}") from None
+        if not isinstance(rec, dict):
+            raise FileRejected("malformed_json", f"line {n} is not a JSON object")
+        records.append(rec)
+    if not records:
+        return pl.DataFrame()
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    cols: dict[str, list[Any]] = {k: [] for k in keys}
+    for r in records:
+        for k in keys:
+            v = r.get(k)
+            cols[k].append(v if v is None or isinstance(v, str) else json.dumps(v))
+    df = pl.DataFrame(cols, schema={k: pl.String for k in keys})
+    return df.with_columns(payload=pl.Series([json.dumps(r) for r in records], dtype=pl.String))
+
+
+def _coerce(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Cast to the contract's types; cells that do not cast are null with text in ``raw``."""
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise FileRejected("missing_columns", f"missing {missing}", rows=df.height)
+    exprs, fails = [], []
+    for c, t in schema.items():
+        src = df.schema[c]
+        if src == t:
+            exprs.append(pl.col(c))
+            continue
+        as_text = pl.col(c).cast(pl.String)
+        if t == UTC_US:
+            if isinstance(src, pl.Datetime):
+                cast = (
+                    pl.col(c).dt.convert_time_zone("UTC")
+                    if src.time_zone
+                    else pl.col(c).dt.replace_time_zone("UTC")
+                )  # type: ignore[union-attr]
+                cast = cast.dt.cast_time_unit("us")
+            else:
+                cast = as_text.str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
+        else:
+            cast = pl.col(c).cast(t, strict=False)
+        exprs.append(cast.alias(c))
+        fails.append(
+            pl.when(pl.col(c).is_not_null() & cast.is_null()).then(
+                pl.format("{}={}", pl.lit(c), as_text)
+            )
+        )
+    # JSON records keep everything in `payload`; tabular files keep unknown columns in `extra`
+    extra_cols = [] if "payload" in df.columns else [c for c in df.columns if c not in schema]
+    out = df.select(
+        *exprs,
+        *([pl.col("payload")] if "payload" in df.columns else []),
+        raw=pl.concat_str(fails, separator=";", ignore_nulls=True) if fails else pl.lit(None, pl.String),
+        extra=(
+            pl.concat_str([pl.format("{}={}", pl.lit(c), pl.col(c).cast(pl.String)) for c in extra_cols],
+                          separator=";", ignore_nulls=True)
+            if extra_cols else pl.lit(None, pl.String)
+        ),
+    )  # fmt: skip
+    return out.with_columns(
+        pl.when(pl.col("raw") == "").then(None).otherwise(pl.col("raw")).alias("raw")
+    )
+
+
+def read_source_file(source: str, data: bytes) -> pl.DataFrame:
+    """Parse one landed file into the source's typed columns plus ``raw``/``extra``."""
+    if not data:
+        raise FileRejected("empty_file", "0 bytes", rows=0)
+    if source == "telemetry":
+        df = _read_parquet(data)
+    elif source == "lims":
+        df = _read_csv(data, list(SCHEMAS["lims"]))
+    elif source in JSON_SOURCES:
+        df = _read_jsonl(data)
+    else:
+        raise FileRejected("unexpected_location", f"no source reads {source!r} files")
+    if df.height == 0:
+        raise FileRejected("empty_file", "no records", rows=0)
+    return _coerce(df, SCHEMAS[source])
+
+
+# ---------------------------------------------------------------------------- ingestion
+def _ts(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+def _finish(
+    df: pl.DataFrame, f: LandedFile, now: datetime, run_id: str, source: str
+) -> pl.DataFrame:
+    cols = list(SCHEMAS[source])
+    if f.batch_id is not None and "batch_id" in df.columns:
+        # the landing path decides the partition; a different batch_id in the content is
+        # kept verbatim in `raw` for silver to quarantine
+        mismatch = pl.col("batch_id").is_not_null() & (pl.col("batch_id") != f.batch_id)
+        df = df.with_columns(
+            raw=pl.when(mismatch)
+            .then(pl.concat_str([pl.col("raw"), pl.format("batch_id={}", pl.col("batch_id"))],
+                                separator=";", ignore_nulls=True))
+            .otherwise(pl.col("raw")),
+            batch_id=pl.lit(f.batch_id, pl.String),
+        )  # fmt: skip
+    hashed = df.select(cols).hash_rows(seed=20261128).reinterpret(signed=True)
+    return df.with_columns(
+        source_file=pl.lit(f.rel, pl.String),
+        ingested_at=pl.lit(now, UTC_US),
+        ingest_run_id=pl.lit(run_id, pl.String),
+        row_hash=hashed,
+    )
+
+
+def _log_row(f: LandedFile, sha: str, status: str, reason: str | None, detail: str | None,
+             rows: int | None, now: datetime, run_id: str) -> dict[str, Any]:  # fmt: skip
+    return {
+        "source": f.source, "source_file": f.rel, "unit_id": f.unit_id, "batch_id": f.batch_id,
+        "bytes": f.size, "sha256": sha, "arrived_at": _ts(f.arrived_ns), "status": status,
+        "reason": reason, "detail": detail, "rows": rows, "ingested_at": now, "ingest_run_id": run_id,
+    }  # fmt: skip
+
+
+def read_log(
+    lake: Lake, batch_ids: Sequence[str] | None = None, source: str | None = None
+) -> pl.DataFrame:
+    lf = lake.scan(LAYER, "ingest_log")
+    if lf is None:
+        return pl.DataFrame(schema=LOG_SCHEMA)
+    if batch_ids is not None:
+        lf = lf.filter(pl.col("batch_id").is_in(list(batch_ids)))
+    if source is not None:
+        lf = lf.filter(pl.col("source") == source)
+    return lf.collect()
+
+
+def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: str) -> None:
+    """Ledger rows for files whose data committed but whose ledger row did not (a crash)."""
+    rels = [f.rel for f in files]
+    logged = lake.written_sources(LAYER, "ingest_log", rels)
+    todo = [f for f in files if f.rel not in logged]
+    if not todo:
+        return
+    in_data = lake.written_sources(LAYER, source, [f.rel for f in todo])
+    in_q = lake.written_sources(LAYER, "quarantine", [f.rel for f in todo])
+    rows = []
+    now = datetime.now(UTC)
+    if in_data:
+        counts = lake.read(
+            LAYER, source, ["source_file"], filter_expr=pl.col("source_file").is_in(list(in_data))
+        )
+        n = counts["source_file"].value_counts() if counts is not None else None
+        got = dict(zip(n["source_file"], n["count"], strict=True)) if n is not None else {}
+        for f in todo:
+            if f.rel in in_data:
+                rows.append(_log_row(f, "", "accepted", None, "ledger row recovered after an interrupted run",
+                                     int(got.get(f.rel, 0)), now, run_id))  # fmt: skip
+    if in_q:
+        q = lake.read(LAYER, "quarantine", filter_expr=pl.col("source_file").is_in(list(in_q)))
+        assert q is not None
+        for r in q.iter_rows(named=True):
+            f = next(x for x in todo if x.rel == r["source_file"])
+            rows.append(
+                _log_row(
+                    f, r["sha256"], "quarantined", r["reason"], r["detail"], r["rows"], now, run_id
+                )
+            )
+    if rows:
+        lake.append(
+            LAYER,
+            "ingest_log",
+            pl.DataFrame(rows, schema=LOG_SCHEMA),
+            [r["source_file"] for r in rows],
+        )
+
+
+def ingest_files(
+    lake: Lake,
+    landing_root: str | Path,
+    source: str,
+    files: Sequence[LandedFile],
+    run_id: str,
+    max_rows_per_commit: int = 2_000_000,
+    now: datetime | None = None,
+) -> IngestReport:
+    """Ingest landed files of one source (those not ingested yet) into bronze."""
+    rep = IngestReport(source)
+    rep.files_seen = len(files)
+    if not files:
+        return rep
+    with lake.lock(f"bronze-{source}"):
+        _repair_log(lake, source, files, run_id)
+    done = lake.written_sources(LAYER, "ingest_log", [f.rel for f in files])
+    todo = [f for f in files if f.rel not in done]
+    rep.files_already_ingested = len(files) - len(todo)
+    known = read_log(lake, sorted({f.batch_id for f in todo if f.batch_id}) or None, source)
+    seen_sha = dict(zip(known["sha256"], known["source_file"], strict=True))
+
+    group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]] = []
+    group_rows = 0
+    for f in todo:
+        now_f = now or datetime.now(UTC)
+        try:
+            data = f.path(landing_root).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"landed file {f.rel} disappeared before ingestion") from None
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            if source not in SCHEMAS:
+                raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout")
+            if sha in seen_sha:
+                raise FileRejected("duplicate_file", f"same content as {seen_sha[sha]}")
+            df = _finish(read_source_file(source, data), f, now_f, run_id, source)
+            seen_sha[sha] = f.rel
+            log = _log_row(f, sha, "accepted", None, None, df.height, now_f, run_id)
+            group.append((f, df, log))
+            group_rows += df.height
+        except FileRejected as e:
+            group.append(
+                (
+                    f,
+                    None,
+                    _log_row(f, sha, "quarantined", e.reason, e.detail, e.rows, now_f, run_id),
+                )
+            )
+        if group_rows >= max_rows_per_commit:
+            _commit(lake, source, group, rep)
+            group, group_rows = [], 0
+    if group:
+        _commit(lake, source, group, rep)
+    return rep
+
+
+def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]],
+            rep: IngestReport) -> None:  # fmt: skip
+    with lake.lock(f"bronze-{source}"):
+        # final check under the lock: another run may have ingested some of these meanwhile
+        rels = [f.rel for f, _, _ in group]
+        done = lake.written_sources(LAYER, "ingest_log", rels)
+        if source in SCHEMAS:
+            done |= lake.written_sources(LAYER, source, rels)
+        done |= lake.written_sources(LAYER, "quarantine", rels)
+        group = [g for g in group if g[0].rel not in done]
+        rep.files_already_ingested += len(rels) - len(group)
+        accepted = [(f, df) for f, df, _ in group if df is not None]
+        rejected = [log for _, df, log in group if df is None]
+        if accepted:
+            frames = pl.concat([df for _, df in accepted], how="diagonal_relaxed")
+            rep.version = lake.append(
+                LAYER, source, frames, [f.rel for f, _ in accepted],
+                partition_by=["batch_id"] if source == "telemetry" else None,
+                metadata={"files": len(accepted), "rows": frames.height},
+            )  # fmt: skip
+        if rejected:
+            q = pl.DataFrame(
+                [{k: r[k] for k in QUARANTINE_SCHEMA} for r in rejected], schema=QUARANTINE_SCHEMA
+            )
+            lake.append(LAYER, "quarantine", q, [r["source_file"] for r in rejected])
+        logs = [log for _, _, log in group]
+        if logs:
+            lake.append(
+                LAYER,
+                "ingest_log",
+                pl.DataFrame(logs, schema=LOG_SCHEMA),
+                [r["source_file"] for r in logs],
+            )
+    for f, df, log in group:
+        rep.rows_landed += log["rows"] or 0
+        if f.batch_id:
+            rep.batches.add(f.batch_id)
+        if df is not None:
+            rep.files_accepted += 1
+            rep.rows_accepted += df.height
+        else:
+            rep.files_quarantined += 1
+            rep.reasons[log["reason"]] += 1

@@ -1,0 +1,309 @@
+"""Gold: the tables people read (dashboards, models, QA), derived from silver aggregates.
+
+Gold never rereads raw telemetry: it combines the per-file aggregates silver keeps
+(``telemetry_stats``, ``excursion_segments``) with batches and lab results, so a refresh
+costs in proportion to the number of batches, not the number of readings.
+
+- ``cpp_excursions``: adjacent out-of-NOR segments joined into excursions with start, end,
+  duration, peak, minutes outside PAR and severity (minor: outside NOR only; major:
+  outside PAR; critical: outside PAR for at least ``CRITICAL_PAR_MINUTES``).
+- ``batch_summary``: one row per batch (see docs/data_model.md for every column).
+- ``unit_status``: the latest state of every unit.
+- ``plant_kpis``: per ISO week of batch start.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from . import silver
+from .specs import CppSpec
+from .storage import Lake
+
+LAYER = "gold"
+UTC_US = pl.Datetime("us", "UTC")
+CRITICAL_PAR_MINUTES = 60.0
+EXCURSION_SCHEMA = {
+    "excursion_id": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
+    "phase": pl.String(), "start_ts": UTC_US, "end_ts": UTC_US, "duration_min": pl.Float64(),
+    "minutes_outside_par": pl.Float64(), "peak_value": pl.Float64(), "direction": pl.String(),
+    "target": pl.Float64(), "nor_lo": pl.Float64(), "nor_hi": pl.Float64(), "par_lo": pl.Float64(),
+    "par_hi": pl.Float64(), "severity": pl.String(), "active": pl.Boolean(),
+}  # fmt: skip
+
+
+def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame | None:
+    return lake.read(layer, name)
+
+
+def excursions(
+    segments: pl.DataFrame, batches: pl.DataFrame, last_ts: pl.DataFrame
+) -> pl.DataFrame:
+    """Join segments of the same batch and tag that are at most two sample periods apart."""
+    if segments.height == 0:
+        return pl.DataFrame(schema=EXCURSION_SCHEMA)
+    s = segments.sort("batch_id", "tag", "start_ts").with_columns(
+        gap_s=(
+            pl.col("start_ts") - pl.col("end_ts").shift(1).over("batch_id", "tag")
+        ).dt.total_seconds()
+    )
+    s = s.with_columns(
+        new=(pl.col("gap_s").is_null() | (pl.col("gap_s") > 2 * pl.col("sample_period_s")))
+    ).with_columns(episode=pl.col("new").cum_sum().over("batch_id", "tag"))
+    s = s.with_columns(dev=(pl.col("peak_value") - pl.col("target")).abs())
+    ex = s.group_by("batch_id", "unit_id", "tag", "episode").agg(
+        phase=pl.col("phase").first(),
+        start_ts=pl.col("start_ts").min(),
+        end_ts=pl.col("end_ts").max(),
+        n_readings=pl.col("n_readings").sum(),
+        period=pl.col("sample_period_s").median(),
+        n_outside_par=pl.col("n_outside_par").sum(),
+        peak_value=pl.col("peak_value").sort_by("dev").last(),
+        target=pl.col("target").first(),
+        nor_lo=pl.col("nor_lo").first(), nor_hi=pl.col("nor_hi").first(),
+        par_lo=pl.col("par_lo").first(), par_hi=pl.col("par_hi").first(),
+    )  # fmt: skip
+    ex = (
+        ex.with_columns(
+            duration_min=(pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 60 + pl.col("period") / 60,
+            minutes_outside_par=pl.col("n_outside_par") * pl.col("period") / 60,
+            direction=pl.when(pl.col("peak_value") > pl.col("target")).then(pl.lit("high")).otherwise(pl.lit("low")),
+        )
+        .with_columns(
+            severity=pl.when(pl.col("minutes_outside_par") >= CRITICAL_PAR_MINUTES).then(pl.lit("critical"))
+            .when(pl.col("n_outside_par") > 0).then(pl.lit("major"))
+            .otherwise(pl.lit("minor"))
+        )
+        .join(batches.select("batch_id", "status"), on="batch_id", how="left")
+        .join(last_ts, on=["batch_id", "tag"], how="left")
+        .with_columns(
+            active=(pl.col("status") == "running") & (pl.col("end_ts") >= pl.col("last_ts")).fill_null(False),
+            excursion_id=pl.format("{}-{}-{}", pl.col("batch_id"), pl.col("tag"),
+                                   pl.col("start_ts").dt.strftime("%Y%m%dT%H%M%S")),
+        )
+    )  # fmt: skip
+    return ex.select(list(EXCURSION_SCHEMA)).cast(EXCURSION_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
+
+
+def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
+    """Cpk per batch and CPP over production-phase readings, against the production PAR."""
+    rows = []
+    for tag in spec.cpp_tags:
+        lim = spec.tags[tag].limits("production")
+        assert lim.par is not None
+        rows.append({"tag": tag, "lsl": lim.par[0], "usl": lim.par[1]})
+    lim_df = pl.DataFrame(rows)
+    agg = (
+        stats.filter(pl.col("phase") == "production")
+        .group_by("batch_id", "tag")
+        .agg(n=pl.col("n").sum(), s=pl.col("sum").sum(), ss=pl.col("sumsq").sum())
+        .join(lim_df, on="tag", how="inner")
+        .with_columns(mean=pl.col("s") / pl.col("n"))
+        .with_columns(
+            sd=((pl.col("ss") - pl.col("n") * pl.col("mean") ** 2) / (pl.col("n") - 1))
+            .clip(0)
+            .sqrt()
+        )
+        .with_columns(
+            cpk=pl.when(pl.col("sd") > 0).then(
+                pl.min_horizontal(pl.col("usl") - pl.col("mean"), pl.col("mean") - pl.col("lsl"))
+                / (3 * pl.col("sd"))
+            )
+        )
+    )
+    return agg.select("batch_id", "tag", "cpk")
+
+
+def build_gold(lake: Lake, spec: CppSpec, now: datetime | None = None) -> dict[str, int]:
+    now = now or datetime.now(UTC)
+    batches = _read(lake, silver.LAYER, "batches")
+    if batches is None:
+        return {"batches": 0}
+    stats = _read(lake, silver.LAYER, "telemetry_stats")
+    segs = _read(lake, silver.LAYER, "excursion_segments")
+    labs = _read(lake, silver.LAYER, "lab_results")
+    stats = stats if stats is not None else pl.DataFrame(schema={"batch_id": pl.String, "unit_id": pl.String,
+        "tag": pl.String, "phase": pl.String, "n": pl.UInt32, "sum": pl.Float64, "sumsq": pl.Float64,
+        "min": pl.Float64, "max": pl.Float64, "first_ts": UTC_US, "last_ts": UTC_US, "last_value": pl.Float64})  # fmt: skip
+    last = (
+        stats.sort("last_ts")
+        .group_by("batch_id", "tag")
+        .agg(last_ts=pl.col("last_ts").last(), last_value=pl.col("last_value").last())
+    )
+    ex = excursions(segs if segs is not None else pl.DataFrame(schema=silver.SEGMENT_SCHEMA), batches,
+                    last.select("batch_id", "tag", "last_ts"))  # fmt: skip
+    lake.overwrite(LAYER, "cpp_excursions", ex)
+    summary = batch_summary(batches, stats, ex, labs, last, spec)
+    lake.overwrite(LAYER, "batch_summary", summary)
+    lake.overwrite(LAYER, "unit_status", unit_status(batches, last, ex, spec, now))
+    kpis = plant_kpis(summary)
+    lake.overwrite(LAYER, "plant_kpis", kpis)
+    return {"batches": summary.height, "excursions": ex.height, "weeks": kpis.height,
+            "completed": int((summary["status"] == "complete").sum())}  # fmt: skip
+
+
+def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, labs: pl.DataFrame | None,
+                  last: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+    s = batches.select(
+        "batch_id", "site_id", "unit_id", "product", "recipe_id", "recipe_version", "start_ts", "end_ts",
+        "status", "end_reason", "media_lot", "feed_lot", "inoculum_lot", "base_lot", "material_lots",
+        duration_h=(pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 3600,
+    )  # fmt: skip
+    vol = last.filter(pl.col("tag") == "volume_l").select(
+        "batch_id", harvest_volume_l=pl.col("last_value")
+    )
+    s = s.join(vol, on="batch_id", how="left")
+    if labs is not None and labs.height:
+        ip = labs.filter(pl.col("sample_type") == "in_process")
+        vcd = (
+            ip.filter(pl.col("analyte") == "viable_cell_density_e6_cells_ml")
+            .group_by("batch_id")
+            .agg(peak_vcd_e6_cells_ml=pl.col("value").max())
+        )
+        ip_titer = (
+            ip.filter(pl.col("analyte") == "titer_g_l")
+            .sort("sample_ts")
+            .group_by("batch_id")
+            .agg(last_ip_titer=pl.col("value").last())
+        )
+        rel = labs.filter(pl.col("sample_type") == "release")
+        wide = rel.pivot(on="analyte", index="batch_id", values="value", aggregate_function="last")
+        wide = wide.rename({c: f"cqa_{c}" for c in wide.columns if c != "batch_id"})
+        ok = rel.group_by("batch_id").agg(
+            cqa_results=pl.len(), cqa_out_of_spec=(~pl.col("within_spec").fill_null(False)).sum()
+        )
+        s = s.join(vcd, on="batch_id", how="left").join(ip_titer, on="batch_id", how="left")
+        s = s.join(wide, on="batch_id", how="left").join(ok, on="batch_id", how="left")
+    for a in spec.lab.release:
+        if f"cqa_{a}" not in s.columns:
+            s = s.with_columns(pl.lit(None, pl.Float64).alias(f"cqa_{a}"))
+    for c, t in (("peak_vcd_e6_cells_ml", pl.Float64), ("last_ip_titer", pl.Float64),
+                 ("cqa_results", pl.UInt32), ("cqa_out_of_spec", pl.UInt32)):  # fmt: skip
+        if c not in s.columns:
+            s = s.with_columns(pl.lit(None, t).alias(c))
+    s = s.with_columns(
+        final_titer_g_l=pl.coalesce("cqa_titer_g_l", "last_ip_titer"),
+    ).with_columns(product_mass_kg=pl.col("final_titer_g_l") * pl.col("harvest_volume_l") / 1000)
+    # excursions per CPP
+    counts = ex.group_by("batch_id", "tag").agg(n=pl.len(), m=pl.col("duration_min").sum(),
+                                                 major=(pl.col("severity") != "minor").sum())  # fmt: skip
+    for tag in spec.cpp_tags:
+        c = counts.filter(pl.col("tag") == tag).select(
+            "batch_id",
+            pl.col("n").alias(f"exc_count_{tag}"),
+            pl.col("m").alias(f"exc_minutes_{tag}"),
+        )
+        s = s.join(c, on="batch_id", how="left").with_columns(
+            pl.col(f"exc_count_{tag}").fill_null(0), pl.col(f"exc_minutes_{tag}").fill_null(0.0)
+        )
+    tot = counts.group_by("batch_id").agg(
+        excursions_total=pl.col("n").sum(), excursions_major=pl.col("major").sum()
+    )
+    s = s.join(tot, on="batch_id", how="left").with_columns(
+        pl.col("excursions_total").fill_null(0), pl.col("excursions_major").fill_null(0)
+    )
+    cpk = _cpk(stats, spec)
+    for tag in spec.cpp_tags:
+        s = s.join(cpk.filter(pl.col("tag") == tag).select("batch_id", pl.col("cpk").alias(f"cpk_{tag}")),
+                   on="batch_id", how="left")  # fmt: skip
+    s = s.with_columns(
+        right_first_time=(pl.col("status") == "complete")
+        & (pl.col("cqa_results").fill_null(0) >= len(spec.lab.release))
+        & (pl.col("cqa_out_of_spec").fill_null(0) == 0)
+        & (pl.col("excursions_major") == 0),
+        release_status=pl.lit("pending_review"),
+        spec_version=pl.lit(spec.version),
+    ).drop("last_ip_titer")
+    return s.sort("start_ts")
+
+
+def unit_status(batches: pl.DataFrame, last: pl.DataFrame, ex: pl.DataFrame, spec: CppSpec,
+                now: datetime) -> pl.DataFrame:  # fmt: skip
+    latest = batches.sort("start_ts").group_by("unit_id").agg(pl.all().last())
+    cpp_last = last.filter(pl.col("tag").is_in(spec.cpp_tags))
+    wide = (
+        cpp_last.pivot(on="tag", index="batch_id", values="last_value", aggregate_function="last")
+        if cpp_last.height else pl.DataFrame(schema={"batch_id": pl.String})
+    )  # fmt: skip
+    wide = wide.rename({c: f"last_{c}" for c in wide.columns if c != "batch_id"})
+    last_reading = last.group_by("batch_id").agg(last_reading_ts=pl.col("last_ts").max())
+    active = (
+        ex.filter(pl.col("active"))
+        .group_by("batch_id")
+        .agg(
+            active_excursions=pl.len(),
+            active_excursion_tags=pl.col("tag").unique().sort().str.join(","),
+        )
+    )
+    out = (
+        latest.join(wide, on="batch_id", how="left")
+        .join(last_reading, on="batch_id", how="left")
+        .join(active, on="batch_id", how="left")
+        .with_columns(
+            state=pl.when(pl.col("status") == "running").then(pl.lit("running")).otherwise(pl.lit("idle")),
+            current_batch_id=pl.when(pl.col("status") == "running").then(pl.col("batch_id")),
+            phase=pl.when(pl.col("status") == "running").then(pl.col("current_phase")),
+            day=pl.when(pl.col("status") == "running").then(
+                (pl.coalesce("last_reading_ts", pl.lit(now, UTC_US)) - pl.col("start_ts")).dt.total_seconds() / 86400
+            ),
+            active_excursions=pl.col("active_excursions").fill_null(0),
+            updated_at=pl.lit(now, UTC_US),
+        )
+        .rename({"batch_id": "last_batch_id", "status": "last_batch_status"})
+    )  # fmt: skip
+    for tag in spec.cpp_tags:
+        if f"last_{tag}" not in out.columns:
+            out = out.with_columns(pl.lit(None, pl.Float64).alias(f"last_{tag}"))
+    cols = ["unit_id", "state", "current_batch_id", "phase", "day", "last_batch_id", "last_batch_status",
+            "recipe_id", "start_ts", "last_reading_ts", *[f"last_{t}" for t in spec.cpp_tags],
+            "active_excursions", "active_excursion_tags", "updated_at"]  # fmt: skip
+    return out.select(cols).sort("unit_id")
+
+
+def plant_kpis(summary: pl.DataFrame) -> pl.DataFrame:
+    done = pl.col("status") == "complete"
+    return (
+        summary.with_columns(week_start=pl.col("start_ts").dt.truncate("1w").dt.date())
+        .group_by("week_start")
+        .agg(
+            batches_started=pl.len(),
+            batches_completed=done.sum(),
+            batches_aborted=(pl.col("status") == "aborted").sum(),
+            batches_running=(pl.col("status") == "running").sum(),
+            right_first_time_pct=pl.when(done.sum() > 0).then(
+                100 * (pl.col("right_first_time") & done).sum() / done.sum()
+            ),
+            mean_titer_g_l=pl.col("final_titer_g_l").filter(done).mean(),
+            mean_product_mass_kg=pl.col("product_mass_kg").filter(done).mean(),
+        )
+        .sort("week_start")
+    )
+
+
+def check_one_row_per_batch(lake: Lake) -> dict[str, object]:
+    summary = lake.read(LAYER, "batch_summary", ["batch_id", "status"])
+    batches = lake.read(silver.LAYER, "batches", ["batch_id", "status"])
+    if summary is None or batches is None:
+        return {"passed": True, "batches": 0, "note": "no batches yet"}
+    dup = summary.height - summary["batch_id"].n_unique()
+    completed = batches.filter(pl.col("status") == "complete")
+    missing = completed.join(summary, on="batch_id", how="anti").height
+    return {"passed": dup == 0 and missing == 0 and summary.height == batches.height,
+            "gold_rows": summary.height, "silver_batches": batches.height,
+            "completed_batches": completed.height, "duplicate_rows": dup, "completed_missing": missing}  # fmt: skip
+
+
+def check_freshness(lake: Lake, max_age_h: float, now: datetime | None = None) -> dict[str, object]:
+    now = now or datetime.now(UTC)
+    us = lake.read(LAYER, "unit_status")
+    if us is None:
+        return {"passed": True, "running_units": 0}
+    running = us.filter(pl.col("state") == "running")
+    age = running.with_columns(
+        age_h=(pl.lit(now, UTC_US) - pl.col("last_reading_ts")).dt.total_seconds() / 3600
+    )
+    stale = age.filter(pl.col("age_h").is_null() | (pl.col("age_h") > max_age_h))
+    return {"passed": stale.height == 0, "running_units": running.height, "stale_units": stale["unit_id"].to_list(),
+            "max_age_h": float(age["age_h"].max() or 0.0), "threshold_h": max_age_h}  # fmt: skip

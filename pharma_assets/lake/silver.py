@@ -1,0 +1,629 @@
+"""Silver: typed, unit-normalised, contract-checked data, built incrementally.
+
+Telemetry (per batch partition) is processed once per bronze source file: the files the
+bronze ledger accepted and ``silver/telemetry_log`` has not recorded yet. One pass over
+those rows only writes five tables, each append committed with the per-file markers of
+storage.py so that a rerun after a crash completes exactly the tables that were missing:
+
+- ``telemetry``: valid readings, canonical units, with phase and spec version;
+- ``telemetry_quarantine``: rows that failed the contract, with the failed check(s) and
+  the offending value;
+- ``excursion_segments``: runs of valid CPP readings outside the normal operating range
+  within one file (gold joins adjacent segments into excursions);
+- ``telemetry_stats``: per file, tag and phase: count, sum, sum of squares, min, max,
+  first/last reading (gold derives Cpk and last values without rereading history);
+- ``batch_timeline``: one row per batch per elapsed minute, a column per tag, with phase.
+
+MES events, LIMS results and CMMS records are small and rebuilt whole from bronze on each
+run (``batches``, ``batch_phases``, ``event_quarantine``, ``lab_results``,
+``lab_quarantine``, ``maintenance_events``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from pharma_assets.twin.config import PHASES
+
+from . import bronze
+from .contracts import accepted_contract, route, telemetry_contract
+from .specs import CppSpec
+from .storage import Lake
+
+LAYER = "silver"
+UTC_US = pl.Datetime("us", "UTC")
+TELEMETRY_TABLES = (
+    "telemetry",
+    "telemetry_quarantine",
+    "excursion_segments",
+    "telemetry_stats",
+    "batch_timeline",
+)
+SILVER_TELEMETRY_COLUMNS = (
+    "ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality", "phase",
+    "spec_version", "source_file", "row_hash", "processed_at",
+)  # fmt: skip
+MES_EVENT_TYPES = ("batch_start", "phase_start", "batch_end")
+
+
+# ------------------------------------------------------------------------------ batches
+BATCH_SCHEMA = {
+    "batch_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(), "product": pl.String(),
+    "recipe_id": pl.String(), "recipe_version": pl.Int64(), "start_ts": UTC_US,
+    "planned_end_ts": UTC_US, "end_ts": UTC_US, "status": pl.String(), "end_reason": pl.String(),
+    "media_lot": pl.String(), "feed_lot": pl.String(), "inoculum_lot": pl.String(),
+    "base_lot": pl.String(), "material_lots": pl.String(), "operator": pl.String(),
+    "current_phase": pl.String(), "current_phase_start": UTC_US,
+}  # fmt: skip
+PHASE_SCHEMA = {"batch_id": pl.String(), "unit_id": pl.String(), "phase": pl.String(),
+                "start_ts": UTC_US, "end_ts": UTC_US}  # fmt: skip
+EVENT_Q_SCHEMA = {"event_id": pl.String(), "batch_id": pl.String(), "event_type": pl.String(),
+                  "source_file": pl.String(), "reason": pl.String(), "detail": pl.String()}  # fmt: skip
+
+
+def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(batches, batch_phases, event_quarantine) from bronze MES rows."""
+    quarantine: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    per_batch: dict[str, list[dict[str, Any]]] = {}
+    for r in mes.sort("event_ts", "ingested_at", nulls_last=True).iter_rows(named=True):
+
+        def bad(reason: str, detail: str, r: dict[str, Any] = r) -> None:
+            quarantine.append({"event_id": r["event_id"], "batch_id": r["batch_id"], "event_type": r["event_type"],
+                               "source_file": r["source_file"], "reason": reason, "detail": detail})  # fmt: skip
+
+        if r.get("raw"):
+            bad("type_error", r["raw"])
+        elif r["event_type"] not in MES_EVENT_TYPES:
+            bad("unknown_event_type", f"{r['event_type']!r} is not one of {MES_EVENT_TYPES}")
+        elif r["event_id"] in seen:
+            bad("duplicate_event", f"event {r['event_id']} already recorded")
+        elif r["event_ts"] is None or r["batch_id"] is None:
+            bad("missing_field", "event_ts and batch_id are required")
+        else:
+            payload = json.loads(r["payload"]) if r.get("payload") else {}
+            if r["event_type"] == "phase_start" and payload.get("phase") not in PHASES:
+                bad("unknown_phase", f"phase {payload.get('phase')!r} is not one of {PHASES}")
+                continue
+            seen.add(r["event_id"])
+            per_batch.setdefault(r["batch_id"], []).append({**r, "payload": payload})
+    batches, phases = [], []
+    for bid, evs in per_batch.items():
+        start = next((e for e in evs if e["event_type"] == "batch_start"), None)
+        if start is None:
+            for e in evs:
+                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
+                                   "source_file": e["source_file"], "reason": "no_batch_start",
+                                   "detail": "no batch_start event has landed for this batch"})  # fmt: skip
+            continue
+        end = next((e for e in evs if e["event_type"] == "batch_end"), None)
+        p = start["payload"]
+        lots = p.get("material_lots") or {}
+        ph = sorted(
+            (e for e in evs if e["event_type"] == "phase_start"), key=lambda e: e["event_ts"]
+        )
+        for i, e in enumerate(ph):
+            nxt = ph[i + 1]["event_ts"] if i + 1 < len(ph) else (end["event_ts"] if end else None)
+            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": e["payload"]["phase"],
+                           "start_ts": e["event_ts"], "end_ts": nxt})  # fmt: skip
+        batches.append({
+            "batch_id": bid, "site_id": start["site_id"], "unit_id": start["unit_id"],
+            "product": p.get("product"), "recipe_id": p.get("recipe_id"),
+            "recipe_version": p.get("recipe_version"), "start_ts": start["event_ts"],
+            "planned_end_ts": _parse_ts(p.get("planned_end_ts")),
+            "end_ts": end["event_ts"] if end else None,
+            "status": (end["payload"].get("status") or "complete") if end else "running",
+            "end_reason": end["payload"].get("reason") if end else None,
+            "media_lot": lots.get("media_lot"), "feed_lot": lots.get("feed_lot"),
+            "inoculum_lot": lots.get("inoculum_lot"), "base_lot": lots.get("base_lot"),
+            "material_lots": json.dumps(lots, sort_keys=True), "operator": p.get("operator"),
+            "current_phase": ph[-1]["payload"]["phase"] if ph else None,
+            "current_phase_start": ph[-1]["event_ts"] if ph else None,
+        })  # fmt: skip
+    return (
+        pl.DataFrame(batches, schema=BATCH_SCHEMA).sort("start_ts"),
+        pl.DataFrame(phases, schema=PHASE_SCHEMA).sort("batch_id", "start_ts"),
+        pl.DataFrame(quarantine, schema=EVENT_Q_SCHEMA),
+    )
+
+
+def _parse_ts(v: Any) -> datetime | None:
+    if not v:
+        return None
+    try:
+        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _in(col: str, values: Sequence[str]) -> str:
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{col} IN ({quoted})"
+
+
+def _replace_batches(
+    lake: Lake, name: str, df: pl.DataFrame, batch_ids: Sequence[str] | None
+) -> None:
+    """Overwrite the rows of these batches (all rows when batch_ids is None)."""
+    if batch_ids is None:
+        lake.overwrite(LAYER, name, df)
+    else:
+        lake.overwrite(LAYER, name, df, predicate=_in("batch_id", batch_ids))
+
+
+def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events."""
+    where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
+    mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
+    if mes is None:
+        return {"batches": 0, "events_quarantined": 0}
+    batches, phases, q = derive_batches(mes)
+    with lake.lock("silver-batches"):
+        _replace_batches(lake, "batches", batches, batch_ids)
+        _replace_batches(lake, "batch_phases", phases, batch_ids)
+        _replace_batches(lake, "event_quarantine", q, batch_ids)
+    counts = Counter(batches["status"].to_list())
+    return {"batches": batches.height, "events_in": mes.height, "events_quarantined": q.height,
+            **{f"status_{k}": v for k, v in counts.items()}}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ lab results
+def derive_lab_results(lims: pl.DataFrame, spec: CppSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rows = [
+        {"sample_type": st, "analyte": a, "spec_uom": s.uom, "phys_lo": s.physical[0], "phys_hi": s.physical[1],
+         "spec_lo": s.spec[0] if s.spec else None, "spec_hi": s.spec[1] if s.spec else None}
+        for st, table in (("in_process", spec.lab.in_process), ("release", spec.lab.release))
+        for a, s in table.items()
+    ]  # fmt: skip
+    lim = pl.DataFrame(rows, schema={"sample_type": pl.String, "analyte": pl.String, "spec_uom": pl.String,
+                                     "phys_lo": pl.Float64, "phys_hi": pl.Float64, "spec_lo": pl.Float64,
+                                     "spec_hi": pl.Float64})  # fmt: skip
+    df = lims.join(lim, on=["sample_type", "analyte"], how="left")
+    reason = (
+        pl.when(pl.col("raw").is_not_null()).then(pl.lit("type_error"))
+        .when(pl.col("spec_uom").is_null()).then(pl.lit("unknown_analyte"))
+        .when(pl.col("uom") != pl.col("spec_uom")).then(pl.lit("unknown_uom"))
+        .when(~pl.col("value").is_finite().fill_null(False)).then(pl.lit("value_not_finite"))
+        .when(~pl.col("value").is_between(pl.col("phys_lo"), pl.col("phys_hi"))).then(pl.lit("physical_limits"))
+        .when(pl.struct("sample_id", "analyte").is_first_distinct().not_()).then(pl.lit("duplicate_result"))
+    )  # fmt: skip
+    offending = (
+        pl.when(pl.col("failed_check") == "type_error").then(pl.col("raw"))
+        .when(pl.col("failed_check") == "unknown_analyte").then(pl.col("analyte"))
+        .when(pl.col("failed_check") == "unknown_uom").then(pl.col("uom"))
+        .otherwise(pl.col("value").cast(pl.String))
+    )  # fmt: skip
+    df = df.sort("sample_ts", "ingested_at", nulls_last=True).with_columns(failed_check=reason)
+    bad = df.filter(pl.col("failed_check").is_not_null()).with_columns(offending_value=offending)
+    good = df.filter(pl.col("failed_check").is_null()).with_columns(
+        within_spec=pl.when(pl.col("sample_type") == "release").then(
+            pl.col("value").ge(pl.col("spec_lo").fill_null(float("-inf")))
+            & pl.col("value").le(pl.col("spec_hi").fill_null(float("inf")))
+        ),
+        spec_version=pl.lit(spec.version),
+    )
+    keep = [
+        "sample_id",
+        "site_id",
+        "unit_id",
+        "batch_id",
+        "sample_ts",
+        "sample_type",
+        "analyte",
+        "value",
+        "uom",
+    ]
+    return (
+        good.select(*keep, "spec_lo", "spec_hi", "within_spec", "spec_version", "source_file"),
+        bad.select(*keep, "failed_check", "offending_value", "source_file"),
+    )
+
+
+def build_lab_results(
+    lake: Lake, spec: CppSpec, batch_ids: Sequence[str] | None = None
+) -> dict[str, int]:
+    where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
+    lims = lake.read(bronze.LAYER, "lims", filter_expr=where)
+    if lims is None:
+        return {"results": 0, "quarantined": 0}
+    good, bad = derive_lab_results(lims, spec)
+    with lake.lock("silver-lab"):
+        _replace_batches(lake, "lab_results", good, batch_ids)
+        _replace_batches(lake, "lab_quarantine", bad, batch_ids)
+    out_of_spec = good.filter(pl.col("within_spec").not_().fill_null(False)).height
+    return {"rows_in": lims.height, "results": good.height, "quarantined": bad.height,
+            "release_out_of_spec": out_of_spec}  # fmt: skip
+
+
+def build_maintenance(lake: Lake) -> dict[str, int]:
+    cmms = lake.read(bronze.LAYER, "cmms")
+    if cmms is None:
+        return {"events": 0}
+    rows = []
+    for r in cmms.iter_rows(named=True):
+        p = json.loads(r["payload"]) if r.get("payload") else {}
+        rows.append({
+            "work_order_id": r["work_order_id"], "event_ts": r["event_ts"], "site_id": r["site_id"],
+            "unit_id": r["unit_id"], "equipment_id": r["equipment_id"], "event_type": r["event_type"],
+            "part": p.get("part"), "description": p.get("description"),
+            "downtime_h": _float(p.get("downtime_h")), "run_hours_at_event": _float(p.get("run_hours_at_event")),
+            "source_file": r["source_file"], "valid": r.get("raw") is None,
+        })  # fmt: skip
+    schema = {"work_order_id": pl.String, "event_ts": UTC_US, "site_id": pl.String, "unit_id": pl.String,
+              "equipment_id": pl.String, "event_type": pl.String, "part": pl.String, "description": pl.String,
+              "downtime_h": pl.Float64, "run_hours_at_event": pl.Float64, "source_file": pl.String,
+              "valid": pl.Boolean}  # fmt: skip
+    df = pl.DataFrame(rows, schema=schema).unique(
+        "work_order_id", keep="first", maintain_order=True
+    )
+    lake.overwrite(LAYER, "maintenance_events", df.sort("event_ts"))
+    return {"events": df.height, "invalid": int((~df["valid"]).sum())}
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------ telemetry
+@dataclass
+class SilverReport:
+    files_processed: int = 0
+    files_deferred: int = 0
+    rows_in: int = 0
+    rows_valid: int = 0
+    rows_quarantined: int = 0
+    segments: int = 0
+    failed_checks: Counter[str] = field(default_factory=Counter)
+    batches: set[str] = field(default_factory=set)
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "files_processed": self.files_processed,
+            "files_deferred_no_batch_start": self.files_deferred,
+            "rows_in": self.rows_in,
+            "rows_valid": self.rows_valid,
+            "rows_quarantined": self.rows_quarantined,
+            "contract_pass_rate": round(self.rows_valid / self.rows_in, 6) if self.rows_in else 1.0,
+            "excursion_segments": self.segments,
+            "failed_checks": dict(self.failed_checks),
+        }
+
+
+def _spec_frames(spec: CppSpec) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    tags = pl.DataFrame(
+        [{"tag": t, "canon_uom": s.uom, "phys_lo": s.physical[0], "phys_hi": s.physical[1], "cpp": s.cpp}
+         for t, s in spec.tags.items()]
+    )  # fmt: skip
+    conv = pl.DataFrame(
+        [{"tag": t, "uom_raw": u, "scale": sc, "offset": off}
+         for t, s in spec.tags.items()
+         for u, (sc, off) in [(s.uom, (1.0, 0.0)), *spec.unit_conversions.get(s.uom, {}).items()]],
+        schema={"tag": pl.String, "uom_raw": pl.String, "scale": pl.Float64, "offset": pl.Float64},
+    )  # fmt: skip
+    limits = pl.DataFrame(spec.phase_limits_rows())
+    return tags, conv, limits
+
+
+def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFrame:
+    """Bronze-accepted telemetry files of these batches that silver has not processed."""
+    log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
+    done = lake.read(LAYER, "telemetry_log", ["source_file"], partition=("batch_id", batch_ids))
+    if done is not None and done.height:
+        log = log.join(done, on="source_file", how="anti")
+    return log.select("source_file", "batch_id", "unit_id", "rows")
+
+
+def prepare(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
+            existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
+    """Normalise units and attach phase, batch window and duplicate flag for the contract."""
+    tags, conv, _ = _spec_frames(spec)
+    grace = timedelta(minutes=spec.batch_window_grace_minutes)
+    future_limit = now + timedelta(minutes=spec.future_tolerance_minutes)
+    win = batches.select(
+        "batch_id",
+        batch_start=pl.col("start_ts"),
+        win_lo=pl.col("start_ts") - grace,
+        win_hi=pl.coalesce(pl.col("end_ts") + grace, pl.lit(future_limit, UTC_US)),
+    )
+    df = (
+        rows.rename({"uom": "uom_raw"})
+        .with_columns(value_raw=pl.col("value").cast(pl.String))
+        .join(tags, on="tag", how="left")
+        .join(conv, on=["tag", "uom_raw"], how="left")
+        .join(win, on="batch_id", how="left")
+        .with_columns(
+            value=pl.col("value") * pl.col("scale") + pl.col("offset"),
+            uom=pl.when(pl.col("scale").is_not_null()).then(pl.col("canon_uom")),
+            future_limit=pl.lit(future_limit, UTC_US),
+        )
+    )
+    # duplicates: an earlier row of this delivery, or a reading already in silver
+    df = df.with_row_index("_ord").with_columns(
+        is_dup=~pl.struct("unit_id", "tag", "ts").is_first_distinct()
+    )
+    if existing_keys is not None and existing_keys.height:
+        hit = df.join(
+            existing_keys.with_columns(_hit=pl.lit(True)), on=["unit_id", "tag", "ts"], how="left"
+        )
+        df = hit.with_columns(is_dup=pl.col("is_dup") | pl.col("_hit").fill_null(False)).drop(
+            "_hit"
+        )
+    df = df.sort("_ord").drop("_ord")
+    # phase (as-of join on the phase start times of the batch)
+    ph = phases.select("batch_id", "phase", phase_start=pl.col("start_ts")).sort("phase_start")
+    df = (
+        df.with_row_index("_ord")
+        .sort("ts")
+        .join_asof(
+            ph,
+            left_on="ts",
+            right_on="phase_start",
+            by="batch_id",
+            strategy="backward",
+            check_sortedness=False,
+        )
+        .sort("_ord")
+        .drop("_ord")
+    )
+    return df
+
+
+def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
+    _, _, limits = _spec_frames(spec)
+    settle = spec.settle_minutes * 60_000_000
+    cpp = (
+        valid.filter(pl.col("tag").is_in(spec.cpp_tags) & pl.col("phase").is_not_null())
+        .join(limits, on=["tag", "phase"], how="left")
+        .with_columns(
+            judged=(pl.col("ts") - pl.col("phase_start")).dt.total_microseconds() >= settle,
+            level=pl.when(~pl.col("value").is_between(pl.col("par_lo"), pl.col("par_hi"))).then(2)
+            .when(~pl.col("value").is_between(pl.col("nor_lo"), pl.col("nor_hi"))).then(1)
+            .otherwise(0),
+        )
+        .with_columns(level=pl.when(pl.col("judged")).then(pl.col("level")).otherwise(0))
+        .sort("source_file", "batch_id", "tag", "ts")
+    )  # fmt: skip
+    if cpp.height == 0:
+        return pl.DataFrame(schema=SEGMENT_SCHEMA)
+    keys = ["source_file", "batch_id", "unit_id", "tag"]
+    cpp = cpp.with_columns(
+        out=pl.col("level") > 0,
+        period_s=pl.col("ts").diff().over(keys).dt.total_seconds().median().over(keys),
+    ).with_columns(
+        run=(pl.col("out") != pl.col("out").shift(1).over(keys))
+        .fill_null(True)
+        .cum_sum()
+        .over(keys)
+    )
+    seg = (
+        cpp.filter(pl.col("out"))
+        .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
+        .group_by(*keys, "run")
+        .agg(
+            start_ts=pl.col("ts").min(), end_ts=pl.col("ts").max(), n_readings=pl.len(),
+            n_outside_par=(pl.col("level") == 2).sum(), max_level=pl.col("level").max(),
+            peak_value=pl.col("value").sort_by("dev").last(), target=pl.col("target").first(),
+            nor_lo=pl.col("nor_lo").first(), nor_hi=pl.col("nor_hi").first(),
+            par_lo=pl.col("par_lo").first(), par_hi=pl.col("par_hi").first(),
+            phase=pl.col("phase").first(), sample_period_s=pl.col("period_s").first().fill_null(60.0),
+        )
+        .drop("run")
+    )  # fmt: skip
+    return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]
+
+
+SEGMENT_SCHEMA = {
+    "source_file": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
+    "phase": pl.String(), "start_ts": UTC_US, "end_ts": UTC_US, "n_readings": pl.Int64(),
+    "n_outside_par": pl.Int64(), "max_level": pl.Int32(), "peak_value": pl.Float64(),
+    "target": pl.Float64(), "nor_lo": pl.Float64(), "nor_hi": pl.Float64(), "par_lo": pl.Float64(),
+    "par_hi": pl.Float64(), "sample_period_s": pl.Float64(),
+}  # fmt: skip
+
+
+def _stats(valid: pl.DataFrame) -> pl.DataFrame:
+    return (
+        valid.sort("ts")
+        .group_by("source_file", "batch_id", "unit_id", "tag", "phase")
+        .agg(
+            n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
+            min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").first(),
+            last_ts=pl.col("ts").last(), last_value=pl.col("value").last(),
+        )
+    )  # fmt: skip
+
+
+def _timeline(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
+    mins = valid.with_columns(
+        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32)
+    )
+    wide = mins.pivot(
+        on="tag", index=["source_file", "batch_id", "unit_id", "elapsed_min"], values="value",
+        aggregate_function="mean", sort_columns=True,
+    )  # fmt: skip
+    ph = mins.group_by("source_file", "batch_id", "elapsed_min").agg(
+        phase=pl.col("phase").first(), minute_ts=pl.col("batch_start").first()
+    )
+    wide = wide.join(ph, on=["source_file", "batch_id", "elapsed_min"], how="left").with_columns(
+        minute_ts=pl.col("minute_ts") + pl.duration(minutes=pl.col("elapsed_min"))
+    )
+    for t in spec.tags:
+        if t not in wide.columns:
+            wide = wide.with_columns(pl.lit(None, pl.Float64).alias(t))
+    cols = [
+        "batch_id",
+        "unit_id",
+        "elapsed_min",
+        "minute_ts",
+        "phase",
+        *sorted(spec.tags),
+        "source_file",
+    ]
+    return wide.select(cols).sort("batch_id", "elapsed_min")
+
+
+def process_telemetry(
+    lake: Lake,
+    batch_ids: Sequence[str],
+    spec: CppSpec,
+    run_id: str,
+    now: datetime | None = None,
+    max_rows: int = 2_000_000,
+) -> SilverReport:
+    """Validate the not-yet-processed bronze telemetry of these batches into silver."""
+    rep = SilverReport()
+    now = now or datetime.now(UTC)
+    batches = lake.read(LAYER, "batches")
+    phases = lake.read(LAYER, "batch_phases")
+    if batches is None or phases is None:
+        batches, phases = pl.DataFrame(schema=BATCH_SCHEMA), pl.DataFrame(schema=PHASE_SCHEMA)
+    for bid in batch_ids:
+        pending = pending_telemetry_files(lake, [bid])
+        if pending.height == 0:
+            continue
+        if bid not in set(batches["batch_id"].to_list()):
+            rep.files_deferred += pending.height  # waits for the batch_start event
+            continue
+        with lake.lock(f"silver-telemetry-{bid}"):
+            pending = pending_telemetry_files(lake, [bid])  # recheck under the lock
+            group: list[str] = []
+            rows = 0
+            for f, n in pending.select("source_file", "rows").iter_rows():
+                group.append(f)
+                rows += n or 0
+                if rows >= max_rows:
+                    _process_files(lake, bid, group, spec, batches, phases, run_id, now, rep)
+                    group, rows = [], 0
+            if group:
+                _process_files(lake, bid, group, spec, batches, phases, run_id, now, rep)
+    return rep
+
+
+def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batches: pl.DataFrame,
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport) -> None:  # fmt: skip
+    raw = lake.read(bronze.LAYER, "telemetry", partition=("batch_id", [bid]),
+                    filter_expr=pl.col("source_file").is_in(files))  # fmt: skip
+    assert raw is not None
+    order = {f: i for i, f in enumerate(files)}
+    raw = raw.sort(
+        pl.col("source_file").replace_strict(order, return_dtype=pl.Int32),
+        "ts",
+        maintain_order=True,
+    )
+    existing = None
+    lo, hi = raw["ts"].min(), raw["ts"].max()
+    if lo is not None:
+        existing = lake.read(
+            LAYER, "telemetry", ["unit_id", "tag", "ts"], partition=("batch_id", [bid]),
+            filter_expr=pl.col("ts").is_between(lo, hi) & ~pl.col("source_file").is_in(files),
+        )  # fmt: skip
+    df = prepare(raw, spec, batches, phases, existing, now)
+    good, bad = route(df, telemetry_contract(spec))
+    processed_at = pl.lit(now, UTC_US)
+    valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
+    accepted_contract(spec).validate(
+        valid.select("ts", "unit_id", "batch_id", "tag", "value", "uom")
+    )
+    quarantine = bad.select(
+        "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
+        pl.col("uom_raw").alias("uom"), "quality", "failed_check", "failed_checks", "offending_value",
+        "raw", "extra", "source_file", "row_hash", spec_version=pl.lit(spec.version), processed_at=processed_at,
+    )  # fmt: skip
+    outputs = {
+        "telemetry": valid.select(SILVER_TELEMETRY_COLUMNS),
+        "telemetry_quarantine": quarantine,
+        "excursion_segments": _segments(valid, spec),
+        "telemetry_stats": _stats(valid),
+        "batch_timeline": _timeline(valid, spec),
+    }
+    for name, out in outputs.items():
+        already = lake.written_sources(LAYER, name, files)
+        todo = [f for f in files if f not in already]
+        if not todo:
+            continue
+        part = out.filter(pl.col("source_file").is_in(todo)) if already else out
+        lake.append(LAYER, name, part, todo, partition_by=["batch_id"], metadata={"run_id": run_id})
+    per_file = (
+        pl.DataFrame({"source_file": files})
+        .join(raw.group_by("source_file").len("rows_in"), on="source_file", how="left")
+        .join(good.group_by("source_file").len("rows_valid"), on="source_file", how="left")
+        .join(bad.group_by("source_file").len("rows_quarantined"), on="source_file", how="left")
+        .fill_null(0)
+        .with_columns(
+            batch_id=pl.lit(bid),
+            processed_at=processed_at,
+            spec_version=pl.lit(spec.version),
+            run_id=pl.lit(run_id),
+        )
+    )
+    lake.append(LAYER, "telemetry_log", per_file, files, partition_by=["batch_id"])
+    rep.files_processed += len(files)
+    rep.rows_in += raw.height
+    rep.rows_valid += good.height
+    rep.rows_quarantined += bad.height
+    rep.segments += outputs["excursion_segments"].height
+    rep.failed_checks.update(bad["failed_check"].to_list())
+    rep.batches.add(bid)
+
+
+# ------------------------------------------------------------------------------ checks
+def _count(lake: Lake, layer: str, name: str, batch_ids: Sequence[str]) -> int:
+    lf = lake.scan(layer, name)
+    if lf is None:
+        return 0
+    return int(
+        lf.filter(pl.col("batch_id").is_in(list(batch_ids))).select(pl.len()).collect().item()
+    )
+
+
+def reconcile_telemetry(lake: Lake, landing_root: str, batch_ids: Sequence[str]) -> dict[str, Any]:
+    """Rows landed (Parquet footers) = bronze + quarantined files' rows; bronze = silver + quarantine + pending."""
+    import pyarrow.parquet as pq
+
+    from .landing_scan import files_for_batch
+
+    landed_rows, unreadable = 0, 0
+    for bid in batch_ids:
+        for f in files_for_batch(landing_root, "telemetry", bid):
+            try:
+                landed_rows += pq.ParquetFile(f.path(landing_root)).metadata.num_rows
+            except Exception:
+                unreadable += 1
+    log = bronze.read_log(lake, batch_ids, "telemetry")
+    q_rows = int(log.filter(pl.col("status") == "quarantined")["rows"].fill_null(0).sum())
+    bronze_rows = _count(lake, bronze.LAYER, "telemetry", batch_ids)
+    silver_rows = _count(lake, LAYER, "telemetry", batch_ids)
+    quarantined = _count(lake, LAYER, "telemetry_quarantine", batch_ids)
+    pending = int(pending_telemetry_files(lake, batch_ids)["rows"].fill_null(0).sum())
+    ok = landed_rows == bronze_rows + q_rows and bronze_rows == silver_rows + quarantined + pending
+    return {
+        "rows_landed": landed_rows, "unreadable_files": unreadable, "rows_in_quarantined_files": q_rows,
+        "bronze_rows": bronze_rows, "silver_rows": silver_rows, "quarantined_rows": quarantined,
+        "pending_rows": pending, "reconciled": ok,
+        "silver_pass_rate": round(silver_rows / (silver_rows + quarantined), 6) if silver_rows + quarantined else 1.0,
+    }  # fmt: skip
+
+
+def duplicate_readings(lake: Lake, batch_ids: Sequence[str]) -> int:
+    lf = lake.scan(LAYER, "telemetry")
+    if lf is None:
+        return 0
+    return int(
+        lf.filter(pl.col("batch_id").is_in(list(batch_ids)))
+        .group_by("unit_id", "tag", "ts")
+        .len()
+        .filter(pl.col("len") > 1)
+        .select(pl.len())
+        .collect()
+        .item()
+    )

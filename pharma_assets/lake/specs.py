@@ -1,0 +1,148 @@
+"""The CPP specification file: typed, validated, with unit conversions and phase limits."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pharma_assets.twin.config import PHASES, ConfigError
+
+DEFAULT_SPEC = Path(__file__).parent / "specs" / "cpp_spec.yaml"
+
+Range = tuple[float, float]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    target: float | None = None
+    nor: Range | None = None
+    par: Range | None = None
+
+    @model_validator(mode="after")
+    def _nested(self) -> Limits:
+        for name in ("nor", "par"):
+            r = getattr(self, name)
+            if r is not None and r[0] > r[1]:
+                raise ValueError(f"{name} lower bound {r[0]} is above its upper bound {r[1]}")
+        if (
+            self.nor
+            and self.par
+            and not (self.par[0] <= self.nor[0] and self.nor[1] <= self.par[1])
+        ):
+            raise ValueError(f"NOR {self.nor} must lie inside PAR {self.par}")
+        return self
+
+
+class TagSpec(Limits):
+    uom: str
+    cpp: bool = False
+    physical: Range
+    phases: dict[str, Limits] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> TagSpec:
+        if self.physical[0] >= self.physical[1]:
+            raise ValueError(f"physical limits {self.physical} are empty")
+        if self.cpp and (self.nor is None or self.par is None):
+            raise ValueError("a CPP needs nor and par")
+        for ph in self.phases:
+            if ph not in PHASES:
+                raise ValueError(f"unknown phase {ph!r}; phases are {PHASES}")
+        return self
+
+    def limits(self, phase: str | None) -> Limits:
+        return self.phases.get(phase or "", Limits(target=self.target, nor=self.nor, par=self.par))
+
+
+class LabSpec(_Model):
+    uom: str
+    physical: Range
+    spec: tuple[float | None, float | None] | None = None
+
+
+class LabSpecs(_Model):
+    in_process: dict[str, LabSpec]
+    release: dict[str, LabSpec]
+
+
+class ChangeLogEntry(_Model):
+    version: int
+    date: str
+    by: str
+    reason: str
+
+
+class CppSpec(_Model):
+    version: int = Field(ge=1)
+    effective_from: str
+    change_log: list[ChangeLogEntry]
+    settle_minutes: float = Field(ge=0)
+    future_tolerance_minutes: float = Field(ge=0)
+    batch_window_grace_minutes: float = Field(ge=0)
+    tags: dict[str, TagSpec]
+    unit_conversions: dict[str, dict[str, tuple[float, float]]]
+    lab: LabSpecs
+
+    @model_validator(mode="after")
+    def _versions(self) -> CppSpec:
+        if not self.change_log or self.change_log[-1].version != self.version:
+            raise ValueError("the last change_log entry must describe the current version")
+        for canonical in self.unit_conversions:
+            if canonical not in {t.uom for t in self.tags.values()}:
+                raise ValueError(f"unit_conversions for {canonical!r}, which no tag uses")
+        return self
+
+    @property
+    def cpp_tags(self) -> list[str]:
+        return [t for t, s in self.tags.items() if s.cpp]
+
+    def conversion(self, tag: str, uom: str) -> tuple[float, float] | None:
+        """(scale, offset) converting ``uom`` to the tag's canonical unit, None if unknown."""
+        canonical = self.tags[tag].uom
+        if uom == canonical:
+            return (1.0, 0.0)
+        return self.unit_conversions.get(canonical, {}).get(uom)
+
+    def phase_limits_rows(self) -> list[dict[str, Any]]:
+        """One row per (CPP, phase) with NOR/PAR, for joining onto readings."""
+        rows = []
+        for tag, s in self.tags.items():
+            if not s.cpp:
+                continue
+            for ph in PHASES:
+                lim = s.limits(ph)
+                assert lim.nor is not None and lim.par is not None
+                rows.append(
+                    {"tag": tag, "phase": ph, "target": lim.target,
+                     "nor_lo": lim.nor[0], "nor_hi": lim.nor[1],
+                     "par_lo": lim.par[0], "par_hi": lim.par[1]}
+                )  # fmt: skip
+        return rows
+
+
+def load_spec(path: str | Path | None = None) -> CppSpec:
+    """Load and validate a spec file; errors name the file and the field."""
+    p = Path(path) if path else DEFAULT_SPEC
+    return _load(str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, _mtime: int) -> CppSpec:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"CPP spec file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"CPP spec file {path} is not valid YAML: {e}") from None
+    try:
+        return CppSpec.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"CPP spec file {path} is invalid:\n  " + "\n  ".join(lines)) from None

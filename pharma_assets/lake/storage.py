@@ -1,0 +1,231 @@
+"""Where the lake lives and how we read and write its Delta tables.
+
+A table is ``<root>/<layer>/<name>`` (the same layout dagster-deltalake uses). The root is
+a local folder by default or an object-store URI (``s3://``, ``az://``, ``gs://``) with
+storage options taken from the environment.
+
+Exactly-once appends: every append carries one Delta *application transaction* per source
+file it contains (``app_id = "src:<sha1 of the file's landing path>"``). The marker is
+committed atomically with the rows, so "has this file been written to this table?" is a
+lookup in the table's own snapshot, and a crash between two commits can never leave rows
+without their marker or a marker without its rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+_REMOTE = ("s3://", "s3a://", "az://", "abfs://", "abfss://", "gs://", "gcs://")
+# Environment variables passed to delta-rs as storage options when the lake is remote.
+_STORAGE_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
+
+WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1)
+
+
+def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Object-store credentials and settings (``AWS_*``, ``AZURE_*``, ``GOOGLE_*``)."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k.startswith(_STORAGE_ENV_PREFIXES)}
+
+
+def source_app_id(source_file: str) -> str:
+    return "src:" + hashlib.sha1(source_file.encode()).hexdigest()
+
+
+class WriteConflictError(RuntimeError):
+    pass
+
+
+@dataclass
+class Lake:
+    """A lake root plus the options needed to reach it."""
+
+    root: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+    commit_retries: int = 8
+
+    @classmethod
+    def at(cls, root: str | Path, storage_options: Mapping[str, str] | None = None) -> Lake:
+        root = str(root)
+        if root.startswith(_REMOTE):
+            opts = dict(
+                storage_options if storage_options is not None else storage_options_from_env()
+            )
+            return cls(root.rstrip("/"), opts)
+        return cls(str(Path(root).resolve()), dict(storage_options or {}))
+
+    @property
+    def is_local(self) -> bool:
+        return not self.root.startswith(_REMOTE)
+
+    def uri(self, layer: str, name: str) -> str:
+        return f"{self.root}/{layer}/{name}"
+
+    # ------------------------------------------------------------------ reading
+    def table(self, layer: str, name: str, version: int | None = None) -> DeltaTable | None:
+        try:
+            return DeltaTable(
+                self.uri(layer, name), version=version, storage_options=self.storage_options or None
+            )
+        except TableNotFoundError:
+            return None
+
+    def version(self, layer: str, name: str) -> int | None:
+        dt = self.table(layer, name)
+        return None if dt is None else dt.version()
+
+    def scan(self, layer: str, name: str) -> pl.LazyFrame | None:
+        """Lazy scan of a table, or None when the table does not exist yet."""
+        dt = self.table(layer, name)
+        if dt is None:
+            return None
+        return pl.scan_delta(dt)
+
+    def read(
+        self,
+        layer: str,
+        name: str,
+        columns: Sequence[str] | None = None,
+        partition: tuple[str, Sequence[str]] | None = None,
+        filter_expr: pl.Expr | None = None,
+    ) -> pl.DataFrame | None:
+        """Read a table (optionally some partitions, columns and a row filter)."""
+        dt = self.table(layer, name)
+        if dt is None:
+            return None
+        lf = pl.scan_delta(dt)
+        if partition is not None:
+            col, values = partition
+            lf = lf.filter(pl.col(col).is_in(list(values)))
+        if filter_expr is not None:
+            lf = lf.filter(filter_expr)
+        if columns is not None:
+            lf = lf.select(columns)
+        return lf.collect()
+
+    def written_sources(self, layer: str, name: str, source_files: Iterable[str]) -> set[str]:
+        """The subset of ``source_files`` whose rows are already committed to the table."""
+        dt = self.table(layer, name)
+        if dt is None:
+            return set()
+        return {f for f in source_files if dt.transaction_version(source_app_id(f)) is not None}
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self,
+        layer: str,
+        name: str,
+        data: pl.DataFrame | pa.Table,
+        source_files: Sequence[str] = (),
+        partition_by: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        configuration: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append rows (maybe none) and mark ``source_files`` as written, in one commit.
+
+        Returns the new table version. Retries commit conflicts with other writers.
+        """
+        table = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+        props = CommitProperties(
+            custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
+            app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,
+            max_commit_retries=50,
+        )
+        uri = self.uri(layer, name)
+        if self.is_local:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        last: Exception | None = None
+        for attempt in range(self.commit_retries):
+            try:
+                write_deltalake(
+                    uri,
+                    table,
+                    mode="append",
+                    partition_by=list(partition_by) if partition_by else None,
+                    storage_options=self.storage_options or None,
+                    writer_properties=WRITER_PROPERTIES,
+                    commit_properties=props,
+                    configuration=dict(configuration) if configuration else None,
+                    schema_mode="merge",
+                )
+                return DeltaTable(uri, storage_options=self.storage_options or None).version()
+            except (CommitFailedError, OSError) as e:  # concurrent creators / writers
+                last = e
+                time.sleep(0.05 * (2**attempt))
+        raise WriteConflictError(f"could not commit to {uri}: {last}") from last
+
+    def overwrite(
+        self,
+        layer: str,
+        name: str,
+        data: pl.DataFrame | pa.Table,
+        predicate: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        partition_by: Sequence[str] | None = None,
+    ) -> int:
+        """Replace the table (or the rows matching ``predicate``) with ``data``."""
+        table = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+        uri = self.uri(layer, name)
+        if self.is_local:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        exists = self.table(layer, name) is not None
+        write_deltalake(
+            uri,
+            table,
+            mode="overwrite",
+            predicate=predicate if exists else None,
+            partition_by=list(partition_by) if partition_by else None,
+            storage_options=self.storage_options or None,
+            writer_properties=WRITER_PROPERTIES,
+            commit_properties=CommitProperties(
+                custom_metadata={k: str(v) for k, v in (metadata or {}).items()}
+            ),
+            schema_mode="overwrite" if predicate is None else None,
+        )
+        return DeltaTable(uri, storage_options=self.storage_options or None).version()
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout_s: float = 600.0) -> Iterator[None]:
+        """Serialise writers of one logical unit of work (for example one batch partition).
+
+        Local lakes use an ``fcntl`` lock file under ``<root>/_locks``; it is released by the
+        kernel when a process dies, so a SIGKILLed run never leaves a stale lock. Object-store
+        lakes rely on Dagster concurrency pools instead (docs/deployment_guide.md) and on the
+        per-source transaction markers, which make a repeated append a no-op.
+        """
+        if not self.is_local:
+            yield
+            return
+        folder = Path(self.root) / "_locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        with open(folder / f"{safe}.lock", "w") as fh:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"lock {name!r} held for more than {timeout_s} s"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
