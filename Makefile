@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LANDING ?= landing
+LAKE ?= lakehouse
 BATCHES ?= 100
 UNITS ?= 6
 SEED ?= 42
@@ -12,7 +13,7 @@ SEED ?= 42
 .PHONY: demo test lint format bench simulate clean help
 
 help:
-	@echo "make demo   - set up, simulate a plant history into ./$(LANDING) (and, once the pipeline lands, serve the UIs)"
+	@echo "make demo   - set up, simulate a plant history, materialize the lakehouse, serve Dagster (:3000) and dashboards (:8501) with the plant running live"
 	@echo "make test   - set up, then lint, dg check defs and the whole test suite"
 	@echo "make bench  - benchmarks; figures go to docs/benchmarks.md"
 	@echo "make lint   - ruff (lint + format check) and mypy"
@@ -50,14 +51,11 @@ demo: $(STAMP)
 	else \
 	  $(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING); \
 	fi
-	@echo
-	@echo "Plant history:  $$(pwd)/$(LANDING)   (telemetry/, mes/, lims/, cmms/)"
-	@echo "Ground truth:   $$(pwd)/ground_truth (fault labels, true trajectories)"
-	@echo "Formats:        docs/data_model.md"
-	@echo "The lakehouse pipeline, Dagster UI and dashboards are not built yet (issue: Foundation 2/2)."
+	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline
+	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/python -m pharma_assets.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(LANDING) ground_truth .state .pytest_cache
+	rm -rf $(LANDING) $(LAKE) ground_truth .state .pytest_cache

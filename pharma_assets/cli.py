@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +105,13 @@ def simulate(
     )
 
 
+def _live_start(text: str | None) -> datetime | None:
+    if text == "yesterday":
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=1)
+    return _parse_start(text)
+
+
 @app.command()
 def live(
     out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
@@ -122,6 +129,12 @@ def live(
         typer.Option(help="Stop after this many process hours (default: run until Ctrl-C)."),
     ] = None,
     units: Annotated[int, typer.Option(help="Number of bioreactors.")] = 6,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Process clock at start (ISO, UTC; 'yesterday' = 00:00 UTC yesterday). Default: now."
+        ),
+    ] = None,
     plant: PlantOpt = None,
     recipes: RecipeOpt = None,
 ) -> None:
@@ -134,7 +147,7 @@ def live(
         f"live plant: {units} units, speed x{speed:g}, writing to {out.resolve()} (Ctrl-C stops)"
     )
     stats = run_live(plant_cfg, load_recipes(recipes), out, seed=seed, speed=speed, period_s=_period_seconds(period),
-                     chunk_minutes=chunk_minutes, hours=hours)  # fmt: skip
+                     chunk_minutes=chunk_minutes, hours=hours, start=_live_start(start))  # fmt: skip
     console.print(f"live mode stopped: {stats.chunks} chunks, {stats.batches_started} batches started, "
                   f"{stats.batches_finished} finished, {stats.process_hours:.1f} process hours")  # fmt: skip
 
@@ -168,14 +181,21 @@ if __name__ == "__main__":
 @app.command()
 def pipeline(
     landing: Annotated[
-        Path, typer.Option(help="Landing zone (default: $PHARMA_LANDING_DIR or ./landing).")
-    ] = None,  # type: ignore[assignment]
+        Path | None, typer.Option(help="Landing zone (default: $PHARMA_LANDING_DIR or ./landing).")
+    ] = None,
     lake: Annotated[
-        str, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
-    ] = None,  # type: ignore[assignment]
+        str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
+    ] = None,
     batches_per_run: Annotated[int, typer.Option(help="Batch partitions per ingestion run.")] = 20,
 ) -> None:
     """Materialize everything pending for the landing zone (bronze, silver, gold) and exit."""
+    import warnings
+
+    import dagster as dg
+
+    # single-run backfill policies are "beta" in dagster 1.13; we depend on them knowingly
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from .defs.lakehouse.resources import LakehouseResource
     from .pipeline import default_instance, run_pipeline
 

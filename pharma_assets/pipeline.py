@@ -27,8 +27,6 @@ from pharma_assets.defs.lakehouse.automation import (
 )
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
-from pharma_assets.lake import bronze
-
 
 # the run's console logger at WARNING: the progress bar is the display, the UI has the logs
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -88,10 +86,7 @@ def run_pipeline(
     res = PipelineResult()
     defs = lakehouse_defs()
     resources = {"lakehouse": lakehouse}
-    log = bronze.read_log(lakehouse.lake())
-    per_batch, _plant, _ = plan_requests(
-        lakehouse.landing_dir, set(log["source_file"].to_list()), 0
-    )
+    per_batch, _plant, _ = plan_requests(lakehouse.landing_dir, lakehouse.lake())
     pending = set(per_batch)
     res.batches = sorted(pending)
     name = batch_partitions.name or "batch"
@@ -100,7 +95,7 @@ def run_pipeline(
     if new:
         instance.add_dynamic_partitions(name, new)
     ordered = instance.get_dynamic_partitions(name)
-    segs = segments(ordered, pending, batches_per_run)
+    segs = segments(list(ordered), pending, batches_per_run)
     total = sum(n for *_, n in segs)
     done = 0
     job = defs.resolve_job_def(batch_ingest_job.name)

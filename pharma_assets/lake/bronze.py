@@ -206,7 +206,7 @@ def _coerce(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         ),
     )  # fmt: skip
     return out.with_columns(
-        pl.when(pl.col("raw") == "").then(None).otherwise(pl.col("raw")).alias("raw")
+        pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("raw", "extra")
     )
 
 
@@ -278,13 +278,17 @@ def read_log(
     return lf.collect()
 
 
-def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: str) -> None:
-    """Ledger rows for files whose data committed but whose ledger row did not (a crash)."""
+def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: str) -> set[str]:
+    """Ledger rows for files whose data committed but whose ledger row did not (a crash).
+
+    Returns the files that have a ledger row afterwards (one marker lookup per file: the
+    lookups cost in proportion to the table's log, so callers reuse this set).
+    """
     rels = [f.rel for f in files]
     logged = lake.written_sources(LAYER, "ingest_log", rels)
     todo = [f for f in files if f.rel not in logged]
     if not todo:
-        return
+        return logged
     in_data = lake.written_sources(LAYER, source, [f.rel for f in todo])
     in_q = lake.written_sources(LAYER, "quarantine", [f.rel for f in todo])
     rows = []
@@ -316,6 +320,7 @@ def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: st
             pl.DataFrame(rows, schema=LOG_SCHEMA),
             [r["source_file"] for r in rows],
         )
+    return logged | {r["source_file"] for r in rows}
 
 
 def ingest_files(
@@ -333,12 +338,13 @@ def ingest_files(
     if not files:
         return rep
     with lake.lock(f"bronze-{source}"):
-        _repair_log(lake, source, files, run_id)
-    done = lake.written_sources(LAYER, "ingest_log", [f.rel for f in files])
+        done = _repair_log(lake, source, files, run_id)
     todo = [f for f in files if f.rel not in done]
     rep.files_already_ingested = len(files) - len(todo)
     known = read_log(lake, sorted({f.batch_id for f in todo if f.batch_id}) or None, source)
     seen_sha = dict(zip(known["sha256"], known["source_file"], strict=True))
+    # rows of each known content, so that a second delivery still reconciles (rows landed)
+    seen_rows = dict(zip(known["sha256"], known["rows"], strict=True))
 
     group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]] = []
     group_rows = 0
@@ -353,9 +359,11 @@ def ingest_files(
             if source not in SCHEMAS:
                 raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout")
             if sha in seen_sha:
-                raise FileRejected("duplicate_file", f"same content as {seen_sha[sha]}")
+                raise FileRejected(
+                    "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
+                )
             df = _finish(read_source_file(source, data), f, now_f, run_id, source)
-            seen_sha[sha] = f.rel
+            seen_sha[sha], seen_rows[sha] = f.rel, df.height
             log = _log_row(f, sha, "accepted", None, None, df.height, now_f, run_id)
             group.append((f, df, log))
             group_rows += df.height

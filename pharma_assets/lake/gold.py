@@ -15,6 +15,7 @@ costs in proportion to the number of batches, not the number of readings.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -190,12 +191,12 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
     counts = ex.group_by("batch_id", "tag").agg(n=pl.len(), m=pl.col("duration_min").sum(),
                                                  major=(pl.col("severity") != "minor").sum())  # fmt: skip
     for tag in spec.cpp_tags:
-        c = counts.filter(pl.col("tag") == tag).select(
+        cnt = counts.filter(pl.col("tag") == tag).select(
             "batch_id",
             pl.col("n").alias(f"exc_count_{tag}"),
             pl.col("m").alias(f"exc_minutes_{tag}"),
         )
-        s = s.join(c, on="batch_id", how="left").with_columns(
+        s = s.join(cnt, on="batch_id", how="left").with_columns(
             pl.col(f"exc_count_{tag}").fill_null(0), pl.col(f"exc_minutes_{tag}").fill_null(0.0)
         )
     tot = counts.group_by("batch_id").agg(
@@ -282,7 +283,7 @@ def plant_kpis(summary: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def check_one_row_per_batch(lake: Lake) -> dict[str, object]:
+def check_one_row_per_batch(lake: Lake) -> dict[str, Any]:
     summary = lake.read(LAYER, "batch_summary", ["batch_id", "status"])
     batches = lake.read(silver.LAYER, "batches", ["batch_id", "status"])
     if summary is None or batches is None:
@@ -295,7 +296,7 @@ def check_one_row_per_batch(lake: Lake) -> dict[str, object]:
             "completed_batches": completed.height, "duplicate_rows": dup, "completed_missing": missing}  # fmt: skip
 
 
-def check_freshness(lake: Lake, max_age_h: float, now: datetime | None = None) -> dict[str, object]:
+def check_freshness(lake: Lake, max_age_h: float, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     us = lake.read(LAYER, "unit_status")
     if us is None:
@@ -305,5 +306,11 @@ def check_freshness(lake: Lake, max_age_h: float, now: datetime | None = None) -
         age_h=(pl.lit(now, UTC_US) - pl.col("last_reading_ts")).dt.total_seconds() / 3600
     )
     stale = age.filter(pl.col("age_h").is_null() | (pl.col("age_h") > max_age_h))
-    return {"passed": stale.height == 0, "running_units": running.height, "stale_units": stale["unit_id"].to_list(),
-            "max_age_h": float(age["age_h"].max() or 0.0), "threshold_h": max_age_h}  # fmt: skip
+    max_age = age["age_h"].fill_null(0.0).max()
+    return {
+        "passed": stale.height == 0,
+        "running_units": running.height,
+        "stale_units": stale["unit_id"].to_list(),
+        "max_age_h": float(max_age) if isinstance(max_age, int | float) else 0.0,
+        "threshold_h": max_age_h,
+    }

@@ -87,7 +87,7 @@ def scan_landing(root: str | Path, since_ns: int = 0) -> list[LandedFile]:
 def files_for_batch(root: str | Path, source: str, batch_id: str) -> list[LandedFile]:
     """The landed files of one source for one batch (any unit folder), in name order."""
     root = Path(root)
-    out = []
+    out: list[LandedFile] = []
     base = root / source
     if not base.is_dir():
         return out

@@ -149,13 +149,15 @@ def _in(col: str, values: Sequence[str]) -> str:
 
 
 def _replace_batches(
-    lake: Lake, name: str, df: pl.DataFrame, batch_ids: Sequence[str] | None
+    lake: Lake,
+    name: str,
+    df: pl.DataFrame,
+    batch_ids: Sequence[str] | None,
+    sources: Sequence[str] = (),
 ) -> None:
     """Overwrite the rows of these batches (all rows when batch_ids is None)."""
-    if batch_ids is None:
-        lake.overwrite(LAYER, name, df)
-    else:
-        lake.overwrite(LAYER, name, df, predicate=_in("batch_id", batch_ids))
+    pred = None if batch_ids is None else _in("batch_id", batch_ids)
+    lake.overwrite(LAYER, name, df, predicate=pred, source_files=sources)
 
 
 def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
@@ -166,7 +168,9 @@ def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[st
         return {"batches": 0, "events_quarantined": 0}
     batches, phases, q = derive_batches(mes)
     with lake.lock("silver-batches"):
-        _replace_batches(lake, "batches", batches, batch_ids)
+        # the batches table carries the markers of the MES files it reflects
+        files = sorted(set(mes["source_file"].to_list()))
+        _replace_batches(lake, "batches", batches, batch_ids, files)
         _replace_batches(lake, "batch_phases", phases, batch_ids)
         _replace_batches(lake, "event_quarantine", q, batch_ids)
     counts = Counter(batches["status"].to_list())
@@ -235,7 +239,8 @@ def build_lab_results(
         return {"results": 0, "quarantined": 0}
     good, bad = derive_lab_results(lims, spec)
     with lake.lock("silver-lab"):
-        _replace_batches(lake, "lab_results", good, batch_ids)
+        files = sorted(set(lims["source_file"].to_list()))
+        _replace_batches(lake, "lab_results", good, batch_ids, files)
         _replace_batches(lake, "lab_quarantine", bad, batch_ids)
     out_of_spec = good.filter(pl.col("within_spec").not_().fill_null(False)).height
     return {"rows_in": lims.height, "results": good.height, "quarantined": bad.height,
@@ -256,14 +261,15 @@ def build_maintenance(lake: Lake) -> dict[str, int]:
             "downtime_h": _float(p.get("downtime_h")), "run_hours_at_event": _float(p.get("run_hours_at_event")),
             "source_file": r["source_file"], "valid": r.get("raw") is None,
         })  # fmt: skip
-    schema = {"work_order_id": pl.String, "event_ts": UTC_US, "site_id": pl.String, "unit_id": pl.String,
+    schema: dict[str, Any] = {"work_order_id": pl.String, "event_ts": UTC_US, "site_id": pl.String, "unit_id": pl.String,
               "equipment_id": pl.String, "event_type": pl.String, "part": pl.String, "description": pl.String,
               "downtime_h": pl.Float64, "run_hours_at_event": pl.Float64, "source_file": pl.String,
               "valid": pl.Boolean}  # fmt: skip
     df = pl.DataFrame(rows, schema=schema).unique(
         "work_order_id", keep="first", maintain_order=True
     )
-    lake.overwrite(LAYER, "maintenance_events", df.sort("event_ts"))
+    files = sorted(set(cmms["source_file"].to_list()))
+    lake.overwrite(LAYER, "maintenance_events", df.sort("event_ts"), source_files=files)
     return {"events": df.height, "invalid": int((~df["valid"]).sum())}
 
 
@@ -299,21 +305,6 @@ class SilverReport:
         }
 
 
-def _spec_frames(spec: CppSpec) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    tags = pl.DataFrame(
-        [{"tag": t, "canon_uom": s.uom, "phys_lo": s.physical[0], "phys_hi": s.physical[1], "cpp": s.cpp}
-         for t, s in spec.tags.items()]
-    )  # fmt: skip
-    conv = pl.DataFrame(
-        [{"tag": t, "uom_raw": u, "scale": sc, "offset": off}
-         for t, s in spec.tags.items()
-         for u, (sc, off) in [(s.uom, (1.0, 0.0)), *spec.unit_conversions.get(s.uom, {}).items()]],
-        schema={"tag": pl.String, "uom_raw": pl.String, "scale": pl.Float64, "offset": pl.Float64},
-    )  # fmt: skip
-    limits = pl.DataFrame(spec.phase_limits_rows())
-    return tags, conv, limits
-
-
 def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFrame:
     """Bronze-accepted telemetry files of these batches that silver has not processed."""
     log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
@@ -323,67 +314,130 @@ def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFram
     return log.select("source_file", "batch_id", "unit_id", "rows")
 
 
+def _tag_index(spec: CppSpec) -> dict[str, int]:
+    return {t: i for i, t in enumerate(spec.tags)}
+
+
+def _gather(values: list[Any], idx: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """values[idx] per row; null where idx is null (unknown tag)."""
+    table = pl.Series(values, dtype=dtype)
+    return table.gather(idx)
+
+
 def prepare(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
             existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
-    """Normalise units and attach phase, batch window and duplicate flag for the contract."""
-    tags, conv, _ = _spec_frames(spec)
+    """Normalise units and attach phase, batch window and duplicate flag for the contract.
+
+    Works batch by batch so that the batch window and the phase boundaries are scalars, and
+    keys on integers (tag index, microseconds) rather than strings: this is the hot path of
+    ingestion. Adds ``tag_idx``, ``phase_idx`` and ``_key`` (ts_us * 1024 + tag_idx) for the
+    aggregations that follow.
+    """
+    if rows.height == 0 or rows["batch_id"].n_unique() <= 1:
+        return _prepare_batch(rows, spec, batches, phases, existing_keys, now)
+    parts = rows.partition_by("batch_id", maintain_order=True)
+    return pl.concat(
+        [_prepare_batch(p, spec, batches, phases, existing_keys, now) for p in parts],
+        how="vertical",
+    )
+
+
+def _prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
+                   existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
+    tags = list(spec.tags)
+    tix = _tag_index(spec)
+    bid = rows["batch_id"][0] if rows.height else None
     grace = timedelta(minutes=spec.batch_window_grace_minutes)
     future_limit = now + timedelta(minutes=spec.future_tolerance_minutes)
-    win = batches.select(
-        "batch_id",
-        batch_start=pl.col("start_ts"),
-        win_lo=pl.col("start_ts") - grace,
-        win_hi=pl.coalesce(pl.col("end_ts") + grace, pl.lit(future_limit, UTC_US)),
+    b = batches.filter(pl.col("batch_id") == bid)
+    start = b["start_ts"][0] if b.height else None
+    end = b["end_ts"][0] if b.height else None
+    win_lo = start - grace if start is not None else None
+    # a running batch has no upper bound yet: readings beyond now are ts_in_future
+    win_hi = (
+        (end + grace if end is not None else datetime(9999, 12, 31, tzinfo=UTC)) if start else None
     )
-    df = (
-        rows.rename({"uom": "uom_raw"})
-        .with_columns(value_raw=pl.col("value").cast(pl.String))
-        .join(tags, on="tag", how="left")
-        .join(conv, on=["tag", "uom_raw"], how="left")
-        .join(win, on="batch_id", how="left")
-        .with_columns(
-            value=pl.col("value") * pl.col("scale") + pl.col("offset"),
-            uom=pl.when(pl.col("scale").is_not_null()).then(pl.col("canon_uom")),
-            future_limit=pl.lit(future_limit, UTC_US),
-        )
+
+    idx = rows["tag"].replace_strict(tix, default=None, return_dtype=pl.UInt32)
+    canon = _gather([spec.tags[t].uom for t in tags], idx, pl.String())
+    lo = _gather([spec.tags[t].physical[0] for t in tags], idx, pl.Float64())
+    hi = _gather([spec.tags[t].physical[1] for t in tags], idx, pl.Float64())
+    df = rows.rename({"uom": "uom_raw"}).with_columns(
+        tag_idx=idx, canon_uom=canon, phys_lo=lo, phys_hi=hi, value_raw=pl.col("value")
+    )
+    is_canon = (pl.col("uom_raw") == pl.col("canon_uom")).fill_null(False)
+    df = df.with_columns(
+        scale=pl.when(is_canon).then(pl.lit(1.0)), offset=pl.when(is_canon).then(pl.lit(0.0))
+    )
+    odd = df.filter(~is_canon & pl.col("tag_idx").is_not_null()).select("tag", "uom_raw").unique()
+    if odd.height:  # other units: look up their conversions (a small table)
+        conv = {(t, u): spec.conversion(t, u) for t, u in odd.iter_rows()}
+        known = {k: v for k, v in conv.items() if v is not None and k[1] is not None}
+        if known:
+            key = pl.concat_str([pl.col("tag"), pl.col("uom_raw")], separator="\x1f")
+            scales = {f"{t}\x1f{u}": v[0] for (t, u), v in known.items()}
+            offsets = {f"{t}\x1f{u}": v[1] for (t, u), v in known.items()}
+            df = df.with_columns(
+                scale=pl.coalesce("scale", key.replace_strict(scales, default=None, return_dtype=pl.Float64)),
+                offset=pl.coalesce("offset", key.replace_strict(offsets, default=None, return_dtype=pl.Float64)),
+            )  # fmt: skip
+    df = df.with_columns(
+        value=pl.col("value") * pl.col("scale") + pl.col("offset"),
+        uom=pl.when(pl.col("scale").is_not_null()).then(pl.col("canon_uom")),
+        batch_start=pl.lit(start, UTC_US),
+        win_lo=pl.lit(win_lo, UTC_US),
+        win_hi=pl.lit(win_hi, UTC_US),
+        future_limit=pl.lit(future_limit, UTC_US),
+        _key=pl.col("ts").dt.epoch("us") * 1024 + pl.col("tag_idx").cast(pl.Int64),
     )
     # duplicates: an earlier row of this delivery, or a reading already in silver
-    df = df.with_row_index("_ord").with_columns(
-        is_dup=~pl.struct("unit_id", "tag", "ts").is_first_distinct()
-    )
+    dup = pl.col("_key").is_not_null() & ~pl.col("_key").is_first_distinct()
     if existing_keys is not None and existing_keys.height:
-        hit = df.join(
-            existing_keys.with_columns(_hit=pl.lit(True)), on=["unit_id", "tag", "ts"], how="left"
-        )
-        df = hit.with_columns(is_dup=pl.col("is_dup") | pl.col("_hit").fill_null(False)).drop(
-            "_hit"
-        )
-    df = df.sort("_ord").drop("_ord")
-    # phase (as-of join on the phase start times of the batch)
-    ph = phases.select("batch_id", "phase", phase_start=pl.col("start_ts")).sort("phase_start")
-    df = (
-        df.with_row_index("_ord")
-        .sort("ts")
-        .join_asof(
-            ph,
-            left_on="ts",
-            right_on="phase_start",
-            by="batch_id",
-            strategy="backward",
-            check_sortedness=False,
-        )
-        .sort("_ord")
-        .drop("_ord")
-    )
-    return df
+        ek = existing_keys.select(
+            _key=pl.col("ts").dt.epoch("us") * 1024
+            + pl.col("tag").replace_strict(tix, default=None, return_dtype=pl.Int64)
+        )["_key"].drop_nulls()
+        dup = dup | pl.col("_key").is_in(ek.implode())
+    df = df.with_columns(is_dup=dup.fill_null(False))
+    # phase: the last phase that started at or before the reading
+    ph = phases.filter(pl.col("batch_id") == bid).sort("start_ts")
+    phase = pl.lit(None, pl.String)
+    phase_start = pl.lit(None, UTC_US)
+    phase_idx = pl.lit(None, pl.Int8)
+    for name, ts0 in ph.select("phase", "start_ts").iter_rows():
+        after = pl.col("ts") >= pl.lit(ts0, UTC_US)
+        phase = pl.when(after).then(pl.lit(name)).otherwise(phase)
+        phase_start = pl.when(after).then(pl.lit(ts0, UTC_US)).otherwise(phase_start)
+        phase_idx = pl.when(after).then(pl.lit(PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+    return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
+
+
+def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
+    """NOR/PAR per (tag_idx, phase_idx) for the CPPs."""
+    tix = _tag_index(spec)
+    rows = spec.phase_limits_rows()
+    return pl.DataFrame(rows).select(
+        tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
+        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(PHASES)}, return_dtype=pl.Int8),
+        target=pl.col("target"), nor_lo=pl.col("nor_lo"), nor_hi=pl.col("nor_hi"),
+        par_lo=pl.col("par_lo"), par_hi=pl.col("par_hi"),
+    )  # fmt: skip
 
 
 def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    _, _, limits = _spec_frames(spec)
-    settle = spec.settle_minutes * 60_000_000
+    """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file."""
+    tix = _tag_index(spec)
+    cpp_idx = [tix[t] for t in spec.cpp_tags]
+    settle = int(spec.settle_minutes * 60_000_000)
+    cpp = valid.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
+    if cpp.height == 0:
+        return pl.DataFrame(schema=SEGMENT_SCHEMA)
+    keys = ["_file", "tag_idx"]
     cpp = (
-        valid.filter(pl.col("tag").is_in(spec.cpp_tags) & pl.col("phase").is_not_null())
-        .join(limits, on=["tag", "phase"], how="left")
+        cpp.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", "source_file", "batch_id",
+                   "unit_id", "tag", "phase")
+        .join(_limits_by_key(spec), on=["tag_idx", "phase_idx"], how="left")
+        .sort("_file", "tag_idx", "ts")
         .with_columns(
             judged=(pl.col("ts") - pl.col("phase_start")).dt.total_microseconds() >= settle,
             level=pl.when(~pl.col("value").is_between(pl.col("par_lo"), pl.col("par_hi"))).then(2)
@@ -391,11 +445,7 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
             .otherwise(0),
         )
         .with_columns(level=pl.when(pl.col("judged")).then(pl.col("level")).otherwise(0))
-        .sort("source_file", "batch_id", "tag", "ts")
     )  # fmt: skip
-    if cpp.height == 0:
-        return pl.DataFrame(schema=SEGMENT_SCHEMA)
-    keys = ["source_file", "batch_id", "unit_id", "tag"]
     cpp = cpp.with_columns(
         out=pl.col("level") > 0,
         period_s=pl.col("ts").diff().over(keys).dt.total_seconds().median().over(keys),
@@ -410,16 +460,17 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
         .group_by(*keys, "run")
         .agg(
+            source_file=pl.col("source_file").first(), batch_id=pl.col("batch_id").first(),
+            unit_id=pl.col("unit_id").first(), tag=pl.col("tag").first(), phase=pl.col("phase").first(),
             start_ts=pl.col("ts").min(), end_ts=pl.col("ts").max(), n_readings=pl.len(),
             n_outside_par=(pl.col("level") == 2).sum(), max_level=pl.col("level").max(),
             peak_value=pl.col("value").sort_by("dev").last(), target=pl.col("target").first(),
             nor_lo=pl.col("nor_lo").first(), nor_hi=pl.col("nor_hi").first(),
             par_lo=pl.col("par_lo").first(), par_hi=pl.col("par_hi").first(),
-            phase=pl.col("phase").first(), sample_period_s=pl.col("period_s").first().fill_null(60.0),
+            sample_period_s=pl.col("period_s").first().fill_null(60.0),
         )
-        .drop("run")
     )  # fmt: skip
-    return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]
+    return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
 
 
 SEGMENT_SCHEMA = {
@@ -431,45 +482,57 @@ SEGMENT_SCHEMA = {
 }  # fmt: skip
 
 
-def _stats(valid: pl.DataFrame) -> pl.DataFrame:
-    return (
-        valid.sort("ts")
-        .group_by("source_file", "batch_id", "unit_id", "tag", "phase")
-        .agg(
-            n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
-            min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").first(),
-            last_ts=pl.col("ts").last(), last_value=pl.col("value").last(),
-        )
+def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+    """Per file, tag and phase aggregates; rows arrive ordered by (file, ts)."""
+    tags = list(spec.tags)
+    agg = valid.group_by("_file", "tag_idx", "phase_idx").agg(
+        n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
+        min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").first(),
+        last_ts=pl.col("ts").last(), last_value=pl.col("value").last(),
+        batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
+    return agg.select(
+        source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
+        batch_id="batch_id", unit_id="unit_id",
+        tag=pl.col("tag_idx").replace_strict(dict(enumerate(tags)), return_dtype=pl.String),
+        phase=pl.col("phase_idx").replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String),
+        n="n", sum="sum", sumsq="sumsq", min="min", max="max", first_ts="first_ts", last_ts="last_ts",
+        last_value="last_value",
+    ).sort("source_file", "tag", "phase")  # fmt: skip
 
 
-def _timeline(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    mins = valid.with_columns(
-        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32)
-    )
+def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+    tags = list(spec.tags)
+    mins = valid.select(
+        "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id",
+        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32),
+    )  # fmt: skip
     wide = mins.pivot(
-        on="tag", index=["source_file", "batch_id", "unit_id", "elapsed_min"], values="value",
-        aggregate_function="mean", sort_columns=True,
+        on="tag_idx", index=["_file", "elapsed_min"], values="value", aggregate_function="mean"
+    )
+    wide = wide.rename({c: tags[int(c)] for c in wide.columns if c not in ("_file", "elapsed_min")})
+    ph = mins.group_by("_file", "elapsed_min").agg(
+        phase_idx=pl.col("phase_idx").first(), batch_start=pl.col("batch_start").first(),
+        batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
-    ph = mins.group_by("source_file", "batch_id", "elapsed_min").agg(
-        phase=pl.col("phase").first(), minute_ts=pl.col("batch_start").first()
-    )
-    wide = wide.join(ph, on=["source_file", "batch_id", "elapsed_min"], how="left").with_columns(
-        minute_ts=pl.col("minute_ts") + pl.duration(minutes=pl.col("elapsed_min"))
-    )
-    for t in spec.tags:
+    wide = wide.join(ph, on=["_file", "elapsed_min"], how="left")
+    for t in tags:
         if t not in wide.columns:
             wide = wide.with_columns(pl.lit(None, pl.Float64).alias(t))
     cols = [
-        "batch_id",
-        "unit_id",
-        "elapsed_min",
-        "minute_ts",
-        "phase",
-        *sorted(spec.tags),
-        "source_file",
+        pl.col("batch_id"),
+        pl.col("unit_id"),
+        pl.col("elapsed_min"),
+        (pl.col("batch_start") + pl.duration(minutes=pl.col("elapsed_min"))).alias("minute_ts"),
+        pl.col("phase_idx")
+        .replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String)
+        .alias("phase"),
+        *[pl.col(t).cast(pl.Float64) for t in sorted(tags)],
+        pl.col("_file")
+        .replace_strict(dict(enumerate(files)), return_dtype=pl.String)
+        .alias("source_file"),
     ]
-    return wide.select(cols).sort("batch_id", "elapsed_min")
+    return wide.select(cols).sort("elapsed_min")  # fmt: skip
 
 
 def process_telemetry(
@@ -514,12 +577,14 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
     raw = lake.read(bronze.LAYER, "telemetry", partition=("batch_id", [bid]),
                     filter_expr=pl.col("source_file").is_in(files))  # fmt: skip
     assert raw is not None
+    # after a crash inside this group, files whose readings are already in silver/telemetry
+    # go first: a reading repeated by another file then keeps the copy silver already holds
+    written = lake.written_sources(LAYER, "telemetry", files)
+    files = [f for f in files if f in written] + [f for f in files if f not in written]
     order = {f: i for i, f in enumerate(files)}
-    raw = raw.sort(
-        pl.col("source_file").replace_strict(order, return_dtype=pl.Int32),
-        "ts",
-        maintain_order=True,
-    )
+    raw = raw.with_columns(
+        _file=pl.col("source_file").replace_strict(order, return_dtype=pl.UInt32)
+    ).sort("_file", "ts", maintain_order=True)
     existing = None
     lo, hi = raw["ts"].min(), raw["ts"].max()
     if lo is not None:
@@ -543,11 +608,11 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
         "telemetry": valid.select(SILVER_TELEMETRY_COLUMNS),
         "telemetry_quarantine": quarantine,
         "excursion_segments": _segments(valid, spec),
-        "telemetry_stats": _stats(valid),
-        "batch_timeline": _timeline(valid, spec),
+        "telemetry_stats": _stats(valid, files, spec),
+        "batch_timeline": _timeline(valid, files, spec),
     }
     for name, out in outputs.items():
-        already = lake.written_sources(LAYER, name, files)
+        already = written if name == "telemetry" else lake.written_sources(LAYER, name, files)
         todo = [f for f in files if f not in already]
         if not todo:
             continue

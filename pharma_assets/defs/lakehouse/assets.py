@@ -233,10 +233,10 @@ def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
         )  # fmt: skip
     chk = gold.check_one_row_per_batch(lake)
     yield dg.AssetCheckResult(check_name="one_row_per_batch", asset_key=["gold", "batch_summary"],
-                              passed=chk["passed"], metadata=chk)  # fmt: skip
+                              passed=bool(chk["passed"]), metadata=chk)  # fmt: skip
     fr = gold.check_freshness(lake, max_age_h=2.0)
     yield dg.AssetCheckResult(check_name="running_batches_fresh", asset_key=["gold", "unit_status"],
-                              passed=fr["passed"], severity=dg.AssetCheckSeverity.WARN, metadata=fr)  # fmt: skip
+                              passed=bool(fr["passed"]), severity=dg.AssetCheckSeverity.WARN, metadata=fr)  # fmt: skip
 
 
 

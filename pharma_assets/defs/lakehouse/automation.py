@@ -7,9 +7,11 @@ import os
 from collections import defaultdict
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 import polars as pl
 
-from pharma_assets.lake import bronze
+from pharma_assets.lake import progress
+from pharma_assets.lake.storage import Lake
 from pharma_assets.lake.landing_scan import scan_landing
 
 from .assets import (
@@ -51,21 +53,47 @@ gold_job = dg.define_asset_job(
 SENSOR_INTERVAL_S = int(os.environ.get("PHARMA_SENSOR_INTERVAL_S", "15"))
 
 
-def plan_requests(landing_dir: str, lake_ingested: set[str], since_ns: int) -> tuple[dict[str, list[str]], list[str], int]:
-    """New, not yet ingested files since the high-water mark: ({batch: [files]}, plant files, new mark)."""
-    files = scan_landing(landing_dir, since_ns)
+def plan_requests(landing_dir: str, lake: Lake) -> tuple[dict[str, list[str]], list[str], int]:
+    """Landed files not yet done through silver: ({batch: [files]}, plant-level files, newest arrival).
+
+    Looks at every landed file, so a file whose run was interrupted between bronze and
+    silver is requested again.
+    """
+    files = scan_landing(landing_dir)
+    hwm = max((f.arrived_ns for f in files), default=0)
     per_batch: dict[str, list[str]] = defaultdict(list)
     plant: list[str] = []
-    hwm = since_ns
-    for f in files:
-        hwm = max(hwm, f.arrived_ns)
-        if f.rel in lake_ingested:
-            continue
+    for f in progress.unfinished(lake, files):
         if f.batch_id is not None:
             per_batch[f.batch_id].append(f.rel)
         else:
             plant.append(f.rel)
     return dict(per_batch), plant, hwm
+
+
+def batch_run_requests(per_batch: dict[str, list[str]], ordered: list[str]) -> list[dg.RunRequest]:
+    """One run for all batches with new files when they are close in partition order (live
+    batches of every unit are), else one run per batch. Keys: a hash of the files."""
+    if not per_batch:
+        return []
+    pos = {k: i for i, k in enumerate(ordered)}
+    idx = sorted(pos[b] for b in per_batch)
+    rels = [r for b in sorted(per_batch) for r in per_batch[b]]
+    span = idx[-1] - idx[0] + 1
+    if len(idx) == 1 or span > 2 * len(idx) + 4:
+        return [
+            dg.RunRequest(run_key=_run_key(bid, files), partition_key=bid, job_name=batch_ingest_job.name,
+                          tags={"pharma/files": str(len(files))})  # fmt: skip
+            for bid, files in sorted(per_batch.items())
+        ]
+    first, last = ordered[idx[0]], ordered[idx[-1]]
+    return [
+        dg.RunRequest(
+            run_key=_run_key(f"{first}..{last}", rels), job_name=batch_ingest_job.name,
+            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last,
+                  "pharma/files": str(len(rels)), "pharma/batches": str(len(idx))},
+        )
+    ]  # fmt: skip
 
 
 def _run_key(prefix: str, rels: list[str]) -> str:
@@ -79,42 +107,49 @@ def _run_key(prefix: str, rels: list[str]) -> str:
     jobs=[batch_ingest_job, plant_events_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the landing zone: adds a batch partition per new batch and requests "
-    "one ingestion run per batch with new files (run key = hash of those files). Cursor: "
-    "the arrival-time high-water mark (inode ctime, ns).",
+    "ingestion runs for the batches with new files (one range run when they are adjacent in "
+    "partition order, as live batches are; run key = hash of the files). Files are pending "
+    "until silver has them, so interrupted runs are completed. Cursor: the newest arrival "
+    "(inode ctime, ns) and the number of files still pending; a tick with no newer arrival "
+    "and nothing pending returns at once.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
-    cursor = json.loads(context.cursor) if context.cursor else {"hwm_ns": 0}
-    lake = lakehouse.lake()
-    log = bronze.read_log(lake)
-    ingested = set(log["source_file"].to_list()) if log.height else set()
-    per_batch, plant, hwm = plan_requests(lakehouse.landing_dir, ingested, cursor["hwm_ns"])
-    existing = set(context.instance.get_dynamic_partitions(batch_partitions.name or "batch"))
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    newest = max((f.arrived_ns for f in scan_landing(lakehouse.landing_dir)), default=0)
+    if newest == cursor.get("hwm_ns") and cursor.get("pending") == 0:
+        return dg.SensorResult(run_requests=[], cursor=context.cursor)  # nothing new, nothing owed
+    per_batch, plant, hwm = plan_requests(lakehouse.landing_dir, lakehouse.lake())
+    ordered = list(context.instance.get_dynamic_partitions(batch_partitions.name or "batch"))
+    existing = set(ordered)
     new_keys = sorted(k for k in per_batch if k not in existing)
-    runs = [
-        dg.RunRequest(run_key=_run_key(bid, rels), partition_key=bid, job_name=batch_ingest_job.name,
-                      tags={"pharma/files": str(len(rels))})  # fmt: skip
-        for bid, rels in sorted(per_batch.items())
-    ]
+    runs = batch_run_requests(per_batch, ordered + new_keys)
     if plant:
         runs.append(dg.RunRequest(run_key=_run_key("plant", plant), job_name=plant_events_job.name))
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[batch_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps({"hwm_ns": hwm}),
+        cursor=json.dumps({"hwm_ns": hwm, "pending": sum(map(len, per_batch.values())) + len(plant)}),
     )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[batch_ingest_job, plant_events_job],
-    request_job=gold_job,
+GOLD_INTERVAL_S = int(os.environ.get("PHARMA_GOLD_INTERVAL_S", str(2 * SENSOR_INTERVAL_S)))
+GOLD_INPUTS = (("silver", "telemetry_log"), ("silver", "batches"), ("silver", "lab_results"),
+               ("silver", "maintenance_events"))  # fmt: skip
+
+
+@dg.sensor(
     name="gold_refresh_sensor",
-    minimum_interval_seconds=SENSOR_INTERVAL_S,
+    minimum_interval_seconds=GOLD_INTERVAL_S,
+    jobs=[gold_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Refreshes gold after every successful ingestion run.",
+    description="Refreshes gold when the silver tables it reads have new Delta versions "
+    "(cursor: those versions). Coalesces any number of ingestion runs into one refresh.",
 )
-def gold_refresh_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-    return dg.RunRequest(run_key=f"gold-after-{context.dagster_run.run_id}")
-
-
-
+def gold_refresh_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+    lake = lakehouse.lake()
+    versions = {f"{layer}/{name}": lake.version(layer, name) for layer, name in GOLD_INPUTS}
+    if context.cursor == json.dumps(versions, sort_keys=True) or all(v is None for v in versions.values()):
+        return dg.SensorResult(run_requests=[], cursor=context.cursor)
+    cur = json.dumps(versions, sort_keys=True)
+    key = hashlib.sha1(cur.encode()).hexdigest()[:16]
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"gold:{key}")], cursor=cur)

@@ -1,0 +1,100 @@
+"""`make demo`: materialize the simulated history, then serve everything and run the plant live.
+
+Starts, each in its own process group, `dagster dev` (UI on :3000 with the daemon running
+the landing sensor), the live simulator writing new chunks into the landing zone, and the
+Streamlit app (:8501). Ctrl-C (or SIGTERM) stops every process it started.
+
+The live clock starts at 00:00 UTC yesterday, just after the history ends, and runs 60x
+faster than real time, so process time catches up with the wall clock after 24-48 minutes;
+after that its readings lie in the future and, beyond the spec's tolerance, silver
+quarantines them as ts_in_future (that is the contract doing its job).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _start(name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(log, "ab")  # noqa: SIM115 - lives as long as the child
+    print(f"  starting {name}: {' '.join(cmd)}  (log: {log.relative_to(ROOT)})")
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for name, p in procs.items():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        print(f"  stopped {name}")
+
+
+def main() -> int:
+    landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
+    lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
+    env = {**os.environ, "PHARMA_LANDING_DIR": str(landing), "PHARMA_LAKE_URI": lake}
+    env.pop("DAGSTER_HOME", None)  # use the repository's dagster.yaml (SQLite under .state/)
+    logs = ROOT / ".state" / "logs"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        procs["dagster"] = _start(
+            "Dagster UI + daemon",
+            [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+            env, logs / "dagster.log",
+        )  # fmt: skip
+        procs["live"] = _start(
+            "live simulator",
+            [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
+            env, logs / "live.log",
+        )  # fmt: skip
+        procs["streamlit"] = _start(
+            "Streamlit dashboards",
+            [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            env, logs / "streamlit.log",
+        )  # fmt: skip
+        print()
+        print(
+            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold groups; Automation: landing_sensor)"
+        )
+        print("  Dashboards:   http://127.0.0.1:8501")
+        print(f"  Lake:         {lake}")
+        print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
+        print("  Ctrl-C stops everything.")
+        while True:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    print(f"  {name} exited with code {p.returncode}; see {logs}/{name}.log")
+                    raise KeyboardInterrupt
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\n  stopping ...")
+    finally:
+        _stop(procs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Fixtures and helpers for the Dagster code-location tests.
+
+``landing_template`` (the session's simulated plant: 2 units, 3 batches) and ``landing``
+(a per-test copy) are the lake tests' fixtures, reused here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from pharma_assets.defs.lakehouse.automation import landing_sensor
+from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
+from pharma_assets.defs.lakehouse.resources import LakehouseResource
+from pharma_assets.lake.landing_scan import scan_landing
+from pharma_assets_tests.lake.conftest import landing, landing_template  # noqa: F401
+
+BATCH_PARTITIONS = "batch"
+
+
+def lakehouse_for(landing_dir: Path, lake_dir: Path) -> LakehouseResource:
+    return LakehouseResource(lake_uri=str(lake_dir), landing_dir=str(landing_dir))
+
+
+def definitions_with(lakehouse: LakehouseResource) -> dg.Definitions:
+    """The lakehouse code location, with the given lake instead of the environment's."""
+    d = lakehouse_defs()
+    return dg.Definitions(
+        assets=d.assets, jobs=d.jobs, sensors=d.sensors, resources={"lakehouse": lakehouse}
+    )
+
+
+def sensor_tick(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    lakehouse: LakehouseResource,
+    cursor: str | None = None,
+) -> SensorExecutionData:
+    """One evaluation of a sensor, as the daemon makes it (its requests are not applied)."""
+    ctx = dg.build_sensor_context(
+        instance=instance,
+        instance_ref=instance.get_ref(),
+        definitions=definitions_with(lakehouse),
+        resources={"lakehouse": lakehouse},
+        cursor=cursor,
+    )
+    return sensor.evaluate_tick(ctx)
+
+
+def landing_tick(
+    instance: dg.DagsterInstance, lakehouse: LakehouseResource, cursor: str | None = None
+) -> SensorExecutionData:
+    return sensor_tick(landing_sensor, instance, lakehouse, cursor)
+
+
+def requested_batches(req: dg.RunRequest, instance: dg.DagsterInstance) -> list[str]:
+    """The batch partitions a batch_ingest_job request covers (one key or a key range)."""
+    if req.partition_key is not None:
+        return [req.partition_key]
+    start = req.tags[ASSET_PARTITION_RANGE_START_TAG]
+    end = req.tags[ASSET_PARTITION_RANGE_END_TAG]
+    ordered = list(instance.get_dynamic_partitions(BATCH_PARTITIONS))
+    return ordered[ordered.index(start) : ordered.index(end) + 1]
+
+
+def apply_partition_requests(instance: dg.DagsterInstance, tick: SensorExecutionData) -> None:
+    """What the daemon does with the tick's dynamic partitions requests."""
+    for req in tick.dynamic_partitions_requests or []:
+        assert isinstance(req, dg.AddDynamicPartitionsRequest)
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+
+
+def cursor_of(tick: SensorExecutionData) -> dict[str, Any]:
+    assert tick.cursor is not None
+    return json.loads(tick.cursor)
+
+
+def landed_batches(landing_dir: Path) -> dict[str, list[str]]:
+    """Batch id -> landed files of that batch (telemetry, MES, LIMS), from the filesystem."""
+    out: dict[str, list[str]] = {}
+    for f in scan_landing(landing_dir):
+        if f.batch_id is not None:
+            out.setdefault(f.batch_id, []).append(f.rel)
+    return out
