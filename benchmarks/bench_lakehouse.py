@@ -288,12 +288,18 @@ def child_build_lake(landing: str, lake_dir: str) -> dict[str, Any]:
     silver.build_batches(lake)
     silver.build_lab_results(lake, load_spec())
     ids = sorted({f.batch_id for f in files if f.batch_id})
-    srep = silver.process_telemetry(lake, ids, spec, "build")
+    rows, per_100 = 0, []
+    for k in range(0, len(ids), 100):  # 100 batches per call, to show how the cost grows
+        tk = time.perf_counter()
+        rows += silver.process_telemetry(lake, ids[k : k + 100], spec, "build").rows_valid
+        per_100.append(time.perf_counter() - tk)
+        if len(ids) > 100:
+            log(f"silver: {k + len(ids[k : k + 100])} batches, last 100 in {per_100[-1]:.0f} s")
     t["silver_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     g = gold.build_gold(lake, spec)
     t["gold_s"] = time.perf_counter() - t0
-    return {**t, "files": len(files), "silver_rows": srep.rows_valid, "gold": g,
+    return {**t, "files": len(files), "silver_rows": rows, "silver_per_100_s": per_100, "gold": g,
             "tables": _table_stats(lake_dir)}  # fmt: skip
 
 
@@ -452,34 +458,66 @@ def child_preingest(landing: str, lake_dir: str) -> dict[str, Any]:
 
 
 def child_run_summary(dagster_home: str) -> dict[str, Any]:
+    """Runs of the temporary instance: counts per job and status, failures, and for every
+    ingestion run its creation, start and end times and step durations (epoch seconds)."""
     os.environ["DAGSTER_HOME"] = dagster_home
     import dagster as dg
 
     inst = dg.DagsterInstance.get()
     by: dict[str, dict[str, int]] = {}
-    errors = []
-    timing: dict[str, list[float]] = {}
+    errors, ingest = [], []
     for rec in inst.get_run_records():
         r = rec.dagster_run
         d = by.setdefault(r.job_name, {})
         d[r.status.value] = d.get(r.status.value, 0) + 1
-        if r.job_name == "batch_ingest_job" and r.status == dg.DagsterRunStatus.SUCCESS:
+        if r.job_name == "batch_ingest_job":
             st = inst.get_run_stats(r.run_id)
-            if st.start_time and st.end_time:
-                created = rec.create_timestamp.timestamp()
-                timing.setdefault("queued_to_started_s", []).append(st.start_time - created)
-                timing.setdefault("run_s", []).append(st.end_time - st.start_time)
-                for s in inst.get_run_step_stats(r.run_id):
-                    if s.start_time and s.end_time:
-                        timing.setdefault(f"step {s.step_key}", []).append(
-                            s.end_time - s.start_time
-                        )
+            steps = {s.step_key: s.end_time - s.start_time
+                     for s in inst.get_run_step_stats(r.run_id) if s.start_time and s.end_time}  # fmt: skip
+            ingest.append({"created": rec.create_timestamp.timestamp(), "start": st.start_time,
+                           "end": st.end_time, "status": r.status.value, "steps": steps})  # fmt: skip
         if r.status == dg.DagsterRunStatus.FAILURE:
             for e in inst.all_logs(r.run_id):
                 if e.is_dagster_event and e.dagster_event.is_failure:  # type: ignore[union-attr]
                     errors.append(f"{r.job_name} {r.run_id[:8]}: {e.message[:300]}")
-    return {"runs": by, "errors": errors,
-            "timing": {k: statistics.median(v) for k, v in timing.items()}}  # fmt: skip
+    return {"runs": by, "errors": errors, "ingest_runs": sorted(ingest, key=lambda x: x["created"])}
+
+
+def _run_workers(marker: str) -> list[int]:
+    """Pids of Dagster run workers started for our temporary instance."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            env = (p / "environ").read_bytes().split(b"\0")
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"DAGSTER_HOME={marker}".encode() in env and b"execute_run" in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def _latency_parts(drops: list[tuple[float, float]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Split each chunk's latency: landed -> run created (sensor), created -> started (queue
+    and launch), started -> visible in silver; medians, from the first run created after the
+    chunk landed."""
+    parts: dict[str, list[float]] = {}
+    steps: dict[str, list[float]] = {}
+    for landed, visible in drops:
+        run = next((r for r in runs if r["created"] >= landed and r["start"]), None)
+        if run is None:
+            continue
+        parts.setdefault("sensor_s", []).append(run["created"] - landed)
+        parts.setdefault("queue_and_launch_s", []).append(run["start"] - run["created"])
+        parts.setdefault("run_until_visible_s", []).append(visible - run["start"])
+        if run["end"]:
+            parts.setdefault("whole_run_s", []).append(run["end"] - run["start"])
+        for k, v in run["steps"].items():
+            steps.setdefault(k, []).append(v)
+    return {"parts": {k: med(v) for k, v in parts.items()},
+            "steps": {k: med(v) for k, v in steps.items()}}  # fmt: skip
 
 
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
@@ -696,10 +734,11 @@ def section_sensor(w: Work, chunks: int, interval_s: int, timeout_s: float = 300
     proc = subprocess.Popen([str(daemon), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
                             env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     lat: list[float] = []
+    drops: list[tuple[float, float]] = []  # (landed, visible), epoch seconds
     warmup = None
     try:
         for i, rel in enumerate(held):
-            t0 = time.monotonic()
+            t0, landed = time.monotonic(), time.time()
             deliver(d / "pending", d / "landing", rel)
             while not _visible(d / "lake", rel):
                 if proc.poll() is not None:
@@ -713,17 +752,23 @@ def section_sensor(w: Work, chunks: int, interval_s: int, timeout_s: float = 300
                 log(f"sensor warm-up chunk (daemon start-up included): {dt:.1f} s")
             else:
                 lat.append(dt)
+                drops.append((landed, time.time()))
                 log(f"sensor chunk {i}: {dt:.1f} s")
+        # let the runs in flight (checks, gold refresh) finish so that none is interrupted
+        deadline, quiet = time.monotonic() + 120, 0
+        while time.monotonic() < deadline and quiet < 3:
+            quiet = 0 if _run_workers(str(home)) else quiet + 1
+            time.sleep(2)
     finally:
         killed = _kill_tree(proc, str(home))
         log_f.close()
     summary = run_child("run_summary", dagster_home=str(home))
-    runs = summary["runs"]
     for e in summary["errors"]:
         log(f"sensor: failed run: {e}")
-    return {"interval_s": interval_s, "chunks": chunks, "rows_per_chunk": None,
-            "preingested": pre["batches"], "warmup_s": warmup, "runs": lat, "value": med(lat),
-            "max_s": max(lat), "dagster_runs": runs, "run_errors": summary["errors"], "run_timing": summary["timing"],
+    split = _latency_parts(drops, summary["ingest_runs"])
+    return {"interval_s": interval_s, "chunks": chunks, "preingested": pre["batches"],
+            "warmup_s": warmup, "runs": lat, "value": med(lat), "max_s": max(lat),
+            "dagster_runs": summary["runs"], "run_errors": summary["errors"], **split,
             "stragglers_killed": len(killed)}  # fmt: skip
 
 
@@ -824,8 +869,10 @@ def rows_for_doc(res: dict[str, Any]) -> list[str]:
         out.append(
             f"- Sensor: {len(r['runs'])} chunks dropped one at a time after a warm-up chunk "
             f"({r['warmup_s']:.0f} s, daemon start-up included, not counted); Dagster runs: "
-            f"{json.dumps(r['dagster_runs'])}. Median per ingestion run (s): "
-            + ", ".join(f"{k} {v:.1f}" for k, v in r["run_timing"].items())
+            f"{json.dumps(r['dagster_runs'])}. Median split of a chunk's latency: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items())
+            + "; ingestion run steps (s): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
             + "."
         )
     return out

@@ -1,21 +1,36 @@
-"""`make bench`: run every benchmark and write the figures to docs/benchmarks.md."""
+"""`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
+
+``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``) runs one suite; the
+block of the other suite in the document is left as it is.
+"""
 
 from __future__ import annotations
 
+import argparse
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import bench_simulator
+from benchmarks import bench_lakehouse, bench_simulator
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MARK = "<!-- simulator-results -->"
+LAKE_MARK = "<!-- lakehouse-results -->"
 
 
-def main() -> None:
+def replace_block(text: str, mark: str, lines: list[str]) -> str:
+    """Replace the text between two ``mark`` lines (or append the block)."""
+    block = "\n".join([mark, *lines, mark])
+    if mark in text:
+        head, _, rest = text.partition(mark)
+        _, _, tail = rest.partition(mark)
+        return head + block + tail
+    return text + "\n" + block + "\n"
+
+
+def simulator_lines() -> list[str]:
     rows = bench_simulator.main()
     lines = [
-        MARK,
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"Python {platform.python_version()}, median of 3 fresh-process runs each.",
         "",
@@ -29,16 +44,30 @@ def main() -> None:
             f"{r['batch_minutes_per_s']:,.0f} | {r['readings_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | "
             f"{r['cost_per_batch_vs_10']:.2f} |"
         )
-    lines.append(MARK)
-    text = DOC.read_text() if DOC.exists() else ""
-    block = "\n".join(lines)
-    if MARK in text:
-        head, _, rest = text.partition(MARK)
-        _, _, tail = rest.partition(MARK)
-        text = head + block + tail
-    else:
-        text += "\n" + block + "\n"
-    DOC.write_text(text)
+    return lines
+
+
+def lakehouse_lines() -> list[str]:
+    res = bench_lakehouse.main()
+    return [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"Python {platform.python_version()}, {res['total_s'] / 60:.0f} min in all; every "
+        "figure is a median over fresh processes (runs listed).",
+        "",
+        *bench_lakehouse.rows_for_doc(res),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("simulator", "lakehouse"))
+    a = ap.parse_args()
+    if a.only in (None, "simulator"):
+        lines = simulator_lines()
+        DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", MARK, lines))
+    if a.only in (None, "lakehouse"):
+        lines = lakehouse_lines()
+        DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", LAKE_MARK, lines))
     print(f"wrote {DOC}")
 
 

@@ -550,11 +550,12 @@ def process_telemetry(
     phases = lake.read(LAYER, "batch_phases")
     if batches is None or phases is None:
         batches, phases = pl.DataFrame(schema=BATCH_SCHEMA), pl.DataFrame(schema=PHASE_SCHEMA)
-    for bid in batch_ids:
-        pending = pending_telemetry_files(lake, [bid])
-        if pending.height == 0:
-            continue
-        if bid not in set(batches["batch_id"].to_list()):
+    known = set(batches["batch_id"].to_list())
+    # one read of both logs for all partitions; rechecked per batch under its lock
+    todo = pending_telemetry_files(lake, list(batch_ids))
+    for bid in todo["batch_id"].unique(maintain_order=True).to_list():
+        pending = todo.filter(pl.col("batch_id") == bid)
+        if bid not in known:
             rep.files_deferred += pending.height  # waits for the batch_start event
             continue
         with lake.lock(f"silver-telemetry-{bid}"):

@@ -33,6 +33,11 @@ _REMOTE = ("s3://", "s3a://", "az://", "abfs://", "abfss://", "gs://", "gcs://")
 _STORAGE_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 
 WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1)
+# Tables the lake creates write a checkpoint every 10 commits (Delta's default is 100). Each
+# ingestion loads table snapshots many times, and a load replays every JSON commit since the
+# last checkpoint: with one small commit per delivered file, 100 made loads of a 1,000-batch
+# table about 3x slower on average (benchmarks/bench_lakehouse.py, docs/benchmarks.md).
+TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -163,7 +168,7 @@ class Lake:
                     storage_options=self.storage_options or None,
                     writer_properties=WRITER_PROPERTIES,
                     commit_properties=props,
-                    configuration=dict(configuration) if configuration else None,
+                    configuration={**TABLE_CONFIGURATION, **(configuration or {})},
                     schema_mode="merge",
                 )
                 if dt is not None:
@@ -206,6 +211,7 @@ class Lake:
                 custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
                 app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,
             ),
+            configuration=TABLE_CONFIGURATION,
             schema_mode="overwrite" if predicate is None else None,
         )
         return DeltaTable(uri, storage_options=self.storage_options or None).version()

@@ -22,7 +22,7 @@ from dagster._core.definitions.sensor_definition import SensorExecutionData
 from pharma_assets.defs.lakehouse.automation import GOLD_INPUTS, _run_key, gold_refresh_sensor
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
-from pharma_assets.lake import bronze
+from pharma_assets.lake import bronze, silver
 from pharma_assets.lake.landing_scan import (
     BATCH_SOURCES,
     files_for_batch,
@@ -207,6 +207,47 @@ def _gold_refresh_sensor_requests_gold_when_silver_changes(m: Materialized) -> N
     assert after.run_requests[0].run_key != first.run_requests[0].run_key
 
 
+def _landing_sensor_after_ingestion_requests_only_new_files(m: Materialized) -> None:
+    newest = max(f.arrived_ns for f in scan_landing(m.landing))
+    done = landing_tick(m.instance, m.lakehouse)
+    assert list(done.run_requests or []) == []  # everything is through silver
+    assert list(done.dynamic_partitions_requests or []) == []
+    assert cursor_of(done) == {"hwm_ns": newest, "pending": 0}
+    again = landing_tick(m.instance, m.lakehouse, done.cursor)
+    assert list(again.run_requests or []) == [] and again.cursor == done.cursor
+
+    # a new chunk lands in one batch folder: one run for that batch only, with a new key
+    batch = sorted(landed_batches(m.landing))[1]
+    chunk = files_for_batch(m.landing, "telemetry", batch)[0].path(m.landing)
+    new = chunk.with_name("20991231T000000Z_99999.parquet")
+    shutil.copyfile(chunk, new)  # a new file (new inode): it arrives now
+    new_rel = new.relative_to(m.landing).as_posix()
+    tick = landing_tick(m.instance, m.lakehouse, again.cursor)
+    requests = list(tick.run_requests or [])
+    assert [(r.job_name, r.partition_key) for r in requests] == [("batch_ingest_job", batch)]
+    (req,) = requests
+    assert req.run_key == _run_key(batch, [new_rel])
+    assert req.tags["pharma/files"] == "1"
+    assert list(tick.dynamic_partitions_requests or []) == []  # the partition exists
+    assert cursor_of(tick) == {"hwm_ns": new.stat().st_ctime_ns, "pending": 1}
+    assert new.stat().st_ctime_ns > newest
+    same = landing_tick(m.instance, m.lakehouse, again.cursor)
+    assert [r.run_key for r in same.run_requests or []] == [req.run_key]  # idempotent
+
+    # run what the sensor asked for, as the daemon would: then nothing is owed any more
+    job = definitions_with(m.lakehouse).resolve_job_def(req.job_name or "")
+    run = job.execute_in_process(
+        instance=m.instance, partition_key=req.partition_key, tags=req.tags
+    )
+    assert run.success
+    log = bronze.read_log(m.lake).filter(pl.col("source_file") == new_rel)
+    assert log["status"].to_list() == ["quarantined"]  # same content as the chunk it copies
+    assert log["reason"].to_list() == ["duplicate_file"]
+    after = landing_tick(m.instance, m.lakehouse, tick.cursor)
+    assert list(after.run_requests or []) == []
+    assert cursor_of(after)["pending"] == 0
+
+
 def test_run_pipeline_materializes_landing_to_gold(materialized: Materialized) -> None:
     """One pipeline run (about 10 s), several properties of it.
 
@@ -217,6 +258,7 @@ def test_run_pipeline_materializes_landing_to_gold(materialized: Materialized) -
     _materialization_metadata_matches_the_landed_files(materialized)
     _gold_batch_summary_has_one_row_per_batch(materialized)
     _gold_refresh_sensor_requests_gold_when_silver_changes(materialized)
+    _landing_sensor_after_ingestion_requests_only_new_files(materialized)
 
 
 # ----------------------------------------------------------------------------- landing_sensor
@@ -261,17 +303,20 @@ def test_first_tick_requests_every_landed_batch_and_adds_partitions(
     assert ingest.tags["pharma/files"] == str(len(files))
     assert ingest.run_key == _run_key(f"{ordered[0]}..{ordered[-1]}", files)
 
-    cmms = [f.rel for f in files_for_source(landing, "cmms")]
+    arrived = scan_landing(landing)
+    plant_files = [f.rel for f in arrived if f.batch_id is None]
+    assert sorted(plant_files) == sorted(f.rel for f in files_for_source(landing, "cmms"))
     plant = [r for r in tick.run_requests or [] if r.job_name == "plant_events_job"]
-    assert len(cmms) > 0
+    assert len(plant_files) > 0
     assert len(plant) == 1 and plant[0].partition_key is None
-    assert plant[0].run_key == _run_key("plant", cmms)
+    assert plant[0].run_key == _run_key("plant", plant_files)
     assert len(tick.run_requests or []) == 2
 
-    cursor = cursor_of(tick)
-    arrived = scan_landing(landing)
-    assert cursor["hwm_ns"] == max(f.arrived_ns for f in arrived)
-    assert set(cursor["at_mark"]) == {f.rel for f in arrived if f.arrived_ns == cursor["hwm_ns"]}
+    # cursor: the newest arrival and the number of files still owed
+    assert cursor_of(tick) == {
+        "hwm_ns": max(f.arrived_ns for f in arrived),
+        "pending": len(arrived),
+    }
 
 
 def test_scattered_batches_get_one_run_each_keyed_by_batch(
@@ -292,48 +337,37 @@ def test_scattered_batches_get_one_run_each_keyed_by_batch(
     assert list(tick.dynamic_partitions_requests or []) == []  # all three exist already
 
 
-def test_tick_without_new_files_requests_nothing(
+def test_tick_without_new_files_requests_no_new_runs(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource
 ) -> None:
+    """Before the requested runs have run, a tick asks for the same runs again, under the
+    same run keys: the daemon launches a run key once, so nothing new starts."""
     first = landing_tick(instance, lakehouse)
     assert first.run_requests
     apply_partition_requests(instance, first)
     assert len(instance.get_dynamic_partitions(BATCH_PARTITIONS)) == 3
     second = landing_tick(instance, lakehouse, first.cursor)
-    assert list(second.run_requests or []) == []
+    keys = sorted(r.run_key or "" for r in first.run_requests or [])
+    assert sorted(r.run_key or "" for r in second.run_requests or []) == keys
     assert list(second.dynamic_partitions_requests or []) == []
     assert cursor_of(second) == cursor_of(first)
 
 
-def test_new_chunk_requests_exactly_one_run_for_its_batch(
+def test_new_chunk_changes_the_run_key_of_its_batch(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource, landing: Path
 ) -> None:
+    """(After ingestion, see the pipeline test: a new chunk gives one run for its batch.)"""
     first = landing_tick(instance, lakehouse)
     apply_partition_requests(instance, first)
-    second = landing_tick(instance, lakehouse, first.cursor)
-    assert not second.run_requests
-
     batch = sorted(landed_batches(landing))[1]
     chunk = files_for_batch(landing, "telemetry", batch)[0].path(landing)
-    new = chunk.with_name("20991231T000000Z_99999.parquet")
-    shutil.copyfile(chunk, new)  # a new file (new inode): it arrives now
-    new_rel = new.relative_to(landing).as_posix()
-
-    third = landing_tick(instance, lakehouse, second.cursor)
-    requests = list(third.run_requests or [])
-    assert len(requests) == 1
-    (req,) = requests
-    assert (req.job_name, req.partition_key) == ("batch_ingest_job", batch)
-    assert req.tags["pharma/files"] == "1"
-    assert req.run_key == _run_key(batch, [new_rel])
-    assert req.run_key not in {r.run_key for r in first.run_requests or []}
-    assert list(third.dynamic_partitions_requests or []) == []  # the partition exists
-    cursor = cursor_of(third)
-    assert cursor["hwm_ns"] == new.stat().st_ctime_ns > cursor_of(second)["hwm_ns"]
-    assert new_rel in cursor["at_mark"]
-
-    fourth = landing_tick(instance, lakehouse, third.cursor)
-    assert not fourth.run_requests
+    shutil.copyfile(chunk, chunk.with_name("20991231T000000Z_99999.parquet"))
+    second = landing_tick(instance, lakehouse, first.cursor)
+    (before,), (after,) = _ingest_requests(first), _ingest_requests(second)
+    assert requested_batches(after, instance) == requested_batches(before, instance)
+    assert after.run_key != before.run_key
+    assert int(after.tags["pharma/files"]) == int(before.tags["pharma/files"]) + 1
+    assert cursor_of(second)["hwm_ns"] > cursor_of(first)["hwm_ns"]
 
 
 def test_run_keys_are_idempotent(
@@ -348,23 +382,31 @@ def test_run_keys_are_idempotent(
     assert _run_key("B1", ["x/1", "x/2"]) != _run_key("B1", ["x/1"])
 
 
-def test_files_in_the_ingest_log_are_not_requested_again(
+def test_files_through_silver_are_not_requested_again(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource, landing: Path
 ) -> None:
-    batches = sorted(landed_batches(landing))
-    done = batches[0]
+    """Batch 0 through silver (done), batch 1 only in bronze (an interrupted run: still
+    owed), batch 2 not ingested; CMMS through silver."""
+    b0, b1, b2 = sorted(landed_batches(landing))
     lake = lakehouse.lake()
-    for source in BATCH_SOURCES:
-        files = files_for_batch(landing, source, done)
-        rep = bronze.ingest_files(lake, landing, source, files, "test")
-        assert rep.files_accepted == len(files) > 0
+    spec = lakehouse.spec()
+    for bid in (b0, b1):
+        for source in BATCH_SOURCES:
+            files = files_for_batch(landing, source, bid)
+            rep = bronze.ingest_files(lake, landing, source, files, "test")
+            assert rep.files_accepted == len(files) > 0
+    silver.build_batches(lake, [b0])
+    silver.build_lab_results(lake, spec, [b0])
+    assert silver.process_telemetry(lake, [b0], spec, "test").files_processed > 0
     bronze.ingest_files(lake, landing, "cmms", files_for_source(landing, "cmms"), "test")
-    assert set(bronze.read_log(lake)["batch_id"].drop_nulls()) == {done}
+    silver.build_maintenance(lake)
 
     tick = landing_tick(instance, lakehouse)
-    assert {r.job_name for r in tick.run_requests or []} == {"batch_ingest_job"}  # no cmms
+    assert {r.job_name for r in tick.run_requests or []} == {"batch_ingest_job"}  # no CMMS
     assert tick.dynamic_partitions_requests == [
-        dg.AddDynamicPartitionsRequest(BATCH_PARTITIONS, batches[1:])
+        dg.AddDynamicPartitionsRequest(BATCH_PARTITIONS, [b1, b2])
     ]
     apply_partition_requests(instance, tick)
-    assert _covered(tick, instance) == batches[1:]
+    assert _covered(tick, instance) == [b1, b2]
+    owed = landed_batches(landing)
+    assert cursor_of(tick)["pending"] == len(owed[b1]) + len(owed[b2])

@@ -101,8 +101,17 @@ def pg_instance(
         instance.dispose()
 
 
-def test_production_config_keeps_the_local_run_and_sensor_settings() -> None:
-    """No server needed: same retries/sensors/schedules as ./dagster.yaml, PG from env vars."""
+def test_production_config_keeps_the_local_run_and_sensor_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No server needed: a valid instance config, the same retries/sensors/schedules as
+    ./dagster.yaml, PostgreSQL settings from env vars."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    for var in ("HOST", "PORT", "USER", "PASSWORD", "DB"):
+        monkeypatch.setenv(f"DAGSTER_PG_{var}", "5432" if var == "PORT" else "x")
+    config, _ = dagster_instance_config(str(PRODUCTION_CONFIG.parent))  # raises if invalid
+    assert "postgres" in config["storage"]
     prod = yaml.safe_load(PRODUCTION_CONFIG.read_text())
     local = yaml.safe_load((REPO / "dagster.yaml").read_text())
     for section in ("run_retries", "sensors", "schedules", "telemetry"):
@@ -132,6 +141,8 @@ def test_instance_from_production_config_uses_postgres(pg_instance: dg.DagsterIn
     assert isinstance(pg_instance.schedule_storage, PostgresScheduleStorage)
     assert isinstance(pg_instance.run_coordinator, QueuedRunCoordinator)
     assert pg_instance.run_retries_enabled and pg_instance.run_retries_max_retries == 2
+    limits = pg_instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+    assert {"key": "dagster/sensor_name", "value": "landing_sensor", "limit": 1} in limits
 
 
 def test_run_pipeline_on_postgres_instance(
@@ -204,7 +215,11 @@ def test_landing_sensor_on_postgres_instance(
     keys = _query(pg_database, "SELECT partition FROM dynamic_partitions")
     assert sorted(k[0] for k in keys) == batches
 
+    # nothing ran yet: the same runs again, under the same run keys, and no new partitions
     second = landing_tick(pg_instance, lakehouse, first.cursor)
-    assert list(second.run_requests or []) == []
+    assert sorted(r.run_key or "" for r in second.run_requests or []) == sorted(
+        r.run_key or "" for r in requests
+    )
     assert list(second.dynamic_partitions_requests or []) == []
-    assert cursor_of(second)["hwm_ns"] == cursor_of(first)["hwm_ns"] > 0
+    assert cursor_of(second) == cursor_of(first)
+    assert cursor_of(first)["hwm_ns"] > 0 and cursor_of(first)["pending"] > 0

@@ -125,11 +125,11 @@ def _landed(landing: Path, batch_ids: Sequence[str]) -> dict[str, list[LandedFil
 def _expected_bronze_keys(landing: Path, files: Sequence[LandedFile], source: str) -> pl.DataFrame:
     """(source_file, row_hash) -> count, straight from the landed bytes."""
     now = datetime.now(UTC)
-    frames = [
-        bronze._finish(bronze.read_source_file(source, f.path(landing).read_bytes()), f, now, "x", source)
-        .select("source_file", "row_hash")
-        for f in files
-    ]  # fmt: skip
+    frames = []
+    for f in files:
+        parsed = bronze.read_source_file(source, f.path(landing).read_bytes())
+        # the same row hash bronze computes (bronze._finish is what ingest_files applies)
+        frames.append(bronze._finish(parsed, f, now, "x", source).select("source_file", "row_hash"))
     return pl.concat(frames).group_by("source_file", "row_hash").len().sort(pl.all())
 
 
@@ -173,7 +173,7 @@ def assert_exactly_once(lake: Lake, landing: Path, batch_ids: Sequence[str]) -> 
     s_rows = lake.read(
         "silver", "telemetry", ["source_file", "unit_id", "tag", "ts"], partition=part
     )
-    sq_rows = lake.read("silver", "telemetry_quarantine", ["source_file", "failed_check"], partition=part)  # fmt: skip
+    sq_rows = lake.read("silver", "telemetry_quarantine", ["source_file"], partition=part)
     assert s_rows is not None
     dups = s_rows.group_by("unit_id", "tag", "ts").len().filter(pl.col("len") > 1)
     assert dups.height == 0, f"{dups.height} readings twice in silver/telemetry: {dups.head()}"
@@ -220,7 +220,8 @@ def assert_exactly_once(lake: Lake, landing: Path, batch_ids: Sequence[str]) -> 
 
 
 def _lake_state(root: Path) -> dict[str, int]:
-    tables = ["bronze/telemetry", "bronze/ingest_log", *(f"silver/{t}" for t in silver.TELEMETRY_TABLES), "silver/telemetry_log"]  # fmt: skip
+    silver_tables = (*silver.TELEMETRY_TABLES, "telemetry_log")
+    tables = ["bronze/telemetry", "bronze/ingest_log", *(f"silver/{t}" for t in silver_tables)]
     return {t: _commits(root, t) for t in tables}
 
 
@@ -251,12 +252,18 @@ def test_sigkill_mid_ingestion_then_rerun_is_exactly_once(
     landing = _make_landing(landing_template, tmp_path / "landing", [KILL_BATCH])
     root = tmp_path / "lake"
     err = tmp_path / "child.stderr"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     with open(err, "wb") as err_fh:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(root), str(landing), KILL_BATCH],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_fh,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+        )
         try:
             deadline = time.monotonic() + HANG_GUARD_S
             while _commits(root, table) < commits:
@@ -281,7 +288,7 @@ def test_sigkill_mid_ingestion_then_rerun_is_exactly_once(
     tlog = lake.read("silver", "telemetry_log")
     processed = 0 if tlog is None else tlog.height
     assert processed < n_tel, "the child finished before it was killed; nothing was tested"
-    print(f"\n[{table}>={commits}] commits at kill: {at_kill}; files done in silver: {processed}/{n_tel}")  # fmt: skip
+    print(f"\n[{table}>={commits}] commits at kill: {at_kill}; silver done {processed}/{n_tel}")
 
     # while the pipeline is down, a late delivery repeats readings of every earlier file,
     # including the ones the crash interrupted

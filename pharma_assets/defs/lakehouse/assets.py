@@ -45,12 +45,9 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
     )  # fmt: skip
     def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
         lake = lakehouse.lake()
-        rep = bronze.IngestReport(source)
-        landed = 0
-        for bid in _keys(context):
-            files = files_for_batch(lakehouse.landing_dir, source, bid)
-            landed += len(files)
-            rep.merge(bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run_id))
+        files = [f for bid in _keys(context) for f in files_for_batch(lakehouse.landing_dir, source, bid)]
+        landed = len(files)
+        rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run_id)
         logged = bronze.read_log(lake, _keys(context), source).height
         yield dg.MaterializeResult(
             metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", source, lake.version("bronze", source))}
