@@ -114,7 +114,7 @@ def run_pipeline(
         on_progress("plant events and gold", done, total)
     for j in (plant_events_job, gold_job):
         r = defs.resolve_job_def(j.name).execute_in_process(
-            instance=instance, resources=resources, raise_on_error=False
+            instance=instance, resources=resources, raise_on_error=False, run_config=QUIET
         )
         res.runs.append(r.run_id)
         if not r.success:

@@ -306,12 +306,16 @@ class SilverReport:
 
 
 def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFrame:
-    """Bronze-accepted telemetry files of these batches that silver has not processed."""
+    """Bronze-accepted telemetry files of these batches that silver has not processed.
+
+    In landing-name order (the file name starts with its first timestamp), so reruns after a
+    crash see the same order and split repeated readings the same way.
+    """
     log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
     done = lake.read(LAYER, "telemetry_log", ["source_file"], partition=("batch_id", batch_ids))
     if done is not None and done.height:
         log = log.join(done, on="source_file", how="anti")
-    return log.select("source_file", "batch_id", "unit_id", "rows")
+    return log.select("source_file", "batch_id", "unit_id", "rows").sort("batch_id", "source_file")
 
 
 def _tag_index(spec: CppSpec) -> dict[str, int]:
