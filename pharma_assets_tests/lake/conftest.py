@@ -26,7 +26,9 @@ from pharma_assets.twin.history import simulate_history
 def landing_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plant")
     plant = load_plant().with_units(2)
-    simulate_history(plant, load_recipes(), 3, seed=5, out=root / "landing", truth_out=root / "truth")
+    simulate_history(
+        plant, load_recipes(), 3, seed=5, out=root / "landing", truth_out=root / "truth"
+    )
     return root / "landing"
 
 

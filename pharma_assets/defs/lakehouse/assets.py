@@ -47,7 +47,7 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         lake = lakehouse.lake()
         files = [f for bid in _keys(context) for f in files_for_batch(lakehouse.landing_dir, source, bid)]
         landed = len(files)
-        rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run_id)
+        rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run.run_id)
         logged = bronze.read_log(lake, _keys(context), source).height
         yield dg.MaterializeResult(
             metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", source, lake.version("bronze", source))}
@@ -81,11 +81,11 @@ bronze_lims = _bronze_batch_asset("lims", "LIMS results as landed (in-process an
 def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     rep = bronze.ingest_files(
-        lake, lakehouse.landing_dir, "cmms", files_for_source(lakehouse.landing_dir, "cmms"), context.run_id
+        lake, lakehouse.landing_dir, "cmms", files_for_source(lakehouse.landing_dir, "cmms"), context.run.run_id
     )
     odd = bronze.ingest_files(
         lake, lakehouse.landing_dir, "unroutable", files_for_source(lakehouse.landing_dir, "unroutable"),
-        context.run_id,
+        context.run.run_id,
     )  # fmt: skip
     rep.merge(odd)
     return dg.MaterializeResult(
@@ -173,7 +173,7 @@ def silver_telemetry(context: dg.AssetExecutionContext, lakehouse: LakehouseReso
     """Validate new bronze telemetry files of the partition(s) into the five silver tables."""
     lake = lakehouse.lake()
     keys = _keys(context)
-    rep = silver.process_telemetry(lake, keys, lakehouse.spec(), context.run_id)
+    rep = silver.process_telemetry(lake, keys, lakehouse.spec(), context.run.run_id)
     for name in _SILVER_TELEMETRY:
         yield dg.MaterializeResult(
             asset_key=["silver", name],
