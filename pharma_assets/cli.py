@@ -187,6 +187,13 @@ def pipeline(
         str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
     ] = None,
     batches_per_run: Annotated[int, typer.Option(help="Batch partitions per ingestion run.")] = 20,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Archive silver and gold (to <lake>/_archive/) and rebuild them from bronze, "
+            "e.g. after a CPP spec change. Bronze is never rebuilt. Local lakes only."
+        ),
+    ] = False,
 ) -> None:
     """Materialize everything pending for the landing zone (bronze, silver, gold) and exit."""
     import warnings
@@ -197,7 +204,7 @@ def pipeline(
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from .defs.lakehouse.resources import LakehouseResource
-    from .pipeline import default_instance, run_pipeline
+    from .pipeline import archive_derived, default_instance, run_pipeline
 
     res = LakehouseResource.from_env()
     res = LakehouseResource(
@@ -205,6 +212,15 @@ def pipeline(
         landing_dir=str(landing or res.landing_dir),
         spec_path=res.spec_path,
     )
+    if rebuild:
+        try:
+            moved = archive_derived(res.lake())
+        except ValueError as e:
+            console.print(f"[red]{e}")
+            raise typer.Exit(2) from None
+        console.print(
+            f"archived {', '.join(moved) or 'nothing'}; rebuilding silver and gold from bronze"
+        )
     t0 = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"),

@@ -8,8 +8,10 @@ and asset check it makes is visible in the Dagster UI afterwards.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -27,6 +29,7 @@ from pharma_assets.defs.lakehouse.automation import (
 )
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
+from pharma_assets.lake.storage import Lake
 
 # the run's console logger at WARNING: the progress bar is the display, the UI has the logs
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -50,6 +53,24 @@ def default_instance() -> dg.DagsterInstance:
     if Path("dagster.yaml").exists():
         return dg.DagsterInstance.from_config(str(Path.cwd()))
     return dg.DagsterInstance.ephemeral()
+
+
+def archive_derived(lake: Lake) -> list[str]:
+    """Move silver and gold aside (``<lake>/_archive/<layer>-<UTC stamp>``) so that the next
+    run derives them again from bronze; nothing is deleted. Local lakes only."""
+    if not lake.is_local:
+        raise ValueError("--rebuild works on local lakes only; on an object store, move the "
+                         "silver/ and gold/ prefixes aside with the store's tools")  # fmt: skip
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for layer in ("silver", "gold"):
+        src = Path(lake.root) / layer
+        if src.exists():
+            dst = Path(lake.root) / "_archive" / f"{layer}-{stamp}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), dst)
+            moved.append(str(dst))
+    return moved
 
 
 def segments(ordered: list[str], pending: set[str], max_len: int) -> list[tuple[str, str, int]]:

@@ -329,7 +329,7 @@ def ingest_files(
     source: str,
     files: Sequence[LandedFile],
     run_id: str,
-    max_rows_per_commit: int = 2_000_000,
+    max_rows_per_commit: int = 1_000_000,  # bounds peak memory (docs/benchmarks.md)
     now: datetime | None = None,
 ) -> IngestReport:
     """Ingest landed files of one source (those not ingested yet) into bronze."""

@@ -545,7 +545,7 @@ def process_telemetry(
     spec: CppSpec,
     run_id: str,
     now: datetime | None = None,
-    max_rows: int = 2_000_000,
+    max_rows: int = 1_000_000,  # rows per validation group: bounds peak memory (docs/benchmarks.md)
 ) -> SilverReport:
     """Validate the not-yet-processed bronze telemetry of these batches into silver."""
     rep = SilverReport()
