@@ -70,6 +70,7 @@ def archive_derived(lake: Lake) -> list[str]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(src), dst)
             moved.append(str(dst))
+    lake.forget()
     return moved
 
 

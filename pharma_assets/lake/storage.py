@@ -35,8 +35,9 @@ _STORAGE_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1)
 # Tables the lake creates write a checkpoint every 10 commits (Delta's default is 100). Each
 # ingestion loads table snapshots many times, and a load replays every JSON commit since the
-# last checkpoint: with one small commit per delivered file, 100 made loads of a 1,000-batch
-# table about 3x slower on average (benchmarks/bench_lakehouse.py, docs/benchmarks.md).
+# last checkpoint: with one small commit per delivered file and 100, a load 87 commits after
+# a checkpoint took 36 ms against 11 ms just after it (silver table of 287 batches; see
+# docs/benchmarks.md).
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
 
 
@@ -61,6 +62,7 @@ class Lake:
     root: str
     storage_options: dict[str, str] = field(default_factory=dict)
     commit_retries: int = 8
+    _snapshots: dict[str, DeltaTable] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def at(cls, root: str | Path, storage_options: Mapping[str, str] | None = None) -> Lake:
@@ -81,12 +83,38 @@ class Lake:
 
     # ------------------------------------------------------------------ reading
     def table(self, layer: str, name: str, version: int | None = None) -> DeltaTable | None:
+        """The table's latest snapshot (or ``version``), None if the table does not exist.
+
+        Latest snapshots are cached per Lake object and brought up to date with
+        ``update_incremental`` (reads only the commits since), so the many lookups of one
+        ingestion cost one full log load per table instead of one each: what keeps the cost
+        of a new chunk from growing with the size of the lake.
+        """
+        uri = self.uri(layer, name)
+        if version is not None:
+            try:
+                return DeltaTable(
+                    uri, version=version, storage_options=self.storage_options or None
+                )
+            except TableNotFoundError:
+                return None
+        dt = self._snapshots.get(uri)
+        if dt is not None:
+            try:
+                dt.update_incremental()
+                return dt
+            except Exception:  # table moved away or recreated: load it afresh
+                self._snapshots.pop(uri, None)
         try:
-            return DeltaTable(
-                self.uri(layer, name), version=version, storage_options=self.storage_options or None
-            )
+            dt = DeltaTable(uri, storage_options=self.storage_options or None)
         except TableNotFoundError:
             return None
+        self._snapshots[uri] = dt
+        return dt
+
+    def forget(self) -> None:
+        """Drop cached snapshots (after tables were moved or deleted outside the Lake)."""
+        self._snapshots.clear()
 
     def version(self, layer: str, name: str) -> int | None:
         dt = self.table(layer, name)
@@ -173,7 +201,9 @@ class Lake:
                 )
                 if dt is not None:
                     return dt.version()
-                return DeltaTable(uri, storage_options=self.storage_options or None).version()
+                created = self.table(layer, name)
+                assert created is not None
+                return created.version()
             except (CommitFailedError, OSError) as e:  # concurrent creators / writers
                 last = e
                 time.sleep(0.05 * (2**attempt))
@@ -198,12 +228,12 @@ class Lake:
         uri = self.uri(layer, name)
         if self.is_local:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        exists = self.table(layer, name) is not None
+        dt = self.table(layer, name)
         write_deltalake(
-            uri,
+            uri if dt is None else dt,
             table,
             mode="overwrite",
-            predicate=predicate if exists else None,
+            predicate=predicate if dt is not None else None,
             partition_by=list(partition_by) if partition_by else None,
             storage_options=self.storage_options or None,
             writer_properties=WRITER_PROPERTIES,
@@ -214,7 +244,9 @@ class Lake:
             configuration=TABLE_CONFIGURATION,
             schema_mode="overwrite" if predicate is None else None,
         )
-        return DeltaTable(uri, storage_options=self.storage_options or None).version()
+        written = self.table(layer, name)
+        assert written is not None
+        return written.version()
 
     # ------------------------------------------------------------------ locking
     @contextlib.contextmanager
