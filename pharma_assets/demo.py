@@ -49,6 +49,8 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 def main() -> int:
     landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
     lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
+    if "://" not in lake:
+        lake = str(Path(lake).resolve())
     env = {**os.environ, "PHARMA_LANDING_DIR": str(landing), "PHARMA_LAKE_URI": lake}
     env.pop("DAGSTER_HOME", None)  # use the repository's dagster.yaml (SQLite under .state/)
     logs = ROOT / ".state" / "logs"
