@@ -657,19 +657,31 @@ def _count(lake: Lake, layer: str, name: str, batch_ids: Sequence[str]) -> int:
 
 
 def reconcile_telemetry(lake: Lake, landing_root: str, batch_ids: Sequence[str]) -> dict[str, Any]:
-    """Rows landed (Parquet footers) = bronze + quarantined files' rows; bronze = silver + quarantine + pending."""
+    """Rows landed (Parquet footers) = bronze + quarantined files' rows; bronze = silver + quarantine + pending.
+
+    Landed files bronze has not seen yet (they arrived after this run's bronze step) are
+    reported apart (files/rows_awaiting_bronze) and are not a reconciliation failure.
+    """
     import pyarrow.parquet as pq
 
     from .landing_scan import files_for_batch
 
-    landed_rows, unreadable = 0, 0
+    log = bronze.read_log(lake, batch_ids, "telemetry")
+    in_log = set(log["source_file"].to_list())
+    # files that landed after this run's bronze step are not owed yet: counted apart
+    landed_rows, unreadable, awaiting_files, awaiting_rows = 0, 0, 0, 0
     for bid in batch_ids:
         for f in files_for_batch(landing_root, "telemetry", bid):
             try:
-                landed_rows += pq.ParquetFile(f.path(landing_root)).metadata.num_rows
+                n = pq.ParquetFile(f.path(landing_root)).metadata.num_rows
             except Exception:
-                unreadable += 1
-    log = bronze.read_log(lake, batch_ids, "telemetry")
+                n = 0
+                unreadable += f.rel in in_log
+            if f.rel in in_log:
+                landed_rows += n
+            else:
+                awaiting_files += 1
+                awaiting_rows += n
     q_rows = int(log.filter(pl.col("status") == "quarantined")["rows"].fill_null(0).sum())
     bronze_rows = _count(lake, bronze.LAYER, "telemetry", batch_ids)
     silver_rows = _count(lake, LAYER, "telemetry", batch_ids)
@@ -679,7 +691,8 @@ def reconcile_telemetry(lake: Lake, landing_root: str, batch_ids: Sequence[str])
     return {
         "rows_landed": landed_rows, "unreadable_files": unreadable, "rows_in_quarantined_files": q_rows,
         "bronze_rows": bronze_rows, "silver_rows": silver_rows, "quarantined_rows": quarantined,
-        "pending_rows": pending, "reconciled": ok,
+        "pending_rows": pending, "reconciled": ok, "files_awaiting_bronze": awaiting_files,
+        "rows_awaiting_bronze": awaiting_rows,
         "silver_pass_rate": round(silver_rows / (silver_rows + quarantined), 6) if silver_rows + quarantined else 1.0,
     }  # fmt: skip
 

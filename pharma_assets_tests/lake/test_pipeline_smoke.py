@@ -33,3 +33,15 @@ def test_second_run_changes_nothing(lake, landing):
     assert again.silver.files_processed == 0
     assert lake.read("bronze", "telemetry").height == n
     assert {t: lake.version("silver", t) for t in silver.TELEMETRY_TABLES} == before
+
+
+def test_a_file_landing_after_ingestion_is_awaiting_not_a_reconciliation_failure(lake, landing):
+    out = ingest_all(lake, landing)
+    bids = sorted(out.bronze["telemetry"].batches)
+    first = sorted((landing / "telemetry").glob(f"*/{bids[0]}/*.parquet"))[0]
+    late = first.with_name("20991231T000000Z_09999.parquet")
+    late.write_bytes(first.read_bytes())
+    rec = silver.reconcile_telemetry(lake, str(landing), bids)
+    assert rec["reconciled"], rec
+    assert rec["files_awaiting_bronze"] == 1
+    assert rec["rows_awaiting_bronze"] == pl.read_parquet(late).height > 0
