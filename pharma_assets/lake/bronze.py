@@ -32,10 +32,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from .landing_scan import LandedFile
-from .storage import Lake
+from .storage import UTC_US, Lake
 
 LAYER = "bronze"
-UTC_US = pl.Datetime("us", "UTC")
 
 # The contract of each source: column -> type. Everything else in a file is "extra".
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
@@ -59,7 +58,6 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }  # fmt: skip
 # Sources whose records keep their full original JSON in ``payload``.
 JSON_SOURCES = ("mes", "cmms")
-META_COLUMNS = ("source_file", "ingested_at", "ingest_run_id", "row_hash", "raw", "extra")
 
 LOG_SCHEMA = {
     "source": pl.String(), "source_file": pl.String(), "unit_id": pl.String(),
@@ -89,7 +87,6 @@ class IngestReport:
     rows_accepted: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     batches: set[str] = field(default_factory=set)
-    version: int | None = None
 
     def merge(self, other: IngestReport) -> None:
         for k in ("files_seen", "files_already_ingested", "files_accepted", "files_quarantined",
@@ -97,7 +94,6 @@ class IngestReport:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.reasons.update(other.reasons)
         self.batches |= other.batches
-        self.version = other.version if other.version is not None else self.version
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -278,6 +274,17 @@ def read_log(
     return lf.collect()
 
 
+def _append_log(lake: Lake, rows: list[dict[str, Any]]) -> None:
+    """Ledger rows, each marked with its file (so a rerun never logs a file twice)."""
+    if rows:
+        lake.append(
+            LAYER,
+            "ingest_log",
+            pl.DataFrame(rows, schema=LOG_SCHEMA),
+            [r["source_file"] for r in rows],
+        )
+
+
 def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: str) -> set[str]:
     """Ledger rows for files whose data committed but whose ledger row did not (a crash).
 
@@ -313,13 +320,7 @@ def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: st
                     f, r["sha256"], "quarantined", r["reason"], r["detail"], r["rows"], now, run_id
                 )
             )
-    if rows:
-        lake.append(
-            LAYER,
-            "ingest_log",
-            pl.DataFrame(rows, schema=LOG_SCHEMA),
-            [r["source_file"] for r in rows],
-        )
+    _append_log(lake, rows)
     return logged | {r["source_file"] for r in rows}
 
 
@@ -398,7 +399,7 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
         rejected = [log for _, df, log in group if df is None]
         if accepted:
             frames = pl.concat([df for _, df in accepted], how="diagonal_relaxed")
-            rep.version = lake.append(
+            lake.append(
                 LAYER, source, frames, [f.rel for f, _ in accepted],
                 partition_by=["batch_id"] if source == "telemetry" else None,
                 metadata={"files": len(accepted), "rows": frames.height},
@@ -408,14 +409,7 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
                 [{k: r[k] for k in QUARANTINE_SCHEMA} for r in rejected], schema=QUARANTINE_SCHEMA
             )
             lake.append(LAYER, "quarantine", q, [r["source_file"] for r in rejected])
-        logs = [log for _, _, log in group]
-        if logs:
-            lake.append(
-                LAYER,
-                "ingest_log",
-                pl.DataFrame(logs, schema=LOG_SCHEMA),
-                [r["source_file"] for r in logs],
-            )
+        _append_log(lake, [log for _, _, log in group])
     for f, df, log in group:
         rep.rows_landed += log["rows"] or 0
         if f.batch_id:

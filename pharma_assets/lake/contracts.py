@@ -10,15 +10,12 @@ reason, and the offending value.
 
 from __future__ import annotations
 
-import math
-
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
 from .specs import CppSpec
-
-UTC_US = pl.Datetime("us", "UTC")
+from .storage import UTC_US
 
 # Reasons in priority order: a row failing several checks is quarantined under the first.
 REASON_ORDER = (
@@ -186,7 +183,3 @@ def route(df: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, p
     bad = bad.with_columns(offending_value=offending).drop("_row")
     good = df.join(failed, on="_row", how="anti").drop("_row")
     return good, bad
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x

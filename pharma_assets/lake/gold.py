@@ -21,10 +21,9 @@ import polars as pl
 
 from . import silver
 from .specs import CppSpec
-from .storage import Lake
+from .storage import UTC_US, Lake
 
 LAYER = "gold"
-UTC_US = pl.Datetime("us", "UTC")
 CRITICAL_PAR_MINUTES = 60.0
 EXCURSION_SCHEMA = {
     "excursion_id": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
@@ -33,10 +32,6 @@ EXCURSION_SCHEMA = {
     "target": pl.Float64(), "nor_lo": pl.Float64(), "nor_hi": pl.Float64(), "par_lo": pl.Float64(),
     "par_hi": pl.Float64(), "severity": pl.String(), "active": pl.Boolean(),
 }  # fmt: skip
-
-
-def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame | None:
-    return lake.read(layer, name)
 
 
 def excursions(
@@ -119,12 +114,12 @@ def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
 
 def build_gold(lake: Lake, spec: CppSpec, now: datetime | None = None) -> dict[str, int]:
     now = now or datetime.now(UTC)
-    batches = _read(lake, silver.LAYER, "batches")
+    batches = lake.read(silver.LAYER, "batches")
     if batches is None:
         return {"batches": 0}
-    stats = _read(lake, silver.LAYER, "telemetry_stats")
-    segs = _read(lake, silver.LAYER, "excursion_segments")
-    labs = _read(lake, silver.LAYER, "lab_results")
+    stats = lake.read(silver.LAYER, "telemetry_stats")
+    segs = lake.read(silver.LAYER, "excursion_segments")
+    labs = lake.read(silver.LAYER, "lab_results")
     stats = stats if stats is not None else pl.DataFrame(schema={"batch_id": pl.String, "unit_id": pl.String,
         "tag": pl.String, "phase": pl.String, "n": pl.UInt32, "sum": pl.Float64, "sumsq": pl.Float64,
         "min": pl.Float64, "max": pl.Float64, "first_ts": UTC_US, "last_ts": UTC_US, "last_value": pl.Float64})  # fmt: skip

@@ -29,16 +29,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from pharma_assets.twin.config import PHASES
 
 from . import bronze
 from .contracts import accepted_contract, route, telemetry_contract
+from .landing_scan import files_for_batch
 from .specs import CppSpec
-from .storage import Lake
+from .storage import UTC_US, Lake
 
 LAYER = "silver"
-UTC_US = pl.Datetime("us", "UTC")
 TELEMETRY_TABLES = (
     "telemetry",
     "telemetry_quarantine",
@@ -662,10 +663,6 @@ def reconcile_telemetry(lake: Lake, landing_root: str, batch_ids: Sequence[str])
     Landed files bronze has not seen yet (they arrived after this run's bronze step) are
     reported apart (files/rows_awaiting_bronze) and are not a reconciliation failure.
     """
-    import pyarrow.parquet as pq
-
-    from .landing_scan import files_for_batch
-
     log = bronze.read_log(lake, batch_ids, "telemetry")
     in_log = set(log["source_file"].to_list())
     # files that landed after this run's bronze step are not owed yet: counted apart

@@ -32,6 +32,9 @@ _REMOTE = ("s3://", "s3a://", "az://", "abfs://", "abfss://", "gs://", "gcs://")
 # Environment variables passed to delta-rs as storage options when the lake is remote.
 _STORAGE_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 
+# the one timestamp type of the lake: microseconds, UTC
+UTC_US = pl.Datetime("us", "UTC")
+
 WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1)
 # Tables the lake creates write a checkpoint every 10 commits (Delta's default is 100). Each
 # ingestion loads table snapshots many times, and a load replays every JSON commit since the

@@ -15,6 +15,8 @@ import polars as pl
 from pharma_assets.lake import bronze, gold, silver
 from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
 
+from pharma_assets.lake.storage import Lake
+
 from .resources import LakehouseResource
 
 batch_partitions = dg.DynamicPartitionsDefinition(name="batch")
@@ -26,8 +28,8 @@ def _keys(context: dg.AssetExecutionContext) -> list[str]:
     return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
 
 
-def _table_meta(lake_uri: str, layer: str, name: str, version: int | None) -> dict[str, Any]:
-    return {"table_uri": dg.MetadataValue.path(f"{lake_uri}/{layer}/{name}"), "delta_version": version}
+def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
+    return {"table_uri": dg.MetadataValue.path(lake.uri(layer, name)), "delta_version": lake.version(layer, name)}
 
 
 def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
@@ -50,7 +52,7 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run.run_id)
         logged = bronze.read_log(lake, _keys(context), source).height
         yield dg.MaterializeResult(
-            metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", source, lake.version("bronze", source))}
+            metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", source)}
         )
         yield dg.AssetCheckResult(
             check_name="files_reconcile", passed=logged == landed,
@@ -89,7 +91,7 @@ def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource)
     )  # fmt: skip
     rep.merge(odd)
     return dg.MaterializeResult(
-        metadata={**rep.as_metadata(), **_table_meta(lake.root, "bronze", "cmms", lake.version("bronze", "cmms"))}
+        metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", "cmms")}
     )
 
 
@@ -108,7 +110,7 @@ def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource)
 def silver_batches(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_batches(lake, _keys(context))
-    return dg.MaterializeResult(metadata={**res, **_table_meta(lake.root, "silver", "batches", lake.version("silver", "batches"))})
+    return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "batches")})
 
 
 @dg.asset(
@@ -126,7 +128,7 @@ def silver_batches(context: dg.AssetExecutionContext, lakehouse: LakehouseResour
 def silver_lab_results(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_lab_results(lake, lakehouse.spec(), _keys(context))
-    return dg.MaterializeResult(metadata={**res, **_table_meta(lake.root, "silver", "lab_results", lake.version("silver", "lab_results"))})
+    return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "lab_results")})
 
 
 @dg.asset(
@@ -178,7 +180,7 @@ def silver_telemetry(context: dg.AssetExecutionContext, lakehouse: LakehouseReso
         yield dg.MaterializeResult(
             asset_key=["silver", name],
             metadata={**(rep.as_metadata() if name == "telemetry" else {}),
-                      **_table_meta(lake.root, "silver", name, lake.version("silver", name))},
+                      **_table_meta(lake, "silver", name)},
         )  # fmt: skip
     rec = silver.reconcile_telemetry(lake, lakehouse.landing_dir, keys)
     yield dg.AssetCheckResult(
@@ -226,7 +228,7 @@ def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
         yield dg.MaterializeResult(
             asset_key=["gold", name],
             metadata={**(res if name == "batch_summary" else {}),
-                      **_table_meta(lake.root, "gold", name, lake.version("gold", name))},
+                      **_table_meta(lake, "gold", name)},
         )  # fmt: skip
     chk = gold.check_one_row_per_batch(lake)
     yield dg.AssetCheckResult(check_name="one_row_per_batch", asset_key=["gold", "batch_summary"],

@@ -12,7 +12,7 @@ import polars as pl
 
 from pharma_assets.lake import progress
 from pharma_assets.lake.storage import Lake
-from pharma_assets.lake.landing_scan import scan_landing
+from pharma_assets.lake.landing_scan import LandedFile, scan_landing
 
 from .assets import (
     batch_partitions,
@@ -53,13 +53,15 @@ gold_job = dg.define_asset_job(
 SENSOR_INTERVAL_S = int(os.environ.get("PHARMA_SENSOR_INTERVAL_S", "15"))
 
 
-def plan_requests(landing_dir: str, lake: Lake) -> tuple[dict[str, list[str]], list[str], int]:
+def plan_requests(
+    landing_dir: str, lake: Lake, files: list[LandedFile] | None = None
+) -> tuple[dict[str, list[str]], list[str], int]:
     """Landed files not yet done through silver: ({batch: [files]}, plant-level files, newest arrival).
 
     Looks at every landed file, so a file whose run was interrupted between bronze and
-    silver is requested again.
+    silver is requested again. ``files``: a scan of the landing zone already made.
     """
-    files = scan_landing(landing_dir)
+    files = scan_landing(landing_dir) if files is None else files
     hwm = max((f.arrived_ns for f in files), default=0)
     per_batch: dict[str, list[str]] = defaultdict(list)
     plant: list[str] = []
@@ -115,10 +117,11 @@ def _run_key(prefix: str, rels: list[str]) -> str:
 )
 def landing_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
-    newest = max((f.arrived_ns for f in scan_landing(lakehouse.landing_dir)), default=0)
+    files = scan_landing(lakehouse.landing_dir)
+    newest = max((f.arrived_ns for f in files), default=0)
     if newest == cursor.get("hwm_ns") and cursor.get("pending") == 0:
         return dg.SensorResult(run_requests=[], cursor=context.cursor)  # nothing new, nothing owed
-    per_batch, plant, hwm = plan_requests(lakehouse.landing_dir, lakehouse.lake())
+    per_batch, plant, hwm = plan_requests(lakehouse.landing_dir, lakehouse.lake(), files)
     ordered = list(context.instance.get_dynamic_partitions(batch_partitions.name or "batch"))
     existing = set(ordered)
     new_keys = sorted(k for k in per_batch if k not in existing)
