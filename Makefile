@@ -10,7 +10,7 @@ BATCHES ?= 100
 UNITS ?= 6
 SEED ?= 42
 
-.PHONY: demo test lint format bench simulate clean help
+.PHONY: demo test lint format bench simulate clean help browser
 
 help:
 	@echo "make demo   - set up, simulate a plant history, materialize the lakehouse, serve Dagster (:3000) and dashboards (:8501) with the plant running live"
@@ -38,7 +38,21 @@ format: $(STAMP)
 	$(BIN)/ruff format pharma_assets pharma_assets_tests dashboards benchmarks
 	$(BIN)/ruff check --fix pharma_assets pharma_assets_tests dashboards benchmarks
 
-test: lint
+# The dashboards' real-browser tests drive Debian's chromium + chromedriver; install them when
+# missing and we may (root with apt), else the tests say they were skipped and why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (Debian) for the browser tests"; \
+	    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	      echo "note: could not install chromium; the browser tests will be skipped"; \
+	  else \
+	    echo "note: chromium/chromedriver missing; the browser tests will be skipped (apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
+
+test: lint browser
 	$(BIN)/dg check defs
 	$(BIN)/pytest -q -n 2 --durations=10
 

@@ -1,8 +1,8 @@
 """`make demo`: materialize the simulated history, then serve everything and run the plant live.
 
 Starts, each in its own process group, `dagster dev` (UI on :3000 with the daemon running
-the landing sensor), the live simulator writing new chunks into the landing zone, and the
-Streamlit app (:8501). Ctrl-C (or SIGTERM) stops every process it started.
+the landing sensor), the live simulator writing new chunks into the landing zone, the
+Streamlit app (:8501) and the MLflow UI (:5000) on the SQLite tracking store under .state/. Ctrl-C (or SIGTERM) stops every process it started.
 
 The live clock starts at 00:00 UTC yesterday, just after the history ends, and runs 60x
 faster than real time, so process time catches up with the wall clock after 24-48 minutes;
@@ -77,11 +77,22 @@ def main() -> int:
              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
             env, logs / "streamlit.log",
         )  # fmt: skip
+        mlflow_uri = env.get(
+            "PHARMA_MLFLOW_URI", f"sqlite:///{ROOT / '.state' / 'mlflow' / 'mlflow.db'}"
+        )
+        (ROOT / ".state" / "mlflow").mkdir(parents=True, exist_ok=True)
+        procs["mlflow"] = _start(
+            "MLflow UI",
+            [str(BIN / "mlflow"), "ui", "--backend-store-uri", mlflow_uri,
+             "--host", "127.0.0.1", "--port", "5000"],
+            env, logs / "mlflow.log",
+        )  # fmt: skip
         print()
         print(
             "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold groups; Automation: landing_sensor)"
         )
         print("  Dashboards:   http://127.0.0.1:8501")
+        print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
         print(f"  Lake:         {lake}")
         print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
         print("  Ctrl-C stops everything.")
