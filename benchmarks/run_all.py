@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
-``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``) runs one suite; the
-block of the other suite in the document is left as it is.
+``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``) runs one
+suite; the blocks of the other suites in the document are left as they are.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import bench_lakehouse, bench_simulator
+from benchmarks import bench_dashboards, bench_lakehouse, bench_simulator
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MARK = "<!-- simulator-results -->"
 LAKE_MARK = "<!-- lakehouse-results -->"
+DASH_MARK = "<!-- dashboards-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -58,16 +59,31 @@ def lakehouse_lines() -> list[str]:
     ]
 
 
+def dashboards_lines() -> list[str]:
+    r = bench_dashboards.main()
+    return [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"Python {platform.python_version()}.",
+        "",
+        *bench_dashboards.rows_for_doc(r["pages"], r["meta"]),
+    ]
+
+
+SUITES = {
+    "simulator": (MARK, simulator_lines),
+    "lakehouse": (LAKE_MARK, lakehouse_lines),
+    "dashboards": (DASH_MARK, dashboards_lines),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=("simulator", "lakehouse"))
+    ap.add_argument("--only", choices=tuple(SUITES))
     a = ap.parse_args()
-    if a.only in (None, "simulator"):
-        lines = simulator_lines()
-        DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", MARK, lines))
-    if a.only in (None, "lakehouse"):
-        lines = lakehouse_lines()
-        DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", LAKE_MARK, lines))
+    for name, (mark, lines_of) in SUITES.items():
+        if a.only in (None, name):
+            lines = lines_of()
+            DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", mark, lines))
     print(f"wrote {DOC}")
 
 

@@ -1,25 +1,50 @@
-"""pharma-twin dashboards (placeholder until the dashboards issue lands).
+"""pharma-twin dashboards: one Streamlit app over the lakehouse gold tables.
 
-Run with `streamlit run dashboards/app.py`. It only reports what the landing zone holds;
-the pages on the gold tables come with the pipeline and dashboards issues.
+Run with ``streamlit run dashboards/app.py`` (``make demo`` serves it on :8501). The lake
+root comes from ``PHARMA_LAKE_URI`` (default ``lakehouse``). Pages are listed in
+``dashboards/app_pages/__init__.py`` (operations pages) and any ``app_pages/qa_*.py`` file
+appears under "Quality & compliance". What each page shows: docs/dashboards.md.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
-import streamlit as st
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the path
+    sys.path.insert(0, str(ROOT))
 
-landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing"))
-st.set_page_config(page_title="pharma-twin", layout="wide")
-st.title("pharma-twin")
-st.caption(
-    "Digital twin of a biopharmaceutical plant. Dashboards on the gold tables are not built yet."
-)
-if not (landing / "telemetry").exists():
-    st.info(f"No plant history in {landing.resolve()}: run `make demo` or `pharma-twin simulate`.")
-else:
-    batches = sorted(p.name for p in (landing / "telemetry").glob("*/*") if p.is_dir())
-    st.metric("Batches in the landing zone", len(batches))
-    st.write(batches)
+import streamlit as st  # noqa: E402
+
+from dashboards import data  # noqa: E402
+from dashboards.app_pages import OPERATIONS_SECTION, PAGES, QA_SECTION, qa_pages  # noqa: E402
+
+st.set_page_config(page_title="pharma-twin", page_icon=":material/biotech:", layout="wide")
+
+sections: dict[str, list[st.Page]] = {
+    OPERATIONS_SECTION: [
+        st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=i == 0)
+        for i, p in enumerate(PAGES)
+    ]
+}
+qa = qa_pages()
+if qa:
+    sections[QA_SECTION] = [
+        st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path) for p in qa
+    ]
+page = st.navigation(sections)
+
+with st.sidebar:
+    st.caption("Lake")
+    st.code(data.lake().root, language=None, wrap_lines=True)
+    with st.expander("Table versions", expanded=False):
+        for info in data.table_infos():
+            when = "missing" if info.version is None else f"v{info.version}"
+            if info.refreshed is not None:
+                when += f" · {info.refreshed:%Y-%m-%d %H:%M:%S %Z}"
+            st.markdown(f"`{info.table}` {when}")
+    if st.button("Refresh now", icon=":material/refresh:", key="refresh"):
+        st.rerun()
+
+page.run()

@@ -1,0 +1,118 @@
+"""Batch quality: release CQAs vs specification, control charts across batches, Cpk per
+CPP, batches side by side with their trajectories, and their material lots."""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from dashboards import data, logic, ui
+
+st.title("Batch quality")
+
+summary = ui.require("gold", "batch_summary")
+if summary is None:
+    st.stop()
+if summary.height == 0:
+    ui.empty("No batches in gold/batch_summary yet: run `make demo` or `pharma-twin pipeline`.")
+    st.stop()
+spec = data.spec()
+summary = summary.sort("start_ts")
+done = summary.filter(pl.col("status") == "complete")
+
+# ------------------------------------------------------------------ release CQAs
+st.subheader("Release CQAs against specification")
+cqas = list(spec.lab.release)
+cqa = st.selectbox("CQA", cqas, index=cqas.index("aggregates_hmw_pct") if "aggregates_hmw_pct" in cqas else 0,
+                   key="bq_cqa")  # fmt: skip
+ls = spec.lab.release[cqa]
+lo, hi = ls.spec if ls.spec else (None, None)
+col = f"cqa_{cqa}"
+pts = summary.filter(pl.col(col).is_not_null()).select("batch_id", "status", col)
+if pts.height == 0:
+    ui.empty(
+        f"No release result for {cqa} yet (release assays land about 30 h after a batch ends)."
+    )
+else:
+    ok = pl.lit(True)
+    if lo is not None:
+        ok = ok & (pl.col(col) >= lo)
+    if hi is not None:
+        ok = ok & (pl.col(col) <= hi)
+    pts = pts.with_columns(within_spec=ok)
+    traces = []
+    for flag, colour, name in ((True, "#2e7d32", "within spec"), (False, "#c62828", "out of spec")):
+        p = pts.filter(pl.col("within_spec") == flag)
+        traces.append({"type": "scatter", "x": p["batch_id"].to_numpy(), "y": p[col].to_numpy(),
+                       "mode": "markers", "marker": {"color": colour, "size": 8}, "name": name})  # fmt: skip
+    lines = [ui.hline(v, f"{name} {v:g}", "#c62828") for v, name in ((lo, "lower spec"), (hi, "upper spec"))
+             if v is not None]  # fmt: skip
+    ui.chart(ui.figure(traces, "batch", f"{cqa} ({ls.uom})", lines), "cqa")
+n_oos = int(summary["cqa_out_of_spec"].fill_null(0).sum())
+st.caption(f"Out-of-specification release results over all batches: {n_oos}.")
+
+# ------------------------------------------------------------------ control charts
+st.subheader("Control chart across complete batches")
+metrics = ["final_titer_g_l", "product_mass_kg", "duration_h", "peak_vcd_e6_cells_ml",
+           "harvest_volume_l", *[f"cqa_{a}" for a in cqas]]  # fmt: skip
+metric = st.selectbox("Attribute", metrics, key="bq_metric")
+cc, lim = logic.control_chart(summary, metric)
+if lim is None:
+    ui.empty(f"Fewer than two complete batches with {metric}: no control limits yet.")
+else:
+    mean, lcl, ucl = lim
+    m = st.columns(3)
+    m[0].metric("Mean", f"{mean:.4g}")
+    m[1].metric("LCL (mean − 3σ)", f"{lcl:.4g}")
+    m[2].metric("UCL (mean + 3σ)", f"{ucl:.4g}")
+    unit = {"final_titer_g_l": "g/L", "product_mass_kg": "kg", "duration_h": "h",
+            "peak_vcd_e6_cells_ml": "1e6 cells/mL", "harvest_volume_l": "L"}.get(
+        metric, spec.lab.release[metric[4:]].uom if metric.startswith("cqa_") else "")  # fmt: skip
+    colours = pl.when(cc["out_of_control"]).then(pl.lit("#c62828")).otherwise(pl.lit("#1f4e79"))
+    trace = {"type": "scatter", "x": cc["batch_id"].to_numpy(), "y": cc["value"].to_numpy(),
+             "mode": "lines+markers", "name": metric,
+             "marker": {"color": cc.select(colours.alias("c"))["c"].to_numpy()}}  # fmt: skip
+    lines = [ui.hline(y, f"{name} {y:.4g}", "grey", dash)
+             for y, name, dash in ((mean, "mean", "solid"), (lcl, "LCL", "dash"), (ucl, "UCL", "dash"))]  # fmt: skip
+    ui.chart(ui.figure([trace], "batch (by start)", f"{metric} ({unit})", lines), "control")
+    ui.table(cc, f"control_{metric}", "control chart points")
+
+# ------------------------------------------------------------------ Cpk
+st.subheader("Process capability (Cpk) per CPP")
+cpk = logic.cpk_per_cpp(summary, spec)
+bar = {"type": "bar", "x": cpk["cpp"].to_numpy(), "y": cpk["mean_cpk"].to_numpy(), "name": "mean Cpk",
+       "marker": {"color": "#1f4e79"}}  # fmt: skip
+lines = [ui.hline(1.33, "1.33 (capable)", "#2e7d32"), ui.hline(1.0, "1.0", "#c62828")]
+ui.chart(ui.figure([bar], "CPP", "Cpk (dimensionless, production phase vs PAR)", lines), "cpk")
+ui.table(cpk, "cpk_per_cpp", "Cpk per CPP")
+st.caption(f"Cpk per batch from gold/batch_summary over complete batches ({done.height}): "
+           "production-phase readings against the production PAR.")  # fmt: skip
+
+# ------------------------------------------------------------------ side by side
+st.subheader("Batches side by side")
+ids = summary["batch_id"].to_list()
+default = done["batch_id"].to_list()[-2:] if done.height >= 2 else ids[-2:]
+chosen = st.multiselect("Batches (two or more)", ids, default=default, key="bq_compare")
+if len(chosen) < 2:
+    st.warning("Choose at least two batches to compare.")
+else:
+    ui.table(logic.compare_batches(summary, chosen, spec), "compare", "comparison")
+    tag = st.selectbox("Overlay a CPP", spec.cpp_tags, key="bq_overlay")
+    traces = []
+    for b in chosen:
+        tl = data.timeline(b, (tag,), logic.MAX_TRACE_POINTS)
+        if tl is not None and tl.height:
+            traces.append({"type": "scatter", "x": tl["elapsed_h"].to_numpy(), "y": tl[tag].to_numpy(),
+                           "mode": "lines", "name": b})  # fmt: skip
+    if not traces:
+        ui.empty("None of the chosen batches has telemetry in silver/batch_timeline.")
+    else:
+        ui.chart(
+            ui.figure(traces, "time since inoculation (h)", f"{tag} ({spec.tags[tag].uom})"),
+            "overlay",
+        )
+    st.markdown("**Material lots**")
+    ui.table(logic.material_lots(summary, chosen), "material_lots", "material lots")
+
+st.subheader("All batches")
+ui.table(summary, "batch_summary", "batch summary", height=300)

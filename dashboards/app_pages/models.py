@@ -1,0 +1,64 @@
+"""Models: registered versions and champions (MLflow registry when available), and every
+evaluated metric against its target (gold/model_performance)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import polars as pl
+import streamlit as st
+
+from dashboards import data, logic, ui
+
+st.title("Models")
+
+perf = data.read("gold", "model_performance")
+registry, registry_note = data.registered_models()
+
+if perf is None and registry is None:
+    st.info(data.missing_hint("gold", "model_performance"), icon=":material/info:")
+    st.caption(registry_note)
+    st.stop()
+
+st.subheader("Registered versions and champions")
+if registry is not None:
+    st.caption(registry_note)
+    ui.table(registry, "registered_models", "registered models")
+else:
+    st.caption(registry_note)
+    if perf is not None:
+        ui.table(logic.model_overview(perf), "model_overview", "model overview")
+
+if perf is None:
+    st.info(data.missing_hint("gold", "model_performance"), icon=":material/info:")
+    st.stop()
+if perf.height == 0:
+    ui.empty("gold/model_performance is empty: no model has been evaluated yet.")
+    st.stop()
+
+champ = perf.filter(pl.col("is_champion"))
+with_target = champ.filter(pl.col("target").is_not_null())
+m = st.columns(3)
+m[0].metric("Models", perf["model_name"].n_unique())
+m[1].metric("Champion metrics with a target", with_target.height)
+m[2].metric(
+    "Targets met by champions",
+    f"{int(with_target['target_met'].fill_null(False).sum())} / {with_target.height}",
+)
+
+st.subheader("Champion metrics against targets")
+if with_target.height:
+    labels = [
+        f"{r['model_name']} v{r['model_version']}<br>{r['metric']}"
+        for r in with_target.iter_rows(named=True)
+    ]
+    fig = go.Figure()
+    fig.add_bar(x=labels, y=with_target["value"].to_list(), name="value",
+                marker_color=["#2e7d32" if ok else "#c62828" for ok in with_target["target_met"].fill_null(False)])  # fmt: skip
+    fig.add_scatter(x=labels, y=with_target["target"].to_list(), mode="markers", name="target",
+                    marker={"symbol": "line-ew-open", "size": 30, "color": "black", "line": {"width": 3}})  # fmt: skip
+    fig.update_layout(xaxis_title="model version and metric",
+                      yaxis_title="value (unit in the metric name)")  # fmt: skip
+    ui.chart(fig, "targets", height=380)
+ui.table(
+    perf.sort("model_name", "model_version", "metric"), "model_performance", "model performance"
+)
