@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
-``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``) runs one
+``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``) runs one
 suite; the blocks of the other suites in the document are left as they are.
 """
 
@@ -11,12 +11,13 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import bench_dashboards, bench_lakehouse, bench_simulator
+from benchmarks import bench_audit, bench_dashboards, bench_lakehouse, bench_simulator
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MARK = "<!-- simulator-results -->"
 LAKE_MARK = "<!-- lakehouse-results -->"
 DASH_MARK = "<!-- dashboards-results -->"
+AUDIT_MARK = "<!-- audit-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -69,10 +70,21 @@ def dashboards_lines() -> list[str]:
     ]
 
 
+def audit_lines() -> list[str]:
+    r = bench_audit.main()
+    return [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"Python {platform.python_version()}.",
+        "",
+        *bench_audit.markdown(r).splitlines(),
+    ]
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
     "dashboards": (DASH_MARK, dashboards_lines),
+    "audit": (AUDIT_MARK, audit_lines),
 }
 
 

@@ -203,6 +203,8 @@ def pipeline(
     # single-run backfill policies are "beta" in dagster 1.13; we depend on them knowingly
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    from .compliance.deviations import auto_open
+    from .defs.compliance.materializations import audit_new_materializations
     from .defs.lakehouse.resources import LakehouseResource
     from .pipeline import archive_derived, default_instance, run_pipeline
 
@@ -236,10 +238,21 @@ def pipeline(
 
         with default_instance() as instance:
             out = run_pipeline(res, instance, batches_per_run, progress)
+            # the daemon's sensors do this under `dagster dev`; a one-shot run does it here
+            bar.update(task, description="audit trail and deviations")
+            n_audit = audit_new_materializations(res.lake(), instance)
+            n_dev = len(auto_open(res.lake()))
     console.print(
         f"pipeline: {len(out.batches)} batch partitions with new files, {len(out.runs)} runs, "
-        f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}"
+        f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}\n"
+        f"  {n_audit} materializations recorded in the audit trail, {n_dev} deviations opened"
     )
     if out.failed:
         console.print(f"[red]failed runs: {', '.join(out.failed)} (see the Dagster UI)")
         raise typer.Exit(1)
+
+
+# GxP commands (users, audit, deviation, spec, sign, release, ebr, backup)
+from .compliance.cli import register as _register_compliance  # noqa: E402
+
+_register_compliance(app)

@@ -46,6 +46,26 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
         print(f"  stopped {name}")
 
 
+def demo_logins(lake_uri: str) -> list[tuple[str, str, str]]:
+    """Create the demo users once and return their logins. Passwords are shown only when an
+    account is created, so they are kept in .state/demo_logins.txt (mode 0600) for reruns."""
+    from pharma_assets.compliance.users import create_demo_users
+    from pharma_assets.lake.storage import Lake
+
+    saved = ROOT / ".state" / "demo_logins.txt"
+    known = {}
+    if saved.exists():
+        known = {u: (r, p) for u, r, p in (ln.split("\t") for ln in saved.read_text().splitlines())}
+    rows = [
+        (u, r, known.get(u, (r, p))[1] if p == "(unchanged)" else p)
+        for u, r, p in create_demo_users(Lake.at(lake_uri))
+    ]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text("".join(f"{u}\t{r}\t{p}\n" for u, r, p in rows))
+    saved.chmod(0o600)
+    return rows
+
+
 def main() -> int:
     landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
     lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
@@ -87,6 +107,10 @@ def main() -> int:
              "--host", "127.0.0.1", "--port", "5000"],
             env, logs / "mlflow.log",
         )  # fmt: skip
+        print()
+        print("  Demo logins for the Quality & compliance pages (also in .state/demo_logins.txt):")
+        for uid, role, pw in demo_logins(lake):
+            print(f"    {uid:<10} {role:<18} {pw}")
         print()
         print(
             "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold groups; Automation: landing_sensor)"

@@ -19,6 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from pharma_assets.compliance.release import apply_release_status
+
 from . import silver
 from .specs import CppSpec
 from .storage import UTC_US, Lake
@@ -132,6 +134,7 @@ def build_gold(lake: Lake, spec: CppSpec, now: datetime | None = None) -> dict[s
                     last.select("batch_id", "tag", "last_ts"))  # fmt: skip
     lake.overwrite(LAYER, "cpp_excursions", ex)
     summary = batch_summary(batches, stats, ex, labs, last, spec)
+    summary = apply_release_status(summary, lake)  # QA's signed decisions (gxp/batch_release)
     lake.overwrite(LAYER, "batch_summary", summary)
     lake.overwrite(LAYER, "unit_status", unit_status(batches, last, ex, spec, now))
     kpis = plant_kpis(summary)

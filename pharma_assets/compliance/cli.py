@@ -1,0 +1,369 @@
+"""GxP commands of `pharma-twin`: users, audit, deviations, signatures, release, EBR, backup,
+change control. Registered on the main app by ``register(app)``.
+
+Passwords are always prompted (never command-line arguments: they would land in shell
+history); scripts can pipe them on stdin.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pharma_assets.lake.storage import Lake, storage_options_from_env
+
+console = Console()
+err = Console(stderr=True)
+
+users_app = typer.Typer(help="Manage user accounts (admin).", no_args_is_help=True)
+audit_app = typer.Typer(help="Show and verify the GxP audit trail.", no_args_is_help=True)
+deviation_app = typer.Typer(help="Deviations and CAPA workflow.", no_args_is_help=True)
+spec_app = typer.Typer(help="Change control of the CPP spec and recipes.", no_args_is_help=True)
+
+LakeOpt = Annotated[
+    str | None, typer.Option("--lake", help="Lake root (default: $PHARMA_LAKE_URI or ./lakehouse).")
+]
+UserOpt = Annotated[str, typer.Option("--user", "-u", help="Your user ID (you will be asked "
+                                      "for your password).")]  # fmt: skip
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (goes into the audit trail).")]
+
+
+def _lake(lake: str | None) -> Lake:
+    return Lake.at(
+        lake or os.environ.get("PHARMA_LAKE_URI", "lakehouse"), storage_options_from_env()
+    )
+
+
+def _password(prompt: str = "Password") -> str:
+    import sys
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    return getpass.getpass(f"{prompt}: ")
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]{type(e).__name__}: {e}")
+    raise typer.Exit(1)
+
+
+def _admin_check(lk: Lake, admin: str) -> None:
+    from .users import authenticate
+
+    authenticate(lk, admin, _password(f"Password of {admin}"), purpose="admin_reauth")
+
+
+# ---------------------------------------------------------------------------- users
+@users_app.command("add")
+def users_add(
+    user_id: str,
+    name: Annotated[str, typer.Option(help="Full printed name (shown on signatures).")],
+    role: Annotated[str, typer.Option(help="operator, process_engineer, qa, maintenance, admin")],
+    admin: Annotated[
+        str | None, typer.Option(help="Your admin ID (omit to bootstrap the first admin account).")
+    ] = None,
+    reason: ReasonOpt = "new account",
+    lake: LakeOpt = None,
+) -> None:
+    """Create an account; asks for the admin's password, then the new user's initial one."""
+    from .users import create_user
+
+    lk = _lake(lake)
+    try:
+        if admin:
+            _admin_check(lk, admin)
+        pw = _password(f"Initial password for {user_id}")
+        actor = admin or f"system:{getpass.getuser()}"
+        u = create_user(lk, user_id, name, role, pw, actor, reason, bootstrap=admin is None)
+    except Exception as e:
+        _fail(e)
+    console.print(f"created {u.user_id} ({u.role})")
+
+
+@users_app.command("list")
+def users_list(lake: LakeOpt = None) -> None:
+    """Accounts with role, state and password age."""
+    from .users import list_users
+
+    df = list_users(_lake(lake))
+    t = Table("user", "name", "role", "active", "locked", "failed", "password set", "updated")
+    for r in df.iter_rows(named=True):
+        t.add_row(r["user_id"], r["full_name"], r["role"], str(r["active"]), str(r["locked"]),
+                  str(r["failed_attempts"]), f"{r['password_set_at']:%Y-%m-%d}",
+                  f"{r['updated_at']:%Y-%m-%d %H:%M} by {r['updated_by']}")  # fmt: skip
+    console.print(t)
+
+
+@users_app.command("disable")
+def users_disable(user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt,
+                  lake: LakeOpt = None) -> None:  # fmt: skip
+    """Disable an account for good (its ID is never reused)."""
+    from .users import disable_user
+
+    lk = _lake(lake)
+    try:
+        _admin_check(lk, admin)
+        disable_user(lk, user_id, admin, reason)
+    except Exception as e:
+        _fail(e)
+    console.print(f"disabled {user_id}")
+
+
+@users_app.command("reset-password")
+def users_reset(user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt,
+                lake: LakeOpt = None) -> None:  # fmt: skip
+    """Set a temporary password and unlock; the user must change it at next login."""
+    from .users import reset_password
+
+    lk = _lake(lake)
+    try:
+        _admin_check(lk, admin)
+        reset_password(lk, user_id, _password(f"Temporary password for {user_id}"), admin, reason)
+    except Exception as e:
+        _fail(e)
+    console.print(f"password of {user_id} reset; account unlocked")
+
+
+@users_app.command("change-password")
+def users_change(user_id: str, lake: LakeOpt = None) -> None:
+    """Change your own password (old, then new)."""
+    from .users import change_password
+
+    lk = _lake(lake)
+    try:
+        change_password(lk, user_id, _password("Current password"), _password("New password"))
+    except Exception as e:
+        _fail(e)
+    console.print("password changed")
+
+
+# ---------------------------------------------------------------------------- audit
+@audit_app.command("verify")
+def audit_verify(lake: LakeOpt = None) -> None:
+    """Verify the chain (HMAC of every entry, links, sequence, anchored head); exit 1 on failure."""
+    from .audit import verify
+
+    res = verify(_lake(lake))
+    if res.ok:
+        console.print(f"[green]{res.summary()}")
+    else:
+        err.print(f"[red]{res.summary()}")
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    limit: Annotated[int, typer.Option(help="Newest N entries.")] = 30,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    record: Annotated[str | None, typer.Option(help="Only this record ID.")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Print audit entries (newest last)."""
+    from .audit import AuditTrail
+
+    df = AuditTrail(_lake(lake)).read(action=action, record_ids=[record] if record else None,
+                                      limit=limit)  # fmt: skip
+    t = Table("seq", "UTC", "actor", "action", "table", "record", "field", "old", "new", "reason")
+    for r in df.iter_rows(named=True):
+        t.add_row(str(r["seq"]), f"{r['ts_utc']:%Y-%m-%d %H:%M:%S}", r["actor"], r["action"],
+                  r["table_name"], r["record_id"], r["field"] or "", (r["old_value"] or "")[:40],
+                  (r["new_value"] or "")[:40], (r["reason"] or "")[:40])  # fmt: skip
+    console.print(t)
+
+
+@audit_app.command("record-materializations")
+def audit_materializations(lake: LakeOpt = None) -> None:
+    """Write materializations from the Dagster instance not yet in the trail (what the
+    materialization_audit sensor does)."""
+    from pharma_assets.defs.compliance.materializations import audit_new_materializations
+    from pharma_assets.pipeline import default_instance
+
+    with default_instance() as inst:
+        n = audit_new_materializations(_lake(lake), inst)
+    console.print(f"recorded {n} materializations")
+
+
+# ---------------------------------------------------------------------------- deviations
+@deviation_app.command("list")
+def dev_list(batch: Annotated[str | None, typer.Option()] = None,
+             state: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+    """Deviations (current state)."""
+    from .deviations import list_deviations
+
+    df = list_deviations(_lake(lake), batch, state)
+    t = Table("id", "batch", "severity", "state", "source", "title")
+    for r in df.iter_rows(named=True):
+        t.add_row(r["deviation_id"], r["batch_id"] or "", r["severity"], r["state"], r["source"],
+                  r["title"])  # fmt: skip
+    console.print(t)
+
+
+@deviation_app.command("open")
+def dev_open(title: str, user: UserOpt, reason: ReasonOpt,
+             severity: Annotated[str, typer.Option()] = "minor",
+             description: Annotated[str, typer.Option()] = "",
+             batch: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+    """Open a deviation by hand."""
+    from .deviations import open_deviation
+    from .users import authenticate
+
+    lk = _lake(lake)
+    try:
+        authenticate(lk, user, _password())
+        d = open_deviation(lk, user, title, description or title, severity, reason, batch)
+    except Exception as e:
+        _fail(e)
+    console.print(f"opened {d.deviation_id}")
+
+
+@deviation_app.command("auto")
+def dev_auto(lake: LakeOpt = None) -> None:
+    """Open deviations for major/critical excursions and contamination alarms."""
+    from .deviations import auto_open
+
+    console.print(f"opened {len(auto_open(_lake(lake)))} deviations")
+
+
+@deviation_app.command("advance")
+def dev_advance(deviation_id: str, user: UserOpt, reason: ReasonOpt,
+                investigation: Annotated[str | None, typer.Option()] = None,
+                root_cause: Annotated[str | None, typer.Option()] = None,
+                capa: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+    """open -> investigation -> capa."""
+    from .deviations import advance
+    from .users import authenticate
+
+    lk = _lake(lake)
+    try:
+        authenticate(lk, user, _password())
+        d = advance(lk, deviation_id, user, reason, investigation, root_cause, capa)
+    except Exception as e:
+        _fail(e)
+    console.print(f"{d.deviation_id} is now {d.state}")
+
+
+@deviation_app.command("close")
+def dev_close(deviation_id: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt = None) -> None:
+    """Close (QA; electronic signature, meaning approval)."""
+    from .deviations import close
+
+    try:
+        d = close(_lake(lake), deviation_id, user, _password("Password (signature)"), reason)
+    except Exception as e:
+        _fail(e)
+    console.print(f"{d.deviation_id} closed, signature {d.signature_id}")
+
+
+# ---------------------------------------------------------------------------- spec
+@spec_app.command("change")
+def spec_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
+                target: Annotated[str, typer.Option(help="cpp_spec or recipes")] = "cpp_spec",
+                path: Annotated[Path | None, typer.Option(help="File in use (default: "
+                                "$PHARMA_CPP_SPEC or the built-in spec).")] = None,
+                lake: LakeOpt = None) -> None:  # fmt: skip
+    """Replace the spec in use with NEW_FILE under change control (signed, audited)."""
+    from .changecontrol import apply_change
+
+    p = path or _default_path(target)
+    try:
+        row = apply_change(_lake(lake), p, new_file.read_text(), user,
+                           _password("Password (signature)"), reason, target)  # fmt: skip
+    except Exception as e:
+        _fail(e)
+    console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
+
+
+@spec_app.command("check")
+def spec_check(target: Annotated[str, typer.Option()] = "cpp_spec",
+               path: Annotated[Path | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+    """Is the spec in use the last approved version? Exit 1 if not."""
+    from .changecontrol import check_in_use
+
+    r = check_in_use(_lake(lake), path or _default_path(target), target)
+    (console if r.ok else err).print(("[green]" if r.ok else "[red]") + r.detail)
+    if not r.ok:
+        raise typer.Exit(1)
+
+
+def _default_path(target: str) -> Path:
+    if target == "cpp_spec":
+        from pharma_assets.lake.specs import DEFAULT_SPEC
+
+        return Path(os.environ.get("PHARMA_CPP_SPEC") or DEFAULT_SPEC)
+    from pharma_assets.twin import config
+
+    return Path(config.__file__).parent / "config" / "recipes_default.yaml"
+
+
+# ---------------------------------------------------------------------------- top level
+def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
+         meaning: Annotated[str, typer.Option(help="review, approval, responsibility, "
+                                              "authorship")] = "review",
+         lake: LakeOpt = None) -> None:  # fmt: skip
+    """Sign a batch record (default meaning: review) after re-entering your password."""
+    from .release import batch_record
+    from .signatures import sign as do_sign
+
+    lk = _lake(lake)
+    try:
+        s = do_sign(lk, user, _password("Password (signature)"), meaning, "batch_record",
+                    batch_id, batch_record(lk, batch_id), reason)  # fmt: skip
+    except Exception as e:
+        _fail(e)
+    console.print(s.manifestation())
+
+
+def release(batch_id: str, user: UserOpt, reason: ReasonOpt,
+            decision: Annotated[str, typer.Option(help="released or rejected")] = "released",
+            lake: LakeOpt = None) -> None:  # fmt: skip
+    """QA release or rejection of a batch, with electronic signature."""
+    from .release import decide
+
+    try:
+        row = decide(_lake(lake), batch_id, decision, user, _password("Password (signature)"),
+                     reason)  # fmt: skip
+    except Exception as e:
+        _fail(e)
+    console.print(f"{batch_id} {row['decision']} by {row['printed_name']} "
+                  f"({row['decided_at']:%Y-%m-%d %H:%M:%S} UTC), signature {row['signature_id']}")  # fmt: skip
+
+
+def ebr(batch_id: str, out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ebr"),
+        lake: LakeOpt = None) -> None:  # fmt: skip
+    """Write the electronic batch record of a batch (HTML and PDF)."""
+    from .ebr import write_ebr
+
+    try:
+        h, p, c = write_ebr(_lake(lake), batch_id, out, actor=f"cli:{getpass.getuser()}")
+    except Exception as e:
+        _fail(e)
+    console.print(f"wrote {h} and {p} (content SHA-256 {c.content_hash[:16]}...)")
+
+
+def backup(dest: Path, lake: LakeOpt = None) -> None:
+    """Copy the lake to DEST and verify the copy (file hashes, Delta tables, audit chain)."""
+    from .retention import backup as do_backup
+
+    try:
+        rep = do_backup(_lake(lake), dest, actor=f"cli:{getpass.getuser()}")
+    except Exception as e:
+        _fail(e)
+    (console if rep.ok else err).print(rep.summary())
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the GxP commands to the `pharma-twin` app."""
+    app.add_typer(users_app, name="users")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(deviation_app, name="deviation")
+    app.add_typer(spec_app, name="spec")
+    for fn in (sign, release, ebr, backup):
+        app.command(fn.__name__)(fn)

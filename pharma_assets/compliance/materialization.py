@@ -1,0 +1,136 @@
+"""Audit entries for materializations of governed tables (bronze, silver, gold).
+
+Why: an inspector asks which run changed a table, from which version to which, with what
+code. Every materialization becomes one audit entry: ``table_name`` = ``layer/name``,
+``field`` = ``delta_version``, ``old_value`` / ``new_value`` = JSON with the Delta version and
+row count before/after, ``context_id`` = the Dagster run id, plus the partition, the code
+version (git SHA or package version), the Dagster instance (its storage folder) and the
+event storage id. Storage ids are only unique within one instance (an ephemeral instance
+starts again at 1), so the high-water mark is kept per instance and an event is identified
+by (run id, storage id): an event already in the trail is never recorded twice.
+
+This module knows nothing about Dagster: pharma_assets/defs/compliance/ turns instance events
+into ``MaterializationInfo`` and calls ``record_materializations``.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from deltalake import DeltaTable
+
+from pharma_assets.lake.storage import Lake
+
+from .audit import AuditEvent, AuditTrail
+
+GOVERNED_LAYERS = ("bronze", "silver", "gold")
+ACTION = "materialization"
+
+
+@dataclass(frozen=True)
+class MaterializationInfo:
+    storage_id: int
+    table: str  # layer/name
+    run_id: str
+    delta_version: int | None
+    partition: str | None = None
+    timestamp: float | None = None
+    instance: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Git commit of the checkout (``+dirty`` when modified), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=5).stdout  # fmt: skip
+        return sha + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return "pharma-twin " + version("pharma-twin")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def _rows(uri: str, version: int | None, storage_options: dict[str, str]) -> int | None:
+    if version is None or version < 0:
+        return None
+    try:
+        dt = DeltaTable(uri, version=version, storage_options=storage_options or None)
+        actions = pl.DataFrame(dt.get_add_actions(flatten=True))
+        return int(actions["num_records"].sum()) if "num_records" in actions.columns else None
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    high_water: int  # highest storage id recorded for the instance asked about
+    versions: dict[str, int]  # last recorded Delta version per table
+    keys: frozenset[tuple[str, int]]  # (run id, storage id) already recorded
+
+
+def last_recorded(trail: AuditTrail, instance: str = "") -> Recorded:
+    """What the trail already holds about materializations (see ``Recorded``)."""
+    df = trail.read(action=ACTION)
+    if df.height == 0:
+        return Recorded(-1, {}, frozenset())
+    df = df.with_columns(
+        sid=pl.col("new_value").str.json_path_match("$.event_storage_id").cast(pl.Int64),
+        ver=pl.col("new_value").str.json_path_match("$.version").cast(pl.Int64),
+        inst=pl.col("new_value").str.json_path_match("$.instance").fill_null(""),
+    )
+    sid = df.filter(pl.col("inst") == instance)["sid"].max()
+    versions = df.drop_nulls("ver").group_by("table_name").agg(pl.col("ver").max())
+    keys = frozenset(
+        (r or "", int(k)) for r, k in zip(df["context_id"], df["sid"], strict=True) if k is not None
+    )
+    return Recorded(int(sid) if isinstance(sid, int) else -1, dict(versions.iter_rows()), keys)
+
+
+def record_materializations(
+    lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail | None = None
+) -> int:
+    """Append one audit entry per new materialization of a governed table; returns how many."""
+    trail = trail or AuditTrail(lake)
+    with lake.lock("gxp_materialization_audit"):  # the sensor and the CLI may race
+        return _record(lake, items, trail)
+
+
+def _record(lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail) -> int:
+    rec = last_recorded(trail)
+    last_version = dict(rec.versions)
+    events = []
+    cv = code_version()
+    for m in sorted(items, key=lambda m: m.storage_id):
+        if (m.run_id, m.storage_id) in rec.keys or m.table.split("/")[0] not in GOVERNED_LAYERS:
+            continue
+        layer, name = m.table.split("/", 1)
+        uri = lake.uri(layer, name)
+        after = m.delta_version if m.delta_version is not None else lake.version(layer, name)
+        before = last_version.get(m.table)
+        if before is None and after is not None:
+            before = after - 1 if after > 0 else None
+        old: dict[str, Any] = {"version": before, "rows": _rows(uri, before, lake.storage_options)}
+        new: dict[str, Any] = {
+            "version": after, "rows": _rows(uri, after, lake.storage_options),
+            "partition": m.partition, "code_version": cv, "event_storage_id": m.storage_id,
+            "instance": m.instance,
+        }  # fmt: skip
+        events.append(AuditEvent(ACTION, "dagster", m.table, m.partition or "*", "delta_version",
+                                 old, new, "pipeline materialization", m.run_id))  # fmt: skip
+        if after is not None:
+            last_version[m.table] = after
+    trail.append(events)
+    return len(events)

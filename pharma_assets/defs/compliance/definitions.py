@@ -1,0 +1,79 @@
+"""The compliance code location: the audit trail as an asset with its verification check, and
+the sensor that writes every materialization of a governed table into the audit trail."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pharma_assets.compliance.audit import AuditTrail
+from pharma_assets.compliance.deviations import auto_open
+from pharma_assets.defs.lakehouse.resources import LakehouseResource
+
+from .materializations import audit_new_materializations
+
+audit_trail_asset = dg.AssetSpec(
+    ["gxp", "audit_trail"],
+    group_name="gxp",
+    description=(
+        "GxP audit trail (21 CFR 11.10(e)): append-only Delta table of HMAC-chained entries "
+        "written by the compliance package (logins, signatures, deviations, releases, spec "
+        "changes, materializations). Not materialized by Dagster; checked by audit_chain_valid."
+    ),
+    kinds={"delta"},
+)
+
+
+@dg.asset_check(asset=audit_trail_asset.key, name="audit_chain_valid", blocking=False)
+def audit_chain_valid(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
+    """Verify every entry's HMAC, the links, the sequence and the anchored head."""
+    res = AuditTrail(lakehouse.lake()).verify()
+    return dg.AssetCheckResult(
+        passed=res.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=res.summary(),
+        metadata={
+            "entries": res.entries,
+            "head_seq": res.head_seq if res.head_seq is not None else -1,
+            "anchor_seq": res.anchor_seq if res.anchor_seq is not None else -1,
+            "first_bad_seq": res.first_bad_seq if res.first_bad_seq is not None else -1,
+            "failure_kind": res.kind or "",
+            "unanchored_entries": res.unanchored_entries,
+            "verify_seconds": round(res.seconds, 3),
+        },
+    )
+
+
+audit_verify_job = dg.define_asset_job(
+    "audit_verify_job",
+    selection=dg.AssetSelection.checks(audit_chain_valid),
+    description="Verify the GxP audit trail (runs the audit_chain_valid check).",
+)
+
+
+@dg.sensor(
+    name="materialization_audit",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Writes every materialization of a bronze/silver/gold table (versions, rows, "
+    "run id, code version) into the GxP audit trail, then opens deviations for new major/"
+    "critical CPP excursions and contamination alarms.",
+)
+def materialization_audit_sensor(
+    context: dg.SensorEvaluationContext, lakehouse: LakehouseResource
+) -> dg.SkipReason:
+    lake = lakehouse.lake()
+    n = audit_new_materializations(lake, context.instance)
+    opened = auto_open(lake, context_id=f"sensor:{context.cursor or ''}") if n else []
+    return dg.SkipReason(
+        f"recorded {n} materializations in the audit trail; opened {len(opened)} deviations"
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[audit_trail_asset],
+        asset_checks=[audit_chain_valid],
+        jobs=[audit_verify_job],
+        sensors=[materialization_audit_sensor],
+    )
