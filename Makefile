@@ -71,5 +71,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
+# The demo lake's audit trail is anchored outside the repository (~/.config/pharma-twin);
+# deleting the lake on purpose retires that anchor (kept in the anchor log) so the next
+# `make demo` can start a new trail instead of reporting the old one as truncated.
 clean:
+	@if [ -x $(BIN)/pharma-twin ] && [ -d $(LAKE)/gxp/audit_trail ]; then \
+	  $(BIN)/pharma-twin audit retire-anchor --lake $(LAKE) --yes --reason "make clean removed the demo lake"; fi
 	rm -rf $(LANDING) $(LAKE) ground_truth .state .pytest_cache

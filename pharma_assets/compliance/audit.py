@@ -187,6 +187,22 @@ class AnchorStore:
             )
             con.execute("COMMIT")
 
+    def retire(self, table_uri: str, reason: str) -> Anchor | None:
+        """Drop the anchor of a trail that was deleted on purpose (a demo lake removed by
+        `make clean`), so a new trail can start at that location. The retired head stays in
+        the anchor log (seq -1 marks the retirement, with the reason)."""
+        old = self.get(table_uri)
+        now = datetime.now(UTC).isoformat()
+        with contextlib.closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM anchor WHERE table_uri = ?", (table_uri,))
+            con.execute(
+                "INSERT INTO anchor_log VALUES (?, ?, ?, ?)",
+                (table_uri, -1, f"retired head seq {old.seq if old else '-'}: {reason}", now),
+            )
+            con.execute("COMMIT")
+        return old
+
 
 # ---------------------------------------------------------------------------- entries
 def _json_default(v: Any) -> Any:

@@ -177,6 +177,27 @@ def audit_show(
     console.print(t)
 
 
+@audit_app.command("retire-anchor")
+def audit_retire_anchor(
+    reason: ReasonOpt,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Confirm: the trail was deleted on purpose.")
+    ] = False,
+    lake: LakeOpt = None,
+) -> None:
+    """Forget the anchored head of a lake's audit trail that was deleted ON PURPOSE (e.g. a demo
+    lake removed by `make clean`); without this a new trail at the same place is refused as
+    truncated. The retirement is kept in the anchor log. Never use it on a GxP lake."""
+    from .audit import AnchorStore, AuditTrail
+
+    if not yes:
+        err.print("[red]refusing without --yes: this forgets the audit trail's anchored head")
+        raise typer.Exit(2)
+    uri = AuditTrail(_lake(lake)).uri
+    old = AnchorStore().retire(uri, reason)
+    console.print(f"retired anchor of {uri} (head seq {old.seq if old else 'none'})")
+
+
 @audit_app.command("record-materializations")
 def audit_materializations(lake: LakeOpt = None) -> None:
     """Write materializations from the Dagster instance not yet in the trail (what the
