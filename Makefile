@@ -66,7 +66,8 @@ demo: $(STAMP)
 	  $(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING); \
 	fi
 	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline
-	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/python -m pharma_assets.demo
+	PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/pharma-twin train --if-untrained
+	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -174,10 +174,6 @@ def import_(
     console.print(report.summary())
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command()
 def pipeline(
     landing: Annotated[
@@ -252,7 +248,69 @@ def pipeline(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
+    ] = None,
+    if_untrained: Annotated[
+        bool, typer.Option(help="Do nothing when gold/model_performance already exists.")
+    ] = False,
+) -> None:
+    """Train and score every model now (retrain_job): feature tables, predictive maintenance,
+    batch quality, contamination, MSPC; MLflow runs with the champion/challenger gate; the
+    gold scoring tables. The retrain sensor then counts the next 50 completed batches."""
+    import warnings
+
+    import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    from .defs.lakehouse.resources import LakehouseResource
+    from .pipeline import default_instance, run_training
+
+    res = LakehouseResource.from_env()
+    res = LakehouseResource(
+        lake_uri=lake or res.lake_uri, landing_dir=res.landing_dir, spec_path=res.spec_path
+    )
+    if if_untrained and res.lake().version("gold", "model_performance") is not None:
+        console.print("models already trained (gold/model_performance exists); skipping")
+        return
+    t0 = time.perf_counter()
+    with (
+        console.status("training and scoring every model (retrain_job) ..."),
+        default_instance() as instance,
+    ):
+        r, n = run_training(res, instance)
+    if not r.success:
+        console.print(f"[red]retrain_job failed (run {r.run_id}); see the Dagster UI")
+        raise typer.Exit(1)
+    perf = res.lake().read("gold", "model_performance")
+    console.print(
+        f"trained on {n} completed batches in {time.perf_counter() - t0:.0f} s (run {r.run_id})"
+    )
+    if perf is not None and "target_met" in perf.columns:
+        import polars as pl
+
+        latest = (
+            perf.filter(pl.col("target").is_not_null())
+            .sort("computed_at")
+            .group_by(["model_name", "metric"], maintain_order=True)
+            .last()
+        )
+        for row in latest.iter_rows(named=True):
+            verdict = "met" if row["target_met"] else "NOT met"
+            console.print(
+                f"  {row['model_name']} v{row['model_version']}: {row['metric']} = "
+                f"{row['value']:.3f} (target {row['target']}, {verdict})"
+            )
+
+
 # GxP commands (users, audit, deviation, spec, sign, release, ebr, backup)
 from .compliance.cli import register as _register_compliance  # noqa: E402
 
 _register_compliance(app)
+
+
+if __name__ == "__main__":
+    app()

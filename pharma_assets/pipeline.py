@@ -144,3 +144,22 @@ def run_pipeline(
     if on_progress:
         on_progress("done", total, total)
     return res
+
+
+def run_training(
+    lakehouse: LakehouseResource, instance: dg.DagsterInstance
+) -> tuple[dg.ExecuteInProcessResult, int]:
+    """Run ``retrain_job`` (features, every model with its champion/challenger gate, the gold
+    scoring tables) in process, tagged with the number of completed batches it trained on,
+    so the retrain sensor counts the next 50 from there. Returns (result, completed)."""
+    from pharma_assets.defs.ml.automation import COMPLETED_TAG, completed_batches, retrain_job
+    from pharma_assets.defs.ml.definitions import defs as ml_defs
+    from pharma_assets.defs.ml.resources import MlResource
+
+    n = completed_batches(lakehouse.lake())
+    job = dg.Definitions.merge(lakehouse_defs(), ml_defs()).resolve_job_def(retrain_job.name)
+    r = job.execute_in_process(
+        instance=instance, resources={"lakehouse": lakehouse, "ml": MlResource.from_env()},
+        raise_on_error=False, run_config=QUIET, tags={COMPLETED_TAG: str(n), "pharma/trigger": "cli"},
+    )  # fmt: skip
+    return r, n

@@ -1,0 +1,175 @@
+"""ML benchmark (issue 4): time to build the features and train every model on a lake, and
+the held-out figures of each model (the numbers docs/models.md reports).
+
+Targets: training all models on 1,000 batches in at most 5 minutes (2 cores); scoring the
+contamination detector for 500 running units in at most 3 s (that one is measured by
+``benchmarks/bench_contamination.py``, ML-B's, and repeated here when the module exists).
+
+Run on an existing lake (e.g. the 300-batch plant of docs/models.md)::
+
+    python -m benchmarks.bench_ml --lake /tmp/mlplant/lake --truth /tmp/mlplant/ground_truth
+
+``--extrapolate-to 1000`` scales the measured training time linearly in the number of
+batches (clearly labelled as an extrapolation in the output; every step is at most
+linear in rows: hourly rollups, forests on equipment-hours, boosting on batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pharma_assets.lake.storage import Lake
+from pharma_assets.ml import features, pdm, quality, registry
+
+
+def _timed(label: str, fn: Callable[[], Any], times: dict[str, float]) -> Any:
+    t0 = time.perf_counter()
+    out = fn()
+    times[label] = time.perf_counter() - t0
+    print(f"  {label}: {times[label]:.1f} s", flush=True)
+    return out
+
+
+def _optional_models(
+    lake: Lake, inp: features.MlInputs, truth: Path | None, times: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Contamination and MSPC (ML-B's modules), trained the way the assets do, if present."""
+    out: dict[str, dict[str, float]] = {}
+    try:
+        from pharma_assets.ml import contamination
+    except ImportError:
+        return out
+    tl = lake.read("silver", "batch_timeline")
+    if tl is None:
+        return out
+    cutoff, _ = contamination.split_by_start(inp.batches)
+    ids = contamination.clean_training_batches(inp.batches, before=cutoff)
+
+    def _train_cont() -> Any:
+        feats = contamination.window_features(tl.filter(pl.col("batch_id").is_in(ids)))
+        return contamination.train(feats, seed=42)
+
+    model = _timed("train contamination (window features + isolation forest)", _train_cont, times)
+    if truth is not None and (truth / "fault_labels.parquet").exists():
+        hold = inp.batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list()
+        feats = contamination.window_features(tl.filter(pl.col("batch_id").is_in(hold)))
+        sc = contamination.score(model, feats)
+        out["pharma_contamination_iforest"] = contamination.evaluate(
+            sc, pl.read_parquet(truth / "fault_labels.parquet"), inp.batches
+        )
+    try:
+        from pharma_assets.ml import mspc
+    except ImportError:
+        return out
+
+    def _train_mspc() -> Any:
+        good = mspc.good_batches(inp.batch_summary, before=cutoff)
+        return mspc.train(
+            mspc.hourly_means(tl.filter(pl.col("batch_id").is_in(good))), inp.batches, good
+        )
+
+    _timed("train MSPC (multiway PCA per recipe)", _train_mspc, times)
+    return out
+
+
+def run(
+    lake_dir: Path, truth: Path | None, mlflow_dir: Path | None, with_optional: bool
+) -> dict[str, Any]:
+    lake = Lake.at(lake_dir)
+    times: dict[str, float] = {}
+    print(f"lake {lake.root}", flush=True)
+    inp = _timed("load silver + hourly rollup", lambda: features.load_inputs(lake), times)
+    n_batches = inp.batches.height
+    eq = _timed(
+        "equipment-hour features",
+        lambda: features.equipment_hour_features(inp.hourly, inp.maintenance),
+        times,
+    )
+    _timed("batch-hour features", lambda: features.batch_hour_features(inp.hourly), times)
+    fbh = _timed(
+        "batch features (3 horizons)",
+        lambda: {h: features.batch_features(inp, h) for h in features.HORIZONS_H},
+        times,
+    )
+    p = _timed(
+        "train PdM (2 forests, 3-fold threshold choice)",
+        lambda: pdm.train_pdm(eq, inp.maintenance, inp.versions, ground_truth_dir=truth),
+        times,
+    )
+    q = _timed(
+        "train quality (12 XGBoost models, 4 time folds each)",
+        lambda: quality.train_quality(inp, features_by_horizon=fbh),
+        times,
+    )
+    uri_dir = mlflow_dir or Path(tempfile.mkdtemp(prefix="bench_ml_mlflow_"))
+    uri = f"sqlite:///{uri_dir / 'mlflow.db'}"
+
+    def _register() -> None:
+        registry.register(p.trained, p.score_fn, uri=uri)
+        for r in q:
+            registry.register(r.trained, r.score_fn, uri=uri)
+
+    _timed("register 13 models in MLflow (SQLite)", _register, times)
+    optional = _optional_models(lake, inp, truth, times) if with_optional else {}
+    metrics = {p.trained.name: p.trained.metrics, **{r.trained.name: r.trained.metrics for r in q}}
+    metrics.update(optional)
+    total = sum(times.values())
+    return {
+        "lake": str(lake.root),
+        "n_batches": n_batches,
+        "n_completed": int((inp.batches["status"] == "complete").sum()),
+        "equipment_hours": eq.height,
+        "times_s": times,
+        "total_train_s": total,
+        "pdm_eval": p.trained.evaluation_set,
+        "quality_eval": q[0].trained.evaluation_set if q else "",
+        "notes": p.notes,
+        "metrics": metrics,
+        "mlflow_uri": uri,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lake", type=Path, required=True, help="lake root with silver/gold built")
+    ap.add_argument("--truth", type=Path, default=None, help="ground-truth folder (evaluation)")
+    ap.add_argument("--mlflow-dir", type=Path, default=None, help="folder for the SQLite store")
+    ap.add_argument("--extrapolate-to", type=int, default=1000, help="batches to extrapolate to")
+    ap.add_argument("--no-optional", action="store_true", help="skip contamination and MSPC")
+    ap.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
+    a = ap.parse_args(argv)
+    res = run(a.lake, a.truth, a.mlflow_dir, not a.no_optional)
+    n = res["n_batches"]
+    est = res["total_train_s"] * a.extrapolate_to / max(n, 1)
+    res["extrapolated"] = {
+        "to_batches": a.extrapolate_to,
+        "total_s": est,
+        "method": "linear in batches",
+    }
+    print()
+    print(f"| step | seconds ({n} batches) |\n|---|---|")
+    for k, v in res["times_s"].items():
+        print(f"| {k} | {v:.1f} |")
+    print(f"| **total** | **{res['total_train_s']:.1f}** |")
+    print(
+        f"\nEXTRAPOLATION (not measured): {a.extrapolate_to} batches ~ {est:.0f} s "
+        f"(linear scaling of the measured {n}-batch total); target <= 300 s"
+    )
+    print("\nheld-out figures:")
+    for name, m in res["metrics"].items():
+        keys = [k for k in m if not k.startswith("n_")][:8]
+        print(f"  {name}: " + ", ".join(f"{k}={m[k]:.3f}" for k in keys))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""ML assets: feature tables, model training (MLflow-registered) and gold scoring tables.
+
+Thin wrappers over ``pharma_assets.ml``: read lake tables, call the domain code, write Delta
+tables, report every metric as metadata. Training registers a new MLflow version and
+promotes it only if it beats (or ties) the champion on the same held-out set.
+"""
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from pharma_assets.defs.lakehouse.resources import LakehouseResource
+from pharma_assets.lake.storage import Lake
+from pharma_assets.ml import features, pdm, quality, registry
+
+from .resources import MlResource
+
+GROUP = "ml"
+DELTA = {"delta", "polars"}
+ML_KINDS = {"mlflow", "scikitlearn"}
+
+
+def _k(*parts: str) -> dg.AssetKey:
+    return dg.AssetKey(list(parts))
+
+
+SILVER_TIMELINE = _k("silver", "batch_timeline")
+SILVER_BATCHES = _k("silver", "batches")
+SILVER_LAB = _k("silver", "lab_results")
+SILVER_MAINT = _k("silver", "maintenance_events")
+GOLD_SUMMARY = _k("gold", "batch_summary")
+
+FEATURE_TABLES = {
+    "equipment_hour": "Feature table: one row per critical equipment item (agitator, feed pump) "
+    "per hour of run time: vibration, bearing temperature, motor and pump current "
+    "(mean/max/std, 24 h slope and deviation), hours and run-hours since maintenance.",
+    "batch_hour": "Feature table: one row per batch per elapsed hour: CPP means and std, "
+    "OUR/CER/RQ from the off-gas balance, specific O2 uptake, cumulative feed.",
+    "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
+    "recipe, lot history, process summaries and in-process LIMS known at that horizon.",
+}
+SCORED_AT = pl.Datetime("us", "UTC")
+
+
+def _meta_value(v: Any) -> Any:
+    """Metadata for a number (NaN as text: "not computable", e.g. no failures to catch)."""
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, (float, int)):
+        v = float(v)
+        return dg.MetadataValue.float(v) if math.isfinite(v) else dg.MetadataValue.text(str(v))
+    return v
+
+
+def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
+    return {
+        "table_uri": dg.MetadataValue.path(lake.uri(layer, name)),
+        "delta_version": lake.version(layer, name),
+    }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            ["features", name],
+            group_name=GROUP,
+            description=desc,
+            kinds=DELTA,
+            deps=[SILVER_TIMELINE, SILVER_BATCHES, SILVER_LAB, SILVER_MAINT],
+        )
+        for name, desc in FEATURE_TABLES.items()
+    ],
+    name="feature_tables",
+)
+def feature_tables(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> Iterator[dg.MaterializeResult]:
+    """Build the three feature tables from silver (one pass over the batch timeline)."""
+    lake = lakehouse.lake()
+    inp = features.load_inputs(lake)
+    now = _now()
+    tables = {
+        "equipment_hour": features.equipment_hour_features(inp.hourly, inp.maintenance),
+        "batch_hour": features.batch_hour_features(inp.hourly),
+        "batch": pl.concat(
+            [
+                features.batch_features(inp, h, as_of=now).with_columns(horizon=pl.lit(h))
+                for h in features.HORIZONS_H
+            ],
+            how="diagonal_relaxed",
+        ),
+    }
+    versions = {k: str(v) for k, v in inp.versions.items()}
+    for name, df in tables.items():
+        lake.overwrite("features", name, df, metadata={"source_versions": versions})
+        context.log.info("features/%s: %d rows", name, df.height)
+        yield dg.MaterializeResult(
+            asset_key=["features", name],
+            metadata={
+                "rows": df.height,
+                "columns": len(df.columns),
+                **{f"source_version.{k}": v for k, v in inp.versions.items()},
+                **_table_meta(lake, "features", name),
+            },
+        )
+
+
+def _feature_versions(lake: Lake, names: list[str], extra: dict[str, int | None]) -> dict:
+    return {**{f"features/{n}": lake.version("features", n) for n in names}, **extra}
+
+
+def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame:
+    df = lake.read(layer, name)
+    if df is None:
+        raise FileNotFoundError(
+            f"table {layer}/{name} does not exist in lake {lake.root}; materialize it first "
+            "(the feature tables need the lakehouse pipeline: pharma-twin pipeline)"
+        )
+    return df
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _registration_meta(reg: registry.Registration) -> dict[str, Any]:
+    return {
+        "model_version": reg.version,
+        "promoted": reg.promoted,
+        "challenger_score": _meta_value(reg.challenger_score),
+        "champion_score": _meta_value(reg.champion_score)
+        if reg.champion_score is not None
+        else "none",
+        "champion_version_before": reg.champion_version or "none",
+        "gate_decision": reg.decision,
+        "mlflow_run_id": reg.run_id,
+    }
+
+
+@dg.asset(
+    key=["ml", "pdm_failure_72h"],
+    group_name=GROUP,
+    kinds=ML_KINDS,
+    deps=[_k("features", "equipment_hour"), SILVER_MAINT],
+)
+def pdm_failure_72h(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Predictive maintenance: random forest of "failure within the next 72 h" per critical
+    equipment item, trained on earlier run time and evaluated on later run time; recall on
+    critical failures, false alarms per equipment-day and median lead time in metadata."""
+    lake = lakehouse.lake()
+    eq = _read(lake, "features", "equipment_hour")
+    maint = _read(lake, "silver", "maintenance_events")
+    versions = _feature_versions(
+        lake,
+        ["equipment_hour"],
+        {"silver/maintenance_events": lake.version("silver", "maintenance_events")},
+    )
+    gt_dir, gt_note = ml.ground_truth()
+    context.log.info(gt_note)
+    res = pdm.train_pdm(eq, maint, versions, ground_truth_dir=gt_dir, n_estimators=ml.pdm_trees)
+    for n in res.notes:
+        context.log.info(n)
+    uri = ml.uri()
+    reg = registry.register(res.trained, res.score_fn, uri=uri)
+    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+    return dg.MaterializeResult(
+        metadata={
+            **{k: _meta_value(v) for k, v in res.trained.metrics.items()},
+            **_registration_meta(reg),
+            "thresholds": dg.MetadataValue.json(
+                {k: float(v) for k, v in res.model.thresholds.items()}
+            ),
+            "evaluation_set": res.trained.evaluation_set,
+            "n_eval_rows": res.trained.n_eval,
+            "ground_truth": gt_note,
+            "notes": "; ".join(res.notes) or "none",
+            "data_versions": dg.MetadataValue.json(res.trained.data_versions),
+            "target_recall_critical": pdm.TARGET_RECALL,
+            "target_met": bool(res.trained.metrics["recall_critical"] >= pdm.TARGET_RECALL),
+        }
+    )
+
+
+def _batch_features_by_horizon(lake: Lake) -> dict[str, pl.DataFrame]:
+    bf = _read(lake, "features", "batch")
+    return {h: bf.filter(pl.col("horizon") == h).drop("horizon") for h in features.HORIZONS_H}
+
+
+@dg.asset(
+    key=["ml", "quality_models"],
+    group_name=GROUP,
+    kinds={"mlflow", "xgboost"},
+    deps=[_k("features", "batch"), GOLD_SUMMARY, SILVER_BATCHES, SILVER_LAB],
+)
+def quality_models(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Batch quality: XGBoost forecasts of harvest titer, product mass, aggregates and
+    galactosylation at day 3, day 7 and harvest; held-out batches are the latest by start.
+    R2/MAE/RMSE and 80 % interval coverage per target and horizon in metadata."""
+    lake = lakehouse.lake()
+    inp = features.load_inputs(lake, with_hourly=False)
+    inp.versions = _feature_versions(lake, ["batch"], inp.versions)
+    inp.versions.pop("silver/batch_timeline", None)
+    results = quality.train_quality(
+        inp,
+        n_estimators=ml.quality_trees,
+        features_by_horizon=_batch_features_by_horizon(lake),
+    )
+    uri = ml.uri()
+    meta: dict[str, Any] = {}
+    summary = []
+    for r in results:
+        reg = registry.register(r.trained, r.score_fn, uri=uri)
+        registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+        key = r.trained.name.removeprefix("pharma_quality_")
+        for m, v in r.trained.metrics.items():
+            meta[f"{key}.{m}"] = _meta_value(v)
+        meta[f"{key}.model_version"] = reg.version
+        meta[f"{key}.promoted"] = reg.promoted
+        summary.append(
+            f"{key}: R2={r.trained.metrics['r2']:.3f} v{reg.version} "
+            f"{'promoted' if reg.promoted else 'kept champion'}"
+        )
+        context.log.info("%s: %s", r.trained.name, reg.decision)
+    yield_r2 = [
+        r.trained.metrics["r2"]
+        for r in results
+        if r.model.target in quality.YIELD_TARGETS and r.model.horizon == "harvest"
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            **meta,
+            "models": len(results),
+            "evaluation_set": results[0].trained.evaluation_set if results else "none",
+            "summary": dg.MetadataValue.md("\n".join(f"- {s}" for s in summary)),
+            "target_r2_yield": quality.R2_TARGET,
+            "min_r2_yield_harvest": _meta_value(min(yield_r2) if yield_r2 else float("nan")),
+            "data_versions": dg.MetadataValue.json(inp.versions),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+EQUIPMENT_HEALTH_SCHEMA: dict[str, pl.DataType] = {
+    "equipment_id": pl.String(),
+    "unit_id": pl.String(),
+    "equipment_type": pl.String(),
+    "hour_ts": pl.Datetime("us", "UTC"),
+    "batch_id": pl.String(),
+    "health_score": pl.Float64(),
+    "failure_probability": pl.Float64(),
+    "alarm": pl.Boolean(),
+    "threshold": pl.Float64(),
+    "hours_since_maintenance": pl.Float64(),
+    "model_name": pl.String(),
+    "model_version": pl.String(),
+    "scored_at": pl.Datetime("us", "UTC"),
+}
+
+
+@dg.asset(
+    key=["gold", "equipment_health"],
+    group_name=GROUP,
+    kinds=DELTA,
+    deps=[_k("ml", "pdm_failure_72h"), _k("features", "equipment_hour")],
+)
+def equipment_health(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Health score (100 = healthy) and 72 h failure probability per critical equipment item
+    per hour of run time, from the champion PdM model. Latest = max hour_ts per item."""
+    lake = lakehouse.lake()
+    eq = _read(lake, "features", "equipment_hour")
+    champ = registry.load_champion(pdm.MODEL_NAME, uri=ml.uri())
+    now = _now()
+    if champ is None:
+        context.log.warning("no champion %s yet: equipment_health left empty", pdm.MODEL_NAME)
+        out = pl.DataFrame(schema=EQUIPMENT_HEALTH_SCHEMA)
+        version = "untrained"
+    else:
+        model, version = champ
+        out = (
+            pdm.score_equipment(model, eq)
+            .with_columns(
+                model_name=pl.lit(pdm.MODEL_NAME),
+                model_version=pl.lit(version),
+                scored_at=pl.lit(now, SCORED_AT),
+            )
+            .select(list(EQUIPMENT_HEALTH_SCHEMA))
+            .cast(EQUIPMENT_HEALTH_SCHEMA)  # type: ignore[arg-type]
+        )
+    lake.overwrite("gold", "equipment_health", out)
+    latest = out.sort("hour_ts").group_by("equipment_id").last()
+    return dg.MaterializeResult(
+        metadata={
+            "rows": out.height,
+            "model_version": version,
+            "equipment_items": latest.height,
+            "items_in_alarm_now": int(latest["alarm"].sum()) if latest.height else 0,
+            **_table_meta(lake, "gold", "equipment_health"),
+        }
+    )
+
+
+@dg.asset(
+    key=["gold", "batch_forecasts"],
+    group_name=GROUP,
+    kinds=DELTA,
+    deps=[_k("ml", "quality_models"), _k("features", "batch"), SILVER_BATCHES],
+)
+def batch_forecasts(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Titer, product mass, aggregates and galactosylation forecasts with 80 % intervals for
+    every batch at each horizon it has reached (day 3, day 7, harvest), from the champions."""
+    lake = lakehouse.lake()
+    uri = ml.uri()
+    models: dict[tuple[str, str], tuple[Any, str]] = {}
+    missing = []
+    for target in quality.TARGETS:
+        for h in features.HORIZONS_H:
+            champ = registry.load_champion(quality.model_name(target, h), uri=uri)
+            if champ is None:
+                missing.append(quality.model_name(target, h))
+            else:
+                models[(target, h)] = champ
+    if missing:
+        context.log.warning("no champion yet for %s", ", ".join(missing))
+    batches = _read(lake, "silver", "batches")
+    ended = set(batches.filter(pl.col("end_ts").is_not_null())["batch_id"].to_list())
+    out = quality.forecast_rows(models, _batch_features_by_horizon(lake), ended)
+    out = out.with_columns(scored_at=pl.lit(_now(), SCORED_AT))
+    lake.overwrite("gold", "batch_forecasts", out)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": out.height,
+            "batches": out["batch_id"].n_unique(),
+            "models_used": len(models),
+            "models_missing": ", ".join(missing) or "none",
+            **_table_meta(lake, "gold", "batch_forecasts"),
+        }
+    )
+
+
+TRAINING_ASSETS = [_k("ml", "pdm_failure_72h"), _k("ml", "quality_models")]
+
+
+def model_performance_asset(training_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    """gold/model_performance, appended with the metrics of every model trained in this run
+    (rebuilt from MLflow, the system of record, by the Dagster run id tag)."""
+
+    @dg.asset(
+        key=["gold", "model_performance"],
+        group_name=GROUP,
+        kinds=DELTA,
+        deps=training_keys,
+    )
+    def model_performance(
+        context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+    ) -> dg.MaterializeResult:
+        """One row per model version x metric x evaluation set, appended per training run:
+        value, brief target and whether it is met, champion flag, MLflow run id."""
+        lake = lakehouse.lake()
+        rows = registry.performance_rows_for_tag("dagster_run_id", context.run.run_id, ml.uri())
+        if rows.height == 0:
+            context.log.info("no model was trained in this run: nothing appended")
+        lake.append("gold", "model_performance", rows)
+        met = rows.filter(pl.col("target").is_not_null())
+        return dg.MaterializeResult(
+            metadata={
+                "rows_appended": rows.height,
+                "models": rows["model_name"].n_unique(),
+                "targets_checked": met.height,
+                "targets_met": int(met["target_met"].sum()) if met.height else 0,
+                **_table_meta(lake, "gold", "model_performance"),
+            }
+        )
+
+    return model_performance

@@ -1,0 +1,286 @@
+"""Contamination detection and MSPC batch monitoring as assets (thin wrappers over ML-B's
+``pharma_assets.ml.contamination`` and ``pharma_assets.ml.mspc``).
+
+Both models are unsupervised (trained on clean / good history as the MES and LIMS record
+it); the held-out batches are the latest by start. The champion/challenger gate uses the
+ground-truth detection figure when the ground-truth folder exists, otherwise the alarm
+rate on held-out batches the plant itself calls clean/good (lower is better), and says so.
+"""
+
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from pharma_assets.defs.lakehouse.resources import LakehouseResource
+from pharma_assets.lake.storage import Lake
+from pharma_assets.ml import contamination, mspc, registry
+
+from .assets import (
+    DELTA,
+    GOLD_SUMMARY,
+    GROUP,
+    SCORED_AT,
+    SILVER_BATCHES,
+    SILVER_TIMELINE,
+    _k,
+    _meta_value,
+    _now,
+    _read,
+    _registration_meta,
+    _table_meta,
+)
+from .resources import MlResource
+
+CONT_KEY = _k("ml", "contamination_iforest")
+MSPC_KEY = _k("ml", "mspc_pca")
+
+
+def _timeline(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
+    if not batch_ids:
+        tl = lake.read("silver", "batch_timeline", filter_expr=pl.lit(False))
+    else:
+        tl = lake.read("silver", "batch_timeline", partition=("batch_id", batch_ids))
+    if tl is None:
+        raise FileNotFoundError(
+            f"silver/batch_timeline does not exist in lake {lake.root}; run the pipeline first"
+        )
+    return tl
+
+
+def _scored_batches(batches: pl.DataFrame, cutoff: datetime) -> list[str]:
+    """Held-out batches (started at/after the cutoff) and every running batch."""
+    f = (pl.col("start_ts") >= cutoff) | (pl.col("status") == "running")
+    return sorted(batches.filter(f)["batch_id"].to_list())
+
+
+def _fault_labels(ml: MlResource) -> tuple[pl.DataFrame | None, str]:
+    gt, note = ml.ground_truth()
+    return (pl.read_parquet(gt / "fault_labels.parquet") if gt else None), note
+
+
+def _versions(lake: Lake, tables: list[tuple[str, str]]) -> dict[str, int | None]:
+    return {f"{layer}/{name}": lake.version(layer, name) for layer, name in tables}
+
+
+# --------------------------------------------------------------------------- contamination
+
+
+@dg.asset(key=CONT_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
+          deps=[SILVER_TIMELINE, SILVER_BATCHES])  # fmt: skip
+def contamination_iforest(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Contamination detector: isolation forest on 5-minute windows of clean batches (MES:
+    completed and harvested); held-out false-positive rate per window, share of contaminated
+    batches detected and median delay from onset in metadata."""
+    lake = lakehouse.lake()
+    batches = _read(lake, "silver", "batches")
+    cutoff, n_hold = contamination.split_by_start(batches)
+    train_ids = contamination.clean_training_batches(batches, before=cutoff)
+    feats = contamination.window_features(_timeline(lake, train_ids))
+    model = contamination.train(feats, seed=42)
+    hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
+    hold_feats = contamination.window_features(_timeline(lake, hold))
+    labels, gt_note = _fault_labels(ml)
+    context.log.info(gt_note)
+    clean_hold = set(
+        contamination.clean_training_batches(batches.filter(pl.col("start_ts") >= cutoff))
+    )
+
+    def evaluate(m: Any) -> dict[str, float]:
+        sc = contamination.score(m, hold_feats)
+        out: dict[str, float] = {}
+        if labels is not None:
+            out.update(contamination.evaluate(sc, labels, batches))
+        mes_clean = sc.filter(pl.col("batch_id").is_in(sorted(clean_hold)))
+        out["window_alarm_rate_mes_clean"] = (
+            float(mes_clean["alarm"].mean()) if mes_clean.height else float("nan")  # type: ignore[arg-type]
+        )
+        return out
+
+    metrics = {**model.train_summary(), **evaluate(model)}
+    gate, higher = (
+        ("detection_share", True) if labels is not None else ("window_alarm_rate_mes_clean", False)
+    )
+    trained = registry.TrainedModel(
+        name=contamination.MODEL_NAME,
+        model=model,
+        params=model.params(),
+        features=list(model.features),
+        data_versions=_versions(lake, [("silver", "batch_timeline"), ("silver", "batches")]),
+        metrics=metrics,
+        gate_metric=gate,
+        higher_is_better=higher,
+        evaluation_set=f"holdout: windows of batches started on/after {cutoff:%Y-%m-%d %H:%M} "
+        f"UTC (n={len(hold)} batches, {hold_feats.height} windows)",
+        n_eval=hold_feats.height,
+        targets={"window_fpr_clean": 0.01},
+    )
+    reg = registry.register(trained, lambda m: evaluate(m)[gate], uri=ml.uri())
+    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=ml.uri())
+    return dg.MaterializeResult(
+        metadata={
+            **{k: _meta_value(v) for k, v in metrics.items()},
+            **_registration_meta(reg),
+            "gate_metric": gate,
+            "ground_truth": gt_note,
+            "evaluation_set": trained.evaluation_set,
+            "n_heldout_batches": n_hold,
+        }
+    )
+
+
+@dg.asset(key=["gold", "contamination_risk"], group_name=GROUP, kinds=DELTA,
+          deps=[CONT_KEY, SILVER_TIMELINE, SILVER_BATCHES])  # fmt: skip
+def contamination_risk(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Contamination risk per 5-minute window of every running batch and of the held-out
+    history (anomaly score, threshold, alarm, risk 0-1, most deviating features)."""
+    lake = lakehouse.lake()
+    champ = registry.load_champion(contamination.MODEL_NAME, uri=ml.uri())
+    if champ is None:
+        context.log.warning("no champion contamination model yet: nothing scored")
+        return dg.MaterializeResult(metadata={"rows": 0, "model_version": "untrained"})
+    model, version = champ
+    batches = _read(lake, "silver", "batches")
+    cutoff, _ = contamination.split_by_start(batches)
+    ids = _scored_batches(batches, cutoff)
+    out = contamination.score(
+        model, contamination.window_features(_timeline(lake, ids)), model_version=version,
+        scored_at=_now(),
+    )  # fmt: skip
+    lake.overwrite(
+        "gold", "contamination_risk", out.with_columns(pl.col("scored_at").cast(SCORED_AT))
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rows": out.height,
+            "batches": len(ids),
+            "alarms": int(out["alarm"].sum()),
+            "model_version": version,
+            **_table_meta(lake, "gold", "contamination_risk"),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- MSPC
+
+
+@dg.asset(key=MSPC_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
+          deps=[SILVER_TIMELINE, SILVER_BATCHES, GOLD_SUMMARY])  # fmt: skip
+def mspc_pca(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Batch monitoring: evolving multiway PCA per recipe on good batches (complete, right
+    first time), maturity-dependent T2 and SPE limits; detection and false-alarm rates on
+    held-out batches in metadata."""
+    lake = lakehouse.lake()
+    batches = _read(lake, "silver", "batches")
+    summary = _read(lake, "gold", "batch_summary")
+    cutoff, n_hold = contamination.split_by_start(batches)
+    good = mspc.good_batches(summary, before=cutoff)
+    model = mspc.train(mspc.hourly_means(_timeline(lake, good)), batches, good)
+    hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
+    hold_hourly = mspc.hourly_means(_timeline(lake, hold))
+    labels, gt_note = _fault_labels(ml)
+    context.log.info(gt_note)
+    good_hold = set(summary.filter(
+        (pl.col("start_ts") >= cutoff) & (pl.col("status") == "complete")
+        & pl.col("right_first_time").fill_null(False)
+    )["batch_id"].to_list())  # fmt: skip
+
+    def evaluate(m: Any) -> dict[str, float]:
+        sc = mspc.monitor(m, hold_hourly, batches)
+        out: dict[str, float] = {}
+        if labels is not None:
+            out.update(mspc.evaluate(sc, labels, batches))
+        g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
+        out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
+        return out
+
+    metrics = {**model.train_summary(), **evaluate(model)}
+    gate, higher = (
+        ("detection_rate", True) if labels is not None else ("hour_alarm_rate_good", False)
+    )
+    trained = registry.TrainedModel(
+        name=mspc.MODEL_NAME,
+        model=model,
+        params=model.params(),
+        features=list(getattr(model, "tags", mspc.PROCESS_TAGS)),
+        data_versions=_versions(
+            lake, [("silver", "batch_timeline"), ("silver", "batches"), ("gold", "batch_summary")]
+        ),
+        metrics=metrics,
+        gate_metric=gate,
+        higher_is_better=higher,
+        evaluation_set=f"holdout: batches started on/after {cutoff:%Y-%m-%d %H:%M} UTC "
+        f"(n={len(hold)})",
+        n_eval=len(hold),
+    )
+    reg = registry.register(trained, lambda m: evaluate(m)[gate], uri=ml.uri())
+    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=ml.uri())
+    return dg.MaterializeResult(
+        metadata={
+            **{k: _meta_value(v) for k, v in metrics.items()},
+            **_registration_meta(reg),
+            "gate_metric": gate,
+            "ground_truth": gt_note,
+            "evaluation_set": trained.evaluation_set,
+            "n_heldout_batches": n_hold,
+        }
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(["gold", n], group_name=GROUP, kinds=DELTA, description=d,
+                     deps=[MSPC_KEY, SILVER_TIMELINE, SILVER_BATCHES])
+        for n, d in {
+            "mspc_scores": "Hotelling T2 and SPE with their maturity-dependent limits per batch "
+            "per elapsed hour (running and held-out batches), top contributing tags.",
+            "mspc_alarms": "One row per T2 or SPE alarm with per-tag contributions (JSON).",
+            "golden_batch": "Golden-batch envelope per tag and elapsed hour: mean +/- 3 sd of "
+            "good batches.",
+        }.items()
+    ],
+    name="mspc_tables",
+)  # fmt: skip
+def mspc_tables(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> Any:
+    """Score running and held-out batches with the champion MSPC model."""
+    lake = lakehouse.lake()
+    champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri())
+    if champ is None:
+        context.log.warning("no champion MSPC model yet: nothing scored")
+        for n in ("mspc_scores", "mspc_alarms", "golden_batch"):
+            yield dg.MaterializeResult(asset_key=["gold", n], metadata={"rows": 0})
+        return
+    model, version = champ
+    batches = _read(lake, "silver", "batches")
+    cutoff, _ = contamination.split_by_start(batches)
+    ids = _scored_batches(batches, cutoff)
+    detail = mspc.monitor(
+        model, mspc.hourly_means(_timeline(lake, ids)), batches, model_version=version,
+        scored_at=_now(),
+    )  # fmt: skip
+    tables = {
+        "mspc_scores": mspc.scores_table(detail),
+        "mspc_alarms": mspc.alarms(detail),
+        "golden_batch": mspc.envelope(model, version),
+    }
+    for n, df in tables.items():
+        if "scored_at" in df.columns:
+            df = df.with_columns(pl.col("scored_at").cast(SCORED_AT))
+        lake.overwrite("gold", n, df)
+        yield dg.MaterializeResult(
+            asset_key=["gold", n],
+            metadata={"rows": df.height, "model_version": version, **_table_meta(lake, "gold", n)},
+        )
+
+
+MONITORING_ASSETS = [contamination_iforest, contamination_risk, mspc_pca, mspc_tables]
+MONITORING_TRAINING_KEYS = [CONT_KEY, MSPC_KEY]

@@ -1,0 +1,40 @@
+"""Where the ML group finds MLflow and the simulator's ground truth, per environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from pharma_assets.ml import registry
+
+
+class MlResource(dg.ConfigurableResource):
+    """MLflow tracking URI (None: ``registry.tracking_uri()``, i.e. ``PHARMA_MLFLOW_URI`` or
+    SQLite under ``.state/mlflow``) and the ground-truth folder used ONLY for evaluation."""
+
+    mlflow_uri: str | None = None
+    ground_truth_dir: str = "ground_truth"
+    pdm_trees: int = 150  # random forest size (smaller in tests)
+    quality_trees: int = 300  # boosting rounds per quality model
+
+    @classmethod
+    def from_env(cls) -> MlResource:
+        return cls(
+            mlflow_uri=os.environ.get("PHARMA_MLFLOW_URI") or None,
+            ground_truth_dir=os.environ.get("PHARMA_GROUND_TRUTH_DIR", "ground_truth"),
+        )
+
+    def uri(self) -> str:
+        return self.mlflow_uri or registry.tracking_uri()
+
+    def ground_truth(self) -> tuple[Path | None, str]:
+        """(folder, note): the folder if it holds fault labels, else None and why not."""
+        p = Path(self.ground_truth_dir)
+        if (p / "fault_labels.parquet").exists():
+            return p, f"evaluated against ground truth in {p}"
+        return None, (
+            f"ground-truth evaluation skipped: {p.resolve()}/fault_labels.parquet not found "
+            "(set PHARMA_GROUND_TRUTH_DIR to the simulator's ground_truth folder)"
+        )

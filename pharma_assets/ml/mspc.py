@@ -1,0 +1,736 @@
+"""Multivariate statistical process control (MSPC) of batches: multiway PCA on good batches.
+
+Trajectories of good batches are aligned on an hourly grid of batch time (hour ``k`` covers
+elapsed minutes ``[60k, 60k+60)``; ``elapsed_h = k + 1`` is when it is complete), unfolded
+batch-wise (batch x (tag x hour)) and autoscaled per tag x hour. One model per recipe (the
+two recipes have different shift days and durations, so mixing them would hide faults).
+
+Online (evolving) monitoring: at maturity ``k`` a running batch is projected with a PCA of
+the good batches' data up to hour ``k`` (one model per maturity, computed cheaply through
+the batches' Gram matrix, so no future data is needed or imputed). Per maturity:
+
+- Hotelling T² of the scores, limit = max(F approximation for a new batch at
+  ``alpha``, g·chi²_h moment fit to the out-of-fold T² of the good batches);
+- SPE of the newest hour (instantaneous residual), limit = g·chi²_h moment fit to the
+  out-of-fold SPE of the good batches (leave-one-out or k-fold, pooled over ±2 h).
+
+Both limits therefore vary with batch maturity. Contributions: per tag, the share of the
+newest hour's squared residual (SPE) or of the T² (|x·loading·score/λ| summed over hours).
+
+How to wire me (Dagster assets in ``pharma_assets/defs/ml/``):
+
+1. Read ``silver/batch_timeline``, ``silver/batches`` (recipe_id, start_ts, status) and
+   ``gold/batch_summary`` (right_first_time).
+2. Training: ``ids = good_batches(batch_summary, before=cutoff)``;
+   ``model = train(timeline_of(ids), batches, ids)``. ``model`` is a picklable dataclass;
+   ``model.params()`` / ``model.train_summary()`` are flat dicts for MLflow. On a long
+   history, pass ``pl.concat([hourly_means(chunk) for chunk in ...])`` instead of the raw
+   timeline (both functions accept it) to bound memory. 204 good batches: about 10 s.
+3. ``envelope(model, model_version)`` -> ``gold/golden_batch`` (with a ``recipe_id``
+   column: one envelope per recipe);
+   ``monitor(model, timeline, batches, model_version)`` -> ``gold/mspc_scores`` (any number
+   of batches; running batches get rows for their complete hours);
+   ``alarms(scores_detail)`` -> ``gold/mspc_alarms`` (pass the ``monitor`` output: it keeps
+   the full contribution JSON in the hidden columns ``_t2_contrib``/``_spe_contrib``;
+   drop columns starting with ``_`` before writing ``gold/mspc_scores``, or use
+   ``scores_table``).
+4. ``evaluate(scores, fault_labels, batches)`` -> flat dict of metrics (ground truth only
+   here).
+
+Nothing here imports Dagster, MLflow or storage code.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.linalg
+from scipy import stats
+from threadpoolctl import threadpool_limits
+
+MODEL_NAME = "pharma_mspc_pca"
+
+#: Process tags monitored (equipment-health tags are left to predictive maintenance).
+PROCESS_TAGS: tuple[str, ...] = (
+    "temperature_c",
+    "ph",
+    "dissolved_oxygen_pct",
+    "agitation_rpm",
+    "headspace_pressure_bar",
+    "air_flow_slpm",
+    "o2_flow_slpm",
+    "co2_flow_slpm",
+    "feed_rate_ml_h",
+    "base_addition_ml",
+    "volume_l",
+    "offgas_o2_pct",
+    "offgas_co2_pct",
+    "capacitance_pf_cm",
+    "jacket_temperature_c",
+    "dissolved_co2_mmhg",
+)
+
+#: Smallest scaling sd per tag, in engineering units (about the sensor's noise/resolution):
+#: a tag x hour that is constant in the good batches (e.g. O2 flow 0 before the cascade
+#: needs it) must not turn a tiny, harmless deviation into an enormous statistic.
+SD_FLOOR: dict[str, float] = {
+    "temperature_c": 0.05,
+    "ph": 0.01,
+    "dissolved_oxygen_pct": 1.0,
+    "agitation_rpm": 1.0,
+    "headspace_pressure_bar": 0.002,
+    "air_flow_slpm": 0.05,
+    "o2_flow_slpm": 0.05,
+    "co2_flow_slpm": 0.05,
+    "feed_rate_ml_h": 5.0,
+    "base_addition_ml": 10.0,
+    "volume_l": 2.0,
+    "offgas_o2_pct": 0.05,
+    "offgas_co2_pct": 0.05,
+    "capacitance_pf_cm": 0.5,
+    "jacket_temperature_c": 0.1,
+    "dissolved_co2_mmhg": 1.0,
+}
+
+
+class MSPCInputError(ValueError):
+    """Input the MSPC model cannot use (the message says what and what to do)."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def hourly_means(timeline: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS) -> pl.DataFrame:
+    """One row per batch per COMPLETE elapsed hour: ``batch_id, unit_id, hour, start`` and the
+    tag means. Minute rows split across files are averaged first; the last, incomplete
+    hour of a running batch is left out (it would change as minutes arrive)."""
+    need = {"batch_id", "unit_id", "elapsed_min", "minute_ts", *tags}
+    missing = sorted(need - set(timeline.columns))
+    if missing:
+        raise MSPCInputError(
+            f"batch timeline lacks columns {missing}; pass silver/batch_timeline "
+            "(docs/data_model.md §9)"
+        )
+    m = timeline.group_by("batch_id", "elapsed_min").agg(
+        pl.col("unit_id").first(),
+        pl.col("minute_ts").min(),
+        *[pl.col(t).cast(pl.Float64).fill_nan(None).mean() for t in tags],
+    )
+    last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // 60)
+    return (
+        m.with_columns(
+            hour=(pl.col("elapsed_min") // 60).cast(pl.Int64),
+            start=pl.col("minute_ts") - pl.duration(minutes=pl.col("elapsed_min")),
+        )
+        .join(last, on="batch_id")
+        .filter(pl.col("hour") < pl.col("n_complete"))
+        .group_by("batch_id", "hour")
+        .agg(
+            pl.col("unit_id").first(),
+            pl.col("start").min(),
+            *[pl.col(t).mean() for t in tags],
+        )
+        .sort("batch_id", "hour")
+    )
+
+
+def _is_hourly(frame: pl.DataFrame) -> bool:
+    """True for ``hourly_means`` output (lets callers aggregate big timelines in chunks)."""
+    return "hour" in frame.columns and "elapsed_min" not in frame.columns
+
+
+def _cube(
+    hourly: pl.DataFrame, batch_ids: Sequence[str], tags: Sequence[str], n_hours: int
+) -> np.ndarray:
+    """(batches, hours, tags) array, NaN where no data."""
+    idx = {b: i for i, b in enumerate(batch_ids)}
+    out = np.full((len(batch_ids), n_hours, len(tags)), np.nan)
+    h = hourly.filter(pl.col("batch_id").is_in(list(batch_ids)) & (pl.col("hour") < n_hours))
+    if h.height:
+        bi = np.array([idx[b] for b in h["batch_id"].to_list()])
+        hi = h["hour"].to_numpy()
+        out[bi, hi, :] = h.select(list(tags)).to_numpy().astype(np.float64)
+    return out
+
+
+def good_batches(
+    batch_summary: pl.DataFrame, before: datetime | None = None, require_rft: bool = True
+) -> list[str]:
+    """Batches a plant calls good: complete and right first time (gold/batch_summary),
+    optionally started before ``before``. No ground truth involved."""
+    for c in ("batch_id", "status", "right_first_time", "start_ts"):
+        if c not in batch_summary.columns:
+            raise MSPCInputError(f"gold/batch_summary frame lacks column {c!r}")
+    f = pl.col("status") == "complete"
+    if require_rft:
+        f = f & pl.col("right_first_time").fill_null(False)
+    if before is not None:
+        f = f & (pl.col("start_ts") < before)
+    return sorted(batch_summary.filter(f)["batch_id"].to_list())
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class RecipeModel:
+    """Evolving multiway PCA of the good batches of one recipe."""
+
+    recipe_id: str
+    tags: list[str]
+    n_hours: int
+    batch_ids: list[str]
+    mean: np.ndarray  # (K, J) raw units
+    sd: np.ndarray  # (K, J) scaling sd (floored)
+    raw_sd: np.ndarray  # (K, J) raw sd, for the envelope
+    n_obs: np.ndarray  # (K, J) good batches with data
+    x: np.ndarray  # (n, K, J) scaled training data, NaN -> 0
+    w: list[np.ndarray]  # per maturity k: U_k S_k^-1, (n, A_k)
+    lam: list[np.ndarray]  # per maturity: score variances (A_k,)
+    n_comp: np.ndarray  # (K,)
+    cev: np.ndarray  # (K,) cumulative explained variance of the retained components
+    t2_limit: np.ndarray  # (K,)
+    spe_limit: np.ndarray  # (K,)
+    cv_t2: np.ndarray  # (n, K) out-of-fold T² of the good batches
+    cv_spe: np.ndarray  # (n, K) out-of-fold SPE
+
+
+@dataclass
+class MSPCModel:
+    """One evolving MPCA per recipe, plus the settings used to build them."""
+
+    recipes: dict[str, RecipeModel]
+    alpha: float
+    cev_target: float
+    max_components: int
+    n_folds: int
+    skipped_recipes: dict[str, int] = field(default_factory=dict)
+    max_batches: int = 150
+
+    def params(self) -> dict[str, Any]:
+        """Flat parameters for MLflow."""
+        return {
+            "alpha": self.alpha,
+            "cev_target": self.cev_target,
+            "max_components": self.max_components,
+            "n_folds": self.n_folds,
+            "max_batches": self.max_batches,
+            "recipes": ",".join(sorted(self.recipes)),
+        }
+
+    def train_summary(self) -> dict[str, float]:
+        """Flat training figures for MLflow (per recipe)."""
+        out: dict[str, float] = {}
+        for r, m in self.recipes.items():
+            out[f"{r}.n_batches"] = float(len(m.batch_ids))
+            out[f"{r}.n_hours"] = float(m.n_hours)
+            out[f"{r}.mean_components"] = float(np.mean(m.n_comp))
+            cv_alarm = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
+            out[f"{r}.cv_hour_alarm_rate"] = float(np.nanmean(cv_alarm))
+        return out
+
+
+def _scale_stats(raw: np.ndarray, tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, floored sd and raw sd per (hour, tag) over batches, NaN-aware."""
+    with np.errstate(invalid="ignore"), _quiet():
+        mean = np.nanmean(raw, axis=0)
+        raw_sd = np.nanstd(raw, axis=0, ddof=1)
+        tag_sd = np.nanstd(raw.reshape(-1, raw.shape[2]), axis=0)
+        tag_mag = np.nanmean(np.abs(raw.reshape(-1, raw.shape[2])), axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    raw_sd = np.where(np.isfinite(raw_sd), raw_sd, 0.0)
+    # floor: a tag x hour that barely varies in good batches must not explode the statistics
+    floor = np.maximum(
+        0.05 * np.where(np.isfinite(tag_sd), tag_sd, 0.0),
+        1e-3 * np.where(np.isfinite(tag_mag), tag_mag, 0.0),
+    )
+    floor = np.maximum(floor, np.array([SD_FLOOR.get(t, 1e-6) for t in tags]))
+    return mean, np.maximum(raw_sd, floor[None, :]), raw_sd
+
+
+def _quiet() -> warnings.catch_warnings:  # type: ignore[type-arg]
+    """Silence NumPy's empty-slice warnings (all-NaN tag x hour cells are expected)."""
+    return warnings.catch_warnings(action="ignore", category=RuntimeWarning)
+
+
+def _fit_maturities(
+    x: np.ndarray, cev_target: float, max_components: int
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per maturity k: W_k = U S^-1 (n, A), score variances, A, retained CEV."""
+    n, k_hours, _ = x.shape
+    g = np.zeros((n, n))
+    ws, lams = [], []
+    ncomp = np.zeros(k_hours, dtype=int)
+    cevs = np.zeros(k_hours)
+    a_max = max(1, min(max_components, n - 2))
+    for k in range(k_hours):
+        g += x[:, k, :] @ x[:, k, :].T
+        # only the leading a_max eigenpairs are needed; the total variance is the trace
+        ev, u = scipy.linalg.eigh(g, subset_by_index=[n - a_max, n - 1], driver="evr")
+        ev, u = ev[::-1], u[:, ::-1]
+        ev = np.clip(ev, 0.0, None)
+        tot = max(float(np.trace(g)), 1e-12)
+        cum = np.cumsum(ev) / tot if tot > 0 else np.ones_like(ev)
+        a = int(min(a_max, np.searchsorted(cum, cev_target) + 1))
+        a = max(1, min(a, int(np.sum(ev > 1e-9 * max(tot, 1e-12))) or 1))
+        s = np.sqrt(np.maximum(ev[:a], 1e-12))
+        ws.append(u[:, :a] / s)
+        lams.append(ev[:a] / max(n - 1, 1))
+        ncomp[k] = a
+        cevs[k] = cum[a - 1]
+    return ws, lams, ncomp, cevs
+
+
+def _project(
+    xtr: np.ndarray, ws: list[np.ndarray], lams: list[np.ndarray], y: np.ndarray, k_max: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """T², SPE and per-tag contributions (shares) of one scaled batch ``y`` (K, J) for
+    maturities 0..k_max-1."""
+    _n, _, n_tags = xtr.shape
+    t2 = np.zeros(k_max)
+    spe = np.zeros(k_max)
+    c_t2 = np.zeros((k_max, n_tags))
+    c_spe = np.zeros((k_max, n_tags))
+    c = np.zeros(xtr.shape[0])
+    d = np.zeros((xtr.shape[0], n_tags))
+    for k in range(k_max):
+        xk = xtr[:, k, :]
+        c += xk @ y[k]
+        d += xk * y[k][None, :]
+        t = c @ ws[k]
+        t2[k] = float(np.sum(t * t / lams[k]))
+        e = y[k] - xk.T @ (ws[k] @ t)
+        spe[k] = float(e @ e)
+        c_spe[k] = e * e
+        c_t2[k] = (ws[k] @ (t / lams[k])) @ d
+    return t2, spe, c_t2, c_spe
+
+
+def _chi2_limit(v: np.ndarray, alpha: float, trim_rounds: int = 2) -> float:
+    """g·chi²_h limit from the mean and variance of ``v`` (Box's approximation).
+
+    Good batches can still hold a few abnormal hours (a plant does not know every fault);
+    a single spike would inflate the variance and the limit with it, so values above the
+    limit are set aside and the fit repeated ``trim_rounds`` times."""
+    v = v[np.isfinite(v)]
+    lim = _chi2_fit(v, alpha)
+    for _ in range(trim_rounds):
+        kept = v[v <= lim]
+        if kept.size < max(5, int(0.9 * v.size)):
+            break
+        lim = _chi2_fit(kept, alpha)
+    return lim
+
+
+def _chi2_fit(v: np.ndarray, alpha: float) -> float:
+    if v.size < 2:
+        return float("inf")
+    m, var = float(np.mean(v)), float(np.var(v, ddof=1))
+    if m <= 0 or var <= 0:
+        return float(np.max(v)) if v.size else float("inf")
+    g, h = var / (2 * m), 2 * m * m / var
+    return float(g * stats.chi2.ppf(alpha, h))
+
+
+def _fit_recipe(
+    recipe_id: str,
+    raw: np.ndarray,
+    batch_ids: list[str],
+    tags: list[str],
+    alpha: float,
+    cev_target: float,
+    max_components: int,
+    n_folds: int,
+    pool_h: int,
+) -> RecipeModel:
+    n, k_hours, _ = raw.shape
+    mean, sd, raw_sd = _scale_stats(raw, tags)
+    x = np.nan_to_num((raw - mean) / sd, nan=0.0)
+    ws, lams, ncomp, cevs = _fit_maturities(x, cev_target, max_components)
+    # out-of-fold statistics for the limits (leave-one-out when n <= n_folds)
+    folds = np.arange(n) % min(n_folds, n)
+    cv_t2 = np.full((n, k_hours), np.nan)
+    cv_spe = np.full((n, k_hours), np.nan)
+    for f in np.unique(folds):
+        tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
+        if tr.size < 3:
+            continue
+        m_f, sd_f, _ = _scale_stats(raw[tr], tags)
+        x_f = np.nan_to_num((raw[tr] - m_f) / sd_f, nan=0.0)
+        ws_f, lams_f, _, _ = _fit_maturities(x_f, cev_target, max_components)
+        for i in te:
+            y = np.nan_to_num((raw[i] - m_f) / sd_f, nan=0.0)
+            t2_i, spe_i, _, _ = _project(x_f, ws_f, lams_f, y, k_hours)
+            cv_t2[i], cv_spe[i] = t2_i, spe_i
+    t2_lim = np.zeros(k_hours)
+    spe_lim = np.zeros(k_hours)
+    for k in range(k_hours):
+        lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
+        a = int(ncomp[k])
+        f_lim = (
+            a * (n * n - 1) / (n * (n - a)) * stats.f.ppf(alpha, a, n - a)
+            if n - a > 0
+            else float("inf")
+        )
+        t2_lim[k] = max(f_lim, _chi2_limit(cv_t2[:, k].ravel(), alpha))
+        spe_lim[k] = _chi2_limit(cv_spe[:, lo:hi].ravel(), alpha)
+    with _quiet():
+        n_obs = np.sum(np.isfinite(raw), axis=0)
+    return RecipeModel(
+        recipe_id=recipe_id,
+        tags=tags,
+        n_hours=k_hours,
+        batch_ids=batch_ids,
+        mean=mean,
+        sd=sd,
+        raw_sd=raw_sd,
+        n_obs=n_obs,
+        x=x,
+        w=ws,
+        lam=lams,
+        n_comp=ncomp,
+        cev=cevs,
+        t2_limit=t2_lim,
+        spe_limit=spe_lim,
+        cv_t2=cv_t2,
+        cv_spe=cv_spe,
+    )
+
+
+def _recipe_map(batches: pl.DataFrame) -> dict[str, str]:
+    for c in ("batch_id", "recipe_id"):
+        if c not in batches.columns:
+            raise MSPCInputError(f"batches frame lacks column {c!r}; pass silver/batches")
+    return dict(zip(batches["batch_id"].to_list(), batches["recipe_id"].to_list(), strict=True))
+
+
+def train(
+    timeline: pl.DataFrame,
+    batches: pl.DataFrame,
+    good_batch_ids: Sequence[str],
+    tags: Sequence[str] = PROCESS_TAGS,
+    alpha: float = 0.99,
+    cev_target: float = 0.7,
+    max_components: int = 8,
+    n_folds: int = 5,
+    min_batches: int = 5,
+    pool_h: int = 2,
+    max_batches: int = 150,
+) -> MSPCModel:
+    """Fit one evolving multiway PCA per recipe on the good batches' timelines.
+
+    The model horizon of a recipe is the shortest good batch's number of complete hours;
+    later hours of longer batches are not monitored. Recipes with fewer than
+    ``min_batches`` good batches get no model (listed in ``skipped_recipes``).
+    ``timeline`` may also be the ``hourly_means`` of it (e.g. aggregated batch by batch, to
+    bound memory on a large history); ``monitor`` accepts either form too. Only the
+    ``max_batches`` most recent good batches of a recipe are used (the current process;
+    also bounds the training time). Limits come from ``n_folds``-fold out-of-fold
+    statistics (leave-one-out when there are fewer batches than folds).
+    """
+    if not 0.5 < alpha < 1.0:
+        raise MSPCInputError(f"alpha must be in (0.5, 1), got {alpha}")
+    ids = sorted(set(good_batch_ids))
+    if not ids:
+        raise MSPCInputError("no good batches given; see good_batches()")
+    rmap = _recipe_map(batches)
+    starts: dict[str, Any] = (
+        dict(zip(batches["batch_id"].to_list(), batches["start_ts"].to_list(), strict=True))
+        if "start_ts" in batches.columns
+        else {}
+    )
+    unknown = [b for b in ids if b not in rmap]
+    if unknown:
+        raise MSPCInputError(f"good batches {unknown[:5]} are not in the batches frame")
+    hourly = (timeline if _is_hourly(timeline) else hourly_means(timeline, tags)).filter(
+        pl.col("batch_id").is_in(ids)
+    )
+    n_h = dict(
+        hourly.group_by("batch_id").agg(pl.col("hour").max() + 1).iter_rows()  # type: ignore[arg-type]
+    )
+    models: dict[str, RecipeModel] = {}
+    skipped: dict[str, int] = {}
+    for rid in sorted({rmap[b] for b in ids}):
+        rb = [b for b in ids if rmap[b] == rid and n_h.get(b, 0) > 0]
+        if len(rb) > max_batches:
+            rb = sorted(sorted(rb, key=lambda b: starts.get(b, 0))[-max_batches:])
+        if len(rb) < min_batches:
+            skipped[rid] = len(rb)
+            continue
+        k_hours = int(min(n_h[b] for b in rb))
+        raw = _cube(hourly, rb, list(tags), k_hours)
+        # hundreds of small eigendecompositions: multithreaded BLAS only adds overhead
+        with threadpool_limits(limits=1, user_api="blas"):
+            models[rid] = _fit_recipe(
+                rid, raw, rb, list(tags), alpha, cev_target, max_components, n_folds, pool_h
+            )
+    if not models:
+        raise MSPCInputError(
+            f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
+        )
+    return MSPCModel(models, alpha, cev_target, max_components, n_folds, skipped, max_batches)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def envelope(model: MSPCModel, model_version: str = "untrained") -> pl.DataFrame:
+    """Rows of ``gold/golden_batch``: mean ± 3 sd of the good batches per tag per hour
+    (``elapsed_h`` = end of the hour), plus ``recipe_id``."""
+    frames = []
+    for rid, m in model.recipes.items():
+        k, j = np.meshgrid(np.arange(m.n_hours), np.arange(len(m.tags)), indexing="ij")
+        frames.append(
+            pl.DataFrame(
+                {
+                    "recipe_id": rid,
+                    "tag": np.asarray(m.tags)[j.ravel()],
+                    "elapsed_h": (k.ravel() + 1).astype(np.float64),
+                    "mean": m.mean.ravel(),
+                    "lo": (m.mean - 3 * m.raw_sd).ravel(),
+                    "hi": (m.mean + 3 * m.raw_sd).ravel(),
+                    "n_batches": m.n_obs.ravel().astype(np.int64),
+                }
+            )
+        )
+    return pl.concat(frames).with_columns(model_version=pl.lit(str(model_version)))
+
+
+def _shares(c: np.ndarray) -> np.ndarray:
+    a = np.abs(c)
+    s = a.sum(axis=-1, keepdims=True)
+    return np.divide(a, s, out=np.full_like(a, 1.0 / a.shape[-1]), where=s > 0)
+
+
+def monitor(
+    model: MSPCModel,
+    timeline: pl.DataFrame,
+    batches: pl.DataFrame,
+    model_version: str = "untrained",
+    model_name: str = MODEL_NAME,
+    scored_at: datetime | None = None,
+    n_top: int = 3,
+) -> pl.DataFrame:
+    """One row per batch per complete elapsed hour (up to the recipe's horizon): the
+    ``gold/mspc_scores`` columns, plus ``recipe_id`` and hidden ``_t2_contrib`` /
+    ``_spe_contrib`` JSON for ``alarms``. ``top_contributors`` uses the SPE shares when
+    SPE/limit >= T²/limit, else the T² shares. Batches whose recipe has no model are
+    skipped."""
+    rmap = _recipe_map(batches)
+    tags = next(iter(model.recipes.values())).tags
+    hourly = timeline if _is_hourly(timeline) else hourly_means(timeline, tags)
+    now = scored_at or datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for bid in sorted(set(hourly["batch_id"].to_list())):
+        m = model.recipes.get(rmap.get(bid, ""))
+        if m is None:
+            continue
+        hb = hourly.filter(pl.col("batch_id") == bid)
+        n_complete = int(hb["hour"].to_numpy().max()) + 1
+        k_max = min(n_complete, m.n_hours)
+        if k_max <= 0:
+            continue
+        raw = _cube(hb, [bid], m.tags, m.n_hours)[0]
+        y = np.nan_to_num((raw - m.mean) / m.sd, nan=0.0)
+        with threadpool_limits(limits=1, user_api="blas"):
+            t2, spe, c_t2, c_spe = _project(m.x, m.w, m.lam, y, k_max)
+        s_t2, s_spe = _shares(c_t2), _shares(c_spe)
+        unit = hb["unit_id"][0]
+        for k in range(k_max):
+            use = s_spe[k] if spe[k] / m.spe_limit[k] >= t2[k] / m.t2_limit[k] else s_t2[k]
+            top = np.argsort(-use)[:n_top]
+            rows.append(
+                {
+                    "batch_id": bid,
+                    "unit_id": unit,
+                    "recipe_id": m.recipe_id,
+                    "elapsed_h": float(k + 1),
+                    "t2": float(t2[k]),
+                    "t2_limit": float(m.t2_limit[k]),
+                    "spe": float(spe[k]),
+                    "spe_limit": float(m.spe_limit[k]),
+                    "alarm": bool(t2[k] > m.t2_limit[k] or spe[k] > m.spe_limit[k]),
+                    "top_contributors": ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in top),
+                    "_t2_contrib": json.dumps(
+                        {t: round(float(v), 4) for t, v in zip(m.tags, s_t2[k], strict=True)}
+                    ),
+                    "_spe_contrib": json.dumps(
+                        {t: round(float(v), 4) for t, v in zip(m.tags, s_spe[k], strict=True)}
+                    ),
+                }
+            )
+    schema = {
+        "batch_id": pl.String,
+        "unit_id": pl.String,
+        "recipe_id": pl.String,
+        "elapsed_h": pl.Float64,
+        "t2": pl.Float64,
+        "t2_limit": pl.Float64,
+        "spe": pl.Float64,
+        "spe_limit": pl.Float64,
+        "alarm": pl.Boolean,
+        "top_contributors": pl.String,
+        "_t2_contrib": pl.String,
+        "_spe_contrib": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema).with_columns(
+        model_name=pl.lit(model_name),
+        model_version=pl.lit(str(model_version)),
+        scored_at=pl.lit(now, pl.Datetime("us", "UTC")),
+    )
+
+
+def scores_table(monitored: pl.DataFrame) -> pl.DataFrame:
+    """``monitor`` output without the hidden columns: the ``gold/mspc_scores`` rows."""
+    return monitored.select([c for c in monitored.columns if not c.startswith("_")])
+
+
+def alarms(monitored: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
+    per-tag contribution shares of that statistic as JSON."""
+    for c in ("_t2_contrib", "_spe_contrib"):
+        if c not in monitored.columns:
+            raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
+    keys = ["batch_id", "unit_id", "elapsed_h", "model_version"]
+    t2 = monitored.filter(pl.col("t2") > pl.col("t2_limit")).select(
+        *keys,
+        statistic=pl.lit("t2"),
+        value=pl.col("t2"),
+        limit=pl.col("t2_limit"),
+        contributions=pl.col("_t2_contrib"),
+    )
+    spe = monitored.filter(pl.col("spe") > pl.col("spe_limit")).select(
+        *keys,
+        statistic=pl.lit("spe"),
+        value=pl.col("spe"),
+        limit=pl.col("spe_limit"),
+        contributions=pl.col("_spe_contrib"),
+    )
+    return pl.concat([t2, spe]).sort("batch_id", "elapsed_h", "statistic")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _confirmed(alarm: pl.Expr, consecutive: int) -> pl.Expr:
+    if consecutive <= 1:
+        return alarm
+    return (
+        alarm.cast(pl.Int32).rolling_sum(consecutive, min_samples=consecutive).over("batch_id")
+        == consecutive
+    ).fill_null(False)
+
+
+def detection_table(
+    scores: pl.DataFrame,
+    fault_labels: pl.DataFrame,
+    batches: pl.DataFrame,
+    consecutive: int = 3,
+    grace_h: float = 6.0,
+) -> pl.DataFrame:
+    """One row per fault label of a monitored batch: detected? (a confirmed alarm, i.e. the
+    hour completing ``consecutive`` alarmed hours in a row, of an alarm run that STARTED
+    after onset, no later than the fault end + ``grace_h``; faults that end the batch have
+    no end), and the delay from onset. An alarm run already going on at onset (another
+    fault) does not count as detecting the new one."""
+    s = _with_ts(scores, batches, consecutive)
+    fl = fault_labels.filter(pl.col("batch_id").is_in(s["batch_id"].unique().to_list())).select(
+        "fault_id", "fault_type", "batch_id", "onset_ts", "end_ts"
+    )
+    j = fl.join(
+        s.select("batch_id", "hour_end_ts", "run_start_ts", "confirmed"), on="batch_id", how="left"
+    )
+    limit = pl.col("end_ts") + pl.duration(hours=grace_h)
+    inside = (
+        pl.col("confirmed")
+        & (pl.col("run_start_ts") > pl.col("onset_ts"))
+        & (pl.col("end_ts").is_null() | (pl.col("hour_end_ts") <= limit))
+    )
+    return (
+        j.group_by("fault_id")
+        .agg(
+            pl.col("fault_type").first(),
+            pl.col("batch_id").first(),
+            pl.col("onset_ts").first(),
+            first_alarm_ts=pl.col("hour_end_ts").filter(inside).min(),
+            n_hours_after_onset=(pl.col("hour_end_ts") > pl.col("onset_ts")).sum(),
+        )
+        .with_columns(
+            detected=pl.col("first_alarm_ts").is_not_null(),
+            delay_h=(pl.col("first_alarm_ts") - pl.col("onset_ts")).dt.total_microseconds() / 3.6e9,
+        )
+        .sort("fault_id")
+    )
+
+
+def _with_ts(scores: pl.DataFrame, batches: pl.DataFrame, consecutive: int) -> pl.DataFrame:
+    for c in ("batch_id", "elapsed_h", "alarm"):
+        if c not in scores.columns:
+            raise MSPCInputError(f"scores lack column {c!r}; pass monitor() output")
+    return (
+        scores.select("batch_id", "elapsed_h", "alarm")
+        .join(batches.select("batch_id", "start_ts"), on="batch_id", how="left")
+        .sort("batch_id", "elapsed_h")
+        .with_columns(
+            hour_end_ts=pl.col("start_ts")
+            + pl.duration(seconds=(pl.col("elapsed_h") * 3600).cast(pl.Int64)),
+            confirmed=_confirmed(pl.col("alarm"), consecutive),
+            _new=pl.col("alarm") & ~pl.col("alarm").shift(1).over("batch_id").fill_null(False),
+        )
+        .with_columns(_run=pl.col("_new").cast(pl.Int32).cum_sum().over("batch_id"))
+        .with_columns(run_start_ts=pl.col("hour_end_ts").first().over("batch_id", "_run"))
+        .drop("_new", "_run")
+    )
+
+
+def evaluate(
+    scores: pl.DataFrame,
+    fault_labels: pl.DataFrame,
+    batches: pl.DataFrame,
+    consecutive: int = 3,
+    grace_h: float = 6.0,
+) -> dict[str, float]:
+    """Figures from stored scores of held-out batches against the ground-truth labels.
+
+    - ``detection_rate`` (all faults) and ``detection_rate.<fault_type>``, with
+      ``median_delay_h``; a fault counts only if its batch was monitored after onset.
+    - ``hour_false_alarm_rate``: share of raw alarmed hours on fault-free batches;
+      ``batch_false_alarm_share``: share of fault-free batches with any confirmed alarm;
+      ``false_alarms_before_onset``: confirmed alarm hours before the first onset in
+      faulted batches.
+    """
+    det = detection_table(scores, fault_labels, batches, consecutive, grace_h).filter(
+        pl.col("n_hours_after_onset") > 0
+    )
+    s = _with_ts(scores, batches, consecutive)
+    faulted = fault_labels.filter(pl.col("batch_id").is_not_null())
+    clean = s.filter(~pl.col("batch_id").is_in(faulted["batch_id"].unique().to_list()))
+    per_clean = clean.group_by("batch_id").agg(pl.col("confirmed").any())
+    first_onset = faulted.group_by("batch_id").agg(first_onset=pl.col("onset_ts").min())
+    pre = s.join(first_onset, on="batch_id").filter(pl.col("hour_end_ts") <= pl.col("first_onset"))
+    out: dict[str, float] = {
+        "consecutive": float(consecutive),
+        "n_faults": float(det.height),
+        "n_detected": float(det["detected"].sum()),
+        "detection_rate": float(det["detected"].mean()) if det.height else float("nan"),  # type: ignore[arg-type]
+        "median_delay_h": float(det.filter(pl.col("detected"))["delay_h"].median() or np.nan),  # type: ignore[arg-type]
+        "n_clean_batches": float(per_clean.height),
+        "n_clean_hours": float(clean.height),
+        "hour_false_alarm_rate": float(clean["alarm"].mean()) if clean.height else float("nan"),  # type: ignore[arg-type]
+        "batch_false_alarm_share": (
+            float(per_clean["confirmed"].mean()) if per_clean.height else float("nan")  # type: ignore[arg-type]
+        ),
+        "false_alarms_before_onset": float(pre["confirmed"].sum()),
+    }
+    for ft in sorted(set(det["fault_type"].to_list())):
+        d = det.filter(pl.col("fault_type") == ft)
+        out[f"detection_rate.{ft}"] = float(d["detected"].mean())  # type: ignore[arg-type]
+        out[f"n_faults.{ft}"] = float(d.height)
+    return out

@@ -1,0 +1,509 @@
+"""MLflow tracking and the model registry: one place that knows how models are recorded.
+
+Why a module of its own: every model of the ``ml`` group (predictive maintenance, batch
+quality, contamination, MSPC) is trained, logged, registered and promoted the same way, and
+the dashboards list the registered versions. Training code builds a :class:`TrainedModel`
+and calls :func:`register`; scoring code calls :func:`load_champion`.
+
+Choices (see docs/models.md, "MLflow"):
+
+* The tracking store is SQLite (mlflow 3.17 refuses a plain ``./mlruns`` file store):
+  ``PHARMA_MLFLOW_URI`` or ``sqlite:///<repo>/.state/mlflow/mlflow.db``. Artifacts of a
+  SQLite store live in an ``artifacts`` folder next to the database; the experiment's
+  ``artifact_location`` is set explicitly so they never land in the working directory.
+* We use ``mlflow.MlflowClient`` with an explicit tracking URI rather than the global
+  ``mlflow.start_run`` state or the legacy ``dagster_mlflow.mlflow_tracking`` resource: the
+  same code runs inside a Dagster asset, a test with its own SQLite store, the CLI and the
+  benchmark, and several models can be logged in one process without global state.
+* The model is a pickled artifact (``model/model.pkl``); the registered version's source is
+  that artifact folder. The champion is the version with the alias ``champion``.
+* Champion/challenger gate: the new version is promoted iff its gate metric is at least as
+  good as the current champion's on the SAME held-out set (the caller passes a function
+  that scores any model on that set). The decision and both scores are recorded as version
+  tags and run metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+MODEL_ARTIFACT_DIR = "model"
+MODEL_FILE = "model.pkl"
+EXPERIMENT_PREFIX = "pharma/"
+_PARAM_MAX = 6000  # MLflow's limit on a parameter value
+
+PERFORMANCE_SCHEMA: dict[str, pl.DataType] = {
+    "model_name": pl.String(),
+    "model_version": pl.String(),
+    "metric": pl.String(),
+    "value": pl.Float64(),
+    "target": pl.Float64(),
+    "target_met": pl.Boolean(),
+    "evaluation_set": pl.String(),
+    "n": pl.Int64(),
+    "is_champion": pl.Boolean(),
+    "mlflow_run_id": pl.String(),
+    "computed_at": pl.Datetime("us", "UTC"),
+}
+
+MODELS_SCHEMA: dict[str, pl.DataType] = {
+    "name": pl.String(),
+    "version": pl.String(),
+    "is_champion": pl.Boolean(),
+    "created_at": pl.Datetime("us", "UTC"),
+    "run_id": pl.String(),
+    "gate_metric": pl.String(),
+    "score": pl.Float64(),
+}
+
+
+@dataclass
+class TrainedModel:
+    """Everything a training function hands to the registry about one fitted model."""
+
+    name: str  # registered model name, e.g. "pharma_pdm_failure_72h"
+    model: Any  # picklable object
+    params: dict[str, Any]
+    features: list[str]
+    data_versions: dict[str, int | None]  # "silver/batch_timeline" -> Delta version read
+    metrics: dict[str, float]  # held-out metrics of this model
+    gate_metric: str  # key of metrics used by the champion/challenger gate
+    higher_is_better: bool
+    evaluation_set: str  # e.g. "holdout: batches started after 2025-06-01 (n=25)"
+    n_eval: int
+    targets: dict[str, float] = field(default_factory=dict)  # metric -> brief target
+    # extra tables logged as Parquet artifacts under evaluation/, e.g. the held-out
+    # predictions every reported metric is computed from (tests recompute them from there)
+    artifacts: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class Registration:
+    """The outcome of :func:`register`: which version, and whether it became champion."""
+
+    name: str
+    version: str
+    run_id: str
+    promoted: bool
+    challenger_score: float
+    champion_score: float | None
+    champion_version: str | None
+    decision: str = ""
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def tracking_uri() -> str:
+    """The tracking store: ``PHARMA_MLFLOW_URI``, else SQLite under ``<repo>/.state/mlflow``."""
+    env = os.environ.get("PHARMA_MLFLOW_URI")
+    if env:
+        _ensure_sqlite_folder(env)
+        return env
+    folder = _repo_root() / ".state" / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri[len("sqlite:///") :]))
+
+
+def _ensure_sqlite_folder(uri: str) -> None:
+    p = _sqlite_path(uri)
+    if p is not None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a store's artifacts go: ``<folder of the SQLite db>/artifacts`` (file URI).
+
+    None for a remote tracking server, which has its own artifact store.
+    """
+    p = _sqlite_path(uri)
+    if p is None:
+        if uri.startswith("file:"):
+            raise ValueError(
+                f"PHARMA_MLFLOW_URI={uri!r}: mlflow 3.17 no longer supports file stores; "
+                "use sqlite:///<path>/mlflow.db or an http(s) tracking server"
+            )
+        return None
+    folder = p.parent / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.resolve().as_uri()
+
+
+def _client(uri: str | None) -> Any:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    _ensure_sqlite_folder(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    exp_name = EXPERIMENT_PREFIX + name
+    exp = client.get_experiment_by_name(exp_name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    root = artifact_root(uri)
+    location = None if root is None else f"{root}/{name}"
+    return str(client.create_experiment(exp_name, artifact_location=location))
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _param_value(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
+    return s if len(s) <= _PARAM_MAX else s[: _PARAM_MAX - 20] + "...(truncated)"
+
+
+def _metric_key(k: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in k)
+
+
+def _is_better_or_equal(challenger: float, champion: float, higher_is_better: bool) -> bool:
+    return challenger >= champion if higher_is_better else challenger <= champion
+
+
+def _load_version_model(client: Any, name: str, version: str) -> Any:
+    mv = client.get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(mv.run_id, f"{MODEL_ARTIFACT_DIR}/{MODEL_FILE}", tmp)
+        with open(local, "rb") as fh:
+            return pickle.load(fh)  # our own artifact, written by register()
+
+
+def register(
+    trained: TrainedModel,
+    champion_score_fn: Callable[[Any], float] | None,
+    uri: str | None = None,
+) -> Registration:
+    """Log one training run, register it as a new version and apply the champion gate.
+
+    ``champion_score_fn(model)`` scores a model on the same held-out set as
+    ``trained.metrics[trained.gate_metric]``. The new version is promoted iff there is no
+    champion, or its score is at least as good as the champion's. If the champion cannot
+    be scored (``champion_score_fn`` is None or raises, e.g. because the feature set
+    changed), the champion's recorded score is used and the reason is recorded.
+    """
+    if trained.gate_metric not in trained.metrics:
+        raise ValueError(
+            f"model {trained.name!r}: gate_metric {trained.gate_metric!r} is not among its "
+            f"metrics {sorted(trained.metrics)}; add it to metrics or choose another"
+        )
+    uri = uri or tracking_uri()
+    client = _client(uri)
+    exp_id = _experiment_id(client, trained.name, uri)
+    now = datetime.now(UTC)
+    run = client.create_run(
+        exp_id,
+        run_name=f"{trained.name}-{now:%Y%m%dT%H%M%SZ}",
+        tags={
+            "model_name": trained.name,
+            "evaluation_set": trained.evaluation_set,
+            "gate_metric": trained.gate_metric,
+            **{f"data_version.{k}": str(v) for k, v in trained.data_versions.items()},
+        },
+    )
+    run_id = run.info.run_id
+    challenger = float(trained.metrics[trained.gate_metric])
+    try:
+        from mlflow.entities import Metric, Param
+
+        ts = int(now.timestamp() * 1000)
+        params = {str(k): _param_value(v) for k, v in trained.params.items()}
+        params["features"] = _param_value(",".join(trained.features))
+        params["n_features"] = str(len(trained.features))
+        params["n_eval"] = str(trained.n_eval)
+        params["evaluation_set"] = _param_value(trained.evaluation_set)
+        for k, dv in trained.data_versions.items():
+            params[f"data_version.{k}"] = str(dv)
+        for k, tv in trained.targets.items():
+            params[f"target.{k}"] = repr(float(tv))
+        params["higher_is_better"] = str(trained.higher_is_better)
+        metrics = [
+            Metric(_metric_key(k), float(v), ts, 0)
+            for k, v in trained.metrics.items()
+            if v is not None
+        ]
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            mdir = Path(tmp) / MODEL_ARTIFACT_DIR
+            mdir.mkdir()
+            with open(mdir / MODEL_FILE, "wb") as fh:
+                pickle.dump(trained.model, fh)
+            (mdir / "features.json").write_text(json.dumps(trained.features, indent=1))
+            (mdir / "data_versions.json").write_text(json.dumps(trained.data_versions))
+            client.log_artifacts(run_id, str(mdir), MODEL_ARTIFACT_DIR)
+            client.log_artifact(run_id, str(mdir / "features.json"))
+            if trained.artifacts:
+                edir = Path(tmp) / "evaluation"
+                edir.mkdir()
+                for aname, frame in trained.artifacts.items():
+                    frame.write_parquet(edir / f"{aname}.parquet")
+                client.log_artifacts(run_id, str(edir), "evaluation")
+
+        # current champion, scored on the same held-out set
+        champ_version: str | None = None
+        champ_score: float | None = None
+        reason = ""
+        try:
+            champ = client.get_model_version_by_alias(trained.name, CHAMPION_ALIAS)
+            champ_version = str(champ.version)
+        except Exception:  # no registered model or no alias yet
+            champ = None
+        if champ is not None:
+            if champion_score_fn is not None and champ_version is not None:
+                try:
+                    champ_score = float(
+                        champion_score_fn(_load_version_model(client, trained.name, champ_version))
+                    )
+                    reason = "champion re-scored on the same held-out set"
+                except Exception as e:  # incompatible features etc.
+                    reason = f"champion could not be re-scored ({type(e).__name__}: {e}); "
+            if champ_score is None:
+                recorded = champ.tags.get("score")
+                champ_score = float(recorded) if recorded not in (None, "", "nan") else None
+                reason += "compared with the champion's recorded score"
+
+        if champ is None:
+            promoted = True
+            decision = "promoted: first version (no champion yet)"
+        elif not _finite(challenger):
+            promoted = False
+            decision = f"kept champion v{champ_version}: challenger score is {challenger}"
+        elif champ_score is None or not math.isfinite(champ_score):
+            promoted = True
+            decision = f"promoted: champion v{champ_version} has no usable score ({reason})"
+        else:
+            promoted = _is_better_or_equal(challenger, champ_score, trained.higher_is_better)
+            op = ">=" if trained.higher_is_better else "<="
+            verdict = "promoted" if promoted else f"kept champion v{champ_version}"
+            decision = (
+                f"{verdict}: {trained.gate_metric} challenger {challenger:.6g} "
+                f"{op if promoted else 'not ' + op} champion {champ_score:.6g} ({reason})"
+            )
+
+        try:
+            client.get_registered_model(trained.name)
+        except Exception:
+            client.create_registered_model(
+                trained.name, description=f"pharma-twin model {trained.name}"
+            )
+        source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
+        mv = client.create_model_version(
+            trained.name,
+            source,
+            run_id=run_id,
+            tags={
+                "gate_metric": trained.gate_metric,
+                "higher_is_better": str(trained.higher_is_better),
+                "score": repr(challenger),
+                "challenger_score": repr(challenger),
+                "champion_score": "" if champ_score is None else repr(champ_score),
+                "champion_version": champ_version or "",
+                "promoted": str(promoted),
+                "decision": decision,
+                "evaluation_set": trained.evaluation_set,
+            },
+        )
+        version = str(mv.version)
+        if promoted:
+            client.set_registered_model_alias(trained.name, CHAMPION_ALIAS, version)
+        gate_metrics = [Metric("gate_challenger_score", challenger, ts, 0)]
+        gate_metrics.append(Metric("gate_promoted", 1.0 if promoted else 0.0, ts, 0))
+        if champ_score is not None:
+            gate_metrics.append(Metric("gate_champion_score", champ_score, ts, 0))
+        client.log_batch(run_id, metrics=gate_metrics)
+        client.set_tag(run_id, "registered_version", version)
+        client.set_tag(run_id, "gate_decision", decision)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    log.info("%s v%s: %s", trained.name, version, decision)
+    return Registration(
+        name=trained.name,
+        version=version,
+        run_id=run_id,
+        promoted=promoted,
+        challenger_score=challenger,
+        champion_score=champ_score,
+        champion_version=champ_version,
+        decision=decision,
+    )
+
+
+def load_champion(name: str, uri: str | None = None) -> tuple[Any, str] | None:
+    """The champion model of ``name`` and its version, or None if there is none yet."""
+    client = _client(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except Exception:
+        return None
+    return _load_version_model(client, name, str(mv.version)), str(mv.version)
+
+
+def load_artifact_table(run_id: str, name: str, uri: str | None = None) -> pl.DataFrame:
+    """A table logged with ``TrainedModel.artifacts`` (e.g. ``holdout_predictions``)."""
+    client = _client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, f"evaluation/{name}.parquet", tmp)
+        return pl.read_parquet(local)
+
+
+def load_version(name: str, version: str, uri: str | None = None) -> Any:
+    """A registered version's model (for audits and tests)."""
+    return _load_version_model(_client(uri), name, version)
+
+
+def performance_rows(trained: TrainedModel, reg: Registration) -> pl.DataFrame:
+    """Rows for gold/model_performance: one per metric of this training run."""
+    now = datetime.now(UTC)
+    rows = []
+    for metric, value in trained.metrics.items():
+        target = trained.targets.get(metric)
+        v = None if value is None else float(value)
+        met: bool | None = None
+        if target is not None and v is not None and math.isfinite(v):
+            met = v >= target if _higher_is_better_metric(metric) else v <= target
+        rows.append(
+            {
+                "model_name": trained.name,
+                "model_version": reg.version,
+                "metric": metric,
+                "value": v,
+                "target": None if target is None else float(target),
+                "target_met": met,
+                "evaluation_set": trained.evaluation_set,
+                "n": int(trained.n_eval),
+                "is_champion": reg.promoted,
+                "mlflow_run_id": reg.run_id,
+                "computed_at": now,
+            }
+        )
+    return pl.DataFrame(rows, schema=PERFORMANCE_SCHEMA)
+
+
+# Metrics whose target is an upper bound (lower is better); every other target is a floor.
+_LOWER_IS_BETTER_PREFIXES = (
+    "mae",
+    "rmse",
+    "false_alarm",
+    "false_positive",
+    "fpr",
+    "median_delay",
+    "delay",
+    "brier",
+    "log_loss",
+)
+
+
+def _higher_is_better_metric(metric: str) -> bool:
+    m = metric.lower()
+    return not any(m.startswith(p) or f"_{p}" in m for p in _LOWER_IS_BETTER_PREFIXES)
+
+
+def list_models(uri: str | None = None) -> pl.DataFrame:
+    """Every registered version: name, version, is_champion, created_at, run_id, gate metric
+    and its score on the evaluation set (for the dashboards)."""
+    client = _client(uri)
+    rows = []
+    for rm in client.search_registered_models(max_results=1000):
+        champion = (rm.aliases or {}).get(CHAMPION_ALIAS)
+        for mv in client.search_model_versions(f"name='{rm.name}'", max_results=10000):
+            score = mv.tags.get("score")
+            rows.append(
+                {
+                    "name": rm.name,
+                    "version": str(mv.version),
+                    "is_champion": champion is not None and str(champion) == str(mv.version),
+                    "created_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
+                    "run_id": mv.run_id,
+                    "gate_metric": mv.tags.get("gate_metric"),
+                    "score": float(score) if score not in (None, "") else None,
+                }
+            )
+    df = pl.DataFrame(rows, schema=MODELS_SCHEMA)
+    return df.sort(["name", pl.col("version").cast(pl.Int64)])
+
+
+def tag_run(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
+    """Add tags to a logged run (e.g. the Dagster run that trained it)."""
+    client = _client(uri)
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+
+
+def performance_rows_for_tag(key: str, value: str, uri: str | None = None) -> pl.DataFrame:
+    """gold/model_performance rows rebuilt from MLflow for every training run tagged
+    ``key=value`` (e.g. all models a Dagster run trained): MLflow is the system of record,
+    the gold table is its queryable copy."""
+    from mlflow.entities import ViewType
+
+    client = _client(uri)
+    exps = [
+        e.experiment_id
+        for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+        if e.name.startswith(EXPERIMENT_PREFIX)
+    ]
+    if not exps:
+        return pl.DataFrame(schema=PERFORMANCE_SCHEMA)
+    runs = client.search_runs(exps, filter_string=f"tags.{key} = '{value}'", max_results=5000)
+    rows = []
+    for r in runs:
+        tags, params = r.data.tags, r.data.params
+        version = tags.get("registered_version")
+        if version is None:
+            continue
+        name = tags.get("model_name", "")
+        mv = client.get_model_version(name, version)
+        promoted = mv.tags.get("promoted") == "True"
+        computed = datetime.fromtimestamp((r.info.end_time or r.info.start_time) / 1000, tz=UTC)
+        for metric, v in r.data.metrics.items():
+            if metric.startswith("gate_"):
+                continue
+            t = params.get(f"target.{metric}")
+            target = float(t) if t is not None else None
+            met: bool | None = None
+            if target is not None and math.isfinite(v):
+                met = v >= target if _higher_is_better_metric(metric) else v <= target
+            rows.append(
+                {
+                    "model_name": name,
+                    "model_version": version,
+                    "metric": metric,
+                    "value": float(v),
+                    "target": target,
+                    "target_met": met,
+                    "evaluation_set": tags.get("evaluation_set", ""),
+                    "n": int(params.get("n_eval", "0")),
+                    "is_champion": promoted,
+                    "mlflow_run_id": r.info.run_id,
+                    "computed_at": computed,
+                }
+            )
+    return pl.DataFrame(rows, schema=PERFORMANCE_SCHEMA).sort("model_name", "metric")
