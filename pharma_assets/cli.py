@@ -257,9 +257,11 @@ def train(
         bool, typer.Option(help="Do nothing when gold/model_performance already exists.")
     ] = False,
 ) -> None:
-    """Train and score every model now (retrain_job): feature tables, predictive maintenance,
-    batch quality, contamination, MSPC; MLflow runs with the champion/challenger gate; the
-    gold scoring tables. The retrain sensor then counts the next 50 completed batches."""
+    """Train and score every model now (retrain_job), with the champion/challenger gate.
+
+    Feature tables, predictive maintenance, batch quality, contamination, MSPC; MLflow runs
+    and registered versions; the gold scoring tables. The retrain sensor then counts the
+    next 50 completed batches from here."""
     import warnings
 
     import dagster as dg
