@@ -314,7 +314,9 @@ def train_pdm(
     if eq.height == 0:
         raise ValueError("no equipment-hour rows: the lake holds no telemetry yet")
     failures = failure_events(maintenance)
-    rows = label_rows(eq.filter(~pl.col("failed_state")), failures)
+    # a fixed row order: the forest's bootstrap draws rows by position, so the same data in
+    # another order (polars group_by does not keep one) would give another model
+    rows = label_rows(eq.filter(~pl.col("failed_state")), failures).sort("equipment_id", "hour_ts")
     cutoff = time_cutoff(rows, train_fraction)
     train = rows.filter(pl.col("hour_ts") <= cutoff - timedelta(hours=HORIZON_H))
     test = rows.filter(pl.col("hour_ts") > cutoff)
