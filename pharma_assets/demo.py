@@ -113,7 +113,7 @@ def main() -> int:
             print(f"    {uid:<10} {role:<18} {pw}")
         print()
         print(
-            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold groups; Automation: landing_sensor)"
+            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; Automation: the sensors)"
         )
         print("  Dashboards:   http://127.0.0.1:8501")
         print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")

@@ -285,18 +285,27 @@ def _append_log(lake: Lake, rows: list[dict[str, Any]]) -> None:
         )
 
 
-def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: str) -> set[str]:
+def _repair_log(
+    lake: Lake, source: str, files: Sequence[LandedFile], run_id: str, logged: set[str]
+) -> list[dict[str, Any]]:
     """Ledger rows for files whose data committed but whose ledger row did not (a crash).
 
-    Returns the files that have a ledger row afterwards (one marker lookup per file: the
-    lookups cost in proportion to the table's log, so callers reuse this set).
+    ``logged`` are the files the ledger already holds (read from its rows: a ledger row and
+    its file's marker are one commit). Only the others are looked up, one marker lookup per
+    file and table (a lookup costs in proportion to the table's log), under the source's
+    lock so that a run committing them right now is not taken for a crashed one. Returns the
+    rows it appended.
     """
-    rels = [f.rel for f in files]
-    logged = lake.written_sources(LAYER, "ingest_log", rels)
-    todo = [f for f in files if f.rel not in logged]
+    rest = [f.rel for f in files if f.rel not in logged]
+    if not rest:
+        return []
+    logged = lake.written_sources(LAYER, "ingest_log", rest)  # recheck under the lock
+    todo = [f for f in files if f.rel in rest and f.rel not in logged]
     if not todo:
-        return logged
-    in_data = lake.written_sources(LAYER, source, [f.rel for f in todo])
+        return []
+    in_data = (
+        lake.written_sources(LAYER, source, [f.rel for f in todo]) if source in SCHEMAS else set()
+    )
     in_q = lake.written_sources(LAYER, "quarantine", [f.rel for f in todo])
     rows = []
     now = datetime.now(UTC)
@@ -321,7 +330,7 @@ def _repair_log(lake: Lake, source: str, files: Sequence[LandedFile], run_id: st
                 )
             )
     _append_log(lake, rows)
-    return logged | {r["source_file"] for r in rows}
+    return rows
 
 
 def ingest_files(
@@ -338,11 +347,18 @@ def ingest_files(
     rep.files_seen = len(files)
     if not files:
         return rep
+    # the ledger rows of these files' batches (of the whole source for files without a
+    # batch): one read, used both for "already ingested" and for duplicate content
+    batch_ids = sorted({f.batch_id for f in files if f.batch_id})
+    no_batch = any(f.batch_id is None for f in files)
+    known = read_log(lake, None if no_batch else batch_ids, source)
     with lake.lock(f"bronze-{source}"):
-        done = _repair_log(lake, source, files, run_id)
+        repaired = _repair_log(lake, source, files, run_id, set(known["source_file"].to_list()))
+    if repaired:
+        known = pl.concat([known, pl.DataFrame(repaired, schema=LOG_SCHEMA)], how="vertical")
+    done = set(known["source_file"].to_list())
     todo = [f for f in files if f.rel not in done]
     rep.files_already_ingested = len(files) - len(todo)
-    known = read_log(lake, sorted({f.batch_id for f in todo if f.batch_id}) or None, source)
     seen_sha = dict(zip(known["sha256"], known["source_file"], strict=True))
     # rows of each known content, so that a second delivery still reconciles (rows landed)
     seen_rows = dict(zip(known["sha256"], known["rows"], strict=True))

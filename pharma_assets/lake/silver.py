@@ -3,7 +3,9 @@
 Telemetry (per batch partition) is processed once per bronze source file: the files the
 bronze ledger accepted and ``silver/telemetry_log`` has not recorded yet. One pass over
 those rows only writes five tables, each append committed with the per-file markers of
-storage.py so that a rerun after a crash completes exactly the tables that were missing:
+storage.py so that a rerun after a crash completes exactly the tables that were missing
+(an empty output is not committed at all once its table exists: the rerun derives the same
+nothing), and records the files in ``telemetry_log`` last:
 
 - ``telemetry``: valid readings, canonical units, with phase and spec version;
 - ``telemetry_quarantine``: rows that failed the contract, with the failed check(s) and
@@ -313,10 +315,16 @@ def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFram
     crash see the same order and split repeated readings the same way.
     """
     log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
+    log = log.select("source_file", "batch_id", "unit_id", "rows")
+    return _not_processed(lake, log, batch_ids).sort("batch_id", "source_file")
+
+
+def _not_processed(lake: Lake, files: pl.DataFrame, batch_ids: Sequence[str]) -> pl.DataFrame:
+    """The rows of ``files`` (column ``source_file``) that silver/telemetry_log has not recorded."""
     done = lake.read(LAYER, "telemetry_log", ["source_file"], partition=("batch_id", batch_ids))
     if done is not None and done.height:
-        log = log.join(done, on="source_file", how="anti")
-    return log.select("source_file", "batch_id", "unit_id", "rows").sort("batch_id", "source_file")
+        files = files.join(done, on="source_file", how="anti")
+    return files
 
 
 def _tag_index(spec: CppSpec) -> dict[str, int]:
@@ -551,20 +559,27 @@ def process_telemetry(
     """Validate the not-yet-processed bronze telemetry of these batches into silver."""
     rep = SilverReport()
     now = now or datetime.now(UTC)
-    batches = lake.read(LAYER, "batches")
-    phases = lake.read(LAYER, "batch_phases")
+    # one read of both logs for all partitions; rechecked per batch under its lock
+    todo = pending_telemetry_files(lake, list(batch_ids))
+    if todo.height == 0:
+        return rep
+    # only the rows of the batches with work (the whole tables grow with the lake)
+    todo_ids = todo["batch_id"].unique(maintain_order=True).to_list()
+    in_todo = pl.col("batch_id").is_in(todo_ids)
+    batches = lake.read(LAYER, "batches", filter_expr=in_todo)
+    phases = lake.read(LAYER, "batch_phases", filter_expr=in_todo)
     if batches is None or phases is None:
         batches, phases = pl.DataFrame(schema=BATCH_SCHEMA), pl.DataFrame(schema=PHASE_SCHEMA)
     known = set(batches["batch_id"].to_list())
-    # one read of both logs for all partitions; rechecked per batch under its lock
-    todo = pending_telemetry_files(lake, list(batch_ids))
-    for bid in todo["batch_id"].unique(maintain_order=True).to_list():
+    for bid in todo_ids:
         pending = todo.filter(pl.col("batch_id") == bid)
         if bid not in known:
             rep.files_deferred += pending.height  # waits for the batch_start event
             continue
         with lake.lock(f"silver-telemetry-{bid}"):
-            pending = pending_telemetry_files(lake, [bid])  # recheck under the lock
+            # recheck under the lock: another run may have processed some of them meanwhile
+            # (files accepted by bronze since the first read wait for the next run)
+            pending = _not_processed(lake, pending, [bid]).sort("source_file")
             group: list[str] = []
             rows = 0
             for f, n in pending.select("source_file", "rows").iter_rows():
@@ -618,6 +633,11 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
         "batch_timeline": _timeline(valid, files, spec),
     }
     for name, out in outputs.items():
+        if out.height == 0 and name != "telemetry" and lake.exists(LAYER, name):
+            # nothing to add (no quarantined row, no excursion): no commit, and no snapshot
+            # load of a table that grows with the lake. A rerun derives the same empty output
+            # again, so no marker is needed; the table is created (empty) the first time.
+            continue
         already = written if name == "telemetry" else lake.written_sources(LAYER, name, files)
         todo = [f for f in files if f not in already]
         if not todo:
@@ -637,7 +657,9 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
             run_id=pl.lit(run_id),
         )
     )
-    lake.append(LAYER, "telemetry_log", per_file, files, partition_by=["batch_id"])
+    # no per-file markers here: its rows are the record (pending_telemetry_files reads them,
+    # under the batch's lock), and markers would only make every snapshot load larger
+    lake.append(LAYER, "telemetry_log", per_file, partition_by=["batch_id"])
     rep.files_processed += len(files)
     rep.rows_in += raw.height
     rep.rows_valid += good.height
