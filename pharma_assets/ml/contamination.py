@@ -117,6 +117,11 @@ def minute_signals(timeline: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("batch_id", "elapsed_min")
     )
+    return _derived_signals(m)
+
+
+def _derived_signals(m: pl.DataFrame) -> pl.DataFrame:
+    """OUR, CER and base rate from per-minute tag means sorted by batch and minute."""
     air, o2, co2 = pl.col("air_flow_slpm"), pl.col("o2_flow_slpm"), pl.col("co2_flow_slpm")
     y_o2, y_co2 = pl.col("offgas_o2_pct") / 100.0, pl.col("offgas_co2_pct") / 100.0
     out_total = _AIR_INERT * air / (1.0 - y_o2 - y_co2).clip(lower_bound=0.05)
@@ -150,8 +155,42 @@ def window_features(
         raise ContaminationInputError(
             f"window_min={window_min} must be >= 1 and baseline_min={baseline_min} >= it"
         )
+    return window_features_from_signals(
+        minute_signals(timeline), window_min, baseline_min, last_only
+    )
+
+
+def window_features_from_minutes(
+    minutes: pl.DataFrame,
+    window_min: int = 5,
+    baseline_min: int = 120,
+    last_only: bool = False,
+) -> pl.DataFrame:
+    """:func:`window_features` from a timeline already reduced to one row per (batch, elapsed
+    minute) with the per-minute mean of each ``INPUT_TAGS`` tag (what ``minute_signals``
+    computes first), sorted by batch and minute. Lets one pass over ``silver/batch_timeline``
+    feed the hourly rollup, these windows and the MSPC hourly means
+    (``features.timeline_products``); the rows are identical to ``window_features``."""
+    _check_timeline(minutes)
+    m = minutes.select(
+        "batch_id",
+        "elapsed_min",
+        "unit_id",
+        "minute_ts",
+        *[pl.col(t).cast(pl.Float64) for t in INPUT_TAGS],
+    )
+    return window_features_from_signals(_derived_signals(m), window_min, baseline_min, last_only)
+
+
+def window_features_from_signals(
+    m: pl.DataFrame, window_min: int = 5, baseline_min: int = 120, last_only: bool = False
+) -> pl.DataFrame:
+    """The windowing step of :func:`window_features` on :func:`minute_signals` output."""
+    if window_min < 1 or baseline_min < window_min:
+        raise ContaminationInputError(
+            f"window_min={window_min} must be >= 1 and baseline_min={baseline_min} >= it"
+        )
     nb = baseline_min // window_min
-    m = minute_signals(timeline)
     if m.is_empty():
         return _empty_features()
     m = m.with_columns(

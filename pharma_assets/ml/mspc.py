@@ -123,6 +123,23 @@ def hourly_means(timeline: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS) -> 
         pl.col("minute_ts").min(),
         *[pl.col(t).cast(pl.Float64).fill_nan(None).mean() for t in tags],
     )
+    return hourly_means_from_minutes(m, tags)
+
+
+def hourly_means_from_minutes(
+    minutes: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS
+) -> pl.DataFrame:
+    """:func:`hourly_means` from a timeline already reduced to one row per (batch, elapsed
+    minute) holding the per-minute mean of each tag (NaN ignored), so one pass over
+    ``silver/batch_timeline`` can feed every consumer (``features.timeline_products``)."""
+    need = {"batch_id", "unit_id", "elapsed_min", "minute_ts", *tags}
+    missing = sorted(need - set(minutes.columns))
+    if missing:
+        raise MSPCInputError(f"per-minute frame lacks columns {missing}")
+    m = minutes.select(
+        "batch_id", "elapsed_min", "unit_id", "minute_ts",
+        *[pl.col(t).cast(pl.Float64) for t in tags],
+    )  # fmt: skip
     last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // 60)
     return (
         m.with_columns(

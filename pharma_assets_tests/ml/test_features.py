@@ -139,3 +139,49 @@ def test_feature_tables_shape(ml_inputs: features.MlInputs, equipment_hours: pl.
     assert bh["our_mmol_l_h_mean"].drop_nulls().median() > 0  # type: ignore[operator]
     with pytest.raises(ValueError, match="horizon 'day5' unknown"):
         features.batch_features(ml_inputs, "day5")
+
+
+def _assert_products_match(p: features.TimelineProducts, tl: pl.DataFrame) -> None:
+    """The one-pass products equal the three functions they replace (floats to rounding:
+    a group's sum may be accumulated in another order)."""
+    from pharma_assets.ml import contamination, mspc
+
+    assert_frame_equal(p.hourly, features.hourly_rollup(tl.lazy()), rel_tol=1e-12)
+    assert_frame_equal(p.windows, contamination.window_features(tl), rel_tol=1e-12)
+    assert_frame_equal(p.mspc_hourly, mspc.hourly_means(tl), rel_tol=1e-12)
+
+
+def test_one_timeline_pass_equals_the_three_scans(ml_plant: MlPlant) -> None:
+    lake = ml_plant.lake()
+    ids = features.timeline_batch_ids(lake)
+    assert len(ids) >= 10
+    tl = lake.read("silver", "batch_timeline")
+    assert tl is not None
+    # chunked by partition (3 batches at a time): every product is per batch
+    p = features.timeline_products(lake, chunk_batches=3)
+    assert p.n_batches == len(ids)
+    assert p.windows.height > 0 and p.mspc_hourly.height > 0
+    _assert_products_match(p, tl)
+    # a subset of batches gives exactly their rows
+    sub = features.timeline_products(lake, batch_ids=ids[:2])
+    assert sorted(sub.hourly["batch_id"].unique().to_list()) == ids[:2]
+    with pytest.raises(ValueError, match="chunk_batches"):
+        features.timeline_products(lake, chunk_batches=0)
+
+
+def test_one_pass_with_minutes_split_across_files(ml_plant: MlPlant) -> None:
+    """Minutes split over two rows with complementary tags, rows shuffled: the slow path
+    (group by minute) still matches each consumer's own handling of split minutes."""
+    lake = ml_plant.lake()
+    ids = features.timeline_batch_ids(lake)[:2]
+    tl = lake.read("silver", "batch_timeline", partition=("batch_id", ids))
+    assert tl is not None
+    tags = list(features.ROLLUP_TAGS)
+    half_a = tl.with_columns([pl.lit(None, pl.Float64).alias(t) for t in tags[::2]])
+    half_b = tl.with_columns([pl.lit(None, pl.Float64).alias(t) for t in tags[1::2]])
+    split = pl.concat([half_a, half_b]).sample(fraction=1.0, shuffle=True, seed=3)
+    assert not features._sorted_unique(split)
+    _assert_products_match(features.products_from_timeline(split), split)
+    # shuffled but one row per minute: sorted, then the fast path
+    shuffled = tl.sample(fraction=1.0, shuffle=True, seed=4)
+    _assert_products_match(features.products_from_timeline(shuffled), shuffled)

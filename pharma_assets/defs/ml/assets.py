@@ -5,6 +5,7 @@ tables, report every metric as metadata. Training registers a new MLflow version
 promotes it only if it beats (or ties) the champion on the same held-out set.
 """
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,6 +43,11 @@ FEATURE_TABLES = {
     "OUR/CER/RQ from the off-gas balance, specific O2 uptake, cumulative feed.",
     "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
     "recipe, lot history, process summaries and in-process LIMS known at that horizon.",
+    "contamination_windows": "Feature table: one row per batch per complete 5-minute window "
+    "of batch time: OUR/CER, DO, O2 flow, agitation, pH, base rate, dCO2 levels, their "
+    "deviation from the batch's trailing 2 h, capacitance change (contamination detector).",
+    "mspc_hourly": "Feature table: one row per batch per complete elapsed hour: the mean of "
+    "each monitored process tag (the aligned trajectories of MSPC batch monitoring).",
 }
 SCORED_AT = pl.Datetime("us", "UTC")
 
@@ -86,9 +92,14 @@ def _now() -> datetime:
 def feature_tables(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> Iterator[dg.MaterializeResult]:
-    """Build the three feature tables from silver (one pass over the batch timeline)."""
+    """Build the feature tables from silver: ONE pass over the minute-level batch timeline
+    gives the hourly rollup (equipment-hour, batch-hour and batch features), the 5-minute
+    contamination windows and the MSPC hourly means, which the model and scoring assets
+    read instead of scanning the timeline again."""
     lake = lakehouse.lake()
-    inp = features.load_inputs(lake)
+    inp = features.load_inputs(lake, with_hourly=False)
+    prods = features.timeline_products(lake)
+    inp.hourly = prods.hourly
     now = _now()
     tables = {
         "equipment_hour": features.equipment_hour_features(inp.hourly, inp.maintenance),
@@ -100,8 +111,10 @@ def feature_tables(
             ],
             how="diagonal_relaxed",
         ),
+        "contamination_windows": prods.windows,
+        "mspc_hourly": prods.mspc_hourly,
     }
-    versions = {k: str(v) for k, v in inp.versions.items()}
+    versions = json.dumps(inp.versions, sort_keys=True)
     for name, df in tables.items():
         lake.overwrite("features", name, df, metadata={"source_versions": versions})
         context.log.info("features/%s: %d rows", name, df.height)
@@ -118,6 +131,32 @@ def feature_tables(
 
 def _feature_versions(lake: Lake, names: list[str], extra: dict[str, int | None]) -> dict:
     return {**{f"features/{n}": lake.version("features", n) for n in names}, **extra}
+
+
+def feature_source_versions(lake: Lake, name: str) -> dict[str, int | None]:
+    """The silver/gold table versions a feature table was built from (recorded in its
+    latest commit by ``feature_tables``), as ``{"<layer>/<table>": version}``; empty if the
+    commit does not say (a table written by an older version of this code)."""
+    dt = lake.table("features", name)
+    if dt is None:
+        return {}
+    try:
+        raw = dt.history(1)[0].get("source_versions")
+        out = json.loads(raw) if isinstance(raw, str) else {}
+    except (ValueError, IndexError, KeyError):
+        return {}
+    return {str(k): (None if v is None else int(v)) for k, v in out.items()}
+
+
+def read_feature_rows(lake: Lake, name: str, batch_ids: list[str]) -> pl.DataFrame:
+    """Rows of ``features/<name>`` for some batches (none for an empty list)."""
+    df = lake.read("features", name, filter_expr=pl.col("batch_id").is_in(batch_ids))
+    if df is None:
+        raise FileNotFoundError(
+            f"table features/{name} does not exist in lake {lake.root}; materialize the "
+            "feature tables first (asset feature_tables, or pharma-twin train)"
+        )
+    return df
 
 
 def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame:

@@ -23,13 +23,14 @@ from .assets import (
     GROUP,
     SCORED_AT,
     SILVER_BATCHES,
-    SILVER_TIMELINE,
     _k,
     _meta_value,
     _now,
     _read,
     _registration_meta,
     _table_meta,
+    feature_source_versions,
+    read_feature_rows,
 )
 from .resources import MlResource
 
@@ -37,16 +38,21 @@ CONT_KEY = _k("ml", "contamination_iforest")
 MSPC_KEY = _k("ml", "mspc_pca")
 
 
-def _timeline(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
-    if not batch_ids:
-        tl = lake.read("silver", "batch_timeline", filter_expr=pl.lit(False))
-    else:
-        tl = lake.read("silver", "batch_timeline", partition=("batch_id", batch_ids))
-    if tl is None:
-        raise FileNotFoundError(
-            f"silver/batch_timeline does not exist in lake {lake.root}; run the pipeline first"
-        )
-    return tl
+WINDOWS = "contamination_windows"
+MSPC_HOURLY = "mspc_hourly"
+FEAT_WINDOWS = _k("features", WINDOWS)
+FEAT_MSPC = _k("features", MSPC_HOURLY)
+
+
+def _windows(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
+    """5-minute window features of some batches, from the feature table (built by
+    feature_tables in the same pass over the timeline as the hourly rollup)."""
+    return read_feature_rows(lake, WINDOWS, batch_ids)
+
+
+def _hourly(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
+    """MSPC hourly means (complete hours) of some batches, from the feature table."""
+    return read_feature_rows(lake, MSPC_HOURLY, batch_ids)
 
 
 def _scored_batches(batches: pl.DataFrame, cutoff: datetime) -> list[str]:
@@ -60,15 +66,24 @@ def _fault_labels(ml: MlResource) -> tuple[pl.DataFrame | None, str]:
     return (pl.read_parquet(gt / "fault_labels.parquet") if gt else None), note
 
 
-def _versions(lake: Lake, tables: list[tuple[str, str]]) -> dict[str, int | None]:
-    return {f"{layer}/{name}": lake.version(layer, name) for layer, name in tables}
+def _versions(
+    lake: Lake, tables: list[tuple[str, str]], feature: str | None = None
+) -> dict[str, int | None]:
+    """Delta versions read: the tables, and for a feature table its version plus the
+    silver/batch_timeline version it was computed from."""
+    out = {f"{layer}/{name}": lake.version(layer, name) for layer, name in tables}
+    if feature is not None:
+        out[f"features/{feature}"] = lake.version("features", feature)
+        src = feature_source_versions(lake, feature).get("silver/batch_timeline")
+        out["silver/batch_timeline"] = src
+    return out
 
 
 # --------------------------------------------------------------------------- contamination
 
 
 @dg.asset(key=CONT_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
-          deps=[SILVER_TIMELINE, SILVER_BATCHES])  # fmt: skip
+          deps=[FEAT_WINDOWS, SILVER_BATCHES])  # fmt: skip
 def contamination_iforest(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -79,10 +94,9 @@ def contamination_iforest(
     batches = _read(lake, "silver", "batches")
     cutoff, n_hold = contamination.split_by_start(batches)
     train_ids = contamination.clean_training_batches(batches, before=cutoff)
-    feats = contamination.window_features(_timeline(lake, train_ids))
-    model = contamination.train(feats, seed=42)
+    model = contamination.train(_windows(lake, train_ids), seed=42)
     hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
-    hold_feats = contamination.window_features(_timeline(lake, hold))
+    hold_feats = _windows(lake, hold)
     labels, gt_note = _fault_labels(ml)
     context.log.info(gt_note)
     clean_hold = set(
@@ -109,7 +123,7 @@ def contamination_iforest(
         model=model,
         params=model.params(),
         features=list(model.features),
-        data_versions=_versions(lake, [("silver", "batch_timeline"), ("silver", "batches")]),
+        data_versions=_versions(lake, [("silver", "batches")], feature=WINDOWS),
         metrics=metrics,
         gate_metric=gate,
         higher_is_better=higher,
@@ -133,7 +147,7 @@ def contamination_iforest(
 
 
 @dg.asset(key=["gold", "contamination_risk"], group_name=GROUP, kinds=DELTA,
-          deps=[CONT_KEY, SILVER_TIMELINE, SILVER_BATCHES])  # fmt: skip
+          deps=[CONT_KEY, FEAT_WINDOWS, SILVER_BATCHES])  # fmt: skip
 def contamination_risk(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -149,7 +163,7 @@ def contamination_risk(
     cutoff, _ = contamination.split_by_start(batches)
     ids = _scored_batches(batches, cutoff)
     out = contamination.score(
-        model, contamination.window_features(_timeline(lake, ids)), model_version=version,
+        model, _windows(lake, ids), model_version=version,
         scored_at=_now(),
     )  # fmt: skip
     lake.overwrite(
@@ -170,7 +184,7 @@ def contamination_risk(
 
 
 @dg.asset(key=MSPC_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
-          deps=[SILVER_TIMELINE, SILVER_BATCHES, GOLD_SUMMARY])  # fmt: skip
+          deps=[FEAT_MSPC, SILVER_BATCHES, GOLD_SUMMARY])  # fmt: skip
 def mspc_pca(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -182,9 +196,9 @@ def mspc_pca(
     summary = _read(lake, "gold", "batch_summary")
     cutoff, n_hold = contamination.split_by_start(batches)
     good = mspc.good_batches(summary, before=cutoff)
-    model = mspc.train(mspc.hourly_means(_timeline(lake, good)), batches, good)
+    model = mspc.train(_hourly(lake, good), batches, good)
     hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
-    hold_hourly = mspc.hourly_means(_timeline(lake, hold))
+    hold_hourly = _hourly(lake, hold)
     labels, gt_note = _fault_labels(ml)
     context.log.info(gt_note)
     good_hold = set(summary.filter(
@@ -211,7 +225,7 @@ def mspc_pca(
         params=model.params(),
         features=list(getattr(model, "tags", mspc.PROCESS_TAGS)),
         data_versions=_versions(
-            lake, [("silver", "batch_timeline"), ("silver", "batches"), ("gold", "batch_summary")]
+            lake, [("silver", "batches"), ("gold", "batch_summary")], feature=MSPC_HOURLY
         ),
         metrics=metrics,
         gate_metric=gate,
@@ -237,7 +251,7 @@ def mspc_pca(
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(["gold", n], group_name=GROUP, kinds=DELTA, description=d,
-                     deps=[MSPC_KEY, SILVER_TIMELINE, SILVER_BATCHES])
+                     deps=[MSPC_KEY, FEAT_MSPC, SILVER_BATCHES])
         for n, d in {
             "mspc_scores": "Hotelling T2 and SPE with their maturity-dependent limits per batch "
             "per elapsed hour (running and held-out batches), top contributing tags.",
@@ -264,7 +278,7 @@ def mspc_tables(
     cutoff, _ = contamination.split_by_start(batches)
     ids = _scored_batches(batches, cutoff)
     detail = mspc.monitor(
-        model, mspc.hourly_means(_timeline(lake, ids)), batches, model_version=version,
+        model, _hourly(lake, ids), batches, model_version=version,
         scored_at=_now(),
     )  # fmt: skip
     tables = {
