@@ -30,11 +30,17 @@ def replace_block(text: str, mark: str, lines: list[str]) -> str:
     return text + "\n" + block + "\n"
 
 
+def _measured(extra: str = ".") -> str:
+    return (
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"Python {platform.python_version()}{extra}"
+    )
+
+
 def simulator_lines() -> list[str]:
     rows = bench_simulator.main()
     lines = [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}, median of 3 fresh-process runs each.",
+        _measured(", median of 3 fresh-process runs each."),
         "",
         "| batches | batch-minutes | readings | files | median s (runs) | engine-only s | batch-min/s | readings/s | peak RSS MB | cost/batch vs 10 |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -52,9 +58,10 @@ def simulator_lines() -> list[str]:
 def lakehouse_lines() -> list[str]:
     res = bench_lakehouse.main()
     return [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}, {res['total_s'] / 60:.0f} min in all; every "
-        "figure is a median over fresh processes (runs listed).",
+        _measured(
+            f", {res['total_s'] / 60:.0f} min in all; every figure is a median over fresh "
+            "processes (runs listed)."
+        ),
         "",
         *bench_lakehouse.rows_for_doc(res),
     ]
@@ -63,8 +70,7 @@ def lakehouse_lines() -> list[str]:
 def dashboards_lines() -> list[str]:
     r = bench_dashboards.main()
     return [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}.",
+        _measured(),
         "",
         *bench_dashboards.rows_for_doc(r["pages"], r["meta"]),
     ]
@@ -73,8 +79,7 @@ def dashboards_lines() -> list[str]:
 def audit_lines() -> list[str]:
     r = bench_audit.main()
     return [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}.",
+        _measured(),
         "",
         *bench_audit.markdown(r).splitlines(),
     ]

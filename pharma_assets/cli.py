@@ -6,13 +6,16 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .twin.config import ConfigError, load_plant, load_recipes
+
+if TYPE_CHECKING:
+    from .defs.lakehouse.resources import LakehouseResource
 
 app = typer.Typer(
     help="pharma-twin: a digital twin of a biopharmaceutical plant.", no_args_is_help=True
@@ -174,6 +177,18 @@ def import_(
     console.print(report.summary())
 
 
+def _lakehouse(lake: str | None, landing: Path | None) -> LakehouseResource:
+    """The environment's lakehouse settings, with the command line's lake/landing on top."""
+    from .defs.lakehouse.resources import LakehouseResource
+
+    env = LakehouseResource.from_env()
+    return LakehouseResource(
+        lake_uri=lake or env.lake_uri,
+        landing_dir=str(landing or env.landing_dir),
+        spec_path=env.spec_path,
+    )
+
+
 @app.command()
 def pipeline(
     landing: Annotated[
@@ -201,15 +216,9 @@ def pipeline(
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from .compliance.deviations import auto_open
     from .defs.compliance.materializations import audit_new_materializations
-    from .defs.lakehouse.resources import LakehouseResource
     from .pipeline import archive_derived, default_instance, run_pipeline
 
-    res = LakehouseResource.from_env()
-    res = LakehouseResource(
-        lake_uri=lake or res.lake_uri,
-        landing_dir=str(landing or res.landing_dir),
-        spec_path=res.spec_path,
-    )
+    res = _lakehouse(lake, landing)
     if rebuild:
         try:
             moved = archive_derived(res.lake())
@@ -268,13 +277,9 @@ def train(
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    from .defs.lakehouse.resources import LakehouseResource
     from .pipeline import default_instance, run_training
 
-    res = LakehouseResource.from_env()
-    res = LakehouseResource(
-        lake_uri=lake or res.lake_uri, landing_dir=res.landing_dir, spec_path=res.spec_path
-    )
+    res = _lakehouse(lake, None)
     if if_untrained and res.lake().version("gold", "model_performance") is not None:
         console.print("models already trained (gold/model_performance exists); skipping")
         return
@@ -285,7 +290,12 @@ def train(
     ):
         r, n = run_training(res, instance)
     if not r.success:
-        console.print(f"[red]retrain_job failed (run {r.run_id}); see the Dagster UI")
+        for ev in r.get_step_failure_events():
+            err = ev.step_failure_data.error
+            while err is not None and err.cause is not None:  # the root cause, not the wrapper
+                err = err.cause
+            console.print(f"[red]{ev.step_key}: {err.message.strip() if err else 'failed'}")
+        console.print(f"[red]retrain_job failed (run {r.run_id}); details in the Dagster UI")
         raise typer.Exit(1)
     perf = res.lake().read("gold", "model_performance")
     console.print(
