@@ -417,7 +417,6 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
             frames = pl.concat([df for _, df in accepted], how="diagonal_relaxed")
             lake.append(
                 LAYER, source, frames, [f.rel for f, _ in accepted],
-                partition_by=["batch_id"] if source == "telemetry" else None,
                 metadata={"files": len(accepted), "rows": frames.height},
             )  # fmt: skip
         if rejected:

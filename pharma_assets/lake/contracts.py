@@ -118,7 +118,11 @@ def telemetry_contract(spec: CppSpec) -> pa.DataFrameSchema:
 
 
 def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
-    """What a valid silver telemetry row satisfies (types, allowed tags, uniqueness)."""
+    """What the valid silver telemetry rows of one batch satisfy (types, allowed tags,
+    canonical units, uniqueness).
+
+    Expects silver's ``_key`` column (``ts`` in microseconds * 1024 + the tag's index).
+    """
     units = {t: s.uom for t, s in spec.tags.items()}
     return pa.DataFrameSchema(
         {
@@ -128,6 +132,7 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
             "tag": pa.Column(pl.String, pa.Check.isin(sorted(spec.tags)), nullable=False),
             "value": pa.Column(pl.Float64, nullable=False),
             "uom": pa.Column(pl.String, nullable=False),
+            "_key": pa.Column(pl.Int64, nullable=False),
         },
         checks=[
             _row_check(
@@ -135,8 +140,16 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
                 pl.col("uom") == pl.col("tag").replace_strict(units, default=None),
                 "uom is the tag's canonical unit",
             ),
+            # uniqueness of (unit, tag, ts) on silver's integer key (ts in microseconds * 1024
+            # + the tag's index in the spec), checked per batch (a batch runs on one unit):
+            # pandera's `unique=` on the three string/time columns, or the key per unit_id,
+            # cost 5-10x more per row (docs/benchmarks.md)
+            _row_check(
+                "unique_reading",
+                ~pl.col("_key").is_duplicated(),
+                "one reading per (unit, tag, ts) in the batch",
+            ),
         ],
-        unique=["unit_id", "tag", "ts"],
         name=f"silver_telemetry_accepted_v{spec.version}",
         strict=False,
     )
@@ -181,5 +194,5 @@ def route(df: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, p
                 .otherwise(offending)
             )
     bad = bad.with_columns(offending_value=offending).drop("_row")
-    good = df.join(failed, on="_row", how="anti").drop("_row")
+    good = df.filter(~pl.col("_row").is_in(failed["_row"].implode())).drop("_row")
     return good, bad

@@ -23,6 +23,7 @@ run (``batches``, ``batch_phases``, ``event_quarantine``, ``lab_results``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -496,12 +497,12 @@ SEGMENT_SCHEMA = {
 
 
 def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
-    """Per file, tag and phase aggregates; rows arrive ordered by (file, ts)."""
+    """Per file, tag and phase aggregates (rows in any order: first/last go by ``ts``)."""
     tags = list(spec.tags)
     agg = valid.group_by("_file", "tag_idx", "phase_idx").agg(
         n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
-        min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").first(),
-        last_ts=pl.col("ts").last(), last_value=pl.col("value").last(),
+        min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").min(),
+        last_ts=pl.col("ts").max(), last_value=pl.col("value").get(pl.col("ts").arg_max()),
         batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
     return agg.select(
@@ -517,7 +518,7 @@ def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame
 def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     tags = list(spec.tags)
     mins = valid.select(
-        "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id",
+        "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id", "ts",
         elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32),
     )  # fmt: skip
     wide = mins.pivot(
@@ -525,7 +526,7 @@ def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFr
     )
     wide = wide.rename({c: tags[int(c)] for c in wide.columns if c not in ("_file", "elapsed_min")})
     ph = mins.group_by("_file", "elapsed_min").agg(
-        phase_idx=pl.col("phase_idx").first(), batch_start=pl.col("batch_start").first(),
+        phase_idx=pl.col("phase_idx").get(pl.col("ts").arg_min()), batch_start=pl.col("batch_start").first(),
         batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
     wide = wide.join(ph, on=["_file", "elapsed_min"], how="left")
@@ -545,7 +546,7 @@ def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFr
         .replace_strict(dict(enumerate(files)), return_dtype=pl.String)
         .alias("source_file"),
     ]
-    return wide.select(cols).sort("elapsed_min")  # fmt: skip
+    return wide.select(cols).sort("batch_id", "elapsed_min")  # fmt: skip
 
 
 def process_telemetry(
@@ -556,10 +557,17 @@ def process_telemetry(
     now: datetime | None = None,
     max_rows: int = 1_000_000,  # rows per validation group: bounds peak memory (docs/benchmarks.md)
 ) -> SilverReport:
-    """Validate the not-yet-processed bronze telemetry of these batches into silver."""
+    """Validate the not-yet-processed bronze telemetry of these batches into silver.
+
+    Files are taken in groups of about ``max_rows`` readings, across batches when a run
+    covers many (a backfill): each group is one read of bronze, one validation per batch
+    and one commit per silver table, so a bulk load does not pay six commits per batch. The
+    group holds the locks of all its batches (taken in sorted order: no deadlock between
+    runs whose groups overlap).
+    """
     rep = SilverReport()
     now = now or datetime.now(UTC)
-    # one read of both logs for all partitions; rechecked per batch under its lock
+    # one read of both logs for all partitions; rechecked per group under its batches' locks
     todo = pending_telemetry_files(lake, list(batch_ids))
     if todo.height == 0:
         return rep
@@ -571,66 +579,100 @@ def process_telemetry(
     if batches is None or phases is None:
         batches, phases = pl.DataFrame(schema=BATCH_SCHEMA), pl.DataFrame(schema=PHASE_SCHEMA)
     known = set(batches["batch_id"].to_list())
-    for bid in todo_ids:
-        pending = todo.filter(pl.col("batch_id") == bid)
-        if bid not in known:
-            rep.files_deferred += pending.height  # waits for the batch_start event
-            continue
-        with lake.lock(f"silver-telemetry-{bid}"):
-            # recheck under the lock: another run may have processed some of them meanwhile
-            # (files accepted by bronze since the first read wait for the next run)
-            pending = _not_processed(lake, pending, [bid]).sort("source_file")
-            group: list[str] = []
-            rows = 0
-            for f, n in pending.select("source_file", "rows").iter_rows():
-                group.append(f)
-                rows += n or 0
-                if rows >= max_rows:
-                    _process_files(lake, bid, group, spec, batches, phases, run_id, now, rep)
-                    group, rows = [], 0
-            if group:
-                _process_files(lake, bid, group, spec, batches, phases, run_id, now, rep)
+    deferred = todo.filter(~pl.col("batch_id").is_in(list(known)))
+    rep.files_deferred += deferred.height  # they wait for their batch_start event
+    group: list[tuple[str, str]] = []
+    rows = 0
+    for bid, f, n in todo.filter(pl.col("batch_id").is_in(list(known))).select(
+        "batch_id", "source_file", "rows"
+    ).iter_rows():
+        group.append((bid, f))
+        rows += n or 0
+        if rows >= max_rows:
+            _process_group(lake, group, spec, batches, phases, run_id, now, rep)
+            group, rows = [], 0
+    if group:
+        _process_group(lake, group, spec, batches, phases, run_id, now, rep)
     return rep
 
 
-def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batches: pl.DataFrame,
+def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
                    phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport) -> None:  # fmt: skip
-    raw = lake.read(bronze.LAYER, "telemetry", partition=("batch_id", [bid]),
-                    filter_expr=pl.col("source_file").is_in(files))  # fmt: skip
-    assert raw is not None
+    ids = sorted({b for b, _ in group})
+    with contextlib.ExitStack() as stack:
+        for bid in ids:
+            stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
+        # recheck under the locks: another run may have processed some of them meanwhile
+        # (files accepted by bronze since the first read wait for the next run)
+        pending = _not_processed(lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids)
+        if pending.height:
+            _process_files(lake, pending.sort("batch_id", "source_file"), spec, batches, phases,
+                           run_id, now, rep)  # fmt: skip
+
+
+def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame,
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport) -> None:  # fmt: skip
+    """One group of files (columns batch_id, source_file) -> one commit per silver table."""
+    all_files = pending["source_file"].to_list()
+    ids = pending["batch_id"].unique(maintain_order=True).to_list()
+    raw_all = lake.read(bronze.LAYER, "telemetry", filter_expr=pl.col("batch_id").is_in(ids)
+                        & pl.col("source_file").is_in(all_files))  # fmt: skip
+    assert raw_all is not None
     # after a crash inside this group, files whose readings are already in silver/telemetry
     # go first: a reading repeated by another file then keeps the copy silver already holds
-    written = lake.written_sources(LAYER, "telemetry", files)
-    files = [f for f in files if f in written] + [f for f in files if f not in written]
+    written = lake.written_sources(LAYER, "telemetry", all_files)
+    per_batch = {bid: [f for b, f in pending.iter_rows() if b == bid] for bid in ids}
+    files: list[str] = []
+    for bid in ids:
+        fs = per_batch[bid]
+        files += [f for f in fs if f in written] + [f for f in fs if f not in written]
     order = {f: i for i, f in enumerate(files)}
-    raw = raw.with_columns(
-        _file=pl.col("source_file").replace_strict(order, return_dtype=pl.UInt32)
-    ).sort("_file", "ts", maintain_order=True)
-    existing = None
-    lo, hi = raw["ts"].min(), raw["ts"].max()
-    if lo is not None:
+    # a file's rows are contiguous in bronze (one file is one slice of one commit): number
+    # the runs of equal names (adjacent comparisons) and map the few runs to file order,
+    # instead of hashing the name of every row
+    runs = raw_all["source_file"].rle_id()
+    run_file = (
+        pl.DataFrame({"run": runs, "source_file": raw_all["source_file"]})
+        .unique("run", keep="first")
+        .with_columns(pl.col("source_file").replace_strict(order, return_dtype=pl.UInt32))
+        .sort("run")["source_file"]
+    )
+    raw_all = raw_all.with_columns(_file=run_file.gather(runs))
+    # rows in file order (an earlier file's reading wins a duplicate); a stable sort keeps
+    # each file's own row order, and is skipped when the scan already returned that order
+    if not raw_all["_file"].is_sorted():
+        raw_all = raw_all.sort("_file", maintain_order=True)
+    goods, bads = [], []
+    for raw in raw_all.partition_by("batch_id", maintain_order=True):
+        bid = raw["batch_id"][0]
         existing = lake.read(
-            LAYER, "telemetry", ["unit_id", "tag", "ts"], partition=("batch_id", [bid]),
-            filter_expr=pl.col("ts").is_between(lo, hi) & ~pl.col("source_file").is_in(files),
+            LAYER, "telemetry", ["unit_id", "tag", "ts"],
+            filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
+            & ~pl.col("source_file").is_in(per_batch[bid]),
         )  # fmt: skip
-    df = prepare(raw, spec, batches, phases, existing, now)
-    good, bad = route(df, telemetry_contract(spec))
+        df = _prepare_batch(raw, spec, batches, phases, existing, now)
+        good, bad = route(df, telemetry_contract(spec))
+        accepted_contract(spec).validate(good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"))
+        goods.append(good)
+        bads.append(bad)
+    good = pl.concat(goods, how="vertical_relaxed")
+    bad = pl.concat(bads, how="vertical_relaxed")
     processed_at = pl.lit(now, UTC_US)
     valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-    accepted_contract(spec).validate(
-        valid.select("ts", "unit_id", "batch_id", "tag", "value", "uom")
-    )
     quarantine = bad.select(
         "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
         pl.col("uom_raw").alias("uom"), "quality", "failed_check", "failed_checks", "offending_value",
         "raw", "extra", "source_file", "row_hash", spec_version=pl.lit(spec.version), processed_at=processed_at,
     )  # fmt: skip
+    # the derivations group and sort: give them only the columns they use
+    slim = good.select("_file", "tag_idx", "phase_idx", "ts", "value", "batch_id", "unit_id",
+                       "tag", "phase", "phase_start", "batch_start", "source_file")  # fmt: skip
     outputs = {
         "telemetry": valid.select(SILVER_TELEMETRY_COLUMNS),
         "telemetry_quarantine": quarantine,
-        "excursion_segments": _segments(valid, spec),
-        "telemetry_stats": _stats(valid, files, spec),
-        "batch_timeline": _timeline(valid, files, spec),
+        "excursion_segments": _segments(slim, spec),
+        "telemetry_stats": _stats(slim, files, spec),
+        "batch_timeline": _timeline(slim, files, spec),
     }
     for name, out in outputs.items():
         if out.height == 0 and name != "telemetry" and lake.exists(LAYER, name):
@@ -643,15 +685,16 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
         if not todo:
             continue
         part = out.filter(pl.col("source_file").is_in(todo)) if already else out
-        lake.append(LAYER, name, part, todo, partition_by=["batch_id"], metadata={"run_id": run_id})
+        lake.append(LAYER, name, part, todo, metadata={"run_id": run_id})
     per_file = (
-        pl.DataFrame({"source_file": files})
-        .join(raw.group_by("source_file").len("rows_in"), on="source_file", how="left")
-        .join(good.group_by("source_file").len("rows_valid"), on="source_file", how="left")
-        .join(bad.group_by("source_file").len("rows_quarantined"), on="source_file", how="left")
+        pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
+        .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
+        .join(raw_all.group_by("_file").len("rows_in"), on="_file", how="left")
+        .join(good.group_by("_file").len("rows_valid"), on="_file", how="left")
+        .join(bad.group_by("_file").len("rows_quarantined"), on="_file", how="left")
         .fill_null(0)
+        .drop("_file")
         .with_columns(
-            batch_id=pl.lit(bid),
             processed_at=processed_at,
             spec_version=pl.lit(spec.version),
             run_id=pl.lit(run_id),
@@ -659,14 +702,14 @@ def _process_files(lake: Lake, bid: str, files: list[str], spec: CppSpec, batche
     )
     # no per-file markers here: its rows are the record (pending_telemetry_files reads them,
     # under the batch's lock), and markers would only make every snapshot load larger
-    lake.append(LAYER, "telemetry_log", per_file, partition_by=["batch_id"])
+    lake.append(LAYER, "telemetry_log", per_file)
     rep.files_processed += len(files)
-    rep.rows_in += raw.height
+    rep.rows_in += raw_all.height
     rep.rows_valid += good.height
     rep.rows_quarantined += bad.height
     rep.segments += outputs["excursion_segments"].height
     rep.failed_checks.update(bad["failed_check"].to_list())
-    rep.batches.add(bid)
+    rep.batches.update(ids)
 
 
 # ------------------------------------------------------------------------------ checks

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
+from pandera.errors import SchemaErrors
 
 from pharma_assets.lake import bronze, contracts, silver
 from pharma_assets.lake.specs import DEFAULT_SPEC, load_spec
@@ -296,8 +297,18 @@ def test_unit_normalisation_kelvin_and_mbar():
     assert math.isclose(got[("volume_l", "m3")]["value"], 1500.0)
     # valid rows satisfy the accepted-rows contract (canonical unit per tag)
     contracts.accepted_contract(SPEC).validate(
-        good.select("ts", "unit_id", "batch_id", "tag", "value", "uom")
+        good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
     )
+    # ... and the accepted contract refuses a repeated (unit, tag, ts), also when a
+    # reading reaches it without silver's duplicate flag
+    twice = pl.concat([good.head(1), good.head(1)]).select(
+        "ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"
+    )
+    with pytest.raises(SchemaErrors, match="unique_reading"):
+        contracts.accepted_contract(SPEC).validate(twice, lazy=True)
+    # a later reading of the same tag is not a duplicate
+    later = twice.with_columns(_key=pl.Series([twice["_key"][0], twice["_key"][0] + 1024]))
+    contracts.accepted_contract(SPEC).validate(later)
 
 
 def test_unit_normalisation_through_the_pipeline(lake, landing: Path):
