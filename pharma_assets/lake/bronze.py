@@ -11,9 +11,11 @@ columns, malformed JSON, empty, a second delivery of the same content) goes to
 ``bronze/quarantine`` with its reason. Every file, accepted or not, gets one row in
 ``bronze/ingest_log``: that table is the reconciliation ledger (rows landed per file).
 
-Exactly once: the rows of a file, its quarantine record and its ledger row are each
-committed with a Delta application-transaction marker for that file (see storage.py), and
-a writer holds the source's lock from its final check of the markers to its commit.
+Exactly once: the rows of a file, its quarantine record and its ledger row each carry the
+file's landing path (``source_file``) and are each committed whole; a writer holds the
+source's lock from its final check of those rows (``Lake.sources_in``) to its commit. A
+file whose rows committed but whose ledger row did not (a run killed in between) gets its
+ledger row from the next run.
 """
 
 from __future__ import annotations
@@ -275,14 +277,15 @@ def read_log(
 
 
 def _append_log(lake: Lake, rows: list[dict[str, Any]]) -> None:
-    """Ledger rows, each marked with its file (so a rerun never logs a file twice)."""
+    """Ledger rows (a rerun checks the ledger's rows first, so it never logs a file twice)."""
     if rows:
-        lake.append(
-            LAYER,
-            "ingest_log",
-            pl.DataFrame(rows, schema=LOG_SCHEMA),
-            [r["source_file"] for r in rows],
-        )
+        lake.append(LAYER, "ingest_log", pl.DataFrame(rows, schema=LOG_SCHEMA))
+
+
+def _batches_of(files: Sequence[LandedFile]) -> list[str] | None:
+    """The files' batch ids for pruning reads, or None when some file has no batch."""
+    ids = [f.batch_id for f in files]
+    return None if any(b is None for b in ids) else sorted({b for b in ids if b})
 
 
 def _repair_log(
@@ -299,14 +302,14 @@ def _repair_log(
     rest = [f.rel for f in files if f.rel not in logged]
     if not rest:
         return []
-    logged = lake.written_sources(LAYER, "ingest_log", rest)  # recheck under the lock
+    ids = _batches_of([f for f in files if f.rel in rest])
+    logged = lake.sources_in(LAYER, "ingest_log", rest, ids)  # recheck under the lock
     todo = [f for f in files if f.rel in rest and f.rel not in logged]
     if not todo:
         return []
-    in_data = (
-        lake.written_sources(LAYER, source, [f.rel for f in todo]) if source in SCHEMAS else set()
-    )
-    in_q = lake.written_sources(LAYER, "quarantine", [f.rel for f in todo])
+    rels = [f.rel for f in todo]
+    in_data = lake.sources_in(LAYER, source, rels, ids) if source in SCHEMAS else set()
+    in_q = lake.sources_in(LAYER, "quarantine", rels, ids)
     rows = []
     now = datetime.now(UTC)
     if in_data:
@@ -405,10 +408,11 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
     with lake.lock(f"bronze-{source}"):
         # final check under the lock: another run may have ingested some of these meanwhile
         rels = [f.rel for f, _, _ in group]
-        done = lake.written_sources(LAYER, "ingest_log", rels)
+        ids = _batches_of([f for f, _, _ in group])
+        done = lake.sources_in(LAYER, "ingest_log", rels, ids)
         if source in SCHEMAS:
-            done |= lake.written_sources(LAYER, source, rels)
-        done |= lake.written_sources(LAYER, "quarantine", rels)
+            done |= lake.sources_in(LAYER, source, rels, ids)
+        done |= lake.sources_in(LAYER, "quarantine", rels, ids)
         group = [g for g in group if g[0].rel not in done]
         rep.files_already_ingested += len(rels) - len(group)
         accepted = [(f, df) for f, df, _ in group if df is not None]
@@ -416,14 +420,13 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
         if accepted:
             frames = pl.concat([df for _, df in accepted], how="diagonal_relaxed")
             lake.append(
-                LAYER, source, frames, [f.rel for f, _ in accepted],
-                metadata={"files": len(accepted), "rows": frames.height},
-            )  # fmt: skip
+                LAYER, source, frames, metadata={"files": len(accepted), "rows": frames.height}
+            )
         if rejected:
             q = pl.DataFrame(
                 [{k: r[k] for k in QUARANTINE_SCHEMA} for r in rejected], schema=QUARANTINE_SCHEMA
             )
-            lake.append(LAYER, "quarantine", q, [r["source_file"] for r in rejected])
+            lake.append(LAYER, "quarantine", q)
         _append_log(lake, [log for _, _, log in group])
     for f, df, log in group:
         rep.rows_landed += log["rows"] or 0

@@ -2,10 +2,12 @@
 
 Telemetry (per batch partition) is processed once per bronze source file: the files the
 bronze ledger accepted and ``silver/telemetry_log`` has not recorded yet. One pass over
-those rows only writes five tables, each append committed with the per-file markers of
-storage.py so that a rerun after a crash completes exactly the tables that were missing
-(an empty output is not committed at all once its table exists: the rerun derives the same
-nothing), and records the files in ``telemetry_log`` last:
+those rows only writes five tables. Files are taken in groups of about a million readings
+(across batches in a backfill), one commit per table and group; every row carries its
+``source_file``, so a rerun after a crash finds, per table, the files whose rows are
+already there (``Lake.sources_in``) and completes exactly what was missing (an empty
+output is not committed at all once its table exists: the rerun derives the same
+nothing). The files are recorded in ``telemetry_log`` last:
 
 - ``telemetry``: valid readings, canonical units, with phase and spec version;
 - ``telemetry_quarantine``: rows that failed the contract, with the failed check(s) and
@@ -583,9 +585,11 @@ def process_telemetry(
     rep.files_deferred += deferred.height  # they wait for their batch_start event
     group: list[tuple[str, str]] = []
     rows = 0
-    for bid, f, n in todo.filter(pl.col("batch_id").is_in(list(known))).select(
-        "batch_id", "source_file", "rows"
-    ).iter_rows():
+    for bid, f, n in (
+        todo.filter(pl.col("batch_id").is_in(list(known)))
+        .select("batch_id", "source_file", "rows")
+        .iter_rows()
+    ):
         group.append((bid, f))
         rows += n or 0
         if rows >= max_rows:
@@ -604,7 +608,9 @@ def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batc
             stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
         # recheck under the locks: another run may have processed some of them meanwhile
         # (files accepted by bronze since the first read wait for the next run)
-        pending = _not_processed(lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids)
+        pending = _not_processed(
+            lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids
+        )
         if pending.height:
             _process_files(lake, pending.sort("batch_id", "source_file"), spec, batches, phases,
                            run_id, now, rep)  # fmt: skip
@@ -620,7 +626,7 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     assert raw_all is not None
     # after a crash inside this group, files whose readings are already in silver/telemetry
     # go first: a reading repeated by another file then keeps the copy silver already holds
-    written = lake.written_sources(LAYER, "telemetry", all_files)
+    written = lake.sources_in(LAYER, "telemetry", all_files, ids)
     per_batch = {bid: [f for b, f in pending.iter_rows() if b == bid] for bid in ids}
     files: list[str] = []
     for bid in ids:
@@ -652,7 +658,9 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
         )  # fmt: skip
         df = _prepare_batch(raw, spec, batches, phases, existing, now)
         good, bad = route(df, telemetry_contract(spec))
-        accepted_contract(spec).validate(good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"))
+        accepted_contract(spec).validate(
+            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
+        )
         goods.append(good)
         bads.append(bad)
     good = pl.concat(goods, how="vertical_relaxed")
@@ -675,17 +683,18 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
         "batch_timeline": _timeline(slim, files, spec),
     }
     for name, out in outputs.items():
-        if out.height == 0 and name != "telemetry" and lake.exists(LAYER, name):
+        if out.height == 0 and lake.exists(LAYER, name):
             # nothing to add (no quarantined row, no excursion): no commit, and no snapshot
             # load of a table that grows with the lake. A rerun derives the same empty output
-            # again, so no marker is needed; the table is created (empty) the first time.
+            # again; the table is created (empty) the first time.
             continue
-        already = written if name == "telemetry" else lake.written_sources(LAYER, name, files)
-        todo = [f for f in files if f not in already]
-        if not todo:
+        # after a crash, the files whose rows this table already holds (one commit per
+        # table and group: a file's rows are all there or none is)
+        already = written if name == "telemetry" else lake.sources_in(LAYER, name, files, ids)
+        part = out.filter(~pl.col("source_file").is_in(list(already))) if already else out
+        if part.height == 0 and lake.exists(LAYER, name):
             continue
-        part = out.filter(pl.col("source_file").is_in(todo)) if already else out
-        lake.append(LAYER, name, part, todo, metadata={"run_id": run_id})
+        lake.append(LAYER, name, part, metadata={"run_id": run_id})
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -700,8 +709,8 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
             run_id=pl.lit(run_id),
         )
     )
-    # no per-file markers here: its rows are the record (pending_telemetry_files reads them,
-    # under the batch's lock), and markers would only make every snapshot load larger
+    # the log's rows are the record (pending_telemetry_files reads them, under the batches'
+    # locks); it is written last, so a file is logged only once every table holds its rows
     lake.append(LAYER, "telemetry_log", per_file)
     rep.files_processed += len(files)
     rep.rows_in += raw_all.height

@@ -4,11 +4,15 @@ A table is ``<root>/<layer>/<name>`` (the same layout dagster-deltalake uses). T
 a local folder by default or an object-store URI (``s3://``, ``az://``, ``gs://``) with
 storage options taken from the environment.
 
-Exactly-once appends: every append carries one Delta *application transaction* per source
-file it contains (``app_id = "src:<sha1 of the file's landing path>"``). The marker is
-committed atomically with the rows, so "has this file been written to this table?" is a
-lookup in the table's own snapshot, and a crash between two commits can never leave rows
-without their marker or a marker without its rows.
+Exactly-once appends: every row of the ingestion tables carries the landed file it came
+from (``source_file``) and a file's rows are committed in one commit, so "has this file
+been written to this table?" is answered by the table's own rows (``Lake.sources_in``, a
+read pruned by file statistics), and a crash between two commits can never leave half a
+file. Tables rebuilt whole from their sources (silver batches, lab results, maintenance
+events) mark the files they reflect with a Delta *application transaction* per file
+(``app_id = "src:<sha1 of the file's landing path>"``), committed atomically with the
+rows. The append-only tables no longer carry such markers: one per delivered file and
+table made every snapshot load grow with the lake (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -198,8 +202,43 @@ class Lake:
             lf = lf.select(columns)
         return lf.collect()
 
+    def sources_in(
+        self,
+        layer: str,
+        name: str,
+        source_files: Iterable[str],
+        batch_ids: Iterable[str] | None = None,
+    ) -> set[str]:
+        """The subset of ``source_files`` that have rows in the table (``source_file`` column).
+
+        The ingestion tables record "this file is written" by the file's rows themselves:
+        a file's rows are committed in one commit, so they are all there or none is. The
+        read is pruned by the file statistics kept on ``source_file`` and ``batch_id``
+        (``STATS_COLUMNS``; pass ``batch_ids`` when the files' batches are known), so it
+        reads the few data files that can hold them. Unlike transaction markers, nothing
+        accumulates in the table's log: a snapshot of a table of 1,000 batches loads as
+        fast as one of 10 (docs/benchmarks.md).
+        """
+        files = list(dict.fromkeys(source_files))
+        if not files:
+            return set()
+        lf = self.scan(layer, name)
+        if lf is None:
+            return set()
+        where = pl.col("source_file").is_in(files)
+        ids = sorted(set(batch_ids)) if batch_ids is not None else []
+        if ids:
+            where = pl.col("batch_id").is_in(ids) & where
+        got = lf.filter(where).select(pl.col("source_file").unique()).collect()
+        return set(got["source_file"].to_list())
+
     def written_sources(self, layer: str, name: str, source_files: Iterable[str]) -> set[str]:
-        """The subset of ``source_files`` whose rows are already committed to the table."""
+        """The subset of ``source_files`` marked written by an application transaction.
+
+        Used by the tables rebuilt from their sources (``overwrite(..., source_files=)``:
+        silver batches, lab results, maintenance events); the append-only ingestion tables
+        use ``sources_in``.
+        """
         dt = self.table(layer, name)
         if dt is None:
             return set()

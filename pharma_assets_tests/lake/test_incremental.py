@@ -17,7 +17,7 @@ import polars as pl
 from pharma_assets.lake import bronze, silver
 from pharma_assets.lake.landing_scan import files_for_batch
 from pharma_assets.lake.specs import load_spec
-from pharma_assets.lake.storage import STATS_COLUMNS, Lake, source_app_id
+from pharma_assets.lake.storage import STATS_COLUMNS, Lake
 
 from .conftest import ingest_all
 
@@ -93,7 +93,7 @@ def test_a_clean_chunk_commits_nothing_to_quarantine_or_segments(
     for name in ("telemetry", "telemetry_stats", "batch_timeline"):
         assert after[name] == versions[name] + 1, name  # type: ignore[operator]
     rel = chunks[-1].relative_to(landing).as_posix()
-    assert fresh.written_sources("silver", "telemetry", [rel]) == {rel}
+    assert fresh.sources_in("silver", "telemetry", [rel], [bid]) == {rel}
     # the file is done: a rerun does nothing, and its rows are in silver once
     again = silver.process_telemetry(Lake.at(lake.root), [bid], load_spec(), "again")
     assert again.files_processed == 0
@@ -105,16 +105,25 @@ def test_a_clean_chunk_commits_nothing_to_quarantine_or_segments(
     assert rec["reconciled"] and rec["pending_rows"] == 0, rec
 
 
-def test_telemetry_log_rows_are_the_record_without_markers(lake: Lake, landing: Path) -> None:
+def test_ingestion_tables_carry_no_markers_their_rows_are_the_record(
+    lake: Lake, landing: Path
+) -> None:
+    """No per-file transaction markers accumulate in the append-only tables' logs (they made
+    every snapshot load grow with the lake): whether a file is written is read from rows."""
     ingest_all(lake, landing)
     log = lake.read("silver", "telemetry_log")
     assert log is not None and log.height > 0
     files = log["source_file"].to_list()
-    assert lake.written_sources("silver", "telemetry_log", files) == set()
-    # ...while the five output tables mark every file they hold (exactly-once on rerun)
-    assert lake.written_sources("silver", "telemetry", files) == set(files)
-    dt = lake.table("silver", "telemetry_log")
-    assert dt is not None and dt.transaction_version(source_app_id(files[0])) is None
+    ids = log["batch_id"].unique().to_list()
+    for layer, name in [("bronze", "telemetry"), ("bronze", "ingest_log"),
+                        *[("silver", n) for n in (*silver.TELEMETRY_TABLES, "telemetry_log")]]:  # fmt: skip
+        assert lake.written_sources(layer, name, files) == set(), f"{layer}/{name} has markers"
+    # every processed file has rows in silver/telemetry and in the per-file statistics
+    assert lake.sources_in("silver", "telemetry", files, ids) == set(files)
+    assert lake.sources_in("silver", "telemetry_stats", files) == set(files)
+    # a file that is not there is not reported, with or without the batch filter
+    assert lake.sources_in("silver", "telemetry", ["telemetry/nope.parquet"], ids) == set()
+    assert lake.sources_in("bronze", "telemetry", [files[0], "x"]) == {files[0]}
 
 
 def test_empty_outputs_still_create_their_tables(lake: Lake, landing: Path) -> None:
