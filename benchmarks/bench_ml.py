@@ -103,7 +103,7 @@ def run(
     n_batches = inp.batches.height
     eq = _timed(
         "equipment-hour features",
-        lambda: features.equipment_hour_features(inp.hourly, inp.maintenance),
+        lambda: features.equipment_hour_features(inp.hourly, inp.maintenance, inp.batches),
         times,
     )
     _timed("batch-hour features", lambda: features.batch_hour_features(inp.hourly), times)
@@ -183,8 +183,37 @@ def main(argv: list[str] | None = None) -> None:
     for name, m in res["metrics"].items():
         keys = [k for k in m if not k.startswith("n_")][:8]
         print(f"  {name}: " + ", ".join(f"{k}={m[k]:.3f}" for k in keys))
+    _print_pdm_by_mode(res["metrics"].get(pdm.MODEL_NAME, {}))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1, default=str))
+
+
+def _print_pdm_by_mode(m: dict[str, float]) -> None:
+    """PdM recall per equipment type and per ground-truth failure mode (wear-out modes have
+    a precursor in the telemetry; a random pump-motor trip has none by construction)."""
+    if not m:
+        return
+    print("\nPdM (CMMS failures):")
+    print(
+        f"  recall {m['recall_critical']:.3f} ({m['n_caught']:.0f}/{m['n_failures']:.0f}), "
+        f"false-alarm equipment-days {m['false_alarm_rate_per_equipment_day']:.4f}, "
+        f"median lead {m['median_lead_time_h']:.1f} h"
+    )
+    for etype in ("agitator_motor", "feed_pump"):
+        print(
+            f"  {etype}: recall {m[f'recall_{etype}']:.3f} of {m[f'n_failures_{etype}']:.0f}, "
+            f"false-alarm equipment-days {m[f'false_alarm_rate_{etype}']:.4f}"
+        )
+    modes = sorted(k.removeprefix("gt_recall_") for k in m if k.startswith("gt_recall_"))
+    if modes:
+        print("PdM by ground-truth failure mode:")
+    for mode in modes:
+        n = m.get(f"gt_n_failures_{mode}", float("nan"))
+        c = m.get(f"gt_n_caught_{mode}")
+        lead = m.get(f"gt_median_lead_time_h_{mode}")
+        extra = f" ({c:.0f}/{n:.0f})" if c is not None else f" (n={n:.0f})"
+        lead_s = f", median lead {lead:.1f} h" if lead is not None else ""
+        print(f"  {mode}: recall {m[f'gt_recall_{mode}']:.3f}{extra}{lead_s}")
 
 
 if __name__ == "__main__":

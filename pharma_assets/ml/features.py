@@ -215,6 +215,7 @@ def _rollup_minutes(lf: pl.LazyFrame) -> pl.DataFrame:
         hour_idx=(pl.col("elapsed_min") // 60).cast(pl.Int32),
         feed_l=pl.col("feed_rate_ml_h").fill_null(0.0) * dt_h / 1000.0,
     )
+    feeding = pl.col("feed_rate_ml_h") > 0.0
     aggs: list[pl.Expr] = [
         pl.col("unit_id").first(),
         (
@@ -225,6 +226,11 @@ def _rollup_minutes(lf: pl.LazyFrame) -> pl.DataFrame:
         pl.col("phase").last(),
         pl.len().alias("n_readings"),
         pl.col("feed_l").sum().alias("feed_l_hour"),
+        # the feed pump's condition is only visible while it delivers: its current and
+        # flow over the minutes it pumped (null in hours without feeding)
+        feeding.sum().alias("feeding_readings"),
+        pl.col("feed_pump_current_a").filter(feeding).mean().alias("feed_pump_current_feeding"),
+        pl.col("feed_rate_ml_h").filter(feeding).mean().alias("feed_rate_feeding"),
     ]
     for t in (*PROCESS_TAGS, "our_mmol_l_h", "cer_mmol_l_h", "rq"):
         aggs.append(pl.col(t).mean().alias(f"{t}_mean"))
@@ -390,7 +396,9 @@ def _hours(expr: pl.Expr) -> pl.Expr:
     return expr.dt.total_microseconds() / 3.6e9
 
 
-def equipment_hour_features(hourly: pl.DataFrame, maintenance: pl.DataFrame) -> pl.DataFrame:
+def equipment_hour_features(
+    hourly: pl.DataFrame, maintenance: pl.DataFrame, batches: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """One row per critical equipment item (AGT, FP) per hour of run time.
 
     Columns: ``equipment_id, unit_id, equipment_type, hour_ts, batch_id, elapsed_h``; per
@@ -401,7 +409,11 @@ def equipment_hour_features(hourly: pl.DataFrame, maintenance: pl.DataFrame) -> 
     maintenance`` (hours with telemetry since then, i.e. batch run time),
     ``run_hours_total`` (hours with telemetry since the start of the history) and
     ``failed_state`` (a CMMS failure newer than the last repair: the item is down).
-    Everything in the row is known at ``hour_ts``.
+    Health residuals ``h0..h2`` (:func:`_add_health_residuals`): the condition signal minus
+    what the item's load needs, from a per-item baseline fitted on its own earlier hours,
+    with their level over the last 24 and 72 valid hours and their 72 h slope. ``batches``
+    (MES, for the recipe of each batch) is optional; without it the feed deficit is taken
+    against one plant-wide reference flow. Everything in the row is known at ``hour_ts``.
     """
     hourly = hourly.with_columns(
         pump_current_per_flow=pl.when(pl.col("feed_rate_ml_h_mean") > 1.0).then(
@@ -429,11 +441,150 @@ def equipment_hour_features(hourly: pl.DataFrame, maintenance: pl.DataFrame) -> 
             cols.append(
                 (pl.col(f"{s}_std") if has_max else pl.lit(None, pl.Float64)).alias(f"s{i}_std")
             )
+        cols += _residual_inputs(etype)
         frames.append(hourly.select(cols))
     eq = pl.concat(frames).sort("equipment_id", "hour_ts")
     eq = _add_trends(eq, n_signals=3)
+    eq = _add_health_residuals(eq, batches)
     eq = _add_maintenance(eq, maintenance)
     return eq
+
+
+# per equipment type: (load x, condition y) pairs whose baseline y ~ a + b x is fitted per
+# item on its earlier hours; the residual y - (a + b x) is what wear adds to the signal
+#   agitator: log vibration vs log speed (vibration grows as a power of speed), bearing
+#   temperature vs speed (friction heat), motor current vs speed^3 x volume (affinity law:
+#   shaft power ~ N^3, scaled by the liquid's height)
+#   feed pump (feeding hours only; the pump runs at the recipe's rate, so the load is
+#   constant): current vs nothing (baseline = the item's lowest earlier level, i.e. a fresh
+#   pump head), delivered flow as a deficit against the recipe's flow
+N_RESIDUALS = 3
+RESID_MIN_HOURS = 48  # valid earlier hours before a per-item baseline is trusted
+
+
+def _residual_inputs(etype: str) -> list[pl.Expr]:
+    rpm = pl.col("agitation_rpm_mean")
+    on = rpm > 1.0
+    pairs: list[tuple[pl.Expr, pl.Expr]]
+    if etype == "agitator_motor":
+        vib, temp, cur = (f"{t}_mean" for t in CONDITION_TAGS[:3])
+        pairs = [
+            (
+                pl.when(on).then((rpm / 100.0).log()),
+                pl.when(on & (pl.col(vib) > 0)).then(pl.col(vib).log()),
+            ),
+            (pl.when(on).then(rpm), pl.when(on).then(pl.col(temp))),
+            (
+                pl.when(on).then((rpm / 140.0) ** 3 * pl.col("volume_l_last") / 2000.0),
+                pl.when(on).then(pl.col(cur)),
+            ),
+        ]
+        kinds = ["fit", "fit", "fit"]
+    else:
+        feeding = pl.col("feeding_readings") >= 0.5 * pl.col("n_readings")
+        amps = pl.when(feeding).then(pl.col("feed_pump_current_feeding"))
+        flow = pl.when(feeding).then(pl.col("feed_rate_feeding"))
+        none = pl.lit(None, pl.Float64)
+        pairs = [(none, amps), (none, flow), (none, amps)]
+        kinds = ["min", "flow", "level"]
+    out: list[pl.Expr] = []
+    for i, ((x, y), kind) in enumerate(zip(pairs, kinds, strict=True)):
+        out.append(x.cast(pl.Float64).alias(f"_x{i}"))
+        out.append(y.cast(pl.Float64).alias(f"_y{i}"))
+        out.append(pl.lit(kind).alias(f"_k{i}"))
+    return out
+
+
+def _expanding_fit_resid(x: pl.Expr, y: pl.Expr) -> pl.Expr:
+    """y - (a + b x), with a, b least squares over the item's EARLIER valid rows (the
+    current row excluded), null until ``RESID_MIN_HOURS`` of them exist."""
+    ok = x.is_not_null() & y.is_not_null()
+    xv, yv = pl.when(ok).then(x).otherwise(0.0), pl.when(ok).then(y).otherwise(0.0)
+
+    def prior(e: pl.Expr) -> pl.Expr:
+        return (e.cum_sum() - e).over("equipment_id")
+
+    n = prior(ok.cast(pl.Float64))
+    sx, sy, sxx, sxy = prior(xv), prior(yv), prior(xv * xv), prior(xv * yv)
+    den = n * sxx - sx * sx
+    b = pl.when(den.abs() > 1e-9 * (n * n + 1.0)).then((n * sxy - sx * sy) / den).otherwise(0.0)
+    a = (sy - b * sx) / n
+    return pl.when(ok & (n >= RESID_MIN_HOURS)).then(y - (a + b * x))
+
+
+def _add_health_residuals(eq: pl.DataFrame, batches: pl.DataFrame | None) -> pl.DataFrame:
+    """Residual condition signals ``h{i}_resid`` (see ``_residual_inputs``) and, over the
+    item's valid hours (agitator turning, pump feeding), their mean over the last 24 and 72
+    such hours, the least-squares slope over the last 72 (per 100 h) and the change against
+    the 24 hours before the last 48; carried forward over invalid hours (last known value)."""
+    eq = eq.sort("equipment_id", "hour_ts")
+    if batches is not None and "recipe_id" in batches.columns:
+        eq = eq.join(batches.select("batch_id", "recipe_id"), on="batch_id", how="left")
+    else:
+        eq = eq.with_columns(recipe_id=pl.lit(None, pl.String))
+    # the recipe's delivered flow of a healthy pump: the highest feeding-hour flow any pump
+    # delivered on that recipe before this hour (plant-wide, causal)
+    flow_ref = (
+        eq.filter(pl.col("_k1") == "flow")
+        .select("equipment_id", "hour_ts", "recipe_id", "_y1")
+        .sort("hour_ts", "equipment_id")
+        .with_columns(
+            _ref=pl.col("_y1").cum_max().forward_fill().shift(1).over("recipe_id"),
+        )
+        .select("equipment_id", "hour_ts", "_ref")
+    )
+    eq = eq.join(flow_ref, on=["equipment_id", "hour_ts"], how="left")
+    exprs = []
+    for i in range(N_RESIDUALS):
+        x, y, k = pl.col(f"_x{i}"), pl.col(f"_y{i}"), pl.col(f"_k{i}")
+        prior_min = y.cum_min().forward_fill().shift(1).over("equipment_id")
+        n_prior = (y.is_not_null().cast(pl.Int64).cum_sum() - y.is_not_null().cast(pl.Int64)).over(
+            "equipment_id"
+        )
+        resid = (
+            pl.when(k == "fit")
+            .then(_expanding_fit_resid(x, y))
+            .when(k == "min")
+            .then(pl.when(n_prior >= RESID_MIN_HOURS).then(y - prior_min))
+            .when(k == "flow")
+            .then(1.0 - y / pl.col("_ref"))
+            .otherwise(y)
+        )
+        exprs.append(resid.alias(f"h{i}_resid"))
+    eq = eq.with_columns(exprs)
+    # trends over valid hours only (by count), then carried forward
+    val = eq.select("equipment_id", "hour_ts", *[f"h{i}_resid" for i in range(N_RESIDUALS)])
+    trend_cols = []
+    for i in range(N_RESIDUALS):
+        r = f"h{i}_resid"
+        v = val.filter(pl.col(r).is_not_null()).select("equipment_id", "hour_ts", r)
+        idx = pl.int_range(pl.len()).cast(pl.Float64).over("equipment_id")
+        v = v.with_columns(_i=idx).with_columns(
+            _m24=pl.col(r).rolling_mean(24, min_samples=6).over("equipment_id"),
+            _m72=pl.col(r).rolling_mean(72, min_samples=12).over("equipment_id"),
+            _mi=pl.col("_i").rolling_mean(72, min_samples=12).over("equipment_id"),
+            _mii=(pl.col("_i") ** 2).rolling_mean(72, min_samples=12).over("equipment_id"),
+            _miy=(pl.col("_i") * pl.col(r)).rolling_mean(72, min_samples=12).over("equipment_id"),
+            _old=pl.col(r).shift(48).rolling_mean(24, min_samples=6).over("equipment_id"),
+        )
+        var = pl.col("_mii") - pl.col("_mi") ** 2
+        v = v.select(
+            "equipment_id",
+            "hour_ts",
+            pl.col("_m24").alias(f"h{i}_mean_24h"),
+            pl.col("_m72").alias(f"h{i}_mean_72h"),
+            pl.when(var > 0)
+            .then(100.0 * (pl.col("_miy") - pl.col("_mi") * pl.col("_m72")) / var)
+            .alias(f"h{i}_slope_72h"),
+            (pl.col("_m24") - pl.col("_old")).alias(f"h{i}_delta_72h"),
+        )
+        eq = eq.join(v, on=["equipment_id", "hour_ts"], how="left")
+        trend_cols += [f"h{i}_mean_24h", f"h{i}_mean_72h", f"h{i}_slope_72h", f"h{i}_delta_72h"]
+    eq = eq.sort("equipment_id", "hour_ts").with_columns(
+        pl.col(trend_cols).forward_fill().over("equipment_id")
+    )
+    tmp = [c for c in eq.columns if c.startswith(("_x", "_y", "_k"))] + ["_ref", "recipe_id"]
+    return eq.drop(tmp)
 
 
 def signal_names(equipment_type: str) -> dict[str, str]:
@@ -528,6 +679,12 @@ EQUIPMENT_FEATURES = [
     "hours_since_maintenance",
     "run_hours_since_maintenance",
     "run_hours_total",
+]
+#: the health-residual features (per equipment type: see ``_residual_inputs``)
+HEALTH_FEATURES = [
+    f"h{i}_{k}"
+    for i in range(N_RESIDUALS)
+    for k in ("resid", "mean_24h", "mean_72h", "slope_72h", "delta_72h")
 ]
 
 
@@ -703,7 +860,8 @@ def batch_features(
             )
         )
 
-    out = base.join(proc, on="batch_id", how="left")
+    traj = _yield_trajectory_features(inputs, base, h, lab)
+    out = base.join(proc, on="batch_id", how="left").join(traj, on="batch_id", how="left")
     if wide is not None:
         out = out.join(wide, on="batch_id", how="left")
     for c in expected_lims:
@@ -726,6 +884,165 @@ def batch_features(
     lot_at = next(i for i, c in enumerate(others) if c.startswith("lot_"))
     order = others[:lot_at] + expected_lims + others[lot_at:]
     return out.select(order).sort("start_ts", "batch_id")
+
+
+TITER_FIT_SAMPLES = 8  # in-process titer samples in the time-trend fit (the latest ones)
+
+
+def _harvest_time(batches: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
+    """Per batch the expected harvest time known at ``as_of_ts``: the median duration of
+    the same recipe's completed batches that ended by then (MES), after the start; the
+    actual end once the batch has ended by ``as_of_ts``."""
+    done = batches.filter(pl.col("status") == "complete").select(
+        "recipe_id",
+        pl.col("end_ts").alias("_prior_end"),
+        _dur_h=_hours(pl.col("end_ts") - pl.col("start_ts")),
+    )
+    med = (
+        base.select("batch_id", "recipe_id", "as_of_ts")
+        .join(done, on="recipe_id")
+        .filter(pl.col("_prior_end") <= pl.col("as_of_ts"))
+        .group_by("batch_id")
+        .agg(pl.col("_dur_h").median().alias("_dur_h"))
+    )
+    return (
+        base.select("batch_id", "start_ts", "end_ts", "as_of_ts", "elapsed_h")
+        .join(med, on="batch_id", how="left")
+        .with_columns(
+            expected_duration_h=pl.when(
+                pl.col("end_ts").is_not_null() & (pl.col("end_ts") <= pl.col("as_of_ts"))
+            )
+            .then(pl.col("elapsed_h"))
+            .otherwise(pl.max_horizontal(pl.col("_dur_h"), pl.col("elapsed_h")))
+        )
+        .select("batch_id", "expected_duration_h")
+    )
+
+
+def _yield_trajectory_features(
+    inputs: MlInputs, base: pl.DataFrame, h: pl.DataFrame, lab: pl.DataFrame
+) -> pl.DataFrame:
+    """What a process engineer computes from the in-process data known at ``as_of_ts``
+    (``h``: hourly rows ending by then; ``lab``: in-process LIMS sampled by then, with
+    ``day`` since inoculation):
+
+    * ``ivcd_lims`` (1e6 cells x day / mL): trapezoid integral of the LIMS viable cell
+      density over its samples; ``ivcd_cap`` (pF/cm x day): integral of the hourly
+      capacitance (viable biovolume) up to ``as_of``;
+    * ``qp_lims``, ``qp_cap``: cell-specific productivity, latest titer / IVCD;
+    * ``titer_fit_now``, ``titer_fit_slope_d`` and ``titer_fit_harvest``: least-squares line
+      through the latest ``TITER_FIT_SAMPLES`` titer samples against time, its value at
+      ``as_of``, its slope (g/L/day) and its extrapolation to the expected harvest
+      (``expected_duration_h``: the recipe's median duration of batches completed by then);
+    * ``qp_cap_fit`` and ``titer_cap_harvest``: titer = q x capacitance IVCD (product
+      grows with the integral of viable cells) fitted through the origin over every titer
+      sample so far, and q x the IVCD expected at harvest (current capacitance held);
+      ``mass_fit_harvest_kg`` / ``mass_cap_harvest_kg``: those titers x the latest volume.
+    """
+    dur = _harvest_time(inputs.batches, base)
+    cap = h.sort("batch_id", "hour_ts").select(
+        "batch_id",
+        "hour_ts",
+        _ivcd_cap=(pl.col("capacitance_pf_cm_mean").fill_null(0.0) / 24.0)
+        .cum_sum()
+        .over("batch_id"),
+    )
+    ivcd_cap = cap.group_by("batch_id").agg(pl.col("_ivcd_cap").last().alias("ivcd_cap"))
+    vcd = (
+        lab.filter(pl.col("analyte") == "viable_cell_density_e6_cells_ml")
+        .sort("batch_id", "sample_ts")
+        .group_by("batch_id", maintain_order=True)
+        .agg(
+            ((pl.col("value") + pl.col("value").shift(1)) / 2.0 * pl.col("day").diff())
+            .sum()
+            .alias("ivcd_lims")
+        )
+    )
+    tit = (
+        lab.filter(pl.col("analyte") == "titer_g_l")
+        .select("batch_id", "sample_ts", "day", "value")
+        .sort("batch_id", "sample_ts")
+    )
+    tit = tit.join_asof(
+        cap,
+        left_on="sample_ts",
+        right_on="hour_ts",
+        by="batch_id",
+        strategy="backward",
+        check_sortedness=False,
+    ).with_columns(pl.col("_ivcd_cap").fill_null(0.0))
+    k = TITER_FIT_SAMPLES
+
+    def _fit(x: str) -> list[pl.Expr]:
+        xs, ys = pl.col(x).tail(k), pl.col("value").tail(k)
+        sxx = ((xs - xs.mean()) ** 2).sum()
+        b = pl.when(sxx > 1e-12).then(((xs - xs.mean()) * (ys - ys.mean())).sum() / sxx)
+        return [b.alias(f"_b_{x}"), (ys.mean() - b * xs.mean()).alias(f"_a_{x}")]
+
+    ic, v = pl.col("_ivcd_cap"), pl.col("value")
+    fits = tit.group_by("batch_id").agg(
+        pl.col("value").last().alias("_titer_last"),
+        pl.len().alias("_n_titer"),
+        *_fit("day"),
+        # titer = q x IVCD (no product without cells): least squares through the origin
+        # over every sample so far; late samples, with the largest IVCD, weigh the most
+        pl.when((ic * ic).sum() > 1e-9).then((ic * v).sum() / (ic * ic).sum()).alias("_q_cap"),
+    )
+    last_cap = h.group_by("batch_id").agg(
+        pl.col("capacitance_pf_cm_last").drop_nulls().last().alias("_cap_last"),
+        pl.col("volume_l_last").drop_nulls().last().alias("_vol_last"),
+    )
+    days_now = pl.col("elapsed_h") / 24.0
+    days_left = (pl.col("expected_duration_h") - pl.col("elapsed_h")).clip(0.0, None) / 24.0
+    ok = pl.col("_n_titer") >= 2
+    out = (
+        base.select("batch_id", "elapsed_h")
+        .join(dur, on="batch_id", how="left")
+        .join(ivcd_cap, on="batch_id", how="left")
+        .join(vcd, on="batch_id", how="left")
+        .join(fits, on="batch_id", how="left")
+        .join(last_cap, on="batch_id", how="left")
+        .with_columns(
+            qp_lims=pl.when(pl.col("ivcd_lims") > 0.1).then(
+                pl.col("_titer_last") / pl.col("ivcd_lims")
+            ),
+            qp_cap=pl.when(pl.col("ivcd_cap") > 0.1).then(
+                pl.col("_titer_last") / pl.col("ivcd_cap")
+            ),
+            titer_fit_now=pl.when(ok).then(pl.col("_a_day") + pl.col("_b_day") * days_now),
+            titer_fit_slope_d=pl.when(ok).then(pl.col("_b_day")),
+            titer_fit_harvest=pl.when(ok).then(
+                pl.col("_a_day") + pl.col("_b_day") * pl.col("expected_duration_h") / 24.0
+            ),
+            qp_cap_fit=pl.when(ok).then(pl.col("_q_cap")),
+            titer_cap_harvest=pl.when(ok).then(
+                pl.col("_q_cap")
+                * (pl.col("ivcd_cap") + pl.col("_cap_last").fill_null(0.0) * days_left)
+            ),
+        )
+        .with_columns(
+            mass_fit_harvest_kg=pl.col("titer_fit_harvest") * pl.col("_vol_last") / 1000.0,
+            mass_cap_harvest_kg=pl.col("titer_cap_harvest") * pl.col("_vol_last") / 1000.0,
+        )
+    )
+    return out.select("batch_id", *YIELD_TRAJECTORY_FEATURES)
+
+
+#: the yield-trajectory columns of :func:`batch_features` (``_yield_trajectory_features``)
+YIELD_TRAJECTORY_FEATURES = (
+    "expected_duration_h",
+    "ivcd_lims",
+    "ivcd_cap",
+    "qp_lims",
+    "qp_cap",
+    "qp_cap_fit",
+    "titer_fit_now",
+    "titer_fit_slope_d",
+    "titer_fit_harvest",
+    "titer_cap_harvest",
+    "mass_fit_harvest_kg",
+    "mass_cap_harvest_kg",
+)
 
 
 def batch_feature_columns(df: pl.DataFrame) -> list[str]:

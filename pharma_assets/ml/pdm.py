@@ -36,7 +36,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from .features import EQUIPMENT_FEATURES, EQUIPMENT_TYPES
+from .features import EQUIPMENT_FEATURES, EQUIPMENT_TYPES, HEALTH_FEATURES
 from .registry import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,19 @@ HORIZON_H = 72.0
 TARGET_RECALL = 0.95
 # cap on alarmed equipment-days (training period) when choosing the threshold
 MAX_FALSE_ALARM_RATE = 0.05
+#: model inputs: condition statistics and trends, maintenance history, health residuals
+PDM_FEATURES = [*EQUIPMENT_FEATURES, *HEALTH_FEATURES]
 GT_FAULT_TYPES = {"agitator_motor": "agitator_failure", "feed_pump": "feed_pump_failure"}
+#: ground-truth failure ``detail`` -> failure mode. The CMMS records both feed-pump modes
+#: alike ("feed pump stopped"); only the simulator's labels tell them apart, so the modes
+#: are used for evaluation only.
+FAILURE_MODES = {
+    "drive-end bearing seized": "agitator_bearing_wear_out",
+    "pump head worn out": "feed_pump_wear_out",
+    "pump motor tripped": "feed_pump_random_trip",
+}
+#: modes with a precursor in the telemetry (wear); a random trip is memoryless by design
+PREDICTABLE_MODES = ("agitator_bearing_wear_out", "feed_pump_wear_out")
 
 
 @dataclass
@@ -111,7 +123,8 @@ def failure_events(maintenance: pl.DataFrame) -> pl.DataFrame:
 
 
 def ground_truth_failures(ground_truth_dir: Path) -> pl.DataFrame | None:
-    """Agitator and feed-pump failures from the simulator's fault labels, or None."""
+    """Agitator and feed-pump failures from the simulator's fault labels, or None; with
+    their ``failure_mode`` (``FAILURE_MODES``; an unknown detail is kept as it is)."""
     path = Path(ground_truth_dir) / "fault_labels.parquet"
     if not path.exists():
         return None
@@ -123,6 +136,7 @@ def ground_truth_failures(ground_truth_dir: Path) -> pl.DataFrame | None:
             "equipment_id",
             pl.col("fault_type").replace_strict(inv).alias("equipment_type"),
             pl.col("onset_ts").cast(pl.Datetime("us", "UTC")).alias("failure_ts"),
+            pl.col("detail").replace(FAILURE_MODES).alias("failure_mode"),
         )
         .sort("equipment_id", "failure_ts")
     )
@@ -151,6 +165,54 @@ def label_rows(eq: pl.DataFrame, failures: pl.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------- metrics
 
 
+def failure_outcomes(
+    scored: pl.DataFrame, failures: pl.DataFrame, start: datetime, end: datetime
+) -> pl.DataFrame:
+    """One row per failure in (start, end] (all columns of ``failures``) with ``caught``
+    (an alarm in the 72 h before it) and ``lead_h`` (failure time - first such alarm)."""
+    f = failures.filter((pl.col("failure_ts") > start) & (pl.col("failure_ts") <= end))
+    alarms = scored.filter(pl.col("alarm")).select("equipment_id", "hour_ts")
+    win = f.join(alarms, on="equipment_id", how="left").filter(
+        (pl.col("hour_ts") < pl.col("failure_ts"))
+        & (pl.col("hour_ts") >= pl.col("failure_ts") - timedelta(hours=HORIZON_H))
+    )
+    first = win.group_by("equipment_id", "failure_ts").agg(pl.col("hour_ts").min().alias("first"))
+    return (
+        f.join(first, on=["equipment_id", "failure_ts"], how="left")
+        .with_columns(
+            caught=pl.col("first").is_not_null(),
+            lead_h=(pl.col("failure_ts") - pl.col("first")).dt.total_microseconds() / 3.6e9,
+        )
+        .drop("first")
+    )
+
+
+def mode_metrics(
+    scored: pl.DataFrame, gt: pl.DataFrame, start: datetime, end: datetime
+) -> dict[str, float]:
+    """Recall per ground-truth failure mode (``gt_recall_<mode>``, ``gt_n_failures_<mode>``,
+    ``gt_median_lead_time_h_<mode>``) and over the predictable (wear-out) modes together
+    (``gt_recall_predictable``). Evaluation only: the modes are not in the CMMS."""
+    ev = failure_outcomes(scored, gt, start, end)
+    out: dict[str, float] = {}
+    modes = sorted(set(FAILURE_MODES.values()) | set(ev["failure_mode"].to_list()))
+    for mode in modes:
+        sub = ev.filter(pl.col("failure_mode") == mode)
+        leads = sub.filter(pl.col("caught"))["lead_h"].to_numpy()
+        out[f"gt_n_failures_{mode}"] = float(sub.height)
+        caught = sub["caught"].cast(pl.Float64).to_numpy()
+        out[f"gt_n_caught_{mode}"] = float(caught.sum())
+        out[f"gt_recall_{mode}"] = float(caught.mean()) if sub.height else float("nan")
+        out[f"gt_median_lead_time_h_{mode}"] = (
+            float(np.median(leads)) if len(leads) else float("nan")
+        )
+    pred = ev.filter(pl.col("failure_mode").is_in(PREDICTABLE_MODES))
+    out["gt_n_failures_predictable"] = float(pred.height)
+    pc = pred["caught"].cast(pl.Float64).to_numpy()
+    out["gt_recall_predictable"] = float(pc.mean()) if pred.height else float("nan")
+    return out
+
+
 def event_metrics(
     scored: pl.DataFrame,
     failures: pl.DataFrame,
@@ -162,17 +224,7 @@ def event_metrics(
     ``scored``: rows with ``equipment_id, equipment_type, hour_ts, alarm`` in [start, end).
     ``failures``: ``equipment_id, equipment_type, failure_ts``; those in (start, end] count.
     """
-    f = failures.filter((pl.col("failure_ts") > start) & (pl.col("failure_ts") <= end))
-    alarms = scored.filter(pl.col("alarm")).select("equipment_id", "hour_ts")
-    win = f.join(alarms, on="equipment_id", how="left").filter(
-        (pl.col("hour_ts") < pl.col("failure_ts"))
-        & (pl.col("hour_ts") >= pl.col("failure_ts") - timedelta(hours=HORIZON_H))
-    )
-    first = win.group_by("equipment_id", "failure_ts").agg(pl.col("hour_ts").min().alias("first"))
-    ev = f.join(first, on=["equipment_id", "failure_ts"], how="left").with_columns(
-        caught=pl.col("first").is_not_null(),
-        lead_h=(pl.col("failure_ts") - pl.col("first")).dt.total_microseconds() / 3.6e9,
-    )
+    ev = failure_outcomes(scored, failures, start, end)
     # false alarms: alarm rows with no failure in the next 72 h
     nxt = failures.select("equipment_id", pl.col("failure_ts").alias("nf")).sort(
         "equipment_id", "nf"
@@ -307,8 +359,11 @@ def train_pdm(
     max_samples: int = 20_000,
     n_folds: int = 3,
     max_false_alarm_rate: float = MAX_FALSE_ALARM_RATE,
+    features: list[str] | None = None,
 ) -> PdmResult:
-    """Fit, choose the thresholds on the training period, evaluate on the later period."""
+    """Fit, choose the thresholds on the training period, evaluate on the later period
+    (``features``: the model inputs, default ``PDM_FEATURES``)."""
+    feats = list(PDM_FEATURES if features is None else features)
     if not 0.1 <= train_fraction <= 0.95:
         raise ValueError(f"train_fraction must be in [0.1, 0.95], got {train_fraction}")
     if eq.height == 0:
@@ -353,7 +408,7 @@ def train_pdm(
             notes.append(f"{etype}: no failures in the training period; base rate used")
             thresholds[etype] = 1.0
             continue
-        x = _matrix(tr, EQUIPMENT_FEATURES)
+        x = _matrix(tr, feats)
         n_rows = len(y)
 
         def make(n_rows: int = n_rows) -> RandomForestClassifier:
@@ -385,7 +440,7 @@ def train_pdm(
         else:
             thresholds[etype] = 0.5
         forests[etype] = make().fit(x, y)
-    model = PdmModel(forests, thresholds, list(EQUIPMENT_FEATURES), base_rates)
+    model = PdmModel(forests, thresholds, feats, base_rates)
 
     prob = model.predict_proba(test) if test.height else np.array([])
     pred = (
@@ -400,6 +455,7 @@ def train_pdm(
     metrics = pdm_metrics(pred, failures, cutoff, end)
     params["eval_start"] = cutoff.isoformat()
     params["eval_end"] = end.isoformat()
+    artifacts_extra: dict[str, pl.DataFrame] = {}
     if ground_truth_dir is None:
         notes.append("ground truth not evaluated: no ground-truth folder configured")
     else:
@@ -412,6 +468,8 @@ def train_pdm(
             g = event_metrics(pred, gt, cutoff, end)
             metrics["gt_recall_critical"] = g["recall"]
             metrics["gt_n_failures"] = g["n_failures"]
+            metrics.update(mode_metrics(pred, gt, cutoff, end))
+            artifacts_extra["ground_truth_failures"] = gt
     labels = pred["label"].to_numpy()
 
     types = pred["equipment_type"].to_numpy()
@@ -424,7 +482,7 @@ def train_pdm(
         name=MODEL_NAME,
         model=model,
         params=params,
-        features=list(EQUIPMENT_FEATURES),
+        features=feats,
         data_versions=dict(data_versions),
         metrics=metrics,
         gate_metric="roc_auc",
@@ -435,7 +493,7 @@ def train_pdm(
         ),
         n_eval=n_eval,
         targets={"recall_critical": TARGET_RECALL},
-        artifacts={"holdout_predictions": pred, "failures": failures},
+        artifacts={"holdout_predictions": pred, "failures": failures, **artifacts_extra},
     )
     return PdmResult(trained, model, pred, score, cutoff, notes)
 

@@ -60,7 +60,9 @@ def ml_inputs(ml_plant: MlPlant) -> features.MlInputs:
 
 @pytest.fixture(scope="session")
 def equipment_hours(ml_inputs: features.MlInputs):
-    return features.equipment_hour_features(ml_inputs.hourly, ml_inputs.maintenance)
+    return features.equipment_hour_features(
+        ml_inputs.hourly, ml_inputs.maintenance, ml_inputs.batches
+    )
 
 
 @pytest.fixture

@@ -60,8 +60,10 @@ def test_hourly_features_unchanged_when_future_is_removed(
     # equipment x hour: every row scored by the cut time is identical (trends included)
     cut_ts = full_bh["hour_ts"].max()
     unit = bid.split("-")[0]
-    eq_full = features.equipment_hour_features(ml_inputs.hourly, ml_inputs.maintenance)
-    eq_cut = features.equipment_hour_features(cut.hourly, cut.maintenance)
+    eq_full = features.equipment_hour_features(
+        ml_inputs.hourly, ml_inputs.maintenance, ml_inputs.batches
+    )
+    eq_cut = features.equipment_hour_features(cut.hourly, cut.maintenance, cut.batches)
     sel = (pl.col("unit_id") == unit) & (pl.col("hour_ts") <= cut_ts)
     a, b = eq_full.filter(sel), eq_cut.filter(sel)
     assert a.height > 0

@@ -103,6 +103,20 @@ def test_reported_metrics_recomputed_from_stored_predictions(
     assert logged["roc_auc"] == pytest.approx(float(np.mean(aucs)))
     # alarms are exactly probability >= the training-period threshold
     assert (pred["alarm"] == (pred["probability"] >= pred["threshold"])).all()
+    # recall per ground-truth failure mode, recomputed from the stored labels
+    gt = registry.load_artifact_table(reg.run_id, "ground_truth_failures")
+    modes = set(gt["failure_mode"].to_list())
+    assert modes <= set(pdm.FAILURE_MODES.values()), modes
+    n_modes = 0
+    for mode in sorted(modes):
+        sub = gt.filter(pl.col("failure_mode") == mode)
+        n = sub.filter((pl.col("failure_ts") > start) & (pl.col("failure_ts") <= end)).height
+        assert logged[f"gt_n_failures_{mode}"] == n
+        if n:
+            n_modes += 1
+            r, _, _ = _independent_recall_and_lead(pred, sub, start, end)
+            assert logged[f"gt_recall_{mode}"] == pytest.approx(r)
+    assert n_modes >= 2  # the fixture plant has failures of several modes to evaluate
 
 
 def test_shuffled_labels_do_no_better_than_chance(

@@ -102,7 +102,9 @@ def feature_tables(
     inp.hourly = prods.hourly
     now = _now()
     tables = {
-        "equipment_hour": features.equipment_hour_features(inp.hourly, inp.maintenance),
+        "equipment_hour": features.equipment_hour_features(
+            inp.hourly, inp.maintenance, inp.batches
+        ),
         "batch_hour": features.batch_hour_features(inp.hourly),
         "batch": pl.concat(
             [
