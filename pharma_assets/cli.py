@@ -258,6 +258,23 @@ def pipeline(
 
 
 @app.command()
+def compact(
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
+    ] = None,
+    min_files: Annotated[int, typer.Option(help="Leave tables with fewer data files.")] = 16,
+) -> None:
+    """Compact the small files of the append-only lake tables (what the nightly
+    lake_maintenance_job does); nothing is deleted."""
+    from .lake import maintenance
+
+    res = _lakehouse(lake, None)
+    for r in maintenance.compact(res.lake(), min_files=min_files):
+        what = r.skipped or f"{r.files_before} -> {r.files_after} files in {r.seconds:.1f} s"
+        console.print(f"{r.table}: {what}")
+
+
+@app.command()
 def train(
     lake: Annotated[
         str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")

@@ -410,3 +410,20 @@ def test_files_through_silver_are_not_requested_again(
     assert _covered(tick, instance) == [b1, b2]
     owed = landed_batches(landing)
     assert cursor_of(tick)["pending"] == len(owed[b1]) + len(owed[b2])
+
+
+def test_lake_maintenance_job_runs_on_a_real_instance(materialized: Materialized) -> None:
+    """The nightly compaction job and its schedule are in the code location and run."""
+    from pharma_assets.defs.lakehouse.automation import lake_maintenance_job
+
+    d = lakehouse_defs()
+    assert d.get_job_def("lake_maintenance_job") is not None
+    sched = d.get_schedule_def("lake_maintenance_schedule")
+    assert sched.cron_schedule == "30 2 * * *"
+    before = materialized.lake.read("silver", "telemetry")
+    res = lake_maintenance_job.execute_in_process(
+        resources={"lakehouse": materialized.lakehouse}, instance=materialized.instance
+    )
+    assert res.success
+    after = Lake.at(materialized.lake.root).read("silver", "telemetry")
+    assert before is not None and after is not None and after.height == before.height

@@ -156,3 +156,38 @@ def gold_refresh_sensor(context: dg.SensorEvaluationContext, lakehouse: Lakehous
     cur = json.dumps(versions, sort_keys=True)
     key = hashlib.sha1(cur.encode()).hexdigest()[:16]
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"gold:{key}")], cursor=cur)
+
+
+@dg.op(
+    description="Compact the small files of the append-only bronze/silver tables (Delta "
+    "OPTIMIZE, bin-packing) and checkpoint them; nothing is deleted (see "
+    "pharma_assets/lake/maintenance.py).",
+)
+def compact_tables(context: dg.OpExecutionContext, lakehouse: LakehouseResource) -> None:
+    from pharma_assets.lake import maintenance
+
+    results = maintenance.compact(lakehouse.lake())
+    for r in results:
+        context.log.info(
+            f"{r.table}: {r.files_before} -> {r.files_after} files"
+            + (f" ({r.skipped})" if r.skipped else f" in {r.seconds:.1f} s")
+        )
+    compacted = [r for r in results if not r.skipped]
+    context.log.info(f"compacted {len(compacted)} of {len(results)} tables")
+
+
+@dg.job(description="Nightly table maintenance: compact the append-only lake tables.")
+def lake_maintenance_job() -> None:
+    compact_tables()
+
+
+lake_maintenance_schedule = dg.ScheduleDefinition(
+    name="lake_maintenance_schedule",
+    job=lake_maintenance_job,
+    cron_schedule=os.environ.get("PHARMA_MAINTENANCE_CRON", "30 2 * * *"),
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Compacts the small files chunk-by-chunk ingestion leaves (daily 02:30 UTC by "
+    "default; PHARMA_MAINTENANCE_CRON). Compaction commits are compatible with concurrent "
+    "appends, so ingestion need not stop.",
+)

@@ -3,7 +3,10 @@
 import dagster as dg
 
 from . import assets
-from .automation import batch_ingest_job, gold_job, gold_refresh_sensor, landing_sensor, plant_events_job
+from .automation import (
+    batch_ingest_job, gold_job, gold_refresh_sensor, lake_maintenance_job, lake_maintenance_schedule,
+    landing_sensor, plant_events_job,
+)  # fmt: skip
 from .resources import LakehouseResource
 
 
@@ -15,7 +18,8 @@ def defs() -> dg.Definitions:
             assets.silver_batches, assets.silver_lab_results, assets.silver_maintenance,
             assets.silver_telemetry, assets.gold_tables,
         ],  # fmt: skip
-        jobs=[batch_ingest_job, plant_events_job, gold_job],
+        jobs=[batch_ingest_job, plant_events_job, gold_job, lake_maintenance_job],
         sensors=[landing_sensor, gold_refresh_sensor],
+        schedules=[lake_maintenance_schedule],
         resources={"lakehouse": LakehouseResource.from_env()},
     )
