@@ -360,7 +360,9 @@ def ingest_files(
     if repaired:
         known = pl.concat([known, pl.DataFrame(repaired, schema=LOG_SCHEMA)], how="vertical")
     done = set(known["source_file"].to_list())
-    todo = [f for f in files if f.rel not in done]
+    # in batch and landing-name order (names start with the first timestamp): silver then
+    # finds each batch's files contiguous and in its own order, and reads need no sort
+    todo = sorted((f for f in files if f.rel not in done), key=lambda f: (f.batch_id or "", f.rel))
     rep.files_already_ingested = len(files) - len(todo)
     seen_sha = dict(zip(known["sha256"], known["source_file"], strict=True))
     # rows of each known content, so that a second delivery still reconciles (rows landed)
