@@ -21,7 +21,7 @@ How the inputs are made (all in a temporary folder, removed at the end unless ``
   its 15 daily chunk files and all 20 tags, with 1/THIN_MIN of the rows). The landing is
   ingested in bulk through the real functions (bronze.ingest_files per source, which groups
   files into commits of up to 1 M rows; silver.build_batches/build_lab_results;
-  silver.process_telemetry over every batch, which commits each batch separately), then
+  silver.process_telemetry, 100 batches per call, committed in groups of about 1 M readings), then
   gold.build_gold.
 - memory: one batch of 10,000,000 readings: the template's first batch interpolated to
   1-second sampling (plus white noise of half the step-to-step spread of each tag) for
