@@ -204,7 +204,11 @@ def _print_pdm_by_mode(m: dict[str, float]) -> None:
             f"  {etype}: recall {m[f'recall_{etype}']:.3f} of {m[f'n_failures_{etype}']:.0f}, "
             f"false-alarm equipment-days {m[f'false_alarm_rate_{etype}']:.4f}"
         )
-    modes = sorted(k.removeprefix("gt_recall_") for k in m if k.startswith("gt_recall_"))
+    modes = sorted(
+        k.removeprefix("gt_recall_")
+        for k in m
+        if k.startswith("gt_recall_") and k != "gt_recall_critical"
+    )
     if modes:
         print("PdM by ground-truth failure mode:")
     for mode in modes:
