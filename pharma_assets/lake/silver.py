@@ -789,7 +789,7 @@ def reconcile_telemetry(
         pend = pend.filter(pl.col("source_file").is_in(list(scope)))
     pending = int(pend["rows"].fill_null(0).sum())
     ok = landed_rows == bronze_rows + q_rows and bronze_rows == silver_rows + quarantined + pending
-    out = {
+    out: dict[str, Any] = {
         "scope": "files of this run" if scope is not None else "whole partitions",
         "files_checked": len(scope) if scope is not None else len(in_log),
         "rows_landed": landed_rows, "unreadable_files": unreadable, "rows_in_quarantined_files": q_rows,

@@ -5,16 +5,13 @@ single-run backfill policy, so a backfill of 1,000 batches is one run that commi
 large groups instead of 1,000 runs.
 """
 
-
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import polars as pl
 
 from pharma_assets.lake import bronze, gold, silver
 from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
-
 from pharma_assets.lake.storage import Lake
 
 from .resources import LakehouseResource
@@ -25,11 +22,18 @@ DELTA = {"delta", "polars"}
 
 
 def _keys(context: dg.AssetExecutionContext) -> list[str]:
-    return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
+    return (
+        list(context.partition_keys)
+        if context.has_partition_key_range or context.has_partition_key
+        else []
+    )
 
 
 def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
-    return {"table_uri": dg.MetadataValue.path(lake.uri(layer, name)), "delta_version": lake.version(layer, name)}
+    return {
+        "table_uri": dg.MetadataValue.path(lake.uri(layer, name)),
+        "delta_version": lake.version(layer, name),
+    }
 
 
 def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
@@ -47,7 +51,9 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
     )  # fmt: skip
     def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
         lake = lakehouse.lake()
-        files = [f for bid in _keys(context) for f in files_for_batch(lakehouse.landing_dir, source, bid)]
+        files = [
+            f for bid in _keys(context) for f in files_for_batch(lakehouse.landing_dir, source, bid)
+        ]
         landed = len(files)
         rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run.run_id)
         logged = bronze.read_log(lake, _keys(context), source).height
@@ -68,7 +74,9 @@ bronze_telemetry = _bronze_batch_asset(
     "ingest_run_id and row_hash. Append-only; each landed file exactly once. Unreadable "
     "files go to bronze/quarantine; every file gets a row in bronze/ingest_log.",
 )
-bronze_mes = _bronze_batch_asset("mes", "MES batch events as landed (typed keys plus the full JSON payload).")
+bronze_mes = _bronze_batch_asset(
+    "mes", "MES batch events as landed (typed keys plus the full JSON payload)."
+)
 bronze_lims = _bronze_batch_asset("lims", "LIMS results as landed (in-process and release).")
 
 
@@ -80,10 +88,16 @@ bronze_lims = _bronze_batch_asset("lims", "LIMS results as landed (in-process an
     description="CMMS maintenance events as landed. Also quarantines landed files outside the "
     "landing layout (reason unexpected_location), so no landed file is invisible.",
 )
-def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+def bronze_cmms(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     rep = bronze.ingest_files(
-        lake, lakehouse.landing_dir, "cmms", files_for_source(lakehouse.landing_dir, "cmms"), context.run.run_id
+        lake,
+        lakehouse.landing_dir,
+        "cmms",
+        files_for_source(lakehouse.landing_dir, "cmms"),
+        context.run.run_id,
     )
     odd = bronze.ingest_files(
         lake, lakehouse.landing_dir, "unroutable", files_for_source(lakehouse.landing_dir, "unroutable"),
@@ -107,7 +121,9 @@ def bronze_cmms(context: dg.AssetExecutionContext, lakehouse: LakehouseResource)
     "silver/event_quarantine (events that fail their contract, with the reason).",
     metadata={"partition_expr": "batch_id"},
 )
-def silver_batches(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+def silver_batches(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_batches(lake, _keys(context))
     return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "batches")})
@@ -125,7 +141,9 @@ def silver_batches(context: dg.AssetExecutionContext, lakehouse: LakehouseResour
     "silver/lab_quarantine with the failed check and the offending value.",
     metadata={"partition_expr": "batch_id"},
 )
-def silver_lab_results(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> dg.MaterializeResult:
+def silver_lab_results(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_lab_results(lake, lakehouse.spec(), _keys(context))
     return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "lab_results")})
@@ -171,7 +189,9 @@ _SILVER_TELEMETRY = {
                           description="no two silver readings share (unit, tag, ts)"),
     ],
 )  # fmt: skip
-def silver_telemetry(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
+def silver_telemetry(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource
+) -> Iterator[Any]:
     """Validate new bronze telemetry files of the partition(s) into the five silver tables."""
     lake = lakehouse.lake()
     keys = _keys(context)
@@ -242,6 +262,3 @@ def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
     fr = gold.check_freshness(lake, max_age_h=2.0)
     yield dg.AssetCheckResult(check_name="running_batches_fresh", asset_key=["gold", "unit_status"],
                               passed=bool(fr["passed"]), severity=dg.AssetCheckSeverity.WARN, metadata=fr)  # fmt: skip
-
-
-

@@ -1,18 +1,19 @@
 """Jobs and sensors: the landing sensor, the gold refresh and the rebuild/backfill jobs."""
 
-
 import hashlib
 import json
 import os
 from collections import defaultdict
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-import polars as pl
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from pharma_assets.lake import progress
-from pharma_assets.lake.storage import Lake
 from pharma_assets.lake.landing_scan import LandedFile, scan_landing
+from pharma_assets.lake.storage import Lake
 
 from .assets import (
     batch_partitions,
@@ -28,7 +29,14 @@ from .assets import (
 )
 from .resources import LakehouseResource
 
-BATCH_ASSETS = [bronze_telemetry, bronze_mes, bronze_lims, silver_batches, silver_lab_results, silver_telemetry]
+BATCH_ASSETS = [
+    bronze_telemetry,
+    bronze_mes,
+    bronze_lims,
+    silver_batches,
+    silver_lab_results,
+    silver_telemetry,
+]
 
 batch_ingest_job = dg.define_asset_job(
     "batch_ingest_job",
@@ -84,8 +92,12 @@ def batch_run_requests(per_batch: dict[str, list[str]], ordered: list[str]) -> l
     span = idx[-1] - idx[0] + 1
     if len(idx) == 1 or span > 2 * len(idx) + 4:
         return [
-            dg.RunRequest(run_key=_run_key(bid, files), partition_key=bid, job_name=batch_ingest_job.name,
-                          tags={"pharma/files": str(len(files))})  # fmt: skip
+            dg.RunRequest(
+                run_key=_run_key(bid, files),
+                partition_key=bid,
+                job_name=batch_ingest_job.name,
+                tags={"pharma/files": str(len(files))},
+            )
             for bid, files in sorted(per_batch.items())
         ]
     first, last = ordered[idx[0]], ordered[idx[-1]]
@@ -115,7 +127,9 @@ def _run_key(prefix: str, rels: list[str]) -> str:
     "(inode ctime, ns) and the number of files still pending; a tick with no newer arrival "
     "and nothing pending returns at once.",
 )
-def landing_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+def landing_sensor(
+    context: dg.SensorEvaluationContext, lakehouse: LakehouseResource
+) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
     files = scan_landing(lakehouse.landing_dir)
     newest = max((f.arrived_ns for f in files), default=0)
@@ -130,8 +144,12 @@ def landing_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseReso
         runs.append(dg.RunRequest(run_key=_run_key("plant", plant), job_name=plant_events_job.name))
     return dg.SensorResult(
         run_requests=runs,
-        dynamic_partitions_requests=[batch_partitions.build_add_request(new_keys)] if new_keys else [],
-        cursor=json.dumps({"hwm_ns": hwm, "pending": sum(map(len, per_batch.values())) + len(plant)}),
+        dynamic_partitions_requests=[batch_partitions.build_add_request(new_keys)]
+        if new_keys
+        else [],
+        cursor=json.dumps(
+            {"hwm_ns": hwm, "pending": sum(map(len, per_batch.values())) + len(plant)}
+        ),
     )
 
 
@@ -148,10 +166,14 @@ GOLD_INPUTS = (("silver", "telemetry_log"), ("silver", "batches"), ("silver", "l
     description="Refreshes gold when the silver tables it reads have new Delta versions "
     "(cursor: those versions). Coalesces any number of ingestion runs into one refresh.",
 )
-def gold_refresh_sensor(context: dg.SensorEvaluationContext, lakehouse: LakehouseResource) -> dg.SensorResult:
+def gold_refresh_sensor(
+    context: dg.SensorEvaluationContext, lakehouse: LakehouseResource
+) -> dg.SensorResult:
     lake = lakehouse.lake()
     versions = {f"{layer}/{name}": lake.version(layer, name) for layer, name in GOLD_INPUTS}
-    if context.cursor == json.dumps(versions, sort_keys=True) or all(v is None for v in versions.values()):
+    if context.cursor == json.dumps(versions, sort_keys=True) or all(
+        v is None for v in versions.values()
+    ):
         return dg.SensorResult(run_requests=[], cursor=context.cursor)
     cur = json.dumps(versions, sort_keys=True)
     key = hashlib.sha1(cur.encode()).hexdigest()[:16]

@@ -4,8 +4,13 @@ import dagster as dg
 
 from . import assets
 from .automation import (
-    batch_ingest_job, gold_job, gold_refresh_sensor, lake_maintenance_job, lake_maintenance_schedule,
-    landing_sensor, plant_events_job,
+    batch_ingest_job,
+    gold_job,
+    gold_refresh_sensor,
+    lake_maintenance_job,
+    lake_maintenance_schedule,
+    landing_sensor,
+    plant_events_job,
 )  # fmt: skip
 from .resources import LakehouseResource
 
@@ -14,10 +19,16 @@ from .resources import LakehouseResource
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[
-            assets.bronze_telemetry, assets.bronze_mes, assets.bronze_lims, assets.bronze_cmms,
-            assets.silver_batches, assets.silver_lab_results, assets.silver_maintenance,
-            assets.silver_telemetry, assets.gold_tables,
-        ],  # fmt: skip
+            assets.bronze_telemetry,
+            assets.bronze_mes,
+            assets.bronze_lims,
+            assets.bronze_cmms,
+            assets.silver_batches,
+            assets.silver_lab_results,
+            assets.silver_maintenance,
+            assets.silver_telemetry,
+            assets.gold_tables,
+        ],
         jobs=[batch_ingest_job, plant_events_job, gold_job, lake_maintenance_job],
         sensors=[landing_sensor, gold_refresh_sensor],
         schedules=[lake_maintenance_schedule],

@@ -8,10 +8,19 @@ Formats: docs/data_model.md.
 import dagster as dg
 
 _SOURCES = {
-    "telemetry": ("Historian telemetry chunks (Parquet/CSV, long format: ts, unit, batch, tag, value, uom, quality).", "parquet"),
-    "mes": ("MES batch events (JSON lines): batch start with recipe and lots, phase changes, batch end.", "json"),
+    "telemetry": (
+        "Historian telemetry chunks (Parquet/CSV, long format: ts, unit, batch, tag, value, uom, quality).",
+        "parquet",
+    ),
+    "mes": (
+        "MES batch events (JSON lines): batch start with recipe and lots, phase changes, batch end.",
+        "json",
+    ),
     "lims": ("LIMS results (CSV): daily in-process samples and release assays.", "csv"),
-    "cmms": ("CMMS maintenance events (JSON lines): work orders, part replacements, failures.", "json"),
+    "cmms": (
+        "CMMS maintenance events (JSON lines): work orders, part replacements, failures.",
+        "json",
+    ),
 }
 
 landing_sources = [
