@@ -146,3 +146,18 @@ def test_empty_outputs_still_create_their_tables(lake: Lake, landing: Path) -> N
         assert df is not None, f"silver/{name} was not created"
     assert lake.read("silver", "telemetry_quarantine").height == 0  # type: ignore[union-attr]
     assert lake.read("silver", "excursion_segments").height == 0  # type: ignore[union-attr]
+
+
+def test_tables_partitioned_by_an_older_version_still_append_and_answer(tmp_path: Path) -> None:
+    """Lakes written before 2026-11-28 have batch_id-partitioned telemetry tables; the
+    unpartitioned appends of today's code go into them and "already written" still works."""
+    lake = Lake.at(tmp_path / "old")
+    first = pl.DataFrame({"batch_id": ["A", "B"], "source_file": ["f1", "f2"], "v": [1.0, 2.0]})
+    lake.append("silver", "t", first, partition_by=["batch_id"])
+    lake.append("silver", "t", pl.DataFrame({"batch_id": ["A", "C"], "source_file": ["f3", "f4"],
+                                             "v": [3.0, 4.0]}))  # fmt: skip
+    dt = lake.table("silver", "t")
+    assert dt is not None and dt.metadata().partition_columns == ["batch_id"]
+    got = lake.read("silver", "t")
+    assert got is not None and sorted(got["source_file"].to_list()) == ["f1", "f2", "f3", "f4"]
+    assert lake.sources_in("silver", "t", ["f1", "f3", "nope"], ["A"]) == {"f1", "f3"}
