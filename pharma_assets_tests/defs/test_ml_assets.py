@@ -14,7 +14,12 @@ from mlflow import MlflowClient
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml import assets as ml_assets
-from pharma_assets.defs.ml.automation import COMPLETED_TAG, retrain_sensor
+from pharma_assets.defs.ml.automation import (
+    COMPLETED_TAG,
+    contamination_live_job,
+    contamination_live_schedule,
+    retrain_sensor,
+)
 from pharma_assets.defs.ml.definitions import defs as ml_defs
 from pharma_assets.defs.ml.resources import MlResource
 from pharma_assets.lake.storage import Lake
@@ -198,6 +203,28 @@ def test_retrain_job_materializes_models_and_gold_tables(
         assert second.success
         perf2 = lake.read("gold", "model_performance")
         assert perf2 is not None and perf2.height == 2 * perf.height
+
+        # the 5-minute live path: with the champion registered, a batch replayed as running
+        # gets its newest window scored into gold/contamination_live (and a materialization)
+        assert contamination_live_schedule.cron_schedule == "*/5 * * * *"
+        assert contamination_live_schedule in d.schedules  # type: ignore[operator]
+        live_job = dg.Definitions(jobs=[contamination_live_job], resources=resources)
+        live_job_def = live_job.resolve_job_def("contamination_live_job")
+        assert live_job_def.execute_in_process(instance=instance).success  # no running batch
+        assert lake.read("gold", "contamination_live") is None
+        b = lake.read("silver", "batches")
+        assert b is not None
+        bid = b.filter(pl.col("status") == "complete")["batch_id"][-1]
+        lake.overwrite("silver", "batches", b.with_columns(
+            status=pl.when(pl.col("batch_id") == bid).then(pl.lit("running")).otherwise("status")
+        ))  # fmt: skip
+        assert live_job_def.execute_in_process(instance=instance).success
+        live = Lake.at(ml_lake).read("gold", "contamination_live")
+        assert live is not None and live["batch_id"].to_list() == [bid]
+        assert live["model_name"][0] == "pharma_contamination_iforest"
+        ev = instance.get_latest_materialization_event(dg.AssetKey(["gold", "contamination_live"]))
+        assert ev is not None and ev.asset_materialization is not None
+        assert ev.asset_materialization.metadata["windows_scored"].value == 1
         client = MlflowClient(tracking_uri=uri)
         mv = client.get_model_version("pharma_pdm_failure_72h", "2")
         assert mv.tags["champion_version"] == "1"

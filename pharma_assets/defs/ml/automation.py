@@ -9,6 +9,8 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
 
+from .resources import MlResource
+
 RETRAIN_EVERY = 50
 COMPLETED_TAG = "pharma/completed_batches"  # on every retrain run: completed batches it saw
 
@@ -72,3 +74,58 @@ def retrain_sensor(
         run_requests=[dg.RunRequest(run_key=f"retrain-{m}", tags={COMPLETED_TAG: str(n)})],
         cursor=str(m),
     )
+
+
+# --------------------------------------------------------------- live contamination scoring
+
+
+@dg.op(
+    description="Score the newest complete 5-minute window of every running batch with the "
+    "champion contamination model and append it to gold/contamination_live "
+    "(pharma_assets/ml/live_scoring.py).",
+)
+def score_running_contamination(
+    context: dg.OpExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> None:
+    from pharma_assets.ml import contamination, live_scoring, registry
+
+    champ = registry.load_champion(contamination.MODEL_NAME, uri=ml.uri())
+    if champ is None:
+        context.log.warning("no champion contamination model yet (run retrain_job): nothing scored")
+        return
+    model, version = champ
+    lake = lakehouse.lake()
+    res = live_scoring.score_running(lake, model, version)
+    context.log.info(
+        f"{res.running_batches} running batches, {res.windows_scored} windows scored, "
+        f"{res.alarms} alarms" + (f" ({res.skipped})" if res.skipped else "")
+    )
+    if res.windows_scored:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=[live_scoring.LIVE_LAYER, live_scoring.LIVE_TABLE],
+                metadata={
+                    "running_batches": res.running_batches,
+                    "windows_scored": res.windows_scored,
+                    "alarms": res.alarms,
+                    "model_version": version,
+                    "delta_version": lake.version(live_scoring.LIVE_LAYER, live_scoring.LIVE_TABLE),
+                },
+            )
+        )
+
+
+@dg.job(description="Score running batches for contamination (the 5-minute scoring path).")
+def contamination_live_job() -> None:
+    score_running_contamination()
+
+
+contamination_live_schedule = dg.ScheduleDefinition(
+    name="contamination_live_schedule",
+    job=contamination_live_job,
+    cron_schedule=os.environ.get("PHARMA_CONTAMINATION_CRON", "*/5 * * * *"),
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 5 minutes (PHARMA_CONTAMINATION_CRON): contamination risk of the newest "
+    "window of each running batch, between retrainings.",
+)

@@ -3,7 +3,12 @@
 import dagster as dg
 
 from . import assets
-from .automation import retrain_job, retrain_sensor
+from .automation import (
+    contamination_live_job,
+    contamination_live_schedule,
+    retrain_job,
+    retrain_sensor,
+)
 from .monitoring import MONITORING_ASSETS, MONITORING_TRAINING_KEYS
 from .resources import MlResource
 
@@ -23,8 +28,9 @@ def defs() -> dg.Definitions:
     ml_assets.append(assets.model_performance_asset(training))
     return dg.Definitions(
         assets=ml_assets,
-        jobs=[retrain_job],
+        jobs=[retrain_job, contamination_live_job],
         sensors=[retrain_sensor],
+        schedules=[contamination_live_schedule],
         # "lakehouse" comes from the lakehouse definitions (one resource per key)
         resources={"ml": MlResource.from_env()},
     )
