@@ -161,13 +161,22 @@ def _equipment_latest() -> pl.DataFrame | None:
 
 
 def contamination_latest() -> pl.DataFrame | None:
-    """Latest 5-minute window per batch of gold/contamination_risk."""
-    return derived(_contamination_latest, (("gold", "contamination_risk"),))
+    """Latest 5-minute window per batch: of gold/contamination_risk (rebuilt at each
+    retraining) and gold/contamination_live (the 5-minute live scoring), the newer."""
+    return derived(
+        _contamination_latest, (("gold", "contamination_risk"), ("gold", "contamination_live"))
+    )
 
 
 def _contamination_latest() -> pl.DataFrame | None:
-    cr = scan("gold", "contamination_risk")
-    return None if cr is None else logic.latest_per_lazy(cr, "batch_id", "window_end_ts")
+    frames = [
+        lf for lf in (scan("gold", "contamination_risk"), scan("gold", "contamination_live"))
+        if lf is not None
+    ]  # fmt: skip
+    if not frames:
+        return None
+    both = pl.concat(frames, how="diagonal_relaxed")
+    return logic.latest_per_lazy(both, "batch_id", "window_end_ts")
 
 
 def mspc_latest() -> pl.DataFrame | None:

@@ -279,3 +279,18 @@ def test_new_materialization_shows_without_restart(app, lake_copy):
     at.run()  # same session, same process: the cache is keyed by the table version
     assert not at.exception
     assert metrics(at)["Running units"] == "2 / 2"
+
+
+def test_monitoring_shows_the_live_score_when_it_is_newer(app, lake_copy):
+    """gold/contamination_live (5-minute scoring) wins over the retraining's table."""
+    cr = lake_copy.read("gold", "contamination_risk")
+    latest = cr.filter(pl.col("window_end_ts") == pl.col("window_end_ts").max().over("batch_id"))
+    row = latest.sort("batch_id").head(1).with_columns(
+        window_end_ts=pl.col("window_end_ts") + pl.duration(minutes=5),
+        risk=pl.lit(0.987654), alarm=pl.lit(True),
+    )  # fmt: skip
+    lake_copy.append("gold", "contamination_live", row)
+    at = app(lake_copy.root, "monitoring")
+    m = metrics(at)
+    assert m["Batches scored"] == str(cr["batch_id"].n_unique())
+    assert m["Highest risk now"] == "98.8 %"
