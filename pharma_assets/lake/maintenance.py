@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .storage import TABLE_CONFIGURATION, WRITER_PROPERTIES, Lake
 
@@ -52,9 +51,6 @@ class CompactionResult:
     version_after: int | None
     seconds: float
     skipped: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def compact(

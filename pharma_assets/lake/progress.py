@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from . import bronze
 from .landing_scan import LandedFile
-from .storage import Lake, source_app_id
+from .storage import Lake
 
 MARKER_TABLE = {"mes": "batches", "lims": "lab_results", "cmms": "maintenance_events"}
 
@@ -23,18 +23,13 @@ def unfinished(lake: Lake, files: Sequence[LandedFile]) -> list[LandedFile]:
     log = bronze.read_log(lake)
     status = dict(zip(log["source_file"], log["status"], strict=True)) if log.height else {}
     tl = lake.read("silver", "telemetry_log", ["source_file"])
-    tel_done = set(tl["source_file"].to_list()) if tl is not None else set()
-    tables = {src: lake.table("silver", name) for src, name in MARKER_TABLE.items()}
-    out = []
-    for f in files:
-        st = status.get(f.rel)
-        if st == "quarantined":
-            continue
-        if st == "accepted":
-            if f.source == "telemetry" and f.rel in tel_done:
-                continue
-            dt = tables.get(f.source)
-            if dt is not None and dt.transaction_version(source_app_id(f.rel)) is not None:
-                continue
-        out.append(f)
-    return out
+    done = set(tl["source_file"].to_list()) if tl is not None else set()
+    for src, name in MARKER_TABLE.items():
+        accepted = [f.rel for f in files if f.source == src and status.get(f.rel) == "accepted"]
+        done |= lake.written_sources("silver", name, accepted)
+    return [
+        f
+        for f in files
+        if status.get(f.rel) != "quarantined"
+        and not (status.get(f.rel) == "accepted" and f.rel in done)
+    ]

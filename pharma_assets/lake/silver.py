@@ -628,7 +628,9 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     # after a crash inside this group, files whose readings are already in silver/telemetry
     # go first: a reading repeated by another file then keeps the copy silver already holds
     written = lake.sources_in(LAYER, "telemetry", all_files, ids)
-    per_batch = {bid: [f for b, f in pending.iter_rows() if b == bid] for bid in ids}
+    per_batch: dict[str, list[str]] = {bid: [] for bid in ids}
+    for b, f in pending.select("batch_id", "source_file").iter_rows():
+        per_batch[b].append(f)
     files: list[str] = []
     for bid in ids:
         fs = per_batch[bid]
@@ -833,10 +835,7 @@ def duplicate_readings(
         )
         if win.height == 0:
             return 0
-        inside = pl.lit(False)
-        for bid, lo, hi in win.iter_rows():
-            inside = inside | ((pl.col("batch_id") == bid) & pl.col("ts").is_between(lo, hi))
-        lf = lf.filter(inside)
+        lf = lf.join(win.lazy(), on="batch_id").filter(pl.col("ts").is_between("lo", "hi"))
     return int(
         lf.group_by("unit_id", "tag", "ts")
         .len()

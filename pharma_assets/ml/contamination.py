@@ -19,7 +19,7 @@ How to wire me (Dagster assets in ``pharma_assets/defs/ml/``):
    last_only=True)`` where the recent timeline holds, per batch, the minutes from a
    multiple of ``window_min`` at least ``model.baseline_min + window_min`` minutes back
    (then the newest window equals the full-history computation), then ``score(model, feats, model_version=...)`` gives the rows of
-   ``gold/contamination_risk`` (contract in /tmp/pt/ml_contract.md). For history, score
+   ``gold/contamination_risk`` (columns in docs/data_model.md). For history, score
    every window (``last_only=False``).
 4. Evaluation (held-out batches, later start times, see ``split_by_start``):
    ``evaluate(scores, fault_labels, batches)`` returns a flat dict of metrics for

@@ -55,13 +55,8 @@ def timeline_tail(
     last = mine.group_by("batch_id").agg(last=pl.col("elapsed_min").max()).collect()
     if last.height == 0:
         return pl.DataFrame()
-    keep = pl.lit(False)
-    for bid, end in last.iter_rows():
-        keep = keep | (
-            (pl.col("batch_id") == bid)
-            & (pl.col("elapsed_min") >= end - (baseline_min + 2 * window_min))
-        )
-    return mine.filter(keep).select(cols).collect()
+    tail = pl.col("elapsed_min") >= pl.col("last") - (baseline_min + 2 * window_min)
+    return mine.join(last.lazy(), on="batch_id").filter(tail).select(cols).collect()
 
 
 def score_running(

@@ -188,6 +188,17 @@ def _registration_meta(reg: registry.Registration) -> dict[str, Any]:
     }
 
 
+def register_model(
+    context: dg.AssetExecutionContext, trained: registry.TrainedModel, score_fn: Any, ml: MlResource
+) -> registry.Registration:
+    """Register a trained model in MLflow (champion/challenger gate on the same held-out
+    set) and tag its MLflow run with the Dagster run that trained it."""
+    uri = ml.uri()
+    reg = registry.register(trained, score_fn, uri=uri)
+    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+    return reg
+
+
 @dg.asset(
     key=["ml", "pdm_failure_72h"],
     group_name=GROUP,
@@ -213,9 +224,7 @@ def pdm_failure_72h(
     res = pdm.train_pdm(eq, maint, versions, ground_truth_dir=gt_dir, n_estimators=ml.pdm_trees)
     for n in res.notes:
         context.log.info(n)
-    uri = ml.uri()
-    reg = registry.register(res.trained, res.score_fn, uri=uri)
-    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+    reg = register_model(context, res.trained, res.score_fn, ml)
     return dg.MaterializeResult(
         metadata={
             **{k: _meta_value(v) for k, v in res.trained.metrics.items()},
@@ -260,12 +269,10 @@ def quality_models(
         n_estimators=ml.quality_trees,
         features_by_horizon=_batch_features_by_horizon(lake),
     )
-    uri = ml.uri()
     meta: dict[str, Any] = {}
     summary = []
     for r in results:
-        reg = registry.register(r.trained, r.score_fn, uri=uri)
-        registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+        reg = register_model(context, r.trained, r.score_fn, ml)
         key = r.trained.name.removeprefix("pharma_quality_")
         for m, v in r.trained.metrics.items():
             meta[f"{key}.{m}"] = _meta_value(v)

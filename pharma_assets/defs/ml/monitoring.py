@@ -7,6 +7,7 @@ ground-truth detection figure when the ground-truth folder exists, otherwise the
 rate on held-out batches the plant itself calls clean/good (lower is better), and says so.
 """
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from .assets import (
     _table_meta,
     feature_source_versions,
     read_feature_rows,
+    register_model,
 )
 from .resources import MlResource
 
@@ -80,6 +82,30 @@ def _versions(
 
 
 # --------------------------------------------------------------------------- contamination
+
+
+def _register_and_report(
+    context: dg.AssetExecutionContext,
+    trained: registry.TrainedModel,
+    evaluate: Callable[[Any], dict[str, float]],
+    ml: MlResource,
+    gt_note: str,
+    n_hold: int,
+) -> dg.MaterializeResult:
+    """Register a monitoring model (gate on ``trained.gate_metric`` re-evaluated for the
+    champion) and report its metrics and the gate decision as asset metadata."""
+    gate = trained.gate_metric
+    reg = register_model(context, trained, lambda m: evaluate(m)[gate], ml)
+    return dg.MaterializeResult(
+        metadata={
+            **{k: _meta_value(v) for k, v in trained.metrics.items()},
+            **_registration_meta(reg),
+            "gate_metric": gate,
+            "ground_truth": gt_note,
+            "evaluation_set": trained.evaluation_set,
+            "n_heldout_batches": n_hold,
+        }
+    )
 
 
 @dg.asset(key=CONT_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
@@ -132,18 +158,7 @@ def contamination_iforest(
         n_eval=hold_feats.height,
         targets={"window_fpr_clean": 0.01},
     )
-    reg = registry.register(trained, lambda m: evaluate(m)[gate], uri=ml.uri())
-    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=ml.uri())
-    return dg.MaterializeResult(
-        metadata={
-            **{k: _meta_value(v) for k, v in metrics.items()},
-            **_registration_meta(reg),
-            "gate_metric": gate,
-            "ground_truth": gt_note,
-            "evaluation_set": trained.evaluation_set,
-            "n_heldout_batches": n_hold,
-        }
-    )
+    return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
 
 
 @dg.asset(key=["gold", "contamination_risk"], group_name=GROUP, kinds=DELTA,
@@ -234,18 +249,7 @@ def mspc_pca(
         f"(n={len(hold)})",
         n_eval=len(hold),
     )
-    reg = registry.register(trained, lambda m: evaluate(m)[gate], uri=ml.uri())
-    registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=ml.uri())
-    return dg.MaterializeResult(
-        metadata={
-            **{k: _meta_value(v) for k, v in metrics.items()},
-            **_registration_meta(reg),
-            "gate_metric": gate,
-            "ground_truth": gt_note,
-            "evaluation_set": trained.evaluation_set,
-            "n_heldout_batches": n_hold,
-        }
-    )
+    return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
 
 
 @dg.multi_asset(
