@@ -72,10 +72,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
-# The demo lake's audit trail is anchored outside the repository (~/.config/pharma-twin);
-# deleting the lake on purpose retires that anchor (kept in the anchor log) so the next
-# `make demo` can start a new trail instead of reporting the old one as truncated.
+# The demo lake's audit trail is anchored outside the repository (~/.config/pharma-twin).
+# Deleting the lake on purpose first retires that anchor, a signed GxP action: the demo admin
+# signs with the password pharma_assets/demo.py keeps in .state/demo_logins.txt (mode 0600;
+# demo_logins creates the demo accounts if this lake has none yet). The retirement is written
+# to the trail and the anchor log, and `audit verify` reports it for the next trail here.
+# If the demo admin cannot sign, nothing is deleted (docs/compliance.md, section 4).
 clean:
 	@if [ -x $(BIN)/pharma-twin ] && [ -d $(LAKE)/gxp/audit_trail ]; then \
-	  $(BIN)/pharma-twin audit retire-anchor --lake $(LAKE) --yes --reason "make clean removed the demo lake"; fi
+	  $(BIN)/python -c "from pharma_assets.demo import demo_logins; demo_logins('$(LAKE)')" >/dev/null && \
+	  awk -F'\t' '$$1 == "admin" {print $$3}' .state/demo_logins.txt | \
+	  $(BIN)/pharma-twin audit retire-anchor --lake $(LAKE) --admin admin --yes \
+	    --reason "make clean removed the demo lake" || { \
+	  echo "make clean: the demo admin could not sign the retirement of $(LAKE)'s audit trail; nothing was deleted. Retire it yourself: $(BIN)/pharma-twin audit retire-anchor --lake $(LAKE) --admin <admin ID> --yes --reason '...'" >&2; exit 1; }; fi
 	rm -rf $(LANDING) $(LAKE) ground_truth .state .pytest_cache

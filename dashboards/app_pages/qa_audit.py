@@ -15,7 +15,11 @@ import polars as pl  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from dashboards.auth import lake, require  # noqa: E402
-from pharma_assets.compliance.audit import AuditTrail, VerificationResult  # noqa: E402
+from pharma_assets.compliance.audit import (  # noqa: E402
+    AuditIntegrityError,
+    AuditTrail,
+    VerificationResult,
+)
 
 
 @st.cache_data(ttl=600, show_spinner="verifying the audit chain")
@@ -34,7 +38,11 @@ else:
     st.error(res.summary())
     st.metric("First bad entry (seq)", res.first_bad_seq if res.first_bad_seq is not None else "-")
 
-df = trail.read()
+try:
+    df = trail.read()
+except AuditIntegrityError as e:  # a damaged data file: verify above names the entries
+    st.error(str(e))
+    st.stop()
 c1, c2, c3 = st.columns(3)
 actions = sorted(df["action"].unique().to_list()) if df.height else []
 action = c1.selectbox("Action", ["(all)", *actions], key="audit_action")

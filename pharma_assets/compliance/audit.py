@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -112,13 +113,18 @@ def load_key() -> bytes:
             "(set PHARMA_AUDIT_KEY_FILE or PHARMA_GXP_HOME to a private folder)"
         )
     if not path.exists():
+        # written to a private temporary file, then linked into place: another process never
+        # sees a half-written key, and only one key wins
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32) + "\n")
-        except FileExistsError:  # another process created it first
-            pass
+            with contextlib.suppress(FileExistsError):  # another process created it first
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise AuditKeyError(
@@ -138,9 +144,63 @@ class Anchor:
     updated_at: str
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """A retired anchor, as the anchor log holds it.
+
+    ``logged`` are the (seq, entry_hash) heads the anchor log recorded for the retired trail
+    (its history since the previous retirement); ``first_hash`` is the hash of its entry 0.
+    Both identify the retired trail: a trail that still holds one of them is the same trail
+    and must still reach the retired head. ``signed`` is False for a retirement written
+    without login by versions before the retirement became a signed GxP action."""
+
+    retired_at: str
+    reason: str
+    head_seq: int | None
+    head_hash: str | None
+    actor: str | None = None
+    signature_id: str | None = None
+    first_hash: str | None = None
+    logged: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def signed(self) -> bool:
+        return self.signature_id is not None
+
+    def describe(self) -> str:
+        who = (
+            f"by {self.actor} (signature {self.signature_id})"
+            if self.signed
+            else "WITHOUT login or signature (older version)"
+        )
+        covered = f"seq 0..{self.head_seq}" if self.head_seq is not None else "an empty trail"
+        head = f", head hash {self.head_hash[:16]}" if self.head_hash else ""
+        return (
+            f"anchor retired {self.retired_at[:19]} UTC {who}, reason {self.reason!r}: it "
+            f"covered {covered}{head}"
+        )
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 (like the key), or tighten an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            path.chmod(0o600)
+        except OSError as e:
+            raise AuditKeyError(
+                f"anchor database {path} has mode {oct(mode)} (others can read or write it) "
+                f"and cannot be tightened ({e}); run `chmod 600 {path}`"
+            ) from e
+
+
 class AnchorStore:
     """The chain head kept outside the lake (SQLite; one row per audit table plus a log).
 
+    The database file is created with mode 0600 like the key (an existing one is tightened).
     Whoever can rewrite the lake should not be able to rewrite this file: in production put
     it on another host or replace it with a PostgreSQL table owned by another account
     (docs/compliance.md, "Limits").
@@ -150,8 +210,8 @@ class AnchorStore:
         self.path = Path(
             path or os.environ.get("PHARMA_AUDIT_ANCHOR") or gxp_home() / "audit_anchor.sqlite"
         ).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        _private_file(self.path)
+        with contextlib.closing(self._connect()) as con:
             con.execute(
                 "CREATE TABLE IF NOT EXISTS anchor (table_uri TEXT PRIMARY KEY, seq INTEGER "
                 "NOT NULL, entry_hash TEXT NOT NULL, updated_at TEXT NOT NULL)"
@@ -159,6 +219,12 @@ class AnchorStore:
             con.execute(
                 "CREATE TABLE IF NOT EXISTS anchor_log (table_uri TEXT NOT NULL, seq INTEGER "
                 "NOT NULL, entry_hash TEXT NOT NULL, updated_at TEXT NOT NULL)"
+            )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS retirement (log_rowid INTEGER PRIMARY KEY, "
+                "table_uri TEXT NOT NULL, retired_at TEXT NOT NULL, actor TEXT NOT NULL, "
+                "signature_id TEXT NOT NULL, reason TEXT NOT NULL, head_seq INTEGER, "
+                "head_hash TEXT, first_hash TEXT)"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -187,21 +253,67 @@ class AnchorStore:
             )
             con.execute("COMMIT")
 
-    def retire(self, table_uri: str, reason: str) -> Anchor | None:
-        """Drop the anchor of a trail that was deleted on purpose (a demo lake removed by
-        `make clean`), so a new trail can start at that location. The retired head stays in
-        the anchor log (seq -1 marks the retirement, with the reason)."""
-        old = self.get(table_uri)
+    def retire(
+        self, table_uri: str, reason: str, actor: str, signature_id: str,
+        head_seq: int | None, head_hash: str | None, first_hash: str | None,
+    ) -> Retirement:  # fmt: skip
+        """Drop the anchor of a trail whose retirement was signed (``retire_trail``) and log
+        the retirement (a row with seq -1 in the anchor log plus its details), so a new trail
+        can start at that location while ``verify`` still reports what was retired."""
         now = datetime.now(UTC).isoformat()
+        text = (
+            f"retired head seq {head_seq if head_seq is not None else '-'} by {actor} "
+            f"(signature {signature_id}): {reason}"
+        )
         with contextlib.closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE")
             con.execute("DELETE FROM anchor WHERE table_uri = ?", (table_uri,))
-            con.execute(
-                "INSERT INTO anchor_log VALUES (?, ?, ?, ?)",
-                (table_uri, -1, f"retired head seq {old.seq if old else '-'}: {reason}", now),
+            cur = con.execute(
+                "INSERT INTO anchor_log VALUES (?, ?, ?, ?)", (table_uri, -1, text, now)
             )
+            con.execute(
+                "INSERT INTO retirement VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cur.lastrowid, table_uri, now, actor, signature_id, reason, head_seq,
+                 head_hash, first_hash),
+            )  # fmt: skip
             con.execute("COMMIT")
-        return old
+        return self.retirements(table_uri)[-1]
+
+    def retirements(self, table_uri: str) -> list[Retirement]:
+        """Every retirement of ``table_uri``'s anchor, oldest first, read from the anchor log
+        (also the unsigned ones older versions wrote: seq -1 rows without details)."""
+        with contextlib.closing(self._connect()) as con:
+            log = con.execute(
+                "SELECT rowid, seq, entry_hash, updated_at FROM anchor_log WHERE table_uri = ? "
+                "ORDER BY rowid",
+                (table_uri,),
+            ).fetchall()
+            details = {
+                int(r[0]): r
+                for r in con.execute(
+                    "SELECT log_rowid, actor, signature_id, reason, head_seq, head_hash, "
+                    "first_hash FROM retirement WHERE table_uri = ?",
+                    (table_uri,),
+                ).fetchall()
+            }
+        out: list[Retirement] = []
+        since: list[tuple[int, str]] = []
+        for rowid, seq, text, at in log:
+            if seq >= 0:
+                since.append((int(seq), str(text)))
+                continue
+            d = details.get(int(rowid))
+            if d is not None:
+                out.append(Retirement(at, d[3], d[4], d[5], d[1], d[2], d[6], tuple(since)))
+            else:  # older versions: "retired head seq N: reason", no login, no details
+                m = re.match(r"retired head seq (-|\d+): (.*)", str(text), re.S)
+                head = int(m.group(1)) if m and m.group(1) != "-" else None
+                hashes = {s: h for s, h in since}
+                out.append(Retirement(at, m.group(2) if m else str(text), head,
+                                      hashes.get(head) if head is not None else None,
+                                      logged=tuple(since)))  # fmt: skip
+            since = []
+        return out
 
 
 # ---------------------------------------------------------------------------- entries
@@ -293,8 +405,10 @@ class VerificationResult:
     """Outcome of a chain verification. ``first_bad_seq`` is the first entry that fails and
     ``kind`` says how: ``hash_mismatch`` (entry altered, forged, moved or rebuilt without the
     key), ``broken_link``, ``missing_entry`` (a sequence number is absent: deleted entry),
-    ``duplicate_seq`` (inserted entry), ``truncated`` (the anchored head is gone),
-    ``anchor_mismatch``, ``missing_anchor``, ``unreadable``."""
+    ``duplicate_seq`` (inserted entry), ``truncated`` (the anchored or retired head is gone),
+    ``anchor_mismatch``, ``missing_anchor``, ``unreadable`` (a data file or the table cannot
+    be read; ``first_bad_seq`` is the first entry of the unreadable file when known).
+    ``retirements`` describes every retirement of this trail's anchor (anchor log)."""
 
     ok: bool
     entries: int
@@ -307,9 +421,11 @@ class VerificationResult:
     anchor_seq: int | None = None
     unanchored_entries: int = 0
     non_append_commits: list[int] = field(default_factory=list)
+    retirements: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
+        retired = "".join(f"; {r}" for r in self.retirements)
         if self.ok:
             extra = (
                 f"; {self.unanchored_entries} entries after the anchor (written, not yet anchored)"
@@ -318,23 +434,66 @@ class VerificationResult:
             )
             return (
                 f"audit trail OK: {self.entries} entries, head seq {self.head_seq}, anchored at "
-                f"{self.anchor_seq}{extra} ({self.seconds:.2f} s)"
+                f"{self.anchor_seq}{extra} ({self.seconds:.2f} s){retired}"
             )
         return (
             f"audit trail FAILED at seq {self.first_bad_seq}: {self.kind}: {self.detail} "
-            f"({self.entries} entries read)"
+            f"({self.entries} entries read){retired}"
         )
 
 
+def _same_trail(r: Retirement, hashes: Sequence[str]) -> bool:
+    """Does the trail whose entry hashes are ``hashes`` (by seq) hold the retired trail?"""
+    n = len(hashes)
+    if r.first_hash is not None and n and hashes[0] == r.first_hash:
+        return True
+    return any(0 <= s < n and hashes[s] == h for s, h in r.logged)
+
+
+def _check_retirements(
+    res: VerificationResult, hashes: Sequence[str], retirements: Sequence[Retirement]
+) -> Retirement | None:
+    """Compare the trail with every retirement; returns the last retirement of this very
+    trail (its head then stands in for the anchor). Marks ``res`` failed when the trail is
+    the retired one but no longer reaches the retired head."""
+    n = len(hashes)
+    own: Retirement | None = None
+    for r in retirements:
+        same = _same_trail(r, hashes)
+        res.retirements.append(("this trail's " if same else "an earlier trail's ") + r.describe())
+        if not same or not res.ok:
+            continue
+        own = r
+        if r.head_seq is None or r.head_hash is None:
+            continue
+        if r.head_seq >= n:
+            res.ok, res.kind, res.first_bad_seq = False, "truncated", n
+            res.detail = (
+                f"the anchor of this trail was retired at head seq {r.head_seq} on "
+                f"{r.retired_at[:19]} UTC, but the trail ends at seq {n - 1}: entries "
+                f"{n}..{r.head_seq} were removed"
+            )
+        elif hashes[r.head_seq] != r.head_hash:
+            res.ok, res.kind, res.first_bad_seq = False, "anchor_mismatch", r.head_seq
+            res.detail = (
+                f"entry {r.head_seq} differs from the head recorded when the anchor was retired"
+                f" on {r.retired_at[:19]} UTC (chain rebuilt)"
+            )
+    return own
+
+
 def verify_frame(
-    frame: pl.DataFrame, key: bytes, anchor: Anchor | None, table_uri: str = ""
-) -> VerificationResult:
-    """Verify entries (any order) against the key and the anchor; see VerificationResult."""
+    frame: pl.DataFrame, key: bytes, anchor: Anchor | None, table_uri: str = "",
+    retirements: Sequence[Retirement] = (),
+) -> VerificationResult:  # fmt: skip
+    """Verify entries (any order) against the key, the anchor and the retired anchors; see
+    VerificationResult."""
     t0 = time.perf_counter()
     df = frame.sort("seq", maintain_order=True)
     n = df.height
     res = VerificationResult(ok=True, entries=n, table_uri=table_uri)
     res.anchor_seq = anchor.seq if anchor else None
+    hashes: list[str] = []
     if n:
         seqs = df["seq"].to_numpy()
         hashes = df["entry_hash"].to_list()
@@ -370,13 +529,17 @@ def verify_frame(
                 res.detail = "prev_hash does not equal the previous entry's hash"
         res.head_seq = int(seqs[-1])
         res.head_hash = hashes[-1]
+    own = _check_retirements(res, hashes, retirements)
     if res.ok:
         if anchor is None and n:
-            res.ok, res.kind, res.first_bad_seq = False, "missing_anchor", None
-            res.detail = (
-                "the trail has entries but no anchor: its tail cannot be checked (wrong "
-                "PHARMA_AUDIT_ANCHOR / PHARMA_GXP_HOME, or the anchor store was lost)"
-            )
+            if own is not None and own.head_seq == n - 1:
+                res.anchor_seq = own.head_seq  # the retired head still anchors this trail
+            else:
+                res.ok, res.kind, res.first_bad_seq = False, "missing_anchor", None
+                res.detail = (
+                    "the trail has entries but no anchor: its tail cannot be checked (wrong "
+                    "PHARMA_AUDIT_ANCHOR / PHARMA_GXP_HOME, or the anchor store was lost)"
+                )
         elif anchor is not None and anchor.seq >= n:
             res.ok, res.kind, res.first_bad_seq = False, "truncated", n
             res.detail = (
@@ -390,6 +553,149 @@ def verify_frame(
             res.unanchored_entries = n - 1 - anchor.seq
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _is_fatal(e: BaseException) -> bool:
+    """Exceptions a verifier must let through; everything else (including pyo3's
+    PanicException, a BaseException) is a finding about the data."""
+    return isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    path: str
+    first_seq: int | None
+    last_seq: int | None
+    problem: str
+
+    def describe(self) -> str:
+        where = (
+            f"entries seq {self.first_seq}..{self.last_seq}"
+            if self.first_seq is not None
+            else "entries of unknown seq"
+        )
+        return f"data file {self.path} ({where}) cannot be read: {self.problem}"
+
+
+def _file_size_problem(root: str, path: str, size: int | None) -> str | None:
+    """For a local table: is the file there with the size the Delta log says?"""
+    full = Path(root) / path
+    try:
+        actual = full.stat().st_size
+    except OSError as e:
+        return _first_line(e)
+    if size is not None and actual != size:
+        return f"the file has {actual} bytes but the Delta log says {size} (replaced)"
+    return None
+
+
+def _col(actions: pl.DataFrame, name: str, n: int) -> list[Any]:
+    return actions[name].to_list() if name in actions.columns else [None] * n
+
+
+def read_entries(dt: Any, table_uri: str, storage_options: Mapping[str, str]) -> tuple[
+    pl.DataFrame, list[UnreadableFile]
+]:  # fmt: skip
+    """Every readable entry of the trail's snapshot ``dt`` and the data files that cannot be
+    read (missing, replaced by another size, corrupt). Never raises for bad data: a panic
+    inside the Parquet reader is caught too. Each unreadable file gets the seq range it
+    held: from the Delta log's statistics when written, else from the gaps its absence
+    leaves (the log's row counts say how many entries each file held)."""
+    cols = list(SCHEMA)
+    local = "://" not in table_uri or table_uri.startswith("file://")
+    actions = pl.DataFrame(dt.get_add_actions(flatten=True))
+    n = actions.height
+    paths = _col(actions, "path", n)
+    sizes, rows = _col(actions, "size_bytes", n), _col(actions, "num_records", n)
+    lo, hi = _col(actions, "min.seq", n), _col(actions, "max.seq", n)
+    mtimes = _col(actions, "modification_time", n)
+    suspect = (
+        [_file_size_problem(table_uri.removeprefix("file://"), p, sz)
+         for p, sz in zip(paths, sizes, strict=True)]
+        if local else [None] * n
+    )  # fmt: skip
+    if not any(suspect):
+        try:
+            return pl.scan_delta(dt).select(cols).collect(), []
+        except BaseException as e:  # a PanicException is a finding, not a crash
+            if _is_fatal(e):
+                raise
+    frames: list[pl.DataFrame] = []
+    bad: list[tuple[int, str]] = []  # (action index, problem)
+    for i, (p, problem) in enumerate(zip(paths, suspect, strict=True)):
+        if problem is None:
+            try:
+                frames.append(
+                    pl.read_parquet(
+                        f"{table_uri}/{p}", columns=cols,
+                        storage_options=None if local else dict(storage_options),
+                    ).select(cols)
+                )  # fmt: skip
+                continue
+            except BaseException as e:  # see above
+                if _is_fatal(e):
+                    raise
+                problem = _first_line(e)
+        bad.append((i, problem))
+    frame = (
+        pl.concat([f.cast({k: SCHEMA[k] for k in cols}) for f in frames], how="vertical")
+        if frames
+        else pl.DataFrame(schema=SCHEMA)
+    )
+    # seq ranges of the unreadable files: statistics, else the gaps in commit order
+    present = set(frame["seq"].to_list())
+    total = sum(int(r) for r in rows if r is not None)
+    gaps: list[tuple[int, int]] = []
+    for q in range(total):
+        if q not in present:
+            if gaps and gaps[-1][1] == q - 1:
+                gaps[-1] = (gaps[-1][0], q)
+            else:
+                gaps.append((q, q))
+    ordered = sorted(bad, key=lambda b: (mtimes[b[0]] is None, mtimes[b[0]] or 0, b[0]))
+    by_gap = len(gaps) == len(ordered) and all(
+        rows[i] is not None and g[1] - g[0] + 1 == int(rows[i])
+        for (i, _), g in zip(ordered, gaps, strict=True)
+    )
+    out = []
+    for k, (i, problem) in enumerate(ordered):
+        first, last = lo[i], hi[i]
+        if first is None and by_gap:
+            first, last = gaps[k]
+        out.append(UnreadableFile(paths[i], None if first is None else int(first),
+                                  None if last is None else int(last), problem))  # fmt: skip
+    return frame, out
+
+
+def _mark_unreadable(res: VerificationResult, bad: Sequence[UnreadableFile],
+                     seqs: Sequence[int]) -> None:  # fmt: skip
+    """Report the first unreadable file at the first entry it holds (from the Delta log's
+    statistics, else the first seq missing from what could be read)."""
+    present = set(seqs)
+    first = None
+    for f in bad:
+        s = f.first_seq
+        if s is None:
+            s = next((i for i in range(len(present) + 1) if i not in present), None)
+        if first is None or (s is not None and (first[0] is None or s < first[0])):
+            first = (s, f)
+    assert first is not None
+    seq, f = first
+    if (
+        not res.ok
+        and res.first_bad_seq is not None
+        and seq is not None
+        and (res.first_bad_seq < seq)
+    ):
+        return  # an earlier entry already fails on its own
+    res.ok, res.kind, res.first_bad_seq = False, "unreadable", seq
+    others = f"; {len(bad) - 1} more unreadable file(s)" if len(bad) > 1 else ""
+    res.detail = f"{f.describe()}{others}"
 
 
 # ---------------------------------------------------------------------------- the trail
@@ -507,7 +813,8 @@ class AuditTrail:
         actor: str | None = None,
         limit: int | None = None,
     ) -> pl.DataFrame:
-        """Entries (newest last), optionally filtered; empty frame when there is no trail."""
+        """Entries (newest last), optionally filtered; empty frame when there is no trail.
+        Raises AuditIntegrityError (an Exception) when a data file cannot be read."""
         lf = self.lake.scan(GXP_LAYER, TABLE)
         if lf is None:
             return pl.DataFrame(schema=SCHEMA)
@@ -519,54 +826,117 @@ class AuditTrail:
             lf = lf.filter(pl.col("table_name") == table_name)
         if actor is not None:
             lf = lf.filter(pl.col("actor") == actor)
-        df = lf.sort("seq").collect()
+        try:
+            df = lf.sort("seq").collect()
+        except BaseException as e:  # a reader panic is damage, not a crash
+            if _is_fatal(e):
+                raise
+            raise AuditIntegrityError(
+                f"the audit trail {self.uri} cannot be read ({_first_line(e)}); "
+                "`pharma-twin audit verify` names the entries affected"
+            ) from e
         return df.tail(limit) if limit else df
 
     def verify(self, anchor_uri: str | None = None) -> VerificationResult:
-        """Check every entry's HMAC, the links, the sequence and the anchored head.
+        """Check every entry's HMAC, the links, the sequence, the anchored head and every
+        retirement of the anchor. Never raises for damaged data: whatever fails to read
+        (including a panic inside the Parquet reader) is reported as ``unreadable``.
 
         ``anchor_uri``: whose anchor to compare with (a backup copy is checked against the
         anchor of the table it was copied from)."""
         t0 = time.perf_counter()
         uri = anchor_uri or self.uri
-        anchor = self.anchor.get(uri)
-        self.lake.forget()
+        anchor: Anchor | None = None
         try:
+            anchor = self.anchor.get(uri)
+            retirements = self.anchor.retirements(uri)
+            self.lake.forget()
             dt = self.lake.table(GXP_LAYER, TABLE)
-            frame = (
-                pl.DataFrame(schema=SCHEMA)
+            frame, bad = (
+                (pl.DataFrame(schema=SCHEMA), [])
                 if dt is None
-                else pl.scan_delta(dt).select(list(SCHEMA)).collect()
+                else read_entries(dt, self.uri, self.lake.storage_options)
             )
-        except Exception as e:  # corrupt files: report instead of crashing the verifier
-            return VerificationResult(
-                ok=False,
-                entries=0,
-                table_uri=self.uri,
-                kind="unreadable",
-                detail=f"{type(e).__name__}: {e}",
+            res = verify_frame(frame, self.key, anchor, self.uri, retirements)
+            if bad:
+                _mark_unreadable(res, bad, frame["seq"].to_list())
+            if dt is not None:
+                for h in dt.history():
+                    op = h.get("operation")
+                    mode = (h.get("operationParameters") or {}).get("mode")
+                    appended = op in ("WRITE", "CREATE TABLE") and mode in (
+                        None,
+                        "Append",
+                        "ErrorIfExists",
+                    )
+                    if not appended and op != "SET TBLPROPERTIES":
+                        res.non_append_commits.append(int(h["version"]))
+                res.non_append_commits.sort()
+        except BaseException as e:  # the verifier reports, it never crashes
+            if _is_fatal(e):
+                raise
+            res = VerificationResult(
+                ok=False, entries=0, table_uri=self.uri, kind="unreadable",
+                detail=f"the trail cannot be read: {_first_line(e)}",
                 anchor_seq=anchor.seq if anchor else None,
-                seconds=time.perf_counter() - t0,
-            )
-        res = verify_frame(frame, self.key, anchor, self.uri)
-        if dt is not None:
-            for h in dt.history():
-                op, mode = h.get("operation"), (h.get("operationParameters") or {}).get("mode")
-                appended = op in ("WRITE", "CREATE TABLE") and mode in (
-                    None,
-                    "Append",
-                    "ErrorIfExists",
-                )
-                if not appended and op != "SET TBLPROPERTIES":
-                    res.non_append_commits.append(int(h["version"]))
-            res.non_append_commits.sort()
+            )  # fmt: skip
         res.seconds = time.perf_counter() - t0
         return res
 
 
 def verify(lake: Lake, anchor_uri: str | None = None) -> VerificationResult:
     """Verify a lake's audit trail with the configured key and anchor store."""
-    return AuditTrail(lake).verify(anchor_uri)
+    try:
+        trail = AuditTrail(lake)
+    except AuditKeyError:
+        raise
+    except BaseException as e:  # e.g. an unreadable anchor database
+        if _is_fatal(e):
+            raise
+        return VerificationResult(
+            ok=False, entries=0, table_uri=lake.uri(GXP_LAYER, TABLE), kind="unreadable",
+            detail=f"the anchor store cannot be opened: {_first_line(e)}",
+        )  # fmt: skip
+    return trail.verify(anchor_uri)
+
+
+RETIRE_ACTION = "audit_anchor_retired"
+
+
+def retire_trail(
+    lake: Lake, admin_id: str, password: str, reason: str, trail: AuditTrail | None = None
+) -> Retirement:
+    """Retire the anchor of a lake's audit trail that is going to be deleted on purpose (the
+    demo lake `make clean` removes), so a new trail can start at that location.
+
+    A GxP action: the administrator re-authenticates and signs (meaning ``responsibility``,
+    permission ``audit.retire``) the trail's head; the retirement is written to the trail it
+    retires (the last entry, its head) and to the anchor log, with the signature, the head
+    and the hash of entry 0, so ``verify`` can tell later whether a trail at that location is
+    a new one or the retired one cut short."""
+    from .signatures import sign
+
+    if not reason.strip():
+        raise ValueError("retiring an audit trail needs a reason")
+    trail = trail or AuditTrail(lake)
+    if lake.table(GXP_LAYER, TABLE) is None:
+        raise AuditIntegrityError(
+            f"there is no audit trail at {trail.uri}: a retirement is signed and written into "
+            "the trail it retires, so retire before deleting the lake (or restore it first)"
+        )
+    next_seq, head_hash = trail._head()
+    record = {"table_uri": trail.uri, "head_seq": next_seq - 1, "head_hash": head_hash}
+    sig = sign(lake, admin_id, password, "responsibility", "audit_trail", trail.uri, record,
+               reason, trail=trail, permission="audit.retire")  # fmt: skip
+    [(seq, h)] = trail.append([AuditEvent(
+        RETIRE_ACTION, admin_id, f"{GXP_LAYER}/{TABLE}", trail.uri, "anchor",
+        old_value={"head_seq": next_seq - 1, "head_hash": head_hash},
+        new_value={"retired": True, "signature_id": sig.signature_id}, reason=reason,
+    )])  # fmt: skip
+    lf = trail.lake.scan(GXP_LAYER, TABLE)
+    first = [] if lf is None else lf.filter(pl.col("seq") == 0).collect()["entry_hash"].to_list()
+    return trail.anchor.retire(trail.uri, reason, admin_id, sig.signature_id, seq, h,
+                               first[0] if first else None)  # fmt: skip
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

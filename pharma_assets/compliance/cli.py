@@ -146,14 +146,15 @@ def users_change(user_id: str, lake: LakeOpt = None) -> None:
 # ---------------------------------------------------------------------------- audit
 @audit_app.command("verify")
 def audit_verify(lake: LakeOpt = None) -> None:
-    """Verify the chain (HMAC of every entry, links, sequence, anchored head); exit 1 on failure."""
+    """Verify the chain (HMAC of every entry, links, sequence, anchored head) and report every
+    retirement of the anchor; exit 1 on failure (never a crash: damage is named)."""
     from .audit import verify
 
     res = verify(_lake(lake))
     if res.ok:
-        console.print(f"[green]{res.summary()}")
+        console.print(f"[green]{res.summary()}", soft_wrap=True)
     else:
-        err.print(f"[red]{res.summary()}")
+        err.print(f"[red]{res.summary()}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -180,34 +181,40 @@ def audit_show(
 @audit_app.command("retire-anchor")
 def audit_retire_anchor(
     reason: ReasonOpt,
+    admin: Annotated[str, typer.Option(help="Your admin ID (you sign the retirement).")],
     yes: Annotated[
-        bool, typer.Option("--yes", help="Confirm: the trail was deleted on purpose.")
+        bool, typer.Option("--yes", help="Confirm: the trail is deleted on purpose.")
     ] = False,
     lake: LakeOpt = None,
 ) -> None:
-    """Forget the anchored head of a lake's audit trail that was deleted ON PURPOSE (e.g. a demo
-    lake removed by `make clean`); without this a new trail at the same place is refused as
-    truncated. The retirement is kept in the anchor log. Never use it on a GxP lake."""
-    from .audit import AnchorStore, AuditTrail
+    """Retire the anchor of a lake's audit trail that is about to be deleted ON PURPOSE (e.g.
+    the demo lake `make clean` removes); without this a new trail at the same place is refused
+    as truncated. A GxP action: the admin re-enters the password and signs; the retirement is
+    written to the trail it retires and to the anchor log, and `audit verify` reports it from
+    then on. Never use it on a GxP lake you keep."""
+    from .audit import retire_trail
 
     if not yes:
-        err.print("[red]refusing without --yes: this forgets the audit trail's anchored head")
+        err.print("[red]refusing without --yes: this retires the audit trail's anchored head")
         raise typer.Exit(2)
-    uri = AuditTrail(_lake(lake)).uri
-    old = AnchorStore().retire(uri, reason)
-    console.print(f"retired anchor of {uri} (head seq {old.seq if old else 'none'})")
+    lk = _lake(lake)
+    try:
+        r = retire_trail(lk, admin, _password(f"Password of {admin} (signature)"), reason)
+    except Exception as e:
+        _fail(e)
+    console.print(f"{lk.uri('gxp', 'audit_trail')}: {r.describe()}", soft_wrap=True)
 
 
 @audit_app.command("record-materializations")
 def audit_materializations(lake: LakeOpt = None) -> None:
-    """Write materializations from the Dagster instance not yet in the trail (what the
-    materialization_audit sensor does)."""
-    from pharma_assets.defs.compliance.materializations import audit_new_materializations
+    """Write this lake's materializations from the Dagster instance not yet in its trail (what
+    the materialization_audit sensor does; other lakes' runs are counted, not recorded)."""
+    from pharma_assets.defs.compliance.materializations import audit_materializations
     from pharma_assets.pipeline import default_instance
 
     with default_instance() as inst:
-        n = audit_new_materializations(_lake(lake), inst)
-    console.print(f"recorded {n} materializations")
+        done, _ = audit_materializations(_lake(lake), inst)
+    console.print(done.summary())
 
 
 # ---------------------------------------------------------------------------- deviations

@@ -9,6 +9,14 @@ event storage id. Storage ids are only unique within one instance (an ephemeral 
 starts again at 1), so the high-water mark is kept per instance and an event is identified
 by (run id, storage id): an event already in the trail is never recorded twice.
 
+Lake scoping: several lakes may share one Dagster instance (a test lake and the demo lake, two
+sites). A trail records only materializations that wrote *its* lake: ``table_uri`` names the
+Delta table the run wrote (the asset's ``table_uri`` metadata, else the lake of the run's
+``lakehouse`` resource configuration, else the lake another asset of the same run wrote) and
+must be this lake's table. Others are counted as ``other_lakes``; events whose lake cannot be
+told are counted as ``unattributed`` (neither is recorded in this trail). Row counts are read
+from this lake's table at the Delta version the run reported.
+
 This module knows nothing about Dagster: pharma_assets/defs/compliance/ turns instance events
 into ``MaterializationInfo`` and calls ``record_materializations``.
 """
@@ -16,6 +24,7 @@ into ``MaterializationInfo`` and calls ``record_materializations``.
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +51,7 @@ class MaterializationInfo:
     partition: str | None = None
     timestamp: float | None = None
     instance: str = ""
+    table_uri: str | None = None  # the Delta table the run wrote; None when it cannot be told
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,6 +84,37 @@ def _rows(uri: str, version: int | None, storage_options: dict[str, str]) -> int
         return None
 
 
+def same_location(a: str, b: str) -> bool:
+    """Do two table URIs name the same table (local paths compared after resolving)?"""
+
+    def norm(u: str) -> str:
+        u = u.rstrip("/")
+        if "://" in u and not u.startswith("file://"):
+            return u
+        return os.path.realpath(u.removeprefix("file://"))
+
+    return norm(a) == norm(b)
+
+
+@dataclass(frozen=True)
+class MaterializationAudit:
+    """What one pass recorded: ``recorded`` entries written; ``other_lakes`` and
+    ``unattributed`` events seen but not this lake's (see the module docstring);
+    ``already`` events already in the trail."""
+
+    recorded: int = 0
+    other_lakes: int = 0
+    unattributed: int = 0
+    already: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"recorded {self.recorded} materializations in the audit trail ({self.already} "
+            f"already there, {self.other_lakes} of other lakes, {self.unattributed} of no "
+            "known lake: not recorded here)"
+        )
+
+
 @dataclass(frozen=True)
 class Recorded:
     high_water: int  # highest storage id recorded for the instance asked about
@@ -101,23 +142,35 @@ def last_recorded(trail: AuditTrail, instance: str = "") -> Recorded:
 
 def record_materializations(
     lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail | None = None
-) -> int:
-    """Append one audit entry per new materialization of a governed table; returns how many."""
+) -> MaterializationAudit:
+    """Append one audit entry per new materialization of a governed table of this lake."""
     trail = trail or AuditTrail(lake)
     with lake.lock("gxp_materialization_audit"):  # the sensor and the CLI may race
         return _record(lake, items, trail)
 
 
-def _record(lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail) -> int:
+def _record(
+    lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail
+) -> MaterializationAudit:
     rec = last_recorded(trail)
     last_version = dict(rec.versions)
     events = []
     cv = code_version()
+    other = unknown = already = 0
     for m in sorted(items, key=lambda m: m.storage_id):
-        if (m.run_id, m.storage_id) in rec.keys or m.table.split("/")[0] not in GOVERNED_LAYERS:
+        if m.table.split("/")[0] not in GOVERNED_LAYERS:
+            continue
+        if (m.run_id, m.storage_id) in rec.keys:
+            already += 1
             continue
         layer, name = m.table.split("/", 1)
         uri = lake.uri(layer, name)
+        if m.table_uri is None:
+            unknown += 1
+            continue
+        if not same_location(m.table_uri, uri):
+            other += 1
+            continue
         after = m.delta_version if m.delta_version is not None else lake.version(layer, name)
         before = last_version.get(m.table)
         if before is None and after is not None:
@@ -133,4 +186,4 @@ def _record(lake: Lake, items: Sequence[MaterializationInfo], trail: AuditTrail)
         if after is not None:
             last_version[m.table] = after
     trail.append(events)
-    return len(events)
+    return MaterializationAudit(len(events), other, unknown, already)

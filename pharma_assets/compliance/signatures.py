@@ -75,9 +75,12 @@ def _mac(key: bytes, sig: Mapping[str, Any]) -> str:
 def sign(
     lake: Lake, user_id: str, password: str, meaning: str, record_type: str, record_id: str,
     record: Mapping[str, Any], reason: str, context_id: str | None = None,
-    trail: AuditTrail | None = None,
+    trail: AuditTrail | None = None, permission: str | None = None,
 ) -> Signature:  # fmt: skip
-    """Re-authenticate ``user_id`` and sign ``record`` (the exact content shown to the signer)."""
+    """Re-authenticate ``user_id`` and sign ``record`` (the exact content shown to the signer).
+
+    The signer's role must grant ``permission`` (default ``sign.<meaning>``); the retirement
+    of an audit trail uses ``audit.retire``, which only administrators hold."""
     if meaning not in MEANINGS:
         raise ValueError(f"signature meaning {meaning!r} is unknown; use one of {MEANINGS}")
     if not reason.strip():
@@ -86,7 +89,7 @@ def sign(
     user = authenticate(lake, user_id, password, purpose="signature_reauth",
                         context_id=context_id, trail=trail)  # fmt: skip
     try:
-        require(user, f"sign.{meaning}")
+        require(user, permission or f"sign.{meaning}")
     except Exception as e:
         trail.record("signature_refused", user_id, table_name=record_type, record_id=record_id,
                      field=meaning, new_value=str(e), context_id=context_id)  # fmt: skip

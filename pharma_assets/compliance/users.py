@@ -5,6 +5,14 @@ the system checks what each may do, that ID/password pairs are unique, aged, and
 failed attempts are detected. Every change to a user and every login, failed login and
 logout is written to the audit trail.
 
+Passwords must be at least 10 characters and hard to guess: zxcvbn (a maintained estimator
+that knows the common and breached-password lists, dictionary words, names, keyboard walks,
+repeats and dates) must score them at least 3 of 4, with the user ID and name as known
+inputs. A failed login says the same thing for an unknown ID, a wrong password, a locked
+and a disabled account (the reason goes only into the audit trail), and an ID that matches no
+account is never stored (it may be a password typed into the wrong field). Sessions end
+when the account is disabled, locked, changes role or has its password reset or changed.
+
 Storage: ``<lake>/gxp/users`` is append-only: each change appends a new version of the
 user's row (the current state is the highest ``version``), so the history of every account
 is kept. A user ID is never reused: creating an ID that ever existed is refused, even after
@@ -14,6 +22,7 @@ the account was disabled. Passwords are hashed with argon2id (argon2-cffi defaul
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,6 +32,7 @@ from typing import Any
 import polars as pl
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
 
 from pharma_assets.lake.storage import UTC_US, Lake
 
@@ -32,7 +42,8 @@ from .audit import GXP_TABLE_CONFIGURATION, AuditTrail
 TABLE = "users"
 
 # permissions per role; admins manage accounts but cannot sign GMP records (segregation of
-# duties), QA is the only role that approves, closes deviations and releases batches
+# duties; the one thing an admin signs is the retirement of an audit trail), QA is the only
+# role that approves, closes deviations and releases batches; viewers only read dashboards
 ROLES: dict[str, frozenset[str]] = {
     "operator": frozenset({"deviation.open", "sign.authorship", "record.view"}),
     "process_engineer": frozenset(
@@ -65,7 +76,8 @@ ROLES: dict[str, frozenset[str]] = {
     "maintenance": frozenset(
         {"deviation.open", "record.view", "sign.authorship", "sign.responsibility"}
     ),
-    "admin": frozenset({"user.manage", "audit.view", "record.view"}),
+    "admin": frozenset({"user.manage", "audit.view", "audit.retire", "record.view"}),
+    "viewer": frozenset({"record.view"}),
 }
 
 
@@ -74,6 +86,7 @@ class Policy:
     """Account rules; the defaults follow common GMP practice (document local SOP values)."""
 
     min_password_length: int = 10
+    min_password_strength: int = 3  # zxcvbn score 0-4
     max_failed_attempts: int = 5
     password_max_age_days: int = 90
     session_idle_minutes: int = 15
@@ -92,10 +105,6 @@ SCHEMA: dict[str, pl.DataType] = {
 
 class AuthError(Exception):
     """Login or re-authentication refused (the message is safe to show to the user)."""
-
-
-class AccountLockedError(AuthError):
-    pass
 
 
 class PasswordExpiredError(AuthError):
@@ -160,7 +169,21 @@ def require(user: User, permission: str) -> None:
         )
 
 
-def check_password_policy(user_id: str, password: str, policy: Policy = POLICY) -> None:
+# one message for every refused login: it must not tell an unknown ID, a wrong password, a
+# locked and a disabled account apart (the audit trail records which it was)
+LOGIN_REFUSED = (
+    "login refused: unknown user ID or wrong password, or the account is locked or disabled "
+    "(an administrator can tell which)"
+)
+UNKNOWN_USER = "unknown-user"  # stored instead of an ID that matches no account
+
+
+def check_password_policy(
+    user_id: str, password: str, policy: Policy = POLICY, full_name: str = ""
+) -> None:
+    """Length, not containing the ID, and a zxcvbn strength score of at least
+    ``policy.min_password_strength`` (common/breached passwords, words, names, repeats,
+    sequences and dates score low). The message never contains the password."""
     if len(password) < policy.min_password_length:
         raise ValueError(
             f"password for {user_id!r} is {len(password)} characters; the policy needs at "
@@ -168,6 +191,21 @@ def check_password_policy(user_id: str, password: str, policy: Policy = POLICY) 
         )
     if user_id.lower() in password.lower():
         raise ValueError(f"password for {user_id!r} must not contain the user ID")
+    est = zxcvbn(password[:72], user_inputs=[user_id, *full_name.split()])
+    if est["score"] < policy.min_password_strength:
+        fb = est.get("feedback") or {}
+        hint = " ".join([fb.get("warning") or "", *(fb.get("suggestions") or [])]).strip()
+        raise ValueError(
+            f"password for {user_id!r} is too easy to guess (strength {est['score']} of 4, the "
+            f"policy needs {policy.min_password_strength})" + (f": {hint}" if hint else "")
+        )
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when there is no usable account, so a refusal costs the same
+    time whatever its reason."""
+    return _HASHER.hash(secrets.token_hex(16))
 
 
 # ---------------------------------------------------------------------------- storage
@@ -242,7 +280,7 @@ def _manager(lake: Lake, actor_id: str, bootstrap: bool) -> str:
         return actor_id
     actor = get_user(lake, actor_id)
     if actor is None:
-        raise PermissionDeniedError(f"unknown user {actor_id!r} cannot manage accounts")
+        raise PermissionDeniedError("the acting user ID matches no account: cannot manage accounts")
     require(actor, "user.manage")
     return actor_id
 
@@ -261,7 +299,7 @@ def create_user(
         raise ValueError(f"user ID {user_id!r} must be letters, digits, '.', '_' or '-'")
     if not full_name.strip():
         raise ValueError(f"user {user_id!r} needs a full (printed) name for signatures")
-    check_password_policy(user_id, password)
+    check_password_policy(user_id, password, full_name=full_name)
     trail = trail or AuditTrail(lake)
     with _locked(lake):
         actor = _manager(lake, actor_id, bootstrap)
@@ -301,12 +339,14 @@ def disable_user(lake: Lake, user_id: str, actor_id: str, reason: str) -> User:
 
 
 def reset_password(lake: Lake, user_id: str, new_password: str, actor_id: str, reason: str) -> User:
-    """Administrator reset: unlocks the account; the user must change the password at login."""
-    check_password_policy(user_id, new_password)
+    """Administrator reset (forgotten password, lockout, suspected compromise): unlocks the
+    account, ends the user's live sessions (``check_session`` refuses sessions started before
+    the reset) and forces a change at the next login."""
     trail = AuditTrail(lake)
     with _locked(lake):
         actor = _manager(lake, actor_id, False)
         u = _existing(lake, user_id)
+        check_password_policy(user_id, new_password, full_name=u.full_name)
         new = replace(u, password_hash=_HASHER.hash(new_password), password_set_at=_now(None),
                       failed_attempts=0, locked=False, must_change_password=True)  # fmt: skip
         return _save(lake, trail, new, actor, "password_reset", reason,
@@ -317,7 +357,6 @@ def change_password(
     lake: Lake, user_id: str, old_password: str, new_password: str, now: datetime | None = None
 ) -> User:
     """The user changes their own password (allowed when it has expired)."""
-    check_password_policy(user_id, new_password)
     if new_password == old_password:
         raise ValueError("the new password must differ from the old one")
     trail = AuditTrail(lake)
@@ -325,6 +364,7 @@ def change_password(
                  trail=trail, now=now)  # fmt: skip
     with _locked(lake):
         u = _existing(lake, user_id)
+        check_password_policy(user_id, new_password, full_name=u.full_name)
         new = replace(u, password_hash=_HASHER.hash(new_password), password_set_at=_now(now),
                       must_change_password=False)  # fmt: skip
         return _save(lake, trail, new, user_id, "password_changed", "password change by user",
@@ -347,32 +387,37 @@ def authenticate(
     """Check an ID/password pair (login or re-authentication before a signature).
 
     Failures are counted per account; after ``max_failed_attempts`` consecutive failures the
-    account is locked until an administrator resets it. Success and failure are audited."""
+    account is locked until an administrator resets it. Success and failure are audited.
+
+    Every refusal before the password is proven raises AuthError(LOGIN_REFUSED), whatever
+    the reason (unknown ID, wrong password, locked, disabled), after the same argon2 work;
+    the reason is audited. An ID that matches no account is recorded as ``unknown-user``
+    with an empty record ID: what was typed may be a password in the wrong field."""
     trail = trail or AuditTrail(lake)
     t = _now(now)
 
-    def fail(msg: str, cls: type[AuthError] = AuthError, detail: str = "") -> AuthError:
-        trail.record(f"{purpose}_failed", user_id or "?", table_name=f"{GXP_LAYER}/{TABLE}",
-                     record_id=user_id, field="outcome", new_value=detail or msg,
+    def fail(detail: str, known: bool = True, msg: str = LOGIN_REFUSED,
+             cls: type[AuthError] = AuthError) -> AuthError:  # fmt: skip
+        who = user_id if known else UNKNOWN_USER
+        trail.record(f"{purpose}_failed", who, table_name=f"{GXP_LAYER}/{TABLE}",
+                     record_id=user_id if known else "", field="outcome", new_value=detail,
                      context_id=context_id)  # fmt: skip
         return cls(msg)
 
-    with _locked(lake):
-        u = get_user(lake, user_id)
-        if u is None:
-            raise fail("unknown user ID or wrong password", detail="unknown user ID")
-        if not u.active:
-            raise fail(f"account {user_id!r} is disabled", detail="account disabled")
-        if u.locked:
-            raise fail(f"account {user_id!r} is locked after repeated failed attempts; ask an "
-                       "administrator to reset the password", AccountLockedError,
-                       detail="account locked")  # fmt: skip
-        ok: bool
+    def password_ok(hashed: str) -> bool:
         try:
-            ok = bool(_HASHER.verify(u.password_hash, password))
+            return bool(_HASHER.verify(hashed, password))
         except (VerificationError, InvalidHashError):
-            ok = False
-        if not ok:
+            return False
+
+    with _locked(lake):
+        u = get_user(lake, user_id) if user_id else None
+        if u is None or not u.active or u.locked:
+            password_ok(_dummy_hash())  # same cost as a real check
+            if u is None:
+                raise fail("unknown user ID", known=False)
+            raise fail("account disabled" if not u.active else "account locked")
+        if not password_ok(u.password_hash):
             n = u.failed_attempts + 1
             lock = n >= policy.max_failed_attempts
             _write(lake, replace(u, version=u.version + 1, failed_attempts=n, locked=lock,
@@ -381,7 +426,7 @@ def authenticate(
                 trail.record("account_locked", "system", table_name=f"{GXP_LAYER}/{TABLE}",
                              record_id=user_id, field="locked", old_value="false",
                              new_value="true", reason=f"{n} consecutive failed attempts")  # fmt: skip
-            raise fail("unknown user ID or wrong password", detail=f"wrong password ({n})")
+            raise fail(f"wrong password ({n})")
         if u.failed_attempts:
             u = replace(u, version=u.version + 1, failed_attempts=0, updated_at=t,
                         updated_by="system", change="failures_reset")  # fmt: skip
@@ -389,8 +434,8 @@ def authenticate(
     if not allow_expired:
         age = t - u.password_set_at
         if u.must_change_password or age > timedelta(days=policy.password_max_age_days):
-            raise fail(f"the password of {user_id!r} has expired; change it first",
-                       PasswordExpiredError, detail="password expired")  # fmt: skip
+            raise fail("password expired", msg=f"the password of {user_id!r} has expired; "
+                       "change it first", cls=PasswordExpiredError)  # fmt: skip
     trail.record(purpose, user_id, table_name=f"{GXP_LAYER}/{TABLE}", record_id=user_id,
                  field="outcome", new_value="success", context_id=context_id)  # fmt: skip
     return u
@@ -411,8 +456,10 @@ def login(
 def check_session(
     lake: Lake, session: Session, now: datetime | None = None, policy: Policy = POLICY
 ) -> Session:
-    """Refuse an expired session or one whose account was disabled, locked or changed role;
-    otherwise return it with its idle timeout renewed."""
+    """Refuse an expired session or one whose account was disabled, locked, changed role or
+    had its password reset or changed since the login (an administrator's reset after a
+    suspected compromise ends every live session); otherwise return it with its idle
+    timeout renewed. An ended session is audited (``session_expired``/``session_revoked``)."""
     t = _now(now)
     if t > session.expires_at:
         AuditTrail(lake).record("session_expired", session.user_id, record_id=session.user_id,
@@ -422,8 +469,21 @@ def check_session(
             "log in again"
         )
     u = get_user(lake, session.user_id)
-    if u is None or not u.active or u.locked or u.role != session.role:
-        raise SessionExpiredError(f"account {session.user_id!r} changed; log in again")
+    why = (
+        "account missing" if u is None
+        else "account disabled" if not u.active
+        else "account locked" if u.locked
+        else f"role changed to {u.role}" if u.role != session.role
+        else "password reset or changed after login"
+        if u.password_set_at > session.started_at or u.must_change_password
+        else None
+    )  # fmt: skip
+    if why is not None:
+        AuditTrail(lake).record("session_revoked", session.user_id,
+                                table_name=f"{GXP_LAYER}/{TABLE}", record_id=session.user_id,
+                                field="session", new_value=why,
+                                context_id=session.session_id)  # fmt: skip
+        raise SessionExpiredError(f"account {session.user_id!r} changed ({why}); log in again")
     return replace(session, expires_at=t + timedelta(minutes=policy.session_idle_minutes))
 
 
@@ -438,6 +498,7 @@ DEMO_USERS = [
     ("pe.smith", "Pat Engineer", "process_engineer"),
     ("op.jones", "Olive Operator", "operator"),
     ("mx.brown", "Max Maintenance", "maintenance"),
+    ("viewer", "Vic Viewer", "viewer"),
 ]
 
 
@@ -450,7 +511,13 @@ def create_demo_users(lake: Lake, seed: int | None = None) -> list[tuple[str, st
         if get_user(lake, uid) is not None:
             out.append((uid, role, "(unchanged)"))
             continue
-        pw = "Demo-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(10))
+        while True:  # random, and strong enough for the policy (almost always at once)
+            pw = "Demo-" + "".join(rng.choice("abcdefghjkmnpqrstuvwxyz23456789") for _ in range(10))
+            try:
+                check_password_policy(uid, pw, full_name=name)
+                break
+            except ValueError:
+                continue
         create_user(lake, uid, name, role, pw, actor_id="admin" if uid != "admin" else
                     "system:demo", reason="demo account", bootstrap=uid == "admin")  # fmt: skip
         out.append((uid, role, pw))

@@ -220,22 +220,19 @@ def test_entries_record_who_what_when_why(empty_lake: Lake) -> None:
     assert hashlib.sha256(b"").hexdigest() != row["entry_hash"]
 
 
-def test_deleted_trail_is_refused_until_its_anchor_is_retired_on_purpose(empty_lake: Lake):
-    """`make clean` deletes the demo lake; a new trail at the same place is refused (it looks
-    like truncation) until the anchor is retired with a reason, which the anchor log keeps."""
+def test_deleted_trail_is_refused_and_cannot_be_retired_afterwards(empty_lake: Lake):
+    """A deleted trail is refused (it looks like truncation) and stays reported: a retirement
+    is signed and written into the trail it retires, so it must come before the deletion
+    (test_hardening.py has the retire-then-delete flow `make clean` uses)."""
     import shutil
-    import sqlite3
 
     t = _trail(empty_lake)
     shutil.rmtree(Path(t.uri))
     empty_lake.forget()
     with pytest.raises(AuditIntegrityError, match="anchor is at seq 49"):
         AuditTrail(empty_lake).append([AuditEvent("login", "u1", reason="after delete")])
-    old = audit.AnchorStore().retire(t.uri, "demo lake removed by make clean")
-    assert old is not None and old.seq == N - 1
-    fresh = AuditTrail(empty_lake)
-    fresh.append([AuditEvent("login", "u1", reason="new trail")])
-    assert fresh.verify().ok and fresh.verify().entries == 1
-    with sqlite3.connect(audit.AnchorStore().path) as con:
-        log = con.execute("SELECT seq, entry_hash FROM anchor_log WHERE seq = -1").fetchall()
-    assert log == [(-1, f"retired head seq {N - 1}: demo lake removed by make clean")]
+    with pytest.raises(AuditIntegrityError, match="retire before deleting"):
+        audit.retire_trail(empty_lake, "admin", "Root-pass-2026!", "demo lake removed")
+    assert audit.AnchorStore().get(t.uri) is not None
+    res = AuditTrail(empty_lake).verify()
+    assert not res.ok and res.kind == "truncated" and res.first_bad_seq == 0

@@ -13,7 +13,7 @@ from pharma_assets.compliance import signatures, users
 from pharma_assets.compliance.audit import AuditTrail
 from pharma_assets.compliance.deviations import advance, close, open_deviation
 from pharma_assets.compliance.users import (
-    AccountLockedError,
+    LOGIN_REFUSED,
     AuthError,
     PasswordExpiredError,
     PermissionDeniedError,
@@ -39,8 +39,9 @@ def test_passwords_hashed_with_argon2_and_ids_never_reused(lake_users) -> None:
     with pytest.raises(ValueError, match="never reused"):
         users.create_user(lake, "op.jones", "Other Jones", "operator", "Another-pass-2026",
                           "admin", "rehire")  # fmt: skip
-    with pytest.raises(AuthError, match="disabled"):
+    with pytest.raises(AuthError) as refused:  # same message as a wrong password
         users.login(lake, "op.jones", pw["op.jones"])
+    assert str(refused.value) == LOGIN_REFUSED
     with pytest.raises(PermissionDeniedError, match="bootstrap"):
         users.create_user(lake, "root2", "Second Root", "admin", "Second-admin-26", "x", "r",
                           bootstrap=True)  # fmt: skip
@@ -56,7 +57,7 @@ def test_lockout_after_repeated_failures_and_every_attempt_audited(lake_users) -
     for _ in range(users.POLICY.max_failed_attempts):
         with pytest.raises(AuthError):
             users.login(lake, "pe.smith", "wrong-password-123")
-    with pytest.raises(AccountLockedError):
+    with pytest.raises(AuthError, match="locked or disabled"):
         users.login(lake, "pe.smith", pw["pe.smith"])  # right password, but locked
     trail = AuditTrail(lake)
     failed = trail.read(action="login_failed")

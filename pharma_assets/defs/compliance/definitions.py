@@ -9,7 +9,7 @@ from pharma_assets.compliance.audit import AuditTrail
 from pharma_assets.compliance.deviations import auto_open
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 
-from .materializations import audit_new_materializations
+from .materializations import audit_materializations
 
 audit_trail_asset = dg.AssetSpec(
     ["gxp", "audit_trail"],
@@ -25,7 +25,8 @@ audit_trail_asset = dg.AssetSpec(
 
 @dg.asset_check(asset=audit_trail_asset.key, name="audit_chain_valid", blocking=False)
 def audit_chain_valid(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
-    """Verify every entry's HMAC, the links, the sequence and the anchored head."""
+    """Verify every entry's HMAC, the links, the sequence, the anchored head and every
+    retirement of the anchor (the same ``AuditTrail.verify`` as the CLI and the QA page)."""
     res = AuditTrail(lakehouse.lake()).verify()
     return dg.AssetCheckResult(
         passed=res.ok,
@@ -38,6 +39,7 @@ def audit_chain_valid(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
             "first_bad_seq": res.first_bad_seq if res.first_bad_seq is not None else -1,
             "failure_kind": res.kind or "",
             "unanchored_entries": res.unanchored_entries,
+            "anchor_retirements": "\n".join(res.retirements) or "none",
             "verify_seconds": round(res.seconds, 3),
         },
     )
@@ -54,19 +56,21 @@ audit_verify_job = dg.define_asset_job(
     name="materialization_audit",
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Writes every materialization of a bronze/silver/gold table (versions, rows, "
-    "run id, code version) into the GxP audit trail, then opens deviations for new major/"
-    "critical CPP excursions and contamination alarms.",
+    description="Writes every materialization of a bronze/silver/gold table of this lake "
+    "(versions, rows, run id, code version) into its GxP audit trail, then opens deviations for "
+    "new major/critical CPP excursions and contamination alarms. Runs that wrote another lake "
+    "on the same instance are not recorded here.",
 )
 def materialization_audit_sensor(
     context: dg.SensorEvaluationContext, lakehouse: LakehouseResource
 ) -> dg.SkipReason:
     lake = lakehouse.lake()
-    n = audit_new_materializations(lake, context.instance)
-    opened = auto_open(lake, context_id=f"sensor:{context.cursor or ''}") if n else []
-    return dg.SkipReason(
-        f"recorded {n} materializations in the audit trail; opened {len(opened)} deviations"
-    )
+    cursor = context.cursor or ""
+    scanned = int(cursor) if cursor.lstrip("-").isdigit() else -1
+    done, top = audit_materializations(lake, context.instance, scanned)
+    opened = auto_open(lake, context_id=f"sensor:{context.cursor or ''}") if done.recorded else []
+    context.update_cursor(str(top))
+    return dg.SkipReason(f"{done.summary()}; opened {len(opened)} deviations")
 
 
 @dg.definitions

@@ -110,6 +110,9 @@ def score_running_contamination(
                     "alarms": res.alarms,
                     "model_version": version,
                     "delta_version": lake.version(live_scoring.LIVE_LAYER, live_scoring.LIVE_TABLE),
+                    "table_uri": dg.MetadataValue.path(
+                        lake.uri(live_scoring.LIVE_LAYER, live_scoring.LIVE_TABLE)
+                    ),
                 },
             )
         )
