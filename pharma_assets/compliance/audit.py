@@ -221,6 +221,9 @@ class AnchorStore:
                 "NOT NULL, entry_hash TEXT NOT NULL, updated_at TEXT NOT NULL)"
             )
             con.execute(
+                "CREATE INDEX IF NOT EXISTS anchor_log_uri_seq ON anchor_log (table_uri, seq)"
+            )
+            con.execute(
                 "CREATE TABLE IF NOT EXISTS retirement (log_rowid INTEGER PRIMARY KEY, "
                 "table_uri TEXT NOT NULL, retired_at TEXT NOT NULL, actor TEXT NOT NULL, "
                 "signature_id TEXT NOT NULL, reason TEXT NOT NULL, head_seq INTEGER, "
@@ -283,10 +286,15 @@ class AnchorStore:
         """Every retirement of ``table_uri``'s anchor, oldest first, read from the anchor log
         (also the unsigned ones older versions wrote: seq -1 rows without details)."""
         with contextlib.closing(self._connect()) as con:
+            last = con.execute(  # rows after the last retirement belong to no retirement
+                "SELECT max(rowid) FROM anchor_log WHERE table_uri = ? AND seq = -1", (table_uri,)
+            ).fetchone()[0]
+            if last is None:
+                return []
             log = con.execute(
                 "SELECT rowid, seq, entry_hash, updated_at FROM anchor_log WHERE table_uri = ? "
-                "ORDER BY rowid",
-                (table_uri,),
+                "AND rowid <= ? ORDER BY rowid",
+                (table_uri, last),
             ).fetchall()
             details = {
                 int(r[0]): r
