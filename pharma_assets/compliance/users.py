@@ -66,6 +66,8 @@ ROLES: dict[str, frozenset[str]] = {
         {"deviation.open", "record.view", "sign.authorship", "sign.responsibility"}
     ),
     "admin": frozenset({"user.manage", "audit.view", "record.view"}),
+    # read-only: the plant dashboards and GMP records, no action and no signature
+    "viewer": frozenset({"record.view"}),
 }
 
 
@@ -438,6 +440,7 @@ DEMO_USERS = [
     ("pe.smith", "Pat Engineer", "process_engineer"),
     ("op.jones", "Olive Operator", "operator"),
     ("mx.brown", "Max Maintenance", "maintenance"),
+    ("view.only", "Vera Viewer", "viewer"),
 ]
 
 
