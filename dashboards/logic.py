@@ -470,7 +470,8 @@ _LABELS = {"unit_id": "Unit", "batch_id": "Batch", "equipment_id": "Equipment it
            "hours": "Hours in bucket", "priority": "Priority", "seq": "Seq",
            "elapsed_h": "Time since inoculation (h)", "health_score": "Health score (0-100)",
            "failure_probability": "Failure probability (72 h, 0-1)",
-           "threshold": "Alarm threshold", "risk": "Risk (0-1)"}  # fmt: skip
+           "threshold": "Alarm threshold", "risk": "Risk (0-1)", "ts_utc": "Time (UTC)",
+           "table_name": "Table", "record_id": "Record ID", "context_id": "Session / run ID"}  # fmt: skip
 
 
 def column_label(name: str) -> str:
@@ -669,3 +670,44 @@ def cpk_bars(cpk: pl.DataFrame, cap: float = CPK_CAP) -> pl.DataFrame:
         hover=pl.col("cpp") + pl.lit(": mean Cpk ") + v.round(3).cast(pl.String).fill_null("none")
         + pl.lit(" over ") + pl.col("batches").cast(pl.String) + pl.lit(" batches"),
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- audit trail
+#: actions the pipeline writes (one per materialization of a governed table), and their actor
+MACHINE_ACTIONS = frozenset({"materialization"})
+MACHINE_ACTORS = frozenset({"dagster"})
+#: the audit page's views: name -> filter over the trail (None: every entry)
+AUDIT_VIEWS: dict[str, pl.Expr | None] = {
+    "Human actions": ~(pl.col("action").is_in(list(MACHINE_ACTIONS))
+                       | pl.col("actor").is_in(list(MACHINE_ACTORS))),
+    "Signatures": pl.col("action").is_in(["e_signature", "signature_refused", "signature",
+                                          "signature_failed"]),
+    "Releases & batch records": pl.col("action").str.starts_with("batch_")
+    | pl.col("action").str.starts_with("ebr_"),
+    "Deviations": pl.col("action").str.starts_with("deviation_"),
+    "Logins & accounts": pl.col("action").is_in(["login", "login_failed", "logout",
+                                                 "session_expired", "account_locked"])
+    | pl.col("action").str.starts_with("user_"),
+    "Spec & model changes": pl.col("action").is_in(["spec_change", "model_promotion"]),
+    "Pipeline (materializations)": pl.col("action").is_in(list(MACHINE_ACTIONS))
+    | pl.col("actor").is_in(list(MACHINE_ACTORS)),
+    "All entries": None,
+}  # fmt: skip
+DEFAULT_AUDIT_VIEW = "Human actions"
+
+
+def audit_view(trail: pl.DataFrame, view: str) -> pl.DataFrame:
+    """The entries of one view of the audit trail (``AUDIT_VIEWS``); nothing is removed from
+    the trail itself, "All entries" shows every entry."""
+    expr = AUDIT_VIEWS[view]
+    return trail if expr is None else trail.filter(expr)
+
+
+def audit_view_counts(trail: pl.DataFrame) -> dict[str, int]:
+    """Entries per view (the views overlap: "Human actions" + "Pipeline" = "All entries")."""
+    if trail.height == 0:
+        return dict.fromkeys(AUDIT_VIEWS, 0)
+    row = trail.select(
+        [(pl.len() if e is None else e.sum()).alias(k) for k, e in AUDIT_VIEWS.items()]
+    ).row(0, named=True)
+    return {k: int(v) for k, v in row.items()}

@@ -29,7 +29,7 @@ STALE_MINUTES_DEFAULT = 15.0
 VIEW = "record.view"
 
 
-def column_config(df: pl.DataFrame) -> dict[str, Any]:
+def column_config(df: pl.DataFrame, ts_format: str = "YYYY-MM-DD HH:mm") -> dict[str, Any]:
     """Readable headers with units for every column; timestamps as ``YYYY-MM-DD HH:mm``
     (UTC, said in the header), dates as ``YYYY-MM-DD``. The data (and the CSV) keep the
     column names."""
@@ -39,7 +39,7 @@ def column_config(df: pl.DataFrame) -> dict[str, Any]:
         if isinstance(dtype, pl.Datetime):
             if dtype.time_zone is None and not label.endswith("(UTC)"):
                 label += " (UTC)"
-            cfg[name] = st.column_config.DatetimeColumn(label, format="YYYY-MM-DD HH:mm")
+            cfg[name] = st.column_config.DatetimeColumn(label, format=ts_format)
         elif isinstance(dtype, pl.Date):
             cfg[name] = st.column_config.DateColumn(label, format="YYYY-MM-DD")
         else:
@@ -47,10 +47,13 @@ def column_config(df: pl.DataFrame) -> dict[str, Any]:
     return cfg
 
 
-def dataframe(df: pl.DataFrame, key: str | None = None, height: int | None = None) -> None:
+def dataframe(
+    df: pl.DataFrame, key: str | None = None, height: int | None = None,
+    ts_format: str = "YYYY-MM-DD HH:mm",
+) -> None:  # fmt: skip
     """``st.dataframe`` with readable headers (see ``column_config``)."""
     st.dataframe(df, hide_index=True, width="stretch", height=height or "auto",
-                 column_config=column_config(df), key=key)  # fmt: skip
+                 column_config=column_config(df, ts_format), key=key)  # fmt: skip
 
 
 def table(df: pl.DataFrame, key: str, label: str, height: int | None = None) -> None:
