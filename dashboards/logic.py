@@ -461,7 +461,7 @@ _UNIT_SUFFIXES = (
     ("_l", "L"), ("_h", "h"), ("_ts", "UTC"),
 )  # fmt: skip
 #: words written differently from their snake_case form
-_WORDS = {"id": "ID", "ph": "pH", "cpp": "CPP", "cqa": "CQA", "cpk": "Cpk", "uom": "unit",
+_WORDS = {"id": "ID", "ph": "pH", "cpp": "CPP", "cqa": "CQA", "cpk": "Cpk", "uom": "unit of measure", "capa": "CAPA",
           "lsl": "LSL", "usl": "USL", "vcd": "VCD", "hmw": "HMW", "co2": "CO₂", "o2": "O₂",
           "t2": "T²", "spe": "SPE", "mspc": "MSPC", "rft": "RFT", "ebr": "EBR"}  # fmt: skip
 _LABELS = {"unit_id": "Unit", "batch_id": "Batch", "equipment_id": "Equipment item",
@@ -488,7 +488,7 @@ def column_label(name: str) -> str:
     if name.endswith("_at"):
         unit = "UTC"
     words = [_WORDS.get(w, w) for w in stem.split("_") if w]
-    if words and words[0] == stem.split("_")[0]:  # a plain first word starts with a capital
+    if words and words[0] != "pH":  # a header starts with a capital (pH stays pH)
         words[0] = words[0][:1].upper() + words[0][1:]
     text = " ".join(words) or name
     return f"{text} ({unit})" if unit else text
@@ -676,9 +676,11 @@ def cpk_bars(cpk: pl.DataFrame, cap: float = CPK_CAP) -> pl.DataFrame:
 #: actions the pipeline writes (one per materialization of a governed table), and their actor
 MACHINE_ACTIONS = frozenset({"materialization"})
 MACHINE_ACTORS = frozenset({"dagster"})
-#: the audit page's views: name -> filter over the trail (None: every entry)
+#: the audit page's views: name -> filter over the trail (None: every entry). The default view
+#: is everything but the pipeline's entries: people's actions and the QA records the system
+#: makes for them (deviations opened from excursions, account lockouts)
 AUDIT_VIEWS: dict[str, pl.Expr | None] = {
-    "Human actions": ~(pl.col("action").is_in(list(MACHINE_ACTIONS))
+    "People & QA records": ~(pl.col("action").is_in(list(MACHINE_ACTIONS))
                        | pl.col("actor").is_in(list(MACHINE_ACTORS))),
     "Signatures": pl.col("action").is_in(["e_signature", "signature_refused", "signature",
                                           "signature_failed"]),
@@ -693,7 +695,7 @@ AUDIT_VIEWS: dict[str, pl.Expr | None] = {
     | pl.col("actor").is_in(list(MACHINE_ACTORS)),
     "All entries": None,
 }  # fmt: skip
-DEFAULT_AUDIT_VIEW = "Human actions"
+DEFAULT_AUDIT_VIEW = "People & QA records"
 
 
 def audit_view(trail: pl.DataFrame, view: str) -> pl.DataFrame:
@@ -704,7 +706,8 @@ def audit_view(trail: pl.DataFrame, view: str) -> pl.DataFrame:
 
 
 def audit_view_counts(trail: pl.DataFrame) -> dict[str, int]:
-    """Entries per view (the views overlap: "Human actions" + "Pipeline" = "All entries")."""
+    """Entries per view (the views overlap: "People & QA records" + "Pipeline" = "All
+    entries")."""
     if trail.height == 0:
         return dict.fromkeys(AUDIT_VIEWS, 0)
     row = trail.select(

@@ -21,6 +21,8 @@ PAR_FILL = "rgba(255, 193, 7, 0.12)"
 EXC_FILL = "rgba(220, 53, 69, 0.22)"
 ENVELOPE_FILL = "rgba(57, 73, 171, 0.28)"
 ENVELOPE_EDGE = "#3949ab"
+#: a log axis labelled once per decade (plotly's default also labels 2 and 5: unreadable)
+LOG_AXIS: dict[str, Any] = {"type": "log", "dtick": 1, "exponentformat": "none"}
 
 
 #: minutes after which a running batch's newest reading makes a page show the stale banner
@@ -96,7 +98,7 @@ def chart(fig: go.Figure, key: str, height: int = 360) -> None:
 
 
 def hline(
-    y: float, text: str, color: str = "grey", dash: str = "dash"
+    y: float, text: str, color: str = "grey", dash: str = "dash", left: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A horizontal reference line as a (shape, annotation) pair of plain dicts.
 
@@ -105,8 +107,9 @@ def hline(
     """
     shape = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
              "line": {"color": color, "dash": dash, "width": 1.5}}  # fmt: skip
-    note = {"xref": "paper", "x": 1, "yref": "y", "y": y, "text": text, "showarrow": False,
-            "xanchor": "right", "yanchor": "bottom", "font": {"size": 10, "color": color}}  # fmt: skip
+    note = {"xref": "paper", "x": 0 if left else 1, "yref": "y", "y": y, "text": text,
+            "showarrow": False, "xanchor": "left" if left else "right", "yanchor": "bottom",
+            "font": {"size": 10, "color": color}}  # fmt: skip
     return shape, note
 
 

@@ -25,7 +25,8 @@ top = sched.row(0, named=True)
 m = st.columns(4)
 m[0].metric("Items monitored", sched.height)
 m[1].metric("In alarm", int(sched["alarm"].sum()))
-m[2].metric("Highest risk", top["equipment_id"])
+m[2].metric("Highest risk", top["equipment_id"],
+            help=f"latest score of the item, hour {logic.fmt_ts(top['hour_ts'])}")  # fmt: skip
 m[3].metric("Its failure probability (72 h)", f"{top['failure_probability']:.1%}")
 
 st.subheader("Latest score per item: failure probability within 72 h")
@@ -44,7 +45,7 @@ ticks = {"type": "scatter", "x": view["equipment_id"].to_numpy(),
          "name": "alarm threshold of the item (%)",
          "marker": {"symbol": "line-ew-open", "size": 26, "color": "#c62828", "line": {"width": 3}}}  # fmt: skip
 ui.chart(ui.figure([bars, ticks], "equipment item", "failure probability within 72 h (%, log scale)",
-                   yaxis={"type": "log", "range": [math.log10(logic.PROB_FLOOR_PCT), 2.05]},
+                   yaxis={**ui.LOG_AXIS, "range": [math.log10(logic.PROB_FLOOR_PCT), 2.05]},
                    ), "eq_now")  # fmt: skip
 st.caption(
     f"Each item's latest scored hour (newest: {logic.fmt_ts(newest)}); grey bars: items not "
@@ -78,7 +79,8 @@ else:
          "name": "failure probability (%)", "line": {"color": "#c62828"}},
     ]  # fmt: skip
     thr_item = float(trend["threshold"][-1])
-    lines = [ui.hline(100 * thr_item, f"alarm threshold {100 * thr_item:.4g} %", "#c62828")]
+    lines = [ui.hline(100 * thr_item, f"alarm threshold {100 * thr_item:.4g} %", "#c62828",
+                      left=True)]  # fmt: skip
     ui.chart(ui.figure(traces, "hour (UTC)", "health score (0-100) / failure probability (%)",
                        lines, yaxis={"range": [0, 105]}), "eq_trend")  # fmt: skip
     note = "" if trend.height == n_hours else (

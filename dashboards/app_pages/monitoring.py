@@ -51,7 +51,8 @@ else:
             else []
         )
         ui.chart(ui.figure(traces, "time since inoculation (h)",
-                           "anomaly score (model units; higher = more anomalous)", lines), "contamination")  # fmt: skip
+                           "anomaly score (model units; higher = more anomalous)", lines,
+                           showlegend=True), "contamination")  # fmt: skip
         ui.table(now.sort("risk", descending=True), "contamination_latest",
                  "latest contamination scores")  # fmt: skip
 
@@ -86,7 +87,7 @@ for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limi
          "name": "beyond limit", "marker": {"color": "#c62828", "size": 8}},
     ]  # fmt: skip
     ui.chart(ui.figure(traces, "time since inoculation (h)", f"{name} (dimensionless, log scale)",
-                       yaxis={"type": "log"}), f"mspc_{stat}", height=280)  # fmt: skip
+                       yaxis=ui.LOG_AXIS), f"mspc_{stat}", height=280)  # fmt: skip
 st.caption("Limits vary with batch maturity (one PCA model per hour of batch time, "
            "limits from the good batches' out-of-fold statistics); log scale so that the "
            "statistic stays readable where a limit is high.")  # fmt: skip

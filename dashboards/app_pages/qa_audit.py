@@ -75,5 +75,6 @@ ui.dataframe(
         "entry_hash",
     ),
     key="audit_table",
+    height=620,
     ts_format="YYYY-MM-DD HH:mm:ss",
 )

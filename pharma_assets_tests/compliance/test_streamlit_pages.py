@@ -131,7 +131,7 @@ def test_audit_page_shows_human_actions_first_and_machine_entries_on_request(env
     assert "login" in set(shown["action"])
     assert len(shown) == everything.height - machine  # every human entry, none dropped
     view = at.segmented_control(key="audit_view")
-    assert view.value == "Human actions"
+    assert view.value == "People & QA records"
     view.set_value("Pipeline (materializations)").run()
     shown = at.dataframe[0].value
     assert set(shown["action"]) == {"materialization"} and len(shown) == min(machine, 1000)
