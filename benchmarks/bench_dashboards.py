@@ -183,10 +183,33 @@ def _clear_caches() -> None:
     st.cache_resource.clear()
 
 
+BENCH_USER, BENCH_PASSWORD = "bench.viewer", "Bench-viewer-2026"
+
+
+def _viewer(lake: Lake) -> None:
+    """A read-only account to log in with (the pages need a session); the audit key goes to a
+    folder beside the lake unless PHARMA_GXP_HOME is set."""
+    from pharma_assets.compliance import users
+
+    os.environ.setdefault("PHARMA_GXP_HOME", str(Path(lake.root).parent / "gxp_home"))
+    if users.get_user(lake, "admin") is None:
+        users.create_user(lake, "admin", "Bench Admin", "admin", "Bench-admin-2026!",
+                          "system:bench", "benchmark account", bootstrap=True)  # fmt: skip
+    if users.get_user(lake, BENCH_USER) is None:
+        users.create_user(lake, BENCH_USER, "Bench Viewer", "viewer", BENCH_PASSWORD, "admin",
+                          "benchmark account")  # fmt: skip
+
+
 def _apptest(page: str) -> Any:
+    """The app on ``page`` with a fresh viewer session (login is not part of the timing)."""
     from streamlit.testing.v1 import AppTest
 
+    from pharma_assets.compliance import users
+
     at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["gxp_session"] = users.login(
+        Lake.at(os.environ["PHARMA_LAKE_URI"]), BENCH_USER, BENCH_PASSWORD
+    )
     at.switch_page(f"app_pages/{page}.py")
     return at
 
@@ -197,6 +220,7 @@ def measure(lake: Lake, runs: int, reruns: int) -> list[dict[str, Any]]:
     os.environ["PHARMA_MLFLOW_URI"] = (
         f"sqlite:///{Path(lake.root).parent / 'no-mlflow' / 'mlflow.db'}"
     )
+    _viewer(lake)
     # warm imports once per page (plotly, polars, deltalake, streamlit runtime, page modules)
     for page in PAGE_TABLES:
         _apptest(page).run()

@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboards/ on the pa
 
 import streamlit as st  # noqa: E402
 
-from dashboards import data  # noqa: E402
+from dashboards import auth, data, logic  # noqa: E402
 from dashboards.app_pages import OPERATIONS_SECTION, PAGES, QA_SECTION, qa_pages  # noqa: E402
 
 st.set_page_config(page_title="pharma-twin", page_icon=":material/biotech:", layout="wide")
@@ -35,16 +35,18 @@ if qa:
     ]
 page = st.navigation(sections)
 
-with st.sidebar:
-    st.caption("Lake")
-    st.code(data.lake().root, language=None, wrap_lines=True)
-    with st.expander("Table versions", expanded=False):
-        for info in data.table_infos():
-            when = "missing" if info.version is None else f"v{info.version}"
-            if info.refreshed is not None:
-                when += f" · {info.refreshed:%Y-%m-%d %H:%M:%S %Z}"
-            st.markdown(f"`{info.table}` {when}")
-    if st.button("Refresh now", icon=":material/refresh:", key="refresh"):
-        st.rerun()
+if auth.SESSION_KEY in st.session_state:  # lake details only for a logged-in user
+    with st.sidebar:
+        st.caption("Lake")
+        st.code(data.lake().root, language=None, wrap_lines=True)
+        with st.expander("Table versions", expanded=False):
+            for info in data.table_infos():
+                when = "missing" if info.version is None else f"v{info.version}"
+                if info.refreshed is not None:
+                    when += f" · {logic.fmt_ts(info.refreshed)}"
+                st.markdown(f"`{info.table}` {when}")
+        if st.button("Refresh now", icon=":material/refresh:", key="refresh"):
+            st.rerun()
 
-page.run()
+with st.spinner(f"Loading {page.title}…", show_time=True):
+    page.run()

@@ -43,6 +43,8 @@ def current_session() -> users.Session | None:
 def login_form() -> None:
     """ID/password form; on success stores the session and reruns."""
     st.subheader("Log in")
+    st.caption("Plant and GMP data are shown to logged-in users only (read-only accounts: "
+               "role `viewer`). Sessions end after 15 minutes without activity.")  # fmt: skip
     with st.form("gxp_login"):
         uid = st.text_input("User ID", key="login_user")
         pw = st.text_input("Password", type="password", key="login_password")

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,16 @@ def _refreshed(root: str, layer: str, name: str, ver: int) -> datetime | None:
         return None
     hist = dt.history(1)
     ts = hist[0].get("timestamp") if hist else None
-    return None if ts is None else datetime.fromtimestamp(ts / 1000).astimezone()
+    return None if ts is None else datetime.fromtimestamp(ts / 1000, UTC)
+
+
+def committed(tables: tuple[tuple[str, str], ...]) -> list[datetime | None]:
+    """Commit time (UTC) of the current version of each table (None when missing)."""
+    out: list[datetime | None] = []
+    for layer, name in tables:
+        v = version(layer, name)
+        out.append(None if v is None else _refreshed(lake_uri(), layer, name, v))
+    return out
 
 
 def table_infos() -> list[TableInfo]:

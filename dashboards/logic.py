@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -449,3 +449,268 @@ def model_overview(perf: pl.DataFrame) -> pl.DataFrame:
         .join(champ, on="model_name", how="left")
         .sort("model_name")
     )
+
+
+# ----------------------------------------------------------------------------- display
+#: units spelled out from a column-name suffix (longest suffix first)
+_UNIT_SUFFIXES = (
+    ("_e6_cells_ml", "10⁶ cells/mL"), ("_mosm_kg", "mOsm/kg"), ("_mmol_l", "mmol/L"),
+    ("_g_per_l", "g/L"), ("_pf_cm", "pF/cm"), ("_ml_h", "mL/h"), ("_mm_s", "mm/s"),
+    ("_g_l", "g/L"), ("_mmhg", "mmHg"), ("_slpm", "slpm"), ("_rpm", "rpm"), ("_bar", "bar"),
+    ("_pct", "%"), ("_kg", "kg"), ("_ml", "mL"), ("_min", "min"), ("_c", "°C"), ("_a", "A"),
+    ("_l", "L"), ("_h", "h"), ("_ts", "UTC"),
+)  # fmt: skip
+#: words written differently from their snake_case form
+_WORDS = {"id": "ID", "ph": "pH", "cpp": "CPP", "cqa": "CQA", "cpk": "Cpk", "uom": "unit of measure", "capa": "CAPA",
+          "lsl": "LSL", "usl": "USL", "vcd": "VCD", "hmw": "HMW", "co2": "CO₂", "o2": "O₂",
+          "t2": "T²", "spe": "SPE", "mspc": "MSPC", "rft": "RFT", "ebr": "EBR"}  # fmt: skip
+_LABELS = {"unit_id": "Unit", "batch_id": "Batch", "equipment_id": "Equipment item",
+           "current_batch_id": "Current batch", "last_batch_id": "Last batch",
+           "model_name": "Model", "model_version": "Model version", "day": "Day of batch",
+           "hours": "Hours in bucket", "priority": "Priority", "seq": "Seq",
+           "elapsed_h": "Time since inoculation (h)", "health_score": "Health score (0-100)",
+           "failure_probability": "Failure probability (72 h, 0-1)",
+           "threshold": "Alarm threshold", "risk": "Risk (0-1)", "ts_utc": "Time (UTC)",
+           "table_name": "Table", "record_id": "Record ID", "context_id": "Session / run ID"}  # fmt: skip
+
+
+def column_label(name: str) -> str:
+    """A table header for a snake_case column: words, with the unit its suffix names
+    (``final_titer_g_l`` -> "Final titer (g/L)", ``start_ts`` -> "Start (UTC)")."""
+    if name in _LABELS:
+        return _LABELS[name]
+    unit = None
+    stem = name
+    for suffix, u in _UNIT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            stem, unit = name[: -len(suffix)], u
+            break
+    if name.endswith("_at"):
+        unit = "UTC"
+    words = [_WORDS.get(w, w) for w in stem.split("_") if w]
+    if words and words[0] != "pH":  # a header starts with a capital (pH stays pH)
+        words[0] = words[0][:1].upper() + words[0][1:]
+    text = " ".join(words) or name
+    return f"{text} ({unit})" if unit else text
+
+
+#: display format of timestamps (UTC) on the pages
+TS_FORMAT = "%Y-%m-%d %H:%M UTC"
+
+
+def fmt_ts(ts: datetime | None) -> str:
+    """``2026-02-23 00:00 UTC`` (converted to UTC when aware); an em dash for None."""
+    if ts is None:
+        return "—"
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC)
+    return ts.strftime(TS_FORMAT)
+
+
+def fmt_age(seconds: float) -> str:
+    """A duration for people: ``45 s``, ``12 min``, ``3 h 05 min``, ``2 d 4 h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+# ----------------------------------------------------------------------------- freshness
+@dataclass(frozen=True)
+class Freshness:
+    """How recent a page's data is: its tables' newest commit, the newest reading of the
+    running batches, and the running batches whose newest reading is older than the page's
+    threshold."""
+
+    as_of: datetime | None
+    newest_reading: datetime | None
+    threshold_min: float
+    stale: pl.DataFrame  # unit_id, current_batch_id, last_reading_ts, age_min
+
+
+def freshness(
+    committed: list[datetime | None],
+    unit_status: pl.DataFrame | None,
+    now: datetime,
+    threshold_min: float,
+) -> Freshness:
+    """``committed``: the commit times of the tables a page shows; ``unit_status``: the
+    gold table (running units and their newest reading). A running batch with no reading
+    at all counts as stale."""
+    times = [t for t in committed if t is not None]
+    as_of = max(times) if times else None
+    schema = {"unit_id": pl.String, "current_batch_id": pl.String,
+              "last_reading_ts": pl.Datetime("us", "UTC"), "age_min": pl.Float64}  # fmt: skip
+    if unit_status is None or unit_status.height == 0:
+        return Freshness(as_of, None, threshold_min, pl.DataFrame(schema=schema))
+    running = unit_status.filter(pl.col("state") == "running").select(
+        "unit_id", "current_batch_id", "last_reading_ts"
+    )
+    newest = running["last_reading_ts"].max()
+    aged = running.with_columns(
+        age_min=(
+            pl.lit(now).cast(pl.Datetime("us", "UTC")) - pl.col("last_reading_ts")
+        ).dt.total_seconds(fractional=True)
+        / 60
+    )
+    stale = aged.filter(pl.col("age_min").is_null() | (pl.col("age_min") > threshold_min))
+    return Freshness(
+        as_of,
+        newest if isinstance(newest, datetime) else None,
+        threshold_min,
+        stale.sort("unit_id"),
+    )
+
+
+# ----------------------------------------------------------------------------- running batches
+def running_batch_ids(batches: pl.DataFrame | None) -> list[str]:
+    """Batches whose status is ``running`` (silver/batches), sorted."""
+    if batches is None or batches.height == 0:
+        return []
+    return sorted(batches.filter(pl.col("status") == "running")["batch_id"].to_list())
+
+
+def mspc_batch_order(scored: list[str], batches: pl.DataFrame | None) -> list[tuple[str, str]]:
+    """(batch, status) for the MSPC picker: running batches first (even before their first
+    score), then the scored batches, newest start first."""
+    ids = set(scored) | set(running_batch_ids(batches))
+    if not ids:
+        return []
+    frame = pl.DataFrame({"batch_id": sorted(ids)})
+    if batches is not None:
+        frame = frame.join(batches.select("batch_id", "status", "start_ts"), on="batch_id",
+                           how="left")  # fmt: skip
+    else:
+        frame = frame.with_columns(status=pl.lit(None, pl.String), start_ts=pl.lit(None))
+    frame = frame.sort(
+        [pl.col("status") == "running", "start_ts", "batch_id"],
+        descending=[True, True, False],
+        nulls_last=True,
+    )
+    return [(r["batch_id"], r["status"] or "unknown") for r in frame.iter_rows(named=True)]
+
+
+def windows_of(parts: list[pl.DataFrame | None]) -> pl.DataFrame:
+    """Scored contamination windows from gold/contamination_risk and gold/contamination_live:
+    one row per (batch, window), the live score winning over a retraining's copy."""
+    frames = [p for p in parts if p is not None]
+    if not frames:
+        return pl.DataFrame(schema={"batch_id": pl.String, "elapsed_h": pl.Float64,
+                                    "anomaly_score": pl.Float64})  # fmt: skip
+    return (
+        pl.concat(frames, how="diagonal_relaxed")
+        .unique(["batch_id", "window_end_ts"], keep="last", maintain_order=True)
+        .sort("batch_id", "elapsed_h")
+    )
+
+
+def golden_of(golden: pl.DataFrame, tag: str, recipe_id: str | None) -> pl.DataFrame:
+    """The golden-batch envelope of one tag, of the batch's recipe when the table holds one
+    envelope per recipe (gold/golden_batch has ``recipe_id`` then), in time order."""
+    g = golden.filter(pl.col("tag") == tag)
+    if "recipe_id" in g.columns and recipe_id is not None:
+        g = g.filter(pl.col("recipe_id") == recipe_id)
+    return g.sort("elapsed_h")
+
+
+# ----------------------------------------------------------------------------- equipment (now)
+#: an item whose latest score is this many hours older than the newest score is not "now"
+EQUIPMENT_LAG_H = 2
+#: probabilities (in %) below this are drawn at it on the log axis
+PROB_FLOOR_PCT = 0.001
+#: a threshold above this can practically never be reached by a calibrated probability
+UNREACHABLE_THRESHOLD = 0.99
+
+
+def equipment_now(schedule: pl.DataFrame, lag_h: float = EQUIPMENT_LAG_H) -> pl.DataFrame:
+    """The schedule rows with ``current`` (scored within ``lag_h`` of the newest scored hour)
+    and ``plot_pct`` (probability in %, floored for a log axis)."""
+    newest = schedule["hour_ts"].max()
+    return schedule.with_columns(
+        current=(pl.lit(newest) - pl.col("hour_ts")) <= pl.duration(hours=lag_h),
+        plot_pct=(pl.col("failure_probability") * 100).clip(lower_bound=PROB_FLOOR_PCT),
+    )
+
+
+def unreachable_thresholds(schedule: pl.DataFrame) -> pl.DataFrame:
+    """Equipment types whose alarm threshold is above ``UNREACHABLE_THRESHOLD``."""
+    return (
+        schedule.filter(pl.col("threshold") > UNREACHABLE_THRESHOLD)
+        .group_by("equipment_type")
+        .agg(threshold=pl.col("threshold").max(), items=pl.len())
+        .sort("equipment_type")
+    )
+
+
+# ----------------------------------------------------------------------------- Cpk chart
+#: the Cpk axis ends here: one very capable CPP (Cpk 30) must not flatten the others
+CPK_CAP = 3.0
+
+
+def cpk_bars(cpk: pl.DataFrame, cap: float = CPK_CAP) -> pl.DataFrame:
+    """The Cpk chart rows: ``shown`` (mean Cpk capped at ``cap``), ``label`` (the true value,
+    with "▶" when capped), colour by capability and a hover text; CPPs without a Cpk are
+    labelled "no data"."""
+    v = pl.col("mean_cpk")
+    return cpk.select(
+        "cpp",
+        "mean_cpk",
+        shown=pl.min_horizontal(v.fill_null(0.0), pl.lit(cap)),
+        label=pl.when(v.is_null())
+        .then(pl.lit("no data"))
+        .otherwise(v.round(2).cast(pl.String) + pl.when(v > cap).then(pl.lit(" ▶")).otherwise(pl.lit(""))),
+        colour=pl.when(v.is_null()).then(pl.lit("#9e9e9e"))
+        .when(v < 1.0).then(pl.lit("#c62828"))
+        .when(v < 1.33).then(pl.lit("#f9a825"))
+        .otherwise(pl.lit("#2e7d32")),
+        hover=pl.col("cpp") + pl.lit(": mean Cpk ") + v.round(3).cast(pl.String).fill_null("none")
+        + pl.lit(" over ") + pl.col("batches").cast(pl.String) + pl.lit(" batches"),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- audit trail
+#: actions the pipeline writes (one per materialization of a governed table), and their actor
+MACHINE_ACTIONS = frozenset({"materialization"})
+MACHINE_ACTORS = frozenset({"dagster"})
+#: the audit page's views: name -> filter over the trail (None: every entry). The default view
+#: is everything but the pipeline's entries: people's actions and the QA records the system
+#: makes for them (deviations opened from excursions, account lockouts)
+AUDIT_VIEWS: dict[str, pl.Expr | None] = {
+    "People & QA records": ~(pl.col("action").is_in(list(MACHINE_ACTIONS))
+                       | pl.col("actor").is_in(list(MACHINE_ACTORS))),
+    "Signatures": pl.col("action").is_in(["e_signature", "signature_refused", "signature",
+                                          "signature_failed"]),
+    "Releases & batch records": pl.col("action").str.starts_with("batch_")
+    | pl.col("action").str.starts_with("ebr_"),
+    "Deviations": pl.col("action").str.starts_with("deviation_"),
+    "Logins & accounts": pl.col("action").is_in(["login", "login_failed", "logout",
+                                                 "session_expired", "account_locked"])
+    | pl.col("action").str.starts_with("user_"),
+    "Spec & model changes": pl.col("action").is_in(["spec_change", "model_promotion"]),
+    "Pipeline (materializations)": pl.col("action").is_in(list(MACHINE_ACTIONS))
+    | pl.col("actor").is_in(list(MACHINE_ACTORS)),
+    "All entries": None,
+}  # fmt: skip
+DEFAULT_AUDIT_VIEW = "People & QA records"
+
+
+def audit_view(trail: pl.DataFrame, view: str) -> pl.DataFrame:
+    """The entries of one view of the audit trail (``AUDIT_VIEWS``); nothing is removed from
+    the trail itself, "All entries" shows every entry."""
+    expr = AUDIT_VIEWS[view]
+    return trail if expr is None else trail.filter(expr)
+
+
+def audit_view_counts(trail: pl.DataFrame) -> dict[str, int]:
+    """Entries per view (the views overlap: "People & QA records" + "Pipeline" = "All
+    entries")."""
+    if trail.height == 0:
+        return dict.fromkeys(AUDIT_VIEWS, 0)
+    row = trail.select(
+        [(pl.len() if e is None else e.sum()).alias(k) for k, e in AUDIT_VIEWS.items()]
+    ).row(0, named=True)
+    return {k: int(v) for k, v in row.items()}

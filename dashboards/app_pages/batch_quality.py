@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboards import data, logic, ui
 
-st.title("Batch quality")
+ui.header("Batch quality", "batch_quality", (("gold", "batch_summary"),))
 
 summary = ui.require("gold", "batch_summary")
 if summary is None:
@@ -80,10 +80,25 @@ else:
 # ------------------------------------------------------------------ Cpk
 st.subheader("Process capability (Cpk) per CPP")
 cpk = logic.cpk_per_cpp(summary, spec)
-bar = {"type": "bar", "x": cpk["cpp"].to_numpy(), "y": cpk["mean_cpk"].to_numpy(), "name": "mean Cpk",
-       "marker": {"color": "#1f4e79"}}  # fmt: skip
-lines = [ui.hline(1.33, "1.33 (capable)", "#2e7d32"), ui.hline(1.0, "1.0", "#c62828")]
-ui.chart(ui.figure([bar], "CPP", "Cpk (dimensionless, production phase vs PAR)", lines), "cpk")
+bars = logic.cpk_bars(cpk, logic.CPK_CAP)
+bar = {"type": "bar", "orientation": "h", "y": bars["cpp"].to_numpy(), "x": bars["shown"].to_numpy(),
+       "name": "mean Cpk", "text": bars["label"].to_numpy(), "textposition": "outside",
+       "cliponaxis": False, "marker": {"color": bars["colour"].to_numpy()},
+       "hovertext": bars["hover"].to_numpy(), "hoverinfo": "text"}  # fmt: skip
+ref = [
+    (1.0, "1.0 (not capable below)", "#c62828", "right"),
+    (1.33, "1.33 (capable)", "#2e7d32", "left"),
+]
+shapes = [{"type": "line", "xref": "x", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
+           "line": {"color": c, "dash": "dash", "width": 1.5}} for x, _, c, _ in ref]  # fmt: skip
+notes = [{"xref": "x", "x": x, "yref": "paper", "y": 1, "text": t, "showarrow": False,
+          "xanchor": a, "yanchor": "bottom", "font": {"size": 10, "color": c}}
+         for x, t, c, a in ref]  # fmt: skip
+lo = min(0.0, float(bars["shown"].min() or 0.0))  # type: ignore[arg-type]
+ui.chart(ui.figure([bar], f"mean Cpk (production phase vs PAR; axis capped at {logic.CPK_CAP:g})",
+                   "CPP", xaxis={"range": [lo, logic.CPK_CAP * 1.15]},
+                   yaxis={"autorange": "reversed"}, shapes=shapes, annotations=notes),
+         "cpk", height=max(260, 34 * bars.height + 90))  # fmt: skip
 ui.table(cpk, "cpk_per_cpp", "Cpk per CPP")
 st.caption(f"Cpk per batch from gold/batch_summary over complete batches ({done.height}): "
            "production-phase readings against the production PAR.")  # fmt: skip

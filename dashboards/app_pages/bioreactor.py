@@ -14,9 +14,13 @@ from dashboards import data, logic, ui
 
 REFRESH = timedelta(seconds=10)
 
-st.title("Bioreactor")
+ui.header("Bioreactor", "bioreactor",
+          (("silver", "batches"), ("silver", "batch_timeline"), ("silver", "lab_results"),
+           ("gold", "cpp_excursions"), ("gold", "golden_batch")))  # fmt: skip
 
-batches = ui.require("silver", "batches", columns=("batch_id", "unit_id", "status", "start_ts"))
+batches = ui.require(
+    "silver", "batches", columns=("batch_id", "unit_id", "status", "start_ts", "recipe_id")
+)
 if batches is None:
     st.stop()
 if batches.height == 0:
@@ -92,13 +96,15 @@ def trajectories() -> None:
                                "x1": max(e["end_h"], e["start_h"] + 1 / 60), "y0": 0, "y1": 1,
                                "fillcolor": ui.EXC_FILL, "line": {"width": 0}, "layer": "below"})  # fmt: skip
         if golden is not None:
-            g = golden.filter(pl.col("tag") == tag).sort("elapsed_h")
+            g = logic.golden_of(golden, tag, row.get("recipe_id"))
             if g.height:
+                # a trace above the NOR/PAR shapes, with its own edges: visible inside the NOR
+                edge = {"width": 1.5, "color": ui.ENVELOPE_EDGE, "dash": "dot"}
                 traces.append({"type": "scatter", "x": g["elapsed_h"].to_numpy(), "y": g["hi"].to_numpy(),
-                               "mode": "lines", "line": {"width": 0}, "showlegend": False,
+                               "mode": "lines", "line": edge, "showlegend": False,
                                "hoverinfo": "skip"})  # fmt: skip
                 traces.append({"type": "scatter", "x": g["elapsed_h"].to_numpy(), "y": g["lo"].to_numpy(),
-                               "mode": "lines", "line": {"width": 0}, "fill": "tonexty",
+                               "mode": "lines", "line": edge, "fill": "tonexty",
                                "fillcolor": ui.ENVELOPE_FILL, "name": "golden batch (mean ± 3 sd)"})  # fmt: skip
         traces.append({"type": "scatter", "x": tl["elapsed_h"].to_numpy(), "y": tl[tag].to_numpy(),
                        "mode": "lines", "name": f"{tag} (online)",
@@ -119,7 +125,8 @@ def trajectories() -> None:
         })  # fmt: skip
         ui.chart(fig, f"traj_{tag}", height=300)
     st.caption("Green band: NOR, yellow band: PAR (per phase, from the CPP spec "
-               f"v{spec.version}); red spans: excursions (gold/cpp_excursions); orange points: "
+               f"v{spec.version}); blue dotted band: golden batch of the batch's recipe "
+               "(gold/golden_batch); red spans: excursions (gold/cpp_excursions); orange points: "
                "offline LIMS results of the same quantity.")  # fmt: skip
 
     st.subheader("Offline lab results (LIMS, in-process)")

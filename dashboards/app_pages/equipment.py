@@ -3,12 +3,14 @@ maintenance schedule ordered by risk (gold/equipment_health, from the PdM model)
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import streamlit as st
 
 from dashboards import data, logic, ui
 
-st.title("Equipment health")
+ui.header("Equipment health", "equipment", (("gold", "equipment_health"),))
 
 latest = data.equipment_latest()
 if latest is None:
@@ -23,19 +25,41 @@ top = sched.row(0, named=True)
 m = st.columns(4)
 m[0].metric("Items monitored", sched.height)
 m[1].metric("In alarm", int(sched["alarm"].sum()))
-m[2].metric("Highest risk", top["equipment_id"])
+m[2].metric("Highest risk", top["equipment_id"],
+            help=f"latest score of the item, hour {logic.fmt_ts(top['hour_ts'])}")  # fmt: skip
 m[3].metric("Its failure probability (72 h)", f"{top['failure_probability']:.1%}")
 
-st.subheader("Now: health score and failure probability per item")
-bar = {"type": "bar", "x": sched["equipment_id"].to_numpy(),
-       "y": (sched["failure_probability"] * 100).to_numpy(), "name": "failure probability within 72 h",
-       "marker": {"color": ["#c62828" if a else "#1f4e79" for a in sched["alarm"]]}}  # fmt: skip
-thr = sched["threshold"].max()
-lines = (
-    [ui.hline(thr * 100, f"alarm threshold {thr:.0%}", "#c62828")] if isinstance(thr, float) else []
+st.subheader("Latest score per item: failure probability within 72 h")
+newest = latest["hour_ts"].max()
+view = logic.equipment_now(sched, logic.EQUIPMENT_LAG_H)
+colour = [("#c62828" if a else "#1f4e79") if cur else "#9e9e9e"
+          for a, cur in zip(view["alarm"], view["current"], strict=True)]  # fmt: skip
+hover = [f"{e}: {100 * p:.3g} % (threshold {100 * t:.4g} %), scored {logic.fmt_ts(h)}"
+         for e, p, t, h in zip(view["equipment_id"], view["failure_probability"], view["threshold"],
+                               view["hour_ts"], strict=True)]  # fmt: skip
+bars = {"type": "bar", "x": view["equipment_id"].to_numpy(), "y": view["plot_pct"].to_numpy(),
+        "name": "failure probability within 72 h (%)", "marker": {"color": colour},
+        "hovertext": hover, "hoverinfo": "text"}  # fmt: skip
+ticks = {"type": "scatter", "x": view["equipment_id"].to_numpy(),
+         "y": (view["threshold"] * 100).to_numpy(), "mode": "markers",
+         "name": "alarm threshold of the item (%)",
+         "marker": {"symbol": "line-ew-open", "size": 26, "color": "#c62828", "line": {"width": 3}}}  # fmt: skip
+ui.chart(ui.figure([bars, ticks], "equipment item", "failure probability within 72 h (%, log scale)",
+                   yaxis={**ui.LOG_AXIS, "range": [math.log10(logic.PROB_FLOOR_PCT), 2.05]},
+                   ), "eq_now")  # fmt: skip
+st.caption(
+    f"Each item's latest scored hour (newest: {logic.fmt_ts(newest)}); grey bars: items not "
+    f"scored in the {logic.EQUIPMENT_LAG_H} h before the newest hour (their unit is idle or "
+    f"no data came). Red tick: the item's own alarm threshold. Probabilities below "
+    f"{logic.PROB_FLOOR_PCT:g} % are drawn at {logic.PROB_FLOOR_PCT:g} %."
 )
-ui.chart(ui.figure([bar], "equipment item", "failure probability within 72 h (%)", lines,
-                   yaxis={"range": [0, 100]}), "eq_now")  # fmt: skip
+for r in logic.unreachable_thresholds(sched).iter_rows(named=True):
+    st.warning(
+        f"{r['equipment_type']}: alarm threshold {100 * r['threshold']:.4g} % "
+        f"({r['items']} items); above {100 * logic.UNREACHABLE_THRESHOLD:g} % the model can "
+        "hardly ever alarm: review the threshold chosen at training (Models page).",
+        icon=":material/warning:",
+    )
 
 st.subheader("Proposed maintenance schedule (highest risk first)")
 ui.table(sched, "maintenance_schedule", "maintenance schedule")
@@ -54,8 +78,11 @@ else:
         {"type": "scatter", "x": x, "y": (trend["failure_probability"] * 100).to_numpy(), "mode": "lines",
          "name": "failure probability (%)", "line": {"color": "#c62828"}},
     ]  # fmt: skip
+    thr_item = float(trend["threshold"][-1])
+    lines = [ui.hline(100 * thr_item, f"alarm threshold {100 * thr_item:.4g} %", "#c62828",
+                      left=True)]  # fmt: skip
     ui.chart(ui.figure(traces, "hour (UTC)", "health score (0-100) / failure probability (%)",
-                       yaxis={"range": [0, 100]}), "eq_trend")  # fmt: skip
+                       lines, yaxis={"range": [0, 105]}), "eq_trend")  # fmt: skip
     note = "" if trend.height == n_hours else (
         f" Shown in {trend.height} buckets of consecutive hours (mean health, max probability)."
     )  # fmt: skip

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboards import data, logic, ui
 
-st.title("Models")
+ui.header("Models", "models", (("gold", "model_performance"),))
 
 perf = data.read("gold", "model_performance")
 registry, registry_note = data.registered_models()

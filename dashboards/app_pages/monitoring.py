@@ -8,35 +8,53 @@ import streamlit as st
 
 from dashboards import data, logic, ui
 
-st.title("Contamination & monitoring")
+ui.header("Contamination & monitoring", "monitoring",
+          (("gold", "contamination_risk"), ("gold", "contamination_live"),
+           ("gold", "mspc_scores"), ("gold", "mspc_alarms")))  # fmt: skip
+batches = data.read("silver", "batches", columns=("batch_id", "unit_id", "status", "start_ts"))
+running_ids = logic.running_batch_ids(batches)
 
 # ------------------------------------------------------------------ contamination
 st.subheader("Contamination risk (running batches)")
 cl = data.contamination_latest()
 if cl is None:
     st.info(data.missing_hint("gold", "contamination_risk"), icon=":material/info:")
-elif cl.height == 0:
-    ui.empty("No running batch has been scored for contamination yet.")
+elif not running_ids:
+    ui.empty("No batch is running: contamination risk is scored for running batches only "
+             f"({cl['batch_id'].n_unique()} finished batches were scored while they ran).")  # fmt: skip
 else:
-    m = st.columns(3)
-    m[0].metric("Batches scored", cl.height)
-    m[1].metric("In alarm now", int(cl["alarm"].sum()))
-    m[2].metric("Highest risk now", logic.fmt(logic.max_or_none(cl["risk"]), 1, " %", scale=100))
-    cr = data.read("gold", "contamination_risk",
-                   columns=("batch_id", "elapsed_h", "anomaly_score", "threshold", "risk", "alarm"))  # fmt: skip
-    assert cr is not None
-    traces = []
-    for b in sorted(cl["batch_id"].to_list()):
-        d = cr.filter(pl.col("batch_id") == b).sort("elapsed_h")
-        traces.append({"type": "scatter", "x": d["elapsed_h"].to_numpy(), "y": d["anomaly_score"].to_numpy(),
-                       "mode": "lines", "name": b})  # fmt: skip
-    thr = cl["threshold"].max()
-    lines = [ui.hline(thr, f"threshold {thr:.3g}", "#c62828")] if isinstance(thr, float) else []
-    ui.chart(ui.figure(traces, "time since inoculation (h)",
-                       "anomaly score (model units; higher = more anomalous)", lines), "contamination")  # fmt: skip
-    ui.table(
-        cl.sort("risk", descending=True), "contamination_latest", "latest contamination scores"
-    )
+    now = cl.filter(pl.col("batch_id").is_in(running_ids))
+    m = st.columns(4)
+    m[0].metric("Running batches", len(running_ids))
+    m[1].metric("Running batches scored", now.height,
+                help="running batches with at least one scored 5-minute window")  # fmt: skip
+    m[2].metric("In alarm now", int(now["alarm"].sum()))
+    m[3].metric("Highest risk now", logic.fmt(logic.max_or_none(now["risk"]), 1, " %", scale=100))
+    unscored = sorted(set(running_ids) - set(now["batch_id"].to_list()))
+    if unscored:
+        st.caption(f"Not scored yet (no complete window): {', '.join(unscored)}.")
+    if now.height:
+        cols = ("batch_id", "elapsed_h", "window_end_ts", "anomaly_score", "threshold", "risk",
+                "alarm")  # fmt: skip
+        parts = [data.read("gold", t, columns=cols, where=(("batch_id", tuple(running_ids)),))
+                 for t in ("contamination_risk", "contamination_live")]  # fmt: skip
+        cr = logic.windows_of(parts)
+        traces = []
+        for b in sorted(now["batch_id"].to_list()):
+            d = cr.filter(pl.col("batch_id") == b)
+            traces.append({"type": "scatter", "x": d["elapsed_h"].to_numpy(), "y": d["anomaly_score"].to_numpy(),
+                           "mode": "lines", "name": b})  # fmt: skip
+        thr = now["threshold"].max()
+        lines = (
+            [ui.hline(thr, f"alarm threshold {thr:.3g}", "#c62828")]
+            if isinstance(thr, float)
+            else []
+        )
+        ui.chart(ui.figure(traces, "time since inoculation (h)",
+                           "anomaly score (model units; higher = more anomalous)", lines,
+                           showlegend=True), "contamination")  # fmt: skip
+        ui.table(now.sort("risk", descending=True), "contamination_latest",
+                 "latest contamination scores")  # fmt: skip
 
 # ------------------------------------------------------------------ MSPC
 st.subheader("MSPC: Hotelling T² and SPE")
@@ -44,23 +62,19 @@ ms = data.mspc_latest()  # one row per monitored batch
 if ms is None:
     st.info(data.missing_hint("gold", "mspc_scores"), icon=":material/info:")
     st.stop()
-if ms.height == 0:
-    ui.empty("gold/mspc_scores is empty: no batch monitored yet.")
+order = logic.mspc_batch_order(ms["batch_id"].to_list(), batches)
+if not order:
+    ui.empty("gold/mspc_scores is empty and no batch is running: no batch monitored yet.")
     st.stop()
-batches = data.read("silver", "batches", columns=("batch_id", "status", "start_ts"))
-order = ms.select("batch_id").unique()
-if batches is not None:
-    order = order.join(batches, on="batch_id", how="left").sort(
-        [pl.col("status") == "running", "start_ts"], descending=True, nulls_last=True
-    )
-ids = order["batch_id"].to_list()
-labels = {
-    r["batch_id"]: f"{r['batch_id']} ({r.get('status') or '?'})"
-    for r in order.iter_rows(named=True)
-}
-batch_id = st.selectbox("Batch", ids, format_func=lambda b: labels.get(b, b), key="mon_batch")
+labels = {b: f"{b} ({status})" for b, status in order}
+batch_id = st.selectbox("Batch (running first)", list(labels),
+                        format_func=lambda b: labels.get(b, b), key="mon_batch")  # fmt: skip
 sc = data.read("gold", "mspc_scores", where=(("batch_id", batch_id),))
 assert sc is not None
+if sc.height == 0:
+    ui.empty(f"{batch_id} has no MSPC score yet: its complete hours are scored at the next run "
+             "of the `ml` group (gold/mspc_scores).")  # fmt: skip
+    st.stop()
 sc = sc.sort("elapsed_h")
 for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limit", "SPE (Q)")):
     out = sc.filter(pl.col(stat) > pl.col(limit))
@@ -72,8 +86,11 @@ for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limi
         {"type": "scatter", "x": out["elapsed_h"].to_numpy(), "y": out[stat].to_numpy(), "mode": "markers",
          "name": "beyond limit", "marker": {"color": "#c62828", "size": 8}},
     ]  # fmt: skip
-    ui.chart(ui.figure(traces, "time since inoculation (h)", f"{name} (dimensionless)"),
-             f"mspc_{stat}", height=280)  # fmt: skip
+    ui.chart(ui.figure(traces, "time since inoculation (h)", f"{name} (dimensionless, log scale)",
+                       yaxis=ui.LOG_AXIS), f"mspc_{stat}", height=280)  # fmt: skip
+st.caption("Limits vary with batch maturity (one PCA model per hour of batch time, "
+           "limits from the good batches' out-of-fold statistics); log scale so that the "
+           "statistic stays readable where a limit is high.")  # fmt: skip
 
 st.markdown("**Top contributing tags**")
 top = logic.top_contributors(sc)

@@ -8,7 +8,8 @@ import streamlit as st
 
 from dashboards import data, logic, ui
 
-st.title("Plant overview")
+ui.header("Plant overview", "overview", (("gold", "unit_status"), ("gold", "batch_summary"),
+                                         ("gold", "plant_kpis"), ("gold", "cpp_excursions")))  # fmt: skip
 
 status = ui.require("gold", "unit_status")
 summary = ui.require(
@@ -22,7 +23,12 @@ alarms = logic.unit_alarms(
 )
 k = logic.plant_kpis(status, summary)
 c = st.columns(6)
-c[0].metric("Running units", f"{k.running_units} / {k.units}")
+updated = status["updated_at"].max() if "updated_at" in status.columns else None
+c[0].metric(
+    "Running units", f"{k.running_units} / {k.units}",
+    help="Units with a running batch in gold/unit_status, as of its last build "
+    f"({logic.fmt_ts(updated)}): a batch started since then counts after the next pipeline run.",
+)  # fmt: skip
 c[1].metric("Batches", k.batches)
 c[2].metric("Completed", k.completed)
 c[3].metric("Aborted", k.aborted)

@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 import polars as pl  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from dashboards import logic, ui  # noqa: E402
 from dashboards.auth import lake, require  # noqa: E402
 from pharma_assets.compliance.audit import (  # noqa: E402
     AuditIntegrityError,
@@ -38,11 +39,18 @@ else:
     st.error(res.summary())
     st.metric("First bad entry (seq)", res.first_bad_seq if res.first_bad_seq is not None else "-")
 
+ui.freshness("qa_audit", (("gxp", "audit_trail"),))
 try:
-    df = trail.read()
+    everything = trail.read()
 except AuditIntegrityError as e:  # a damaged data file: verify above names the entries
     st.error(str(e))
     st.stop()
+counts = logic.audit_view_counts(everything)
+view = st.segmented_control(
+    "Show", list(logic.AUDIT_VIEWS), default=logic.DEFAULT_AUDIT_VIEW, key="audit_view",
+    format_func=lambda v: f"{v} ({counts[v]:,})",
+) or logic.DEFAULT_AUDIT_VIEW  # fmt: skip
+df = logic.audit_view(everything, view)
 c1, c2, c3 = st.columns(3)
 actions = sorted(df["action"].unique().to_list()) if df.height else []
 action = c1.selectbox("Action", ["(all)", *actions], key="audit_action")
@@ -54,8 +62,10 @@ if actor:
     df = df.filter(pl.col("actor") == actor)
 if record:
     df = df.filter(pl.col("record_id").str.contains(record, literal=True))
-st.caption(f"{df.height} entries (newest first, up to 1,000 shown); times are UTC server time")
-st.dataframe(
+st.caption(f"{df.height:,} entries match (view and filters) of {everything.height:,} in the trail "
+           "(newest first, up to 1,000 shown); times are UTC server time. Pipeline materializations are kept in "
+           "full: choose **Pipeline (materializations)** or **All entries** to see them.")  # fmt: skip
+ui.dataframe(
     df.sort("seq", descending=True)
     .head(1000)
     .select(
@@ -72,5 +82,7 @@ st.dataframe(
         "context_id",
         "entry_hash",
     ),
-    hide_index=True,
+    key="audit_table",
+    height=620,
+    ts_format="YYYY-MM-DD HH:mm:ss",
 )

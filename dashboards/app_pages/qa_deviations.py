@@ -13,12 +13,14 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from dashboards import ui  # noqa: E402
 from dashboards.auth import can, flash, lake, require, signature_dialog  # noqa: E402
 from pharma_assets.compliance import deviations  # noqa: E402
 
 st.title("Deviations and CAPA")
 session = require("record.view")
 flash()
+ui.freshness("qa_deviations", (("gxp", "deviations"),))
 lk = lake()
 
 if can(session, "deviation.close") and st.button("Open deviations from process events",
@@ -29,8 +31,8 @@ if can(session, "deviation.close") and st.button("Open deviations from process e
 devs = deviations.list_deviations(lk)
 state = st.segmented_control("State", ["all", *deviations.STATES], default="all", key="dev_state")
 shown = devs if state in (None, "all") else devs.filter(devs["state"] == state)
-st.dataframe(shown.select("deviation_id", "batch_id", "severity", "state", "source", "title",
-                          "updated_by", "updated_at"), hide_index=True)  # fmt: skip
+ui.dataframe(shown.select("deviation_id", "batch_id", "severity", "state", "source", "title",
+                          "updated_by", "updated_at"))  # fmt: skip
 
 if can(session, "deviation.open"):
     with st.expander("Open a deviation"), st.form("dev_open"):
@@ -56,9 +58,9 @@ if devs.height:
     st.write(f"State **{d.state}**, severity {d.severity}, batch {d.batch_id or '-'}, "
              f"source {d.source}")  # fmt: skip
     st.write(d.description)
-    st.dataframe(deviations.history(lk, dev_id).select(
+    ui.dataframe(deviations.history(lk, dev_id).select(
         "version", "state", "updated_by", "updated_at", "reason", "investigation", "root_cause",
-        "capa", "signature_id"), hide_index=True)  # fmt: skip
+        "capa", "signature_id"))  # fmt: skip
     if d.state in ("open", "investigation") and can(session, "deviation.investigate"):
         with st.form("dev_advance"):
             inv = st.text_area("Investigation", value=d.investigation or "", key="dev_inv")

@@ -348,7 +348,8 @@ def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
 
 
 def release(batch_id: str, user: UserOpt, reason: ReasonOpt,
-            decision: Annotated[str, typer.Option(help="released or rejected")] = "released",
+            decision: Annotated[str, typer.Option(help="released or rejected (required: no default, "
+                                                  "QA states the decision)")],
             lake: LakeOpt = None) -> None:  # fmt: skip
     """QA release or rejection of a batch, with electronic signature."""
     from .release import decide

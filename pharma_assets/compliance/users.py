@@ -77,6 +77,7 @@ ROLES: dict[str, frozenset[str]] = {
         {"deviation.open", "record.view", "sign.authorship", "sign.responsibility"}
     ),
     "admin": frozenset({"user.manage", "audit.view", "audit.retire", "record.view"}),
+    # read-only: the plant dashboards and GMP records, no action and no signature
     "viewer": frozenset({"record.view"}),
 }
 
@@ -498,7 +499,7 @@ DEMO_USERS = [
     ("pe.smith", "Pat Engineer", "process_engineer"),
     ("op.jones", "Olive Operator", "operator"),
     ("mx.brown", "Max Maintenance", "maintenance"),
-    ("viewer", "Vic Viewer", "viewer"),
+    ("view.only", "Vera Viewer", "viewer"),
 ]
 
 

@@ -135,10 +135,14 @@ def test_cli_user_admin_and_release_flow(gold_lake: Lake) -> None:
     assert "Quincy QA" in r.output
     r = runner.invoke(app, ["release", "BR01-B0001", "--user", "qa1", "--reason", "ok",
                             "--lake", root], input="Quality-2026-x\n")  # fmt: skip
+    assert r.exit_code == 2 and "--decision" in r.output  # no default decision
+    assert gold_lake.read("gxp", "batch_release") is None
+    r = runner.invoke(app, ["release", "BR01-B0001", "--user", "qa1", "--reason", "ok",
+                            "--decision", "released", "--lake", root], input="Quality-2026-x\n")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "released by Quincy QA" in r.output
     r = runner.invoke(app, ["release", "BR01-B0002", "--user", "qa1", "--reason", "ok",
-                            "--lake", root], input="wrong-password\n")  # fmt: skip
+                            "--decision", "rejected", "--lake", root], input="wrong-password\n")  # fmt: skip
     assert r.exit_code == 1
     r = runner.invoke(app, ["ebr", "BR01-B0001", "--out", str(Path(root).parent / "ebr"),
                             "--lake", root])  # fmt: skip

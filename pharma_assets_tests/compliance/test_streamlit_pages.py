@@ -56,6 +56,7 @@ def test_release_page_signs_through_dialog(env_lake) -> None:
     assert not at.exception
     at.selectbox(key="rel_batch").select("BR01-B0002").run()
     assert "pending_review" in at.subheader[0].value
+    at.radio(key="rel_decision_BR01-B0002").set_value("released").run()
     at.button(key="open_rel_BR01-B0002").click().run()
     at.text_input(key="sig_user_rel_BR01-B0002").input("qa.lead")
     at.text_input(key="sig_pw_rel_BR01-B0002").input(pw["qa.lead"])
@@ -96,3 +97,48 @@ def test_deviation_page_close_needs_qa_signature(env_lake) -> None:
     assert not at.exception
     assert deviations.get_deviation(lake, d.deviation_id).state == "closed"
     assert AuditTrail(lake).verify().ok
+
+
+def test_release_decision_is_not_preselected(env_lake) -> None:
+    lake, pw = env_lake
+    at = _page("qa_release.py", users.login(lake, "qa.lead", pw["qa.lead"]))
+    at.selectbox(key="rel_batch").select("BR01-B0002").run()
+    radio = at.radio(key="rel_decision_BR01-B0002")
+    assert radio.value is None and radio.index is None
+    # no signature can be started before QA states the decision
+    assert not [b for b in at.button if (b.key or "").startswith("open_rel_")]
+    radio.set_value("rejected").run()
+    assert at.button(key="open_rel_BR01-B0002").label == "Sign: rejected BR01-B0002"
+    assert release.release_status_frame(lake).height == 0  # choosing alone decides nothing
+
+
+def test_audit_page_shows_human_actions_first_and_machine_entries_on_request(env_lake) -> None:
+    from pharma_assets.compliance.audit import AuditEvent
+
+    lake, pw = env_lake
+    trail = AuditTrail(lake)
+    trail.append([AuditEvent("materialization", "dagster", f"silver/t{i}", "*", "delta_version",
+                             {"version": i}, {"version": i + 1}, "pipeline materialization",
+                             f"run-{i}") for i in range(300)])  # fmt: skip
+    s = users.login(lake, "qa.lead", pw["qa.lead"])
+    at = _page("qa_audit.py", s)
+    assert not at.exception
+    shown = at.dataframe[0].value
+    everything = trail.read()
+    machine = everything.filter(everything["action"] == "materialization").height
+    assert machine >= 300
+    assert "materialization" not in set(shown["action"])
+    assert "login" in set(shown["action"])
+    assert len(shown) == everything.height - machine  # every human entry, none dropped
+    view = at.segmented_control(key="audit_view")
+    assert view.value == "People & QA records"
+    view.set_value("Pipeline (materializations)").run()
+    shown = at.dataframe[0].value
+    assert set(shown["action"]) == {"materialization"} and len(shown) == min(machine, 1000)
+    at.segmented_control(key="audit_view").set_value("All entries").run()
+    assert any(f"of {trail.read().height:,} in the trail" in c.value for c in at.caption)
+    at.segmented_control(key="audit_view").set_value("Logins & accounts").run()
+    assert set(at.dataframe[0].value["action"]) <= {"login", "login_failed", "logout",
+                                                   "session_expired", "account_locked",
+                                                   "user_created"}  # fmt: skip
+    assert "Data as of" in " ".join(c.value for c in at.caption)

@@ -1,8 +1,10 @@
 """A real browser loads every page of the running app: title and a plotly chart render.
 
 Starts ``streamlit run dashboards/app.py`` on a free port against the fixture lake and
-drives Debian's headless Chromium through chromedriver (selenium). One screenshot per page
-goes to ``PHARMA_TEST_ARTIFACTS`` (default ``.state/test-artifacts/dashboards/``).
+drives Debian's headless Chromium through chromedriver (selenium): each page first shows the
+login form (no data), the read-only ``view.only`` account logs in through it, then the page
+renders. One screenshot per page goes to ``PHARMA_TEST_ARTIFACTS`` (default
+``.state/test-artifacts/dashboards/``).
 Skips only when chromium or chromedriver is not installed.
 """
 
@@ -21,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from dashboards.app_pages import PAGES
+
+from .conftest import PASSWORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -106,6 +110,15 @@ def test_page_renders_title_and_chart(server, browser, page):
     path = "" if page is PAGES[0] else page.url_path
     browser.get(f"{server}/{path}")
     wait = WebDriverWait(browser, 90)
+    # a new browser session: the login form, and no chart, before any data
+    user = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, 'input[aria-label="User ID"]'))
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
+    user.send_keys("view.only")
+    pw = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Password"]')
+    pw.send_keys(PASSWORDS["view.only"])
+    browser.find_element(By.XPATH, '//button[.//p[text()="Log in"]]').click()
     wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), page.title))
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot .main-svg")))
     # wait until the script run is over (no running indicator), then for plotly to draw

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from pharma_assets.lake.specs import load_spec
+from pharma_assets.lake.storage import Lake
 
-from .conftest import ML_GOLD
+from .conftest import ML_GOLD, add_users
 
 PAGES = ("overview", "bioreactor", "batch_quality", "equipment", "monitoring", "models")
 
@@ -186,7 +187,10 @@ def test_monitoring_numbers(app, fixture_lake):
     cr = fixture_lake.read("gold", "contamination_risk")
     now = cr.filter(pl.col("window_end_ts") == pl.col("window_end_ts").max().over("batch_id"))
     m = metrics(at)
-    assert m["Batches scored"] == str(cr["batch_id"].n_unique())
+    running = fixture_lake.read("silver", "batches").filter(pl.col("status") == "running")
+    now = now.filter(pl.col("batch_id").is_in(running["batch_id"].to_list()))
+    assert m["Running batches"] == str(running.height)
+    assert m["Running batches scored"] == str(now.height)
     assert m["In alarm now"] == str(now["alarm"].sum())
     assert m["Highest risk now"] == f"{100 * now['risk'].max():.1f} %"
     batch = at.selectbox(key="mon_batch").value
@@ -249,6 +253,7 @@ def test_models_lists_the_mlflow_registry(app, fixture_lake, tmp_path, monkeypat
 
 @pytest.mark.parametrize("page", PAGES)
 def test_missing_lake_says_what_to_run(app, tmp_path, page):
+    add_users(Lake.at(tmp_path / "no_lake"))  # only the accounts: no plant table yet
     at = app(tmp_path / "no_lake", page)
     text = " ".join(i.value for i in at.info)
     assert "make demo" in text, text
@@ -292,5 +297,5 @@ def test_monitoring_shows_the_live_score_when_it_is_newer(app, lake_copy):
     lake_copy.append("gold", "contamination_live", row)
     at = app(lake_copy.root, "monitoring")
     m = metrics(at)
-    assert m["Batches scored"] == str(cr["batch_id"].n_unique())
+    assert m["Running batches scored"] == str(cr["batch_id"].n_unique())
     assert m["Highest risk now"] == "98.8 %"

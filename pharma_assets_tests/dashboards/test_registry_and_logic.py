@@ -91,3 +91,57 @@ def test_band_segments_follow_phase_limits():
     assert seg[0]["nor_lo"] == spec.tags["temperature_c"].limits("growth").nor[0]
     assert seg[1]["par_hi"] == spec.tags["temperature_c"].limits("production").par[1]
     assert seg[1]["nor_lo"] != seg[0]["nor_lo"]  # the temperature shift has its own NOR
+
+
+def test_column_labels_and_time_formats():
+    from datetime import timezone
+
+    assert logic.column_label("final_titer_g_l") == "Final titer (g/L)"
+    assert logic.column_label("peak_vcd_e6_cells_ml") == "Peak VCD (10⁶ cells/mL)"
+    assert logic.column_label("start_ts") == "Start (UTC)"
+    assert logic.column_label("released_at") == "Released at (UTC)"
+    assert logic.column_label("ph") == "pH" and logic.column_label("cpk_ph") == "Cpk pH"
+    assert logic.column_label("uom") == "Unit of measure"
+    ts = datetime(2026, 2, 23, 1, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert logic.fmt_ts(ts) == "2026-02-23 00:00 UTC" and logic.fmt_ts(None) == "—"
+    assert logic.fmt_age(45) == "45 s" and logic.fmt_age(3 * 3600 + 5 * 60) == "3 h 05 min"
+    assert logic.fmt_age(2 * 86400 + 4 * 3600) == "2 d 4 h"
+
+
+def test_freshness_flags_running_batches_older_than_the_threshold():
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    us = pl.DataFrame(
+        {"unit_id": ["BR01", "BR02", "BR03", "BR04"],
+         "state": ["running", "running", "idle", "running"],
+         "current_batch_id": ["A", "B", None, "D"],
+         "last_reading_ts": [now - timedelta(minutes=5), now - timedelta(minutes=40),
+                             now - timedelta(days=3), None]},
+        schema_overrides={"last_reading_ts": pl.Datetime("us", "UTC")},
+    )  # fmt: skip
+    fr = logic.freshness([now - timedelta(minutes=2), None], us, now, 15)
+    assert fr.as_of == now - timedelta(minutes=2)
+    assert fr.newest_reading == now - timedelta(minutes=5)
+    assert fr.stale["unit_id"].to_list() == ["BR02", "BR04"]  # no reading at all is stale
+    assert fr.stale["age_min"][0] == pytest.approx(40)
+    assert logic.freshness([], None, now, 15).stale.height == 0
+
+
+def test_audit_views_reconcile_and_mspc_order_puts_running_first():
+    trail = pl.DataFrame(
+        {"action": ["login", "materialization", "e_signature", "deviation_opened",
+                    "materialization", "batch_released", "spec_change"],
+         "actor": ["qa", "dagster", "qa", "system", "dagster", "qa", "pe"]}
+    )  # fmt: skip
+    n = logic.audit_view_counts(trail)
+    assert n["People & QA records"] + n["Pipeline (materializations)"] == n["All entries"] == 7
+    assert (n["Signatures"], n["Deviations"], n["Logins & accounts"]) == (1, 1, 1)
+    assert logic.audit_view(trail, logic.DEFAULT_AUDIT_VIEW)["action"].to_list() == [
+        "login", "e_signature", "deviation_opened", "batch_released", "spec_change"
+    ]  # fmt: skip
+    batches = pl.DataFrame(
+        {"batch_id": ["X1", "X2", "X3"], "status": ["complete", "running", "complete"],
+         "start_ts": [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3)]}
+    )  # fmt: skip
+    assert logic.mspc_batch_order(["X1", "X3"], batches) == [
+        ("X2", "running"), ("X3", "complete"), ("X1", "complete")
+    ]  # fmt: skip
