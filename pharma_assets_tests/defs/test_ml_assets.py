@@ -11,7 +11,9 @@ import dagster as dg
 import polars as pl
 import pytest
 from mlflow import MlflowClient
+from rich.text import Text
 
+from pharma_assets.cli import training_lines
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml import assets as ml_assets
 from pharma_assets.defs.ml.automation import (
@@ -197,6 +199,19 @@ def test_retrain_job_materializes_models_and_gold_tables(
                     "model_version", "promoted", "gt_recall_critical"):  # fmt: skip
             assert key in meta, key
         assert meta["model_version"].value == "1"
+
+        # what `pharma-twin train` prints: every model, its gate decision and reason, every
+        # metric (against its target where it has one)
+        summary = registry.training_summary("dagster_run_id", first.run_id, uri)
+        assert len(summary) == N_MODELS
+        text = "\n".join(Text.from_markup(ln).plain for ln in training_lines(summary))
+        for s in summary:
+            verdict = s.promotion_decision.replace("_", " ").upper()
+            assert f"{s.name} v{s.version}: {verdict} - {s.promotion_reason}" in text
+            for k in s.metrics:
+                assert (f"{k}=" in text) or (f"{k} = " in text), k
+        assert "recall_critical = " in text and "(target 0.95, " in text
+        assert "aggregates_pct_day3" in text and "baseline_mae=" in text
 
         # second run: new versions, gate applied, performance appended (not replaced)
         second = job.execute_in_process(instance=instance)
