@@ -125,7 +125,7 @@ def _period_seconds(text: str) -> float:
             return float(t[:-1]) * 60
         return float(t)
     except ValueError:
-        raise typer.BadParameter(f"period {text!r} is not a duration like 60s, 1m or 5s") from None
+        raise CliError(f"period {text!r} is not a duration like 60s, 1m or 5s") from None
 
 
 def _parse_start(text: str | None) -> datetime | None:
@@ -134,7 +134,7 @@ def _parse_start(text: str | None) -> datetime | None:
     try:
         d = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(
+        raise CliError(
             f"start {text!r} is not an ISO date/time such as 2026-01-05T00:00Z"
         ) from None
     return d if d.tzinfo else d.replace(tzinfo=UTC)
@@ -175,7 +175,8 @@ def simulate(
         plant_cfg = load_plant(plant).with_units(units)
         book = load_recipes(recipes)
     except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise CliError(str(e)) from None
+    period_s, start_ts = _period_seconds(period), _parse_start(start)  # checked before any work
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as prog:  # fmt: skip
@@ -184,7 +185,7 @@ def simulate(
         def tick(done: int, total: int, batch_id: str) -> None:
             prog.update(task, completed=done, description=batch_id)
 
-        res = simulate_history(plant_cfg, book, batches, seed, out, truth, _period_seconds(period), _parse_start(start),
+        res = simulate_history(plant_cfg, book, batches, seed, out, truth, period_s, start_ts,
                                progress=tick)  # fmt: skip
     dt = time.perf_counter() - t0
     statuses = {s: sum(b.status == s for b in res.plan.batches) for s in ("complete", "aborted")}

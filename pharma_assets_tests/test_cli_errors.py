@@ -179,3 +179,20 @@ def test_real_process_prints_one_line_and_the_traceback_only_with_debug(tmp_path
     d = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=300)  # fmt: skip
     assert d.returncode != 0 and "Traceback" in d.stderr and str(missing) in d.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "--batches", "1", "--period", "abc"],
+        ["simulate", "--batches", "1", "--start", "yesterday-ish"],
+        ["simulate", "--batches", "1", "--plant", "missing_plant.yaml"],
+        ["live", "--hours", "1", "--plant", "missing_plant.yaml"],
+    ],
+)
+def test_bad_simulator_arguments_are_one_line(run, tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "landing"
+    r = run(*args, "--out", str(out))
+    assert r.exit_code != 0
+    _one_line_naming(r, args[-1])
+    assert not out.exists()
