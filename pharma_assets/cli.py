@@ -405,6 +405,10 @@ def train(
 
     res = _lakehouse(lake, None)
     check_lake(res.lake_uri)
+    if res.lake().version("silver", "batches") is None:
+        raise CliError(
+            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first"
+        )
     if if_untrained and res.lake().version("gold", "model_performance") is not None:
         console.print("models already trained (gold/model_performance exists); skipping")
         return

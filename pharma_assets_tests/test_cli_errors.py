@@ -196,3 +196,12 @@ def test_bad_simulator_arguments_are_one_line(run, tmp_path: Path, args: list[st
     assert r.exit_code != 0
     _one_line_naming(r, args[-1])
     assert not out.exists()
+
+
+def test_train_on_a_lake_without_tables_is_one_line(run, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    r = run("train", "--lake", str(lake))
+    assert r.exit_code == 2
+    _one_line_naming(r, f"lake {lake} has no table silver/batches: run `pharma-twin pipeline`")
+    assert list(lake.iterdir()) == []
