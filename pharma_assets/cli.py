@@ -82,9 +82,7 @@ def _main(
     ] = False,
 ) -> None:
     """pharma-twin: a digital twin of a biopharmaceutical plant."""
-    ctx.meta["pharma_debug"] = debug
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    ctx.meta["pharma_debug"] = debug  # read by _Group.invoke; the environment is left alone
 
 
 def existing_dir(path: Path | str, what: str) -> Path:

@@ -161,6 +161,9 @@ def test_debug_shows_the_traceback(run, tmp_path: Path, monkeypatch) -> None:
     r = run("--debug", "train", "--lake", lake)
     assert r.exit_code != 0 and r.exception is not None
     assert f"lake {lake} does not exist" in str(r.exception)
+    assert "PHARMA_DEBUG" not in os.environ  # --debug does not leak into later commands
+    r = run("train", "--lake", lake)
+    assert r.exit_code == 2 and r.exception is not None and "Traceback" not in r.output
     monkeypatch.setenv("PHARMA_DEBUG", "1")
     r = run("compact", "--lake", lake)
     assert r.exit_code != 0 and f"lake {lake} does not exist" in str(r.exception)
