@@ -266,7 +266,9 @@ def minimum_shortfall(metrics: Mapping[str, float | None], minimum: Minimum | No
         if r2 is None:
             return f"cannot be evaluated: R² is {_fmt(metrics.get('r2'))} on the held-out set"
         if r2 <= 0:
-            return f"R² {r2:.3f} <= 0 on the held-out set: no better than predicting the held-out mean"
+            return (
+                f"R² {r2:.3f} <= 0 on the held-out set: no better than predicting the held-out mean"
+            )
         baselines = {
             k.removeprefix(BASELINE_PREFIX): v
             for k, v in metrics.items()
