@@ -1,26 +1,113 @@
-"""The `pharma-twin` command line: simulate, live, import (and, later, pipeline)."""
+"""The `pharma-twin` command line: simulate, live, import, pipeline, train and the GxP
+commands.
+
+Errors: an expected failure (missing file or lake, bad argument, missing table) is one
+line on stderr naming the offending value, and a non-zero exit; the traceback only with
+``--debug`` (or ``PHARMA_DEBUG=1``). Paths: a command that reads a lake or a landing zone
+refuses one that does not exist; only commands that legitimately create one do (simulate,
+live and import create the landing zone they write; pipeline creates the lake).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .twin.config import ConfigError, load_plant, load_recipes
 
 if TYPE_CHECKING:
     from .defs.lakehouse.resources import LakehouseResource
+    from .ml.registry import ModelSummary
+
+DEBUG_ENV = "PHARMA_DEBUG"
+
+
+class CliError(Exception):
+    """An expected failure of a command: printed as one line, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, CliError) else f"{type(e).__name__}: {text}"
+
+
+class _Group(typer.core.TyperGroup):
+    """Every command's exceptions end here: one line on stderr and exit 1 (``CliError``:
+    its own code), unless --debug / PHARMA_DEBUG=1 asks for the traceback."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, usage errors
+            raise
+        except Exception as e:
+            if debug_enabled() or ctx.meta.get("pharma_debug"):
+                raise
+            hint = "" if isinstance(e, CliError) else " (--debug shows the traceback)"
+            typer.echo(f"error: {_one_line(e)}{hint}", err=True)
+            raise typer.Exit(e.code if isinstance(e, CliError) else 1) from None
+
 
 app = typer.Typer(
-    help="pharma-twin: a digital twin of a biopharmaceutical plant.", no_args_is_help=True
+    help="pharma-twin: a digital twin of a biopharmaceutical plant.",
+    no_args_is_help=True,
+    cls=_Group,
 )
 console = Console(stderr=True)
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help=f"Show the traceback of a failure (or {DEBUG_ENV}=1)."),
+    ] = False,
+) -> None:
+    """pharma-twin: a digital twin of a biopharmaceutical plant."""
+    ctx.meta["pharma_debug"] = debug  # read by _Group.invoke; the environment is left alone
+
+
+def existing_dir(path: Path | str, what: str) -> Path:
+    """``path`` if it is an existing folder, else a one-line CliError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"{what} {p} does not exist")
+    if not p.is_dir():
+        raise CliError(f"{what} {p} is not a folder")
+    return p
+
+
+def existing_file(path: Path | str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{what} {p} {'is not a file' if p.exists() else 'does not exist'}")
+    return p
+
+
+def check_lake(uri: str) -> None:
+    """Refuse a local lake root that does not exist (object-store lakes are not checked)."""
+    from .lake.storage import Lake
+
+    if Lake.at(uri).is_local:
+        existing_dir(uri, "lake")
 
 
 def _period_seconds(text: str) -> float:
@@ -36,7 +123,7 @@ def _period_seconds(text: str) -> float:
             return float(t[:-1]) * 60
         return float(t)
     except ValueError:
-        raise typer.BadParameter(f"period {text!r} is not a duration like 60s, 1m or 5s") from None
+        raise CliError(f"period {text!r} is not a duration like 60s, 1m or 5s") from None
 
 
 def _parse_start(text: str | None) -> datetime | None:
@@ -45,7 +132,7 @@ def _parse_start(text: str | None) -> datetime | None:
     try:
         d = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise typer.BadParameter(
+        raise CliError(
             f"start {text!r} is not an ISO date/time such as 2026-01-05T00:00Z"
         ) from None
     return d if d.tzinfo else d.replace(tzinfo=UTC)
@@ -86,7 +173,8 @@ def simulate(
         plant_cfg = load_plant(plant).with_units(units)
         book = load_recipes(recipes)
     except ConfigError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise CliError(str(e)) from None
+    period_s, start_ts = _period_seconds(period), _parse_start(start)  # checked before any work
     t0 = time.perf_counter()
     with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=console) as prog:  # fmt: skip
@@ -95,7 +183,7 @@ def simulate(
         def tick(done: int, total: int, batch_id: str) -> None:
             prog.update(task, completed=done, description=batch_id)
 
-        res = simulate_history(plant_cfg, book, batches, seed, out, truth, _period_seconds(period), _parse_start(start),
+        res = simulate_history(plant_cfg, book, batches, seed, out, truth, period_s, start_ts,
                                progress=tick)  # fmt: skip
     dt = time.perf_counter() - t0
     statuses = {s: sum(b.status == s for b in res.plan.batches) for s in ("complete", "aborted")}
@@ -166,15 +254,29 @@ def import_(
     tag_map: Annotated[
         Path, typer.Option("--tag-map", help="YAML mapping source tags/units to ours.")
     ],
-    out: Annotated[Path, typer.Option(help="Landing-zone folder to write.")] = Path("landing"),
+    out: Annotated[
+        Path, typer.Option(help="Landing-zone folder to write (created if absent).")
+    ] = Path("landing"),
+    allow_missing_tags: Annotated[
+        bool,
+        typer.Option(
+            help="Import even if some tags of the tag map are absent from the file "
+            "(default: refuse, a misspelled column would silently leave its tag out)."
+        ),
+    ] = False,
 ) -> None:
     """Turn a historical batch dataset into landing files; unmapped columns are reported."""
     from .importer import import_file
 
     if layout not in ("wide", "long"):
-        raise typer.BadParameter(f"--layout must be wide or long, got {layout!r}")
-    report = import_file(input, layout, tag_map, out)  # type: ignore[arg-type]
+        raise CliError(f"--layout must be wide or long, got {layout!r}")
+    existing_file(input, "input file")
+    existing_file(tag_map, "tag map")
+    shape: Literal["wide", "long"] = "wide" if layout == "wide" else "long"
+    report = import_file(input, shape, tag_map, out, allow_missing_tags=allow_missing_tags)
     console.print(report.summary())
+    for w in report.warnings():
+        typer.echo(f"warning: {w}", err=True)
 
 
 def _lakehouse(lake: str | None, landing: Path | None) -> LakehouseResource:
@@ -219,7 +321,9 @@ def pipeline(
     from .pipeline import archive_derived, default_instance, run_pipeline
 
     res = _lakehouse(lake, landing)
+    existing_dir(res.landing_dir, "landing zone")  # the lake may be new; the landing zone not
     if rebuild:
+        check_lake(res.lake_uri)
         try:
             moved = archive_derived(res.lake())
         except ValueError as e:
@@ -269,6 +373,7 @@ def compact(
     from .lake import maintenance
 
     res = _lakehouse(lake, None)
+    check_lake(res.lake_uri)
     for r in maintenance.compact(res.lake(), min_files=min_files):
         what = r.skipped or f"{r.files_before} -> {r.files_after} files in {r.seconds:.1f} s"
         console.print(f"{r.table}: {what}")
@@ -297,6 +402,11 @@ def train(
     from .pipeline import default_instance, run_training
 
     res = _lakehouse(lake, None)
+    check_lake(res.lake_uri)
+    if res.lake().version("silver", "batches") is None:
+        raise CliError(
+            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first"
+        )
     if if_untrained and res.lake().version("gold", "model_performance") is not None:
         console.print("models already trained (gold/model_performance exists); skipping")
         return
@@ -314,25 +424,51 @@ def train(
             console.print(f"[red]{ev.step_key}: {err.message.strip() if err else 'failed'}")
         console.print(f"[red]retrain_job failed (run {r.run_id}); details in the Dagster UI")
         raise typer.Exit(1)
-    perf = res.lake().read("gold", "model_performance")
     console.print(
         f"trained on {n} completed batches in {time.perf_counter() - t0:.0f} s (run {r.run_id})"
     )
-    if perf is not None and "target_met" in perf.columns:
-        import polars as pl
+    from .defs.ml.resources import MlResource
+    from .ml import registry
 
-        latest = (
-            perf.filter(pl.col("target").is_not_null())
-            .sort("computed_at")
-            .group_by(["model_name", "metric"], maintain_order=True)
-            .last()
+    summaries = registry.training_summary("dagster_run_id", r.run_id, MlResource.from_env().uri())
+    for line in training_lines(summaries):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}" if v == v else "nan"
+
+
+def training_lines(summaries: list[ModelSummary]) -> list[str]:
+    """What `train` prints: per model its version, the promotion decision and reason, then
+    every metric (against its target where it has one)."""
+    from .ml.registry import NOT_PROMOTED, PROMOTED
+
+    colour = {PROMOTED: "green", NOT_PROMOTED: "red"}
+    lines = []
+    n_champ = sum(s.promotion_decision == PROMOTED for s in summaries)
+    lines.append(f"{len(summaries)} models trained, {n_champ} promoted to champion:")
+    for s in summaries:
+        c = colour.get(s.promotion_decision, "yellow")
+        verdict = s.promotion_decision.replace("_", " ").upper() or "UNKNOWN"
+        lines.append(
+            f"[bold]{escape(s.name)}[/] v{s.version}: [{c}]{verdict}[/] - "
+            + escape(s.promotion_reason)
         )
-        for row in latest.iter_rows(named=True):
-            verdict = "met" if row["target_met"] else "NOT met"
-            console.print(
-                f"  {row['model_name']} v{row['model_version']}: {row['metric']} = "
-                f"{row['value']:.3f} (target {row['target']}, {verdict})"
-            )
+        with_target = []
+        plain = []
+        for k in sorted(s.metrics):
+            v = s.metrics[k]
+            if k in s.targets:
+                met = s.target_met(k)
+                word = "met" if met else "NOT met" if met is not None else "not computable"
+                with_target.append(f"{k} = {_num(v)} (target {s.targets[k]:g}, {word})")
+            else:
+                plain.append(f"{k}={_num(v)}")
+        lines += [f"    {t}" for t in with_target]
+        if plain:
+            lines.append("    " + "  ".join(plain))
+    return lines
 
 
 # GxP commands (users, audit, deviation, spec, sign, release, ebr, backup)

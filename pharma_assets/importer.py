@@ -320,6 +320,20 @@ class ImportReport:
             lines.append("  mapped tags absent from the file: " + ", ".join(self.missing_tags))
         return "\n".join(lines)
 
+    def warnings(self) -> list[str]:
+        """One line per thing left out (unmapped columns or tag names, absent mapped tags)."""
+        src = self.source or "input"
+        out = []
+        if self.unmapped_columns:
+            what = "columns" if self.layout == "wide" else "columns/tag names"
+            out.append(
+                f"{src}: {len(self.unmapped_columns)} {what} not in the tag map were NOT "
+                f"imported: {', '.join(self.unmapped_columns)}"
+            )
+        if self.missing_tags:
+            out.append(f"{src}: mapped tags absent from the file: {', '.join(self.missing_tags)}")
+        return out
+
 
 # ---------------------------------------------------------------- parsing helpers
 
@@ -487,12 +501,14 @@ def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
     n = df.height
     site = _ids(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
     unit = _ids(df[c.unit_id], src, "unit_id") if c.unit_id else pl.Series([tm.default_unit_id] * n)
+    # unit and batch IDs are case-insensitive and stored upper case (BR01, BR01-B0001), as the
+    # plant and the CLI write them: "br01" and "BR01" must not become two units
     return pl.DataFrame(
         {
             "ts": pl.Series(_timestamps_us(df, tm, src), dtype=pl.Int64),
             "site_id": site.cast(pl.String),
-            "unit_id": unit.cast(pl.String),
-            "batch_id": _ids(df[c.batch_id], src, "batch_id"),
+            "unit_id": unit.cast(pl.String).str.to_uppercase(),
+            "batch_id": _ids(df[c.batch_id], src, "batch_id").str.to_uppercase(),
         }
     )
 
@@ -508,13 +524,16 @@ def import_file(
     layout: Literal["wide", "long"],
     tag_map: Path | TagMap,
     out: Path,
+    allow_missing_tags: bool = False,
 ) -> ImportReport:
     """Import one historical file into landing telemetry under ``out``.
 
     ``tag_map`` is a ``TagMap`` or the path of a tag-map YAML file (see module docstring).
     Writes one telemetry Parquet file per batch per UTC day and returns what was read,
     written and left out. Raises ``ValueError`` for structural problems (missing columns,
-    bad timestamps or ids, duplicate readings) before writing anything.
+    bad timestamps or ids, duplicate readings) before writing anything, and for a tag of the
+    tag map absent from the file (a misspelled column would otherwise silently leave its tag
+    out) unless ``allow_missing_tags``.
     """
     src = Path(input)
     root = Path(out)
@@ -565,6 +584,21 @@ def import_file(
                 tag_idx[sel] = order[m.tag]
         parts.append(_frame(ids, tag_idx, vals, bad))
 
+    left = [c for c in unmapped if c not in id_cols]
+    # wide: a mapped tag's column is missing; long: a file need not carry every tag, but a
+    # mapped tag absent while unmapped tag names are present is most likely a misspelling
+    if missing and not allow_missing_tags and (layout == "wide" or left):
+        what = "columns" if layout == "wide" else f"tag names in column {tm.columns.tag!r}"
+        raise ValueError(
+            f"{src}: tag map source tag(s) {', '.join(repr(m) for m in missing)} not found among "
+            f"the file's {what}"
+            + (
+                f"; not in the tag map: {', '.join(repr(c) for c in left)} (misspelled?)"
+                if left
+                else ""
+            )
+            + "; fix the tag map or the file, or pass allow_missing_tags (--allow-missing-tags)"
+        )
     if unmapped:
         what = "columns" if layout == "wide" else "columns/tag names"
         log.warning("%s: %d source %s not in the tag map, NOT imported: %s",

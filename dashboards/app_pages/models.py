@@ -1,5 +1,6 @@
-"""Models: registered versions and champions (MLflow registry when available), and every
-evaluated metric against its target (gold/model_performance)."""
+"""Models: registered versions and champions (MLflow registry when available), why the
+newest version of a model is not champion (the promotion gate's reason), and every evaluated
+metric against its target (gold/model_performance)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,29 @@ st.subheader("Registered versions and champions")
 if registry is not None:
     st.caption(registry_note)
     ui.table(registry, "registered_models", "registered models")
+    if "promotion_reason" in registry.columns:
+        # the promotion gate (docs/models.md): why the newest version of a model is not champion
+        latest = (
+            registry.with_columns(v=pl.col("version").cast(pl.Int64))
+            .sort("name", "v")
+            .group_by("name", maintain_order=True)
+            .last()
+        )
+        champions = dict(
+            registry.filter(pl.col("is_champion")).select("name", "version").iter_rows()
+        )
+        held = latest.filter(~pl.col("is_champion"))
+        st.subheader("Promotion gate")
+        if held.height == 0:
+            st.caption("The newest version of every model is its champion.")
+        for r in held.iter_rows(named=True):
+            champ = champions.get(r["name"])
+            stays = f"champion stays v{champ}" if champ else "no champion: nothing is scored"
+            st.warning(
+                f"**{r['name']}** v{r['version']} not promoted ({stays}): "
+                f"{r['promotion_reason'] or 'no reason recorded'}",
+                icon=":material/block:",
+            )
 else:
     st.caption(registry_note)
     if perf is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,6 +40,26 @@ def _lake(lake: str | None) -> Lake:
     )
 
 
+def _existing_lake(lake: str | None) -> Lake:
+    """The lake, refused (one line naming the path, exit 2) if it is a local folder that
+    does not exist: a mistyped --lake must not read as an empty lake or create a new one."""
+    from pharma_assets.cli import check_lake
+
+    uri = lake or os.environ.get("PHARMA_LAKE_URI", "lakehouse")
+    check_lake(uri)
+    return _lake(uri)
+
+
+def _uid(user_id: str) -> str:
+    """User IDs are case-insensitive: stored and looked up in lower case (``qa.lead``)."""
+    return user_id.strip().lower()
+
+
+def _bid(batch_id: str) -> str:
+    """Batch and unit IDs are upper case (``BR01-B0001``); ``br01-b0001`` means the same."""
+    return batch_id.strip().upper()
+
+
 def _password(prompt: str = "Password") -> str:
     import sys
 
@@ -48,9 +68,10 @@ def _password(prompt: str = "Password") -> str:
     return getpass.getpass(f"{prompt}: ")
 
 
-def _fail(e: Exception) -> None:
-    err.print(f"[red]{type(e).__name__}: {e}")
-    raise typer.Exit(1)
+def _fail(e: Exception) -> NoReturn:
+    """Hand the failure to the app's error handler: one line naming it, exit 1 (the
+    traceback with --debug)."""
+    raise e
 
 
 def _admin_check(lk: Lake, admin: str) -> None:
@@ -74,7 +95,8 @@ def users_add(
     """Create an account; asks for the admin's password, then the new user's initial one."""
     from .users import create_user
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user_id, admin = _uid(user_id), (_uid(admin) if admin else None)
     try:
         if admin:
             _admin_check(lk, admin)
@@ -91,7 +113,7 @@ def users_list(lake: LakeOpt = None) -> None:
     """Accounts with role, state and password age."""
     from .users import list_users
 
-    df = list_users(_lake(lake))
+    df = list_users(_existing_lake(lake))
     t = Table("user", "name", "role", "active", "locked", "failed", "password set", "updated")
     for r in df.iter_rows(named=True):
         t.add_row(r["user_id"], r["full_name"], r["role"], str(r["active"]), str(r["locked"]),
@@ -106,7 +128,8 @@ def users_disable(user_id: str, admin: Annotated[str, typer.Option()], reason: R
     """Disable an account for good (its ID is never reused)."""
     from .users import disable_user
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user_id, admin = _uid(user_id), _uid(admin)
     try:
         _admin_check(lk, admin)
         disable_user(lk, user_id, admin, reason)
@@ -121,7 +144,8 @@ def users_reset(user_id: str, admin: Annotated[str, typer.Option()], reason: Rea
     """Set a temporary password and unlock; the user must change it at next login."""
     from .users import reset_password
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user_id, admin = _uid(user_id), _uid(admin)
     try:
         _admin_check(lk, admin)
         reset_password(lk, user_id, _password(f"Temporary password for {user_id}"), admin, reason)
@@ -135,7 +159,8 @@ def users_change(user_id: str, lake: LakeOpt = None) -> None:
     """Change your own password (old, then new)."""
     from .users import change_password
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user_id = _uid(user_id)
     try:
         change_password(lk, user_id, _password("Current password"), _password("New password"))
     except Exception as e:
@@ -224,7 +249,7 @@ def dev_list(batch: Annotated[str | None, typer.Option()] = None,
     """Deviations (current state)."""
     from .deviations import list_deviations
 
-    df = list_deviations(_lake(lake), batch, state)
+    df = list_deviations(_existing_lake(lake), _bid(batch) if batch else None, state)
     t = Table("id", "batch", "severity", "state", "source", "title")
     for r in df.iter_rows(named=True):
         t.add_row(r["deviation_id"], r["batch_id"] or "", r["severity"], r["state"], r["source"],
@@ -241,7 +266,8 @@ def dev_open(title: str, user: UserOpt, reason: ReasonOpt,
     from .deviations import open_deviation
     from .users import authenticate
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user, batch = _uid(user), (_bid(batch) if batch else None)
     try:
         authenticate(lk, user, _password())
         d = open_deviation(lk, user, title, description or title, severity, reason, batch)
@@ -255,7 +281,7 @@ def dev_auto(lake: LakeOpt = None) -> None:
     """Open deviations for major/critical excursions and contamination alarms."""
     from .deviations import auto_open
 
-    console.print(f"opened {len(auto_open(_lake(lake)))} deviations")
+    console.print(f"opened {len(auto_open(_existing_lake(lake)))} deviations")
 
 
 @deviation_app.command("advance")
@@ -267,7 +293,8 @@ def dev_advance(deviation_id: str, user: UserOpt, reason: ReasonOpt,
     from .deviations import advance
     from .users import authenticate
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    user = _uid(user)
     try:
         authenticate(lk, user, _password())
         d = advance(lk, deviation_id, user, reason, investigation, root_cause, capa)
@@ -281,8 +308,9 @@ def dev_close(deviation_id: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt
     """Close (QA; electronic signature, meaning approval)."""
     from .deviations import close
 
+    lk, user = _existing_lake(lake), _uid(user)
     try:
-        d = close(_lake(lake), deviation_id, user, _password("Password (signature)"), reason)
+        d = close(lk, deviation_id, user, _password("Password (signature)"), reason)
     except Exception as e:
         _fail(e)
     console.print(f"{d.deviation_id} closed, signature {d.signature_id}")
@@ -299,8 +327,9 @@ def spec_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
     from .changecontrol import apply_change
 
     p = path or _default_path(target)
+    lk, user = _existing_lake(lake), _uid(user)
     try:
-        row = apply_change(_lake(lake), p, new_file.read_text(), user,
+        row = apply_change(lk, p, new_file.read_text(), user,
                            _password("Password (signature)"), reason, target)  # fmt: skip
     except Exception as e:
         _fail(e)
@@ -313,7 +342,7 @@ def spec_check(target: Annotated[str, typer.Option()] = "cpp_spec",
     """Is the spec in use the last approved version? Exit 1 if not."""
     from .changecontrol import check_in_use
 
-    r = check_in_use(_lake(lake), path or _default_path(target), target)
+    r = check_in_use(_existing_lake(lake), path or _default_path(target), target)
     (console if r.ok else err).print(("[green]" if r.ok else "[red]") + r.detail)
     if not r.ok:
         raise typer.Exit(1)
@@ -338,7 +367,8 @@ def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
     from .release import batch_record
     from .signatures import sign as do_sign
 
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
+    batch_id, user = _bid(batch_id), _uid(user)
     try:
         s = do_sign(lk, user, _password("Password (signature)"), meaning, "batch_record",
                     batch_id, batch_record(lk, batch_id), reason)  # fmt: skip
@@ -354,8 +384,9 @@ def release(batch_id: str, user: UserOpt, reason: ReasonOpt,
     """QA release or rejection of a batch, with electronic signature."""
     from .release import decide
 
+    lk, batch_id, user = _existing_lake(lake), _bid(batch_id), _uid(user)
     try:
-        row = decide(_lake(lake), batch_id, decision, user, _password("Password (signature)"),
+        row = decide(lk, batch_id, decision, user, _password("Password (signature)"),
                      reason)  # fmt: skip
     except Exception as e:
         _fail(e)
@@ -368,8 +399,9 @@ def ebr(batch_id: str, out: Annotated[Path, typer.Option(help="Output folder.")]
     """Write the electronic batch record of a batch (HTML and PDF)."""
     from .ebr import write_ebr
 
+    lk, batch_id = _existing_lake(lake), _bid(batch_id)
     try:
-        h, p, c = write_ebr(_lake(lake), batch_id, out, actor=f"cli:{getpass.getuser()}")
+        h, p, c = write_ebr(lk, batch_id, out, actor=f"cli:{getpass.getuser()}")
     except Exception as e:
         _fail(e)
     console.print(f"wrote {h} and {p} (content SHA-256 {c.content_hash[:16]}...)")
@@ -379,8 +411,9 @@ def backup(dest: Path, lake: LakeOpt = None) -> None:
     """Copy the lake to DEST and verify the copy (file hashes, Delta tables, audit chain)."""
     from .retention import backup as do_backup
 
+    lk = _existing_lake(lake)
     try:
-        rep = do_backup(_lake(lake), dest, actor=f"cli:{getpass.getuser()}")
+        rep = do_backup(lk, dest, actor=f"cli:{getpass.getuser()}")
     except Exception as e:
         _fail(e)
     (console if rep.ok else err).print(rep.summary())

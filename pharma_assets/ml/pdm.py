@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
 from .features import EQUIPMENT_FEATURES, EQUIPMENT_TYPES, HEALTH_FEATURES
-from .registry import TrainedModel
+from .registry import Minimum, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +494,8 @@ def train_pdm(
         n_eval=n_eval,
         targets={"recall_critical": TARGET_RECALL},
         artifacts={"holdout_predictions": pred, "failures": failures, **artifacts_extra},
+        # failures in the held-out run time (CMMS), and better than chance at ranking them
+        minimum=Minimum("detector", positives_metric="n_failures", floors={"roc_auc": 0.5}),
     )
     return PdmResult(trained, model, pred, score, cutoff, notes)
 

@@ -24,7 +24,7 @@ import polars as pl
 from xgboost import XGBRegressor
 
 from .features import HORIZONS_H, MlInputs, batch_feature_columns, batch_features
-from .registry import TrainedModel
+from .registry import Minimum, TrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,9 @@ def train_quality(
                 upper=pl.Series(p + hi, dtype=pl.Float64),
             )
             metrics = quality_metrics(pred)
+            # the naive baseline of the promotion gate: the training mean, same held-out rows
+            naive = regression_metrics(yt, np.full(len(yt), y.mean() if len(y) else np.nan))
+            metrics.update({f"baseline_{k}": v for k, v in naive.items()})
             metrics["n_train"] = float(len(y))
             targets_map = {"r2": R2_TARGET} if target in YIELD_TARGETS else {}
 
@@ -235,6 +238,7 @@ def train_quality(
                 n_eval=len(yt),
                 targets=targets_map,
                 artifacts={"holdout_predictions": pred},
+                minimum=Minimum("regressor"),
             )
             results.append(QualityResult(trained, model, pred, score))
     return results

@@ -17,10 +17,15 @@ Choices (see docs/models.md, "MLflow"):
   benchmark, and several models can be logged in one process without global state.
 * The model is a pickled artifact (``model/model.pkl``); the registered version's source is
   that artifact folder. The champion is the version with the alias ``champion``.
-* Champion/challenger gate: the new version is promoted iff its gate metric is at least as
-  good as the current champion's on the SAME held-out set (the caller passes a function
-  that scores any model on that set). The decision and both scores are recorded as version
-  tags and run metrics.
+* Promotion gate (:func:`promotion_gate`, a pure function): a new version becomes champion
+  only if it meets its :class:`Minimum` (regressors: R² > 0 and better than the naive
+  baseline of predicting the training mean on the same held-out rows; detectors: detection
+  evaluated on at least one positive case, and better than a detector that never alarms)
+  AND its gate metric is at least as good as the current champion's on the SAME held-out
+  set (the caller passes a function that scores any model on that set). A version that
+  fails the minimum, or cannot be evaluated, is registered but not promoted. The decision
+  and its reason are version tags (``promotion_decision``, ``promotion_reason``), the scores
+  version tags and run metrics.
 """
 
 from __future__ import annotations
@@ -31,11 +36,11 @@ import math
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import polars as pl
@@ -70,7 +75,50 @@ MODELS_SCHEMA: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "gate_metric": pl.String(),
     "score": pl.Float64(),
+    "promotion_decision": pl.String(),
+    "promotion_reason": pl.String(),
 }
+
+PROMOTED = "promoted"
+NOT_PROMOTED = "not_promoted"  # failed its minimum, or could not be evaluated
+KEPT_CHAMPION = "kept_champion"  # met its minimum, but the champion is better
+BASELINE_PREFIX = "baseline_"  # metrics["baseline_mae"]: the naive model's mae on the same rows
+
+
+@dataclass(frozen=True)
+class Minimum:
+    """The least a model must show on its held-out set before it may become champion.
+
+    ``kind="regressor"``: R² finite and > 0, and every metric ``m`` with a naive baseline
+    ``baseline_<m>`` among the metrics (at least one is required; the training mean
+    predicted for the same held-out rows) strictly better than that baseline.
+    ``kind="detector"``: ``positives_metric`` (the number of positive cases the detection
+    figures were computed on) present and >= 1.
+    Both: the gate metric finite, every ``floors`` metric finite and strictly better than
+    its floor (direction from the metric's name; e.g. ``{"roc_auc": 0.5}``, or
+    ``{"detection_share": 0.0}`` for "detects more than a detector that never alarms").
+    """
+
+    kind: Literal["regressor", "detector"]
+    positives_metric: str | None = None
+    floors: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The promotion gate's verdict on one new version (``decision``: PROMOTED,
+    NOT_PROMOTED or KEPT_CHAMPION) and why, in one sentence."""
+
+    decision: str
+    reason: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == PROMOTED
+
+    @property
+    def text(self) -> str:
+        return f"{self.decision.replace('_', ' ')}: {self.reason}"
 
 
 @dataclass
@@ -91,6 +139,9 @@ class TrainedModel:
     # extra tables logged as Parquet artifacts under evaluation/, e.g. the held-out
     # predictions every reported metric is computed from (tests recompute them from there)
     artifacts: dict[str, pl.DataFrame] = field(default_factory=dict)
+    # what it must show before it may become champion; None: never promoted (the gate
+    # cannot tell whether it is any good)
+    minimum: Minimum | None = None
 
 
 @dataclass
@@ -104,7 +155,9 @@ class Registration:
     challenger_score: float
     champion_score: float | None
     champion_version: str | None
-    decision: str = ""
+    decision: str = ""  # "<promotion_decision>: <promotion_reason>"
+    promotion_decision: str = ""  # PROMOTED, NOT_PROMOTED or KEPT_CHAMPION
+    promotion_reason: str = ""
 
 
 def _repo_root() -> Path:
@@ -188,6 +241,131 @@ def _is_better_or_equal(challenger: float, champion: float, higher_is_better: bo
     return challenger >= champion if higher_is_better else challenger <= champion
 
 
+def _fmt(v: float | None) -> str:
+    return "absent" if v is None else f"{v:.4g}"
+
+
+def _beats(value: float, bar: float, metric: str) -> bool:
+    return value > bar if _higher_is_better_metric(metric) else value < bar
+
+
+def minimum_shortfall(metrics: Mapping[str, float | None], minimum: Minimum | None,
+                      gate_metric: str) -> str | None:  # fmt: skip
+    """Why a model does not meet its minimum (one sentence), or None if it does."""
+    if minimum is None:
+        return "no minimum declared for this model, so the gate cannot tell whether it is any good"
+
+    def val(k: str) -> float | None:
+        v = metrics.get(k)
+        return float(v) if _finite(v) else None  # type: ignore[arg-type]
+
+    if val(gate_metric) is None:
+        return f"cannot be evaluated: gate metric {gate_metric} is {_fmt(metrics.get(gate_metric))}"
+    if minimum.kind == "regressor":
+        r2 = val("r2")
+        if r2 is None:
+            return f"cannot be evaluated: R² is {_fmt(metrics.get('r2'))} on the held-out set"
+        if r2 <= 0:
+            return (
+                f"R² {r2:.3f} <= 0 on the held-out set: no better than predicting the held-out mean"
+            )
+        baselines = {
+            k.removeprefix(BASELINE_PREFIX): v
+            for k, v in metrics.items()
+            if k.startswith(BASELINE_PREFIX) and k.removeprefix(BASELINE_PREFIX) in metrics
+        }
+        if not baselines:
+            return "cannot be evaluated: no naive baseline (baseline_<metric>) was computed"
+        for m, b in sorted(baselines.items()):
+            v = val(m)
+            if v is None or not _finite(b):
+                return f"cannot be evaluated: {m} is {_fmt(v)}, its naive baseline {_fmt(b)}"
+            if not _beats(v, float(b), m):  # type: ignore[arg-type]
+                return (
+                    f"{m} {v:.4g} is no better than the naive baseline (training mean on the "
+                    f"same held-out rows) {float(b):.4g}"  # type: ignore[arg-type]
+                )
+    elif minimum.kind == "detector":
+        pm = minimum.positives_metric
+        if pm is None:
+            return "cannot be evaluated: the detector does not say how many positive cases it saw"
+        n = val(pm)
+        if n is None:
+            return (
+                f"detection not evaluated: {pm} is {_fmt(metrics.get(pm))} (no labelled "
+                "positive case to evaluate against)"
+            )
+        if n < 1:
+            return f"detection not evaluated: no positive case in the held-out set ({pm} = 0)"
+    else:
+        return f"unknown model kind {minimum.kind!r} (regressor or detector)"
+    for m, floor in sorted(minimum.floors.items()):
+        v = val(m)
+        if v is None:
+            return f"cannot be evaluated: {m} is {_fmt(metrics.get(m))}"
+        if not _beats(v, floor, m):
+            op = ">" if _higher_is_better_metric(m) else "<"
+            return f"{m} {v:.4g} does not reach the minimum ({op} {floor:g})"
+    return None
+
+
+def promotion_gate(
+    metrics: Mapping[str, float | None],
+    gate_metric: str,
+    higher_is_better: bool,
+    minimum: Minimum | None,
+    champion_version: str | None = None,
+    champion_score: float | None = None,
+    champion_note: str = "",
+) -> GateDecision:
+    """Should a new version become champion? A pure function of its held-out metrics, its
+    :class:`Minimum` and the current champion's gate score on the same held-out set (None:
+    no champion, or its score is unusable; ``champion_note`` says how it was obtained).
+
+    Not promoted if it fails the minimum or cannot be evaluated; otherwise promoted if there
+    is no champion (or none with a usable score) or it is at least as good as the champion.
+    """
+    shortfall = minimum_shortfall(metrics, minimum, gate_metric)
+    keep = f"; champion v{champion_version} stays" if champion_version else ""
+    if shortfall is not None:
+        return GateDecision(NOT_PROMOTED, shortfall + keep)
+    challenger = float(metrics[gate_metric])  # type: ignore[arg-type]
+    met = f"meets its minimum ({_minimum_text(metrics, minimum)})"
+    if champion_version is None:
+        return GateDecision(PROMOTED, f"first version to meet its minimum; {met}")
+    if champion_score is None or not math.isfinite(champion_score):
+        return GateDecision(
+            PROMOTED, f"champion v{champion_version} has no usable score ({champion_note}); {met}"
+        )
+    op = ">=" if higher_is_better else "<="
+    better = _is_better_or_equal(challenger, champion_score, higher_is_better)
+    cmp = (
+        f"{gate_metric} {challenger:.6g} {op if better else 'not ' + op} champion "
+        f"v{champion_version} {champion_score:.6g} ({champion_note})"
+    )
+    if better:
+        return GateDecision(PROMOTED, f"{cmp}; {met}")
+    return GateDecision(KEPT_CHAMPION, f"{cmp}; champion v{champion_version} stays")
+
+
+def _minimum_text(metrics: Mapping[str, float | None], minimum: Minimum | None) -> str:
+    if minimum is None:
+        return ""
+    parts = []
+    if minimum.kind == "regressor":
+        parts.append(f"R² {float(metrics['r2']):.3f} > 0")  # type: ignore[arg-type]
+        for k in sorted(metrics):
+            m = k.removeprefix(BASELINE_PREFIX)
+            if k.startswith(BASELINE_PREFIX) and m in metrics:
+                parts.append(f"{m} {float(metrics[m]):.4g} vs naive {float(metrics[k]):.4g}")  # type: ignore[arg-type]
+    elif minimum.positives_metric:
+        parts.append(f"{minimum.positives_metric} = {float(metrics[minimum.positives_metric]):g}")  # type: ignore[arg-type]
+    for m, floor in sorted(minimum.floors.items()):
+        op = ">" if _higher_is_better_metric(m) else "<"
+        parts.append(f"{m} {float(metrics[m]):.4g} {op} {floor:g}")  # type: ignore[arg-type]
+    return ", ".join(parts)
+
+
 def _load_version_model(client: Any, name: str, version: str) -> Any:
     mv = client.get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,11 +379,12 @@ def register(
     champion_score_fn: Callable[[Any], float] | None,
     uri: str | None = None,
 ) -> Registration:
-    """Log one training run, register it as a new version and apply the champion gate.
+    """Log one training run, register it as a new version and apply :func:`promotion_gate`.
 
     ``champion_score_fn(model)`` scores a model on the same held-out set as
-    ``trained.metrics[trained.gate_metric]``. The new version is promoted iff there is no
-    champion, or its score is at least as good as the champion's. If the champion cannot
+    ``trained.metrics[trained.gate_metric]``. The new version is promoted iff it meets
+    ``trained.minimum`` and there is no champion, or its score is at least as good as the
+    champion's; the decision and reason are tags of the version. If the champion cannot
     be scored (``champion_score_fn`` is None or raises, e.g. because the feature set
     changed), the champion's recorded score is used and the reason is recorded.
     """
@@ -289,23 +468,16 @@ def register(
                 champ_score = float(recorded) if recorded not in (None, "", "nan") else None
                 reason += "compared with the champion's recorded score"
 
-        if champ is None:
-            promoted = True
-            decision = "promoted: first version (no champion yet)"
-        elif not _finite(challenger):
-            promoted = False
-            decision = f"kept champion v{champ_version}: challenger score is {challenger}"
-        elif champ_score is None or not math.isfinite(champ_score):
-            promoted = True
-            decision = f"promoted: champion v{champ_version} has no usable score ({reason})"
-        else:
-            promoted = _is_better_or_equal(challenger, champ_score, trained.higher_is_better)
-            op = ">=" if trained.higher_is_better else "<="
-            verdict = "promoted" if promoted else f"kept champion v{champ_version}"
-            decision = (
-                f"{verdict}: {trained.gate_metric} challenger {challenger:.6g} "
-                f"{op if promoted else 'not ' + op} champion {champ_score:.6g} ({reason})"
-            )
+        gate = promotion_gate(
+            trained.metrics,
+            trained.gate_metric,
+            trained.higher_is_better,
+            trained.minimum,
+            champ_version,
+            champ_score,
+            reason,
+        )
+        promoted, decision = gate.promoted, gate.text
 
         try:
             client.get_registered_model(trained.name)
@@ -327,6 +499,8 @@ def register(
                 "champion_version": champ_version or "",
                 "promoted": str(promoted),
                 "decision": decision,
+                "promotion_decision": gate.decision,
+                "promotion_reason": gate.reason,
                 "evaluation_set": trained.evaluation_set,
             },
         )
@@ -354,6 +528,8 @@ def register(
         champion_score=champ_score,
         champion_version=champ_version,
         decision=decision,
+        promotion_decision=gate.decision,
+        promotion_reason=gate.reason,
     )
 
 
@@ -445,6 +621,9 @@ def list_models(uri: str | None = None) -> pl.DataFrame:
                     "run_id": mv.run_id,
                     "gate_metric": mv.tags.get("gate_metric"),
                     "score": float(score) if score not in (None, "") else None,
+                    # versions registered before the gate recorded only "decision"
+                    "promotion_decision": mv.tags.get("promotion_decision"),
+                    "promotion_reason": mv.tags.get("promotion_reason") or mv.tags.get("decision"),
                 }
             )
     df = pl.DataFrame(rows, schema=MODELS_SCHEMA)
@@ -458,21 +637,81 @@ def tag_run(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
         client.set_tag(run_id, k, v)
 
 
-def performance_rows_for_tag(key: str, value: str, uri: str | None = None) -> pl.DataFrame:
-    """gold/model_performance rows rebuilt from MLflow for every training run tagged
-    ``key=value`` (e.g. all models a Dagster run trained): MLflow is the system of record,
-    the gold table is its queryable copy."""
+def _runs_for_tag(client: Any, key: str, value: str) -> list[Any]:
     from mlflow.entities import ViewType
 
-    client = _client(uri)
     exps = [
         e.experiment_id
         for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)
         if e.name.startswith(EXPERIMENT_PREFIX)
     ]
     if not exps:
+        return []
+    return list(client.search_runs(exps, filter_string=f"tags.{key} = '{value}'", max_results=5000))
+
+
+@dataclass
+class ModelSummary:
+    """One model trained in a run: its version, the gate's decision and reason, every metric
+    and the targets some of them have (what `pharma-twin train` prints)."""
+
+    name: str
+    version: str
+    promotion_decision: str
+    promotion_reason: str
+    gate_metric: str
+    evaluation_set: str
+    metrics: dict[str, float]
+    targets: dict[str, float]
+
+    def target_met(self, metric: str) -> bool | None:
+        t, v = self.targets.get(metric), self.metrics.get(metric)
+        if t is None or v is None or not math.isfinite(v):
+            return None
+        return v >= t if _higher_is_better_metric(metric) else v <= t
+
+
+def training_summary(key: str, value: str, uri: str | None = None) -> list[ModelSummary]:
+    """Every model version registered by the training runs tagged ``key=value`` (e.g. the
+    Dagster run of `pharma-twin train`), sorted by name."""
+    client = _client(uri)
+    out = []
+    for r in _runs_for_tag(client, key, value):
+        tags, params = r.data.tags, r.data.params
+        version = tags.get("registered_version")
+        if version is None:
+            continue
+        name = tags.get("model_name", "")
+        mv = client.get_model_version(name, version)
+        out.append(
+            ModelSummary(
+                name=name,
+                version=str(version),
+                promotion_decision=mv.tags.get("promotion_decision", ""),
+                promotion_reason=mv.tags.get("promotion_reason") or mv.tags.get("decision", ""),
+                gate_metric=tags.get("gate_metric", ""),
+                evaluation_set=tags.get("evaluation_set", ""),
+                metrics={
+                    k: float(v) for k, v in r.data.metrics.items() if not k.startswith("gate_")
+                },
+                targets={
+                    k.removeprefix("target."): float(v)
+                    for k, v in params.items()
+                    if k.startswith("target.")
+                },
+            )
+        )
+    return sorted(out, key=lambda m: (m.name, int(m.version)))
+
+
+def performance_rows_for_tag(key: str, value: str, uri: str | None = None) -> pl.DataFrame:
+    """gold/model_performance rows rebuilt from MLflow for every training run tagged
+    ``key=value`` (e.g. all models a Dagster run trained): MLflow is the system of record,
+    the gold table is its queryable copy."""
+    client = _client(uri)
+    runs = _runs_for_tag(client, key, value)
+    if not runs:
         return pl.DataFrame(schema=PERFORMANCE_SCHEMA)
-    runs = client.search_runs(exps, filter_string=f"tags.{key} = '{value}'", max_results=5000)
     rows = []
     for r in runs:
         tags, params = r.data.tags, r.data.params

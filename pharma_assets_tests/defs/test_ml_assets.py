@@ -11,7 +11,9 @@ import dagster as dg
 import polars as pl
 import pytest
 from mlflow import MlflowClient
+from rich.text import Text
 
+from pharma_assets.cli import training_lines
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml import assets as ml_assets
 from pharma_assets.defs.ml.automation import (
@@ -198,6 +200,19 @@ def test_retrain_job_materializes_models_and_gold_tables(
             assert key in meta, key
         assert meta["model_version"].value == "1"
 
+        # what `pharma-twin train` prints: every model, its gate decision and reason, every
+        # metric (against its target where it has one)
+        summary = registry.training_summary("dagster_run_id", first.run_id, uri)
+        assert len(summary) == N_MODELS
+        text = "\n".join(Text.from_markup(ln).plain for ln in training_lines(summary))
+        for s in summary:
+            verdict = s.promotion_decision.replace("_", " ").upper()
+            assert f"{s.name} v{s.version}: {verdict} - {s.promotion_reason}" in text
+            for k in s.metrics:
+                assert (f"{k}=" in text) or (f"{k} = " in text), k
+        assert "recall_critical = " in text and "(target 0.95, " in text
+        assert "aggregates_pct_day3" in text and "baseline_mae=" in text
+
         # second run: new versions, gate applied, performance appended (not replaced)
         second = job.execute_in_process(instance=instance)
         assert second.success
@@ -234,8 +249,28 @@ def test_retrain_job_materializes_models_and_gold_tables(
         assert float(mv.tags["champion_score"]) == pytest.approx(
             float(mv.tags["challenger_score"]), abs=1e-3
         )
+        # the promotion gate: every version says why; a champion met its minimum (a quality
+        # model with R² <= 0 or below the naive baseline never becomes one)
         models = registry.list_models(uri)
-        assert models.filter(pl.col("is_champion")).height == N_MODELS
+        assert models["name"].n_unique() == N_MODELS
+        assert models["promotion_reason"].is_not_null().all()
+        champs = models.filter(pl.col("is_champion"))
+        assert set(champs["promotion_decision"]) <= {registry.PROMOTED}
+        runs = {r: client.get_run(r).data.metrics for r in models["run_id"]}
+        for row in models.iter_rows(named=True):
+            m = runs[row["run_id"]]
+            if "baseline_mae" in m and row["promotion_decision"] == registry.PROMOTED:
+                assert m["r2"] > 0 and m["mae"] < m["baseline_mae"], row
+            if "baseline_mae" in m and m["r2"] <= 0:
+                assert row["promotion_decision"] != registry.PROMOTED, row
+                assert "<= 0" in row["promotion_reason"], row
+        for key in ("pdm_failure_72h", "contamination_iforest", "mspc_pca"):
+            ev = instance.get_latest_materialization_event(dg.AssetKey(["ml", key]))
+            assert ev is not None and ev.asset_materialization is not None
+            md = ev.asset_materialization.metadata
+            assert md["promotion_decision"].value in (registry.PROMOTED, registry.NOT_PROMOTED,
+                                                      registry.KEPT_CHAMPION)  # fmt: skip
+            assert md["promotion_reason"].value
         alarms = lake.read("gold", "mspc_alarms")
         assert alarms is not None  # the table exists (it may hold no alarm)
 

@@ -26,13 +26,14 @@ def _trained(score: float, name: str = "pharma_test_model") -> registry.TrainedM
         params={"alpha": 1, "nested": {"a": [1, 2]}},
         features=["f1", "f2"],
         data_versions={"silver/batch_timeline": 7, "gold/batch_summary": None},
-        metrics={"r2": score, "mae": 1.0 - score},
+        metrics={"r2": score, "mae": 1.0 - score, "baseline_mae": 5.0},
         gate_metric="r2",
         higher_is_better=True,
         evaluation_set="holdout: last 2 batches",
         n_eval=2,
         targets={"r2": 0.9},
         artifacts={"holdout_predictions": pl.DataFrame({"y": [1.0, 2.0]})},
+        minimum=registry.Minimum("regressor"),
     )
 
 
@@ -57,7 +58,9 @@ def test_worse_challenger_is_not_promoted_and_both_scores_are_recorded(
     assert mv.tags["promoted"] == "False"
     assert float(mv.tags["champion_score"]) == pytest.approx(0.8)
     assert float(mv.tags["challenger_score"]) == pytest.approx(0.6)
-    assert "kept champion v1" in mv.tags["decision"]
+    assert mv.tags["decision"].startswith("kept champion: ")
+    assert mv.tags["promotion_decision"] == registry.KEPT_CHAMPION
+    assert "champion v1 stays" in mv.tags["promotion_reason"]
     run = client.get_run(worse.run_id)
     assert run.data.metrics["gate_champion_score"] == pytest.approx(0.8)
     assert run.data.metrics["gate_challenger_score"] == pytest.approx(0.6)
@@ -94,13 +97,13 @@ def test_performance_rows_and_lookup_by_tag(mlflow_uri: str) -> None:
     t = _trained(0.95, "pharma_perf")
     reg = registry.register(t, _score)
     rows = registry.performance_rows(t, reg)
-    assert set(rows["metric"]) == {"r2", "mae"}
+    assert set(rows["metric"]) == {"r2", "mae", "baseline_mae"}
     r2 = rows.filter(pl.col("metric") == "r2").row(0, named=True)
     assert r2["target"] == 0.9 and r2["target_met"] is True and r2["is_champion"] is True
     assert rows.filter(pl.col("metric") == "mae")["target"].is_null().all()
     registry.tag_run(reg.run_id, {"dagster_run_id": "abc"})
     again = registry.performance_rows_for_tag("dagster_run_id", "abc")
-    assert sorted(again["metric"]) == ["mae", "r2"]
+    assert sorted(again["metric"]) == ["baseline_mae", "mae", "r2"]
     assert again.filter(pl.col("metric") == "r2")["target_met"].item() is True
     assert registry.performance_rows_for_tag("dagster_run_id", "nope").height == 0
 

@@ -2,7 +2,8 @@
 
 Thin wrappers over ``pharma_assets.ml``: read lake tables, call the domain code, write Delta
 tables, report every metric as metadata. Training registers a new MLflow version and
-promotes it only if it beats (or ties) the champion on the same held-out set.
+promotes it only if it meets its minimum and beats (or ties) the champion on the same
+held-out set (``registry.promotion_gate``); the decision and reason are in the metadata.
 """
 
 import json
@@ -184,6 +185,8 @@ def _registration_meta(reg: registry.Registration) -> dict[str, Any]:
         else "none",
         "champion_version_before": reg.champion_version or "none",
         "gate_decision": reg.decision,
+        "promotion_decision": reg.promotion_decision,
+        "promotion_reason": reg.promotion_reason,
         "mlflow_run_id": reg.run_id,
     }
 
@@ -278,10 +281,8 @@ def quality_models(
             meta[f"{key}.{m}"] = _meta_value(v)
         meta[f"{key}.model_version"] = reg.version
         meta[f"{key}.promoted"] = reg.promoted
-        summary.append(
-            f"{key}: R2={r.trained.metrics['r2']:.3f} v{reg.version} "
-            f"{'promoted' if reg.promoted else 'kept champion'}"
-        )
+        meta[f"{key}.promotion_reason"] = reg.promotion_reason
+        summary.append(f"{key}: R2={r.trained.metrics['r2']:.3f} v{reg.version} {reg.decision}")
         context.log.info("%s: %s", r.trained.name, reg.decision)
     yield_r2 = [
         r.trained.metrics["r2"]

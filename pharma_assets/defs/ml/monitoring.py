@@ -157,6 +157,10 @@ def contamination_iforest(
         f"UTC (n={len(hold)} batches, {hold_feats.height} windows)",
         n_eval=hold_feats.height,
         targets={"window_fpr_clean": 0.01},
+        # contaminated held-out batches (ground truth), at least one of them detected
+        minimum=registry.Minimum(
+            "detector", positives_metric="n_contaminated", floors={"detection_share": 0.0}
+        ),
     )
     return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
 
@@ -248,6 +252,10 @@ def mspc_pca(
         evaluation_set=f"holdout: batches started on/after {cutoff:%Y-%m-%d %H:%M} UTC "
         f"(n={len(hold)})",
         n_eval=len(hold),
+        # faulted held-out batches (ground truth), at least one of them detected
+        minimum=registry.Minimum(
+            "detector", positives_metric="n_faults", floors={"detection_rate": 0.0}
+        ),
     )
     return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
 
