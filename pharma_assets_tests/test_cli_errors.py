@@ -73,13 +73,17 @@ def test_pipeline_rebuild_refuses_a_missing_lake(run, tmp_path: Path) -> None:
         ["compact"],
         ["ebr", "BR01-B0001"],
         ["sign", "BR01-B0001", "--user", "qa.lead", "--reason", "r"],
-        ["release", "BR01-B0001", "--user", "qa.lead", "--reason", "r"],
+        ["release", "BR01-B0001", "--decision", "released", "--user", "qa.lead", "--reason", "r"],
         ["backup", "DEST"],
         ["users", "list"],
         ["users", "add", "admin", "--name", "A", "--role", "admin"],
         ["deviation", "list"],
         ["deviation", "auto"],
         ["spec", "check"],
+        ["audit", "verify"],
+        ["audit", "show"],
+        ["audit", "record-materializations"],
+        ["audit", "retire-anchor", "--admin", "admin", "--reason", "r", "--yes"],
     ],
 )
 def test_commands_refuse_a_missing_lake(run, tmp_path: Path, cmd: list[str]) -> None:

@@ -176,6 +176,8 @@ def audit_verify(lake: LakeOpt = None) -> None:
     from .audit import verify
 
     res = verify(_lake(lake))
+    if res.ok and res.entries == 0 and res.anchor_seq is None:
+        _existing_lake(lake)  # a mistyped path is an error, not an empty trail that verifies
     if res.ok:
         console.print(f"[green]{res.summary()}", soft_wrap=True)
     else:
@@ -193,7 +195,7 @@ def audit_show(
     """Print audit entries (newest last)."""
     from .audit import AuditTrail
 
-    df = AuditTrail(_lake(lake)).read(action=action, record_ids=[record] if record else None,
+    df = AuditTrail(_existing_lake(lake)).read(action=action, record_ids=[record] if record else None,
                                       limit=limit)  # fmt: skip
     t = Table("seq", "UTC", "actor", "action", "table", "record", "field", "old", "new", "reason")
     for r in df.iter_rows(named=True):
@@ -222,7 +224,7 @@ def audit_retire_anchor(
     if not yes:
         err.print("[red]refusing without --yes: this retires the audit trail's anchored head")
         raise typer.Exit(2)
-    lk = _lake(lake)
+    lk = _existing_lake(lake)
     try:
         r = retire_trail(lk, admin, _password(f"Password of {admin} (signature)"), reason)
     except Exception as e:
@@ -237,8 +239,9 @@ def audit_materializations(lake: LakeOpt = None) -> None:
     from pharma_assets.defs.compliance.materializations import audit_materializations
     from pharma_assets.pipeline import default_instance
 
+    lk = _existing_lake(lake)
     with default_instance() as inst:
-        done, _ = audit_materializations(_lake(lake), inst)
+        done, _ = audit_materializations(lk, inst)
     console.print(done.summary())
 
 
