@@ -255,7 +255,7 @@ def pipeline(
     from .lake.alarms import input_alarms  # telemetry waiting for a start, held amendments
 
     for line in input_alarms(res.lake()).lines():
-        console.print(f"[yellow]{line}")
+        console.print(f"[yellow]{line}", soft_wrap=True, highlight=False)
     if out.failed:
         console.print(f"[red]failed runs: {', '.join(out.failed)} (see the Dagster UI)")
         raise typer.Exit(1)
