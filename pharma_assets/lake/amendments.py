@@ -160,6 +160,11 @@ class AmendmentGuard:
             return
         bid = f.batch_id
         olds = [g[1] for g in group if g[1] is not None and g[0].batch_id == bid]
+        if self.source == "telemetry" and olds:  # only readings in this file's time window
+            lo, hi = df["ts"].min(), df["ts"].max()
+            olds = [
+                o for o in (o.filter(pl.col("ts").is_between(lo, hi)) for o in olds) if o.height
+            ]
         if (bid or "") in self.with_rows or (bid is not None and bid in set(committed)):
             old = self._bronze_rows(bid, df)
             if old is not None and old.height:

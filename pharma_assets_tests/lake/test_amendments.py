@@ -245,3 +245,27 @@ def test_lims_correction_is_held(lake, small_landing: Path):
     log = bronze.read_log(lake).filter(pl.col("source_file") == _rel(landing, dup))
     assert log["status"].item() == "accepted"
     _ = NEW
+
+
+def test_pipeline_reports_a_file_overwritten_in_place(
+    small_landing: Path, tmp_path: Path, monkeypatch
+):
+    """`pharma-twin pipeline` on a landing zone where an ingested file was overwritten: a
+    batch run is made for it and the held amendment is printed (not "0 batch partitions")."""
+    landing = small_landing
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    lake_dir = str(tmp_path / "lake")
+    args = ["pipeline", "--landing", str(landing), "--lake", lake_dir]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    path = _first_chunk_path(landing)
+    chunk = _chunk(landing)
+    _overwrite(path, chunk.with_columns(value=pl.when(pl.col("tag") == "ph").then(pl.lit(6.5))
+                                        .otherwise(pl.col("value"))))  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "pipeline: 1 batch partitions with new files" in r.output
+    assert "amendment held" in r.output and _rel(landing, path) in r.output
+    held = amendments.held(Lake.at(lake_dir))
+    assert held["kind"].to_list() == ["overwritten"]
