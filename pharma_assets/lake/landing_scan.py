@@ -161,7 +161,7 @@ def files_for_batch(root: str | Path, source: str, batch_id: str) -> list[Landed
     root = Path(root)
     out: list[LandedFile] = []
     base = root / source
-    if not base.is_dir():
+    if base.is_symlink() or not base.is_dir():  # a linked source folder is never followed
         return out
     for unit_dir in base.iterdir():
         d = unit_dir / batch_id

@@ -30,7 +30,6 @@ from pharma_assets.lake.storage import Lake
 from .conftest import ingest_all
 from .test_bad_input import (
     B1,
-    NEW,
     _bronze_q,
     _check_reconciled,
     _chunk,
@@ -244,7 +243,15 @@ def test_lims_correction_is_held(lake, small_landing: Path):
     ingest_all(lake, landing, run_id="third")
     log = bronze.read_log(lake).filter(pl.col("source_file") == _rel(landing, dup))
     assert log["status"].item() == "accepted"
-    _ = NEW
+    # applied: silver/lab_results is rebuilt with the corrected value
+    _users(lake)
+    aid = amendments.held(lake)["amendment_id"].item()
+    res = amendments.apply(lake, landing, aid, "qa.lead", QA_PW, "LIMS result corrected")
+    assert res.bronze_rows_replaced == 1
+    lab = lake.read("silver", "lab_results",
+                    filter_expr=(pl.col("sample_id") == row[0]) & (pl.col("analyte") == row[6]))  # fmt: skip
+    assert lab["value"].to_list() == [float(row[7])]
+    assert amendments.held(lake).height == 0
 
 
 def test_pipeline_reports_a_file_overwritten_in_place(
