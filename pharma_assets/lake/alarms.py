@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -39,15 +40,17 @@ class InputAlarms:
         return out
 
 
-def waiting_for_batch_start(lake: Lake) -> dict[str, int]:
-    """Batches whose accepted telemetry files silver has not processed for want of a start."""
-    log = bronze.read_log(lake, source="telemetry").filter(pl.col("status") == "accepted")
+def waiting_for_batch_start(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Batches (all, or of ``batch_ids``) whose accepted telemetry files silver has not
+    processed for want of a batch start: batch -> files waiting."""
+    log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
     if log.height == 0:
         return {}
-    done = lake.read("silver", "telemetry_log", ["source_file"])
+    ids = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
+    done = lake.read("silver", "telemetry_log", ["source_file"], filter_expr=ids)
     if done is not None and done.height:
         log = log.join(done, on="source_file", how="anti")
-    started = lake.read("silver", "batches", ["batch_id"])
+    started = lake.read("silver", "batches", ["batch_id"], filter_expr=ids)
     if started is not None and started.height:
         log = log.join(started, on="batch_id", how="anti")
     counts = log.group_by("batch_id").len()

@@ -254,3 +254,16 @@ def test_pipeline_cli_prints_waiting_batches(small_landing: Path, tmp_path: Path
     )
     assert r.exit_code == 0, r.output
     assert "wait for their batch_start" in r.output and f"{B2[1]} (1 files)" in r.output
+    # and the WARN asset check of silver/telemetry says so in the Dagster UI
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as inst:
+        evs = [
+            e.dagster_event.event_specific_data
+            for run in inst.get_runs()
+            for e in inst.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+            if e.dagster_event is not None
+        ]
+    got = [e for e in evs if e.check_name == "batch_start_landed"]
+    assert [e.passed for e in got] == [False]
+    assert got[0].metadata["batches_waiting"].value == B2[1]

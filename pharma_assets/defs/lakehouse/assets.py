@@ -195,6 +195,8 @@ _SILVER_TELEMETRY = {
                           description="rows landed = bronze rows = silver rows + quarantined rows (+ rows waiting for their batch_start)"),
         dg.AssetCheckSpec("no_duplicate_readings", asset=["silver", "telemetry"],
                           description="no two silver readings share (unit, tag, ts)"),
+        dg.AssetCheckSpec("batch_start_landed", asset=["silver", "telemetry"],
+                          description="no telemetry of the partition(s) waits for its batch_start MES event"),
     ],
 )  # fmt: skip
 def silver_telemetry(
@@ -228,6 +230,14 @@ def silver_telemetry(
         check_name="no_duplicate_readings", asset_key=["silver", "telemetry"], passed=dups == 0,
         metadata={"duplicate_keys": dups, "partitions": len(keys), "files_checked": len(rep.files),
                   "scope": "time window of the files this run processed"},
+    )  # fmt: skip
+    from pharma_assets.lake.alarms import waiting_for_batch_start
+
+    waiting = waiting_for_batch_start(lake, keys)
+    yield dg.AssetCheckResult(
+        check_name="batch_start_landed", asset_key=["silver", "telemetry"], passed=not waiting,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"files_waiting": sum(waiting.values()), "batches_waiting": ", ".join(sorted(waiting))},
     )  # fmt: skip
 
 
