@@ -159,7 +159,7 @@ class AmendmentGuard:
         if self.source not in KEYS:
             return
         bid = f.batch_id
-        olds = [g[1] for g in group if g[1] is not None and g[0].batch_id == bid]
+        olds = [g[1] for g in group if isinstance(g[1], pl.DataFrame) and g[0].batch_id == bid]
         if self.source == "telemetry" and olds:  # only readings in this file's time window
             lo, hi = df["ts"].min(), df["ts"].max()
             olds = [

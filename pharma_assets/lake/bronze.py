@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from .amendments import AmendmentGuard
-from .input_rules import NaiveTimestamps, count_rows, resolve_naive_times
+from .input_rules import NaiveTimestamps, count_rows, refused_entry, resolve_naive_times
 from .landing_scan import LandedFile
 from .storage import UTC_US, Lake
 
@@ -388,20 +388,26 @@ def ingest_files(
         for f in guard.overwritten_files([f for f in files if f.rel in done]):
             if guard.check_overwritten(f, f.path(landing_root).read_bytes(), now):
                 rep.reasons["amended_delivery"] += 1
+    refused = [f for f in todo if f.issue]  # landing_scan's routing rules; links never read
+    if refused:
+        todo = [f for f in todo if not f.issue]
+        _commit(
+            lake,
+            source,
+            [(f, None, refused_entry(f, landing_root, now, run_id)) for f in refused],
+            rep,
+        )
 
     group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]] = []
     group_rows = 0
     for f in todo:
         now_f = now or datetime.now(UTC)
-        try:  # a symbolic link is never followed nor read
-            data = b"" if f.is_link else f.path(landing_root).read_bytes()
+        try:
+            data = f.path(landing_root).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"landed file {f.rel} disappeared before ingestion") from None
-        sha = "" if f.is_link else hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data).hexdigest()
         try:
-            if f.issue:  # landing_scan's routing rules
-                raise FileRejected(f.issue, f.issue_detail or f.rel,
-                                   rows=None if f.is_link else count_rows(f.rel, data))  # fmt: skip
             if source not in SCHEMAS:
                 raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout",
                                    rows=count_rows(f.rel, data))  # fmt: skip

@@ -13,12 +13,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from .landing_scan import LandedFile
 
 SOURCE_TZ_ENV = "PHARMA_SOURCE_TZ"
 _HAS_ZONE = r"(?i)(z|[+-]\d{2}(:?\d{2})?)$"
@@ -110,6 +117,21 @@ def count_rows(rel: str, data: bytes) -> int | None:
     return None
 
 
+def refused_entry(
+    f: LandedFile, landing_root: str | Path, now: datetime | None, run_id: str
+) -> dict[str, Any]:
+    """The quarantine/ledger row of an entry landing_scan's routing rules refuse (``f.issue``):
+    a symbolic link is never read (no hash, rows unknown); other files are hashed and
+    their rows counted."""
+    from .bronze import _log_row
+
+    data = b"" if f.is_link else (Path(landing_root) / f.rel).read_bytes()
+    sha = "" if f.is_link else hashlib.sha256(data).hexdigest()
+    rows = None if f.is_link else count_rows(f.rel, data)
+    return _log_row(f, sha, "quarantined", f.issue, f.issue_detail or f.rel, rows,
+                    now or datetime.now(UTC), run_id)  # fmt: skip
+
+
 def raw_reason(raw: str | None) -> str | None:
     """The reason a bronze row's ``raw`` text stands for: a content id that contradicts the
     landing folder (``batch_id_mismatch``, ``unit_id_mismatch``) or a cell that did not
@@ -141,6 +163,7 @@ __all__ = [
     "count_rows",
     "raw_reason",
     "raw_reason_expr",
+    "refused_entry",
     "resolve_naive_times",
     "source_tz",
 ]
