@@ -356,6 +356,10 @@ def pipeline(
         f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}\n"
         f"  {n_audit} materializations recorded in the audit trail, {n_dev} deviations opened"
     )
+    from .lake.alarms import input_alarms  # telemetry waiting for a start, held amendments
+
+    for line in input_alarms(res.lake()).lines():
+        console.print(f"[yellow]{line}", soft_wrap=True, highlight=False)
     if out.failed:
         console.print(f"[red]failed runs: {', '.join(out.failed)} (see the Dagster UI)")
         raise typer.Exit(1)

@@ -361,6 +361,50 @@ def _default_path(target: str) -> Path:
     return Path(config.__file__).parent / "config" / "recipes_default.yaml"
 
 
+# ---------------------------------------------------------------------------- amendments
+amendment_app = typer.Typer(help="Deliveries that change accepted data: list, apply (signed).",
+                            no_args_is_help=True)  # fmt: skip
+
+
+@amendment_app.command("list")
+def amendment_list(
+    state: Annotated[str | None, typer.Option(help="held or applied (default: all).")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Amendments detected at ingestion (held until applied), with the differing keys."""
+    from pharma_assets.lake.amendments import list_amendments
+
+    df = list_amendments(_lake(lake), state)
+    for r in df.iter_rows(named=True):
+        when = f"{r['detected_at']:%Y-%m-%d %H:%M:%S}"
+        console.print(f"{r['amendment_id']} {r['state']} {r['kind']} {r['source_file']}: "
+                      f"{r['keys_changed']} keys changed, detected {when} UTC\n  {r['detail']}",
+                      soft_wrap=True, highlight=False, markup=False)  # fmt: skip
+    if df.height == 0:
+        console.print("no amendments")
+
+
+@amendment_app.command("apply")
+def amendment_apply(
+    amendment_id: str, user: UserOpt, reason: ReasonOpt,
+    landing: Annotated[Path | None, typer.Option(help="Landing zone (default: "
+                       "$PHARMA_LANDING_DIR or ./landing).")] = None,
+    lake: LakeOpt = None,
+) -> None:  # fmt: skip
+    """Apply a held amendment: supersede the accepted values (old rows stay in the Delta
+    history and the audit trail); electronic signature, meaning approval (QA)."""
+    from pharma_assets.lake.amendments import apply
+
+    land = landing or Path(os.environ.get("PHARMA_LANDING_DIR", "landing"))
+    try:
+        res = apply(_lake(lake), land, amendment_id, user, _password("Password (signature)"),
+                    reason, os.environ.get("PHARMA_CPP_SPEC") or None)  # fmt: skip
+    except Exception as e:
+        _fail(e)
+    console.print(f"{res.amendment_id} applied: {res.bronze_rows_replaced} bronze rows superseded "
+                  f"in {', '.join(res.files_rederived)}; signature {res.signature_id}")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- top level
 def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
          meaning: Annotated[str, typer.Option(help="review, approval, responsibility, "
@@ -430,5 +474,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(deviation_app, name="deviation")
     app.add_typer(spec_app, name="spec")
+    app.add_typer(amendment_app, name="amendment")
     for fn in (sign, release, ebr, backup):
         app.command(fn.__name__)(fn)

@@ -33,6 +33,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from .amendments import AmendmentGuard
+from .input_rules import NaiveTimestamps, count_rows, refused_entry, resolve_naive_times
 from .landing_scan import LandedFile
 from .storage import UTC_US, Lake
 
@@ -222,6 +224,10 @@ def read_source_file(source: str, data: bytes) -> pl.DataFrame:
         raise FileRejected("unexpected_location", f"no source reads {source!r} files")
     if df.height == 0:
         raise FileRejected("empty_file", "no records", rows=0)
+    try:  # times must say their zone (input_rules)
+        df = resolve_naive_times(df, [c for c, t in SCHEMAS[source].items() if t == UTC_US])
+    except NaiveTimestamps as e:
+        raise FileRejected("naive_timestamp", str(e), rows=df.height) from None
     return _coerce(df, SCHEMAS[source])
 
 
@@ -244,6 +250,16 @@ def _finish(
                                 separator=";", ignore_nulls=True))
             .otherwise(pl.col("raw")),
             batch_id=pl.lit(f.batch_id, pl.String),
+        )  # fmt: skip
+    if f.unit_id is not None and "unit_id" in df.columns:
+        # likewise the unit: content naming another unit than its folder is kept in `raw`
+        other = pl.col("unit_id").is_not_null() & (pl.col("unit_id") != f.unit_id)
+        df = df.with_columns(
+            raw=pl.when(other)
+            .then(pl.concat_str([pl.col("raw"), pl.format("unit_id={}", pl.col("unit_id"))],
+                                separator=";", ignore_nulls=True))
+            .otherwise(pl.col("raw")),
+            unit_id=pl.lit(f.unit_id, pl.String),
         )  # fmt: skip
     hashed = df.select(cols).hash_rows(seed=20261128).reinterpret(signed=True)
     return df.with_columns(
@@ -367,6 +383,20 @@ def ingest_files(
     seen_sha = dict(zip(known["sha256"], known["source_file"], strict=True))
     # rows of each known content, so that a second delivery still reconciles (rows landed)
     seen_rows = dict(zip(known["sha256"], known["rows"], strict=True))
+    guard = AmendmentGuard(lake, source, known, run_id)  # corrections of accepted values
+    with lake.lock(f"bronze-{source}"):  # accepted files changed in place: never ignored
+        for f in guard.overwritten_files([f for f in files if f.rel in done]):
+            if guard.check_overwritten(f, f.path(landing_root).read_bytes(), now):
+                rep.reasons["amended_delivery"] += 1
+    refused = [f for f in todo if f.issue]  # landing_scan's routing rules; links never read
+    if refused:
+        todo = [f for f in todo if not f.issue]
+        _commit(
+            lake,
+            source,
+            [(f, None, refused_entry(f, landing_root, now, run_id)) for f in refused],
+            rep,
+        )
 
     group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]] = []
     group_rows = 0
@@ -379,12 +409,14 @@ def ingest_files(
         sha = hashlib.sha256(data).hexdigest()
         try:
             if source not in SCHEMAS:
-                raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout")
+                raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout",
+                                   rows=count_rows(f.rel, data))  # fmt: skip
             if sha in seen_sha:
                 raise FileRejected(
                     "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
                 )
             df = _finish(read_source_file(source, data), f, now_f, run_id, source)
+            guard.check(f, df, sha, group, rep.batches)
             seen_sha[sha], seen_rows[sha] = f.rel, df.height
             log = _log_row(f, sha, "accepted", None, None, df.height, now_f, run_id)
             group.append((f, df, log))

@@ -21,6 +21,7 @@ from .storage import UTC_US
 REASON_ORDER = (
     "type_error",
     "batch_id_mismatch",
+    "unit_id_mismatch",
     "unknown_tag",
     "unknown_uom",
     "value_not_finite",
@@ -32,7 +33,7 @@ REASON_ORDER = (
 )
 # Column holding the offending value of each reason.
 OFFENDING = {
-    "type_error": "raw", "batch_id_mismatch": "raw", "unknown_tag": "tag", "unknown_uom": "uom_raw",
+    "type_error": "raw", "batch_id_mismatch": "raw", "unit_id_mismatch": "raw", "unknown_tag": "tag", "unknown_uom": "uom_raw",
     "value_not_finite": "value_raw", "quality_bad": "quality", "physical_limits": "value",
     "outside_batch_window": "ts", "ts_in_future": "ts", "duplicate_reading": "ts",
 }  # fmt: skip
@@ -64,15 +65,20 @@ def telemetry_contract(spec: CppSpec) -> pa.DataFrameSchema:
         checks=[
             _row_check(
                 "type_error",
-                # bronze also records a batch_id mismatch in `raw`: that is not a type error
+                # bronze also records batch/unit id mismatches in `raw`: not type errors
                 pl.col("raw").is_null()
-                | (pl.col("raw").str.replace_all(r"(?:^|;)batch_id=[^;]*", "") == ""),
+                | (pl.col("raw").str.replace_all(r"(?:^|;)(?:batch_id|unit_id)=[^;]*", "") == ""),
                 "every landed cell parses as its contract type",
             ),
             _row_check(
                 "batch_id_mismatch",
                 pl.col("raw").is_null() | ~pl.col("raw").str.contains("batch_id="),
                 "the batch id in the file matches its landing folder",
+            ),
+            _row_check(
+                "unit_id_mismatch",
+                pl.col("raw").is_null() | ~pl.col("raw").str.contains("unit_id="),
+                "the unit id in the file matches its landing folder",
             ),
             _row_check(
                 "unknown_tag",

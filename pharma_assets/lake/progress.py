@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import bronze
+from . import amendments, bronze
 from .landing_scan import LandedFile
 from .storage import Lake
 
@@ -27,9 +27,16 @@ def unfinished(lake: Lake, files: Sequence[LandedFile]) -> list[LandedFile]:
     for src, name in MARKER_TABLE.items():
         accepted = [f.rel for f in files if f.source == src and status.get(f.rel) == "accepted"]
         done |= lake.written_sources("silver", name, accepted)
+    # accepted files overwritten (or touched) in place since: not done until bronze records it
+    ledger = {r["source_file"]: r for r in log.select("source_file", "sha256", "status", "reason",
+                                                      "rows", "bytes", "arrived_at").iter_rows(named=True)}  # fmt: skip
+    changed = {f.rel for f in amendments.changed_in_place(lake, files, ledger)}
     return [
         f
         for f in files
-        if status.get(f.rel) != "quarantined"
-        and not (status.get(f.rel) == "accepted" and f.rel in done)
+        if f.rel in changed
+        or (
+            status.get(f.rel) != "quarantined"
+            and not (status.get(f.rel) == "accepted" and f.rel in done)
+        )
     ]

@@ -40,6 +40,7 @@ from pharma_assets.twin.config import PHASES
 
 from . import bronze
 from .contracts import accepted_contract, route, telemetry_contract
+from .input_rules import raw_reason, raw_reason_expr
 from .landing_scan import files_for_batch
 from .specs import CppSpec
 from .storage import UTC_US, Lake
@@ -86,7 +87,7 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
                                "source_file": r["source_file"], "reason": reason, "detail": detail})  # fmt: skip
 
         if r.get("raw"):
-            bad("type_error", r["raw"])
+            bad(raw_reason(r["raw"]) or "type_error", r["raw"])
         elif r["event_type"] not in MES_EVENT_TYPES:
             bad("unknown_event_type", f"{r['event_type']!r} is not one of {MES_EVENT_TYPES}")
         elif r["event_id"] in seen:
@@ -109,6 +110,12 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
                                    "source_file": e["source_file"], "reason": "no_batch_start",
                                    "detail": "no batch_start event has landed for this batch"})  # fmt: skip
             continue
+        for e in evs:  # a second batch_start of the batch is quarantined, never ignored
+            if e["event_type"] == "batch_start" and e is not start:
+                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
+                                   "source_file": e["source_file"], "reason": "duplicate_batch_start",
+                                   "detail": f"batch already started by {start['event_id']} at "
+                                             f"{start['event_ts']:%Y-%m-%dT%H:%M:%S}Z"})  # fmt: skip
         end = next((e for e in evs if e["event_type"] == "batch_end"), None)
         p = start["payload"]
         lots = p.get("material_lots") or {}
@@ -197,7 +204,7 @@ def derive_lab_results(lims: pl.DataFrame, spec: CppSpec) -> tuple[pl.DataFrame,
                                      "spec_hi": pl.Float64})  # fmt: skip
     df = lims.join(lim, on=["sample_type", "analyte"], how="left")
     reason = (
-        pl.when(pl.col("raw").is_not_null()).then(pl.lit("type_error"))
+        pl.when(pl.col("raw").is_not_null()).then(raw_reason_expr())
         .when(pl.col("spec_uom").is_null()).then(pl.lit("unknown_analyte"))
         .when(pl.col("uom") != pl.col("spec_uom")).then(pl.lit("unknown_uom"))
         .when(~pl.col("value").is_finite().fill_null(False)).then(pl.lit("value_not_finite"))
@@ -205,7 +212,7 @@ def derive_lab_results(lims: pl.DataFrame, spec: CppSpec) -> tuple[pl.DataFrame,
         .when(pl.struct("sample_id", "analyte").is_first_distinct().not_()).then(pl.lit("duplicate_result"))
     )  # fmt: skip
     offending = (
-        pl.when(pl.col("failed_check") == "type_error").then(pl.col("raw"))
+        pl.when(pl.col("raw").is_not_null()).then(pl.col("raw"))
         .when(pl.col("failed_check") == "unknown_analyte").then(pl.col("analyte"))
         .when(pl.col("failed_check") == "unknown_uom").then(pl.col("uom"))
         .otherwise(pl.col("value").cast(pl.String))

@@ -444,31 +444,27 @@ def test_duplicate_readings_across_files(lake, small_landing: Path):
     src = _chunk(landing)
     first = _readings(src, "ph", [7.0, 7.01, 7.02])
     rel_a = _write(landing, first, name="20991231T000000Z_09997.parquet")
-    # same readings, other values (so not the same file content), same run
-    rel_b = _write(landing, first.with_columns(value=pl.col("value") + 0.1), name=NEW2)
+    # the same readings with the same values in another file (other row order, so not the
+    # same file content), same run: an exact re-delivery, so duplicates
+    rel_b = _write(landing, first.reverse(), name=NEW2)
     ingest_all(lake, landing)
     a, b = _silver(lake, rel_a), _silver(lake, rel_b)
     qa, qb = _silver_q(lake, rel_a), _silver_q(lake, rel_b)
     assert a.height + b.height == 3 and qa.height + qb.height == 3
     assert (qa.height, qb.height) in ((0, 3), (3, 0))
     assert set(pl.concat([qa, qb])["failed_check"]) == {"duplicate_reading"}
-    # a third file in a later run: its readings are already in silver
-    rel_c = _write(landing, first.with_columns(value=pl.col("value") - 0.1))
+    # a third file in a later run: its readings (same values) are already in silver
+    rel_c = _write(landing, first.with_columns(note=pl.lit("resent")))
     # and a repeat of a landed chunk's readings
-    landed = (
-        src.filter(pl.col("tag") == "temperature_c").head(4).with_columns(quality=pl.lit("good"))
-    )
-    rel_d = _write(
-        landing,
-        landed.with_columns(value=pl.col("value") + 0.2),
-        name="20991231T000000Z_09996.parquet",
-    )
+    landed = src.filter(pl.col("tag") == "temperature_c").head(4)
+    rel_d = _write(landing, landed.reverse(), name="20991231T000000Z_09996.parquet")
     ingest_all(lake, landing, run_id="second")
     assert _silver(lake, rel_c).height == 0 and _silver(lake, rel_d).height == 0
     assert _silver_q(lake, rel_c)["failed_check"].to_list() == ["duplicate_reading"] * 3
     assert _silver_q(lake, rel_d)["failed_check"].to_list() == ["duplicate_reading"] * 4
     assert silver.duplicate_readings(lake, BATCHES) == 0
     _check_reconciled(lake, landing)
+    # (the same readings with other values are corrections: test_amendments.py)
 
 
 def test_same_file_delivered_twice(lake, small_landing: Path):

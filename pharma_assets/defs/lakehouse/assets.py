@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from pharma_assets.lake import bronze, gold, silver
+from pharma_assets.lake import amendments, bronze, gold, silver
 from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
 from pharma_assets.lake.storage import Lake
 
@@ -47,7 +47,9 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         description=description,
         metadata={"partition_expr": "batch_id", "table": f"bronze/{source}"},
         check_specs=[dg.AssetCheckSpec("files_reconcile", asset=["bronze", source],
-                                       description="every landed file is in the ingest log, accepted or quarantined")],
+                                       description="every landed file is in the ingest log, accepted or quarantined"),
+                     dg.AssetCheckSpec("no_held_amendments", asset=["bronze", source],
+                                       description="no delivery changing accepted values waits for a signed decision (pharma-twin amendment list)")],
     )  # fmt: skip
     def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
         lake = lakehouse.lake()
@@ -63,6 +65,12 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         yield dg.AssetCheckResult(
             check_name="files_reconcile", passed=logged == landed,
             metadata={"files_landed": landed, "files_in_ingest_log": logged},
+        )  # fmt: skip
+        held = amendments.held(lake)
+        held = held.filter((held["source"] == source) & held["batch_id"].is_in(_keys(context)))
+        yield dg.AssetCheckResult(
+            check_name="no_held_amendments", passed=held.height == 0, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"held": held.height, "amendment_ids": ", ".join(held["amendment_id"].to_list())},
         )  # fmt: skip
 
     return _asset
@@ -187,6 +195,8 @@ _SILVER_TELEMETRY = {
                           description="rows landed = bronze rows = silver rows + quarantined rows (+ rows waiting for their batch_start)"),
         dg.AssetCheckSpec("no_duplicate_readings", asset=["silver", "telemetry"],
                           description="no two silver readings share (unit, tag, ts)"),
+        dg.AssetCheckSpec("batch_start_landed", asset=["silver", "telemetry"],
+                          description="no telemetry of the partition(s) waits for its batch_start MES event"),
     ],
 )  # fmt: skip
 def silver_telemetry(
@@ -220,6 +230,14 @@ def silver_telemetry(
         check_name="no_duplicate_readings", asset_key=["silver", "telemetry"], passed=dups == 0,
         metadata={"duplicate_keys": dups, "partitions": len(keys), "files_checked": len(rep.files),
                   "scope": "time window of the files this run processed"},
+    )  # fmt: skip
+    from pharma_assets.lake.alarms import waiting_for_batch_start
+
+    waiting = waiting_for_batch_start(lake, keys)
+    yield dg.AssetCheckResult(
+        check_name="batch_start_landed", asset_key=["silver", "telemetry"], passed=not waiting,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"files_waiting": sum(waiting.values()), "batches_waiting": ", ".join(sorted(waiting))},
     )  # fmt: skip
 
 
