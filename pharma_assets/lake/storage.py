@@ -21,14 +21,19 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from deltalake import (
     CommitProperties,
     DeltaTable,
@@ -81,6 +86,116 @@ def post_commit_hooks(dt: DeltaTable | None) -> PostCommitHookProperties:
     interval = int(conf.get("delta.checkpointInterval") or 100)
     at_checkpoint = (dt.version() + 1) % max(interval, 1) == 0
     return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=at_checkpoint)
+
+
+# Rows per slice when one landed file is read, validated and written piece by piece (bronze and
+# silver): what bounds the peak memory of ingesting a file of any size (docs/benchmarks.md,
+# "One large file"). Override with PHARMA_INGEST_SLICE_ROWS.
+DEFAULT_SLICE_ROWS = 500_000
+
+
+def slice_rows(env: Mapping[str, str] | None = None) -> int:
+    """Rows per slice (``PHARMA_INGEST_SLICE_ROWS``, default ``DEFAULT_SLICE_ROWS``)."""
+    env = os.environ if env is None else env
+    raw = env.get("PHARMA_INGEST_SLICE_ROWS", "")
+    try:
+        n = int(raw) if raw else DEFAULT_SLICE_ROWS
+    except ValueError:
+        raise ValueError(f"PHARMA_INGEST_SLICE_ROWS={raw!r} is not a whole number") from None
+    if n < 1:
+        raise ValueError(f"PHARMA_INGEST_SLICE_ROWS={raw!r} must be at least 1")
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def scratch_dir(lake: Lake) -> Iterator[Path]:
+    """A private scratch folder for spooling one file's slices, removed afterwards.
+
+    Local lakes keep it under ``<root>/_spool`` (same disk as the tables); folders left by
+    a killed process (its pid is in the name and no longer alive) are removed on the way
+    in. Object-store lakes use the system temporary folder.
+    """
+    if lake.is_local:
+        base = Path(lake.root) / "_spool"
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            pid = old.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        d = base / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        d.mkdir()
+    else:
+        d = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pharma-spool-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Spool:
+    """Rows written slice by slice to a scratch Parquet file and read back as a stream.
+
+    What lets a file of any size be committed in ONE Delta commit (``Lake.append`` with
+    ``spool.reader``) while only one slice is in memory at a time. Every slice is cast to
+    the first slice's Arrow schema; each slice is one row group, read back one at a time
+    (``ParquetFile.iter_batches`` kept growing: 115 MB per 10 M rows, measured).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.schema: pa.Schema | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height == 0 and self._writer is not None:
+            return
+        table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="lz4")
+        else:
+            assert self.schema is not None
+            table = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def reader(self) -> pa.RecordBatchReader:
+        """A fresh stream over the spooled rows (one row group in memory at a time)."""
+        self.close()
+        f = pq.ParquetFile(self.path)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for i in range(f.metadata.num_row_groups):
+                yield from f.read_row_group(i).to_batches()
+
+        return pa.RecordBatchReader.from_batches(f.schema_arrow, batches())
+
+    def frames(self, where: pl.Expr | None = None) -> Iterator[pl.DataFrame]:
+        """The spooled rows, one slice at a time (optionally filtered)."""
+        self.close()
+        if self.schema is None:
+            return
+        f = pq.ParquetFile(self.path)
+        for i in range(f.metadata.num_row_groups):
+            df = pl.from_arrow(f.read_row_group(i))
+            assert isinstance(df, pl.DataFrame)
+            yield df if where is None else df.filter(where)
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -232,6 +347,28 @@ class Lake:
         got = lf.filter(where).select(pl.col("source_file").unique()).collect()
         return set(got["source_file"].to_list())
 
+    def file_slices(
+        self, layer: str, name: str, batch_id: str, source_file: str, rows: int
+    ) -> Iterator[pl.DataFrame]:
+        """The rows of one source file (of one batch), at most ``rows`` at a time.
+
+        Reads one Parquet row group at a time (pruned by the files' and row groups'
+        statistics on ``batch_id`` and ``source_file``), so memory stays flat however many
+        rows the file has. Rows come in the table's file order, then row order.
+        """
+        dt = self.table(layer, name)
+        if dt is None:
+            return
+        flt = (pads.field("batch_id") == batch_id) & (pads.field("source_file") == source_file)
+        ds = dt.to_pyarrow_dataset()
+        for frag in ds.get_fragments(filter=flt):
+            for rg in frag.split_by_row_group(filter=flt):  # type: ignore[attr-defined]
+                t = rg.to_table(filter=flt, use_threads=False)
+                for k in range(0, t.num_rows, rows):
+                    df = pl.from_arrow(t.slice(k, rows))
+                    assert isinstance(df, pl.DataFrame)
+                    yield df
+
     def written_sources(self, layer: str, name: str, source_files: Iterable[str]) -> set[str]:
         """The subset of ``source_files`` marked written by an application transaction.
 
@@ -249,7 +386,7 @@ class Lake:
         self,
         layer: str,
         name: str,
-        data: pl.DataFrame | pa.Table,
+        data: pl.DataFrame | pa.Table | Callable[[], pa.RecordBatchReader],
         source_files: Sequence[str] = (),
         partition_by: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -257,11 +394,11 @@ class Lake:
     ) -> int:
         """Append rows (maybe none) and mark ``source_files`` as written, in one commit.
 
-        Returns the new table version. Retries commit conflicts with other writers.
+        ``data`` may be a function returning a fresh stream of record batches (for example
+        ``Spool.reader``): the rows are then written as they are read, in one commit,
+        without holding them all in memory. Returns the new table version. Retries commit
+        conflicts with other writers.
         """
-        # polars frames go through the Arrow C stream interface: no to_arrow() copy of
-        # string-view columns (measured 2-3x faster for a 1.5M-row append)
-        table = data
         props = CommitProperties(
             custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
             app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,
@@ -272,6 +409,9 @@ class Lake:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         last: Exception | None = None
         for attempt in range(self.commit_retries):
+            # polars frames go through the Arrow C stream interface: no to_arrow() copy of
+            # string-view columns (measured 2-3x faster for a 1.5M-row append)
+            table = data() if callable(data) else data
             try:
                 # load the snapshot once: write_deltalake commits against it and updates it in
                 # place, so its version is this commit's (no second load of the log)
