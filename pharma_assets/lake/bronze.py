@@ -614,7 +614,7 @@ def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFi
     if reject is None:
         _record_attempt(lake, f, run_id, now)
         with scratch_dir(lake) as d:
-            spool = Spool(d / "bronze.parquet")
+            spool = Spool(d / "bronze.arrow")
             try:
                 for part in _parquet_slices(path, limits.slice_rows):
                     spool.write(_finish(_coerce(part, SCHEMAS[source]), f, now, run_id, source))

@@ -963,7 +963,7 @@ def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, n
                      limits: bronze.IngestLimits, d: Any, detail: str,
                      rep: SilverReport) -> None:  # fmt: skip
     """Every row of a file that cannot be processed goes to ``telemetry_quarantine``."""
-    sp = Spool(d / "quarantine.parquet")
+    sp = Spool(d / "quarantine.arrow")
     for raw in lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows):
         sp.write(raw.select(
             "ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality",
@@ -983,10 +983,10 @@ def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, n
 
 def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec) -> pl.DataFrame:
     """``_segments`` of one file, one CPP tag at a time (it groups by file and tag)."""
-    cpp.close()
     parts = []
     for t in cpp_idx if cpp.rows else []:
-        rows = pl.scan_parquet(cpp.path).filter(pl.col("tag_idx") == t).collect()
+        got = list(cpp.frames(pl.col("tag_idx") == t))
+        rows = pl.concat(got, how="vertical") if got else pl.DataFrame()
         if rows.height:
             parts.append(_segments(rows, spec))
     if not parts:
