@@ -441,8 +441,18 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file."""
+def _segments(
+    valid: pl.DataFrame, spec: CppSpec, consts: dict[str, str] | None = None
+) -> pl.DataFrame:
+    """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file.
+
+    Without the text columns (``source_file``, ``batch_id``, ``unit_id``, ``tag``,
+    ``phase``: one file's CPP readings as spooled by ``_process_sliced``), the tag and phase
+    names come from their indexes and the others from ``consts``.
+    """
+    texts = [
+        c for c in ("source_file", "batch_id", "unit_id", "tag", "phase") if c in valid.columns
+    ]
     tix = _tag_index(spec)
     cpp_idx = [tix[t] for t in spec.cpp_tags]
     settle = int(spec.settle_minutes * 60_000_000)
@@ -451,8 +461,7 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         return pl.DataFrame(schema=SEGMENT_SCHEMA)
     keys = ["_file", "tag_idx"]
     cpp = (
-        cpp.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", "source_file", "batch_id",
-                   "unit_id", "tag", "phase")
+        cpp.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", *texts)
         .join(_limits_by_key(spec), on=["tag_idx", "phase_idx"], how="left")
         .sort("_file", "tag_idx", "ts")
         .with_columns(
@@ -477,8 +486,7 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
         .group_by(*keys, "run")
         .agg(
-            source_file=pl.col("source_file").first(), batch_id=pl.col("batch_id").first(),
-            unit_id=pl.col("unit_id").first(), tag=pl.col("tag").first(), phase=pl.col("phase").first(),
+            *[pl.col(c).first() for c in texts], first_phase_idx=pl.col("phase_idx").first(),
             start_ts=pl.col("ts").min(), end_ts=pl.col("ts").max(), n_readings=pl.len(),
             n_outside_par=(pl.col("level") == 2).sum(), max_level=pl.col("level").max(),
             peak_value=pl.col("value").sort_by("dev").last(), target=pl.col("target").first(),
@@ -487,6 +495,17 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
             sample_period_s=pl.col("period_s").first().fill_null(60.0),
         )
     )  # fmt: skip
+    names = {
+        "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
+        "phase": pl.col("first_phase_idx").replace_strict(
+            dict(enumerate(PHASES)), default=None, return_dtype=pl.String
+        ),
+        **{
+            c: pl.lit((consts or {}).get(c), pl.String)
+            for c in ("source_file", "batch_id", "unit_id")
+        },
+    }
+    seg = seg.with_columns(**{c: e for c, e in names.items() if c not in texts})
     return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
 
 
@@ -862,14 +881,15 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
     tix = _tag_index(spec)
     cpp_idx = sorted(tix[t] for t in spec.cpp_tags)
     valid_sp, bad_sp, cpp_sp = (
-        Spool(d / "valid.parquet"),
-        Spool(d / "bad.parquet"),
-        Spool(d / "cpp.parquet"),
+        Spool(d / "valid.arrow"),
+        Spool(d / "bad.arrow"),
+        Spool(d / "cpp.arrow"),
     )
     keys: list[tuple[datetime, datetime, Any]] = []  # (min ts, max ts, key file) of earlier slices
     stats_parts: list[pl.DataFrame] = []
     timeline_parts: list[tuple[pl.DataFrame, pl.DataFrame]] = []
     rows_in = 0
+    unit: str | None = None
     failed: Counter[str] = Counter()
     for k, raw in enumerate(lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows)):
         raw = raw.with_columns(_file=pl.lit(0, pl.UInt32))
@@ -905,13 +925,18 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
         slim = _slim(good)
         stats_parts.append(_stats_agg(slim))
         timeline_parts.append(_timeline_partial(slim))
+        if unit is None and good.height:
+            unit = good["unit_id"][0]
         cpp_sp.write(
             slim.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
-        )
+            .select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start")
+        )  # fmt: skip
     outputs: dict[str, pl.DataFrame | Spool] = {
         "telemetry": valid_sp,
         "telemetry_quarantine": bad_sp,
-        "excursion_segments": _segments_by_tag(cpp_sp, cpp_idx, spec),
+        "excursion_segments": _segments_by_tag(
+            cpp_sp, cpp_idx, spec, {"source_file": f, "batch_id": bid, "unit_id": unit or ""}
+        ),
         "telemetry_stats": _stats_finish(_stats_merge(stats_parts), files, spec),
         "batch_timeline": _timeline_merge(timeline_parts, files, spec),
     }
@@ -981,14 +1006,15 @@ def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, n
     rep.batches.add(bid)
 
 
-def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec) -> pl.DataFrame:
+def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec,
+                     consts: dict[str, str]) -> pl.DataFrame:  # fmt: skip
     """``_segments`` of one file, one CPP tag at a time (it groups by file and tag)."""
     parts = []
     for t in cpp_idx if cpp.rows else []:
         got = list(cpp.frames(pl.col("tag_idx") == t))
         rows = pl.concat(got, how="vertical") if got else pl.DataFrame()
         if rows.height:
-            parts.append(_segments(rows, spec))
+            parts.append(_segments(rows, spec, consts))
     if not parts:
         return pl.DataFrame(schema=SEGMENT_SCHEMA)
     return pl.concat(parts, how="vertical").sort("start_ts")

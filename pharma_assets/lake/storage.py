@@ -95,7 +95,7 @@ def post_commit_hooks(dt: DeltaTable | None) -> PostCommitHookProperties:
 # Rows per slice when one landed file is read, validated and written piece by piece (bronze and
 # silver): what bounds the peak memory of ingesting a file of any size (docs/benchmarks.md,
 # "One large file"). Override with PHARMA_INGEST_SLICE_ROWS.
-DEFAULT_SLICE_ROWS = 500_000
+DEFAULT_SLICE_ROWS = 250_000
 
 
 def slice_rows(env: Mapping[str, str] | None = None) -> int:
