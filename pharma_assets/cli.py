@@ -252,6 +252,9 @@ def pipeline(
         f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}\n"
         f"  {n_audit} materializations recorded in the audit trail, {n_dev} deviations opened"
     )
+    if out.orphaned:
+        console.print(f"[yellow]runs left STARTED by a killed pipeline, now marked failed: "
+                      f"{', '.join(out.orphaned)}")  # fmt: skip
     if out.failed:
         console.print(f"[red]failed runs: {', '.join(out.failed)} (see the Dagster UI)")
         raise typer.Exit(1)
