@@ -101,7 +101,9 @@ def child_one_file(template: str, out: str, rows: int) -> dict[str, Any]:
     for tag in tags:
         y = wide[tag].to_numpy().astype(np.float64)
         ok = np.isfinite(y)
-        curves.append((t_src[ok], y[ok], 0.5 * float(np.std(np.diff(y[ok]))), y[ok].min(), y[ok].max()))
+        curves.append(
+            (t_src[ok], y[ok], 0.5 * float(np.std(np.diff(y[ok]))), y[ok].min(), y[ok].max())
+        )
     t0_us = int(t_src[0])
     path = chunk_path(dst, "telemetry", unit, bid, datetime.fromtimestamp(t0_us / 1e6, UTC), 1,
                       "parquet")  # fmt: skip
