@@ -171,6 +171,11 @@ class Spool:
             self._writer = pa.ipc.new_file(str(self.path), table.schema, options=opts)
         else:
             assert self.schema is not None
+            if set(table.schema.names) != set(self.schema.names):
+                raise ValueError(
+                    f"{self.path.name}: a slice has columns {sorted(table.schema.names)}, the "
+                    f"first had {sorted(self.schema.names)}"
+                )
             table = table.select(self.schema.names).cast(self.schema)
         self._writer.write_table(table, max_chunksize=65_536)
         self.rows += table.num_rows
