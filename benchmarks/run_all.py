@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
-``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``) runs one
-suite; the blocks of the other suites in the document are left as they are.
+``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
+``memory``) runs one suite; the blocks of the other suites in the document are left as they are.
 """
 
 from __future__ import annotations
@@ -11,13 +11,20 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import bench_audit, bench_dashboards, bench_lakehouse, bench_simulator
+from benchmarks import (
+    bench_audit,
+    bench_dashboards,
+    bench_lakehouse,
+    bench_memory,
+    bench_simulator,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MARK = "<!-- simulator-results -->"
 LAKE_MARK = "<!-- lakehouse-results -->"
 DASH_MARK = "<!-- dashboards-results -->"
 AUDIT_MARK = "<!-- audit-results -->"
+MEMORY_MARK = "<!-- memory-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -85,11 +92,21 @@ def audit_lines() -> list[str]:
     ]
 
 
+def memory_lines() -> list[str]:
+    r = bench_memory.main()
+    return [
+        _measured(", one fresh process per file size (peak RSS from its own rusage)."),
+        "",
+        *bench_memory.rows_for_doc(r),
+    ]
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
     "dashboards": (DASH_MARK, dashboards_lines),
     "audit": (AUDIT_MARK, audit_lines),
+    "memory": (MEMORY_MARK, memory_lines),
 }
 
 

@@ -356,6 +356,9 @@ def pipeline(
         f"{len(out.failed)} failed, {time.perf_counter() - t0:.1f} s; lake at {res.lake_uri}\n"
         f"  {n_audit} materializations recorded in the audit trail, {n_dev} deviations opened"
     )
+    if out.orphaned:
+        console.print(f"[yellow]runs left STARTED by a killed pipeline, now marked failed: "
+                      f"{', '.join(out.orphaned)}")  # fmt: skip
     from .lake.alarms import input_alarms  # telemetry waiting for a start, held amendments
 
     for line in input_alarms(res.lake()).lines():

@@ -3,12 +3,19 @@
 It runs the same jobs the sensors run, against the same Dagster instance the UI shows
 (``$DAGSTER_HOME``, else the repository's ``dagster.yaml``), so every run, materialization
 and asset check it makes is visible in the Dagster UI afterwards.
+
+Its runs execute in this process and carry the process's host, pid and start time as tags.
+A run left STARTED by a process that no longer exists (killed by SIGKILL or the OOM killer)
+is marked failed, with the reason, by the next invocation before it starts new runs
+(``fail_orphaned_runs``). Runs the daemon launches are covered by the instance's run
+monitoring (``run_monitoring`` in dagster.yaml).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +40,8 @@ from pharma_assets.lake.storage import Lake
 
 # the run's console logger at WARNING: the progress bar is the display, the UI has the logs
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# who executes a run in process: host, pid and the pid's start time (pids are reused)
+HOST_TAG, PID_TAG, PID_START_TAG = "pharma/host", "pharma/pid", "pharma/pid_start"
 
 
 @dataclass
@@ -40,6 +49,8 @@ class PipelineResult:
     batches: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # runs an earlier, killed invocation left STARTED, marked failed by this one
+    orphaned: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -53,6 +64,54 @@ def default_instance() -> dg.DagsterInstance:
     if Path("dagster.yaml").exists():
         return dg.DagsterInstance.from_config(str(Path.cwd()))
     return dg.DagsterInstance.ephemeral()
+
+
+def _pid_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, put on every run it executes in process."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PID_START_TAG: _pid_start(pid) or ""}
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the in-progress runs whose executing process (on this host) is gone.
+
+    Only runs tagged by ``process_tags`` are judged (their process is known); a run whose
+    pid is alive with the same start time is still running and left alone. Returns the run
+    ids marked failed.
+    """
+    host = socket.gethostname()
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={HOST_TAG: host},
+        )
+    )
+    out = []
+    for rec in records:
+        run = rec.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if not pid.isdigit():
+            continue
+        started = _pid_start(int(pid))
+        if started is not None and started == run.tags.get(PID_START_TAG, started):
+            continue  # still running
+        instance.report_run_failed(
+            run,
+            f"The process that executed this run (pid {pid} on {host}) no longer exists: it "
+            "was killed (SIGKILL, out of memory) before the run finished. Marked failed by "
+            "the next `pharma-twin pipeline`; its work is redone by the next run.",
+        )
+        out.append(run.run_id)
+    return out
 
 
 def archive_derived(lake: Lake) -> list[str]:
@@ -104,8 +163,13 @@ def run_pipeline(
     batches_per_run: int = 20,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> PipelineResult:
-    """Ingest every pending landed file, then refresh gold. Returns the runs made."""
+    """Ingest every pending landed file, then refresh gold. Returns the runs made.
+
+    Runs an earlier invocation left STARTED when it was killed are marked failed first.
+    """
     res = PipelineResult()
+    res.orphaned = fail_orphaned_runs(instance)
+    tags = process_tags()
     defs = lakehouse_defs()
     resources = {"lakehouse": lakehouse}
     per_batch, _plant, _ = plan_requests(lakehouse.landing_dir, lakehouse.lake())
@@ -126,7 +190,8 @@ def run_pipeline(
             on_progress(f"ingesting {first}..{last}", done, total)
         r = job.execute_in_process(
             instance=instance, resources=resources, raise_on_error=False, run_config=QUIET,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last,
+                  **tags},
         )  # fmt: skip
         res.runs.append(r.run_id)
         if not r.success:
@@ -136,7 +201,11 @@ def run_pipeline(
         on_progress("plant events and gold", done, total)
     for j in (plant_events_job, gold_job):
         r = defs.resolve_job_def(j.name).execute_in_process(
-            instance=instance, resources=resources, raise_on_error=False, run_config=QUIET
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags=tags,
         )
         res.runs.append(r.run_id)
         if not r.success:
@@ -160,6 +229,7 @@ def run_training(
     job = dg.Definitions.merge(lakehouse_defs(), ml_defs()).resolve_job_def(retrain_job.name)
     r = job.execute_in_process(
         instance=instance, resources={"lakehouse": lakehouse, "ml": MlResource.from_env()},
-        raise_on_error=False, run_config=QUIET, tags={COMPLETED_TAG: str(n), "pharma/trigger": "cli"},
+        raise_on_error=False, run_config=QUIET,
+        tags={COMPLETED_TAG: str(n), "pharma/trigger": "cli", **process_tags()},
     )  # fmt: skip
     return r, n

@@ -23,20 +23,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .amendments import AmendmentGuard
 from .input_rules import NaiveTimestamps, count_rows, refused_entry, resolve_naive_times
 from .landing_scan import LandedFile
-from .storage import UTC_US, Lake
+from .storage import DEFAULT_SLICE_ROWS, UTC_US, Lake, Spool, scratch_dir, slice_rows
 
 LAYER = "bronze"
 
@@ -70,6 +72,53 @@ LOG_SCHEMA = {
     "ingested_at": UTC_US, "ingest_run_id": pl.String(),
 }  # fmt: skip
 QUARANTINE_SCHEMA = {k: v for k, v in LOG_SCHEMA.items() if k != "status"}
+# One row per started ingestion of a large (sliced) file: a file whose attempts keep dying
+# (a killed run leaves no ledger row) is quarantined after ``IngestLimits.max_attempts``.
+ATTEMPT_SCHEMA = {
+    "source": pl.String(), "source_file": pl.String(), "batch_id": pl.String(),
+    "run_id": pl.String(), "started_at": UTC_US,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What one landed file may cost before it is quarantined instead of ingested.
+
+    ``slice_rows``: rows in memory at a time (a Parquet file with more rows is read, checked
+    and spooled slice by slice, then committed whole in one commit); ``max_file_rows`` and
+    ``max_text_bytes`` (CSV/JSON files are parsed whole): larger files are quarantined
+    (``file_too_large``); ``max_attempts``: a sliced file whose ingestion was started that
+    many times without finishing (a killed or crashed run) is quarantined
+    (``repeated_failure``) instead of being retried for ever.
+    """
+
+    slice_rows: int = DEFAULT_SLICE_ROWS
+    max_file_rows: int = 50_000_000
+    max_text_bytes: int = 64 * 1024 * 1024
+    max_attempts: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> IngestLimits:
+        """``PHARMA_INGEST_SLICE_ROWS``, ``PHARMA_MAX_FILE_ROWS``, ``PHARMA_MAX_TEXT_FILE_MB``,
+        ``PHARMA_MAX_FILE_ATTEMPTS`` (defaults above)."""
+        env = os.environ if env is None else env
+
+        def num(key: str, default: int) -> int:
+            raw = env.get(key, "")
+            try:
+                n = int(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a whole number") from None
+            if n < 1:
+                raise ValueError(f"{key}={raw!r} must be at least 1")
+            return n
+
+        return cls(
+            slice_rows=slice_rows(env),
+            max_file_rows=num("PHARMA_MAX_FILE_ROWS", cls.max_file_rows),
+            max_text_bytes=num("PHARMA_MAX_TEXT_FILE_MB", cls.max_text_bytes >> 20) << 20,
+            max_attempts=num("PHARMA_MAX_FILE_ATTEMPTS", cls.max_attempts),
+        )
 
 
 class FileRejected(Exception):
@@ -360,8 +409,15 @@ def ingest_files(
     run_id: str,
     max_rows_per_commit: int = 1_000_000,  # bounds peak memory (docs/benchmarks.md)
     now: datetime | None = None,
+    limits: IngestLimits | None = None,
 ) -> IngestReport:
-    """Ingest landed files of one source (those not ingested yet) into bronze."""
+    """Ingest landed files of one source (those not ingested yet) into bronze.
+
+    Small files are parsed whole and committed in groups of about ``max_rows_per_commit``
+    rows; a Parquet file of more than ``limits.slice_rows`` rows is read slice by slice
+    and committed alone (``_ingest_large``), so memory does not grow with a file's size.
+    """
+    limits = limits or IngestLimits.from_env()
     rep = IngestReport(source)
     rep.files_seen = len(files)
     if not files:
@@ -398,10 +454,25 @@ def ingest_files(
             rep,
         )
 
-    group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]] = []
+    group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]] = []
     group_rows = 0
     for f in todo:
         now_f = now or datetime.now(UTC)
+        big = _sliced_rows(f, landing_root, source, limits)
+        if big is not None:
+            if group:
+                _commit(lake, source, group, rep)
+                group, group_rows = [], 0
+            _ingest_large(lake, landing_root, source, f, big, run_id, now_f, limits,
+                          seen_sha, seen_rows, rep)  # fmt: skip
+            continue
+        if source in SCHEMAS and source != "telemetry" and f.size > limits.max_text_bytes:
+            detail = (f"{f.size:,} bytes; the limit for {source} files is "
+                      f"{limits.max_text_bytes:,} (PHARMA_MAX_TEXT_FILE_MB)")  # fmt: skip
+            sha = _sha256_file(f.path(landing_root))
+            group.append((f, None, _log_row(f, sha, "quarantined", "file_too_large", detail,
+                                            None, now_f, run_id)))  # fmt: skip
+            continue
         try:
             data = f.path(landing_root).read_bytes()
         except FileNotFoundError:
@@ -437,7 +508,8 @@ def ingest_files(
     return rep
 
 
-def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame | None, dict[str, Any]]],
+def _commit(lake: Lake, source: str,
+            group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]],
             rep: IngestReport) -> None:  # fmt: skip
     with lake.lock(f"bronze-{source}"):
         # final check under the lock: another run may have ingested some of these meanwhile
@@ -451,8 +523,13 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
         rep.files_already_ingested += len(rels) - len(group)
         accepted = [(f, df) for f, df, _ in group if df is not None]
         rejected = [log for _, df, log in group if df is None]
-        if accepted:
-            frames = pl.concat([df for _, df in accepted], how="diagonal_relaxed")
+        spooled = [df for _, df in accepted if isinstance(df, Spool)]
+        for sp in spooled:  # a large file: streamed from its spool, still one commit
+            lake.append(LAYER, source, sp.reader, metadata={"files": 1, "rows": sp.rows})
+        if accepted and not spooled:
+            frames = pl.concat(
+                [df for _, df in accepted if isinstance(df, pl.DataFrame)], how="diagonal_relaxed"
+            )
             lake.append(
                 LAYER, source, frames, metadata={"files": len(accepted), "rows": frames.height}
             )
@@ -468,7 +545,119 @@ def _commit(lake: Lake, source: str, group: list[tuple[LandedFile, pl.DataFrame 
             rep.batches.add(f.batch_id)
         if df is not None:
             rep.files_accepted += 1
-            rep.rows_accepted += df.height
+            rep.rows_accepted += log["rows"] or 0
         else:
             rep.files_quarantined += 1
             rep.reasons[log["reason"]] += 1
+
+
+# ---------------------------------------------------------------------------- large files
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(8 << 20):
+                h.update(block)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"landed file {path} disappeared before ingestion") from None
+    return h.hexdigest()
+
+
+def _sliced_rows(
+    f: LandedFile, landing_root: str | Path, source: str, limits: IngestLimits
+) -> int | None:
+    """The row count of a telemetry file too large to parse whole, else None."""
+    if source != "telemetry":
+        return None
+    try:
+        rows = pq.ParquetFile(f.path(landing_root)).metadata.num_rows
+    except FileNotFoundError:
+        raise FileNotFoundError(f"landed file {f.rel} disappeared before ingestion") from None
+    except Exception:  # unreadable: the whole-file path quarantines it with the reason
+        return None
+    return rows if rows > limits.slice_rows else None
+
+
+def _parquet_parts(pf: pq.ParquetFile, rows: int) -> Iterator[pa.Table]:
+    for i in range(pf.metadata.num_row_groups):
+        if pf.metadata.row_group(i).num_rows <= 2 * rows:
+            t = pf.read_row_group(i)
+            yield from (t.slice(k, rows) for k in range(0, t.num_rows, rows))
+        else:  # a huge row group: read it in batches
+            for b in pf.iter_batches(batch_size=rows, row_groups=[i]):
+                yield pa.Table.from_batches([b])
+
+
+def _parquet_slices(path: Path, rows: int) -> Iterator[pl.DataFrame]:
+    """A Parquet file's rows, at most ``rows`` at a time (one row group read at once)."""
+    try:
+        parts = _parquet_parts(pq.ParquetFile(path), rows)
+        while (t := next(parts, None)) is not None:
+            yield _from_arrow(t)
+    except Exception as e:
+        raise FileRejected("unreadable_parquet", f"{type(e).__name__}: {e}") from None
+
+
+def _from_arrow(t: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(t)
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def _attempts(lake: Lake, f: LandedFile) -> int:
+    """Earlier started ingestions of this file (it has no ledger row: none finished)."""
+    where = pl.col("source_file") == f.rel
+    if f.batch_id is not None:
+        where = (pl.col("batch_id") == f.batch_id) & where
+    got = lake.read(LAYER, "ingest_attempts", ["source_file"], filter_expr=where)
+    return 0 if got is None else got.height
+
+
+def _record_attempt(lake: Lake, f: LandedFile, run_id: str, now: datetime) -> None:
+    row = {"source": f.source, "source_file": f.rel, "batch_id": f.batch_id, "run_id": run_id,
+           "started_at": now}  # fmt: skip
+    lake.append(LAYER, "ingest_attempts", pl.DataFrame([row], schema=ATTEMPT_SCHEMA))
+
+
+def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFile, rows: int,
+                  run_id: str, now: datetime, limits: IngestLimits, seen_sha: dict[str, str],
+                  seen_rows: dict[str, int], rep: IngestReport) -> None:  # fmt: skip
+    """One large Parquet file: slices parsed and spooled, then ONE commit of all its rows.
+
+    The spool (a scratch Parquet file) holds the typed rows while the file is read, so a
+    file rejected half-way (a corrupt row group, missing columns) leaves nothing in the
+    table, and the commit streams the spool: the rows of the file are still committed
+    whole or not at all. Each start is recorded in ``bronze/ingest_attempts`` first: a file
+    whose ingestion keeps getting killed is quarantined after ``limits.max_attempts``.
+    """
+    path = f.path(landing_root)
+    sha = _sha256_file(path)
+    reject: FileRejected | None = None
+    if sha in seen_sha:
+        reject = FileRejected("duplicate_file", f"same content as {seen_sha[sha]}",
+                              rows=seen_rows.get(sha))  # fmt: skip
+    elif rows > limits.max_file_rows:
+        reject = FileRejected("file_too_large", f"{rows:,} rows; the limit is "
+                              f"{limits.max_file_rows:,} (PHARMA_MAX_FILE_ROWS)", rows=rows)  # fmt: skip
+    elif (n := _attempts(lake, f)) >= limits.max_attempts:
+        reject = FileRejected("repeated_failure", f"{n} earlier ingestions of this file did not "
+                              f"finish (killed or crashed runs); the limit is "
+                              f"{limits.max_attempts} (PHARMA_MAX_FILE_ATTEMPTS)", rows=rows)  # fmt: skip
+    if reject is None:
+        _record_attempt(lake, f, run_id, now)
+        with scratch_dir(lake) as d:
+            spool = Spool(d / "bronze.arrow")
+            try:
+                for part in _parquet_slices(path, limits.slice_rows):
+                    spool.write(_finish(_coerce(part, SCHEMAS[source]), f, now, run_id, source))
+                if spool.rows == 0:
+                    raise FileRejected("empty_file", "no records", rows=0)
+            except FileRejected as e:
+                reject = FileRejected(e.reason, e.detail, rows=rows)  # the whole file's rows
+            if reject is None:
+                seen_sha[sha], seen_rows[sha] = f.rel, spool.rows
+                log = _log_row(f, sha, "accepted", None, None, spool.rows, now, run_id)
+                _commit(lake, source, [(f, spool, log)], rep)
+                return
+    log = _log_row(f, sha, "quarantined", reject.reason, reject.detail, reject.rows, now, run_id)
+    _commit(lake, source, [(f, None, log)], rep)

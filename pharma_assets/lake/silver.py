@@ -43,7 +43,7 @@ from .contracts import accepted_contract, route, telemetry_contract
 from .input_rules import raw_reason, raw_reason_expr
 from .landing_scan import files_for_batch
 from .specs import CppSpec
-from .storage import UTC_US, Lake
+from .storage import UTC_US, Lake, Spool, scratch_dir
 
 LAYER = "silver"
 TELEMETRY_TABLES = (
@@ -448,8 +448,18 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file."""
+def _segments(
+    valid: pl.DataFrame, spec: CppSpec, consts: dict[str, str] | None = None
+) -> pl.DataFrame:
+    """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file.
+
+    Without the text columns (``source_file``, ``batch_id``, ``unit_id``, ``tag``,
+    ``phase``: one file's CPP readings as spooled by ``_process_sliced``), the tag and phase
+    names come from their indexes and the others from ``consts``.
+    """
+    texts = [
+        c for c in ("source_file", "batch_id", "unit_id", "tag", "phase") if c in valid.columns
+    ]
     tix = _tag_index(spec)
     cpp_idx = [tix[t] for t in spec.cpp_tags]
     settle = int(spec.settle_minutes * 60_000_000)
@@ -458,8 +468,7 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         return pl.DataFrame(schema=SEGMENT_SCHEMA)
     keys = ["_file", "tag_idx"]
     cpp = (
-        cpp.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", "source_file", "batch_id",
-                   "unit_id", "tag", "phase")
+        cpp.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", *texts)
         .join(_limits_by_key(spec), on=["tag_idx", "phase_idx"], how="left")
         .sort("_file", "tag_idx", "ts")
         .with_columns(
@@ -484,8 +493,7 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
         .group_by(*keys, "run")
         .agg(
-            source_file=pl.col("source_file").first(), batch_id=pl.col("batch_id").first(),
-            unit_id=pl.col("unit_id").first(), tag=pl.col("tag").first(), phase=pl.col("phase").first(),
+            *[pl.col(c).first() for c in texts], first_phase_idx=pl.col("phase_idx").first(),
             start_ts=pl.col("ts").min(), end_ts=pl.col("ts").max(), n_readings=pl.len(),
             n_outside_par=(pl.col("level") == 2).sum(), max_level=pl.col("level").max(),
             peak_value=pl.col("value").sort_by("dev").last(), target=pl.col("target").first(),
@@ -494,6 +502,17 @@ def _segments(valid: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
             sample_period_s=pl.col("period_s").first().fill_null(60.0),
         )
     )  # fmt: skip
+    names = {
+        "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
+        "phase": pl.col("first_phase_idx").replace_strict(
+            dict(enumerate(PHASES)), default=None, return_dtype=pl.String
+        ),
+        **{
+            c: pl.lit((consts or {}).get(c), pl.String)
+            for c in ("source_file", "batch_id", "unit_id")
+        },
+    }
+    seg = seg.with_columns(**{c: e for c, e in names.items() if c not in texts})
     return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
 
 
@@ -508,13 +527,33 @@ SEGMENT_SCHEMA = {
 
 def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     """Per file, tag and phase aggregates (rows in any order: first/last go by ``ts``)."""
-    tags = list(spec.tags)
-    agg = valid.group_by("_file", "tag_idx", "phase_idx").agg(
+    return _stats_finish(_stats_agg(valid), files, spec)
+
+
+def _stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
+    return valid.group_by("_file", "tag_idx", "phase_idx").agg(
         n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
         min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").min(),
         last_ts=pl.col("ts").max(), last_value=pl.col("value").get(pl.col("ts").arg_max()),
         batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
+
+
+def _stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Partial ``_stats_agg`` of consecutive slices -> the aggregate of all their rows (the
+    last value is the first slice's reading at the latest time, as arg_max would pick)."""
+    df = pl.concat(parts, how="vertical")
+    return df.group_by("_file", "tag_idx", "phase_idx", maintain_order=True).agg(
+        n=pl.col("n").sum().cast(df.schema["n"]), sum=pl.col("sum").sum(),
+        sumsq=pl.col("sumsq").sum(), min=pl.col("min").min(), max=pl.col("max").max(),
+        first_ts=pl.col("first_ts").min(), last_ts=pl.col("last_ts").max(),
+        last_value=pl.col("last_value").get(pl.col("last_ts").arg_max()),
+        batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
+    )  # fmt: skip
+
+
+def _stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+    tags = list(spec.tags)
     return agg.select(
         source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
         batch_id="batch_id", unit_id="unit_id",
@@ -526,7 +565,6 @@ def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame
 
 
 def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
-    tags = list(spec.tags)
     mins = valid.select(
         "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id", "ts",
         elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32),
@@ -534,11 +572,56 @@ def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFr
     wide = mins.pivot(
         on="tag_idx", index=["_file", "elapsed_min"], values="value", aggregate_function="mean"
     )
-    wide = wide.rename({c: tags[int(c)] for c in wide.columns if c not in ("_file", "elapsed_min")})
     ph = mins.group_by("_file", "elapsed_min").agg(
         phase_idx=pl.col("phase_idx").get(pl.col("ts").arg_min()), batch_start=pl.col("batch_start").first(),
         batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
     )  # fmt: skip
+    return _timeline_finish(wide, ph, files, spec)
+
+
+def _timeline_partial(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One slice's minute sums and counts per tag, and each minute's first reading's phase."""
+    mins = valid.select(
+        "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id", "ts",
+        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32),
+    )  # fmt: skip
+    sums = mins.group_by("_file", "elapsed_min", "tag_idx").agg(
+        s=pl.col("value").sum(), c=pl.col("value").count()
+    )
+    ph = mins.group_by("_file", "elapsed_min").agg(
+        ts0=pl.col("ts").min(), phase_idx=pl.col("phase_idx").get(pl.col("ts").arg_min()),
+        batch_start=pl.col("batch_start").first(), batch_id=pl.col("batch_id").first(),
+        unit_id=pl.col("unit_id").first(),
+    )  # fmt: skip
+    return sums, ph
+
+
+def _timeline_merge(parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[str],
+                    spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+    """``_timeline`` of consecutive slices from their ``_timeline_partial``s."""
+    sums = pl.concat([p[0] for p in parts], how="vertical")
+    means = sums.group_by("_file", "elapsed_min", "tag_idx").agg(
+        value=pl.when(pl.col("c").sum() > 0).then(pl.col("s").sum() / pl.col("c").sum())
+    )
+    wide = means.pivot(
+        on="tag_idx", index=["_file", "elapsed_min"], values="value", aggregate_function="first"
+    )
+    ph = (
+        pl.concat([p[1] for p in parts], how="vertical")
+        .group_by("_file", "elapsed_min", maintain_order=True)
+        .agg(
+            phase_idx=pl.col("phase_idx").get(pl.col("ts0").arg_min()),
+            batch_start=pl.col("batch_start").first(), batch_id=pl.col("batch_id").first(),
+            unit_id=pl.col("unit_id").first(),
+        )
+    )  # fmt: skip
+    return _timeline_finish(wide, ph, files, spec)
+
+
+def _timeline_finish(wide: pl.DataFrame, ph: pl.DataFrame, files: list[str],
+                     spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+    tags = list(spec.tags)
+    wide = wide.rename({c: tags[int(c)] for c in wide.columns if c not in ("_file", "elapsed_min")})
     wide = wide.join(ph, on=["_file", "elapsed_min"], how="left")
     for t in tags:
         if t not in wide.columns:
@@ -566,6 +649,7 @@ def process_telemetry(
     run_id: str,
     now: datetime | None = None,
     max_rows: int = 1_000_000,  # rows per validation group: bounds peak memory (docs/benchmarks.md)
+    limits: bronze.IngestLimits | None = None,
 ) -> SilverReport:
     """Validate the not-yet-processed bronze telemetry of these batches into silver.
 
@@ -573,8 +657,10 @@ def process_telemetry(
     covers many (a backfill): each group is one read of bronze, one validation per batch
     and one commit per silver table, so a bulk load does not pay six commits per batch. The
     group holds the locks of all its batches (taken in sorted order: no deadlock between
-    runs whose groups overlap).
+    runs whose groups overlap). A file of more than ``limits.slice_rows`` rows is processed
+    alone, slice by slice (``_process_large``), so memory does not grow with a file's size.
     """
+    limits = limits or bronze.IngestLimits.from_env()
     rep = SilverReport()
     now = now or datetime.now(UTC)
     # one read of both logs for all partitions; rechecked per group under its batches' locks
@@ -598,6 +684,12 @@ def process_telemetry(
         .select("batch_id", "source_file", "rows")
         .iter_rows()
     ):
+        if (n or 0) > limits.slice_rows:
+            if group:
+                _process_group(lake, group, spec, batches, phases, run_id, now, rep)
+                group, rows = [], 0
+            _process_large(lake, bid, f, spec, batches, phases, run_id, now, rep, limits)
+            continue
         group.append((bid, f))
         rows += n or 0
         if rows >= max_rows:
@@ -685,14 +777,8 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     bad = pl.concat(bads, how="vertical_relaxed")
     processed_at = pl.lit(now, UTC_US)
     valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-    quarantine = bad.select(
-        "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
-        pl.col("uom_raw").alias("uom"), "quality", "failed_check", "failed_checks", "offending_value",
-        "raw", "extra", "source_file", "row_hash", spec_version=pl.lit(spec.version), processed_at=processed_at,
-    )  # fmt: skip
-    # the derivations group and sort: give them only the columns they use
-    slim = good.select("_file", "tag_idx", "phase_idx", "ts", "value", "batch_id", "unit_id",
-                       "tag", "phase", "phase_start", "batch_start", "source_file")  # fmt: skip
+    quarantine = _quarantine_frame(bad, spec, now)
+    slim = _slim(good)
     outputs = {
         "telemetry": valid.select(SILVER_TELEMETRY_COLUMNS),
         "telemetry_quarantine": quarantine,
@@ -739,6 +825,206 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     rep.segments += outputs["excursion_segments"].height
     rep.failed_checks.update(bad["failed_check"].to_list())
     rep.batches.update(ids)
+
+
+def _quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.DataFrame:
+    """The ``telemetry_quarantine`` rows of routed-out readings."""
+    return bad.select(
+        "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
+        pl.col("uom_raw").alias("uom"), "quality", "failed_check", "failed_checks", "offending_value",
+        "raw", "extra", "source_file", "row_hash", spec_version=pl.lit(spec.version),
+        processed_at=pl.lit(now, UTC_US),
+    )  # fmt: skip
+
+
+def _slim(good: pl.DataFrame) -> pl.DataFrame:
+    """The columns the derivations (segments, stats, timeline) use: they group and sort."""
+    return good.select("_file", "tag_idx", "phase_idx", "ts", "value", "batch_id", "unit_id",
+                       "tag", "phase", "phase_start", "batch_start", "source_file")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ large files
+ATTEMPT_SCHEMA = {"source_file": pl.String(), "batch_id": pl.String(), "run_id": pl.String(),
+                  "started_at": UTC_US}  # fmt: skip
+
+
+def _process_large(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
+                   limits: bronze.IngestLimits) -> None:  # fmt: skip
+    """One bronze file of more than ``limits.slice_rows`` rows, slice by slice.
+
+    Each slice is normalised, checked and routed on its own (duplicates are looked up in
+    silver and in the keys of the file's earlier slices); valid and quarantined rows are
+    spooled to scratch Parquet files, and stats and timeline kept as partial aggregates
+    (merged at the end), excursion segments computed per tag from a spool of the CPP
+    readings. Then each table gets ONE commit of the file's rows, as for small files, and
+    the file is logged last: a crash anywhere leaves whole files only. A file whose
+    processing was started ``limits.max_attempts`` times without finishing (killed runs)
+    has its rows quarantined (``processing_failed``) instead of being retried for ever.
+    """
+    with lake.lock(f"silver-telemetry-{bid}"):
+        todo = pl.DataFrame({"batch_id": [bid], "source_file": [f]})
+        if _not_processed(lake, todo, [bid]).height == 0:
+            return
+        where = (pl.col("batch_id") == bid) & (pl.col("source_file") == f)
+        tries = lake.read(LAYER, "telemetry_attempts", ["source_file"], filter_expr=where)
+        n_prev = 0 if tries is None else tries.height
+        row = {"source_file": f, "batch_id": bid, "run_id": run_id, "started_at": now}
+        if n_prev < limits.max_attempts:
+            lake.append(LAYER, "telemetry_attempts", pl.DataFrame([row], schema=ATTEMPT_SCHEMA))
+        with scratch_dir(lake) as d:
+            if n_prev >= limits.max_attempts:
+                detail = (f"{n_prev} earlier attempts to process this file did not finish "
+                          f"(killed or crashed runs; PHARMA_MAX_FILE_ATTEMPTS={limits.max_attempts})")  # fmt: skip
+                _quarantine_file(lake, bid, f, spec, run_id, now, limits, d, detail, rep)
+            else:
+                _process_sliced(lake, bid, f, spec, batches, phases, run_id, now, limits, d, rep)
+
+
+def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
+                    phases: pl.DataFrame, run_id: str, now: datetime,
+                    limits: bronze.IngestLimits, d: Any, rep: SilverReport) -> None:  # fmt: skip
+    files = [f]
+    tix = _tag_index(spec)
+    cpp_idx = sorted(tix[t] for t in spec.cpp_tags)
+    valid_sp, bad_sp, cpp_sp = (
+        Spool(d / "valid.arrow"),
+        Spool(d / "bad.arrow"),
+        Spool(d / "cpp.arrow"),
+    )
+    keys: list[tuple[datetime, datetime, Any]] = []  # (min ts, max ts, key file) of earlier slices
+    stats_parts: list[pl.DataFrame] = []
+    timeline_parts: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+    rows_in = 0
+    unit: str | None = None
+    failed: Counter[str] = Counter()
+    for k, raw in enumerate(lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows)):
+        raw = raw.with_columns(_file=pl.lit(0, pl.UInt32))
+        rows_in += raw.height
+        lo, hi = raw["ts"].min(), raw["ts"].max()
+        seen: list[pl.DataFrame] = []
+        if isinstance(lo, datetime) and isinstance(hi, datetime):
+            existing = lake.read(
+                LAYER, "telemetry", ["tag", "ts"],
+                filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(lo, hi)
+                & (pl.col("source_file") != f),
+            )  # fmt: skip
+            if existing is not None and existing.height:
+                seen.append(existing)
+            # a reading repeated from an earlier slice of this file is a duplicate too
+            seen += [pl.read_parquet(p).filter(pl.col("ts").is_between(lo, hi))
+                     for a, b, p in keys if not (b < lo or a > hi)]  # fmt: skip
+            key_file = d / f"keys{k}.parquet"
+            raw.select("ts", "tag").drop_nulls().write_parquet(key_file)
+            keys.append((lo, hi, key_file))
+        ex = pl.concat(seen, how="vertical_relaxed") if seen else None
+        df = _prepare_batch(raw, spec, batches, phases, ex, now)
+        good, bad = route(df, telemetry_contract(spec))
+        accepted_contract(spec).validate(
+            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
+        )
+        valid_sp.write(
+            good.with_columns(spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US))
+            .select(SILVER_TELEMETRY_COLUMNS)
+        )  # fmt: skip
+        bad_sp.write(_quarantine_frame(bad, spec, now))
+        failed.update(bad["failed_check"].to_list())
+        slim = _slim(good)
+        stats_parts.append(_stats_agg(slim))
+        timeline_parts.append(_timeline_partial(slim))
+        if unit is None and good.height:
+            unit = good["unit_id"][0]
+        cpp_sp.write(
+            slim.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
+            .select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start")
+        )  # fmt: skip
+    outputs: dict[str, pl.DataFrame | Spool] = {
+        "telemetry": valid_sp,
+        "telemetry_quarantine": bad_sp,
+        "excursion_segments": _segments_by_tag(
+            cpp_sp, cpp_idx, spec, {"source_file": f, "batch_id": bid, "unit_id": unit or ""}
+        ),
+        "telemetry_stats": _stats_finish(_stats_merge(stats_parts), files, spec),
+        "batch_timeline": _timeline_merge(timeline_parts, files, spec),
+    }
+    _commit_outputs(lake, bid, f, outputs, run_id)
+    _log_file(lake, bid, f, rows_in, valid_sp.rows, bad_sp.rows, spec, run_id, now)
+    rep.files_processed += 1
+    rep.files.append(f)
+    rep.rows_in += rows_in
+    rep.rows_valid += valid_sp.rows
+    rep.rows_quarantined += bad_sp.rows
+    rep.segments += _height(outputs["excursion_segments"])
+    rep.failed_checks.update(failed)
+    rep.batches.add(bid)
+
+
+def _height(out: pl.DataFrame | Spool) -> int:
+    return out.rows if isinstance(out, Spool) else out.height
+
+
+def _commit_outputs(lake: Lake, bid: str, f: str, outputs: dict[str, pl.DataFrame | Spool],
+                    run_id: str) -> None:  # fmt: skip
+    """One commit per table of one file's rows, skipping tables that already hold them."""
+    for name, out in outputs.items():
+        if _height(out) == 0 and lake.exists(LAYER, name):
+            continue
+        if lake.sources_in(LAYER, name, [f], [bid]):  # committed before a crash
+            continue
+        if isinstance(out, Spool):
+            if out.schema is None:
+                continue
+            lake.append(LAYER, name, out.reader, metadata={"run_id": run_id})
+        else:
+            lake.append(LAYER, name, out, metadata={"run_id": run_id})
+
+
+def _log_file(lake: Lake, bid: str, f: str, rows_in: int, rows_valid: int, rows_bad: int,
+              spec: CppSpec, run_id: str, now: datetime) -> None:  # fmt: skip
+    """The file's ``telemetry_log`` row (same columns and types as ``_process_files``')."""
+    lake.append(LAYER, "telemetry_log", pl.DataFrame({
+        "source_file": [f], "batch_id": [bid],
+        "rows_in": pl.Series([rows_in], dtype=pl.UInt32),
+        "rows_valid": pl.Series([rows_valid], dtype=pl.UInt32),
+        "rows_quarantined": pl.Series([rows_bad], dtype=pl.UInt32),
+    }).with_columns(processed_at=pl.lit(now, UTC_US), spec_version=pl.lit(spec.version),
+                    run_id=pl.lit(run_id)))  # fmt: skip
+
+
+def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, now: datetime,
+                     limits: bronze.IngestLimits, d: Any, detail: str,
+                     rep: SilverReport) -> None:  # fmt: skip
+    """Every row of a file that cannot be processed goes to ``telemetry_quarantine``."""
+    sp = Spool(d / "quarantine.arrow")
+    for raw in lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows):
+        sp.write(raw.select(
+            "ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality",
+            failed_check=pl.lit("processing_failed"), failed_checks=pl.lit("processing_failed"),
+            offending_value=pl.lit(detail), raw="raw", extra="extra", source_file="source_file",
+            row_hash="row_hash", spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US),
+        ))  # fmt: skip
+    _commit_outputs(lake, bid, f, {"telemetry_quarantine": sp}, run_id)
+    _log_file(lake, bid, f, sp.rows, 0, sp.rows, spec, run_id, now)
+    rep.files_processed += 1
+    rep.files.append(f)
+    rep.rows_in += sp.rows
+    rep.rows_quarantined += sp.rows
+    rep.failed_checks["processing_failed"] += sp.rows
+    rep.batches.add(bid)
+
+
+def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec,
+                     consts: dict[str, str]) -> pl.DataFrame:  # fmt: skip
+    """``_segments`` of one file, one CPP tag at a time (it groups by file and tag)."""
+    parts = []
+    for t in cpp_idx if cpp.rows else []:
+        got = list(cpp.frames(pl.col("tag_idx") == t))
+        rows = pl.concat(got, how="vertical") if got else pl.DataFrame()
+        if rows.height:
+            parts.append(_segments(rows, spec, consts))
+    if not parts:
+        return pl.DataFrame(schema=SEGMENT_SCHEMA)
+    return pl.concat(parts, how="vertical").sort("start_ts")
 
 
 # ------------------------------------------------------------------------------ checks

@@ -20,15 +20,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from deltalake import (
     CommitProperties,
     DeltaTable,
@@ -38,6 +46,7 @@ from deltalake import (
     write_deltalake,
 )
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
 
 _REMOTE = ("s3://", "s3a://", "az://", "abfs://", "abfss://", "gs://", "gcs://")
 # Environment variables passed to delta-rs as storage options when the lake is remote.
@@ -81,6 +90,191 @@ def post_commit_hooks(dt: DeltaTable | None) -> PostCommitHookProperties:
     interval = int(conf.get("delta.checkpointInterval") or 100)
     at_checkpoint = (dt.version() + 1) % max(interval, 1) == 0
     return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=at_checkpoint)
+
+
+# Rows per slice when one landed file is read, validated and written piece by piece (bronze and
+# silver): what bounds the peak memory of ingesting a file of any size (docs/benchmarks.md,
+# "One large file"). Override with PHARMA_INGEST_SLICE_ROWS.
+DEFAULT_SLICE_ROWS = 250_000
+
+
+def slice_rows(env: Mapping[str, str] | None = None) -> int:
+    """Rows per slice (``PHARMA_INGEST_SLICE_ROWS``, default ``DEFAULT_SLICE_ROWS``)."""
+    env = os.environ if env is None else env
+    raw = env.get("PHARMA_INGEST_SLICE_ROWS", "")
+    try:
+        n = int(raw) if raw else DEFAULT_SLICE_ROWS
+    except ValueError:
+        raise ValueError(f"PHARMA_INGEST_SLICE_ROWS={raw!r} is not a whole number") from None
+    if n < 1:
+        raise ValueError(f"PHARMA_INGEST_SLICE_ROWS={raw!r} must be at least 1")
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def scratch_dir(lake: Lake) -> Iterator[Path]:
+    """A private scratch folder for spooling one file's slices, removed afterwards.
+
+    Local lakes keep it under ``<root>/_spool`` (same disk as the tables); folders left by
+    a killed process (its pid is in the name and no longer alive) are removed on the way
+    in. Object-store lakes use the system temporary folder.
+    """
+    if lake.is_local:
+        base = Path(lake.root) / "_spool"
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            pid = old.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        d = base / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        d.mkdir()
+    else:
+        d = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-pharma-spool-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Spool:
+    """Rows written slice by slice to a scratch Arrow IPC file and read back as a stream.
+
+    What lets a file of any size be committed in ONE Delta commit (``Lake.append`` with
+    ``spool.reader``) while only one slice is in memory at a time. Every slice is cast to
+    the first slice's Arrow schema and read back one record batch at a time (Arrow IPC with
+    LZ4: writing and reading cost a fraction of Parquet's).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.schema: pa.Schema | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height == 0 and self._writer is not None:
+            return
+        table = df.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:
+            self.schema = table.schema
+            opts = pa.ipc.IpcWriteOptions(compression="lz4")
+            self._writer = pa.ipc.new_file(str(self.path), table.schema, options=opts)
+        else:
+            assert self.schema is not None
+            if set(table.schema.names) != set(self.schema.names):
+                raise ValueError(
+                    f"{self.path.name}: a slice has columns {sorted(table.schema.names)}, the "
+                    f"first had {sorted(self.schema.names)}"
+                )
+            table = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(table, max_chunksize=65_536)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        self.close()
+        if self.schema is None:
+            return
+        with pa.OSFile(str(self.path)) as src:  # not mmap: mapped pages would count as RSS
+            f = pa.ipc.open_file(src)
+            for i in range(f.num_record_batches):
+                yield f.get_batch(i)
+
+    def reader(self) -> pa.RecordBatchReader:
+        """A fresh stream over the spooled rows (one record batch in memory at a time)."""
+        self.close()
+        assert self.schema is not None, "nothing was spooled"
+        return pa.RecordBatchReader.from_batches(self.schema, self._batches())
+
+    def frames(self, where: pl.Expr | None = None) -> Iterator[pl.DataFrame]:
+        """The spooled rows, a record batch at a time (optionally filtered)."""
+        for b in self._batches():
+            df = pl.from_arrow(b)
+            assert isinstance(df, pl.DataFrame)
+            yield df if where is None else df.filter(where)
+
+
+PART_ROWS = 10_000_000  # rows per Parquet file of a streamed append
+ROW_GROUP_ROWS = 262_144  # rows per row group (what a reader holds at a time)
+
+
+def _stat(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return v
+
+
+def _write_parts(folder: Path, reader: pa.RecordBatchReader) -> list[AddAction]:
+    """Write a stream to Parquet files in a table's folder; their Delta add actions."""
+    adds: list[AddAction] = []
+    cols = [c for c in STATS_COLUMNS if c in reader.schema.names]
+    writer: pq.ParquetWriter | None = None
+    path: Path | None = None
+    rows = 0
+    lo: dict[str, Any] = {}
+    hi: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+
+    def close() -> None:
+        nonlocal writer, path, rows
+        if writer is None or path is None:
+            return
+        writer.close()
+        st = path.stat()
+        stats = {"numRecords": rows, "minValues": {c: _stat(v) for c, v in lo.items()},
+                 "maxValues": {c: _stat(v) for c, v in hi.items()}, "nullCount": nulls}  # fmt: skip
+        adds.append(AddAction(path.name, st.st_size, {}, int(st.st_mtime * 1000), True,
+                              json.dumps(stats)))  # fmt: skip
+        writer, path, rows = None, None, 0
+        lo.clear()
+        hi.clear()
+        nulls.clear()
+
+    def flush(batches: list[pa.RecordBatch]) -> None:
+        nonlocal writer, path, rows
+        if not batches:
+            return
+        t = pa.Table.from_batches(batches, schema=reader.schema)
+        if writer is None:
+            path = folder / f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
+            writer = pq.ParquetWriter(path, t.schema, compression="zstd", compression_level=1)
+        writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
+        rows += t.num_rows
+        for c in cols:
+            mm = pc.min_max(t[c])
+            nulls[c] = nulls.get(c, 0) + t[c].null_count
+            a, b = mm["min"].as_py(), mm["max"].as_py()
+            if a is not None:
+                lo[c] = a if c not in lo else min(lo[c], a)
+                hi[c] = b if c not in hi else max(hi[c], b)
+        if rows >= PART_ROWS:
+            close()
+
+    buf: list[pa.RecordBatch] = []
+    n = 0
+    for b in reader:
+        buf.append(b)
+        n += b.num_rows
+        if n >= ROW_GROUP_ROWS:
+            flush(buf)
+            buf, n = [], 0
+    flush(buf)
+    close()
+    return adds
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -232,6 +426,28 @@ class Lake:
         got = lf.filter(where).select(pl.col("source_file").unique()).collect()
         return set(got["source_file"].to_list())
 
+    def file_slices(
+        self, layer: str, name: str, batch_id: str, source_file: str, rows: int
+    ) -> Iterator[pl.DataFrame]:
+        """The rows of one source file (of one batch), at most ``rows`` at a time.
+
+        Reads one Parquet row group at a time (pruned by the files' and row groups'
+        statistics on ``batch_id`` and ``source_file``), so memory stays flat however many
+        rows the file has. Rows come in the table's file order, then row order.
+        """
+        dt = self.table(layer, name)
+        if dt is None:
+            return
+        flt = (pads.field("batch_id") == batch_id) & (pads.field("source_file") == source_file)
+        ds = dt.to_pyarrow_dataset()
+        for frag in ds.get_fragments(filter=flt):
+            for rg in frag.split_by_row_group(filter=flt):  # type: ignore[attr-defined]
+                t = rg.to_table(filter=flt, use_threads=False)
+                for k in range(0, t.num_rows, rows):
+                    df = pl.from_arrow(t.slice(k, rows))
+                    assert isinstance(df, pl.DataFrame)
+                    yield df
+
     def written_sources(self, layer: str, name: str, source_files: Iterable[str]) -> set[str]:
         """The subset of ``source_files`` marked written by an application transaction.
 
@@ -249,7 +465,7 @@ class Lake:
         self,
         layer: str,
         name: str,
-        data: pl.DataFrame | pa.Table,
+        data: pl.DataFrame | pa.Table | Callable[[], pa.RecordBatchReader],
         source_files: Sequence[str] = (),
         partition_by: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -257,11 +473,11 @@ class Lake:
     ) -> int:
         """Append rows (maybe none) and mark ``source_files`` as written, in one commit.
 
-        Returns the new table version. Retries commit conflicts with other writers.
+        ``data`` may be a function returning a fresh stream of record batches (for example
+        ``Spool.reader``): the rows are then written as they are read, in one commit,
+        without holding them all in memory. Returns the new table version. Retries commit
+        conflicts with other writers.
         """
-        # polars frames go through the Arrow C stream interface: no to_arrow() copy of
-        # string-view columns (measured 2-3x faster for a 1.5M-row append)
-        table = data
         props = CommitProperties(
             custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
             app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,
@@ -270,8 +486,25 @@ class Lake:
         uri = self.uri(layer, name)
         if self.is_local:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if callable(data) and self.is_local and not partition_by:
+            return self._append_stream(layer, name, data, props, configuration)
+        return self._append_delta_rs(layer, name, data, partition_by, props, configuration)
+
+    def _append_delta_rs(
+        self,
+        layer: str,
+        name: str,
+        data: pl.DataFrame | pa.Table | Callable[[], pa.RecordBatchReader],
+        partition_by: Sequence[str] | None,
+        props: CommitProperties,
+        configuration: Mapping[str, str] | None,
+    ) -> int:
+        uri = self.uri(layer, name)
         last: Exception | None = None
         for attempt in range(self.commit_retries):
+            # polars frames go through the Arrow C stream interface: no to_arrow() copy of
+            # string-view columns (measured 2-3x faster for a 1.5M-row append)
+            table = data() if callable(data) else data
             try:
                 # load the snapshot once: write_deltalake commits against it and updates it in
                 # place, so its version is this commit's (no second load of the log)
@@ -296,6 +529,56 @@ class Lake:
             except (CommitFailedError, OSError) as e:  # concurrent creators / writers
                 last = e
                 time.sleep(0.05 * (2**attempt))
+        raise WriteConflictError(f"could not commit to {uri}: {last}") from last
+
+    def _append_stream(
+        self,
+        layer: str,
+        name: str,
+        data: Callable[[], pa.RecordBatchReader],
+        props: CommitProperties,
+        configuration: Mapping[str, str] | None,
+    ) -> int:
+        """Append a stream of rows in one commit with flat memory (local lakes).
+
+        delta-rs's writer keeps growing while it consumes a stream (about 80 bytes per
+        bronze row: 1 M rows +270 MB, 5 M rows +590 MB, measured), so the rows are written
+        here, one row group at a time, to Parquet files in the table's folder, and committed
+        with one ``create_write_transaction`` of their add actions (statistics of
+        ``STATS_COLUMNS`` included). A crash before the commit leaves only unreferenced
+        files, which readers never see (vacuum removes them). A table that does not exist
+        yet is created empty first; an older partitioned table takes the delta-rs path.
+        """
+        reader = data()
+        uri = self.uri(layer, name)
+        dt = self.table(layer, name)
+        if dt is None:
+            empty = pa.Table.from_batches([], schema=reader.schema)
+            self.append(layer, name, empty, configuration=configuration)
+            dt = self.table(layer, name)
+            assert dt is not None
+        known = {f.name for f in dt.schema().fields}
+        if dt.metadata().partition_columns or set(reader.schema.names) - known:
+            reader.close()
+            return self._append_delta_rs(layer, name, data, None, props, configuration)
+        adds = _write_parts(Path(uri), reader)
+        actions: list[AddAction | RemoveAction] = list(adds)
+        last: Exception | None = None
+        for attempt in range(self.commit_retries):
+            try:
+                dt = self.table(layer, name)
+                assert dt is not None
+                dt.create_write_transaction(
+                    actions, mode="append", schema=dt.schema(), commit_properties=props,
+                    post_commithook_properties=post_commit_hooks(dt),
+                )  # fmt: skip
+                dt.update_incremental()
+                return dt.version()
+            except (CommitFailedError, OSError) as e:
+                last = e
+                time.sleep(0.05 * (2**attempt))
+        for a in adds:
+            (Path(uri) / a.path).unlink(missing_ok=True)
         raise WriteConflictError(f"could not commit to {uri}: {last}") from last
 
     def overwrite(
