@@ -464,7 +464,7 @@ def ingest_files(
                 _commit(lake, source, group, rep)
                 group, group_rows = [], 0
             _ingest_large(lake, landing_root, source, f, big, run_id, now_f, limits,
-                          seen_sha, seen_rows, rep)  # fmt: skip
+                          seen_sha, seen_rows, rep, guard)  # fmt: skip
             continue
         if source in SCHEMAS and source != "telemetry" and f.size > limits.max_text_bytes:
             detail = (f"{f.size:,} bytes; the limit for {source} files is "
@@ -621,7 +621,8 @@ def _record_attempt(lake: Lake, f: LandedFile, run_id: str, now: datetime) -> No
 
 def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFile, rows: int,
                   run_id: str, now: datetime, limits: IngestLimits, seen_sha: dict[str, str],
-                  seen_rows: dict[str, int], rep: IngestReport) -> None:  # fmt: skip
+                  seen_rows: dict[str, int], rep: IngestReport,
+                  guard: AmendmentGuard | None = None) -> None:  # fmt: skip
     """One large Parquet file: slices parsed and spooled, then ONE commit of all its rows.
 
     The spool (a scratch Parquet file) holds the typed rows while the file is read, so a
@@ -649,7 +650,10 @@ def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFi
             spool = Spool(d / "bronze.arrow")
             try:
                 for part in _parquet_slices(path, limits.slice_rows):
-                    spool.write(_finish(_coerce(part, SCHEMAS[source]), f, now, run_id, source))
+                    typed = _finish(_coerce(part, SCHEMAS[source]), f, now, run_id, source)
+                    if guard is not None:  # a slice that changes accepted values: held whole
+                        guard.check(f, typed, sha, [], rep.batches)
+                    spool.write(typed)
                 if spool.rows == 0:
                     raise FileRejected("empty_file", "no records", rows=0)
             except FileRejected as e:

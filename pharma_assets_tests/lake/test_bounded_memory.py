@@ -270,3 +270,33 @@ def test_files_over_the_size_caps_are_quarantined_and_others_go_on(
     mes = log.filter(pl.col("source") == "mes")
     assert mes.height > 0 and set(mes["reason"]) == {"file_too_large"}
     assert lake.read("bronze", "ingest_attempts") is None  # refused before any attempt
+
+
+def test_a_large_correction_under_a_new_name_is_held_as_an_amendment(
+    big: tuple[str, Path, int], landing: Path, tmp_path: Path
+) -> None:
+    """The sliced path checks every slice against accepted values, as the whole-file path
+    does: a re-delivery of the large file with ONE changed reading in its last slice is held
+    whole (amended_delivery, the file's row count), and bronze keeps only the old rows."""
+    bid, path, rows = big
+    lake = Lake.at(tmp_path / "lake")
+    ingest(lake, landing, bid, SLICED)
+    df = pl.read_parquet(path).head(rows - 100)  # the repeated tail would be a duplicate key
+    i = df.height - 10  # in the last slice
+    df = df.with_columns(
+        value=pl.when(pl.int_range(pl.len()) == i).then(pl.col("value") + 1.0)
+        .otherwise(pl.col("value"))
+    )  # fmt: skip
+    corrected = path.with_name("z_" + path.name)
+    df.write_parquet(corrected)
+    tel = files_for_batch(landing, "telemetry", bid)
+    bronze.ingest_files(lake, landing, "telemetry", tel, "t2", now=NOW, limits=SLICED)
+    rel = corrected.relative_to(landing).as_posix()
+    row = bronze.read_log(lake, [bid]).filter(pl.col("source_file") == rel).row(0, named=True)
+    assert (row["status"], row["reason"], row["rows"]) == ("quarantined", "amended_delivery",
+                                                          df.height)  # fmt: skip
+    changes = lake.read("bronze", "amendment_changes")
+    assert changes is not None and changes.height == 1
+    assert lake.read("bronze", "telemetry", filter_expr=pl.col("source_file") == rel) is None or (
+        lake.read("bronze", "telemetry", filter_expr=pl.col("source_file") == rel).height == 0
+    )
