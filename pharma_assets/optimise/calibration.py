@@ -198,6 +198,9 @@ def build_problem(
     if v0:
         base = base.with_values(V0=v0)
     t_end = math.floor(obs.as_of_h / model.DT_H) * model.DT_H
+    # the shift as it happened; not seen yet: no earlier than now
+    shift_h = obs.shift_h if obs.shift_h is not None else max(float(base.shift_h[0]), t_end)
+    base = base.with_values(shift_h=shift_h)
     hours = math.ceil(t_end)
     feed_hist = _feed_history(obs, base, hours)
     base = base.with_values(feed_factor=_feed_factor(obs, base, feed_hist))

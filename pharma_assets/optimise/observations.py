@@ -48,6 +48,7 @@ class BatchObservations:
     hourly: dict[str, np.ndarray] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
     end_h: float | None = None  # actual end, when the batch ended before as_of
+    shift_h: float | None = None  # start of the production phase (temperature shift), if seen
 
     def until(self, as_of_h: float) -> BatchObservations:
         """The same batch as it was known at ``as_of_h`` (nothing later)."""
@@ -61,6 +62,7 @@ class BatchObservations:
             lims={a: tv for a, tv in lims.items() if len(tv[0])},
             hourly={k: v[:hours] for k, v in self.hourly.items()},
             end_h=self.end_h if self.end_h is not None and self.end_h <= as_of_h else None,
+            shift_h=self.shift_h if self.shift_h is not None and self.shift_h <= as_of_h else None,
         )
 
     def missing(self) -> list[str]:
@@ -116,6 +118,7 @@ def from_engine(
                 hourly=hourly,
                 tags=frozenset(hourly),
                 end_h=end_h,
+                shift_h=float(inputs.shift_h[b]) if inputs.shift_h[b] <= end_h else None,
             )
         )
     return out
@@ -186,6 +189,16 @@ def from_lake(lake: Lake, batch_id: str, as_of: datetime | None = None) -> Batch
     end_h = None
     if end_ts is not None and end_ts <= as_of:
         end_h = (end_ts - start).total_seconds() / 3600.0
+    shift_h = None
+    phases = lake.read(
+        "silver",
+        "batch_phases",
+        filter_expr=(pl.col("batch_id") == batch_id) & (pl.col("phase") == "production"),
+    )
+    if phases is not None and not phases.is_empty():
+        shift_ts: datetime = phases["start_ts"].min()  # type: ignore[assignment]
+        if shift_ts <= as_of:
+            shift_h = (shift_ts - start).total_seconds() / 3600.0
     return BatchObservations(
         batch_id=batch_id,
         recipe_id=str(b["recipe_id"]),
@@ -195,4 +208,5 @@ def from_lake(lake: Lake, batch_id: str, as_of: datetime | None = None) -> Batch
         hourly=hourly,
         tags=frozenset(tags),
         end_h=end_h,
+        shift_h=shift_h,
     )
