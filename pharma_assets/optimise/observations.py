@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -124,11 +124,13 @@ def from_engine(
     return out
 
 
-def from_lake(lake: Lake, batch_id: str, as_of: datetime | None = None) -> BatchObservations:
+def from_lake(
+    lake: Lake, batch_id: str, as_of: datetime | None = None, as_of_h: float | None = None
+) -> BatchObservations:
     """Read one batch from the lake, keeping only what was known at ``as_of``.
 
-    ``as_of`` defaults to the batch end (complete or aborted) or, for a running batch, its
-    latest telemetry minute.
+    ``as_of`` (or ``as_of_h``, hours after inoculation) defaults to the batch end (complete
+    or aborted) or, for a running batch, its latest telemetry minute.
     """
     batches = lake.read("silver", "batches", filter_expr=pl.col("batch_id") == batch_id)
     if batches is None or batches.is_empty():
@@ -136,6 +138,10 @@ def from_lake(lake: Lake, batch_id: str, as_of: datetime | None = None) -> Batch
     b = batches.row(0, named=True)
     start: datetime = b["start_ts"]
     end_ts: datetime | None = b.get("end_ts")
+    if as_of_h is not None:
+        if as_of_h < 0:
+            raise ValueError(f"as-of {as_of_h} h is before the inoculation of {batch_id}")
+        as_of = start + timedelta(hours=as_of_h)
     timeline = lake.read(
         "silver",
         "batch_timeline",

@@ -81,3 +81,21 @@ def test_a_lake_batch_without_feed_and_volume_tags_is_refused_by_name(tmp_path: 
     assert str(e.value) == (
         "batch BR01-B0001 lacks what calibration needs: tag volume_l, tag feed_rate_ml_h"
     )
+
+
+def test_cli_whatif_prints_baseline_and_scenario(lake: Lake) -> None:
+    from typer.testing import CliRunner
+
+    from pharma_assets.cli import app
+
+    args = ["whatif", "BR01-B0001", "--as-of", "7", "--lake", lake.root, "--members", "20"]
+    r = CliRunner().invoke(app, [*args, "--production-temp", "32.5", "--harvest-day", "14.5"])
+    assert r.exit_code == 0, r.output
+    assert "calibrated batch BR01-B0001 at 168.0 h" in r.output
+    assert "scenario: production_temp_c=32.5, harvest_day=14.5" in r.output
+    assert "product mass (kg)" in r.output and "baseline" in r.output
+    bad = CliRunner().invoke(app, [*args, "--ph", "15"])
+    assert bad.exit_code == 1
+    assert "pH set-point 15 is outside the physical limits [0, 14]" in bad.output
+    missing = CliRunner().invoke(app, ["whatif", "BR09-B0001", "--lake", lake.root])
+    assert missing.exit_code == 1 and "'BR09-B0001' is not in silver/batches" in missing.output
