@@ -204,14 +204,23 @@ def _outcome(cal: CalibratedBatch, u: model.TwinInputs) -> Outcome:
     end_h = math.ceil(float(u.end_h.max()) / model.DT_H) * model.DT_H
     fwd, _ = model.simulate(u, cal.state, max(end_h, cal.as_of_h), params=cal.params)
     hist = cal.history
-    traj = {k: np.concatenate([hist[k][:-1], fwd[k]]) for k in model.STATE_NAMES}
-    t_h = np.concatenate([hist["t_h"][:-1], fwd["t_h"]])
+    traj = {k: np.concatenate([hist[k][:-1], fwd[k]]) for k in (*model.STATE_NAMES, "t_h")}
+    cqas = cqas_at_harvest(traj, u)
+    t_h = traj.pop("t_h")
+    return Outcome(t_h, traj, cqas)
+
+
+def cqas_at_harvest(traj: dict[str, np.ndarray], u: model.TwinInputs) -> dict[str, np.ndarray]:
+    """Each member's CQAs at its own harvest (``u.end_h``) from its trajectory since
+    inoculation (``traj`` as `model.simulate` returns it); adds viability and product mass
+    to ``traj``."""
+    t_h = traj["t_h"]
     traj["viability_pct"] = 100.0 * traj["Xv"] / (traj["Xv"] + traj["Xd"])
     traj["product_kg"] = traj["P"] * traj["V"] / 1000.0
-    # harvest: each member at its own end (scenarios may change it)
-    k_end = np.minimum(np.round(u.end_h / model.DT_H).astype(int), len(t_h) - 1)
+    k_end = np.minimum(np.round(u.end_h / model.DT_H).astype(int) - round(t_h[0] / model.DT_H),
+                       len(t_h) - 1)  # fmt: skip
     members = np.arange(u.n)
-    at = {k: v[k_end, members] for k, v in traj.items()}
+    at = {k: traj[k][k_end, members] for k in (*model.STATE_NAMES, "viability_pct", "product_kg")}
     upto = t_h[:, None] <= u.end_h[None, :]
     peak_a = np.where(upto, traj["A"], -np.inf).max(axis=0)
     peak_l = np.where(upto, traj["L"], -np.inf).max(axis=0)
@@ -231,7 +240,7 @@ def _outcome(cal: CalibratedBatch, u: model.TwinInputs) -> Outcome:
         36.0 + 0.9 * peak_a + 1.6 * dT - 0.12 * (NOMINAL_MN_PPB - 40.0) + 6.0 * dead
         + 0.02 * (NOMINAL_PEAK_OSMOLALITY - 400)
     )  # fmt: skip
-    cqas = {
+    return {
         "titer_g_l": at["P"],
         "product_mass_kg": at["product_kg"],
         "harvest_volume_l": at["V"],
@@ -241,7 +250,6 @@ def _outcome(cal: CalibratedBatch, u: model.TwinInputs) -> Outcome:
         "aggregates_hmw_pct": aggregates,
         "g0f_pct": g0f,
     }
-    return Outcome(t_h, traj, cqas)
 
 
 def run_whatif(
