@@ -282,7 +282,7 @@ def calibrate(
         cost_new = float(r_new @ r_new)
         if cost_new < cost:
             theta, r, J = theta + step, r_new, J_new
-            done = cost - cost_new < 1e-6 * max(cost, 1.0) or np.max(np.abs(step)) < 1e-4
+            done = cost - cost_new < 1e-4 * max(cost, 1.0) or np.max(np.abs(step)) < 1e-3
             cost = cost_new
             lam = max(lam / 3, 1e-6)
             if done:

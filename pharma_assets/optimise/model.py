@@ -191,14 +191,39 @@ def simulate(
     n_hist = 0 if feed_hist_lph is None else len(feed_hist_lph)
     Xv, Xd, G, Gln, L, A, P, V = (getattr(s, name).copy() for name in STATE_NAMES)
     rec: dict[str, np.ndarray] = {name: np.empty((n_steps + 1, u.n)) for name in STATE_NAMES}
-    exp, sqrt, maximum, where = np.exp, np.sqrt, np.maximum, np.where
+    maximum, where = np.maximum, np.where
     evap = p.evaporation_l_h * u.V0 / 2000.0
+    # everything that depends only on time and inputs, for all steps at once: (steps, members)
+    t_all = ((k0 + np.arange(n_steps)) * dt_h)[:, None]
+    T = temperature_setpoint(u, t_all)
+    f_T = where(T <= 36.5, np.exp(-p.temp_growth_coeff * (36.5 - T)), np.exp(-0.5 * (T - 36.5)))
+    f_met = np.exp(-0.1 * (36.5 - T))
+    f_pH = np.exp(-(((u.ph_sp - 7.0) / 0.3) ** 2))
+    mu_fac = p.mu_max * u.mu_mult * f_T * f_pH
+    sq_met = np.sqrt(f_met)
+    our_fac = p.q_o2 * (0.6 + 0.4 * f_met)
+    qp_fac = p.q_p * u.qp_mult * (1.0 + p.qp_temp_gain * (36.5 - T)) * f_pH
+    day = t_all / 24.0
+    kd_fixed = u.kd_mult * (
+        p.kd_min
+        + p.kd_age * day * day
+        + 0.02 * maximum(T - 38.0, 0.0)
+        + 0.05 * maximum(abs(u.ph_sp - 7.0) - 0.3, 0.0)
+    )
+    feed = where(
+        (t_all >= u.feed_start_h) & (t_all < u.feed_end_h), u.feed_lph * u.feed_factor, 0.0
+    )
+    n_seen = min(n_hist, n_steps)
+    if n_seen:
+        hours = np.floor(t_all[:, 0]).astype(int)
+        seen = hours < n_hist
+        feed[seen] = np.asarray(feed_hist_lph, float)[hours[seen]][:, None]
+    o2_cap = u.kla_min * u.c_sat
     f_do = np.full(u.n, 40.0 / 43.0)
     for j in range(n_steps + 1):
         k = k0 + j
-        t = k * dt_h
         if k % steps_per_day == 0 and j > 0:  # a state at t already holds t's bolus
-            need = (u.gc_threshold > G) & (t < u.end_h)
+            need = (u.gc_threshold > G) & (k * dt_h < u.end_h)
             vol = where(need, (u.gc_bolus_to - G) * V / (u.gc_stock - u.gc_bolus_to), 0.0)
             vol = maximum(vol, 0.0)
             G = (G * V + vol * u.gc_stock) / (V + vol)
@@ -209,60 +234,41 @@ def simulate(
         rec["L"][j], rec["A"][j], rec["P"][j], rec["V"][j] = L, A, P, V
         if j == n_steps:
             break
-        hour = int(t)
-        if hour < n_hist:
-            F = np.full(u.n, float(feed_hist_lph[hour]))  # type: ignore[index]
-        else:
-            F = where((t >= u.feed_start_h) & (t < u.feed_end_h), u.feed_lph * u.feed_factor, 0.0)
-        T = temperature_setpoint(u, t)
-        f_T = where(T <= 36.5, exp(-p.temp_growth_coeff * (36.5 - T)), exp(-0.5 * (T - 36.5)))
-        f_met = exp(-0.1 * (36.5 - T))
-        f_pH = exp(-(((u.ph_sp - 7.0) / 0.3) ** 2))
+        F = feed[j]
         # DO: the set-point, or higher while minimum agitation already over-supplies O2
-        our = p.q_o2 * Xv * (0.6 + 0.4 * f_met) * f_do
-        do_free = 100.0 * (1.0 - our / (u.kla_min * u.c_sat))
-        DO = np.minimum(maximum(u.do_sp, do_free), 100.0)
+        DO = np.minimum(maximum(u.do_sp, 100.0 - 100.0 * our_fac[j] * Xv * f_do / o2_cap), 100.0)
         f_do = DO / (DO + 3.0)
         mu = (
-            p.mu_max * u.mu_mult * f_T * f_pH * f_do
+            mu_fac[j] * f_do
             * G / (G + p.k_glc) * Gln / (Gln + p.k_gln)
-            / (1.0 + L / p.ki_lac) / (1.0 + A / p.ki_amm)
+            / ((1.0 + L / p.ki_lac) * (1.0 + A / p.ki_amm))
             * maximum(1.0 - Xv / p.x_max, 0.0)
         )  # fmt: skip
-        day = t / 24.0
-        kd = u.kd_mult * (
-            p.kd_min
-            + p.kd_amm * A / (A + p.k_d_amm)
-            + p.kd_age * day * day
+        kd = kd_fixed[j] + u.kd_mult * (
+            p.kd_amm * A / (A + p.k_d_amm)
             + p.kd_starve * 0.1 / (G + 0.1)
-            + 0.004 * 0.1 / (Gln + 0.1)
-            + 0.02 * maximum(T - 38.0, 0.0)
+            + 0.0004 / (Gln + 0.1)
             + 0.02 * maximum((5.0 - DO) / 5.0, 0.0)
-            + 0.05 * maximum(abs(u.ph_sp - 7.0) - 0.3, 0.0)
         )
-        q_glc = (p.q_glc_m + p.y_glc_mu * mu) * sqrt(f_met)
+        q_glc = (p.q_glc_m + p.y_glc_mu * mu) * sq_met[j]
         s_shift = mu / (mu + p.mu_shift)
         q_lac = p.y_lac_glc * q_glc * s_shift * G / (G + 0.05) - p.q_lac_c * (1.0 - s_shift) * L / (
             L + 0.5
         )
         q_gln = (p.q_gln_m + p.y_gln_mu * mu) * Gln / (Gln + 0.3)
-        q_p = p.q_p * u.qp_mult * (1.0 + p.qp_temp_gain * (36.5 - T)) * f_pH
-        D = F / V
-        dXv = (mu - kd) * Xv - D * Xv
-        dXd = kd * Xv - p.k_lysis * Xd - D * Xd
-        dG = -q_glc * Xv + F * u.feed_G / V - D * G
-        dL = q_lac * Xv - D * L
-        dGln = -q_gln * Xv - p.k_gln_deg * Gln + F * u.feed_Gln / V - D * Gln
-        dA = (p.y_amm_gln * q_gln + p.q_amm_aa) * Xv + p.k_gln_deg * Gln - D * A
-        dP = q_p * Xv - D * P
         h = dt_h
-        Xv = maximum(Xv + h * dXv, 1e-6)
-        Xd = maximum(Xd + h * dXd, 0.0)
-        G = maximum(G + h * dG, 0.0)
-        L = maximum(L + h * dL, 0.0)
-        Gln = maximum(Gln + h * dGln, 0.0)
-        A = maximum(A + h * dA, 0.0)
-        P = maximum(P + h * dP, 0.0)
+        hD = h * F / V
+        hX = h * Xv
+        Xv_new = maximum(Xv + (h * (mu - kd) - hD) * Xv, 1e-6)
+        Xd = maximum(Xd + kd * hX - (h * p.k_lysis + hD) * Xd, 0.0)
+        G = maximum(G - q_glc * hX + hD * (u.feed_G - G), 0.0)
+        L = maximum(L + q_lac * hX - hD * L, 0.0)
+        Gln_new = maximum(Gln - q_gln * hX - h * p.k_gln_deg * Gln + hD * (u.feed_Gln - Gln), 0.0)
+        A = maximum(
+            A + (p.y_amm_gln * q_gln + p.q_amm_aa) * hX + h * p.k_gln_deg * Gln - hD * A, 0.0
+        )
+        P = maximum(P + qp_fac[j] * hX - hD * P, 0.0)
+        Xv, Gln = Xv_new, Gln_new
         V = V + h * (F - evap)
     rec["t_h"] = (k0 + np.arange(n_steps + 1)) * dt_h
     end = TwinState((k0 + n_steps) * dt_h, Xv, Xd, G, Gln, L, A, P, V)
