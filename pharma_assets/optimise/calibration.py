@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,13 @@ VIABILITY_MODEL_SD = 1.5  # % points
 CAPACITANCE_EVERY_H = 6  # use one hourly capacitance mean every this many hours
 MIN_VCD_SAMPLES = 2  # fewer LIMS VCD results than this: prior only
 FD_STEP = 0.01  # finite-difference step on the log parameters
+# Stop below this relative decrease of the cost (actual or predicted; 1 % of a chi-square
+# of ~20 moves the parameters by about a tenth of their sd), when no log parameter would move
+# by more than TOL_STEP, or after MAX_REJECTED rejected steps in a row: the cost is slightly
+# rough (a glucose bolus is a discrete event), so LM would otherwise shrink its steps for ever.
+TOL_COST = 1e-2
+TOL_STEP = 1e-3
+MAX_REJECTED = 2
 
 
 @dataclass
@@ -181,7 +189,10 @@ def _feed_factor(obs: BatchObservations, base: model.TwinInputs, hist: np.ndarra
 
 
 def build_problem(
-    obs: BatchObservations, recipe: Recipe, params: KineticParams | None = None
+    obs: BatchObservations,
+    recipe: Recipe,
+    params: KineticParams | None = None,
+    prior: dict[str, tuple[float, float]] | None = None,
 ) -> _Problem:
     if obs.recipe_id != recipe.recipe_id:
         raise ValueError(f"batch {obs.batch_id} ran {obs.recipe_id}, not {recipe.recipe_id}")
@@ -208,6 +219,12 @@ def build_problem(
     names = ("log_xv0", "log_mu", "log_kd", "log_qp") + (("log_cap",) if has_cap else ())
     prior_mean = np.array([math.log(CAPACITANCE_FACTOR) if n == "log_cap" else 0.0 for n in names])
     prior_sd = np.array([PRIOR_SD[n] for n in names])
+    for name, (p_mean, p_sd) in (prior or {}).items():
+        if name not in names:
+            raise KeyError(f"prior for unknown parameter {name!r}; parameters are {names}")
+        if not p_sd > 0:
+            raise ValueError(f"prior sd of {name} must be positive, got {p_sd}")
+        prior_mean[names.index(name)], prior_sd[names.index(name)] = p_mean, p_sd
     pb = _Problem(obs, recipe, names, prior_mean, prior_sd, base, s0, t_end, feed_hist,
                   params or KineticParams())  # fmt: skip
     kinds: list[str] = []
@@ -252,9 +269,13 @@ def calibrate(
     seed: int = 0,
     params: KineticParams | None = None,
     max_iter: int = 20,
+    prior: dict[str, tuple[float, float]] | None = None,
 ) -> CalibratedBatch:
-    """Calibrate the twin to ``obs`` and return an ensemble of ``n_members`` twins."""
-    pb = build_problem(obs, recipe, params)
+    """Calibrate the twin to ``obs`` and return an ensemble of ``n_members`` twins.
+
+    ``prior`` replaces the recipe prior (mean, sd of the log multiplier) of some parameters,
+    e.g. a lot prior from `lot_prior`."""
+    pb = build_problem(obs, recipe, params, prior)
     p = len(pb.names)
     n_vcd = sum(k == VCD for k in pb.kinds)
     rng = np.random.default_rng(seed)
@@ -274,22 +295,30 @@ def calibrate(
     eye = np.eye(p)
     r, J = _residuals_and_jacobian(pb, theta)
     cost = float(r @ r)
+    rejected = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
         A = J.T @ J
         g = J.T @ r
         step = np.linalg.solve(A + lam * np.diag(np.diag(A) + 1e-9) + 1e-12 * eye, -g)
+        lin = r + J @ step
+        # converged: the linearised model promises nothing worth a run, or the step is far
+        # below the posterior's width (the cost is slightly rough: boluses are discrete events)
+        if cost - float(lin @ lin) < TOL_COST * max(cost, 1.0) or np.max(np.abs(step)) < TOL_STEP:
+            break
         r_new, J_new = _residuals_and_jacobian(pb, theta + step)
         cost_new = float(r_new @ r_new)
         if cost_new < cost:
             theta, r, J = theta + step, r_new, J_new
-            done = cost - cost_new < 1e-4 * max(cost, 1.0) or np.max(np.abs(step)) < 1e-3
+            done = cost - cost_new < TOL_COST * max(cost, 1.0)
             cost = cost_new
             lam = max(lam / 3, 1e-6)
+            rejected = 0
             if done:
                 break
         else:
             lam *= 5
-            if lam > 1e6:
+            rejected += 1
+            if rejected >= MAX_REJECTED:
                 break
     n_d = len(pb.y)
     r_d, J_d = r[:n_d], J[:n_d]
@@ -346,3 +375,36 @@ def _ensemble(
         iterations=it,
         params=pb.params,
     )
+
+
+# Which lot carries which multiplier, and the batch-to-batch spread left within a lot: the
+# feed lot sets productivity; growth is the media lot times the seed train's vitality.
+LOT_PARAMETERS = {"feed_lot": ("log_qp", 0.03), "media_lot": ("log_mu", 0.04)}
+
+
+def lot_prior(
+    obs: BatchObservations, earlier: Sequence[tuple[BatchObservations, CalibratedBatch]]
+) -> dict[str, tuple[float, float]]:
+    """An empirical-Bayes prior from earlier calibrated batches of the same lots.
+
+    For each lot parameter, the precision-weighted mean of the estimates of the earlier
+    batches that used the same lot, with sd = sqrt(within-lot spread² + 1 / total
+    precision); parameters with no earlier batch of the lot keep the recipe prior. The
+    caller decides what "earlier" means (batches finished before this one's as-of time).
+    """
+    out = {}
+    for lot_key, (name, within_sd) in LOT_PARAMETERS.items():
+        lot = obs.lots.get(lot_key)
+        if lot is None:
+            continue
+        est, prec = [], []
+        for o, c in earlier:
+            if o.lots.get(lot_key) == lot and name in c.names and not c.prior_only:
+                i = c.names.index(name)
+                est.append(float(c.theta_hat[i]))
+                prec.append(1.0 / float(c.cov[i, i]))
+        if est:
+            w = np.array(prec)
+            mean = float(np.dot(w, est) / w.sum())
+            out[name] = (mean, math.sqrt(within_sd**2 + 1.0 / w.sum()))
+    return out

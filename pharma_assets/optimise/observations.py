@@ -49,6 +49,8 @@ class BatchObservations:
     tags: frozenset[str] = frozenset()
     end_h: float | None = None  # actual end, when the batch ended before as_of
     shift_h: float | None = None  # start of the production phase (temperature shift), if seen
+    start: datetime | None = None  # inoculation (UTC)
+    lots: dict[str, str] = field(default_factory=dict)  # media_lot, feed_lot, ... (MES)
 
     def until(self, as_of_h: float) -> BatchObservations:
         """The same batch as it was known at ``as_of_h`` (nothing later)."""
@@ -81,6 +83,8 @@ def from_engine(
     batch_ids: list[str],
     recipe_ids: list[str],
     seed: int = 0,
+    starts: list[datetime] | None = None,
+    lots: list[dict[str, str]] | None = None,
 ) -> list[BatchObservations]:
     """Observations of every batch of a simulated cohort, complete up to each batch's end.
 
@@ -119,6 +123,8 @@ def from_engine(
                 tags=frozenset(hourly),
                 end_h=end_h,
                 shift_h=float(inputs.shift_h[b]) if inputs.shift_h[b] <= end_h else None,
+                start=starts[b] if starts else None,
+                lots=dict(lots[b]) if lots else {},
             )
         )
     return out
@@ -215,4 +221,6 @@ def from_lake(
         tags=frozenset(tags),
         end_h=end_h,
         shift_h=shift_h,
+        start=start,
+        lots={k: str(b[k]) for k in ("media_lot", "feed_lot") if b.get(k) is not None},
     )

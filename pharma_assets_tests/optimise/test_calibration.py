@@ -72,3 +72,25 @@ def test_calibration_without_capacitance_drops_its_parameter(synthetic: Syntheti
     obs = replace(obs, tags=obs.tags - {"capacitance_pf_cm"})
     cal = calibration.calibrate(obs, synthetic.recipe, n_members=10)
     assert "log_cap" not in cal.names and not cal.prior_only
+
+
+def test_lot_prior_pools_earlier_batches_of_the_same_lot(synthetic: Synthetic) -> None:
+    obs = synthetic.obs.until(7 * 24)
+    cal = calibration.calibrate(obs, synthetic.recipe, n_members=2)
+    a = replace(obs, batch_id="A", lots={"feed_lot": "F1", "media_lot": "M2"})
+    b = replace(obs, batch_id="B", lots={"feed_lot": "F2", "media_lot": "M1"})
+    new = replace(obs, batch_id="N", lots={"feed_lot": "F1", "media_lot": "M1"})
+    prior = calibration.lot_prior(new, [(a, cal), (b, cal)])
+    iq, im = cal.names.index("log_qp"), cal.names.index("log_mu")
+    assert prior["log_qp"][0] == pytest.approx(cal.theta_hat[iq])
+    assert prior["log_qp"][1] == pytest.approx(np.sqrt(0.03**2 + cal.cov[iq, iq]))
+    assert prior["log_mu"][0] == pytest.approx(cal.theta_hat[im])
+    two = calibration.lot_prior(new, [(a, cal), (replace(a, batch_id="A2"), cal)])
+    assert two["log_qp"][1] < prior["log_qp"][1] and "log_mu" not in two
+    assert calibration.lot_prior(replace(new, lots={"feed_lot": "F9"}), [(a, cal)]) == {}
+    # the prior replaces the recipe's: on too little data the result is that prior
+    early = calibration.calibrate(synthetic.obs.until(12.0), synthetic.recipe, n_members=5,
+                                  prior={"log_qp": (0.05, 0.02)})  # fmt: skip
+    assert early.theta_hat[iq] == 0.05 and np.sqrt(early.cov[iq, iq]) == pytest.approx(0.02)
+    with pytest.raises(KeyError, match="log_qq"):
+        calibration.calibrate(obs, synthetic.recipe, prior={"log_qq": (0.0, 0.1)})
