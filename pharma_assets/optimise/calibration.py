@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import norm, qmc
 
 from pharma_assets.twin.config import Recipe
 from pharma_assets.twin.engine import KineticParams
@@ -341,6 +342,18 @@ def _residuals_and_jacobian(pb: _Problem, theta: np.ndarray) -> tuple[np.ndarray
     return R[0], ((R[1:] - R[0]) / FD_STEP).T
 
 
+def normal_draws(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` standard-normal points in ``d`` dimensions with little Monte Carlo noise:
+    scrambled Halton points mapped through the normal quantile, in antithetic pairs (z, -z),
+    so the ensemble is centred on the estimate and its quantiles barely depend on the seed
+    (with plain random draws the median of 50 day-3 forecasts moved R² between 0.15 and
+    0.46 from one seed to the next)."""
+    half = (n + 1) // 2
+    u = qmc.Halton(d, scramble=True, seed=rng).random(half)
+    z = norm.ppf(np.clip(u, 1e-9, 1 - 1e-9))
+    return np.concatenate([z, -z])[:n]
+
+
 def _ensemble(
     pb: _Problem,
     theta_hat: np.ndarray,
@@ -354,7 +367,7 @@ def _ensemble(
     it: int,
 ) -> CalibratedBatch:
     L = np.linalg.cholesky(cov + 1e-12 * np.eye(len(theta_hat)))
-    theta = theta_hat[None, :] + rng.standard_normal((n, len(theta_hat))) @ L.T
+    theta = theta_hat[None, :] + normal_draws(n, len(theta_hat), rng) @ L.T
     u, _ = pb.members(theta)
     history, state = pb.run(theta)
     return CalibratedBatch(
