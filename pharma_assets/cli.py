@@ -478,6 +478,60 @@ def training_lines(summaries: list[ModelSummary]) -> list[str]:
     return lines
 
 
+def _as_of(text: str | None) -> tuple[datetime | None, float | None]:
+    """An as-of time: an ISO time (UTC), or days after inoculation such as 5.5."""
+    if text is None:
+        return None, None
+    try:
+        return None, float(text)
+    except ValueError:
+        return _parse_start(text), None
+
+
+@app.command()
+def whatif(
+    batch: Annotated[str, typer.Argument(help="Batch id, e.g. BR01-B0007.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="ISO time (UTC) or day after inoculation, e.g. 5.5 (default: latest)."),
+    ] = None,
+    shift_day: Annotated[float | None, typer.Option(help="Temperature-shift day.")] = None,
+    production_temp: Annotated[
+        float | None, typer.Option(help="Temperature after the shift, degC.")
+    ] = None,
+    ph: Annotated[float | None, typer.Option(help="pH set-point.")] = None,
+    do: Annotated[float | None, typer.Option(help="DO set-point, % air saturation.")] = None,
+    feed_scale: Annotated[float | None, typer.Option(help="Multiplier on the feed rate.")] = None,
+    glucose_target: Annotated[float | None, typer.Option(help="Glucose bolus target, g/L.")] = None,
+    harvest_day: Annotated[float | None, typer.Option(help="Harvest day.")] = None,
+    members: Annotated[int, typer.Option(help="Twins in the calibrated ensemble.")] = 50,
+    lake: Annotated[
+        str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
+    ] = None,
+    recipes: RecipeOpt = None,
+) -> None:
+    """Calibrate the twin to a batch at an as-of time and compare a scenario with the plan
+    (harvest CQAs with 90 % ensemble intervals); see docs/optimisation.md."""
+    from .optimise.calibration import CalibrationDataError
+    from .optimise.report import format_whatif, whatif_for_batch
+    from .optimise.whatif import Scenario, ScenarioRefused
+
+    when, day = _as_of(as_of)
+    scenario = Scenario(
+        shift_day=shift_day, production_temp_c=production_temp, ph=ph, do_pct=do,
+        feed_scale=feed_scale, glucose_target_g_l=glucose_target, harvest_day=harvest_day,
+    )  # fmt: skip
+    try:
+        book = load_recipes(recipes)
+        cal, res = whatif_for_batch(
+            _lakehouse(lake, None).lake(), batch, scenario, when, day, book, members
+        )
+    except (CalibrationDataError, ScenarioRefused, ConfigError, KeyError, ValueError) as e:
+        console.print(str(e).strip("'"), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(format_whatif(cal, res)))
+
+
 # GxP commands (users, audit, deviation, spec, sign, release, ebr, backup)
 from .compliance.cli import register as _register_compliance  # noqa: E402
 
