@@ -516,6 +516,9 @@ def whatif(
     from .optimise.report import format_whatif, whatif_for_batch
     from .optimise.whatif import Scenario, ScenarioRefused
 
+    res_lake = _lakehouse(lake, None)
+    check_lake(res_lake.lake_uri)
+    batch = batch.strip().upper()  # batch ids are upper case (BR01-B0007)
     when, day = _as_of(as_of)
     scenario = Scenario(
         shift_day=shift_day, production_temp_c=production_temp, ph=ph, do_pct=do,
@@ -523,9 +526,7 @@ def whatif(
     )  # fmt: skip
     try:
         book = load_recipes(recipes)
-        cal, res = whatif_for_batch(
-            _lakehouse(lake, None).lake(), batch, scenario, when, day, book, members
-        )
+        cal, res = whatif_for_batch(res_lake.lake(), batch, scenario, when, day, book, members)
     except (CalibrationDataError, ScenarioRefused, ConfigError, KeyError, ValueError) as e:
         console.print(str(e).strip("'"), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -80,6 +80,7 @@ def test_pipeline_rebuild_refuses_a_missing_lake(run, tmp_path: Path) -> None:
         ["deviation", "list"],
         ["deviation", "auto"],
         ["spec", "check"],
+        ["whatif", "BR01-B0001"],
         ["audit", "verify"],
         ["audit", "show"],
         ["audit", "record-materializations"],
