@@ -7,6 +7,8 @@ import pytest
 
 from pharma_assets.gateway.hotstore import RedisHotStore
 
+from .brokers import Mosquitto
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -19,3 +21,13 @@ def redis_store() -> Iterator[RedisHotStore]:
     finally:
         store.clear()
         store.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto broker on a free port (the tests may restart it)."""
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield m
+    finally:
+        m.stop()
