@@ -23,11 +23,15 @@ Payloads are the Sparkplug B protobuf (``sparkplug_b_pb2``, compiled from
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -207,10 +211,10 @@ class SparkplugEdgeNode:
 
     def stop(self, graceful: bool = True) -> None:
         """Disconnect (NDEATH is published first when graceful, as the will would be)."""
-        if graceful:
-            self.client.publish(
-                topic(self.group, "NDEATH", self.node), self._death(), qos=1
-            ).wait_for_publish(5)
+        if graceful and self.client.is_connected():
+            info = self.client.publish(topic(self.group, "NDEATH", self.node), self._death(), qos=1)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(5)
         self.client.disconnect()
         self.client.loop_stop()
         self.bd_seq += 1
@@ -243,6 +247,7 @@ class SparkplugHost:
         settings: MqttSettings,
         group: str,
         qos: int = 1,
+        state_path: Path | None = None,
     ) -> None:
         self.gw, self.name, self.smap, self.s, self.group, self.qos = (
             gateway, name, smap, settings, group, qos)  # fmt: skip
@@ -250,6 +255,12 @@ class SparkplugHost:
         self.devices: dict[tuple[str, str], _Device] = {}
         self._node_seq: dict[str, int] = {}
         self.rebirths_requested = 0
+        self.state_path = state_path
+        if state_path is not None and state_path.exists():
+            for rec in json.loads(state_path.read_text()):
+                self.devices[(rec["node"], rec["device"])] = _Device(
+                    {int(a): n for a, n in rec["aliases"].items()}, rec["units"], rec["batch_id"]
+                )
         self.client = make_client(settings, settings.client_id or f"pharma-gateway-{name}", False)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -284,6 +295,17 @@ class SparkplugHost:
         self.stats.connected = False
         self.stats.last_error = f"disconnected: {rc}"
         log.warning("source %s: disconnected from broker (%s); reconnecting", self.name, rc)
+
+    def _save(self) -> None:
+        """Keep the birth certificates on disk, so that after a restart the messages the
+        broker kept for this session can be decoded without waiting for a rebirth."""
+        if self.state_path is None:
+            return
+        recs = [{"node": n, "device": d, "aliases": dev.aliases, "units": dev.units,
+                 "batch_id": dev.batch_id} for (n, d), dev in self.devices.items()]  # fmt: skip
+        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        tmp.write_text(json.dumps(recs))
+        os.replace(tmp, self.state_path)
 
     def _request_rebirth(self, node: str) -> None:
         p = pb.Payload(timestamp=_ms())
@@ -351,6 +373,7 @@ class SparkplugHost:
             except ValueError as e:
                 log.error("source %s: birth certificate of %s/%s: %s", self.name, node, device, e)
         self._ingest(device, dev, p, birth=True)
+        self._save()
 
     def _data(self, node: str, device: str, p: Any) -> None:
         dev = self.devices.get((node, device))
@@ -369,7 +392,9 @@ class SparkplugHost:
             name = m.name or dev.aliases[m.alias]
             which = m.WhichOneof("value")
             if name == BATCH_METRIC:
-                dev.batch_id = m.string_value or None
+                if dev.batch_id != (m.string_value or None):
+                    dev.batch_id = m.string_value or None
+                    self._save()
                 continue
             if birth and (m.is_null or which is None):  # declared, no value yet
                 continue
