@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
-``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``) runs one
+``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``, ``gateway``) runs one
 suite; the blocks of the other suites in the document are left as they are.
 """
 
@@ -11,13 +11,20 @@ import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import bench_audit, bench_dashboards, bench_lakehouse, bench_simulator
+from benchmarks import (
+    bench_audit,
+    bench_dashboards,
+    bench_gateway,
+    bench_lakehouse,
+    bench_simulator,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 MARK = "<!-- simulator-results -->"
 LAKE_MARK = "<!-- lakehouse-results -->"
 DASH_MARK = "<!-- dashboards-results -->"
 AUDIT_MARK = "<!-- audit-results -->"
+GATEWAY_MARK = "<!-- gateway-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -85,11 +92,18 @@ def audit_lines() -> list[str]:
     ]
 
 
+def gateway_lines() -> list[str]:
+    rows = bench_gateway.main()
+    return [_measured(", niced; load average at start / end of each run in the table."), "",
+            *bench_gateway.markdown(rows).splitlines()]  # fmt: skip
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
     "dashboards": (DASH_MARK, dashboards_lines),
     "audit": (AUDIT_MARK, audit_lines),
+    "gateway": (GATEWAY_MARK, gateway_lines),
 }
 
 

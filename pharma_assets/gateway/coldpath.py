@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -113,13 +114,15 @@ class ColdPath:
             if not line:
                 continue
             try:
-                rows = json.loads(line)
+                msg = json.loads(line)
             except json.JSONDecodeError:
                 if data.endswith(line):  # incomplete final line: never acknowledged
                     log.warning("%s: ignoring a torn final record (%d bytes)", path, len(line))
                     continue
                 raise
-            out.extend(Reading.from_row(r) for r in rows)
+            src, site, unit, batch, recv, rows = msg
+            out.extend(Reading(src, sq, site, unit, batch, tag, math.nan if v is None else v, uom,
+                               ts, recv, q) for sq, tag, v, uom, ts, q in rows)  # fmt: skip
         return out
 
     def recover(self) -> dict[str, Any]:
@@ -169,7 +172,11 @@ class ColdPath:
         Call under ``lock``, together with the high-water-mark update."""
         if not readings:
             return
-        line = (json.dumps([r.as_row() for r in readings], separators=(",", ":")) + "\n").encode()
+        r0 = readings[0]  # one message: same source, site, unit, batch and receive time
+        rows = [(r.seq, r.tag, None if r.value != r.value else r.value, r.uom, r.source_ts_us,
+                 r.quality) for r in readings]  # fmt: skip
+        msg = (r0.source, r0.site_id, r0.unit_id, r0.batch_id, r0.recv_ts_us, rows)
+        line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
         fd = self._open()
         os.write(fd, line)
         if self.fsync:
@@ -188,13 +195,15 @@ class ColdPath:
     # ------------------------------------------------------------ flush
 
     def _plan(self, seg: Path, readings: list[Reading]) -> dict[str, Any]:
-        groups = sorted({(r.unit_id, r.batch_id) for r in readings if r.batch_id is not None})
+        first_ts: dict[tuple[str, str], int] = {}
+        for r in readings:
+            if r.batch_id is not None:
+                k = (r.unit_id, r.batch_id)
+                if r.source_ts_us < first_ts.get(k, 1 << 62):
+                    first_ts[k] = r.source_ts_us
         files = []
         next_seq: dict[Path, int] = {}
-        for unit, batch in groups:
-            assert batch is not None
-            first = min(r.source_ts_us for r in readings
-                        if r.unit_id == unit and r.batch_id == batch)  # fmt: skip
+        for (unit, batch), first in sorted(first_ts.items()):
             folder = self.landing / "telemetry" / unit / batch
             if folder not in next_seq:
                 next_seq[folder] = _next_seq(folder)

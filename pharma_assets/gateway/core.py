@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -132,37 +133,37 @@ class Gateway:
                           self.cold.buffer_bytes, self.cold.max_buffer_bytes, len(items), source)  # fmt: skip
                 return []
             seq = self._seq.get(source, 0)
+            hwm = self._hwm
+            hi, lo = recv + self.max_future_us, recv - self.max_age_us
+            n_in = 0
             for name, raw, uom, ts, q in items:
-                st.readings_in += 1
-                detail = {"unit_id": unit, "name": name, "source_ts_us": ts}
+                n_in += 1
                 try:
                     res = smap.resolve(name, uom)
                 except MappingError as e:
-                    self._reject(st, e.reason, {**detail, "error": str(e)})
+                    self._reject(st, e.reason, {"unit_id": unit, "name": name, "source_ts_us": ts,
+                                                "error": str(e)})  # fmt: skip
                     continue
-                if ts > recv + self.max_future_us:
-                    self._reject(st, "future_ts", {**detail, "recv_ts_us": recv})
-                    continue
-                if ts < recv - self.max_age_us:
-                    self._reject(st, "too_old", {**detail, "recv_ts_us": recv})
-                    continue
+                reason = "future_ts" if ts > hi else "too_old" if ts < lo else None
                 key = f"{unit}|{res.tag}"
-                last = self._hwm.get(key, -1)
-                if ts <= last:
-                    self._reject(st, "duplicate" if ts == last else "out_of_order",
-                                 {**detail, "last_ts_us": last})  # fmt: skip
+                last = hwm.get(key, -1)
+                if reason is None and ts <= last:
+                    reason = "duplicate" if ts == last else "out_of_order"
+                if reason is not None:
+                    self._reject(st, reason, {"unit_id": unit, "name": name, "source_ts_us": ts,
+                                              "recv_ts_us": recv, "last_ts_us": last})  # fmt: skip
                     continue
-                num = as_number(raw)
+                num = raw if type(raw) is float and math.isfinite(raw) else as_number(raw)
                 if num is None:
                     st.bad_values += 1
-                    value, quality = float("nan"), BAD
+                    value, quality = math.nan, BAD
                 else:
                     value, quality = res.convert(num), q if q in (0, 1, 2) else BAD
                 seq += 1
-                r = Reading(source, seq, self.site_id, unit, batch, res.tag, value, res.uom, ts,
-                            recv, quality)  # fmt: skip
-                accepted.append(r)
-                self._hwm[key] = ts
+                accepted.append(Reading(source, seq, self.site_id, unit, batch, res.tag, value,
+                                        res.uom, ts, recv, quality))  # fmt: skip
+                hwm[key] = ts
+            st.readings_in += n_in
             if accepted and self.cold is not None:
                 self.cold.append(accepted)
             self._seq[source] = seq

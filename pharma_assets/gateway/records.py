@@ -37,9 +37,12 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Reading:
-    """One canonical reading (see module docstring); ``quality`` indexes QUALITY_CODES."""
+    """One canonical reading (see module docstring); ``quality`` indexes QUALITY_CODES.
+
+    Not frozen (a frozen dataclass costs a third more to build on the hot path); treat as
+    read-only."""
 
     source: str
     seq: int
@@ -52,23 +55,6 @@ class Reading:
     source_ts_us: int
     recv_ts_us: int
     quality: int = GOOD
-
-    def as_row(self) -> list[Any]:
-        """Compact list form used by the disk buffer (same order as ROW_FIELDS)."""
-        return [self.source, self.seq, self.site_id, self.unit_id, self.batch_id, self.tag,
-                None if math.isnan(self.value) else self.value, self.uom, self.source_ts_us,
-                self.recv_ts_us, self.quality]  # fmt: skip
-
-    @classmethod
-    def from_row(cls, row: list[Any]) -> Reading:
-        v = row[6]
-        return cls(row[0], int(row[1]), row[2], row[3], row[4], row[5],
-                   float("nan") if v is None else float(v), row[7], int(row[8]), int(row[9]),
-                   int(row[10]))  # fmt: skip
-
-
-ROW_FIELDS = ("source", "seq", "site_id", "unit_id", "batch_id", "tag", "value", "uom",
-              "source_ts_us", "recv_ts_us", "quality")  # fmt: skip
 
 
 def as_number(raw: Any) -> float | None:
@@ -88,5 +74,5 @@ def as_number(raw: Any) -> float | None:
 
 
 __all__ = [
-    "BAD", "GOOD", "REJECT_REASONS", "ROW_FIELDS", "UNCERTAIN", "Reading", "as_number", "now_us",
+    "BAD", "GOOD", "REJECT_REASONS", "UNCERTAIN", "Reading", "as_number", "now_us",
 ]  # fmt: skip

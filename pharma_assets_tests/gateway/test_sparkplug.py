@@ -184,7 +184,10 @@ def test_broker_restart_mid_stream(
     mosquitto.start()
     # both sides reconnect by themselves (backoff 1-30 s); the edge node births again
     wait_for(lambda: host.stats.connected and edge.births > births, timeout=60, what="reconnect")
-    wait_for(lambda: ("twin", "BR01") in host.devices and host.devices[("twin", "BR01")].alive)
     edge.publish("BR01", t0 + 20_000, {"ph": 7.3})
     wait_for(lambda: gw.hot.window("BR01", "ph", 120)["value"][-1:] == [7.3], timeout=30)
+    # the broker may have delivered the node's NDEATH (will) while shutting down, and the
+    # new births may have come before the host re-subscribed: data from a dead node makes
+    # the host ask for a rebirth
+    wait_for(lambda: host.devices[("twin", "BR01")].alive, what="device alive again")
     assert host.stats.reconnects >= 1

@@ -255,6 +255,7 @@ class SparkplugHost:
         self.devices: dict[tuple[str, str], _Device] = {}
         self._node_seq: dict[str, int] = {}
         self.rebirths_requested = 0
+        self._rebirth_pending: set[str] = set()
         self.state_path = state_path
         if state_path is not None and state_path.exists():
             for rec in json.loads(state_path.read_text()):
@@ -333,6 +334,7 @@ class SparkplugHost:
             return
         if kind == "NBIRTH":
             self._check_seq(node, p.seq, True)
+            self._rebirth_pending.discard(node)
             for (n, _d), dev in self.devices.items():
                 if n == node:
                     dev.aliases.clear()
@@ -384,25 +386,36 @@ class SparkplugHost:
             self.stats.readings_in += len(p.metrics)
             self._request_rebirth(node)
             return
+        if not dev.alive and node not in self._rebirth_pending:
+            # data from a node we saw die (or whose birth we missed): ask it to rebirth,
+            # and meanwhile decode with the aliases we have
+            self._rebirth_pending.add(node)
+            self._request_rebirth(node)
         self._ingest(device, dev, p, birth=False)
 
     def _ingest(self, device: str, dev: _Device, p: Any, birth: bool) -> None:
         items = []
+        aliases, units, p_ts = dev.aliases, dev.units, p.timestamp
         for m in p.metrics:
-            name = m.name or dev.aliases[m.alias]
+            name = m.name or aliases[m.alias]
             which = m.WhichOneof("value")
             if name == BATCH_METRIC:
                 if dev.batch_id != (m.string_value or None):
                     dev.batch_id = m.string_value or None
                     self._save()
                 continue
-            if birth and (m.is_null or which is None):  # declared, no value yet
-                continue
-            raw = None if m.is_null or which is None else getattr(m, which)
-            props = self._props(m) if m.HasField("properties") else {}
-            q = _quality(int(props["Quality"])) if props.get("Quality") is not None else GOOD
-            ts = (m.timestamp or p.timestamp) * 1000
-            items.append((name, raw, dev.units.get(name), ts, q))
+            if m.is_null or which is None:
+                if birth:  # declared, no value yet
+                    continue
+                raw = None
+            else:
+                raw = getattr(m, which)
+            q = GOOD
+            if m.HasField("properties"):
+                qp = self._props(m).get("Quality")
+                if qp is not None:
+                    q = _quality(int(qp))
+            items.append((name, raw, units.get(name), (m.timestamp or p_ts) * 1000, q))
         if items:
             self.gw.ingest(self.name, self.smap, device, dev.batch_id, items)
 
