@@ -70,7 +70,7 @@ def _proc_hwm_mb(pid: int) -> float:
 # ------------------------------------------------------------------ gateway role
 
 
-def gateway_role(port: int, folder: Path) -> None:
+def gateway_role(port: int, folder: Path, flush_s: float = 5.0) -> None:
     from pharma_assets.gateway.coldpath import ColdPath
     from pharma_assets.gateway.core import Gateway
     from pharma_assets.gateway.hotstore import MemoryHotStore
@@ -93,7 +93,7 @@ def gateway_role(port: int, folder: Path) -> None:
     host = SparkplugHost(gw, "bench", SourceMap("bench"), MqttSettings(port=port), "BENCH",
                          state_path=folder / "sparkplug.json")  # fmt: skip
     host.start()
-    gw.start_flusher(5.0)
+    gw.start_flusher(flush_s)
     (folder / "ready").write_text("1")
     while not (folder / "stop").exists():
         (folder / ".progress").write_text(str(gw.sources["bench"].accepted if gw.sources else 0))
@@ -115,7 +115,9 @@ def gateway_role(port: int, folder: Path) -> None:
 # ------------------------------------------------------------------ publisher role
 
 
-def run_one(units: int, seconds: float, port: int, folder: Path) -> dict[str, Any]:
+def run_one(
+    units: int, seconds: float, port: int, folder: Path, flush_s: float = 5.0
+) -> dict[str, Any]:
     from pharma_assets.gateway.protocols.mqtt_common import MqttSettings
     from pharma_assets.gateway.protocols.sparkplug import MetricDef, SparkplugEdgeNode
     from pharma_assets.twin.config import CANONICAL_TAGS
@@ -123,7 +125,8 @@ def run_one(units: int, seconds: float, port: int, folder: Path) -> dict[str, An
     folder.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     gw = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_gateway",
-                           "--role", "gateway", "--port", str(port), "--folder", str(folder)], env=env)  # fmt: skip
+                           "--role", "gateway", "--port", str(port), "--folder", str(folder),
+                           "--flush-s", str(flush_s)], env=env)  # fmt: skip
     while not (folder / "ready").exists():
         time.sleep(0.05)
     time.sleep(0.5)
@@ -170,15 +173,19 @@ def run_one(units: int, seconds: float, port: int, folder: Path) -> dict[str, An
     edge.stop()
     res = json.loads((folder / "result.json").read_text())
     return {
-        "units": units, "tags": len(tags), "seconds": int(seconds), "published": published,
+        "units": units, "tags": len(tags), "flush_s": flush_s, "seconds": int(seconds), "published": published,
         "readings_per_s": published / seconds, **res,
-        "gateway_cpu_pct": 100.0 * (cpu2 - cpu0) / (wall2 - wall0), "gateway_peak_rss_mb": hwm,
+        "gateway_cpu_pct": 100.0 * (cpu2 - cpu0) / (wall2 - wall0),
+        "gateway_cpu_us_per_reading": 1e6 * (cpu2 - cpu0) / max(res["accepted"], 1), "gateway_peak_rss_mb": hwm,
         "publisher_late_ticks": late_ticks, "drain_s": drain_s, "load_before": load0[0], "load_after": load1[0],
     }  # fmt: skip
 
 
 def main(
-    units: list[int] | None = None, seconds: float = 30.0, port: int | None = None
+    units: list[int] | None = None,
+    seconds: float = 30.0,
+    port: int | None = None,
+    flush_s: float = 5.0,
 ) -> list[dict[str, Any]]:
     os.nice(10)
     rows = []
@@ -188,7 +195,7 @@ def main(
             broker, port = _start_broker(Path(tmp))
         try:
             for n in units or [100, 500]:
-                rows.append(run_one(n, seconds, port, Path(tmp) / f"run{n}"))
+                rows.append(run_one(n, seconds, port, Path(tmp) / f"run{n}", flush_s))
         finally:
             if broker is not None:
                 broker.terminate()
@@ -198,14 +205,15 @@ def main(
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| units x tags | readings/s | published | accepted | landed | p50 ms | p99 ms | max ms | backlog drained after s | gateway CPU % of a core | gateway peak RSS MB | load avg (start / end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| units x tags | flush s | readings/s | published | accepted | landed | p50 ms | p99 ms | max ms | backlog drained after s | gateway CPU % of a core | gateway CPU µs per reading | gateway peak RSS MB | load avg (start / end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {r['units']} x {r['tags']} | {r['readings_per_s']:,.0f} | {r['published']:,} | "
+            f"| {r['units']} x {r['tags']} | {r['flush_s']:g} | {r['readings_per_s']:,.0f} | {r['published']:,} | "
             f"{r['accepted']:,} | {r['landed']:,} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-            f"{r['max_ms']:.0f} | {r['drain_s']:.1f} | {r['gateway_cpu_pct']:.0f} | {r['gateway_peak_rss_mb']:.0f} | "
+            f"{r['max_ms']:.0f} | {r['drain_s']:.1f} | {r['gateway_cpu_pct']:.0f} | "
+            f"{r['gateway_cpu_us_per_reading']:.0f} | {r['gateway_peak_rss_mb']:.0f} | "
             f"{r['load_before']:.1f} / {r['load_after']:.1f} |"
         )
     return "\n".join(out)
@@ -220,10 +228,11 @@ if __name__ == "__main__":
         "--port", type=int, default=None, help="broker port (default: a private mosquitto)"
     )
     ap.add_argument("--folder", type=Path)
+    ap.add_argument("--flush-s", type=float, default=5.0, help="cold-path flush interval")
     a = ap.parse_args()
     if a.role == "gateway":
-        gateway_role(a.port, a.folder)
+        gateway_role(a.port, a.folder, a.flush_s)
     else:
-        rows = main(a.units, a.seconds, a.port)
+        rows = main(a.units, a.seconds, a.port, a.flush_s)
         print(json.dumps(rows))
         print(markdown(rows))

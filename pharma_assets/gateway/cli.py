@@ -16,19 +16,23 @@ console = Console(stderr=True)
 
 DEFAULT_OPCUA = "opc.tcp://127.0.0.1:4840/twin"
 DEFAULT_MQTT = "127.0.0.1:1883"
+DEFAULT_MODBUS = "127.0.0.1:5020"
+DEFAULTS = {"opcua": DEFAULT_OPCUA, "mqtt": DEFAULT_MQTT, "modbus": DEFAULT_MODBUS}
 
 
 def parse_serve(text: str) -> dict[str, str]:
-    """``opcua``, ``mqtt``, ``opcua,mqtt`` or with addresses
-    ``opcua=opc.tcp://0.0.0.0:4840/twin,mqtt=broker:1883`` -> protocol -> address."""
+    """``opcua``, ``mqtt``, ``modbus``, ``opcua,mqtt`` or with addresses
+    ``opcua=opc.tcp://0.0.0.0:4840/twin,mqtt=broker:1883,modbus=0.0.0.0:5020``."""
     out: dict[str, str] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         proto, _, addr = part.partition("=")
-        if proto not in ("opcua", "mqtt"):
-            raise typer.BadParameter(f"--serve: unknown protocol {proto!r}; use opcua and/or mqtt")
-        out[proto] = addr or (DEFAULT_OPCUA if proto == "opcua" else DEFAULT_MQTT)
+        if proto not in DEFAULTS:
+            raise typer.BadParameter(
+                f"--serve: unknown protocol {proto!r}; use opcua, mqtt and/or modbus"
+            )
+        out[proto] = addr or DEFAULTS[proto]
     if not out:
-        raise typer.BadParameter("--serve needs opcua and/or mqtt")
+        raise typer.BadParameter("--serve needs opcua, mqtt and/or modbus")
     return out
 
 
@@ -46,18 +50,22 @@ def serve_from_live(serve: str, plant_path: Path | None, recipes_path: Path | No
     if speed != 1.0:
         console.print(f"--serve runs in real time; ignoring --speed {speed:g}")
         speed = 1.0
-    mqtt = None
-    if "mqtt" in targets:
-        host, _, port = targets["mqtt"].rpartition(":")
+
+    def host_port(proto: str) -> tuple[str, int]:
+        host, _, port = targets[proto].rpartition(":")
         if not host or not port.isdigit():
-            raise typer.BadParameter(f"--serve mqtt={targets['mqtt']!r}: use host:port")
-        mqtt = MqttSettings(host=host, port=int(port))
+            raise typer.BadParameter(f"--serve {proto}={targets[proto]!r}: use host:port")
+        return host, int(port)
+
+    mqtt = MqttSettings(*host_port("mqtt")) if "mqtt" in targets else None
+    modbus = host_port("modbus") if "modbus" in targets else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     plant = load_plant(plant_path).with_units(units)
     console.print(f"serving {units} units live over {', '.join(f'{k} ({v})' for k, v in targets.items())}, "
                   f"one step every {period_s:g} s, MES files to {out.resolve()} (Ctrl-C stops)")  # fmt: skip
     n = serve_live(plant, load_recipes(recipes_path), out, list(targets), seed, speed, period_s,
-                   targets.get("opcua", DEFAULT_OPCUA), mqtt)  # fmt: skip
+                   targets.get("opcua", DEFAULT_OPCUA), mqtt,
+                   modbus_address=modbus or ("127.0.0.1", 5020))  # fmt: skip
     console.print(f"live serving stopped after {n} steps")
 
 

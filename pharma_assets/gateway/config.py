@@ -76,12 +76,24 @@ class OpcuaSourceConfig(_Source):
     password_env: str | None = None
 
 
+class ModbusSourceConfig(_Source):
+    kind: Literal["modbus"]
+    host: str = "127.0.0.1"
+    port: int = Field(default=502, gt=0, lt=65536)
+    devices: dict[str, int] = Field(min_length=1)  # unit (or device name) -> Modbus device id
+    register_map: Path  # register map YAML (relative to the sources file)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
 class ApiConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, gt=0, lt=65536)
 
 
-SourceConfig = Annotated[MqttSourceConfig | OpcuaSourceConfig, Field(discriminator="kind")]
+SourceConfig = Annotated[
+    MqttSourceConfig | OpcuaSourceConfig | ModbusSourceConfig, Field(discriminator="kind")
+]
 
 
 class GatewayConfig(_Model):
@@ -134,10 +146,16 @@ def load_sources(path: Path) -> GatewayConfig:
         )
         raise ConfigError(f"sources file {p} is invalid: {problems}") from e
     base = p.parent
-    return cfg.model_copy(update={
-        "landing_dir": cfg.landing_dir if cfg.landing_dir.is_absolute() else base / cfg.landing_dir,
-        "buffer_dir": cfg.buffer_dir if cfg.buffer_dir.is_absolute() else base / cfg.buffer_dir,
-    })  # fmt: skip
+
+    def rel(x: Path) -> Path:
+        return x if x.is_absolute() else base / x
+
+    sources = [sc.model_copy(update={"register_map": rel(sc.register_map)})
+               if isinstance(sc, ModbusSourceConfig) else sc for sc in cfg.sources]  # fmt: skip
+    return cfg.model_copy(update={"landing_dir": rel(cfg.landing_dir),
+                                  "buffer_dir": rel(cfg.buffer_dir), "sources": sources})  # fmt: skip
 
 
-__all__ = ["GatewayConfig", "MqttSourceConfig", "OpcuaSourceConfig", "load_sources"]
+__all__ = [
+    "GatewayConfig", "ModbusSourceConfig", "MqttSourceConfig", "OpcuaSourceConfig", "load_sources",
+]  # fmt: skip

@@ -76,9 +76,15 @@ class Gateway:
         self._seq: dict[str, int] = state["seq"]
         self._reject_path = reject_log or (cold.dir / "rejected.jsonl" if cold else None)
         self.flush_errors = 0
+        self._unit_batch: dict[str, str | None] = {}
         self.last_flush: FlushResult | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+
+    def batch_of(self, unit_id: str) -> str | None:
+        """The batch the latest message about ``unit_id`` named (any source): sources that
+        know no batch (Modbus skids and pumps) take their unit's batch from here."""
+        return self._unit_batch.get(unit_id)
 
     def stats(self, name: str, kind: str = "") -> SourceStats:
         s = self.sources.get(name)
@@ -120,6 +126,7 @@ class Gateway:
                 self._reject(st, e.reason, {"device": device, "name": it[0], "error": str(e)})
             return []
         batch = batch_id or None
+        self._unit_batch[unit] = batch
         accepted: list[Reading] = []
         with self.lock:
             if self.cold is not None and not self.cold.has_room():

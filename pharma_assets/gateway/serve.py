@@ -1,10 +1,11 @@
-"""``pharma-twin live --serve opcua|mqtt``: the twin's plant as live device endpoints.
+"""``pharma-twin live --serve opcua|mqtt|modbus``: the twin's plant as live device endpoints.
 
 Each unit runs its planned batches on the wall clock (``speed`` x real time, 1 = real
 time), one simulator step per ``period_s`` (1 s: 1 Hz CPPs), and every step's tag values
 are served over the plant's protocols instead of being written as telemetry files: an
 OPC UA server (``opc.tcp://host:port/twin``, ISA-88 address space) and/or a Sparkplug B
-edge node on an MQTT broker. The gateway (``pharma-twin gateway``) lands the telemetry.
+edge node on an MQTT broker, and the pumps' and agitator drives' health tags over Modbus
+TCP (``twin_register_map``; then not over the other protocols). The gateway (``pharma-twin gateway``) lands the telemetry.
 MES events (batch start, phase changes, end) are still written to the landing zone as
 files, as a real MES exports them; LIMS results are not produced in this mode.
 """
@@ -21,18 +22,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..twin.config import PlantConfig, RecipeBook
+from ..twin.config import CANONICAL_TAGS, PlantConfig, RecipeBook
 from ..twin.engine import Engine
 from ..twin.history import mes_events
 from ..twin.landing import chunk_path, quality_codes, write_jsonl
 from ..twin.live import next_sequence
 from ..twin.outputs import telemetry_signals
 from ..twin.plant import BatchPlan, plan_history
+from .protocols.modbus import ModbusTwinServer, RegisterMap
 from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import TagNode, TwinOpcuaServer
 from .protocols.sparkplug import MetricDef, SparkplugEdgeNode
 
 log = logging.getLogger(__name__)
+
+# Equipment-health tags of the pumps and agitator drives: served over Modbus (as a skid's
+# PLC would) when ``modbus`` is among the protocols, else with the other tags.
+UTILITY_TAGS = ("agitator_vibration_mm_s", "agitator_bearing_temp_c", "agitator_motor_current_a",
+                "feed_pump_current_a")  # fmt: skip
+
+
+def twin_register_map(tags: list[str]) -> RegisterMap:
+    """The twin's Modbus register map: each utility tag a float32 (2 words), big word
+    order, from address 0 (docs/examples/modbus_register_map.yaml is this map)."""
+    regs = [{"name": t, "address": 2 * i, "type": "float32", "uom": u}
+            for i, (t, u) in enumerate((t, CANONICAL_TAGS[t]) for t in UTILITY_TAGS if t in tags)]  # fmt: skip
+    return RegisterMap.model_validate({"word_order": "big", "registers": regs})
 
 
 @dataclass
@@ -136,24 +151,34 @@ def serve_live(
     mqtt: MqttSettings | None = None,
     steps: int | None = None,
     on_step: Callable[[list[StepOutput]], None] | None = None,
+    modbus_address: tuple[str, int] = ("127.0.0.1", 5020),
 ) -> int:
     """Serve the live plant until Ctrl-C (or ``steps`` steps); returns steps served."""
-    bad = sorted(set(protocols) - {"opcua", "mqtt"})
+    bad = sorted(set(protocols) - {"opcua", "mqtt", "modbus"})
     if bad or not protocols:
-        raise ValueError(f"--serve takes opcua and/or mqtt, got {protocols}")
+        raise ValueError(f"--serve takes opcua, mqtt and/or modbus, got {protocols}")
     feed = LiveFeed(plant, recipes, landing, seed, period_s)
     site = plant.site.site_id
     tag_nodes = [TagNode(t.tag, t.uom, t.equipment) for t in plant.tags]
     return asyncio.run(_serve(feed, site, tag_nodes, protocols, speed, period_s, opcua_endpoint,
-                              mqtt or MqttSettings(), steps, on_step))  # fmt: skip
+                              mqtt or MqttSettings(), steps, on_step, modbus_address))  # fmt: skip
 
 
 async def _serve(
     feed: LiveFeed, site: str, tag_nodes: list[TagNode], protocols: list[str], speed: float,
     period_s: float, endpoint: str, mqtt: MqttSettings, steps: int | None,
-    on_step: Callable[[list[StepOutput]], None] | None,
+    on_step: Callable[[list[StepOutput]], None] | None, modbus_address: tuple[str, int],
 ) -> int:  # fmt: skip
-    server = edge = None
+    server = edge = mb = None
+    utility: set[str] = set()
+    if "modbus" in protocols:
+        rm = twin_register_map([t.tag for t in tag_nodes])
+        utility = {r.name for r in rm.registers}
+        devices = {u: i + 1 for i, u in enumerate(feed.units)}
+        mb = ModbusTwinServer(modbus_address[0], modbus_address[1], devices, rm)
+        await mb.start()
+        log.info("Modbus TCP server at %s:%s, device ids %s", *modbus_address, devices)
+        tag_nodes = [t for t in tag_nodes if t.tag not in utility]
     if "opcua" in protocols:
         areas = {a.area_id: [u.unit_id for u in a.units] for a in feed.plant.areas}
         server = TwinOpcuaServer(endpoint, site, areas, tag_nodes)
@@ -173,11 +198,14 @@ async def _serve(
             for o in outs:
                 if not o.values:
                     continue
+                if mb is not None:
+                    mb.set(o.unit_id, {t: v for t, v in o.values.items() if t in utility})
+                vals = {t: v for t, v in o.values.items() if t not in utility}
                 if server is not None:
-                    await server.write(o.unit_id, o.ts, o.values, o.quality, o.batch_id)
+                    await server.write(o.unit_id, o.ts, vals, o.quality, o.batch_id)
                 if edge is not None:
-                    edge.publish(o.unit_id, int(o.ts.timestamp() * 1000), o.values, o.batch_id,
-                                 {t: (192, 64, 0)[q] for t, q in o.quality.items()})  # fmt: skip
+                    edge.publish(o.unit_id, int(o.ts.timestamp() * 1000), vals, o.batch_id,
+                                 {t: (192, 64, 0)[q] for t, q in o.quality.items() if t in vals})  # fmt: skip
             if on_step:
                 on_step(outs)
             n += 1
@@ -191,6 +219,8 @@ async def _serve(
             edge.stop()
         if server is not None:
             await server.stop()
+        if mb is not None:
+            await mb.stop()
     return n
 
 

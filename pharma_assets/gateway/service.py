@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .coldpath import ColdPath
-from .config import GatewayConfig, MqttSourceConfig, OpcuaSourceConfig
+from .config import GatewayConfig, ModbusSourceConfig, MqttSourceConfig, OpcuaSourceConfig
 from .core import Gateway
 from .hotstore import open_hot_store
+from .protocols.modbus import ModbusSource, load_register_map
 from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import OpcuaSource
 from .protocols.sparkplug import SparkplugHost
@@ -70,6 +71,11 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
                               sc.security, sc.username, pw)  # fmt: skip
             src.start_in_thread()
             svc.sources.append(src)
+        elif isinstance(sc, ModbusSourceConfig):
+            mb = ModbusSource(gw, sc.name, smap, sc.host, sc.port, sc.devices,
+                              load_register_map(sc.register_map), sc.poll_interval_s, sc.timeout_s)  # fmt: skip
+            mb.start_in_thread()
+            svc.sources.append(mb)
     gw.start_flusher(cfg.flush_interval_s)
     if cfg.api is not None:
         import uvicorn

@@ -64,10 +64,16 @@ def test_sources_yaml_errors_name_the_file_and_field(tmp_path: Path) -> None:
     p.write_text("site_id: SITE01\nsources: []\n")
     with pytest.raises(ConfigError, match="sources"):
         load_sources(p)
+    p.write_text("site_id: SITE01\nsources:\n  - {name: pumps, kind: modbus, port: 5020,"
+                 " devices: {BR01: 1}, register_map: maps/skid.yaml}\n")  # fmt: skip
+    cfg = load_sources(p)
+    assert cfg.sources[0].register_map == tmp_path / "maps/skid.yaml"  # type: ignore[union-attr]
+    assert cfg.landing_dir == tmp_path / "landing"
     assert parse_serve("opcua,mqtt=broker:1884") == {
         "opcua": "opc.tcp://127.0.0.1:4840/twin", "mqtt": "broker:1884"}  # fmt: skip
-    with pytest.raises(Exception, match="unknown protocol 'modbus'"):
-        parse_serve("modbus")
+    assert parse_serve("modbus") == {"modbus": "127.0.0.1:5020"}
+    with pytest.raises(Exception, match="unknown protocol 'bacnet'"):
+        parse_serve("bacnet")
 
 
 def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
