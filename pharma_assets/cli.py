@@ -143,7 +143,7 @@ def live(
     serve: Annotated[
         str | None,
         typer.Option(
-            help="Serve telemetry over opcua and/or mqtt instead of files (docs/gateway.md)."
+            help="Serve telemetry over opcua, mqtt and/or modbus instead of files (docs/gateway.md)."
         ),
     ] = None,
 ) -> None:
