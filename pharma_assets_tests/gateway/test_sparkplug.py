@@ -191,3 +191,21 @@ def test_broker_restart_mid_stream(
     # the host ask for a rebirth
     wait_for(lambda: host.devices[("twin", "BR01")].alive, what="device alive again")
     assert host.stats.reconnects >= 1
+
+
+def test_a_message_that_breaks_handling_does_not_stop_the_subscriber(
+    rig: tuple[SparkplugEdgeNode, SparkplugHost],
+) -> None:
+    edge, host = rig
+    gw = host.gw
+    t0 = _ms() - 5000
+    al = edge._aliases["BR01"]
+    p = pb.Payload(timestamp=t0, seq=(edge._seq + 1) % 256)
+    m = p.metrics.add(alias=al["ph"], timestamp=t0, datatype=DOUBLE, double_value=7.0)
+    m.properties.keys.append("Quality")
+    m.properties.values.add(type=12, string_value="not a code")  # int() of it raises
+    edge._seq = (edge._seq + 1) % 256
+    edge.publish_raw("DDATA", "BR01", p)
+    wait_for(lambda: "not a code" in host.stats.last_error, what="error recorded")
+    edge.publish("BR01", t0 + 1000, {"ph": 7.05})  # the network thread is still alive
+    wait_for(lambda: gw.hot.window("BR01", "ph", 60)["value"][-1:] == [7.05])

@@ -212,7 +212,12 @@ class OpcuaSource:
     def _drain(self) -> None:
         pending, self._pending = self._pending, {}
         for unit, items in pending.items():
-            self.gw.ingest(self.name, self.smap, unit, self.batch.get(unit), items)
+            try:
+                self.gw.ingest(self.name, self.smap, unit, self.batch.get(unit), items)
+            except Exception as e:  # keep the subscription alive; the error is visible
+                self.stats.last_error = f"{type(e).__name__} ingesting {unit}: {e}"
+                log.exception("source %s: error ingesting %d readings of %s", self.name,
+                              len(items), unit)  # fmt: skip
 
     async def _browse(self, client: Client) -> list[ua.NodeId]:
         idx = await client.get_namespace_index(f"urn:pharma-twin:{self.site_id}")

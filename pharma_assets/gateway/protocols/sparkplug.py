@@ -321,6 +321,13 @@ class SparkplugHost:
         self._node_seq[node] = seq
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(msg)
+        except Exception as e:  # a bug or a full disk must not stop the network thread
+            self.stats.last_error = f"{type(e).__name__} handling {msg.topic}: {e}"
+            log.exception("source %s: error handling %s", self.name, msg.topic)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
         if len(parts) < 4 or parts[0] != NS:
             return
