@@ -13,18 +13,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import polars as pl
 import pytest
 import yaml
 from websockets.sync.client import connect
 
+from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.gateway.cli import parse_serve
 from pharma_assets.gateway.config import load_sources
 from pharma_assets.gateway.protocols.mqtt_common import MqttSettings
 from pharma_assets.gateway.protocols.opcua import TagNode, TwinOpcuaServer
 from pharma_assets.gateway.protocols.sparkplug import MetricDef, SparkplugEdgeNode
-from pharma_assets.twin.config import ConfigError
+from pharma_assets.gateway.serve import LiveFeed
+from pharma_assets.lake.storage import Lake
+from pharma_assets.pipeline import run_pipeline
+from pharma_assets.twin.config import ConfigError, load_plant, load_recipes
 
 from .brokers import Mosquitto, free_port, wait_for
 
@@ -179,6 +184,11 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
     edge.start()
     steps = 300
     t0 = int(time.time() * 1000) - steps * 1000 - 5000
+    # the MES side of those batches lands as files, as in a plant (batch start before t0)
+    mes_start = datetime.fromtimestamp(t0 / 1000, UTC) - timedelta(seconds=20)
+    feed = LiveFeed(load_plant(None).with_units(3), load_recipes(None), landing, start=mes_start)
+    assert [o.batch_id for o in feed.step(mes_start + timedelta(seconds=15))] == [
+        "BR01-B0001", "BR02-B0001", "BR03-B0001"]  # fmt: skip
     kills = 0
     for k in range(steps):
         for u in range(1, 4):
@@ -202,3 +212,14 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
     df = _landing(landing)
     assert df.height == expected, err[-2000:]
     assert df.select("unit_id", "tag", "ts").is_duplicated().sum() == 0
+    # ... and on through the existing pipeline into silver, each reading once
+    res = LakehouseResource(lake_uri=str(tmp_path / "lake"), landing_dir=str(landing))
+    with dg.instance_for_test() as instance:
+        assert run_pipeline(res, instance).ok
+    lake = Lake.at(res.lake_uri)
+    silver = lake.read("silver", "telemetry")
+    quarantine = lake.read("silver", "telemetry_quarantine")
+    assert silver is not None
+    n_q = 0 if quarantine is None else quarantine.height
+    assert silver.height + n_q == expected  # (the LiveFeed step above wrote MES files only)
+    assert silver.select("unit_id", "tag", "ts").is_duplicated().sum() == 0
