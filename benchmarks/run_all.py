@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
-``memory``) runs one suite (``--only optimise``: the what-if benchmark, run under
+``memory``, ``gateway``) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks import (
     bench_audit,
     bench_dashboards,
+    bench_gateway,
     bench_lakehouse,
     bench_memory,
     bench_optimise,
@@ -31,6 +32,7 @@ DASH_MARK = "<!-- dashboards-results -->"
 AUDIT_MARK = "<!-- audit-results -->"
 MEMORY_MARK = "<!-- memory-results -->"
 OPT_MARK = "<!-- optimise-results -->"
+GATEWAY_MARK = "<!-- gateway-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -116,6 +118,12 @@ def optimise_lines() -> list[str]:
     return [_measured(", under nice -n 10."), "", *bench_optimise.markdown(r)]
 
 
+def gateway_lines() -> list[str]:
+    rows = bench_gateway.main()
+    return [_measured(", niced; load average at start / end of each run in the table."), "",
+            *bench_gateway.markdown(rows).splitlines()]  # fmt: skip
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
@@ -123,6 +131,7 @@ SUITES = {
     "audit": (AUDIT_MARK, audit_lines),
     "memory": (MEMORY_MARK, memory_lines),
     "optimise": (OPT_MARK, optimise_lines),
+    "gateway": (GATEWAY_MARK, gateway_lines),
 }
 
 

@@ -228,8 +228,19 @@ def live(
     ] = None,
     plant: PlantOpt = None,
     recipes: RecipeOpt = None,
+    serve: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve telemetry over opcua, mqtt and/or modbus instead of files (docs/gateway.md)."
+        ),
+    ] = None,
 ) -> None:
     """Run the plant live, writing telemetry chunks, MES events and LIMS results as they happen."""
+    if serve:
+        from .gateway.cli import serve_from_live
+
+        serve_from_live(serve, plant, recipes, units, out, seed, speed, _period_seconds(period))
+        return
     from .twin.live import run_live
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -532,6 +543,11 @@ def whatif(
         raise typer.Exit(1) from None
     typer.echo("\n".join(format_whatif(cal, res)))
 
+
+# live gateway commands (gateway, gateway-api)
+from .gateway.cli import register as _register_gateway  # noqa: E402
+
+_register_gateway(app)
 
 # GxP commands (users, audit, deviation, spec, sign, release, ebr, backup)
 from .compliance.cli import register as _register_compliance  # noqa: E402
