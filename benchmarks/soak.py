@@ -373,6 +373,65 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(rows)
 
 
+def _num(v: str) -> Any:
+    if v in ("", "None"):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def markdown(rows: list[dict[str, Any]], bucket_min: float = 10.0) -> list[str]:
+    """The soak as a markdown table, one row per ``bucket_min`` minutes, and the verdict."""
+    lines = [
+        "| minutes | queued max | started max | landing -> bronze median s | landing -> silver "
+        "median s (p90) | landing -> gold median s (p90) | files pending max | contamination "
+        "start delay max s | quarantined % | ts_in_future | RSS total MB (max) | processes max "
+        "| open files max | lake MB | audit entries |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def med(xs: list[Any]) -> str:
+        xs = [x for x in xs if x is not None]
+        return f"{statistics.median(xs):.0f}" if xs else "-"
+
+    def mx(xs: list[Any]) -> Any:
+        xs = [x for x in xs if x is not None]
+        return max(xs) if xs else "-"
+
+    fds = [k for k in rows[0] if k.endswith("_fds")] if rows else []
+    i = 0
+    while i < len(rows):
+        t0 = rows[i]["t_min"]
+        b = [r for r in rows[i:] if r["t_min"] < t0 + bucket_min]
+        last = b[-1]
+        q = sum(r["quarantine_share"] or 0 for r in b) / len(b) * 100
+        lines.append(
+            f"| {b[0]['t_min']:.0f}-{last['t_min']:.0f} | {mx([r['runs_queued'] for r in b])} | "
+            f"{mx([r['runs_started'] for r in b])} | {med([r['bronze_lat_med_s'] for r in b])} | "
+            f"{med([r['silver_lat_med_s'] for r in b])} ({med([r['silver_lat_p90_s'] for r in b])}) | "
+            f"{med([r['gold_lat_med_s'] for r in b])} ({med([r['gold_lat_p90_s'] for r in b])}) | "
+            f"{mx([r['pending_files'] for r in b])} | {mx([r['sched_delay_max_s'] for r in b])} | "
+            f"{q:.2f} | {last['ts_in_future_total']} | {mx([r['rss_total_mb'] for r in b]):,.0f} | "
+            f"{mx([r['procs_total'] for r in b])} | {mx([sum(r[k] or 0 for k in fds) for r in b])} | "
+            f"{last['lake_mb']:,.0f} | {last['audit_entries']:,} |"
+        )
+        i += len(b)
+    lines.append("")
+    for what, passed, detail in verdict(rows):
+        lines.append(f"- {'PASS' if passed else 'FAIL'}: {what} ({detail})")
+    return lines
+
+
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -384,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=60.0, help="seconds between samples")
     ap.add_argument("--port", type=int, default=3300, help="Dagster UI port")
     ap.add_argument("--streamlit", action="store_true", help="also serve the dashboards (:8601)")
+    ap.add_argument("--report", help="print an earlier soak's CSV as markdown, and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print("\n".join(markdown(read_csv(Path(args.report)))))
+        return 0
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
