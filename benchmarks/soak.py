@@ -432,6 +432,19 @@ def markdown(rows: list[dict[str, Any]], bucket_min: float = 10.0) -> list[str]:
     return lines
 
 
+def history_start(units: int, batches: int, live_start: datetime) -> datetime:
+    """Where the simulated history must start so that its last batch ends an hour before
+    the live clock starts (a history reaching past the wall clock would be quarantined as
+    ts_in_future and trip the quarantine alarm)."""
+    from pharma_assets.twin.config import load_plant, load_recipes
+    from pharma_assets.twin.plant import plan_history
+
+    probe = datetime(2026, 1, 1, tzinfo=UTC)
+    plan = plan_history(load_plant().with_units(units), load_recipes(), batches, 42, start=probe)
+    span = max(b.end for b in plan.batches) - probe
+    return (live_start - span - timedelta(hours=1)).replace(second=0, microsecond=0)
+
+
 # ---------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -461,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     # history ends before it
     live_start = (datetime.now(UTC) - timedelta(minutes=args.minutes * (args.speed - 1) + 60)
                   ).replace(second=0, microsecond=0)  # fmt: skip
-    per_unit = -(-args.batches // args.units)
-    hist_start = live_start - timedelta(days=16 * per_unit + 2)
+    hist_start = history_start(args.units, args.batches, live_start)
     pt = str(BIN / "pharma-twin")
     rows: list[dict[str, Any]] = []
     try:
