@@ -49,6 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
+SCHEDULED_TAG = ".dagster/scheduled_execution_time"  # on every run a schedule launched
 
 
 # ------------------------------------------------------------------------------ processes
@@ -206,11 +207,11 @@ class Sampler:
             and r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
         )  # fmt: skip
         sched_delay = [
-            r.start_time - datetime.fromisoformat(r.dagster_run.tags["dagster/scheduled_execution_time"]).timestamp()
+            r.start_time - datetime.fromisoformat(sched).timestamp()
             for r in recs
             if r.dagster_run.job_name == "contamination_live_job" and r.start_time
-            and "dagster/scheduled_execution_time" in r.dagster_run.tags
             and r.start_time >= since.timestamp()
+            and (sched := r.dagster_run.tags.get(SCHEDULED_TAG))
         ]  # fmt: skip
         row["sched_delay_max_s"] = round(max(sched_delay), 1) if sched_delay else None
 
