@@ -10,12 +10,14 @@ BATCHES ?= 100
 UNITS ?= 6
 SEED ?= 42
 
-.PHONY: demo test lint format bench simulate clean help browser
+.PHONY: demo test lint format bench simulate clean help browser soak
+MINUTES ?= 120
 
 help:
 	@echo "make demo   - set up, simulate a plant history, materialize the lakehouse, serve Dagster (:3000) and dashboards (:8501) with the plant running live"
 	@echo "make test   - set up, then lint, dg check defs and the whole test suite"
 	@echo "make bench  - benchmarks; figures go to docs/benchmarks.md"
+	@echo "make soak   - the live demo's services for MINUTES=120 on a small plant: queue, latency, memory over time"
 	@echo "make lint   - ruff (lint + format check) and mypy"
 
 # The virtualenv is (re)built when missing or when the pins change: one pip resolve,
@@ -71,6 +73,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# The demo's services on a small temporary plant for MINUTES (default 120), sampled every
+# minute; CSV + PNG in /tmp/soak_<time>/ (benchmarks/soak.py states the pass rule).
+soak: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
 
 # The demo lake's audit trail is anchored outside the repository (~/.config/pharma-twin).
 # Deleting the lake on purpose first retires that anchor, a signed GxP action: the demo admin

@@ -209,7 +209,11 @@ def live(
     seed: Annotated[int, typer.Option()] = 7,
     speed: Annotated[
         float,
-        typer.Option(help="Clock acceleration: 1 = real time, 60 = a process minute per second."),
+        typer.Option(
+            help="Clock acceleration: 1 = real time, 60 = a process minute per second. The "
+            "process clock never passes the wall clock: a clock started in the past runs this "
+            "fast until it catches up, then at real time."
+        ),
     ] = 60.0,
     period: Annotated[str, typer.Option(help="Sampling period (down to 1s).")] = "60s",
     chunk_minutes: Annotated[

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,21 @@ class LiveStats:
     batches_started: int = 0
     batches_finished: int = 0
     process_hours: float = 0.0
+    waited_for_wall_clock_s: float = 0.0  # time spent held back to stay behind the wall clock
+
+
+def catch_up(t0: datetime, wall0: datetime, speed: float) -> datetime | None:
+    """Wall-clock time at which a process clock started at ``t0`` (at wall time ``wall0``)
+    and running ``speed`` times real time reaches the wall clock; None if it never does
+    (speed <= 1 or no pacing) or already has (t0 >= wall0: it waits, then runs at real time)."""
+    behind = (wall0 - t0).total_seconds()
+    if speed <= 1 or behind <= 0:
+        return None
+    return wall0 + timedelta(seconds=behind / (speed - 1))
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def run_live(
@@ -83,8 +99,15 @@ def run_live(
     start: datetime | None = None,
     on_chunk: Callable[[Path], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = _wall_now,
 ) -> LiveStats:
-    """Run until ``hours`` of process time have passed (forever when None) or Ctrl-C."""
+    """Run until ``hours`` of process time have passed (forever when None) or Ctrl-C.
+
+    ``clock`` is the wall clock (injectable for tests): process time never passes it, so
+    a clock started in the past runs ``speed`` times real time until it catches up, then at
+    real time. ``speed`` 0 means no pacing at all (tests, bulk generation): then ``clock``
+    still holds every timestamp back to the wall clock.
+    """
     out = Path(out)
     truth_dir = out.parent / "ground_truth"
     started: list[BatchPlan] = []
@@ -92,7 +115,20 @@ def run_live(
     strides = tag_strides(plant, period_s)
     tags = [t.tag for t in plant.tags]
     uoms = [t.uom for t in plant.tags]
-    t0 = (start or datetime.now(UTC)).replace(microsecond=0)
+    t0 = (start or clock()).replace(microsecond=0)
+    wall_start = clock()
+    meet = catch_up(t0, wall_start, speed) if speed > 0 else None
+    if t0 > wall_start:
+        log.info("live clock: process time starts at %s, %.0f s ahead of the wall clock: waiting "
+                 "for it, then running at real time", t0.isoformat(), (t0 - wall_start).total_seconds())  # fmt: skip
+    elif meet is not None:
+        log.info("live clock: process time starts at %s (%s behind the wall clock) and runs x%g; "
+                 "it reaches the wall clock at about %s (in %.0f min) and runs at real time from then on",
+                 t0.isoformat(), wall_start - t0, speed, meet.isoformat(timespec="seconds"),
+                 (meet - wall_start).total_seconds() / 60)  # fmt: skip
+    else:
+        log.info("live clock: process time starts at %s, x%g, never ahead of the wall clock",
+                 t0.isoformat(), speed)  # fmt: skip
     queues: dict[str, list[BatchPlan]] = {}
     for ui, unit in enumerate(plant.units):
         one = plant.with_units(len(plant.units)).model_copy(
@@ -113,6 +149,8 @@ def run_live(
         queues[unit.unit_id] = p.batches
     stats = LiveStats()
     running: dict[str, _Running] = {}
+    lims_due: list[tuple[datetime, Path, list[Any]]] = []  # results not yet due
+    ending: list[_Running] = []  # finished batches whose batch_end event is not yet due
     chunk_steps = max(1, round(chunk_minutes / 60.0 / dt_h))
     spd = round(24 / dt_h)
     wall0 = time.monotonic()
@@ -170,6 +208,17 @@ def run_live(
     try:
         while hours is None or step * dt_h < hours:
             now = t0 + timedelta(hours=step * dt_h)
+            ahead = (now - clock()).total_seconds()
+            if ahead > 0:  # caught up with the wall clock: never write the future
+                stats.waited_for_wall_clock_s += ahead
+                sleep(ahead)
+                continue
+            for item in [x for x in lims_due if x[0] <= now]:
+                write_lims_csv(item[1], item[2])
+                lims_due.remove(item)
+            for r in [r for r in ending if r.plan.end <= now]:  # the batch_end event, when due
+                emit_events(r, r.plan.end + timedelta(seconds=1))
+                ending.remove(r)
             for uid, q in queues.items():
                 if uid not in running and q and q[0].start <= now:
                     b = q.pop(0)
@@ -191,9 +240,15 @@ def run_live(
                     ts = r.plan.start + timedelta(hours=r.k * dt_h + 0.25)
                     rows = [(f"{r.plan.batch_id}-S{r.k // spd:02d}", r.plan.site_id, uid, r.plan.batch_id, ts,
                              "in_process", a, v, u) for a, v, u in lab_samples(rec, 0, 0, r.rng)]  # fmt: skip
-                    write_lims_csv(
-                        chunk_path(out, "lims", uid, r.plan.batch_id, ts, r.k // spd + 1, "csv"),
-                        rows,
+                    # the result carries its sample time (15 min on): written when that is past
+                    lims_due.append(
+                        (
+                            ts,
+                            chunk_path(
+                                out, "lims", uid, r.plan.batch_id, ts, r.k // spd + 1, "csv"
+                            ),
+                            rows,
+                        )
                     )
                 r.k += 1
                 emit_events(r, now)
@@ -209,11 +264,11 @@ def run_live(
                         r.plan.status == "complete",
                         r.rng,
                     )
-                    ts = r.plan.end
-                    write_lims_csv(chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
-                                   [(f"{r.plan.batch_id}-REL", r.plan.site_id, uid, r.plan.batch_id, ts, "release", a, v, u)
-                                    for a, v, u in rel])  # fmt: skip
-                    emit_events(r, r.plan.end + timedelta(seconds=1))
+                    ts = r.plan.end  # may lie up to one period ahead: written when due
+                    lims_due.append((ts, chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
+                                     [(f"{r.plan.batch_id}-REL", r.plan.site_id, uid, r.plan.batch_id, ts, "release", a, v, u)
+                                      for a, v, u in rel]))  # fmt: skip
+                    ending.append(r)
                     del running[uid]
                     stats.batches_finished += 1
             step += 1
@@ -226,6 +281,9 @@ def run_live(
         log.info("live mode interrupted; flushing partial chunks")
     for r in running.values():
         flush(r)
+    if lims_due or ending:
+        log.info("stopped before %d lab results and %d batch ends were due (not written: they "
+                 "would lie in the future)", len(lims_due), len(ending))  # fmt: skip
     # ground truth of the batches this run started (labels of faults that have begun)
     labels = [f for b in started for f in b.faults if f.onset_ts <= now]
     write_fault_labels(truth_dir / f"live_fault_labels_{stamp(t0)}.parquet", labels)

@@ -34,7 +34,11 @@ def definitions_with(lakehouse: LakehouseResource) -> dg.Definitions:
     """The lakehouse code location, with the given lake instead of the environment's."""
     d = lakehouse_defs()
     return dg.Definitions(
-        assets=d.assets, jobs=d.jobs, sensors=d.sensors, resources={"lakehouse": lakehouse}
+        assets=d.assets,
+        asset_checks=d.asset_checks,
+        jobs=d.jobs,
+        sensors=d.sensors,
+        resources={"lakehouse": lakehouse},
     )
 
 

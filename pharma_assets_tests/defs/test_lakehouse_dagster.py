@@ -19,7 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
-from pharma_assets.defs.lakehouse.automation import GOLD_INPUTS, _run_key, gold_refresh_sensor
+from pharma_assets.defs.lakehouse.automation import (
+    GOLD_INPUTS,
+    ONLY_BATCHES_TAG,
+    _run_key,
+    gold_refresh_sensor,
+)
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake import bronze, silver
@@ -319,22 +324,36 @@ def test_first_tick_requests_every_landed_batch_and_adds_partitions(
     }
 
 
-def test_scattered_batches_get_one_run_each_keyed_by_batch(
+def test_scattered_batches_get_one_run_that_processes_only_them(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource, landing: Path
 ) -> None:
+    """Issue 17: one run per batch flooded the queue. Batches far apart in partition order
+    still get ONE run: the range from the first to the last, with a tag naming the batches
+    that have new files, so the batches in between are not rebuilt."""
     batches = landed_batches(landing)
     b0, b1, b2 = sorted(batches)
     fillers = [f"ZZ-OLD-{i:04d}" for i in range(10)]  # older batches, nothing new for them
     instance.add_dynamic_partitions(BATCH_PARTITIONS, [b0, *fillers, b1, b2])
     tick = landing_tick(instance, lakehouse)
-    ingest = _ingest_requests(tick)
-    assert [r.partition_key for r in ingest] == [b0, b1, b2]
-    for r in ingest:
-        assert r.partition_key is not None
-        assert r.run_key == _run_key(r.partition_key, batches[r.partition_key])
-        assert r.tags["pharma/files"] == str(len(batches[r.partition_key]))
-    assert len({r.run_key for r in ingest}) == 3
+    (ingest,) = _ingest_requests(tick)
+    assert requested_batches(ingest, instance) == [b0, *fillers, b1, b2]
+    assert ingest.tags[ONLY_BATCHES_TAG] == f"{b0},{b1},{b2}"
+    files = [rel for b in (b0, b1, b2) for rel in batches[b]]
+    assert ingest.run_key == _run_key(f"{b0}..{b2}", files)
+    assert ingest.tags["pharma/files"] == str(len(files))
     assert list(tick.dynamic_partitions_requests or []) == []  # all three exist already
+
+    # the run, as the daemon would launch it: the three batches go through silver
+    job = definitions_with(lakehouse).resolve_job_def("batch_ingest_job")
+    res = job.execute_in_process(instance=instance, tags=ingest.tags)
+    assert res.success
+    done = res.get_asset_materialization_events()
+    assert {e.partition for e in done} == {b0, b1, b2, *fillers}  # (the range's bookkeeping)
+    silver_batches = lakehouse.lake().read("silver", "batches", columns=["batch_id"])
+    assert silver_batches is not None
+    assert sorted(silver_batches["batch_id"].to_list()) == [b0, b1, b2]
+    after = landing_tick(instance, lakehouse, tick.cursor)
+    assert _ingest_requests(after) == []
 
 
 def test_tick_without_new_files_requests_no_new_runs(

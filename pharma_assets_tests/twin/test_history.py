@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import numpy as np
@@ -148,6 +148,7 @@ def test_live_mode_writes_chunks_and_continues_batch_numbering(small_history, tm
         chunk_minutes=30,
         hours=2.0,
         on_chunk=seen.append,
+        start=datetime.now(UTC) - timedelta(hours=3),  # in the past: live never writes the future
     )
     assert stats.batches_started == 2
     new = pl.read_parquet(seen)

@@ -22,11 +22,16 @@ DELTA = {"delta", "polars"}
 
 
 def _keys(context: dg.AssetExecutionContext) -> list[str]:
-    return (
+    keys = (
         list(context.partition_keys)
         if context.has_partition_key_range or context.has_partition_key
         else []
     )
+    only = context.run.tags.get("pharma/batch_ids")  # landing_sensor: a sparse range's batches
+    if not only:
+        return keys
+    listed = set(only.split(","))
+    return [k for k in keys if k in listed]
 
 
 def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:

@@ -10,7 +10,10 @@ from .automation import (
     lake_maintenance_job,
     lake_maintenance_schedule,
     landing_sensor,
+    live_health_sensor,
+    live_telemetry_fresh,
     plant_events_job,
+    quarantine_rate_alarm,
 )  # fmt: skip
 from .resources import LakehouseResource
 
@@ -29,8 +32,9 @@ def defs() -> dg.Definitions:
             assets.silver_telemetry,
             assets.gold_tables,
         ],
+        asset_checks=[live_telemetry_fresh, quarantine_rate_alarm],
         jobs=[batch_ingest_job, plant_events_job, gold_job, lake_maintenance_job],
-        sensors=[landing_sensor, gold_refresh_sensor],
+        sensors=[landing_sensor, gold_refresh_sensor, live_health_sensor],
         schedules=[lake_maintenance_schedule],
         resources={"lakehouse": LakehouseResource.from_env()},
     )

@@ -6,6 +6,7 @@ import os
 import dagster as dg
 import polars as pl
 
+from pharma_assets.defs.lakehouse.automation import LANE_TAG, open_runs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
 
@@ -71,7 +72,11 @@ def retrain_sensor(
             f"{max(cursor + RETRAIN_EVERY, RETRAIN_EVERY)}"
         )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"retrain-{m}", tags={COMPLETED_TAG: str(n)})],
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"retrain-{m}", tags={COMPLETED_TAG: str(n), LANE_TAG: retrain_job.name}
+            )
+        ],
         cursor=str(m),
     )
 
@@ -123,12 +128,21 @@ def contamination_live_job() -> None:
     score_running_contamination()
 
 
-contamination_live_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="contamination_live_schedule",
     job=contamination_live_job,
     cron_schedule=os.environ.get("PHARMA_CONTAMINATION_CRON", "*/5 * * * *"),
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every 5 minutes (PHARMA_CONTAMINATION_CRON): contamination risk of the newest "
-    "window of each running batch, between retrainings.",
+    "window of each running batch, between retrainings. Its runs go ahead of ingestion in the "
+    "queue (dagster/priority), and a tick is skipped while the previous run is still open.",
 )
+def contamination_live_schedule(
+    context: dg.ScheduleEvaluationContext,
+) -> dg.RunRequest | dg.SkipReason:
+    if open_runs(context.instance, contamination_live_job.name):
+        return dg.SkipReason("the previous contamination_live_job run is still open")
+    return dg.RunRequest(
+        tags={LANE_TAG: contamination_live_job.name, "dagster/priority": "10"},
+    )
