@@ -127,7 +127,10 @@ def main() -> int:
             {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs / "mlflow.log",
         )  # fmt: skip
         print()
-        print("  Demo logins for the Quality & compliance pages (also in .state/demo_logins.txt):")
+        print(
+            "  Demo logins (every dashboard page asks for one; view.only is read-only;"
+            " also in .state/demo_logins.txt):"
+        )
         for uid, role, pw in demo_logins(lake):
             print(f"    {uid:<10} {role:<18} {pw}")
         print()
