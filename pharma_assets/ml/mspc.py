@@ -2,7 +2,9 @@
 
 Trajectories of good batches are aligned on an hourly grid of batch time (hour ``k`` covers
 elapsed minutes ``[60k, 60k+60)``; ``elapsed_h = k + 1`` is when it is complete), unfolded
-batch-wise (batch x (tag x hour)) and autoscaled per tag x hour. One model per recipe (the
+batch-wise (batch x (tag x hour)) and autoscaled per tag x hour (the scale of a tag at hour
+``k`` is its largest between-batch sd within ``k ± scale_window_h``, so that a good batch
+reaching a step an hour or two before the others is not an outlier). One model per recipe (the
 two recipes have different shift days and durations, so mixing them would hide faults).
 
 Online (evolving) monitoring: at maturity ``k`` a running batch is projected with a PCA of
@@ -12,7 +14,11 @@ the batches' Gram matrix, so no future data is needed or imputed). Per maturity:
 - Hotelling T² of the scores, limit = max(F approximation for a new batch at
   ``alpha``, g·chi²_h moment fit to the out-of-fold T² of the good batches);
 - SPE of the newest hour (instantaneous residual), limit = g·chi²_h moment fit to the
-  out-of-fold SPE of the good batches (leave-one-out or k-fold, pooled over ±2 h).
+  out-of-fold SPE of the good batches (leave-one-out or k-fold, pooled over ±2 h), after
+  setting aside clear outliers found by a robust (quartile) fit.
+
+Hours without data have null statistics, hours no good batch covers null limits; a
+non-finite statistic or limit is never an alarm.
 
 Both limits therefore vary with batch maturity. Contributions: per tag, the share of the
 newest hour's squared residual (SPE) or of the T² (|x·loading·score/λ| summed over hours).
