@@ -2,7 +2,9 @@
 
 Trajectories of good batches are aligned on an hourly grid of batch time (hour ``k`` covers
 elapsed minutes ``[60k, 60k+60)``; ``elapsed_h = k + 1`` is when it is complete), unfolded
-batch-wise (batch x (tag x hour)) and autoscaled per tag x hour. One model per recipe (the
+batch-wise (batch x (tag x hour)) and autoscaled per tag x hour (the scale of a tag at hour
+``k`` is its largest between-batch sd within ``k ± scale_window_h``, so that a good batch
+reaching a step an hour or two before the others is not an outlier). One model per recipe (the
 two recipes have different shift days and durations, so mixing them would hide faults).
 
 Online (evolving) monitoring: at maturity ``k`` a running batch is projected with a PCA of
@@ -12,7 +14,11 @@ the batches' Gram matrix, so no future data is needed or imputed). Per maturity:
 - Hotelling T² of the scores, limit = max(F approximation for a new batch at
   ``alpha``, g·chi²_h moment fit to the out-of-fold T² of the good batches);
 - SPE of the newest hour (instantaneous residual), limit = g·chi²_h moment fit to the
-  out-of-fold SPE of the good batches (leave-one-out or k-fold, pooled over ±2 h).
+  out-of-fold SPE of the good batches (leave-one-out or k-fold, pooled over ±2 h), after
+  setting aside clear outliers found by a robust (quartile) fit.
+
+Hours without data have null statistics, hours no good batch covers null limits; a
+non-finite statistic or limit is never an alarm.
 
 Both limits therefore vary with batch maturity. Contributions: per tag, the share of the
 newest hour's squared residual (SPE) or of the T² (|x·loading·score/λ| summed over hours).
@@ -52,6 +58,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import scipy.linalg
+import scipy.optimize
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
@@ -98,6 +105,16 @@ SD_FLOOR: dict[str, float] = {
     "jacket_temperature_c": 0.1,
     "dissolved_co2_mmhg": 1.0,
 }
+
+
+#: Out-of-fold statistics above this multiple of the robust (quartile) chi² limit are set
+#: aside before the limit's moment fit: clear outliers (unknown faults of "good" batches),
+#: not the ordinary heavy tail. Chosen on training data only (out-of-fold alarm rate of the
+#: good batches stays where it was, the limit spikes go): docs/models.md (MSPC).
+OUTLIER_FACTOR = 3.0
+#: The quartile fit needs enough values (10 batches x 5 pooled hours); with fewer, the
+#: out-of-fold statistics of small leave-one-out models are too irregular for it.
+ROBUST_MIN_VALUES = 50
 
 
 class MSPCInputError(ValueError):
@@ -230,6 +247,7 @@ class MSPCModel:
     n_folds: int
     skipped_recipes: dict[str, int] = field(default_factory=dict)
     max_batches: int = 150
+    scale_window_h: int = 0  # models pickled before the window existed scaled per hour
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -239,6 +257,7 @@ class MSPCModel:
             "max_components": self.max_components,
             "n_folds": self.n_folds,
             "max_batches": self.max_batches,
+            "scale_window_h": getattr(self, "scale_window_h", 0),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -254,8 +273,19 @@ class MSPCModel:
         return out
 
 
-def _scale_stats(raw: np.ndarray, tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, floored sd and raw sd per (hour, tag) over batches, NaN-aware."""
+def _scale_stats(
+    raw: np.ndarray, tags: Sequence[str], window_h: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, scaling sd and raw sd per (hour, tag) over batches, NaN-aware.
+
+    The scaling sd of a tag at hour ``k`` is the largest between-batch sd of that tag
+    within ``k ± window_h`` hours (then floored). Good batches do not all reach a step (feed
+    start, temperature shift, feed end) in the same clock hour; at the hours just before
+    and after the step they all agree, so their own sd there is only noise, and a good batch
+    whose step comes an hour or two earlier or later would get an enormous scaled residual.
+    The sd at the neighbouring hours, where the good batches' steps are spread, is the real
+    between-batch variability of the tag around that maturity. Away from steps it changes
+    slowly, so the window barely changes the scale there."""
     with np.errstate(invalid="ignore"), _quiet():
         mean = np.nanmean(raw, axis=0)
         raw_sd = np.nanstd(raw, axis=0, ddof=1)
@@ -263,13 +293,18 @@ def _scale_stats(raw: np.ndarray, tags: Sequence[str]) -> tuple[np.ndarray, np.n
         tag_mag = np.nanmean(np.abs(raw.reshape(-1, raw.shape[2])), axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     raw_sd = np.where(np.isfinite(raw_sd), raw_sd, 0.0)
+    scale_sd = raw_sd
+    if window_h > 0:
+        k_hours = raw_sd.shape[0]
+        pad = np.pad(raw_sd, ((window_h, window_h), (0, 0)), constant_values=0.0)
+        scale_sd = np.max(np.stack([pad[i : i + k_hours] for i in range(2 * window_h + 1)]), axis=0)
     # floor: a tag x hour that barely varies in good batches must not explode the statistics
     floor = np.maximum(
         0.05 * np.where(np.isfinite(tag_sd), tag_sd, 0.0),
         1e-3 * np.where(np.isfinite(tag_mag), tag_mag, 0.0),
     )
     floor = np.maximum(floor, np.array([SD_FLOOR.get(t, 1e-6) for t in tags]))
-    return mean, np.maximum(raw_sd, floor[None, :]), raw_sd
+    return mean, np.maximum(scale_sd, floor[None, :]), raw_sd
 
 
 def _quiet() -> warnings.catch_warnings:  # type: ignore[type-arg]
@@ -299,7 +334,8 @@ def _fit_maturities(
         a = max(1, min(a, int(np.sum(ev > 1e-9 * max(tot, 1e-12))) or 1))
         s = np.sqrt(np.maximum(ev[:a], 1e-12))
         ws.append(u[:, :a] / s)
-        lams.append(ev[:a] / max(n - 1, 1))
+        # a zero-variance score (no data yet at this maturity) must not give 0/0 = NaN
+        lams.append(np.maximum(ev[:a], 1e-12) / max(n - 1, 1))
         ncomp[k] = a
         cevs[k] = cum[a - 1]
     return ws, lams, ncomp, cevs
@@ -333,17 +369,46 @@ def _project(
 def _chi2_limit(v: np.ndarray, alpha: float, trim_rounds: int = 2) -> float:
     """g·chi²_h limit from the mean and variance of ``v`` (Box's approximation).
 
-    Good batches can still hold a few abnormal hours (a plant does not know every fault);
-    a single spike would inflate the variance and the limit with it, so values above the
-    limit are set aside and the fit repeated ``trim_rounds`` times."""
+    Good batches can still hold abnormal hours (a plant does not know every fault, e.g. a
+    feed pump that stopped for a few hours of a right-first-time batch). Such values inflate
+    the variance, and a moment fit that includes them is too wide to set them aside, so the
+    first fit is robust (g and h from the quartiles, unaffected by up to a quarter of
+    outliers); values above ``OUTLIER_FACTOR`` times it (clear outliers only; at most a
+    fifth of the values) are set aside before the moment fit, which is then repeated
+    ``trim_rounds`` times without the values above the limit."""
     v = v[np.isfinite(v)]
     lim = _chi2_fit(v, alpha)
+    robust = _chi2_quartile_fit(v, alpha)
+    if np.isfinite(robust) and OUTLIER_FACTOR * robust < lim:
+        kept = v[v <= OUTLIER_FACTOR * robust]
+        if kept.size >= max(5, int(0.8 * v.size)):
+            lim = _chi2_fit(kept, alpha)
     for _ in range(trim_rounds):
         kept = v[v <= lim]
         if kept.size < max(5, int(0.9 * v.size)):
             break
         lim = _chi2_fit(kept, alpha)
     return lim
+
+
+def _chi2_quartile_fit(v: np.ndarray, alpha: float) -> float:
+    """g·chi²_h limit with h matched to the quartile ratio and g to the median."""
+    if v.size < ROBUST_MIN_VALUES:
+        return float("inf")
+    q1, q2, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+    if not q1 > 0 or not q3 > q1:
+        return float("inf")
+
+    def gap(log_h: float) -> float:
+        h = np.exp(log_h)
+        return float(stats.chi2.ppf(0.75, h) / stats.chi2.ppf(0.25, h) - q3 / q1)
+
+    lo, hi = np.log(0.05), np.log(1e4)
+    if gap(lo) * gap(hi) > 0:  # ratio outside what chi² can give: no robust fit
+        return float("inf")
+    h = float(np.exp(scipy.optimize.brentq(gap, lo, hi, xtol=1e-6)))
+    g = q2 / float(stats.chi2.ppf(0.5, h))
+    return float(g * stats.chi2.ppf(alpha, h))
 
 
 def _chi2_fit(v: np.ndarray, alpha: float) -> float:
@@ -366,9 +431,10 @@ def _fit_recipe(
     max_components: int,
     n_folds: int,
     pool_h: int,
+    scale_window_h: int,
 ) -> RecipeModel:
     n, k_hours, _ = raw.shape
-    mean, sd, raw_sd = _scale_stats(raw, tags)
+    mean, sd, raw_sd = _scale_stats(raw, tags, scale_window_h)
     x = np.nan_to_num((raw - mean) / sd, nan=0.0)
     ws, lams, ncomp, cevs = _fit_maturities(x, cev_target, max_components)
     # out-of-fold statistics for the limits (leave-one-out when n <= n_folds)
@@ -379,7 +445,7 @@ def _fit_recipe(
         tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
         if tr.size < 3:
             continue
-        m_f, sd_f, _ = _scale_stats(raw[tr], tags)
+        m_f, sd_f, _ = _scale_stats(raw[tr], tags, scale_window_h)
         x_f = np.nan_to_num((raw[tr] - m_f) / sd_f, nan=0.0)
         ws_f, lams_f, _, _ = _fit_maturities(x_f, cev_target, max_components)
         for i in te:
@@ -400,6 +466,10 @@ def _fit_recipe(
         spe_lim[k] = _chi2_limit(cv_spe[:, lo:hi].ravel(), alpha)
     with _quiet():
         n_obs = np.sum(np.isfinite(raw), axis=0)
+    # hours where no good batch has any reading have nothing to compare with: no limit
+    empty = n_obs.sum(axis=1) == 0
+    t2_lim[empty] = np.nan
+    spe_lim[empty] = np.nan
     return RecipeModel(
         recipe_id=recipe_id,
         tags=tags,
@@ -440,6 +510,7 @@ def train(
     min_batches: int = 5,
     pool_h: int = 2,
     max_batches: int = 150,
+    scale_window_h: int = 3,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -450,10 +521,14 @@ def train(
     bound memory on a large history); ``monitor`` accepts either form too. Only the
     ``max_batches`` most recent good batches of a recipe are used (the current process;
     also bounds the training time). Limits come from ``n_folds``-fold out-of-fold
-    statistics (leave-one-out when there are fewer batches than folds).
+    statistics (leave-one-out when there are fewer batches than folds). Each tag is
+    scaled at hour ``k`` by its largest between-batch sd within ``k ± scale_window_h`` hours
+    (see ``_scale_stats``: good batches do not all reach a step in the same clock hour).
     """
     if not 0.5 < alpha < 1.0:
         raise MSPCInputError(f"alpha must be in (0.5, 1), got {alpha}")
+    if scale_window_h < 0:
+        raise MSPCInputError(f"scale_window_h must be >= 0 hours, got {scale_window_h}")
     ids = sorted(set(good_batch_ids))
     if not ids:
         raise MSPCInputError("no good batches given; see good_batches()")
@@ -486,13 +561,24 @@ def train(
         # hundreds of small eigendecompositions: multithreaded BLAS only adds overhead
         with threadpool_limits(limits=1, user_api="blas"):
             models[rid] = _fit_recipe(
-                rid, raw, rb, list(tags), alpha, cev_target, max_components, n_folds, pool_h
+                rid,
+                raw,
+                rb,
+                list(tags),
+                alpha,
+                cev_target,
+                max_components,
+                n_folds,
+                pool_h,
+                scale_window_h,
             )
     if not models:
         raise MSPCInputError(
             f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
         )
-    return MSPCModel(models, alpha, cev_target, max_components, n_folds, skipped, max_batches)
+    return MSPCModel(
+        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h
+    )
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -504,26 +590,40 @@ def envelope(model: MSPCModel, model_version: str = "untrained") -> pl.DataFrame
     frames = []
     for rid, m in model.recipes.items():
         k, j = np.meshgrid(np.arange(m.n_hours), np.arange(len(m.tags)), indexing="ij")
+        n_obs = m.n_obs
         frames.append(
             pl.DataFrame(
                 {
                     "recipe_id": rid,
                     "tag": np.asarray(m.tags)[j.ravel()],
                     "elapsed_h": (k.ravel() + 1).astype(np.float64),
-                    "mean": m.mean.ravel(),
-                    "lo": (m.mean - 3 * m.raw_sd).ravel(),
-                    "hi": (m.mean + 3 * m.raw_sd).ravel(),
+                    # hours without data are null (not 0); lo/hi need two batches
+                    "mean": np.where(n_obs >= 1, m.mean, np.nan).ravel(),
+                    "lo": np.where(n_obs >= 2, m.mean - 3 * m.raw_sd, np.nan).ravel(),
+                    "hi": np.where(n_obs >= 2, m.mean + 3 * m.raw_sd, np.nan).ravel(),
                     "n_batches": m.n_obs.ravel().astype(np.int64),
                 }
             )
         )
-    return pl.concat(frames).with_columns(model_version=pl.lit(str(model_version)))
+    return (
+        pl.concat(frames)
+        .with_columns(pl.col("mean", "lo", "hi").fill_nan(None))
+        .with_columns(model_version=pl.lit(str(model_version)))
+    )
 
 
 def _shares(c: np.ndarray) -> np.ndarray:
     a = np.abs(c)
     s = a.sum(axis=-1, keepdims=True)
     return np.divide(a, s, out=np.full_like(a, 1.0 / a.shape[-1]), where=s > 0)
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _contrib_json(tags: Sequence[str], shares: np.ndarray) -> str:
+    return json.dumps({t: round(float(v), 4) for t, v in zip(tags, shares, strict=True)})
 
 
 def monitor(
@@ -560,27 +660,33 @@ def monitor(
             t2, spe, c_t2, c_spe = _project(m.x, m.w, m.lam, y, k_max)
         s_t2, s_spe = _shares(c_t2), _shares(c_spe)
         unit = hb["unit_id"][0]
+        has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
         for k in range(k_max):
-            use = s_spe[k] if spe[k] / m.spe_limit[k] >= t2[k] / m.t2_limit[k] else s_t2[k]
-            top = np.argsort(-use)[:n_top]
+            # an hour without any reading has no statistic (null, not 0); a non-finite
+            # statistic or limit is stored as null and never alarms
+            t2_k = _finite(t2[k]) if has_data[k] else None
+            spe_k = _finite(spe[k]) if has_data[k] else None
+            t2_l, spe_l = _finite(m.t2_limit[k]), _finite(m.spe_limit[k])
+            r_t2 = t2_k / t2_l if t2_k is not None and t2_l else None
+            r_spe = spe_k / spe_l if spe_k is not None and spe_l else None
+            top = None
+            if r_t2 is not None or r_spe is not None:
+                use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
+                top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
             rows.append(
                 {
                     "batch_id": bid,
                     "unit_id": unit,
                     "recipe_id": m.recipe_id,
                     "elapsed_h": float(k + 1),
-                    "t2": float(t2[k]),
-                    "t2_limit": float(m.t2_limit[k]),
-                    "spe": float(spe[k]),
-                    "spe_limit": float(m.spe_limit[k]),
-                    "alarm": bool(t2[k] > m.t2_limit[k] or spe[k] > m.spe_limit[k]),
-                    "top_contributors": ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in top),
-                    "_t2_contrib": json.dumps(
-                        {t: round(float(v), 4) for t, v in zip(m.tags, s_t2[k], strict=True)}
-                    ),
-                    "_spe_contrib": json.dumps(
-                        {t: round(float(v), 4) for t, v in zip(m.tags, s_spe[k], strict=True)}
-                    ),
+                    "t2": t2_k,
+                    "t2_limit": t2_l,
+                    "spe": spe_k,
+                    "spe_limit": spe_l,
+                    "alarm": bool((r_t2 or 0.0) > 1.0 or (r_spe or 0.0) > 1.0),
+                    "top_contributors": top,
+                    "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
+                    "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
                 }
             )
     schema = {
@@ -616,14 +722,20 @@ def alarms(monitored: pl.DataFrame) -> pl.DataFrame:
         if c not in monitored.columns:
             raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
     keys = ["batch_id", "unit_id", "elapsed_h", "model_version"]
-    t2 = monitored.filter(pl.col("t2") > pl.col("t2_limit")).select(
+
+    def beyond(stat: str) -> pl.Expr:
+        # polars orders NaN above +inf, so NaN > inf is true there: require finite values
+        v, lim = pl.col(stat), pl.col(f"{stat}_limit")
+        return (v.is_finite() & lim.is_finite() & (v > lim)).fill_null(False)
+
+    t2 = monitored.filter(beyond("t2")).select(
         *keys,
         statistic=pl.lit("t2"),
         value=pl.col("t2"),
         limit=pl.col("t2_limit"),
         contributions=pl.col("_t2_contrib"),
     )
-    spe = monitored.filter(pl.col("spe") > pl.col("spe_limit")).select(
+    spe = monitored.filter(beyond("spe")).select(
         *keys,
         statistic=pl.lit("spe"),
         value=pl.col("spe"),
