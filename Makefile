@@ -68,6 +68,7 @@ demo: $(STAMP)
 	  $(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING); \
 	fi
 	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline
+	$(BIN)/python -c "from pharma_assets.demo import demo_promotion_policy as p; print(p('$(LAKE)'))"
 	PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/pharma-twin train --if-untrained
 	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
 

@@ -469,7 +469,12 @@ def training_lines(summaries: list[ModelSummary]) -> list[str]:
     colour = {PROMOTED: "green", NOT_PROMOTED: "red"}
     lines = []
     n_champ = sum(s.promotion_decision == PROMOTED for s in summaries)
-    lines.append(f"{len(summaries)} models trained, {n_champ} promoted to champion:")
+    n_pending = sum(s.promotion_state == "pending_approval" for s in summaries)
+    lines.append(
+        f"{len(summaries)} models trained, {n_champ} proposed by the gate: "
+        f"{n_champ - n_pending} champion by signature, {n_pending} pending QA approval "
+        "(`pharma-twin model pending`):"
+    )
     for s in summaries:
         c = colour.get(s.promotion_decision, "yellow")
         verdict = s.promotion_decision.replace("_", " ").upper() or "UNKNOWN"
@@ -477,6 +482,8 @@ def training_lines(summaries: list[ModelSummary]) -> list[str]:
             f"[bold]{escape(s.name)}[/] v{s.version}: [{c}]{verdict}[/] - "
             + escape(s.promotion_reason)
         )
+        if s.promotion_note:
+            lines.append(f"    -> {escape(s.promotion_note)}")
         with_target = []
         plain = []
         for k in sorted(s.metrics):
@@ -557,6 +564,9 @@ _register_gateway(app)
 from .compliance.cli import register as _register_compliance  # noqa: E402
 
 _register_compliance(app)
+from .compliance.model_cli import model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")  # model promotions (docs/models.md)
 
 
 if __name__ == "__main__":

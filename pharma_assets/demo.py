@@ -83,6 +83,27 @@ def demo_logins(lake_uri: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+def demo_promotion_policy(lake_uri: str) -> str:
+    """Put the auto-promotion policy in force in the demo lake (once): its approved baseline
+    is recorded under change control, signed by the demo QA lead. From then on a first model
+    version that passes the promotion gate becomes champion signed by the system under that
+    policy (so the dashboards and live scoring have champions), and later versions wait for
+    a QA signature on the Models page unless the policy's margin allows (docs/models.md)."""
+    from pharma_assets.compliance.changecontrol import apply_change, history
+    from pharma_assets.compliance.promotions import POLICY_TARGET, policy_path
+    from pharma_assets.lake.storage import Lake
+
+    lake = Lake.at(lake_uri)
+    logins = {u: p for u, _, p in demo_logins(lake_uri)}
+    h = history(lake, POLICY_TARGET)
+    if h.height:
+        return f"auto-promotion policy already under change control ({h['change_id'][-1]})"
+    p = policy_path()
+    row = apply_change(lake, p, p.read_text(), "qa.lead", logins["qa.lead"],
+                       "demo: approved baseline of the auto-promotion policy", POLICY_TARGET)  # fmt: skip
+    return f"auto-promotion policy {p.name} approved by qa.lead ({row['change_id']})"
+
+
 def main() -> int:
     landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
     lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
@@ -139,6 +160,7 @@ def main() -> int:
         )
         print("  Dashboards:   http://127.0.0.1:8501")
         print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
+        print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
         print(f"  Lake:         {lake}")
         print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
         print("  Ctrl-C stops everything.")

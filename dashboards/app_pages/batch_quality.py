@@ -129,5 +129,54 @@ else:
     st.markdown("**Material lots**")
     ui.table(logic.material_lots(summary, chosen), "material_lots", "material lots")
 
+# ------------------------------------------------------------------ forecasts vs actual
+st.subheader("Quality forecasts against actual (gold/batch_forecasts)")
+fc = data.read("gold", "batch_forecasts")
+if fc is None:
+    st.info(data.missing_hint("gold", "batch_forecasts"), icon=":material/info:")
+elif fc.height == 0:
+    ui.empty("gold/batch_forecasts is empty: no batch has reached a forecast horizon with a "
+             "champion model (docs/models.md).")  # fmt: skip
+else:
+    from pharma_assets.ml.quality import targets_frame
+
+    c1, c2 = st.columns(2)
+    targets = sorted(fc["target"].unique().to_list())
+    target = c1.selectbox("Forecast target", targets, key="bq_fc_target")
+    horizons = [h for h in ("day3", "day7", "harvest") if h in set(fc["horizon"].to_list())]
+    horizon = c2.selectbox("Horizon", horizons, key="bq_fc_horizon")
+    actual = targets_frame(summary).select("batch_id", pl.col(target).alias("actual"))
+    order = summary.select("batch_id", "start_ts")
+    f = (
+        fc.filter((pl.col("target") == target) & (pl.col("horizon") == horizon))
+        .join(actual, on="batch_id", how="left")
+        .join(order, on="batch_id", how="left")
+        .sort("start_ts", "batch_id")
+    )
+    unit = f["unit"][0] if f.height else ""
+    known = f.filter(pl.col("actual").is_not_null())
+    inside = known.filter(pl.col("actual").is_between(pl.col("lower"), pl.col("upper")))
+    m = st.columns(3)
+    m[0].metric("Batches forecast", f.height)
+    m[1].metric("With an actual value", known.height)
+    m[2].metric("Actual inside the 80 % interval",
+                f"{inside.height} / {known.height}" if known.height else "n/a")  # fmt: skip
+    x = f["batch_id"].to_list()
+    traces = [
+        {"type": "scatter", "x": x, "y": f["predicted"].to_numpy(), "mode": "markers",
+         "name": "forecast (80 % interval)", "marker": {"color": "#1565c0"},
+         "error_y": {"type": "data", "symmetric": False,
+                     "array": (f["upper"] - f["predicted"]).to_numpy(),
+                     "arrayminus": (f["predicted"] - f["lower"]).to_numpy()}},
+        {"type": "scatter", "x": x, "y": f["actual"].to_numpy(), "mode": "markers",
+         "name": "actual (release LIMS)", "marker": {"color": "#2e7d32", "symbol": "x", "size": 9}},
+    ]  # fmt: skip
+    ui.chart(ui.figure(traces, "batch (by start)", f"{target} ({unit})", showlegend=True),
+             "forecasts")  # fmt: skip
+    st.caption("Each batch's forecast at the chosen horizon from the champion model of that "
+               "horizon (model version in the table), its 80 % interval, and the value the "
+               "release assays measured once the batch ended (blank while it runs).")  # fmt: skip
+    ui.table(f.drop("start_ts"), f"forecasts_{target}_{horizon}", "forecasts vs actual")
+
 st.subheader("All batches")
 ui.table(summary, "batch_summary", "batch summary", height=300)

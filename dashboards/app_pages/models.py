@@ -1,16 +1,77 @@
 """Models: registered versions and champions (MLflow registry when available), why the
-newest version of a model is not champion (the promotion gate's reason), and every evaluated
-metric against its target (gold/model_performance)."""
+newest version of a model is not champion (the promotion gate's reason), the promotions
+waiting for a QA signature with approve / reject (e-signature bound to the version's
+artifact hash), and every evaluated metric against its target (gold/model_performance)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
 
 import plotly.graph_objects as go
 import polars as pl
 import streamlit as st
 
-from dashboards import data, logic, ui
+from dashboards import auth, data, logic, ui
+from pharma_assets.compliance import promotions
 
-ui.header("Models", "models", (("gold", "model_performance"),))
+session = ui.header("Models", "models", (("gold", "model_performance"),))
+
+
+def _signer(
+    approve: bool, name: str, version: str, uri: str | None
+) -> Callable[[str, str, str], str]:
+    """What the signature dialog calls with (user, password, reason): the signed decision."""
+
+    def on_sign(user: str, password: str, reason: str) -> str:
+        decide = promotions.approve if approve else promotions.reject
+        decide(auth.lake(), user, password, name, version, reason, uri)
+        data._registered_models.clear()  # the registry table shows the new champion at once
+        if approve:
+            return f"{name} v{version} approved: now champion"
+        return f"{name} v{version} rejected: the champion stays"
+
+    return on_sign
+
+
+def _pending_promotions() -> None:
+    """Proposals of the promotion gate that wait for a signature (gxp/model_promotions)."""
+    lake = auth.lake()
+    pend = promotions.pending(lake)
+    st.subheader("Pending promotions")
+    auth.flash()
+    if pend.height == 0:
+        st.caption("No promotion waits for a signature.")
+        return
+    may_sign = auth.can(session, promotions.PERMISSION)
+    if not may_sign:
+        st.caption(f"{pend.height} proposal(s) wait for QA: a user whose role grants "
+                   f"`{promotions.PERMISSION}` approves or rejects them with an electronic "
+                   "signature.")  # fmt: skip
+    uri = os.environ.get("PHARMA_MLFLOW_URI") or None
+    for r in pend.iter_rows(named=True):
+        name, version = r["model_name"], r["version"]
+        champ = f"champion v{r['champion_version']}" if r["champion_version"] else "no champion"
+        score = "" if r["challenger_score"] is None else f" {r['challenger_score']:.4g}"
+        st.info(
+            f"**{name}** v{version} proposed ({r['gate_metric']}{score}; {champ} when "
+            f"proposed): {r['gate_reason']}  \nModel SHA-256 `{r['model_sha256'][:16]}...`, "
+            f"proposal {r['promotion_id']}",
+            icon=":material/pending_actions:",
+        )
+        if not may_sign:
+            continue
+        label = f"the promotion of {name} v{version} (model SHA-256 {r['model_sha256'][:16]}...)"
+        key = f"{name}_{version}".replace(".", "_")
+        c1, c2 = st.columns(2)
+        with c1:
+            auth.signature_dialog(session, f"Approve v{version}", "approval", label,
+                                  _signer(True, name, version, uri), f"prm_ok_{key}")  # fmt: skip
+        with c2:
+            auth.signature_dialog(session, f"Reject v{version}", "approval",
+                                  "the rejection of " + label, _signer(False, name, version, uri),
+                                  f"prm_no_{key}")  # fmt: skip
+
 
 perf = data.read("gold", "model_performance")
 registry, registry_note = data.registered_models()
@@ -42,6 +103,12 @@ if registry is not None:
         for r in held.iter_rows(named=True):
             champ = champions.get(r["name"])
             stays = f"champion stays v{champ}" if champ else "no champion: nothing is scored"
+            if r["promotion_state"] in ("pending_approval", "superseded"):
+                continue  # proposed by the gate: under "Pending promotions"
+            if r["promotion_state"] == "rejected":
+                st.warning(f"**{r['name']}** v{r['version']} rejected ({stays})",
+                           icon=":material/block:")  # fmt: skip
+                continue
             st.warning(
                 f"**{r['name']}** v{r['version']} not promoted ({stays}): "
                 f"{r['promotion_reason'] or 'no reason recorded'}",
@@ -51,6 +118,8 @@ else:
     st.caption(registry_note)
     if perf is not None:
         ui.table(logic.model_overview(perf), "model_overview", "model overview")
+
+_pending_promotions()
 
 if perf is None:
     st.info(data.missing_hint("gold", "model_performance"), icon=":material/info:")

@@ -56,6 +56,48 @@ else:
         ui.table(now.sort("risk", descending=True), "contamination_latest",
                  "latest contamination scores")  # fmt: skip
 
+# ------------------------------------------------------------------ contamination history
+st.subheader("Contamination risk history (any batch)")
+hcols = ("batch_id", "elapsed_h", "window_end_ts", "anomaly_score", "threshold", "risk", "alarm")
+hparts = {
+    src: data.read("gold", t, columns=hcols)
+    for src, t in (("retraining", "contamination_risk"), ("live", "contamination_live"))
+}
+hframes = [df.with_columns(source=pl.lit(src)) for src, df in hparts.items() if df is not None]
+if not hframes:
+    st.info(data.missing_hint("gold", "contamination_risk"), icon=":material/info:")
+else:
+    hist = logic.windows_of(hframes)  # one row per window; the live score wins
+    scored = sorted(hist["batch_id"].unique().to_list(), reverse=True)
+    if not scored:
+        ui.empty("No contamination window has been scored yet.")
+    else:
+        hb = st.selectbox("Batch", scored, key="mon_contam_batch")
+        d = hist.filter(pl.col("batch_id") == hb).sort("elapsed_h")
+        al = d.filter(pl.col("alarm"))
+        m = st.columns(4)
+        m[0].metric("Windows scored", d.height)
+        m[1].metric("From the retraining (gold/contamination_risk)",
+                    int((d["source"] == "retraining").sum()))  # fmt: skip
+        m[2].metric("From live scoring (gold/contamination_live)",
+                    int((d["source"] == "live").sum()))  # fmt: skip
+        m[3].metric("Alarm windows", al.height)
+        traces = [
+            {"type": "scatter", "x": d["elapsed_h"].to_numpy(), "y": d["anomaly_score"].to_numpy(),
+             "mode": "lines", "name": "anomaly score"},
+            {"type": "scatter", "x": al["elapsed_h"].to_numpy(), "y": al["anomaly_score"].to_numpy(),
+             "mode": "markers", "name": "alarm window", "marker": {"color": "#c62828", "size": 8}},
+        ]  # fmt: skip
+        thr = d["threshold"].max()
+        lines = (
+            [ui.hline(thr, f"alarm threshold {thr:.3g}", "#c62828")]
+            if isinstance(thr, float)
+            else []
+        )
+        ui.chart(ui.figure(traces, "time since inoculation (h)",
+                           "anomaly score (model units; higher = more anomalous)", lines,
+                           showlegend=True), "contamination_history")  # fmt: skip
+
 # ------------------------------------------------------------------ MSPC
 st.subheader("MSPC: Hotelling T² and SPE")
 ms = data.mspc_latest()  # one row per monitored batch

@@ -44,7 +44,9 @@ def _validators() -> dict[str, Callable[[Path], Any]]:
     from pharma_assets.lake.specs import load_spec
     from pharma_assets.twin.config import load_recipes
 
-    return {"cpp_spec": load_spec, "recipes": load_recipes}
+    from .promotions import load_policy
+
+    return {"cpp_spec": load_spec, "recipes": load_recipes, "promotion_policy": load_policy}
 
 
 def sha256_text(text: str) -> str:

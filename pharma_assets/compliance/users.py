@@ -43,7 +43,8 @@ TABLE = "users"
 
 # permissions per role; admins manage accounts but cannot sign GMP records (segregation of
 # duties; the one thing an admin signs is the retirement of an audit trail), QA is the only
-# role that approves, closes deviations and releases batches; viewers only read dashboards
+# role that approves, closes deviations, releases batches and approves model promotions;
+# viewers only read dashboards
 ROLES: dict[str, frozenset[str]] = {
     "operator": frozenset({"deviation.open", "sign.authorship", "record.view"}),
     "process_engineer": frozenset(
@@ -55,7 +56,6 @@ ROLES: dict[str, frozenset[str]] = {
             "sign.authorship",
             "sign.review",
             "sign.responsibility",
-            "model.promote",
         }
     ),
     "qa": frozenset(
@@ -71,6 +71,7 @@ ROLES: dict[str, frozenset[str]] = {
             "sign.review",
             "sign.responsibility",
             "sign.approval",
+            "model.approve",
         }
     ),
     "maintenance": frozenset(

@@ -17,8 +17,8 @@ Choices (see docs/models.md, "MLflow"):
   benchmark, and several models can be logged in one process without global state.
 * The model is a pickled artifact (``model/model.pkl``); the registered version's source is
   that artifact folder. The champion is the version with the alias ``champion``.
-* Promotion gate (:func:`promotion_gate`, a pure function): a new version becomes champion
-  only if it meets its :class:`Minimum` (regressors: R² > 0 and better than the naive
+* Promotion gate (:func:`promotion_gate`, a pure function): a new version is PROPOSED as
+  champion only if it meets its :class:`Minimum` (regressors: R² > 0 and better than the naive
   baseline of predicting the training mean on the same held-out rows; detectors: detection
   evaluated on at least one positive case, and better than a detector that never alarms)
   AND its gate metric is at least as good as the current champion's on the SAME held-out
@@ -26,10 +26,16 @@ Choices (see docs/models.md, "MLflow"):
   fails the minimum, or cannot be evaluated, is registered but not promoted. The decision
   and its reason are version tags (``promotion_decision``, ``promotion_reason``), the scores
   version tags and run metrics.
+* :func:`register` never moves the ``champion`` alias: a proposal becomes champion only
+  through ``pharma_assets.compliance.promotions`` (a QA e-signature bound to the version's
+  :func:`model_sha256`, or the system's signature under the change-controlled
+  auto-promotion policy), which calls :func:`set_champion` (docs/models.md, "Signed
+  promotion").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -77,6 +83,7 @@ MODELS_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "promotion_decision": pl.String(),
     "promotion_reason": pl.String(),
+    "promotion_state": pl.String(),
 }
 
 PROMOTED = "promoted"
@@ -146,7 +153,9 @@ class TrainedModel:
 
 @dataclass
 class Registration:
-    """The outcome of :func:`register`: which version, and whether it became champion."""
+    """The outcome of :func:`register`: which version and the gate's decision. ``promoted``
+    is True only once the version has become champion (set by the signed promotion step,
+    never by :func:`register` itself); ``proposed``: the gate proposes it as champion."""
 
     name: str
     version: str
@@ -158,6 +167,12 @@ class Registration:
     decision: str = ""  # "<promotion_decision>: <promotion_reason>"
     promotion_decision: str = ""  # PROMOTED, NOT_PROMOTED or KEPT_CHAMPION
     promotion_reason: str = ""
+    gate_metric: str = ""
+    promotion_state: str = ""  # set by compliance.promotions: pending or approved
+
+    @property
+    def proposed(self) -> bool:
+        return self.promotion_decision == PROMOTED
 
 
 def _repo_root() -> Path:
@@ -382,9 +397,12 @@ def register(
     """Log one training run, register it as a new version and apply :func:`promotion_gate`.
 
     ``champion_score_fn(model)`` scores a model on the same held-out set as
-    ``trained.metrics[trained.gate_metric]``. The new version is promoted iff it meets
-    ``trained.minimum`` and there is no champion, or its score is at least as good as the
-    champion's; the decision and reason are tags of the version. If the champion cannot
+    ``trained.metrics[trained.gate_metric]``. The gate proposes the new version as champion
+    iff it meets ``trained.minimum`` and there is no champion, or its score is at least as
+    good as the champion's; the decision and reason are tags of the version. The champion
+    alias is NOT moved here: ``compliance.promotions.propose`` records the proposal and
+    only a signature (QA, or the system under the approved auto-promotion policy) makes it
+    champion. If the champion cannot
     be scored (``champion_score_fn`` is None or raises, e.g. because the feature set
     changed), the champion's recorded score is used and the reason is recorded.
     """
@@ -477,7 +495,7 @@ def register(
             champ_score,
             reason,
         )
-        promoted, decision = gate.promoted, gate.text
+        decision = gate.text
 
         try:
             client.get_registered_model(trained.name)
@@ -497,7 +515,7 @@ def register(
                 "challenger_score": repr(challenger),
                 "champion_score": "" if champ_score is None else repr(champ_score),
                 "champion_version": champ_version or "",
-                "promoted": str(promoted),
+                "promoted": "False",  # True once a signed promotion made it champion
                 "decision": decision,
                 "promotion_decision": gate.decision,
                 "promotion_reason": gate.reason,
@@ -505,10 +523,8 @@ def register(
             },
         )
         version = str(mv.version)
-        if promoted:
-            client.set_registered_model_alias(trained.name, CHAMPION_ALIAS, version)
         gate_metrics = [Metric("gate_challenger_score", challenger, ts, 0)]
-        gate_metrics.append(Metric("gate_promoted", 1.0 if promoted else 0.0, ts, 0))
+        gate_metrics.append(Metric("gate_proposed", 1.0 if gate.promoted else 0.0, ts, 0))
         if champ_score is not None:
             gate_metrics.append(Metric("gate_champion_score", champ_score, ts, 0))
         client.log_batch(run_id, metrics=gate_metrics)
@@ -523,14 +539,68 @@ def register(
         name=trained.name,
         version=version,
         run_id=run_id,
-        promoted=promoted,
+        promoted=False,
         challenger_score=challenger,
         champion_score=champ_score,
         champion_version=champ_version,
         decision=decision,
         promotion_decision=gate.decision,
         promotion_reason=gate.reason,
+        gate_metric=trained.gate_metric,
     )
+
+
+def model_sha256(name: str, version: str, uri: str | None = None) -> str:
+    """SHA-256 that identifies a registered version's model: over the version's name and
+    number and the path and SHA-256 of every file of its model artifact folder (the pickled
+    model, its feature list, its data versions). A promotion signature binds this hash, so
+    it cannot be moved to another version, and a changed artifact no longer verifies."""
+    client = _client(uri)
+    mv = client.get_model_version(name, version)
+    h = hashlib.sha256(f"{name}\n{version}\n".encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(mv.run_id, MODEL_ARTIFACT_DIR, tmp))
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        if not files:
+            raise ValueError(f"model {name!r} v{version}: its artifact folder holds no file")
+        for p in files:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            h.update(f"{p.relative_to(local).as_posix()}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def version_info(name: str, version: str, uri: str | None = None) -> dict[str, Any]:
+    """A registered version's run id and tags (KeyError-free: {} tags when absent)."""
+    mv = _client(uri).get_model_version(name, version)
+    return {"run_id": mv.run_id, "tags": dict(mv.tags or {})}
+
+
+def champion_version(name: str, uri: str | None = None) -> str | None:
+    """The version that holds the ``champion`` alias, None if there is none."""
+    try:
+        return str(_client(uri).get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except Exception:  # no registered model or no alias
+        return None
+
+
+def set_version_tags(
+    name: str, version: str, tags: Mapping[str, str], uri: str | None = None
+) -> None:
+    client = _client(uri)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+
+
+def set_champion(name: str, version: str, uri: str | None = None) -> None:
+    """Move the ``champion`` alias to ``version``. Called only by
+    ``compliance.promotions`` after the promotion was signed; the tags ``promoted`` of the
+    new and the previous champion follow."""
+    client = _client(uri)
+    before = champion_version(name, uri)
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    client.set_model_version_tag(name, version, "promoted", "True")
+    if before is not None and before != version:
+        client.set_model_version_tag(name, before, "promoted", "False")
 
 
 def load_champion(name: str, uri: str | None = None) -> tuple[Any, str] | None:
@@ -624,6 +694,7 @@ def list_models(uri: str | None = None) -> pl.DataFrame:
                     # versions registered before the gate recorded only "decision"
                     "promotion_decision": mv.tags.get("promotion_decision"),
                     "promotion_reason": mv.tags.get("promotion_reason") or mv.tags.get("decision"),
+                    "promotion_state": mv.tags.get("promotion_state"),
                 }
             )
     df = pl.DataFrame(rows, schema=MODELS_SCHEMA)
@@ -663,6 +734,8 @@ class ModelSummary:
     evaluation_set: str
     metrics: dict[str, float]
     targets: dict[str, float]
+    promotion_state: str = ""  # compliance.promotions: pending_approval, approved, ...
+    promotion_note: str = ""
 
     def target_met(self, metric: str) -> bool | None:
         t, v = self.targets.get(metric), self.metrics.get(metric)
@@ -699,6 +772,8 @@ def training_summary(key: str, value: str, uri: str | None = None) -> list[Model
                     for k, v in params.items()
                     if k.startswith("target.")
                 },
+                promotion_state=mv.tags.get("promotion_state", ""),
+                promotion_note=mv.tags.get("promotion_note", ""),
             )
         )
     return sorted(out, key=lambda m: (m.name, int(m.version)))

@@ -150,17 +150,3 @@ def test_demo_users_can_log_in_and_are_created_once(empty_lake: Lake) -> None:
         assert users.login(empty_lake, uid, password).user_id == uid
     again = users.create_demo_users(empty_lake, seed=1)
     assert {p for _, _, p in again} == {"(unchanged)"}
-
-
-def test_model_promotion_needs_permission_and_is_signed(lake_users) -> None:
-    from pharma_assets.compliance.promotions import promote_model
-
-    lake, pw = lake_users
-    with pytest.raises(PermissionDeniedError, match=r"model\.promote"):
-        promote_model(lake, "op.jones", pw["op.jones"], "titer_xgb", "3", "Production", "r")
-    sig = promote_model(lake, "pe.smith", pw["pe.smith"], "titer_xgb", "3", "Production",
-                        "validated on hold-out batches", previous_stage="Staging")  # fmt: skip
-    assert sig.meaning == "responsibility" and sig.record_id == "titer_xgb/3"
-    row = AuditTrail(lake).read(action="model_promotion").row(0, named=True)
-    assert (row["old_value"], row["new_value"], row["actor"]) == ("Staging", "Production",
-                                                                  "pe.smith")  # fmt: skip

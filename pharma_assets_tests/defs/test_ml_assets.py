@@ -14,6 +14,9 @@ from mlflow import MlflowClient
 from rich.text import Text
 
 from pharma_assets.cli import training_lines
+from pharma_assets.compliance import promotions
+from pharma_assets.compliance.changecontrol import apply_change
+from pharma_assets.compliance.users import create_user
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml import assets as ml_assets
 from pharma_assets.defs.ml.automation import (
@@ -151,9 +154,23 @@ def test_retrain_job_materializes_models_and_gold_tables(
     defs = dg.Definitions(assets=d.assets, jobs=d.jobs, sensors=d.sensors, resources=resources)
     job = defs.resolve_job_def("retrain_job")
     lake = Lake.at(ml_lake)
+    # the auto-promotion policy, approved under change control in this lake: first versions
+    # that pass the gate become champion signed by the system (docs/models.md)
+    policy = tmp_path / "promotion_policy.yaml"
+    policy.write_text(promotions.DEFAULT_POLICY.read_text())
+    monkeypatch.setenv(promotions.POLICY_ENV, str(policy))
+    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t",
+                bootstrap=True)  # fmt: skip
+    create_user(lake, "qa.lead", "Quinn Assurance", "qa", "Quality-pass-2026", "admin", "t")
+    apply_change(lake, policy, policy.read_text(), "qa.lead", "Quality-pass-2026", "baseline",
+                 promotions.POLICY_TARGET)  # fmt: skip
     with dg.instance_for_test() as instance:
         first = job.execute_in_process(instance=instance)
         assert first.success
+        # every champion is a promotion signed by the system under the approved policy
+        checks = promotions.verify_champions(lake, uri)
+        assert checks and all(c.ok for c in checks), [c.line() for c in checks]
+        assert all(promotions.SYSTEM_SIGNER in c.signed_by for c in checks)
         for name, cols in CONTRACT.items():
             df = lake.read("gold", name)
             assert df is not None, name
@@ -256,6 +273,10 @@ def test_retrain_job_materializes_models_and_gold_tables(
         assert models["promotion_reason"].is_not_null().all()
         champs = models.filter(pl.col("is_champion"))
         assert set(champs["promotion_decision"]) <= {registry.PROMOTED}
+        # second versions that replace a champion wait for QA (except quality models that
+        # improve by the policy's margin); nothing became champion without a signature
+        assert set(champs["promotion_state"]) <= {"approved_by_policy"}
+        assert all(c.ok for c in promotions.verify_champions(lake, uri))
         runs = {r: client.get_run(r).data.metrics for r in models["run_id"]}
         for row in models.iter_rows(named=True):
             m = runs[row["run_id"]]

@@ -116,7 +116,7 @@ def test_real_model_with_negative_r2_is_registered_not_promoted(
     assert t.metrics["r2"] <= 0, t.metrics
     assert t.metrics["baseline_r2"] <= 0 and "baseline_mae" in t.metrics
     reg = registry.register(t, shuffled.score_fn)
-    assert not reg.promoted and reg.promotion_decision == NOT_PROMOTED
+    assert not reg.proposed and reg.promotion_decision == NOT_PROMOTED
     assert registry.load_champion(t.name) is None
     mv = MlflowClient(tracking_uri=mlflow_uri).get_model_version(t.name, reg.version)
     assert mv.tags["promotion_decision"] == NOT_PROMOTED
@@ -132,5 +132,7 @@ def test_real_model_with_negative_r2_is_registered_not_promoted(
     )[0]
     assert good.trained.metrics["r2"] > 0
     reg2 = registry.register(good.trained, good.score_fn)
-    assert reg2.promoted, reg2.decision
+    assert reg2.proposed, reg2.decision
     assert "first version to meet its minimum" in reg2.promotion_reason
+    # the gate only proposes: champion only after a signature (compliance.promotions)
+    assert not reg2.promoted and registry.load_champion(t.name) is None

@@ -45,9 +45,13 @@ def test_worse_challenger_is_not_promoted_and_both_scores_are_recorded(
     mlflow_uri: str, tmp_path: Path
 ) -> None:
     first = registry.register(_trained(0.8), _score)
-    assert first.promoted and first.version == "1" and first.champion_version is None
+    assert first.proposed and first.version == "1" and first.champion_version is None
+    # the registry never promotes by itself: the gate proposes, a signature promotes
+    # (compliance.promotions calls set_champion after the signature)
+    assert not first.promoted and registry.load_champion("pharma_test_model") is None
+    registry.set_champion("pharma_test_model", "1")
     worse = registry.register(_trained(0.6), _score)
-    assert not worse.promoted
+    assert not worse.proposed
     assert worse.champion_score == pytest.approx(0.8)
     assert worse.challenger_score == pytest.approx(0.6)
     model, version = registry.load_champion("pharma_test_model")  # type: ignore[misc]
@@ -64,15 +68,20 @@ def test_worse_challenger_is_not_promoted_and_both_scores_are_recorded(
     run = client.get_run(worse.run_id)
     assert run.data.metrics["gate_champion_score"] == pytest.approx(0.8)
     assert run.data.metrics["gate_challenger_score"] == pytest.approx(0.6)
-    assert run.data.metrics["gate_promoted"] == 0.0
+    assert run.data.metrics["gate_proposed"] == 0.0
     assert run.data.params["features"] == "f1,f2"
     assert run.data.params["data_version.silver/batch_timeline"] == "7"
     assert run.data.tags["data_version.gold/batch_summary"] == "None"
 
     # an equally good challenger replaces the champion (ties go to the newer data)
     tie = registry.register(_trained(0.8), _score)
-    assert tie.promoted and tie.champion_version == "1"
+    assert tie.proposed and tie.champion_version == "1"
+    assert registry.load_champion("pharma_test_model")[1] == "1"  # type: ignore[index]
+    registry.set_champion("pharma_test_model", tie.version)
     assert registry.load_champion("pharma_test_model")[1] == tie.version  # type: ignore[index]
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    assert client.get_model_version("pharma_test_model", "1").tags["promoted"] == "False"
+    assert client.get_model_version("pharma_test_model", tie.version).tags["promoted"] == "True"
 
     # artifacts live next to the SQLite store, not in the working directory
     art = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "artifacts"
@@ -88,9 +97,10 @@ def test_worse_challenger_is_not_promoted_and_both_scores_are_recorded(
 def test_champion_rescored_on_the_same_holdout(mlflow_uri: str) -> None:
     """The gate uses the champion's score on today's held-out set, not its old figure."""
     registry.register(_trained(0.9, "pharma_drift"), _score)
+    registry.set_champion("pharma_drift", "1")
     # the same champion scores 0.5 on the new held-out set; a 0.7 challenger wins
     reg = registry.register(_trained(0.7, "pharma_drift"), lambda m: 0.5)
-    assert reg.promoted and reg.champion_score == pytest.approx(0.5)
+    assert reg.proposed and reg.champion_score == pytest.approx(0.5)
 
 
 def test_performance_rows_and_lookup_by_tag(mlflow_uri: str) -> None:
@@ -99,7 +109,8 @@ def test_performance_rows_and_lookup_by_tag(mlflow_uri: str) -> None:
     rows = registry.performance_rows(t, reg)
     assert set(rows["metric"]) == {"r2", "mae", "baseline_mae"}
     r2 = rows.filter(pl.col("metric") == "r2").row(0, named=True)
-    assert r2["target"] == 0.9 and r2["target_met"] is True and r2["is_champion"] is True
+    # not champion before a signature
+    assert r2["target"] == 0.9 and r2["target_met"] is True and r2["is_champion"] is False
     assert rows.filter(pl.col("metric") == "mae")["target"].is_null().all()
     registry.tag_run(reg.run_id, {"dagster_run_id": "abc"})
     again = registry.performance_rows_for_tag("dagster_run_id", "abc")

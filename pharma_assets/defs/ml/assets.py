@@ -1,9 +1,11 @@
 """ML assets: feature tables, model training (MLflow-registered) and gold scoring tables.
 
 Thin wrappers over ``pharma_assets.ml``: read lake tables, call the domain code, write Delta
-tables, report every metric as metadata. Training registers a new MLflow version and
-promotes it only if it meets its minimum and beats (or ties) the champion on the same
-held-out set (``registry.promotion_gate``); the decision and reason are in the metadata.
+tables, report every metric as metadata. Training registers a new MLflow version; the gate
+proposes it only if it meets its minimum and beats (or ties) the champion on the same
+held-out set (``registry.promotion_gate``), and a proposal becomes champion only when signed
+(``compliance.promotions``: QA, or the system under the approved auto-promotion policy);
+the decision, reason and promotion state are in the metadata.
 """
 
 import json
@@ -187,6 +189,7 @@ def _registration_meta(reg: registry.Registration) -> dict[str, Any]:
         "gate_decision": reg.decision,
         "promotion_decision": reg.promotion_decision,
         "promotion_reason": reg.promotion_reason,
+        "promotion_state": reg.promotion_state or "not proposed",
         "mlflow_run_id": reg.run_id,
     }
 
@@ -195,10 +198,21 @@ def register_model(
     context: dg.AssetExecutionContext, trained: registry.TrainedModel, score_fn: Any, ml: MlResource
 ) -> registry.Registration:
     """Register a trained model in MLflow (champion/challenger gate on the same held-out
-    set) and tag its MLflow run with the Dagster run that trained it."""
+    set), tag its MLflow run with the Dagster run that trained it, and hand a proposal to
+    the signed promotion step (it becomes champion now only if the approved auto-promotion
+    policy lets the system sign; otherwise it waits for QA)."""
+    from pharma_assets.compliance import promotions
+
     uri = ml.uri()
     reg = registry.register(trained, score_fn, uri=uri)
     registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
+    lake: Lake = context.resources.lakehouse.lake()
+    out = promotions.propose(lake, reg, trained.higher_is_better, uri,
+                             context_id=context.run.run_id)  # fmt: skip
+    if out is not None:
+        reg.promoted = out.champion
+        reg.promotion_state = out.state
+        context.log.info("%s v%s promotion %s: %s", reg.name, reg.version, out.state, out.note)
     return reg
 
 
