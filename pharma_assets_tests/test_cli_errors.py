@@ -176,7 +176,8 @@ def test_debug_shows_the_traceback(run, tmp_path: Path, monkeypatch) -> None:
 
 def test_real_process_prints_one_line_and_the_traceback_only_with_debug(tmp_path: Path) -> None:
     """The installed entry point (not the test runner): stderr is exactly one line."""
-    env = {k: v for k, v in os.environ.items() if k != "PHARMA_DEBUG"}
+    # wide enough that rich does not wrap the path inside the --debug traceback
+    env = {k: v for k, v in os.environ.items() if k != "PHARMA_DEBUG"} | {"COLUMNS": "1000"}
     missing = tmp_path / "missing.csv"
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(MAP))
     cmd = [sys.executable, "-m", "pharma_assets.cli", "import", "--input", str(missing),

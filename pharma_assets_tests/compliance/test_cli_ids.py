@@ -22,7 +22,7 @@ def test_user_and_batch_ids_are_normalised(gold_lake: Lake) -> None:
                       input="Chief-pass-2026!\nQuality-2026-x\n")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert get_user(gold_lake, "qa.lead") is not None
-    r = runner.invoke(app, ["release", "br01-b0001", "--user", "Qa.Lead", "--reason", "ok",
+    r = runner.invoke(app, ["release", "br01-b0001", "--decision", "released", "--user", "Qa.Lead", "--reason", "ok",
                             "--lake", root], input="Quality-2026-x\n")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert r.output.startswith("BR01-B0001 released by Quinn QA")
