@@ -179,7 +179,7 @@ def test_run_pipeline_on_postgres_instance(
         pg_database,
         "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'",
     )
-    assert checks == [(8,)]
+    assert checks == [(12,)]
     keys = _query(
         pg_database,
         "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s",
