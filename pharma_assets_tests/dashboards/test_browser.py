@@ -116,7 +116,10 @@ def test_page_renders_title_and_chart(server, browser, page):
     )
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
     user.send_keys("view.only")
-    pw = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Password"]')
+    # the form may still be re-rendering under load: wait for the password field too
+    pw = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, 'input[aria-label="Password"]'))
+    )
     pw.send_keys(PASSWORDS["view.only"])
     browser.find_element(By.XPATH, '//button[.//p[text()="Log in"]]').click()
     wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), page.title))
