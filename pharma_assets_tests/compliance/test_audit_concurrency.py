@@ -7,6 +7,7 @@ import threading
 
 from pharma_assets.compliance.audit import AuditEvent, AuditTrail
 from pharma_assets.lake.storage import Lake
+from pharma_assets_tests.spawn import start_all
 
 PROCS, BATCHES, PER_BATCH = 3, 4, 25
 THREADS, SINGLES = 4, 8
@@ -23,8 +24,7 @@ def test_processes_and_threads_lose_nothing(empty_lake: Lake) -> None:
     root = empty_lake.root
     ctx = mp.get_context("spawn")  # forking after deltalake use can hang (STACK_NOTES)
     procs = [ctx.Process(target=_process_writer, args=(root, w)) for w in range(PROCS)]
-    for p in procs:
-        p.start()
+    start_all(procs)
 
     errors: list[BaseException] = []
 

@@ -33,6 +33,7 @@ from pharma_assets.lake import bronze, silver
 from pharma_assets.lake.landing_scan import BATCH_SOURCES, LandedFile, files_for_batch
 from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
+from pharma_assets_tests.spawn import start_all
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_BATCH = "BR01-B0002"
@@ -306,8 +307,7 @@ def _run_concurrently(jobs: list[tuple]) -> None:
     ctx = mp.get_context("spawn")  # forking after deltalake/polars started threads can hang
     barrier = ctx.Barrier(len(jobs))
     procs = [ctx.Process(target=target, args=(*args, barrier)) for target, args in jobs]
-    for p in procs:
-        p.start()
+    start_all(procs)
     try:
         for p in procs:
             p.join(HANG_GUARD_S)
