@@ -303,6 +303,8 @@ def _lakehouse(lake: str | None, landing: Path | None) -> LakehouseResource:
         lake_uri=lake or env.lake_uri,
         landing_dir=str(landing or env.landing_dir),
         spec_path=env.spec_path,
+        engine=env.engine,
+        spark_master=env.spark_master,
     )
 
 

@@ -184,6 +184,15 @@ def run_pipeline(
     segs = segments(list(ordered), pending, batches_per_run)
     total = sum(n for *_, n in segs)
     done = 0
+    if lakehouse.uses_spark and pending:  # PHARMA_ENGINE=spark: the bulk work on Spark first
+        from pharma_assets.defs.lakehouse.engine import run_spark_backfill
+
+        if on_progress:
+            on_progress(f"spark backfill of {len(pending)} batches", done, total)
+        r = run_spark_backfill(lakehouse, instance, sorted(pending), tags)
+        res.runs.append(r.run_id)
+        if not r.success:
+            res.failed.append(r.run_id)
     job = defs.resolve_job_def(batch_ingest_job.name)
     for first, last, n in segs:
         if on_progress:

@@ -15,6 +15,7 @@ from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
 from pharma_assets.lake.storage import Lake
 
 from .resources import LakehouseResource
+from .schemas import column_schema_metadata
 
 batch_partitions = dg.DynamicPartitionsDefinition(name="batch")
 SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -210,12 +211,13 @@ def silver_telemetry(
     """Validate new bronze telemetry files of the partition(s) into the five silver tables."""
     lake = lakehouse.lake()
     keys = _keys(context)
-    rep = silver.process_telemetry(lake, keys, lakehouse.spec(), context.run.run_id)
+    spec = lakehouse.spec()
+    rep = silver.process_telemetry(lake, keys, spec, context.run.run_id)
     for name in _SILVER_TELEMETRY:
         yield dg.MaterializeResult(
             asset_key=["silver", name],
             metadata={**(rep.as_metadata() if name == "telemetry" else {}),
-                      **_table_meta(lake, "silver", name)},
+                      **_table_meta(lake, "silver", name), **column_schema_metadata(name, spec)},
         )  # fmt: skip
     # the checks look at the files this run processed (a chunk's run must not re-read the
     # batch's history); partition-wide totals come from the ledger

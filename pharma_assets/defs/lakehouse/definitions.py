@@ -15,6 +15,7 @@ from .automation import (
     plant_events_job,
     quarantine_rate_alarm,
 )  # fmt: skip
+from .engine import spark_backfill_job
 from .resources import LakehouseResource
 
 
@@ -33,7 +34,13 @@ def defs() -> dg.Definitions:
             assets.gold_tables,
         ],
         asset_checks=[live_telemetry_fresh, quarantine_rate_alarm],
-        jobs=[batch_ingest_job, plant_events_job, gold_job, lake_maintenance_job],
+        jobs=[
+            batch_ingest_job,
+            plant_events_job,
+            gold_job,
+            lake_maintenance_job,
+            spark_backfill_job,
+        ],
         sensors=[landing_sensor, gold_refresh_sensor, live_health_sensor],
         schedules=[lake_maintenance_schedule],
         resources={"lakehouse": LakehouseResource.from_env()},

@@ -101,7 +101,12 @@ def feature_tables(
     read instead of scanning the timeline again."""
     lake = lakehouse.lake()
     inp = features.load_inputs(lake, with_hourly=False)
-    prods = features.timeline_products(lake)
+    if lakehouse.uses_spark:  # PHARMA_ENGINE=spark: the per-batch products on Spark
+        from pharma_assets.engines.spark.transforms import timeline_products
+
+        prods = timeline_products(lakehouse.spark_session(), lake)
+    else:
+        prods = features.timeline_products(lake)
     inp.hourly = prods.hourly
     now = _now()
     tables = {
