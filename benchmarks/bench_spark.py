@@ -21,7 +21,7 @@ seconds, readings/s of the backfill (session start excluded and included), load 
 before and after. One run each (the whole benchmark takes several minutes); the machine's
 other work shows in the load average beside each figure.
 
-``python -m benchmarks.bench_spark [--batches 16 --units 6]`` prints a JSON summary;
+``python -m benchmarks.bench_spark [--batches 8 --units 6]`` prints a JSON summary;
 ``python -m benchmarks.run_all --only spark`` writes the table into docs/benchmarks.md.
 """
 
@@ -64,7 +64,8 @@ def _spark_home() -> Path:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_HOME=str(_spark_home()),
-               PYSPARK_PYTHON=sys.executable, PYTHONPATH=str(REPO))  # fmt: skip
+               PYSPARK_PYTHON=sys.executable, PYTHONPATH=str(REPO),
+               SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false")  # fmt: skip
     return env
 
 
@@ -255,7 +256,7 @@ def cluster(folder: Path, worker_memory: str) -> Iterator[Cluster]:
 
 
 # ------------------------------------------------------------------------ parent
-def main(batches: int = 16, units: int = 6, per_task: int = 2, worker_memory: str = "2g",
+def main(batches: int = 8, units: int = 6, per_task: int = 2, worker_memory: str = "2g",
          keep: bool = False) -> dict[str, Any]:  # fmt: skip
     from pharma_assets.twin.config import load_plant, load_recipes
     from pharma_assets.twin.history import simulate_history
@@ -306,7 +307,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
     ]
     for name, x in r["runs"].items():
         lines.append(
-            f"| {name} | {x.get('executors', '-')} | {x['session_s']:.1f} | {x['backfill_s']:.1f} | "
+            f"| {name} | {x.get('executors') or '- (in the driver)'} | {x['session_s']:.1f} | {x['backfill_s']:.1f} | "
             f"{x['readings_per_s']:,.0f} | {x['readings_per_s_with_start']:,.0f} | {x['vs_polars']:.2f}x | "
             f"{'same' if x['parity'] else 'DIFFERENT'} | {x['load_before']} / {x['load_after']} |"
         )
@@ -316,7 +317,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs="+")
-    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--units", type=int, default=6)
     ap.add_argument("--batches-per-task", type=int, default=2)
     ap.add_argument("--worker-memory", default="2g")

@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
-``memory``, ``gateway``) runs one suite (``--only optimise``: the what-if benchmark, run under
+``memory``, ``gateway``, ``spark``) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -23,6 +23,7 @@ from benchmarks import (
     bench_memory,
     bench_optimise,
     bench_simulator,
+    bench_spark,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -33,6 +34,7 @@ AUDIT_MARK = "<!-- audit-results -->"
 MEMORY_MARK = "<!-- memory-results -->"
 OPT_MARK = "<!-- optimise-results -->"
 GATEWAY_MARK = "<!-- gateway-results -->"
+SPARK_MARK = "<!-- spark-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -124,6 +126,15 @@ def gateway_lines() -> list[str]:
             *bench_gateway.markdown(rows).splitlines()]  # fmt: skip
 
 
+def spark_lines() -> list[str]:
+    out = subprocess.run(
+        ["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_spark"],
+        check=True, capture_output=True, text=True, cwd=DOC.parent.parent,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return [_measured(", under nice -n 10, one run per engine."), "", *bench_spark.markdown(r)]
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
@@ -132,6 +143,7 @@ SUITES = {
     "memory": (MEMORY_MARK, memory_lines),
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
+    "spark": (SPARK_MARK, spark_lines),
 }
 
 
