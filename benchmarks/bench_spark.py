@@ -92,24 +92,12 @@ def _counts(lake_root: str) -> dict[str, Any]:
 
 
 def child_polars(landing: str, lake_root: str) -> dict[str, Any]:
-    from pharma_assets.lake import bronze, silver
-    from pharma_assets.lake.landing_scan import SOURCES, files_for_source, scan_landing
-    from pharma_assets.lake.specs import load_spec
+    from pharma_assets.engines import polars as polars_engine
     from pharma_assets.lake.storage import Lake
 
     lake = Lake.at(lake_root)
-    spec = load_spec()
     t0 = time.perf_counter()
-    files = scan_landing(landing)
-    for src in (*SOURCES, "unroutable"):
-        fs = (files_for_source(landing, src) if src in ("cmms", "unroutable")
-              else [f for f in files if f.source == src])  # fmt: skip
-        bronze.ingest_files(lake, landing, src, fs, "bench-polars")
-    silver.build_batches(lake)
-    silver.build_lab_results(lake, spec)
-    silver.build_maintenance(lake)
-    ids = sorted({f.batch_id for f in files if f.batch_id})
-    rep = silver.process_telemetry(lake, ids, spec, "bench-polars")
+    rep = polars_engine.backfill(lake, landing, "bench-polars")
     secs = time.perf_counter() - t0
     return {"backfill_s": secs, "session_s": 0.0, "readings": rep.rows_in, "counts": _counts(lake_root),
             "bytes_per_reading": _bytes_per_reading(lake, landing)}  # fmt: skip

@@ -111,12 +111,17 @@ def memory_lines() -> list[str]:
     ]
 
 
-def optimise_lines() -> list[str]:
+def _niced(module: str) -> dict:
+    """Run ``python -m <module>`` under nice -n 10; the JSON on its last line of output."""
     out = subprocess.run(
-        ["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_optimise"],
+        ["nice", "-n", "10", sys.executable, "-m", module],
         check=True, capture_output=True, text=True, cwd=DOC.parent.parent,
     )  # fmt: skip
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def optimise_lines() -> list[str]:
+    r = _niced("benchmarks.bench_optimise")
     return [_measured(", under nice -n 10."), "", *bench_optimise.markdown(r)]
 
 
@@ -127,11 +132,7 @@ def gateway_lines() -> list[str]:
 
 
 def spark_lines() -> list[str]:
-    out = subprocess.run(
-        ["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_spark"],
-        check=True, capture_output=True, text=True, cwd=DOC.parent.parent,
-    )  # fmt: skip
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _niced("benchmarks.bench_spark")
     return [_measured(", under nice -n 10, one run per engine."), "", *bench_spark.markdown(r)]
 
 

@@ -17,9 +17,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pharma_assets.engines import engine_from_env
+from pharma_assets.engines import polars as polars_engine
 from pharma_assets.engines.spark.lake_io import writer_from_env
-from pharma_assets.lake import bronze, silver
-from pharma_assets.lake.landing_scan import SOURCES, files_for_source, scan_landing
+from pharma_assets.lake.landing_scan import scan_landing
 from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import features
@@ -38,20 +38,6 @@ def test_engine_setting() -> None:
     assert writer_from_env({}) == "delta-rs"
     with pytest.raises(ValueError, match="not a writer"):
         writer_from_env({"PHARMA_SPARK_DELTA_WRITER": "hive"})
-
-
-def _polars_backfill(lake: Lake, landing: Path) -> None:
-    spec = load_spec()
-    files = scan_landing(landing)
-    for src in (*SOURCES, "unroutable"):
-        fs = (files_for_source(landing, src) if src in ("cmms", "unroutable")
-              else [f for f in files if f.source == src])  # fmt: skip
-        bronze.ingest_files(lake, landing, src, fs, "polars-run")
-    silver.build_batches(lake)
-    silver.build_lab_results(lake, spec)
-    silver.build_maintenance(lake)
-    ids = sorted({f.batch_id for f in files if f.batch_id})
-    silver.process_telemetry(lake, ids, spec, "polars-run")
 
 
 def _tables(lake: Lake, layer: str) -> list[str]:
@@ -84,7 +70,7 @@ def test_spark_engine_matches_polars(tmp_path: Path) -> None:
     ids = sorted({f.batch_id for f in scan_landing(landing) if f.batch_id})
     assert len(ids) >= 3
     ref = Lake.at(tmp_path / "polars")
-    _polars_backfill(ref, landing)
+    polars_engine.backfill(ref, landing, "polars-run")
 
     spark = build_session("local[2]")
     try:
