@@ -16,15 +16,9 @@ No feature looks past its scoring time. Hourly rows are stamped with the END of 
 (``hour_ts`` / ``elapsed_h``): a row with ``hour_ts = T`` uses readings with timestamps
 ``< T`` only, so it can be scored at ``T``. Rolling trends look back, never forward.
 
-OUR/CER (documented formula, gas volumes at standard conditions 0 degC, 1 atm,
-22.414 L/mol; off-gas mole fractions on a dry basis, as the analyser reports them)::
-
-    n_air, n_o2, n_co2 = flows [slpm] * 60 / 22.414           # mol/h in
-    n_inert_in = 0.7905 * n_air                                # N2 + Ar of air, not consumed
-    n_out      = n_inert_in / (1 - y_o2 - y_co2)               # inert balance
-    OUR = (0.2095 * n_air + n_o2 - y_o2 * n_out) * 1000 / V    # mmol O2 / L / h
-    CER = (y_co2 * n_out - 0.0004 * n_air - n_co2) * 1000 / V  # mmol CO2 / L / h
-    RQ  = CER / OUR
+OUR/CER come from the inert-gas balance of :mod:`pharma_assets.process.gas` (the one
+implementation, shared with the contamination detector; formula and air composition there),
+with a missing sparge flow read as 0 slpm (a plant without that gas line); RQ = CER / OUR.
 
 Specific rates are per unit of viable biovolume (capacitance, pF/cm): ``q_o2 = OUR /
 capacitance``. Cumulative feed is the time integral of ``feed_rate_ml_h`` (L).
@@ -39,41 +33,21 @@ from datetime import datetime
 
 import polars as pl
 
+from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
+from pharma_assets.process.gas import our_cer_columns
+from pharma_assets.process.vocabulary import BIOREACTOR, cpp_tags
 
-MOLAR_VOLUME_L = 22.414  # L/mol at 0 degC, 1 atm (standard litres)
-Y_O2_AIR = 0.2095
-Y_INERT_AIR = 0.7905
-Y_CO2_AIR = 0.0004
-
-CPP_TAGS = (
-    "temperature_c",
-    "ph",
-    "dissolved_oxygen_pct",
-    "agitation_rpm",
-    "headspace_pressure_bar",
-    "dissolved_co2_mmhg",
-)
-PROCESS_TAGS = (
-    *CPP_TAGS,
-    "air_flow_slpm",
-    "o2_flow_slpm",
-    "co2_flow_slpm",
-    "feed_rate_ml_h",
-    "offgas_o2_pct",
-    "offgas_co2_pct",
-    "capacitance_pf_cm",
-    "jacket_temperature_c",
-)
-CONDITION_TAGS = (
-    "agitator_vibration_mm_s",
-    "agitator_bearing_temp_c",
-    "agitator_motor_current_a",
-    "feed_pump_current_a",
-)
+#: CPPs per the CPP spec (``cpp: true``), in the unit class's canonical tag order
+CPP_TAGS: tuple[str, ...] = cpp_tags(load_spec(), BIOREACTOR)
+#: process tags of the unit class (the same list MSPC monitors): hourly mean of each
+PROCESS_TAGS: tuple[str, ...] = BIOREACTOR.process_tags
+#: equipment-condition tags (predictive maintenance): hourly mean, max and std of each
+CONDITION_TAGS: tuple[str, ...] = BIOREACTOR.condition_tags
+#: levels and totalisers also summarised by their last value of the hour
 LAST_TAGS = ("volume_l", "base_addition_ml", "capacitance_pf_cm")
 #: every timeline tag the hourly rollup reads (a superset of the contamination and MSPC tags)
-ROLLUP_TAGS = (*PROCESS_TAGS, *CONDITION_TAGS, "volume_l", "base_addition_ml")
+ROLLUP_TAGS: tuple[str, ...] = (*PROCESS_TAGS, *CONDITION_TAGS)
 
 EQUIPMENT_TYPES = {"AGT": "agitator_motor", "FP": "feed_pump"}
 # per equipment type: the hourly condition columns whose level and trend describe its health
@@ -162,18 +136,8 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
 
 
 def gas_rates(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Add OUR, CER (mmol/L/h) and RQ per reading (formula in the module docstring)."""
-    to_mol_h = 60.0 / MOLAR_VOLUME_L
-    y_o2 = pl.col("offgas_o2_pct") / 100.0
-    y_co2 = pl.col("offgas_co2_pct") / 100.0
-    n_air = pl.col("air_flow_slpm").fill_null(0.0) * to_mol_h
-    n_o2 = pl.col("o2_flow_slpm").fill_null(0.0) * to_mol_h
-    n_co2 = pl.col("co2_flow_slpm").fill_null(0.0) * to_mol_h
-    n_out = Y_INERT_AIR * n_air / (1.0 - y_o2 - y_co2)
-    vol = pl.when(pl.col("volume_l") > 1.0).then(pl.col("volume_l"))
-    our = (Y_O2_AIR * n_air + n_o2 - y_o2 * n_out) * 1000.0 / vol
-    cer = (y_co2 * n_out - Y_CO2_AIR * n_air - n_co2) * 1000.0 / vol
-    return lf.with_columns(our_mmol_l_h=our, cer_mmol_l_h=cer).with_columns(
+    """Add OUR, CER (mmol/L/h, :func:`pharma_assets.process.gas.our_cer`) and RQ per reading."""
+    return lf.with_columns(**our_cer_columns(missing_flow_is_zero=True)).with_columns(
         rq=pl.when(pl.col("our_mmol_l_h").abs() > 1e-6).then(
             pl.col("cer_mmol_l_h") / pl.col("our_mmol_l_h")
         )

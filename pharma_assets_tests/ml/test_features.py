@@ -124,7 +124,7 @@ def test_our_cer_follow_the_documented_gas_balance() -> None:
     )
     out = features.gas_rates(row.lazy()).collect()
     n_air, n_o2 = 100 * 60 / 22.414, 10 * 60 / 22.414
-    n_out = 0.7905 * n_air / (1 - 0.22 - 0.03)
+    n_out = 0.7901 * n_air / (1 - 0.22 - 0.03)  # N2 + Ar of dry air (process/gas.py)
     our = (0.2095 * n_air + n_o2 - 0.22 * n_out) * 1000 / 1500
     cer = (0.03 * n_out - 0.0004 * n_air) * 1000 / 1500
     assert out["our_mmol_l_h"][0] == pytest.approx(our)
