@@ -182,7 +182,7 @@ def test_one_pass_with_minutes_split_across_files(ml_plant: MlPlant) -> None:
     half_a = tl.with_columns([pl.lit(None, pl.Float64).alias(t) for t in tags[::2]])
     half_b = tl.with_columns([pl.lit(None, pl.Float64).alias(t) for t in tags[1::2]])
     split = pl.concat([half_a, half_b]).sample(fraction=1.0, shuffle=True, seed=3)
-    assert not features._sorted_unique(split)
+    assert not features.timeline.sorted_unique(split)
     _assert_products_match(features.products_from_timeline(split), split)
     # shuffled but one row per minute: sorted, then the fast path
     shuffled = tl.sample(fraction=1.0, shuffle=True, seed=4)
