@@ -59,27 +59,13 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
+from pharma_assets.process.vocabulary import BIOREACTOR
+
 MODEL_NAME = "pharma_mspc_pca"
 
-#: Process tags monitored (equipment-health tags are left to predictive maintenance).
-PROCESS_TAGS: tuple[str, ...] = (
-    "temperature_c",
-    "ph",
-    "dissolved_oxygen_pct",
-    "agitation_rpm",
-    "headspace_pressure_bar",
-    "air_flow_slpm",
-    "o2_flow_slpm",
-    "co2_flow_slpm",
-    "feed_rate_ml_h",
-    "base_addition_ml",
-    "volume_l",
-    "offgas_o2_pct",
-    "offgas_co2_pct",
-    "capacitance_pf_cm",
-    "jacket_temperature_c",
-    "dissolved_co2_mmhg",
-)
+#: Process tags monitored: the unit class's process group (equipment-condition tags are left
+#: to predictive maintenance); the same list the feature tables use.
+PROCESS_TAGS: tuple[str, ...] = BIOREACTOR.process_tags
 
 #: Smallest scaling sd per tag, in engineering units (about the sensor's noise/resolution):
 #: a tag x hour that is constant in the good batches (e.g. O2 flow 0 before the cascade
