@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 import dagster as dg
-from dagster_pyspark import LazyPySparkResource
 from pydantic import PrivateAttr
 
 from pharma_assets.engines import engine_from_env
@@ -35,7 +34,7 @@ class LakehouseResource(dg.ConfigurableResource):
     spec_path: str | None = None
     engine: str = "polars"
     spark_master: str | None = None
-    _pyspark: LazyPySparkResource | None = PrivateAttr(default=None)
+    _pyspark: Any = PrivateAttr(default=None)
 
     @classmethod
     def from_env(cls) -> LakehouseResource:
@@ -54,6 +53,8 @@ class LakehouseResource(dg.ConfigurableResource):
     def spark_session(self) -> Any:
         """The Spark session of this environment, started on first use."""
         if self._pyspark is None:
+            from dagster_pyspark import LazyPySparkResource  # pyspark: only when Spark is used
+
             prepare_env()
             self._pyspark = LazyPySparkResource(spark_config=spark_conf(self.spark_master))
         return self._pyspark.spark_session

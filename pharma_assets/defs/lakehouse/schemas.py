@@ -12,7 +12,6 @@ import warnings
 from typing import Any
 
 import dagster as dg
-from dagster_pandera import pandera_schema_to_dagster_type
 
 from pharma_assets.lake.contracts import accepted_contract, telemetry_contract
 from pharma_assets.lake.specs import CppSpec
@@ -21,6 +20,8 @@ INTERNAL = {"_key"}  # silver's integer key: checked by the contract, not a tabl
 
 
 def _table_schema(contract: Any, keep: set[str] | None = None) -> dg.TableSchema:
+    from dagster_pandera import pandera_schema_to_dagster_type  # pandas: only when reported
+
     with warnings.catch_warnings():  # the function is marked beta in dagster-pandera 0.29
         warnings.simplefilter("ignore", dg.BetaWarning)
         value = pandera_schema_to_dagster_type(contract).metadata["schema"]
