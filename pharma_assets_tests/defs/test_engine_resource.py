@@ -21,6 +21,7 @@ def test_engine_and_master_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = spark_conf(res.spark_master, env={})
     assert conf["spark.master"] == "spark://10.0.0.5:7077"
     assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.speculation"] == "false"  # no two copies of a task appending at once
     assert "spark.driver.bindAddress" not in conf  # loopback binding only for local masters
     assert spark_conf(None, env={})["spark.driver.bindAddress"] == "127.0.0.1"
     monkeypatch.setenv("PHARMA_ENGINE", "duckdb")

@@ -40,6 +40,10 @@ def spark_conf(master: str | None = None, env: Mapping[str, str] | None = None,
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.ui.enabled": "false",
+        # a task's lake writes are exactly once through the lake's rules (a retried task
+        # completes what is missing), but two copies of one task at the same time on an
+        # object-store lake (no file locks there) could both append: no speculation
+        "spark.speculation": "false",
         "spark.driver.memory": env.get("PHARMA_SPARK_DRIVER_MEMORY", "1g"),
         "spark.executor.memory": env.get("PHARMA_SPARK_EXECUTOR_MEMORY", "1g"),
     }
