@@ -33,11 +33,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 from pharma_assets.process.gas import our_cer_columns
 
@@ -362,6 +364,8 @@ def train(
     med = features.select([pl.col(c).cast(pl.Float64).fill_nan(None).median() for c in cols])
     fill = {c: float(med[c][0]) if med[c][0] is not None else 0.0 for c in cols}
     x = _matrix(features, cols, fill)
+    from sklearn.ensemble import IsolationForest  # lazy: the code location loads fast
+
     forest = IsolationForest(
         n_estimators=n_estimators,
         max_samples=min(max_samples, x.shape[0]),

@@ -57,9 +57,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import scipy.linalg
-import scipy.optimize
-from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from pharma_assets.process.vocabulary import BIOREACTOR
@@ -302,6 +299,8 @@ def _fit_maturities(
     x: np.ndarray, cev_target: float, max_components: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """Per maturity k: W_k = U S^-1 (n, A), score variances, A, retained CEV."""
+    import scipy.linalg  # lazy (as every scipy import here): the code location loads fast
+
     n, k_hours, _ = x.shape
     g = np.zeros((n, n))
     ws, lams = [], []
@@ -379,6 +378,9 @@ def _chi2_limit(v: np.ndarray, alpha: float, trim_rounds: int = 2) -> float:
 
 def _chi2_quartile_fit(v: np.ndarray, alpha: float) -> float:
     """g·chi²_h limit with h matched to the quartile ratio and g to the median."""
+    import scipy.optimize
+    from scipy import stats
+
     if v.size < ROBUST_MIN_VALUES:
         return float("inf")
     q1, q2, q3 = np.quantile(v, [0.25, 0.5, 0.75])
@@ -398,6 +400,8 @@ def _chi2_quartile_fit(v: np.ndarray, alpha: float) -> float:
 
 
 def _chi2_fit(v: np.ndarray, alpha: float) -> float:
+    from scipy import stats
+
     if v.size < 2:
         return float("inf")
     m, var = float(np.mean(v)), float(np.var(v, ddof=1))
@@ -419,6 +423,8 @@ def _fit_recipe(
     pool_h: int,
     scale_window_h: int,
 ) -> RecipeModel:
+    from scipy import stats
+
     n, k_hours, _ = raw.shape
     mean, sd, raw_sd = _scale_stats(raw, tags, scale_window_h)
     x = np.nan_to_num((raw - mean) / sd, nan=0.0)
