@@ -295,7 +295,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
     ]
     for name, x in r["runs"].items():
         lines.append(
-            f"| {name} | {x.get('executors') or '- (in the driver)'} | {x['session_s']:.1f} | {x['backfill_s']:.1f} | "
+            f"| {name} | {'-' if name == 'polars' else x.get('executors') or '- (in the driver)'} | {x['session_s']:.1f} | {x['backfill_s']:.1f} | "
             f"{x['readings_per_s']:,.0f} | {x['readings_per_s_with_start']:,.0f} | {x['vs_polars']:.2f}x | "
             f"{'same' if x['parity'] else 'DIFFERENT'} | {x['load_before']} / {x['load_after']} |"
         )
