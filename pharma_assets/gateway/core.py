@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .alarms import AlarmEngine
 from .coldpath import ColdPath, FlushResult
 from .hotstore import HotStore
 from .mapping import MappingError, SourceMap
@@ -80,6 +81,7 @@ class Gateway:
         self.last_flush: FlushResult | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.alarms: AlarmEngine | None = None  # real-time CPP alarms (alarm_service)
 
     def batch_of(self, unit_id: str) -> str | None:
         """The batch the latest message about ``unit_id`` named (any source): sources that
@@ -176,6 +178,8 @@ class Gateway:
             self._seq[source] = seq
         st.accepted += len(accepted)
         self.hot.put(accepted)
+        if self.alarms is not None and accepted:
+            self.alarms.check(accepted)
         return accepted
 
     # ------------------------------------------------------------ flusher
