@@ -38,6 +38,7 @@ class PageEntry:
 
 PAGES: tuple[PageEntry, ...] = (
     PageEntry("overview.py", "Plant overview", ":material/factory:", "overview"),
+    PageEntry("live.py", "Live", ":material/sensors:", "live"),
     PageEntry("bioreactor.py", "Bioreactor", ":material/science:", "bioreactor"),
     PageEntry("batch_quality.py", "Batch quality", ":material/fact_check:", "batch_quality"),
     PageEntry("equipment.py", "Equipment health", ":material/build:", "equipment"),

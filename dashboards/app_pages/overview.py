@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import polars as pl
 import streamlit as st
 
-from dashboards import data, logic, ui
+from dashboards import data, live, logic, ui
 
 ui.header("Plant overview", "overview", (("gold", "unit_status"), ("gold", "batch_summary"),
                                          ("gold", "plant_kpis"), ("gold", "cpp_excursions")))  # fmt: skip
@@ -43,6 +43,12 @@ if data.version("gold", "equipment_health") is None:
         "Alarms count CPP/ML alarms once the `ml` group has run; "
         + data.missing_hint("gold", "equipment_health")
     )
+
+cur, source = live.current_cpps(status, data.spec().cpp_tags)
+st.subheader("Current CPP values")
+st.caption(f"Source: {source}. The Live page shows them against NOR/PAR, updating every second.")
+if cur is not None and cur.height:
+    ui.table(cur, "current_cpps", "current CPP values")
 
 st.subheader("Plant KPIs by week of batch start")
 kpis = ui.require("gold", "plant_kpis")

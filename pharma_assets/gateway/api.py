@@ -10,7 +10,8 @@
     GET  /spec                                  NOR/PAR of every CPP by phase (for the bands)
     WS   /ws/units/{unit}?interval_s=0.25       pushes the unit's latest values when they change
     WS   /ws/live?unit=U                        the Live view's feed: every unit's latest
-                                                values (compact), open alarms and health;
+                                                values (compact), open alarms, health and
+                                                each unit's batch and phase;
                                                 with ``unit``, that unit only
 
 The API reads only the hot store (values, and the ``alarms`` and ``health`` documents the
@@ -70,6 +71,7 @@ class Broadcaster:
         self.units: dict[str, dict[str, list[Any]]] = {}
         self.alarms: Any = []
         self.health: Any = None
+        self.meta: Any = {}
         self.snap_us = 0
         self._texts: dict[str | None, str] = {}
         self._cond = asyncio.Condition()
@@ -85,9 +87,12 @@ class Broadcaster:
                         for d in self.hot.latest(u, now)}  # fmt: skip
         alarms = self.hot.get_doc("alarms") or []
         health = self.hot.get_doc("health")
-        changed = units != self.units or alarms != self.alarms or health != self.health
+        meta = self.hot.get_doc("units") or {}
+        changed = (units != self.units or alarms != self.alarms or health != self.health
+                   or meta != self.meta)  # fmt: skip
         if changed:
             self.units, self.alarms, self.health, self.snap_us = units, alarms, health, now
+            self.meta = meta
         return changed
 
     async def _run(self) -> None:
@@ -108,11 +113,12 @@ class Broadcaster:
         t = self._texts.get(unit)
         if t is None:
             units = self.units if unit is None else {unit: self.units.get(unit, {})}
+            meta = self.meta if unit is None else {unit: self.meta.get(unit, {})}
             alarms = self.alarms if unit is None else [a for a in self.alarms
                                                        if a.get("unit_id") == unit]  # fmt: skip
             t = self._texts[unit] = json.dumps({
                 "seq": self.seq, "snap_us": self.snap_us, "sent_us": now_us(), "units": units,
-                "alarms": alarms, "health": self.health,
+                "alarms": alarms, "health": self.health, "meta": meta,
             }, separators=(",", ":"), default=str)  # fmt: skip
         return t
 

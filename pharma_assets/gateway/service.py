@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..lake.specs import load_spec
@@ -29,6 +28,7 @@ from .protocols.modbus import ModbusSource, load_register_map
 from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import OpcuaSource
 from .protocols.sparkplug import SparkplugHost
+from .records import now_us
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class GatewayService:
     api_server: Any = None
     api_thread: threading.Thread | None = None
     alarms: AlarmService | None = None
+    phases: MesPhases | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _publisher: threading.Thread | None = None
 
@@ -57,6 +58,17 @@ class GatewayService:
             self.alarms.engine.expire_shelves()
             hot.set_doc("alarms", self.alarms.engine.open_alarms())
         hot.set_doc("health", self.health())
+        hot.set_doc("units", self.unit_states())
+
+    def unit_states(self) -> dict[str, dict[str, Any]]:
+        """Each unit's current batch (as the latest message named it) and phase (MES)."""
+        out: dict[str, dict[str, Any]] = {}
+        now = now_us()
+        for u in self.gateway.hot.units():
+            b = self.gateway.batch_of(u)
+            ph = self.phases.phase_at(u, b, now) if (b and self.phases is not None) else None
+            out[u] = {"batch_id": b, "phase": ph[0] if ph else None}
+        return out
 
     def start_publisher(self, interval_s: float = 1.0) -> None:
         def loop() -> None:
@@ -87,7 +99,7 @@ class GatewayService:
         self.gateway.hot.close()
 
 
-def start_alarms(ac: AlarmConfig, landing: Path) -> AlarmService:
+def start_alarms(ac: AlarmConfig, phases: MesPhases) -> AlarmService:
     """The alarm service of an ``alarms:`` section (phases from the landing zone's MES files)."""
     notifiers: list[Notifier] = []
     for n in ac.notifiers:
@@ -102,7 +114,7 @@ def start_alarms(ac: AlarmConfig, landing: Path) -> AlarmService:
         max_shelve_s=ac.max_shelve_s,
         **({"critical_after_s": ac.critical_after_s} if ac.critical_after_s else {}),
     )
-    return AlarmService(Lake.at(ac.lake_dir), load_spec(ac.spec), MesPhases(landing), settings,
+    return AlarmService(Lake.at(ac.lake_dir), load_spec(ac.spec), phases, settings,
                         notifiers, ac.notify_min_priority, ac.flush_interval_s,
                         ac.open_deviations)  # fmt: skip
 
@@ -112,9 +124,10 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
     hot = open_hot_store(cfg.hot_store, cfg.window_s, cfg.stale_after_s, cfg.redis_prefix)
     cold = ColdPath(cfg.buffer_dir, cfg.landing_dir, cfg.max_buffer_bytes, cfg.fsync)
     gw = Gateway(cfg.site_id, hot, cold, cfg.max_future_s, cfg.max_age_s)
-    svc = GatewayService(cfg, gw)
+    svc = GatewayService(cfg, gw, phases=MesPhases(cfg.landing_dir))
     if cfg.alarms is not None:
-        svc.alarms = start_alarms(cfg.alarms, cfg.landing_dir)
+        assert svc.phases is not None
+        svc.alarms = start_alarms(cfg.alarms, svc.phases)
         gw.alarms = svc.alarms.engine
         svc.alarms.engine.sinks.append(
             lambda _ev: hot.set_doc("alarms", gw.alarms.open_alarms() if gw.alarms else [])
