@@ -78,7 +78,7 @@ def test_acknowledge_and_shelve_by_a_named_user_audited(
     assert gateway.svc.engine.alarms[aid].state == "ack_active"
     at.text_input(key="shelve_reason").set_value("probe being replaced")
     at.number_input(key="shelve_minutes").set_value(15)
-    shelve = [b for b in at.button if b.label == "Shelve"][0]
+    shelve = next(b for b in at.button if b.label == "Shelve")
     shelve.click()
     at.run()
     assert any("shelved for 15 min" in s.value for s in at.success), [e.value for e in at.error]
