@@ -53,14 +53,19 @@ st.caption(
     "banner turns amber when values are stale and red when the gateway connection drops."
 )
 
-st.subheader("Respond to an alarm")
-alarms = gw.get("/alarms") or []
-if not alarms:
-    st.success("No open alarm.")
-elif not auth.can(session, "alarm.respond"):
-    st.info(f"{session.full_name} ({session.role}) may view alarms; acknowledging and shelving "
-            "need the alarm.respond permission (operators, engineers, maintenance, QA).")  # fmt: skip
-else:
+
+@st.fragment(run_every=5)
+def respond() -> None:
+    """The open alarms to act on (refreshed every 5 s; the view above is pushed)."""
+    st.subheader("Respond to an alarm")
+    alarms = gw.get("/alarms") or []
+    if not alarms:
+        st.success("No open alarm.")
+        return
+    if not auth.can(session, "alarm.respond"):
+        st.info(f"{session.full_name} ({session.role}) may view alarms; acknowledging and shelving "
+                "need the alarm.respond permission (operators, engineers, maintenance, QA).")  # fmt: skip
+        return
     labels = {a["alarm_id"]: f"{a['priority']} · {a['unit_id']} {a['tag']} · {a['state']}"
               for a in alarms}  # fmt: skip
     aid = st.selectbox("Alarm", list(labels), format_func=lambda a: labels[a], key="live_alarm")
@@ -100,3 +105,6 @@ else:
                         st.success(f"{aid} shelved for {mins} min (audited).")
                     except gw.ActionError as e:
                         st.error(str(e))
+
+
+respond()
