@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from ..compliance.users import PermissionDeniedError
 from ..lake.specs import load_spec
-from ..twin.config import PHASES
+from ..process import PHASES
 from .alarms import AlarmError
 from .hotstore import HotStore
 from .records import now_us
