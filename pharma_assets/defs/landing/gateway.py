@@ -27,7 +27,7 @@ def _metadata(s: dict | None) -> dict:
 @dg.observable_source_asset(
     key=GATEWAY_KEY,
     group_name="landing",
-    kinds={"opcua", "mqtt", "modbus"},
+    tags={"dagster/kind/opcua": "", "dagster/kind/mqtt": "", "dagster/kind/modbus": ""},
     description="Live plant data through the gateway (OPC UA, MQTT Sparkplug B, Modbus TCP): "
     "sources connected, readings/s, lag and the disk buffer before the landing zone.",
 )
