@@ -45,14 +45,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(fixture_lake, tmp_path_factory) -> Iterator[str]:
+def streamlit_app(lake_root: Path, log_dir: Path, **env_extra: str) -> Iterator[str]:
+    """``streamlit run dashboards/app.py`` on a free port against ``lake_root``; yields its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    log = log_dir / "streamlit.log"
     env = {
         **os.environ,
-        "PHARMA_LAKE_URI": str(fixture_lake.root),
+        "PHARMA_LAKE_URI": str(lake_root),
         "PHARMA_MLFLOW_URI": f"sqlite:///{log.parent / 'mlflow.db'}",
+        **env_extra,
     }
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboards" / "app.py"),
            "--server.headless", "true", "--server.port", str(port),
@@ -80,6 +81,11 @@ def server(fixture_lake, tmp_path_factory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(fixture_lake, tmp_path_factory) -> Iterator[str]:
+    yield from streamlit_app(fixture_lake.root, tmp_path_factory.mktemp("streamlit"))
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,8 @@ written to ``PHARMA_TEST_ARTIFACTS/live_latency.json`` (figures, not assertions)
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +17,7 @@ from pharma_assets.lake.storage import Lake
 
 from .conftest import PASSWORDS
 from .live_gateway import SPEC, LiveGateway
-from .test_browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, ROOT, _free_port, browser  # noqa: F401
+from .test_browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, browser, streamlit_app  # noqa: F401
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
@@ -43,37 +39,8 @@ def gateway(fixture_lake: Lake, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def live_server(gateway: LiveGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit_live") / "streamlit.log"
-    env = {**os.environ, "PHARMA_LAKE_URI": str(gateway.lake.root),
-           "PHARMA_GATEWAY_URL": gateway.url,
-           "PHARMA_MLFLOW_URI": f"sqlite:///{log.parent / 'mlflow.db'}"}  # fmt: skip
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboards" / "app.py"),
-           "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]  # fmt: skip
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    yield from streamlit_app(gateway.lake.root, tmp_path_factory.mktemp("streamlit_live"),
+                             PHARMA_GATEWAY_URL=gateway.url)  # fmt: skip
 
 
 def test_live_values_alarm_and_disconnect_in_a_browser(live_server, browser, gateway) -> None:  # noqa: F811
