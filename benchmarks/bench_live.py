@@ -302,13 +302,13 @@ def bench_fanout(
                 "msgs_per_client_s": len(lat) / max(1, clients) / seconds, "errors": errors,
                 "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "load": f"{load0} / {_uptime()}"}  # fmt: skip
     finally:
-        for p in started:
-            p.terminate()
-        for p in started:
+        for sp in started:
+            sp.terminate()
+        for sp in started:
             try:
-                p.wait(10)
+                sp.wait(10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                sp.kill()
         import redis
 
         r = redis.Redis.from_url(REDIS)

@@ -155,8 +155,8 @@ def run(units: int, shards: int, seconds: float) -> dict[str, Any]:
         except (OSError, ValueError):
             return 0
 
-    for p in procs:
-        p.wait(60)
+    for sp in procs:
+        sp.wait(60)
     written = sum(n(f"shard{i}.n") for i in range(shards))
     deadline = time.monotonic() + 60
     while n("gw.n") < written and time.monotonic() < deadline:
