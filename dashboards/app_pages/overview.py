@@ -44,12 +44,6 @@ if data.version("gold", "equipment_health") is None:
         + data.missing_hint("gold", "equipment_health")
     )
 
-cur, source = live.current_cpps(status, data.spec().cpp_tags)
-st.subheader("Current CPP values")
-st.caption(f"Source: {source}. The Live page shows them against NOR/PAR, updating every second.")
-if cur is not None and cur.height:
-    ui.table(cur, "current_cpps", "current CPP values")
-
 st.subheader("Plant KPIs by week of batch start")
 kpis = ui.require("gold", "plant_kpis")
 if kpis is not None:
@@ -77,6 +71,12 @@ if kpis is not None:
         )  # fmt: skip
         ui.chart(fig, "kpis")
         ui.table(kpis, "plant_kpis", "weekly KPIs")
+
+cur, source = live.current_cpps(status, data.spec().cpp_tags)
+st.subheader("Current CPP values")
+st.caption(f"Source: {source}. The Live page shows them against NOR/PAR, updating every second.")
+if cur is not None and cur.height:
+    ui.table(cur, "current_cpps", "current CPP values")
 
 exc = data.read("gold", "cpp_excursions")
 if exc is not None:
