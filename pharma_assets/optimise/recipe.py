@@ -28,7 +28,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -200,25 +199,34 @@ def twin_batches(
     return u, s0
 
 
-def p_in_spec(cqas: dict[str, np.ndarray], spec: CppSpec) -> dict[str, np.ndarray]:
+def p_in_spec(
+    cqas: dict[str, np.ndarray], spec: CppSpec, extra_sd: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
     """Per member and release CQA: the probability that the release assay meets the
-    specification, given the predicted value and the assay's noise."""
-    nd = NormalDist()
+    specification, given the predicted value and the assay's noise (plus ``extra_sd``, e.g. a
+    surrogate model's error, added in quadrature)."""
     out = {}
     for name, v in cqas.items():
         lab = spec.lab.release.get(name)
         if lab is None or lab.spec is None:
             continue
         sd = RELEASE_ASSAY_SD.get(name, 0.0) + RELEASE_ASSAY_CV.get(name, 0.0) * np.abs(v)
+        sd = np.sqrt(sd**2 + (extra_sd or {}).get(name, 0.0) ** 2)
         sd = np.maximum(sd, 1e-9)
         lo, hi = lab.spec
         p = np.ones(len(v))
         if lo is not None:
-            p *= np.vectorize(nd.cdf)((v - lo) / sd)
+            p *= _phi((v - lo) / sd)
         if hi is not None:
-            p *= np.vectorize(nd.cdf)((hi - v) / sd)
+            p *= _phi((hi - v) / sd)
         out[name] = p
     return out
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtr
+
+    return np.asarray(ndtr(z), float)
 
 
 @dataclass
@@ -456,53 +464,80 @@ def _in_spec(spec: CppSpec, name: str, v: float | None) -> bool:
     return (lo is None or v >= lo) and (hi is None or v <= hi)
 
 
-def _run_engine(u: BatchInputs, ends: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The full engine to each batch's end, keeping only what the release model needs
-    (the same summaries as twin.outputs.batch_history_summary)."""
-    dt = 1 / 60
-    eng = Engine(u, dt_h=dt, seed=seed)
-    n = u.n
-    end_k = np.ceil(ends / dt).astype(int)
-    shift_k = (u.shift_h / dt).astype(int)
-    sum_t = np.zeros(n)
-    cnt_t = np.zeros(n)
-    all_t = np.zeros(n)
-    keys = ("max_temp_c", "peak_ammonia_mmol_l", "max_pco2_mmhg", "peak_osmolality",
+class EngineSummary:
+    """Running summaries of full-engine trajectories for the release model (the same as
+    twin.outputs.batch_history_summary), fed chunk by chunk so no full record is kept."""
+
+    KEYS = ("max_temp_c", "peak_ammonia_mmol_l", "max_pco2_mmhg", "peak_osmolality",
             "peak_contaminant")  # fmt: skip
-    peaks = {k: np.full(n, -np.inf) for k in keys}
-    ph_out = np.zeros(n)
-    last = {k: np.zeros(n) for k in ("Xv", "Xd", "P", "V")}
-    k0, chunk, k_max = 0, 1440, int(end_k.max())
-    cols = np.arange(n)
-    while k0 < k_max:
-        m = min(chunk, k_max - k0)
-        rec = eng.run(m)
+    SOURCES = ("T", "A", "pco2", "osm", "B")
+
+    def __init__(self, u: BatchInputs, ends: np.ndarray, dt: float) -> None:
+        n = u.n
+        self.dt = dt
+        self.end_k = np.ceil(ends / dt).astype(int)
+        self.shift_k = (u.shift_h / dt).astype(int)
+        self.sum_t, self.cnt_t, self.all_t = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.peaks = {k: np.full(n, -np.inf) for k in self.KEYS}
+        self.ph_out = np.zeros(n)
+        self.last = {k: np.zeros(n) for k in ("Xv", "Xd", "P", "V")}
+
+    def copy(self) -> EngineSummary:
+        import copy
+
+        return copy.deepcopy(self)
+
+    def add(self, rec: dict[str, np.ndarray], k0: int) -> None:
+        m = rec["T"].shape[0]
         ks = k0 + np.arange(m)[:, None]
+        end_k = self.end_k
         live = ks < end_k[None, :]
         T = rec["T"].astype(float)
-        prod = live & (ks >= np.minimum(shift_k, end_k - 1)[None, :])
-        sum_t += np.where(prod, T, 0).sum(axis=0)
-        cnt_t += prod.sum(axis=0)
-        all_t += np.where(live, T, 0).sum(axis=0)
-        for k, name in zip(keys, ("T", "A", "pco2", "osm", "B"), strict=True):
-            peaks[k] = np.maximum(peaks[k], np.where(live, rec[name], -np.inf).max(axis=0))
+        prod = live & (ks >= np.minimum(self.shift_k, end_k - 1)[None, :])
+        self.sum_t += np.where(prod, T, 0).sum(axis=0)
+        self.cnt_t += prod.sum(axis=0)
+        self.all_t += np.where(live, T, 0).sum(axis=0)
+        for k, name in zip(self.KEYS, self.SOURCES, strict=True):
+            self.peaks[k] = np.maximum(
+                self.peaks[k], np.where(live, rec[name], -np.inf).max(axis=0)
+            )
         pH = rec["pH"]
-        ph_out += (live & ((pH < 6.9) | (pH > 7.1))).sum(axis=0) * dt
+        self.ph_out += (live & ((pH < 6.9) | (pH > 7.1))).sum(axis=0) * self.dt
         at = np.clip(end_k - 1 - k0, 0, m - 1)
         here = (end_k - 1 >= k0) & (end_k - 1 < k0 + m)
-        for k in last:
-            last[k] = np.where(here, rec[k][at, cols], last[k])
+        cols = np.arange(len(end_k))
+        for k in self.last:
+            self.last[k] = np.where(here, rec[k][at, cols], self.last[k])
+
+    def result(self) -> dict[str, np.ndarray]:
+        steps = np.maximum(self.end_k, 1)
+        return {
+            "mean_production_temp_c": np.where(
+                self.cnt_t > 0, self.sum_t / np.maximum(self.cnt_t, 1), self.all_t / steps
+            ),
+            **self.peaks,
+            "final_viability": self.last["Xv"] / (self.last["Xv"] + self.last["Xd"]),
+            "final_titer_g_l": self.last["P"],
+            "final_volume_l": self.last["V"],
+            "hours_ph_outside_6_9_7_1": self.ph_out,
+            "duration_days": steps * self.dt / 24.0,
+        }
+
+
+def run_to_end(eng: Engine, acc: EngineSummary, chunk: int = 1440) -> dict[str, np.ndarray]:
+    """Advance ``eng`` to every batch's end, feeding ``acc``; returns its summaries."""
+    k0, k_max = eng.state.k, int(acc.end_k.max())
+    while k0 < k_max:
+        m = min(chunk, k_max - k0)
+        acc.add(eng.run(m), k0)
         k0 += m
-    steps = np.maximum(end_k, 1)
-    return {
-        "mean_production_temp_c": np.where(cnt_t > 0, sum_t / np.maximum(cnt_t, 1), all_t / steps),
-        **peaks,
-        "final_viability": last["Xv"] / (last["Xv"] + last["Xd"]),
-        "final_titer_g_l": last["P"],
-        "final_volume_l": last["V"],
-        "hours_ph_outside_6_9_7_1": ph_out,
-        "duration_days": steps * dt / 24.0,
-    }
+    return acc.result()
+
+
+def _run_engine(u: BatchInputs, ends: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The full engine from inoculation to each batch's end (summaries only)."""
+    dt = 1 / 60
+    return run_to_end(Engine(u, dt_h=dt, seed=seed), EngineSummary(u, ends, dt))
 
 
 def recommendation_record(opt: Optimisation, ver: Verification | None) -> dict[str, object]:

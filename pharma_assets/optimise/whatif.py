@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pharma_assets.lake.specs import CppSpec, load_spec
+from pharma_assets.lake.storage import Lake
 
 from . import model
 from .calibration import CalibratedBatch
@@ -295,3 +296,50 @@ def run_whatif(
         cal.batch_id, cal.as_of_h, scenario, base, changed, warnings, cal.prior_only,
         in_spec_probability(base, spec), in_spec_probability(changed, spec),
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- saved scenarios
+SCENARIO_LAYER, SCENARIO_TABLE = "gold", "whatif_scenarios"
+
+
+def twin_version() -> str:
+    """Identifies the twin a scenario ran on: the fast model's source and kinetic defaults."""
+    import hashlib
+    import inspect
+
+    from pharma_assets.twin.engine import KineticParams
+
+    src = inspect.getsource(model) + repr(KineticParams())
+    return "fast-twin-" + hashlib.sha256(src.encode()).hexdigest()[:12]
+
+
+def scenario_row(res: WhatIfResult, user: str, purpose: str = "") -> dict[str, object]:
+    """One row for gold/whatif_scenarios: who, when, inputs, outputs and the twin version."""
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    return {
+        "scenario_id": "WIF-" + uuid.uuid4().hex[:12],
+        "batch_id": res.batch_id,
+        "as_of_h": res.as_of_h,
+        "created_by": user,
+        "created_at": datetime.now(UTC),
+        "purpose": purpose,
+        "inputs_json": json.dumps(res.scenario.changes(), sort_keys=True),
+        "baseline_json": json.dumps(res.baseline.summary(), sort_keys=True),
+        "outcome_json": json.dumps(res.outcome.summary(), sort_keys=True),
+        "delta_product_kg_median": res.delta("product_mass_kg")["median"],
+        "warnings": "; ".join(res.warnings),
+        "prior_only": res.prior_only,
+        "twin_version": twin_version(),
+    }
+
+
+def save_scenario(lake: Lake, res: WhatIfResult, user: str, purpose: str = "") -> str:
+    """Append the scenario to gold/whatif_scenarios; returns its id."""
+    import polars as pl
+
+    row = scenario_row(res, user, purpose)
+    lake.append(SCENARIO_LAYER, SCENARIO_TABLE, pl.DataFrame([row]))
+    return str(row["scenario_id"])
