@@ -248,7 +248,7 @@ class Recommendation:
         }  # fmt: skip
 
 
-def _finish(
+def finish(
     cal: CalibratedBatch, engine: str, best: dict[str, float], spec: CppSpec
 ) -> Recommendation:
     """Score the chosen actions and the plan on every member; keep the plan unless the
@@ -282,10 +282,10 @@ def recommend_mpc(
     scores = score_actions(cal, cands, sub, spec)
     feas = sorted((s for s in scores if s.p_ok >= MIN_P), key=lambda s: -s.mean_product_kg)
     if not feas:
-        return _finish(cal, "mpc", planned_actions(cal), spec)
+        return finish(cal, "mpc", planned_actions(cal), spec)
     full = score_actions(cal, [s.actions for s in feas[:top]], spec=spec)
     ok = [s for s in full if s.p_ok >= MIN_P] or full[:1]
-    return _finish(cal, "mpc", max(ok, key=lambda s: s.mean_product_kg).actions, spec)
+    return finish(cal, "mpc", max(ok, key=lambda s: s.mean_product_kg).actions, spec)
 
 
 # ---------------------------------------------------------------- harvest timing

@@ -37,7 +37,7 @@ from pharma_assets.twin.plant import plan_history
 from .calibration import calibrate
 from .inbatch import harvest_timing, par_problems, recommend_mpc
 from .observations import from_engine
-from .recipe import EngineSummary, _in_spec
+from .recipe import EngineSummary, in_spec
 from .surrogate import Surrogate, recommend_neural
 
 EVAL_SEED = 424_242
@@ -159,7 +159,7 @@ def evaluate(
                 rng = np.random.default_rng([eval_seed, g, i])
                 assays = {k: v for k, v, _ in release_assays(h, b.lot_attributes["media_mn_ppb"],
                                                              True, rng)}  # fmt: skip
-                bad = [k for k, v in assays.items() if not _in_spec(spec, k, v)]
+                bad = [k for k, v in assays.items() if not in_spec(spec, k, v)]
                 rows.append({
                     "batch_id": bids[i], "disturbance": kind, "arm": arm,
                     "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,

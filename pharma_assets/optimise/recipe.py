@@ -425,7 +425,7 @@ def verify(
         rng = np.random.default_rng([eval_seed, i])  # same assay noise in both arms
         assays = {k: v for k, v, _ in release_assays(h, bs[i].lot_attributes["media_mn_ppb"],
                                                      completed, rng)}  # fmt: skip
-        ok = completed and all(_in_spec(spec, k, v) for k, v in assays.items())
+        ok = completed and all(in_spec(spec, k, v) for k, v in assays.items())
         mass = h["final_titer_g_l"] * h["final_volume_l"] / 1000.0 if completed else 0.0
         out.append({"batch_id": bs[i].batch_id, "arm": arm, "completed": completed,
                     "product_mass_kg": mass, "right_first_time": ok,
@@ -440,7 +440,7 @@ def verify(
     q = [
         {"arm": arm, "cqa": c, "p05": float(np.quantile(v, 0.05)),
          "median": float(np.median(v)), "p95": float(np.quantile(v, 0.95)),
-         "in_spec": float(np.mean([_in_spec(spec, c, x) for x in v]))}
+         "in_spec": float(np.mean([in_spec(spec, c, x) for x in v]))}
         for arm in ("current", "recommended")
         for c in spec.lab.release
         if len(v := df.filter((pl.col("arm") == arm) & pl.col("completed"))[f"cqa_{c}"]
@@ -456,7 +456,7 @@ def verify(
     )  # fmt: skip
 
 
-def _in_spec(spec: CppSpec, name: str, v: float | None) -> bool:
+def in_spec(spec: CppSpec, name: str, v: float | None) -> bool:
     lab = spec.lab.release.get(name)
     if lab is None or lab.spec is None or v is None:
         return True

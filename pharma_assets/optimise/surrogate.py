@@ -12,7 +12,7 @@ probability of meeting its specification.
 
 `recommend_neural` searches thousands of candidate actions on the surrogate over every
 ensemble member; the chosen actions are then scored once on the twin against the plan
-(`inbatch._finish`), which keeps the plan if the twin disagrees that they are feasible and
+(`inbatch.finish`), which keeps the plan if the twin disagrees that they are feasible and
 better; `evaluation` counts how often that happened.
 """
 
@@ -39,9 +39,9 @@ from .inbatch import (
     MIN_HARVEST_VIABILITY,
     MIN_P,
     Recommendation,
-    _finish,
     box,
     candidates,
+    finish,
 )
 from .recipe import p_in_spec, plant_draws, twin_batches
 from .whatif import cqas_at_harvest
@@ -198,7 +198,7 @@ def recommend_neural(
     p_ok = joint.reshape(k, m).mean(axis=1)
     order = np.argsort(-np.where(p_ok >= MIN_P, mass, -np.inf))
     best = cands[int(order[0])] if p_ok[order[0]] >= MIN_P else cands[0]
-    rec = _finish(cal, "neural", best, spec)
+    rec = finish(cal, "neural", best, spec)
     kept = all(abs(rec.actions[a] - best[a]) < 1e-9 for a in ACTIONS)
     return rec, kept
 
@@ -231,7 +231,9 @@ def load_latest(uri: str | None = None) -> tuple[Surrogate | None, str]:
     if champ is not None:
         return champ[0], f"{MODEL_NAME} champion v{champ[1]}"
     try:
-        client = registry._client(uri)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri or registry.tracking_uri())
         versions = client.search_model_versions(f"name='{MODEL_NAME}'")
     except Exception as e:  # no registry or no such model yet
         return None, f"no {MODEL_NAME} in MLflow ({type(e).__name__}): mpc only"

@@ -89,7 +89,7 @@ def test_shift_is_fixed_once_it_happened(cals: list[CalibratedBatch]) -> None:
     b = inbatch.action_bounds(cal)["shift_day"]
     assert b.lo == b.hi == pytest.approx(float(cal.inputs.shift_h[0]) / 24)
     with pytest.raises(inbatch.RecommendationRefused, match="ph_sp"):
-        inbatch._finish(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5)), "mpc",
+        inbatch.finish(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5)), "mpc",
                         inbatch.planned_actions(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5))),
                         __import__("pharma_assets.lake.specs", fromlist=["load_spec"]).load_spec())  # fmt: skip
 
