@@ -46,6 +46,7 @@ PAGES: tuple[PageEntry, ...] = (
         "monitoring.py", "Contamination & monitoring", ":material/monitor_heart:", "monitoring"
     ),
     PageEntry("models.py", "Models", ":material/model_training:", "models"),
+    PageEntry("whatif.py", "What-if & optimisation", ":material/tune:", "whatif"),
 )
 
 
