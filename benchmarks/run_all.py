@@ -20,6 +20,7 @@ from benchmarks import (
     bench_dashboards,
     bench_gateway,
     bench_lakehouse,
+    bench_live,
     bench_memory,
     bench_optimise,
     bench_simulator,
@@ -35,6 +36,7 @@ MEMORY_MARK = "<!-- memory-results -->"
 OPT_MARK = "<!-- optimise-results -->"
 GATEWAY_MARK = "<!-- gateway-results -->"
 SPARK_MARK = "<!-- spark-results -->"
+LIVE_MARK = "<!-- live-view-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -136,6 +138,12 @@ def spark_lines() -> list[str]:
     return [_measured(", under nice -n 10, one run per engine."), "", *bench_spark.markdown(r)]
 
 
+def live_lines() -> list[str]:
+    md = bench_live.main()
+    return [_measured(", niced; load average at start / end of each run in the tables."), "",
+            *md.splitlines()]  # fmt: skip
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
@@ -145,6 +153,7 @@ SUITES = {
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
     "spark": (SPARK_MARK, spark_lines),
+    "live": (LIVE_MARK, live_lines),
 }
 
 
