@@ -16,8 +16,21 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from .config import PlantConfig, Recipe, RecipeBook
+from .config import MotorReliability, PFInterval, PlantConfig, Recipe, RecipeBook
 from .engine import INF, BatchInputs
+
+#: motor degradations with a P-F interval: agitator / feed-pump motor, bearing / winding
+MOTOR_DEGRADATIONS = ("agt_brg", "agt_wdg", "fp_brg", "fp_wdg")
+#: ground-truth ``detail`` of each critical failure mode (pharma_assets.ml.pdm maps them)
+AGT_BEARING = "drive-end bearing seized"
+AGT_WINDING = "agitator stator winding insulation failure"
+AGT_WINDING_FAST = "agitator stator turn-to-turn short"
+AGT_TRIP = "agitator drive tripped (supply interruption or interlock)"
+FP_HEAD = "pump head worn out"
+FP_BEARING = "pump motor bearing failed"
+FP_WINDING = "pump motor winding insulation failure"
+FP_WINDING_FAST = "pump motor turn-to-turn short"
+FP_TRIP = "pump motor tripped"
 
 
 @dataclass
@@ -98,6 +111,43 @@ def _weibull(rng: np.random.Generator, scale: float, shape: float) -> float:
     return float(scale * rng.weibull(shape))
 
 
+@dataclass
+class _Part:
+    """The clock of one motor degradation: run hours at its functional failure (``life``),
+    run hours so far, its P-F interval and how much the degradation grows from P to F."""
+
+    life: float
+    run: float
+    pf: float
+    ratio: float
+    fast: bool = False
+
+    def batch_inputs(self) -> tuple[float, float]:
+        """P point (hours after this batch's start) and growth time constant."""
+        return self.life - self.run - self.pf, self.pf / float(np.log(self.ratio))
+
+
+def _draw_pf(rng: np.random.Generator, d: PFInterval) -> float:
+    return float(d.median_h * np.exp(d.sigma * rng.standard_normal()))
+
+
+def _new_part(
+    rng: np.random.Generator,
+    life: float,
+    m: MotorReliability,
+    run: float = 0.0,
+    winding: bool = False,
+) -> _Part:
+    """A part that fails at run hour ``life`` with a P-F interval drawn for its mode (never
+    longer than the part's life: a new part starts healthy)."""
+    fast = winding and bool(rng.random() < m.winding_fast_share)
+    d = (m.winding_fast_pf if fast else m.winding_pf) if winding else m.bearing_pf
+    pf = min(_draw_pf(rng, d), life)
+    z = float(rng.standard_normal())
+    ratio = m.failure_to_detection_ratio * float(np.exp(m.failure_to_detection_ratio_sigma * z))
+    return _Part(life=life, run=run, pf=max(pf, 0.5), ratio=max(ratio, 1.5), fast=fast)
+
+
 def nominal_inputs(recipe: Recipe, **overrides: float) -> dict[str, float]:
     """Inputs of a fault-free batch with nominal lots and new equipment (tests, what-if)."""
     sp, ini, fd, gc = recipe.setpoints, recipe.initial, recipe.feed, recipe.glucose_control
@@ -143,6 +193,13 @@ def nominal_inputs(recipe: Recipe, **overrides: float) -> dict[str, float]:
         "pump_run_h0": 0.0,
         "pump_life_h": 1e9,
         "vib_base": 1.1,
+        **{
+            f"{k}_{v}": (1.0 if v == "tau_h" else INF)
+            for k in MOTOR_DEGRADATIONS
+            for v in ("p_h", "tau_h", "f_h")
+        },  # fmt: skip
+        "agt_imb_base": 1.0,
+        "fp_imb_base": 1.0,
         "contam_onset_h": INF,
         "ph_drift_fault_onset_h": INF,
         "ph_drift_fault_end_h": INF,
@@ -189,6 +246,8 @@ def plan_history(
     root = np.random.SeedSequence(seed)
     unit_rngs = [np.random.default_rng(s) for s in root.spawn(len(units))]
     lot_rng = np.random.default_rng(root.spawn(len(units) + 1)[-1])
+    motor_rngs = [np.random.default_rng(s) for s in root.spawn(len(units))]
+    mot = plant.motors
     shares = np.array([r.share for r in recipes.recipes])
     shares = shares / shares.sum()
     per_unit = [len(range(i, n_batches, len(units))) for i in range(len(units))]
@@ -224,6 +283,34 @@ def plan_history(
         since_pm = max(bearing_run, pump_run)
         since_membrane = int(rng.integers(0, rel.do_membrane_replacement_batches))
         vib_base = float(rng.normal(1.1, 0.12))
+        mrng = motor_rngs[ui]
+
+        def winding_part(run: float = 0.0, mrng: np.random.Generator = mrng) -> _Part:
+            life = _weibull(mrng, mot.winding_life_weibull_scale_h, mot.winding_life_weibull_shape)
+            while life <= run + 48:
+                life = _weibull(
+                    mrng, mot.winding_life_weibull_scale_h, mot.winding_life_weibull_shape
+                )
+            return _new_part(mrng, life, mot, run=run, winding=True)
+
+        def fp_bearing_part(run: float = 0.0, mrng: np.random.Generator = mrng) -> _Part:
+            scale, shape = (
+                mot.feed_pump_bearing_life_weibull_scale_h,
+                mot.feed_pump_bearing_life_weibull_shape,
+            )
+            life = _weibull(mrng, scale, shape)
+            while life <= run + 48:
+                life = _weibull(mrng, scale, shape)
+            return _new_part(mrng, life, mot, run=run)
+
+        parts = {
+            "agt_brg": _new_part(mrng, bearing_life, mot, run=bearing_run),
+            "agt_wdg": winding_part(float(mrng.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
+            "fp_brg": fp_bearing_part(pump_run),
+            "fp_wdg": winding_part(float(mrng.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
+        }
+        agt_imb_base = float(np.clip(mrng.normal(1.0, 0.3), 0.2, None))
+        fp_imb_base = float(np.clip(mrng.normal(1.2, 0.35), 0.2, None))
         kla_factor = float(rng.normal(1.0, 0.06))
         t_bias_unit = float(rng.normal(0, 0.02))
         for j in range(per_unit[ui]):
@@ -252,32 +339,58 @@ def plan_history(
                 pump_run_h0=pump_run,
                 pump_life_h=pump_life,
                 vib_base=vib_base,
+                agt_imb_base=agt_imb_base,
+                fp_imb_base=fp_imb_base,
             )
+            for key, part in parts.items():
+                row[f"{key}_p_h"], row[f"{key}_tau_h"] = part.batch_inputs()
             row["feed_end_h"] = min(row["feed_end_h"], planned - 2.0)
             end_h, status, reason = planned, "complete", None
             blabels: list[tuple[float, float | None, str, str | None, bool, str]] = []
             ends: list[tuple[float, str]] = []
 
-            # agitator bearing wear-out
-            fail_at = bearing_life - bearing_run
+            # agitator motor: bearing defect, stator winding, or a sudden drive trip; a
+            # motor already past its life fails at start-up
+            agt_cands = [
+                (max(parts[k].life - parts[k].run, 0.5), k) for k in ("agt_brg", "agt_wdg")
+            ]
+            if mrng.random() < mot.agitator_sudden_trip:
+                agt_cands.append((float(mrng.uniform(12, max(planned - 12, 13))), "trip"))
+            fail_at, agt_mode = min(agt_cands)
             agitator_failed = fail_at < planned
             if agitator_failed:
                 row["agitator_fail_h"] = fail_at
+                if agt_mode != "trip":
+                    row[f"{agt_mode}_f_h"] = fail_at
                 ends.append((fail_at + float(rng.uniform(3, 6)), "agitator failure"))
-                blabels.append((fail_at, None, "agitator_failure", eq["agitator_motor"], True,
-                                "drive-end bearing seized"))  # fmt: skip
-            # feed pump: wear-out during the feed window, or a random failure
+                why = {"agt_brg": AGT_BEARING, "trip": AGT_TRIP}.get(
+                    agt_mode, AGT_WINDING_FAST if parts["agt_wdg"].fast else AGT_WINDING
+                )
+                blabels.append((fail_at, None, "agitator_failure", eq["agitator_motor"], True, why))
+            # feed pump: head wear-out or a motor failure during the feed window (a motor
+            # past its life fails when the feed starts), or a sudden trip
+            fs, fe = row["feed_start_h"], row["feed_end_h"]
+            fp_cands: list[tuple[float, str]] = []
             pump_fail_at = pump_life - pump_run
-            pump_failed = False
-            if row["feed_start_h"] <= pump_fail_at < row["feed_end_h"]:
-                pump_failed = True
-                onset, dur, why = pump_fail_at, float(rng.uniform(8, 16)), "pump head worn out"
-            elif rng.random() < rates.feed_pump_failure:
-                pump_failed = True
-                onset = float(rng.uniform(row["feed_start_h"], row["feed_end_h"] - 12))
-                dur, why = float(rng.uniform(6, 24)), "pump motor tripped"
+            if fs <= pump_fail_at < fe:
+                fp_cands.append((pump_fail_at, "head"))
+            for k in ("fp_brg", "fp_wdg"):
+                f_at = parts[k].life - parts[k].run
+                if f_at < fe:
+                    fp_cands.append((max(f_at, fs + float(mrng.uniform(0.1, 0.5))), k))
+            if rng.random() < rates.feed_pump_failure:
+                fp_cands.append((float(rng.uniform(fs, fe - 12)), "trip"))
+            pump_failed = bool(fp_cands)
+            fp_mode = ""
             if pump_failed:
+                onset, fp_mode = min(fp_cands)
+                dur = float(rng.uniform(8, 16) if fp_mode == "head" else rng.uniform(6, 24))
+                why = {"head": FP_HEAD, "trip": FP_TRIP, "fp_brg": FP_BEARING}.get(
+                    fp_mode, FP_WINDING_FAST if parts["fp_wdg"].fast else FP_WINDING
+                )
                 row["pump_fail_onset_h"], row["pump_fail_end_h"] = onset, onset + dur
+                if fp_mode in parts:
+                    row[f"{fp_mode}_f_h"] = onset
                 blabels.append(
                     (onset, onset + dur, "feed_pump_failure", eq["feed_pump"], True, why)
                 )
@@ -338,6 +451,8 @@ def plan_history(
             # ---------------- after the batch: wear, repairs, maintenance
             bearing_run += end_h
             pump_run += end_h
+            for part in parts.values():
+                part.run += end_h
             since_pm += end_h
             since_membrane += 1
             t_end = t + end_h
@@ -345,12 +460,27 @@ def plan_history(
             maint.append((t, "calibration", uid, eq["ph_probe"], None,
                           "pH and DO probe calibration before inoculation", 0.5, bearing_run - end_h))  # fmt: skip
             if agitator_failed and fail_at < end_h:
-                maint.append((t + fail_at, "failure", uid, eq["agitator_motor"], None,
-                              "agitator tripped on high vibration; bearing seized", 0.0, bearing_life))  # fmt: skip
-                maint.append((t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], "drive-end bearing",
-                              "replace agitator drive-end bearing", rel.repair_downtime_h, bearing_life))  # fmt: skip
-                bearing_run, bearing_life = 0.0, _weibull(rng, rel.bearing_life_weibull_scale_h,
-                                                          rel.bearing_life_weibull_shape)  # fmt: skip
+                agt_run = parts["agt_brg"].run - end_h + fail_at
+                if agt_mode == "agt_brg":
+                    maint.append((t + fail_at, "failure", uid, eq["agitator_motor"], None,
+                                  "agitator tripped on high vibration; bearing seized", 0.0, agt_run))  # fmt: skip
+                    maint.append((t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], "drive-end bearing",
+                                  "replace agitator drive-end bearing", rel.repair_downtime_h, agt_run))  # fmt: skip
+                elif agt_mode == "agt_wdg":
+                    maint.append((t + fail_at, "failure", uid, eq["agitator_motor"], None,
+                                  "agitator motor tripped on earth fault; stator winding failed", 0.0, agt_run))  # fmt: skip
+                    maint.append((t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], "agitator motor",
+                                  "replace agitator motor (stator winding failed)", rel.repair_downtime_h, agt_run))  # fmt: skip
+                    parts["agt_wdg"] = winding_part()
+                else:
+                    maint.append((t + fail_at, "failure", uid, eq["agitator_motor"], None,
+                                  "agitator drive tripped; no fault found on the motor", 0.0, agt_run))  # fmt: skip
+                    maint.append((t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], None,
+                                  "reset and test agitator drive after trip", rel.repair_downtime_h, agt_run))  # fmt: skip
+                if agt_mode in ("agt_brg", "agt_wdg"):  # a new bearing (or a new motor)
+                    bearing_run, bearing_life = 0.0, _weibull(rng, rel.bearing_life_weibull_scale_h,
+                                                              rel.bearing_life_weibull_shape)  # fmt: skip
+                    parts["agt_brg"] = _new_part(mrng, bearing_life, mot)
                 down += rel.repair_downtime_h
             if pump_failed and row["pump_fail_onset_h"] < end_h:
                 on = row["pump_fail_onset_h"]
@@ -366,18 +496,28 @@ def plan_history(
                         pump_run,
                     )
                 )
+                part_name, what = {
+                    "head": ("pump head", "replace feed pump head and tubing"),
+                    "fp_brg": ("pump motor bearings", "replace feed pump motor bearings"),
+                    "fp_wdg": ("feed pump motor", "replace feed pump motor (winding failed)"),
+                    "trip": ("", "reset feed pump drive after trip; motor tested"),
+                }[fp_mode]
                 maint.append((t + min(row["pump_fail_end_h"], end_h), "corrective_maintenance", uid,
-                              eq["feed_pump"], "pump head", "replace feed pump head and tubing",
-                              0.0, pump_run))  # fmt: skip
-                pump_run, pump_life = (
-                    0.0,
-                    _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape),
-                )
+                              eq["feed_pump"], part_name or None, what, 0.0, pump_run))  # fmt: skip
+                if fp_mode == "head":
+                    pump_run, pump_life = (
+                        0.0,
+                        _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape),
+                    )
+                elif fp_mode in ("fp_brg", "fp_wdg"):  # new bearings (or a new motor)
+                    parts["fp_brg"] = fp_bearing_part()
+                    if fp_mode == "fp_wdg":
+                        parts["fp_wdg"] = winding_part()
             if since_pm >= rel.preventive_maintenance_interval_h:
                 maint.append((t_end + 4, "preventive_maintenance", uid, eq["agitator_motor"], "drive-end bearing",
                               "preventive maintenance: replace agitator bearings", 8.0, bearing_run))  # fmt: skip
                 maint.append((t_end + 4, "preventive_maintenance", uid, eq["feed_pump"], "pump head",
-                              "preventive maintenance: replace feed pump head", 8.0, pump_run))  # fmt: skip
+                              "preventive maintenance: replace feed pump head and motor bearings", 8.0, pump_run))  # fmt: skip
                 bearing_run, pump_run, since_pm = 0.0, 0.0, 0.0
                 bearing_life = _weibull(
                     rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
@@ -385,6 +525,8 @@ def plan_history(
                 pump_life = _weibull(
                     rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape
                 )
+                parts["agt_brg"] = _new_part(mrng, bearing_life, mot)
+                parts["fp_brg"] = fp_bearing_part()
                 down += 8.0
             if since_membrane >= rel.do_membrane_replacement_batches:
                 maint.append((t_end + 3, "preventive_maintenance", uid, eq["do_probe"], "DO membrane",
