@@ -197,7 +197,7 @@ def nominal_inputs(recipe: Recipe, **overrides: float) -> dict[str, float]:
             f"{k}_{v}": (1.0 if v == "tau_h" else INF)
             for k in MOTOR_DEGRADATIONS
             for v in ("p_h", "tau_h", "f_h")
-        },  # fmt: skip
+        },
         "agt_imb_base": 1.0,
         "fp_imb_base": 1.0,
         "contam_onset_h": INF,

@@ -40,14 +40,14 @@ def _rows() -> list[dict[str, float]]:
             pump_fail_onset_h=FP_F_H,
             pump_fail_end_h=FP_F_H + 10,
             **_deg("fp_wdg", FP_P_H, FP_F_H),
-        ),  # fmt: skip
+        ),
         nominal_inputs(
             recipe,
             end_h=end,
             pump_fail_onset_h=FP_F_H,
             pump_fail_end_h=FP_F_H + 10,
             **_deg("fp_brg", FP_P_H, FP_F_H),
-        ),  # fmt: skip
+        ),
     ]
 
 
