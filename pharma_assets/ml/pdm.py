@@ -562,6 +562,8 @@ def pdm_metrics(
         "n_failures": ev["n_failures"],
         "n_caught": ev["n_caught"],
         "false_alarm_rate_per_equipment_day": ev["false_alarm_rate_per_equipment_day"],
+        "false_alarm_days": ev["false_alarm_days"],
+        "equipment_days": ev["equipment_days"],
         "median_lead_time_h": ev["median_lead_time_h"],
         "roc_auc": macro_auc(y, p, pred["equipment_type"].to_numpy()),
         "row_precision": float(tp / a.sum()) if a.sum() else float("nan"),
