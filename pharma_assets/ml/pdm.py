@@ -12,8 +12,8 @@ Honest evaluation:
   known at training time).
 * The decision threshold is chosen on the training period only, from out-of-fold
   probabilities (folds grouped by batch): the highest threshold that still catches
-  ``target_recall`` of the training failures, unless that alarms on more than 5 % of the
-  equipment-days; then the lowest threshold within that false-alarm budget.
+  ``target_recall`` of the training failures, unless that alarms on more than 2 % of the
+  equipment-days (the false-alarm target); then the lowest threshold within that budget.
 * Event metrics: a failure is caught if an alarm fired in the 72 h before it; recall is
   over all failures in the evaluation period (also those with no run time before them).
   The false-alarm rate is the share of equipment-days (days with run time) that carry an
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "pharma_pdm_failure_72h"
 HORIZON_H = 72.0
 TARGET_RECALL = 0.95
-# cap on alarmed equipment-days (training period) when choosing the threshold
-MAX_FALSE_ALARM_RATE = 0.015
+# cap on alarmed equipment-days (training period) when choosing the threshold: the
+# false-alarm target of issue 14 (<= 2 % of equipment-days), applied to the training period
+MAX_FALSE_ALARM_RATE = 0.02
 #: model inputs: condition statistics and trends, maintenance history, health residuals
 PDM_FEATURES = [*EQUIPMENT_FEATURES, *HEALTH_FEATURES]
 GT_FAULT_TYPES = {"agitator_motor": "agitator_failure", "feed_pump": "feed_pump_failure"}
