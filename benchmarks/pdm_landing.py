@@ -53,10 +53,14 @@ def batches_from_landing(landing: Path) -> pl.DataFrame:
     starts = [r for r in rows if r.get("event_type") == "batch_start"]
     return pl.DataFrame(
         [
-            {"batch_id": r["batch_id"], "unit_id": r["unit_id"], "recipe_id": r["recipe_id"],
-             "start_ts": r["event_ts"]}
+            {
+                "batch_id": r["batch_id"],
+                "unit_id": r["unit_id"],
+                "recipe_id": r["recipe_id"],
+                "start_ts": r["event_ts"],
+            }
             for r in starts
-        ]  # fmt: skip
+        ]
     ).with_columns(pl.col("start_ts").str.to_datetime(time_zone="UTC").dt.cast_time_unit("us"))
 
 
