@@ -23,6 +23,9 @@ from pharma_assets.lake.specs import load_spec
 from pharma_assets.ml import features
 
 UTC_US = pl.Datetime("us", "UTC")
+#: the tags the equipment-hour features read: the condition tags and the load they are
+#: judged against (agitator speed, culture volume, feed flow); the others stay null
+PDM_TAGS = (*features.CONDITION_TAGS, "agitation_rpm", "volume_l", "feed_rate_ml_h")
 
 
 @dataclass
@@ -65,26 +68,32 @@ def batches_from_landing(landing: Path) -> pl.DataFrame:
 
 
 def hourly_from_landing(
-    landing: Path, batches: pl.DataFrame, batches_per_chunk: int = 50
+    landing: Path,
+    batches: pl.DataFrame,
+    batches_per_chunk: int = 50,
+    tags: tuple[str, ...] = PDM_TAGS,
 ) -> tuple[pl.DataFrame, int, int]:
-    """Hourly rollup of every batch's telemetry; (hourly, readings kept, readings dropped)."""
+    """Hourly rollup of the ``tags`` of every batch's telemetry (the rollup's other columns
+    null); (hourly, readings kept, readings dropped)."""
     spec = load_spec()
     limits = pl.DataFrame(
         {
-            "tag": list(spec.tags),
-            "lo": [s.physical[0] for s in spec.tags.values()],
-            "hi": [s.physical[1] for s in spec.tags.values()],
+            "tag": list(tags),
+            "lo": [spec.tags[t].physical[0] for t in tags],
+            "hi": [spec.tags[t].physical[1] for t in tags],
         }
     )
-    tags = list(spec.tags)
     starts = batches.select("batch_id", pl.col("start_ts").alias("batch_start"))
     dirs = sorted(d for u in (landing / "telemetry").iterdir() for d in u.iterdir() if d.is_dir())
     parts: list[pl.DataFrame] = []
     kept = dropped = 0
     for i in range(0, len(dirs), batches_per_chunk):
         files = [f for d in dirs[i : i + batches_per_chunk] for f in sorted(d.glob("*.parquet"))]
-        raw = pl.read_parquet(files).with_columns(
-            pl.col("tag", "batch_id", "unit_id", "quality").cast(pl.String)
+        raw = (
+            pl.scan_parquet(files)
+            .with_columns(pl.col("tag", "batch_id", "unit_id", "quality").cast(pl.String))
+            .filter(pl.col("tag").is_in(list(tags)))
+            .collect()
         )
         ok = raw.join(limits, on="tag", how="inner").filter(
             (pl.col("quality") != "bad") & pl.col("value").is_between(pl.col("lo"), pl.col("hi"))
