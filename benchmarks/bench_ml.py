@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "--pdm-plant",
         type=Path,
         default=None,
-        help="PdM figures only, on the 1,000-batch plant in this folder (built when absent)",
+        help="PdM figures only, on the benchmark plant (PDM_PLANT) in this folder (built when absent)",
     )
     ap.add_argument("--truth", type=Path, default=None, help="ground-truth folder (evaluation)")
     ap.add_argument("--mlflow-dir", type=Path, default=None, help="folder for the SQLite store")
@@ -199,10 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         a.json.write_text(json.dumps(res, indent=1, default=str))
 
 
-#: the 1,000-batch plant of the PdM figures (issue 14): default plant and seed, every tag
-#: sampled every 5 minutes (the hourly features need no more; 1-minute sampling makes the
+#: the plant of the PdM figures (issue 14): default plant and seed, 1,200 batches (the
+#: 1,000-batch plan holds only about 30 predictable failures in its last 30 %, the
+#: issue's minimum), every tag sampled every 5 minutes (the hourly features need no more; 1-minute sampling makes the
 #: lake five times larger and its pipeline run take about an hour on 2 shared cores)
-PDM_PLANT = {"units": 6, "batches": 1000, "seed": 42, "start": "2020-01-06T00:00:00"}
+PDM_PLANT = {"units": 6, "batches": 1200, "seed": 42, "start": "2020-01-06T00:00:00"}
 PDM_SAMPLING_S = 300
 MIN_HELD_OUT_PREDICTABLE = 30
 
@@ -315,7 +316,7 @@ def _print_pdm_by_mode(m: dict[str, float]) -> None:
 
 
 def run_pdm(folder: Path, json_out: Path | None = None) -> dict[str, Any]:
-    """Simulate (once) the 1,000-batch plant, train the PdM model on its earlier 70 % of run
+    """Simulate (once) the benchmark plant (PDM_PLANT), train the PdM model on its earlier 70 % of run
     time and print every figure against its target. The inputs are read from the landing
     zone by ``benchmarks.pdm_landing`` (silver's telemetry rules, the same feature code):
     building the lake of 1,000 batches takes over an hour on the shared machine."""

@@ -122,8 +122,8 @@ PDM_MARK = "<!-- pdm-results -->"
 
 
 def pdm_lines() -> list[str]:
-    """Issue 14's PdM figures on the 1,000-batch plant (simulated once into
-    $PHARMA_BENCH_PDM_DIR, default bench_data/pdm1000), each against its target."""
+    """Issue 14's PdM figures on the 1,200-batch plant (simulated once into
+    $PHARMA_BENCH_PDM_DIR, default bench_data/pdm1200), each against its target."""
     import os
 
     from benchmarks import bench_ml
