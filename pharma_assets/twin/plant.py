@@ -491,8 +491,8 @@ def maintenance_after_batch(
     maintenance when due, DO membrane replacement); returns them and the downtime (h)."""
     wear.bearing_run += end_h
     wear.pump_run += end_h
-    for part in wear.parts.values():
-        part.run += end_h
+    for motor_part in wear.parts.values():
+        motor_part.run += end_h
     m = motors or MotorReliability()
     mrng = wear.motor_rng or rng
     wear.since_pm += end_h
