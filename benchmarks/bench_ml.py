@@ -155,13 +155,24 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--lake", type=Path, required=True, help="lake root with silver/gold built")
+    ap.add_argument("--lake", type=Path, default=None, help="lake root with silver/gold built")
+    ap.add_argument(
+        "--pdm-plant",
+        type=Path,
+        default=None,
+        help="PdM figures only, on the benchmark plant (PDM_PLANT) in this folder (built when absent)",
+    )
     ap.add_argument("--truth", type=Path, default=None, help="ground-truth folder (evaluation)")
     ap.add_argument("--mlflow-dir", type=Path, default=None, help="folder for the SQLite store")
     ap.add_argument("--extrapolate-to", type=int, default=1000, help="batches to extrapolate to")
     ap.add_argument("--no-optional", action="store_true", help="skip contamination and MSPC")
     ap.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
     a = ap.parse_args(argv)
+    if a.pdm_plant is not None:
+        run_pdm(a.pdm_plant, a.json)
+        return
+    if a.lake is None:
+        ap.error("--lake or --pdm-plant is required")
     res = run(a.lake, a.truth, a.mlflow_dir, not a.no_optional)
     n = res["n_batches"]
     est = res["total_train_s"] * a.extrapolate_to / max(n, 1)
@@ -188,36 +199,161 @@ def main(argv: list[str] | None = None) -> None:
         a.json.write_text(json.dumps(res, indent=1, default=str))
 
 
-def _print_pdm_by_mode(m: dict[str, float]) -> None:
-    """PdM recall per equipment type and per ground-truth failure mode (wear-out modes have
-    a precursor in the telemetry; a random pump-motor trip has none by construction)."""
-    if not m:
-        return
-    print("\nPdM (CMMS failures):")
-    print(
-        f"  recall {m['recall_critical']:.3f} ({m['n_caught']:.0f}/{m['n_failures']:.0f}), "
-        f"false-alarm equipment-days {m['false_alarm_rate_per_equipment_day']:.4f}, "
-        f"median lead {m['median_lead_time_h']:.1f} h"
-    )
-    for etype in ("agitator_motor", "feed_pump"):
-        print(
-            f"  {etype}: recall {m[f'recall_{etype}']:.3f} of {m[f'n_failures_{etype}']:.0f}, "
-            f"false-alarm equipment-days {m[f'false_alarm_rate_{etype}']:.4f}"
-        )
+#: the plant of the PdM figures (issue 14): default plant and seed, 1,200 batches (the
+#: 1,000-batch plan holds only about 30 predictable failures in its last 30 %, the
+#: issue's minimum), every tag sampled every 5 minutes (the hourly features need no more; 1-minute sampling makes the
+#: lake five times larger and its pipeline run take about an hour on 2 shared cores)
+PDM_PLANT = {"units": 6, "batches": 1200, "seed": 42, "start": "2020-01-06T00:00:00"}
+PDM_SAMPLING_S = 300
+MIN_HELD_OUT_PREDICTABLE = 30
+
+
+def build_pdm_plant(folder: Path, with_lake: bool = True) -> tuple[Path, Path]:
+    """Simulate (and with ``with_lake`` ingest) the PdM benchmark plant into ``folder``
+    unless already there (``folder/landing``, ``folder/lake``, ``folder/ground_truth``);
+    returns (lake, ground truth)."""
+    import subprocess
+    import sys
+
+    from pharma_assets.twin.config import load_plant
+
+    lake, truth, landing = folder / "lake", folder / "ground_truth", folder / "landing"
+    if (lake / "silver" / "batch_timeline").exists() or (
+        not with_lake and (truth / "fault_labels.parquet").exists()
+    ):
+        return lake, truth
+    folder.mkdir(parents=True, exist_ok=True)
+    plant = load_plant()
+    tags = [t.model_copy(update={"sampling_period_s": PDM_SAMPLING_S}) for t in plant.tags]
+    yaml_path = folder / "plant_5min.yaml"
+    import yaml
+
+    yaml_path.write_text(yaml.safe_dump(plant.model_copy(update={"tags": tags}).model_dump()))
+    cli = [sys.executable, "-m", "pharma_assets.cli"]
+    p = PDM_PLANT
+    subprocess.run([*cli, "simulate", "--units", str(p["units"]), "--batches", str(p["batches"]),
+                    "--seed", str(p["seed"]), "--start", str(p["start"]), "--plant", str(yaml_path),
+                    "--out", str(landing), "--truth", str(truth)], check=True)  # fmt: skip
+    if not with_lake:
+        return lake, truth
+    subprocess.run([*cli, "pipeline", "--landing", str(landing), "--lake", str(lake),
+                    "--batches-per-run", "50"], check=True)  # fmt: skip
+    return lake, truth
+
+
+def pdm_figures(m: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, target, verdict) rows of the issue-14 PdM figures, from the model's
+    held-out metrics (``pdm.mode_metrics`` over the simulator's failure modes)."""
+
+    def frac(name: str) -> str:
+        n, c = m.get(f"gt_n_failures_{name}", 0.0), m.get(f"gt_n_caught_{name}", 0.0)
+        r = m.get(f"gt_recall_{name}", float("nan"))
+        return f"{100 * r:.1f} % ({c:.0f} of {n:.0f})"
+
+    n_pred = m.get("gt_n_failures_predictable", 0.0)
+    rows = [
+        (
+            "recall, critical failures whose mode has P-F >= 72 h",
+            frac("predictable"),
+            "> 95 %",
+            "MET" if m.get("gt_recall_predictable", 0.0) > 0.95 else "NOT MET",
+        ),
+        (
+            "held-out predictable failures",
+            f"{n_pred:.0f}",
+            f">= {MIN_HELD_OUT_PREDICTABLE}",
+            "MET" if n_pred >= MIN_HELD_OUT_PREDICTABLE else "NOT MET",
+        ),
+        (
+            "false-alarm equipment-days",
+            f"{100 * m['false_alarm_rate_per_equipment_day']:.2f} % "
+            f"({m.get('false_alarm_days', float('nan')):.0f} of "
+            f"{m.get('equipment_days', float('nan')):.0f})",
+            "<= 2 %",
+            "MET" if m["false_alarm_rate_per_equipment_day"] <= 0.02 else "NOT MET",
+        ),
+        (
+            "median lead time, predictable modes",
+            f"{m.get('gt_median_lead_time_h_predictable', float('nan')):.1f} h",
+            "reported",
+            "",
+        ),
+        ("recall, all critical failures (incl. sudden)", frac("all"), "reported", ""),
+        (
+            "recall, all critical failures (CMMS)",
+            f"{100 * m['recall_critical']:.1f} % ({m['n_caught']:.0f} of {m['n_failures']:.0f})",
+            "reported",
+            "",
+        ),
+        ("recall, P-F < 72 h (turn-to-turn shorts)", frac("short_pf"), "reported", ""),
+        ("recall, sudden trips (no precursor)", frac("sudden"), "reported", ""),
+    ]
+    groups = {"predictable", "short_pf", "sudden", "all", "critical"}
     modes = sorted(
         k.removeprefix("gt_recall_")
         for k in m
-        if k.startswith("gt_recall_") and k != "gt_recall_critical"
+        if k.startswith("gt_recall_") and k.removeprefix("gt_recall_") not in groups
     )
-    if modes:
-        print("PdM by ground-truth failure mode:")
     for mode in modes:
-        n = m.get(f"gt_n_failures_{mode}", float("nan"))
-        c = m.get(f"gt_n_caught_{mode}")
-        lead = m.get(f"gt_median_lead_time_h_{mode}")
-        extra = f" ({c:.0f}/{n:.0f})" if c is not None else f" (n={n:.0f})"
-        lead_s = f", median lead {lead:.1f} h" if lead is not None else ""
-        print(f"  {mode}: recall {m[f'gt_recall_{mode}']:.3f}{extra}{lead_s}")
+        lead = m.get(f"gt_median_lead_time_h_{mode}", float("nan"))
+        rows.append((f"  mode {mode}", f"{frac(mode)}, median lead {lead:.1f} h", "", ""))
+    return rows
+
+
+def _print_pdm_by_mode(m: dict[str, float]) -> None:
+    """Every PdM figure of issue 14 against its target, and per failure mode."""
+    if not m:
+        return
+    print("\nPdM, held out (later 30 % of run time), against the targets:")
+    for fig, val, target, verdict in pdm_figures(m):
+        print(f"  {fig}: {val}" + (f"  [target {target}: {verdict}]" if verdict else ""))
+    for etype in ("agitator_motor", "feed_pump"):
+        print(
+            f"  {etype} (CMMS): recall {m[f'recall_{etype}']:.3f} of "
+            f"{m[f'n_failures_{etype}']:.0f}, false-alarm equipment-days "
+            f"{m[f'false_alarm_rate_{etype}']:.4f}"
+        )
+
+
+def run_pdm(folder: Path, json_out: Path | None = None) -> dict[str, Any]:
+    """Simulate (once) the benchmark plant (PDM_PLANT), train the PdM model on its earlier 70 % of run
+    time and print every figure against its target. The inputs are read from the landing
+    zone by ``benchmarks.pdm_landing`` (silver's telemetry rules, the same feature code):
+    building the lake of 1,000 batches takes over an hour on the shared machine."""
+    from benchmarks.pdm_landing import load_landing_inputs
+
+    build_pdm_plant(folder, with_lake=False)
+    truth = folder / "ground_truth"
+    times: dict[str, float] = {}
+    inp = _timed(
+        "read landing (telemetry -> hourly, CMMS, MES)",
+        lambda: load_landing_inputs(folder / "landing"),
+        times,
+    )
+    eq = _timed(
+        "equipment-hour features",
+        lambda: features.equipment_hour_features(inp.hourly, inp.maintenance, inp.batches),
+        times,
+    )
+    p = _timed(
+        "train PdM",
+        lambda: pdm.train_pdm(eq, inp.maintenance, {}, ground_truth_dir=truth),
+        times,
+    )
+    m = p.trained.metrics
+    _print_pdm_by_mode(m)
+    res = {
+        "landing": str(folder / "landing"),
+        "n_batches": inp.batches.height,
+        "evaluation": p.trained.evaluation_set,
+        "times_s": times,
+        "metrics": m,
+        "figures": pdm_figures(m),
+    }
+    if json_out is not None:
+        json_out.write_text(json.dumps(res, indent=1, default=str))
+        p.predictions.write_parquet(json_out.with_suffix(".predictions.parquet"))
+    return res
 
 
 if __name__ == "__main__":

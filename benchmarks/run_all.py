@@ -2,6 +2,7 @@
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
 ``memory``, ``gateway``, ``spark``) runs one suite (``--only optimise``: the what-if benchmark, run under
+``memory``, ``gateway``, ``pdm``) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -127,6 +128,25 @@ def optimise_lines() -> list[str]:
     return [_measured(", under nice -n 10."), "", *bench_optimise.markdown(r)]
 
 
+PDM_MARK = "<!-- pdm-results -->"
+
+
+def pdm_lines() -> list[str]:
+    """Issue 14's PdM figures on the 1,200-batch plant (simulated once into
+    $PHARMA_BENCH_PDM_DIR, default bench_data/pdm1200), each against its target."""
+    import os
+
+    from benchmarks import bench_ml
+
+    folder = Path(
+        os.environ.get("PHARMA_BENCH_PDM_DIR", DOC.parent.parent / "bench_data" / "pdm1000")
+    )
+    r = bench_ml.run_pdm(folder, folder / "pdm_result.json")
+    rows = ["| figure | value | target | verdict |", "|---|---|---|---|"]
+    rows += [f"| {f} | {v} | {t} | {k} |" for f, v, t, k in r["figures"]]
+    return [_measured(f", {r['n_batches']} batches; {r['evaluation']}."), "", *rows]
+
+
 def gateway_lines() -> list[str]:
     rows = bench_gateway.main()
     return [_measured(", niced; load average at start / end of each run in the table."), "",
@@ -153,6 +173,7 @@ SUITES = {
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
     "spark": (SPARK_MARK, spark_lines),
+    "pdm": (PDM_MARK, pdm_lines),
     "live": (LIVE_MARK, live_lines),
 }
 

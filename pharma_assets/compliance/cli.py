@@ -145,7 +145,9 @@ def users_reset(user_id: str, admin: Annotated[str, typer.Option()], reason: Rea
     user_id, admin = normal_user_id(user_id), normal_user_id(admin)
     try:
         _admin_check(lk, admin)
-        reset_password(lk, user_id, ask_password(f"Temporary password for {user_id}"), admin, reason)
+        reset_password(
+            lk, user_id, ask_password(f"Temporary password for {user_id}"), admin, reason
+        )
     except Exception as e:
         fail(e)
     console.print(f"password of {user_id} reset; account unlocked")

@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # Equipment-health tags of the pumps and agitator drives: served over Modbus (as a skid's
 # PLC would) when ``modbus`` is among the protocols, else with the other tags.
 UTILITY_TAGS = ("agitator_vibration_mm_s", "agitator_bearing_temp_c", "agitator_motor_current_a",
-                "feed_pump_current_a")  # fmt: skip
+                "feed_pump_current_a", "agitator_bearing_defect_ge", "agitator_winding_temp_c",
+                "agitator_current_imbalance_pct", "feed_pump_bearing_defect_ge",
+                "feed_pump_winding_temp_c", "feed_pump_current_imbalance_pct")  # fmt: skip
 
 
 def twin_register_map(tags: list[str]) -> RegisterMap:

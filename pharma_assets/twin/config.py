@@ -8,6 +8,7 @@ Dagster or storage; the simulator and the pipeline both read these objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -109,6 +110,42 @@ class ReliabilityConfig(_Model):
     repair_downtime_h: float = Field(ge=0)
 
 
+class PFInterval(_Model):
+    """P-F interval of a failure mode: lognormal, ``median_h`` hours from the potential
+    failure P (the degradation first shows in the signals) to the functional failure F,
+    ``sigma`` the standard deviation of its logarithm. Sources in docs/process_model.md."""
+
+    median_h: float = Field(gt=0)
+    sigma: float = Field(ge=0, le=2)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile in hours (q in (0, 1))."""
+        from statistics import NormalDist
+
+        return float(self.median_h * math.exp(self.sigma * NormalDist().inv_cdf(q)))
+
+
+class MotorReliability(_Model):
+    """Failure modes of the agitator and feed-pump motors as condition monitoring sees
+    them (docs/process_model.md, "Motor failure modes"): bearing defects and stator winding
+    insulation degradation, each with a P-F interval, and sudden trips without precursor."""
+
+    bearing_pf: PFInterval = PFInterval(median_h=300.0, sigma=0.45)
+    winding_life_weibull_scale_h: float = Field(default=14000.0, gt=0)
+    winding_life_weibull_shape: float = Field(default=1.5, gt=0)
+    winding_pf: PFInterval = PFInterval(median_h=240.0, sigma=0.5)
+    #: share of winding failures that are a turn-to-turn short progressing within hours
+    winding_fast_share: float = Field(default=0.25, ge=0, le=1)
+    winding_fast_pf: PFInterval = PFInterval(median_h=8.0, sigma=0.5)
+    feed_pump_bearing_life_weibull_scale_h: float = Field(default=4600.0, gt=0)
+    feed_pump_bearing_life_weibull_shape: float = Field(default=2.5, gt=0)
+    #: degradation at functional failure / at the P point (lognormal median and sigma)
+    failure_to_detection_ratio: float = Field(default=20.0, gt=1)
+    failure_to_detection_ratio_sigma: float = Field(default=0.25, ge=0)
+    #: per batch: agitator drive trips without precursor (supply interruption, interlock)
+    agitator_sudden_trip: float = Field(default=0.015, ge=0, le=1)
+
+
 class FaultRates(_Model):
     contamination: float = Field(ge=0, le=1)
     ph_probe_drift: float = Field(ge=0, le=1)
@@ -124,6 +161,7 @@ class PlantConfig(_Model):
     tags: list[TagConfig] = Field(min_length=1)
     reliability: ReliabilityConfig
     faults: FaultRates
+    motors: MotorReliability = MotorReliability()
 
     @model_validator(mode="after")
     def _consistent(self) -> PlantConfig:

@@ -155,6 +155,22 @@ class BatchInputs:
     pump_run_h0: np.ndarray
     pump_life_h: np.ndarray
     vib_base: np.ndarray
+    # motor degradations (bearing, winding of the agitator and feed-pump motors): the P
+    # point, growth time constant and failure/replacement time, hours after inoculation
+    agt_brg_p_h: np.ndarray
+    agt_brg_tau_h: np.ndarray
+    agt_brg_f_h: np.ndarray
+    agt_wdg_p_h: np.ndarray
+    agt_wdg_tau_h: np.ndarray
+    agt_wdg_f_h: np.ndarray
+    fp_brg_p_h: np.ndarray
+    fp_brg_tau_h: np.ndarray
+    fp_brg_f_h: np.ndarray
+    fp_wdg_p_h: np.ndarray
+    fp_wdg_tau_h: np.ndarray
+    fp_wdg_f_h: np.ndarray
+    agt_imb_base: np.ndarray  # healthy phase-current unbalance from the supply, %
+    fp_imb_base: np.ndarray
     # faults: onset hours after inoculation (inf = none)
     contam_onset_h: np.ndarray
     ph_drift_fault_onset_h: np.ndarray

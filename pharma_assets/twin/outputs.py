@@ -29,6 +29,24 @@ def equipment_condition(u: BatchInputs, t_h: np.ndarray) -> dict[str, np.ndarray
     }
 
 
+#: degradation growth capped at this multiple of its size at the P point
+MAX_DEGRADATION = 40.0
+
+
+def degradation(u: BatchInputs, key: str, t: np.ndarray) -> np.ndarray:
+    """Size of one motor degradation (``agt_brg``, ``agt_wdg``, ``fp_brg``, ``fp_wdg``) at
+    elapsed hours ``t`` (steps, 1), in multiples of its size at the P point: zero before P,
+    then exponential growth exp((t - P) / tau) until the part fails or is replaced (the
+    exponential degradation model of bearing vibration, docs/process_model.md)."""
+    p = getattr(u, f"{key}_p_h")
+    tau = np.maximum(getattr(u, f"{key}_tau_h"), 1e-6)
+    f = getattr(u, f"{key}_f_h")
+    active = (t >= p) & (t < f)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = np.exp(np.minimum(np.where(active, (t - p) / tau, -np.inf), np.log(MAX_DEGRADATION)))
+    return np.where(active, x, 0.0)
+
+
 def telemetry_signals(
     rec: dict[str, np.ndarray], u: BatchInputs, dt_h: float, k0: int, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
@@ -42,31 +60,50 @@ def telemetry_signals(
     rpm = rec["rpm"].astype(float)
     running = rpm > 1.0
     cond = equipment_condition(u, t_h)
-    w, remaining, pw = (
-        cond["bearing_wear"],
-        np.maximum(cond["bearing_remaining_h"], 0.0),
-        cond["pump_wear"],
-    )
-    spall = np.exp(-remaining / 60.0)  # bearing defect growth in the last days of life
+    w, pw = cond["bearing_wear"], cond["pump_wear"]
+    t = t_h[:, None]
+    agt_brg, agt_wdg = degradation(u, "agt_brg", t), degradation(u, "agt_wdg", t)
+    fp_brg, fp_wdg = degradation(u, "fp_brg", t), degradation(u, "fp_wdg", t)
+    load = (rpm / 140.0) ** 3 * rec["V"] / 2000.0  # shaft power ~ N^3 (affinity law)
     vib = np.where(
         running,
-        u.vib_base * (rpm / 100.0) ** 1.3 + 0.5 * w**2 + 5.0 * spall + np.abs(noise(0.08)),
+        u.vib_base * (rpm / 100.0) ** 1.3 + 0.5 * w**2 + 0.12 * agt_brg + np.abs(noise(0.08)),
         0.05 + np.abs(noise(0.02)),
     )
+    # bearing temperature: friction heat; a bearing defect heats it only late (stage 4)
     bearing_temp = np.where(
-        running, 24.0 + 14.0 * rpm / 120.0 + 2.0 * w + 14.0 * spall, 22.0
+        running, 24.0 + 14.0 * rpm / 120.0 + 2.0 * w + 0.03 * agt_brg**2, 22.0
     ) + noise(0.2)
+    # no-load (magnetising) current rises with shorted turns; a defect adds friction torque
     motor_current = np.where(
         running,
-        2.5 + 5.5 * (rpm / 140.0) ** 3 * rec["V"] / 2000.0 + 1.2 * w**2 + 2.5 * spall + noise(0.05),
+        2.5 + 5.5 * load + 1.2 * w**2 + 0.05 * agt_brg + 0.04 * agt_wdg + noise(0.05),
         0.0,
     )
     feed_cmd = rec["feed_cmd_lph"].astype(float)
+    pumping = feed_cmd > 0
     pump_current = np.where(
-        feed_cmd > 0,
-        0.6 + 0.5 * feed_cmd / np.maximum(u.feed_lph, 1e-9) + 0.6 * pw**2 + noise(0.02),
+        pumping,
+        0.6 + 0.5 * feed_cmd / np.maximum(u.feed_lph, 1e-9) + 0.6 * pw**2 + 0.012 * fp_wdg
+        + noise(0.02),
         0.0,
+    )  # fmt: skip
+    # envelope acceleration in the bearing's defect-frequency band (gE): a speed-dependent
+    # floor plus the defect's growth from the P point
+    agt_defect = np.where(
+        running, 0.2 * rpm / 100.0 + 0.15 * agt_brg + np.abs(noise(0.03)), np.abs(noise(0.005))
     )
+    fp_defect = np.where(pumping, 0.1 + 0.15 * fp_brg + np.abs(noise(0.02)), np.abs(noise(0.005)))
+    # stator winding: copper losses ~ I^2 heat it above ambient; shorted turns add local
+    # heat and unbalance the phase currents (NEMA definition: max deviation from the mean)
+    agt_winding = np.where(
+        running, 32.0 + 28.0 * load + 0.6 * agt_wdg + 0.2 * agt_brg, 22.0
+    ) + noise(0.3)
+    fp_winding = np.where(
+        pumping, 30.0 + 6.0 * feed_cmd / np.maximum(u.feed_lph, 1e-9) + 0.6 * fp_wdg, 22.0
+    ) + noise(0.3)
+    agt_imb = np.where(running, u.agt_imb_base + 0.4 * agt_wdg + np.abs(noise(0.12)), 0.0)
+    fp_imb = np.where(pumping, u.fp_imb_base + 0.4 * fp_wdg + np.abs(noise(0.15)), 0.0)
     V = rec["V"].astype(float)
     our, strip = rec["OUR"].astype(float), rec["strip"].astype(float)
     air, o2, co2 = rec["air"].astype(float), rec["o2"].astype(float), rec["co2"].astype(float)
@@ -97,6 +134,12 @@ def telemetry_signals(
         "feed_pump_current_a": pump_current,
         "jacket_temperature_c": rec["Tj"] + noise(0.05),
         "dissolved_co2_mmhg": rec["pco2"] + noise(1.0),
+        "agitator_bearing_defect_ge": agt_defect,
+        "agitator_winding_temp_c": agt_winding,
+        "agitator_current_imbalance_pct": agt_imb,
+        "feed_pump_bearing_defect_ge": fp_defect,
+        "feed_pump_winding_temp_c": fp_winding,
+        "feed_pump_current_imbalance_pct": fp_imb,
     }
     return sig
 

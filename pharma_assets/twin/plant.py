@@ -18,8 +18,29 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import FaultRates, PlantConfig, Recipe, RecipeBook, ReliabilityConfig
+from .config import (
+    FaultRates,
+    MotorReliability,
+    PFInterval,
+    PlantConfig,
+    Recipe,
+    RecipeBook,
+    ReliabilityConfig,
+)
 from .engine import INF, BatchInputs
+
+#: motor degradations with a P-F interval: agitator / feed-pump motor, bearing / winding
+MOTOR_DEGRADATIONS = ("agt_brg", "agt_wdg", "fp_brg", "fp_wdg")
+#: ground-truth ``detail`` of each critical failure mode (pharma_assets.ml.pdm maps them)
+AGT_BEARING = "drive-end bearing seized"
+AGT_WINDING = "agitator stator winding insulation failure"
+AGT_WINDING_FAST = "agitator stator turn-to-turn short"
+AGT_TRIP = "agitator drive tripped (supply interruption or interlock)"
+FP_HEAD = "pump head worn out"
+FP_BEARING = "pump motor bearing failed"
+FP_WINDING = "pump motor winding insulation failure"
+FP_WINDING_FAST = "pump motor turn-to-turn short"
+FP_TRIP = "pump motor tripped"
 
 
 @dataclass
@@ -100,6 +121,58 @@ def _weibull(rng: np.random.Generator, scale: float, shape: float) -> float:
     return float(scale * rng.weibull(shape))
 
 
+@dataclass
+class _Part:
+    """The clock of one motor degradation: run hours at its functional failure (``life``),
+    run hours so far, its P-F interval and how much the degradation grows from P to F."""
+
+    life: float
+    run: float
+    pf: float
+    ratio: float
+    fast: bool = False
+
+    def batch_inputs(self) -> tuple[float, float]:
+        """P point (hours after this batch's start) and growth time constant."""
+        return self.life - self.run - self.pf, self.pf / float(np.log(self.ratio))
+
+
+def _draw_pf(rng: np.random.Generator, d: PFInterval) -> float:
+    return float(d.median_h * np.exp(d.sigma * rng.standard_normal()))
+
+
+def _new_part(
+    rng: np.random.Generator,
+    life: float,
+    m: MotorReliability,
+    run: float = 0.0,
+    winding: bool = False,
+) -> _Part:
+    """A part that fails at run hour ``life`` with a P-F interval drawn for its mode (never
+    longer than the part's life: a new part starts healthy)."""
+    fast = winding and bool(rng.random() < m.winding_fast_share)
+    d = (m.winding_fast_pf if fast else m.winding_pf) if winding else m.bearing_pf
+    pf = min(_draw_pf(rng, d), life)
+    z = float(rng.standard_normal())
+    ratio = m.failure_to_detection_ratio * float(np.exp(m.failure_to_detection_ratio_sigma * z))
+    return _Part(life=life, run=run, pf=max(pf, 0.5), ratio=max(ratio, 1.5), fast=fast)
+
+
+def _winding_part(rng: np.random.Generator, m: MotorReliability, run: float = 0.0) -> _Part:
+    life = _weibull(rng, m.winding_life_weibull_scale_h, m.winding_life_weibull_shape)
+    while life <= run + 48:
+        life = _weibull(rng, m.winding_life_weibull_scale_h, m.winding_life_weibull_shape)
+    return _new_part(rng, life, m, run=run, winding=True)
+
+
+def _fp_bearing_part(rng: np.random.Generator, m: MotorReliability, run: float = 0.0) -> _Part:
+    scale, shape = m.feed_pump_bearing_life_weibull_scale_h, m.feed_pump_bearing_life_weibull_shape
+    life = _weibull(rng, scale, shape)
+    while life <= run + 48:
+        life = _weibull(rng, scale, shape)
+    return _new_part(rng, life, m, run=run)
+
+
 def nominal_inputs(recipe: Recipe, **overrides: float) -> dict[str, float]:
     """Inputs of a fault-free batch with nominal lots and new equipment (tests, what-if)."""
     sp, ini, fd, gc = recipe.setpoints, recipe.initial, recipe.feed, recipe.glucose_control
@@ -145,6 +218,13 @@ def nominal_inputs(recipe: Recipe, **overrides: float) -> dict[str, float]:
         "pump_run_h0": 0.0,
         "pump_life_h": 1e9,
         "vib_base": 1.1,
+        **{
+            f"{k}_{v}": (1.0 if v == "tau_h" else INF)
+            for k in MOTOR_DEGRADATIONS
+            for v in ("p_h", "tau_h", "f_h")
+        },
+        "agt_imb_base": 1.0,
+        "fp_imb_base": 1.0,
         "contam_onset_h": INF,
         "ph_drift_fault_onset_h": INF,
         "ph_drift_fault_end_h": INF,
@@ -232,6 +312,12 @@ class UnitWear:
     pump_run: float
     since_pm: float
     since_membrane: int
+    #: motor degradations (``MOTOR_DEGRADATIONS``), their own random stream, the supply's
+    #: phase-current unbalance of each motor; empty/None: motors without degradation modes
+    parts: dict[str, _Part] = field(default_factory=dict)
+    motor_rng: np.random.Generator | None = None
+    agt_imb_base: float = 1.0
+    fp_imb_base: float = 1.0
 
 
 class BatchDraw(NamedTuple):
@@ -243,6 +329,7 @@ class BatchDraw(NamedTuple):
     wear: UnitWear
     rates: FaultRates
     equipment: dict[str, str]  # equipment type -> equipment id of this unit
+    motors: MotorReliability = MotorReliability()
 
 
 def _initial_wear(rng: np.random.Generator, rel: ReliabilityConfig) -> UnitWear:
@@ -266,31 +353,62 @@ def _initial_wear(rng: np.random.Generator, rel: ReliabilityConfig) -> UnitWear:
 
 
 def agitator_wear_out(d: BatchDraw) -> FaultDraw | None:
-    """The agitator's drive-end bearing reaches its drawn life during the batch."""
-    fail_at = d.wear.bearing_life - d.wear.bearing_run
+    """The agitator motor fails during the batch: its drive-end bearing or its stator
+    winding reaches its drawn life (a motor already past it fails at start-up), or the
+    drive trips without precursor (supply interruption, interlock); the first of these."""
+    w = d.wear
+    cands = [(w.bearing_life - w.bearing_run, "agt_brg")]
+    if "agt_wdg" in w.parts:
+        cands.append((w.parts["agt_wdg"].life - w.parts["agt_wdg"].run, "agt_wdg"))
+    cands = [(max(f, 0.5), k) for f, k in cands]
+    if w.motor_rng is not None and w.motor_rng.random() < d.motors.agitator_sudden_trip:
+        cands.append((float(w.motor_rng.uniform(12, max(d.planned_h - 12, 13))), "trip"))
+    fail_at, mode = min(cands)
     if fail_at >= d.planned_h:
         return None
     abort = BatchAbort(fail_at + float(d.rng.uniform(3, 6)), "agitator failure")
+    why = {"agt_brg": AGT_BEARING, "trip": AGT_TRIP}.get(mode, "")
+    if mode == "agt_wdg":
+        why = AGT_WINDING_FAST if w.parts["agt_wdg"].fast else AGT_WINDING
     fault = PlannedFault(fail_at, None, "agitator_failure", d.equipment["agitator_motor"], True,
-                         "drive-end bearing seized")  # fmt: skip
-    return FaultDraw({"agitator_fail_h": fail_at}, fault, abort)
+                         why)  # fmt: skip
+    inputs = {"agitator_fail_h": fail_at}
+    if mode != "trip":
+        inputs[f"{mode}_f_h"] = fail_at
+    return FaultDraw(inputs, fault, abort)
 
 
 def feed_pump_failure(d: BatchDraw) -> FaultDraw | None:
-    """The feed pump wears out during the feed window, or trips at random."""
-    row, rng = d.inputs, d.rng
-    pump_fail_at = d.wear.pump_life - d.wear.pump_run
-    if row["feed_start_h"] <= pump_fail_at < row["feed_end_h"]:
-        onset, dur, why = pump_fail_at, float(rng.uniform(8, 16)), "pump head worn out"
-    elif rng.random() < d.rates.feed_pump_failure:
-        onset = float(rng.uniform(row["feed_start_h"], row["feed_end_h"] - 12))
-        dur, why = float(rng.uniform(6, 24)), "pump motor tripped"
-    else:
+    """The feed pump fails during the feed window: its head wears out, its motor's bearing
+    or winding reaches its life (a motor past it fails when the feed starts), or the motor
+    trips without precursor; the first of these."""
+    row, rng, w = d.inputs, d.rng, d.wear
+    fs, fe = row["feed_start_h"], row["feed_end_h"]
+    cands: list[tuple[float, str]] = []
+    head = w.pump_life - w.pump_run
+    if fs <= head < fe:
+        cands.append((head, "head"))
+    for k in ("fp_brg", "fp_wdg"):
+        if k in w.parts and w.motor_rng is not None:
+            f_at = w.parts[k].life - w.parts[k].run
+            if f_at < fe:
+                cands.append((max(f_at, fs + float(w.motor_rng.uniform(0.1, 0.5))), k))
+    if rng.random() < d.rates.feed_pump_failure:
+        cands.append((float(rng.uniform(fs, fe - 12)), "trip"))
+    if not cands:
         return None
+    onset, mode = min(cands)
+    dur = float(rng.uniform(8, 16) if mode == "head" else rng.uniform(6, 24))
+    why = {"head": FP_HEAD, "trip": FP_TRIP, "fp_brg": FP_BEARING}.get(mode, "")
+    if mode == "fp_wdg":
+        why = FP_WINDING_FAST if w.parts["fp_wdg"].fast else FP_WINDING
     fault = PlannedFault(
         onset, onset + dur, "feed_pump_failure", d.equipment["feed_pump"], True, why
     )
-    return FaultDraw({"pump_fail_onset_h": onset, "pump_fail_end_h": onset + dur}, fault)
+    inputs = {"pump_fail_onset_h": onset, "pump_fail_end_h": onset + dur}
+    if mode in MOTOR_DEGRADATIONS:
+        inputs[f"{mode}_f_h"] = onset
+    return FaultDraw(inputs, fault)
 
 
 def contamination(d: BatchDraw) -> FaultDraw | None:
@@ -366,12 +484,17 @@ def maintenance_after_batch(
     t: float,
     end_h: float,
     faults: dict[str, FaultDraw],
+    motors: MotorReliability | None = None,
 ) -> tuple[list[MaintenanceAt], float]:
     """Wear accrued by a batch that started at ``t`` and ran ``end_h`` hours, and the work
     orders that follow it (calibration, repairs of the failures it saw, preventive
     maintenance when due, DO membrane replacement); returns them and the downtime (h)."""
     wear.bearing_run += end_h
     wear.pump_run += end_h
+    for motor_part in wear.parts.values():
+        motor_part.run += end_h
+    m = motors or MotorReliability()
+    mrng = wear.motor_rng or rng
     wear.since_pm += end_h
     wear.since_membrane += 1
     t_end = t + end_h
@@ -381,44 +504,75 @@ def maintenance_after_batch(
                          wear.bearing_run - end_h)]  # fmt: skip
     agitator = faults.get("agitator_failure")
     if agitator is not None and agitator.fault.onset_h < end_h:
+        on, why = agitator.fault.onset_h, agitator.fault.detail
+        run_at = wear.bearing_run - end_h + on
+        failed, part, repair = {
+            AGT_TRIP: ("agitator drive tripped; no fault found on the motor", None,
+                       "reset and test agitator drive after trip"),
+            AGT_WINDING: ("agitator motor tripped on earth fault; stator winding failed",
+                          "agitator motor", "replace agitator motor (stator winding failed)"),
+            AGT_WINDING_FAST: ("agitator motor tripped on earth fault; stator winding failed",
+                               "agitator motor", "replace agitator motor (stator winding failed)"),
+        }.get(why, ("agitator tripped on high vibration; bearing seized", "drive-end bearing",
+                    "replace agitator drive-end bearing"))  # fmt: skip
         out += [
-            MaintenanceAt(t + agitator.fault.onset_h, "failure", uid, eq["agitator_motor"], None,
-                          "agitator tripped on high vibration; bearing seized", 0.0,
-                          wear.bearing_life),
-            MaintenanceAt(t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"],
-                          "drive-end bearing", "replace agitator drive-end bearing",
-                          rel.repair_downtime_h, wear.bearing_life),
+            MaintenanceAt(t + on, "failure", uid, eq["agitator_motor"], None, failed, 0.0, run_at),
+            MaintenanceAt(t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], part,
+                          repair, rel.repair_downtime_h, run_at),
         ]  # fmt: skip
-        wear.bearing_run = 0.0
-        wear.bearing_life = _weibull(
-            rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
-        )
+        if why != AGT_TRIP:  # a new bearing (or a new motor, with a new winding)
+            wear.bearing_run = 0.0
+            wear.bearing_life = _weibull(
+                rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
+            )
+            if wear.parts:
+                wear.parts["agt_brg"] = _new_part(mrng, wear.bearing_life, m)
+                if why in (AGT_WINDING, AGT_WINDING_FAST):
+                    wear.parts["agt_wdg"] = _winding_part(mrng, m)
         down += rel.repair_downtime_h
     pump = faults.get("feed_pump_failure")
     if pump is not None and pump.fault.onset_h < end_h:
         on, off = pump.fault.onset_h, pump.fault.end_h
         assert off is not None
+        why = pump.fault.detail
+        part, repair = {
+            FP_HEAD: ("pump head", "replace feed pump head and tubing"),
+            FP_BEARING: ("pump motor bearings", "replace feed pump motor bearings"),
+            FP_WINDING: ("feed pump motor", "replace feed pump motor (winding failed)"),
+            FP_WINDING_FAST: ("feed pump motor", "replace feed pump motor (winding failed)"),
+        }.get(why, (None, "reset feed pump drive after trip; motor tested"))
         out += [
             MaintenanceAt(t + on, "failure", uid, eq["feed_pump"], None, "feed pump stopped",
                           0.0, wear.pump_run),
             MaintenanceAt(t + min(off, end_h), "corrective_maintenance", uid, eq["feed_pump"],
-                          "pump head", "replace feed pump head and tubing", 0.0, wear.pump_run),
+                          part, repair, 0.0, wear.pump_run),
         ]  # fmt: skip
-        wear.pump_run = 0.0
-        wear.pump_life = _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
+        if why == FP_HEAD:
+            wear.pump_run = 0.0
+            wear.pump_life = _weibull(
+                rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape
+            )
+        elif why in (FP_BEARING, FP_WINDING, FP_WINDING_FAST) and wear.parts:
+            wear.parts["fp_brg"] = _fp_bearing_part(mrng, m)  # new bearings (or a new motor)
+            if why != FP_BEARING:
+                wear.parts["fp_wdg"] = _winding_part(mrng, m)
     if wear.since_pm >= rel.preventive_maintenance_interval_h:
         out += [
             MaintenanceAt(t_end + 4, "preventive_maintenance", uid, eq["agitator_motor"],
                           "drive-end bearing", "preventive maintenance: replace agitator bearings",
                           8.0, wear.bearing_run),
             MaintenanceAt(t_end + 4, "preventive_maintenance", uid, eq["feed_pump"], "pump head",
-                          "preventive maintenance: replace feed pump head", 8.0, wear.pump_run),
+                          "preventive maintenance: replace feed pump head and motor bearings", 8.0,
+                          wear.pump_run),
         ]  # fmt: skip
         wear.bearing_run, wear.pump_run, wear.since_pm = 0.0, 0.0, 0.0
         wear.bearing_life = _weibull(
             rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
         )
         wear.pump_life = _weibull(rng, rel.pump_life_weibull_scale_h, rel.pump_life_weibull_shape)
+        if wear.parts:
+            wear.parts["agt_brg"] = _new_part(mrng, wear.bearing_life, m)
+            wear.parts["fp_brg"] = _fp_bearing_part(mrng, m)
         down += 8.0
     if wear.since_membrane >= rel.do_membrane_replacement_batches:
         out.append(MaintenanceAt(t_end + 3, "preventive_maintenance", uid, eq["do_probe"],
@@ -462,7 +616,11 @@ def _batch_inputs(
         pump_run_h0=wear.pump_run,
         pump_life_h=wear.pump_life,
         vib_base=vib_base,
+        agt_imb_base=wear.agt_imb_base,
+        fp_imb_base=wear.fp_imb_base,
     )
+    for key, part in wear.parts.items():
+        row[f"{key}_p_h"], row[f"{key}_tau_h"] = part.batch_inputs()
     row["feed_end_h"] = min(row["feed_end_h"], planned - 2.0)
     return row
 
@@ -476,6 +634,7 @@ def _plan_unit(
     rng: np.random.Generator,
     t: float,
     first_seq: int,
+    motor_rng: np.random.Generator | None = None,
 ) -> tuple[list[BatchPlan], list[FaultAt], list[MaintenanceAt]]:
     """The ``n`` batches of one unit, its faults and its work orders (hours from origin)."""
     rel, rates = plant.reliability, plant.faults
@@ -485,6 +644,18 @@ def _plan_unit(
     wear = _initial_wear(rng, rel)
     traits = (float(rng.normal(1.1, 0.12)), float(rng.normal(1.0, 0.06)),
               float(rng.normal(0, 0.02)))  # fmt: skip  # vibration base, kLa factor, T bias
+    mot = plant.motors
+    if motor_rng is not None:
+        mr = motor_rng
+        wear.motor_rng = mr
+        wear.parts = {
+            "agt_brg": _new_part(mr, wear.bearing_life, mot, run=wear.bearing_run),
+            "agt_wdg": _winding_part(mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
+            "fp_brg": _fp_bearing_part(mr, mot, wear.pump_run),
+            "fp_wdg": _winding_part(mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
+        }  # fmt: skip
+        wear.agt_imb_base = float(np.clip(mr.normal(1.0, 0.3), 0.2, None))
+        wear.fp_imb_base = float(np.clip(mr.normal(1.2, 0.35), 0.2, None))
     batches: list[BatchPlan] = []
     faults_at: list[FaultAt] = []
     maint: list[MaintenanceAt] = []
@@ -494,7 +665,7 @@ def _plan_unit(
         recipe = recipes.recipes[int(rng.choice(len(recipes.recipes), p=shares))]
         planned = recipe.planned_duration_days * 24.0 + float(rng.normal(0, 2.0))
         row = _batch_inputs(rng, recipe, planned, wear, traits)
-        draw = BatchDraw(rng, row, planned, wear, rates, eq)
+        draw = BatchDraw(rng, row, planned, wear, rates, eq, mot)
         drawn = [f for f in (kind(draw) for kind in FAULT_KINDS) if f is not None]
         for f in drawn:
             row.update(f.inputs)
@@ -526,7 +697,7 @@ def _plan_unit(
             for f in (d.fault for d in drawn) if f.onset_h < end_h
         ]  # fmt: skip
         done, down = maintenance_after_batch(
-            rng, wear, rel, uid, eq, t, end_h, {d.fault.fault_type: d for d in drawn}
+            rng, wear, rel, uid, eq, t, end_h, {d.fault.fault_type: d for d in drawn}, mot
         )
         maint += done
         t = t + end_h + down + float(rng.uniform(0, 6))
@@ -597,6 +768,7 @@ def plan_history(
     root = np.random.SeedSequence(seed)
     unit_rngs = [np.random.default_rng(s) for s in root.spawn(len(units))]
     lot_rng = np.random.default_rng(root.spawn(len(units) + 1)[-1])
+    motor_rngs = [np.random.default_rng(s) for s in root.spawn(len(units))]
     shares = np.array([r.share for r in recipes.recipes])
     shares = shares / shares.sum()
     per_unit = [len(range(i, n_batches, len(units))) for i in range(len(units))]
@@ -611,7 +783,7 @@ def plan_history(
     for ui in range(len(units)):
         t0 = ui * mean_cycle_h / len(units)  # staggered unit starts, hours from plan origin
         unit_batches, unit_faults, unit_maint = _plan_unit(
-            plant, recipes, shares, ui, per_unit[ui], unit_rngs[ui], t0, first_seq
+            plant, recipes, shares, ui, per_unit[ui], unit_rngs[ui], t0, first_seq, motor_rngs[ui]
         )
         batches += unit_batches
         faults_at += unit_faults

@@ -1,8 +1,9 @@
 """A small plant for the ML tests, simulated and pushed through the lake once per session.
 
 2 units x 40 batches, seed 11. To get enough equipment failures in a few seconds of
-simulation, THIS FIXTURE ONLY shortens the bearing and pump lives and raises the random
-feed-pump failure and contamination rates; telemetry is sampled every 10 minutes (the
+simulation, THIS FIXTURE ONLY shortens the bearing, pump and motor-winding lives (failures
+with a precursor), sets the sudden feed-pump trips to 3 % of batches and raises the
+contamination rate; telemetry is sampled every 10 minutes (the
 simulator still integrates at 60 s). The default plant configuration is untouched.
 """
 
@@ -39,8 +40,16 @@ def build_ml_plant(root: Path, n_batches: int = 40, units: int = 2, seed: int = 
     rel = plant.reliability.model_copy(
         update={"bearing_life_weibull_scale_h": 900, "pump_life_weibull_scale_h": 1200}
     )
-    faults = plant.faults.model_copy(update={"feed_pump_failure": 0.15, "contamination": 0.1})
-    plant = plant.model_copy(update={"tags": tags, "reliability": rel, "faults": faults})
+    faults = plant.faults.model_copy(update={"feed_pump_failure": 0.03, "contamination": 0.1})
+    motors = plant.motors.model_copy(
+        update={
+            "winding_life_weibull_scale_h": 2500,
+            "feed_pump_bearing_life_weibull_scale_h": 1500,
+        }
+    )
+    plant = plant.model_copy(
+        update={"tags": tags, "reliability": rel, "faults": faults, "motors": motors}
+    )
     simulate_history(
         plant, load_recipes(), n_batches, seed=seed, out=root / "landing", truth_out=root / "truth"
     )

@@ -117,6 +117,48 @@ def test_reported_metrics_recomputed_from_stored_predictions(
             r, _, _ = _independent_recall_and_lead(pred, sub, start, end)
             assert logged[f"gt_recall_{mode}"] == pytest.approx(r)
     assert n_modes >= 2  # the fixture plant has failures of several modes to evaluate
+    # the grouped figures of issue 14: modes with P-F >= 72 h, and every critical failure
+    in_eval = gt.filter((pl.col("failure_ts") > start) & (pl.col("failure_ts") <= end))
+    for group, modes_in in (
+        ("predictable", set(pdm.PREDICTABLE_MODES)),
+        ("sudden", set(pdm.SUDDEN_MODES)),
+        ("all", set(in_eval["failure_mode"].to_list())),
+    ):
+        sub = gt.filter(pl.col("failure_mode").is_in(sorted(modes_in)))
+        n = sub.filter((pl.col("failure_ts") > start) & (pl.col("failure_ts") <= end)).height
+        assert logged[f"gt_n_failures_{group}"] == n, group
+        if n:
+            r, lead, _ = _independent_recall_and_lead(pred, sub, start, end)
+            assert logged[f"gt_recall_{group}"] == pytest.approx(r), group
+            if not np.isnan(lead):
+                assert logged[f"gt_median_lead_time_h_{group}"] == pytest.approx(lead), group
+    assert logged["gt_n_failures_all"] == logged["gt_n_failures"]
+
+
+def test_motor_condition_tags_flow_into_silver_and_features(
+    ml_plant: MlPlant, equipment_hours: pl.DataFrame
+) -> None:
+    """The six motor condition tags go landing -> bronze -> silver/batch_timeline -> the
+    equipment-hour features like the older condition tags."""
+    new = [
+        t for t in features.CONDITION_TAGS if "defect" in t or "winding" in t or "imbalance" in t
+    ]
+    assert len(new) == 6
+    tl = ml_plant.lake().read("silver", "batch_timeline", columns=["batch_id", *new])
+    assert tl is not None
+    for t in new:
+        assert tl[t].drop_nulls().len() > 0.05 * tl.height, t
+    bronze = ml_plant.lake().scan("bronze", "telemetry")
+    assert bronze is not None
+    seen = set(bronze.select("tag").unique().collect()["tag"].cast(pl.String).to_list())
+    assert set(new) <= seen
+    for etype in ("agitator_motor", "feed_pump"):
+        sub = equipment_hours.filter(pl.col("equipment_type") == etype)
+        names = features.signal_names(etype)
+        for i in range(3, features.N_SIGNALS):
+            assert names[f"s{i}"] in new
+            assert sub[f"s{i}_mean"].drop_nulls().len() > 0.3 * sub.height, (etype, i)
+            assert sub[f"h{i}_resid"].drop_nulls().len() > 0, (etype, i)
 
 
 def test_shuffled_labels_do_no_better_than_chance(

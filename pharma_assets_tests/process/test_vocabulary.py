@@ -19,7 +19,7 @@ def test_builtin_bioreactor_class() -> None:
     uc = vocabulary.load_unit_class("bioreactor")
     assert vocabulary.builtin_unit_classes() == ["bioreactor"]
     assert uc.phases == ("inoculation", "growth", "production", "harvest")
-    assert len(uc.tags) == 20
+    assert len(uc.tags) == 26
     assert set(uc.process_tags) | set(uc.condition_tags) == set(uc.tags)
     assert not set(uc.process_tags) & set(uc.condition_tags)
     assert uc.condition_tags == (
@@ -27,6 +27,12 @@ def test_builtin_bioreactor_class() -> None:
         "agitator_bearing_temp_c",
         "agitator_motor_current_a",
         "feed_pump_current_a",
+        "agitator_bearing_defect_ge",
+        "agitator_winding_temp_c",
+        "agitator_current_imbalance_pct",
+        "feed_pump_bearing_defect_ge",
+        "feed_pump_winding_temp_c",
+        "feed_pump_current_imbalance_pct",
     )
 
 

@@ -45,6 +45,13 @@ def nominal_cohort() -> Cohort:
             "reliability": plant.reliability.model_copy(
                 update={"bearing_life_weibull_scale_h": 1e7, "pump_life_weibull_scale_h": 1e7}
             ),
+            "motors": plant.motors.model_copy(
+                update={
+                    "winding_life_weibull_scale_h": 1e7,
+                    "feed_pump_bearing_life_weibull_scale_h": 1e7,
+                    "agitator_sudden_trip": 0.0,
+                }
+            ),
         }
     )
     rows = []
@@ -72,7 +79,15 @@ def fault_cohort(recipes) -> Cohort:
         ),
         nominal_inputs(r, do_fail_onset_h=100.0, do_fail_end_h=115.0),
         nominal_inputs(r, chiller_onset_h=200.0, chiller_end_h=206.0),
-        nominal_inputs(r, agitator_fail_h=180.0, bearing_life_h=2000.0, bearing_run_h0=1820.0),
+        nominal_inputs(
+            r,
+            agitator_fail_h=180.0,
+            bearing_life_h=2000.0,
+            bearing_run_h0=1820.0,
+            agt_brg_p_h=100.0,  # P-F 80 h, defect 20x its size at P by the failure
+            agt_brg_tau_h=80.0 / float(np.log(20.0)),
+            agt_brg_f_h=180.0,
+        ),
     ]
     for row in rows:
         row["end_h"] = 240.0

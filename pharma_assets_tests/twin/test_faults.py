@@ -140,4 +140,10 @@ def test_aborts_and_maintenance_follow_faults(faulty_plan):
 def test_default_fault_rates_are_a_few_percent_of_batches():
     plan = plan_history(load_plant(), load_recipes(), 300, seed=11)
     faulted = sum(bool(b.faults) for b in plan.batches) / len(plan.batches)
-    assert 0.03 <= faulted <= 0.25, faulted
+    # the motor failure modes run about ten times faster than real motors (so a history
+    # holds enough failures to learn from, docs/process_model.md section 15): the agitator
+    # and feed pump together fail in about a fifth of the batches; every kind stays rare
+    assert 0.03 <= faulted <= 0.35, faulted
+    for kind in {f.fault_type for b in plan.batches for f in b.faults}:
+        share = sum(any(f.fault_type == kind for f in b.faults) for b in plan.batches) / 300
+        assert share <= 0.15, (kind, share)

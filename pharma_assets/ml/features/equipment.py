@@ -11,7 +11,9 @@ from .tags import (
     EPOCH,
     EQUIPMENT_SIGNALS,
     EQUIPMENT_TYPES,
+    FEED_PUMP_MOTOR_TAGS,
     MAINTENANCE_RESETS,
+    N_SIGNALS,
     TREND_WINDOW,
 )
 
@@ -55,16 +57,22 @@ def equipment_hour_features(
         ]
         for i, s in enumerate(signals):
             src_mean = s if s == "pump_current_per_flow" else f"{s}_mean"
-            cols.append(pl.col(src_mean).alias(f"s{i}_mean"))
+            src_std = f"{s}_std"
+            if s in FEED_PUMP_MOTOR_TAGS:
+                src_mean, src_std = f"{s}_feeding", f"{s}_feeding_std"
             has_max = s in CONDITION_TAGS
-            cols.append((pl.col(f"{s}_max") if has_max else pl.col(src_mean)).alias(f"s{i}_max"))
+            mx = pl.col(f"{s}_max") if has_max else pl.col(src_mean)
+            if s in FEED_PUMP_MOTOR_TAGS:
+                mx = pl.when(pl.col(src_mean).is_not_null()).then(mx)
+            cols.append(pl.col(src_mean).alias(f"s{i}_mean"))
+            cols.append(mx.alias(f"s{i}_max"))
             cols.append(
-                (pl.col(f"{s}_std") if has_max else pl.lit(None, pl.Float64)).alias(f"s{i}_std")
+                (pl.col(src_std) if has_max else pl.lit(None, pl.Float64)).alias(f"s{i}_std")
             )
         cols += _residual_inputs(etype)
         frames.append(hourly.select(cols))
     eq = pl.concat(frames).sort("equipment_id", "hour_ts")
-    eq = _add_trends(eq, n_signals=3)
+    eq = _add_trends(eq, n_signals=N_SIGNALS)
     eq = _add_health_residuals(eq, batches)
     eq = _add_maintenance(eq, maintenance)
     return eq
@@ -78,7 +86,11 @@ def equipment_hour_features(
 #   feed pump (feeding hours only; the pump runs at the recipe's rate, so the load is
 #   constant): current vs nothing (baseline = the item's lowest earlier level, i.e. a fresh
 #   pump head), delivered flow as a deficit against the recipe's flow
-N_RESIDUALS = 3
+#   motors (agitator and feed pump): bearing defect band vs speed (agitator) or its lowest
+#   earlier level (pump), stator winding temperature vs load (agitator: copper losses ~ the
+#   load; pump: constant load, lowest earlier level), phase-current unbalance against the
+#   item's lowest earlier level (the supply's own unbalance)
+N_RESIDUALS = 6
 RESID_MIN_HOURS = 48  # valid earlier hours before a per-item baseline is trusted
 
 
@@ -99,14 +111,23 @@ def _residual_inputs(etype: str) -> list[pl.Expr]:
                 pl.when(on).then(pl.col(cur)),
             ),
         ]
-        kinds = ["fit", "fit", "fit"]
+        load = pl.when(on).then((rpm / 140.0) ** 3 * pl.col("volume_l_last") / 2000.0)
+        pairs += [
+            (pl.when(on).then(rpm), pl.when(on).then(pl.col("agitator_bearing_defect_ge_mean"))),
+            (load, pl.when(on).then(pl.col("agitator_winding_temp_c_mean"))),
+            (pl.lit(None, pl.Float64), pl.when(on).then(pl.col("agitator_current_imbalance_pct_mean"))),
+        ]  # fmt: skip
+        kinds = ["fit", "fit", "fit", "fit", "fit", "min"]
     else:
         feeding = pl.col("feeding_readings") >= 0.5 * pl.col("n_readings")
         amps = pl.when(feeding).then(pl.col("feed_pump_current_feeding"))
         flow = pl.when(feeding).then(pl.col("feed_rate_feeding"))
         none = pl.lit(None, pl.Float64)
         pairs = [(none, amps), (none, flow), (none, amps)]
-        kinds = ["min", "flow", "level"]
+        pairs += [
+            (none, pl.when(feeding).then(pl.col(f"{t}_feeding"))) for t in FEED_PUMP_MOTOR_TAGS
+        ]
+        kinds = ["min", "flow", "level", "min", "min", "min"]
     out: list[pl.Expr] = []
     for i, ((x, y), kind) in enumerate(zip(pairs, kinds, strict=True)):
         out.append(x.cast(pl.Float64).alias(f"_x{i}"))
@@ -293,7 +314,7 @@ EQUIPMENT_FEATURES = [
     "load_feed_rate_ml_h",
     *[
         f"s{i}_{k}"
-        for i in range(3)
+        for i in range(N_SIGNALS)
         for k in ("mean", "max", "std", "slope_24h", "dev_24h", "max_24h")
     ],
     "hours_since_maintenance",

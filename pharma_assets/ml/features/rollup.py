@@ -7,7 +7,14 @@ import polars as pl
 
 from pharma_assets.process.gas import our_cer_columns
 
-from .tags import CONDITION_TAGS, CPP_TAGS, LAST_TAGS, PROCESS_TAGS, ROLLUP_TAGS
+from .tags import (
+    CONDITION_TAGS,
+    CPP_TAGS,
+    FEED_PUMP_MOTOR_TAGS,
+    LAST_TAGS,
+    PROCESS_TAGS,
+    ROLLUP_TAGS,
+)
 
 
 def gas_rates(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -70,6 +77,8 @@ def rollup_minutes(lf: pl.LazyFrame) -> pl.DataFrame:
         feeding.sum().alias("feeding_readings"),
         pl.col("feed_pump_current_a").filter(feeding).mean().alias("feed_pump_current_feeding"),
         pl.col("feed_rate_ml_h").filter(feeding).mean().alias("feed_rate_feeding"),
+        *[pl.col(t).filter(feeding).mean().alias(f"{t}_feeding") for t in FEED_PUMP_MOTOR_TAGS],
+        *[pl.col(t).filter(feeding).std().alias(f"{t}_feeding_std") for t in FEED_PUMP_MOTOR_TAGS],
     ]
     for t in (*PROCESS_TAGS, "our_mmol_l_h", "cer_mmol_l_h", "rq"):
         aggs.append(pl.col(t).mean().alias(f"{t}_mean"))

@@ -20,15 +20,27 @@ LAST_TAGS = ("volume_l", "base_addition_ml", "capacitance_pf_cm")
 ROLLUP_TAGS: tuple[str, ...] = (*PROCESS_TAGS, *CONDITION_TAGS)
 
 EQUIPMENT_TYPES = {"AGT": "agitator_motor", "FP": "feed_pump"}
+#: feed-pump motor condition tags, read only over the minutes the pump delivers (idle, the
+#: motor is off: ambient winding temperature, no current to unbalance, no vibration)
+FEED_PUMP_MOTOR_TAGS = (
+    "feed_pump_bearing_defect_ge",
+    "feed_pump_winding_temp_c",
+    "feed_pump_current_imbalance_pct",
+)
 # per equipment type: the hourly condition columns whose level and trend describe its health
 EQUIPMENT_SIGNALS: dict[str, tuple[str, ...]] = {
     "agitator_motor": (
         "agitator_vibration_mm_s",
         "agitator_bearing_temp_c",
         "agitator_motor_current_a",
+        "agitator_bearing_defect_ge",
+        "agitator_winding_temp_c",
+        "agitator_current_imbalance_pct",
     ),
-    "feed_pump": ("feed_pump_current_a", "feed_rate_ml_h", "pump_current_per_flow"),
-}
+    "feed_pump": ("feed_pump_current_a", "feed_rate_ml_h", "pump_current_per_flow",
+                  *FEED_PUMP_MOTOR_TAGS),
+}  # fmt: skip
+N_SIGNALS = 6
 MAINTENANCE_RESETS = ("preventive_maintenance", "corrective_maintenance")
 
 LIMS_ANALYTES = (
