@@ -1,8 +1,7 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
-``memory``, ``gateway``, ``spark``) runs one suite (``--only optimise``: the what-if benchmark, run under
-``memory``, ``gateway``, ``pdm``) runs one suite (``--only optimise``: the what-if benchmark, run under
+``memory``, ``gateway``, ``spark``, ``pdm``, ``live``) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
