@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import polars as pl
-from scipy.stats import qmc
 
 from pharma_assets.lake.specs import CppSpec, load_spec
 
@@ -204,6 +203,8 @@ def candidates(
 ) -> list[dict[str, float]]:
     """``n`` quasi-random actions over the box (scrambled Sobol), the plan first."""
     bx = action_bounds(cal, spec)
+    from scipy.stats import qmc  # lazy: the code location imports this module
+
     x = qmc.Sobol(len(ACTIONS), scramble=True, seed=seed).random_base2(
         max(0, math.ceil(math.log2(n)))
     )[:n]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.stats import qmc
 
 from pharma_assets.lake.specs import CppSpec, load_spec
 from pharma_assets.twin.config import Recipe
@@ -119,6 +118,8 @@ def sobol_indices(
     over the box [lo, hi]: output -> {S1, S1_lo, S1_hi, ST, ST_lo, ST_hi} per factor.
     ``fn`` is called once on all n_base x (d + 2) points."""
     d = len(lo)
+    from scipy.stats import qmc  # lazy: the code location imports this module
+
     base = qmc.Sobol(2 * d, scramble=True, seed=seed).random(n_base)
     A, B = lo + (hi - lo) * base[:, :d], lo + (hi - lo) * base[:, d:]
     AB = np.repeat(A[None], d, axis=0)

@@ -23,10 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from sklearn.metrics import r2_score
-from sklearn.neural_network import MLPRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from pharma_assets.lake.specs import CppSpec, load_spec
@@ -157,6 +153,13 @@ class Surrogate:
 
 def train(ro: Rollouts, seed: int = 0, hidden: tuple[int, ...] = (64, 64)) -> Surrogate:
     """Fit the MLP; the last fifth of the plant draws is held out for the error figures."""
+    # scikit-learn is imported here, not at module level: the Dagster code location (and
+    # every run worker) loads this module, and must not pay for it (test_load_cost)
+    from sklearn.metrics import r2_score
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     cut = np.quantile(np.unique(ro.group), 0.8)
     tr, te = ro.group <= cut, ro.group > cut
     y_mean, y_sd = ro.Y[tr].mean(axis=0), ro.Y[tr].std(axis=0) + 1e-9
