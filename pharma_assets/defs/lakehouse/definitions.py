@@ -3,6 +3,7 @@
 import dagster as dg
 
 from . import assets
+from .material_assets import bronze_coa, silver_material_lots
 from .automation import (
     batch_ingest_job,
     gold_job,
@@ -31,6 +32,8 @@ def defs() -> dg.Definitions:
             assets.silver_maintenance,
             assets.silver_telemetry,
             assets.gold_tables,
+            bronze_coa,
+            silver_material_lots,
         ],
         asset_checks=[live_telemetry_fresh, quarantine_rate_alarm],
         jobs=[batch_ingest_job, plant_events_job, gold_job, lake_maintenance_job],
