@@ -41,6 +41,8 @@ import polars as pl
 
 from pharma_assets.lake.storage import Lake
 
+from .material_features import material_features
+
 MOLAR_VOLUME_L = 22.414  # L/mol at 0 degC, 1 atm (standard litres)
 Y_O2_AIR = 0.2095
 Y_INERT_AIR = 0.7905
@@ -115,6 +117,7 @@ class MlInputs:
     maintenance: pl.DataFrame
     batch_summary: pl.DataFrame
     versions: dict[str, int | None] = field(default_factory=dict)
+    material_lots: pl.DataFrame | None = None  # accepted CoA results (silver/material_lots)
 
 
 def _require(df: pl.DataFrame | None, name: str, lake: Lake) -> pl.DataFrame:
@@ -137,6 +140,7 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
             ("silver", "lab_results"),
             ("silver", "maintenance_events"),
             ("gold", "batch_summary"),
+            ("silver", "material_lots"),
         )
     }
     tl = lake.scan("silver", "batch_timeline")
@@ -155,6 +159,7 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
         ),
         batch_summary=summary if summary is not None else pl.DataFrame(),
         versions=versions,
+        material_lots=lake.read("silver", "material_lots"),
     )
 
 
@@ -877,7 +882,9 @@ def batch_features(
     out = out.with_columns(
         [(pl.col("recipe_id") == r).cast(pl.Float64).alias(f"recipe_{r}") for r in recipes]
     )
-    out = out.drop("media_lot", "feed_lot", "end_ts")
+    out = out.join(
+        material_features(base, inputs.material_lots), on="batch_id", how="left"
+    ).drop("media_lot", "feed_lot", "end_ts")
     # a fixed column order (pivots order columns by first appearance): models index by name,
     # but a stable table schema keeps the feature store's Delta versions comparable
     others = [c for c in out.columns if not c.startswith("lims_")]

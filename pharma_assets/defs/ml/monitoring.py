@@ -16,7 +16,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import contamination, mspc, registry
+from pharma_assets.ml import alarm_rules, contamination, mspc, registry
 
 from .assets import (
     DELTA,
@@ -134,6 +134,7 @@ def contamination_iforest(
         out: dict[str, float] = {}
         if labels is not None:
             out.update(contamination.evaluate(sc, labels, batches))
+            out.update(alarm_rules.contamination_figures(m, sc, labels, batches))
         mes_clean = sc.filter(pl.col("batch_id").is_in(sorted(clean_hold)))
         out["window_alarm_rate_mes_clean"] = (
             float(mes_clean["alarm"].mean()) if mes_clean.height else float("nan")  # type: ignore[arg-type]
@@ -185,6 +186,7 @@ def contamination_risk(
         model, _windows(lake, ids), model_version=version,
         scored_at=_now(),
     )  # fmt: skip
+    out = alarm_rules.confirm_contamination(model, out)
     lake.overwrite(
         "gold", "contamination_risk", out.with_columns(pl.col("scored_at").cast(SCORED_AT))
     )
@@ -193,6 +195,8 @@ def contamination_risk(
             "rows": out.height,
             "batches": len(ids),
             "alarms": int(out["alarm"].sum()),
+            "confirmed_alarms": int(out["confirmed_alarm"].sum()),
+            "alarm_rule": alarm_rules.rule_of(model, alarm_rules.CONTAMINATION_DEFAULT).describe(),
             "model_version": version,
             **_table_meta(lake, "gold", "contamination_risk"),
         }
@@ -230,6 +234,7 @@ def mspc_pca(
         out: dict[str, float] = {}
         if labels is not None:
             out.update(mspc.evaluate(sc, labels, batches))
+            out.update(alarm_rules.mspc_figures(m, sc, labels, batches))
         g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
         out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
         return out
@@ -293,9 +298,13 @@ def mspc_tables(
         model, _hourly(lake, ids), batches, model_version=version,
         scored_at=_now(),
     )  # fmt: skip
+    scores = alarm_rules.confirm_mspc(model, mspc.scores_table(detail))
+    confirmed = scores.select("batch_id", "elapsed_h", confirmed=pl.col("confirmed_alarm"))
     tables = {
-        "mspc_scores": mspc.scores_table(detail),
-        "mspc_alarms": mspc.alarms(detail),
+        "mspc_scores": scores,
+        "mspc_alarms": mspc.alarms(detail).join(
+            confirmed, on=["batch_id", "elapsed_h"], how="left"
+        ),
         "golden_batch": mspc.envelope(model, version),
     }
     for n, df in tables.items():
