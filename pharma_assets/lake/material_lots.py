@@ -85,7 +85,7 @@ def load_material_spec(path: str | Path = DEFAULT_MATERIAL_SPEC) -> CoaSpec:
     try:
         data = yaml.safe_load(Path(path).read_text())
         return CoaSpec.model_validate(data)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise ValueError(f"material spec {path}: {e}") from None
 
 
@@ -120,27 +120,56 @@ def coa_contract(spec: CoaSpec) -> pa.DataFrameSchema:
             "uom": pa.Column(pl.String, nullable=True),
         },
         checks=[
-            _row_check("type_error", pl.col("raw").is_null(),
-                       "every landed cell parses as its contract type"),
-            _row_check("missing_field", pl.all_horizontal(
-                pl.col(c).is_not_null() for c in ("coa_id", "lot_id", "tested_ts")),
-                "coa_id, lot_id and tested_ts are given"),
-            _row_check("unknown_material", pl.col("material").is_in(list(spec.materials))
-                       .fill_null(False), f"material is one of {sorted(spec.materials)}"),
-            _row_check("invalid_lot_id", lot_ok.fill_null(False) | ~pl.col("material").is_in(
-                list(spec.materials)).fill_null(False), "lot id matches its material's pattern"),
-            _row_check("unknown_issuer", pl.col("issuer").is_in(spec.issuers).fill_null(False),
-                       f"issuer is one of {spec.issuers}"),
-            _row_check("unknown_attribute", known | ~pl.col("material").is_in(
-                list(spec.materials)).fill_null(False), "attribute is in the material's spec"),
-            _row_check("wrong_uom", (pl.col("uom") == pl.col("_uom")).fill_null(False) | ~known,
-                       "unit is the attribute's unit"),
-            _row_check("value_not_finite", pl.col("value").is_finite().fill_null(False),
-                       "value is a finite number"),
-            _row_check("physical_limits", pl.col("value").is_between(pl.col("_lo"), pl.col("_hi"))
-                       .fill_null(True) | ~pl.col("value").is_finite().fill_null(False),
-                       "value within the attribute's physical limits"),
-        ],  # fmt: skip
+            _row_check(
+                "type_error",
+                pl.col("raw").is_null(),
+                "every landed cell parses as its contract type",
+            ),
+            _row_check(
+                "missing_field",
+                pl.all_horizontal(
+                    pl.col(c).is_not_null() for c in ("coa_id", "lot_id", "tested_ts")
+                ),
+                "coa_id, lot_id and tested_ts are given",
+            ),
+            _row_check(
+                "unknown_material",
+                pl.col("material").is_in(list(spec.materials)).fill_null(False),
+                f"material is one of {sorted(spec.materials)}",
+            ),
+            _row_check(
+                "invalid_lot_id",
+                lot_ok.fill_null(False)
+                | ~pl.col("material").is_in(list(spec.materials)).fill_null(False),
+                "lot id matches its material's pattern",
+            ),
+            _row_check(
+                "unknown_issuer",
+                pl.col("issuer").is_in(spec.issuers).fill_null(False),
+                f"issuer is one of {spec.issuers}",
+            ),
+            _row_check(
+                "unknown_attribute",
+                known | ~pl.col("material").is_in(list(spec.materials)).fill_null(False),
+                "attribute is in the material's spec",
+            ),
+            _row_check(
+                "wrong_uom",
+                (pl.col("uom") == pl.col("_uom")).fill_null(False) | ~known,
+                "unit is the attribute's unit",
+            ),
+            _row_check(
+                "value_not_finite",
+                pl.col("value").is_finite().fill_null(False),
+                "value is a finite number",
+            ),
+            _row_check(
+                "physical_limits",
+                pl.col("value").is_between(pl.col("_lo"), pl.col("_hi")).fill_null(True)
+                | ~pl.col("value").is_finite().fill_null(False),
+                "value within the attribute's physical limits",
+            ),
+        ],
         name=f"silver_material_lots_v{spec.version}",
         strict=False,
     )
@@ -188,4 +217,3 @@ def build_material_lots(lake: Lake, spec_path: str | Path | None = None) -> dict
         "lots": accepted["lot_id"].n_unique(),
         **{f"quarantined_{r}": n for r, n in reasons.iter_rows()},
     }
-

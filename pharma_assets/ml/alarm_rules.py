@@ -181,9 +181,9 @@ def batch_figures(
     s = s.with_columns(
         _new=pl.col("alarm") & ~pl.col("alarm").shift(1).over("batch_id").fill_null(False)
     ).with_columns(_run=pl.col("_new").cast(pl.Int32).cum_sum().over("batch_id"))
-    s = s.with_columns(
-        run_start=pl.col(order_ts).first().over("batch_id", "_run")
-    ).drop("_new", "_run")
+    s = s.with_columns(run_start=pl.col(order_ts).first().over("batch_id", "_run")).drop(
+        "_new", "_run"
+    )
     per = s.group_by("batch_id").agg(pl.col("confirmed_alarm").any())
     good = per.filter(pl.col("batch_id").is_in(list(good_ids)))
     on = onsets.group_by("batch_id").agg(pl.col("onset_ts").min())
@@ -211,7 +211,9 @@ def batch_figures(
         "alarm_rule_k": float(rule.k),
         "alarm_rule_n": float(rule.n),
         "n_good_batches": float(good.height),
-        "good_batch_alarm_share": float(good["confirmed_alarm"].mean()) if good.height else float("nan"),  # type: ignore[arg-type]
+        "good_batch_alarm_share": float(good["confirmed_alarm"].mean())
+        if good.height
+        else float("nan"),  # type: ignore[arg-type]
         "n_faulty_batches": float(n_f),
         "n_faulty_detected": float(n_d),
         "batch_detection_rate": n_d / n_f if n_f else float("nan"),

@@ -882,9 +882,9 @@ def batch_features(
     out = out.with_columns(
         [(pl.col("recipe_id") == r).cast(pl.Float64).alias(f"recipe_{r}") for r in recipes]
     )
-    out = out.join(
-        material_features(base, inputs.material_lots), on="batch_id", how="left"
-    ).drop("media_lot", "feed_lot", "end_ts")
+    out = out.join(material_features(base, inputs.material_lots), on="batch_id", how="left").drop(
+        "media_lot", "feed_lot", "end_ts"
+    )
     # a fixed column order (pivots order columns by first appearance): models index by name,
     # but a stable table schema keeps the feature store's Delta versions comparable
     others = [c for c in out.columns if not c.startswith("lims_")]

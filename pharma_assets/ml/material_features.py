@@ -21,9 +21,7 @@ LOT_COLUMNS = {"media": "media_lot", "feed": "feed_lot"}
 
 def feature_names() -> list[str]:
     spec = load_material_spec(DEFAULT_MATERIAL_SPEC)
-    return [
-        f"coa_{m}_{a}" for m in LOT_COLUMNS for a in spec.materials[m].attributes
-    ]
+    return [f"coa_{m}_{a}" for m in LOT_COLUMNS for a in spec.materials[m].attributes]
 
 
 def material_features(base: pl.DataFrame, material_lots: pl.DataFrame | None) -> pl.DataFrame:

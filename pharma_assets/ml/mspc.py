@@ -61,6 +61,7 @@ import scipy.linalg
 import scipy.optimize
 from scipy import stats
 from threadpoolctl import threadpool_limits
+
 from .alarm_rules import choose_rule
 
 MODEL_NAME = "pharma_mspc_pca"

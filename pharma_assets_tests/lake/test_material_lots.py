@@ -128,16 +128,28 @@ def test_bad_coa_values_quarantined_with_reason(tmp_path: Path) -> None:
     assert q is not None and good is not None
     assert res["rows_in"] == len(rows) == res["results"] + res["quarantined"] + res["superseded"]
     assert res["superseded"] == 0 and res["quarantined"] == len(rows) - 1
-    got = dict(zip(q["coa_id"].fill_null("-") + "/" + q["attribute"], q["failed_check"], strict=True))
+    got = dict(
+        zip(q["coa_id"].fill_null("-") + "/" + q["attribute"], q["failed_check"], strict=True)
+    )
     got = {k.split("/")[1]: v for k, v in got.items() if k.startswith("COA-MED-260009")}
     assert got["osmolality_mosm_kg"] == "wrong_uom"
     assert got["growth_promotion_pct"] == "type_error"
     assert got["growth_promotion_pct_x"] == "unknown_attribute"
     assert got["manganese_ppb"] == "physical_limits"
     reasons = set(q["failed_check"].to_list())
-    assert {"value_not_finite", "invalid_lot_id", "unknown_issuer", "unknown_material", "missing_field"} <= reasons
-    assert q.filter(pl.col("failed_check") == "physical_limits")["offending_value"].to_list() == ["-4.0"]
-    assert q.filter(pl.col("failed_check") == "wrong_uom")["offending_value"].to_list() == ["mOsm/L"]
+    assert {
+        "value_not_finite",
+        "invalid_lot_id",
+        "unknown_issuer",
+        "unknown_material",
+        "missing_field",
+    } <= reasons
+    assert q.filter(pl.col("failed_check") == "physical_limits")["offending_value"].to_list() == [
+        "-4.0"
+    ]
+    assert q.filter(pl.col("failed_check") == "wrong_uom")["offending_value"].to_list() == [
+        "mOsm/L"
+    ]
     # no quarantined result reaches silver
     assert good.height == res["results"] == 1 and good["value"].to_list() == [6.02]
     assert good.join(q, on=["coa_id", "attribute"], how="semi").height == 0

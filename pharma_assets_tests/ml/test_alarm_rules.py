@@ -125,13 +125,15 @@ def _plain_figures(
             hits.append(conf)
             on = onsets.get(b)
             end = ends.get(b)
-            if conf and on is not None and ts > on and b not in first_after:  # type: ignore[operator]
-                if (not new_run or run_start > on) and (end is None or ts <= end):  # type: ignore[operator]
-                    first_after[b] = ts
+            found = conf and on is not None and ts > on and b not in first_after  # type: ignore[operator]
+            if found and (not new_run or run_start > on) and (end is None or ts <= end):  # type: ignore[operator]
+                first_after[b] = ts
         any_conf[b] = any(hits)
     g = [any_conf[b] for b in by if b in good]
     faulty = [b for b in by if b in onsets]
-    delays = [(first_after[b] - onsets[b]).total_seconds() / 3600 for b in faulty if b in first_after]  # type: ignore[operator]
+    delays = [
+        (first_after[b] - onsets[b]).total_seconds() / 3600 for b in faulty if b in first_after
+    ]  # type: ignore[operator]
     return {
         "good_batch_alarm_share": sum(g) / len(g),
         "n_faulty_batches": float(len(faulty)),
@@ -145,7 +147,9 @@ def test_contamination_rule_figures_recomputed_from_stored_scores(
 ) -> None:
     model, feats, _, held = cont
     lake = Lake.at(tmp_path / "lake")
-    sc = R.confirm_contamination(model, C.score(model, feats.filter(pl.col("batch_id").is_in(held))))
+    sc = R.confirm_contamination(
+        model, C.score(model, feats.filter(pl.col("batch_id").is_in(held)))
+    )
     lake.overwrite("gold", "contamination_risk", sc)
     stored = lake.read("gold", "contamination_risk")
     assert stored is not None and "confirmed_alarm" in stored.columns

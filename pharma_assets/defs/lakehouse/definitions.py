@@ -3,7 +3,6 @@
 import dagster as dg
 
 from . import assets
-from .material_assets import bronze_coa, silver_material_lots
 from .automation import (
     batch_ingest_job,
     gold_job,
@@ -16,6 +15,7 @@ from .automation import (
     plant_events_job,
     quarantine_rate_alarm,
 )  # fmt: skip
+from .material_assets import bronze_coa, silver_material_lots
 from .resources import LakehouseResource
 
 

@@ -26,7 +26,9 @@ def bronze_coa(
         lake, lakehouse.landing_dir, "coa", files_for_source(lakehouse.landing_dir, "coa"),
         context.run.run_id,
     )  # fmt: skip
-    return dg.MaterializeResult(metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", "coa")})
+    return dg.MaterializeResult(
+        metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", "coa")}
+    )
 
 
 @dg.asset(
