@@ -143,7 +143,7 @@ def choose_rule(
     cands = candidates(ks, sample)
     n_b = samples["batch_id"].n_unique()
     for r in cands:
-        share = float(batch_any_confirmed(samples, r, order, alarm)["confirmed_alarm"].mean())  # type: ignore[arg-type]
+        share = _share(batch_any_confirmed(samples, r, order, alarm)["confirmed_alarm"])
         rows.append({"k": r.k, "n": r.n, "train_good_batch_share": share})
         if share <= target_share:
             chosen = (r, share)
@@ -211,14 +211,17 @@ def batch_figures(
         "alarm_rule_k": float(rule.k),
         "alarm_rule_n": float(rule.n),
         "n_good_batches": float(good.height),
-        "good_batch_alarm_share": float(good["confirmed_alarm"].mean())
-        if good.height
-        else float("nan"),  # type: ignore[arg-type]
+        "good_batch_alarm_share": _share(good["confirmed_alarm"]),
         "n_faulty_batches": float(n_f),
         "n_faulty_detected": float(n_d),
         "batch_detection_rate": n_d / n_f if n_f else float("nan"),
         "median_detection_delay_h": float(np.median(delays)) if delays.size else float("nan"),
     }
+
+
+def _share(flags: pl.Series) -> float:
+    """Share of True in a boolean column (NaN when empty)."""
+    return float(flags.cast(pl.Float64).to_numpy().mean()) if flags.len() else float("nan")
 
 
 def rule_of(model: Any, default: PersistenceRule) -> PersistenceRule:
@@ -261,9 +264,7 @@ def contamination_figures(
                       cont.select("batch_id", "onset_ts"), batches)  # fmt: skip
     per = batch_any_confirmed(samples, rule, "window_end_ts")
     nonc = per.filter(~pl.col("batch_id").is_in(sorted(cont_ids)))
-    f["non_contaminated_batch_alarm_share"] = (
-        float(nonc["confirmed_alarm"].mean()) if nonc.height else float("nan")  # type: ignore[arg-type]
-    )
+    f["non_contaminated_batch_alarm_share"] = _share(nonc["confirmed_alarm"])
     return _prefixed(f)
 
 
