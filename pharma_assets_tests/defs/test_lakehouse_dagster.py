@@ -310,7 +310,10 @@ def test_first_tick_requests_every_landed_batch_and_adds_partitions(
 
     arrived = scan_landing(landing)
     plant_files = [f.rel for f in arrived if f.batch_id is None]
-    assert sorted(plant_files) == sorted(f.rel for f in files_for_source(landing, "cmms"))
+    # plant-level files: CMMS work orders and the raw-material CoA documents (LIMS)
+    assert sorted(plant_files) == sorted(
+        f.rel for src in ("cmms", "coa") for f in files_for_source(landing, src)
+    )
     plant = [r for r in tick.run_requests or [] if r.job_name == "plant_events_job"]
     assert len(plant_files) > 0
     assert len(plant) == 1 and plant[0].partition_key is None
