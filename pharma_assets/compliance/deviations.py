@@ -9,7 +9,8 @@ overwritten) and an audit entry with the old and new state and the reason. Closi
 
 Automatic sources: ``gold/cpp_excursions`` with severity major or critical, and contamination
 alarms in ``gold/contamination_risk`` (columns batch_id, unit_id, window_end_ts, alarm, risk)
-when that table exists.
+when that table exists: the first window with a *confirmed* alarm (``confirmed_alarm``, the
+model's persistence rule, ``ml/alarm_rules.py``) of each batch.
 """
 
 from __future__ import annotations
@@ -262,8 +263,11 @@ def auto_open(lake: Lake, context_id: str | None = None) -> list[Deviation]:
             })  # fmt: skip
     cr = lake.read("gold", "contamination_risk")
     if cr is not None and {"batch_id", "alarm"} <= set(cr.columns):
+        # the confirmed alarm under the model's persistence rule (ml/alarm_rules.py) when
+        # the table carries it; a raw window alarm only for tables scored before rules
+        flag = "confirmed_alarm" if "confirmed_alarm" in cr.columns else "alarm"
         first = (
-            cr.filter(pl.col("alarm").cast(pl.Boolean))
+            cr.filter(pl.col(flag).cast(pl.Boolean))
             .sort("window_end_ts")
             .group_by("batch_id", maintain_order=True)
             .first()

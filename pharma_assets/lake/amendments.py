@@ -52,6 +52,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "lims": ("sample_id", "analyte"),
     "mes": ("event_id",),
     "cmms": ("work_order_id",),
+    "coa": ("coa_id", "attribute"),
 }
 _META = ("source_file", "ingested_at", "ingest_run_id", "row_hash", "raw", "extra")
 EXAMPLES = 5  # differing keys named in the quarantine detail (all are in amendment_changes)
@@ -460,4 +461,8 @@ def _rederive(lake: Lake, source: str, bid: str | None, files: list[str], spec_p
         silver.build_lab_results(lake, spec, [bid] if bid else None)
     elif source == "cmms":
         silver.build_maintenance(lake)
+    elif source == "coa":
+        from .material_lots import build_material_lots
+
+        build_material_lots(lake)
     return files

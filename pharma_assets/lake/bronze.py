@@ -61,6 +61,11 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "work_order_id": pl.String(), "event_type": pl.String(), "event_ts": UTC_US,
         "site_id": pl.String(), "unit_id": pl.String(), "equipment_id": pl.String(),
     },
+    "coa": {  # LIMS certificates of analysis of raw-material lots (lake/material_lots.py)
+        "coa_id": pl.String(), "site_id": pl.String(), "lot_id": pl.String(),
+        "material": pl.String(), "issuer": pl.String(), "tested_ts": UTC_US,
+        "attribute": pl.String(), "value": pl.Float64(), "uom": pl.String(), "method": pl.String(),
+    },
 }  # fmt: skip
 # Sources whose records keep their full original JSON in ``payload``.
 JSON_SOURCES = ("mes", "cmms")
@@ -265,8 +270,8 @@ def read_source_file(source: str, data: bytes) -> pl.DataFrame:
         raise FileRejected("empty_file", "0 bytes", rows=0)
     if source == "telemetry":
         df = _read_parquet(data)
-    elif source == "lims":
-        df = _read_csv(data, list(SCHEMAS["lims"]))
+    elif source in ("lims", "coa"):
+        df = _read_csv(data, list(SCHEMAS[source]))
     elif source in JSON_SOURCES:
         df = _read_jsonl(data)
     else:

@@ -161,8 +161,16 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
     )
 
 
-def route(df: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(valid rows, quarantined rows with failed_check, failed_checks, offending_value)."""
+def route(
+    df: pl.DataFrame,
+    schema: pa.DataFrameSchema,
+    reasons: tuple[str, ...] = REASON_ORDER,
+    offending_cols: dict[str, str] = OFFENDING,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid rows, quarantined rows with failed_check, failed_checks, offending_value).
+
+    ``reasons``: the checks in priority order (a row failing several is quarantined under
+    the first); ``offending_cols``: the column holding each reason's offending value."""
     df = df.with_row_index("_row")
     try:
         schema.validate(df, lazy=True)
@@ -177,7 +185,7 @@ def route(df: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, p
         raise ValueError(
             f"{schema.name}: the frame does not have the contract's columns/types:\n{structural}"
         )
-    rank = {r: i for i, r in enumerate(REASON_ORDER)}
+    rank = {r: i for i, r in enumerate(reasons)}
     # pandera reports a check by its error text when it has one: map back to the check name
     names = {c.error: c.name for c in schema.checks if c.error}
     failed = (
@@ -192,7 +200,7 @@ def route(df: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, p
     )
     bad = df.join(failed, on="_row", how="inner")
     offending = pl.lit(None, pl.String)
-    for reason, col in OFFENDING.items():
+    for reason, col in offending_cols.items():
         if col in bad.columns:
             offending = (
                 pl.when(pl.col("failed_check") == reason)

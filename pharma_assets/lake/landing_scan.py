@@ -3,7 +3,7 @@
 The layout is fixed by the landing writers (pharma_assets.twin.landing)::
 
     telemetry/<unit>/<batch>/<file>    mes/<unit>/<batch>/<file>    lims/<unit>/<batch>/<file>
-    cmms/<unit>/<file>
+    cmms/<unit>/<file>    coa/<site>/<file>
 
 A file anywhere else is *unroutable*: it is still discovered, and the bronze layer
 quarantines it with the reason, so nothing landed is ever invisible. Hidden files (names
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BATCH_SOURCES = ("telemetry", "mes", "lims")
-UNIT_SOURCES = ("cmms",)
+UNIT_SOURCES = ("cmms", "coa")  # coa/<site_id>/<file>: LIMS certificates of analysis
 SOURCES = (*BATCH_SOURCES, *UNIT_SOURCES)
 # docs/data_model.md §1, Identifiers
 UNIT_ID = re.compile(r"[A-Za-z0-9_]+")

@@ -16,7 +16,12 @@ from . import amendments, bronze
 from .landing_scan import LandedFile
 from .storage import Lake
 
-MARKER_TABLE = {"mes": "batches", "lims": "lab_results", "cmms": "maintenance_events"}
+MARKER_TABLE = {
+    "mes": "batches",
+    "lims": "lab_results",
+    "cmms": "maintenance_events",
+    "coa": "material_lots",
+}
 
 
 def unfinished(lake: Lake, files: Sequence[LandedFile]) -> list[LandedFile]:

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 from pharma_assets.process.gas import our_cer_columns
 
+from .alarm_rules import choose_rule
+
 MODEL_NAME = "pharma_contamination_iforest"
 
 #: Timeline tags the features are computed from.
@@ -311,6 +313,7 @@ class ContaminationModel:
     def train_summary(self) -> dict[str, float]:
         """Flat training metrics for MLflow."""
         return {
+            **self.extra.get("alarm_rule_train", {}),
             "threshold": self.threshold,
             "train_window_fpr": self.train_fpr,
             "n_train_windows": float(self.n_train_windows),
@@ -358,6 +361,7 @@ def train(
             f"threshold_quantile must be in [0.9, 1), got {threshold_quantile}"
         )
     n_batches = features["batch_id"].n_unique()
+    all_windows = features
     if features.height > max_train_windows:
         features = features.sample(n=max_train_windows, seed=seed)
     cols = list(FEATURES)
@@ -378,7 +382,7 @@ def train(
     center = np.median(x, axis=0)
     mad = np.median(np.abs(x - center), axis=0) * 1.4826
     spread = np.maximum(mad, 1e-6 * (np.abs(center) + 1.0))
-    return ContaminationModel(
+    model = ContaminationModel(
         forest=forest,
         features=cols,
         threshold=thr,
@@ -395,6 +399,12 @@ def train(
         n_train_batches=n_batches,
         train_fpr=float(np.mean(s > thr)),
     )
+    # the persistence rule, chosen on the clean training batches' windows (alarm_rules)
+    sc = score(model, all_windows).select("batch_id", "window_end_ts", "alarm")
+    choice = choose_rule(sc, "window_end_ts", sample="5-min window")
+    model.extra["alarm_rule"] = choice.rule.as_dict()
+    model.extra["alarm_rule_train"] = choice.summary()
+    return model
 
 
 def anomaly_scores(model: ContaminationModel, features: pl.DataFrame) -> np.ndarray:

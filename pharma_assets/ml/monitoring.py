@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from . import contamination, mspc, registry
+from . import alarm_rules, contamination, mspc, registry
 
 RowsOf = Callable[[list[str]], pl.DataFrame]
 
@@ -68,6 +68,7 @@ def train_contamination(
         out: dict[str, float] = {}
         if labels is not None:
             out.update(contamination.evaluate(sc, labels, batches))
+            out.update(alarm_rules.contamination_figures(m, sc, labels, batches))
         mes_clean = sc.filter(pl.col("batch_id").is_in(sorted(clean_hold)))
         out["window_alarm_rate_mes_clean"] = (
             float(mes_clean["alarm"].mean()) if mes_clean.height else float("nan")  # type: ignore[arg-type]
@@ -127,6 +128,7 @@ def train_mspc(
         out: dict[str, float] = {}
         if labels is not None:
             out.update(mspc.evaluate(sc, labels, batches))
+            out.update(alarm_rules.mspc_figures(m, sc, labels, batches))
         g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
         out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
         return out

@@ -61,6 +61,8 @@ from threadpoolctl import threadpool_limits
 
 from pharma_assets.process.vocabulary import BIOREACTOR
 
+from .alarm_rules import choose_rule
+
 MODEL_NAME = "pharma_mspc_pca"
 
 #: Process tags monitored: the unit class's process group (equipment-condition tags are left
@@ -231,6 +233,9 @@ class MSPCModel:
     skipped_recipes: dict[str, int] = field(default_factory=dict)
     max_batches: int = 150
     scale_window_h: int = 0  # models pickled before the window existed scaled per hour
+    # persistence rule chosen on the good training batches' out-of-fold alarms (alarm_rules)
+    alarm_rule: dict[str, Any] | None = None
+    alarm_rule_train: dict[str, float] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -253,7 +258,22 @@ class MSPCModel:
             out[f"{r}.mean_components"] = float(np.mean(m.n_comp))
             cv_alarm = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
             out[f"{r}.cv_hour_alarm_rate"] = float(np.nanmean(cv_alarm))
+        out.update(getattr(self, "alarm_rule_train", None) or {})
         return out
+
+    def train_alarm_samples(self) -> pl.DataFrame:
+        """Out-of-fold alarms of the good training batches: ``batch_id``, ``hour``, ``alarm``
+        (T² or SPE over its limit at that maturity), what the persistence rule is chosen on."""
+        frames = []
+        for m in self.recipes.values():
+            with _quiet():
+                a = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
+            n, k = a.shape
+            frames.append(pl.DataFrame({
+                "batch_id": np.repeat(np.asarray(m.batch_ids, dtype=object), k).tolist(),
+                "hour": np.tile(np.arange(k), n), "alarm": a.ravel(),
+            }))  # fmt: skip
+        return pl.concat(frames) if frames else pl.DataFrame()
 
 
 def _scale_stats(
@@ -568,9 +588,12 @@ def train(
         raise MSPCInputError(
             f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
         )
-    return MSPCModel(
+    model = MSPCModel(
         models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h
     )
+    choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
+    return model
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -316,3 +316,21 @@ FORECAST_SCHEMA: dict[str, pl.DataType] = {
     "model_name": pl.String(),
     "model_version": pl.String(),
 }
+
+
+def assay_noise_ceiling(pred: pl.DataFrame, truth: pl.DataFrame, target: str) -> dict[str, float]:
+    """The best R² any model can reach on these held-out batches: the R² of the measured
+    target (``pred.y_true``, the release assay) predicted by the simulator's TRUE value
+    (``truth[target]``, ground truth, read for evaluation only). What is left is the assay's
+    own noise. Also the analytic form ``1 - noise variance / variance of the measured
+    values`` with the noise variance estimated from the same pairs."""
+    if target not in truth.columns:
+        return {"ceiling_r2": float("nan"), "ceiling_n": 0.0}
+    j = pred.select("batch_id", "y_true").join(
+        truth.select("batch_id", pl.col(target).alias("_true")), on="batch_id", how="inner"
+    )
+    y = j["y_true"].to_numpy().astype(float)
+    t = j["_true"].to_numpy().astype(float)
+    m = regression_metrics(y, t)
+    return {"ceiling_r2": m["r2"], "ceiling_n": float(len(y)),
+            "assay_cv": float(np.std((y - t) / t)) if len(y) else float("nan")}  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .coa import write_certificates
 from .config import PlantConfig, RecipeBook
 from .engine import TRUTH_VARIABLES, Engine
 from .landing import (
@@ -224,6 +225,8 @@ def simulate_history(
     for uid, recs in by_unit.items():
         write_jsonl(chunk_path(out, "cmms", uid, None, recs[0]["event_ts"], 1, "jsonl"), recs)
         res.files_written += 1
+    # LIMS: a supplier CoA and an incoming-QC document per raw-material lot
+    res.files_written += len(write_certificates(plan, out))
     write_ground_truth(
         truth_out, plan.labels, res.truth, pa.concat_tables(hourly_rows) if hourly_rows else None
     )

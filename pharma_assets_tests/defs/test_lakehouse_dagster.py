@@ -29,7 +29,7 @@ from pharma_assets.defs.lakehouse.automation import (
 )
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
-from pharma_assets.lake import bronze, silver
+from pharma_assets.lake import bronze, material_lots, silver
 from pharma_assets.lake.landing_scan import (
     BATCH_SOURCES,
     files_for_batch,
@@ -327,7 +327,10 @@ def test_first_tick_requests_every_landed_batch_and_adds_partitions(
 
     arrived = scan_landing(landing)
     plant_files = [f.rel for f in arrived if f.batch_id is None]
-    assert sorted(plant_files) == sorted(f.rel for f in files_for_source(landing, "cmms"))
+    # plant-level files: CMMS work orders and the raw-material CoA documents (LIMS)
+    assert sorted(plant_files) == sorted(
+        f.rel for src in ("cmms", "coa") for f in files_for_source(landing, src)
+    )
     plant = [r for r in tick.run_requests or [] if r.job_name == "plant_events_job"]
     assert len(plant_files) > 0
     assert len(plant) == 1 and plant[0].partition_key is None
@@ -422,7 +425,7 @@ def test_files_through_silver_are_not_requested_again(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource, landing: Path
 ) -> None:
     """Batch 0 through silver (done), batch 1 only in bronze (an interrupted run: still
-    owed), batch 2 not ingested; CMMS through silver."""
+    owed), batch 2 not ingested; CMMS and the CoA documents through silver."""
     b0, b1, b2 = sorted(landed_batches(landing))
     lake = lakehouse.lake()
     spec = lakehouse.spec()
@@ -436,9 +439,12 @@ def test_files_through_silver_are_not_requested_again(
     assert silver.process_telemetry(lake, [b0], spec, "test").files_processed > 0
     bronze.ingest_files(lake, landing, "cmms", files_for_source(landing, "cmms"), "test")
     silver.build_maintenance(lake)
+    bronze.ingest_files(lake, landing, "coa", files_for_source(landing, "coa"), "test")
+    material_lots.build_material_lots(lake)
 
     tick = landing_tick(instance, lakehouse)
-    assert {r.job_name for r in tick.run_requests or []} == {"batch_ingest_job"}  # no CMMS
+    # no plant_events_job: CMMS and CoA are done
+    assert {r.job_name for r in tick.run_requests or []} == {"batch_ingest_job"}
     assert tick.dynamic_partitions_requests == [
         dg.AddDynamicPartitionsRequest(BATCH_PARTITIONS, [b1, b2])
     ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pharma_assets.lake import bronze, gold, silver
+from pharma_assets.lake import bronze, gold, material_lots, silver
 from pharma_assets.lake.landing_scan import SOURCES, files_for_source, scan_landing
 from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
@@ -66,6 +66,7 @@ def ingest_all(lake: Lake, landing: Path, run_id: str = "test") -> PipelineCount
     silver.build_batches(lake)
     silver.build_lab_results(lake, spec)
     silver.build_maintenance(lake)
+    material_lots.build_material_lots(lake)
     batch_ids = sorted({f.batch_id for f in files if f.batch_id})
     srep = silver.process_telemetry(lake, batch_ids, spec, run_id)
     g = gold.build_gold(lake, spec)

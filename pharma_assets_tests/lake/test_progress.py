@@ -14,12 +14,12 @@ def test_bronze_only_files_are_unfinished_until_silver_has_them(lake, landing):
     assert {f.rel for f in progress.unfinished(lake, files)} == {f.rel for f in files}
     for src in ("mes", "lims", "telemetry"):
         bronze.ingest_files(lake, landing, src, [f for f in files if f.source == src], "r1")
-    # bronze has everything, silver nothing: all of it is still owed (cmms was not ingested)
+    # bronze has everything, silver nothing: all of it is still owed (cmms, coa not ingested)
     assert {f.rel for f in progress.unfinished(lake, files)} == {f.rel for f in files}
     silver.build_batches(lake)
     left = progress.unfinished(lake, files)
     assert not [f for f in left if f.source == "mes"]
-    assert {f.source for f in left} == {"telemetry", "lims", "cmms"}
+    assert {f.source for f in left} == {"telemetry", "lims", "cmms", "coa"}
     bids = sorted({f.batch_id for f in files if f.batch_id})
     silver.process_telemetry(lake, bids[:1], load_spec(), "r1")
     left = progress.unfinished(lake, files)

@@ -24,6 +24,7 @@ from .assets import (
     silver_maintenance,
     silver_telemetry,
 )
+from .material_assets import bronze_coa, silver_material_lots
 from .resources import LakehouseResource
 
 BATCH_ASSETS = [
@@ -101,9 +102,11 @@ batch_ingest_job = dg.define_asset_job(
 )
 plant_events_job = dg.define_asset_job(
     "plant_events_job",
-    selection=dg.AssetSelection.assets(bronze_cmms, silver_maintenance),
+    selection=dg.AssetSelection.assets(
+        bronze_cmms, silver_maintenance, bronze_coa, silver_material_lots
+    ),
     executor_def=dg.in_process_executor,
-    description="CMMS maintenance events and files landed outside the layout.",
+    description="CMMS maintenance events, raw-material CoAs and files landed outside the layout.",
 )
 gold_job = dg.define_asset_job(
     "gold_job",

@@ -16,6 +16,7 @@ from .automation import (
     quarantine_rate_alarm,
 )  # fmt: skip
 from .engine import spark_backfill_job
+from .material_assets import bronze_coa, silver_material_lots
 from .resources import LakehouseResource
 
 
@@ -32,6 +33,8 @@ def defs() -> dg.Definitions:
             assets.silver_maintenance,
             assets.silver_telemetry,
             assets.gold_tables,
+            bronze_coa,
+            silver_material_lots,
         ],
         asset_checks=[live_telemetry_fresh, quarantine_rate_alarm],
         jobs=[

@@ -21,6 +21,10 @@ _SOURCES = {
         "CMMS maintenance events (JSON lines): work orders, part replacements, failures.",
         "json",
     ),
+    "coa": (
+        "LIMS certificates of analysis (CSV): supplier CoA and incoming-QC results per media/feed lot.",
+        "csv",
+    ),
 }
 
 landing_sources = [

@@ -36,6 +36,7 @@ SILVER_TIMELINE = key_of("silver", "batch_timeline")
 SILVER_BATCHES = key_of("silver", "batches")
 SILVER_LAB = key_of("silver", "lab_results")
 SILVER_MAINT = key_of("silver", "maintenance_events")
+SILVER_MATERIAL = key_of("silver", "material_lots")  # raw-material CoA results (batch features)
 GOLD_SUMMARY = key_of("gold", "batch_summary")
 
 FEATURE_TABLES = {
@@ -45,7 +46,8 @@ FEATURE_TABLES = {
     "batch_hour": "Feature table: one row per batch per elapsed hour: CPP means and std, "
     "OUR/CER/RQ from the off-gas balance, specific O2 uptake, cumulative feed.",
     "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
-    "recipe, lot history, process summaries and in-process LIMS known at that horizon.",
+    "recipe, lot history, raw-material CoA attributes of its media and feed lots "
+    "(coa_*), process summaries and in-process LIMS known at that horizon.",
     "contamination_windows": "Feature table: one row per batch per complete 5-minute window "
     "of batch time: OUR/CER, DO, O2 flow, agitation, pH, base rate, dCO2 levels, their "
     "deviation from the batch's trailing 2 h, capacitance change (contamination detector).",
@@ -105,7 +107,7 @@ def _spark_products(
             group_name=GROUP,
             description=desc,
             kinds=DELTA,
-            deps=[SILVER_TIMELINE, SILVER_BATCHES, SILVER_LAB, SILVER_MAINT],
+            deps=[SILVER_TIMELINE, SILVER_BATCHES, SILVER_LAB, SILVER_MAINT, SILVER_MATERIAL],
         )
         for name, desc in FEATURE_TABLES.items()
     ],

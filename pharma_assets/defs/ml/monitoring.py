@@ -10,7 +10,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import contamination, monitoring, mspc, registry
+from pharma_assets.ml import alarm_rules, contamination, monitoring, mspc, registry
 
 from .assets import (
     DELTA,
@@ -131,6 +131,7 @@ def contamination_risk(
         model, _windows(lake, ids), model_version=version,
         scored_at=utc_now(),
     )  # fmt: skip
+    out = alarm_rules.confirm_contamination(model, out)
     lake.overwrite(
         "gold", "contamination_risk", out.with_columns(pl.col("scored_at").cast(SCORED_AT))
     )
@@ -139,6 +140,8 @@ def contamination_risk(
             "rows": out.height,
             "batches": len(ids),
             "alarms": int(out["alarm"].sum()),
+            "confirmed_alarms": int(out["confirmed_alarm"].sum()),
+            "alarm_rule": alarm_rules.rule_of(model, alarm_rules.CONTAMINATION_DEFAULT).describe(),
             "model_version": version,
             **table_meta(lake, "gold", "contamination_risk"),
         }
@@ -201,9 +204,13 @@ def mspc_tables(
         model, _hourly(lake, ids), batches, model_version=version,
         scored_at=utc_now(),
     )  # fmt: skip
+    scores = alarm_rules.confirm_mspc(model, mspc.scores_table(detail))
+    confirmed = scores.select("batch_id", "elapsed_h", confirmed=pl.col("confirmed_alarm"))
     tables = {
-        "mspc_scores": mspc.scores_table(detail),
-        "mspc_alarms": mspc.alarms(detail),
+        "mspc_scores": scores,
+        "mspc_alarms": mspc.alarms(detail).join(
+            confirmed, on=["batch_id", "elapsed_h"], how="left"
+        ),
         "golden_batch": mspc.envelope(model, version),
     }
     for n, df in tables.items():

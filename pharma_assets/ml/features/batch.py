@@ -8,6 +8,7 @@ from datetime import datetime
 
 import polars as pl
 
+from ..material_features import material_features
 from .common import hours
 from .inputs import MlInputs
 from .tags import CPP_TAGS, HORIZONS_H, LIMS_ANALYTES
@@ -173,7 +174,9 @@ def batch_features(
     out = out.with_columns(
         [(pl.col("recipe_id") == r).cast(pl.Float64).alias(f"recipe_{r}") for r in recipes]
     )
-    out = out.drop("media_lot", "feed_lot", "end_ts")
+    out = out.join(material_features(base, inputs.material_lots), on="batch_id", how="left").drop(
+        "media_lot", "feed_lot", "end_ts"
+    )
     # a fixed column order (pivots order columns by first appearance): models index by name,
     # but a stable table schema keeps the feature store's Delta versions comparable
     others = [c for c in out.columns if not c.startswith("lims_")]

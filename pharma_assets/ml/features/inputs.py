@@ -21,6 +21,7 @@ class MlInputs:
     maintenance: pl.DataFrame
     batch_summary: pl.DataFrame
     versions: dict[str, int | None] = field(default_factory=dict)
+    material_lots: pl.DataFrame | None = None  # accepted CoA results (silver/material_lots)
 
 
 def _require(df: pl.DataFrame | None, name: str, lake: Lake) -> pl.DataFrame:
@@ -43,6 +44,7 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
             ("silver", "lab_results"),
             ("silver", "maintenance_events"),
             ("gold", "batch_summary"),
+            ("silver", "material_lots"),
         )
     }
     tl = lake.scan("silver", "batch_timeline")
@@ -61,4 +63,5 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
         ),
         batch_summary=summary if summary is not None else pl.DataFrame(),
         versions=versions,
+        material_lots=lake.read("silver", "material_lots"),
     )
