@@ -1,8 +1,15 @@
-"""`make demo`: materialize the simulated history, then serve everything and run the plant live.
+"""`make demo`: serve the dashboards, fill in the history, then run the plant live.
 
-Starts, each in its own process group, `dagster dev` (UI on :3000 with the daemon running
-the landing sensor), the live simulator writing new chunks into the landing zone, the
-Streamlit app (:8501) and the MLflow UI (:5000) on the SQLite tracking store under .state/. Ctrl-C (or SIGTERM) stops every process it started.
+`make demo` materializes a first slice of the simulated history (the latest batches of each
+unit, `pharma-twin pipeline --latest`) before it starts this module, so the dashboards show
+the plant within minutes. This module starts, each in its own process group, the Streamlit
+app (:8501) and the MLflow UI (:5000, SQLite tracking store under .state/) at once; with
+``PHARMA_DEMO_BACKFILL=1`` it then fills in the rest of the history in the foreground, with
+its progress bar (`pharma-twin pipeline`, then `pharma-twin train --if-untrained`; the
+dashboards show each batch as it lands), and only then starts `dagster dev` (UI on :3000,
+the daemon running the landing sensor: started earlier, it would ingest the same backlog
+beside the backfill) and the live simulator writing new chunks into the landing zone.
+Ctrl-C (or SIGTERM) stops every process it started.
 
 The live clock starts at 00:00 UTC yesterday, just after the history ends, and runs 60x
 faster than real time until it reaches the wall clock (24-48 minutes later; the simulator
@@ -104,6 +111,28 @@ def demo_promotion_policy(lake_uri: str) -> str:
     return f"auto-promotion policy {p.name} approved by qa.lead ({row['change_id']})"
 
 
+def _backfill(env: dict[str, str], procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """The rest of the history, then the models, in the foreground (progress on the terminal)
+    while the dashboards already serve the first slice."""
+    print("\n  The dashboards show the first slice now; filling in the rest of the history:")
+    t0 = time.monotonic()
+    for name, cmd in (
+        ("backfill", [str(BIN / "pharma-twin"), "pipeline"]),
+        ("training", [str(BIN / "pharma-twin"), "train", "--if-untrained"]),
+    ):
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        while procs[name].poll() is None:
+            for other, p in procs.items():
+                if other != name and p.poll() is not None:
+                    print(f"  {other} exited with code {p.returncode}")
+                    raise KeyboardInterrupt
+            time.sleep(1)
+        code = procs.pop(name).returncode
+        if code != 0:
+            print(f"  {name} ended with code {code} (see above); the services start anyway")
+    print(f"  history filled in after {time.monotonic() - t0:.0f} s\n")
+
+
 def main() -> int:
     landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
     lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
@@ -119,16 +148,6 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        procs["dagster"] = _start(
-            "Dagster UI + daemon",
-            [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
-            env, logs / "dagster.log",
-        )  # fmt: skip
-        procs["live"] = _start(
-            "live simulator",
-            [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
-            env, logs / "live.log",
-        )  # fmt: skip
         procs["streamlit"] = _start(
             "Streamlit dashboards",
             [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
@@ -163,6 +182,18 @@ def main() -> int:
         print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
         print(f"  Lake:         {lake}")
         print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
+        if os.environ.get("PHARMA_DEMO_BACKFILL") == "1":
+            _backfill(env, procs)
+        procs["dagster"] = _start(
+            "Dagster UI + daemon",
+            [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+            env, logs / "dagster.log",
+        )  # fmt: skip
+        procs["live"] = _start(
+            "live simulator",
+            [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
+            env, logs / "live.log",
+        )  # fmt: skip
         print("  Ctrl-C stops everything.")
         while True:
             for name, p in procs.items():

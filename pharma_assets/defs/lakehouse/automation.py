@@ -21,22 +21,20 @@ from .assets import (
     bronze_cmms,
     bronze_lims,
     bronze_mes,
-    bronze_telemetry,
     gold_tables,
     silver_batches,
     silver_lab_results,
     silver_maintenance,
-    silver_telemetry,
+    telemetry_ingest,
 )
 from .resources import LakehouseResource
 
 BATCH_ASSETS = [
-    bronze_telemetry,
     bronze_mes,
     bronze_lims,
     silver_batches,
     silver_lab_results,
-    silver_telemetry,
+    telemetry_ingest,  # bronze/telemetry and the silver telemetry tables, one step
 ]
 
 TELEMETRY = dg.AssetKey(["silver", "telemetry"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import polars as pl
@@ -85,7 +86,8 @@ def process_telemetry(
 
 
 def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
-                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport) -> None:  # fmt: skip
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
+                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
     ids = sorted({b for b, _ in group})
     with contextlib.ExitStack() as stack:
         for bid in ids:
@@ -97,16 +99,26 @@ def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batc
         )
         if pending.height:
             _process_files(lake, pending.sort("batch_id", "source_file"), spec, batches, phases,
-                           run_id, now, rep)  # fmt: skip
+                           run_id, now, rep, rows)  # fmt: skip
 
 
 def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame,
-                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport) -> None:  # fmt: skip
-    """One group of files (columns batch_id, source_file) -> one commit per silver table."""
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
+                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
+    """One group of files (columns batch_id, source_file) -> one commit per silver table.
+
+    ``rows``: the files' bronze rows as bronze committed them (the one-pass ingestion hands
+    over its in-memory frame); without it they are read back from bronze/telemetry.
+    """
     all_files = pending["source_file"].to_list()
     ids = pending["batch_id"].unique(maintain_order=True).to_list()
-    raw_all = lake.read(bronze.LAYER, "telemetry", filter_expr=pl.col("batch_id").is_in(ids)
-                        & pl.col("source_file").is_in(all_files))  # fmt: skip
+    if rows is None:
+        raw_all = lake.read(bronze.LAYER, "telemetry", filter_expr=pl.col("batch_id").is_in(ids)
+                            & pl.col("source_file").is_in(all_files))  # fmt: skip
+    elif rows["source_file"].n_unique() == len(all_files):
+        raw_all = rows
+    else:  # some of the frame's files were processed by another run meanwhile
+        raw_all = rows.filter(pl.col("source_file").is_in(all_files))
     assert raw_all is not None
     # after a crash inside this group, files whose readings are already in silver/telemetry
     # go first: a reading repeated by another file then keeps the copy silver already holds
@@ -160,29 +172,25 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     good = pl.concat(goods, how="vertical_relaxed")
     bad = pl.concat(bads, how="vertical_relaxed")
     processed_at = pl.lit(now, UTC_US)
-    valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-    quarantine = _quarantine_frame(bad, spec, now)
-    slim = _slim(good)
-    outputs = {
-        "telemetry": valid.select(SILVER_TELEMETRY_COLUMNS),
-        "telemetry_quarantine": quarantine,
-        "excursion_segments": _segments(slim, spec),
-        "telemetry_stats": _stats(slim, files, spec),
-        "batch_timeline": _timeline(slim, files, spec),
-    }
-    for name, out in outputs.items():
-        if out.height == 0 and lake.exists(LAYER, name):
-            # nothing to add (no quarantined row, no excursion): no commit, and no snapshot
-            # load of a table that grows with the lake. A rerun derives the same empty output
-            # again; the table is created (empty) the first time.
-            continue
-        # after a crash, the files whose rows this table already holds (one commit per
-        # table and group: a file's rows are all there or none is)
-        already = written if name == "telemetry" else lake.sources_in(LAYER, name, files, ids)
-        part = out.filter(~pl.col("source_file").is_in(list(already))) if already else out
-        if part.height == 0 and lake.exists(LAYER, name):
-            continue
-        lake.append(LAYER, name, part, metadata={"run_id": run_id})
+    # the writes overlap: silver/telemetry (the big one) is written in a thread while the
+    # derived tables are computed, and they are written beside it (delta-rs releases the GIL)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="silver-write") as pool:
+        valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
+        writes = [pool.submit(_append_new, lake, "telemetry", valid.select(SILVER_TELEMETRY_COLUMNS),
+                              files, ids, run_id, written)]  # fmt: skip
+        del valid
+        slim = _slim(good)
+        outputs = {
+            "telemetry_quarantine": _quarantine_frame(bad, spec, now),
+            "excursion_segments": _segments(slim, spec),
+            "telemetry_stats": _stats(slim, files, spec),
+            "batch_timeline": _timeline(slim, files, spec),
+        }
+        del slim
+        writes += [pool.submit(_append_new, lake, name, out, files, ids, run_id)
+                   for name, out in outputs.items()]  # fmt: skip
+        for w in writes:
+            w.result()  # (re-raises a failed write: the files are then not logged)
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -209,3 +217,21 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     rep.segments += outputs["excursion_segments"].height
     rep.failed_checks.update(bad["failed_check"].to_list())
     rep.batches.update(ids)
+
+
+def _append_new(lake: Lake, name: str, out: pl.DataFrame, files: Sequence[str],
+                ids: Sequence[str], run_id: str, already: set[str] | None = None) -> None:  # fmt: skip
+    """Append one group's rows to a silver table, less the files it already holds."""
+    if out.height == 0 and lake.exists(LAYER, name):
+        # nothing to add (no quarantined row, no excursion): no commit, and no snapshot
+        # load of a table that grows with the lake. A rerun derives the same empty output
+        # again; the table is created (empty) the first time.
+        return
+    # after a crash, the files whose rows this table already holds (one commit per
+    # table and group: a file's rows are all there or none is)
+    if already is None:
+        already = lake.sources_in(LAYER, name, files, ids)
+    part = out.filter(~pl.col("source_file").is_in(list(already))) if already else out
+    if part.height == 0 and lake.exists(LAYER, name):
+        return
+    lake.append(LAYER, name, part, metadata={"run_id": run_id})
