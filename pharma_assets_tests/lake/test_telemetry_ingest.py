@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pharma_assets.lake import bronze, silver
@@ -190,3 +191,28 @@ def test_two_processes_one_pass_on_the_same_batch(landing_template: Path, tmp_pa
         ]
     )
     assert_exactly_once(Lake.at(root), landing, [KILL_BATCH])
+
+
+def test_large_files_take_the_sliced_path(landing: Path, tmp_path: Path) -> None:
+    """Files over the slice size are spooled by bronze and read back by silver slice by slice
+    (bounded memory); the rest are handed over. Same lake as the two steps with those limits."""
+    spec = load_spec()
+    tel = files_for_batch(landing, "telemetry", KILL_BATCH)
+    mes = files_for_batch(landing, "mes", KILL_BATCH)
+    sizes = sorted(pq.ParquetFile(f.path(landing)).metadata.num_rows for f in tel)
+    limits = bronze.IngestLimits(slice_rows=sizes[-1] - 1)  # the full days are "large"
+    large = sum(n > limits.slice_rows for n in sizes)
+    assert 0 < large < len(tel)
+    two, one = Lake.at(tmp_path / "two"), Lake.at(tmp_path / "one")
+    for lake in (two, one):
+        bronze.ingest_files(lake, landing, "mes", mes, "r")
+        silver.build_batches(lake)
+    bronze.ingest_files(two, landing, "telemetry", tel, "r", limits=limits)
+    silver.process_telemetry(two, [KILL_BATCH], spec, "r", limits=limits)
+    rep = ingest_telemetry(one, landing, tel, spec, "r", limits=limits)
+    assert rep.handed_over_files == len(tel) - large
+    assert rep.silver.files_processed == len(tel)
+    for layer, name in TABLES:
+        assert _table(two, layer, name).equals(_table(one, layer, name)), f"{layer}/{name}"
+    rec = silver.reconcile_telemetry(one, str(landing), [KILL_BATCH])
+    assert rec["reconciled"] and rec["pending_rows"] == 0, rec
