@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from pharma_assets.twin.config import PHASES
+from pharma_assets.process.vocabulary import PHASES
 
 from .. import bronze
 from ..input_rules import raw_reason

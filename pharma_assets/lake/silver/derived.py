@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pharma_assets.twin.config import PHASES
+from pharma_assets.process.vocabulary import PHASES
 
 from ..specs import CppSpec
 from ..storage import UTC_US
