@@ -92,6 +92,7 @@ def measure(batches: int, first_slice: int, backfill: bool, units: int = 6) -> d
         res["dashboard_start_s"] = time.perf_counter() - ts
         res["first_dashboard_s"] = time.perf_counter() - t0
         res["load_first_dashboard"] = _load()
+        print(json.dumps(res), file=sys.stderr, flush=True)  # before the (long) backfill
         if backfill:
             res["backfill_s"] = _run([str(BIN / "pharma-twin"), "pipeline"], env)
             res["pipeline_total_s"] = res["first_slice_s"] + res["backfill_s"]
