@@ -142,6 +142,7 @@ def main() -> int:
     env.pop("DAGSTER_HOME", None)  # use the repository's dagster.yaml (SQLite under .state/)
     logs = ROOT / ".state" / "logs"
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    backfill = os.environ.get("PHARMA_DEMO_BACKFILL") == "1"
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
@@ -174,15 +175,17 @@ def main() -> int:
         for uid, role, pw in demo_logins(lake):
             print(f"    {uid:<10} {role:<18} {pw}")
         print()
+        later = " (starts once the history is filled in)" if backfill else ""
         print(
-            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; Automation: the sensors)"
+            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; "
+            f"Automation: the sensors){later}"
         )
         print("  Dashboards:   http://127.0.0.1:8501")
         print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
         print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
         print(f"  Lake:         {lake}")
         print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
-        if os.environ.get("PHARMA_DEMO_BACKFILL") == "1":
+        if backfill:
             _backfill(env, procs)
         procs["dagster"] = _start(
             "Dagster UI + daemon",
