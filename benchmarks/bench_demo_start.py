@@ -66,6 +66,7 @@ def measure(batches: int, first_slice: int, backfill: bool, units: int = 6) -> d
     env = {**os.environ, "PHARMA_LANDING_DIR": str(d / "landing"), "PHARMA_LAKE_URI": str(d / "lake"),
            "DAGSTER_HOME": str(d / "dagster_home")}  # fmt: skip
     (d / "dagster_home").mkdir()
+    (d / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     res: dict[str, Any] = {"batches": batches, "units": units, "first_slice": first_slice,
                            "load_start": _load()}  # fmt: skip
     app: subprocess.Popen[bytes] | None = None
