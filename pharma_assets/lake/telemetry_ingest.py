@@ -30,7 +30,7 @@ import polars as pl
 
 from . import bronze, silver
 from .landing_scan import LandedFile
-from .silver.telemetry import _process_group
+from .silver.telemetry import process_group
 from .specs import CppSpec
 from .storage import Lake
 
@@ -125,7 +125,7 @@ def ingest_telemetry(
                     names = [f.rel for f in ready]
                     rows = rows.filter(pl.col("source_file").is_in(names))
                 group = [(f.batch_id or "", f.rel) for f in ready]
-                _process_group(lake, group, spec, batches, phases, run_id, silver_now, srep,
+                process_group(lake, group, spec, batches, phases, run_id, silver_now, srep,
                                rows=rows)  # fmt: skip
                 handed += len(ready)
                 del rows, item

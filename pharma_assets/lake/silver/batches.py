@@ -117,7 +117,7 @@ def _in(col: str, values: Sequence[str]) -> str:
     return f"{col} IN ({quoted})"
 
 
-def _replace_batches(
+def replace_batches(
     lake: Lake,
     name: str,
     df: pl.DataFrame,
@@ -139,9 +139,9 @@ def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[st
     with lake.lock("silver-batches"):
         # the batches table carries the markers of the MES files it reflects
         files = sorted(set(mes["source_file"].to_list()))
-        _replace_batches(lake, "batches", batches, batch_ids, files)
-        _replace_batches(lake, "batch_phases", phases, batch_ids)
-        _replace_batches(lake, "event_quarantine", q, batch_ids)
+        replace_batches(lake, "batches", batches, batch_ids, files)
+        replace_batches(lake, "batch_phases", phases, batch_ids)
+        replace_batches(lake, "event_quarantine", q, batch_ids)
     counts = Counter(batches["status"].to_list())
     return {"batches": batches.height, "events_in": mes.height, "events_quarantined": q.height,
             **{f"status_{k}": v for k, v in counts.items()}}  # fmt: skip

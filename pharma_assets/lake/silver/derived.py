@@ -8,12 +8,12 @@ from pharma_assets.process.vocabulary import PHASES
 
 from ..specs import CppSpec
 from ..storage import UTC_US
-from .prepare import _tag_index
+from .prepare import tag_index
 
 
 def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     """NOR/PAR per (tag_idx, phase_idx) for the CPPs."""
-    tix = _tag_index(spec)
+    tix = tag_index(spec)
     rows = spec.phase_limits_rows()
     return pl.DataFrame(rows).select(
         tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
@@ -23,7 +23,7 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def _segments(
+def excursion_segments_of(
     valid: pl.DataFrame, spec: CppSpec, consts: dict[str, str] | None = None
 ) -> pl.DataFrame:
     """Runs of out-of-NOR CPP readings per (file, tag); expects prepare()'s columns and _file.
@@ -35,7 +35,7 @@ def _segments(
     texts = [
         c for c in ("source_file", "batch_id", "unit_id", "tag", "phase") if c in valid.columns
     ]
-    tix = _tag_index(spec)
+    tix = tag_index(spec)
     cpp_idx = [tix[t] for t in spec.cpp_tags]
     settle = int(spec.settle_minutes * 60_000_000)
     cpp = valid.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
@@ -100,12 +100,12 @@ SEGMENT_SCHEMA = {
 }  # fmt: skip
 
 
-def _stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+def file_stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     """Per file, tag and phase aggregates (rows in any order: first/last go by ``ts``)."""
-    return _stats_finish(_stats_agg(valid), files, spec)
+    return stats_finish(stats_agg(valid), files, spec)
 
 
-def _stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
+def stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
     return valid.group_by("_file", "tag_idx", "phase_idx").agg(
         n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
         min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").min(),
@@ -114,8 +114,8 @@ def _stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def _stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    """Partial ``_stats_agg`` of consecutive slices -> the aggregate of all their rows (the
+def stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Partial ``stats_agg`` of consecutive slices -> the aggregate of all their rows (the
     last value is the first slice's reading at the latest time, as arg_max would pick)."""
     df = pl.concat(parts, how="vertical")
     return df.group_by("_file", "tag_idx", "phase_idx", maintain_order=True).agg(
@@ -127,7 +127,7 @@ def _stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def _stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+def stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     tags = list(spec.tags)
     return agg.select(
         source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
@@ -139,7 +139,7 @@ def _stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.Data
     ).sort("source_file", "tag", "phase")  # fmt: skip
 
 
-def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
+def minute_timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     """One row per file and elapsed minute, the minute's mean per tag, with phase.
 
     One group-by with a filtered mean per tag (no pivot, no join of the phase aggregate):
@@ -164,7 +164,7 @@ def _timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFr
     return _timeline_finish(wide, None, files, spec)
 
 
-def _timeline_partial(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def timeline_partial(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One slice's minute sums and counts per tag, and each minute's first reading's phase."""
     mins = valid.select(
         "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id", "ts",
@@ -181,9 +181,9 @@ def _timeline_partial(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return sums, ph
 
 
-def _timeline_merge(parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[str],
+def timeline_merge(parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[str],
                     spec: CppSpec) -> pl.DataFrame:  # fmt: skip
-    """``_timeline`` of consecutive slices from their ``_timeline_partial``s."""
+    """``minute_timeline`` of consecutive slices from their ``timeline_partial``s."""
     sums = pl.concat([p[0] for p in parts], how="vertical")
     means = sums.group_by("_file", "elapsed_min", "tag_idx").agg(
         value=pl.when(pl.col("c").sum() > 0).then(pl.col("s").sum() / pl.col("c").sum())

@@ -12,7 +12,7 @@ from .. import bronze
 from ..input_rules import raw_reason_expr
 from ..specs import CppSpec
 from ..storage import UTC_US, Lake
-from .batches import _replace_batches
+from .batches import replace_batches
 from .common import LAYER
 
 
@@ -77,8 +77,8 @@ def build_lab_results(
     good, bad = derive_lab_results(lims, spec)
     with lake.lock("silver-lab"):
         files = sorted(set(lims["source_file"].to_list()))
-        _replace_batches(lake, "lab_results", good, batch_ids, files)
-        _replace_batches(lake, "lab_quarantine", bad, batch_ids)
+        replace_batches(lake, "lab_results", good, batch_ids, files)
+        replace_batches(lake, "lab_quarantine", bad, batch_ids)
     out_of_spec = good.filter(pl.col("within_spec").not_().fill_null(False)).height
     return {"rows_in": lims.height, "results": good.height, "quarantined": bad.height,
             "release_out_of_spec": out_of_spec}  # fmt: skip

@@ -16,27 +16,27 @@ from ..storage import UTC_US, Lake, Spool, scratch_dir
 from .common import LAYER, SILVER_TELEMETRY_COLUMNS
 from .derived import (
     SEGMENT_SCHEMA,
-    _segments,
-    _stats_agg,
-    _stats_finish,
-    _stats_merge,
-    _timeline_merge,
-    _timeline_partial,
+    excursion_segments_of,
+    stats_agg,
+    stats_finish,
+    stats_merge,
+    timeline_merge,
+    timeline_partial,
 )
 from .prepare import (
     SilverReport,
-    _not_processed,
-    _prepare_batch,
-    _quarantine_frame,
-    _slim,
-    _tag_index,
+    derivation_columns,
+    not_processed,
+    prepare_batch,
+    quarantine_frame,
+    tag_index,
 )
 
 ATTEMPT_SCHEMA = {"source_file": pl.String(), "batch_id": pl.String(), "run_id": pl.String(),
                   "started_at": UTC_US}  # fmt: skip
 
 
-def _process_large(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
+def process_large_file(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
                    phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
                    limits: bronze.IngestLimits) -> None:  # fmt: skip
     """One bronze file of more than ``limits.slice_rows`` rows, slice by slice.
@@ -52,7 +52,7 @@ def _process_large(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Data
     """
     with lake.lock(f"silver-telemetry-{bid}"):
         todo = pl.DataFrame({"batch_id": [bid], "source_file": [f]})
-        if _not_processed(lake, todo, [bid]).height == 0:
+        if not_processed(lake, todo, [bid]).height == 0:
             return
         where = (pl.col("batch_id") == bid) & (pl.col("source_file") == f)
         tries = lake.read(LAYER, "telemetry_attempts", ["source_file"], filter_expr=where)
@@ -73,7 +73,7 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
                     phases: pl.DataFrame, run_id: str, now: datetime,
                     limits: bronze.IngestLimits, d: Any, rep: SilverReport) -> None:  # fmt: skip
     files = [f]
-    tix = _tag_index(spec)
+    tix = tag_index(spec)
     cpp_idx = sorted(tix[t] for t in spec.cpp_tags)
     valid_sp, bad_sp, cpp_sp = (
         Spool(d / "valid.arrow"),
@@ -106,7 +106,7 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
             raw.select("ts", "tag").drop_nulls().write_parquet(key_file)
             keys.append((lo, hi, key_file))
         ex = pl.concat(seen, how="vertical_relaxed") if seen else None
-        df = _prepare_batch(raw, spec, batches, phases, ex, now)
+        df = prepare_batch(raw, spec, batches, phases, ex, now)
         good, bad = route(df, telemetry_contract(spec))
         accepted_contract(spec).validate(
             good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
@@ -115,11 +115,11 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
             good.with_columns(spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US))
             .select(SILVER_TELEMETRY_COLUMNS)
         )  # fmt: skip
-        bad_sp.write(_quarantine_frame(bad, spec, now))
+        bad_sp.write(quarantine_frame(bad, spec, now))
         failed.update(bad["failed_check"].to_list())
-        slim = _slim(good)
-        stats_parts.append(_stats_agg(slim))
-        timeline_parts.append(_timeline_partial(slim))
+        slim = derivation_columns(good)
+        stats_parts.append(stats_agg(slim))
+        timeline_parts.append(timeline_partial(slim))
         if unit is None and good.height:
             unit = good["unit_id"][0]
         cpp_sp.write(
@@ -132,8 +132,8 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
         "excursion_segments": _segments_by_tag(
             cpp_sp, cpp_idx, spec, {"source_file": f, "batch_id": bid, "unit_id": unit or ""}
         ),
-        "telemetry_stats": _stats_finish(_stats_merge(stats_parts), files, spec),
-        "batch_timeline": _timeline_merge(timeline_parts, files, spec),
+        "telemetry_stats": stats_finish(stats_merge(stats_parts), files, spec),
+        "batch_timeline": timeline_merge(timeline_parts, files, spec),
     }
     _commit_outputs(lake, bid, f, outputs, run_id)
     _log_file(lake, bid, f, rows_in, valid_sp.rows, bad_sp.rows, spec, run_id, now)
@@ -203,13 +203,13 @@ def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, n
 
 def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec,
                      consts: dict[str, str]) -> pl.DataFrame:  # fmt: skip
-    """``_segments`` of one file, one CPP tag at a time (it groups by file and tag)."""
+    """``excursion_segments_of`` of one file, one CPP tag at a time (it groups by file and tag)."""
     parts = []
     for t in cpp_idx if cpp.rows else []:
         got = list(cpp.frames(pl.col("tag_idx") == t))
         rows = pl.concat(got, how="vertical") if got else pl.DataFrame()
         if rows.height:
-            parts.append(_segments(rows, spec, consts))
+            parts.append(excursion_segments_of(rows, spec, consts))
     if not parts:
         return pl.DataFrame(schema=SEGMENT_SCHEMA)
     return pl.concat(parts, how="vertical").sort("start_ts")

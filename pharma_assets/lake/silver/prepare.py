@@ -51,10 +51,10 @@ def pending_telemetry_files(lake: Lake, batch_ids: Sequence[str]) -> pl.DataFram
     """
     log = bronze.read_log(lake, batch_ids, "telemetry").filter(pl.col("status") == "accepted")
     log = log.select("source_file", "batch_id", "unit_id", "rows")
-    return _not_processed(lake, log, batch_ids).sort("batch_id", "source_file")
+    return not_processed(lake, log, batch_ids).sort("batch_id", "source_file")
 
 
-def _not_processed(lake: Lake, files: pl.DataFrame, batch_ids: Sequence[str]) -> pl.DataFrame:
+def not_processed(lake: Lake, files: pl.DataFrame, batch_ids: Sequence[str]) -> pl.DataFrame:
     """The rows of ``files`` (column ``source_file``) that silver/telemetry_log has not recorded."""
     done = lake.read(LAYER, "telemetry_log", ["source_file"], partition=("batch_id", batch_ids))
     if done is not None and done.height:
@@ -62,7 +62,7 @@ def _not_processed(lake: Lake, files: pl.DataFrame, batch_ids: Sequence[str]) ->
     return files
 
 
-def _tag_index(spec: CppSpec) -> dict[str, int]:
+def tag_index(spec: CppSpec) -> dict[str, int]:
     return {t: i for i, t in enumerate(spec.tags)}
 
 
@@ -82,18 +82,18 @@ def prepare(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl
     aggregations that follow.
     """
     if rows.height == 0 or rows["batch_id"].n_unique() <= 1:
-        return _prepare_batch(rows, spec, batches, phases, existing_keys, now)
+        return prepare_batch(rows, spec, batches, phases, existing_keys, now)
     parts = rows.partition_by("batch_id", maintain_order=True)
     return pl.concat(
-        [_prepare_batch(p, spec, batches, phases, existing_keys, now) for p in parts],
+        [prepare_batch(p, spec, batches, phases, existing_keys, now) for p in parts],
         how="vertical",
     )
 
 
-def _prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
+def prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
                    existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
     tags = list(spec.tags)
-    tix = _tag_index(spec)
+    tix = tag_index(spec)
     bid = rows["batch_id"][0] if rows.height else None
     grace = timedelta(minutes=spec.batch_window_grace_minutes)
     future_limit = now + timedelta(minutes=spec.future_tolerance_minutes)
@@ -160,7 +160,7 @@ def _prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, pha
     return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
 
 
-def _quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.DataFrame:
+def quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.DataFrame:
     """The ``telemetry_quarantine`` rows of routed-out readings."""
     return bad.select(
         "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
@@ -170,7 +170,7 @@ def _quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.Dat
     )  # fmt: skip
 
 
-def _slim(good: pl.DataFrame) -> pl.DataFrame:
+def derivation_columns(good: pl.DataFrame) -> pl.DataFrame:
     """The columns the derivations (segments, stats, timeline) use: they group and sort."""
     return good.select("_file", "tag_idx", "phase_idx", "ts", "value", "batch_id", "unit_id",
                        "tag", "phase", "phase_start", "batch_start", "source_file")  # fmt: skip

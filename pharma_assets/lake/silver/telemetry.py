@@ -15,15 +15,15 @@ from ..specs import CppSpec
 from ..storage import UTC_US, Lake
 from .batches import BATCH_SCHEMA, PHASE_SCHEMA
 from .common import LAYER, SILVER_TELEMETRY_COLUMNS
-from .derived import _segments, _stats, _timeline
-from .large_files import _process_large
+from .derived import excursion_segments_of, file_stats, minute_timeline
+from .large_files import process_large_file
 from .prepare import (
     SilverReport,
-    _not_processed,
-    _prepare_batch,
-    _quarantine_frame,
-    _slim,
+    derivation_columns,
+    not_processed,
     pending_telemetry_files,
+    prepare_batch,
+    quarantine_frame,
 )
 
 
@@ -43,7 +43,7 @@ def process_telemetry(
     and one commit per silver table, so a bulk load does not pay six commits per batch. The
     group holds the locks of all its batches (taken in sorted order: no deadlock between
     runs whose groups overlap). A file of more than ``limits.slice_rows`` rows is processed
-    alone, slice by slice (``_process_large``), so memory does not grow with a file's size.
+    alone, slice by slice (``process_large_file``), so memory does not grow with a file's size.
     """
     limits = limits or bronze.IngestLimits.from_env()
     rep = SilverReport()
@@ -71,21 +71,21 @@ def process_telemetry(
     ):
         if (n or 0) > limits.slice_rows:
             if group:
-                _process_group(lake, group, spec, batches, phases, run_id, now, rep)
+                process_group(lake, group, spec, batches, phases, run_id, now, rep)
                 group, rows = [], 0
-            _process_large(lake, bid, f, spec, batches, phases, run_id, now, rep, limits)
+            process_large_file(lake, bid, f, spec, batches, phases, run_id, now, rep, limits)
             continue
         group.append((bid, f))
         rows += n or 0
         if rows >= max_rows:
-            _process_group(lake, group, spec, batches, phases, run_id, now, rep)
+            process_group(lake, group, spec, batches, phases, run_id, now, rep)
             group, rows = [], 0
     if group:
-        _process_group(lake, group, spec, batches, phases, run_id, now, rep)
+        process_group(lake, group, spec, batches, phases, run_id, now, rep)
     return rep
 
 
-def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
+def process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
                    phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
                    rows: pl.DataFrame | None = None) -> None:  # fmt: skip
     ids = sorted({b for b, _ in group})
@@ -94,7 +94,7 @@ def _process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batc
             stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
         # recheck under the locks: another run may have processed some of them meanwhile
         # (files accepted by bronze since the first read wait for the next run)
-        pending = _not_processed(
+        pending = not_processed(
             lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids
         )
         if pending.height:
@@ -162,7 +162,7 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
             filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
             & ~pl.col("source_file").is_in(per_batch[bid]),
         )  # fmt: skip
-        df = _prepare_batch(raw, spec, batches, phases, existing, now)
+        df = prepare_batch(raw, spec, batches, phases, existing, now)
         good, bad = route(df, telemetry_contract(spec))
         accepted_contract(spec).validate(
             good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
@@ -179,12 +179,12 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
         writes = [pool.submit(_append_new, lake, "telemetry", valid.select(SILVER_TELEMETRY_COLUMNS),
                               files, ids, run_id, written)]  # fmt: skip
         del valid
-        slim = _slim(good)
+        slim = derivation_columns(good)
         outputs = {
-            "telemetry_quarantine": _quarantine_frame(bad, spec, now),
-            "excursion_segments": _segments(slim, spec),
-            "telemetry_stats": _stats(slim, files, spec),
-            "batch_timeline": _timeline(slim, files, spec),
+            "telemetry_quarantine": quarantine_frame(bad, spec, now),
+            "excursion_segments": excursion_segments_of(slim, spec),
+            "telemetry_stats": file_stats(slim, files, spec),
+            "batch_timeline": minute_timeline(slim, files, spec),
         }
         del slim
         writes += [pool.submit(_append_new, lake, name, out, files, ids, run_id)
