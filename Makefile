@@ -9,12 +9,14 @@ LAKE ?= lakehouse
 BATCHES ?= 100
 UNITS ?= 6
 SEED ?= 42
+# batches per unit materialized before the dashboards start (the rest fills in behind them)
+FIRST_SLICE ?= 2
 
 .PHONY: demo test lint format bench simulate clean help browser soak
 MINUTES ?= 120
 
 help:
-	@echo "make demo   - set up, simulate a plant history, materialize the lakehouse, serve Dagster (:3000) and dashboards (:8501) with the plant running live"
+	@echo "make demo   - set up, simulate a plant history, materialize its latest batches, serve the dashboards (:8501), fill in the rest, then Dagster (:3000) with the plant running live"
 	@echo "make test   - set up, then lint, dg check defs and the whole test suite"
 	@echo "make bench  - benchmarks; figures go to docs/benchmarks.md"
 	@echo "make soak   - the live demo's services for MINUTES=120 on a small plant: queue, latency, memory over time"
@@ -68,10 +70,9 @@ demo: $(STAMP)
 	else \
 	  $(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING); \
 	fi
-	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline
+	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline --latest $(FIRST_SLICE)
 	$(BIN)/python -c "from pharma_assets.demo import demo_promotion_policy as p; print(p('$(LAKE)'))"
-	PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/pharma-twin train --if-untrained
-	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
+	PHARMA_DEMO_BACKFILL=1 PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

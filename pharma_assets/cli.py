@@ -285,6 +285,14 @@ def pipeline(
         str | None, typer.Option(help="Lake root URI (default: $PHARMA_LAKE_URI or ./lakehouse).")
     ] = None,
     batches_per_run: Annotated[int, typer.Option(help="Batch partitions per ingestion run.")] = 20,
+    latest: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only the LATEST most recent batches of each unit (a first slice: `make demo` "
+            "shows the dashboards after it and fills in the rest in the background).",
+        ),
+    ] = None,
     rebuild: Annotated[
         bool,
         typer.Option(
@@ -331,7 +339,7 @@ def pipeline(
             bar.update(task, description=msg, completed=done, total=total or None)
 
         with default_instance() as instance:
-            out = run_pipeline(res, instance, batches_per_run, progress)
+            out = run_pipeline(res, instance, batches_per_run, progress, latest)
             # the daemon's sensors do this under `dagster dev`; a one-shot run does it here
             bar.update(task, description="audit trail and deviations")
             n_audit = audit_new_materializations(res.lake(), instance)

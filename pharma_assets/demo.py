@@ -1,8 +1,15 @@
-"""`make demo`: materialize the simulated history, then serve everything and run the plant live.
+"""`make demo`: serve the dashboards, fill in the history, then run the plant live.
 
-Starts, each in its own process group, `dagster dev` (UI on :3000 with the daemon running
-the landing sensor), the live simulator writing new chunks into the landing zone, the
-Streamlit app (:8501) and the MLflow UI (:5000) on the SQLite tracking store under .state/. Ctrl-C (or SIGTERM) stops every process it started.
+`make demo` materializes a first slice of the simulated history (the latest batches of each
+unit, `pharma-twin pipeline --latest`) before it starts this module, so the dashboards show
+the plant within minutes. This module starts, each in its own process group, the Streamlit
+app (:8501) and the MLflow UI (:5000, SQLite tracking store under .state/) at once; with
+``PHARMA_DEMO_BACKFILL=1`` it then fills in the rest of the history in the foreground, with
+its progress bar (`pharma-twin pipeline`, then `pharma-twin train --if-untrained`; the
+dashboards show each batch as it lands), and only then starts `dagster dev` (UI on :3000,
+the daemon running the landing sensor: started earlier, it would ingest the same backlog
+beside the backfill) and the live simulator writing new chunks into the landing zone.
+Ctrl-C (or SIGTERM) stops every process it started.
 
 Live data comes over the plant's protocols by default (``PHARMA_DEMO_LIVE=protocols``): the
 twin serves its units as an OPC UA server (``pharma-twin live --serve opcua``, real time,
@@ -141,6 +148,28 @@ def gateway_sources(path: Path, landing: Path, lake: str, units: int) -> Path:
     return path
 
 
+def _backfill(env: dict[str, str], procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """The rest of the history, then the models, in the foreground (progress on the terminal)
+    while the dashboards already serve the first slice."""
+    print("\n  The dashboards show the first slice now; filling in the rest of the history:")
+    t0 = time.monotonic()
+    for name, cmd in (
+        ("backfill", [str(BIN / "pharma-twin"), "pipeline"]),
+        ("training", [str(BIN / "pharma-twin"), "train", "--if-untrained"]),
+    ):
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        while procs[name].poll() is None:
+            for other, p in procs.items():
+                if other != name and p.poll() is not None:
+                    print(f"  {other} exited with code {p.returncode}")
+                    raise KeyboardInterrupt
+            time.sleep(1)
+        code = procs.pop(name).returncode
+        if code != 0:
+            print(f"  {name} ended with code {code} (see above); the services start anyway")
+    print(f"  history filled in after {time.monotonic() - t0:.0f} s\n")
+
+
 def main() -> int:
     from pharma_assets.lake.storage import DEFAULT_LAKE_URI, LAKE_URI_ENV, lake_uri_from_env
 
@@ -153,12 +182,51 @@ def main() -> int:
     env.pop("DAGSTER_HOME", None)  # use the repository's dagster.yaml (SQLite under .state/)
     logs = ROOT / ".state" / "logs"
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    backfill = os.environ.get("PHARMA_DEMO_BACKFILL") == "1"
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        procs["streamlit"] = _start(
+            "Streamlit dashboards",
+            [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            env, logs / "streamlit.log",
+        )  # fmt: skip
+        mlflow_uri = env.get(
+            "PHARMA_MLFLOW_URI", f"sqlite:///{ROOT / '.state' / 'mlflow' / 'mlflow.db'}"
+        )
+        (ROOT / ".state" / "mlflow").mkdir(parents=True, exist_ok=True)
+        procs["mlflow"] = _start(
+            "MLflow UI",
+            [str(BIN / "mlflow"), "ui", "--backend-store-uri", mlflow_uri,
+             "--host", "127.0.0.1", "--port", "5000", "--workers", "1"],
+            # one web worker and no job runner (its 7 huey consumers serve GenAI jobs we do
+            # not use): 2 processes, ~0.65 GB instead of 11 and ~2.3 GB
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs / "mlflow.log",
+        )  # fmt: skip
+        print()
+        print(
+            "  Demo logins (every dashboard page asks for one; view.only is read-only;"
+            " also in .state/demo_logins.txt):"
+        )
+        for uid, role, pw in demo_logins(lake):
+            print(f"    {uid:<10} {role:<18} {pw}")
+        print()
+        later = " (starts once the history is filled in)" if backfill else ""
+        print(
+            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; "
+            f"Automation: the sensors){later}"
+        )
+        print("  Dashboards:   http://127.0.0.1:8501   (Live page: pushed by the gateway)")
+        print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
+        print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
+        print(f"  Lake:         {lake}")
+        print(f"  Landing zone: {landing}")
+        if backfill:
+            _backfill(env, procs)
         procs["dagster"] = _start(
             "Dagster UI + daemon",
             [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
@@ -186,51 +254,14 @@ def main() -> int:
                 "live gateway", [str(BIN / "pharma-twin"), "gateway", "--sources", str(src)],
                 env, logs / "gateway.log",
             )  # fmt: skip
-        procs["streamlit"] = _start(
-            "Streamlit dashboards",
-            [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            env, logs / "streamlit.log",
-        )  # fmt: skip
-        mlflow_uri = env.get(
-            "PHARMA_MLFLOW_URI", f"sqlite:///{ROOT / '.state' / 'mlflow' / 'mlflow.db'}"
-        )
-        (ROOT / ".state" / "mlflow").mkdir(parents=True, exist_ok=True)
-        procs["mlflow"] = _start(
-            "MLflow UI",
-            [str(BIN / "mlflow"), "ui", "--backend-store-uri", mlflow_uri,
-             "--host", "127.0.0.1", "--port", "5000", "--workers", "1"],
-            # one web worker and no job runner (its 7 huey consumers serve GenAI jobs we do
-            # not use): 2 processes, ~0.65 GB instead of 11 and ~2.3 GB
-            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs / "mlflow.log",
-        )  # fmt: skip
-        print()
-        print(
-            "  Demo logins (every dashboard page asks for one; view.only is read-only;"
-            " also in .state/demo_logins.txt):"
-        )
-        for uid, role, pw in demo_logins(lake):
-            print(f"    {uid:<10} {role:<18} {pw}")
-        print()
-        print(
-            "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; Automation: the sensors)"
-        )
-        print("  Dashboards:   http://127.0.0.1:8501   (Live page: pushed by the gateway)")
-        if "gateway" in procs:
             print(
                 "  Gateway API:  http://127.0.0.1:8765/health   (OPC UA twin at opc.tcp://127.0.0.1:4840/twin)"
             )
-        print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
-        print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
-        print(f"  Lake:         {lake}")
         print(
-            f"  Landing zone: {landing}   ("
-            + (
-                "the gateway lands telemetry every 5 s)"
-                if "gateway" in procs
-                else "the live simulator adds a chunk per unit every ~10 s)"
-            )
-        )
+            "  Live plant:   "
+            + ("the gateway lands telemetry every 5 s" if "gateway" in procs
+               else "the live simulator adds a chunk per unit every ~10 s")
+        )  # fmt: skip
         print("  Ctrl-C stops everything.")
         while True:
             for name, p in procs.items():

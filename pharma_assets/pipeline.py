@@ -34,6 +34,7 @@ from pharma_assets.defs.lakehouse.automation import (
 )
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
+from pharma_assets.lake.landing_scan import scan_landing
 from pharma_assets.lake.storage import Lake
 
 # the run's console logger at WARNING: the progress bar is the display, the UI has the logs
@@ -155,15 +156,28 @@ def segments(ordered: list[str], pending: set[str], max_len: int) -> list[tuple[
     return out
 
 
+def latest_batches(landing_dir: str, n: int) -> set[str]:
+    """The ``n`` most recent landed batches of each unit (batch ids number a unit's batches)."""
+    per_unit: dict[str, set[str]] = {}
+    for f in scan_landing(landing_dir):
+        if f.batch_id is not None and f.unit_id is not None:
+            per_unit.setdefault(f.unit_id, set()).add(f.batch_id)
+    return {b for ids in per_unit.values() for b in sorted(ids)[-n:]}
+
+
 def run_pipeline(
     lakehouse: LakehouseResource,
     instance: dg.DagsterInstance,
     batches_per_run: int = 20,
     on_progress: Callable[[str, int, int], None] | None = None,
+    latest: int | None = None,
 ) -> PipelineResult:
     """Ingest every pending landed file, then refresh gold. Returns the runs made.
 
-    Runs an earlier invocation left STARTED when it was killed are marked failed first.
+    ``latest``: only the ``latest`` most recent batches of each unit (the demo's first
+    slice, so the dashboards show the plant within minutes; a later call without it fills
+    in the rest). Runs an earlier invocation left STARTED when it was killed are marked
+    failed first.
     """
     res = PipelineResult()
     res.orphaned = fail_orphaned_runs(instance)
@@ -172,6 +186,8 @@ def run_pipeline(
     resources = {"lakehouse": lakehouse}
     per_batch, _plant, _ = plan_requests(lakehouse.landing_dir, lakehouse.lake())
     pending = set(per_batch)
+    if latest is not None:
+        pending &= latest_batches(lakehouse.landing_dir, latest)
     res.batches = sorted(pending)
     name = batch_partitions.name or "batch"
     existing = set(instance.get_dynamic_partitions(name))

@@ -75,6 +75,14 @@ DECISION_SCHEMA: dict[str, pl.DataType] = {
 }  # fmt: skip
 
 
+def _overlaps(df: pl.DataFrame, lo: Any, hi: Any) -> bool:
+    """Whether ``df``'s readings can fall in [lo, hi] (its own min/max, no filtered copy)."""
+    a, b = df["ts"].min(), df["ts"].max()
+    if a is None or b is None or lo is None or hi is None:
+        return True
+    return not (b < lo or a > hi)  # type: ignore[operator]
+
+
 def amendment_id(source_file: str, sha256: str) -> str:
     return "AMD-" + hashlib.sha256(f"{source_file}\0{sha256}".encode()).hexdigest()[:12]
 
@@ -163,6 +171,7 @@ class AmendmentGuard:
         olds = [g[1] for g in group if isinstance(g[1], pl.DataFrame) and g[0].batch_id == bid]
         if self.source == "telemetry" and olds:  # only readings in this file's time window
             lo, hi = df["ts"].min(), df["ts"].max()
+            olds = [o for o in olds if _overlaps(o, lo, hi)]  # (scalar test first: cheap)
             olds = [
                 o for o in (o.filter(pl.col("ts").is_between(lo, hi)) for o in olds) if o.height
             ]

@@ -25,7 +25,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,12 +415,19 @@ def ingest_files(
     max_rows_per_commit: int = 1_000_000,  # bounds peak memory (docs/benchmarks.md)
     now: datetime | None = None,
     limits: IngestLimits | None = None,
+    on_commit: OnCommit | None = None,
 ) -> IngestReport:
     """Ingest landed files of one source (those not ingested yet) into bronze.
 
     Small files are parsed whole and committed in groups of about ``max_rows_per_commit``
     rows; a Parquet file of more than ``limits.slice_rows`` rows is read slice by slice
     and committed alone (``_ingest_large``), so memory does not grow with a file's size.
+
+    ``on_commit`` (the one-pass ingestion, ``lake.telemetry_ingest``) is called after each
+    group's rows and ledger rows are committed, with the group's accepted files and the
+    in-memory frame that was written, so silver validates the same rows without reading
+    bronze back. Large (spooled) files are not handed over: silver reads them back slice by
+    slice.
     """
     limits = limits or IngestLimits.from_env()
     rep = IngestReport(source)
@@ -506,16 +513,20 @@ def ingest_files(
                 )
             )
         if group_rows >= max_rows_per_commit:
-            _commit(lake, source, group, rep)
+            _commit(lake, source, group, rep, on_commit)
             group, group_rows = [], 0
     if group:
-        _commit(lake, source, group, rep)
+        _commit(lake, source, group, rep, on_commit)
     return rep
+
+
+# what the one-pass ingestion receives after each bronze commit: (files, rows written)
+OnCommit = Callable[[list[LandedFile], pl.DataFrame], None]
 
 
 def _commit(lake: Lake, source: str,
             group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]],
-            rep: IngestReport) -> None:  # fmt: skip
+            rep: IngestReport, on_commit: OnCommit | None = None) -> None:  # fmt: skip
     with lake.lock(f"bronze-{source}"):
         # final check under the lock: another run may have ingested some of these meanwhile
         rels = [f.rel for f, _, _ in group]
@@ -531,6 +542,7 @@ def _commit(lake: Lake, source: str,
         spooled = [df for _, df in accepted if isinstance(df, Spool)]
         for sp in spooled:  # a large file: streamed from its spool, still one commit
             lake.append(LAYER, source, sp.reader, metadata={"files": 1, "rows": sp.rows})
+        frames: pl.DataFrame | None = None
         if accepted and not spooled:
             frames = pl.concat(
                 [df for _, df in accepted if isinstance(df, pl.DataFrame)], how="diagonal_relaxed"
@@ -544,6 +556,8 @@ def _commit(lake: Lake, source: str,
             )
             lake.append(LAYER, "quarantine", q)
         _append_log(lake, [log for _, _, log in group])
+    if on_commit is not None and frames is not None:  # committed: silver may take the rows
+        on_commit([f for f, df in accepted if isinstance(df, pl.DataFrame)], frames)
     for f, df, log in group:
         rep.rows_landed += log["rows"] or 0
         if f.batch_id:

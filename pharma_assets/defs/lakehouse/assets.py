@@ -14,6 +14,7 @@ from pharma_assets.compliance import release
 from pharma_assets.lake import amendments, bronze, gold, silver
 from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
 from pharma_assets.lake.storage import Lake
+from pharma_assets.lake.telemetry_ingest import ingest_telemetry
 
 from .resources import LakehouseResource
 from .schemas import column_schema_metadata
@@ -43,6 +44,28 @@ def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
     }
 
 
+def _bronze_checks(source: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("files_reconcile", asset=["bronze", source],
+                              description="every landed file is in the ingest log, accepted or quarantined"),
+            dg.AssetCheckSpec("no_held_amendments", asset=["bronze", source],
+                              description="no delivery changing accepted values waits for a signed decision (pharma-twin amendment list)")]  # fmt: skip
+
+
+def _bronze_check_results(lake: Lake, source: str, keys: list[str], landed: int) -> Iterator[Any]:
+    logged = bronze.read_log(lake, keys, source).height
+    yield dg.AssetCheckResult(
+        asset_key=["bronze", source], check_name="files_reconcile", passed=logged == landed,
+        metadata={"files_landed": landed, "files_in_ingest_log": logged},
+    )  # fmt: skip
+    held = amendments.held(lake)
+    held = held.filter((held["source"] == source) & held["batch_id"].is_in(keys))
+    yield dg.AssetCheckResult(
+        asset_key=["bronze", source], check_name="no_held_amendments", passed=held.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"held": held.height, "amendment_ids": ", ".join(held["amendment_id"].to_list())},
+    )  # fmt: skip
+
+
 def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=["bronze", source],
@@ -53,42 +76,22 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         kinds=DELTA,
         description=description,
         metadata={"partition_expr": "batch_id", "table": f"bronze/{source}"},
-        check_specs=[dg.AssetCheckSpec("files_reconcile", asset=["bronze", source],
-                                       description="every landed file is in the ingest log, accepted or quarantined"),
-                     dg.AssetCheckSpec("no_held_amendments", asset=["bronze", source],
-                                       description="no delivery changing accepted values waits for a signed decision (pharma-twin amendment list)")],
+        check_specs=_bronze_checks(source),
     )  # fmt: skip
     def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
         lake = lakehouse.lake()
         files = [
             f for bid in _keys(context) for f in files_for_batch(lakehouse.landing_dir, source, bid)
         ]
-        landed = len(files)
         rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run.run_id)
-        logged = bronze.read_log(lake, _keys(context), source).height
         yield dg.MaterializeResult(
             metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", source)}
         )
-        yield dg.AssetCheckResult(
-            check_name="files_reconcile", passed=logged == landed,
-            metadata={"files_landed": landed, "files_in_ingest_log": logged},
-        )  # fmt: skip
-        held = amendments.held(lake)
-        held = held.filter((held["source"] == source) & held["batch_id"].is_in(_keys(context)))
-        yield dg.AssetCheckResult(
-            check_name="no_held_amendments", passed=held.height == 0, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"held": held.height, "amendment_ids": ", ".join(held["amendment_id"].to_list())},
-        )  # fmt: skip
+        yield from _bronze_check_results(lake, source, _keys(context), len(files))
 
     return _asset
 
 
-bronze_telemetry = _bronze_batch_asset(
-    "telemetry",
-    "Historian telemetry, one row per reading as landed, plus source_file, ingested_at, "
-    "ingest_run_id and row_hash. Append-only; each landed file exactly once. Unreadable "
-    "files go to bronze/quarantine; every file gets a row in bronze/ingest_log.",
-)
 bronze_mes = _bronze_batch_asset(
     "mes", "MES batch events as landed (typed keys plus the full JSON payload)."
 )
@@ -185,17 +188,28 @@ _SILVER_TELEMETRY = {
 }
 
 
+BRONZE_TELEMETRY = dg.AssetKey(["bronze", "telemetry"])
+
+
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["silver", name], group_name="silver", description=desc, kinds=DELTA,
-                     deps=[bronze_telemetry, silver_batches], metadata={"partition_expr": "batch_id"},
-                     skippable=name != "telemetry")
-        for name, desc in _SILVER_TELEMETRY.items()
+        dg.AssetSpec(BRONZE_TELEMETRY, group_name="bronze", kinds=DELTA,
+                     deps=[dg.AssetKey(["landing", "telemetry"])],
+                     metadata={"partition_expr": "batch_id", "table": "bronze/telemetry"},
+                     description="Historian telemetry, one row per reading as landed, plus source_file, "
+                     "ingested_at, ingest_run_id and row_hash. Append-only; each landed file exactly once. "
+                     "Unreadable files go to bronze/quarantine; every file gets a row in bronze/ingest_log. "
+                     "Written in the same step as silver telemetry (one pass over each landed file)."),
+        *[dg.AssetSpec(["silver", name], group_name="silver", description=desc, kinds=DELTA,
+                       deps=[BRONZE_TELEMETRY, silver_batches], metadata={"partition_expr": "batch_id"},
+                       skippable=name != "telemetry")
+          for name, desc in _SILVER_TELEMETRY.items()],
     ],
     partitions_def=batch_partitions,
     backfill_policy=SINGLE_RUN,
-    name="silver_telemetry",
+    name="telemetry_ingest",
     check_specs=[
+        *_bronze_checks("telemetry"),
         dg.AssetCheckSpec("contract_pass_rate", asset=["silver", "telemetry"],
                           description="share of the partition's readings that pass the contract (>= 99 %)"),
         dg.AssetCheckSpec("reconciliation", asset=["silver", "telemetry"],
@@ -206,14 +220,24 @@ _SILVER_TELEMETRY = {
                           description="no telemetry of the partition(s) waits for its batch_start MES event"),
     ],
 )  # fmt: skip
-def silver_telemetry(
+def telemetry_ingest(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> Iterator[Any]:
-    """Validate new bronze telemetry files of the partition(s) into the five silver tables."""
+    """Landed telemetry of the partition(s) -> bronze/telemetry and the five silver telemetry
+    tables in one pass: each landed file is read once, written to bronze, validated and
+    written to silver from the same rows (pharma_assets.lake.telemetry_ingest)."""
     lake = lakehouse.lake()
     keys = _keys(context)
     spec = lakehouse.spec()
-    rep = silver.process_telemetry(lake, keys, spec, context.run.run_id)
+    files = [f for bid in keys for f in files_for_batch(lakehouse.landing_dir, "telemetry", bid)]
+    both = ingest_telemetry(lake, lakehouse.landing_dir, files, spec, context.run.run_id)
+    rep = both.silver
+    yield dg.MaterializeResult(
+        asset_key=BRONZE_TELEMETRY,
+        metadata={**both.bronze.as_metadata(), "files_handed_to_silver": both.handed_over_files,
+                  **_table_meta(lake, "bronze", "telemetry")},
+    )  # fmt: skip
+    yield from _bronze_check_results(lake, "telemetry", keys, len(files))
     for name in _SILVER_TELEMETRY:
         yield dg.MaterializeResult(
             asset_key=["silver", name],

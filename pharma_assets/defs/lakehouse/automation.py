@@ -17,23 +17,21 @@ from .assets import (
     bronze_cmms,
     bronze_lims,
     bronze_mes,
-    bronze_telemetry,
     gold_tables,
     silver_batches,
     silver_lab_results,
     silver_maintenance,
-    silver_telemetry,
+    telemetry_ingest,
 )
 from .material_assets import bronze_coa, silver_material_lots
 from .resources import LakehouseResource
 
 BATCH_ASSETS = [
-    bronze_telemetry,
     bronze_mes,
     bronze_lims,
     silver_batches,
     silver_lab_results,
-    silver_telemetry,
+    telemetry_ingest,  # bronze/telemetry and the silver telemetry tables, one step
 ]
 
 # Dagster's run tags for ONE run over a range of partition keys (what a single-run backfill

@@ -24,14 +24,13 @@ from .resources import LakehouseResource
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[
-            assets.bronze_telemetry,
             assets.bronze_mes,
             assets.bronze_lims,
             assets.bronze_cmms,
             assets.silver_batches,
             assets.silver_lab_results,
             assets.silver_maintenance,
-            assets.silver_telemetry,
+            assets.telemetry_ingest,
             assets.gold_tables,
             bronze_coa,
             silver_material_lots,

@@ -1,0 +1,147 @@
+"""Silver batches, phases and event quarantine, rebuilt from bronze MES events."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from pharma_assets.process.vocabulary import PHASES
+
+from .. import bronze
+from ..input_rules import raw_reason
+from ..storage import UTC_US, Lake
+from .common import LAYER, MES_EVENT_TYPES
+
+BATCH_SCHEMA = {
+    "batch_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(), "product": pl.String(),
+    "recipe_id": pl.String(), "recipe_version": pl.Int64(), "start_ts": UTC_US,
+    "planned_end_ts": UTC_US, "end_ts": UTC_US, "status": pl.String(), "end_reason": pl.String(),
+    "media_lot": pl.String(), "feed_lot": pl.String(), "inoculum_lot": pl.String(),
+    "base_lot": pl.String(), "material_lots": pl.String(), "operator": pl.String(),
+    "current_phase": pl.String(), "current_phase_start": UTC_US,
+}  # fmt: skip
+PHASE_SCHEMA = {"batch_id": pl.String(), "unit_id": pl.String(), "phase": pl.String(),
+                "start_ts": UTC_US, "end_ts": UTC_US}  # fmt: skip
+EVENT_Q_SCHEMA = {"event_id": pl.String(), "batch_id": pl.String(), "event_type": pl.String(),
+                  "source_file": pl.String(), "reason": pl.String(), "detail": pl.String()}  # fmt: skip
+
+
+def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(batches, batch_phases, event_quarantine) from bronze MES rows."""
+    quarantine: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    per_batch: dict[str, list[dict[str, Any]]] = {}
+    for r in mes.sort("event_ts", "ingested_at", nulls_last=True).iter_rows(named=True):
+
+        def bad(reason: str, detail: str, r: dict[str, Any] = r) -> None:
+            quarantine.append({"event_id": r["event_id"], "batch_id": r["batch_id"], "event_type": r["event_type"],
+                               "source_file": r["source_file"], "reason": reason, "detail": detail})  # fmt: skip
+
+        if r.get("raw"):
+            bad(raw_reason(r["raw"]) or "type_error", r["raw"])
+        elif r["event_type"] not in MES_EVENT_TYPES:
+            bad("unknown_event_type", f"{r['event_type']!r} is not one of {MES_EVENT_TYPES}")
+        elif r["event_id"] in seen:
+            bad("duplicate_event", f"event {r['event_id']} already recorded")
+        elif r["event_ts"] is None or r["batch_id"] is None:
+            bad("missing_field", "event_ts and batch_id are required")
+        else:
+            payload = json.loads(r["payload"]) if r.get("payload") else {}
+            if r["event_type"] == "phase_start" and payload.get("phase") not in PHASES:
+                bad("unknown_phase", f"phase {payload.get('phase')!r} is not one of {PHASES}")
+                continue
+            seen.add(r["event_id"])
+            per_batch.setdefault(r["batch_id"], []).append({**r, "payload": payload})
+    batches, phases = [], []
+    for bid, evs in per_batch.items():
+        start = next((e for e in evs if e["event_type"] == "batch_start"), None)
+        if start is None:
+            for e in evs:
+                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
+                                   "source_file": e["source_file"], "reason": "no_batch_start",
+                                   "detail": "no batch_start event has landed for this batch"})  # fmt: skip
+            continue
+        for e in evs:  # a second batch_start of the batch is quarantined, never ignored
+            if e["event_type"] == "batch_start" and e is not start:
+                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
+                                   "source_file": e["source_file"], "reason": "duplicate_batch_start",
+                                   "detail": f"batch already started by {start['event_id']} at "
+                                             f"{start['event_ts']:%Y-%m-%dT%H:%M:%S}Z"})  # fmt: skip
+        end = next((e for e in evs if e["event_type"] == "batch_end"), None)
+        p = start["payload"]
+        lots = p.get("material_lots") or {}
+        ph = sorted(
+            (e for e in evs if e["event_type"] == "phase_start"), key=lambda e: e["event_ts"]
+        )
+        for i, e in enumerate(ph):
+            nxt = ph[i + 1]["event_ts"] if i + 1 < len(ph) else (end["event_ts"] if end else None)
+            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": e["payload"]["phase"],
+                           "start_ts": e["event_ts"], "end_ts": nxt})  # fmt: skip
+        batches.append({
+            "batch_id": bid, "site_id": start["site_id"], "unit_id": start["unit_id"],
+            "product": p.get("product"), "recipe_id": p.get("recipe_id"),
+            "recipe_version": p.get("recipe_version"), "start_ts": start["event_ts"],
+            "planned_end_ts": _parse_ts(p.get("planned_end_ts")),
+            "end_ts": end["event_ts"] if end else None,
+            "status": (end["payload"].get("status") or "complete") if end else "running",
+            "end_reason": end["payload"].get("reason") if end else None,
+            "media_lot": lots.get("media_lot"), "feed_lot": lots.get("feed_lot"),
+            "inoculum_lot": lots.get("inoculum_lot"), "base_lot": lots.get("base_lot"),
+            "material_lots": json.dumps(lots, sort_keys=True), "operator": p.get("operator"),
+            "current_phase": ph[-1]["payload"]["phase"] if ph else None,
+            "current_phase_start": ph[-1]["event_ts"] if ph else None,
+        })  # fmt: skip
+    return (
+        pl.DataFrame(batches, schema=BATCH_SCHEMA).sort("start_ts"),
+        pl.DataFrame(phases, schema=PHASE_SCHEMA).sort("batch_id", "start_ts"),
+        pl.DataFrame(quarantine, schema=EVENT_Q_SCHEMA),
+    )
+
+
+def _parse_ts(v: Any) -> datetime | None:
+    if not v:
+        return None
+    try:
+        return datetime.fromisoformat(str(v).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _in(col: str, values: Sequence[str]) -> str:
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{col} IN ({quoted})"
+
+
+def replace_batches(
+    lake: Lake,
+    name: str,
+    df: pl.DataFrame,
+    batch_ids: Sequence[str] | None,
+    sources: Sequence[str] = (),
+) -> None:
+    """Overwrite the rows of these batches (all rows when batch_ids is None)."""
+    pred = None if batch_ids is None else _in("batch_id", batch_ids)
+    lake.overwrite(LAYER, name, df, predicate=pred, source_files=sources)
+
+
+def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events."""
+    where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
+    mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
+    if mes is None:
+        return {"batches": 0, "events_quarantined": 0}
+    batches, phases, q = derive_batches(mes)
+    with lake.lock("silver-batches"):
+        # the batches table carries the markers of the MES files it reflects
+        files = sorted(set(mes["source_file"].to_list()))
+        replace_batches(lake, "batches", batches, batch_ids, files)
+        replace_batches(lake, "batch_phases", phases, batch_ids)
+        replace_batches(lake, "event_quarantine", q, batch_ids)
+    counts = Counter(batches["status"].to_list())
+    return {"batches": batches.height, "events_in": mes.height, "events_quarantined": q.height,
+            **{f"status_{k}": v for k, v in counts.items()}}  # fmt: skip

@@ -1,0 +1,237 @@
+"""Silver telemetry: bronze files of batch partitions -> the five telemetry tables, in groups."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import polars as pl
+
+from .. import bronze
+from ..contracts import accepted_contract, route, telemetry_contract
+from ..specs import CppSpec
+from ..storage import UTC_US, Lake
+from .batches import BATCH_SCHEMA, PHASE_SCHEMA
+from .common import LAYER, SILVER_TELEMETRY_COLUMNS
+from .derived import excursion_segments_of, file_stats, minute_timeline
+from .large_files import process_large_file
+from .prepare import (
+    SilverReport,
+    derivation_columns,
+    not_processed,
+    pending_telemetry_files,
+    prepare_batch,
+    quarantine_frame,
+)
+
+
+def process_telemetry(
+    lake: Lake,
+    batch_ids: Sequence[str],
+    spec: CppSpec,
+    run_id: str,
+    now: datetime | None = None,
+    max_rows: int = 1_000_000,  # rows per validation group: bounds peak memory (docs/benchmarks.md)
+    limits: bronze.IngestLimits | None = None,
+) -> SilverReport:
+    """Validate the not-yet-processed bronze telemetry of these batches into silver.
+
+    Files are taken in groups of about ``max_rows`` readings, across batches when a run
+    covers many (a backfill): each group is one read of bronze, one validation per batch
+    and one commit per silver table, so a bulk load does not pay six commits per batch. The
+    group holds the locks of all its batches (taken in sorted order: no deadlock between
+    runs whose groups overlap). A file of more than ``limits.slice_rows`` rows is processed
+    alone, slice by slice (``process_large_file``), so memory does not grow with a file's size.
+    """
+    limits = limits or bronze.IngestLimits.from_env()
+    rep = SilverReport()
+    now = now or datetime.now(UTC)
+    # one read of both logs for all partitions; rechecked per group under its batches' locks
+    todo = pending_telemetry_files(lake, list(batch_ids))
+    if todo.height == 0:
+        return rep
+    # only the rows of the batches with work (the whole tables grow with the lake)
+    todo_ids = todo["batch_id"].unique(maintain_order=True).to_list()
+    in_todo = pl.col("batch_id").is_in(todo_ids)
+    batches = lake.read(LAYER, "batches", filter_expr=in_todo)
+    phases = lake.read(LAYER, "batch_phases", filter_expr=in_todo)
+    if batches is None or phases is None:
+        batches, phases = pl.DataFrame(schema=BATCH_SCHEMA), pl.DataFrame(schema=PHASE_SCHEMA)
+    known = set(batches["batch_id"].to_list())
+    deferred = todo.filter(~pl.col("batch_id").is_in(list(known)))
+    rep.files_deferred += deferred.height  # they wait for their batch_start event
+    group: list[tuple[str, str]] = []
+    rows = 0
+    for bid, f, n in (
+        todo.filter(pl.col("batch_id").is_in(list(known)))
+        .select("batch_id", "source_file", "rows")
+        .iter_rows()
+    ):
+        if (n or 0) > limits.slice_rows:
+            if group:
+                process_group(lake, group, spec, batches, phases, run_id, now, rep)
+                group, rows = [], 0
+            process_large_file(lake, bid, f, spec, batches, phases, run_id, now, rep, limits)
+            continue
+        group.append((bid, f))
+        rows += n or 0
+        if rows >= max_rows:
+            process_group(lake, group, spec, batches, phases, run_id, now, rep)
+            group, rows = [], 0
+    if group:
+        process_group(lake, group, spec, batches, phases, run_id, now, rep)
+    return rep
+
+
+def process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
+                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
+    ids = sorted({b for b, _ in group})
+    with contextlib.ExitStack() as stack:
+        for bid in ids:
+            stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
+        # recheck under the locks: another run may have processed some of them meanwhile
+        # (files accepted by bronze since the first read wait for the next run)
+        pending = not_processed(
+            lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids
+        )
+        if pending.height:
+            _process_files(lake, pending.sort("batch_id", "source_file"), spec, batches, phases,
+                           run_id, now, rep, rows)  # fmt: skip
+
+
+def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame,
+                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
+                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
+    """One group of files (columns batch_id, source_file) -> one commit per silver table.
+
+    ``rows``: the files' bronze rows as bronze committed them (the one-pass ingestion hands
+    over its in-memory frame); without it they are read back from bronze/telemetry.
+    """
+    all_files = pending["source_file"].to_list()
+    ids = pending["batch_id"].unique(maintain_order=True).to_list()
+    if rows is None:
+        raw_all = lake.read(bronze.LAYER, "telemetry", filter_expr=pl.col("batch_id").is_in(ids)
+                            & pl.col("source_file").is_in(all_files))  # fmt: skip
+    elif rows["source_file"].n_unique() == len(all_files):
+        raw_all = rows
+    else:  # some of the frame's files were processed by another run meanwhile
+        raw_all = rows.filter(pl.col("source_file").is_in(all_files))
+    assert raw_all is not None
+    # after a crash inside this group, files whose readings are already in silver/telemetry
+    # go first: a reading repeated by another file then keeps the copy silver already holds
+    written = lake.sources_in(LAYER, "telemetry", all_files, ids)
+    per_batch: dict[str, list[str]] = {bid: [] for bid in ids}
+    for b, f in pending.select("batch_id", "source_file").iter_rows():
+        per_batch[b].append(f)
+    files: list[str] = []
+    for bid in ids:
+        fs = per_batch[bid]
+        files += [f for f in fs if f in written] + [f for f in fs if f not in written]
+    order = {f: i for i, f in enumerate(files)}
+    # a file's rows are contiguous in bronze (one file is one slice of one commit): number
+    # the runs of equal names (adjacent comparisons) and map the few runs to file order,
+    # instead of hashing the name of every row
+    runs = raw_all["source_file"].rle_id()
+    run_file = (
+        pl.DataFrame({"run": runs, "source_file": raw_all["source_file"]})
+        .unique("run", keep="first")
+        .with_columns(pl.col("source_file").replace_strict(order, return_dtype=pl.UInt32))
+        .sort("run")["source_file"]
+    )
+    raw_all = raw_all.with_columns(_file=run_file.gather(runs))
+    # rows in file order (an earlier file's reading wins a duplicate); a stable sort keeps
+    # each file's own row order, and is skipped when the scan already returned that order
+    if not raw_all["_file"].is_sorted():
+        raw_all = raw_all.sort("_file", maintain_order=True)
+    goods, bads = [], []
+    # files are in batch order, so each batch is a contiguous (zero-copy) slice
+    counts = raw_all.select("_file").group_by("_file").len()
+    file_rows = dict(zip(counts["_file"], counts["len"], strict=True))
+    slices, offset = [], 0
+    for bid in ids:
+        n = sum(file_rows.get(order[f], 0) for f in per_batch[bid])
+        slices.append(raw_all.slice(offset, n))
+        offset += n
+    for raw in (r for r in slices if r.height):
+        bid = raw["batch_id"][0]
+        existing = lake.read(
+            LAYER, "telemetry", ["unit_id", "tag", "ts"],
+            filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
+            & ~pl.col("source_file").is_in(per_batch[bid]),
+        )  # fmt: skip
+        df = prepare_batch(raw, spec, batches, phases, existing, now)
+        good, bad = route(df, telemetry_contract(spec))
+        accepted_contract(spec).validate(
+            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
+        )
+        goods.append(good)
+        bads.append(bad)
+    good = pl.concat(goods, how="vertical_relaxed")
+    bad = pl.concat(bads, how="vertical_relaxed")
+    processed_at = pl.lit(now, UTC_US)
+    # the writes overlap: silver/telemetry (the big one) is written in a thread while the
+    # derived tables are computed, and they are written beside it (delta-rs releases the GIL)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="silver-write") as pool:
+        valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
+        writes = [pool.submit(_append_new, lake, "telemetry", valid.select(SILVER_TELEMETRY_COLUMNS),
+                              files, ids, run_id, written)]  # fmt: skip
+        del valid
+        slim = derivation_columns(good)
+        outputs = {
+            "telemetry_quarantine": quarantine_frame(bad, spec, now),
+            "excursion_segments": excursion_segments_of(slim, spec),
+            "telemetry_stats": file_stats(slim, files, spec),
+            "batch_timeline": minute_timeline(slim, files, spec),
+        }
+        del slim
+        writes += [pool.submit(_append_new, lake, name, out, files, ids, run_id)
+                   for name, out in outputs.items()]  # fmt: skip
+        for w in writes:
+            w.result()  # (re-raises a failed write: the files are then not logged)
+    per_file = (
+        pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
+        .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
+        # (select the key first: an eager group_by of the wide frames costs 50x more)
+        .join(raw_all.select("_file").group_by("_file").len("rows_in"), on="_file", how="left")
+        .join(good.select("_file").group_by("_file").len("rows_valid"), on="_file", how="left")
+        .join(bad.select("_file").group_by("_file").len("rows_quarantined"), on="_file", how="left")
+        .fill_null(0)
+        .drop("_file")
+        .with_columns(
+            processed_at=processed_at,
+            spec_version=pl.lit(spec.version),
+            run_id=pl.lit(run_id),
+        )
+    )
+    # the log's rows are the record (pending_telemetry_files reads them, under the batches'
+    # locks); it is written last, so a file is logged only once every table holds its rows
+    lake.append(LAYER, "telemetry_log", per_file)
+    rep.files_processed += len(files)
+    rep.files += files
+    rep.rows_in += raw_all.height
+    rep.rows_valid += good.height
+    rep.rows_quarantined += bad.height
+    rep.segments += outputs["excursion_segments"].height
+    rep.failed_checks.update(bad["failed_check"].to_list())
+    rep.batches.update(ids)
+
+
+def _append_new(lake: Lake, name: str, out: pl.DataFrame, files: Sequence[str],
+                ids: Sequence[str], run_id: str, already: set[str] | None = None) -> None:  # fmt: skip
+    """Append one group's rows to a silver table, less the files it already holds."""
+    if out.height == 0 and lake.exists(LAYER, name):
+        # nothing to add (no quarantined row, no excursion): no commit, and no snapshot
+        # load of a table that grows with the lake. A rerun derives the same empty output
+        # again; the table is created (empty) the first time.
+        return
+    # after a crash, the files whose rows this table already holds (one commit per
+    # table and group: a file's rows are all there or none is)
+    if already is None:
+        already = lake.sources_in(LAYER, name, files, ids)
+    part = out.filter(~pl.col("source_file").is_in(list(already))) if already else out
+    if part.height == 0 and lake.exists(LAYER, name):
+        return
+    lake.append(LAYER, name, part, metadata={"run_id": run_id})

@@ -1,0 +1,218 @@
+"""The one-pass telemetry ingestion (landing -> bronze -> silver, each file read once).
+
+Same lake as bronze then silver run one after the other; exactly once under SIGKILL and
+with a competing process (the checks of test_reliability, on real processes and Delta
+tables); files of a batch whose batch_start has not landed wait in bronze and are taken
+by a later run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from pharma_assets.lake import bronze, silver
+from pharma_assets.lake.landing_scan import files_for_batch, scan_landing
+from pharma_assets.lake.specs import load_spec
+from pharma_assets.lake.storage import Lake
+from pharma_assets.lake.telemetry_ingest import ingest_telemetry
+from pharma_assets_tests.lake.test_reliability import (
+    HANG_GUARD_S,
+    KILL_BATCH,
+    LATE,
+    REDELIVERY,
+    _commits,
+    _make_landing,
+    _redeliver,
+    _run_concurrently,
+    assert_exactly_once,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+VOLATILE = {"processed_at", "ingested_at", "ingest_run_id", "run_id"}
+TABLES = [("bronze", "telemetry"), ("bronze", "ingest_log"),
+          *(("silver", t) for t in (*silver.TELEMETRY_TABLES, "telemetry_log"))]  # fmt: skip
+
+
+def one_pass(lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str,
+             max_rows: int) -> None:  # fmt: skip
+    """A batch partition's run as the Dagster step does it: MES, batches, then one pass."""
+    lake = Lake.at(lake_root)
+    for bid in batch_ids:
+        bronze.ingest_files(lake, landing, "mes", files_for_batch(landing, "mes", bid), run_id)
+    silver.build_batches(lake, list(batch_ids))
+    files = [f for bid in batch_ids for f in files_for_batch(landing, "telemetry", bid)]
+    ingest_telemetry(lake, landing, files, load_spec(), run_id, max_rows=max_rows)
+
+
+def _one_pass_after_barrier(lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str,
+                            max_rows: int, barrier) -> None:  # fmt: skip
+    barrier.wait(HANG_GUARD_S)
+    one_pass(lake_root, landing, batch_ids, run_id, max_rows)
+    # (the reliability checks also look at LIMS: ingest it like the partition's run does)
+    lake = Lake.at(lake_root)
+    for bid in batch_ids:
+        bronze.ingest_files(lake, landing, "lims", files_for_batch(landing, "lims", bid), run_id)
+
+
+def _table(lake: Lake, layer: str, name: str) -> pl.DataFrame:
+    df = lake.read(layer, name)
+    assert df is not None, f"{layer}/{name} missing"
+    cols = sorted(c for c in df.columns if c not in VOLATILE)
+    key = [c for c in ("source_file", "ts", "tag", "elapsed_min", "start_ts", "phase") if c in cols]
+    return df.select(cols).sort(key, nulls_last=True)
+
+
+def test_one_pass_gives_the_lake_of_bronze_then_silver(landing: Path, tmp_path: Path) -> None:
+    spec = load_spec()
+    files = scan_landing(landing)
+    mes = [f for f in files if f.source == "mes"]
+    tel = [f for f in files if f.source == "telemetry"]
+    ids = sorted({f.batch_id for f in tel if f.batch_id})
+    two, one = Lake.at(tmp_path / "two"), Lake.at(tmp_path / "one")
+    for lake in (two, one):
+        bronze.ingest_files(lake, landing, "mes", mes, "r")
+        silver.build_batches(lake)
+    bronze.ingest_files(two, landing, "telemetry", tel, "r")
+    srep = silver.process_telemetry(two, ids, spec, "r")
+    # small groups: several hand-overs, bronze of one group beside silver of the one before
+    rep = ingest_telemetry(one, landing, tel, spec, "r", max_rows=150_000)
+    assert rep.handed_over_files == len(tel) > 0
+    assert rep.bronze.files_accepted == len(tel)
+    assert rep.silver.files_processed == srep.files_processed == len(tel)
+    assert rep.silver.rows_valid == srep.rows_valid
+    assert rep.silver.rows_quarantined == srep.rows_quarantined > 0
+    for layer, name in TABLES:
+        a, b = _table(two, layer, name), _table(one, layer, name)
+        assert a.height > 0 or name in ("excursion_segments",), f"{layer}/{name} empty"
+        assert a.equals(b), f"{layer}/{name} differs between one pass and two steps"
+    rec = silver.reconcile_telemetry(one, str(landing), ids)
+    assert rec["reconciled"] and rec["pending_rows"] == 0, rec
+    # a second run finds nothing to do
+    again = ingest_telemetry(one, landing, tel, spec, "r2")
+    assert again.bronze.files_already_ingested == len(tel) and again.silver.files_processed == 0
+
+
+def test_files_of_a_batch_not_started_wait_in_bronze(landing: Path, tmp_path: Path) -> None:
+    spec = load_spec()
+    lake = Lake.at(tmp_path / "lake")
+    tel = files_for_batch(landing, "telemetry", KILL_BATCH)
+    # no MES yet: the batch is unknown to silver
+    first = ingest_telemetry(lake, landing, tel, spec, "early")
+    assert first.bronze.files_accepted == len(tel) and first.handed_over_files == 0
+    assert first.silver.files_processed == 0 and first.silver.files_deferred == len(tel)
+    rec = silver.reconcile_telemetry(lake, str(landing), [KILL_BATCH])
+    assert rec["reconciled"] and rec["pending_rows"] == rec["bronze_rows"] > 0, rec
+    bronze.ingest_files(lake, landing, "mes", files_for_batch(landing, "mes", KILL_BATCH), "mes")
+    silver.build_batches(lake, [KILL_BATCH])
+    later = ingest_telemetry(lake, landing, tel, spec, "later")
+    assert later.bronze.files_already_ingested == len(tel)
+    assert later.silver.files_processed == len(tel) and later.handed_over_files == 0
+    rec = silver.reconcile_telemetry(lake, str(landing), [KILL_BATCH])
+    assert rec["reconciled"] and rec["pending_rows"] == 0, rec
+
+
+CHILD = """
+import sys
+from pharma_assets_tests.lake.test_telemetry_ingest import one_pass
+one_pass(sys.argv[1], sys.argv[2], sys.argv[3].split(","), "crashed-run", max_rows=1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("table", "commits"),
+    [
+        ("bronze/telemetry", 3),  # bronze ahead of silver
+        ("silver/telemetry_stats", 2),  # inside silver's group: some tables written
+        ("silver/telemetry_log", 4),  # after several complete groups
+    ],
+    ids=["bronze-commit-3", "silver-inside-group-2", "silver-after-group-4"],
+)
+def test_sigkill_mid_one_pass_then_rerun_is_exactly_once(
+    landing_template: Path, tmp_path: Path, table: str, commits: int
+) -> None:
+    landing = _make_landing(landing_template, tmp_path / "landing", [KILL_BATCH])
+    root = tmp_path / "lake"
+    err = tmp_path / "child.stderr"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    with open(err, "wb") as err_fh:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), str(landing), KILL_BATCH],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_fh,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + HANG_GUARD_S
+            while _commits(root, table) < commits:
+                if child.poll() is not None:
+                    pytest.fail(f"child ended ({child.returncode}) before {table} had {commits} "
+                                f"commits:\n{err.read_text()}")  # fmt: skip
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{table} never reached {commits} commits")
+                time.sleep(0.002)
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait(HANG_GUARD_S)
+    assert child.returncode == -signal.SIGKILL, err.read_text()
+    lake = Lake.at(root)
+    n_tel = len(files_for_batch(landing, "telemetry", KILL_BATCH))
+    tlog = lake.read("silver", "telemetry_log")
+    assert (0 if tlog is None else tlog.height) < n_tel, "the child finished before the kill"
+    originals = [
+        f for f in files_for_batch(landing, "telemetry", KILL_BATCH) if REDELIVERY not in f.rel
+    ]
+    _redeliver(landing, originals, LATE, first_row=40)
+    one_pass(str(root), str(landing), [KILL_BATCH], "rerun", max_rows=200_000)
+    bronze.ingest_files(lake, landing, "lims", files_for_batch(landing, "lims", KILL_BATCH), "l")
+    assert_exactly_once(lake, landing, [KILL_BATCH])
+
+
+def test_two_processes_one_pass_on_the_same_batch(landing_template: Path, tmp_path: Path) -> None:
+    landing = _make_landing(landing_template, tmp_path / "landing", [KILL_BATCH])
+    root = tmp_path / "lake"
+    args = (str(root), str(landing), [KILL_BATCH])
+    _run_concurrently(
+        [
+            (_one_pass_after_barrier, (*args, "run-a", 1)),
+            (_one_pass_after_barrier, (*args, "run-b", 1)),
+        ]
+    )
+    assert_exactly_once(Lake.at(root), landing, [KILL_BATCH])
+
+
+def test_large_files_take_the_sliced_path(landing: Path, tmp_path: Path) -> None:
+    """Files over the slice size are spooled by bronze and read back by silver slice by slice
+    (bounded memory); the rest are handed over. Same lake as the two steps with those limits."""
+    spec = load_spec()
+    tel = files_for_batch(landing, "telemetry", KILL_BATCH)
+    mes = files_for_batch(landing, "mes", KILL_BATCH)
+    sizes = sorted(pq.ParquetFile(f.path(landing)).metadata.num_rows for f in tel)
+    limits = bronze.IngestLimits(slice_rows=sizes[-1] - 1)  # the full days are "large"
+    large = sum(n > limits.slice_rows for n in sizes)
+    assert 0 < large < len(tel)
+    two, one = Lake.at(tmp_path / "two"), Lake.at(tmp_path / "one")
+    for lake in (two, one):
+        bronze.ingest_files(lake, landing, "mes", mes, "r")
+        silver.build_batches(lake)
+    bronze.ingest_files(two, landing, "telemetry", tel, "r", limits=limits)
+    silver.process_telemetry(two, [KILL_BATCH], spec, "r", limits=limits)
+    rep = ingest_telemetry(one, landing, tel, spec, "r", limits=limits)
+    assert rep.handed_over_files == len(tel) - large
+    assert rep.silver.files_processed == len(tel)
+    for layer, name in TABLES:
+        assert _table(two, layer, name).equals(_table(one, layer, name)), f"{layer}/{name}"
+    rec = silver.reconcile_telemetry(one, str(landing), [KILL_BATCH])
+    assert rec["reconciled"] and rec["pending_rows"] == 0, rec
