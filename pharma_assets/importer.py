@@ -111,6 +111,7 @@ _ONE_US = timedelta(microseconds=1)
 _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _MAX_EXAMPLES = 5
+FUTURE_TOLERANCE = timedelta(minutes=60)  # the CPP spec's default future_tolerance_minutes
 _SEQ_RE = re.compile(r"_(\d+)\.parquet$")
 
 # (from_uom, canonical uom) -> (scale, offset): canonical = source * scale + offset.
@@ -129,12 +130,28 @@ SUPPORTED_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("L", "mL"): (1e3, 0.0),
     ("kPa", "mmHg"): (7.500615758456563, 0.0),  # 1 mmHg = 133.322387415 Pa
     ("mA", "A"): (1e-3, 0.0),
+    # lab and general units (LIMS, CMMS and site tags of other unit classes)
+    ("mg/L", "g/L"): (1e-3, 0.0),
+    ("mg/mL", "g/L"): (1.0, 0.0),
+    ("ug/mL", "g/L"): (1e-3, 0.0),
+    ("fraction", "%"): (100.0, 0.0),
+    ("%", "fraction"): (0.01, 0.0),
+    ("mM", "mmol/L"): (1.0, 0.0),
+    ("cells/mL", "1e6 cells/mL"): (1e-6, 0.0),
+    ("min", "h"): (1.0 / 60.0, 0.0),
+    ("s", "h"): (1.0 / 3600.0, 0.0),
+    ("d", "h"): (24.0, 0.0),
+    ("ng/mg", "ppm"): (1.0, 0.0),
+    ("kPa", "mbar"): (10.0, 0.0),
+    ("bar", "mbar"): (1e3, 0.0),
+    ("Pa", "mbar"): (1e-2, 0.0),
+    ("kg/h", "g/min"): (1000.0 / 60.0, 0.0),
+    ("rad/s", "rpm"): (60.0 / (2 * 3.141592653589793), 0.0),
 }
 
 
-def _conversion(tag: str, from_uom: str) -> tuple[float, float]:
-    """Scale and offset taking ``from_uom`` to the canonical unit of ``tag``."""
-    to_uom = CANONICAL_TAGS[tag]
+def unit_conversion(from_uom: str, to_uom: str, what: str) -> tuple[float, float]:
+    """Scale and offset taking ``from_uom`` to ``to_uom``; ValueError naming ``what``."""
     if from_uom == to_uom:
         return 1.0, 0.0
     try:
@@ -142,19 +159,31 @@ def _conversion(tag: str, from_uom: str) -> tuple[float, float]:
     except KeyError:
         known = sorted({to_uom} | {f for f, t in SUPPORTED_CONVERSIONS if t == to_uom})
         raise ValueError(
-            f"no unit conversion from {from_uom!r} to {to_uom!r} for tag {tag!r}; "
+            f"no unit conversion from {from_uom!r} to {to_uom!r} for {what}; "
             f"supported source units for {to_uom!r}: {known}"
         ) from None
 
 
-def convert_values(values: np.ndarray, tag: str, from_uom: str) -> np.ndarray:
-    """Convert ``values`` measured in ``from_uom`` to the canonical unit of ``tag``.
+def _conversion(tag: str, from_uom: str, to_uom: str | None = None) -> tuple[float, float]:
+    """Scale and offset taking ``from_uom`` to the unit of ``tag`` (canonical, or ``to_uom``
+    for a site tag the platform does not know)."""
+    return unit_conversion(from_uom, to_uom or CANONICAL_TAGS[tag], f"tag {tag!r}")
+
+
+def convert_values(
+    values: np.ndarray, tag: str, from_uom: str, to_uom: str | None = None
+) -> np.ndarray:
+    """Convert ``values`` measured in ``from_uom`` to the unit of ``tag``: its canonical unit,
+    or ``to_uom`` for a site tag (a tag of another unit class, not in the canonical list).
 
     Raises ``ValueError`` naming the tag and both units when no conversion is known.
     """
-    if tag not in CANONICAL_TAGS:
-        raise ValueError(f"unknown tag {tag!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
-    scale, offset = _conversion(tag, from_uom)
+    if tag not in CANONICAL_TAGS and to_uom is None:
+        raise ValueError(
+            f"unknown tag {tag!r}: give its engineering unit (uom) to import it as a site "
+            f"tag; canonical tags are {sorted(CANONICAL_TAGS)}"
+        )
+    scale, offset = _conversion(tag, from_uom, to_uom)
     out = np.asarray(values, dtype=np.float64)
     if scale == 1.0 and offset == 0.0:
         return out.copy()
@@ -169,27 +198,40 @@ class _Model(BaseModel):
 
 
 class TagMapping(_Model):
-    """One source tag: the canonical tag it feeds and the unit the source records it in."""
+    """One source tag: the tag it feeds and the unit the source records it in.
 
-    tag: str
+    A canonical tag (the bioreactor class) is written in its canonical unit. Any other tag
+    name is a site tag (a tag of another unit class, or one the class does not know): it
+    needs ``uom``, the engineering unit it is written in (``from_uom`` is converted to it).
+    """
+
+    tag: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     from_uom: str = Field(min_length=1)
+    uom_: str | None = Field(default=None, alias="uom", min_length=1)
 
-    @field_validator("tag")
-    @classmethod
-    def _canonical(cls, v: str) -> str:
-        if v not in CANONICAL_TAGS:
-            raise ValueError(f"unknown tag {v!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
-        return v
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _convertible(self) -> TagMapping:
-        _conversion(self.tag, self.from_uom)
+        if self.tag in CANONICAL_TAGS:
+            if self.uom_ is not None and self.uom_ != CANONICAL_TAGS[self.tag]:
+                raise ValueError(
+                    f"tag {self.tag!r} is canonical with unit {CANONICAL_TAGS[self.tag]!r}, "
+                    f"not {self.uom_!r}; drop uom or map to another tag name"
+                )
+        elif self.uom_ is None:
+            raise ValueError(
+                f"tag {self.tag!r} is not a canonical (bioreactor) tag: give its engineering "
+                f"unit (uom) to import it as a site tag; canonical tags are "
+                f"{sorted(CANONICAL_TAGS)}"
+            )
+        _conversion(self.tag, self.from_uom, self.uom_)
         return self
 
     @property
     def uom(self) -> str:
-        """Canonical unit the readings are written in."""
-        return CANONICAL_TAGS[self.tag]
+        """Unit the readings are written in."""
+        return self.uom_ or CANONICAL_TAGS[self.tag]
 
 
 class ColumnMap(_Model):
@@ -296,6 +338,8 @@ class ImportReport:
     layout: str = ""
     missing_tags: list[str] = field(default_factory=list)  # mapped source tags absent from file
     skipped_rows: int = 0  # long layout: rows whose tag name is unmapped (not imported)
+    future_readings: int = 0  # dated after now + FUTURE_TOLERANCE (quarantined by silver)
+    latest_ts: datetime | None = None
 
     def summary(self) -> str:
         """Multi-line human-readable summary naming unmapped columns and bad values."""
@@ -332,6 +376,12 @@ class ImportReport:
             )
         if self.missing_tags:
             out.append(f"{src}: mapped tags absent from the file: {', '.join(self.missing_tags)}")
+        if self.future_readings and self.latest_ts is not None:
+            out.append(
+                f"{src}: {self.future_readings} reading(s) dated in the future (latest "
+                f"{self.latest_ts:%Y-%m-%dT%H:%M:%SZ}): the pipeline quarantines them as "
+                "ts_in_future; check the time zone of the export (tag map: timezone)"
+            )
         return out
 
 
@@ -545,6 +595,7 @@ def import_file(
     id_cols = set(roles.values())
     order = {m.tag: i for i, m in enumerate(tm.tags.values())}
     canon = [m.tag for m in tm.tags.values()]
+    uoms = {m.tag: m.uom for m in tm.tags.values()}
     parts: list[pl.DataFrame] = []
     rows_read = df.height
     skipped = 0
@@ -561,7 +612,9 @@ def import_file(
         for source in present:
             m = tm.tags[source]
             vals, bad = _parse_numbers(df[source])
-            parts.append(_frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom), bad))
+            parts.append(
+                _frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom, m.uom), bad)
+            )
     else:
         assert tm.columns.tag is not None and tm.columns.value is not None
         names = _text(df[tm.columns.tag], src, "tag")
@@ -580,7 +633,7 @@ def import_file(
         for source, m in tm.tags.items():
             sel = name_arr == source
             if sel.any():
-                vals[sel] = convert_values(vals[sel], m.tag, m.from_uom)
+                vals[sel] = convert_values(vals[sel], m.tag, m.from_uom, m.uom)
                 tag_idx[sel] = order[m.tag]
         parts.append(_frame(ids, tag_idx, vals, bad))
 
@@ -628,6 +681,11 @@ def import_file(
         )
 
     report.bad_values = int((readings["quality"] == BAD).sum())
+    limit = (datetime.now(UTC) + FUTURE_TOLERANCE - _EPOCH) // _ONE_US
+    report.future_readings = int((readings["ts"] > limit).sum())
+    report.latest_ts = _EPOCH + int(readings["ts"].max()) * _ONE_US  # type: ignore[operator]
+    if report.future_readings:
+        log.warning("%s: %d reading(s) dated in the future", src, report.future_readings)
     if report.bad_values:
         log.warning("%s: %d empty or non-numeric value(s) written as NaN with quality 'bad'",
                     src, report.bad_values)  # fmt: skip
@@ -660,7 +718,7 @@ def import_file(
         path = chunk_path(root, "telemetry", unit, batch, first, next_seq[folder], "parquet")
         next_seq[folder] += 1
         tags = [canon[i] for i in used]
-        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [CANONICAL_TAGS[t] for t in tags],
+        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [uoms[t] for t in tags],
                               values, quality, mask=None if mask.all() else mask)  # fmt: skip
         report.files_written.append(path)
         report.readings_written += chunk.height
