@@ -483,6 +483,13 @@ def train(
     if_untrained: Annotated[
         bool, typer.Option(help="Do nothing when gold/model_performance already exists.")
     ] = False,
+    reference_batches: Annotated[
+        str | None,
+        typer.Option(
+            help="MSPC/golden-batch reference batches: comma-separated ids or a file with one "
+            "id per line (default: the batches the right-first-time rule passes)."
+        ),
+    ] = None,
 ) -> None:
     """Train and score every model now (retrain_job), with the champion/challenger gate.
 
@@ -499,9 +506,13 @@ def train(
 
     res = _lakehouse(lake, None)
     check_lake(res.lake_uri)
+    if reference_batches is not None:
+        os.environ["PHARMA_REFERENCE_BATCHES"] = reference_batches  # read by MlResource.from_env
     if res.lake().version("silver", "batches") is None:
         raise CliError(
-            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first"
+            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first; "
+            "if it reported telemetry waiting for a batch start, import batch events first "
+            "(pharma-twin import --source mes, or --source infer-batches)"
         )
     if if_untrained and res.lake().version("gold", "model_performance") is not None:
         console.print("models already trained (gold/model_performance exists); skipping")
@@ -523,12 +534,23 @@ def train(
     console.print(
         f"trained on {n} completed batches in {time.perf_counter() - t0:.0f} s (run {r.run_id})"
     )
+    import polars as pl
+
     from .defs.ml.resources import MlResource
     from .ml import registry
 
+    caps = res.lake().read("gold", "model_capabilities", filter_expr=pl.col("run_id") == r.run_id)
+    for row in [] if caps is None else caps.filter(~pl.col("applies")).iter_rows(named=True):
+        what = f"{row['capability']} ({row['target']})" if row["target"] else row["capability"]
+        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(row['reason'])}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
     summaries = registry.training_summary("dagster_run_id", r.run_id, MlResource.from_env().uri())
     for line in training_lines(summaries):
         console.print(line, highlight=False, soft_wrap=True)
+    if not summaries:
+        console.print("[red]no model could be trained on this lake's data (reasons above); "
+                      "see docs/bring_your_own_data.md")  # fmt: skip
+        raise typer.Exit(1)
 
 
 def _num(v: float) -> str:

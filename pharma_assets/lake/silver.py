@@ -42,7 +42,7 @@ from . import bronze
 from .contracts import accepted_contract, route, telemetry_contract
 from .input_rules import raw_reason, raw_reason_expr
 from .landing_scan import files_for_batch
-from .specs import CppSpec
+from .specs import ALL_PHASES, ONE_PHASE, CppSpec, PhaseRule
 from .storage import UTC_US, Lake, Spool, scratch_dir
 
 LAYER = "silver"
@@ -70,13 +70,20 @@ BATCH_SCHEMA = {
     "current_phase": pl.String(), "current_phase_start": UTC_US,
 }  # fmt: skip
 PHASE_SCHEMA = {"batch_id": pl.String(), "unit_id": pl.String(), "phase": pl.String(),
-                "start_ts": UTC_US, "end_ts": UTC_US}  # fmt: skip
+                "start_ts": UTC_US, "end_ts": UTC_US, "phase_source": pl.String()}  # fmt: skip
 EVENT_Q_SCHEMA = {"event_id": pl.String(), "batch_id": pl.String(), "event_type": pl.String(),
                   "source_file": pl.String(), "reason": pl.String(), "detail": pl.String()}  # fmt: skip
 
 
-def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(batches, batch_phases, event_quarantine) from bronze MES rows."""
+def derive_batches(
+    mes: pl.DataFrame, phase_rule: PhaseRule | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(batches, batch_phases, event_quarantine) from bronze MES rows.
+
+    Phases come from the MES ``phase_start`` events (``phase_source`` = ``mes``); a batch
+    with none gets the phases of the spec's ``phase_rule`` (``phase_source`` = the rule,
+    e.g. ``rule:one_phase``), so its CPPs are judged and its Cpk computed."""
+    rule = phase_rule or PhaseRule()
     quarantine: list[dict[str, Any]] = []
     seen: set[str] = set()
     per_batch: dict[str, list[dict[str, Any]]] = {}
@@ -125,7 +132,13 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
         for i, e in enumerate(ph):
             nxt = ph[i + 1]["event_ts"] if i + 1 < len(ph) else (end["event_ts"] if end else None)
             phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": e["payload"]["phase"],
-                           "start_ts": e["event_ts"], "end_ts": nxt})  # fmt: skip
+                           "start_ts": e["event_ts"], "end_ts": nxt, "phase_source": "mes"})  # fmt: skip
+        ruled = (
+            [] if ph else _rule_phases(rule, start["event_ts"], end["event_ts"] if end else None)
+        )
+        for name, t0, t1 in ruled:
+            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": name,
+                           "start_ts": t0, "end_ts": t1, "phase_source": rule.name})  # fmt: skip
         batches.append({
             "batch_id": bid, "site_id": start["site_id"], "unit_id": start["unit_id"],
             "product": p.get("product"), "recipe_id": p.get("recipe_id"),
@@ -137,14 +150,31 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
             "media_lot": lots.get("media_lot"), "feed_lot": lots.get("feed_lot"),
             "inoculum_lot": lots.get("inoculum_lot"), "base_lot": lots.get("base_lot"),
             "material_lots": json.dumps(lots, sort_keys=True), "operator": p.get("operator"),
-            "current_phase": ph[-1]["payload"]["phase"] if ph else None,
-            "current_phase_start": ph[-1]["event_ts"] if ph else None,
+            "current_phase": ph[-1]["payload"]["phase"] if ph else (ruled[-1][0] if ruled else None),
+            "current_phase_start": ph[-1]["event_ts"] if ph else (ruled[-1][1] if ruled else None),
         })  # fmt: skip
     return (
         pl.DataFrame(batches, schema=BATCH_SCHEMA).sort("start_ts"),
         pl.DataFrame(phases, schema=PHASE_SCHEMA).sort("batch_id", "start_ts"),
         pl.DataFrame(quarantine, schema=EVENT_Q_SCHEMA),
     )
+
+
+def _rule_phases(
+    rule: PhaseRule, start: datetime, end: datetime | None
+) -> list[tuple[str, datetime, datetime | None]]:
+    """(phase, start, end) of a batch without MES phase events, by the spec's phase rule."""
+    if rule.kind == "none":
+        return []
+    if rule.kind == "one_phase":
+        return [(ONE_PHASE, start, end)]
+    out: list[tuple[str, datetime, datetime | None]] = []
+    for name, h in sorted(rule.starts_h.items(), key=lambda kv: kv[1]):
+        t0 = start + timedelta(hours=h)
+        if end is not None and t0 >= end:
+            break
+        out.append((name, t0, None))
+    return [(n, t0, out[i + 1][1] if i + 1 < len(out) else end) for i, (n, t0, _) in enumerate(out)]
 
 
 def _parse_ts(v: Any) -> datetime | None:
@@ -173,13 +203,15 @@ def _replace_batches(
     lake.overwrite(LAYER, name, df, predicate=pred, source_files=sources)
 
 
-def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
+def build_batches(
+    lake: Lake, batch_ids: Sequence[str] | None = None, phase_rule: PhaseRule | None = None
+) -> dict[str, int]:
     """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events."""
     where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
     mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
     if mes is None:
         return {"batches": 0, "events_quarantined": 0}
-    batches, phases, q = derive_batches(mes)
+    batches, phases, q = derive_batches(mes, phase_rule)
     with lake.lock("silver-batches"):
         # the batches table carries the markers of the MES files it reflects
         files = sorted(set(mes["source_file"].to_list()))
@@ -432,7 +464,9 @@ def _prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, pha
         after = pl.col("ts") >= pl.lit(ts0, UTC_US)
         phase = pl.when(after).then(pl.lit(name)).otherwise(phase)
         phase_start = pl.when(after).then(pl.lit(ts0, UTC_US)).otherwise(phase_start)
-        phase_idx = pl.when(after).then(pl.lit(PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+        phase_idx = (
+            pl.when(after).then(pl.lit(ALL_PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+        )
     return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
 
 
@@ -442,7 +476,7 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     rows = spec.phase_limits_rows()
     return pl.DataFrame(rows).select(
         tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
-        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(PHASES)}, return_dtype=pl.Int8),
+        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8),
         target=pl.col("target"), nor_lo=pl.col("nor_lo"), nor_hi=pl.col("nor_hi"),
         par_lo=pl.col("par_lo"), par_hi=pl.col("par_hi"),
     )  # fmt: skip
@@ -505,7 +539,7 @@ def _segments(
     names = {
         "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
         "phase": pl.col("first_phase_idx").replace_strict(
-            dict(enumerate(PHASES)), default=None, return_dtype=pl.String
+            dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String
         ),
         **{
             c: pl.lit((consts or {}).get(c), pl.String)
@@ -558,7 +592,7 @@ def _stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.Data
         source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
         batch_id="batch_id", unit_id="unit_id",
         tag=pl.col("tag_idx").replace_strict(dict(enumerate(tags)), return_dtype=pl.String),
-        phase=pl.col("phase_idx").replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String),
+        phase=pl.col("phase_idx").replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String),
         n="n", sum="sum", sumsq="sumsq", min="min", max="max", first_ts="first_ts", last_ts="last_ts",
         last_value="last_value",
     ).sort("source_file", "tag", "phase")  # fmt: skip
@@ -632,7 +666,7 @@ def _timeline_finish(wide: pl.DataFrame, ph: pl.DataFrame, files: list[str],
         pl.col("elapsed_min"),
         (pl.col("batch_start") + pl.duration(minutes=pl.col("elapsed_min"))).alias("minute_ts"),
         pl.col("phase_idx")
-        .replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String)
+        .replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String)
         .alias("phase"),
         *[pl.col(t).cast(pl.Float64) for t in sorted(tags)],
         pl.col("_file")

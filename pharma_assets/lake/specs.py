@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -79,6 +79,44 @@ class ChangeLogEntry(_Model):
     reason: str
 
 
+#: the phase a one-phase rule gives a whole batch (a unit class without phases)
+ONE_PHASE = "batch"
+ALL_PHASES: tuple[str, ...] = (*PHASES, ONE_PHASE)
+
+
+class RftRule(_Model):
+    """Right first time: complete, no major excursion, and every required release assay
+    reported and within its specification. ``required_assays``: ``all`` (every release
+    assay of the spec), ``reported`` (the site's assay panel: every release assay reported
+    for any batch of the lake, so a titer-only site is judged on titer), or a list."""
+
+    required_assays: Literal["all", "reported"] | list[str] = "reported"
+    max_major_excursions: int = Field(default=0, ge=0)
+
+
+class PhaseRule(_Model):
+    """Phases of batches whose MES records no phase events: ``none`` (no phase; CPPs are
+    not judged), ``one_phase`` (the whole batch is phase ``batch``, judged against the
+    tag's base limits) or ``time_since_start`` (``starts_h``: phase -> hours after start)."""
+
+    kind: Literal["none", "one_phase", "time_since_start"] = "one_phase"
+    starts_h: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseRule:
+        if self.kind == "time_since_start":
+            if not self.starts_h:
+                raise ValueError("time_since_start needs starts_h (phase: hours after start)")
+            bad = [p for p in self.starts_h if p not in PHASES]
+            if bad:
+                raise ValueError(f"unknown phase(s) {bad}; phases are {PHASES}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"rule:{self.kind}"
+
+
 class CppSpec(_Model):
     version: int = Field(ge=1)
     effective_from: str
@@ -89,6 +127,8 @@ class CppSpec(_Model):
     tags: dict[str, TagSpec]
     unit_conversions: dict[str, dict[str, tuple[float, float]]]
     lab: LabSpecs
+    right_first_time: RftRule = Field(default_factory=RftRule)
+    phase_rule: PhaseRule = Field(default_factory=PhaseRule)
 
     @model_validator(mode="after")
     def _versions(self) -> CppSpec:
@@ -103,6 +143,16 @@ class CppSpec(_Model):
     def cpp_tags(self) -> list[str]:
         return [t for t, s in self.tags.items() if s.cpp]
 
+    def required_release_assays(self, reported: set[str]) -> list[str]:
+        """The release assays a batch needs for right first time, given the assays the
+        site reports (``reported``)."""
+        req = self.right_first_time.required_assays
+        if req == "all":
+            return sorted(self.lab.release)
+        if req == "reported":
+            return sorted(reported & set(self.lab.release)) or sorted(self.lab.release)
+        return sorted(req)
+
     def conversion(self, tag: str, uom: str) -> tuple[float, float] | None:
         """(scale, offset) converting ``uom`` to the tag's canonical unit, None if unknown."""
         canonical = self.tags[tag].uom
@@ -116,7 +166,7 @@ class CppSpec(_Model):
         for tag, s in self.tags.items():
             if not s.cpp:
                 continue
-            for ph in PHASES:
+            for ph in ALL_PHASES:
                 lim = s.limits(ph)
                 assert lim.nor is not None and lim.par is not None
                 rows.append(

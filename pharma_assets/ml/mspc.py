@@ -158,7 +158,7 @@ def hourly_means_from_minutes(
         *[pl.col(t).cast(pl.Float64) for t in tags],
     )  # fmt: skip
     last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // 60)
-    return (
+    hourly = (
         m.with_columns(
             hour=(pl.col("elapsed_min") // 60).cast(pl.Int64),
             start=pl.col("minute_ts") - pl.duration(minutes=pl.col("elapsed_min")),
@@ -173,6 +173,58 @@ def hourly_means_from_minutes(
         )
         .sort("batch_id", "hour")
     )
+    return fill_gaps(hourly, tags, last)
+
+
+#: Hours without data between two hours with data are linearly interpolated when the two are
+#: at most this many hours apart (sparse sampling: a site sampling every 12 h has a value per
+#: tag every 12 h); longer gaps stay missing (null), never 0.
+MAX_INTERP_GAP_H = 12
+
+
+def fill_gaps(
+    hourly: pl.DataFrame,
+    tags: Sequence[str],
+    last: pl.DataFrame | None = None,
+    max_gap_h: int = MAX_INTERP_GAP_H,
+) -> pl.DataFrame:
+    """Complete hourly grid per batch (hours 0 .. n_complete-1) with each tag interpolated
+    linearly between hours that have data at most ``max_gap_h`` apart; other hours null.
+    Minute-sampled batches have every hour already and are returned unchanged."""
+    if hourly.height == 0:
+        return hourly
+    span = hourly.group_by("batch_id").agg(
+        pl.col("hour").max().alias("_last_h"), pl.col("unit_id").first(), pl.col("start").min()
+    )
+    if last is not None:
+        span = (
+            span.join(last, on="batch_id", how="left")
+            .with_columns(_last_h=pl.min_horizontal(pl.col("n_complete") - 1, pl.col("_last_h")))
+            .drop("n_complete")
+        )
+    if (hourly.group_by("batch_id").len().join(span, on="batch_id")
+            .filter(pl.col("len") != pl.col("_last_h") + 1).height == 0):  # fmt: skip
+        return hourly
+    grid = (
+        span.select("batch_id", "unit_id", "start", hour=pl.int_ranges(0, pl.col("_last_h") + 1))
+        .explode("hour")
+        .with_columns(pl.col("hour").cast(pl.Int64))
+    )
+    g = grid.join(hourly.drop("unit_id", "start"), on=["batch_id", "hour"], how="left").sort(
+        "batch_id", "hour"
+    )
+    out = []
+    for t in tags:
+        has = pl.col(t).is_not_null()
+        prev_h = pl.when(has).then(pl.col("hour")).forward_fill().over("batch_id")
+        next_h = pl.when(has).then(pl.col("hour")).backward_fill().over("batch_id")
+        interp = pl.col(t).interpolate().over("batch_id")
+        out.append(
+            pl.when(has).then(pl.col(t))
+            .when((next_h - prev_h) <= max_gap_h).then(interp)
+            .otherwise(None).alias(t)
+        )  # fmt: skip
+    return g.with_columns(out).select(hourly.columns)
 
 
 def _is_hourly(frame: pl.DataFrame) -> bool:
@@ -495,7 +547,13 @@ def _recipe_map(batches: pl.DataFrame) -> dict[str, str]:
     for c in ("batch_id", "recipe_id"):
         if c not in batches.columns:
             raise MSPCInputError(f"batches frame lacks column {c!r}; pass silver/batches")
-    return dict(zip(batches["batch_id"].to_list(), batches["recipe_id"].to_list(), strict=True))
+    # a site whose MES records no recipe (or has no MES) is one recipe
+    recipes = batches["recipe_id"].cast(pl.String).fill_null(NO_RECIPE).to_list()
+    return dict(zip(batches["batch_id"].to_list(), recipes, strict=True))
+
+
+#: the recipe of batches whose MES records none
+NO_RECIPE = "(no recipe)"
 
 
 def train(

@@ -16,7 +16,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import contamination, mspc, registry
+from pharma_assets.ml import capabilities, contamination, mspc, registry
 
 from .assets import (
     DELTA,
@@ -33,6 +33,8 @@ from .assets import (
     feature_source_versions,
     read_feature_rows,
     register_model,
+    site_capabilities,
+    skipped,
 )
 from .resources import MlResource
 
@@ -117,6 +119,9 @@ def contamination_iforest(
     completed and harvested); held-out false-positive rate per window, share of contaminated
     batches detected and median delay from onset in metadata."""
     lake = lakehouse.lake()
+    cap = capabilities.find(site_capabilities(lake, ml), capabilities.CONTAMINATION)
+    if not cap.applies:
+        return skipped(cap, context)
     batches = _read(lake, "silver", "batches")
     cutoff, n_hold = contamination.split_by_start(batches)
     train_ids = contamination.clean_training_batches(batches, before=cutoff)
@@ -173,6 +178,9 @@ def contamination_risk(
     """Contamination risk per 5-minute window of every running batch and of the held-out
     history (anomaly score, threshold, alarm, risk 0-1, most deviating features)."""
     lake = lakehouse.lake()
+    cap = capabilities.find(site_capabilities(lake, ml), capabilities.CONTAMINATION)
+    if not cap.applies:  # never scored (so never a deviation) where it does not apply
+        return skipped(cap, context)
     champ = registry.load_champion(contamination.MODEL_NAME, uri=ml.uri())
     if champ is None:
         context.log.warning("no champion contamination model yet: nothing scored")
@@ -211,10 +219,21 @@ def mspc_pca(
     first time), maturity-dependent T2 and SPE limits; detection and false-alarm rates on
     held-out batches in metadata."""
     lake = lakehouse.lake()
+    cap = capabilities.find(site_capabilities(lake, ml), capabilities.MSPC)
+    if not cap.applies:
+        return skipped(cap, context)
     batches = _read(lake, "silver", "batches")
     summary = _read(lake, "gold", "batch_summary")
     cutoff, n_hold = contamination.split_by_start(batches)
-    good = mspc.good_batches(summary, before=cutoff)
+    given = ml.reference()
+    if given:  # the process engineer's reference batches
+        ref = set(given)
+        good = sorted(summary.filter(pl.col("batch_id").is_in(sorted(ref))
+                                     & (pl.col("start_ts") < cutoff))["batch_id"].to_list())  # fmt: skip
+        if len(good) < capabilities.MIN_REFERENCE_BATCHES:  # too few before the holdout
+            good = sorted(ref & set(summary["batch_id"].to_list()))
+    else:
+        good = mspc.good_batches(summary, before=cutoff)
     model = mspc.train(_hourly(lake, good), batches, good)
     hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
     hold_hourly = _hourly(lake, hold)
@@ -222,7 +241,8 @@ def mspc_pca(
     context.log.info(gt_note)
     good_hold = set(summary.filter(
         (pl.col("start_ts") >= cutoff) & (pl.col("status") == "complete")
-        & pl.col("right_first_time").fill_null(False)
+        & (pl.col("batch_id").is_in(sorted(given)) if given
+           else pl.col("right_first_time").fill_null(False))
     )["batch_id"].to_list())  # fmt: skip
 
     def evaluate(m: Any) -> dict[str, float]:
@@ -232,8 +252,21 @@ def mspc_pca(
             out.update(mspc.evaluate(sc, labels, batches))
         g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
         out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
+        # the plant's own evidence where no ground truth exists: held-out completed batches
+        # it does not call good (not right first time / not a reference batch)
+        alarmed = set(sc.filter(pl.col("alarm").fill_null(False))["batch_id"].to_list())
+        out["n_not_good"] = float(len(not_good_hold))
+        out["batch_alarm_share_not_good"] = (
+            len(alarmed & not_good_hold) / len(not_good_hold) if not_good_hold else float("nan")
+        )
+        out["batch_alarm_share_good"] = (
+            len(alarmed & good_hold) / len(good_hold) if good_hold else float("nan")
+        )
         return out
 
+    done_hold = set(batches.filter((pl.col("start_ts") >= cutoff)
+                                   & (pl.col("status") == "complete"))["batch_id"].to_list())  # fmt: skip
+    not_good_hold = done_hold - good_hold
     metrics = {**model.train_summary(), **evaluate(model)}
     gate, higher = (
         ("detection_rate", True) if labels is not None else ("hour_alarm_rate_good", False)
@@ -252,9 +285,14 @@ def mspc_pca(
         evaluation_set=f"holdout: batches started on/after {cutoff:%Y-%m-%d %H:%M} UTC "
         f"(n={len(hold)})",
         n_eval=len(hold),
-        # faulted held-out batches (ground truth), at least one of them detected
+        # faulted held-out batches (ground truth), at least one of them detected; without
+        # ground truth: held-out batches the plant does not call good, one of them alarmed
         minimum=registry.Minimum(
             "detector", positives_metric="n_faults", floors={"detection_rate": 0.0}
+        )
+        if labels is not None
+        else registry.Minimum(
+            "detector", positives_metric="n_not_good", floors={"batch_alarm_share_not_good": 0.0}
         ),
     )
     return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
@@ -279,7 +317,8 @@ def mspc_tables(
 ) -> Any:
     """Score running and held-out batches with the champion MSPC model."""
     lake = lakehouse.lake()
-    champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri())
+    cap = capabilities.find(site_capabilities(lake, ml), capabilities.MSPC)
+    champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri()) if cap.applies else None
     if champ is None:
         context.log.warning("no champion MSPC model yet: nothing scored")
         for n in ("mspc_scores", "mspc_alarms", "golden_batch"):
