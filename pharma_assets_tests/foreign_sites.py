@@ -48,12 +48,12 @@ def sparse_campaign(
         start = t0 + timedelta(days=15 * i)
         bad = i in disturbed
         t_h = np.arange(0, 14 * 24 + 1, 12.0)
-        temp = 36.8 - 3.5 * (t_h > 120) + rng.normal(0, 0.08, t_h.size)
+        temp = 36.8 - 3.5 * (t_h >= 120) + rng.normal(0, 0.08, t_h.size)
         do = 42 + rng.normal(0, 1.5, t_h.size)
         if bad:
             temp = np.where(t_h >= 144, 29.0 + rng.normal(0, 0.1, t_h.size), temp)
             do = np.where(t_h >= 144, 16.0 + rng.normal(0, 0.5, t_h.size), do)
-        ph = 7.02 - 0.0004 * t_h + rng.normal(0, 0.01, t_h.size)
+        ph = 7.02 - 0.0002 * t_h + rng.normal(0, 0.01, t_h.size)
         rpm = 95 + 0.1 * t_h + rng.normal(0, 0.5, t_h.size)
         p_mbar = 300 + rng.normal(0, 5, t_h.size)
         for k, h in enumerate(t_h):
@@ -90,7 +90,9 @@ def sparse_campaign(
                 [ids[i] for i in disturbed], ids)  # fmt: skip
 
 
-def dryer_site(folder: Path, n_batches: int = 24, seed: int = 11, disturbed: tuple[int, ...] = (20,)) -> Site:
+def dryer_site(
+    folder: Path, n_batches: int = 24, seed: int = 11, disturbed: tuple[int, ...] = (20,)
+) -> Site:
     """An industrial batch dryer (a unit class the platform has never seen): 1.5-3 h batches at
     1-minute samples, its own tags (inlet/outlet air temperature in °F, product temperature,
     chamber pressure in kPa, air flow, a moisture probe as a fraction), an MES batch list with
