@@ -40,11 +40,19 @@ SIDEBAR_TABLES = (
 )  # fmt: skip
 
 # what to run when a table is missing, by producing group
-_PIPELINE_HINT = "run `make demo` or `pharma-twin pipeline` (materializes bronze, silver and gold)"
-_ML_HINT = "not trained yet: run `make demo` or materialize the `ml` asset group in Dagster"
+_PIPELINE_HINT = (
+    "import the plant's exports (`pharma-twin import`: historian, MES batch list, LIMS, CMMS; "
+    "docs/bring_your_own_data.md) and run `pharma-twin pipeline`, or `make demo` for the "
+    "simulated plant"
+)
+_ML_HINT = (
+    "not trained, or not supported by this site's data: after `pharma-twin import` and "
+    "`pharma-twin pipeline`, run `pharma-twin train` (or `make demo`); the Models page says "
+    "which models the data supports and what to import for the rest"
+)
 ML_TABLES = {
     "equipment_health", "contamination_risk", "batch_forecasts", "mspc_scores", "mspc_alarms",
-    "golden_batch", "model_performance",
+    "golden_batch", "model_performance", "model_capabilities",
 }  # fmt: skip
 
 _lock = threading.Lock()

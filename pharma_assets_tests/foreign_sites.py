@@ -185,3 +185,32 @@ def dryer_site(
 
     files = {"telemetry": tele, "mes": mes_f, "lims": lims_f, "cmms": cmms_f}
     return Site(folder, files, maps, [ids[i] for i in disturbed], ids)
+
+
+def dryer_spec(path: Path) -> Path:
+    """The dryer site's own product spec (the one file a site writes for its product and unit
+    class): its tags with units, physical limits and CPP ranges, no phases (one phase per
+    batch), loss on drying as the release assay."""
+    spec = {
+        "version": 1, "effective_from": "2025-06-01",
+        "change_log": [{"version": 1, "date": "2025-06-01", "by": "drysite-pe",
+                        "reason": "granulate-X fluid-bed drying spec"}],
+        "settle_minutes": 10, "future_tolerance_minutes": 60, "batch_window_grace_minutes": 5,
+        "right_first_time": {"required_assays": "reported", "max_major_excursions": 0},
+        "phase_rule": {"kind": "one_phase"},
+        "tags": {
+            "inlet_air_temp_c": {"uom": "degC", "cpp": True, "physical": [-20, 250], "target": 80,
+                                 "nor": [76, 84], "par": [72, 88]},
+            "outlet_air_temp_c": {"uom": "degC", "physical": [-20, 250]},
+            "product_temp_c": {"uom": "degC", "cpp": True, "physical": [-20, 200], "target": 40,
+                               "nor": [15, 62], "par": [10, 65]},
+            "chamber_pressure_mbar": {"uom": "mbar", "physical": [0, 2000]},
+            "air_flow_m3_h": {"uom": "m3/h", "physical": [0, 10000]},
+            "moisture_pct": {"uom": "%", "physical": [0, 100]},
+        },
+        "unit_conversions": {},
+        "lab": {"in_process": {},
+                "release": {"loss_on_drying_pct": {"uom": "%", "physical": [0, 100], "spec": [None, 2.0]}}},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

@@ -190,7 +190,10 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
         if c not in s.columns:
             s = s.with_columns(pl.lit(None, t).alias(c))
     s = s.with_columns(
-        final_titer_g_l=pl.coalesce("cqa_titer_g_l", "last_ip_titer"),
+        # a spec without a titer release assay (another unit class) has no cqa_titer_g_l
+        final_titer_g_l=pl.coalesce(
+            *[c for c in ("cqa_titer_g_l", "last_ip_titer") if c in s.columns]
+        ),
     ).with_columns(product_mass_kg=pl.col("final_titer_g_l") * pl.col("harvest_volume_l") / 1000)
     # excursions per CPP
     counts = ex.group_by("batch_id", "tag").agg(n=pl.len(), m=pl.col("duration_min").sum(),
