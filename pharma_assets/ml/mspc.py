@@ -143,8 +143,25 @@ def hourly_means(timeline: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS) -> 
     return hourly_means_from_minutes(m, tags)
 
 
+#: grid steps (minutes) MSPC may align batches on; the longest giving at least
+#: ``MIN_STEPS_PER_BATCH`` steps over the median batch is used (an hour for cell culture,
+#: minutes for a 2-hour dryer batch)
+STEP_CHOICES_MIN = (1, 2, 5, 10, 15, 30, 60)
+MIN_STEPS_PER_BATCH = 24
+
+
+def choose_step_min(durations_min: Sequence[float]) -> int:
+    """The maturity grid step (minutes) for batches of these durations (see STEP_CHOICES_MIN)."""
+    d = [x for x in durations_min if x is not None and x > 0]
+    if not d:
+        return 60
+    med = float(np.median(d))
+    fits = [s for s in STEP_CHOICES_MIN if med / s >= MIN_STEPS_PER_BATCH]
+    return max(fits) if fits else STEP_CHOICES_MIN[0]
+
+
 def hourly_means_from_minutes(
-    minutes: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS
+    minutes: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS, step_min: int = 60
 ) -> pl.DataFrame:
     """:func:`hourly_means` from a timeline already reduced to one row per (batch, elapsed
     minute) holding the per-minute mean of each tag (NaN ignored), so one pass over
@@ -157,10 +174,10 @@ def hourly_means_from_minutes(
         "batch_id", "elapsed_min", "unit_id", "minute_ts",
         *[pl.col(t).cast(pl.Float64) for t in tags],
     )  # fmt: skip
-    last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // 60)
+    last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // step_min)
     hourly = (
         m.with_columns(
-            hour=(pl.col("elapsed_min") // 60).cast(pl.Int64),
+            hour=(pl.col("elapsed_min") // step_min).cast(pl.Int64),
             start=pl.col("minute_ts") - pl.duration(minutes=pl.col("elapsed_min")),
         )
         .join(last, on="batch_id")
@@ -173,7 +190,15 @@ def hourly_means_from_minutes(
         )
         .sort("batch_id", "hour")
     )
-    return fill_gaps(hourly, tags, last)
+    out = fill_gaps(hourly, tags, last, max(1, MAX_INTERP_GAP_H * 60 // step_min))
+    return out if step_min == 60 else out.with_columns(step_min=pl.lit(step_min, pl.Int64))
+
+
+def step_hours(hourly: pl.DataFrame) -> float:
+    """Length of one grid step in hours (``step_min`` column; absent: one hour)."""
+    if "step_min" in hourly.columns and hourly.height:
+        return float(hourly["step_min"].drop_nulls().max() or 60) / 60.0  # type: ignore[operator]
+    return 1.0
 
 
 #: Hours without data between two hours with data are linearly interpolated when the two are
@@ -300,6 +325,7 @@ class MSPCModel:
     skipped_recipes: dict[str, int] = field(default_factory=dict)
     max_batches: int = 150
     scale_window_h: int = 0  # models pickled before the window existed scaled per hour
+    step_h: float = 1.0  # maturity grid step (hours); below 1 for short batches
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -310,6 +336,7 @@ class MSPCModel:
             "n_folds": self.n_folds,
             "max_batches": self.max_batches,
             "scale_window_h": getattr(self, "scale_window_h", 0),
+            "step_h": getattr(self, "step_h", 1.0),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -635,8 +662,9 @@ def train(
             f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
         )
     return MSPCModel(
-        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h
-    )
+        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h,
+        step_h=step_hours(hourly) if _is_hourly(hourly) else 1.0,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -654,7 +682,7 @@ def envelope(model: MSPCModel, model_version: str = "untrained") -> pl.DataFrame
                 {
                     "recipe_id": rid,
                     "tag": np.asarray(m.tags)[j.ravel()],
-                    "elapsed_h": (k.ravel() + 1).astype(np.float64),
+                    "elapsed_h": (k.ravel() + 1).astype(np.float64) * getattr(model, "step_h", 1.0),
                     # hours without data are null (not 0); lo/hi need two batches
                     "mean": np.where(n_obs >= 1, m.mean, np.nan).ravel(),
                     "lo": np.where(n_obs >= 2, m.mean - 3 * m.raw_sd, np.nan).ravel(),
@@ -736,7 +764,7 @@ def monitor(
                     "batch_id": bid,
                     "unit_id": unit,
                     "recipe_id": m.recipe_id,
-                    "elapsed_h": float(k + 1),
+                    "elapsed_h": float(k + 1) * getattr(model, "step_h", 1.0),
                     "t2": t2_k,
                     "t2_limit": t2_l,
                     "spe": spe_k,

@@ -234,7 +234,12 @@ def mspc_pca(
             good = sorted(ref & set(summary["batch_id"].to_list()))
     else:
         good = mspc.good_batches(summary, before=cutoff)
-    model = mspc.train(_hourly(lake, good), batches, good)
+    train_hourly = _hourly(lake, good)
+    # the tags this site has (bioreactor process tags with data, and the site's own tags)
+    tags = [c for c in train_hourly.columns
+            if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
+            and train_hourly[c].is_not_null().any()]  # fmt: skip
+    model = mspc.train(train_hourly, batches, good, tags=tags)
     hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
     hold_hourly = _hourly(lake, hold)
     labels, gt_note = _fault_labels(ml)
