@@ -25,7 +25,7 @@ from pharma_assets.compliance.users import create_user
 from pharma_assets.lake.specs import DEFAULT_SPEC
 from pharma_assets.lake.storage import Lake
 
-from .foreign_sites import sparse_campaign
+from .foreign_sites import dryer_site, dryer_spec, sparse_campaign
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -160,3 +160,75 @@ def test_sparse_campaign_without_mes_from_files_to_monitoring(site_env: Path, mo
     )
     temp = observed.filter(pl.col("tag") == "temperature_c")
     assert temp["mean"].min() > 30  # type: ignore[operator]
+
+
+def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) -> None:
+    """A fluid-bed dryer: its own tags in other units (°F, kPa, a moisture fraction), no
+    phases, 1.5-3 h batches at 1-minute samples, an MES list in local times with a time-zone
+    column, a long LIMS export with a test the site does not map, CMMS with an unmapped code.
+    Every source is imported and reported; the site spec judges its CPPs (one phase per
+    batch); MSPC monitors the dryer's own tags on a minute-scale maturity grid; nothing of
+    the bioreactor (PdM of a feed pump, contamination) is trained, scored or opens a deviation."""
+    site = dryer_site(site_env / "exports")
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(dryer_spec(site_env / "dryer_spec.yaml")))
+
+    code, out = _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
+                     "--map", str(site.maps["telemetry"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, not in tag map (1): Comment" in out
+    assert "24 batches have telemetry but no batch start" in out
+    code, out = _cli("import", "--source", "mes", "--input", str(site.files["mes"]),
+                     "--map", str(site.maps["mes"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "records written:  48" in out and "no batch start" not in out
+    code, out = _cli("import", "--source", "lims", "--input", str(site.files["lims"]),
+                     "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, analyte not in the mapping: 24" in out and "'Colour'" in out
+    code, out = _cli("import", "--source", "cmms", "--input", str(site.files["cmms"]),
+                     "--map", str(site.maps["cmms"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, event type not in event_types: 1" in out and "'INSP'" in out
+
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    # local MES times (two zones) land on the telemetry's UTC instants: nothing outside the window
+    q = lake.read("silver", "telemetry_quarantine")
+    assert q is None or q.height == 0, q
+    tele = lake.read("silver", "telemetry", ["tag", "value"])
+    assert tele is not None and tele.height == 18630
+    tags = set(tele["tag"])
+    assert tags == {"inlet_air_temp_c", "outlet_air_temp_c", "product_temp_c",
+                    "chamber_pressure_mbar", "air_flow_m3_h", "moisture_pct"}  # fmt: skip
+    inlet = tele.filter(pl.col("tag") == "inlet_air_temp_c")["value"]
+    assert 75 < inlet.median() < 85  # type: ignore[operator]  # °F converted to °C
+    batches = lake.read("silver", "batches")
+    assert batches is not None and batches.height == 24
+    assert batches["material_lots"].str.contains("API-").all()
+    phases = lake.read("silver", "batch_phases")
+    assert phases is not None and set(phases["phase_source"]) == {"rule:one_phase"}
+    summary = lake.read("gold", "batch_summary")
+    assert summary is not None
+    bad = summary.filter(pl.col("batch_id").is_in(site.disturbed))
+    good = summary.filter(~pl.col("batch_id").is_in(site.disturbed))
+    assert (bad["excursions_major"] > 0).all() and (good["excursions_total"] == 0).all()
+    assert summary["cpk_inlet_air_temp_c"].null_count() == 0
+    assert good["right_first_time"].all() and not bad["right_first_time"].any()
+
+    _auto_promotion(lake)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: no declared equipment with condition tags" in out
+    assert "skipped contamination: no cell-culture unit" in out
+    assert "pharma_mspc_pca v1: PROMOTED" in out
+    assert lake.read("gold", "contamination_risk") is None
+    devs = lake.read("gxp", "deviations")
+    assert devs is None or devs.filter(pl.col("source") != "cpp_excursion").height == 0
+    golden = lake.read("gold", "golden_batch")
+    scores = lake.read("gold", "mspc_scores")
+    assert golden is not None and scores is not None
+    assert set(golden["tag"]) == tags  # the dryer's own tags, nothing of the bioreactor
+    assert golden["elapsed_h"].max() <= 3.0  # type: ignore[operator]  # minutes, not hours
+    per_batch = dict(scores.group_by("batch_id").agg(pl.col("alarm").sum()).iter_rows())
+    assert all(per_batch[b] > 0 for b in site.disturbed)
