@@ -3,7 +3,7 @@
 What for: sites that already have batch history (historian or LIMS exports, spreadsheets)
 can feed it through the same pipeline as simulated data. The importer reads a CSV/TSV or
 Parquet file, maps the source's tag names and units to the twin's canonical tags
-(``pharma_assets.twin.config.CANONICAL_TAGS``) and writes landing telemetry Parquet files
+(``pharma_assets.process.vocabulary.CANONICAL_TAGS``) and writes landing telemetry Parquet files
 with ``pharma_assets.twin.landing.write_telemetry_chunk``, one file per batch per UTC day::
 
     <out>/telemetry/<unit_id>/<batch_id>/<YYYYmmddTHHMMSSZ>_<seq:05d>.parquet
@@ -88,7 +88,8 @@ from pydantic import (
     model_validator,
 )
 
-from .twin.config import CANONICAL_TAGS, ConfigError
+from .errors import ConfigError
+from .process.vocabulary import CANONICAL_TAGS
 from .twin.landing import QUALITY_CODES, chunk_path, write_telemetry_chunk
 
 __all__ = [

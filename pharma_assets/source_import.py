@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 from .importer import (
     FUTURE_TOLERANCE,
     _examples,
@@ -44,7 +45,7 @@ from .importer import (
     _text,
     unit_conversion,
 )
-from .twin.config import PHASES, ConfigError
+from .process.vocabulary import PHASES
 from .twin.landing import chunk_path, write_jsonl, write_lims_csv
 
 __all__ = [

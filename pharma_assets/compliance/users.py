@@ -32,7 +32,6 @@ from typing import Any
 import polars as pl
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from zxcvbn import zxcvbn
 
 from pharma_assets.lake.storage import UTC_US, Lake
 
@@ -193,6 +192,8 @@ def check_password_policy(
         )
     if user_id.lower() in password.lower():
         raise ValueError(f"password for {user_id!r} must not contain the user ID")
+    from zxcvbn import zxcvbn  # lazy: its dictionaries cost ~0.2 s at every code-location load
+
     est = zxcvbn(password[:72], user_inputs=[user_id, *full_name.split()])
     if est["score"] < policy.min_password_strength:
         fb = est.get("feedback") or {}

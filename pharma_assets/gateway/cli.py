@@ -76,7 +76,7 @@ def gateway(
     ] = None,
 ) -> None:
     """Run the live gateway: protocols -> hot store + API -> landing telemetry, exactly once."""
-    from ..twin.config import ConfigError
+    from ..errors import ConfigError
     from .config import load_sources
     from .service import start_service
 

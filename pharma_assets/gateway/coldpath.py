@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..twin.config import CANONICAL_TAGS
+from ..process.vocabulary import CANONICAL_TAGS
 from ..twin.landing import chunk_path, write_telemetry_chunk
 from .records import BAD, Reading
 

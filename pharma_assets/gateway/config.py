@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..twin.config import ConfigError
+from ..errors import ConfigError
 from .mapping import SourceMap, TagMapping
 
 

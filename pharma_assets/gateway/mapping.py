@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..importer import TagMapping, convert_values
-from ..twin.config import CANONICAL_TAGS
+from ..process.vocabulary import CANONICAL_TAGS
 
 
 class MappingError(ValueError):

@@ -36,7 +36,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from pharma_assets.twin.config import PHASES
+from pharma_assets.process.vocabulary import PHASES
 
 from . import bronze
 from .contracts import accepted_contract, route, telemetry_contract

@@ -9,7 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pharma_assets.twin.config import PHASES, ConfigError
+from pharma_assets.errors import ConfigError
+from pharma_assets.process.vocabulary import PHASES
 
 DEFAULT_SPEC = Path(__file__).parent / "specs" / "cpp_spec.yaml"
 

@@ -33,11 +33,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
+
+from pharma_assets.process.gas import our_cer_columns
 
 MODEL_NAME = "pharma_contamination_iforest"
 
@@ -79,9 +83,6 @@ FEATURES: tuple[str, ...] = (
 
 KEY_COLUMNS: tuple[str, ...] = ("batch_id", "unit_id", "window", "window_end_ts", "elapsed_h")
 
-_AIR_O2, _AIR_CO2, _AIR_INERT = 0.2095, 0.0004, 0.7901
-_SLPM_TO_MMOL_H = 60.0 / 22.414 * 1000.0
-
 
 class ContaminationInputError(ValueError):
     """Input that the contamination detector cannot use (message says what and what to do)."""
@@ -121,16 +122,12 @@ def minute_signals(timeline: pl.DataFrame) -> pl.DataFrame:
 
 
 def _derived_signals(m: pl.DataFrame) -> pl.DataFrame:
-    """OUR, CER and base rate from per-minute tag means sorted by batch and minute."""
-    air, o2, co2 = pl.col("air_flow_slpm"), pl.col("o2_flow_slpm"), pl.col("co2_flow_slpm")
-    y_o2, y_co2 = pl.col("offgas_o2_pct") / 100.0, pl.col("offgas_co2_pct") / 100.0
-    out_total = _AIR_INERT * air / (1.0 - y_o2 - y_co2).clip(lower_bound=0.05)
-    per_l = _SLPM_TO_MMOL_H / pl.col("volume_l").clip(lower_bound=1.0)
+    """OUR, CER (:func:`pharma_assets.process.gas.our_cer`) and base rate from per-minute
+    tag means sorted by batch and minute."""
     d_min = pl.col("elapsed_min") - pl.col("elapsed_min").shift(1).over("batch_id")
     d_base = pl.col("base_addition_ml") - pl.col("base_addition_ml").shift(1).over("batch_id")
     return m.with_columns(
-        our_mmol_l_h=(_AIR_O2 * air + o2 - y_o2 * out_total) * per_l,
-        cer_mmol_l_h=(y_co2 * out_total - co2 - _AIR_CO2 * air) * per_l,
+        **our_cer_columns(),
         base_rate_ml_h=(d_base / d_min * 60.0).clip(lower_bound=0.0),
     )
 
@@ -367,6 +364,8 @@ def train(
     med = features.select([pl.col(c).cast(pl.Float64).fill_nan(None).median() for c in cols])
     fill = {c: float(med[c][0]) if med[c][0] is not None else 0.0 for c in cols}
     x = _matrix(features, cols, fill)
+    from sklearn.ensemble import IsolationForest  # lazy: the code location loads fast
+
     forest = IsolationForest(
         n_estimators=n_estimators,
         max_samples=min(max_samples, x.shape[0]),

@@ -57,32 +57,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import scipy.linalg
-import scipy.optimize
-from scipy import stats
 from threadpoolctl import threadpool_limits
+
+from pharma_assets.process.vocabulary import BIOREACTOR
 
 MODEL_NAME = "pharma_mspc_pca"
 
-#: Process tags monitored (equipment-health tags are left to predictive maintenance).
-PROCESS_TAGS: tuple[str, ...] = (
-    "temperature_c",
-    "ph",
-    "dissolved_oxygen_pct",
-    "agitation_rpm",
-    "headspace_pressure_bar",
-    "air_flow_slpm",
-    "o2_flow_slpm",
-    "co2_flow_slpm",
-    "feed_rate_ml_h",
-    "base_addition_ml",
-    "volume_l",
-    "offgas_o2_pct",
-    "offgas_co2_pct",
-    "capacitance_pf_cm",
-    "jacket_temperature_c",
-    "dissolved_co2_mmhg",
-)
+#: Process tags monitored: the unit class's process group (equipment-condition tags are left
+#: to predictive maintenance); the same list the feature tables use.
+PROCESS_TAGS: tuple[str, ...] = BIOREACTOR.process_tags
 
 #: Smallest scaling sd per tag, in engineering units (about the sensor's noise/resolution):
 #: a tag x hour that is constant in the good batches (e.g. O2 flow 0 before the cascade
@@ -395,6 +378,8 @@ def _fit_maturities(
     x: np.ndarray, cev_target: float, max_components: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
     """Per maturity k: W_k = U S^-1 (n, A), score variances, A, retained CEV."""
+    import scipy.linalg  # lazy (as every scipy import here): the code location loads fast
+
     n, k_hours, _ = x.shape
     g = np.zeros((n, n))
     ws, lams = [], []
@@ -472,6 +457,9 @@ def _chi2_limit(v: np.ndarray, alpha: float, trim_rounds: int = 2) -> float:
 
 def _chi2_quartile_fit(v: np.ndarray, alpha: float) -> float:
     """g·chi²_h limit with h matched to the quartile ratio and g to the median."""
+    import scipy.optimize
+    from scipy import stats
+
     if v.size < ROBUST_MIN_VALUES:
         return float("inf")
     q1, q2, q3 = np.quantile(v, [0.25, 0.5, 0.75])
@@ -491,6 +479,8 @@ def _chi2_quartile_fit(v: np.ndarray, alpha: float) -> float:
 
 
 def _chi2_fit(v: np.ndarray, alpha: float) -> float:
+    from scipy import stats
+
     if v.size < 2:
         return float("inf")
     m, var = float(np.mean(v)), float(np.var(v, ddof=1))
@@ -512,6 +502,8 @@ def _fit_recipe(
     pool_h: int,
     scale_window_h: int,
 ) -> RecipeModel:
+    from scipy import stats
+
     n, k_hours, _ = raw.shape
     mean, sd, raw_sd = _scale_stats(raw, tags, scale_window_h)
     x = np.nan_to_num((raw - mean) / sd, nan=0.0)

@@ -28,16 +28,16 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GroupKFold
 
 from .features import EQUIPMENT_FEATURES, EQUIPMENT_TYPES, HEALTH_FEATURES
 from .registry import Minimum, TrainedModel
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import RandomForestClassifier
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +396,9 @@ def train_pdm(
         "seed": seed,
         "shuffle_labels": shuffle_labels,
     }
+    from sklearn.ensemble import RandomForestClassifier  # lazy: the code location loads fast
+    from sklearn.model_selection import GroupKFold
+
     forests: dict[str, RandomForestClassifier] = {}
     thresholds: dict[str, float] = {}
     base_rates: dict[str, float] = {}
@@ -501,6 +504,8 @@ def train_pdm(
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
     ok = ~np.isnan(p)
     if len(np.unique(y[ok])) < 2:
         return float("nan")

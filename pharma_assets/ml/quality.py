@@ -17,14 +17,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from xgboost import XGBRegressor
 
 from .features import HORIZONS_H, MlInputs, batch_feature_columns, batch_features
 from .registry import Minimum, TrainedModel
+
+if TYPE_CHECKING:
+    from xgboost import XGBRegressor
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ class QualityResult:
 
 
 def _make(seed: int, n_estimators: int) -> XGBRegressor:
+    from xgboost import XGBRegressor  # lazy: the code location loads fast
+
     return XGBRegressor(
         n_estimators=n_estimators,
         max_depth=3,

@@ -16,31 +16,14 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Signals the simulator can produce; a tag dictionary may only name these.
-CANONICAL_TAGS: dict[str, str] = {
-    "temperature_c": "degC",
-    "ph": "pH",
-    "dissolved_oxygen_pct": "%",
-    "agitation_rpm": "rpm",
-    "headspace_pressure_bar": "bar",
-    "air_flow_slpm": "slpm",
-    "o2_flow_slpm": "slpm",
-    "co2_flow_slpm": "slpm",
-    "feed_rate_ml_h": "mL/h",
-    "base_addition_ml": "mL",
-    "volume_l": "L",
-    "offgas_o2_pct": "%",
-    "offgas_co2_pct": "%",
-    "capacitance_pf_cm": "pF/cm",
-    "agitator_vibration_mm_s": "mm/s",
-    "agitator_bearing_temp_c": "degC",
-    "agitator_motor_current_a": "A",
-    "feed_pump_current_a": "A",
-    "jacket_temperature_c": "degC",
-    "dissolved_co2_mmhg": "mmHg",
-}
+from pharma_assets.errors import ConfigError
+from pharma_assets.process.vocabulary import BIOREACTOR
 
-PHASES = ("inoculation", "growth", "production", "harvest")
+# Signals the simulator can produce (the built-in bioreactor unit class's tag dictionary,
+# pharma_assets/process/unit_classes/bioreactor.yaml) and its phases, re-exported here with
+# ConfigError (pharma_assets.errors) so that older imports keep working.
+CANONICAL_TAGS: dict[str, str] = BIOREACTOR.uoms
+PHASES = BIOREACTOR.phases
 FAULT_TYPES = (
     "contamination",
     "ph_probe_drift",
@@ -49,10 +32,6 @@ FAULT_TYPES = (
     "chiller_fault",
     "agitator_failure",
 )
-
-
-class ConfigError(ValueError):
-    """A plant or recipe file failed validation; the message names the file and field."""
 
 
 class _Model(BaseModel):

@@ -10,6 +10,7 @@ so live batches follow a simulated history.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from .config import PlantConfig, RecipeBook
 from .engine import TRUTH_VARIABLES, Engine
@@ -38,6 +40,10 @@ from .plant import BatchPlan, plan_history
 
 log = logging.getLogger(__name__)
 _SEQ = re.compile(r"-B(\d+)$")
+_STAMP = re.compile(r"^(\d{8}T\d{6}Z)_")
+RESTART_ABORT_REASON = (
+    "live session stopped before the batch ended; closed when live mode restarted"
+)
 
 
 def next_sequence(landing: Path, unit_id: str) -> int:
@@ -49,6 +55,97 @@ def next_sequence(landing: Path, unit_id: str) -> int:
         else []
     )
     return max(seqs, default=0) + 1
+
+
+def _stamp_time(path: Path) -> datetime | None:
+    m = _STAMP.match(path.name)
+    return datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if m else None
+
+
+def _newest_reading(folder: Path) -> datetime | None:
+    """The newest timestamp a batch folder of the landing zone holds: the last reading of its
+    newest Parquet telemetry chunk, else the newest file's name stamp (when it was begun)."""
+    files = sorted((p for p in folder.glob("*") if _stamp_time(p)), key=lambda p: p.name)
+    if not files:
+        return None
+    newest = _stamp_time(files[-1])
+    if files[-1].suffix == ".parquet":
+        try:
+            ts = pq.read_table(files[-1], columns=["ts"]).column("ts")
+            last = max((t for t in ts.to_pylist() if t is not None), default=None)
+            if last is not None:
+                newest = max(newest, last) if newest else last
+        except (OSError, KeyError, ValueError) as e:  # unreadable chunk: silver quarantines it
+            log.warning("could not read %s for its newest reading: %s", files[-1], e)
+    return newest
+
+
+def _newest_landed(landing: Path, unit_id: str) -> datetime | None:
+    """The newest reading already landed for ``unit_id`` (its highest-numbered batch)."""
+    folders = sorted((Path(landing) / "telemetry" / unit_id).glob("*-B*"), key=lambda p: p.name)
+    return _newest_reading(folders[-1]) if folders else None
+
+
+@dataclass(frozen=True)
+class OpenBatch:
+    """A batch the landing zone shows started (MES batch_start) and never ended."""
+
+    unit_id: str
+    batch_id: str
+    newest: datetime | None  # its newest landed reading or event
+    mes_files: int
+    site_id: str | None = None
+    area_id: str | None = None
+
+
+def _event_time(value: Any) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else None
+
+
+def open_batches(landing: Path, unit_id: str) -> list[OpenBatch]:
+    """Batches of ``unit_id`` left running by an earlier live session (stopped or killed)."""
+    found: list[OpenBatch] = []
+    mes = Path(landing) / "mes" / unit_id
+    for folder in sorted(mes.glob("*")) if mes.is_dir() else []:
+        events: list[dict[str, Any]] = []
+        files = [p for p in folder.glob("*.jsonl") if not p.name.startswith(".")]
+        for f in files:
+            for line in f.read_text().splitlines():
+                try:
+                    ev = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:  # a bad record: silver quarantines it
+                    ev = None
+                if isinstance(ev, dict):
+                    events.append(ev)
+        types = {str(e.get("event_type")) for e in events}
+        if "batch_start" not in types or "batch_end" in types:
+            continue
+        start = next(e for e in events if e.get("event_type") == "batch_start")
+        times = [_event_time(e.get("event_ts")) for e in events]
+        times.append(_newest_reading(Path(landing) / "telemetry" / unit_id / folder.name))
+        newest = max((t for t in times if t is not None), default=None)
+        found.append(OpenBatch(unit_id, folder.name, newest, len(files), start.get("site_id"),
+                               start.get("area_id")))  # fmt: skip
+    return found
+
+
+def close_open_batches(landing: Path, batches: list[OpenBatch], at: datetime) -> None:
+    """End each batch an earlier live session left running with an MES ``batch_end``
+    (status ``aborted``) at ``at``, after its newest data: a restarted demo has no batch that
+    stays 'running' for ever with no new readings (and no freshness alarm that never clears)."""
+    for b in batches:
+        event = {"site_id": b.site_id, "area_id": b.area_id, "unit_id": b.unit_id,
+                 "batch_id": b.batch_id, "event_type": "batch_end", "event_ts": at,
+                 "status": "aborted", "reason": RESTART_ABORT_REASON,
+                 "event_id": f"{b.batch_id}-E900"}  # fmt: skip
+        path = chunk_path(landing, "mes", b.unit_id, b.batch_id, at, b.mes_files + 1, "jsonl")
+        write_jsonl(path, [event])
+        log.warning("closed %s on %s as aborted at %s: %s", b.batch_id, b.unit_id,
+                    at.isoformat(), RESTART_ABORT_REASON)  # fmt: skip
 
 
 @dataclass
@@ -117,6 +214,16 @@ def run_live(
     uoms = [t.uom for t in plant.tags]
     t0 = (start or clock()).replace(microsecond=0)
     wall_start = clock()
+    left_open = [b for u in plant.units for b in open_batches(out, u.unit_id)]
+    newest = max((b.newest for b in left_open if b.newest is not None), default=None)
+    newest = max([t for t in [newest, *(_newest_landed(out, u.unit_id) for u in plant.units)] if t],
+                 default=None)  # fmt: skip
+    if newest is not None and newest >= t0:  # resume after what already landed: no overlap
+        t0 = (newest + timedelta(seconds=period_s)).replace(microsecond=0)
+        log.info("live clock: the landing zone already holds data up to %s; resuming after it",
+                 newest.isoformat())  # fmt: skip
+    if left_open:
+        close_open_batches(out, left_open, t0)
     meet = catch_up(t0, wall_start, speed) if speed > 0 else None
     if t0 > wall_start:
         log.info("live clock: process time starts at %s, %.0f s ahead of the wall clock: waiting "

@@ -12,17 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pharma_assets.process.gas import MOLAR_VOLUME_L, Y_O2_AIR
+
 from .engine import BatchInputs
-
-TAG_ORDER = (
-    "temperature_c", "ph", "dissolved_oxygen_pct", "agitation_rpm", "headspace_pressure_bar",
-    "air_flow_slpm", "o2_flow_slpm", "co2_flow_slpm", "feed_rate_ml_h", "base_addition_ml",
-    "volume_l", "offgas_o2_pct", "offgas_co2_pct", "capacitance_pf_cm", "agitator_vibration_mm_s",
-    "agitator_bearing_temp_c", "agitator_motor_current_a", "feed_pump_current_a",
-    "jacket_temperature_c", "dissolved_co2_mmhg",
-)  # fmt: skip
-
-MOLAR_VOLUME_L = 22.414
 
 
 def equipment_condition(u: BatchInputs, t_h: np.ndarray) -> dict[str, np.ndarray]:
@@ -79,7 +71,8 @@ def telemetry_signals(
     our, strip = rec["OUR"].astype(float), rec["strip"].astype(float)
     air, o2, co2 = rec["air"].astype(float), rec["o2"].astype(float), rec["co2"].astype(float)
     q_in = (air + o2 + co2) * 60.0 / MOLAR_VOLUME_L  # mol/h
-    o2_out = (0.2095 * air + o2) * 60.0 / MOLAR_VOLUME_L - our * V / 1000.0
+    # the twin's sparge air is O2 + inert gas only (no CO2: Y_CO2_AIR is not added here)
+    o2_out = (Y_O2_AIR * air + o2) * 60.0 / MOLAR_VOLUME_L - our * V / 1000.0
     co2_out = co2 * 60.0 / MOLAR_VOLUME_L + strip * V / 1000.0
     total_out = q_in - our * V / 1000.0 + strip * V / 1000.0
     day = t_h[:, None] / 24.0

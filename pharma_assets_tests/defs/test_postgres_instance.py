@@ -114,9 +114,15 @@ def test_production_config_keeps_the_local_run_and_sensor_settings(
     assert "postgres" in config["storage"]
     prod = yaml.safe_load(PRODUCTION_CONFIG.read_text())
     local = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    for section in ("run_retries", "sensors", "schedules", "telemetry"):
+    for section in ("run_retries", "run_monitoring", "sensors", "schedules", "telemetry"):
         assert prod[section] == local[section], section
     assert prod["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    # the lanes that keep the live queue bounded hold in production too (not sensor names,
+    # which miss schedules and runs of the same job launched another way)
+    prod_limits = prod["run_coordinator"]["config"]["tag_concurrency_limits"]
+    for limit in local["run_coordinator"]["config"]["tag_concurrency_limits"]:
+        assert limit in prod_limits, limit
+    assert not [lim for lim in prod_limits if lim["key"] == "dagster/sensor_name"]
     db = prod["storage"]["postgres"]["postgres_db"]
     assert db["scheme"] == "postgresql+psycopg2"  # the driver dagster-postgres installs
     assert {k: v["env"] for k, v in db.items() if isinstance(v, dict)} == {
@@ -142,7 +148,8 @@ def test_instance_from_production_config_uses_postgres(pg_instance: dg.DagsterIn
     assert isinstance(pg_instance.run_coordinator, QueuedRunCoordinator)
     assert pg_instance.run_retries_enabled and pg_instance.run_retries_max_retries == 2
     limits = pg_instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
-    assert {"key": "dagster/sensor_name", "value": "landing_sensor", "limit": 1} in limits
+    lane = {"key": "pharma/lane", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert lane in limits
 
 
 def test_run_pipeline_on_postgres_instance(

@@ -38,7 +38,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from ...twin.config import ConfigError
+from ...errors import ConfigError
 from ..records import GOOD, now_us
 
 if TYPE_CHECKING:

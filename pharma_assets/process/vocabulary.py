@@ -1,0 +1,211 @@
+"""Process vocabulary: the phases and tags of a unit class, and which tags are CPPs.
+
+One home for the words every layer uses (simulator, gateway, importer, lake, models,
+dashboards). Two sources of truth, both data:
+
+* the **unit class** file (``unit_classes/<name>.yaml``): phases in batch order and the tag
+  dictionary (tag -> engineering unit and group: ``process`` or ``condition``), in the
+  canonical column order;
+* the **CPP spec** (``pharma_assets/lake/specs/cpp_spec.yaml``, per product and unit
+  class): which tags are critical process parameters, with their limits.
+
+Nothing here imports the simulator, the lake, the models or Dagster (the ground floor).
+Everything is a function of a unit class (and a spec for the CPPs) rather than a module
+constant, so that sites can describe their own classes as files (issue 15); the
+``BIOREACTOR`` constants below are the built-in class for code that has no other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pharma_assets.errors import ConfigError
+
+TagGroup = Literal["process", "condition"]
+#: the tag groups a unit class file may use
+TAG_GROUPS: tuple[TagGroup, ...] = ("process", "condition")
+#: the unit class used where none is named (the simulator's bioreactor)
+DEFAULT_UNIT_CLASS = "bioreactor"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagDef(_Model):
+    """One tag of a unit class: its canonical engineering unit and its group."""
+
+    uom: str = Field(min_length=1)
+    group: TagGroup
+
+
+class UnitClass(_Model):
+    """The vocabulary of one kind of unit: phases (batch order; may be empty) and tags."""
+
+    unit_class: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    phases: tuple[str, ...] = ()
+    tags: dict[str, TagDef] = Field(min_length=1)
+
+    @field_validator("phases")
+    @classmethod
+    def _unique_phases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate phases in {list(v)}")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, v: dict[str, TagDef]) -> dict[str, TagDef]:
+        bad = [t for t in v if not t.replace("_", "").isalnum() or not t[0].isalpha()]
+        if bad:
+            raise ValueError(f"tag names must be letters, digits and '_': {bad}")
+        return v
+
+    @property
+    def name(self) -> str:
+        return self.unit_class
+
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        """Every tag, in the canonical column order."""
+        return tuple(self.tags)
+
+    @property
+    def uoms(self) -> dict[str, str]:
+        """Tag -> canonical engineering unit, in the canonical order."""
+        return {t: d.uom for t, d in self.tags.items()}
+
+    def group(self, group: TagGroup) -> tuple[str, ...]:
+        """The tags of one group, in the canonical order."""
+        if group not in TAG_GROUPS:
+            raise ValueError(f"unknown tag group {group!r}; groups are {list(TAG_GROUPS)}")
+        return tuple(t for t, d in self.tags.items() if d.group == group)
+
+    @property
+    def process_tags(self) -> tuple[str, ...]:
+        """The process state and its control (what MSPC, the golden batch and the batch
+        features monitor)."""
+        return self.group("process")
+
+    @property
+    def condition_tags(self) -> tuple[str, ...]:
+        """Equipment health signals (what predictive maintenance reads)."""
+        return self.group("condition")
+
+
+class _CppFlag(Protocol):
+    @property
+    def cpp(self) -> bool: ...
+
+
+class SpecLike(Protocol):
+    """What the vocabulary needs of a CPP spec (``pharma_assets.lake.specs.CppSpec``):
+    its tags, each with a ``cpp`` flag."""
+
+    @property
+    def tags(self) -> Mapping[str, _CppFlag]: ...
+
+
+def unit_class_dir() -> Path:
+    """The folder of the built-in unit class files."""
+    return Path(str(resources.files("pharma_assets.process").joinpath("unit_classes")))
+
+
+def builtin_unit_classes() -> list[str]:
+    """Names of the built-in unit classes (one YAML file each)."""
+    return sorted(p.stem for p in unit_class_dir().glob("*.yaml"))
+
+
+def load_unit_class(name_or_path: str | Path = DEFAULT_UNIT_CLASS) -> UnitClass:
+    """A unit class by built-in name (``"bioreactor"``) or from a YAML file path.
+
+    Raises :class:`~pharma_assets.errors.ConfigError` naming the file and the field.
+    """
+    s = str(name_or_path)
+    is_path = isinstance(name_or_path, Path) or s.endswith((".yaml", ".yml")) or "/" in s
+    if is_path:
+        p = Path(s)
+    else:
+        p = unit_class_dir() / f"{s}.yaml"
+        if not p.exists():
+            raise ConfigError(
+                f"unknown unit class {s!r}; built-in classes are {builtin_unit_classes()} "
+                "(or pass the path of a unit class YAML file)"
+            )
+    p = p.resolve()
+    return _load(str(p), p.stat().st_mtime_ns if p.exists() else 0)
+
+
+@lru_cache(maxsize=16)
+def _load(path: str, _mtime: int) -> UnitClass:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"unit class file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"unit class file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"unit class file {path} must be a YAML mapping")
+    try:
+        return UnitClass.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"unit class file {path} is invalid: {problems}") from None
+
+
+def _resolve(unit_class: UnitClass | str | Path | None) -> UnitClass:
+    if isinstance(unit_class, UnitClass):
+        return unit_class
+    return load_unit_class(unit_class if unit_class is not None else DEFAULT_UNIT_CLASS)
+
+
+def phases(unit_class: UnitClass | str | Path | None = None) -> tuple[str, ...]:
+    """The phases of a unit class in batch order (empty for a class without phases)."""
+    return _resolve(unit_class).phases
+
+
+def process_tags(unit_class: UnitClass | str | Path | None = None) -> tuple[str, ...]:
+    """The process tags of a unit class (canonical order)."""
+    return _resolve(unit_class).process_tags
+
+
+def condition_tags(unit_class: UnitClass | str | Path | None = None) -> tuple[str, ...]:
+    """The equipment-condition tags of a unit class (canonical order)."""
+    return _resolve(unit_class).condition_tags
+
+
+def canonical_uoms(unit_class: UnitClass | str | Path | None = None) -> dict[str, str]:
+    """Tag -> canonical engineering unit for every tag of a unit class."""
+    return _resolve(unit_class).uoms
+
+
+def cpp_tags(spec: SpecLike, unit_class: UnitClass | str | Path | None = None) -> tuple[str, ...]:
+    """The tags the CPP spec marks ``cpp: true``, in the unit class's canonical order.
+
+    Raises ConfigError when the spec names a CPP the unit class does not have.
+    """
+    uc = _resolve(unit_class)
+    flagged = {t for t, s in spec.tags.items() if s.cpp}
+    unknown = sorted(flagged - set(uc.tags))
+    if unknown:
+        raise ConfigError(
+            f"the CPP spec names CPPs {unknown} that unit class {uc.name!r} does not have "
+            f"(its tags: {list(uc.tags)})"
+        )
+    return tuple(t for t in uc.tags if t in flagged)
+
+
+#: The built-in bioreactor class (what the simulator produces).
+BIOREACTOR: UnitClass = load_unit_class(DEFAULT_UNIT_CLASS)
+#: Its phases, in batch order.
+PHASES: tuple[str, ...] = BIOREACTOR.phases
+#: Its tag dictionary: tag -> canonical unit, in the canonical column order.
+CANONICAL_TAGS: dict[str, str] = BIOREACTOR.uoms

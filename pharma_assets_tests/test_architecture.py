@@ -1,0 +1,142 @@
+"""The arrows point down: an import-graph test over the package's source (no imports run).
+
+Layers, top to bottom: the app (``cli``, ``pipeline``, ``demo``, ``definitions``) and the
+Dagster definitions (``defs``); the domain packages (``twin``, ``gateway``, ``optimise``,
+``ml``, ``compliance``, ``importer``); the lake; the ground floor (``errors``, ``process``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "pharma_assets"
+
+#: plain-Python domain packages: no Dagster, no Streamlit
+DOMAIN = ("twin", "lake", "ml", "compliance", "optimise", "gateway", "process")
+GROUND = ("errors", "process")
+
+#: known violations still to be removed (issue 16 §3); this list only shrinks
+KNOWN: set[tuple[str, str]] = {
+    ("pharma_assets.lake.gold", "pharma_assets.compliance.release"),
+    ("pharma_assets.lake.amendments", "pharma_assets.compliance"),
+    ("pharma_assets.lake.amendments", "pharma_assets.compliance.audit"),
+    ("pharma_assets.lake.amendments", "pharma_assets.compliance.signatures"),
+    ("pharma_assets.compliance.cli", "pharma_assets.cli"),
+    ("pharma_assets.compliance.cli", "pharma_assets.defs.compliance.materializations"),
+    ("pharma_assets.compliance.cli", "pharma_assets.pipeline"),
+    ("pharma_assets.pipeline", "dagster._core.storage.tags"),
+    ("pharma_assets.defs.lakehouse.automation", "dagster._core.storage.tags"),
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (anywhere in it, lazy imports included), absolute."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    mod = _module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            out.add(target)
+            # ``from pharma_assets import process`` imports the submodule
+            for a in node.names:
+                cand = f"{target}.{a.name}"
+                if (ROOT / Path(*cand.split("."))).exists() or (
+                    ROOT / Path(*cand.split("."))
+                ).with_suffix(".py").exists():
+                    out.add(cand)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in sorted(PKG.rglob("*.py"))}
+
+
+GRAPH = _graph()
+
+
+def _in(mod: str, *packages: str) -> bool:
+    return any(
+        mod == f"pharma_assets.{p}" or mod.startswith(f"pharma_assets.{p}.") for p in packages
+    )
+
+
+def _violations(rule) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return sorted(
+        (m, i) for m, imps in GRAPH.items() for i in imps if rule(m, i) and (m, i) not in KNOWN
+    )
+
+
+def test_the_graph_sees_the_package() -> None:
+    assert "pharma_assets.lake.silver" in GRAPH
+    assert "pharma_assets.process.vocabulary" in GRAPH["pharma_assets.lake.specs"]
+
+
+def test_ground_floor_imports_nothing_above_it() -> None:
+    bad = _violations(
+        lambda m, i: (
+            _in(m, *GROUND)
+            and i.startswith("pharma_assets")
+            and not _in(i, *GROUND)
+            and i != "pharma_assets"
+        )
+    )
+    assert bad == []
+
+
+def test_lake_imports_no_simulator_models_compliance_or_dagster_definitions() -> None:
+    bad = _violations(
+        lambda m, i: _in(m, "lake") and _in(i, "twin", "ml", "compliance", "defs", "optimise")
+    )
+    assert bad == []
+
+
+def test_models_do_not_import_definitions_or_the_app() -> None:
+    app = ("defs", "cli", "pipeline", "demo", "definitions")
+    bad = _violations(lambda m, i: _in(m, "ml", "twin", "optimise") and _in(i, *app))
+    assert bad == []
+
+
+def test_compliance_does_not_import_dagster_definitions_or_the_app() -> None:
+    app = ("defs", "cli", "pipeline", "demo", "definitions")
+    bad = _violations(lambda m, i: _in(m, "compliance") and _in(i, *app))
+    assert bad == []
+
+
+@pytest.mark.parametrize("framework", ["dagster", "streamlit"])
+def test_domain_code_imports_no_dagster_or_streamlit(framework: str) -> None:
+    bad = _violations(
+        lambda m, i: _in(m, *DOMAIN) and (i == framework or i.startswith(f"{framework}."))
+    )
+    assert bad == []
+
+
+def test_public_dagster_apis_only() -> None:
+    bad = _violations(lambda m, i: i.startswith("dagster._"))
+    assert bad == []
+
+
+def test_known_violations_are_still_real() -> None:
+    """Keeps KNOWN honest: an entry that was fixed must be deleted from it."""
+    stale = sorted((m, i) for m, i in KNOWN if i not in GRAPH.get(m, set()))
+    assert stale == []
