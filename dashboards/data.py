@@ -216,6 +216,15 @@ def _equipment_trend(equipment_id: str, max_points: int) -> pl.DataFrame | None:
     return logic.reduce_trend(df, max_points)
 
 
+def timeline_tags() -> list[str]:
+    """The tag columns of silver/batch_timeline (any unit class: the site's own tags too)."""
+    lf = scan("silver", "batch_timeline")
+    if lf is None:
+        return []
+    keys = {"batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", "source_file"}
+    return [c for c, t in lf.collect_schema().items() if c not in keys and t.is_numeric()]
+
+
 def timeline(batch_id: str, tags: tuple[str, ...], max_points: int) -> pl.DataFrame | None:
     """One batch's minute trajectories (silver/batch_timeline), averaged to ``max_points``
     (column ``last_h``: hours since inoculation of the batch's last minute of data)."""

@@ -16,16 +16,19 @@ import polars as pl
 import pytest
 import yaml
 from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from pharma_assets.cli import app
-from pharma_assets.compliance import promotions
+from pharma_assets.compliance import promotions, users
 from pharma_assets.compliance.changecontrol import apply_change
 from pharma_assets.compliance.users import create_user
 from pharma_assets.lake.specs import DEFAULT_SPEC
 from pharma_assets.lake.storage import Lake
 
 from .foreign_sites import dryer_site, dryer_spec, sparse_campaign
+
+APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -232,3 +235,23 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     assert golden["elapsed_h"].max() <= 3.0  # type: ignore[operator]  # minutes, not hours
     per_batch = dict(scores.group_by("batch_id").agg(pl.col("alarm").sum()).iter_rows())
     assert all(per_batch[b] > 0 for b in site.disturbed)
+
+    # the pages for a unit of a class the dashboards were not written for
+    monkeypatch.setenv("PHARMA_LAKE_URI", str(site_env / "lake"))
+    pages = {}
+    for page in ("bioreactor", "equipment", "models", "batch_quality"):
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+        at.run()
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        pages[page] = at
+    br = pages["bioreactor"]
+    assert br.multiselect[0].value == ["inlet_air_temp_c", "product_temp_c"]  # the dryer's CPPs
+    assert set(br.multiselect[0].options) == tags
+    eq_text = " ".join(x.value for x in pages["equipment"].info)
+    assert "Predictive maintenance does not apply" in eq_text, eq_text
+    warn = " ".join(w.value for w in pages["models"].warning)
+    assert "**contamination** skipped: no cell-culture unit" in warn, warn
+    assert pages["batch_quality"].selectbox(key="bq_metric").value == "cqa_loss_on_drying_pct"
