@@ -187,12 +187,32 @@ def dryer_site(
     return Site(folder, files, maps, [ids[i] for i in disturbed], ids)
 
 
+DRYER_CLASS = {
+    "unit_class": "fluid_bed_dryer",
+    "description": "Batch fluid-bed dryer (granulate)",
+    "phases": [],
+    "tags": {
+        "inlet_air_temp_c": {"uom": "degC", "group": "process"},
+        "outlet_air_temp_c": {"uom": "degC", "group": "process"},
+        "product_temp_c": {"uom": "degC", "group": "process"},
+        "chamber_pressure_mbar": {"uom": "mbar", "group": "process"},
+        "air_flow_m3_h": {"uom": "m3/h", "group": "process"},
+        "moisture_pct": {"uom": "%", "group": "process"},
+    },
+    "cell_culture": False,
+    "equipment": {"FAN": {"type": "process_air_fan", "tags": []}},
+    "capabilities": ["cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm"],
+}
+
+
 def dryer_spec(path: Path) -> Path:
     """The dryer site's own product spec (the one file a site writes for its product and unit
-    class): its tags with units, physical limits and CPP ranges, no phases (one phase per
-    batch), loss on drying as the release assay."""
+    class), with its unit class file beside it: its tags with units, physical limits and CPP
+    ranges, no phases (one phase per batch), loss on drying as the release assay."""
+    (path.parent / "fluid_bed_dryer.yaml").write_text(yaml.safe_dump(DRYER_CLASS, sort_keys=False))
     spec = {
-        "version": 1, "effective_from": "2025-06-01",
+        "version": 1, "effective_from": "2025-06-01", "product": "granulate-X",
+        "unit_class": "fluid_bed_dryer.yaml",
         "change_log": [{"version": 1, "date": "2025-06-01", "by": "drysite-pe",
                         "reason": "granulate-X fluid-bed drying spec"}],
         "settle_minutes": 10, "future_tolerance_minutes": 60, "batch_window_grace_minutes": 5,

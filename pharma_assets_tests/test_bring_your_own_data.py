@@ -222,8 +222,8 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     _auto_promotion(lake)
     code, out = _cli("train", "--lake", "lake")
     assert code == 0, out
-    assert "skipped pdm: no declared equipment with condition tags" in out
-    assert "skipped contamination: no cell-culture unit" in out
+    assert "skipped pdm: unit class 'fluid_bed_dryer' declares no equipment PdM knows" in out
+    assert "skipped contamination: unit class 'fluid_bed_dryer' is not a cell culture" in out
     assert "pharma_mspc_pca v1: PROMOTED" in out
     assert lake.read("gold", "contamination_risk") is None
     devs = lake.read("gxp", "deviations")
@@ -253,5 +253,5 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     eq_text = " ".join(x.value for x in pages["equipment"].info)
     assert "Predictive maintenance does not apply" in eq_text, eq_text
     warn = " ".join(w.value for w in pages["models"].warning)
-    assert "**contamination** skipped: no cell-culture unit" in warn, warn
+    assert "**contamination** skipped: unit class 'fluid_bed_dryer' is not a cell culture" in warn
     assert pages["batch_quality"].selectbox(key="bq_metric").value == "cqa_loss_on_drying_pct"

@@ -128,6 +128,10 @@ class CppSpec(_Model):
     tags: dict[str, TagSpec]
     unit_conversions: dict[str, dict[str, tuple[float, float]]]
     lab: LabSpecs
+    # the product and the unit class this spec is for: a built-in class name or the path of
+    # a unit class YAML (relative to the spec file); the class says which capabilities apply
+    product: str | None = None
+    unit_class: str = "bioreactor"
     right_first_time: RftRule = Field(default_factory=RftRule)
     phase_rule: PhaseRule = Field(default_factory=PhaseRule)
 
@@ -143,6 +147,12 @@ class CppSpec(_Model):
     @property
     def cpp_tags(self) -> list[str]:
         return [t for t, s in self.tags.items() if s.cpp]
+
+    def load_unit_class(self) -> Any:
+        """The spec's unit class (``pharma_assets.process.vocabulary.UnitClass``)."""
+        from pharma_assets.process.vocabulary import load_unit_class
+
+        return load_unit_class(self.unit_class)
 
     def required_release_assays(self, reported: set[str]) -> list[str]:
         """The release assays a batch needs for right first time, given the assays the
@@ -193,7 +203,11 @@ def _load(path: str, _mtime: int) -> CppSpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"CPP spec file {path} is not valid YAML: {e}") from None
     try:
-        return CppSpec.model_validate(raw)
+        spec = CppSpec.model_validate(raw)
     except ValidationError as e:
         lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"CPP spec file {path} is invalid:\n  " + "\n  ".join(lines)) from None
+    uc = spec.unit_class
+    if uc.endswith((".yaml", ".yml")) and not Path(uc).is_absolute():
+        spec = spec.model_copy(update={"unit_class": str((Path(path).parent / uc).resolve())})
+    return spec

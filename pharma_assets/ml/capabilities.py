@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from pharma_assets.lake.storage import Lake
+from pharma_assets.process.vocabulary import BIOREACTOR, UnitClass
 
 #: fewest completed batches with a result for a quality target to train its model on
 MIN_QUALITY_BATCHES = 12
@@ -92,19 +93,43 @@ def assess(
     lake: Lake,
     quality_counts: dict[str, int] | None = None,
     reference: list[str] | None = None,
+    unit_class: UnitClass | None = None,
 ) -> list[Capability]:
     """Per capability (and per quality target: name -> completed batches with a value),
-    whether the lake's data supports it and why (not)."""
+    whether the unit class declares it and the lake's data supports it, and why (not)."""
+    uc = unit_class or BIOREACTOR
+    out = _assess_data(lake, quality_counts, reference, uc)
+    for i, c in enumerate(out):
+        cap = _CLASS_CAPABILITY[c.capability]
+        if c.applies and not uc.supports(cap):
+            out[i] = Capability(c.capability, False, f"unit class {uc.name!r} does not declare "
+                                f"{cap}: no {c.capability} model", c.target)  # fmt: skip
+    return out
+
+
+_CLASS_CAPABILITY = {PDM: "pdm", CONTAMINATION: "contamination", MSPC: "mspc",
+                     QUALITY: "quality_models"}  # fmt: skip
+
+
+def _assess_data(
+    lake: Lake, quality_counts: dict[str, int] | None, reference: list[str] | None,
+    uc: UnitClass,
+) -> list[Capability]:  # fmt: skip
     out: list[Capability] = []
     tags = _tags(lake)
     batches = lake.read("silver", "batches", ["batch_id", "status"])
     summary = lake.read("gold", "batch_summary")
     completed = 0 if batches is None else batches.filter(pl.col("status") == "complete").height
 
-    # predictive maintenance: CMMS records with failures, and the condition tags they explain
+    # predictive maintenance: the class declares equipment PdM knows, the condition tags are
+    # there, and CMMS records with failures to learn from
     maint = lake.read("silver", "maintenance_events", ["event_type", "equipment_id"])
-    have_eq = [e for e, ts in PDM_EQUIPMENT_TAGS.items() if set(ts) <= tags]
-    if maint is None or maint.height == 0:
+    declared = {d.type for d in uc.equipment.values()}
+    have_eq = [e for e, ts in PDM_EQUIPMENT_TAGS.items() if e in declared and set(ts) <= tags]
+    if not declared & set(PDM_EQUIPMENT_TAGS):
+        out.append(Capability(PDM, False, f"unit class {uc.name!r} declares no equipment PdM "
+                              f"knows ({', '.join(PDM_EQUIPMENT_TAGS)}): no PdM"))  # fmt: skip
+    elif maint is None or maint.height == 0:
         out.append(Capability(PDM, False, "no CMMS maintenance records imported: no PdM"))
     elif not have_eq:
         need = sorted({t for ts in PDM_EQUIPMENT_TAGS.values() for t in ts})
@@ -120,7 +145,10 @@ def assess(
 
     # contamination: cell culture only
     missing = [t for t in CELL_CULTURE_TAGS if t not in tags]
-    if missing:
+    if not uc.cell_culture:
+        out.append(Capability(CONTAMINATION, False, f"unit class {uc.name!r} is not a cell "
+                              "culture: no contamination model"))  # fmt: skip
+    elif missing:
         out.append(Capability(CONTAMINATION, False, "no cell-culture unit (tags "
                               f"{', '.join(missing)} absent): no contamination model"))  # fmt: skip
     elif completed < MIN_CLEAN_BATCHES:

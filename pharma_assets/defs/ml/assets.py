@@ -10,6 +10,7 @@ the decision, reason and promotion state are in the metadata.
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -177,14 +178,20 @@ def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame:
 # --------------------------------------------------------------------------- training
 
 
-def site_capabilities(lake: Lake, ml: MlResource) -> list[capabilities.Capability]:
-    """What this lake's data supports (``ml/capabilities.py``): the training and scoring
-    assets skip what does not apply, with the reason in their metadata."""
+def site_capabilities(
+    lake: Lake, ml: MlResource, spec_path: str | None = None
+) -> list[capabilities.Capability]:
+    """What this lake's unit class and data support (``ml/capabilities.py``): the training
+    and scoring assets skip what does not apply, with the reason in their metadata. The unit
+    class is the CPP spec's (``unit_class``; the spec in force: ``PHARMA_CPP_SPEC``)."""
+    from pharma_assets.lake.specs import load_spec
+
     summary = lake.read("gold", "batch_summary")
     counts = (
         quality.target_counts(summary) if summary is not None else {t: 0 for t in quality.TARGETS}
     )
-    return capabilities.assess(lake, counts, ml.reference())
+    uc = load_spec(spec_path or os.environ.get("PHARMA_CPP_SPEC") or None).load_unit_class()
+    return capabilities.assess(lake, counts, ml.reference(), uc)
 
 
 def skipped(
@@ -208,7 +215,7 @@ def model_capabilities(
     (PdM, contamination, MSPC, each quality target) with trained/skipped and the one-line
     reason (no CMMS: no PdM; no cell-culture unit: no contamination model; ...)."""
     lake = lakehouse.lake()
-    caps = site_capabilities(lake, ml)
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
     lake.append("gold", "model_capabilities", capabilities.as_table(caps, context.run.run_id))
     skips = [c.line() for c in caps if not c.applies]
     for line in skips:
@@ -274,7 +281,7 @@ def pdm_failure_72h(
     equipment item, trained on earlier run time and evaluated on later run time; recall on
     critical failures, false alarms per equipment-day and median lead time in metadata."""
     lake = lakehouse.lake()
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.PDM)
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
     if not cap.applies:
         return skipped(cap, context)
     eq = _read(lake, "features", "equipment_hour")
@@ -326,7 +333,7 @@ def quality_models(
     galactosylation at day 3, day 7 and harvest; held-out batches are the latest by start.
     R2/MAE/RMSE and 80 % interval coverage per target and horizon in metadata."""
     lake = lakehouse.lake()
-    caps = site_capabilities(lake, ml)
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
     targets = tuple(t for t in quality.TARGETS
                     if capabilities.find(caps, f"{capabilities.QUALITY}:{t}").applies)  # fmt: skip
     skips = {
@@ -410,7 +417,7 @@ def equipment_health(
     per hour of run time, from the champion PdM model. Latest = max hour_ts per item."""
     lake = lakehouse.lake()
     eq = _read(lake, "features", "equipment_hour")
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.PDM)
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
     champ = registry.load_champion(pdm.MODEL_NAME, uri=ml.uri()) if cap.applies else None
     now = _now()
     if not cap.applies:
@@ -461,7 +468,7 @@ def batch_forecasts(
     uri = ml.uri()
     models: dict[tuple[str, str], tuple[Any, str]] = {}
     missing = []
-    caps = site_capabilities(lake, ml)
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
     for target in quality.TARGETS:
         if not capabilities.find(caps, f"{capabilities.QUALITY}:{target}").applies:
             continue  # no forecast of a target the site does not measure

@@ -119,7 +119,9 @@ def contamination_iforest(
     completed and harvested); held-out false-positive rate per window, share of contaminated
     batches detected and median delay from onset in metadata."""
     lake = lakehouse.lake()
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.CONTAMINATION)
+    cap = capabilities.find(
+        site_capabilities(lake, ml, lakehouse.spec_path), capabilities.CONTAMINATION
+    )
     if not cap.applies:
         return skipped(cap, context)
     batches = _read(lake, "silver", "batches")
@@ -178,7 +180,9 @@ def contamination_risk(
     """Contamination risk per 5-minute window of every running batch and of the held-out
     history (anomaly score, threshold, alarm, risk 0-1, most deviating features)."""
     lake = lakehouse.lake()
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.CONTAMINATION)
+    cap = capabilities.find(
+        site_capabilities(lake, ml, lakehouse.spec_path), capabilities.CONTAMINATION
+    )
     if not cap.applies:  # never scored (so never a deviation) where it does not apply
         return skipped(cap, context)
     champ = registry.load_champion(contamination.MODEL_NAME, uri=ml.uri())
@@ -219,7 +223,7 @@ def mspc_pca(
     first time), maturity-dependent T2 and SPE limits; detection and false-alarm rates on
     held-out batches in metadata."""
     lake = lakehouse.lake()
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.MSPC)
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.MSPC)
     if not cap.applies:
         return skipped(cap, context)
     batches = _read(lake, "silver", "batches")
@@ -322,7 +326,7 @@ def mspc_tables(
 ) -> Any:
     """Score running and held-out batches with the champion MSPC model."""
     lake = lakehouse.lake()
-    cap = capabilities.find(site_capabilities(lake, ml), capabilities.MSPC)
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.MSPC)
     champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri()) if cap.applies else None
     if champ is None:
         context.log.warning("no champion MSPC model yet: nothing scored")
