@@ -884,3 +884,78 @@ def landing_gaps(landing: Path) -> LandingGaps:
         else set()
     )
     return LandingGaps(batches("telemetry"), batches("mes"), batches("lims"), release, cmms, units)
+
+
+# ---------------------------------------------------------------- product spec draft
+
+
+def draft_spec(
+    landing: Path, unit_class: str = "bioreactor", product: str | None = None
+) -> dict[str, Any]:
+    """A first product spec for what the landing zone holds: every telemetry tag with its
+    unit and physical limits (the observed range widened by half its width on each side), no
+    CPP yet; every LIMS analyte with its unit (release assays without a specification yet);
+    right first time on the reported assays; one phase per batch unless MES has phases. The
+    process engineer marks the CPPs, sets NOR/PAR and release limits, then puts it under
+    change control (``pharma-twin spec change``)."""
+    root = Path(landing)
+    tags: dict[str, dict[str, Any]] = {}
+    rng: dict[str, tuple[float, float]] = {}
+    for p in (
+        sorted((root / "telemetry").glob("*/*/*.parquet")) if (root / "telemetry").exists() else []
+    ):
+        if p.name.startswith("."):
+            continue
+        t = pl.read_parquet(p, columns=["tag", "value", "uom"]).with_columns(
+            pl.col("tag").cast(pl.String), pl.col("uom").cast(pl.String)
+        )
+        agg = (
+            t.filter(pl.col("value").is_finite())
+            .group_by("tag", "uom")
+            .agg(lo=pl.col("value").min(), hi=pl.col("value").max())
+        )
+        for r in agg.iter_rows(named=True):
+            tags.setdefault(r["tag"], {"uom": r["uom"]})
+            lo0, hi0 = rng.get(r["tag"], (r["lo"], r["hi"]))
+            rng[r["tag"]] = (min(lo0, r["lo"]), max(hi0, r["hi"]))
+    for tag, (lo, hi) in rng.items():
+        pad = max((hi - lo) * 0.5, abs(hi) * 0.1, 1e-3)
+        tags[tag]["physical"] = [round(lo - pad, 6), round(hi + pad, 6)]
+    lab: dict[str, dict[str, Any]] = {"in_process": {}, "release": {}}
+    for p in sorted((root / "lims").glob("*/*/*.csv")) if (root / "lims").exists() else []:
+        if p.name.startswith("."):
+            continue
+        t = pl.read_csv(p, columns=["sample_type", "analyte", "value", "uom"],
+                        schema_overrides={"value": pl.Float64})  # fmt: skip
+        for r in (
+            t.group_by("sample_type", "analyte", "uom")
+            .agg(hi=pl.col("value").max())
+            .iter_rows(named=True)
+        ):
+            st = r["sample_type"] if r["sample_type"] in lab else "in_process"
+            prev = lab[st].get(r["analyte"], {"uom": r["uom"], "physical": [0.0, 0.0]})
+            prev["physical"] = [
+                0.0,
+                max(prev["physical"][1], round(float(r["hi"] or 0) * 3 + 1, 3)),
+            ]
+            lab[st][r["analyte"]] = prev
+    has_phases = any(
+        '"phase_start"' in p.read_text() for p in (root / "mes").glob("*/*/*.jsonl")
+    ) if (root / "mes").exists() else False  # fmt: skip
+    today = datetime.now(UTC).date().isoformat()
+    return {
+        "version": 1,
+        "effective_from": today,
+        "change_log": [{"version": 1, "date": today, "by": "draft",
+                        "reason": f"draft from the landing zone {root}: mark CPPs, set NOR/PAR and release limits"}],
+        "product": product,
+        "unit_class": unit_class,
+        "settle_minutes": 30,
+        "future_tolerance_minutes": 60,
+        "batch_window_grace_minutes": 30,
+        "right_first_time": {"required_assays": "reported", "max_major_excursions": 0},
+        "phase_rule": {"kind": "none" if has_phases else "one_phase"},
+        "tags": tags,
+        "unit_conversions": {},
+        "lab": lab,
+    }  # fmt: skip

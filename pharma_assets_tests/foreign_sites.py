@@ -32,13 +32,24 @@ def _yaml(path: Path, data: dict) -> Path:
     return path
 
 
+#: disturbance kinds of the sparse campaign (0-based batch index -> kind)
+SPARSE_DISTURBANCES = ("temp_do", "ph_drift", "pressure_step", "slow_stirrer")
+
+
 def sparse_campaign(
-    folder: Path, n_batches: int = 30, seed: int = 3, disturbed: tuple[int, ...] = (24, 27)
+    folder: Path,
+    n_batches: int = 30,
+    seed: int = 3,
+    disturbed: tuple[int, ...] = (24, 27),
+    kinds: dict[int, str] | None = None,
 ) -> Site:
     """A CHO fed-batch campaign from another simulator: 14-day batches sampled every 12 h,
     five tags (temperature in kelvin, pH, DO, agitation, pressure in mbar), batch ids in a
     column, no MES, a release titer only (LIMS export, wide, mg/L). Batches ``disturbed``
-    (0-based) run at 29 °C and DO 16 % from day 6 (the kind of fault MSPC must tell apart)."""
+    (0-based) run at 29 °C and DO 16 % from day 6 (the kind of fault MSPC must tell apart);
+    ``kinds`` gives other disturbances per batch index: ``ph_drift`` (pH falls 0.002/h from
+    day 4), ``pressure_step`` (+60 mbar from day 8), ``slow_stirrer`` (agitation -15 rpm
+    from day 3)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = datetime(2025, 3, 3, 8, tzinfo=UTC)
@@ -46,7 +57,8 @@ def sparse_campaign(
     ids = [f"CHO{i + 1:03d}" for i in range(n_batches)]
     for i, b in enumerate(ids):
         start = t0 + timedelta(days=15 * i)
-        bad = i in disturbed
+        kind = (kinds or {}).get(i, "temp_do" if i in disturbed else None)
+        bad = kind == "temp_do"
         t_h = np.arange(0, 14 * 24 + 1, 12.0)
         temp = 36.8 - 3.5 * (t_h >= 120) + rng.normal(0, 0.08, t_h.size)
         do = 42 + rng.normal(0, 1.5, t_h.size)
@@ -56,13 +68,19 @@ def sparse_campaign(
         ph = 7.02 - 0.0002 * t_h + rng.normal(0, 0.01, t_h.size)
         rpm = 95 + 0.1 * t_h + rng.normal(0, 0.5, t_h.size)
         p_mbar = 300 + rng.normal(0, 5, t_h.size)
+        if kind == "ph_drift":
+            ph = ph - 0.002 * np.clip(t_h - 96, 0, None)
+        elif kind == "pressure_step":
+            p_mbar = p_mbar + 60 * (t_h >= 192)
+        elif kind == "slow_stirrer":
+            rpm = rpm - 15 * (t_h >= 72)
         for k, h in enumerate(t_h):
             rows.append({
                 "Run": b, "Timestamp": (start + timedelta(hours=float(h))).strftime("%Y-%m-%d %H:%M:%S"),
                 "Temp_K": round(temp[k] + 273.15, 3), "pH_online": round(ph[k], 4),
                 "DO_sat": round(do[k], 2), "Stirrer": round(rpm[k], 1), "Press_mbar": round(p_mbar[k], 1),
             })  # fmt: skip
-        titer = 3800 + rng.normal(0, 150) - (1900 if bad else 0)
+        titer = 3800 + rng.normal(0, 150) - (1900 if bad else 0) - (400 if kind and not bad else 0)
         lims.append({"Run": b, "Sampled": (start + timedelta(days=14, hours=2)).isoformat(),
                      "Titer_mgL": round(titer, 1)})  # fmt: skip
     tele = folder / "historian.csv"
@@ -86,8 +104,9 @@ def sparse_campaign(
         "columns": {"batch_id": "Run", "sample_ts": "Sampled"},
         "analytes": {"Titer_mgL": {"analyte": "titer_g_l", "from_uom": "mg/L"}},
     })  # fmt: skip
+    hit = sorted({*disturbed, *(kinds or {})})
     return Site(folder, {"telemetry": tele, "lims": lab}, {"telemetry": tag_map, "lims": lims_map},
-                [ids[i] for i in disturbed], ids)  # fmt: skip
+                [ids[i] for i in hit], ids)  # fmt: skip
 
 
 def dryer_site(
@@ -201,7 +220,14 @@ DRYER_CLASS = {
     },
     "cell_culture": False,
     "equipment": {"FAN": {"type": "process_air_fan", "tags": []}},
-    "capabilities": ["cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm"],
+    "capabilities": [
+        "cpp_contracts",
+        "excursions",
+        "mspc",
+        "golden_batch",
+        "quality_models",
+        "pdm",
+    ],
 }
 
 

@@ -22,7 +22,7 @@ from pharma_assets.lake.storage import Lake
 from pharma_assets.process.vocabulary import BIOREACTOR, UnitClass
 
 #: fewest completed batches with a result for a quality target to train its model on
-MIN_QUALITY_BATCHES = 12
+MIN_QUALITY_BATCHES = 8
 #: fewest reference (good) batches MSPC and the golden batch are built from
 MIN_REFERENCE_BATCHES = 5
 #: fewest completed batches the contamination detector learns clean behaviour from
