@@ -21,7 +21,8 @@ help:
 	@echo "make lint   - ruff (lint + format check) and mypy"
 
 # The virtualenv is (re)built when missing or when the pins change: one pip resolve,
-# constrained by requirements.lock (see docs/STACK_NOTES in ../shared for why).
+# constrained by requirements.lock (installing packages one by one breaks pairs such as
+# graphql-core/gql that only one resolve gets right).
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	@if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV); fi

@@ -11,7 +11,7 @@ does; the contamination and MSPC models train on its products, like their assets
 
 Run on an existing lake (e.g. the 300-batch plant of docs/models.md)::
 
-    python -m benchmarks.bench_ml --lake /tmp/mlplant/lake --truth /tmp/mlplant/ground_truth
+    python -m benchmarks.bench_ml --lake mlplant/lake --truth mlplant/ground_truth
 
 ``--extrapolate-to 1000`` scales the measured training time linearly in the number of
 batches (clearly labelled as an extrapolation in the output; every step is at most

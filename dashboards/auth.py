@@ -9,20 +9,19 @@ logged-in user's own ID.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import streamlit as st
 
 from pharma_assets.compliance import users
-from pharma_assets.lake.storage import Lake, storage_options_from_env
+from pharma_assets.lake.storage import Lake
 
 SESSION_KEY = "gxp_session"
 FLASH_KEY = "gxp_flash"
 
 
 def lake() -> Lake:
-    return Lake.at(os.environ.get("PHARMA_LAKE_URI", "lakehouse"), storage_options_from_env())
+    return Lake.from_env()
 
 
 def current_session() -> users.Session | None:

@@ -28,9 +28,8 @@ from deltalake import DeltaTable
 
 from dashboards import logic
 from pharma_assets.lake.specs import CppSpec, load_spec
-from pharma_assets.lake.storage import Lake
+from pharma_assets.lake.storage import Lake, lake_uri_from_env
 
-DEFAULT_LAKE = "lakehouse"
 #: tables listed in the sidebar with their version and last refresh
 SIDEBAR_TABLES = (
     ("gold", "unit_status"), ("gold", "batch_summary"), ("gold", "plant_kpis"),
@@ -60,7 +59,7 @@ _lock = threading.Lock()
 
 def lake_uri() -> str:
     """The configured lake root, as given (relative paths resolve against the CWD)."""
-    return os.environ.get("PHARMA_LAKE_URI", DEFAULT_LAKE)
+    return lake_uri_from_env()
 
 
 @st.cache_resource(show_spinner=False)

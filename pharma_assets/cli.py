@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .cli_support import CliError, check_lake, existing_dir, existing_file
 from .twin.config import ConfigError, load_plant, load_recipes
 
 if TYPE_CHECKING:
@@ -29,14 +30,6 @@ if TYPE_CHECKING:
     from .ml.registry import ModelSummary
 
 DEBUG_ENV = "PHARMA_DEBUG"
-
-
-class CliError(Exception):
-    """An expected failure of a command: printed as one line, exit code ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def debug_enabled() -> bool:
@@ -83,31 +76,6 @@ def _main(
 ) -> None:
     """pharma-twin: a digital twin of a biopharmaceutical plant."""
     ctx.meta["pharma_debug"] = debug  # read by _Group.invoke; the environment is left alone
-
-
-def existing_dir(path: Path | str, what: str) -> Path:
-    """``path`` if it is an existing folder, else a one-line CliError naming it."""
-    p = Path(path)
-    if not p.exists():
-        raise CliError(f"{what} {p} does not exist")
-    if not p.is_dir():
-        raise CliError(f"{what} {p} is not a folder")
-    return p
-
-
-def existing_file(path: Path | str, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"{what} {p} {'is not a file' if p.exists() else 'does not exist'}")
-    return p
-
-
-def check_lake(uri: str) -> None:
-    """Refuse a local lake root that does not exist (object-store lakes are not checked)."""
-    from .lake.storage import Lake
-
-    if Lake.at(uri).is_local:
-        existing_dir(uri, "lake")
 
 
 def _period_seconds(text: str) -> float:
@@ -660,6 +628,24 @@ _register_gateway(app)
 from .compliance.cli import register as _register_compliance  # noqa: E402
 
 _register_compliance(app)
+from .compliance.cli import LakeOpt, audit_app  # noqa: E402
+
+
+@audit_app.command("record-materializations")
+def audit_record_materializations(lake: LakeOpt = None) -> None:
+    """Write this lake's materializations from the Dagster instance not yet in its trail (what
+    the materialization_audit sensor does; other lakes' runs are counted, not recorded)."""
+    from .defs.compliance.materializations import audit_materializations
+    from .lake.storage import Lake, lake_uri_from_env
+    from .pipeline import default_instance
+
+    uri = lake or lake_uri_from_env()
+    check_lake(uri)
+    with default_instance() as inst:
+        done, _ = audit_materializations(Lake.from_env(uri), inst)
+    typer.echo(done.summary())
+
+
 from .compliance.model_cli import model_app  # noqa: E402
 
 app.add_typer(model_app, name="model")  # model promotions (docs/models.md)

@@ -105,11 +105,14 @@ def demo_promotion_policy(lake_uri: str) -> str:
 
 
 def main() -> int:
+    from pharma_assets.lake.storage import DEFAULT_LAKE_URI, LAKE_URI_ENV, lake_uri_from_env
+
     landing = Path(os.environ.get("PHARMA_LANDING_DIR", "landing")).resolve()
-    lake = os.environ.get("PHARMA_LAKE_URI", str(ROOT / "lakehouse"))
+    # the configured lake root; unset, the repository's own (make demo runs from anywhere)
+    lake = lake_uri_from_env() if LAKE_URI_ENV in os.environ else str(ROOT / DEFAULT_LAKE_URI)
     if "://" not in lake:
         lake = str(Path(lake).resolve())
-    env = {**os.environ, "PHARMA_LANDING_DIR": str(landing), "PHARMA_LAKE_URI": lake}
+    env = {**os.environ, "PHARMA_LANDING_DIR": str(landing), LAKE_URI_ENV: lake}
     env.pop("DAGSTER_HOME", None)  # use the repository's dagster.yaml (SQLite under .state/)
     logs = ROOT / ".state" / "logs"
     procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -22,13 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from pharma_assets.defs.lakehouse.assets import batch_partitions
 from pharma_assets.defs.lakehouse.automation import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
     batch_ingest_job,
     gold_job,
     plan_requests,

@@ -6,4 +6,6 @@ The tables live under ``<lake>/gxp/``; docs/compliance.md maps each requirement 
 and to the test that shows it.
 """
 
-GXP_LAYER = "gxp"
+from pharma_assets.lake.storage import GXP_LAYER
+
+__all__ = ["GXP_LAYER"]

@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pharma_assets.lake.storage import Lake, storage_options_from_env
+from pharma_assets.cli_support import check_lake
+from pharma_assets.lake.storage import Lake, lake_uri_from_env
 
 console = Console()
 err = Console(stderr=True)
@@ -35,22 +36,18 @@ ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (goes into t
 
 
 def _lake(lake: str | None) -> Lake:
-    return Lake.at(
-        lake or os.environ.get("PHARMA_LAKE_URI", "lakehouse"), storage_options_from_env()
-    )
+    return Lake.from_env(lake)
 
 
-def _existing_lake(lake: str | None) -> Lake:
+def existing_lake(lake: str | None) -> Lake:
     """The lake, refused (one line naming the path, exit 2) if it is a local folder that
     does not exist: a mistyped --lake must not read as an empty lake or create a new one."""
-    from pharma_assets.cli import check_lake
-
-    uri = lake or os.environ.get("PHARMA_LAKE_URI", "lakehouse")
+    uri = lake or lake_uri_from_env()
     check_lake(uri)
     return _lake(uri)
 
 
-def _uid(user_id: str) -> str:
+def normal_user_id(user_id: str) -> str:
     """User IDs are case-insensitive: stored and looked up in lower case (``qa.lead``)."""
     return user_id.strip().lower()
 
@@ -60,7 +57,7 @@ def _bid(batch_id: str) -> str:
     return batch_id.strip().upper()
 
 
-def _password(prompt: str = "Password") -> str:
+def ask_password(prompt: str = "Password") -> str:
     import sys
 
     if not sys.stdin.isatty():
@@ -68,7 +65,7 @@ def _password(prompt: str = "Password") -> str:
     return getpass.getpass(f"{prompt}: ")
 
 
-def _fail(e: Exception) -> NoReturn:
+def fail(e: Exception) -> NoReturn:
     """Hand the failure to the app's error handler: one line naming it, exit 1 (the
     traceback with --debug)."""
     raise e
@@ -77,7 +74,7 @@ def _fail(e: Exception) -> NoReturn:
 def _admin_check(lk: Lake, admin: str) -> None:
     from .users import authenticate
 
-    authenticate(lk, admin, _password(f"Password of {admin}"), purpose="admin_reauth")
+    authenticate(lk, admin, ask_password(f"Password of {admin}"), purpose="admin_reauth")
 
 
 # ---------------------------------------------------------------------------- users
@@ -95,16 +92,16 @@ def users_add(
     """Create an account; asks for the admin's password, then the new user's initial one."""
     from .users import create_user
 
-    lk = _existing_lake(lake)
-    user_id, admin = _uid(user_id), (_uid(admin) if admin else None)
+    lk = existing_lake(lake)
+    user_id, admin = normal_user_id(user_id), (normal_user_id(admin) if admin else None)
     try:
         if admin:
             _admin_check(lk, admin)
-        pw = _password(f"Initial password for {user_id}")
+        pw = ask_password(f"Initial password for {user_id}")
         actor = admin or f"system:{getpass.getuser()}"
         u = create_user(lk, user_id, name, role, pw, actor, reason, bootstrap=admin is None)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"created {u.user_id} ({u.role})")
 
 
@@ -113,7 +110,7 @@ def users_list(lake: LakeOpt = None) -> None:
     """Accounts with role, state and password age."""
     from .users import list_users
 
-    df = list_users(_existing_lake(lake))
+    df = list_users(existing_lake(lake))
     t = Table("user", "name", "role", "active", "locked", "failed", "password set", "updated")
     for r in df.iter_rows(named=True):
         t.add_row(r["user_id"], r["full_name"], r["role"], str(r["active"]), str(r["locked"]),
@@ -128,13 +125,13 @@ def users_disable(user_id: str, admin: Annotated[str, typer.Option()], reason: R
     """Disable an account for good (its ID is never reused)."""
     from .users import disable_user
 
-    lk = _existing_lake(lake)
-    user_id, admin = _uid(user_id), _uid(admin)
+    lk = existing_lake(lake)
+    user_id, admin = normal_user_id(user_id), normal_user_id(admin)
     try:
         _admin_check(lk, admin)
         disable_user(lk, user_id, admin, reason)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"disabled {user_id}")
 
 
@@ -144,13 +141,15 @@ def users_reset(user_id: str, admin: Annotated[str, typer.Option()], reason: Rea
     """Set a temporary password and unlock; the user must change it at next login."""
     from .users import reset_password
 
-    lk = _existing_lake(lake)
-    user_id, admin = _uid(user_id), _uid(admin)
+    lk = existing_lake(lake)
+    user_id, admin = normal_user_id(user_id), normal_user_id(admin)
     try:
         _admin_check(lk, admin)
-        reset_password(lk, user_id, _password(f"Temporary password for {user_id}"), admin, reason)
+        reset_password(
+            lk, user_id, ask_password(f"Temporary password for {user_id}"), admin, reason
+        )
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"password of {user_id} reset; account unlocked")
 
 
@@ -159,12 +158,12 @@ def users_change(user_id: str, lake: LakeOpt = None) -> None:
     """Change your own password (old, then new)."""
     from .users import change_password
 
-    lk = _existing_lake(lake)
-    user_id = _uid(user_id)
+    lk = existing_lake(lake)
+    user_id = normal_user_id(user_id)
     try:
-        change_password(lk, user_id, _password("Current password"), _password("New password"))
+        change_password(lk, user_id, ask_password("Current password"), ask_password("New password"))
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print("password changed")
 
 
@@ -177,7 +176,7 @@ def audit_verify(lake: LakeOpt = None) -> None:
 
     res = verify(_lake(lake))
     if res.ok and res.entries == 0 and res.anchor_seq is None:
-        _existing_lake(lake)  # a mistyped path is an error, not an empty trail that verifies
+        existing_lake(lake)  # a mistyped path is an error, not an empty trail that verifies
     if res.ok:
         console.print(f"[green]{res.summary()}", soft_wrap=True)
     else:
@@ -195,7 +194,7 @@ def audit_show(
     """Print audit entries (newest last)."""
     from .audit import AuditTrail
 
-    df = AuditTrail(_existing_lake(lake)).read(action=action, record_ids=[record] if record else None,
+    df = AuditTrail(existing_lake(lake)).read(action=action, record_ids=[record] if record else None,
                                       limit=limit)  # fmt: skip
     t = Table("seq", "UTC", "actor", "action", "table", "record", "field", "old", "new", "reason")
     for r in df.iter_rows(named=True):
@@ -224,25 +223,12 @@ def audit_retire_anchor(
     if not yes:
         err.print("[red]refusing without --yes: this retires the audit trail's anchored head")
         raise typer.Exit(2)
-    lk = _existing_lake(lake)
+    lk = existing_lake(lake)
     try:
-        r = retire_trail(lk, admin, _password(f"Password of {admin} (signature)"), reason)
+        r = retire_trail(lk, admin, ask_password(f"Password of {admin} (signature)"), reason)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{lk.uri('gxp', 'audit_trail')}: {r.describe()}", soft_wrap=True)
-
-
-@audit_app.command("record-materializations")
-def audit_materializations(lake: LakeOpt = None) -> None:
-    """Write this lake's materializations from the Dagster instance not yet in its trail (what
-    the materialization_audit sensor does; other lakes' runs are counted, not recorded)."""
-    from pharma_assets.defs.compliance.materializations import audit_materializations
-    from pharma_assets.pipeline import default_instance
-
-    lk = _existing_lake(lake)
-    with default_instance() as inst:
-        done, _ = audit_materializations(lk, inst)
-    console.print(done.summary())
 
 
 # ---------------------------------------------------------------------------- deviations
@@ -252,7 +238,7 @@ def dev_list(batch: Annotated[str | None, typer.Option()] = None,
     """Deviations (current state)."""
     from .deviations import list_deviations
 
-    df = list_deviations(_existing_lake(lake), _bid(batch) if batch else None, state)
+    df = list_deviations(existing_lake(lake), _bid(batch) if batch else None, state)
     t = Table("id", "batch", "severity", "state", "source", "title")
     for r in df.iter_rows(named=True):
         t.add_row(r["deviation_id"], r["batch_id"] or "", r["severity"], r["state"], r["source"],
@@ -269,13 +255,13 @@ def dev_open(title: str, user: UserOpt, reason: ReasonOpt,
     from .deviations import open_deviation
     from .users import authenticate
 
-    lk = _existing_lake(lake)
-    user, batch = _uid(user), (_bid(batch) if batch else None)
+    lk = existing_lake(lake)
+    user, batch = normal_user_id(user), (_bid(batch) if batch else None)
     try:
-        authenticate(lk, user, _password())
+        authenticate(lk, user, ask_password())
         d = open_deviation(lk, user, title, description or title, severity, reason, batch)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"opened {d.deviation_id}")
 
 
@@ -284,7 +270,7 @@ def dev_auto(lake: LakeOpt = None) -> None:
     """Open deviations for major/critical excursions and contamination alarms."""
     from .deviations import auto_open
 
-    console.print(f"opened {len(auto_open(_existing_lake(lake)))} deviations")
+    console.print(f"opened {len(auto_open(existing_lake(lake)))} deviations")
 
 
 @deviation_app.command("advance")
@@ -296,13 +282,13 @@ def dev_advance(deviation_id: str, user: UserOpt, reason: ReasonOpt,
     from .deviations import advance
     from .users import authenticate
 
-    lk = _existing_lake(lake)
-    user = _uid(user)
+    lk = existing_lake(lake)
+    user = normal_user_id(user)
     try:
-        authenticate(lk, user, _password())
+        authenticate(lk, user, ask_password())
         d = advance(lk, deviation_id, user, reason, investigation, root_cause, capa)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{d.deviation_id} is now {d.state}")
 
 
@@ -311,11 +297,11 @@ def dev_close(deviation_id: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt
     """Close (QA; electronic signature, meaning approval)."""
     from .deviations import close
 
-    lk, user = _existing_lake(lake), _uid(user)
+    lk, user = existing_lake(lake), normal_user_id(user)
     try:
-        d = close(lk, deviation_id, user, _password("Password (signature)"), reason)
+        d = close(lk, deviation_id, user, ask_password("Password (signature)"), reason)
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{d.deviation_id} closed, signature {d.signature_id}")
 
 
@@ -330,12 +316,12 @@ def spec_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
     from .changecontrol import apply_change
 
     p = path or _default_path(target)
-    lk, user = _existing_lake(lake), _uid(user)
+    lk, user = existing_lake(lake), normal_user_id(user)
     try:
         row = apply_change(lk, p, new_file.read_text(), user,
-                           _password("Password (signature)"), reason, target)  # fmt: skip
+                           ask_password("Password (signature)"), reason, target)  # fmt: skip
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
 
 
@@ -375,7 +361,7 @@ def spec_check(target: Annotated[str, typer.Option()] = "cpp_spec",
     """Is the spec in use the last approved version? Exit 1 if not."""
     from .changecontrol import check_in_use
 
-    r = check_in_use(_existing_lake(lake), path or _default_path(target), target)
+    r = check_in_use(existing_lake(lake), path or _default_path(target), target)
     (console if r.ok else err).print(("[green]" if r.ok else "[red]") + r.detail)
     if not r.ok:
         raise typer.Exit(1)
@@ -423,14 +409,14 @@ def amendment_apply(
 ) -> None:  # fmt: skip
     """Apply a held amendment: supersede the accepted values (old rows stay in the Delta
     history and the audit trail); electronic signature, meaning approval (QA)."""
-    from pharma_assets.lake.amendments import apply
+    from pharma_assets.compliance.amendments import apply
 
     land = landing or Path(os.environ.get("PHARMA_LANDING_DIR", "landing"))
     try:
-        res = apply(_lake(lake), land, amendment_id, user, _password("Password (signature)"),
+        res = apply(_lake(lake), land, amendment_id, user, ask_password("Password (signature)"),
                     reason, os.environ.get("PHARMA_CPP_SPEC") or None)  # fmt: skip
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{res.amendment_id} applied: {res.bronze_rows_replaced} bronze rows superseded "
                   f"in {', '.join(res.files_rederived)}; signature {res.signature_id}")  # fmt: skip
 
@@ -444,13 +430,13 @@ def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
     from .release import batch_record
     from .signatures import sign as do_sign
 
-    lk = _existing_lake(lake)
-    batch_id, user = _bid(batch_id), _uid(user)
+    lk = existing_lake(lake)
+    batch_id, user = _bid(batch_id), normal_user_id(user)
     try:
-        s = do_sign(lk, user, _password("Password (signature)"), meaning, "batch_record",
+        s = do_sign(lk, user, ask_password("Password (signature)"), meaning, "batch_record",
                     batch_id, batch_record(lk, batch_id), reason)  # fmt: skip
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(s.manifestation())
 
 
@@ -461,12 +447,12 @@ def release(batch_id: str, user: UserOpt, reason: ReasonOpt,
     """QA release or rejection of a batch, with electronic signature."""
     from .release import decide
 
-    lk, batch_id, user = _existing_lake(lake), _bid(batch_id), _uid(user)
+    lk, batch_id, user = existing_lake(lake), _bid(batch_id), normal_user_id(user)
     try:
-        row = decide(lk, batch_id, decision, user, _password("Password (signature)"),
+        row = decide(lk, batch_id, decision, user, ask_password("Password (signature)"),
                      reason)  # fmt: skip
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{batch_id} {row['decision']} by {row['printed_name']} "
                   f"({row['decided_at']:%Y-%m-%d %H:%M:%S} UTC), signature {row['signature_id']}")  # fmt: skip
 
@@ -476,11 +462,11 @@ def ebr(batch_id: str, out: Annotated[Path, typer.Option(help="Output folder.")]
     """Write the electronic batch record of a batch (HTML and PDF)."""
     from .ebr import write_ebr
 
-    lk, batch_id = _existing_lake(lake), _bid(batch_id)
+    lk, batch_id = existing_lake(lake), _bid(batch_id)
     try:
         h, p, c = write_ebr(lk, batch_id, out, actor=f"cli:{getpass.getuser()}")
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"wrote {h} and {p} (content SHA-256 {c.content_hash[:16]}...)")
 
 
@@ -488,11 +474,11 @@ def backup(dest: Path, lake: LakeOpt = None) -> None:
     """Copy the lake to DEST and verify the copy (file hashes, Delta tables, audit chain)."""
     from .retention import backup as do_backup
 
-    lk = _existing_lake(lake)
+    lk = existing_lake(lake)
     try:
         rep = do_backup(lk, dest, actor=f"cli:{getpass.getuser()}")
     except Exception as e:
-        _fail(e)
+        fail(e)
     (console if rep.ok else err).print(rep.summary())
     if not rep.ok:
         raise typer.Exit(1)

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from .cli import LakeOpt, ReasonOpt, UserOpt, _existing_lake, _fail, _password, _uid, console, err
+from .cli import (
+    LakeOpt,
+    ReasonOpt,
+    UserOpt,
+    ask_password,
+    console,
+    err,
+    existing_lake,
+    fail,
+    normal_user_id,
+)
 
 model_app = typer.Typer(help="Model promotions: pending, approve/reject (QA, signed), verify, "
                         "auto-promotion policy.", no_args_is_help=True)  # fmt: skip
@@ -31,7 +41,7 @@ def model_pending(
     """Promotions the gate proposed that wait for a QA signature (--all: every proposal)."""
     from .promotions import pending, promotions
 
-    lk = _existing_lake(lake)
+    lk = existing_lake(lake)
     df = promotions(lk) if all_states else pending(lk)
     if df.height == 0:
         console.print("no pending promotion" if not all_states else "no promotion proposed yet")
@@ -53,12 +63,12 @@ def _decide(approve: bool, name: str, version: str, user: str, reason: str,
             lake: str | None) -> None:  # fmt: skip
     from . import promotions
 
-    lk, user = _existing_lake(lake), _uid(user)
+    lk, user = existing_lake(lake), normal_user_id(user)
     fn = promotions.approve if approve else promotions.reject
     try:
-        sig = fn(lk, user, _password("Password (signature)"), name, version, reason, _uri())
+        sig = fn(lk, user, ask_password("Password (signature)"), name, version, reason, _uri())
     except Exception as e:
-        _fail(e)
+        fail(e)
     what = "approved: now champion" if approve else "rejected: the champion stays"
     console.print(f"{name} v{version} {what}. {sig.manifestation()} ({sig.signature_id})",
                   soft_wrap=True, highlight=False)  # fmt: skip
@@ -85,7 +95,7 @@ def model_verify(lake: LakeOpt = None) -> None:
     not."""
     from .promotions import verify_champions
 
-    checks = verify_champions(_existing_lake(lake), _uri())
+    checks = verify_champions(existing_lake(lake), _uri())
     if not checks:
         console.print("no champion registered")
     for c in checks:
@@ -104,12 +114,12 @@ def model_policy_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
     from .promotions import POLICY_TARGET, policy_path
 
     p = policy_path()
-    lk, user = _existing_lake(lake), _uid(user)
+    lk, user = existing_lake(lake), normal_user_id(user)
     try:
-        row = apply_change(lk, p, new_file.read_text(), user, _password("Password (signature)"),
+        row = apply_change(lk, p, new_file.read_text(), user, ask_password("Password (signature)"),
                            reason, POLICY_TARGET)  # fmt: skip
     except Exception as e:
-        _fail(e)
+        fail(e)
     console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
 
 
@@ -119,7 +129,7 @@ def model_policy_check(lake: LakeOpt = None) -> None:
     system then signs nothing: every proposal waits for QA)."""
     from .promotions import approved_policy
 
-    policy, _, note = approved_policy(_existing_lake(lake))
+    policy, _, note = approved_policy(existing_lake(lake))
     if policy is None:
         err.print(f"[red]{note}", soft_wrap=True)
         raise typer.Exit(1)

@@ -6,8 +6,10 @@ stored in ``<lake>/gxp/batch_release`` (append-only) with the signature, which i
 the SHA-256 of the exact review record (``batch_record``): if the record changes later (a
 late lab result, a reopened deviation), the signature no longer verifies against it.
 
-``gold/batch_summary.release_status`` shows the decision: ``apply_release_status`` is the
-join gold uses (``pending_review`` until a decision lands).
+``gold/batch_summary.release_status`` shows the decision: the gold asset declares
+``gxp/batch_release`` as an input and passes ``release_status_frame`` to the gold build
+(``lake.gold.apply_release_decisions``; ``pending_review`` until a decision lands).
+``apply_release_status`` is the same join for a page that shows a decision at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from pharma_assets.lake.gold import PENDING_RELEASE, apply_release_decisions
 from pharma_assets.lake.storage import UTC_US, Lake
 
 from . import GXP_LAYER
@@ -27,7 +30,7 @@ from .users import get_user, require
 
 TABLE = "batch_release"
 DECISIONS = ("released", "rejected")
-PENDING = "pending_review"
+PENDING = PENDING_RELEASE
 SCHEMA: dict[str, pl.DataType] = {
     "batch_id": pl.String(), "decision": pl.String(), "signature_id": pl.String(),
     "user_id": pl.String(), "printed_name": pl.String(), "decided_at": UTC_US,
@@ -129,9 +132,4 @@ def release_status_frame(lake: Lake) -> pl.DataFrame:
 def apply_release_status(summary: pl.DataFrame, lake: Lake) -> pl.DataFrame:
     """gold/batch_summary with the QA decision: ``release_status`` is ``released`` /
     ``rejected`` / ``pending_review``, plus ``released_by`` and ``released_at``."""
-    rs = release_status_frame(lake)
-    base = summary.drop([c for c in ("release_status", "released_by", "released_at")
-                         if c in summary.columns])  # fmt: skip
-    return base.join(rs, on="batch_id", how="left").with_columns(
-        pl.col("release_status").fill_null(PENDING)
-    )
+    return apply_release_decisions(summary, release_status_frame(lake))

@@ -16,7 +16,7 @@ with its old and new values is in ``bronze/amendment_changes``; the amendment it
 ``bronze/amendments``. ``pharma-twin pipeline`` prints the held amendments and the bronze
 asset's metadata counts them (``quarantine_reasons``).
 
-Applied (``apply``, CLI ``pharma-twin amendment apply ID --reason ... --user ...``): the
+Applied (``compliance.amendments.apply``, CLI ``pharma-twin amendment apply ID --reason ... --user ...``): the
 signer re-authenticates and signs (meaning ``approval``, QA) the amendment record; the old
 bronze rows of the changed keys are replaced by the delivered ones (an overwritten file:
 all its rows by the new content), in one Delta commit per table, so the previous Delta
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from .storage import UTC_US, Lake
+from .storage import GXP_LAYER, UTC_US, Lake
 
 if TYPE_CHECKING:
     from .landing_scan import LandedFile
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 LAYER = "bronze"
 TABLE = "amendments"
 CHANGES = "amendment_changes"
-DECISIONS = "amendment_decisions"  # in the gxp layer
+DECISIONS = "amendment_decisions"  # in the gxp layer (written by compliance.amendments)
 KEYS: dict[str, tuple[str, ...]] = {
     "telemetry": ("unit_id", "tag", "ts"),
     "lims": ("sample_id", "analyte"),
@@ -318,8 +318,6 @@ def changed_in_place(
 # ---------------------------------------------------------------------------- listing
 def list_amendments(lake: Lake, state: str | None = None) -> pl.DataFrame:
     """Amendments (kind new_file or overwritten) with their state: held, applied."""
-    from pharma_assets.compliance import GXP_LAYER
-
     am = lake.read(LAYER, TABLE)
     if am is None:
         return pl.DataFrame(schema={**AMENDMENT_SCHEMA, "state": pl.String()})
@@ -340,22 +338,19 @@ def held(lake: Lake) -> pl.DataFrame:
 
 # ---------------------------------------------------------------------------- applying
 @dataclass
-class Applied:
-    amendment_id: str
-    signature_id: str
-    bronze_rows_replaced: int
-    files_rederived: list[str]
+class HeldAmendment:
+    """A held amendment checked and ready to apply: its row, the landed file's bytes, the
+    differing keys, and ``record``, the content the signer signs."""
+
+    row: dict[str, Any]
+    data: bytes
+    changes: pl.DataFrame
+    record: dict[str, Any]
 
 
-def apply(lake: Lake, landing_root: str | Path, aid: str, user_id: str, password: str,
-          reason: str, spec_path: str | None = None) -> Applied:  # fmt: skip
-    """Apply a held amendment as a signed GxP action (see the module docstring)."""
-    from pharma_assets.compliance import GXP_LAYER
-    from pharma_assets.compliance.audit import GXP_TABLE_CONFIGURATION, AuditTrail
-    from pharma_assets.compliance.signatures import sign
-
-    from . import bronze
-
+def prepare(lake: Lake, landing_root: str | Path, aid: str) -> HeldAmendment:
+    """Check that amendment ``aid`` is held and its landed file unchanged since it was
+    detected; the record to sign. Raises ValueError naming what is wrong."""
     am = list_amendments(lake).filter(pl.col("amendment_id") == aid)
     if am.height == 0:
         raise ValueError(f"no amendment {aid!r} (see `pharma-twin amendment list`)")
@@ -371,21 +366,28 @@ def apply(lake: Lake, landing_root: str | Path, aid: str, user_id: str, password
     if hashlib.sha256(data).hexdigest() != a["sha256"]:
         raise ValueError(f"landed file {a['source_file']} changed again since {aid} was "
                          "detected; the next ingestion records the new content")  # fmt: skip
-    source, bid = a["source"], a["batch_id"]
     ch = lake.read(LAYER, CHANGES, filter_expr=pl.col("amendment_id") == aid)
     changes = ch if ch is not None else pl.DataFrame(schema=CHANGE_SCHEMA)
     record = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in a.items()}
     record["changes_sha256"] = hashlib.sha256(
         "\n".join(sorted(changes["key"] + "|" + changes["new_value"])).encode()
     ).hexdigest()
-    trail = AuditTrail(lake)
-    sig = sign(lake, user_id, password, "approval", "data_amendment", aid, record, reason,
-               trail=trail)  # fmt: skip
+    return HeldAmendment(a, data, changes, record)
 
+
+def replace_rows(lake: Lake, held_am: HeldAmendment, spec_path: str | None = None
+                 ) -> tuple[int, list[str]]:  # fmt: skip
+    """The data part of applying a (signed) amendment: the old bronze rows of the changed
+    keys replaced by the delivered ones in one commit per table, silver re-derived for the
+    files concerned. Returns (bronze rows replaced, files re-derived). The signature, the
+    decision and the audit trail are the caller's (``compliance.amendments.apply``)."""
+    from . import bronze
     from .landing_scan import LandedFile
 
-    f = LandedFile(source, a["source_file"], a["unit_id"], bid, len(data), 0)
-    new = bronze._finish(bronze.read_source_file(source, data), f, datetime.now(UTC),
+    a, changes = held_am.row, held_am.changes
+    aid, source, bid = a["amendment_id"], a["source"], a["batch_id"]
+    f = LandedFile(source, a["source_file"], a["unit_id"], bid, len(held_am.data), 0)
+    new = bronze._finish(bronze.read_source_file(source, held_am.data), f, datetime.now(UTC),
                          f"amendment:{aid}", source)  # fmt: skip
     keys = list(KEYS[source])
     where = pl.col("batch_id") == bid if bid is not None else pl.lit(True)
@@ -412,17 +414,7 @@ def apply(lake: Lake, landing_root: str | Path, aid: str, user_id: str, password
         pred = _in("source_file", files) + (f" AND batch_id = '{bid}'" if bid else "")
         lake.overwrite(LAYER, source, out.select(old.columns).cast(old.schema),
                        predicate=pred, metadata={"amendment_id": aid})  # fmt: skip
-    rederived = _rederive(lake, source, bid, files, spec_path, aid)
-    lake.append(GXP_LAYER, DECISIONS, pl.DataFrame([{
-        "amendment_id": aid, "state": "applied", "decided_at": datetime.now(UTC), "user_id": user_id,
-        "reason": reason, "signature_id": sig.signature_id, "bronze_rows_replaced": replaced,
-    }], schema=DECISION_SCHEMA), configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
-    old_values = {r["key"]: json.loads(r["old_value"]) for r in changes.iter_rows(named=True)}
-    new_values = {r["key"]: json.loads(r["new_value"]) for r in changes.iter_rows(named=True)}
-    trail.record("data_amendment_applied", user_id, table_name=f"bronze/{source}", record_id=aid,
-                 field=",".join(files), old_value=old_values, new_value=new_values, reason=reason,
-                 context_id=sig.signature_id)  # fmt: skip
-    return Applied(aid, sig.signature_id, replaced, rederived)
+    return replaced, _rederive(lake, source, bid, files, spec_path, aid)
 
 
 def _key_frame(changes: pl.DataFrame, keys: list[str], like: pl.DataFrame) -> pl.DataFrame:

@@ -19,13 +19,20 @@ from typing import Any
 
 import polars as pl
 
-from pharma_assets.compliance.release import apply_release_status
-
 from . import silver
 from .specs import ONE_PHASE, CppSpec
 from .storage import UTC_US, Lake
 
 LAYER = "gold"
+#: release_status of a batch QA has not decided yet
+PENDING_RELEASE = "pending_review"
+#: the QA decisions gold applies to batch_summary: one row per decided batch
+RELEASE_SCHEMA: dict[str, pl.DataType] = {
+    "batch_id": pl.String(),
+    "release_status": pl.String(),
+    "released_by": pl.String(),
+    "released_at": UTC_US,
+}
 CRITICAL_PAR_MINUTES = 60.0
 EXCURSION_SCHEMA = {
     "excursion_id": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
@@ -116,7 +123,27 @@ def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
     return agg.group_by("batch_id", "tag").agg(pl.col("cpk").first())
 
 
-def build_gold(lake: Lake, spec: CppSpec, now: datetime | None = None) -> dict[str, int]:
+def apply_release_decisions(summary: pl.DataFrame, decisions: pl.DataFrame | None) -> pl.DataFrame:
+    """``batch_summary`` with QA's decisions: ``release_status`` (``released`` / ``rejected``
+    / ``pending_review``), ``released_by`` and ``released_at``. ``decisions`` has the
+    ``RELEASE_SCHEMA`` columns (``compliance.release.release_status_frame`` reads them from
+    ``gxp/batch_release``); None means no decision yet."""
+    d = pl.DataFrame(schema=RELEASE_SCHEMA) if decisions is None else decisions
+    base = summary.drop([c for c in RELEASE_SCHEMA if c != "batch_id" and c in summary.columns])
+    return base.join(d.select(list(RELEASE_SCHEMA)), on="batch_id", how="left").with_columns(
+        pl.col("release_status").fill_null(PENDING_RELEASE)
+    )
+
+
+def build_gold(
+    lake: Lake,
+    spec: CppSpec,
+    now: datetime | None = None,
+    release_decisions: pl.DataFrame | None = None,
+) -> dict[str, int]:
+    """Rebuild the gold tables from silver; ``release_decisions`` are QA's decisions from
+    ``gxp/batch_release`` (see :func:`apply_release_decisions`), passed in by the asset that
+    declares that table as its input."""
     now = now or datetime.now(UTC)
     batches = lake.read(silver.LAYER, "batches")
     if batches is None:
@@ -136,7 +163,7 @@ def build_gold(lake: Lake, spec: CppSpec, now: datetime | None = None) -> dict[s
                     last.select("batch_id", "tag", "last_ts"))  # fmt: skip
     lake.overwrite(LAYER, "cpp_excursions", ex)
     summary = batch_summary(batches, stats, ex, labs, last, spec)
-    summary = apply_release_status(summary, lake)  # QA's signed decisions (gxp/batch_release)
+    summary = apply_release_decisions(summary, release_decisions)
     lake.overwrite(LAYER, "batch_summary", summary)
     lake.overwrite(LAYER, "unit_status", unit_status(batches, last, ex, spec, now))
     kpis = plant_kpis(summary)
@@ -222,7 +249,7 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
         & pl.all_horizontal(*[pl.col(f"cqa_{a}").is_not_null() for a in required])
         & (pl.col("cqa_out_of_spec").fill_null(0) == 0)
         & (pl.col("excursions_major") <= spec.right_first_time.max_major_excursions),
-        release_status=pl.lit("pending_review"),
+        release_status=pl.lit(PENDING_RELEASE),
         spec_version=pl.lit(spec.version),
     ).drop("last_ip_titer")
     return s.sort("start_ts")

@@ -277,6 +277,20 @@ def _write_parts(folder: Path, reader: pa.RecordBatchReader) -> list[AddAction]:
     return adds
 
 
+#: the layer of the GxP records (written by ``pharma_assets.compliance``)
+GXP_LAYER = "gxp"
+
+#: the environment variable naming the lake root, and its default (relative to the CWD)
+LAKE_URI_ENV = "PHARMA_LAKE_URI"
+DEFAULT_LAKE_URI = "lakehouse"
+
+
+def lake_uri_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The configured lake root as given: ``$PHARMA_LAKE_URI``, else ``lakehouse``."""
+    env = os.environ if env is None else env
+    return env.get(LAKE_URI_ENV) or DEFAULT_LAKE_URI
+
+
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Object-store credentials and settings (``AWS_*``, ``AZURE_*``, ``GOOGLE_*``)."""
     env = os.environ if env is None else env
@@ -309,6 +323,12 @@ class Lake:
             )
             return cls(root.rstrip("/"), opts)
         return cls(str(Path(root).resolve()), dict(storage_options or {}))
+
+    @classmethod
+    def from_env(cls, root: str | Path | None = None, env: Mapping[str, str] | None = None) -> Lake:
+        """The lake at ``root``, or at the configured root (:func:`lake_uri_from_env`), with
+        the object-store options of the environment: the one place both are read."""
+        return cls.at(root or lake_uri_from_env(env), storage_options_from_env(env))
 
     @property
     def is_local(self) -> bool:

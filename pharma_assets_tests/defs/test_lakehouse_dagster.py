@@ -10,6 +10,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
+from pharma_assets.compliance import release
 from pharma_assets.defs.lakehouse.automation import (
     GOLD_INPUTS,
     ONLY_BATCHES_TAG,
@@ -196,7 +198,9 @@ def _gold_refresh_sensor_requests_gold_when_silver_changes(m: Materialized) -> N
     assert gold_refresh_sensor.job_name == "gold_job"
     assert not m.gold_tick_before.run_requests  # nothing in silver yet
     versions = {f"{layer}/{name}": m.lake.version(layer, name) for layer, name in GOLD_INPUTS}
-    assert all(v is not None for v in versions.values()), versions
+    # every silver input exists; gxp/batch_release only once QA has decided a batch
+    assert all(v is not None for k, v in versions.items() if k.startswith("silver/")), versions
+    assert versions["gxp/batch_release"] is None
 
     first = sensor_tick(gold_refresh_sensor, m.instance, m.lakehouse)
     assert len(first.run_requests or []) == 1  # for the sensor's only job, gold_job
@@ -210,6 +214,19 @@ def _gold_refresh_sensor_requests_gold_when_silver_changes(m: Materialized) -> N
     after = sensor_tick(gold_refresh_sensor, m.instance, m.lakehouse, first.cursor)
     assert len(after.run_requests or []) == 1
     assert after.run_requests[0].run_key != first.run_requests[0].run_key
+
+    # a QA decision (a new version of gxp/batch_release) is a gold input too
+    decided = pl.DataFrame(
+        [{"batch_id": "BR01-B0001", "decision": "released", "signature_id": "SIG-test",
+          "user_id": "qa.lead", "printed_name": "QA Lead", "decided_at": datetime.now(UTC),
+          "reason": "test", "record_hash": "0" * 64}],
+        schema=release.SCHEMA,
+    )  # fmt: skip
+    m.lake.append("gxp", release.TABLE, decided)
+    m.lake.forget()
+    qa = sensor_tick(gold_refresh_sensor, m.instance, m.lakehouse, after.cursor)
+    assert len(qa.run_requests or []) == 1
+    assert json.loads(qa.cursor or "{}")["gxp/batch_release"] is not None
 
 
 def _landing_sensor_after_ingestion_requests_only_new_files(m: Materialized) -> None:

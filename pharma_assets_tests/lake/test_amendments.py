@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pharma_assets.cli import app
+from pharma_assets.compliance import amendments as compliance_amendments
 from pharma_assets.compliance.audit import AuditTrail
 from pharma_assets.compliance.users import create_user
 from pharma_assets.lake import amendments, bronze, progress, silver
@@ -246,7 +247,7 @@ def test_lims_correction_is_held(lake, small_landing: Path):
     # applied: silver/lab_results is rebuilt with the corrected value
     _users(lake)
     aid = amendments.held(lake)["amendment_id"].item()
-    res = amendments.apply(lake, landing, aid, "qa.lead", QA_PW, "LIMS result corrected")
+    res = compliance_amendments.apply(lake, landing, aid, "qa.lead", QA_PW, "LIMS result corrected")
     assert res.bronze_rows_replaced == 1
     lab = lake.read("silver", "lab_results",
                     filter_expr=(pl.col("sample_id") == row[0]) & (pl.col("analyte") == row[6]))  # fmt: skip

@@ -23,6 +23,19 @@ audit_trail_asset = dg.AssetSpec(
 )
 
 
+batch_release_asset = dg.AssetSpec(
+    ["gxp", "batch_release"],
+    group_name="gxp",
+    description=(
+        "QA's signed batch release decisions (21 CFR 11.50/11.70): append-only Delta table "
+        "written by `pharma-twin release` and the QA release page, one final decision per "
+        "batch bound to the signed review record. Not materialized by Dagster; gold/batch_summary "
+        "reads it (release_status), and gold_refresh_sensor refreshes gold when it changes."
+    ),
+    kinds={"delta"},
+)
+
+
 @dg.asset_check(asset=audit_trail_asset.key, name="audit_chain_valid", blocking=False)
 def audit_chain_valid(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
     """Verify every entry's HMAC, the links, the sequence, the anchored head and every
@@ -76,7 +89,7 @@ def materialization_audit_sensor(
 @dg.definitions
 def defs() -> dg.Definitions:
     return dg.Definitions(
-        assets=[audit_trail_asset],
+        assets=[audit_trail_asset, batch_release_asset],
         asset_checks=[audit_chain_valid],
         jobs=[audit_verify_job],
         sensors=[materialization_audit_sensor],

@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from pharma_assets.compliance import release
 from pharma_assets.lake import amendments, bronze, gold, silver
 from pharma_assets.lake.landing_scan import files_for_batch, files_for_source
 from pharma_assets.lake.storage import Lake
@@ -246,6 +247,10 @@ def silver_telemetry(
     )  # fmt: skip
 
 
+#: QA's signed release decisions, written by the compliance package (not by Dagster); the
+#: asset is declared in defs/compliance, gold reads it
+GXP_BATCH_RELEASE = dg.AssetKey(["gxp", "batch_release"])
+
 _GOLD = {
     "batch_summary": "One row per batch: unit, recipe, times, duration, peak VCD, final titer, harvest volume, product mass, every release CQA, excursion count and minutes per CPP, Cpk per CPP, right-first-time, status.",
     "cpp_excursions": "CPP excursions: start, end, duration, peak, minutes outside PAR, severity (minor/major/critical), active flag.",
@@ -258,7 +263,8 @@ _GOLD = {
     specs=[
         dg.AssetSpec(["gold", name], group_name="gold", description=desc, kinds=DELTA,
                      deps=[dg.AssetKey(["silver", "telemetry"]), dg.AssetKey(["silver", "excursion_segments"]),
-                           dg.AssetKey(["silver", "telemetry_stats"]), silver_batches, silver_lab_results])
+                           dg.AssetKey(["silver", "telemetry_stats"]), silver_batches, silver_lab_results,
+                           GXP_BATCH_RELEASE])
         for name, desc in _GOLD.items()
     ],
     name="gold_tables",
@@ -270,9 +276,12 @@ _GOLD = {
     ],
 )  # fmt: skip
 def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
-    """Rebuild the gold tables from silver aggregates (never from raw telemetry)."""
+    """Rebuild the gold tables from silver aggregates (never from raw telemetry), with QA's
+    signed release decisions (gxp/batch_release) on gold/batch_summary."""
     lake = lakehouse.lake()
-    res = gold.build_gold(lake, lakehouse.spec())
+    res = gold.build_gold(
+        lake, lakehouse.spec(), release_decisions=release.release_status_frame(lake)
+    )
     for name in _GOLD:
         yield dg.MaterializeResult(
             asset_key=["gold", name],

@@ -7,10 +7,6 @@ import time
 from collections import defaultdict
 
 import dagster as dg
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from pharma_assets.lake import live_health, progress
 from pharma_assets.lake.landing_scan import LandedFile, scan_landing
@@ -38,6 +34,12 @@ BATCH_ASSETS = [
     silver_lab_results,
     silver_telemetry,
 ]
+
+# Dagster's run tags for ONE run over a range of partition keys (what a single-run backfill
+# sets; the partition_key_range of a RunRequest is read from them). Dagster exports no
+# public constant for them, so they are named here, once, instead of importing dagster._core.
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 TELEMETRY = dg.AssetKey(["silver", "telemetry"])
 MAX_LAG_S = float(os.environ.get("PHARMA_FRESHNESS_MAX_LAG_S", "900"))
@@ -238,7 +240,7 @@ def landing_sensor(
 
 GOLD_INTERVAL_S = int(os.environ.get("PHARMA_GOLD_INTERVAL_S", str(2 * SENSOR_INTERVAL_S)))
 GOLD_INPUTS = (("silver", "telemetry_log"), ("silver", "batches"), ("silver", "lab_results"),
-               ("silver", "maintenance_events"))  # fmt: skip
+               ("silver", "maintenance_events"), ("gxp", "batch_release"))  # fmt: skip
 
 
 @dg.sensor(
@@ -246,7 +248,8 @@ GOLD_INPUTS = (("silver", "telemetry_log"), ("silver", "batches"), ("silver", "l
     minimum_interval_seconds=GOLD_INTERVAL_S,
     jobs=[gold_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Refreshes gold when the silver tables it reads have new Delta versions "
+    description="Refreshes gold when the silver tables it reads (and QA's gxp/batch_release) "
+    "have new Delta versions "
     "(cursor: those versions). Coalesces any number of ingestion runs into one refresh, and "
     "requests none while a gold_job run is queued or in progress (never more than one gold "
     "run open: the next refresh takes every silver change made meanwhile).",

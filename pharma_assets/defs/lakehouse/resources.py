@@ -13,26 +13,26 @@ import os
 import dagster as dg
 
 from pharma_assets.lake.specs import CppSpec, load_spec
-from pharma_assets.lake.storage import Lake, storage_options_from_env
+from pharma_assets.lake.storage import DEFAULT_LAKE_URI, Lake, lake_uri_from_env
 
 
 class LakehouseResource(dg.ConfigurableResource):
     """The lake root, the landing folder and the CPP spec file the pipeline uses."""
 
-    lake_uri: str = "lakehouse"
+    lake_uri: str = DEFAULT_LAKE_URI
     landing_dir: str = "landing"
     spec_path: str | None = None
 
     @classmethod
     def from_env(cls) -> LakehouseResource:
         return cls(
-            lake_uri=os.environ.get("PHARMA_LAKE_URI", "lakehouse"),
+            lake_uri=lake_uri_from_env(),
             landing_dir=os.environ.get("PHARMA_LANDING_DIR", "landing"),
             spec_path=os.environ.get("PHARMA_CPP_SPEC") or None,
         )
 
     def lake(self) -> Lake:
-        return Lake.at(self.lake_uri, storage_options_from_env())
+        return Lake.from_env(self.lake_uri)
 
     def spec(self) -> CppSpec:
         return load_spec(self.spec_path)

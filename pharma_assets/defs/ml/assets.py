@@ -29,15 +29,15 @@ DELTA = {"delta", "polars"}
 ML_KINDS = {"mlflow", "scikitlearn"}
 
 
-def _k(*parts: str) -> dg.AssetKey:
+def key_of(*parts: str) -> dg.AssetKey:
     return dg.AssetKey(list(parts))
 
 
-SILVER_TIMELINE = _k("silver", "batch_timeline")
-SILVER_BATCHES = _k("silver", "batches")
-SILVER_LAB = _k("silver", "lab_results")
-SILVER_MAINT = _k("silver", "maintenance_events")
-GOLD_SUMMARY = _k("gold", "batch_summary")
+SILVER_TIMELINE = key_of("silver", "batch_timeline")
+SILVER_BATCHES = key_of("silver", "batches")
+SILVER_LAB = key_of("silver", "lab_results")
+SILVER_MAINT = key_of("silver", "maintenance_events")
+GOLD_SUMMARY = key_of("gold", "batch_summary")
 
 FEATURE_TABLES = {
     "equipment_hour": "Feature table: one row per critical equipment item (agitator, feed pump) "
@@ -56,7 +56,7 @@ FEATURE_TABLES = {
 SCORED_AT = pl.Datetime("us", "UTC")
 
 
-def _meta_value(v: Any) -> Any:
+def meta_value(v: Any) -> Any:
     """Metadata for a number (NaN as text: "not computable", e.g. no failures to catch)."""
     if isinstance(v, bool):
         return bool(v)
@@ -66,14 +66,14 @@ def _meta_value(v: Any) -> Any:
     return v
 
 
-def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
+def table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
     return {
         "table_uri": dg.MetadataValue.path(lake.uri(layer, name)),
         "delta_version": lake.version(layer, name),
     }
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
@@ -104,7 +104,7 @@ def feature_tables(
     inp = features.load_inputs(lake, with_hourly=False)
     prods = features.timeline_products(lake)
     inp.hourly = prods.hourly
-    now = _now()
+    now = utc_now()
     tables = {
         "equipment_hour": features.equipment_hour_features(
             inp.hourly, inp.maintenance, inp.batches
@@ -130,7 +130,7 @@ def feature_tables(
                 "rows": df.height,
                 "columns": len(df.columns),
                 **{f"source_version.{k}": v for k, v in inp.versions.items()},
-                **_table_meta(lake, "features", name),
+                **table_meta(lake, "features", name),
             },
         )
 
@@ -165,7 +165,7 @@ def read_feature_rows(lake: Lake, name: str, batch_ids: list[str]) -> pl.DataFra
     return df
 
 
-def _read(lake: Lake, layer: str, name: str) -> pl.DataFrame:
+def read_table(lake: Lake, layer: str, name: str) -> pl.DataFrame:
     df = lake.read(layer, name)
     if df is None:
         raise FileNotFoundError(
@@ -224,17 +224,17 @@ def model_capabilities(
         metadata={
             "applies": ", ".join(c.key for c in caps if c.applies) or "none",
             "skipped": dg.MetadataValue.md("\n".join(f"- {x}" for x in skips) or "none"),
-            **_table_meta(lake, "gold", "model_capabilities"),
+            **table_meta(lake, "gold", "model_capabilities"),
         }
     )
 
 
-def _registration_meta(reg: registry.Registration) -> dict[str, Any]:
+def registration_meta(reg: registry.Registration) -> dict[str, Any]:
     return {
         "model_version": reg.version,
         "promoted": reg.promoted,
-        "challenger_score": _meta_value(reg.challenger_score),
-        "champion_score": _meta_value(reg.champion_score)
+        "challenger_score": meta_value(reg.challenger_score),
+        "champion_score": meta_value(reg.champion_score)
         if reg.champion_score is not None
         else "none",
         "champion_version_before": reg.champion_version or "none",
@@ -272,7 +272,7 @@ def register_model(
     key=["ml", "pdm_failure_72h"],
     group_name=GROUP,
     kinds=ML_KINDS,
-    deps=[_k("features", "equipment_hour"), SILVER_MAINT],
+    deps=[key_of("features", "equipment_hour"), SILVER_MAINT],
 )
 def pdm_failure_72h(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -284,8 +284,8 @@ def pdm_failure_72h(
     cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
     if not cap.applies:
         return skipped(cap, context)
-    eq = _read(lake, "features", "equipment_hour")
-    maint = _read(lake, "silver", "maintenance_events")
+    eq = read_table(lake, "features", "equipment_hour")
+    maint = read_table(lake, "silver", "maintenance_events")
     versions = _feature_versions(
         lake,
         ["equipment_hour"],
@@ -299,8 +299,8 @@ def pdm_failure_72h(
     reg = register_model(context, res.trained, res.score_fn, ml)
     return dg.MaterializeResult(
         metadata={
-            **{k: _meta_value(v) for k, v in res.trained.metrics.items()},
-            **_registration_meta(reg),
+            **{k: meta_value(v) for k, v in res.trained.metrics.items()},
+            **registration_meta(reg),
             "thresholds": dg.MetadataValue.json(
                 {k: float(v) for k, v in res.model.thresholds.items()}
             ),
@@ -316,7 +316,7 @@ def pdm_failure_72h(
 
 
 def _batch_features_by_horizon(lake: Lake) -> dict[str, pl.DataFrame]:
-    bf = _read(lake, "features", "batch")
+    bf = read_table(lake, "features", "batch")
     return {h: bf.filter(pl.col("horizon") == h).drop("horizon") for h in features.HORIZONS_H}
 
 
@@ -324,7 +324,7 @@ def _batch_features_by_horizon(lake: Lake) -> dict[str, pl.DataFrame]:
     key=["ml", "quality_models"],
     group_name=GROUP,
     kinds={"mlflow", "xgboost"},
-    deps=[_k("features", "batch"), GOLD_SUMMARY, SILVER_BATCHES, SILVER_LAB],
+    deps=[key_of("features", "batch"), GOLD_SUMMARY, SILVER_BATCHES, SILVER_LAB],
 )
 def quality_models(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -360,7 +360,7 @@ def quality_models(
         reg = register_model(context, r.trained, r.score_fn, ml)
         key = r.trained.name.removeprefix("pharma_quality_")
         for m, v in r.trained.metrics.items():
-            meta[f"{key}.{m}"] = _meta_value(v)
+            meta[f"{key}.{m}"] = meta_value(v)
         meta[f"{key}.model_version"] = reg.version
         meta[f"{key}.promoted"] = reg.promoted
         meta[f"{key}.promotion_reason"] = reg.promotion_reason
@@ -379,7 +379,7 @@ def quality_models(
             "summary": dg.MetadataValue.md("\n".join(f"- {s}" for s in summary)),
             "targets_skipped": dg.MetadataValue.json(skips),
             "target_r2_yield": quality.R2_TARGET,
-            "min_r2_yield_harvest": _meta_value(min(yield_r2) if yield_r2 else float("nan")),
+            "min_r2_yield_harvest": meta_value(min(yield_r2) if yield_r2 else float("nan")),
             "data_versions": dg.MetadataValue.json(inp.versions),
         }
     )
@@ -408,7 +408,7 @@ EQUIPMENT_HEALTH_SCHEMA: dict[str, pl.DataType] = {
     key=["gold", "equipment_health"],
     group_name=GROUP,
     kinds=DELTA,
-    deps=[_k("ml", "pdm_failure_72h"), _k("features", "equipment_hour")],
+    deps=[key_of("ml", "pdm_failure_72h"), key_of("features", "equipment_hour")],
 )
 def equipment_health(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -416,10 +416,10 @@ def equipment_health(
     """Health score (100 = healthy) and 72 h failure probability per critical equipment item
     per hour of run time, from the champion PdM model. Latest = max hour_ts per item."""
     lake = lakehouse.lake()
-    eq = _read(lake, "features", "equipment_hour")
+    eq = read_table(lake, "features", "equipment_hour")
     cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
     champ = registry.load_champion(pdm.MODEL_NAME, uri=ml.uri()) if cap.applies else None
-    now = _now()
+    now = utc_now()
     if not cap.applies:
         context.log.info("PdM does not apply (%s): equipment_health left empty", cap.reason)
         out = pl.DataFrame(schema=EQUIPMENT_HEALTH_SCHEMA)
@@ -448,7 +448,7 @@ def equipment_health(
             "model_version": version,
             "equipment_items": latest.height,
             "items_in_alarm_now": int(latest["alarm"].sum()) if latest.height else 0,
-            **_table_meta(lake, "gold", "equipment_health"),
+            **table_meta(lake, "gold", "equipment_health"),
         }
     )
 
@@ -457,7 +457,7 @@ def equipment_health(
     key=["gold", "batch_forecasts"],
     group_name=GROUP,
     kinds=DELTA,
-    deps=[_k("ml", "quality_models"), _k("features", "batch"), SILVER_BATCHES],
+    deps=[key_of("ml", "quality_models"), key_of("features", "batch"), SILVER_BATCHES],
 )
 def batch_forecasts(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -480,10 +480,10 @@ def batch_forecasts(
                 models[(target, h)] = champ
     if missing:
         context.log.warning("no champion yet for %s", ", ".join(missing))
-    batches = _read(lake, "silver", "batches")
+    batches = read_table(lake, "silver", "batches")
     ended = set(batches.filter(pl.col("end_ts").is_not_null())["batch_id"].to_list())
     out = quality.forecast_rows(models, _batch_features_by_horizon(lake), ended)
-    out = out.with_columns(scored_at=pl.lit(_now(), SCORED_AT))
+    out = out.with_columns(scored_at=pl.lit(utc_now(), SCORED_AT))
     lake.overwrite("gold", "batch_forecasts", out)
     return dg.MaterializeResult(
         metadata={
@@ -491,13 +491,13 @@ def batch_forecasts(
             "batches": out["batch_id"].n_unique(),
             "models_used": len(models),
             "models_missing": ", ".join(missing) or "none",
-            **_table_meta(lake, "gold", "batch_forecasts"),
+            **table_meta(lake, "gold", "batch_forecasts"),
         }
     )
 
 
-TRAINING_ASSETS = [_k("ml", "pdm_failure_72h"), _k("ml", "quality_models")]
-CAPABILITIES_KEY = _k("gold", "model_capabilities")
+TRAINING_ASSETS = [key_of("ml", "pdm_failure_72h"), key_of("ml", "quality_models")]
+CAPABILITIES_KEY = key_of("gold", "model_capabilities")
 
 
 def model_performance_asset(training_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
@@ -527,7 +527,7 @@ def model_performance_asset(training_keys: list[dg.AssetKey]) -> dg.AssetsDefini
                 "models": rows["model_name"].n_unique(),
                 "targets_checked": met.height,
                 "targets_met": int(met["target_met"].sum()) if met.height else 0,
-                **_table_meta(lake, "gold", "model_performance"),
+                **table_meta(lake, "gold", "model_performance"),
             }
         )
 

@@ -1,14 +1,8 @@
-"""Contamination detection and MSPC batch monitoring as assets (thin wrappers over ML-B's
-``pharma_assets.ml.contamination`` and ``pharma_assets.ml.mspc``).
-
-Both models are unsupervised (trained on clean / good history as the MES and LIMS record
-it); the held-out batches are the latest by start. The champion/challenger gate uses the
-ground-truth detection figure when the ground-truth folder exists, otherwise the alarm
-rate on held-out batches the plant itself calls clean/good (lower is better), and says so.
+"""Contamination detection and MSPC batch monitoring as assets (thin wrappers over
+``pharma_assets.ml.monitoring``, ``pharma_assets.ml.contamination`` and
+``pharma_assets.ml.mspc``): read the inputs, call the domain code, register, write, report.
 """
 
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -16,7 +10,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import capabilities, contamination, mspc, registry
+from pharma_assets.ml import capabilities, contamination, monitoring, mspc, registry
 
 from .assets import (
     DELTA,
@@ -24,28 +18,28 @@ from .assets import (
     GROUP,
     SCORED_AT,
     SILVER_BATCHES,
-    _k,
-    _meta_value,
-    _now,
-    _read,
-    _registration_meta,
-    _table_meta,
     feature_source_versions,
+    key_of,
+    meta_value,
     read_feature_rows,
+    read_table,
     register_model,
+    registration_meta,
     site_capabilities,
     skipped,
+    table_meta,
+    utc_now,
 )
 from .resources import MlResource
 
-CONT_KEY = _k("ml", "contamination_iforest")
-MSPC_KEY = _k("ml", "mspc_pca")
+CONT_KEY = key_of("ml", "contamination_iforest")
+MSPC_KEY = key_of("ml", "mspc_pca")
 
 
 WINDOWS = "contamination_windows"
 MSPC_HOURLY = "mspc_hourly"
-FEAT_WINDOWS = _k("features", WINDOWS)
-FEAT_MSPC = _k("features", MSPC_HOURLY)
+FEAT_WINDOWS = key_of("features", WINDOWS)
+FEAT_MSPC = key_of("features", MSPC_HOURLY)
 
 
 def _windows(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
@@ -57,12 +51,6 @@ def _windows(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
 def _hourly(lake: Lake, batch_ids: list[str]) -> pl.DataFrame:
     """MSPC hourly means (complete hours) of some batches, from the feature table."""
     return read_feature_rows(lake, MSPC_HOURLY, batch_ids)
-
-
-def _scored_batches(batches: pl.DataFrame, cutoff: datetime) -> list[str]:
-    """Held-out batches (started at/after the cutoff) and every running batch."""
-    f = (pl.col("start_ts") >= cutoff) | (pl.col("status") == "running")
-    return sorted(batches.filter(f)["batch_id"].to_list())
 
 
 def _fault_labels(ml: MlResource) -> tuple[pl.DataFrame | None, str]:
@@ -88,24 +76,22 @@ def _versions(
 
 def _register_and_report(
     context: dg.AssetExecutionContext,
-    trained: registry.TrainedModel,
-    evaluate: Callable[[Any], dict[str, float]],
+    t: monitoring.MonitoringTraining,
     ml: MlResource,
     gt_note: str,
-    n_hold: int,
 ) -> dg.MaterializeResult:
     """Register a monitoring model (gate on ``trained.gate_metric`` re-evaluated for the
     champion) and report its metrics and the gate decision as asset metadata."""
-    gate = trained.gate_metric
-    reg = register_model(context, trained, lambda m: evaluate(m)[gate], ml)
+    trained, gate = t.trained, t.trained.gate_metric
+    reg = register_model(context, trained, lambda m: t.evaluate(m)[gate], ml)
     return dg.MaterializeResult(
         metadata={
-            **{k: _meta_value(v) for k, v in trained.metrics.items()},
-            **_registration_meta(reg),
+            **{k: meta_value(v) for k, v in trained.metrics.items()},
+            **registration_meta(reg),
             "gate_metric": gate,
             "ground_truth": gt_note,
             "evaluation_set": trained.evaluation_set,
-            "n_heldout_batches": n_hold,
+            "n_heldout_batches": t.n_heldout_batches,
         }
     )
 
@@ -124,52 +110,12 @@ def contamination_iforest(
     )
     if not cap.applies:
         return skipped(cap, context)
-    batches = _read(lake, "silver", "batches")
-    cutoff, n_hold = contamination.split_by_start(batches)
-    train_ids = contamination.clean_training_batches(batches, before=cutoff)
-    model = contamination.train(_windows(lake, train_ids), seed=42)
-    hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
-    hold_feats = _windows(lake, hold)
+    batches = read_table(lake, "silver", "batches")
     labels, gt_note = _fault_labels(ml)
     context.log.info(gt_note)
-    clean_hold = set(
-        contamination.clean_training_batches(batches.filter(pl.col("start_ts") >= cutoff))
-    )
-
-    def evaluate(m: Any) -> dict[str, float]:
-        sc = contamination.score(m, hold_feats)
-        out: dict[str, float] = {}
-        if labels is not None:
-            out.update(contamination.evaluate(sc, labels, batches))
-        mes_clean = sc.filter(pl.col("batch_id").is_in(sorted(clean_hold)))
-        out["window_alarm_rate_mes_clean"] = (
-            float(mes_clean["alarm"].mean()) if mes_clean.height else float("nan")  # type: ignore[arg-type]
-        )
-        return out
-
-    metrics = {**model.train_summary(), **evaluate(model)}
-    gate, higher = (
-        ("detection_share", True) if labels is not None else ("window_alarm_rate_mes_clean", False)
-    )
-    trained = registry.TrainedModel(
-        name=contamination.MODEL_NAME,
-        model=model,
-        params=model.params(),
-        features=list(model.features),
-        data_versions=_versions(lake, [("silver", "batches")], feature=WINDOWS),
-        metrics=metrics,
-        gate_metric=gate,
-        higher_is_better=higher,
-        evaluation_set=f"holdout: windows of batches started on/after {cutoff:%Y-%m-%d %H:%M} "
-        f"UTC (n={len(hold)} batches, {hold_feats.height} windows)",
-        n_eval=hold_feats.height,
-        targets={"window_fpr_clean": 0.01},
-        # contaminated held-out batches (ground truth), at least one of them detected
-        minimum=registry.Minimum(
-            "detector", positives_metric="n_contaminated", floors={"detection_share": 0.0}
-        ),
-    )
-    return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
+    versions = _versions(lake, [("silver", "batches")], feature=WINDOWS)
+    t = monitoring.train_contamination(batches, lambda ids: _windows(lake, ids), labels, versions)
+    return _register_and_report(context, t, ml, gt_note)
 
 
 @dg.asset(key=["gold", "contamination_risk"], group_name=GROUP, kinds=DELTA,
@@ -190,12 +136,12 @@ def contamination_risk(
         context.log.warning("no champion contamination model yet: nothing scored")
         return dg.MaterializeResult(metadata={"rows": 0, "model_version": "untrained"})
     model, version = champ
-    batches = _read(lake, "silver", "batches")
+    batches = read_table(lake, "silver", "batches")
     cutoff, _ = contamination.split_by_start(batches)
-    ids = _scored_batches(batches, cutoff)
+    ids = monitoring.scored_batches(batches, cutoff)
     out = contamination.score(
         model, _windows(lake, ids), model_version=version,
-        scored_at=_now(),
+        scored_at=utc_now(),
     )  # fmt: skip
     lake.overwrite(
         "gold", "contamination_risk", out.with_columns(pl.col("scored_at").cast(SCORED_AT))
@@ -206,7 +152,7 @@ def contamination_risk(
             "batches": len(ids),
             "alarms": int(out["alarm"].sum()),
             "model_version": version,
-            **_table_meta(lake, "gold", "contamination_risk"),
+            **table_meta(lake, "gold", "contamination_risk"),
         }
     )
 
@@ -226,85 +172,17 @@ def mspc_pca(
     cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.MSPC)
     if not cap.applies:
         return skipped(cap, context)
-    batches = _read(lake, "silver", "batches")
-    summary = _read(lake, "gold", "batch_summary")
-    cutoff, n_hold = contamination.split_by_start(batches)
-    given = ml.reference()
-    if given:  # the process engineer's reference batches
-        ref = set(given)
-        good = sorted(summary.filter(pl.col("batch_id").is_in(sorted(ref))
-                                     & (pl.col("start_ts") < cutoff))["batch_id"].to_list())  # fmt: skip
-        if len(good) < capabilities.MIN_REFERENCE_BATCHES:  # too few before the holdout
-            good = sorted(ref & set(summary["batch_id"].to_list()))
-    else:
-        good = mspc.good_batches(summary, before=cutoff)
-    train_hourly = _hourly(lake, good)
-    # the tags this site has (bioreactor process tags with data, and the site's own tags)
-    tags = [c for c in train_hourly.columns
-            if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
-            and train_hourly[c].is_not_null().any()]  # fmt: skip
-    model = mspc.train(train_hourly, batches, good, tags=tags)
-    hold = sorted(batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list())
-    hold_hourly = _hourly(lake, hold)
+    batches = read_table(lake, "silver", "batches")
+    summary = read_table(lake, "gold", "batch_summary")
     labels, gt_note = _fault_labels(ml)
     context.log.info(gt_note)
-    good_hold = set(summary.filter(
-        (pl.col("start_ts") >= cutoff) & (pl.col("status") == "complete")
-        & (pl.col("batch_id").is_in(sorted(given)) if given
-           else pl.col("right_first_time").fill_null(False))
-    )["batch_id"].to_list())  # fmt: skip
-
-    def evaluate(m: Any) -> dict[str, float]:
-        sc = mspc.monitor(m, hold_hourly, batches)
-        out: dict[str, float] = {}
-        if labels is not None:
-            out.update(mspc.evaluate(sc, labels, batches))
-        g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
-        out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
-        # the plant's own evidence where no ground truth exists: held-out completed batches
-        # it does not call good (not right first time / not a reference batch)
-        alarmed = set(sc.filter(pl.col("alarm").fill_null(False))["batch_id"].to_list())
-        out["n_not_good"] = float(len(not_good_hold))
-        out["batch_alarm_share_not_good"] = (
-            len(alarmed & not_good_hold) / len(not_good_hold) if not_good_hold else float("nan")
-        )
-        out["batch_alarm_share_good"] = (
-            len(alarmed & good_hold) / len(good_hold) if good_hold else float("nan")
-        )
-        return out
-
-    done_hold = set(batches.filter((pl.col("start_ts") >= cutoff)
-                                   & (pl.col("status") == "complete"))["batch_id"].to_list())  # fmt: skip
-    not_good_hold = done_hold - good_hold
-    metrics = {**model.train_summary(), **evaluate(model)}
-    gate, higher = (
-        ("detection_rate", True) if labels is not None else ("hour_alarm_rate_good", False)
+    versions = _versions(
+        lake, [("silver", "batches"), ("gold", "batch_summary")], feature=MSPC_HOURLY
     )
-    trained = registry.TrainedModel(
-        name=mspc.MODEL_NAME,
-        model=model,
-        params=model.params(),
-        features=list(getattr(model, "tags", mspc.PROCESS_TAGS)),
-        data_versions=_versions(
-            lake, [("silver", "batches"), ("gold", "batch_summary")], feature=MSPC_HOURLY
-        ),
-        metrics=metrics,
-        gate_metric=gate,
-        higher_is_better=higher,
-        evaluation_set=f"holdout: batches started on/after {cutoff:%Y-%m-%d %H:%M} UTC "
-        f"(n={len(hold)})",
-        n_eval=len(hold),
-        # faulted held-out batches (ground truth), at least one of them detected; without
-        # ground truth: held-out batches the plant does not call good, one of them alarmed
-        minimum=registry.Minimum(
-            "detector", positives_metric="n_faults", floors={"detection_rate": 0.0}
-        )
-        if labels is not None
-        else registry.Minimum(
-            "detector", positives_metric="n_not_good", floors={"batch_alarm_share_not_good": 0.0}
-        ),
+    t = monitoring.train_mspc(
+        batches, summary, lambda ids: _hourly(lake, ids), labels, versions, ml.reference()
     )
-    return _register_and_report(context, trained, evaluate, ml, gt_note, n_hold)
+    return _register_and_report(context, t, ml, gt_note)
 
 
 @dg.multi_asset(
@@ -334,12 +212,12 @@ def mspc_tables(
             yield dg.MaterializeResult(asset_key=["gold", n], metadata={"rows": 0})
         return
     model, version = champ
-    batches = _read(lake, "silver", "batches")
+    batches = read_table(lake, "silver", "batches")
     cutoff, _ = contamination.split_by_start(batches)
-    ids = _scored_batches(batches, cutoff)
+    ids = monitoring.scored_batches(batches, cutoff)
     detail = mspc.monitor(
         model, _hourly(lake, ids), batches, model_version=version,
-        scored_at=_now(),
+        scored_at=utc_now(),
     )  # fmt: skip
     tables = {
         "mspc_scores": mspc.scores_table(detail),
@@ -352,7 +230,7 @@ def mspc_tables(
         lake.overwrite("gold", n, df)
         yield dg.MaterializeResult(
             asset_key=["gold", n],
-            metadata={"rows": df.height, "model_version": version, **_table_meta(lake, "gold", n)},
+            metadata={"rows": df.height, "model_version": version, **table_meta(lake, "gold", n)},
         )
 
 
