@@ -338,7 +338,7 @@ def spec_draft(
     physical range, every analyte): mark the CPPs and limits, then `spec change` it."""
     import yaml
 
-    from ..cli import CliError, existing_dir
+    from ..cli_support import CliError, existing_dir
     from ..lake.specs import CppSpec
     from ..source_import import draft_spec
 
