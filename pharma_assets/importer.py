@@ -73,7 +73,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -298,28 +298,36 @@ class TagMap(_Model):
         return ZoneInfo(self.timezone)
 
 
-def load_tag_map(path: Path) -> TagMap:
-    """Load and validate a tag-map YAML file.
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_mapping(path: Path, model: type[M], what: str) -> M:
+    """Load and validate a mapping YAML file (tag map, MES/LIMS/CMMS map) as ``model``.
 
     Raises ``ConfigError`` (a ``ValueError``) whose message names the file and the field.
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"tag map {p} does not exist")
+        raise ConfigError(f"{what} {p} does not exist")
     try:
         data: Any = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"tag map {p} is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"tag map {p} must be a YAML mapping, got {type(data).__name__}")
+        raise ConfigError(f"{what} {p} must be a YAML mapping, got {type(data).__name__}")
     try:
-        return TagMap.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}"
             for err in e.errors()
         )
-        raise ConfigError(f"tag map {p} is invalid: {problems}") from e
+        raise ConfigError(f"{what} {p} is invalid: {problems}") from e
+
+
+def load_tag_map(path: Path) -> TagMap:
+    """Load and validate a tag-map YAML file (errors name the file and the field)."""
+    return load_mapping(path, TagMap, "tag map")
 
 
 # ---------------------------------------------------------------- report

@@ -25,24 +25,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ConfigError
 from .importer import (
     FUTURE_TOLERANCE,
+    M,
     _examples,
     _ids,
     _instants_us,
     _parse_numbers,
     _read_table,
     _text,
+    load_mapping,
     unit_conversion,
 )
 from .process.vocabulary import PHASES
@@ -213,28 +214,9 @@ class CmmsMap(_SourceMap):
         return self
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
 def load_map(path: Path, model: type[M], what: str) -> M:
     """Load and validate a mapping YAML; ConfigError naming the file and the field."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} {p} does not exist")
-    try:
-        data: Any = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {p} must be a YAML mapping, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise ConfigError(f"{what} {p} is invalid: {problems}") from e
+    return load_mapping(path, model, what)
 
 
 # ---------------------------------------------------------------- report
