@@ -397,7 +397,7 @@ class ImportReport:
 # ---------------------------------------------------------------- parsing helpers
 
 
-def _read_table(src: Path) -> pl.DataFrame:
+def read_table(src: Path) -> pl.DataFrame:
     """Read a CSV/TSV (every column as text, so we do the parsing) or Parquet file."""
     if not src.is_file():
         raise FileNotFoundError(f"input file {src} does not exist")
@@ -410,14 +410,14 @@ def _read_table(src: Path) -> pl.DataFrame:
     raise ValueError(f"{src}: unsupported file type {suffix!r}; use .csv, .tsv or .parquet")
 
 
-def _examples(rows: np.ndarray, values: pl.Series) -> str:
+def row_examples(rows: np.ndarray, values: pl.Series) -> str:
     """'row 3: 'x', row 9: None' for the first few offending (1-based data) rows."""
     shown = [f"row {int(r) + 1}: {values[int(r)]!r}" for r in rows[:_MAX_EXAMPLES]]
     more = f" and {len(rows) - _MAX_EXAMPLES} more" if len(rows) > _MAX_EXAMPLES else ""
     return ", ".join(shown) + more
 
 
-def _parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 and a mask of cells that are empty, non-numeric or not finite."""
     if s.dtype.is_numeric() or s.dtype == pl.Boolean:
         num = s.cast(pl.Float64)
@@ -429,27 +429,27 @@ def _parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return vals, bad
 
 
-def _text(s: pl.Series, src: Path, role: str) -> pl.Series:
+def text_column(s: pl.Series, src: Path, role: str) -> pl.Series:
     """Column as stripped text; an empty cell is an error naming the role and rows."""
     out = s.cast(pl.String).str.strip_chars()
     empty = out.is_null() | (out == "")
     if empty.any():
         rows = np.flatnonzero(empty.to_numpy())
         raise ValueError(
-            f"{src}: {len(rows)} empty value(s) in {role} column {s.name!r} ({_examples(rows, s)})"
+            f"{src}: {len(rows)} empty value(s) in {role} column {s.name!r} ({row_examples(rows, s)})"
         )
     return out
 
 
-def _ids(s: pl.Series, src: Path, role: str) -> pl.Series:
+def id_column(s: pl.Series, src: Path, role: str) -> pl.Series:
     """Id column as stripped text; empty ids and ids unsafe as folder names are errors."""
-    out = _text(s, src, role)
+    out = text_column(s, src, role)
     unsafe = out.str.contains(r"[/\\\x00]") | out.str.starts_with(".")
     if unsafe.any():
         rows = np.flatnonzero(unsafe.to_numpy())
         raise ValueError(
             f"{src}: {role} values must not contain '/' or '\\' or start with '.' "
-            f"(they become folder names): {_examples(rows, s)}"
+            f"(they become folder names): {row_examples(rows, s)}"
         )
     return out
 
@@ -464,7 +464,7 @@ def _iso_to_us(text: str, zone: ZoneInfo) -> int | None:
     return (dt - _EPOCH) // _ONE_US
 
 
-def _instants_us(s: pl.Series, zone: ZoneInfo) -> pl.Series:
+def instants_us(s: pl.Series, zone: ZoneInfo) -> pl.Series:
     """Absolute instants as Int64 microseconds since the epoch (null where unparseable)."""
     if s.dtype == pl.Date:
         s = s.cast(pl.Datetime("us"))
@@ -500,21 +500,21 @@ def _timestamps_us(df: pl.DataFrame, tm: TagMap, src: Path) -> np.ndarray:
                 "batch start set columns.batch_start in the tag map"
             )
         hours = s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-        start = _instants_us(df[tm.columns.batch_start], tm.zone)
+        start = instants_us(df[tm.columns.batch_start], tm.zone)
         if start.null_count():
             rows = np.flatnonzero(start.is_null().to_numpy())
             raise ValueError(
                 f"{src}: unparseable batch start in column {tm.columns.batch_start!r} "
-                f"({_examples(rows, df[tm.columns.batch_start])})"
+                f"({row_examples(rows, df[tm.columns.batch_start])})"
             )
         ts = start + (hours * _US_PER_HOUR).round(0).cast(pl.Int64)
     else:
-        ts = _instants_us(s, tm.zone)
+        ts = instants_us(s, tm.zone)
     if ts.null_count():
         rows = np.flatnonzero(ts.is_null().to_numpy())
         raise ValueError(
             f"{src}: {len(rows)} timestamp(s) in column {col!r} are empty or not ISO 8601 "
-            f"({_examples(rows, s)})"
+            f"({row_examples(rows, s)})"
         )
     return ts.to_numpy().astype(np.int64)
 
@@ -558,8 +558,12 @@ def _frame(
 def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
     c = tm.columns
     n = df.height
-    site = _ids(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
-    unit = _ids(df[c.unit_id], src, "unit_id") if c.unit_id else pl.Series([tm.default_unit_id] * n)
+    site = id_column(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
+    unit = (
+        id_column(df[c.unit_id], src, "unit_id")
+        if c.unit_id
+        else pl.Series([tm.default_unit_id] * n)
+    )
     # unit and batch IDs are case-insensitive and stored upper case (BR01, BR01-B0001), as the
     # plant and the CLI write them: "br01" and "BR01" must not become two units
     return pl.DataFrame(
@@ -567,7 +571,7 @@ def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
             "ts": pl.Series(_timestamps_us(df, tm, src), dtype=pl.Int64),
             "site_id": site.cast(pl.String),
             "unit_id": unit.cast(pl.String).str.to_uppercase(),
-            "batch_id": _ids(df[c.batch_id], src, "batch_id").str.to_uppercase(),
+            "batch_id": id_column(df[c.batch_id], src, "batch_id").str.to_uppercase(),
         }
     )
 
@@ -599,7 +603,7 @@ def import_file(
     if layout not in ("wide", "long"):
         raise ValueError(f"layout must be 'wide' or 'long', got {layout!r}")
     tm = tag_map if isinstance(tag_map, TagMap) else load_tag_map(Path(tag_map))
-    df = _read_table(src)
+    df = read_table(src)
     roles = _check_columns(df, tm, layout, src)
     id_cols = set(roles.values())
     order = {m.tag: i for i, m in enumerate(tm.tags.values())}
@@ -620,13 +624,13 @@ def import_file(
         ids = _id_frame(df, tm, src)
         for source in present:
             m = tm.tags[source]
-            vals, bad = _parse_numbers(df[source])
+            vals, bad = parse_numbers(df[source])
             parts.append(
                 _frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom, m.uom), bad)
             )
     else:
         assert tm.columns.tag is not None and tm.columns.value is not None
-        names = _text(df[tm.columns.tag], src, "tag")
+        names = text_column(df[tm.columns.tag], src, "tag")
         extra_cols = [c for c in df.columns if c not in id_cols]
         seen = names.unique(maintain_order=True).to_list()
         unmapped = extra_cols + [t for t in seen if t not in tm.tags]
@@ -636,7 +640,7 @@ def import_file(
         skipped = int((~mapped).sum())
         df, names = df.filter(pl.Series(mapped)), names.filter(pl.Series(mapped))
         ids = _id_frame(df, tm, src)
-        vals, bad = _parse_numbers(df[tm.columns.value])
+        vals, bad = parse_numbers(df[tm.columns.value])
         tag_idx = np.zeros(df.height, dtype=np.int32)
         name_arr = names.to_numpy()
         for source, m in tm.tags.items():

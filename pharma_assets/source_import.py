@@ -37,13 +37,13 @@ from .errors import ConfigError
 from .importer import (
     FUTURE_TOLERANCE,
     M,
-    _examples,
-    _ids,
-    _instants_us,
-    _parse_numbers,
-    _read_table,
-    _text,
+    id_column,
+    instants_us,
     load_mapping,
+    parse_numbers,
+    read_table,
+    row_examples,
+    text_column,
     unit_conversion,
 )
 from .process.vocabulary import PHASES
@@ -326,9 +326,9 @@ def _instants(
     is null when ``optional`` and an error otherwise."""
     s = df[col]
     if zone_col is None:
-        out = _instants_us(s, ZoneInfo(zone))
+        out = instants_us(s, ZoneInfo(zone))
     else:
-        zones = _text(df[zone_col], src, "timezone")
+        zones = text_column(df[zone_col], src, "timezone")
         bad = [z for z in zones.unique().to_list() if _try_zone(z) is None]
         if bad:
             raise ValueError(f"{src}: unknown time zone(s) {bad} in column {zone_col!r}")
@@ -337,7 +337,7 @@ def _instants(
         for z in zones.unique().to_list():
             sel = (zones == z).to_numpy()
             parts.append(
-                pl.DataFrame({"i": idx.filter(sel), "t": _instants_us(s.filter(sel), ZoneInfo(z))})
+                pl.DataFrame({"i": idx.filter(sel), "t": instants_us(s.filter(sel), ZoneInfo(z))})
             )
         out = pl.concat(parts).sort("i")["t"]
     present = s.cast(pl.String).str.strip_chars().fill_null("") != ""
@@ -346,7 +346,7 @@ def _instants(
         rows = np.flatnonzero(failed.to_numpy())
         raise ValueError(
             f"{src}: {len(rows)} time(s) in column {col!r} are "
-            f"{'not ISO 8601' if optional else 'empty or not ISO 8601'} ({_examples(rows, s)})"
+            f"{'not ISO 8601' if optional else 'empty or not ISO 8601'} ({row_examples(rows, s)})"
         )
     return out
 
@@ -366,7 +366,7 @@ def _col_or(
     df: pl.DataFrame, col: str | None, default: str | None, src: Path, role: str
 ) -> pl.Series:
     if col is not None:
-        return _ids(df[col], src, role)
+        return id_column(df[col], src, role)
     return pl.Series(role, [default] * df.height, dtype=pl.String)
 
 
@@ -405,13 +405,13 @@ def import_mes(
     again (reported): re-importing would deliver different event ids for the same batch."""
     src = Path(input)
     mm = mapping if isinstance(mapping, MesMap) else load_map(Path(mapping), MesMap, "MES mapping")
-    df = _read_table(src)
+    df = read_table(src)
     c = mm.columns
     _require(df, c.model_dump(), src)
     _require(df, {f"lots.{k}": k for k in mm.lots} | {f"phases.{k}": k for k in mm.phases}, src)
     rep = SourceReport("mes", src, rows_read=df.height)
     rep.unmapped_columns = _unmapped(df, [*c.model_dump().values(), *mm.lots, *mm.phases])
-    batch = _ids(df[c.batch_id], src, "batch_id").str.to_uppercase()
+    batch = id_column(df[c.batch_id], src, "batch_id").str.to_uppercase()
     dupes = batch.filter(batch.is_duplicated()).unique().to_list()
     if dupes:
         raise ValueError(f"{src}: batch id(s) listed more than once: {sorted(dupes)[:5]}")
@@ -598,7 +598,7 @@ def import_lims(
     shape = layout or lm.layout
     if shape == "long" and (lm.columns.analyte is None or lm.columns.value is None):
         raise ValueError("the long layout needs columns.analyte and columns.value in the mapping")
-    df = _read_table(src)
+    df = read_table(src)
     c = lm.columns
     ids = {
         k: v
@@ -618,7 +618,7 @@ def import_lims(
             )
         s, o = conversion(m.from_uom, to, f"analyte {name!r}")
         targets[name] = (m.analyte, to, s, o)
-    batch = _ids(df[c.batch_id], src, "batch_id").str.to_uppercase()
+    batch = id_column(df[c.batch_id], src, "batch_id").str.to_uppercase()
     unit = _col_or(df, c.unit_id, lm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, lm.site_id, src, "site_id")
     ts = _instants(df, c.sample_ts, lm.timezone, c.timezone, src)
@@ -641,7 +641,7 @@ def import_lims(
         rep.unmapped_columns = _unmapped(df, [*ids.values(), *lm.analytes])
         parts = []
         for name in present:
-            vals, bad = _parse_numbers(df[name])
+            vals, bad = parse_numbers(df[name])
             raw = df[name].cast(pl.String).str.strip_chars()
             empty = (raw.is_null() | (raw == "")).to_numpy()
             parts.append(base.with_columns(
@@ -656,9 +656,9 @@ def import_lims(
     else:
         assert c.analyte is not None and c.value is not None
         rep.unmapped_columns = _unmapped(df, ids.values())
-        vals, bad = _parse_numbers(df[c.value])
+        vals, bad = parse_numbers(df[c.value])
         long = base.with_columns(
-            source_analyte=_text(df[c.analyte], src, "analyte"), value=pl.Series(vals),
+            source_analyte=text_column(df[c.analyte], src, "analyte"), value=pl.Series(vals),
             bad=pl.Series(bad), row_uom=pl.Series(_opt_text(df, c.uom), dtype=pl.String),
         )  # fmt: skip
     rows: dict[tuple[str, str], list[list[Any]]] = {}
@@ -739,7 +739,7 @@ def import_cmms(
         if isinstance(mapping, CmmsMap)
         else load_map(Path(mapping), CmmsMap, "CMMS mapping")
     )
-    df = _read_table(src)
+    df = read_table(src)
     c = cm.columns
     _require(df, c.model_dump(), src)
     rep = SourceReport("cmms", src, rows_read=df.height)
@@ -747,16 +747,16 @@ def import_cmms(
     unit = _col_or(df, c.unit_id, cm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, cm.site_id, src, "site_id")
     ts = _instants(df, c.event_ts, cm.timezone, c.timezone, src)
-    equip = _text(df[c.equipment_id], src, "equipment_id").str.to_uppercase()
-    etype = _text(df[c.event_type], src, "event_type")
+    equip = text_column(df[c.equipment_id], src, "equipment_id").str.to_uppercase()
+    etype = text_column(df[c.event_type], src, "event_type")
     wo, part, desc = (
         _opt_text(df, c.work_order_id),
         _opt_text(df, c.part),
         _opt_text(df, c.description),
     )
     s, o = conversion(cm.downtime_uom, "h", "downtime_h")
-    down = _parse_numbers(df[c.downtime_h])[0] * s + o if c.downtime_h else None
-    runh = _parse_numbers(df[c.run_hours_at_event])[0] if c.run_hours_at_event else None
+    down = parse_numbers(df[c.downtime_h])[0] * s + o if c.downtime_h else None
+    runh = parse_numbers(df[c.run_hours_at_event])[0] if c.run_hours_at_event else None
     per_unit: dict[str, list[dict[str, Any]]] = {}
     for i in range(df.height):
         t = etype[i]
