@@ -52,6 +52,11 @@ FEATURE_TABLES = {
     "deviation from the batch's trailing 2 h, capacitance change (contamination detector).",
     "mspc_hourly": "Feature table: one row per batch per complete elapsed hour: the mean of "
     "each monitored process tag (the aligned trajectories of MSPC batch monitoring).",
+    "hourly": "The hourly rollup of silver/batch_timeline (one row per batch per elapsed hour, "
+    "every tag): what the equipment-hour, batch-hour and batch features are built from, kept "
+    "so that the next build re-reads the timeline only for new or changed batches.",
+    "timeline_batches": "One row per batch of silver/batch_timeline: the fingerprint of its "
+    "Delta files when the timeline products were computed (what makes the build incremental).",
 }
 SCORED_AT = pl.Datetime("us", "UTC")
 
@@ -99,11 +104,18 @@ def feature_tables(
     """Build the feature tables from silver: ONE pass over the minute-level batch timeline
     gives the hourly rollup (equipment-hour, batch-hour and batch features), the 5-minute
     contamination windows and the MSPC hourly means, which the model and scoring assets
-    read instead of scanning the timeline again."""
+    read instead of scanning the timeline again. The pass reads only the batches whose
+    timeline changed since the last build (features/timeline_batches); the rest are reused."""
     lake = lakehouse.lake()
     inp = features.load_inputs(lake, with_hourly=False)
-    prods = features.timeline_products(lake)
+    inc = features.incremental_timeline_products(lake, features.stored_products(lake))
+    prods = inc.products
     inp.hourly = prods.hourly
+    context.log.info(
+        "timeline read for %d batches (%s), %d reused, %d removed",
+        len(inc.recomputed), "full build" if inc.full else "incremental", inc.reused,
+        len(inc.removed),
+    )  # fmt: skip
     now = utc_now()
     tables = {
         "equipment_hour": features.equipment_hour_features(
@@ -119,6 +131,8 @@ def feature_tables(
         ),
         "contamination_windows": prods.windows,
         "mspc_hourly": prods.mspc_hourly,
+        "hourly": prods.hourly,
+        "timeline_batches": inc.state(),
     }
     versions = json.dumps(inp.versions, sort_keys=True)
     for name, df in tables.items():
@@ -129,6 +143,8 @@ def feature_tables(
             metadata={
                 "rows": df.height,
                 "columns": len(df.columns),
+                "batches_recomputed": len(inc.recomputed),
+                "batches_reused": inc.reused,
                 **{f"source_version.{k}": v for k, v in inp.versions.items()},
                 **table_meta(lake, "features", name),
             },

@@ -2,7 +2,7 @@
 
 A package with one module per job: ``tags`` (tag lists and horizons), ``inputs`` (the lake
 tables read), ``rollup`` (hourly rollup, OUR/CER), ``timeline`` (the one pass over the
-timeline), ``equipment`` (a), ``batch_hour`` (b), ``batch`` (c), ``common``. Every public
+timeline), ``incremental`` (that pass only for new or changed batches), ``equipment`` (a), ``batch_hour`` (b), ``batch`` (c), ``common``. Every public
 name is importable from ``pharma_assets.ml.features`` as before.
 
 Three tables, all computed from what a real plant has in its lake (historian telemetry via
@@ -45,6 +45,12 @@ from .equipment import (
     equipment_hour_features,
     signal_names,
 )
+from .incremental import (
+    IncrementalProducts,
+    incremental_timeline_products,
+    stored_products,
+    timeline_fingerprints,
+)
 from .inputs import MlInputs, load_inputs
 from .rollup import gas_rates, hourly_rollup
 from .tags import (
@@ -85,6 +91,7 @@ __all__ = [
     "TITER_FIT_SAMPLES",
     "TREND_WINDOW",
     "YIELD_TRAJECTORY_FEATURES",
+    "IncrementalProducts",
     "MlInputs",
     "TimelineProducts",
     "batch_feature_columns",
@@ -93,11 +100,14 @@ __all__ = [
     "equipment_hour_features",
     "gas_rates",
     "hourly_rollup",
+    "incremental_timeline_products",
     "is_finite",
     "load_inputs",
     "nan_to_null",
     "products_from_timeline",
     "signal_names",
+    "stored_products",
     "timeline_batch_ids",
+    "timeline_fingerprints",
     "timeline_products",
 ]
