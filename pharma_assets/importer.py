@@ -696,7 +696,8 @@ def import_file(
     report.bad_values = int((readings["quality"] == BAD).sum())
     limit = (datetime.now(UTC) + FUTURE_TOLERANCE - _EPOCH) // _ONE_US
     report.future_readings = int((readings["ts"] > limit).sum())
-    report.latest_ts = _EPOCH + int(readings["ts"].max()) * _ONE_US  # type: ignore[operator]
+    last = readings["ts"].max()
+    report.latest_ts = _EPOCH + (int(last) if isinstance(last, int) else 0) * _ONE_US
     if report.future_readings:
         log.warning("%s: %d reading(s) dated in the future", src, report.future_readings)
     if report.bad_values:

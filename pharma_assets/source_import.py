@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -303,7 +303,7 @@ def _short(items: list[str], n: int = 8) -> str:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _require(df: pl.DataFrame, cols: dict[str, str | None], src: Path) -> None:
+def _require(df: pl.DataFrame, cols: Mapping[str, str | None], src: Path) -> None:
     for role, name in cols.items():
         if name is not None and name not in df.columns:
             raise ValueError(

@@ -180,7 +180,8 @@ def hourly_means_from_minutes(
 def step_hours(hourly: pl.DataFrame) -> float:
     """Length of one grid step in hours (``step_min`` column; absent: one hour)."""
     if "step_min" in hourly.columns and hourly.height:
-        return float(hourly["step_min"].drop_nulls().max() or 60) / 60.0  # type: ignore[operator]
+        step = hourly["step_min"].drop_nulls().max()
+        return (float(step) if isinstance(step, int | float) else 60.0) / 60.0
     return 1.0
 
 
