@@ -20,6 +20,7 @@ from benchmarks import (
     bench_dashboards,
     bench_gateway,
     bench_lakehouse,
+    bench_live,
     bench_memory,
     bench_optimise,
     bench_simulator,
@@ -33,6 +34,7 @@ AUDIT_MARK = "<!-- audit-results -->"
 MEMORY_MARK = "<!-- memory-results -->"
 OPT_MARK = "<!-- optimise-results -->"
 GATEWAY_MARK = "<!-- gateway-results -->"
+LIVE_MARK = "<!-- live-view-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -124,6 +126,12 @@ def gateway_lines() -> list[str]:
             *bench_gateway.markdown(rows).splitlines()]  # fmt: skip
 
 
+def live_lines() -> list[str]:
+    md = bench_live.main()
+    return [_measured(", niced; load average at start / end of each run in the tables."), "",
+            *md.splitlines()]  # fmt: skip
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
@@ -132,6 +140,7 @@ SUITES = {
     "memory": (MEMORY_MARK, memory_lines),
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
+    "live": (LIVE_MARK, live_lines),
 }
 
 

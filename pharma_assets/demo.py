@@ -4,16 +4,27 @@ Starts, each in its own process group, `dagster dev` (UI on :3000 with the daemo
 the landing sensor), the live simulator writing new chunks into the landing zone, the
 Streamlit app (:8501) and the MLflow UI (:5000) on the SQLite tracking store under .state/. Ctrl-C (or SIGTERM) stops every process it started.
 
-The live clock starts at 00:00 UTC yesterday, just after the history ends, and runs 60x
-faster than real time until it reaches the wall clock (24-48 minutes later; the simulator
-logs the time); from then on it runs at real time, so no reading ever lies in the future.
+Live data comes over the plant's protocols by default (``PHARMA_DEMO_LIVE=protocols``): the
+twin serves its units as an OPC UA server (``pharma-twin live --serve opcua``, real time,
+1 Hz; also as a Sparkplug B edge node when an MQTT broker answers on 127.0.0.1:1883), and
+the gateway (``pharma-twin gateway``, API on :8765) subscribes over OPC UA, raises the CPP
+alarms, serves the Live page and lands telemetry chunks for the Dagster sensor. The
+gateway subscribes to OPC UA only, so a reading is not ingested twice when the twin also
+publishes it over MQTT; without a broker the demo runs on OPC UA alone (no broker is
+shipped).
+
+``PHARMA_DEMO_LIVE=files`` runs the file-writing live simulator instead: its clock starts at
+00:00 UTC yesterday, just after the history ends, and runs 60x faster than real time until
+it reaches the wall clock (24-48 minutes later); from then on it runs at real time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,6 +115,32 @@ def demo_promotion_policy(lake_uri: str) -> str:
     return f"auto-promotion policy {p.name} approved by qa.lead ({row['change_id']})"
 
 
+def broker_reachable(host: str = "127.0.0.1", port: int = 1883, timeout_s: float = 1.0) -> bool:
+    """Whether an MQTT broker accepts TCP connections (the demo then also serves MQTT)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def gateway_sources(path: Path, landing: Path, lake: str, units: int) -> Path:
+    """The demo gateway's sources YAML: the twin's OPC UA server, alarms into the demo lake."""
+    import yaml
+
+    cfg = {
+        "site_id": "SITE01", "landing_dir": str(landing),
+        "buffer_dir": str(ROOT / ".state" / "gateway"), "hot_store": "memory",
+        "api": {"host": "127.0.0.1", "port": 8765, "write_token_env": "PHARMA_GATEWAY_TOKEN"},
+        "alarms": {"lake_dir": lake, "on_delay_s": 5, "notify_min_priority": "high"},
+        "sources": [{"name": "twin-opcua", "kind": "opcua",
+                     "url": "opc.tcp://127.0.0.1:4840/twin", "publishing_interval_ms": 100}],
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# written by pharma_assets/demo.py for {units} units\n" + yaml.safe_dump(cfg))
+    return path
+
+
 def main() -> int:
     from pharma_assets.lake.storage import DEFAULT_LAKE_URI, LAKE_URI_ENV, lake_uri_from_env
 
@@ -127,11 +164,28 @@ def main() -> int:
             [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
             env, logs / "dagster.log",
         )  # fmt: skip
-        procs["live"] = _start(
-            "live simulator",
-            [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
-            env, logs / "live.log",
-        )  # fmt: skip
+        mode = os.environ.get("PHARMA_DEMO_LIVE", "protocols")
+        units = os.environ.get("PHARMA_DEMO_UNITS", "6")
+        if mode == "files":
+            procs["live"] = _start(
+                "live simulator",
+                [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
+                env, logs / "live.log",
+            )  # fmt: skip
+        else:
+            serve = "opcua,mqtt" if broker_reachable() else "opcua"
+            env["PHARMA_GATEWAY_TOKEN"] = env.get("PHARMA_GATEWAY_TOKEN") or secrets.token_hex(16)
+            procs["live"] = _start(
+                f"twin serving {serve}",
+                [str(BIN / "pharma-twin"), "live", "--serve", serve, "--out", str(landing),
+                 "--units", units, "--period", "1s"],
+                env, logs / "live.log",
+            )  # fmt: skip
+            src = gateway_sources(ROOT / ".state" / "demo_gateway.yaml", landing, lake, int(units))
+            procs["gateway"] = _start(
+                "live gateway", [str(BIN / "pharma-twin"), "gateway", "--sources", str(src)],
+                env, logs / "gateway.log",
+            )  # fmt: skip
         procs["streamlit"] = _start(
             "Streamlit dashboards",
             [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
@@ -161,11 +215,22 @@ def main() -> int:
         print(
             "  Dagster UI:   http://127.0.0.1:3000   (Assets: bronze/silver/gold/ml/gxp groups; Automation: the sensors)"
         )
-        print("  Dashboards:   http://127.0.0.1:8501")
+        print("  Dashboards:   http://127.0.0.1:8501   (Live page: pushed by the gateway)")
+        if "gateway" in procs:
+            print(
+                "  Gateway API:  http://127.0.0.1:8765/health   (OPC UA twin at opc.tcp://127.0.0.1:4840/twin)"
+            )
         print("  MLflow UI:    http://127.0.0.1:5000   (registered models, champion aliases)")
         print("  Promotions:   Models page (qa.lead approves/rejects), `pharma-twin model pending`")
         print(f"  Lake:         {lake}")
-        print(f"  Landing zone: {landing}   (the live simulator adds a chunk per unit every ~10 s)")
+        print(
+            f"  Landing zone: {landing}   ("
+            + (
+                "the gateway lands telemetry every 5 s)"
+                if "gateway" in procs
+                else "the live simulator adds a chunk per unit every ~10 s)"
+            )
+        )
         print("  Ctrl-C stops everything.")
         while True:
             for name, p in procs.items():

@@ -38,6 +38,7 @@ class PageEntry:
 
 PAGES: tuple[PageEntry, ...] = (
     PageEntry("overview.py", "Plant overview", ":material/factory:", "overview"),
+    PageEntry("live.py", "Live", ":material/sensors:", "live"),
     PageEntry("bioreactor.py", "Bioreactor", ":material/science:", "bioreactor"),
     PageEntry("batch_quality.py", "Batch quality", ":material/fact_check:", "batch_quality"),
     PageEntry("equipment.py", "Equipment health", ":material/build:", "equipment"),
@@ -45,6 +46,7 @@ PAGES: tuple[PageEntry, ...] = (
         "monitoring.py", "Contamination & monitoring", ":material/monitor_heart:", "monitoring"
     ),
     PageEntry("models.py", "Models", ":material/model_training:", "models"),
+    PageEntry("whatif.py", "What-if & optimisation", ":material/tune:", "whatif"),
 )
 
 

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 import streamlit as st
 
-from dashboards import data, logic, ui
+from dashboards import data, live, logic, ui
 
 REFRESH = timedelta(seconds=10)
 
@@ -74,6 +74,19 @@ def trajectories() -> None:
     m[2].metric("CPP excursions", n_exc)
     if running:
         st.caption(f"Refreshes every {REFRESH.seconds} s.")
+        now = live.unit_now(unit, list(cpps)) if cpps else None
+        cols = st.columns(max(1, len(cpps)))
+        for i, tag in enumerate(cpps):
+            d = (now or {}).get(tag)
+            if d is not None:
+                flag = " (stale)" if d["stale"] else ""
+                cols[i].metric(f"{tag} now{flag}", logic.fmt(d["value"], 3, f" {d['uom']}"))
+            else:
+                last = tl[tag].drop_nulls()
+                cols[i].metric(f"{tag} (last in silver)",
+                               logic.fmt(last[-1] if last.len() else None, 3))  # fmt: skip
+        st.caption("Current values: " + (f"live from the gateway ({live.gateway_url()})" if now
+                   else "last processed reading in silver (the live gateway is not running)"))  # fmt: skip
     if golden is None:
         st.caption("Golden-batch envelope: " + data.missing_hint("gold", "golden_batch"))
     for tag in cpps:

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import polars as pl
 import streamlit as st
 
-from dashboards import data, logic, ui
+from dashboards import data, live, logic, ui
 
 ui.header("Plant overview", "overview", (("gold", "unit_status"), ("gold", "batch_summary"),
                                          ("gold", "plant_kpis"), ("gold", "cpp_excursions")))  # fmt: skip
@@ -71,6 +71,12 @@ if kpis is not None:
         )  # fmt: skip
         ui.chart(fig, "kpis")
         ui.table(kpis, "plant_kpis", "weekly KPIs")
+
+cur, source = live.current_cpps(status, data.spec().cpp_tags)
+st.subheader("Current CPP values")
+st.caption(f"Source: {source}. The Live page shows them against NOR/PAR, updating every second.")
+if cur is not None and cur.height:
+    ui.table(cur, "current_cpps", "current CPP values")
 
 exc = data.read("gold", "cpp_excursions")
 if exc is not None:

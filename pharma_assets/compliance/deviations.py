@@ -177,13 +177,79 @@ def open_deviation(
     return _open_many(lake, actor_id, [spec], reason, context_id)[0]
 
 
+ALARM_EVENTS = "alarm_events"  # gxp/alarm_events, written by the gateway's live alarms
+
+
+def alarm_deviation_windows(lake: Lake) -> pl.DataFrame:
+    """Excursion windows a live CPP alarm already opened a deviation for (batch_id, unit_id,
+    tag, from_ts, to_ts; to_ts null while the alarm is active), from ``gxp/alarm_events``:
+    the batch job does not open a second deviation when gold later shows the same
+    excursion (one that overlaps the window)."""
+    schema = {"batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
+              "from_ts": UTC_US, "to_ts": UTC_US}  # fmt: skip
+    cols = ["alarm_id", "batch_id", "unit_id", "tag", "activated_ts", "cleared_ts", "deviation_id"]
+    ev = lake.read(GXP_LAYER, ALARM_EVENTS, cols)
+    if ev is None:
+        return pl.DataFrame(schema=schema)
+    w = ev.group_by("alarm_id").agg(
+        pl.col("batch_id", "unit_id", "tag").first(), from_ts=pl.col("activated_ts").min(),
+        to_ts=pl.col("cleared_ts").max(), linked=pl.col("deviation_id").is_not_null().any(),
+    )  # fmt: skip
+    return w.filter("linked").select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+def _covered_by_alarm(ex: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """Excursion ids of ``ex`` that overlap a window of ``alarm_deviation_windows``."""
+    if windows.height == 0 or ex.height == 0:
+        return ex.select("excursion_id").clear()
+    j = ex.join(windows, on=["batch_id", "unit_id", "tag"], how="inner")
+    over = (pl.col("start_ts") <= pl.col("to_ts").fill_null(pl.col("end_ts"))) & (
+        pl.col("end_ts") >= pl.col("from_ts")
+    )
+    return j.filter(over).select("excursion_id").unique()
+
+
+def open_for_alarm(lake: Lake, alarm: dict[str, Any], context_id: str | None = None) -> Deviation:
+    """The deviation of a live CPP alarm (``alarms.Alarm.as_dict()``): opened once, keyed by
+    the alarm id (a second call returns the first deviation)."""
+    for d in (
+        list_deviations(lake)
+        .filter(pl.col("source_ref") == alarm["alarm_id"])
+        .iter_rows(named=True)
+    ):
+        return Deviation(**d)
+    spec = {
+        "batch_id": alarm["batch_id"], "unit_id": alarm["unit_id"], "source": "cpp_alarm",
+        "source_ref": alarm["alarm_id"], "severity": alarm["severity"],
+        "title": f"{alarm['severity']} {alarm['direction']} alarm of {alarm['tag']} ({alarm['phase']})",
+        "description": (
+            f"live alarm {alarm['alarm_id']}: {alarm['tag']} outside its "
+            f"{'PAR' if alarm['level'] >= 2 else 'NOR'} [{alarm['par_lo']}, {alarm['par_hi']}] "
+            f"(value {alarm['value']:.4g}, since "
+            f"{datetime.fromtimestamp(alarm['activated_ts_us'] / 1e6, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        ),
+    }  # fmt: skip
+    opened = _open_many(lake, SYSTEM, [spec], "automatic: live CPP alarm", context_id)
+    if opened:
+        return opened[0]
+    return get_deviation(  # opened by a concurrent caller between the check and the lock
+        lake, list_deviations(lake).filter(pl.col("source_ref") == alarm["alarm_id"])
+        ["deviation_id"][0],
+    )  # fmt: skip
+
+
 def auto_open(lake: Lake, context_id: str | None = None) -> list[Deviation]:
     """Open a deviation for every major/critical CPP excursion and every batch with a
-    contamination alarm that has none yet (idempotent: keyed by the source record)."""
+    contamination alarm that has none yet (idempotent: keyed by the source record).
+    Excursions of a batch and tag whose live alarm already opened a deviation are skipped
+    (``alarm_deviation_windows``)."""
     specs: list[dict[str, Any]] = []
     ex = lake.read("gold", "cpp_excursions")
     if ex is not None:
-        for r in ex.filter(pl.col("severity").is_in(AUTO_SEVERITIES)).iter_rows(named=True):
+        ex = ex.filter(pl.col("severity").is_in(AUTO_SEVERITIES))
+        ex = ex.join(_covered_by_alarm(ex, alarm_deviation_windows(lake)), on="excursion_id",
+                     how="anti")  # fmt: skip
+        for r in ex.iter_rows(named=True):
             specs.append({
                 "batch_id": r["batch_id"], "unit_id": r["unit_id"], "source": "cpp_excursion",
                 "source_ref": r["excursion_id"], "severity": r["severity"],

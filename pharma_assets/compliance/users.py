@@ -45,11 +45,12 @@ TABLE = "users"
 # role that approves, closes deviations, releases batches and approves model promotions;
 # viewers only read dashboards
 ROLES: dict[str, frozenset[str]] = {
-    "operator": frozenset({"deviation.open", "sign.authorship", "record.view"}),
+    "operator": frozenset({"deviation.open", "alarm.respond", "sign.authorship", "record.view"}),
     "process_engineer": frozenset(
         {
             "deviation.open",
             "deviation.investigate",
+            "alarm.respond",
             "spec.change",
             "record.view",
             "sign.authorship",
@@ -62,6 +63,7 @@ ROLES: dict[str, frozenset[str]] = {
             "deviation.open",
             "deviation.investigate",
             "deviation.close",
+            "alarm.respond",
             "batch.release",
             "spec.change",
             "record.view",
@@ -74,7 +76,7 @@ ROLES: dict[str, frozenset[str]] = {
         }
     ),
     "maintenance": frozenset(
-        {"deviation.open", "record.view", "sign.authorship", "sign.responsibility"}
+        {"deviation.open", "alarm.respond", "record.view", "sign.authorship", "sign.responsibility"}
     ),
     "admin": frozenset({"user.manage", "audit.view", "audit.retire", "record.view"}),
     # read-only: the plant dashboards and GMP records, no action and no signature

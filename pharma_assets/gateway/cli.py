@@ -20,6 +20,12 @@ DEFAULT_MODBUS = "127.0.0.1:5020"
 DEFAULTS = {"opcua": DEFAULT_OPCUA, "mqtt": DEFAULT_MQTT, "modbus": DEFAULT_MODBUS}
 
 
+def quiet_libraries() -> None:
+    """asyncua logs every publish response at INFO (kilobytes a second per subscription)."""
+    for name in ("asyncua", "pymodbus", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def parse_serve(text: str) -> dict[str, str]:
     """``opcua``, ``mqtt``, ``modbus``, ``opcua,mqtt`` or with addresses
     ``opcua=opc.tcp://0.0.0.0:4840/twin,mqtt=broker:1883,modbus=0.0.0.0:5020``."""
@@ -60,6 +66,7 @@ def serve_from_live(serve: str, plant_path: Path | None, recipes_path: Path | No
     mqtt = MqttSettings(*host_port("mqtt")) if "mqtt" in targets else None
     modbus = host_port("modbus") if "modbus" in targets else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    quiet_libraries()
     plant = load_plant(plant_path).with_units(units)
     console.print(f"serving {units} units live over {', '.join(f'{k} ({v})' for k, v in targets.items())}, "
                   f"one step every {period_s:g} s, MES files to {out.resolve()} (Ctrl-C stops)")  # fmt: skip
@@ -81,6 +88,7 @@ def gateway(
     from .service import start_service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    quiet_libraries()
     try:
         cfg = load_sources(sources)
         svc = start_service(cfg)

@@ -89,6 +89,43 @@ class ModbusSourceConfig(_Source):
 class ApiConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, gt=0, lt=65536)
+    # Bearer token for the alarm actions (acknowledge/shelve), read from this environment
+    # variable; the dashboard server sends it with the logged-in user. Unset: actions off.
+    write_token_env: str | None = "PHARMA_GATEWAY_TOKEN"
+
+
+class WebhookConfig(_Model):
+    kind: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class SmtpConfig(_Model):
+    kind: Literal["smtp"]
+    host: str
+    port: int = Field(default=25, gt=0, lt=65536)
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+
+
+class AlarmConfig(_Model):
+    """Real-time CPP alarms (``alarms``): where the GxP records live and how to judge."""
+
+    lake_dir: Path  # the lake holding gxp/ (alarm_events, deviations, users, audit trail)
+    spec: Path | None = None  # CPP spec YAML (default: the packaged, change-controlled one)
+    on_delay_s: float = Field(default=5.0, ge=0)
+    deadband_frac: float = Field(default=0.02, ge=0, lt=0.5)
+    critical_after_s: float | None = Field(default=None, gt=0)  # default: gold's rule
+    max_shelve_s: float = Field(default=8 * 3600.0, gt=0)
+    open_deviations: bool = True
+    flush_interval_s: float = Field(default=2.0, gt=0)
+    notify_min_priority: Literal["low", "medium", "high", "urgent"] = "high"
+    notifiers: list[Annotated[WebhookConfig | SmtpConfig, Field(discriminator="kind")]] = Field(
+        default_factory=list
+    )
 
 
 SourceConfig = Annotated[
@@ -110,6 +147,7 @@ class GatewayConfig(_Model):
     max_buffer_bytes: int = Field(default=1 << 30, gt=0)
     fsync: bool = False
     api: ApiConfig | None = ApiConfig()
+    alarms: AlarmConfig | None = None
     sources: list[SourceConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -152,10 +190,14 @@ def load_sources(path: Path) -> GatewayConfig:
 
     sources = [sc.model_copy(update={"register_map": rel(sc.register_map)})
                if isinstance(sc, ModbusSourceConfig) else sc for sc in cfg.sources]  # fmt: skip
-    return cfg.model_copy(update={"landing_dir": rel(cfg.landing_dir),
+    alarms = cfg.alarms
+    if alarms is not None:
+        alarms = alarms.model_copy(update={"lake_dir": rel(alarms.lake_dir),
+                                           "spec": rel(alarms.spec) if alarms.spec else None})  # fmt: skip
+    return cfg.model_copy(update={"landing_dir": rel(cfg.landing_dir), "alarms": alarms,
                                   "buffer_dir": rel(cfg.buffer_dir), "sources": sources})  # fmt: skip
 
 
 __all__ = [
-    "GatewayConfig", "ModbusSourceConfig", "MqttSourceConfig", "OpcuaSourceConfig", "load_sources",
+    "AlarmConfig", "GatewayConfig", "ModbusSourceConfig", "MqttSourceConfig", "OpcuaSourceConfig", "load_sources",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .alarms import AlarmEngine
 from .coldpath import ColdPath, FlushResult
 from .hotstore import HotStore
 from .mapping import MappingError, SourceMap
@@ -47,9 +48,14 @@ class SourceStats:
     reconnects: int = 0
     last_recv_us: int = 0
     last_error: str = ""
+    lag_ms: float = 0.0  # receive minus source time of the last accepted reading
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        d["silent_s"] = (
+            round((now_us() - self.last_recv_us) / 1e6, 3) if self.last_recv_us else None
+        )
+        return d
 
 
 class Gateway:
@@ -80,6 +86,9 @@ class Gateway:
         self.last_flush: FlushResult | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.alarms: AlarmEngine | None = None  # real-time CPP alarms (alarm_service)
+        self._rate_mark: tuple[int, int] = (now_us(), 0)  # (time, accepted) for readings/s
+        self.readings_per_s = 0.0
 
     def batch_of(self, unit_id: str) -> str | None:
         """The batch the latest message about ``unit_id`` named (any source): sources that
@@ -175,7 +184,11 @@ class Gateway:
                 self.cold.append(accepted)
             self._seq[source] = seq
         st.accepted += len(accepted)
+        if accepted:
+            st.lag_ms = (recv - accepted[-1].source_ts_us) / 1000
         self.hot.put(accepted)
+        if self.alarms is not None and accepted:
+            self.alarms.check(accepted)
         return accepted
 
     # ------------------------------------------------------------ flusher
@@ -213,7 +226,14 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         """Sources, buffer depth and cold-path counters (for the API and Dagster)."""
         cold = self.cold
+        t, n = now_us(), sum(s.accepted for s in self.sources.values())
+        t0, n0 = self._rate_mark
+        if t - t0 >= 1_000_000:  # over the time since the previous call of at least 1 s
+            self.readings_per_s = (n - n0) / ((t - t0) / 1e6)
+            self._rate_mark = (t, n)
         return {
+            "readings_per_s": round(self.readings_per_s, 1),
+            "max_buffer_bytes": cold.max_buffer_bytes if cold else 0,
             "at_us": now_us(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sources": {k: v.as_dict() for k, v in self.sources.items()},

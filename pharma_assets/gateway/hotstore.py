@@ -72,6 +72,14 @@ class HotStore(ABC):
     ) -> dict[str, list[Any]]:
         """Readings of the last ``seconds`` (by source time): ``ts_us``, ``value``, ``quality``."""
 
+    @abstractmethod
+    def set_doc(self, name: str, doc: Any) -> None:
+        """Publish a small JSON document (open alarms, gateway health) to every reader."""
+
+    @abstractmethod
+    def get_doc(self, name: str) -> Any:
+        """The document last published under ``name``, or None."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (nothing to do for the in-process store)."""
 
@@ -113,7 +121,14 @@ class MemoryHotStore(HotStore):
         super().__init__(window_s, stale_after_s)
         self.capacity = math.ceil(self.window_s / min_period_s * 1.1) + 16
         self._rings: dict[str, dict[str, _Ring]] = {}
+        self._docs: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def set_doc(self, name: str, doc: Any) -> None:
+        self._docs[name] = doc
+
+    def get_doc(self, name: str) -> Any:
+        return self._docs.get(name)
 
     def put(self, readings: Sequence[Reading]) -> None:
         with self._lock:
@@ -203,6 +218,13 @@ class RedisHotStore(HotStore):
             pipe.hset(f"{p}:latest:{unit}", mapping=fields)  # type: ignore[arg-type]
         pipe.sadd(f"{p}:units", *latest)
         pipe.execute()
+
+    def set_doc(self, name: str, doc: Any) -> None:
+        self.r.set(f"{self.prefix}:doc:{name}", json.dumps(doc, default=str))
+
+    def get_doc(self, name: str) -> Any:
+        raw = self.r.get(f"{self.prefix}:doc:{name}")
+        return None if raw is None else json.loads(raw)  # type: ignore[arg-type]
 
     def units(self) -> list[str]:
         return sorted(u.decode() for u in self.r.smembers(f"{self.prefix}:units"))  # type: ignore[union-attr]

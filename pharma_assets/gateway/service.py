@@ -8,14 +8,27 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..lake.specs import load_spec
+from ..lake.storage import Lake
+from .alarm_service import AlarmService
+from .alarms import AlarmSettings, MesPhases
 from .coldpath import ColdPath
-from .config import GatewayConfig, ModbusSourceConfig, MqttSourceConfig, OpcuaSourceConfig
+from .config import (
+    AlarmConfig,
+    GatewayConfig,
+    ModbusSourceConfig,
+    MqttSourceConfig,
+    OpcuaSourceConfig,
+    WebhookConfig,
+)  # fmt: skip
 from .core import Gateway
 from .hotstore import open_hot_store
+from .notify import Notifier, SmtpNotifier, WebhookNotifier
 from .protocols.modbus import ModbusSource, load_register_map
 from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import OpcuaSource
 from .protocols.sparkplug import SparkplugHost
+from .records import now_us
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +40,53 @@ class GatewayService:
     sources: list[Any] = field(default_factory=list)
     api_server: Any = None
     api_thread: threading.Thread | None = None
+    alarms: AlarmService | None = None
+    phases: MesPhases | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _publisher: threading.Thread | None = None
+
+    def health(self) -> dict[str, Any]:
+        h = self.gateway.health()
+        h["alarms"] = self.alarms.health() if self.alarms is not None else None
+        return h
+
+    def publish(self) -> None:
+        """Put the health and the open alarms into the hot store (fan-out replicas and the
+        dashboards read them there); also ends the shelves that expired."""
+        hot = self.gateway.hot
+        if self.alarms is not None:
+            self.alarms.engine.expire_shelves()
+            hot.set_doc("alarms", self.alarms.engine.open_alarms())
+        hot.set_doc("health", self.health())
+        hot.set_doc("units", self.unit_states())
+
+    def unit_states(self) -> dict[str, dict[str, Any]]:
+        """Each unit's current batch (as the latest message named it) and phase (MES)."""
+        out: dict[str, dict[str, Any]] = {}
+        now = now_us()
+        for u in self.gateway.hot.units():
+            b = self.gateway.batch_of(u)
+            ph = self.phases.phase_at(u, b, now) if (b and self.phases is not None) else None
+            out[u] = {"batch_id": b, "phase": ph[0] if ph else None}
+        return out
+
+    def start_publisher(self, interval_s: float = 1.0) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.publish()
+                except Exception:
+                    log.exception("publishing the gateway health failed")
+
+        self.publish()
+        self._publisher = threading.Thread(target=loop, name="gateway-publisher", daemon=True)
+        self._publisher.start()
 
     def stop(self) -> None:
         """Stop the sources, then drain the disk buffer into the landing zone."""
+        self._stop.set()
+        if self._publisher is not None:
+            self._publisher.join(10)
         for s in self.sources:
             s.stop()
         if self.api_server is not None:
@@ -37,7 +94,29 @@ class GatewayService:
             if self.api_thread is not None:
                 self.api_thread.join(10)
         self.gateway.stop()
+        if self.alarms is not None:
+            self.alarms.close()
         self.gateway.hot.close()
+
+
+def start_alarms(ac: AlarmConfig, phases: MesPhases) -> AlarmService:
+    """The alarm service of an ``alarms:`` section (phases from the landing zone's MES files)."""
+    notifiers: list[Notifier] = []
+    for n in ac.notifiers:
+        if isinstance(n, WebhookConfig):
+            notifiers.append(WebhookNotifier(n.url, n.timeout_s))
+        else:
+            notifiers.append(SmtpNotifier(n.host, n.port, n.sender, n.recipients, n.starttls,
+                                          n.username, n.password_env))  # fmt: skip
+    settings = AlarmSettings(
+        on_delay_s=ac.on_delay_s,
+        deadband_frac=ac.deadband_frac,
+        max_shelve_s=ac.max_shelve_s,
+        **({"critical_after_s": ac.critical_after_s} if ac.critical_after_s else {}),
+    )
+    return AlarmService(Lake.at(ac.lake_dir), load_spec(ac.spec), phases, settings,
+                        notifiers, ac.notify_min_priority, ac.flush_interval_s,
+                        ac.open_deviations)  # fmt: skip
 
 
 def start_service(cfg: GatewayConfig) -> GatewayService:
@@ -45,7 +124,14 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
     hot = open_hot_store(cfg.hot_store, cfg.window_s, cfg.stale_after_s, cfg.redis_prefix)
     cold = ColdPath(cfg.buffer_dir, cfg.landing_dir, cfg.max_buffer_bytes, cfg.fsync)
     gw = Gateway(cfg.site_id, hot, cold, cfg.max_future_s, cfg.max_age_s)
-    svc = GatewayService(cfg, gw)
+    svc = GatewayService(cfg, gw, phases=MesPhases(cfg.landing_dir))
+    if cfg.alarms is not None:
+        assert svc.phases is not None
+        svc.alarms = start_alarms(cfg.alarms, svc.phases)
+        gw.alarms = svc.alarms.engine
+        svc.alarms.engine.sinks.append(
+            lambda _ev: hot.set_doc("alarms", gw.alarms.open_alarms() if gw.alarms else [])
+        )
     for sc in cfg.sources:
         smap = sc.source_map()
         if isinstance(sc, MqttSourceConfig):
@@ -77,13 +163,16 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
             mb.start_in_thread()
             svc.sources.append(mb)
     gw.start_flusher(cfg.flush_interval_s)
+    svc.start_publisher()
     if cfg.api is not None:
         import uvicorn
 
         from .api import make_app
 
-        server = uvicorn.Server(uvicorn.Config(make_app(hot, gw.health), host=cfg.api.host,
-                                               port=cfg.api.port, log_level="warning"))  # fmt: skip
+        token = os.environ.get(cfg.api.write_token_env) if cfg.api.write_token_env else None
+        app = make_app(hot, svc.health, svc.alarms, token)
+        server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
+                                               log_level="warning"))  # fmt: skip
         t = threading.Thread(target=server.run, name="gateway-api", daemon=True)
         t.start()
         svc.api_server, svc.api_thread = server, t
@@ -92,4 +181,4 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
     return svc
 
 
-__all__ = ["GatewayService", "start_service"]
+__all__ = ["GatewayService", "start_alarms", "start_service"]

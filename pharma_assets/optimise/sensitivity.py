@@ -155,3 +155,55 @@ def _indices(fA: np.ndarray, fB: np.ndarray, fABi: np.ndarray) -> tuple[np.ndarr
     s1 = (fB * (fABi - fA)).mean(axis=-1) / var
     st = 0.5 * ((fA - fABi) ** 2).mean(axis=-1) / var
     return s1, st
+
+
+# ---------------------------------------------------------------- design space (ICH Q8)
+CPP_FACTORS = ("T_grow", "T_prod", "ph_sp", "do_sp")  # the set-points that have a PAR
+
+
+def most_influential(indices: pl.DataFrame, k: int = 2) -> list[str]:
+    """The ``k`` CPPs (factors with a PAR) with the largest total Sobol index on any CQA or
+    product mass."""
+    top = (
+        indices.filter(pl.col("factor").is_in(CPP_FACTORS))
+        .group_by("factor")
+        .agg(pl.col("ST").max())
+        .sort(["ST", "factor"], descending=[True, False])
+    )
+    return top["factor"].head(k).to_list()
+
+
+def design_space(
+    recipe: Recipe,
+    factors_xy: tuple[str, str],
+    n_grid: int = 13,
+    seeds: range = range(0, 48),
+    min_p: float = 0.95,
+    spec: CppSpec | None = None,
+) -> pl.DataFrame:
+    """P(every release CQA in spec) over the plant's variability on a grid of two CPPs over
+    their PAR (the others at the recipe's set-points); the design space is the cells with
+    probability >= ``min_p`` (ICH Q8: a region of proven quality, not a single point)."""
+    from .recipe import current_settings, evaluate, plant_draws
+
+    spec = spec or load_spec()
+    fs = {f.name: f for f in factors(recipe, spec)}
+    fx, fy = (fs[n] for n in factors_xy)
+    xs, ys = np.linspace(fx.lo, fx.hi, n_grid), np.linspace(fy.lo, fy.hi, n_grid)
+    base = current_settings(recipe)
+    grid = [base | {fx.name: float(x), fy.name: float(y)} for x in xs for y in ys]
+    ev = evaluate(recipe, plant_draws(seeds), grid, working_volume_l=1e9, spec=spec)
+    return pl.DataFrame(
+        {
+            "recipe_id": recipe.recipe_id,
+            "factor_x": fx.name,
+            "x": [g[fx.name] for g in grid],
+            "factor_y": fy.name,
+            "y": [g[fy.name] for g in grid],
+            "p_in_spec": [e.p_rft for e in ev],
+            "mean_product_kg": [e.mean_product_kg for e in ev],
+            "in_design_space": [e.p_rft >= min_p for e in ev],
+            "weakest_cqa": [min(e.p_cqa, key=lambda c: e.p_cqa[c]) for e in ev],
+            "n_draws": len(seeds),
+        }
+    )

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pharma_assets.lake.specs import CppSpec, load_spec
+from pharma_assets.lake.storage import Lake
 
 from . import model
 from .calibration import CalibratedBatch
@@ -26,6 +27,14 @@ MAX_FEED_PCT_FILL_PER_DAY = 20.0  # FeedConfig.rate_pct_fill_per_day upper bound
 # Culture temperature the model (and CHO cells) can be run at at all (SetpointConfig bounds).
 TEMPERATURE_PHYSICAL = (28.0, 39.0)
 QUANTILES = (0.05, 0.5, 0.95)  # the reported 90 % interval and median
+
+# Assay noise of each release CQA in the engine's release model (twin.outputs.release_assays),
+# used to turn a predicted value into a probability of meeting its specification.
+RELEASE_ASSAY_SD = {
+    "aggregates_hmw_pct": 0.08, "g0f_pct": 0.8, "g1f_pct": 0.93, "g2f_pct": 0.3,
+    "afucosylated_pct": 0.3, "acidic_variants_pct": 0.8, "hcp_ppm": 4.0, "purity_pct": 0.13,
+}  # fmt: skip
+RELEASE_ASSAY_CV = {"titer_g_l": 0.03}
 
 # Release-CQA model terms the fast twin does not track, held at nominal values
 # (docs/process_model.md section 12): peak pCO2, peak osmolality, media Mn, hours of pH
@@ -210,10 +219,13 @@ def _outcome(cal: CalibratedBatch, u: model.TwinInputs) -> Outcome:
     return Outcome(t_h, traj, cqas)
 
 
-def cqas_at_harvest(traj: dict[str, np.ndarray], u: model.TwinInputs) -> dict[str, np.ndarray]:
+def cqas_at_harvest(
+    traj: dict[str, np.ndarray], u: model.TwinInputs, mn_ppb: float | np.ndarray = NOMINAL_MN_PPB
+) -> dict[str, np.ndarray]:
     """Each member's CQAs at its own harvest (``u.end_h``) from its trajectory since
     inoculation (``traj`` as `model.simulate` returns it); adds viability and product mass
-    to ``traj``."""
+    to ``traj``. ``mn_ppb`` is the media lot's manganese (per member or one value); the
+    release model's other untracked terms are held at their nominal values."""
     t_h = traj["t_h"]
     traj["viability_pct"] = 100.0 * traj["Xv"] / (traj["Xv"] + traj["Xd"])
     traj["product_kg"] = traj["P"] * traj["V"] / 1000.0
@@ -237,9 +249,12 @@ def cqas_at_harvest(traj: dict[str, np.ndarray], u: model.TwinInputs) -> dict[st
         + 0.004 * max(NOMINAL_PEAK_PCO2 - 60, 0) + 0.4 * np.maximum(max_T - 37.5, 0)
     )  # fmt: skip
     g0f = (
-        36.0 + 0.9 * peak_a + 1.6 * dT - 0.12 * (NOMINAL_MN_PPB - 40.0) + 6.0 * dead
+        36.0 + 0.9 * peak_a + 1.6 * dT - 0.12 * (mn_ppb - 40.0) + 6.0 * dead
         + 0.02 * (NOMINAL_PEAK_OSMOLALITY - 400)
     )  # fmt: skip
+    g2f = np.maximum(9.0 - 0.25 * peak_a - 0.4 * dT + 0.05 * (mn_ppb - 40.0), 1.0)
+    afuc = 6.0 + 0.012 * (NOMINAL_PEAK_OSMOLALITY - 400) + 0.01 * (NOMINAL_PEAK_PCO2 - 80)
+    duration_days = u.end_h / 24.0
     return {
         "titer_g_l": at["P"],
         "product_mass_kg": at["product_kg"],
@@ -249,6 +264,16 @@ def cqas_at_harvest(traj: dict[str, np.ndarray], u: model.TwinInputs) -> dict[st
         "peak_ammonia_mmol_l": peak_a,
         "aggregates_hmw_pct": aggregates,
         "g0f_pct": g0f,
+        "g1f_pct": 100.0 - g0f - g2f - afuc - 4.0,
+        "g2f_pct": g2f,
+        "afucosylated_pct": np.broadcast_to(afuc, g0f.shape).copy(),
+        "acidic_variants_pct": 17.0
+        + 0.9 * (duration_days - 14)
+        + 0.7 * dT
+        + 0.2 * peak_a
+        + 10.0 * dead,
+        "hcp_ppm": 25.0 + 180.0 * dead**1.5,
+        "purity_pct": 100.0 - aggregates - 0.68,
     }
 
 
@@ -271,3 +296,50 @@ def run_whatif(
         cal.batch_id, cal.as_of_h, scenario, base, changed, warnings, cal.prior_only,
         in_spec_probability(base, spec), in_spec_probability(changed, spec),
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- saved scenarios
+SCENARIO_LAYER, SCENARIO_TABLE = "gold", "whatif_scenarios"
+
+
+def twin_version() -> str:
+    """Identifies the twin a scenario ran on: the fast model's source and kinetic defaults."""
+    import hashlib
+    import inspect
+
+    from pharma_assets.twin.engine import KineticParams
+
+    src = inspect.getsource(model) + repr(KineticParams())
+    return "fast-twin-" + hashlib.sha256(src.encode()).hexdigest()[:12]
+
+
+def scenario_row(res: WhatIfResult, user: str, purpose: str = "") -> dict[str, object]:
+    """One row for gold/whatif_scenarios: who, when, inputs, outputs and the twin version."""
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    return {
+        "scenario_id": "WIF-" + uuid.uuid4().hex[:12],
+        "batch_id": res.batch_id,
+        "as_of_h": res.as_of_h,
+        "created_by": user,
+        "created_at": datetime.now(UTC),
+        "purpose": purpose,
+        "inputs_json": json.dumps(res.scenario.changes(), sort_keys=True),
+        "baseline_json": json.dumps(res.baseline.summary(), sort_keys=True),
+        "outcome_json": json.dumps(res.outcome.summary(), sort_keys=True),
+        "delta_product_kg_median": res.delta("product_mass_kg")["median"],
+        "warnings": "; ".join(res.warnings),
+        "prior_only": res.prior_only,
+        "twin_version": twin_version(),
+    }
+
+
+def save_scenario(lake: Lake, res: WhatIfResult, user: str, purpose: str = "") -> str:
+    """Append the scenario to gold/whatif_scenarios; returns its id."""
+    import polars as pl
+
+    row = scenario_row(res, user, purpose)
+    lake.append(SCENARIO_LAYER, SCENARIO_TABLE, pl.DataFrame([row]))
+    return str(row["scenario_id"])

@@ -91,7 +91,7 @@ def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
     def run(coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)  # hang guard under load
 
     run(srv.start())
     cfg = _sources(tmp_path, mosquitto.port, api_port, opc_port)
