@@ -39,11 +39,19 @@ SIDEBAR_TABLES = (
 )  # fmt: skip
 
 # what to run when a table is missing, by producing group
-_PIPELINE_HINT = "run `make demo` or `pharma-twin pipeline` (materializes bronze, silver and gold)"
-_ML_HINT = "not trained yet: run `make demo` or materialize the `ml` asset group in Dagster"
+_PIPELINE_HINT = (
+    "import the plant's exports (`pharma-twin import`: historian, MES batch list, LIMS, CMMS; "
+    "docs/bring_your_own_data.md) and run `pharma-twin pipeline`, or `make demo` for the "
+    "simulated plant"
+)
+_ML_HINT = (
+    "not trained, or not supported by this site's data: after `pharma-twin import` and "
+    "`pharma-twin pipeline`, run `pharma-twin train` (or `make demo`); the Models page says "
+    "which models the data supports and what to import for the rest"
+)
 ML_TABLES = {
     "equipment_health", "contamination_risk", "batch_forecasts", "mspc_scores", "mspc_alarms",
-    "golden_batch", "model_performance",
+    "golden_batch", "model_performance", "model_capabilities",
 }  # fmt: skip
 
 _lock = threading.Lock()
@@ -205,6 +213,15 @@ def _equipment_trend(equipment_id: str, max_points: int) -> pl.DataFrame | None:
             "threshold", "alarm")  # fmt: skip
     df = eh.filter(pl.col("equipment_id") == equipment_id).select(cols).collect()
     return logic.reduce_trend(df, max_points)
+
+
+def timeline_tags() -> list[str]:
+    """The tag columns of silver/batch_timeline (any unit class: the site's own tags too)."""
+    lf = scan("silver", "batch_timeline")
+    if lf is None:
+        return []
+    keys = {"batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", "source_file"}
+    return [c for c, t in lf.collect_schema().items() if c not in keys and t.is_numeric()]
 
 
 def timeline(batch_id: str, tags: tuple[str, ...], max_points: int) -> pl.DataFrame | None:

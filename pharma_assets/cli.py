@@ -226,17 +226,31 @@ def live(
                   f"{stats.batches_finished} finished, {stats.process_hours:.1f} process hours")  # fmt: skip
 
 
+IMPORT_SOURCES = ("telemetry", "mes", "lims", "cmms", "infer-batches")
+
+
 @app.command("import")
 def import_(
     input: Annotated[
-        Path, typer.Option("--input", help="Historical batch dataset (CSV or Parquet).")
-    ],
+        Path | None,
+        typer.Option("--input", help="The export to import (CSV, TSV or Parquet)."),
+    ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="What the file is: telemetry (historian), mes (batch list), lims (lab "
+            "results), cmms (work orders), or infer-batches (no file: batch start and end "
+            "from the telemetry already in --out)."
+        ),
+    ] = "telemetry",
     layout: Annotated[
-        str, typer.Option(help="wide (a column per tag) or long (tag and value columns).")
-    ],
+        str | None,
+        typer.Option(help="telemetry/lims: wide (a column per tag/analyte) or long."),
+    ] = None,
     tag_map: Annotated[
-        Path, typer.Option("--tag-map", help="YAML mapping source tags/units to ours.")
-    ],
+        Path | None,
+        typer.Option("--tag-map", "--map", help="Mapping YAML (tag map, MES/LIMS/CMMS map)."),
+    ] = None,
     out: Annotated[
         Path, typer.Option(help="Landing-zone folder to write (created if absent).")
     ] = Path("landing"),
@@ -247,19 +261,79 @@ def import_(
             "(default: refuse, a misspelled column would silently leave its tag out)."
         ),
     ] = False,
+    infer_batches: Annotated[
+        bool,
+        typer.Option(
+            help="telemetry: also write batch start/end events from the first and last "
+            "reading of each imported batch that has no MES events (a site without MES)."
+        ),
+    ] = False,
 ) -> None:
-    """Turn a historical batch dataset into landing files; unmapped columns are reported."""
+    """Turn a plant export into landing files (historian, MES, LIMS, CMMS); what is not
+    imported is reported, and what the landing zone still lacks is said at the end."""
     from .importer import import_file
+    from .source_import import (
+        import_cmms,
+        import_lims,
+        import_mes,
+        infer_batch_events,
+        landing_gaps,
+    )
 
-    if layout not in ("wide", "long"):
+    if source not in IMPORT_SOURCES:
+        raise CliError(f"--source must be one of {', '.join(IMPORT_SOURCES)}, got {source!r}")
+    if layout is not None and layout not in ("wide", "long"):
         raise CliError(f"--layout must be wide or long, got {layout!r}")
-    existing_file(input, "input file")
-    existing_file(tag_map, "tag map")
-    shape: Literal["wide", "long"] = "wide" if layout == "wide" else "long"
-    report = import_file(input, shape, tag_map, out, allow_missing_tags=allow_missing_tags)
-    console.print(report.summary())
-    for w in report.warnings():
+    if source != "infer-batches":
+        if input is None:
+            raise CliError(f"--source {source} needs --input FILE")
+        if tag_map is None:
+            raise CliError(
+                f"--source {source} needs --map MAPPING.yaml (docs/bring_your_own_data.md)"
+            )
+        existing_file(input, "input file")
+        existing_file(tag_map, "mapping file")
+    warnings: list[str] = []
+    try:
+        if source == "telemetry":
+            assert input is not None and tag_map is not None
+            if layout is None:
+                raise CliError("--source telemetry needs --layout wide or long")
+            shape: Literal["wide", "long"] = "wide" if layout == "wide" else "long"
+            report = import_file(input, shape, tag_map, out, allow_missing_tags=allow_missing_tags)
+            console.print(report.summary(), highlight=False)
+            warnings += report.warnings()
+            if infer_batches:
+                inf = infer_batch_events(out, report.batches)
+                console.print(inf.summary(), highlight=False)
+                warnings += inf.warnings()
+        elif source == "infer-batches":
+            existing_dir(out, "landing zone")
+            inf = infer_batch_events(out)
+            console.print(inf.summary(), highlight=False)
+            warnings += inf.warnings()
+        else:
+            assert input is not None and tag_map is not None
+            if source == "mes":
+                rep = import_mes(input, tag_map, out)
+            elif source == "lims":
+                lay: Literal["wide", "long"] | None = (
+                    None if layout is None else ("wide" if layout == "wide" else "long")
+                )
+                rep = import_lims(input, tag_map, out, layout=lay)
+            else:
+                rep = import_cmms(input, tag_map, out)
+            console.print(rep.summary(), highlight=False)
+            warnings += rep.warnings()
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    for w in warnings:
         typer.echo(f"warning: {w}", err=True)
+    gaps = landing_gaps(out).lines()
+    if gaps:
+        typer.echo("what the landing zone still lacks:", err=True)
+        for g in gaps:
+            typer.echo(f"  - {g}", err=True)
 
 
 def _lakehouse(lake: str | None, landing: Path | None) -> LakehouseResource:
@@ -387,6 +461,13 @@ def train(
     if_untrained: Annotated[
         bool, typer.Option(help="Do nothing when gold/model_performance already exists.")
     ] = False,
+    reference_batches: Annotated[
+        str | None,
+        typer.Option(
+            help="MSPC/golden-batch reference batches: comma-separated ids or a file with one "
+            "id per line (default: the batches the right-first-time rule passes)."
+        ),
+    ] = None,
 ) -> None:
     """Train and score every model now (retrain_job), with the champion/challenger gate.
 
@@ -403,9 +484,13 @@ def train(
 
     res = _lakehouse(lake, None)
     check_lake(res.lake_uri)
+    if reference_batches is not None:
+        os.environ["PHARMA_REFERENCE_BATCHES"] = reference_batches  # read by MlResource.from_env
     if res.lake().version("silver", "batches") is None:
         raise CliError(
-            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first"
+            f"lake {res.lake_uri} has no table silver/batches: run `pharma-twin pipeline` first; "
+            "if it reported telemetry waiting for a batch start, import batch events first "
+            "(pharma-twin import --source mes, or --source infer-batches)"
         )
     if if_untrained and res.lake().version("gold", "model_performance") is not None:
         console.print("models already trained (gold/model_performance exists); skipping")
@@ -427,12 +512,23 @@ def train(
     console.print(
         f"trained on {n} completed batches in {time.perf_counter() - t0:.0f} s (run {r.run_id})"
     )
+    import polars as pl
+
     from .defs.ml.resources import MlResource
     from .ml import registry
 
+    caps = res.lake().read("gold", "model_capabilities", filter_expr=pl.col("run_id") == r.run_id)
+    for row in [] if caps is None else caps.filter(~pl.col("applies")).iter_rows(named=True):
+        what = f"{row['capability']} ({row['target']})" if row["target"] else row["capability"]
+        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(row['reason'])}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
     summaries = registry.training_summary("dagster_run_id", r.run_id, MlResource.from_env().uri())
     for line in training_lines(summaries):
         console.print(line, highlight=False, soft_wrap=True)
+    if not summaries:
+        console.print("[red]no model could be trained on this lake's data (reasons above); "
+                      "see docs/bring_your_own_data.md")  # fmt: skip
+        raise typer.Exit(1)
 
 
 def _num(v: float) -> str:

@@ -73,7 +73,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -112,6 +112,7 @@ _ONE_US = timedelta(microseconds=1)
 _US_PER_HOUR = 3_600_000_000
 _US_PER_DAY = 24 * _US_PER_HOUR
 _MAX_EXAMPLES = 5
+FUTURE_TOLERANCE = timedelta(minutes=60)  # the CPP spec's default future_tolerance_minutes
 _SEQ_RE = re.compile(r"_(\d+)\.parquet$")
 
 # (from_uom, canonical uom) -> (scale, offset): canonical = source * scale + offset.
@@ -130,12 +131,28 @@ SUPPORTED_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("L", "mL"): (1e3, 0.0),
     ("kPa", "mmHg"): (7.500615758456563, 0.0),  # 1 mmHg = 133.322387415 Pa
     ("mA", "A"): (1e-3, 0.0),
+    # lab and general units (LIMS, CMMS and site tags of other unit classes)
+    ("mg/L", "g/L"): (1e-3, 0.0),
+    ("mg/mL", "g/L"): (1.0, 0.0),
+    ("ug/mL", "g/L"): (1e-3, 0.0),
+    ("fraction", "%"): (100.0, 0.0),
+    ("%", "fraction"): (0.01, 0.0),
+    ("mM", "mmol/L"): (1.0, 0.0),
+    ("cells/mL", "1e6 cells/mL"): (1e-6, 0.0),
+    ("min", "h"): (1.0 / 60.0, 0.0),
+    ("s", "h"): (1.0 / 3600.0, 0.0),
+    ("d", "h"): (24.0, 0.0),
+    ("ng/mg", "ppm"): (1.0, 0.0),
+    ("kPa", "mbar"): (10.0, 0.0),
+    ("bar", "mbar"): (1e3, 0.0),
+    ("Pa", "mbar"): (1e-2, 0.0),
+    ("kg/h", "g/min"): (1000.0 / 60.0, 0.0),
+    ("rad/s", "rpm"): (60.0 / (2 * 3.141592653589793), 0.0),
 }
 
 
-def _conversion(tag: str, from_uom: str) -> tuple[float, float]:
-    """Scale and offset taking ``from_uom`` to the canonical unit of ``tag``."""
-    to_uom = CANONICAL_TAGS[tag]
+def unit_conversion(from_uom: str, to_uom: str, what: str) -> tuple[float, float]:
+    """Scale and offset taking ``from_uom`` to ``to_uom``; ValueError naming ``what``."""
     if from_uom == to_uom:
         return 1.0, 0.0
     try:
@@ -143,19 +160,31 @@ def _conversion(tag: str, from_uom: str) -> tuple[float, float]:
     except KeyError:
         known = sorted({to_uom} | {f for f, t in SUPPORTED_CONVERSIONS if t == to_uom})
         raise ValueError(
-            f"no unit conversion from {from_uom!r} to {to_uom!r} for tag {tag!r}; "
+            f"no unit conversion from {from_uom!r} to {to_uom!r} for {what}; "
             f"supported source units for {to_uom!r}: {known}"
         ) from None
 
 
-def convert_values(values: np.ndarray, tag: str, from_uom: str) -> np.ndarray:
-    """Convert ``values`` measured in ``from_uom`` to the canonical unit of ``tag``.
+def _conversion(tag: str, from_uom: str, to_uom: str | None = None) -> tuple[float, float]:
+    """Scale and offset taking ``from_uom`` to the unit of ``tag`` (canonical, or ``to_uom``
+    for a site tag the platform does not know)."""
+    return unit_conversion(from_uom, to_uom or CANONICAL_TAGS[tag], f"tag {tag!r}")
+
+
+def convert_values(
+    values: np.ndarray, tag: str, from_uom: str, to_uom: str | None = None
+) -> np.ndarray:
+    """Convert ``values`` measured in ``from_uom`` to the unit of ``tag``: its canonical unit,
+    or ``to_uom`` for a site tag (a tag of another unit class, not in the canonical list).
 
     Raises ``ValueError`` naming the tag and both units when no conversion is known.
     """
-    if tag not in CANONICAL_TAGS:
-        raise ValueError(f"unknown tag {tag!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
-    scale, offset = _conversion(tag, from_uom)
+    if tag not in CANONICAL_TAGS and to_uom is None:
+        raise ValueError(
+            f"unknown tag {tag!r}: give its engineering unit (uom) to import it as a site "
+            f"tag; canonical tags are {sorted(CANONICAL_TAGS)}"
+        )
+    scale, offset = _conversion(tag, from_uom, to_uom)
     out = np.asarray(values, dtype=np.float64)
     if scale == 1.0 and offset == 0.0:
         return out.copy()
@@ -170,27 +199,40 @@ class _Model(BaseModel):
 
 
 class TagMapping(_Model):
-    """One source tag: the canonical tag it feeds and the unit the source records it in."""
+    """One source tag: the tag it feeds and the unit the source records it in.
 
-    tag: str
+    A canonical tag (the bioreactor class) is written in its canonical unit. Any other tag
+    name is a site tag (a tag of another unit class, or one the class does not know): it
+    needs ``uom``, the engineering unit it is written in (``from_uom`` is converted to it).
+    """
+
+    tag: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     from_uom: str = Field(min_length=1)
+    uom_: str | None = Field(default=None, alias="uom", min_length=1)
 
-    @field_validator("tag")
-    @classmethod
-    def _canonical(cls, v: str) -> str:
-        if v not in CANONICAL_TAGS:
-            raise ValueError(f"unknown tag {v!r}; canonical tags are {sorted(CANONICAL_TAGS)}")
-        return v
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _convertible(self) -> TagMapping:
-        _conversion(self.tag, self.from_uom)
+        if self.tag in CANONICAL_TAGS:
+            if self.uom_ is not None and self.uom_ != CANONICAL_TAGS[self.tag]:
+                raise ValueError(
+                    f"tag {self.tag!r} is canonical with unit {CANONICAL_TAGS[self.tag]!r}, "
+                    f"not {self.uom_!r}; drop uom or map to another tag name"
+                )
+        elif self.uom_ is None:
+            raise ValueError(
+                f"tag {self.tag!r} is not a canonical (bioreactor) tag: give its engineering "
+                f"unit (uom) to import it as a site tag; canonical tags are "
+                f"{sorted(CANONICAL_TAGS)}"
+            )
+        _conversion(self.tag, self.from_uom, self.uom_)
         return self
 
     @property
     def uom(self) -> str:
-        """Canonical unit the readings are written in."""
-        return CANONICAL_TAGS[self.tag]
+        """Unit the readings are written in."""
+        return self.uom_ or CANONICAL_TAGS[self.tag]
 
 
 class ColumnMap(_Model):
@@ -256,28 +298,36 @@ class TagMap(_Model):
         return ZoneInfo(self.timezone)
 
 
-def load_tag_map(path: Path) -> TagMap:
-    """Load and validate a tag-map YAML file.
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_mapping(path: Path, model: type[M], what: str) -> M:
+    """Load and validate a mapping YAML file (tag map, MES/LIMS/CMMS map) as ``model``.
 
     Raises ``ConfigError`` (a ``ValueError``) whose message names the file and the field.
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"tag map {p} does not exist")
+        raise ConfigError(f"{what} {p} does not exist")
     try:
         data: Any = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"tag map {p} is not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"tag map {p} must be a YAML mapping, got {type(data).__name__}")
+        raise ConfigError(f"{what} {p} must be a YAML mapping, got {type(data).__name__}")
     try:
-        return TagMap.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']}"
             for err in e.errors()
         )
-        raise ConfigError(f"tag map {p} is invalid: {problems}") from e
+        raise ConfigError(f"{what} {p} is invalid: {problems}") from e
+
+
+def load_tag_map(path: Path) -> TagMap:
+    """Load and validate a tag-map YAML file (errors name the file and the field)."""
+    return load_mapping(path, TagMap, "tag map")
 
 
 # ---------------------------------------------------------------- report
@@ -297,6 +347,8 @@ class ImportReport:
     layout: str = ""
     missing_tags: list[str] = field(default_factory=list)  # mapped source tags absent from file
     skipped_rows: int = 0  # long layout: rows whose tag name is unmapped (not imported)
+    future_readings: int = 0  # dated after now + FUTURE_TOLERANCE (quarantined by silver)
+    latest_ts: datetime | None = None
 
     def summary(self) -> str:
         """Multi-line human-readable summary naming unmapped columns and bad values."""
@@ -333,13 +385,19 @@ class ImportReport:
             )
         if self.missing_tags:
             out.append(f"{src}: mapped tags absent from the file: {', '.join(self.missing_tags)}")
+        if self.future_readings and self.latest_ts is not None:
+            out.append(
+                f"{src}: {self.future_readings} reading(s) dated in the future (latest "
+                f"{self.latest_ts:%Y-%m-%dT%H:%M:%SZ}): the pipeline quarantines them as "
+                "ts_in_future; check the time zone of the export (tag map: timezone)"
+            )
         return out
 
 
 # ---------------------------------------------------------------- parsing helpers
 
 
-def _read_table(src: Path) -> pl.DataFrame:
+def read_table(src: Path) -> pl.DataFrame:
     """Read a CSV/TSV (every column as text, so we do the parsing) or Parquet file."""
     if not src.is_file():
         raise FileNotFoundError(f"input file {src} does not exist")
@@ -352,14 +410,14 @@ def _read_table(src: Path) -> pl.DataFrame:
     raise ValueError(f"{src}: unsupported file type {suffix!r}; use .csv, .tsv or .parquet")
 
 
-def _examples(rows: np.ndarray, values: pl.Series) -> str:
+def row_examples(rows: np.ndarray, values: pl.Series) -> str:
     """'row 3: 'x', row 9: None' for the first few offending (1-based data) rows."""
     shown = [f"row {int(r) + 1}: {values[int(r)]!r}" for r in rows[:_MAX_EXAMPLES]]
     more = f" and {len(rows) - _MAX_EXAMPLES} more" if len(rows) > _MAX_EXAMPLES else ""
     return ", ".join(shown) + more
 
 
-def _parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Values as float64 and a mask of cells that are empty, non-numeric or not finite."""
     if s.dtype.is_numeric() or s.dtype == pl.Boolean:
         num = s.cast(pl.Float64)
@@ -371,27 +429,27 @@ def _parse_numbers(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return vals, bad
 
 
-def _text(s: pl.Series, src: Path, role: str) -> pl.Series:
+def text_column(s: pl.Series, src: Path, role: str) -> pl.Series:
     """Column as stripped text; an empty cell is an error naming the role and rows."""
     out = s.cast(pl.String).str.strip_chars()
     empty = out.is_null() | (out == "")
     if empty.any():
         rows = np.flatnonzero(empty.to_numpy())
         raise ValueError(
-            f"{src}: {len(rows)} empty value(s) in {role} column {s.name!r} ({_examples(rows, s)})"
+            f"{src}: {len(rows)} empty value(s) in {role} column {s.name!r} ({row_examples(rows, s)})"
         )
     return out
 
 
-def _ids(s: pl.Series, src: Path, role: str) -> pl.Series:
+def id_column(s: pl.Series, src: Path, role: str) -> pl.Series:
     """Id column as stripped text; empty ids and ids unsafe as folder names are errors."""
-    out = _text(s, src, role)
+    out = text_column(s, src, role)
     unsafe = out.str.contains(r"[/\\\x00]") | out.str.starts_with(".")
     if unsafe.any():
         rows = np.flatnonzero(unsafe.to_numpy())
         raise ValueError(
             f"{src}: {role} values must not contain '/' or '\\' or start with '.' "
-            f"(they become folder names): {_examples(rows, s)}"
+            f"(they become folder names): {row_examples(rows, s)}"
         )
     return out
 
@@ -406,7 +464,7 @@ def _iso_to_us(text: str, zone: ZoneInfo) -> int | None:
     return (dt - _EPOCH) // _ONE_US
 
 
-def _instants_us(s: pl.Series, zone: ZoneInfo) -> pl.Series:
+def instants_us(s: pl.Series, zone: ZoneInfo) -> pl.Series:
     """Absolute instants as Int64 microseconds since the epoch (null where unparseable)."""
     if s.dtype == pl.Date:
         s = s.cast(pl.Datetime("us"))
@@ -442,21 +500,21 @@ def _timestamps_us(df: pl.DataFrame, tm: TagMap, src: Path) -> np.ndarray:
                 "batch start set columns.batch_start in the tag map"
             )
         hours = s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-        start = _instants_us(df[tm.columns.batch_start], tm.zone)
+        start = instants_us(df[tm.columns.batch_start], tm.zone)
         if start.null_count():
             rows = np.flatnonzero(start.is_null().to_numpy())
             raise ValueError(
                 f"{src}: unparseable batch start in column {tm.columns.batch_start!r} "
-                f"({_examples(rows, df[tm.columns.batch_start])})"
+                f"({row_examples(rows, df[tm.columns.batch_start])})"
             )
         ts = start + (hours * _US_PER_HOUR).round(0).cast(pl.Int64)
     else:
-        ts = _instants_us(s, tm.zone)
+        ts = instants_us(s, tm.zone)
     if ts.null_count():
         rows = np.flatnonzero(ts.is_null().to_numpy())
         raise ValueError(
             f"{src}: {len(rows)} timestamp(s) in column {col!r} are empty or not ISO 8601 "
-            f"({_examples(rows, s)})"
+            f"({row_examples(rows, s)})"
         )
     return ts.to_numpy().astype(np.int64)
 
@@ -500,8 +558,12 @@ def _frame(
 def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
     c = tm.columns
     n = df.height
-    site = _ids(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
-    unit = _ids(df[c.unit_id], src, "unit_id") if c.unit_id else pl.Series([tm.default_unit_id] * n)
+    site = id_column(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
+    unit = (
+        id_column(df[c.unit_id], src, "unit_id")
+        if c.unit_id
+        else pl.Series([tm.default_unit_id] * n)
+    )
     # unit and batch IDs are case-insensitive and stored upper case (BR01, BR01-B0001), as the
     # plant and the CLI write them: "br01" and "BR01" must not become two units
     return pl.DataFrame(
@@ -509,7 +571,7 @@ def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
             "ts": pl.Series(_timestamps_us(df, tm, src), dtype=pl.Int64),
             "site_id": site.cast(pl.String),
             "unit_id": unit.cast(pl.String).str.to_uppercase(),
-            "batch_id": _ids(df[c.batch_id], src, "batch_id").str.to_uppercase(),
+            "batch_id": id_column(df[c.batch_id], src, "batch_id").str.to_uppercase(),
         }
     )
 
@@ -541,11 +603,12 @@ def import_file(
     if layout not in ("wide", "long"):
         raise ValueError(f"layout must be 'wide' or 'long', got {layout!r}")
     tm = tag_map if isinstance(tag_map, TagMap) else load_tag_map(Path(tag_map))
-    df = _read_table(src)
+    df = read_table(src)
     roles = _check_columns(df, tm, layout, src)
     id_cols = set(roles.values())
     order = {m.tag: i for i, m in enumerate(tm.tags.values())}
     canon = [m.tag for m in tm.tags.values()]
+    uoms = {m.tag: m.uom for m in tm.tags.values()}
     parts: list[pl.DataFrame] = []
     rows_read = df.height
     skipped = 0
@@ -561,11 +624,13 @@ def import_file(
         ids = _id_frame(df, tm, src)
         for source in present:
             m = tm.tags[source]
-            vals, bad = _parse_numbers(df[source])
-            parts.append(_frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom), bad))
+            vals, bad = parse_numbers(df[source])
+            parts.append(
+                _frame(ids, order[m.tag], convert_values(vals, m.tag, m.from_uom, m.uom), bad)
+            )
     else:
         assert tm.columns.tag is not None and tm.columns.value is not None
-        names = _text(df[tm.columns.tag], src, "tag")
+        names = text_column(df[tm.columns.tag], src, "tag")
         extra_cols = [c for c in df.columns if c not in id_cols]
         seen = names.unique(maintain_order=True).to_list()
         unmapped = extra_cols + [t for t in seen if t not in tm.tags]
@@ -575,13 +640,13 @@ def import_file(
         skipped = int((~mapped).sum())
         df, names = df.filter(pl.Series(mapped)), names.filter(pl.Series(mapped))
         ids = _id_frame(df, tm, src)
-        vals, bad = _parse_numbers(df[tm.columns.value])
+        vals, bad = parse_numbers(df[tm.columns.value])
         tag_idx = np.zeros(df.height, dtype=np.int32)
         name_arr = names.to_numpy()
         for source, m in tm.tags.items():
             sel = name_arr == source
             if sel.any():
-                vals[sel] = convert_values(vals[sel], m.tag, m.from_uom)
+                vals[sel] = convert_values(vals[sel], m.tag, m.from_uom, m.uom)
                 tag_idx[sel] = order[m.tag]
         parts.append(_frame(ids, tag_idx, vals, bad))
 
@@ -629,6 +694,12 @@ def import_file(
         )
 
     report.bad_values = int((readings["quality"] == BAD).sum())
+    limit = (datetime.now(UTC) + FUTURE_TOLERANCE - _EPOCH) // _ONE_US
+    report.future_readings = int((readings["ts"] > limit).sum())
+    last = readings["ts"].max()
+    report.latest_ts = _EPOCH + (int(last) if isinstance(last, int) else 0) * _ONE_US
+    if report.future_readings:
+        log.warning("%s: %d reading(s) dated in the future", src, report.future_readings)
     if report.bad_values:
         log.warning("%s: %d empty or non-numeric value(s) written as NaN with quality 'bad'",
                     src, report.bad_values)  # fmt: skip
@@ -661,7 +732,7 @@ def import_file(
         path = chunk_path(root, "telemetry", unit, batch, first, next_seq[folder], "parquet")
         next_seq[folder] += 1
         tags = [canon[i] for i in used]
-        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [CANONICAL_TAGS[t] for t in tags],
+        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [uoms[t] for t in tags],
                               values, quality, mask=None if mask.all() else mask)  # fmt: skip
         report.files_written.append(path)
         report.readings_written += chunk.height

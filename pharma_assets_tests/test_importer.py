@@ -316,7 +316,8 @@ def test_long_non_numeric_value_is_bad(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- tag-map and input errors
 
 
-def test_unknown_canonical_tag_is_a_load_error(tmp_path: Path) -> None:
+def test_site_tag_without_unit_is_a_load_error(tmp_path: Path) -> None:
+    """A tag the platform does not know is a site tag; without its unit it is refused."""
     data = {
         **WIDE_MAP,
         "tags": {**WIDE_MAP["tags"], "Visc": {"tag": "viscosity_cp", "from_uom": "cP"}},
@@ -325,7 +326,8 @@ def test_unknown_canonical_tag_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_tag_map(path)
     msg = str(e.value)
-    assert "bad_map.yaml" in msg and "tags.Visc.tag" in msg and "viscosity_cp" in msg
+    assert "bad_map.yaml" in msg and "tags.Visc" in msg and "viscosity_cp" in msg
+    assert "give its engineering unit (uom)" in msg
     with pytest.raises(ValueError, match="viscosity_cp"):  # also before reading any data
         import_file(tmp_path / "not_read.csv", "wide", path, tmp_path / "out")
 

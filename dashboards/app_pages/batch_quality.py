@@ -55,6 +55,11 @@ st.caption(f"Out-of-specification release results over all batches: {n_oos}.")
 st.subheader("Control chart across complete batches")
 metrics = ["final_titer_g_l", "product_mass_kg", "duration_h", "peak_vcd_e6_cells_ml",
            "harvest_volume_l", *[f"cqa_{a}" for a in cqas]]  # fmt: skip
+# attributes the site has data for first (a dryer has no titer; its release assay leads)
+metrics = [m for m in metrics if m in summary.columns]
+has = [m for m in metrics if summary[m].drop_nulls().len() >= 2]
+has.sort(key=lambda m: (m != "final_titer_g_l", not m.startswith("cqa_")))  # stable
+metrics = has + [m for m in metrics if m not in has]
 metric = st.selectbox("Attribute", metrics, key="bq_metric")
 cc, lim = logic.control_chart(summary, metric)
 if lim is None:

@@ -36,7 +36,13 @@ labels = {r["batch_id"]: f"{r['batch_id']} ({r['status']})" for r in ub.iter_row
 batch_id = c2.selectbox(
     "Batch", list(labels), format_func=lambda b: labels.get(b, b), key="br_batch"
 )
-cpps = c3.multiselect("CPPs", spec.cpp_tags, default=spec.cpp_tags, key="br_cpps")
+# any unit class: the spec's CPPs (with NOR/PAR bands) and every other tag the timeline holds
+# (plain trends, with the golden batch where MSPC has one)
+present = data.timeline_tags()
+cpp_present = [t for t in spec.cpp_tags if t in present] or spec.cpp_tags
+others = [t for t in present if t not in spec.cpp_tags]
+cpps = c3.multiselect("Tags (CPPs first)", [*cpp_present, *others],
+                      default=cpp_present or others[:4], key="br_cpps")  # fmt: skip
 if batch_id is None:
     st.stop()
 row = ub.filter(pl.col("batch_id") == batch_id).row(0, named=True)
@@ -84,12 +90,12 @@ def trajectories() -> None:
     if golden is None:
         st.caption("Golden-batch envelope: " + data.missing_hint("gold", "golden_batch"))
     for tag in cpps:
-        uom = spec.tags[tag].uom
+        uom = spec.tags[tag].uom if tag in spec.tags else ""
         # one Figure(...) call from plain dicts: plotly validates once instead of per add_*
         shapes: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         traces: list[dict[str, Any]] = []
-        for seg in logic.band_segments(spec, tag, spans):
+        for seg in logic.band_segments(spec, tag, spans) if tag in spec.cpp_tags else []:
             for lo, hi, fill in (
                 ("par_lo", "par_hi", ui.PAR_FILL),
                 ("nor_lo", "nor_hi", ui.NOR_FILL),
@@ -129,7 +135,7 @@ def trajectories() -> None:
                 traces.append({"type": "scatter", "x": p["elapsed_h"].to_numpy(), "y": p["value"].to_numpy(),
                                "mode": "markers", "name": f"{lab} (LIMS)",
                                "marker": {"color": "#e65100", "size": 8}})  # fmt: skip
-        xaxis: dict[str, Any] = {"title": {"text": "time since inoculation (h)"}}
+        xaxis: dict[str, Any] = {"title": {"text": "time since batch start (h)"}}
         if running:  # the envelope reaches to harvest: show the data so far (zoom out to see it)
             xaxis["range"] = [0, last_h + max(6.0, 0.15 * last_h)]
         fig = go.Figure(data=traces, layout={
@@ -137,7 +143,7 @@ def trajectories() -> None:
             "yaxis": {"title": {"text": f"{tag} ({uom})"}}, "shapes": shapes, "annotations": annotations,
         })  # fmt: skip
         ui.chart(fig, f"traj_{tag}", height=300)
-    st.caption("Green band: NOR, yellow band: PAR (per phase, from the CPP spec "
+    st.caption("Green band: NOR, yellow band: PAR of a CPP (per phase, from the CPP spec "
                f"v{spec.version}); blue dotted band: golden batch of the batch's recipe "
                "(gold/golden_batch); red spans: excursions (gold/cpp_excursions); orange points: "
                "offline LIMS results of the same quantity.")  # fmt: skip

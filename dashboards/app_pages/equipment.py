@@ -17,6 +17,12 @@ if latest is None:
     st.info(data.missing_hint("gold", "equipment_health"), icon=":material/info:")
     st.stop()
 if latest.height == 0:
+    caps = data.read("gold", "model_capabilities")
+    pdm = None if caps is None else caps.filter(pl.col("capability") == "pdm").sort("assessed_at")
+    if pdm is not None and pdm.height and not pdm["applies"][-1]:
+        ui.empty(f"Predictive maintenance does not apply to this site's data: {pdm['reason'][-1]} "
+                 "(import CMMS work orders with failures: docs/bring_your_own_data.md).")  # fmt: skip
+        st.stop()
     ui.empty("gold/equipment_health is empty: the PdM model has scored no run hours yet.")
     st.stop()
 

@@ -15,7 +15,9 @@ import streamlit as st
 from dashboards import auth, data, logic, ui
 from pharma_assets.compliance import promotions
 
-session = ui.header("Models", "models", (("gold", "model_performance"),))
+session = ui.header(
+    "Models", "models", (("gold", "model_performance"), ("gold", "model_capabilities"))
+)
 
 
 def _signer(
@@ -73,6 +75,27 @@ def _pending_promotions() -> None:
                                   f"prm_no_{key}")  # fmt: skip
 
 
+def _capabilities() -> None:
+    """What the site's data supports (gold/model_capabilities, latest training run): every
+    model trained or skipped, with the one-line reason of each skip."""
+    caps = data.read("gold", "model_capabilities")
+    if caps is None or caps.height == 0:
+        return
+    latest = caps.filter(pl.col("assessed_at") == pl.col("assessed_at").max())
+    st.subheader("What this site's data supports")
+    skipped = latest.filter(~pl.col("applies"))
+    st.caption(
+        f"Latest training run: {latest.height - skipped.height} capabilities trained, "
+        f"{skipped.height} skipped (docs/bring_your_own_data.md says what to import for each)."
+    )
+    for r in skipped.iter_rows(named=True):
+        what = f"{r['capability']} ({r['target']})" if r["target"] else r["capability"]
+        st.warning(f"**{what}** skipped: {r['reason']}", icon=":material/block:")
+    ui.table(latest.select("capability", "target", "applies", "reason", "assessed_at"),
+             "model_capabilities", "model capabilities")  # fmt: skip
+
+
+_capabilities()
 perf = data.read("gold", "model_performance")
 registry, registry_note = data.registered_models()
 

@@ -325,6 +325,36 @@ def spec_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
     console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
 
 
+@spec_app.command("draft")
+def spec_draft(
+    landing: Annotated[Path, typer.Option(help="Landing zone with the imported exports.")],
+    out: Annotated[Path, typer.Option(help="Spec YAML to write (refused if it exists).")],
+    unit_class: Annotated[
+        str, typer.Option(help="Unit class: a built-in name or a unit class YAML path.")
+    ] = "bioreactor",
+    product: Annotated[str | None, typer.Option(help="Product name.")] = None,
+) -> None:
+    """Draft a product spec from what the landing zone holds (every tag with its unit and
+    physical range, every analyte): mark the CPPs and limits, then `spec change` it."""
+    import yaml
+
+    from ..cli_support import CliError, existing_dir
+    from ..lake.specs import CppSpec
+    from ..source_import import draft_spec
+
+    existing_dir(landing, "landing zone")
+    if out.exists():
+        raise CliError(f"{out} exists; choose another --out (a draft never overwrites a spec)")
+    data = draft_spec(landing, unit_class, product)
+    if not data["tags"]:
+        raise CliError(f"no telemetry in {landing}/telemetry: import the historian export first")
+    CppSpec.model_validate(data)  # what is written loads
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    typer.echo(f"wrote {out}: {len(data['tags'])} tags, "
+               f"{len(data['lab']['release'])} release assays, no CPP yet (edit, then "
+               "`pharma-twin spec change`)")  # fmt: skip
+
+
 @spec_app.command("check")
 def spec_check(target: Annotated[str, typer.Option()] = "cpp_spec",
                path: Annotated[Path | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip

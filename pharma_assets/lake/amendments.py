@@ -465,7 +465,7 @@ def _rederive(lake: Lake, source: str, bid: str | None, files: list[str], spec_p
                     t.delete(pred)
         silver.process_telemetry(lake, [bid], spec, f"amendment:{aid}")
     elif source == "mes":
-        silver.build_batches(lake, [bid] if bid else None)
+        silver.build_batches(lake, [bid] if bid else None, spec.phase_rule)
     elif source == "lims":
         silver.build_lab_results(lake, spec, [bid] if bid else None)
     elif source == "cmms":

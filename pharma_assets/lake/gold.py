@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from . import silver
-from .specs import CppSpec
+from .specs import ONE_PHASE, CppSpec
 from .storage import UTC_US, Lake
 
 LAYER = "gold"
@@ -93,18 +93,20 @@ def excursions(
 
 
 def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    """Cpk per batch and CPP over production-phase readings, against the production PAR."""
+    """Cpk per batch and CPP over production-phase readings, against the production PAR
+    (a batch of one phase, by the spec's phase rule: over the whole batch, base PAR)."""
     rows = []
     for tag in spec.cpp_tags:
-        lim = spec.tags[tag].limits("production")
-        assert lim.par is not None
-        rows.append({"tag": tag, "lsl": lim.par[0], "usl": lim.par[1]})
+        for phase in ("production", ONE_PHASE):
+            lim = spec.tags[tag].limits(phase)
+            assert lim.par is not None
+            rows.append({"tag": tag, "phase": phase, "lsl": lim.par[0], "usl": lim.par[1]})
     lim_df = pl.DataFrame(rows)
     agg = (
-        stats.filter(pl.col("phase") == "production")
-        .group_by("batch_id", "tag")
+        stats.filter(pl.col("phase").is_in(["production", ONE_PHASE]))
+        .group_by("batch_id", "tag", "phase")
         .agg(n=pl.col("n").sum(), s=pl.col("sum").sum(), ss=pl.col("sumsq").sum())
-        .join(lim_df, on="tag", how="inner")
+        .join(lim_df, on=["tag", "phase"], how="inner")
         .with_columns(mean=pl.col("s") / pl.col("n"))
         .with_columns(
             sd=((pl.col("ss") - pl.col("n") * pl.col("mean") ** 2) / (pl.col("n") - 1))
@@ -118,7 +120,7 @@ def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
             )
         )
     )
-    return agg.select("batch_id", "tag", "cpk")
+    return agg.group_by("batch_id", "tag").agg(pl.col("cpk").first())
 
 
 def apply_release_decisions(summary: pl.DataFrame, decisions: pl.DataFrame | None) -> pl.DataFrame:
@@ -202,7 +204,12 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
         )
         s = s.join(vcd, on="batch_id", how="left").join(ip_titer, on="batch_id", how="left")
         s = s.join(wide, on="batch_id", how="left").join(ok, on="batch_id", how="left")
-    for a in spec.lab.release:
+    reported = set()
+    if labs is not None and labs.height:
+        rel_all = labs.filter(pl.col("sample_type") == "release")
+        reported = set(rel_all["analyte"].unique().to_list())
+    required = spec.required_release_assays(reported)
+    for a in [*spec.lab.release, *[r for r in required if r not in spec.lab.release]]:
         if f"cqa_{a}" not in s.columns:
             s = s.with_columns(pl.lit(None, pl.Float64).alias(f"cqa_{a}"))
     for c, t in (("peak_vcd_e6_cells_ml", pl.Float64), ("last_ip_titer", pl.Float64),
@@ -210,7 +217,10 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
         if c not in s.columns:
             s = s.with_columns(pl.lit(None, t).alias(c))
     s = s.with_columns(
-        final_titer_g_l=pl.coalesce("cqa_titer_g_l", "last_ip_titer"),
+        # a spec without a titer release assay (another unit class) has no cqa_titer_g_l
+        final_titer_g_l=pl.coalesce(
+            *[c for c in ("cqa_titer_g_l", "last_ip_titer") if c in s.columns]
+        ),
     ).with_columns(product_mass_kg=pl.col("final_titer_g_l") * pl.col("harvest_volume_l") / 1000)
     # excursions per CPP
     counts = ex.group_by("batch_id", "tag").agg(n=pl.len(), m=pl.col("duration_min").sum(),
@@ -236,9 +246,9 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
                    on="batch_id", how="left")  # fmt: skip
     s = s.with_columns(
         right_first_time=(pl.col("status") == "complete")
-        & (pl.col("cqa_results").fill_null(0) >= len(spec.lab.release))
+        & pl.all_horizontal(*[pl.col(f"cqa_{a}").is_not_null() for a in required])
         & (pl.col("cqa_out_of_spec").fill_null(0) == 0)
-        & (pl.col("excursions_major") == 0),
+        & (pl.col("excursions_major") <= spec.right_first_time.max_major_excursions),
         release_status=pl.lit(PENDING_RELEASE),
         spec_version=pl.lit(spec.version),
     ).drop("last_ip_titer")

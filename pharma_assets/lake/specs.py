@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -80,6 +80,44 @@ class ChangeLogEntry(_Model):
     reason: str
 
 
+#: the phase a one-phase rule gives a whole batch (a unit class without phases)
+ONE_PHASE = "batch"
+ALL_PHASES: tuple[str, ...] = (*PHASES, ONE_PHASE)
+
+
+class RftRule(_Model):
+    """Right first time: complete, no major excursion, and every required release assay
+    reported and within its specification. ``required_assays``: ``all`` (every release
+    assay of the spec), ``reported`` (the site's assay panel: every release assay reported
+    for any batch of the lake, so a titer-only site is judged on titer), or a list."""
+
+    required_assays: Literal["all", "reported"] | list[str] = "reported"
+    max_major_excursions: int = Field(default=0, ge=0)
+
+
+class PhaseRule(_Model):
+    """Phases of batches whose MES records no phase events: ``none`` (no phase; CPPs are
+    not judged), ``one_phase`` (the whole batch is phase ``batch``, judged against the
+    tag's base limits) or ``time_since_start`` (``starts_h``: phase -> hours after start)."""
+
+    kind: Literal["none", "one_phase", "time_since_start"] = "one_phase"
+    starts_h: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseRule:
+        if self.kind == "time_since_start":
+            if not self.starts_h:
+                raise ValueError("time_since_start needs starts_h (phase: hours after start)")
+            bad = [p for p in self.starts_h if p not in PHASES]
+            if bad:
+                raise ValueError(f"unknown phase(s) {bad}; phases are {PHASES}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"rule:{self.kind}"
+
+
 class CppSpec(_Model):
     version: int = Field(ge=1)
     effective_from: str
@@ -90,6 +128,12 @@ class CppSpec(_Model):
     tags: dict[str, TagSpec]
     unit_conversions: dict[str, dict[str, tuple[float, float]]]
     lab: LabSpecs
+    # the product and the unit class this spec is for: a built-in class name or the path of
+    # a unit class YAML (relative to the spec file); the class says which capabilities apply
+    product: str | None = None
+    unit_class: str = "bioreactor"
+    right_first_time: RftRule = Field(default_factory=RftRule)
+    phase_rule: PhaseRule = Field(default_factory=PhaseRule)
 
     @model_validator(mode="after")
     def _versions(self) -> CppSpec:
@@ -104,6 +148,22 @@ class CppSpec(_Model):
     def cpp_tags(self) -> list[str]:
         return [t for t, s in self.tags.items() if s.cpp]
 
+    def load_unit_class(self) -> Any:
+        """The spec's unit class (``pharma_assets.process.vocabulary.UnitClass``)."""
+        from pharma_assets.process.vocabulary import load_unit_class
+
+        return load_unit_class(self.unit_class)
+
+    def required_release_assays(self, reported: set[str]) -> list[str]:
+        """The release assays a batch needs for right first time, given the assays the
+        site reports (``reported``)."""
+        req = self.right_first_time.required_assays
+        if req == "all":
+            return sorted(self.lab.release)
+        if req == "reported":
+            return sorted(reported & set(self.lab.release)) or sorted(self.lab.release)
+        return sorted(req)
+
     def conversion(self, tag: str, uom: str) -> tuple[float, float] | None:
         """(scale, offset) converting ``uom`` to the tag's canonical unit, None if unknown."""
         canonical = self.tags[tag].uom
@@ -117,7 +177,7 @@ class CppSpec(_Model):
         for tag, s in self.tags.items():
             if not s.cpp:
                 continue
-            for ph in PHASES:
+            for ph in ALL_PHASES:
                 lim = s.limits(ph)
                 assert lim.nor is not None and lim.par is not None
                 rows.append(
@@ -143,7 +203,11 @@ def _load(path: str, _mtime: int) -> CppSpec:
     except yaml.YAMLError as e:
         raise ConfigError(f"CPP spec file {path} is not valid YAML: {e}") from None
     try:
-        return CppSpec.model_validate(raw)
+        spec = CppSpec.model_validate(raw)
     except ValidationError as e:
         lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"CPP spec file {path} is invalid:\n  " + "\n  ".join(lines)) from None
+    uc = spec.unit_class
+    if uc.endswith((".yaml", ".yml")) and not Path(uc).is_absolute():
+        spec = spec.model_copy(update={"unit_class": str((Path(path).parent / uc).resolve())})
+    return spec

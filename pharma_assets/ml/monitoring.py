@@ -106,22 +106,40 @@ def train_mspc(
     hourly_of: RowsOf,
     labels: pl.DataFrame | None,
     data_versions: dict[str, int | None],
+    reference: list[str] | None = None,
 ) -> MonitoringTraining:
-    """Evolving multiway PCA per recipe on good batches (complete, right first time)
-    started before the hold-out cutoff; detection and false-alarm rates on held-out
-    batches."""
+    """Evolving multiway PCA per recipe on good batches started before the hold-out cutoff:
+    the ``reference`` batches a process engineer gives, else complete and right first time;
+    on every tag the site has data for (the class's and its own). Detection and false-alarm
+    rates on held-out batches; without ground truth, the gate's minimum is the plant's own
+    evidence (a held-out completed batch it does not call good raised an alarm)."""
     cutoff, n_hold = contamination.split_by_start(batches)
-    good = mspc.good_batches(summary, before=cutoff)
-    model = mspc.train(hourly_of(good), batches, good)
+    if reference:  # the process engineer's reference batches
+        ref = set(reference)
+        good = sorted(summary.filter(pl.col("batch_id").is_in(sorted(ref))
+                                     & (pl.col("start_ts") < cutoff))["batch_id"].to_list())  # fmt: skip
+        if len(good) < 5:  # too few before the holdout: all the reference batches
+            good = sorted(ref & set(summary["batch_id"].to_list()))
+    else:
+        good = mspc.good_batches(summary, before=cutoff)
+    train_hourly = hourly_of(good)
+    tags = [c for c in train_hourly.columns
+            if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
+            and train_hourly[c].is_not_null().any()]  # fmt: skip
+    model = mspc.train(train_hourly, batches, good, tags=tags)
     hold = _heldout(batches, cutoff)
     hold_hourly = hourly_of(hold)
     good_hold = set(
         summary.filter(
             (pl.col("start_ts") >= cutoff)
             & (pl.col("status") == "complete")
-            & pl.col("right_first_time").fill_null(False)
+            & (pl.col("batch_id").is_in(sorted(reference)) if reference
+               else pl.col("right_first_time").fill_null(False))
         )["batch_id"].to_list()
-    )
+    )  # fmt: skip
+    done_hold = set(batches.filter((pl.col("start_ts") >= cutoff)
+                                   & (pl.col("status") == "complete"))["batch_id"].to_list())  # fmt: skip
+    not_good_hold = done_hold - good_hold
 
     def evaluate(m: Any) -> dict[str, float]:
         sc = mspc.monitor(m, hold_hourly, batches)
@@ -131,6 +149,15 @@ def train_mspc(
             out.update(alarm_rules.mspc_figures(m, sc, labels, batches))
         g = sc.filter(pl.col("batch_id").is_in(sorted(good_hold)))
         out["hour_alarm_rate_good"] = float(g["alarm"].mean()) if g.height else float("nan")  # type: ignore[arg-type]
+        # the plant's own evidence where no ground truth exists
+        alarmed = set(sc.filter(pl.col("alarm").fill_null(False))["batch_id"].to_list())
+        out["n_not_good"] = float(len(not_good_hold))
+        out["batch_alarm_share_not_good"] = (
+            len(alarmed & not_good_hold) / len(not_good_hold) if not_good_hold else float("nan")
+        )
+        out["batch_alarm_share_good"] = (
+            len(alarmed & good_hold) / len(good_hold) if good_hold else float("nan")
+        )
         return out
 
     metrics = {**model.train_summary(), **evaluate(model)}
@@ -149,9 +176,14 @@ def train_mspc(
         evaluation_set=f"holdout: batches started on/after {cutoff:%Y-%m-%d %H:%M} UTC "
         f"(n={len(hold)})",
         n_eval=len(hold),
-        # faulted held-out batches (ground truth), at least one of them detected
+        # faulted held-out batches (ground truth), at least one of them detected; without
+        # ground truth: held-out batches the plant does not call good, one of them alarmed
         minimum=registry.Minimum(
             "detector", positives_metric="n_faults", floors={"detection_rate": 0.0}
+        )
+        if labels is not None
+        else registry.Minimum(
+            "detector", positives_metric="n_not_good", floors={"batch_alarm_share_not_good": 0.0}
         ),
     )
     return MonitoringTraining(trained, evaluate, n_hold, cutoff)

@@ -128,8 +128,25 @@ def hourly_means(timeline: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS) -> 
     return hourly_means_from_minutes(m, tags)
 
 
+#: grid steps (minutes) MSPC may align batches on; the longest giving at least
+#: ``MIN_STEPS_PER_BATCH`` steps over the median batch is used (an hour for cell culture,
+#: minutes for a 2-hour dryer batch)
+STEP_CHOICES_MIN = (1, 2, 5, 10, 15, 30, 60)
+MIN_STEPS_PER_BATCH = 24
+
+
+def choose_step_min(durations_min: Sequence[float]) -> int:
+    """The maturity grid step (minutes) for batches of these durations (see STEP_CHOICES_MIN)."""
+    d = [x for x in durations_min if x is not None and x > 0]
+    if not d:
+        return 60
+    med = float(np.median(d))
+    fits = [s for s in STEP_CHOICES_MIN if med / s >= MIN_STEPS_PER_BATCH]
+    return max(fits) if fits else STEP_CHOICES_MIN[0]
+
+
 def hourly_means_from_minutes(
-    minutes: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS
+    minutes: pl.DataFrame, tags: Sequence[str] = PROCESS_TAGS, step_min: int = 60
 ) -> pl.DataFrame:
     """:func:`hourly_means` from a timeline already reduced to one row per (batch, elapsed
     minute) holding the per-minute mean of each tag (NaN ignored), so one pass over
@@ -142,10 +159,10 @@ def hourly_means_from_minutes(
         "batch_id", "elapsed_min", "unit_id", "minute_ts",
         *[pl.col(t).cast(pl.Float64) for t in tags],
     )  # fmt: skip
-    last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // 60)
-    return (
+    last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // step_min)
+    hourly = (
         m.with_columns(
-            hour=(pl.col("elapsed_min") // 60).cast(pl.Int64),
+            hour=(pl.col("elapsed_min") // step_min).cast(pl.Int64),
             start=pl.col("minute_ts") - pl.duration(minutes=pl.col("elapsed_min")),
         )
         .join(last, on="batch_id")
@@ -158,6 +175,67 @@ def hourly_means_from_minutes(
         )
         .sort("batch_id", "hour")
     )
+    out = fill_gaps(hourly, tags, last, max(1, MAX_INTERP_GAP_H * 60 // step_min))
+    return out if step_min == 60 else out.with_columns(step_min=pl.lit(step_min, pl.Int64))
+
+
+def step_hours(hourly: pl.DataFrame) -> float:
+    """Length of one grid step in hours (``step_min`` column; absent: one hour)."""
+    if "step_min" in hourly.columns and hourly.height:
+        step = hourly["step_min"].drop_nulls().max()
+        return (float(step) if isinstance(step, int | float) else 60.0) / 60.0
+    return 1.0
+
+
+#: Hours without data between two hours with data are linearly interpolated when the two are
+#: at most this many hours apart (sparse sampling: a site sampling every 12 h has a value per
+#: tag every 12 h); longer gaps stay missing (null), never 0.
+MAX_INTERP_GAP_H = 12
+
+
+def fill_gaps(
+    hourly: pl.DataFrame,
+    tags: Sequence[str],
+    last: pl.DataFrame | None = None,
+    max_gap_h: int = MAX_INTERP_GAP_H,
+) -> pl.DataFrame:
+    """Complete hourly grid per batch (hours 0 .. n_complete-1) with each tag interpolated
+    linearly between hours that have data at most ``max_gap_h`` apart; other hours null.
+    Minute-sampled batches have every hour already and are returned unchanged."""
+    if hourly.height == 0:
+        return hourly
+    span = hourly.group_by("batch_id").agg(
+        pl.col("hour").max().alias("_last_h"), pl.col("unit_id").first(), pl.col("start").min()
+    )
+    if last is not None:
+        span = (
+            span.join(last, on="batch_id", how="left")
+            .with_columns(_last_h=pl.min_horizontal(pl.col("n_complete") - 1, pl.col("_last_h")))
+            .drop("n_complete")
+        )
+    if (hourly.group_by("batch_id").len().join(span, on="batch_id")
+            .filter(pl.col("len") != pl.col("_last_h") + 1).height == 0):  # fmt: skip
+        return hourly
+    grid = (
+        span.select("batch_id", "unit_id", "start", hour=pl.int_ranges(0, pl.col("_last_h") + 1))
+        .explode("hour")
+        .with_columns(pl.col("hour").cast(pl.Int64))
+    )
+    g = grid.join(hourly.drop("unit_id", "start"), on=["batch_id", "hour"], how="left").sort(
+        "batch_id", "hour"
+    )
+    out = []
+    for t in tags:
+        has = pl.col(t).is_not_null()
+        prev_h = pl.when(has).then(pl.col("hour")).forward_fill().over("batch_id")
+        next_h = pl.when(has).then(pl.col("hour")).backward_fill().over("batch_id")
+        interp = pl.col(t).interpolate().over("batch_id")
+        out.append(
+            pl.when(has).then(pl.col(t))
+            .when((next_h - prev_h) <= max_gap_h).then(interp)
+            .otherwise(None).alias(t)
+        )  # fmt: skip
+    return g.with_columns(out).select(hourly.columns)
 
 
 def _is_hourly(frame: pl.DataFrame) -> bool:
@@ -236,6 +314,7 @@ class MSPCModel:
     # persistence rule chosen on the good training batches' out-of-fold alarms (alarm_rules)
     alarm_rule: dict[str, Any] | None = None
     alarm_rule_train: dict[str, float] = field(default_factory=dict)
+    step_h: float = 1.0  # maturity grid step (hours); below 1 for short batches
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -246,6 +325,7 @@ class MSPCModel:
             "n_folds": self.n_folds,
             "max_batches": self.max_batches,
             "scale_window_h": getattr(self, "scale_window_h", 0),
+            "step_h": getattr(self, "step_h", 1.0),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -507,7 +587,13 @@ def _recipe_map(batches: pl.DataFrame) -> dict[str, str]:
     for c in ("batch_id", "recipe_id"):
         if c not in batches.columns:
             raise MSPCInputError(f"batches frame lacks column {c!r}; pass silver/batches")
-    return dict(zip(batches["batch_id"].to_list(), batches["recipe_id"].to_list(), strict=True))
+    # a site whose MES records no recipe (or has no MES) is one recipe
+    recipes = batches["recipe_id"].cast(pl.String).fill_null(NO_RECIPE).to_list()
+    return dict(zip(batches["batch_id"].to_list(), recipes, strict=True))
+
+
+#: the recipe of batches whose MES records none
+NO_RECIPE = "(no recipe)"
 
 
 def train(
@@ -589,8 +675,9 @@ def train(
             f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
         )
     model = MSPCModel(
-        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h
-    )
+        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h,
+        step_h=step_hours(hourly) if _is_hourly(hourly) else 1.0,
+    )  # fmt: skip
     choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
     return model
@@ -611,7 +698,7 @@ def envelope(model: MSPCModel, model_version: str = "untrained") -> pl.DataFrame
                 {
                     "recipe_id": rid,
                     "tag": np.asarray(m.tags)[j.ravel()],
-                    "elapsed_h": (k.ravel() + 1).astype(np.float64),
+                    "elapsed_h": (k.ravel() + 1).astype(np.float64) * getattr(model, "step_h", 1.0),
                     # hours without data are null (not 0); lo/hi need two batches
                     "mean": np.where(n_obs >= 1, m.mean, np.nan).ravel(),
                     "lo": np.where(n_obs >= 2, m.mean - 3 * m.raw_sd, np.nan).ravel(),
@@ -693,7 +780,7 @@ def monitor(
                     "batch_id": bid,
                     "unit_id": unit,
                     "recipe_id": m.recipe_id,
-                    "elapsed_h": float(k + 1),
+                    "elapsed_h": float(k + 1) * getattr(model, "step_h", 1.0),
                     "t2": t2_k,
                     "t2_limit": t2_l,
                     "spe": spe_k,

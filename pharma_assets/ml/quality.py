@@ -92,9 +92,21 @@ def targets_frame(summary: pl.DataFrame) -> pl.DataFrame:
     """Completed batches with their observed targets (nulls where not measured)."""
     if summary.height == 0:
         return pl.DataFrame(schema={"batch_id": pl.String, **{t: pl.Float64 for t in TARGETS}})
-    return summary.filter(pl.col("status") == "complete").select(
-        "batch_id", *[expr.cast(pl.Float64).alias(t) for t, (expr, _) in TARGETS.items()]
-    )
+    done = summary.filter(pl.col("status") == "complete")
+    cols = []
+    for t, (expr, _) in TARGETS.items():
+        # a site without the assay has no column for it: the target is absent (null), never 0
+        if set(expr.meta.root_names()) <= set(done.columns):
+            cols.append(expr.cast(pl.Float64).alias(t))
+        else:
+            cols.append(pl.lit(None, pl.Float64).alias(t))
+    return done.select("batch_id", *cols)
+
+
+def target_counts(summary: pl.DataFrame) -> dict[str, int]:
+    """Per target: completed batches with an observed value (0 when the site lacks it)."""
+    tg = targets_frame(summary)
+    return {t: int(tg[t].is_not_null().sum()) for t in TARGETS}
 
 
 @dataclass
@@ -124,12 +136,14 @@ def _make(seed: int, n_estimators: int) -> XGBRegressor:
 
 
 def split_batches(
-    inputs: MlInputs, holdout_fraction: float
+    inputs: MlInputs, holdout_fraction: float, targets: tuple[str, ...] = ("final_titer_g_l",)
 ) -> tuple[list[str], list[str], datetime]:
     """Completed batches with outcomes, ordered by start: (train ids, holdout ids, cutoff)."""
     if not 0.05 <= holdout_fraction <= 0.5:
         raise ValueError(f"holdout_fraction must be in [0.05, 0.5], got {holdout_fraction}")
-    tg = targets_frame(inputs.batch_summary).filter(pl.col("final_titer_g_l").is_not_null())
+    tg = targets_frame(inputs.batch_summary).filter(
+        pl.any_horizontal(*[pl.col(t).is_not_null() for t in targets])
+    )
     b = inputs.batches.filter(pl.col("batch_id").is_in(tg["batch_id"].to_list())).sort(
         "start_ts", "batch_id"
     )
@@ -160,7 +174,7 @@ def train_quality(
     ``features_by_horizon``: precomputed :func:`batch_features` tables (from the feature
     store); computed from ``inputs`` when absent.
     """
-    train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction)
+    train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction, targets)
     tg = targets_frame(inputs.batch_summary)
     results = []
     rng = np.random.default_rng(seed)

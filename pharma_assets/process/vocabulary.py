@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pharma_assets.errors import ConfigError
 
@@ -46,13 +46,53 @@ class TagDef(_Model):
     group: TagGroup
 
 
+Capability = Literal[
+    "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
+    "contamination",
+]  # fmt: skip
+#: what a unit class may declare it supports (models skip what it does not)
+CAPABILITIES: tuple[str, ...] = (
+    "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
+    "contamination",
+)  # fmt: skip
+
+
+class EquipmentDef(_Model):
+    """An equipment item of a unit class (id suffix -> its type and condition tags): what
+    predictive maintenance may score, if it knows the type."""
+
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    tags: tuple[str, ...] = ()
+
+
 class UnitClass(_Model):
-    """The vocabulary of one kind of unit: phases (batch order; may be empty) and tags."""
+    """The vocabulary of one kind of unit: phases (batch order; may be empty), tags, the
+    equipment items it declares and the capabilities that apply to it (contamination only
+    for a cell culture)."""
 
     unit_class: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
     phases: tuple[str, ...] = ()
     tags: dict[str, TagDef] = Field(min_length=1)
+    cell_culture: bool = False
+    equipment: dict[str, EquipmentDef] = Field(default_factory=dict)
+    capabilities: tuple[Capability, ...] = (
+        "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UnitClass:
+        if "contamination" in self.capabilities and not self.cell_culture:
+            raise ValueError("contamination applies only to a cell culture (cell_culture: true)")
+        for eq, d in self.equipment.items():
+            unknown = [t for t in d.tags if t not in self.tags]
+            if unknown:
+                raise ValueError(f"equipment {eq}: tags {unknown} are not tags of the class")
+        return self
+
+    def supports(self, capability: str) -> bool:
+        """Whether the class declares ``capability`` (one of ``CAPABILITIES``)."""
+        return capability in self.capabilities
 
     @field_validator("phases")
     @classmethod

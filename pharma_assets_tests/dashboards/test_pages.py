@@ -256,7 +256,7 @@ def test_missing_lake_says_what_to_run(app, tmp_path, page):
     add_users(Lake.at(tmp_path / "no_lake"))  # only the accounts: no plant table yet
     at = app(tmp_path / "no_lake", page)
     text = " ".join(i.value for i in at.info)
-    assert "make demo" in text, text
+    assert "make demo" in text and "pharma-twin import" in text, text
 
 
 @pytest.mark.parametrize("page", ("equipment", "monitoring", "models"))
@@ -265,7 +265,8 @@ def test_ml_tables_missing_say_not_trained(app, lake_copy, page):
         shutil.rmtree(f"{lake_copy.root}/gold/{t}")
     at = app(lake_copy.root, page)
     text = " ".join(i.value for i in at.info)
-    assert "not trained yet" in text and "make demo" in text and "ml" in text, text
+    assert "not trained" in text and "make demo" in text and "pharma-twin train" in text, text
+    assert "which models the data supports" in text, text
 
 
 def test_new_materialization_shows_without_restart(app, lake_copy):

@@ -143,7 +143,7 @@ def silver_batches(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> dg.MaterializeResult:
     lake = lakehouse.lake()
-    res = silver.build_batches(lake, _keys(context))
+    res = silver.build_batches(lake, _keys(context), lakehouse.spec().phase_rule)
     return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "batches")})
 
 

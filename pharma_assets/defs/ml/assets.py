@@ -10,6 +10,7 @@ the decision, reason and promotion state are in the metadata.
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import features, pdm, quality, registry
+from pharma_assets.ml import capabilities, features, pdm, quality, registry
 
 from .resources import MlResource
 
@@ -213,6 +214,57 @@ def read_table(lake: Lake, layer: str, name: str) -> pl.DataFrame:
 # --------------------------------------------------------------------------- training
 
 
+def site_capabilities(
+    lake: Lake, ml: MlResource, spec_path: str | None = None
+) -> list[capabilities.Capability]:
+    """What this lake's unit class and data support (``ml/capabilities.py``): the training
+    and scoring assets skip what does not apply, with the reason in their metadata. The unit
+    class is the CPP spec's (``unit_class``; the spec in force: ``PHARMA_CPP_SPEC``)."""
+    from pharma_assets.lake.specs import load_spec
+
+    summary = lake.read("gold", "batch_summary")
+    counts = (
+        quality.target_counts(summary) if summary is not None else {t: 0 for t in quality.TARGETS}
+    )
+    uc = load_spec(spec_path or os.environ.get("PHARMA_CPP_SPEC") or None).load_unit_class()
+    return capabilities.assess(lake, counts, ml.reference(), uc)
+
+
+def skipped(
+    cap: capabilities.Capability, context: dg.AssetExecutionContext
+) -> dg.MaterializeResult:
+    """The result of a training or scoring asset whose capability the site's data lacks."""
+    context.log.info("skipped: %s", cap.line())
+    return dg.MaterializeResult(metadata={"skipped": True, "skip_reason": cap.reason})
+
+
+@dg.asset(
+    key=["gold", "model_capabilities"],
+    group_name=GROUP,
+    kinds=DELTA,
+    deps=[SILVER_BATCHES, SILVER_MAINT, GOLD_SUMMARY, SILVER_LAB],
+)
+def model_capabilities(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
+) -> dg.MaterializeResult:
+    """Which models the site's data supports, per training run: one row per capability
+    (PdM, contamination, MSPC, each quality target) with trained/skipped and the one-line
+    reason (no CMMS: no PdM; no cell-culture unit: no contamination model; ...)."""
+    lake = lakehouse.lake()
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
+    lake.append("gold", "model_capabilities", capabilities.as_table(caps, context.run.run_id))
+    skips = [c.line() for c in caps if not c.applies]
+    for line in skips:
+        context.log.info("skip: %s", line)
+    return dg.MaterializeResult(
+        metadata={
+            "applies": ", ".join(c.key for c in caps if c.applies) or "none",
+            "skipped": dg.MetadataValue.md("\n".join(f"- {x}" for x in skips) or "none"),
+            **table_meta(lake, "gold", "model_capabilities"),
+        }
+    )
+
+
 def registration_meta(reg: registry.Registration) -> dict[str, Any]:
     return {
         "model_version": reg.version,
@@ -265,6 +317,9 @@ def pdm_failure_72h(
     equipment item, trained on earlier run time and evaluated on later run time; recall on
     critical failures, false alarms per equipment-day and median lead time in metadata."""
     lake = lakehouse.lake()
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
+    if not cap.applies:
+        return skipped(cap, context)
     eq = read_table(lake, "features", "equipment_hour")
     maint = read_table(lake, "silver", "maintenance_events")
     versions = _feature_versions(
@@ -314,6 +369,18 @@ def quality_models(
     galactosylation at day 3, day 7 and harvest; held-out batches are the latest by start.
     R2/MAE/RMSE and 80 % interval coverage per target and horizon in metadata."""
     lake = lakehouse.lake()
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
+    targets = tuple(t for t in quality.TARGETS
+                    if capabilities.find(caps, f"{capabilities.QUALITY}:{t}").applies)  # fmt: skip
+    skips = {
+        c.target: c.reason for c in caps if c.capability == capabilities.QUALITY and not c.applies
+    }
+    if not targets:
+        context.log.info("no quality target has enough results: %s", skips)
+        return dg.MaterializeResult(metadata={
+            "skipped": True, "models": 0,
+            "skip_reason": "; ".join(f"{t}: {r}" for t, r in skips.items()),
+        })  # fmt: skip
     inp = features.load_inputs(lake, with_hourly=False)
     inp.versions = _feature_versions(lake, ["batch"], inp.versions)
     inp.versions.pop("silver/batch_timeline", None)
@@ -321,6 +388,7 @@ def quality_models(
         inp,
         n_estimators=ml.quality_trees,
         features_by_horizon=_batch_features_by_horizon(lake),
+        targets=targets,
     )
     meta: dict[str, Any] = {}
     summary = []
@@ -345,6 +413,7 @@ def quality_models(
             "models": len(results),
             "evaluation_set": results[0].trained.evaluation_set if results else "none",
             "summary": dg.MetadataValue.md("\n".join(f"- {s}" for s in summary)),
+            "targets_skipped": dg.MetadataValue.json(skips),
             "target_r2_yield": quality.R2_TARGET,
             "min_r2_yield_harvest": meta_value(min(yield_r2) if yield_r2 else float("nan")),
             "data_versions": dg.MetadataValue.json(inp.versions),
@@ -384,9 +453,14 @@ def equipment_health(
     per hour of run time, from the champion PdM model. Latest = max hour_ts per item."""
     lake = lakehouse.lake()
     eq = read_table(lake, "features", "equipment_hour")
-    champ = registry.load_champion(pdm.MODEL_NAME, uri=ml.uri())
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
+    champ = registry.load_champion(pdm.MODEL_NAME, uri=ml.uri()) if cap.applies else None
     now = utc_now()
-    if champ is None:
+    if not cap.applies:
+        context.log.info("PdM does not apply (%s): equipment_health left empty", cap.reason)
+        out = pl.DataFrame(schema=EQUIPMENT_HEALTH_SCHEMA)
+        version = "not applicable"
+    elif champ is None:
         context.log.warning("no champion %s yet: equipment_health left empty", pdm.MODEL_NAME)
         out = pl.DataFrame(schema=EQUIPMENT_HEALTH_SCHEMA)
         version = "untrained"
@@ -430,7 +504,10 @@ def batch_forecasts(
     uri = ml.uri()
     models: dict[tuple[str, str], tuple[Any, str]] = {}
     missing = []
+    caps = site_capabilities(lake, ml, lakehouse.spec_path)
     for target in quality.TARGETS:
+        if not capabilities.find(caps, f"{capabilities.QUALITY}:{target}").applies:
+            continue  # no forecast of a target the site does not measure
         for h in features.HORIZONS_H:
             champ = registry.load_champion(quality.model_name(target, h), uri=uri)
             if champ is None:
@@ -456,6 +533,7 @@ def batch_forecasts(
 
 
 TRAINING_ASSETS = [key_of("ml", "pdm_failure_72h"), key_of("ml", "quality_models")]
+CAPABILITIES_KEY = key_of("gold", "model_capabilities")
 
 
 def model_performance_asset(training_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:

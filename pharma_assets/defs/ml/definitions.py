@@ -21,6 +21,7 @@ def defs() -> dg.Definitions:
         assets.quality_models,
         assets.equipment_health,
         assets.batch_forecasts,
+        assets.model_capabilities,
     ]
     training = list(assets.TRAINING_ASSETS)
     ml_assets += MONITORING_ASSETS  # contamination detection and MSPC batch monitoring

@@ -10,7 +10,7 @@ import polars as pl
 
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.ml import alarm_rules, contamination, monitoring, mspc, registry
+from pharma_assets.ml import alarm_rules, capabilities, contamination, monitoring, mspc, registry
 
 from .assets import (
     DELTA,
@@ -25,6 +25,8 @@ from .assets import (
     read_table,
     register_model,
     registration_meta,
+    site_capabilities,
+    skipped,
     table_meta,
     utc_now,
 )
@@ -103,6 +105,11 @@ def contamination_iforest(
     completed and harvested); held-out false-positive rate per window, share of contaminated
     batches detected and median delay from onset in metadata."""
     lake = lakehouse.lake()
+    cap = capabilities.find(
+        site_capabilities(lake, ml, lakehouse.spec_path), capabilities.CONTAMINATION
+    )
+    if not cap.applies:
+        return skipped(cap, context)
     batches = read_table(lake, "silver", "batches")
     labels, gt_note = _fault_labels(ml)
     context.log.info(gt_note)
@@ -119,6 +126,11 @@ def contamination_risk(
     """Contamination risk per 5-minute window of every running batch and of the held-out
     history (anomaly score, threshold, alarm, risk 0-1, most deviating features)."""
     lake = lakehouse.lake()
+    cap = capabilities.find(
+        site_capabilities(lake, ml, lakehouse.spec_path), capabilities.CONTAMINATION
+    )
+    if not cap.applies:  # never scored (so never a deviation) where it does not apply
+        return skipped(cap, context)
     champ = registry.load_champion(contamination.MODEL_NAME, uri=ml.uri())
     if champ is None:
         context.log.warning("no champion contamination model yet: nothing scored")
@@ -160,6 +172,9 @@ def mspc_pca(
     first time), maturity-dependent T2 and SPE limits; detection and false-alarm rates on
     held-out batches in metadata."""
     lake = lakehouse.lake()
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.MSPC)
+    if not cap.applies:
+        return skipped(cap, context)
     batches = read_table(lake, "silver", "batches")
     summary = read_table(lake, "gold", "batch_summary")
     labels, gt_note = _fault_labels(ml)
@@ -167,7 +182,9 @@ def mspc_pca(
     versions = _versions(
         lake, [("silver", "batches"), ("gold", "batch_summary")], feature=MSPC_HOURLY
     )
-    t = monitoring.train_mspc(batches, summary, lambda ids: _hourly(lake, ids), labels, versions)
+    t = monitoring.train_mspc(
+        batches, summary, lambda ids: _hourly(lake, ids), labels, versions, ml.reference()
+    )
     return _register_and_report(context, t, ml, gt_note)
 
 
@@ -190,7 +207,8 @@ def mspc_tables(
 ) -> Any:
     """Score running and held-out batches with the champion MSPC model."""
     lake = lakehouse.lake()
-    champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri())
+    cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.MSPC)
+    champ = registry.load_champion(mspc.MODEL_NAME, uri=ml.uri()) if cap.applies else None
     if champ is None:
         context.log.warning("no champion MSPC model yet: nothing scored")
         for n in ("mspc_scores", "mspc_alarms", "golden_batch"):

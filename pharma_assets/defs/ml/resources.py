@@ -18,13 +18,28 @@ class MlResource(dg.ConfigurableResource):
     ground_truth_dir: str = "ground_truth"
     pdm_trees: int = 150  # random forest size (smaller in tests)
     quality_trees: int = 300  # boosting rounds per quality model
+    # MSPC reference (good) batches a process engineer names: comma-separated ids or the path
+    # of a file with one id per line; empty: the site's right-first-time rule decides
+    reference_batches: str = ""
 
     @classmethod
     def from_env(cls) -> MlResource:
         return cls(
             mlflow_uri=os.environ.get("PHARMA_MLFLOW_URI") or None,
             ground_truth_dir=os.environ.get("PHARMA_GROUND_TRUTH_DIR", "ground_truth"),
+            reference_batches=os.environ.get("PHARMA_REFERENCE_BATCHES", ""),
         )
+
+    def reference(self) -> list[str] | None:
+        """The reference batch ids given (None: use right first time)."""
+        text = self.reference_batches.strip()
+        if not text:
+            return None
+        p = Path(text)
+        if p.is_file():
+            text = p.read_text()
+        ids = [t.strip().upper() for t in text.replace(",", "\n").splitlines() if t.strip()]
+        return [i for i in ids if not i.startswith("#")] or None
 
     def uri(self) -> str:
         return self.mlflow_uri or registry.tracking_uri()

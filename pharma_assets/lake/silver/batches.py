@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -14,6 +14,7 @@ from pharma_assets.process.vocabulary import PHASES
 
 from .. import bronze
 from ..input_rules import raw_reason
+from ..specs import ONE_PHASE, PhaseRule
 from ..storage import UTC_US, Lake
 from .common import LAYER, MES_EVENT_TYPES
 
@@ -26,13 +27,20 @@ BATCH_SCHEMA = {
     "current_phase": pl.String(), "current_phase_start": UTC_US,
 }  # fmt: skip
 PHASE_SCHEMA = {"batch_id": pl.String(), "unit_id": pl.String(), "phase": pl.String(),
-                "start_ts": UTC_US, "end_ts": UTC_US}  # fmt: skip
+                "start_ts": UTC_US, "end_ts": UTC_US, "phase_source": pl.String()}  # fmt: skip
 EVENT_Q_SCHEMA = {"event_id": pl.String(), "batch_id": pl.String(), "event_type": pl.String(),
                   "source_file": pl.String(), "reason": pl.String(), "detail": pl.String()}  # fmt: skip
 
 
-def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(batches, batch_phases, event_quarantine) from bronze MES rows."""
+def derive_batches(
+    mes: pl.DataFrame, phase_rule: PhaseRule | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(batches, batch_phases, event_quarantine) from bronze MES rows.
+
+    Phases come from the MES ``phase_start`` events (``phase_source`` = ``mes``); a batch
+    with none gets the phases of the spec's ``phase_rule`` (``phase_source`` = the rule,
+    e.g. ``rule:one_phase``), so its CPPs are judged and its Cpk computed."""
+    rule = phase_rule or PhaseRule()
     quarantine: list[dict[str, Any]] = []
     seen: set[str] = set()
     per_batch: dict[str, list[dict[str, Any]]] = {}
@@ -81,7 +89,13 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
         for i, e in enumerate(ph):
             nxt = ph[i + 1]["event_ts"] if i + 1 < len(ph) else (end["event_ts"] if end else None)
             phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": e["payload"]["phase"],
-                           "start_ts": e["event_ts"], "end_ts": nxt})  # fmt: skip
+                           "start_ts": e["event_ts"], "end_ts": nxt, "phase_source": "mes"})  # fmt: skip
+        ruled = (
+            [] if ph else _rule_phases(rule, start["event_ts"], end["event_ts"] if end else None)
+        )
+        for name, t0, t1 in ruled:
+            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": name,
+                           "start_ts": t0, "end_ts": t1, "phase_source": rule.name})  # fmt: skip
         batches.append({
             "batch_id": bid, "site_id": start["site_id"], "unit_id": start["unit_id"],
             "product": p.get("product"), "recipe_id": p.get("recipe_id"),
@@ -93,14 +107,31 @@ def derive_batches(mes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Da
             "media_lot": lots.get("media_lot"), "feed_lot": lots.get("feed_lot"),
             "inoculum_lot": lots.get("inoculum_lot"), "base_lot": lots.get("base_lot"),
             "material_lots": json.dumps(lots, sort_keys=True), "operator": p.get("operator"),
-            "current_phase": ph[-1]["payload"]["phase"] if ph else None,
-            "current_phase_start": ph[-1]["event_ts"] if ph else None,
+            "current_phase": ph[-1]["payload"]["phase"] if ph else (ruled[-1][0] if ruled else None),
+            "current_phase_start": ph[-1]["event_ts"] if ph else (ruled[-1][1] if ruled else None),
         })  # fmt: skip
     return (
         pl.DataFrame(batches, schema=BATCH_SCHEMA).sort("start_ts"),
         pl.DataFrame(phases, schema=PHASE_SCHEMA).sort("batch_id", "start_ts"),
         pl.DataFrame(quarantine, schema=EVENT_Q_SCHEMA),
     )
+
+
+def _rule_phases(
+    rule: PhaseRule, start: datetime, end: datetime | None
+) -> list[tuple[str, datetime, datetime | None]]:
+    """(phase, start, end) of a batch without MES phase events, by the spec's phase rule."""
+    if rule.kind == "none":
+        return []
+    if rule.kind == "one_phase":
+        return [(ONE_PHASE, start, end)]
+    out: list[tuple[str, datetime, datetime | None]] = []
+    for name, h in sorted(rule.starts_h.items(), key=lambda kv: kv[1]):
+        t0 = start + timedelta(hours=h)
+        if end is not None and t0 >= end:
+            break
+        out.append((name, t0, None))
+    return [(n, t0, out[i + 1][1] if i + 1 < len(out) else end) for i, (n, t0, _) in enumerate(out)]
 
 
 def _parse_ts(v: Any) -> datetime | None:
@@ -129,13 +160,15 @@ def replace_batches(
     lake.overwrite(LAYER, name, df, predicate=pred, source_files=sources)
 
 
-def build_batches(lake: Lake, batch_ids: Sequence[str] | None = None) -> dict[str, int]:
+def build_batches(
+    lake: Lake, batch_ids: Sequence[str] | None = None, phase_rule: PhaseRule | None = None
+) -> dict[str, int]:
     """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events."""
     where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
     mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
     if mes is None:
         return {"batches": 0, "events_quarantined": 0}
-    batches, phases, q = derive_batches(mes)
+    batches, phases, q = derive_batches(mes, phase_rule)
     with lake.lock("silver-batches"):
         # the batches table carries the markers of the MES files it reflects
         files = sorted(set(mes["source_file"].to_list()))

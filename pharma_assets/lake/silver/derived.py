@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pharma_assets.process.vocabulary import PHASES
-
-from ..specs import CppSpec
+from ..specs import ALL_PHASES, CppSpec
 from ..storage import UTC_US
 from .prepare import tag_index
 
@@ -17,7 +15,7 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     rows = spec.phase_limits_rows()
     return pl.DataFrame(rows).select(
         tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
-        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(PHASES)}, return_dtype=pl.Int8),
+        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8),
         target=pl.col("target"), nor_lo=pl.col("nor_lo"), nor_hi=pl.col("nor_hi"),
         par_lo=pl.col("par_lo"), par_hi=pl.col("par_hi"),
     )  # fmt: skip
@@ -80,7 +78,7 @@ def excursion_segments_of(
     names = {
         "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
         "phase": pl.col("first_phase_idx").replace_strict(
-            dict(enumerate(PHASES)), default=None, return_dtype=pl.String
+            dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String
         ),
         **{
             c: pl.lit((consts or {}).get(c), pl.String)
@@ -133,7 +131,7 @@ def stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataF
         source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
         batch_id="batch_id", unit_id="unit_id",
         tag=pl.col("tag_idx").replace_strict(dict(enumerate(tags)), return_dtype=pl.String),
-        phase=pl.col("phase_idx").replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String),
+        phase=pl.col("phase_idx").replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String),
         n="n", sum="sum", sumsq="sumsq", min="min", max="max", first_ts="first_ts", last_ts="last_ts",
         last_value="last_value",
     ).sort("source_file", "tag", "phase")  # fmt: skip
@@ -220,7 +218,7 @@ def _timeline_finish(wide: pl.DataFrame, ph: pl.DataFrame | None, files: list[st
         pl.col("elapsed_min"),
         (pl.col("batch_start") + pl.duration(minutes=pl.col("elapsed_min"))).alias("minute_ts"),
         pl.col("phase_idx")
-        .replace_strict(dict(enumerate(PHASES)), default=None, return_dtype=pl.String)
+        .replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String)
         .alias("phase"),
         *[pl.col(t).cast(pl.Float64) for t in sorted(tags)],
         pl.col("_file")

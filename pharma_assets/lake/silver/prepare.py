@@ -10,10 +10,8 @@ from typing import Any
 
 import polars as pl
 
-from pharma_assets.process.vocabulary import PHASES
-
 from .. import bronze
-from ..specs import CppSpec
+from ..specs import ALL_PHASES, CppSpec
 from ..storage import UTC_US, Lake
 from .common import LAYER
 
@@ -156,7 +154,9 @@ def prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phas
         after = pl.col("ts") >= pl.lit(ts0, UTC_US)
         phase = pl.when(after).then(pl.lit(name)).otherwise(phase)
         phase_start = pl.when(after).then(pl.lit(ts0, UTC_US)).otherwise(phase_start)
-        phase_idx = pl.when(after).then(pl.lit(PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+        phase_idx = (
+            pl.when(after).then(pl.lit(ALL_PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+        )
     return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
 
 

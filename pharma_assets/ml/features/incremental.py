@@ -26,7 +26,7 @@ from .timeline import TimelineProducts, timeline_batch_ids
 from .timeline import timeline_products as _timeline_products
 
 #: bump when the code of the timeline products changes (forces one full rebuild)
-PRODUCTS_VERSION = 1
+PRODUCTS_VERSION = 2  # 2: site tags and the MSPC grid step (issue 15)
 LAYER = "features"
 STATE_TABLE = "timeline_batches"
 #: the stored products: attribute of TimelineProducts -> (feature table, sort keys)

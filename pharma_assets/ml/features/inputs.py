@@ -33,6 +33,23 @@ def _require(df: pl.DataFrame | None, name: str, lake: Lake) -> pl.DataFrame:
     return df
 
 
+LAB_SCHEMA: dict[str, pl.DataType] = {
+    "sample_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(),
+    "batch_id": pl.String(), "sample_ts": pl.Datetime("us", "UTC"), "sample_type": pl.String(),
+    "analyte": pl.String(), "value": pl.Float64(), "uom": pl.String(),
+}  # fmt: skip
+MAINTENANCE_SCHEMA: dict[str, pl.DataType] = {
+    "work_order_id": pl.String(), "event_ts": pl.Datetime("us", "UTC"), "site_id": pl.String(),
+    "unit_id": pl.String(), "equipment_id": pl.String(), "event_type": pl.String(),
+    "part": pl.String(), "description": pl.String(), "downtime_h": pl.Float64(),
+    "run_hours_at_event": pl.Float64(), "valid": pl.Boolean(),
+}  # fmt: skip
+
+
+def _or_empty(df: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema) if df is None else df
+
+
 def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
     """Read the silver/gold tables the features need (the timeline already rolled up;
     ``with_hourly=False`` skips the timeline, for consumers of the stored feature tables)."""
@@ -57,10 +74,10 @@ def load_inputs(lake: Lake, with_hourly: bool = True) -> MlInputs:
     return MlInputs(
         hourly=hourly_rollup(tl) if tl is not None and with_hourly else pl.DataFrame(),
         batches=_require(lake.read("silver", "batches"), "silver/batches", lake),
-        lab_results=_require(lake.read("silver", "lab_results"), "silver/lab_results", lake),
-        maintenance=_require(
-            lake.read("silver", "maintenance_events"), "silver/maintenance_events", lake
-        ),
+        # a site without LIMS or CMMS has no such table: empty, and the models that need
+        # them are skipped (ml/capabilities.py), rather than every feature failing
+        lab_results=_or_empty(lake.read("silver", "lab_results"), LAB_SCHEMA),
+        maintenance=_or_empty(lake.read("silver", "maintenance_events"), MAINTENANCE_SCHEMA),
         batch_summary=summary if summary is not None else pl.DataFrame(),
         versions=versions,
         material_lots=lake.read("silver", "material_lots"),

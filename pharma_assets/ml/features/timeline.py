@@ -39,7 +39,7 @@ def timeline_batch_ids(lake: Lake) -> list[str]:
     return sorted(tl.select(pl.col("batch_id").unique()).collect()["batch_id"].to_list())
 
 
-def products_from_timeline(timeline: pl.DataFrame) -> TimelineProducts:
+def products_from_timeline(timeline: pl.DataFrame, step_min: int = 60) -> TimelineProducts:
     """The three timeline products of some batches' timeline rows (see ``TimelineProducts``).
 
     A minute may be split across landing files (several rows): the contamination and MSPC
@@ -52,7 +52,8 @@ def products_from_timeline(timeline: pl.DataFrame) -> TimelineProducts:
     tl = timeline
     missing = [t for t in ROLLUP_TAGS if t not in tl.columns]
     tl = tl.with_columns([pl.lit(None, pl.Float64).alias(t) for t in missing])
-    cols = ["batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", *ROLLUP_TAGS]
+    site = site_tags(tl)
+    cols = ["batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", *ROLLUP_TAGS, *site]
     if not sorted_unique(tl):
         tl = tl.sort("batch_id", "elapsed_min", maintain_order=True)
     if sorted_unique(tl):
@@ -60,8 +61,10 @@ def products_from_timeline(timeline: pl.DataFrame) -> TimelineProducts:
         # order, one file per minute range): the minute mean is the row itself, and a
         # group-by over millions of rows would cost most of the pass
         first = tl.select(cols)
-        m = first.with_columns([pl.col(t).cast(pl.Float64).fill_nan(None) for t in ROLLUP_TAGS])
-        return _products_from_minutes(first, m)
+        m = first.with_columns(
+            [pl.col(t).cast(pl.Float64).fill_nan(None) for t in (*ROLLUP_TAGS, *site)]
+        )
+        return _products_from_minutes(first, m, site, step_min)
     m = (
         tl.group_by("batch_id", "elapsed_min")
         .agg(
@@ -69,7 +72,7 @@ def products_from_timeline(timeline: pl.DataFrame) -> TimelineProducts:
             pl.col("minute_ts").min(),
             pl.col("phase").first(),
             pl.len().alias("_rows"),
-            *[pl.col(t).cast(pl.Float64).fill_nan(None).mean() for t in ROLLUP_TAGS],
+            *[pl.col(t).cast(pl.Float64).fill_nan(None).mean() for t in (*ROLLUP_TAGS, *site)],
         )
         .sort("batch_id", "elapsed_min")
     )
@@ -78,7 +81,7 @@ def products_from_timeline(timeline: pl.DataFrame) -> TimelineProducts:
         .unique(subset=["batch_id", "elapsed_min"], keep="first", maintain_order=True)
         .sort("batch_id", "elapsed_min")
     )
-    return _products_from_minutes(first, m.drop("_rows"))
+    return _products_from_minutes(first, m.drop("_rows"), site, step_min)
 
 
 def sorted_unique(tl: pl.DataFrame) -> bool:
@@ -90,7 +93,21 @@ def sorted_unique(tl: pl.DataFrame) -> bool:
     return bool(tl.select(ok.fill_null(True).all()).item())
 
 
-def _products_from_minutes(first: pl.DataFrame, m: pl.DataFrame) -> TimelineProducts:
+#: timeline columns that are not tags
+TIMELINE_KEYS = ("batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", "source_file")
+
+
+def site_tags(timeline: pl.DataFrame | pl.LazyFrame) -> list[str]:
+    """Numeric timeline columns that are tags the bioreactor class does not know (a site's
+    own tags, another unit class's tags): MSPC and the golden batch monitor them too."""
+    schema = timeline.collect_schema()
+    return sorted(c for c, t in schema.items()
+                  if c not in TIMELINE_KEYS and c not in ROLLUP_TAGS and t.is_numeric())  # fmt: skip
+
+
+def _products_from_minutes(
+    first: pl.DataFrame, m: pl.DataFrame, site: Sequence[str] = (), step_min: int = 60
+) -> TimelineProducts:
     """``first``: the first row of each minute (hourly rollup input); ``m``: per-minute tag
     means; both one row per (batch, minute), sorted."""
     from .. import contamination, mspc  # local: those modules stay free of feature code
@@ -98,7 +115,7 @@ def _products_from_minutes(first: pl.DataFrame, m: pl.DataFrame) -> TimelineProd
     return TimelineProducts(
         hourly=rollup_minutes(first.lazy()),
         windows=contamination.window_features_from_minutes(m),
-        mspc_hourly=mspc.hourly_means_from_minutes(m),
+        mspc_hourly=mspc.hourly_means_from_minutes(m, (*mspc.PROCESS_TAGS, *site), step_min),
         n_batches=m["batch_id"].n_unique(),
     )
 
@@ -120,20 +137,32 @@ def timeline_products(
         )
     present = set(schema.collect_schema().names())
     need = ["batch_id", "unit_id", "elapsed_min", "minute_ts", "phase"]
-    cols = need + [t for t in ROLLUP_TAGS if t in present]
+    cols = need + [t for t in ROLLUP_TAGS if t in present] + site_tags(schema)
+    from pharma_assets.ml import mspc
+
+    # MSPC's maturity grid: an hour for long (cell-culture) batches, minutes for short ones
+    b = lake.read("silver", "batches", ["start_ts", "end_ts"])
+    durations = [] if b is None else (
+        b.filter(pl.col("end_ts").is_not_null())
+        .select((pl.col("end_ts") - pl.col("start_ts")).dt.total_minutes())
+        .to_series().to_list()
+    )  # fmt: skip
+    step = mspc.choose_step_min(durations)
     parts: list[TimelineProducts] = []
     for i in range(0, len(ids), chunk_batches):
         chunk = ids[i : i + chunk_batches]
         tl = lake.read("silver", "batch_timeline", columns=cols, partition=("batch_id", chunk))
         if tl is not None and tl.height:
-            parts.append(products_from_timeline(tl))
+            parts.append(products_from_timeline(tl, step))
     if not parts:
         empty = lake.read("silver", "batch_timeline", columns=cols, filter_expr=pl.lit(False))
         assert empty is not None
-        return products_from_timeline(empty)
+        return products_from_timeline(empty, step)
     return TimelineProducts(
         hourly=pl.concat([p.hourly for p in parts]).sort("batch_id", "elapsed_h"),
         windows=pl.concat([p.windows for p in parts]).sort("batch_id", "window"),
-        mspc_hourly=pl.concat([p.mspc_hourly for p in parts]).sort("batch_id", "hour"),
+        mspc_hourly=pl.concat([p.mspc_hourly for p in parts], how="diagonal_relaxed").sort(
+            "batch_id", "hour"
+        ),
         n_batches=sum(p.n_batches for p in parts),
     )

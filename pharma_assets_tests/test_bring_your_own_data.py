@@ -1,0 +1,257 @@
+"""Bring your own plant (issue 15): foreign exports go from files to a trained, monitoring
+platform with `pharma-twin import` + `pipeline` + `train`, and the tables say what a process
+engineer would expect (excursions, Cpk, right first time, MSPC alarms on the disturbed
+batches, models only where the data supports them, the skips with their reasons).
+
+The plants are built by ``foreign_sites`` (not the twin's shapes): other tag names, units,
+sampling, no MES, a titer-only release, local times with a time-zone column.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from mlflow import MlflowClient
+from streamlit.testing.v1 import AppTest
+from typer.testing import CliRunner
+
+from pharma_assets.cli import app
+from pharma_assets.compliance import promotions, users
+from pharma_assets.compliance.changecontrol import apply_change
+from pharma_assets.compliance.users import create_user
+from pharma_assets.lake.specs import DEFAULT_SPEC
+from pharma_assets.lake.storage import Lake
+
+from .foreign_sites import dryer_site, dryer_spec, sparse_campaign
+
+APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(app, list(args))
+    return r.exit_code, r.output
+
+
+def _product_spec(path: Path, **changes: object) -> Path:
+    """The site's own product spec: the built-in one with the site's changes, a new version."""
+    spec = yaml.safe_load(DEFAULT_SPEC.read_text())
+    spec.update(changes)
+    spec["version"] += 1
+    spec["change_log"].append({"version": spec["version"], "date": "2026-12-03",
+                               "by": "site-process-engineering", "reason": "site product spec"})  # fmt: skip
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _auto_promotion(lake: Lake) -> None:
+    """Put the auto-promotion policy in force (as the demo does), so models that pass the
+    gate become champions signed by the system and the scoring tables are written."""
+    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t",
+                bootstrap=True)  # fmt: skip
+    create_user(lake, "qa.lead", "Quinn Assurance", "qa", "Quality-pass-2026", "admin", "t")
+    p = promotions.policy_path()
+    apply_change(lake, p, p.read_text(), "qa.lead", "Quality-pass-2026", "baseline",
+                 promotions.POLICY_TARGET)  # fmt: skip
+
+
+@pytest.fixture
+def site_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # no repository dagster.yaml: an ephemeral instance
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("PHARMA_GXP_HOME", str(tmp_path / "gxp_home"))
+    monkeypatch.setenv("PHARMA_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("PHARMA_GROUND_TRUTH_DIR", str(tmp_path / "no_ground_truth"))
+    monkeypatch.delenv("PHARMA_REFERENCE_BATCHES", raising=False)
+    return tmp_path
+
+
+def test_sparse_campaign_without_mes_from_files_to_monitoring(site_env: Path, monkeypatch) -> None:
+    """12-hourly samples, 5 tags in other units, no MES, titer-only release in a wide LIMS
+    export: import + pipeline + train give excursions, Cpk, right first time on titer, MSPC
+    with a golden batch that alarms on the two disturbed batches, and skip what cannot be
+    trained with a reason each (no CMMS, no cell-culture off-gas, no aggregates assay)."""
+    site = sparse_campaign(site_env / "exports")
+    spec = _product_spec(
+        site_env / "campaign_spec.yaml",
+        phase_rule={"kind": "time_since_start", "starts_h": {"growth": 0, "production": 120}},
+    )
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(spec))
+
+    code, out = _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
+                     "--map", str(site.maps["telemetry"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "30 batches have telemetry but no batch start" in out
+    assert "no CMMS maintenance records" in out
+    code, out = _cli("import", "--source", "lims", "--input", str(site.files["lims"]), "--layout",
+                     "wide", "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "records written:  30" in out
+    code, out = _cli("import", "--source", "infer-batches", "--out", "landing")
+    assert code == 0, out
+    assert "no batch start" not in out
+
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    batches = lake.read("silver", "batches")
+    assert batches is not None and batches.height == 30
+    assert set(batches["status"]) == {"complete"}
+    phases = lake.read("silver", "batch_phases")
+    assert phases is not None and set(phases["phase_source"]) == {"rule:time_since_start"}
+    summary = lake.read("gold", "batch_summary")
+    assert summary is not None
+    # the release titer arrives in g/L, converted from mg/L exactly
+    assert summary.filter(pl.col("final_titer_g_l").is_null()).height == 0
+    assert summary["final_titer_g_l"].median() == pytest.approx(3.8, abs=0.2)  # type: ignore[arg-type]
+    bad = summary.filter(pl.col("batch_id").is_in(site.disturbed))
+    good = summary.filter(~pl.col("batch_id").is_in(site.disturbed))
+    assert (bad["excursions_major"] > 0).all() and (good["excursions_major"] == 0).all()
+    assert summary["cpk_temperature_c"].null_count() == 0
+    assert (good["cpk_temperature_c"] > 1.0).all() and (bad["cpk_temperature_c"] < 0).all()
+    # right first time judged on the assays the site reports (titer only)
+    assert good["right_first_time"].all() and not bad["right_first_time"].any()
+
+    _auto_promotion(lake)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: no CMMS maintenance records" in out
+    assert "skipped contamination: no cell-culture unit" in out
+    assert "skipped quality (aggregates_pct)" in out
+    caps = lake.read("gold", "model_capabilities")
+    assert caps is not None
+    by = {(r["capability"], r["target"]): r["applies"] for r in caps.iter_rows(named=True)}
+    assert by[("mspc", "")] and not by[("pdm", "")] and not by[("contamination", "")]
+    assert by[("quality", "final_titer_g_l")] and not by[("quality", "aggregates_pct")]
+
+    # no model trained on an absent target or a capability that does not apply
+    uri = f"sqlite:///{site_env / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    names = {m.name for m in client.search_registered_models()}
+    assert "pharma_mspc_pca" in names
+    assert not any("aggregates" in n or "galactosylation" in n or "mass" in n for n in names)
+    assert "pharma_pdm_failure_72h" not in names and "pharma_contamination_iforest" not in names
+    assert lake.read("gold", "contamination_risk") is None
+    eh = lake.read("gold", "equipment_health")
+    assert eh is not None and eh.height == 0
+    devs = lake.read("gxp", "deviations")
+    assert devs is None or devs.filter(pl.col("source") == "contamination").height == 0
+
+    # MSPC on 12-hourly data: the disturbed held-out batches alarm; nothing NaN/inf alarmed
+    scores = lake.read("gold", "mspc_scores")
+    alarms = lake.read("gold", "mspc_alarms")
+    golden = lake.read("gold", "golden_batch")
+    assert scores is not None and alarms is not None and golden is not None
+    per_batch = scores.group_by("batch_id").agg(alarm_hours=pl.col("alarm").sum())
+    held = set(per_batch["batch_id"])
+    assert set(site.disturbed) <= held
+    hours = dict(per_batch.iter_rows())
+    assert all(hours[b] >= 24 for b in site.disturbed)  # the disturbance lasts 192 h
+    assert all(math.isfinite(v) and math.isfinite(lim)
+               for v, lim in alarms.select("value", "limit").iter_rows())  # fmt: skip
+    assert set(alarms["batch_id"]) >= set(site.disturbed)
+    # golden batch: the five tags the site has, no hour without data stored as 0
+    observed = golden.filter(pl.col("n_batches") > 0)
+    assert set(observed["tag"]) == {"temperature_c", "ph", "dissolved_oxygen_pct",
+                                    "agitation_rpm", "headspace_pressure_bar"}  # fmt: skip
+    assert (
+        golden.filter(pl.col("n_batches") == 0)["mean"].null_count()
+        == golden.filter(pl.col("n_batches") == 0).height
+    )
+    temp = observed.filter(pl.col("tag") == "temperature_c")
+    assert temp["mean"].min() > 30  # type: ignore[operator]
+
+
+def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) -> None:
+    """A fluid-bed dryer: its own tags in other units (°F, kPa, a moisture fraction), no
+    phases, 1.5-3 h batches at 1-minute samples, an MES list in local times with a time-zone
+    column, a long LIMS export with a test the site does not map, CMMS with an unmapped code.
+    Every source is imported and reported; the site spec judges its CPPs (one phase per
+    batch); MSPC monitors the dryer's own tags on a minute-scale maturity grid; nothing of
+    the bioreactor (PdM of a feed pump, contamination) is trained, scored or opens a deviation."""
+    site = dryer_site(site_env / "exports")
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(dryer_spec(site_env / "dryer_spec.yaml")))
+
+    code, out = _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
+                     "--map", str(site.maps["telemetry"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, not in tag map (1): Comment" in out
+    assert "24 batches have telemetry but no batch start" in out
+    code, out = _cli("import", "--source", "mes", "--input", str(site.files["mes"]),
+                     "--map", str(site.maps["mes"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "records written:  48" in out and "no batch start" not in out
+    code, out = _cli("import", "--source", "lims", "--input", str(site.files["lims"]),
+                     "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, analyte not in the mapping: 24" in out and "'Colour'" in out
+    code, out = _cli("import", "--source", "cmms", "--input", str(site.files["cmms"]),
+                     "--map", str(site.maps["cmms"]), "--out", "landing")  # fmt: skip
+    assert code == 0, out
+    assert "NOT imported, event type not in event_types: 1" in out and "'INSP'" in out
+
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    # local MES times (two zones) land on the telemetry's UTC instants: nothing outside the window
+    q = lake.read("silver", "telemetry_quarantine")
+    assert q is None or q.height == 0, q
+    tele = lake.read("silver", "telemetry", ["tag", "value"])
+    assert tele is not None and tele.height == 18630
+    tags = set(tele["tag"])
+    assert tags == {"inlet_air_temp_c", "outlet_air_temp_c", "product_temp_c",
+                    "chamber_pressure_mbar", "air_flow_m3_h", "moisture_pct"}  # fmt: skip
+    inlet = tele.filter(pl.col("tag") == "inlet_air_temp_c")["value"]
+    assert 75 < inlet.median() < 85  # type: ignore[operator]  # °F converted to °C
+    batches = lake.read("silver", "batches")
+    assert batches is not None and batches.height == 24
+    assert batches["material_lots"].str.contains("API-").all()
+    phases = lake.read("silver", "batch_phases")
+    assert phases is not None and set(phases["phase_source"]) == {"rule:one_phase"}
+    summary = lake.read("gold", "batch_summary")
+    assert summary is not None
+    bad = summary.filter(pl.col("batch_id").is_in(site.disturbed))
+    good = summary.filter(~pl.col("batch_id").is_in(site.disturbed))
+    assert (bad["excursions_major"] > 0).all() and (good["excursions_total"] == 0).all()
+    assert summary["cpk_inlet_air_temp_c"].null_count() == 0
+    assert good["right_first_time"].all() and not bad["right_first_time"].any()
+
+    _auto_promotion(lake)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: unit class 'fluid_bed_dryer' declares no equipment PdM knows" in out
+    assert "skipped contamination: unit class 'fluid_bed_dryer' is not a cell culture" in out
+    assert "pharma_mspc_pca v1: PROMOTED" in out
+    assert lake.read("gold", "contamination_risk") is None
+    devs = lake.read("gxp", "deviations")
+    assert devs is None or devs.filter(pl.col("source") != "cpp_excursion").height == 0
+    golden = lake.read("gold", "golden_batch")
+    scores = lake.read("gold", "mspc_scores")
+    assert golden is not None and scores is not None
+    assert set(golden["tag"]) == tags  # the dryer's own tags, nothing of the bioreactor
+    assert golden["elapsed_h"].max() <= 3.0  # type: ignore[operator]  # minutes, not hours
+    per_batch = dict(scores.group_by("batch_id").agg(pl.col("alarm").sum()).iter_rows())
+    assert all(per_batch[b] > 0 for b in site.disturbed)
+
+    # the pages for a unit of a class the dashboards were not written for
+    monkeypatch.setenv("PHARMA_LAKE_URI", str(site_env / "lake"))
+    pages = {}
+    for page in ("bioreactor", "equipment", "models", "batch_quality"):
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+        at.run()
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        pages[page] = at
+    br = pages["bioreactor"]
+    assert br.multiselect[0].value == ["inlet_air_temp_c", "product_temp_c"]  # the dryer's CPPs
+    assert set(br.multiselect[0].options) == tags
+    eq_text = " ".join(x.value for x in pages["equipment"].info)
+    assert "Predictive maintenance does not apply" in eq_text, eq_text
+    warn = " ".join(w.value for w in pages["models"].warning)
+    assert "**contamination** skipped: unit class 'fluid_bed_dryer' is not a cell culture" in warn
+    assert pages["batch_quality"].selectbox(key="bq_metric").value == "cqa_loss_on_drying_pct"
