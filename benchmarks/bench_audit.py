@@ -31,11 +31,19 @@ from pharma_assets.lake.storage import Lake
 
 def _events(n: int, offset: int = 0) -> list[AuditEvent]:
     return [
-        AuditEvent("materialization", f"user{i % 7}", "silver/telemetry", f"BR01-B{i:07d}",
-                   "delta_version", '{"version":41,"rows":1200}',
-                   '{"version":42,"rows":1260}', "pipeline materialization", f"run-{i // 1000}")
+        AuditEvent(
+            "materialization",
+            f"user{i % 7}",
+            "silver/telemetry",
+            f"BR01-B{i:07d}",
+            "delta_version",
+            '{"version":41,"rows":1200}',
+            '{"version":42,"rows":1260}',
+            "pipeline materialization",
+            f"run-{i // 1000}",
+        )
         for i in range(offset, offset + n)
-    ]  # fmt: skip
+    ]
 
 
 def bench_append(tmp: Path, batch: int, commits: int, repeats: int = 3) -> dict[str, Any]:
@@ -49,8 +57,12 @@ def bench_append(tmp: Path, batch: int, commits: int, repeats: int = 3) -> dict[
             trail.append(e)
         dt = time.perf_counter() - t0
         rates.append(batch * commits / dt)
-    return {"batch": batch, "entries": batch * commits, "median_per_s": statistics.median(rates),
-            "runs_per_s": [round(x) for x in rates]}  # fmt: skip
+    return {
+        "batch": batch,
+        "entries": batch * commits,
+        "median_per_s": statistics.median(rates),
+        "runs_per_s": [round(x) for x in rates],
+    }
 
 
 def bench_verify(tmp: Path, n: int, repeats: int = 3) -> dict[str, Any]:
@@ -67,8 +79,10 @@ def bench_verify(tmp: Path, n: int, repeats: int = 3) -> dict[str, Any]:
         times.append(res.seconds)
     # raw baseline: HMAC of the same canonical bytes, nothing else
     df = trail.read()
-    msgs = [f"{b}|64:{p}".encode() for b, p in zip(_canonical_bodies(df).to_list(),
-                                                  df["prev_hash"].to_list(), strict=True)]  # fmt: skip
+    msgs = [
+        f"{b}|64:{p}".encode()
+        for b, p in zip(_canonical_bodies(df).to_list(), df["prev_hash"].to_list(), strict=True)
+    ]
     base = []
     for _ in range(repeats):
         t1 = time.perf_counter()
@@ -76,9 +90,15 @@ def bench_verify(tmp: Path, n: int, repeats: int = 3) -> dict[str, Any]:
             hmac.digest(trail.key, m, "sha256")
         base.append(time.perf_counter() - t1)
     v, b = statistics.median(times), statistics.median(base)
-    return {"entries": n, "build_s": build_s, "verify_median_s": v,
-            "verify_runs_s": [round(x, 2) for x in times], "baseline_hmac_median_s": b,
-            "ratio_verify_to_baseline": v / b, "all_ok": ok}  # fmt: skip
+    return {
+        "entries": n,
+        "build_s": build_s,
+        "verify_median_s": v,
+        "verify_runs_s": [round(x, 2) for x in times],
+        "baseline_hmac_median_s": b,
+        "ratio_verify_to_baseline": v / b,
+        "all_ok": ok,
+    }
 
 
 def main(entries: int = 1_000_000) -> dict[str, Any]:
@@ -102,13 +122,15 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [
         "| measure | median | target |",
         "|---|---|---|",
-        *(f"| appends/s, batches of {r[k]['batch']} ({r[k]['entries']} entries) | "
-          f"{r[k]['median_per_s']:,.0f} | {'>= 1,000' if r[k]['batch'] > 1 else '-'} |"
-          for k in ("append_1000", "append_100", "append_1")),
+        *(
+            f"| appends/s, batches of {r[k]['batch']} ({r[k]['entries']} entries) | "
+            f"{r[k]['median_per_s']:,.0f} | {'>= 1,000' if r[k]['batch'] > 1 else '-'} |"
+            for k in ("append_1000", "append_100", "append_1")
+        ),
         f"| verify {v['entries']:,} entries (s) | {v['verify_median_s']:.1f} | <= 30 |",
         f"| raw HMAC of the same bytes (s) | {v['baseline_hmac_median_s']:.1f} | - |",
         f"| verify / raw HMAC | {v['ratio_verify_to_baseline']:.1f}x | - |",
-    ]  # fmt: skip
+    ]
     return "\n".join(rows)
 
 

@@ -54,22 +54,55 @@ def run(folder: Path) -> pl.DataFrame:
     spec = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec["phase_rule"] = {"kind": "time_since_start", "starts_h": {"growth": 0, "production": 120}}
     spec["version"] += 1
-    spec["change_log"].append({"version": spec["version"], "date": "2026-12-03", "by": "bench",
-                               "reason": "campaign product spec"})  # fmt: skip
+    spec["change_log"].append(
+        {
+            "version": spec["version"],
+            "date": "2026-12-03",
+            "by": "bench",
+            "reason": "campaign product spec",
+        }
+    )
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
     os.environ["PHARMA_CPP_SPEC"] = str(folder / "spec.yaml")
-    _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
-         "--map", str(site.maps["telemetry"]), "--out", "landing", "--infer-batches")  # fmt: skip
-    _cli("import", "--source", "lims", "--input", str(site.files["lims"]),
-         "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    _cli(
+        "import",
+        "--input",
+        str(site.files["telemetry"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["telemetry"]),
+        "--out",
+        "landing",
+        "--infer-batches",
+    )
+    _cli(
+        "import",
+        "--source",
+        "lims",
+        "--input",
+        str(site.files["lims"]),
+        "--map",
+        str(site.maps["lims"]),
+        "--out",
+        "landing",
+    )
     _cli("pipeline", "--landing", "landing", "--lake", "lake")
     lake = Lake.at(str(folder / "lake"))
-    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:bench", "b",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:bench", "b", bootstrap=True
+    )
     create_user(lake, "qa.lead", "Quinn Assurance", "qa", "Quality-pass-2026", "admin", "b")
     p = promotions.policy_path()
-    apply_change(lake, p, p.read_text(), "qa.lead", "Quality-pass-2026", "bench baseline",
-                 promotions.POLICY_TARGET)  # fmt: skip
+    apply_change(
+        lake,
+        p,
+        p.read_text(),
+        "qa.lead",
+        "Quality-pass-2026",
+        "bench baseline",
+        promotions.POLICY_TARGET,
+    )
     _cli("train", "--lake", "lake")
     scores = lake.read("gold", "mspc_scores")
     summary = lake.read("gold", "batch_summary")
@@ -79,15 +112,19 @@ def run(folder: Path) -> pl.DataFrame:
     # "confirmed in samples"; reported beside the per-hour alarm
     runs = (
         scores.sort("batch_id", "elapsed_h")
-        .with_columns(run=(pl.col("alarm") != pl.col("alarm").shift(1)).fill_null(True).cum_sum()
-                      .over("batch_id"))
+        .with_columns(
+            run=(pl.col("alarm") != pl.col("alarm").shift(1))
+            .fill_null(True)
+            .cum_sum()
+            .over("batch_id")
+        )
         .filter(pl.col("alarm"))
         .group_by("batch_id", "run")
         .agg(n=pl.len(), start=pl.col("elapsed_h").min())
         .filter(pl.col("n") >= CONFIRM_STEPS)
         .group_by("batch_id")
         .agg(first_confirmed_h=pl.col("start").min() + CONFIRM_STEPS - 1)
-    )  # fmt: skip
+    )
     per = (
         scores.group_by("batch_id")
         .agg(
@@ -110,23 +147,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_byop_") as tmp:
         per = run(Path(tmp))
     print(f"load: {load}\n")
-    print("| batch | disturbance | right first time | hours scored | alarm hours | "
-          "first alarm (h) | first alarm confirmed over two samples (h) |")  # fmt: skip
+    print(
+        "| batch | disturbance | right first time | hours scored | alarm hours | "
+        "first alarm (h) | first alarm confirmed over two samples (h) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in per.iter_rows(named=True):
         first = "-" if r["first_alarm_h"] is None else f"{r['first_alarm_h']:.0f}"
         conf = "-" if r["first_confirmed_h"] is None else f"{r['first_confirmed_h']:.0f}"
-        print(f"| {r['batch_id']} | {r['disturbance']} | {r['right_first_time']} | "
-              f"{r['hours_scored']} | {r['alarm_hours']} | {first} | {conf} |")  # fmt: skip
+        print(
+            f"| {r['batch_id']} | {r['disturbance']} | {r['right_first_time']} | "
+            f"{r['hours_scored']} | {r['alarm_hours']} | {first} | {conf} |"
+        )
     dist = per.filter(pl.col("disturbance") != "none")
     good = per.filter(pl.col("disturbance") == "none")
-    print(f"\ndetected: {int((dist['alarm_hours'] > 0).sum())} / {dist.height} disturbed batches; "
-          f"false-alarm batches: {int((good['alarm_hours'] > 0).sum())} / {good.height} good; "
-          f"alarm hours in good batches: {int(good['alarm_hours'].sum())} / "
-          f"{int(good['hours_scored'].sum())}")  # fmt: skip
-    print(f"confirmed over two samples: detected {dist['first_confirmed_h'].is_not_null().sum()} / "
-          f"{dist.height}, false-alarm batches {good['first_confirmed_h'].is_not_null().sum()} / "
-          f"{good.height}")  # fmt: skip
+    print(
+        f"\ndetected: {int((dist['alarm_hours'] > 0).sum())} / {dist.height} disturbed batches; "
+        f"false-alarm batches: {int((good['alarm_hours'] > 0).sum())} / {good.height} good; "
+        f"alarm hours in good batches: {int(good['alarm_hours'].sum())} / "
+        f"{int(good['hours_scored'].sum())}"
+    )
+    print(
+        f"confirmed over two samples: detected {dist['first_confirmed_h'].is_not_null().sum()} / "
+        f"{dist.height}, false-alarm batches {good['first_confirmed_h'].is_not_null().sum()} / "
+        f"{good.height}"
+    )
 
 
 if __name__ == "__main__":

@@ -65,17 +65,33 @@ TARGET_RERUN_S = 0.2
 
 # tables each page reads (for the raw-read comparison)
 PAGE_TABLES: dict[str, list[tuple[str, str]]] = {
-    "overview": [("gold", "unit_status"), ("gold", "batch_summary"), ("gold", "plant_kpis"),
-                 ("gold", "cpp_excursions"), ("gold", "equipment_health"),
-                 ("gold", "contamination_risk"), ("gold", "mspc_scores")],
-    "bioreactor": [("silver", "batches"), ("silver", "batch_timeline"), ("silver", "batch_phases"),
-                   ("gold", "cpp_excursions"), ("silver", "lab_results"), ("gold", "golden_batch")],
+    "overview": [
+        ("gold", "unit_status"),
+        ("gold", "batch_summary"),
+        ("gold", "plant_kpis"),
+        ("gold", "cpp_excursions"),
+        ("gold", "equipment_health"),
+        ("gold", "contamination_risk"),
+        ("gold", "mspc_scores"),
+    ],
+    "bioreactor": [
+        ("silver", "batches"),
+        ("silver", "batch_timeline"),
+        ("silver", "batch_phases"),
+        ("gold", "cpp_excursions"),
+        ("silver", "lab_results"),
+        ("gold", "golden_batch"),
+    ],
     "batch_quality": [("gold", "batch_summary"), ("silver", "batch_timeline")],
     "equipment": [("gold", "equipment_health")],
-    "monitoring": [("gold", "contamination_risk"), ("gold", "mspc_scores"), ("silver", "batches"),
-                   ("gold", "mspc_alarms")],
+    "monitoring": [
+        ("gold", "contamination_risk"),
+        ("gold", "mspc_scores"),
+        ("silver", "batches"),
+        ("gold", "mspc_alarms"),
+    ],
     "models": [("gold", "model_performance")],
-}  # fmt: skip
+}
 
 
 def _p95(xs: list[float]) -> float:
@@ -129,19 +145,37 @@ def build_big_lake(root: Path) -> Lake:
             )
             if src is run_row:
                 t = run_row["start_ts"] + timedelta(hours=7 * u)
-            rows.append({"new": f"{unit}-B{seq:04d}", "src": src["batch_id"], "_unit": unit,
-                         "_shift": t - src["start_ts"]})  # fmt: skip
+            rows.append(
+                {
+                    "new": f"{unit}-B{seq:04d}",
+                    "src": src["batch_id"],
+                    "_unit": unit,
+                    "_shift": t - src["start_ts"],
+                }
+            )
             dur = (
                 (src["end_ts"] - src["start_ts"])
                 if src["end_ts"] is not None
                 else timedelta(days=14)
             )
             t = t + dur + timedelta(hours=20)
-    mapping = pl.DataFrame(rows, schema={"new": pl.String, "src": pl.String, "_unit": pl.String,
-                                         "_shift": pl.Duration("us")})  # fmt: skip
+    mapping = pl.DataFrame(
+        rows,
+        schema={
+            "new": pl.String,
+            "src": pl.String,
+            "_unit": pl.String,
+            "_shift": pl.Duration("us"),
+        },
+    )
     big = Lake.at(root / "lake")
-    for layer, name in (("silver", "batches"), ("silver", "batch_phases"), ("silver", "lab_results"),
-                        ("gold", "batch_summary"), ("gold", "cpp_excursions")):  # fmt: skip
+    for layer, name in (
+        ("silver", "batches"),
+        ("silver", "batch_phases"),
+        ("silver", "lab_results"),
+        ("gold", "batch_summary"),
+        ("gold", "cpp_excursions"),
+    ):
         src_df = small.read(layer, name)
         assert src_df is not None
         big.overwrite(layer, name, _replicate(src_df, mapping))
@@ -158,12 +192,18 @@ def build_big_lake(root: Path) -> Lake:
     for r in newest.iter_rows(named=True):
         tmpl = run_t if r["status"] == "running" else idle_t
         shift = r["start_ts"] - tmpl["start_ts"][0] if r["status"] == "running" else timedelta(0)
-        parts.append(tmpl.with_columns(
-            unit_id=pl.lit(r["unit_id"]), last_batch_id=pl.lit(r["batch_id"]),
-            current_batch_id=pl.lit(r["batch_id"] if r["status"] == "running" else None, pl.String),
-            start_ts=pl.col("start_ts") + shift, last_reading_ts=pl.col("last_reading_ts") + shift,
-            last_batch_status=pl.lit(r["status"]),
-        ))  # fmt: skip
+        parts.append(
+            tmpl.with_columns(
+                unit_id=pl.lit(r["unit_id"]),
+                last_batch_id=pl.lit(r["batch_id"]),
+                current_batch_id=pl.lit(
+                    r["batch_id"] if r["status"] == "running" else None, pl.String
+                ),
+                start_ts=pl.col("start_ts") + shift,
+                last_reading_ts=pl.col("last_reading_ts") + shift,
+                last_batch_status=pl.lit(r["status"]),
+            )
+        )
     big.overwrite("gold", "unit_status", pl.concat(parts).sort("unit_id"))
     # timelines: running batches and TIMELINE_EXTRA others (partitioned like silver)
     keep = mapping.filter(pl.col("src") == run_row["batch_id"])
@@ -193,11 +233,20 @@ def _viewer(lake: Lake) -> None:
 
     os.environ.setdefault("PHARMA_GXP_HOME", str(Path(lake.root).parent / "gxp_home"))
     if users.get_user(lake, "admin") is None:
-        users.create_user(lake, "admin", "Bench Admin", "admin", "Bench-admin-2026!",
-                          "system:bench", "benchmark account", bootstrap=True)  # fmt: skip
+        users.create_user(
+            lake,
+            "admin",
+            "Bench Admin",
+            "admin",
+            "Bench-admin-2026!",
+            "system:bench",
+            "benchmark account",
+            bootstrap=True,
+        )
     if users.get_user(lake, BENCH_USER) is None:
-        users.create_user(lake, BENCH_USER, "Bench Viewer", "viewer", BENCH_PASSWORD, "admin",
-                          "benchmark account")  # fmt: skip
+        users.create_user(
+            lake, BENCH_USER, "Bench Viewer", "viewer", BENCH_PASSWORD, "admin", "benchmark account"
+        )
 
 
 def _apptest(page: str) -> Any:
@@ -245,13 +294,18 @@ def measure(lake: Lake, runs: int, reruns: int) -> list[dict[str, Any]]:
             for layer, name in tables:
                 pl.read_delta(lake.uri(layer, name))
             raw.append(time.perf_counter() - t0)
-        out.append({
-            "page": page, "cold_median_s": statistics.median(cold), "cold_p95_s": _p95(cold),
-            "rerun_median_s": statistics.median(warm), "rerun_p95_s": _p95(warm),
-            "raw_read_median_s": statistics.median(raw),
-            "ratio_cold_to_raw": statistics.median(cold) / statistics.median(raw),
-            "ratio_rerun_to_raw": statistics.median(warm) / statistics.median(raw),
-        })  # fmt: skip
+        out.append(
+            {
+                "page": page,
+                "cold_median_s": statistics.median(cold),
+                "cold_p95_s": _p95(cold),
+                "rerun_median_s": statistics.median(warm),
+                "rerun_p95_s": _p95(warm),
+                "raw_read_median_s": statistics.median(raw),
+                "ratio_cold_to_raw": statistics.median(cold) / statistics.median(raw),
+                "ratio_rerun_to_raw": statistics.median(warm) / statistics.median(raw),
+            }
+        )
     return out
 
 
@@ -283,14 +337,24 @@ def main(runs: int = 10, reruns: int = 20, keep: Path | None = None) -> dict[str
         if lake.version("gold", "batch_summary") is None:
             lake = build_big_lake(tmp)
         build_s = time.perf_counter() - t0
-        counts = {n: pl.scan_delta(lake.uri(layer, n)).select(pl.len()).collect().item()
-                  for layer, n in (("gold", "batch_summary"), ("gold", "equipment_health"),
-                                   ("gold", "mspc_scores"), ("silver", "lab_results"),
-                                   ("silver", "batch_timeline"))}  # fmt: skip
+        counts = {
+            n: pl.scan_delta(lake.uri(layer, n)).select(pl.len()).collect().item()
+            for layer, n in (
+                ("gold", "batch_summary"),
+                ("gold", "equipment_health"),
+                ("gold", "mspc_scores"),
+                ("silver", "lab_results"),
+                ("silver", "batch_timeline"),
+            )
+        }
         res = measure(lake, runs, reruns)
-        meta = {"batches": counts["batch_summary"], "runs": runs, "reruns": reruns,
-                "build_s": build_s,
-                "rows": ", ".join(f"{k} {v:,} rows" for k, v in counts.items())}  # fmt: skip
+        meta = {
+            "batches": counts["batch_summary"],
+            "runs": runs,
+            "reruns": reruns,
+            "build_s": build_s,
+            "rows": ", ".join(f"{k} {v:,} rows" for k, v in counts.items()),
+        }
         return {"pages": res, "meta": meta}
     finally:
         if keep is None:

@@ -63,27 +63,59 @@ def _plant_shown(lake_dir: Path, units: int) -> bool:
 
 def measure(batches: int, first_slice: int, backfill: bool, units: int = 6) -> dict[str, Any]:
     d = Path(tempfile.mkdtemp(prefix="pharma-demo-start-"))
-    env = {**os.environ, "PHARMA_LANDING_DIR": str(d / "landing"), "PHARMA_LAKE_URI": str(d / "lake"),
-           "DAGSTER_HOME": str(d / "dagster_home")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PHARMA_LANDING_DIR": str(d / "landing"),
+        "PHARMA_LAKE_URI": str(d / "lake"),
+        "DAGSTER_HOME": str(d / "dagster_home"),
+    }
     (d / "dagster_home").mkdir()
     (d / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    res: dict[str, Any] = {"batches": batches, "units": units, "first_slice": first_slice,
-                           "load_start": _load()}  # fmt: skip
+    res: dict[str, Any] = {
+        "batches": batches,
+        "units": units,
+        "first_slice": first_slice,
+        "load_start": _load(),
+    }
     app: subprocess.Popen[bytes] | None = None
     try:
         t0 = time.perf_counter()
-        res["simulate_s"] = _run([str(BIN / "pharma-twin"), "simulate", "--units", str(units),
-                                  "--batches", str(batches), "--seed", "42", "--out", str(d / "landing")],
-                                 env)  # fmt: skip
+        res["simulate_s"] = _run(
+            [
+                str(BIN / "pharma-twin"),
+                "simulate",
+                "--units",
+                str(units),
+                "--batches",
+                str(batches),
+                "--seed",
+                "42",
+                "--out",
+                str(d / "landing"),
+            ],
+            env,
+        )
         res["first_slice_s"] = _run(
             [str(BIN / "pharma-twin"), "pipeline", "--latest", str(first_slice)], env
         )
         app = subprocess.Popen(
-            [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", str(PORT),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(BIN / "streamlit"),
+                "run",
+                "dashboards/app.py",
+                "--server.port",
+                str(PORT),
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         ts = time.perf_counter()
         deadline = ts + 300
         while not (_healthy(PORT) and _plant_shown(d / "lake", units)):
@@ -107,10 +139,12 @@ def measure(batches: int, first_slice: int, backfill: bool, units: int = 6) -> d
 
 
 def line(r: dict[str, Any]) -> str:
-    out = (f"| {r['batches']} x {r['units']} units | {r['first_slice']} per unit | {r['simulate_s']:.0f} | "
-           f"{r['first_slice_s']:.0f} | {r['dashboard_start_s']:.0f} | **{r['first_dashboard_s']:.0f}** | "
-           f"{r.get('backfill_s', float('nan')):.0f} | {r.get('pipeline_total_s', float('nan')):.0f} | "
-           f"{r['load_start']} -> {r.get('load_end', r['load_first_dashboard'])} |")  # fmt: skip
+    out = (
+        f"| {r['batches']} x {r['units']} units | {r['first_slice']} per unit | {r['simulate_s']:.0f} | "
+        f"{r['first_slice_s']:.0f} | {r['dashboard_start_s']:.0f} | **{r['first_dashboard_s']:.0f}** | "
+        f"{r.get('backfill_s', float('nan')):.0f} | {r.get('pipeline_total_s', float('nan')):.0f} | "
+        f"{r['load_start']} -> {r.get('load_end', r['load_first_dashboard'])} |"
+    )
     return out.replace("nan", "-")
 
 

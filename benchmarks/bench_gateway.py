@@ -41,11 +41,16 @@ def _free_port() -> int:
 def _start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 100000\n")  # fmt: skip
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 100000\n"
+    )
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    p = subprocess.Popen(["nice", "-n", "10", exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)  # fmt: skip
+    p = subprocess.Popen(
+        ["nice", "-n", "10", exe, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -90,8 +95,14 @@ def gateway_role(port: int, folder: Path, flush_s: float = 5.0) -> None:
 
     _ = Reading
     gw = Gateway("BENCH", TimedStore(), ColdPath(folder / "buf", folder / "landing"))
-    host = SparkplugHost(gw, "bench", SourceMap("bench"), MqttSettings(port=port), "BENCH",
-                         state_path=folder / "sparkplug.json")  # fmt: skip
+    host = SparkplugHost(
+        gw,
+        "bench",
+        SourceMap("bench"),
+        MqttSettings(port=port),
+        "BENCH",
+        state_path=folder / "sparkplug.json",
+    )
     host.start()
     gw.start_flusher(flush_s)
     (folder / "ready").write_text("1")
@@ -103,13 +114,20 @@ def gateway_role(port: int, folder: Path, flush_s: float = 5.0) -> None:
     gw.stop()
     d = np.concatenate(lat) / 1000.0 if lat else np.zeros(0)
     st = gw.sources["bench"]
-    (folder / "result.json").write_text(json.dumps({
-        "accepted": st.accepted, "readings_in": st.readings_in, "rejected": sum(st.rejected.values()),
-        "gaps": st.gaps, "landed": gw.cold.state["landed"] if gw.cold else 0,
-        "p50_ms": float(np.percentile(d, 50)) if d.size else None,
-        "p99_ms": float(np.percentile(d, 99)) if d.size else None,
-        "max_ms": float(d.max()) if d.size else None,
-    }))  # fmt: skip
+    (folder / "result.json").write_text(
+        json.dumps(
+            {
+                "accepted": st.accepted,
+                "readings_in": st.readings_in,
+                "rejected": sum(st.rejected.values()),
+                "gaps": st.gaps,
+                "landed": gw.cold.state["landed"] if gw.cold else 0,
+                "p50_ms": float(np.percentile(d, 50)) if d.size else None,
+                "p99_ms": float(np.percentile(d, 99)) if d.size else None,
+                "max_ms": float(d.max()) if d.size else None,
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------ publisher role
@@ -124,9 +142,25 @@ def run_one(
 
     folder.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    gw = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_gateway",
-                           "--role", "gateway", "--port", str(port), "--folder", str(folder),
-                           "--flush-s", str(flush_s)], env=env)  # fmt: skip
+    gw = subprocess.Popen(
+        [
+            "nice",
+            "-n",
+            "10",
+            sys.executable,
+            "-m",
+            "benchmarks.bench_gateway",
+            "--role",
+            "gateway",
+            "--port",
+            str(port),
+            "--folder",
+            str(folder),
+            "--flush-s",
+            str(flush_s),
+        ],
+        env=env,
+    )
     while not (folder / "ready").exists():
         time.sleep(0.05)
     time.sleep(0.5)
@@ -147,8 +181,12 @@ def run_one(
         vals = rng.normal(50, 10, size=(units, len(tags)))
         for u, dev in enumerate(devices):
             ts = time.time_ns() // 1_000_000
-            published += edge.publish(dev, ts, dict(zip(tags, vals[u].tolist(), strict=True)),
-                                      batch_id=f"{dev}-B0001" if s == 0 else None)  # fmt: skip
+            published += edge.publish(
+                dev,
+                ts,
+                dict(zip(tags, vals[u].tolist(), strict=True)),
+                batch_id=f"{dev}-B0001" if s == 0 else None,
+            )
         if time.monotonic() - tick > 1.0:
             late_ticks += 1
     wall1 = time.monotonic()
@@ -173,12 +211,21 @@ def run_one(
     edge.stop()
     res = json.loads((folder / "result.json").read_text())
     return {
-        "units": units, "tags": len(tags), "flush_s": flush_s, "seconds": int(seconds), "published": published,
-        "readings_per_s": published / seconds, **res,
+        "units": units,
+        "tags": len(tags),
+        "flush_s": flush_s,
+        "seconds": int(seconds),
+        "published": published,
+        "readings_per_s": published / seconds,
+        **res,
         "gateway_cpu_pct": 100.0 * (cpu2 - cpu0) / (wall2 - wall0),
-        "gateway_cpu_us_per_reading": 1e6 * (cpu2 - cpu0) / max(res["accepted"], 1), "gateway_peak_rss_mb": hwm,
-        "publisher_late_ticks": late_ticks, "drain_s": drain_s, "load_before": load0[0], "load_after": load1[0],
-    }  # fmt: skip
+        "gateway_cpu_us_per_reading": 1e6 * (cpu2 - cpu0) / max(res["accepted"], 1),
+        "gateway_peak_rss_mb": hwm,
+        "publisher_late_ticks": late_ticks,
+        "drain_s": drain_s,
+        "load_before": load0[0],
+        "load_after": load1[0],
+    }
 
 
 def main(

@@ -105,8 +105,15 @@ def child_simulate(out: str, batches: int) -> dict[str, Any]:
     from pharma_assets.twin.config import load_plant, load_recipes
     from pharma_assets.twin.history import simulate_history
 
-    r = simulate_history(load_plant(), load_recipes(), batches, SEED, Path(out) / "landing",
-                         truth_out=Path(out) / "truth", start=START)  # fmt: skip
+    r = simulate_history(
+        load_plant(),
+        load_recipes(),
+        batches,
+        SEED,
+        Path(out) / "landing",
+        truth_out=Path(out) / "truth",
+        start=START,
+    )
     return {"files": r.files_written, "readings": r.readings_written}
 
 
@@ -127,8 +134,14 @@ def child_raw(landing: str, table: str) -> dict[str, Any]:
     t1 = time.perf_counter()
     write_deltalake(table, df.to_arrow(), mode="append")
     t2, c2 = time.perf_counter(), time.process_time()
-    return {"rows": df.height, "files": len(paths), "read_s": t1 - t0, "write_s": t2 - t1,
-            "total_s": t2 - t0, "cpu_s": c2 - c0}  # fmt: skip
+    return {
+        "rows": df.height,
+        "files": len(paths),
+        "read_s": t1 - t0,
+        "write_s": t2 - t1,
+        "total_s": t2 - t0,
+        "cpu_s": c2 - c0,
+    }
 
 
 def child_pipeline(landing: str, lake_dir: str) -> dict[str, Any]:
@@ -148,9 +161,16 @@ def child_pipeline(landing: str, lake_dir: str) -> dict[str, Any]:
     tel = [f for f in files if f.source == "telemetry"]
     r = ingest_telemetry(lake, landing, tel, spec, "bench")
     t2, c2 = time.perf_counter(), time.process_time()
-    return {"rows": r.bronze.rows_accepted, "files": len(tel), "rows_valid": r.silver.rows_valid,
-            "rows_quarantined": r.silver.rows_quarantined, "handed_over": r.handed_over_files,
-            "mes_s": t1 - t0, "cpu_s": c2 - c1, "total_s": t2 - t1}  # fmt: skip
+    return {
+        "rows": r.bronze.rows_accepted,
+        "files": len(tel),
+        "rows_valid": r.silver.rows_valid,
+        "rows_quarantined": r.silver.rows_quarantined,
+        "handed_over": r.handed_over_files,
+        "mes_s": t1 - t0,
+        "cpu_s": c2 - c1,
+        "total_s": t2 - t1,
+    }
 
 
 # ---------------------------------------------------------------------- landing builders
@@ -174,15 +194,18 @@ def _shift_name(name: str, shift: timedelta) -> str:
 
 def _template_batches(landing: Path) -> list[tuple[str, str]]:
     """(unit_id, batch_id) of every batch in a landing zone, in batch-id order."""
-    return sorted(((u.name, b.name) for u in (landing / "mes").iterdir() for b in u.iterdir()),
-                  key=lambda x: x[1])  # fmt: skip
+    return sorted(
+        ((u.name, b.name) for u in (landing / "mes").iterdir() for b in u.iterdir()),
+        key=lambda x: x[1],
+    )
 
 
 _THINNED: dict[tuple[Path, int], Any] = {}
 
 
-def replicate_batch(src: Path, dst: Path, unit: str, bid: str, new: str, shift: timedelta,
-                    thin_min: int) -> int:  # fmt: skip
+def replicate_batch(
+    src: Path, dst: Path, unit: str, bid: str, new: str, shift: timedelta, thin_min: int
+) -> int:
     """Copy a landed batch under a new id, shifted in time, telemetry thinned; rows written."""
     import numpy as np
     import pyarrow as pa
@@ -214,8 +237,9 @@ def replicate_batch(src: Path, dst: Path, unit: str, bid: str, new: str, shift: 
     return rows
 
 
-def stage_live_batch(src: Path, dst: Path, pending: Path, unit: str, bid: str,
-                     withheld: int) -> list[str]:  # fmt: skip
+def stage_live_batch(
+    src: Path, dst: Path, pending: Path, unit: str, bid: str, withheld: int
+) -> list[str]:
     """Land a running batch: no batch_end, no release assays, last ``withheld`` chunks held back
     in ``pending`` (returned in delivery order)."""
     for source in ("mes", "lims"):
@@ -252,14 +276,18 @@ def deliver(pending: Path, landing: Path, rel: str) -> None:
     os.replace(tmp, dst)
 
 
-def child_replica_landing(template: str, out: str, batches: int, withheld: int,
-                          thin_min: int) -> dict[str, Any]:  # fmt: skip
+def child_replica_landing(
+    template: str, out: str, batches: int, withheld: int, thin_min: int
+) -> dict[str, Any]:
     src, out_p = Path(template), Path(out)
     tmpl = _template_batches(src)
     # the template's span (first start to last end), so that rounds never overlap on a unit
-    times = [datetime.fromisoformat(m.replace("Z", "+00:00"))
-             for u, b in tmpl for p in (src / "mes" / u / b).iterdir()
-             for m in ISO_TS.findall(p.read_text())]  # fmt: skip
+    times = [
+        datetime.fromisoformat(m.replace("Z", "+00:00"))
+        for u, b in tmpl
+        for p in (src / "mes" / u / b).iterdir()
+        for m in ISO_TS.findall(p.read_text())
+    ]
     period = timedelta(days=(max(times) - min(times)).days + 2)
     unit, live = tmpl[0]
     held = stage_live_batch(src, out_p / "landing", out_p / "pending", unit, live, withheld)
@@ -270,8 +298,13 @@ def child_replica_landing(template: str, out: str, batches: int, withheld: int,
         new = f"{b}-R{r:03d}"
         rows += replicate_batch(src, out_p / "landing", u, b, new, -r * period, thin_min)
         ids.append(new)
-    return {"live_batch": live, "pending": held, "replica_rows": rows, "batches": len(ids),
-            "round_days": period.days}  # fmt: skip
+    return {
+        "live_batch": live,
+        "pending": held,
+        "replica_rows": rows,
+        "batches": len(ids),
+        "round_days": period.days,
+    }
 
 
 def child_build_lake(landing: str, lake_dir: str) -> dict[str, Any]:
@@ -309,8 +342,14 @@ def child_build_lake(landing: str, lake_dir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     g = gold.build_gold(lake, spec)
     t["gold_s"] = time.perf_counter() - t0
-    return {**t, "files": len(files), "silver_rows": rows, "silver_per_100_s": per_100, "gold": g,
-            "tables": _table_stats(lake_dir)}  # fmt: skip
+    return {
+        **t,
+        "files": len(files),
+        "silver_rows": rows,
+        "silver_per_100_s": per_100,
+        "gold": g,
+        "tables": _table_stats(lake_dir),
+    }
 
 
 def _table_stats(lake_dir: str) -> dict[str, dict[str, int]]:
@@ -368,9 +407,11 @@ def child_big_batch(template: str, out: str, seconds: int) -> dict[str, Any]:
     site = str(tel["site_id"][0])
     plant = load_plant()
     tags, uoms = [t.tag for t in plant.tags], [t.uom for t in plant.tags]
-    wide = tel.with_columns(pl.col("tag").cast(pl.String)).pivot(
-        on="tag", index="ts", values="value", aggregate_function="first"
-    ).sort("ts")  # fmt: skip
+    wide = (
+        tel.with_columns(pl.col("tag").cast(pl.String))
+        .pivot(on="tag", index="ts", values="value", aggregate_function="first")
+        .sort("ts")
+    )
     t_src = wide["ts"].dt.epoch("us").to_numpy().astype(np.float64)
     t0_us = int(t_src[0])
     ts_us = t0_us + np.arange(seconds, dtype=np.int64) * 1_000_000
@@ -386,10 +427,18 @@ def child_big_batch(template: str, out: str, seconds: int) -> dict[str, Any]:
     chunk_s = 3600
     start = datetime.fromtimestamp(t0_us / 1e6, UTC)
     for seq, k in enumerate(range(0, seconds, chunk_s), start=1):
-        path = chunk_path(dst, "telemetry", unit, bid, start + timedelta(seconds=k), seq,
-                          "parquet")  # fmt: skip
-        write_telemetry_chunk(path, ts_us[k : k + chunk_s], site, unit, bid, tags, uoms,
-                              values[k : k + chunk_s], quality[k : k + chunk_s])  # fmt: skip
+        path = chunk_path(dst, "telemetry", unit, bid, start + timedelta(seconds=k), seq, "parquet")
+        write_telemetry_chunk(
+            path,
+            ts_us[k : k + chunk_s],
+            site,
+            unit,
+            bid,
+            tags,
+            uoms,
+            values[k : k + chunk_s],
+            quality[k : k + chunk_s],
+        )
     for p in (src / "mes" / unit / bid).iterdir():
         (dst / "mes" / unit / bid).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, dst / "mes" / unit / bid / p.name)
@@ -412,8 +461,13 @@ def child_memory(landing: str, lake_dir: str) -> dict[str, Any]:
     tel = [f for f in files if f.source == "telemetry"]
     both = ingest_telemetry(lake, landing, tel, spec, "mem")
     t2 = time.perf_counter()
-    return {"rows": both.bronze.rows_accepted, "rows_valid": both.silver.rows_valid,
-            "seconds": t2 - t0, "baseline_rss_mb": base, "hwm_mb": _rss_mb("VmHWM")}  # fmt: skip
+    return {
+        "rows": both.bronze.rows_accepted,
+        "rows_valid": both.silver.rows_valid,
+        "seconds": t2 - t0,
+        "baseline_rss_mb": base,
+        "hwm_mb": _rss_mb("VmHWM"),
+    }
 
 
 def child_gold_refresh(lake_dir: str, times: int) -> dict[str, Any]:
@@ -426,8 +480,10 @@ def child_gold_refresh(lake_dir: str, times: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(times):
         gold.build_gold(lake, spec)
-    return {"build_s": (time.perf_counter() - t0) / times,
-            "version": lake.version("gold", "batch_summary")}  # fmt: skip
+    return {
+        "build_s": (time.perf_counter() - t0) / times,
+        "version": lake.version("gold", "batch_summary"),
+    }
 
 
 def child_gold_read(lake_dir: str, warm: int) -> dict[str, Any]:
@@ -451,9 +507,15 @@ def child_gold_read(lake_dir: str, warm: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         pl.read_delta(lake.uri("gold", "batch_summary"))
         warm_pl.append(time.perf_counter() - t0)
-    return {"rows": df.height, "cols": df.width, "rows_pl": df2.height,
-            "cold_lake_ms": 1000 * cold_lake, "cold_pl_ms": 1000 * cold_pl,
-            "warm_lake_ms": 1000 * med(warm_lake), "warm_pl_ms": 1000 * med(warm_pl)}  # fmt: skip
+    return {
+        "rows": df.height,
+        "cols": df.width,
+        "rows_pl": df2.height,
+        "cold_lake_ms": 1000 * cold_lake,
+        "cold_pl_ms": 1000 * cold_pl,
+        "warm_lake_ms": 1000 * med(warm_lake),
+        "warm_pl_ms": 1000 * med(warm_pl),
+    }
 
 
 def child_preingest(landing: str, lake_dir: str) -> dict[str, Any]:
@@ -465,8 +527,11 @@ def child_preingest(landing: str, lake_dir: str) -> dict[str, Any]:
     lake, spec = Lake.at(lake_dir), load_spec()
     files = scan_landing(landing)
     for src in (*SOURCES, "unroutable"):
-        fs = (files_for_source(landing, src) if src in ("cmms", "unroutable")
-              else [f for f in files if f.source == src])  # fmt: skip
+        fs = (
+            files_for_source(landing, src)
+            if src in ("cmms", "unroutable")
+            else [f for f in files if f.source == src]
+        )
         bronze.ingest_files(lake, landing, src, fs, "pre")
     silver.build_batches(lake)
     silver.build_lab_results(lake, spec)
@@ -491,10 +556,20 @@ def child_run_summary(dagster_home: str) -> dict[str, Any]:
         d[r.status.value] = d.get(r.status.value, 0) + 1
         if r.job_name == "batch_ingest_job":
             st = inst.get_run_stats(r.run_id)
-            steps = {s.step_key: s.end_time - s.start_time
-                     for s in inst.get_run_step_stats(r.run_id) if s.start_time and s.end_time}  # fmt: skip
-            ingest.append({"created": rec.create_timestamp.timestamp(), "start": st.start_time,
-                           "end": st.end_time, "status": r.status.value, "steps": steps})  # fmt: skip
+            steps = {
+                s.step_key: s.end_time - s.start_time
+                for s in inst.get_run_step_stats(r.run_id)
+                if s.start_time and s.end_time
+            }
+            ingest.append(
+                {
+                    "created": rec.create_timestamp.timestamp(),
+                    "start": st.start_time,
+                    "end": st.end_time,
+                    "status": r.status.value,
+                    "steps": steps,
+                }
+            )
         if r.status == dg.DagsterRunStatus.FAILURE:
             for e in inst.all_logs(r.run_id):
                 if e.is_dagster_event and e.dagster_event.is_failure:  # type: ignore[union-attr]
@@ -535,16 +610,26 @@ def _latency_parts(drops: list[tuple[float, float]], runs: list[dict[str, Any]])
             parts.setdefault("whole_run_s", []).append(run["end"] - run["start"])
         for k, v in run["steps"].items():
             steps.setdefault(k, []).append(v)
-    return {"parts": {k: med(v) for k, v in parts.items()},
-            "steps": {k: med(v) for k, v in steps.items()}}  # fmt: skip
+    return {
+        "parts": {k: med(v) for k, v in parts.items()},
+        "steps": {k: med(v) for k, v in steps.items()},
+    }
 
 
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
-    "simulate": child_simulate, "raw": child_raw, "pipeline": child_pipeline,
-    "replica_landing": child_replica_landing, "build_lake": child_build_lake,
-    "chunk": child_chunk, "big_batch": child_big_batch, "memory": child_memory,
-    "gold_refresh": child_gold_refresh, "gold_read": child_gold_read, "preingest": child_preingest, "run_summary": child_run_summary,
-}  # fmt: skip
+    "simulate": child_simulate,
+    "raw": child_raw,
+    "pipeline": child_pipeline,
+    "replica_landing": child_replica_landing,
+    "build_lake": child_build_lake,
+    "chunk": child_chunk,
+    "big_batch": child_big_batch,
+    "memory": child_memory,
+    "gold_refresh": child_gold_refresh,
+    "gold_read": child_gold_read,
+    "preingest": child_preingest,
+    "run_summary": child_run_summary,
+}
 
 
 # =============================================================================== sections
@@ -572,14 +657,22 @@ class Work:
             d = self.root / f"lake{n}"
             log(f"building the {n}-batch landing zone")
             t0 = time.perf_counter()
-            info = run_child("replica_landing", template=str(self.template()), out=str(d),
-                             batches=n, withheld=self.chunks, thin_min=THIN_MIN)  # fmt: skip
+            info = run_child(
+                "replica_landing",
+                template=str(self.template()),
+                out=str(d),
+                batches=n,
+                withheld=self.chunks,
+                thin_min=THIN_MIN,
+            )
             info["replicate_s"] = time.perf_counter() - t0
             log(f"ingesting the {n}-batch lake (bulk)")
             b = run_child("build_lake", landing=str(d / "landing"), lake_dir=str(d / "lake"))
             self._lakes[n] = {**info, "build": b, "dir": d}
-            log(f"{n}-batch lake: bronze {b['bronze_s']:.0f} s, silver {b['silver_s']:.0f} s, "
-                f"gold {b['gold_s']:.1f} s")  # fmt: skip
+            log(
+                f"{n}-batch lake: bronze {b['bronze_s']:.0f} s, silver {b['silver_s']:.0f} s, "
+                f"gold {b['gold_s']:.1f} s"
+            )
         return self._lakes[n]
 
 
@@ -594,24 +687,35 @@ def section_ingest(w: Work) -> dict[str, Any]:
         shutil.rmtree(d / f"raw{i}")
         pipes.append(run_child("pipeline", landing=landing, lake_dir=str(d / f"lake{i}")))
         shutil.rmtree(d / f"lake{i}")
-        log(f"ingest rep {i + 1}: raw {raws[-1]['total_s']:.1f} s, "
-            f"pipeline {pipes[-1]['total_s']:.1f} s")  # fmt: skip
+        log(
+            f"ingest rep {i + 1}: raw {raws[-1]['total_s']:.1f} s, "
+            f"pipeline {pipes[-1]['total_s']:.1f} s"
+        )
     shutil.rmtree(d)
     raw_s, pipe_s = med([r["total_s"] for r in raws]), med([p["total_s"] for p in pipes])
     rows = pipes[0]["rows"]
     assert raws[0]["rows"] == rows, (raws[0]["rows"], rows)
     return {
-        "rows": rows, "files": pipes[0]["files"], "sim": sim,
-        "raw_runs_s": [r["total_s"] for r in raws], "raw_s": raw_s,
-        "raw_read_s": med([r["read_s"] for r in raws]), "raw_write_s": med([r["write_s"] for r in raws]),
-        "pipe_runs_s": [p["total_s"] for p in pipes], "pipe_s": pipe_s,
-        "pipe_cpu_s": med([p["cpu_s"] for p in pipes]), "raw_cpu_s": med([r["cpu_s"] for r in raws]),
-        "handed_over": pipes[0]["handed_over"], "mes_s": med([p["mes_s"] for p in pipes]),
+        "rows": rows,
+        "files": pipes[0]["files"],
+        "sim": sim,
+        "raw_runs_s": [r["total_s"] for r in raws],
+        "raw_s": raw_s,
+        "raw_read_s": med([r["read_s"] for r in raws]),
+        "raw_write_s": med([r["write_s"] for r in raws]),
+        "pipe_runs_s": [p["total_s"] for p in pipes],
+        "pipe_s": pipe_s,
+        "pipe_cpu_s": med([p["cpu_s"] for p in pipes]),
+        "raw_cpu_s": med([r["cpu_s"] for r in raws]),
+        "handed_over": pipes[0]["handed_over"],
+        "mes_s": med([p["mes_s"] for p in pipes]),
         "load": _load(),
-        "pipe_rows_per_s": rows / pipe_s, "raw_rows_per_s": rows / raw_s,
+        "pipe_rows_per_s": rows / pipe_s,
+        "raw_rows_per_s": rows / raw_s,
         "rows_quarantined": pipes[0]["rows_quarantined"],
-        "value": pipe_s / raw_s, "runs": [p["total_s"] / r["total_s"] for p, r in zip(pipes, raws, strict=True)],
-    }  # fmt: skip
+        "value": pipe_s / raw_s,
+        "runs": [p["total_s"] / r["total_s"] for p, r in zip(pipes, raws, strict=True)],
+    }
 
 
 def section_incremental(w: Work) -> dict[str, Any]:
@@ -619,46 +723,61 @@ def section_incremental(w: Work) -> dict[str, Any]:
     res: dict[int, list[dict[str, Any]]] = {10: [], 1000: []}
     for i in range(w.chunks):
         for n, lk in ((10, small), (1000, big)):
-            r = run_child("chunk", landing=str(lk["dir"] / "landing"),
-                          lake_dir=str(lk["dir"] / "lake"), pending=str(lk["dir"] / "pending"),
-                          rel=lk["pending"][i])  # fmt: skip
+            r = run_child(
+                "chunk",
+                landing=str(lk["dir"] / "landing"),
+                lake_dir=str(lk["dir"] / "lake"),
+                pending=str(lk["dir"] / "pending"),
+                rel=lk["pending"][i],
+            )
             res[n].append(r)
-            log(f"incremental chunk {i + 1}, {n} batches: {r['total_s']:.2f} s "
-                f"(+{r['other_assets_s']:.2f} s other assets)")  # fmt: skip
+            log(
+                f"incremental chunk {i + 1}, {n} batches: {r['total_s']:.2f} s "
+                f"(+{r['other_assets_s']:.2f} s other assets)"
+            )
     m = {n: med([r["total_s"] for r in rs]) for n, rs in res.items()}
     return {
-        "rows": res[10][0]["rows"], "thin_min": THIN_MIN,
-        "lakes": {n: {k: lk[k] for k in ("replica_rows", "round_days", "replicate_s", "build")}
-                  for n, lk in ((10, small), (1000, big))},
-        "runs_10_s": [r["total_s"] for r in res[10]], "runs_1000_s": [r["total_s"] for r in res[1000]],
-        "median_10_s": m[10], "median_1000_s": m[1000],
+        "rows": res[10][0]["rows"],
+        "thin_min": THIN_MIN,
+        "lakes": {
+            n: {k: lk[k] for k in ("replica_rows", "round_days", "replicate_s", "build")}
+            for n, lk in ((10, small), (1000, big))
+        },
+        "runs_10_s": [r["total_s"] for r in res[10]],
+        "runs_1000_s": [r["total_s"] for r in res[1000]],
+        "median_10_s": m[10],
+        "median_1000_s": m[1000],
         "other_10_s": med([r["other_assets_s"] for r in res[10]]),
         "other_1000_s": med([r["other_assets_s"] for r in res[1000]]),
         "value": m[1000] / m[10],
         "runs": [b["total_s"] / s["total_s"] for s, b in zip(res[10], res[1000], strict=True)],
-    }  # fmt: skip
+    }
 
 
 def section_memory(w: Work) -> dict[str, Any]:
     d = w.root / "memory"
     log("memory: writing one batch of 10,000,000 readings")
-    big = run_child("big_batch", template=str(w.template()), out=str(d / "landing"),
-                    seconds=500_000)  # fmt: skip
+    big = run_child(
+        "big_batch", template=str(w.template()), out=str(d / "landing"), seconds=500_000
+    )
     runs = []
     for i in range(w.repeats):
         r = run_child("memory", landing=str(d / "landing"), lake_dir=str(d / f"lake{i}"))
         shutil.rmtree(d / f"lake{i}")
         runs.append(r)
-        log(f"memory rep {i + 1}: peak {r['child_peak_rss_mb']:.0f} MB, "
-            f"{r['seconds']:.0f} s")  # fmt: skip
+        log(f"memory rep {i + 1}: peak {r['child_peak_rss_mb']:.0f} MB, {r['seconds']:.0f} s")
     shutil.rmtree(d)
     peaks = [r["child_peak_rss_mb"] for r in runs]
     return {
-        "readings": big["readings"], "files": big["files"], "rows_valid": runs[0]["rows_valid"],
-        "runs": peaks, "value": med(peaks), "max_mb": max(peaks),
+        "readings": big["readings"],
+        "files": big["files"],
+        "rows_valid": runs[0]["rows_valid"],
+        "runs": peaks,
+        "value": med(peaks),
+        "max_mb": max(peaks),
         "baseline_rss_mb": med([r["baseline_rss_mb"] for r in runs]),
         "seconds": med([r["seconds"] for r in runs]),
-    }  # fmt: skip
+    }
 
 
 def section_gold(w: Work, refreshes: int = 20) -> dict[str, Any]:
@@ -668,12 +787,17 @@ def section_gold(w: Work, refreshes: int = 20) -> dict[str, Any]:
     runs = [run_child("gold_read", lake_dir=lake_dir, warm=10) for _ in range(max(w.repeats, 5))]
     cold = [r["cold_lake_ms"] for r in runs]
     return {
-        "rows": runs[0]["rows"], "cols": runs[0]["cols"], "gold_build_s": ref["build_s"],
-        "version": ref["version"], "refreshes": refreshes,
-        "runs": cold, "value": med(cold), "cold_pl_ms": med([r["cold_pl_ms"] for r in runs]),
+        "rows": runs[0]["rows"],
+        "cols": runs[0]["cols"],
+        "gold_build_s": ref["build_s"],
+        "version": ref["version"],
+        "refreshes": refreshes,
+        "runs": cold,
+        "value": med(cold),
+        "cold_pl_ms": med([r["cold_pl_ms"] for r in runs]),
         "warm_lake_ms": med([r["warm_lake_ms"] for r in runs]),
         "warm_pl_ms": med([r["warm_pl_ms"] for r in runs]),
-    }  # fmt: skip
+    }
 
 
 def _dagster_home(d: Path) -> Path:
@@ -744,12 +868,23 @@ def section_sensor(w: Work, chunks: int, interval_s: int, timeout_s: float = 300
     log("sensor: pre-ingesting 2 batches")
     pre = run_child("preingest", landing=str(d / "landing"), lake_dir=str(d / "lake"))
     home = _dagster_home(d / "dagster_home")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PHARMA_LAKE_URI": str(d / "lake"),
-           "PHARMA_LANDING_DIR": str(d / "landing"), "PHARMA_SENSOR_INTERVAL_S": str(interval_s)}  # fmt: skip
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "PHARMA_LAKE_URI": str(d / "lake"),
+        "PHARMA_LANDING_DIR": str(d / "landing"),
+        "PHARMA_SENSOR_INTERVAL_S": str(interval_s),
+    }
     daemon = Path(sys.executable).parent / "dagster-daemon"
     log_f = open(d / "daemon.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([str(daemon), "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO,
-                            env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(daemon), "run", "-w", str(REPO / "workspace.yaml")],
+        cwd=REPO,
+        env=env,
+        stdout=log_f,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     lat: list[float] = []
     drops: list[tuple[float, float]] = []  # (landed, visible), epoch seconds
     warmup = None
@@ -783,10 +918,19 @@ def section_sensor(w: Work, chunks: int, interval_s: int, timeout_s: float = 300
     for e in summary["errors"]:
         log(f"sensor: failed run: {e}")
     split = _latency_parts(drops, summary["ingest_runs"])
-    return {"interval_s": interval_s, "chunks": chunks, "preingested": pre["batches"],
-            "warmup_s": warmup, "runs": lat, "value": med(lat), "max_s": max(lat),
-            "dagster_runs": summary["runs"], "run_errors": summary["errors"], **split,
-            "stragglers_killed": len(killed)}  # fmt: skip
+    return {
+        "interval_s": interval_s,
+        "chunks": chunks,
+        "preingested": pre["batches"],
+        "warmup_s": warmup,
+        "runs": lat,
+        "value": med(lat),
+        "max_s": max(lat),
+        "dagster_runs": summary["runs"],
+        "run_errors": summary["errors"],
+        **split,
+        "stragglers_killed": len(killed),
+    }
 
 
 # =============================================================================== report
@@ -899,9 +1043,14 @@ def rows_for_doc(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def main(only: list[str] | None = None, repeats: int = 3, sensor_chunks: int = 6,
-         sensor_interval: int | None = None, workdir: str | None = None,
-         keep: bool = False) -> dict[str, Any]:  # fmt: skip
+def main(
+    only: list[str] | None = None,
+    repeats: int = 3,
+    sensor_chunks: int = 6,
+    sensor_interval: int | None = None,
+    workdir: str | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
     only = list(only or SECTIONS)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="pharma-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -924,8 +1073,10 @@ def main(only: list[str] | None = None, repeats: int = 3, sensor_chunks: int = 6
                 res.setdefault("errors", {})[s] = f"{type(e).__name__}: {e}"
                 continue
             res[s]["section_s"] = time.perf_counter() - ts
-            log(f"{s}: {TARGETS[s][0]} = {res[s]['value']:.2f} ({_verdict(s, res[s]['value'])}), "
-                f"section took {res[s]['section_s']:.0f} s")  # fmt: skip
+            log(
+                f"{s}: {TARGETS[s][0]} = {res[s]['value']:.2f} ({_verdict(s, res[s]['value'])}), "
+                f"section took {res[s]['section_s']:.0f} s"
+            )
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -938,8 +1089,12 @@ def cli() -> None:
     ap.add_argument("--only", action="append", choices=SECTIONS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sensor-chunks", type=int, default=6)
-    ap.add_argument("--sensor-interval", type=int, default=None,
-                    help="PHARMA_SENSOR_INTERVAL_S for the daemon (default: env or 15)")  # fmt: skip
+    ap.add_argument(
+        "--sensor-interval",
+        type=int,
+        default=None,
+        help="PHARMA_SENSOR_INTERVAL_S for the daemon (default: env or 15)",
+    )
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--json", default=None, help="also write the raw results to this file")

@@ -88,8 +88,16 @@ def bench_alarms(units: int = 20, crossings: int = 20, every_s: float = 3.0) -> 
     spec = load_spec()
     tmp = Path(tempfile.mkdtemp(prefix="bench_alarms_"))
     lake = Lake.at(tmp / "lake")
-    create_user(lake, "admin", "Ada Admin", "admin", "Adm1n-Pass-Word-93", "system:bench", "bench",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lake,
+        "admin",
+        "Ada Admin",
+        "admin",
+        "Adm1n-Pass-Word-93",
+        "system:bench",
+        "bench",
+        bootstrap=True,
+    )
 
     class Production:
         def phase_at(self, unit_id: str, batch_id: str, ts_us: int) -> tuple[str, int]:
@@ -112,14 +120,22 @@ def bench_alarms(units: int = 20, crossings: int = 20, every_s: float = 3.0) -> 
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     hot = MemoryHotStore()
     gw = Gateway("SITE01", hot)
-    svc = AlarmService(lake, spec, Production(), AlarmSettings(on_delay_s=0),
-                       [WebhookNotifier(f"http://127.0.0.1:{hook.server_port}/hook")], "low",
-                       flush_interval_s=2.0, open_deviations=False)  # fmt: skip
+    svc = AlarmService(
+        lake,
+        spec,
+        Production(),
+        AlarmSettings(on_delay_s=0),
+        [WebhookNotifier(f"http://127.0.0.1:{hook.server_port}/hook")],
+        "low",
+        flush_interval_s=2.0,
+        open_deviations=False,
+    )
     gw.alarms = svc.engine
     svc.engine.sinks.append(lambda _e: hot.set_doc("alarms", svc.engine.open_alarms()))
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(hot, None, svc), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(hot, None, svc), host="127.0.0.1", port=port, log_level="warning")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     _wait_http(f"http://127.0.0.1:{port}/health")
     mid = {}
@@ -198,12 +214,20 @@ def bench_alarms(units: int = 20, crossings: int = 20, every_s: float = 3.0) -> 
             vis.append((seen[r["alarm_id"]] - src) / 1000)
         if r["alarm_id"] in hooks:
             notif.append((hooks[r["alarm_id"]] - src) / 1000)
-    return {"units": units, "crossings": len(crossing_ts), "alarms": act.height,
-            "visible_n": len(vis), "visible_p50_ms": _pct(vis, 50), "visible_p99_ms": _pct(vis, 99),
-            "visible_max_ms": max(vis, default=float("nan")),
-            "notified_n": len(notif), "notified_p50_ms": _pct(notif, 50),
-            "notified_p99_ms": _pct(notif, 99), "notified_max_ms": max(notif, default=float("nan")),
-            "load": f"{load0} / {_uptime()}"}  # fmt: skip
+    return {
+        "units": units,
+        "crossings": len(crossing_ts),
+        "alarms": act.height,
+        "visible_n": len(vis),
+        "visible_p50_ms": _pct(vis, 50),
+        "visible_p99_ms": _pct(vis, 99),
+        "visible_max_ms": max(vis, default=float("nan")),
+        "notified_n": len(notif),
+        "notified_p50_ms": _pct(notif, 50),
+        "notified_p99_ms": _pct(notif, 99),
+        "notified_max_ms": max(notif, default=float("nan")),
+        "load": f"{load0} / {_uptime()}",
+    }
 
 
 # ------------------------------------------------------------------ fan-out
@@ -219,8 +243,15 @@ def ingest_role(prefix: str, units: int, seconds: float) -> None:
     k = 0
     while time.monotonic() < end:
         ts = now_us()
-        hot.put([Reading("bench", k, "SITE01", f"U{u:03d}", "B", f"tag{j:02d}", float(k + j), "x",
-                         ts, ts) for u in range(units) for j in range(20)])  # fmt: skip
+        hot.put(
+            [
+                Reading(
+                    "bench", k, "SITE01", f"U{u:03d}", "B", f"tag{j:02d}", float(k + j), "x", ts, ts
+                )
+                for u in range(units)
+                for j in range(20)
+            ]
+        )
         k += 1
         t_next += 1.0
         time.sleep(max(0.0, t_next - time.monotonic()))
@@ -266,16 +297,42 @@ def bench_fanout(
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     started: list[subprocess.Popen[bytes]] = []
     try:
-        ing = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_live", "--role", "ingest",
-                                "--prefix", prefix, "--units", str(units),
-                                "--seconds", str(seconds + 90)], env=env)  # fmt: skip
+        ing = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_live",
+                "--role",
+                "ingest",
+                "--prefix",
+                prefix,
+                "--units",
+                str(units),
+                "--seconds",
+                str(seconds + 90),
+            ],
+            env=env,
+        )
         started.append(ing)
         time.sleep(2)
         for p in ports:
-            started.append(subprocess.Popen(
-                [str(BIN / "pharma-twin"), "gateway-api", "--hot-store", REDIS, "--port", str(p),
-                 "--redis-prefix", prefix], env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL))  # fmt: skip
+            started.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "pharma-twin"),
+                        "gateway-api",
+                        "--hot-store",
+                        REDIS,
+                        "--port",
+                        str(p),
+                        "--redis-prefix",
+                        prefix,
+                    ],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for p in ports:
             _wait_http(f"http://127.0.0.1:{p}/health", 90)
         load0 = _uptime()
@@ -285,10 +342,26 @@ def bench_fanout(
         cps = []
         for i in range(n_cp):
             n = clients // n_cp + (1 if i < clients % n_cp else 0)
-            cps.append(subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.bench_live", "--role", "client", "--urls",
-                 ",".join(urls), "--n", str(n), "--seconds", str(seconds), "--out", str(outs[i])],
-                env=env))  # fmt: skip
+            cps.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.bench_live",
+                        "--role",
+                        "client",
+                        "--urls",
+                        ",".join(urls),
+                        "--n",
+                        str(n),
+                        "--seconds",
+                        str(seconds),
+                        "--out",
+                        str(outs[i]),
+                    ],
+                    env=env,
+                )
+            )
         for c in cps:
             c.wait(seconds + 180)
         lat: list[float] = []
@@ -298,9 +371,17 @@ def bench_fanout(
                 d = json.loads(o.read_text())
                 lat += d["lat"]
                 errors += d["errors"]
-        return {"clients": clients, "procs": procs, "units": units, "messages": len(lat),
-                "msgs_per_client_s": len(lat) / max(1, clients) / seconds, "errors": errors,
-                "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "load": f"{load0} / {_uptime()}"}  # fmt: skip
+        return {
+            "clients": clients,
+            "procs": procs,
+            "units": units,
+            "messages": len(lat),
+            "msgs_per_client_s": len(lat) / max(1, clients) / seconds,
+            "errors": errors,
+            "p50_ms": _pct(lat, 50),
+            "p99_ms": _pct(lat, 99),
+            "load": f"{load0} / {_uptime()}",
+        }
     finally:
         for sp in started:
             sp.terminate()
@@ -329,13 +410,17 @@ def markdown(alarm: dict[str, Any] | None, fan: list[dict[str, Any]]) -> str:
             "",
         ]
     if fan:
-        lines += ["| WebSocket clients | fan-out processes | units x tags | messages | msgs per client per s | "
-                  "errors | p50 ms | p99 ms | load avg (start / end) |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "| WebSocket clients | fan-out processes | units x tags | messages | msgs per client per s | "
+            "errors | p50 ms | p99 ms | load avg (start / end) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in fan:
-            lines.append(f"| {r['clients']} | {r['procs']} | {r['units']} x 20 | {r['messages']:,} | "
-                         f"{r['msgs_per_client_s']:.2f} | {r['errors']} | {r['p50_ms']:.0f} | "
-                         f"{r['p99_ms']:.0f} | {r['load']} |")  # fmt: skip
+            lines.append(
+                f"| {r['clients']} | {r['procs']} | {r['units']} x 20 | {r['messages']:,} | "
+                f"{r['msgs_per_client_s']:.2f} | {r['errors']} | {r['p50_ms']:.0f} | "
+                f"{r['p99_ms']:.0f} | {r['load']} |"
+            )
     return "\n".join(lines)
 
 

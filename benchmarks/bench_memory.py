@@ -68,8 +68,15 @@ def child_template(out: str) -> dict[str, Any]:
     from pharma_assets.twin.config import load_plant, load_recipes
     from pharma_assets.twin.history import simulate_history
 
-    r = simulate_history(load_plant().with_units(1), load_recipes(), 1, SEED,
-                         Path(out) / "landing", truth_out=Path(out) / "truth", start=START)  # fmt: skip
+    r = simulate_history(
+        load_plant().with_units(1),
+        load_recipes(),
+        1,
+        SEED,
+        Path(out) / "landing",
+        truth_out=Path(out) / "truth",
+        start=START,
+    )
     return {"files": r.files_written, "readings": r.readings_written}
 
 
@@ -90,9 +97,11 @@ def child_one_file(template: str, out: str, rows: int) -> dict[str, Any]:
     site = str(tel["site_id"][0])
     plant = load_plant()
     tags, uoms = [t.tag for t in plant.tags], [t.uom for t in plant.tags]
-    wide = tel.with_columns(pl.col("tag").cast(pl.String)).pivot(
-        on="tag", index="ts", values="value", aggregate_function="first"
-    ).sort("ts")  # fmt: skip
+    wide = (
+        tel.with_columns(pl.col("tag").cast(pl.String))
+        .pivot(on="tag", index="ts", values="value", aggregate_function="first")
+        .sort("ts")
+    )
     t_src = wide["ts"].dt.epoch("us").to_numpy().astype(np.float64)
     steps = -(-rows // len(tags))
     step_us = max(1, int((t_src[-1] - t_src[0]) // steps))
@@ -105,8 +114,9 @@ def child_one_file(template: str, out: str, rows: int) -> dict[str, Any]:
             (t_src[ok], y[ok], 0.5 * float(np.std(np.diff(y[ok]))), y[ok].min(), y[ok].max())
         )
     t0_us = int(t_src[0])
-    path = chunk_path(dst, "telemetry", unit, bid, datetime.fromtimestamp(t0_us / 1e6, UTC), 1,
-                      "parquet")  # fmt: skip
+    path = chunk_path(
+        dst, "telemetry", unit, bid, datetime.fromtimestamp(t0_us / 1e6, UTC), 1, "parquet"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     per_group = 1_000_000 // len(tags)
@@ -117,23 +127,29 @@ def child_one_file(template: str, out: str, rows: int) -> dict[str, Any]:
         ts_us = t0_us + (k + np.arange(n, dtype=np.int64)) * step_us
         values = np.empty((n, len(tags)))
         for j, (tx, y, sd, lo, hi) in enumerate(curves):
-            values[:, j] = np.clip(np.interp(ts_us.astype(np.float64), tx, y)
-                                   + rng.normal(0.0, sd, n), lo, hi)  # fmt: skip
+            values[:, j] = np.clip(
+                np.interp(ts_us.astype(np.float64), tx, y) + rng.normal(0.0, sd, n), lo, hi
+            )
         quality = quality_codes(rng, values.shape).ravel()
         keep = min(n * len(tags), rows - written)
         tag_idx = np.tile(np.arange(len(tags), dtype=np.int32), n)[:keep]
         const = np.zeros(keep, dtype=np.int32)
-        table = pa.table({
-            "ts": pa.array(np.repeat(ts_us, len(tags))[:keep], type=pa.timestamp("us", tz="UTC")),
-            "site_id": pa.DictionaryArray.from_arrays(const, pa.array([site])),
-            "unit_id": pa.DictionaryArray.from_arrays(const, pa.array([unit])),
-            "batch_id": pa.DictionaryArray.from_arrays(const, pa.array([bid])),
-            "tag": pa.DictionaryArray.from_arrays(tag_idx, pa.array(tags)),
-            "value": pa.array(values.ravel()[:keep]),
-            "uom": pa.DictionaryArray.from_arrays(tag_idx, pa.array(uoms)),
-            "quality": pa.DictionaryArray.from_arrays(quality[:keep].astype(np.int32),
-                                                      pa.array(QUALITY_CODES)),
-        })  # fmt: skip
+        table = pa.table(
+            {
+                "ts": pa.array(
+                    np.repeat(ts_us, len(tags))[:keep], type=pa.timestamp("us", tz="UTC")
+                ),
+                "site_id": pa.DictionaryArray.from_arrays(const, pa.array([site])),
+                "unit_id": pa.DictionaryArray.from_arrays(const, pa.array([unit])),
+                "batch_id": pa.DictionaryArray.from_arrays(const, pa.array([bid])),
+                "tag": pa.DictionaryArray.from_arrays(tag_idx, pa.array(tags)),
+                "value": pa.array(values.ravel()[:keep]),
+                "uom": pa.DictionaryArray.from_arrays(tag_idx, pa.array(uoms)),
+                "quality": pa.DictionaryArray.from_arrays(
+                    quality[:keep].astype(np.int32), pa.array(QUALITY_CODES)
+                ),
+            }
+        )
         if writer is None:
             writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
         writer.write_table(table)
@@ -164,21 +180,30 @@ def child_ingest(landing: str, lake_dir: str) -> dict[str, Any]:
     rep = bronze.ingest_files(lake, landing, "telemetry", tel, "mem")
     t1 = time.perf_counter()
     hwm_bronze = _hwm_mb()
-    srep = silver.process_telemetry(lake, sorted({f.batch_id for f in tel if f.batch_id}), spec,
-                                    "mem")  # fmt: skip
+    srep = silver.process_telemetry(
+        lake, sorted({f.batch_id for f in tel if f.batch_id}), spec, "mem"
+    )
     t2 = time.perf_counter()
-    return {"rows": rep.rows_accepted, "files_quarantined": rep.files_quarantined,
-            "rows_valid": srep.rows_valid, "rows_quarantined": srep.rows_quarantined,
-            "bronze_s": t1 - t0, "silver_s": t2 - t1, "baseline_mb": base,
-            "hwm_after_bronze_mb": hwm_bronze, "hwm_mb": _hwm_mb()}  # fmt: skip
+    return {
+        "rows": rep.rows_accepted,
+        "files_quarantined": rep.files_quarantined,
+        "rows_valid": srep.rows_valid,
+        "rows_quarantined": srep.rows_quarantined,
+        "bronze_s": t1 - t0,
+        "silver_s": t2 - t1,
+        "baseline_mb": base,
+        "hwm_after_bronze_mb": hwm_bronze,
+        "hwm_mb": _hwm_mb(),
+    }
 
 
 CHILDREN = {"template": child_template, "one_file": child_one_file, "ingest": child_ingest}
 
 
 # =============================================================================== parent
-def main(sizes: tuple[int, ...] = SIZES, workdir: str | None = None,
-         keep: bool = False) -> dict[str, Any]:  # fmt: skip
+def main(
+    sizes: tuple[int, ...] = SIZES, workdir: str | None = None, keep: bool = False
+) -> dict[str, Any]:
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="pharma-bench-mem-"))
     root.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"sizes": [], "load_before": os.getloadavg()}
@@ -188,14 +213,20 @@ def main(sizes: tuple[int, ...] = SIZES, workdir: str | None = None,
         for rows in sizes:
             d = root / f"r{rows}"
             log(f"writing one telemetry file of {rows:,} readings")
-            made = run_child("one_file", template=str(root / "template" / "landing"),
-                             out=str(d / "landing"), rows=rows)  # fmt: skip
+            made = run_child(
+                "one_file",
+                template=str(root / "template" / "landing"),
+                out=str(d / "landing"),
+                rows=rows,
+            )
             log(f"ingesting it ({made['bytes'] / 1e6:.0f} MB)")
             r = run_child("ingest", landing=str(d / "landing"), lake_dir=str(d / "lake"))
             r.update(file_rows=made["rows"], file_mb=made["bytes"] / 1e6)
-            log(f"{rows:,} rows: peak {r['child_peak_rss_mb']:.0f} MB (after bronze "
+            log(
+                f"{rows:,} rows: peak {r['child_peak_rss_mb']:.0f} MB (after bronze "
                 f"{r['hwm_after_bronze_mb']:.0f}), bronze {r['bronze_s']:.0f} s, "
-                f"silver {r['silver_s']:.0f} s")  # fmt: skip
+                f"silver {r['silver_s']:.0f} s"
+            )
             out["sizes"].append(r)
             shutil.rmtree(d, ignore_errors=True)
     finally:
@@ -219,8 +250,11 @@ def rows_for_doc(res: dict[str, Any]) -> list[str]:
             f"{r['rows_valid']:,} / {r['rows_quarantined']:,} | <= {TARGET_MB:,.0f} MB: {ok} |"
         )
     lb, la = res["load_before"], res["load_after"]
-    lines += ["", f"Load average (1/5/15 min) before: {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}; "
-              f"after: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}."]  # fmt: skip
+    lines += [
+        "",
+        f"Load average (1/5/15 min) before: {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}; "
+        f"after: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}.",
+    ]
     return lines
 
 

@@ -125,8 +125,11 @@ def _yield_figures(
         t, h = r.model.target, r.model.horizon
         if t not in quality.YIELD_TARGETS:
             continue
-        row = {"r2": r.trained.metrics["r2"], "n": float(r.predictions.height),
-               "n_coa_features": float(sum(c.startswith("coa_") for c in r.model.features))}  # fmt: skip
+        row = {
+            "r2": r.trained.metrics["r2"],
+            "n": float(r.predictions.height),
+            "n_coa_features": float(sum(c.startswith("coa_") for c in r.model.features)),
+        }
         if gt is not None:
             row.update(quality.assay_noise_ceiling(r.predictions, gt, t))
         out[f"{t}/{h}"] = row
@@ -142,9 +145,12 @@ def _yield_figures(
 
 
 def run(
-    lake_dir: Path, truth: Path | None, mlflow_dir: Path | None, with_optional: bool,
+    lake_dir: Path,
+    truth: Path | None,
+    mlflow_dir: Path | None,
+    with_optional: bool,
     ablation: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     times: dict[str, float] = {}
     print(f"lake {lake.root}", flush=True)
@@ -179,10 +185,12 @@ def run(
     )
     ev0: dict[str, float] = {}
     yields = _timed(
-        "yield figures: assay-noise ceiling" + (", models without CoA features" if ablation else "")
+        "yield figures: assay-noise ceiling"
+        + (", models without CoA features" if ablation else "")
         + " (not in total)",
-        lambda: _yield_figures(inp, fbh, q, truth, ablation), ev0,
-    )  # fmt: skip
+        lambda: _yield_figures(inp, fbh, q, truth, ablation),
+        ev0,
+    )
     uri_dir = mlflow_dir or Path(tempfile.mkdtemp(prefix="bench_ml_mlflow_"))
     uri = f"sqlite:///{uri_dir / 'mlflow.db'}"
 
@@ -230,8 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--extrapolate-to", type=int, default=1000, help="batches to extrapolate to")
     ap.add_argument("--no-optional", action="store_true", help="skip contamination and MSPC")
     ap.add_argument("--json", type=Path, default=None, help="write the result as JSON here")
-    ap.add_argument("--no-ablation", action="store_true",
-                    help="skip retraining the yield models without the CoA features")  # fmt: skip
+    ap.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help="skip retraining the yield models without the CoA features",
+    )
     a = ap.parse_args(argv)
     if a.pdm_plant is not None:
         run_pdm(a.pdm_plant, a.json)
@@ -299,13 +310,42 @@ def build_pdm_plant(folder: Path, with_lake: bool = True) -> tuple[Path, Path]:
     yaml_path.write_text(yaml.safe_dump(plant.model_copy(update={"tags": tags}).model_dump()))
     cli = [sys.executable, "-m", "pharma_assets.cli"]
     p = PDM_PLANT
-    subprocess.run([*cli, "simulate", "--units", str(p["units"]), "--batches", str(p["batches"]),
-                    "--seed", str(p["seed"]), "--start", str(p["start"]), "--plant", str(yaml_path),
-                    "--out", str(landing), "--truth", str(truth)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *cli,
+            "simulate",
+            "--units",
+            str(p["units"]),
+            "--batches",
+            str(p["batches"]),
+            "--seed",
+            str(p["seed"]),
+            "--start",
+            str(p["start"]),
+            "--plant",
+            str(yaml_path),
+            "--out",
+            str(landing),
+            "--truth",
+            str(truth),
+        ],
+        check=True,
+    )
     if not with_lake:
         return lake, truth
-    subprocess.run([*cli, "pipeline", "--landing", str(landing), "--lake", str(lake),
-                    "--batches-per-run", "50"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *cli,
+            "pipeline",
+            "--landing",
+            str(landing),
+            "--lake",
+            str(lake),
+            "--batches-per-run",
+            "50",
+        ],
+        check=True,
+    )
     return lake, truth
 
 
@@ -432,8 +472,10 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 
 def _print_targets(res: dict[str, Any]) -> None:
     """Issue 14 items 2 and 3 against their targets."""
-    print(f"\nbatch quality (issue 14 item 2; {res['n_material_results']} accepted CoA results "
-          "in silver/material_lots):")  # fmt: skip
+    print(
+        f"\nbatch quality (issue 14 item 2; {res['n_material_results']} accepted CoA results "
+        "in silver/material_lots):"
+    )
     print(
         "| target / horizon | R² held out | without CoA features | assay-noise ceiling | n | target |"
     )
@@ -444,16 +486,20 @@ def _print_targets(res: dict[str, Any]) -> None:
             if key.endswith("harvest")
             else "(report)"
         )
-        print(f"| {key} | {_fmt(r['r2'])} | {_fmt(r.get('r2_without_coa'))} | "
-              f"{_fmt(r.get('ceiling_r2'))} | {r['n']:.0f} | {tgt} |")  # fmt: skip
+        print(
+            f"| {key} | {_fmt(r['r2'])} | {_fmt(r.get('r2_without_coa'))} | "
+            f"{_fmt(r.get('ceiling_r2'))} | {r['n']:.0f} | {tgt} |"
+        )
     print("\nalarm rules (issue 14 item 3; rule chosen on the training period):")
     print(
         "| model | rule (k of n samples) | good batches with a confirmed alarm (<= 5 %) | "
         "faulty batches detected (>= 90 %) | median delay from onset | window FPR (< 1 %) |"
     )
     print("|---|---|---|---|---|---|")
-    for name, fpr_key in (("pharma_contamination_iforest", "window_fpr_clean"),
-                          ("pharma_mspc_pca", "hour_false_alarm_rate")):  # fmt: skip
+    for name, fpr_key in (
+        ("pharma_contamination_iforest", "window_fpr_clean"),
+        ("pharma_mspc_pca", "hour_false_alarm_rate"),
+    ):
         m = res["metrics"].get(name)
         if not m or "rule_alarm_rule_k" not in m:
             continue

@@ -90,13 +90,20 @@ def gateway_role(ports: list[int], folder: Path) -> None:
     gw = Gateway("BENCH", TimedStore(), ColdPath(folder / "buf", folder / "landing"))
     srcs = []
     for i, p in enumerate(ports):
-        s = OpcuaSource(gw, f"shard{i}", SourceMap(f"shard{i}"), f"opc.tcp://127.0.0.1:{p}/twin",
-                        "BENCH", publishing_interval_ms=100)  # fmt: skip
+        s = OpcuaSource(
+            gw,
+            f"shard{i}",
+            SourceMap(f"shard{i}"),
+            f"opc.tcp://127.0.0.1:{p}/twin",
+            "BENCH",
+            publishing_interval_ms=100,
+        )
         s.start_in_thread()
         srcs.append(s)
     gw.start_flusher(5.0)
-    while not all(gw.sources.get(f"shard{i}") and gw.sources[f"shard{i}"].connected
-                  for i in range(len(ports))):  # fmt: skip
+    while not all(
+        gw.sources.get(f"shard{i}") and gw.sources[f"shard{i}"].connected for i in range(len(ports))
+    ):
         time.sleep(0.2)
     (folder / "gw.ready").write_text("1")
     while not (folder / "go").exists():
@@ -112,14 +119,18 @@ def gateway_role(ports: list[int], folder: Path) -> None:
         s.stop()
     gw.stop()
     d = np.concatenate(lat) / 1000.0 if lat else np.zeros(0)
-    (folder / "result.json").write_text(json.dumps({
-        "accepted": int(sum(s.accepted for s in gw.sources.values()) - base),
-        "landed": gw.cold.state["landed"] if gw.cold else 0,
-        "rejected": int(sum(sum(s.rejected.values()) for s in gw.sources.values())),
-        "p50_ms": float(np.percentile(d, 50)) if d.size else None,
-        "p99_ms": float(np.percentile(d, 99)) if d.size else None,
-        "max_ms": float(d.max()) if d.size else None,
-    }))  # fmt: skip
+    (folder / "result.json").write_text(
+        json.dumps(
+            {
+                "accepted": int(sum(s.accepted for s in gw.sources.values()) - base),
+                "landed": gw.cold.state["landed"] if gw.cold else 0,
+                "rejected": int(sum(sum(s.rejected.values()) for s in gw.sources.values())),
+                "p50_ms": float(np.percentile(d, 50)) if d.size else None,
+                "p99_ms": float(np.percentile(d, 99)) if d.size else None,
+                "max_ms": float(d.max()) if d.size else None,
+            }
+        )
+    )
 
 
 def run(units: int, shards: int, seconds: float) -> dict[str, Any]:
@@ -129,15 +140,50 @@ def run(units: int, shards: int, seconds: float) -> dict[str, Any]:
     per = units // shards
     procs = []
     for i, p in enumerate(ports):
-        procs.append(subprocess.Popen(
-            ["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_opcua_shards", "--role",
-             "shard", "--port", str(p), "--first", str(i * per), "--count", str(per), "--idx",
-             str(i), "--folder", str(folder)], env=env))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    "nice",
+                    "-n",
+                    "10",
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_opcua_shards",
+                    "--role",
+                    "shard",
+                    "--port",
+                    str(p),
+                    "--first",
+                    str(i * per),
+                    "--count",
+                    str(per),
+                    "--idx",
+                    str(i),
+                    "--folder",
+                    str(folder),
+                ],
+                env=env,
+            )
+        )
     while not all((folder / f"shard{i}.ready").exists() for i in range(shards)):
         time.sleep(0.2)
-    gw = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "benchmarks.bench_opcua_shards",
-                           "--role", "gateway", "--ports", ",".join(map(str, ports)),
-                           "--folder", str(folder)], env=env)  # fmt: skip
+    gw = subprocess.Popen(
+        [
+            "nice",
+            "-n",
+            "10",
+            sys.executable,
+            "-m",
+            "benchmarks.bench_opcua_shards",
+            "--role",
+            "gateway",
+            "--ports",
+            ",".join(map(str, ports)),
+            "--folder",
+            str(folder),
+        ],
+        env=env,
+    )
     while not (folder / "gw.ready").exists():
         time.sleep(0.2)
     time.sleep(2)
@@ -167,21 +213,33 @@ def run(units: int, shards: int, seconds: float) -> dict[str, Any]:
     (folder / "stop_gw").write_text("1")
     gw.wait(180)
     res = json.loads((folder / "result.json").read_text())
-    return {"units": units, "shards": shards, "seconds": seconds, "written": written,
-            "readings_per_s": written / seconds, **res, "drain_s": drain,
-            "gateway_cpu_pct": 100 * (cpu1 - cpu0) / (wall2 - wall0), "gateway_peak_rss_mb": hwm,
-            "load": f"{load0:.1f} / {load1:.1f}"}  # fmt: skip
+    return {
+        "units": units,
+        "shards": shards,
+        "seconds": seconds,
+        "written": written,
+        "readings_per_s": written / seconds,
+        **res,
+        "drain_s": drain,
+        "gateway_cpu_pct": 100 * (cpu1 - cpu0) / (wall2 - wall0),
+        "gateway_peak_rss_mb": hwm,
+        "load": f"{load0:.1f} / {load1:.1f}",
+    }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    out = ["| units x tags | OPC UA shards | s | readings/s | written | accepted | landed | p50 ms | "
-           "p99 ms | max ms | drained after s | gateway CPU % | gateway RSS MB | load avg |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "| units x tags | OPC UA shards | s | readings/s | written | accepted | landed | p50 ms | "
+        "p99 ms | max ms | drained after s | gateway CPU % | gateway RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['units']} x 20 | {r['shards']} | {r['seconds']:g} | {r['readings_per_s']:,.0f} | "
-                   f"{r['written']:,} | {r['accepted']:,} | {r['landed']:,} | {r['p50_ms']:.0f} | "
-                   f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['drain_s']:.1f} | "
-                   f"{r['gateway_cpu_pct']:.0f} | {r['gateway_peak_rss_mb']:.0f} | {r['load']} |")  # fmt: skip
+        out.append(
+            f"| {r['units']} x 20 | {r['shards']} | {r['seconds']:g} | {r['readings_per_s']:,.0f} | "
+            f"{r['written']:,} | {r['accepted']:,} | {r['landed']:,} | {r['p50_ms']:.0f} | "
+            f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['drain_s']:.1f} | "
+            f"{r['gateway_cpu_pct']:.0f} | {r['gateway_peak_rss_mb']:.0f} | {r['load']} |"
+        )
     return "\n".join(out)
 
 

@@ -164,31 +164,50 @@ def decisions(eval_batches: int = 60, per_disturbance: int = 5) -> dict[str, Any
         t0 = time.perf_counter()
         ver = recipe.verify(r, opt.best.settings, n_batches=eval_batches)
         ver_s = time.perf_counter() - t0
-        out["recipes"].append({
-            "recipe_id": r.recipe_id, "optimise_s": opt_s, "verify_s": ver_s,
-            "record": recipe.recommendation_record(opt, ver),
-            "cqa": ver.cqa_quantiles.to_dicts(),
-            "completed": ver.per_batch.group_by("arm").agg(
-                __import__("polars").col("completed").sum()).to_dicts(),
-        })  # fmt: skip
+        out["recipes"].append(
+            {
+                "recipe_id": r.recipe_id,
+                "optimise_s": opt_s,
+                "verify_s": ver_s,
+                "record": recipe.recommendation_record(opt, ver),
+                "cqa": ver.cqa_quantiles.to_dicts(),
+                "completed": ver.per_batch.group_by("arm")
+                .agg(__import__("polars").col("completed").sum())
+                .to_dicts(),
+            }
+        )
     fb14 = book.get("MAB-A-FB14")
     t0 = time.perf_counter()
     sob = sensitivity.sobol(fb14, n_base=256)
     top = sensitivity.most_influential(sob, 2)
     ds = sensitivity.design_space(fb14, (top[0], top[1]))
-    out["design_space"] = {"factors": top, "seconds": time.perf_counter() - t0,
-                           "cells": ds.height, "in": int(ds["in_design_space"].sum()),
-                           "rows": ds.to_dicts()}  # fmt: skip
+    out["design_space"] = {
+        "factors": top,
+        "seconds": time.perf_counter() - t0,
+        "cells": ds.height,
+        "in": int(ds["in_design_space"].sum()),
+        "rows": ds.to_dicts(),
+    }
     t0 = time.perf_counter()
     ro = surrogate.rollouts(fb14)
     sur = surrogate.train(ro)
-    out["surrogate"] = {"seconds": time.perf_counter() - t0, "rows": len(ro.X), "r2": sur.r2,
-                        "rmse": sur.rmse, "n_test": sur.n_test}  # fmt: skip
+    out["surrogate"] = {
+        "seconds": time.perf_counter() - t0,
+        "rows": len(ro.X),
+        "r2": sur.r2,
+        "rmse": sur.rmse,
+        "n_test": sur.n_test,
+    }
     t0 = time.perf_counter()
     ev = inbatch_eval.evaluate(fb14, sur, per_disturbance=per_disturbance)
-    out["inbatch"] = {"seconds": time.perf_counter() - t0, "summary": ev.summary.to_dicts(),
-                      "per_batch": ev.per_batch.to_dicts(), "neural_kept": ev.neural_kept,
-                      "neural_total": ev.neural_total, "decision_day": ev.decision_day}  # fmt: skip
+    out["inbatch"] = {
+        "seconds": time.perf_counter() - t0,
+        "summary": ev.summary.to_dicts(),
+        "per_batch": ev.per_batch.to_dicts(),
+        "neural_kept": ev.neural_kept,
+        "neural_total": ev.neural_total,
+        "decision_day": ev.decision_day,
+    }
     out["load_after"] = _load()
     return out
 

@@ -47,8 +47,10 @@ def run_once(n: int, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(n), str(Path(d) / "landing"), mode],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

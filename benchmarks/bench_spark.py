@@ -63,9 +63,13 @@ def _spark_home() -> Path:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_HOME=str(_spark_home()),
-               PYSPARK_PYTHON=sys.executable, PYTHONPATH=str(REPO),
-               SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false")  # fmt: skip
+    env.update(
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_HOME=str(_spark_home()),
+        PYSPARK_PYTHON=sys.executable,
+        PYTHONPATH=str(REPO),
+        SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
+    )
     return env
 
 
@@ -99,8 +103,13 @@ def child_polars(landing: str, lake_root: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     rep = polars_engine.backfill(lake, landing, "bench-polars")
     secs = time.perf_counter() - t0
-    return {"backfill_s": secs, "session_s": 0.0, "readings": rep.rows_in, "counts": _counts(lake_root),
-            "bytes_per_reading": _bytes_per_reading(lake, landing)}  # fmt: skip
+    return {
+        "backfill_s": secs,
+        "session_s": 0.0,
+        "readings": rep.rows_in,
+        "counts": _counts(lake_root),
+        "bytes_per_reading": _bytes_per_reading(lake, landing),
+    }
 
 
 def _bytes_per_reading(lake: Any, landing: str) -> dict[str, float]:
@@ -137,8 +146,12 @@ def child_spark(
     from pharma_assets.lake.landing_scan import scan_landing
 
     t0 = time.perf_counter()
-    extra = {"spark.cores.max": str(cores), "spark.executor.cores": "1",
-             "spark.executorEnv.PYTHONPATH": str(REPO), "spark.executorEnv.SPARK_LOCAL_IP": "127.0.0.1"}  # fmt: skip
+    extra = {
+        "spark.cores.max": str(cores),
+        "spark.executor.cores": "1",
+        "spark.executorEnv.PYTHONPATH": str(REPO),
+        "spark.executorEnv.SPARK_LOCAL_IP": "127.0.0.1",
+    }
     spark = build_session(master, extra=extra)
     # wait for the executors to register (a standalone app gets them after the session)
     sc = spark.sparkContext
@@ -157,14 +170,25 @@ def child_spark(
     )
     secs = time.perf_counter() - t1
     spark.stop()
-    return {"backfill_s": secs, "session_s": session_s, "readings": int(rep.silver.get("rows_in", 0)),
-            "tasks": rep.tasks, "executors": executors, "counts": _counts(lake_root)}  # fmt: skip
+    return {
+        "backfill_s": secs,
+        "session_s": session_s,
+        "readings": int(rep.silver.get("rows_in", 0)),
+        "tasks": rep.tasks,
+        "executors": executors,
+        "counts": _counts(lake_root),
+    }
 
 
 def _run_child(*args: str) -> dict[str, Any]:
     load0 = _load()
-    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_spark", "--child", *args],
-                         capture_output=True, text=True, cwd=REPO, env=_env())  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_spark", "--child", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_env(),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"child {args[0]} failed:\n{out.stderr[-4000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -188,8 +212,15 @@ class Cluster:
         log = self.folder / f"{name}.log"
         cls = str(_spark_home() / "bin" / "spark-class")
         fh = open(log, "wb")  # noqa: SIM115 (kept open for the process's life)
-        self.procs.append(subprocess.Popen([cls, *args], stdout=fh, stderr=subprocess.STDOUT,
-                                           env=_env(), start_new_session=True))  # fmt: skip
+        self.procs.append(
+            subprocess.Popen(
+                [cls, *args],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                start_new_session=True,
+            )
+        )
         return log
 
     def _wait(self, log: Path, text: str, timeout: float = 300) -> None:
@@ -204,18 +235,37 @@ class Cluster:
             time.sleep(0.5)
 
     def start_master(self) -> None:
-        self.master_log = self._spawn("master", "org.apache.spark.deploy.master.Master",
-                                      "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--webui-port", str(_free_port()))  # fmt: skip
+        self.master_log = self._spawn(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(_free_port()),
+        )
         self._wait(self.master_log, "I have been elected leader")
 
     def add_worker(self) -> None:
         n = sum(1 for _ in self.folder.glob("worker*.log")) + 1
         work = self.folder / f"work{n}"
         work.mkdir()
-        self._spawn(f"worker{n}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                    "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(_free_port()),
-                    "--work-dir", str(work), self.master_url)  # fmt: skip
+        self._spawn(
+            f"worker{n}",
+            "org.apache.spark.deploy.worker.Worker",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "1",
+            "--memory",
+            self.worker_memory,
+            "--webui-port",
+            str(_free_port()),
+            "--work-dir",
+            str(work),
+            self.master_url,
+        )
         deadline = time.monotonic() + 300
         while self.master_log.read_text(errors="replace").count("Registering worker") < n:
             if time.monotonic() > deadline:
@@ -244,8 +294,13 @@ def cluster(folder: Path, worker_memory: str) -> Iterator[Cluster]:
 
 
 # ------------------------------------------------------------------------ parent
-def main(batches: int = 8, units: int = 6, per_task: int = 2, worker_memory: str = "2g",
-         keep: bool = False) -> dict[str, Any]:  # fmt: skip
+def main(
+    batches: int = 8,
+    units: int = 6,
+    per_task: int = 2,
+    worker_memory: str = "2g",
+    keep: bool = False,
+) -> dict[str, Any]:
     from pharma_assets.twin.config import load_plant, load_recipes
     from pharma_assets.twin.history import simulate_history
 
@@ -253,8 +308,14 @@ def main(batches: int = 8, units: int = 6, per_task: int = 2, worker_memory: str
     t_all = time.perf_counter()
     try:
         landing = tmp / "landing"
-        simulate_history(load_plant().with_units(units), load_recipes(), batches, seed=SEED,
-                         out=landing, truth_out=tmp / "truth")  # fmt: skip
+        simulate_history(
+            load_plant().with_units(units),
+            load_recipes(),
+            batches,
+            seed=SEED,
+            out=landing,
+            truth_out=tmp / "truth",
+        )
         runs: dict[str, dict[str, Any]] = {}
         runs["polars"] = _run_child("polars", str(landing), str(tmp / "lake_polars"))
         with cluster(tmp / "cluster", worker_memory) as c:
@@ -275,10 +336,15 @@ def main(batches: int = 8, units: int = 6, per_task: int = 2, worker_memory: str
             r["readings_per_s"] = r["readings"] / r["backfill_s"]
             r["readings_per_s_with_start"] = r["readings"] / (r["backfill_s"] + r["session_s"])
             r["vs_polars"] = r["backfill_s"] / runs["polars"]["backfill_s"]
-        return {"batches": batches, "units": units, "batches_per_task": per_task,
-                "readings": ref.get("silver/telemetry", 0) + ref.get("silver/telemetry_quarantine", 0),
-                "runs": runs, "total_s": time.perf_counter() - t_all,
-                "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}  # fmt: skip
+        return {
+            "batches": batches,
+            "units": units,
+            "batches_per_task": per_task,
+            "readings": ref.get("silver/telemetry", 0) + ref.get("silver/telemetry_quarantine", 0),
+            "runs": runs,
+            "total_s": time.perf_counter() - t_all,
+            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        }
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)

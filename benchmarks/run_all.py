@@ -120,8 +120,11 @@ def _niced(module: str) -> dict:
     """Run ``python -m <module>`` under nice -n 10; the JSON on its last line of output."""
     out = subprocess.run(
         ["nice", "-n", "10", sys.executable, "-m", module],
-        check=True, capture_output=True, text=True, cwd=DOC.parent.parent,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=DOC.parent.parent,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,8 +154,11 @@ def pdm_lines() -> list[str]:
 
 def gateway_lines() -> list[str]:
     rows = bench_gateway.main()
-    return [_measured(", niced; load average at start / end of each run in the table."), "",
-            *bench_gateway.markdown(rows).splitlines()]  # fmt: skip
+    return [
+        _measured(", niced; load average at start / end of each run in the table."),
+        "",
+        *bench_gateway.markdown(rows).splitlines(),
+    ]
 
 
 def spark_lines() -> list[str]:
@@ -162,14 +168,21 @@ def spark_lines() -> list[str]:
 
 def live_lines() -> list[str]:
     md = bench_live.main()
-    return [_measured(", niced; load average at start / end of each run in the tables."), "",
-            *md.splitlines()]  # fmt: skip
+    return [
+        _measured(", niced; load average at start / end of each run in the tables."),
+        "",
+        *md.splitlines(),
+    ]
 
 
 def demo_start_lines() -> list[str]:
     r = bench_demo_start.measure(batches=100, first_slice=2, backfill=True)
-    return [_measured(", one run, niced as the machine allows; load average in the table."), "",
-            bench_demo_start.HEADER, bench_demo_start.line(r)]  # fmt: skip
+    return [
+        _measured(", one run, niced as the machine allows; load average in the table."),
+        "",
+        bench_demo_start.HEADER,
+        bench_demo_start.line(r),
+    ]
 
 
 SUITES = {

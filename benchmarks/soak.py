@@ -116,8 +116,9 @@ class Soak:
         log = self.out / f"{name}.log"
         t = time.perf_counter()
         with open(log, "ab") as fh:
-            subprocess.run(cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                           check=True)  # fmt: skip
+            subprocess.run(
+                cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, check=True
+            )
         print(f"  {name}: {time.perf_counter() - t:.0f} s")
 
     def start(self, name: str, cmd: list[str]) -> None:
@@ -185,8 +186,10 @@ class Sampler:
 
         from pharma_assets.lake.storage import UTC_US, Lake
 
-        row: dict[str, Any] = {"t_min": round((time.monotonic() - self.t0) / 60, 2),
-                               "at": now.isoformat(timespec="seconds")}  # fmt: skip
+        row: dict[str, Any] = {
+            "t_min": round((time.monotonic() - self.t0) / 60, 2),
+            "at": now.isoformat(timespec="seconds"),
+        }
         with dg.DagsterInstance.get() as inst:
             for st in ("QUEUED", "STARTED"):
                 row[f"runs_{st.lower()}"] = inst.get_runs_count(
@@ -202,25 +205,37 @@ class Sampler:
             )
         ends = {r.dagster_run.run_id: r.end_time for r in recs if r.end_time}
         golds = sorted(
-            (r.start_time, r.end_time) for r in recs
-            if r.dagster_run.job_name == "gold_job" and r.start_time and r.end_time
+            (r.start_time, r.end_time)
+            for r in recs
+            if r.dagster_run.job_name == "gold_job"
+            and r.start_time
+            and r.end_time
             and r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-        )  # fmt: skip
+        )
         sched_delay = [
             r.start_time - datetime.fromisoformat(sched).timestamp()
             for r in recs
-            if r.dagster_run.job_name == "contamination_live_job" and r.start_time
+            if r.dagster_run.job_name == "contamination_live_job"
+            and r.start_time
             and r.start_time >= since.timestamp()
             and (sched := r.dagster_run.tags.get(SCHEDULED_TAG))
-        ]  # fmt: skip
+        ]
         row["sched_delay_max_s"] = round(max(sched_delay), 1) if sched_delay else None
 
         lake = Lake.at(str(self.soak.lake))
         win = pl.col("processed_at") >= pl.lit(since, UTC_US)
-        log = lake.read("silver", "telemetry_log", filter_expr=win,
-                        columns=["source_file", "rows_in", "rows_quarantined", "run_id"])  # fmt: skip
-        bronze_log = lake.read("bronze", "ingest_log", columns=["source_file", "ingested_at"],
-                               filter_expr=pl.col("source") == "telemetry")  # fmt: skip
+        log = lake.read(
+            "silver",
+            "telemetry_log",
+            filter_expr=win,
+            columns=["source_file", "rows_in", "rows_quarantined", "run_id"],
+        )
+        bronze_log = lake.read(
+            "bronze",
+            "ingest_log",
+            columns=["source_file", "ingested_at"],
+            filter_expr=pl.col("source") == "telemetry",
+        )
         b_at = (
             {}
             if bronze_log is None
@@ -264,8 +279,12 @@ class Sampler:
             )
         row["files_to_silver"] = len(lat_s)
         row["quarantine_share"] = round(rows_q / rows_in, 5) if rows_in else 0.0
-        q = lake.read("silver", "telemetry_quarantine", columns=["failed_check"],
-                      filter_expr=win & (pl.col("failed_check") == "ts_in_future"))  # fmt: skip
+        q = lake.read(
+            "silver",
+            "telemetry_quarantine",
+            columns=["failed_check"],
+            filter_expr=win & (pl.col("failed_check") == "ts_in_future"),
+        )
         fut = 0 if q is None else q.height
         self.future_total += fut
         row["ts_in_future"] = fut
@@ -274,9 +293,10 @@ class Sampler:
         all_log = lake.read("silver", "telemetry_log", columns=["source_file"])
         done = set() if all_log is None else set(all_log["source_file"].to_list())
         pending = [
-            p for p in (self.soak.landing / "telemetry").rglob("*.parquet")
+            p
+            for p in (self.soak.landing / "telemetry").rglob("*.parquet")
             if p.relative_to(self.soak.landing).as_posix() not in done
-        ]  # fmt: skip
+        ]
         row["pending_files"] = len(pending)
         row["oldest_pending_s"] = (
             round(time.time() - min(p.stat().st_mtime for p in pending), 1) if pending else 0.0
@@ -318,8 +338,13 @@ def verdict(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
         )
     m1 = max((r["rss_total_mb"] for r in first), default=0.0)
     m3 = statistics.mean(r["rss_total_mb"] for r in last) if last else 0.0
-    out.append(("memory bounded", m3 <= 1.25 * m1 + 150,
-                f"mean RSS last third {m3:,.0f} MB vs max first third {m1:,.0f} MB"))  # fmt: skip
+    out.append(
+        (
+            "memory bounded",
+            m3 <= 1.25 * m1 + 150,
+            f"mean RSS last third {m3:,.0f} MB vs max first third {m1:,.0f} MB",
+        )
+    )
     return out
 
 
@@ -354,10 +379,24 @@ def plot(rows: list[dict[str, Any]], path: Path, services: list[str]) -> None:
     fig.savefig(path, dpi=90)
 
 
-COLS = ("t_min", "runs_queued", "runs_started", "bronze_lat_med_s", "silver_lat_med_s",
-        "silver_lat_p90_s", "gold_lat_med_s", "gold_lat_p90_s", "pending_files", "sched_delay_max_s",
-        "quarantine_share", "ts_in_future_total", "rss_total_mb", "procs_total", "lake_mb",
-        "audit_entries")  # fmt: skip
+COLS = (
+    "t_min",
+    "runs_queued",
+    "runs_started",
+    "bronze_lat_med_s",
+    "silver_lat_med_s",
+    "silver_lat_p90_s",
+    "gold_lat_med_s",
+    "gold_lat_p90_s",
+    "pending_files",
+    "sched_delay_max_s",
+    "quarantine_share",
+    "ts_in_future_total",
+    "rss_total_mb",
+    "procs_total",
+    "lake_mb",
+    "audit_entries",
+)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -473,25 +512,76 @@ def main(argv: list[str] | None = None) -> int:
     )
     # the live clock starts far enough back to stay accelerated for the whole soak; the
     # history ends before it
-    live_start = (datetime.now(UTC) - timedelta(minutes=args.minutes * (args.speed - 1) + 60)
-                  ).replace(second=0, microsecond=0)  # fmt: skip
+    live_start = (
+        datetime.now(UTC) - timedelta(minutes=args.minutes * (args.speed - 1) + 60)
+    ).replace(second=0, microsecond=0)
     hist_start = history_start(args.units, args.batches, live_start)
     pt = str(BIN / "pharma-twin")
     rows: list[dict[str, Any]] = []
     try:
-        soak.run("simulate", [pt, "simulate", "--units", str(args.units), "--batches",
-                              str(args.batches), "--seed", "42", "--out", str(soak.landing),
-                              "--start", hist_start.isoformat()])  # fmt: skip
+        soak.run(
+            "simulate",
+            [
+                pt,
+                "simulate",
+                "--units",
+                str(args.units),
+                "--batches",
+                str(args.batches),
+                "--seed",
+                "42",
+                "--out",
+                str(soak.landing),
+                "--start",
+                hist_start.isoformat(),
+            ],
+        )
         soak.run("pipeline", [pt, "pipeline"])
-        soak.start("dagster", [str(BIN / "dagster"), "dev", "-w", "workspace.yaml",
-                               "-h", "127.0.0.1", "-p", str(args.port)])  # fmt: skip
-        soak.start("live", [pt, "live", "--out", str(soak.landing), "--units", str(args.units),
-                            "--speed", str(args.speed), "--start", live_start.isoformat()])  # fmt: skip
+        soak.start(
+            "dagster",
+            [
+                str(BIN / "dagster"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(args.port),
+            ],
+        )
+        soak.start(
+            "live",
+            [
+                pt,
+                "live",
+                "--out",
+                str(soak.landing),
+                "--units",
+                str(args.units),
+                "--speed",
+                str(args.speed),
+                "--start",
+                live_start.isoformat(),
+            ],
+        )
         if args.streamlit:
-            soak.start("streamlit", [str(BIN / "streamlit"), "run", "dashboards/app.py",
-                                     "--server.port", "8601", "--server.address", "127.0.0.1",
-                                     "--server.headless", "true",
-                                     "--browser.gatherUsageStats", "false"])  # fmt: skip
+            soak.start(
+                "streamlit",
+                [
+                    str(BIN / "streamlit"),
+                    "run",
+                    "dashboards/app.py",
+                    "--server.port",
+                    "8601",
+                    "--server.address",
+                    "127.0.0.1",
+                    "--server.headless",
+                    "true",
+                    "--browser.gatherUsageStats",
+                    "false",
+                ],
+            )
         sampler = Sampler(soak, time.monotonic(), {n: p.pid for n, p in soak.procs.items()})
         end = time.monotonic() + args.minutes * 60
         since = datetime.now(UTC)

@@ -42,8 +42,10 @@ def current_session() -> users.Session | None:
 def login_form() -> None:
     """ID/password form; on success stores the session and reruns."""
     st.subheader("Log in")
-    st.caption("Plant and GMP data are shown to logged-in users only (read-only accounts: "
-               "role `viewer`). Sessions end after 15 minutes without activity.")  # fmt: skip
+    st.caption(
+        "Plant and GMP data are shown to logged-in users only (read-only accounts: "
+        "role `viewer`). Sessions end after 15 minutes without activity."
+    )
     with st.form("gxp_login"):
         uid = st.text_input("User ID", key="login_user")
         pw = st.text_input("Password", type="password", key="login_password")
@@ -66,8 +68,10 @@ def require(permission: str) -> users.Session:
         st.error(f"{s.full_name} ({s.role}) is not allowed to use this page ({permission}).")
         st.stop()
     with st.sidebar:
-        st.caption(f"Logged in: **{s.full_name}** ({s.user_id}, {s.role}); session expires "
-                   f"{s.expires_at:%H:%M} UTC if idle")  # fmt: skip
+        st.caption(
+            f"Logged in: **{s.full_name}** ({s.user_id}, {s.role}); session expires "
+            f"{s.expires_at:%H:%M} UTC if idle"
+        )
         if st.button("Log out", key="gxp_logout"):
             users.logout(lake(), s)
             st.session_state.pop(SESSION_KEY, None)
@@ -87,13 +91,18 @@ def flash() -> None:
 
 
 def signature_form(
-    session: users.Session, meaning: str, record_label: str,
-    on_sign: Callable[[str, str, str], str], key: str,
-) -> None:  # fmt: skip
+    session: users.Session,
+    meaning: str,
+    record_label: str,
+    on_sign: Callable[[str, str, str], str],
+    key: str,
+) -> None:
     """The signing form: ID, password and reason; ``on_sign(user, password, reason)`` returns
     the message to show (it raises on refusal)."""
-    st.markdown(f"You are signing **{record_label}**. Meaning of this signature: "
-                f"**{meaning}**. Enter your user ID and password again.")  # fmt: skip
+    st.markdown(
+        f"You are signing **{record_label}**. Meaning of this signature: "
+        f"**{meaning}**. Enter your user ID and password again."
+    )
     with st.form(f"sig_{key}"):
         uid = st.text_input("User ID", key=f"sig_user_{key}")
         pw = st.text_input("Password", type="password", key=f"sig_pw_{key}")
@@ -118,9 +127,13 @@ def signature_form(
 
 
 def signature_dialog(
-    session: users.Session, title: str, meaning: str, record_label: str,
-    on_sign: Callable[[str, str, str], str], key: str,
-) -> None:  # fmt: skip
+    session: users.Session,
+    title: str,
+    meaning: str,
+    record_label: str,
+    on_sign: Callable[[str, str, str], str],
+    key: str,
+) -> None:
     """A "Sign" button that opens the signing form in a modal dialog (``st.dialog``); the
     dialog stays open across reruns until the signature is made or cancelled."""
     flag = f"sign_open_{key}"

@@ -32,11 +32,17 @@ from pharma_assets.lake.storage import Lake, lake_uri_from_env
 
 #: tables listed in the sidebar with their version and last refresh
 SIDEBAR_TABLES = (
-    ("gold", "unit_status"), ("gold", "batch_summary"), ("gold", "plant_kpis"),
-    ("gold", "cpp_excursions"), ("gold", "equipment_health"), ("gold", "contamination_risk"),
-    ("gold", "mspc_scores"), ("gold", "golden_batch"), ("gold", "model_performance"),
+    ("gold", "unit_status"),
+    ("gold", "batch_summary"),
+    ("gold", "plant_kpis"),
+    ("gold", "cpp_excursions"),
+    ("gold", "equipment_health"),
+    ("gold", "contamination_risk"),
+    ("gold", "mspc_scores"),
+    ("gold", "golden_batch"),
+    ("gold", "model_performance"),
     ("silver", "batch_timeline"),
-)  # fmt: skip
+)
 
 # what to run when a table is missing, by producing group
 _PIPELINE_HINT = (
@@ -50,9 +56,15 @@ _ML_HINT = (
     "which models the data supports and what to import for the rest"
 )
 ML_TABLES = {
-    "equipment_health", "contamination_risk", "batch_forecasts", "mspc_scores", "mspc_alarms",
-    "golden_batch", "model_performance", "model_capabilities",
-}  # fmt: skip
+    "equipment_health",
+    "contamination_risk",
+    "batch_forecasts",
+    "mspc_scores",
+    "mspc_alarms",
+    "golden_batch",
+    "model_performance",
+    "model_capabilities",
+}
 
 _lock = threading.Lock()
 
@@ -177,9 +189,10 @@ def contamination_latest() -> pl.DataFrame | None:
 
 def _contamination_latest() -> pl.DataFrame | None:
     frames = [
-        lf for lf in (scan("gold", "contamination_risk"), scan("gold", "contamination_live"))
+        lf
+        for lf in (scan("gold", "contamination_risk"), scan("gold", "contamination_live"))
         if lf is not None
-    ]  # fmt: skip
+    ]
     if not frames:
         return None
     both = pl.concat(frames, how="diagonal_relaxed")
@@ -209,8 +222,15 @@ def _equipment_trend(equipment_id: str, max_points: int) -> pl.DataFrame | None:
     eh = scan("gold", "equipment_health")
     if eh is None:
         return None
-    cols = ("equipment_id", "hour_ts", "batch_id", "health_score", "failure_probability",
-            "threshold", "alarm")  # fmt: skip
+    cols = (
+        "equipment_id",
+        "hour_ts",
+        "batch_id",
+        "health_score",
+        "failure_probability",
+        "threshold",
+        "alarm",
+    )
     df = eh.filter(pl.col("equipment_id") == equipment_id).select(cols).collect()
     return logic.reduce_trend(df, max_points)
 

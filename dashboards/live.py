@@ -51,9 +51,12 @@ def post_action(alarm_id: str, action: str, body: dict[str, Any], timeout_s: flo
     """POST an alarm action (ack, shelve, unshelve) for the logged-in user."""
     token = os.environ.get("PHARMA_GATEWAY_TOKEN", "")
     url = f"{gateway_url()}/alarms/{urllib.parse.quote(alarm_id, safe='')}/{action}"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"Bearer {token}"})  # fmt: skip
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return json.loads(r.read())
@@ -78,9 +81,16 @@ def current_values(cpp_tags: list[str]) -> pl.DataFrame | None:
         for d in get(f"/units/{urllib.parse.quote(u, safe='')}/latest") or []:
             if d["tag"] in cpp_tags:
                 rows.append(d)
-    schema = {"unit_id": pl.String, "tag": pl.String, "value": pl.Float64, "uom": pl.String,
-              "source_ts_us": pl.Int64, "recv_ts_us": pl.Int64, "quality": pl.String,
-              "stale": pl.Boolean}  # fmt: skip
+    schema = {
+        "unit_id": pl.String,
+        "tag": pl.String,
+        "value": pl.Float64,
+        "uom": pl.String,
+        "source_ts_us": pl.Int64,
+        "recv_ts_us": pl.Int64,
+        "quality": pl.String,
+        "stale": pl.Boolean,
+    }
     df = pl.DataFrame(rows, schema=schema)
     return df.with_columns(
         source_ts=pl.from_epoch("source_ts_us", time_unit="us").dt.replace_time_zone("UTC")

@@ -162,10 +162,14 @@ def downsample(timeline: pl.DataFrame, columns: list[str], max_points: int) -> p
     return (
         tl.with_columns(_b=(pl.col("elapsed_min") // step))
         .group_by("_b", maintain_order=True)
-        .agg(pl.col("elapsed_min").min(), pl.col("phase").first(), *[pl.col(c).mean() for c in columns])
+        .agg(
+            pl.col("elapsed_min").min(),
+            pl.col("phase").first(),
+            *[pl.col(c).mean() for c in columns],
+        )
         .drop("_b")
         .with_columns(elapsed_h=pl.col("elapsed_min") / 60)
-    )  # fmt: skip
+    )
 
 
 def phase_spans(
@@ -189,9 +193,18 @@ def band_segments(
         lim = spec.tags[tag].limits(phase)
         if lim.nor is None or lim.par is None:
             continue
-        rows.append({"phase": phase, "start_h": s, "end_h": e, "target": lim.target or math.nan,
-                     "nor_lo": lim.nor[0], "nor_hi": lim.nor[1],
-                     "par_lo": lim.par[0], "par_hi": lim.par[1]})  # fmt: skip
+        rows.append(
+            {
+                "phase": phase,
+                "start_h": s,
+                "end_h": e,
+                "target": lim.target or math.nan,
+                "nor_lo": lim.nor[0],
+                "nor_hi": lim.nor[1],
+                "par_lo": lim.par[0],
+                "par_hi": lim.par[1],
+            }
+        )
     return rows
 
 
@@ -263,15 +276,22 @@ def cpk_per_cpp(summary: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
         )
         lim = spec.tags[tag].limits("production")
         assert lim.par is not None
-        rows.append({
-            "cpp": tag, "uom": spec.tags[tag].uom, "lsl": lim.par[0], "usl": lim.par[1],
-            "batches": v.len(),
-            "mean_cpk": float(v.mean()) if v.len() else None,  # type: ignore[arg-type]
-            "min_cpk": float(v.min()) if v.len() else None,  # type: ignore[arg-type]
-            "latest_cpk": float(v[-1]) if v.len() else None,
-        })  # fmt: skip
-    return pl.DataFrame(rows, schema_overrides={"mean_cpk": pl.Float64, "min_cpk": pl.Float64,
-                                                "latest_cpk": pl.Float64})  # fmt: skip
+        rows.append(
+            {
+                "cpp": tag,
+                "uom": spec.tags[tag].uom,
+                "lsl": lim.par[0],
+                "usl": lim.par[1],
+                "batches": v.len(),
+                "mean_cpk": float(v.mean()) if v.len() else None,  # type: ignore[arg-type]
+                "min_cpk": float(v.min()) if v.len() else None,  # type: ignore[arg-type]
+                "latest_cpk": float(v[-1]) if v.len() else None,
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema_overrides={"mean_cpk": pl.Float64, "min_cpk": pl.Float64, "latest_cpk": pl.Float64},
+    )
 
 
 def cqa_long(
@@ -285,18 +305,46 @@ def cqa_long(
             v = r.get(f"cqa_{a}")
             lo, hi = ls.spec if ls.spec else (None, None)
             ok = None if v is None else ((lo is None or v >= lo) and (hi is None or v <= hi))
-            rows.append({"batch_id": r["batch_id"], "cqa": a, "value": v, "uom": ls.uom,
-                         "spec_lo": lo, "spec_hi": hi, "within_spec": ok})  # fmt: skip
-    return pl.DataFrame(rows, schema={"batch_id": pl.String, "cqa": pl.String, "value": pl.Float64,
-                                      "uom": pl.String, "spec_lo": pl.Float64, "spec_hi": pl.Float64,
-                                      "within_spec": pl.Boolean})  # fmt: skip
+            rows.append(
+                {
+                    "batch_id": r["batch_id"],
+                    "cqa": a,
+                    "value": v,
+                    "uom": ls.uom,
+                    "spec_lo": lo,
+                    "spec_hi": hi,
+                    "within_spec": ok,
+                }
+            )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "batch_id": pl.String,
+            "cqa": pl.String,
+            "value": pl.Float64,
+            "uom": pl.String,
+            "spec_lo": pl.Float64,
+            "spec_hi": pl.Float64,
+            "within_spec": pl.Boolean,
+        },
+    )
 
 
 COMPARE_ROWS = (
-    "unit_id", "status", "start_ts", "end_ts", "duration_h", "final_titer_g_l", "product_mass_kg",
-    "peak_vcd_e6_cells_ml", "harvest_volume_l", "excursions_total", "excursions_major",
-    "right_first_time", "cqa_out_of_spec",
-)  # fmt: skip
+    "unit_id",
+    "status",
+    "start_ts",
+    "end_ts",
+    "duration_h",
+    "final_titer_g_l",
+    "product_mass_kg",
+    "peak_vcd_e6_cells_ml",
+    "harvest_volume_l",
+    "excursions_total",
+    "excursions_major",
+    "right_first_time",
+    "cqa_out_of_spec",
+)
 LOT_COLUMNS = ("batch_id", "unit_id", "media_lot", "feed_lot", "inoculum_lot", "base_lot")
 
 
@@ -379,12 +427,17 @@ def reduce_trend(trend: pl.DataFrame, max_points: int) -> pl.DataFrame:
         .with_columns(_b=pl.col("_i") // step)
         .group_by("_b", maintain_order=True)
         .agg(
-            pl.col("equipment_id").first(), pl.col("hour_ts").first(), pl.col("batch_id").last(),
-            pl.col("health_score").mean(), pl.col("failure_probability").max(),
-            pl.col("threshold").last(), pl.col("alarm").any(), hours=pl.len().cast(pl.UInt32),
+            pl.col("equipment_id").first(),
+            pl.col("hour_ts").first(),
+            pl.col("batch_id").last(),
+            pl.col("health_score").mean(),
+            pl.col("failure_probability").max(),
+            pl.col("threshold").last(),
+            pl.col("alarm").any(),
+            hours=pl.len().cast(pl.UInt32),
         )
         .drop("_b")
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- monitoring
@@ -428,7 +481,7 @@ def top_contributors(scores: pl.DataFrame, n: int = 5) -> pl.DataFrame:
         .agg(mean_share=pl.col("share").sum() / s.height, hours_listed=pl.len().cast(pl.UInt32))
         .sort(["mean_share", "tag"], descending=[True, False])
         .head(n)
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -454,24 +507,71 @@ def model_overview(perf: pl.DataFrame) -> pl.DataFrame:
 # ----------------------------------------------------------------------------- display
 #: units spelled out from a column-name suffix (longest suffix first)
 _UNIT_SUFFIXES = (
-    ("_e6_cells_ml", "10⁶ cells/mL"), ("_mosm_kg", "mOsm/kg"), ("_mmol_l", "mmol/L"),
-    ("_g_per_l", "g/L"), ("_pf_cm", "pF/cm"), ("_ml_h", "mL/h"), ("_mm_s", "mm/s"),
-    ("_g_l", "g/L"), ("_mmhg", "mmHg"), ("_slpm", "slpm"), ("_rpm", "rpm"), ("_bar", "bar"),
-    ("_pct", "%"), ("_kg", "kg"), ("_ml", "mL"), ("_min", "min"), ("_c", "°C"), ("_a", "A"),
-    ("_l", "L"), ("_h", "h"), ("_ts", "UTC"),
-)  # fmt: skip
+    ("_e6_cells_ml", "10⁶ cells/mL"),
+    ("_mosm_kg", "mOsm/kg"),
+    ("_mmol_l", "mmol/L"),
+    ("_g_per_l", "g/L"),
+    ("_pf_cm", "pF/cm"),
+    ("_ml_h", "mL/h"),
+    ("_mm_s", "mm/s"),
+    ("_g_l", "g/L"),
+    ("_mmhg", "mmHg"),
+    ("_slpm", "slpm"),
+    ("_rpm", "rpm"),
+    ("_bar", "bar"),
+    ("_pct", "%"),
+    ("_kg", "kg"),
+    ("_ml", "mL"),
+    ("_min", "min"),
+    ("_c", "°C"),
+    ("_a", "A"),
+    ("_l", "L"),
+    ("_h", "h"),
+    ("_ts", "UTC"),
+)
 #: words written differently from their snake_case form
-_WORDS = {"id": "ID", "ph": "pH", "cpp": "CPP", "cqa": "CQA", "cpk": "Cpk", "uom": "unit of measure", "capa": "CAPA",
-          "lsl": "LSL", "usl": "USL", "vcd": "VCD", "hmw": "HMW", "co2": "CO₂", "o2": "O₂",
-          "t2": "T²", "spe": "SPE", "mspc": "MSPC", "rft": "RFT", "ebr": "EBR"}  # fmt: skip
-_LABELS = {"unit_id": "Unit", "batch_id": "Batch", "equipment_id": "Equipment item",
-           "current_batch_id": "Current batch", "last_batch_id": "Last batch",
-           "model_name": "Model", "model_version": "Model version", "day": "Day of batch",
-           "hours": "Hours in bucket", "priority": "Priority", "seq": "Seq",
-           "elapsed_h": "Time since inoculation (h)", "health_score": "Health score (0-100)",
-           "failure_probability": "Failure probability (72 h, 0-1)",
-           "threshold": "Alarm threshold", "risk": "Risk (0-1)", "ts_utc": "Time (UTC)",
-           "table_name": "Table", "record_id": "Record ID", "context_id": "Session / run ID"}  # fmt: skip
+_WORDS = {
+    "id": "ID",
+    "ph": "pH",
+    "cpp": "CPP",
+    "cqa": "CQA",
+    "cpk": "Cpk",
+    "uom": "unit of measure",
+    "capa": "CAPA",
+    "lsl": "LSL",
+    "usl": "USL",
+    "vcd": "VCD",
+    "hmw": "HMW",
+    "co2": "CO₂",
+    "o2": "O₂",
+    "t2": "T²",
+    "spe": "SPE",
+    "mspc": "MSPC",
+    "rft": "RFT",
+    "ebr": "EBR",
+}
+_LABELS = {
+    "unit_id": "Unit",
+    "batch_id": "Batch",
+    "equipment_id": "Equipment item",
+    "current_batch_id": "Current batch",
+    "last_batch_id": "Last batch",
+    "model_name": "Model",
+    "model_version": "Model version",
+    "day": "Day of batch",
+    "hours": "Hours in bucket",
+    "priority": "Priority",
+    "seq": "Seq",
+    "elapsed_h": "Time since inoculation (h)",
+    "health_score": "Health score (0-100)",
+    "failure_probability": "Failure probability (72 h, 0-1)",
+    "threshold": "Alarm threshold",
+    "risk": "Risk (0-1)",
+    "ts_utc": "Time (UTC)",
+    "table_name": "Table",
+    "record_id": "Record ID",
+    "context_id": "Session / run ID",
+}
 
 
 def column_label(name: str) -> str:
@@ -543,8 +643,12 @@ def freshness(
     at all counts as stale."""
     times = [t for t in committed if t is not None]
     as_of = max(times) if times else None
-    schema = {"unit_id": pl.String, "current_batch_id": pl.String,
-              "last_reading_ts": pl.Datetime("us", "UTC"), "age_min": pl.Float64}  # fmt: skip
+    schema = {
+        "unit_id": pl.String,
+        "current_batch_id": pl.String,
+        "last_reading_ts": pl.Datetime("us", "UTC"),
+        "age_min": pl.Float64,
+    }
     if unit_status is None or unit_status.height == 0:
         return Freshness(as_of, None, threshold_min, pl.DataFrame(schema=schema))
     running = unit_status.filter(pl.col("state") == "running").select(
@@ -582,8 +686,9 @@ def mspc_batch_order(scored: list[str], batches: pl.DataFrame | None) -> list[tu
         return []
     frame = pl.DataFrame({"batch_id": sorted(ids)})
     if batches is not None:
-        frame = frame.join(batches.select("batch_id", "status", "start_ts"), on="batch_id",
-                           how="left")  # fmt: skip
+        frame = frame.join(
+            batches.select("batch_id", "status", "start_ts"), on="batch_id", how="left"
+        )
     else:
         frame = frame.with_columns(status=pl.lit(None, pl.String), start_ts=pl.lit(None))
     frame = frame.sort(
@@ -599,8 +704,9 @@ def windows_of(parts: list[pl.DataFrame | None]) -> pl.DataFrame:
     one row per (batch, window), the live score winning over a retraining's copy."""
     frames = [p for p in parts if p is not None]
     if not frames:
-        return pl.DataFrame(schema={"batch_id": pl.String, "elapsed_h": pl.Float64,
-                                    "anomaly_score": pl.Float64})  # fmt: skip
+        return pl.DataFrame(
+            schema={"batch_id": pl.String, "elapsed_h": pl.Float64, "anomaly_score": pl.Float64}
+        )
     return (
         pl.concat(frames, how="diagonal_relaxed")
         .unique(["batch_id", "window_end_ts"], keep="last", maintain_order=True)
@@ -662,14 +768,23 @@ def cpk_bars(cpk: pl.DataFrame, cap: float = CPK_CAP) -> pl.DataFrame:
         shown=pl.min_horizontal(v.fill_null(0.0), pl.lit(cap)),
         label=pl.when(v.is_null())
         .then(pl.lit("no data"))
-        .otherwise(v.round(2).cast(pl.String) + pl.when(v > cap).then(pl.lit(" ▶")).otherwise(pl.lit(""))),
-        colour=pl.when(v.is_null()).then(pl.lit("#9e9e9e"))
-        .when(v < 1.0).then(pl.lit("#c62828"))
-        .when(v < 1.33).then(pl.lit("#f9a825"))
+        .otherwise(
+            v.round(2).cast(pl.String) + pl.when(v > cap).then(pl.lit(" ▶")).otherwise(pl.lit(""))
+        ),
+        colour=pl.when(v.is_null())
+        .then(pl.lit("#9e9e9e"))
+        .when(v < 1.0)
+        .then(pl.lit("#c62828"))
+        .when(v < 1.33)
+        .then(pl.lit("#f9a825"))
         .otherwise(pl.lit("#2e7d32")),
-        hover=pl.col("cpp") + pl.lit(": mean Cpk ") + v.round(3).cast(pl.String).fill_null("none")
-        + pl.lit(" over ") + pl.col("batches").cast(pl.String) + pl.lit(" batches"),
-    )  # fmt: skip
+        hover=pl.col("cpp")
+        + pl.lit(": mean Cpk ")
+        + v.round(3).cast(pl.String).fill_null("none")
+        + pl.lit(" over ")
+        + pl.col("batches").cast(pl.String)
+        + pl.lit(" batches"),
+    )
 
 
 # ----------------------------------------------------------------------------- audit trail
@@ -680,21 +795,24 @@ MACHINE_ACTORS = frozenset({"dagster"})
 #: is everything but the pipeline's entries: people's actions and the QA records the system
 #: makes for them (deviations opened from excursions, account lockouts)
 AUDIT_VIEWS: dict[str, pl.Expr | None] = {
-    "People & QA records": ~(pl.col("action").is_in(list(MACHINE_ACTIONS))
-                       | pl.col("actor").is_in(list(MACHINE_ACTORS))),
-    "Signatures": pl.col("action").is_in(["e_signature", "signature_refused", "signature",
-                                          "signature_failed"]),
+    "People & QA records": ~(
+        pl.col("action").is_in(list(MACHINE_ACTIONS)) | pl.col("actor").is_in(list(MACHINE_ACTORS))
+    ),
+    "Signatures": pl.col("action").is_in(
+        ["e_signature", "signature_refused", "signature", "signature_failed"]
+    ),
     "Releases & batch records": pl.col("action").str.starts_with("batch_")
     | pl.col("action").str.starts_with("ebr_"),
     "Deviations": pl.col("action").str.starts_with("deviation_"),
-    "Logins & accounts": pl.col("action").is_in(["login", "login_failed", "logout",
-                                                 "session_expired", "account_locked"])
+    "Logins & accounts": pl.col("action").is_in(
+        ["login", "login_failed", "logout", "session_expired", "account_locked"]
+    )
     | pl.col("action").str.starts_with("user_"),
     "Spec & model changes": pl.col("action").is_in(["spec_change", "model_promotion"]),
     "Pipeline (materializations)": pl.col("action").is_in(list(MACHINE_ACTIONS))
     | pl.col("actor").is_in(list(MACHINE_ACTORS)),
     "All entries": None,
-}  # fmt: skip
+}
 DEFAULT_AUDIT_VIEW = "People & QA records"
 
 

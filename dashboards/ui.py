@@ -50,12 +50,20 @@ def column_config(df: pl.DataFrame, ts_format: str = "YYYY-MM-DD HH:mm") -> dict
 
 
 def dataframe(
-    df: pl.DataFrame, key: str | None = None, height: int | None = None,
+    df: pl.DataFrame,
+    key: str | None = None,
+    height: int | None = None,
     ts_format: str = "YYYY-MM-DD HH:mm",
-) -> None:  # fmt: skip
+) -> None:
     """``st.dataframe`` with readable headers (see ``column_config``)."""
-    st.dataframe(df, hide_index=True, width="stretch", height=height or "auto",
-                 column_config=column_config(df, ts_format), key=key)  # fmt: skip
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        height=height or "auto",
+        column_config=column_config(df, ts_format),
+        key=key,
+    )
 
 
 def table(df: pl.DataFrame, key: str, label: str, height: int | None = None) -> None:
@@ -105,11 +113,27 @@ def hline(
     Figures are built in one ``go.Figure(data=..., layout=...)`` call from dicts: plotly
     validates once, which is several times faster than ``add_hline``/``add_vline`` per line.
     """
-    shape = {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
-             "line": {"color": color, "dash": dash, "width": 1.5}}  # fmt: skip
-    note = {"xref": "paper", "x": 0 if left else 1, "yref": "y", "y": y, "text": text,
-            "showarrow": False, "xanchor": "left" if left else "right", "yanchor": "bottom",
-            "font": {"size": 10, "color": color}}  # fmt: skip
+    shape = {
+        "type": "line",
+        "xref": "paper",
+        "x0": 0,
+        "x1": 1,
+        "yref": "y",
+        "y0": y,
+        "y1": y,
+        "line": {"color": color, "dash": dash, "width": 1.5},
+    }
+    note = {
+        "xref": "paper",
+        "x": 0 if left else 1,
+        "yref": "y",
+        "y": y,
+        "text": text,
+        "showarrow": False,
+        "xanchor": "left" if left else "right",
+        "yanchor": "bottom",
+        "font": {"size": 10, "color": color},
+    }
     return shape, note
 
 
@@ -153,8 +177,9 @@ def stale_minutes(page: str) -> float:
 def freshness(page: str, tables: tuple[tuple[str, str], ...]) -> logic.Freshness:
     """ "Data as of" line for the tables the page shows, and a warning banner when a running
     batch's newest reading (gold/unit_status) is older than the page's threshold."""
-    us = data.read("gold", "unit_status", columns=("unit_id", "state", "current_batch_id",
-                                                   "last_reading_ts"))  # fmt: skip
+    us = data.read(
+        "gold", "unit_status", columns=("unit_id", "state", "current_batch_id", "last_reading_ts")
+    )
     now = datetime.now(UTC)
     fr = logic.freshness(data.committed(tables), us, now, stale_minutes(page))
     parts = [f"Data as of {logic.fmt_ts(fr.as_of)}"]
@@ -167,11 +192,14 @@ def freshness(page: str, tables: tuple[tuple[str, str], ...]) -> logic.Freshness
     if fr.stale.height:
         items = "; ".join(
             f"{r['unit_id']} {r['current_batch_id']}: "
-            + ("no reading yet" if r["last_reading_ts"] is None else
-               f"newest reading {logic.fmt_ts(r['last_reading_ts'])}, "
-               f"{logic.fmt_age(60 * r['age_min'])} old")
+            + (
+                "no reading yet"
+                if r["last_reading_ts"] is None
+                else f"newest reading {logic.fmt_ts(r['last_reading_ts'])}, "
+                f"{logic.fmt_age(60 * r['age_min'])} old"
+            )
             for r in fr.stale.iter_rows(named=True)
-        )  # fmt: skip
+        )
         st.warning(
             f"Stale data: {fr.stale.height} running batch(es) without a reading in the last "
             f"{fr.threshold_min:g} min ({items}). Check the live feed and the pipeline "

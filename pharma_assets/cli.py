@@ -144,15 +144,22 @@ def simulate(
         raise CliError(str(e)) from None
     period_s, start_ts = _period_seconds(period), _parse_start(start)  # checked before any work
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console) as prog:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as prog:
         task = prog.add_task("", total=batches)
 
         def tick(done: int, total: int, batch_id: str) -> None:
             prog.update(task, completed=done, description=batch_id)
 
-        res = simulate_history(plant_cfg, book, batches, seed, out, truth, period_s, start_ts,
-                               progress=tick)  # fmt: skip
+        res = simulate_history(
+            plant_cfg, book, batches, seed, out, truth, period_s, start_ts, progress=tick
+        )
     dt = time.perf_counter() - t0
     statuses = {s: sum(b.status == s for b in res.plan.batches) for s in ("complete", "aborted")}
     console.print(
@@ -220,10 +227,21 @@ def live(
     console.print(
         f"live plant: {units} units, speed x{speed:g}, writing to {out.resolve()} (Ctrl-C stops)"
     )
-    stats = run_live(plant_cfg, load_recipes(recipes), out, seed=seed, speed=speed, period_s=_period_seconds(period),
-                     chunk_minutes=chunk_minutes, hours=hours, start=_live_start(start))  # fmt: skip
-    console.print(f"live mode stopped: {stats.chunks} chunks, {stats.batches_started} batches started, "
-                  f"{stats.batches_finished} finished, {stats.process_hours:.1f} process hours")  # fmt: skip
+    stats = run_live(
+        plant_cfg,
+        load_recipes(recipes),
+        out,
+        seed=seed,
+        speed=speed,
+        period_s=_period_seconds(period),
+        chunk_minutes=chunk_minutes,
+        hours=hours,
+        start=_live_start(start),
+    )
+    console.print(
+        f"live mode stopped: {stats.chunks} chunks, {stats.batches_started} batches started, "
+        f"{stats.batches_finished} finished, {stats.process_hours:.1f} process hours"
+    )
 
 
 IMPORT_SOURCES = ("telemetry", "mes", "lims", "cmms", "infer-batches")
@@ -424,8 +442,10 @@ def pipeline(
         f"  {n_audit} materializations recorded in the audit trail, {n_dev} deviations opened"
     )
     if out.orphaned:
-        console.print(f"[yellow]runs left STARTED by a killed pipeline, now marked failed: "
-                      f"{', '.join(out.orphaned)}")  # fmt: skip
+        console.print(
+            f"[yellow]runs left STARTED by a killed pipeline, now marked failed: "
+            f"{', '.join(out.orphaned)}"
+        )
     from .lake.alarms import input_alarms  # telemetry waiting for a start, held amendments
 
     for line in input_alarms(res.lake()).lines():
@@ -520,14 +540,19 @@ def train(
     caps = res.lake().read("gold", "model_capabilities", filter_expr=pl.col("run_id") == r.run_id)
     for row in [] if caps is None else caps.filter(~pl.col("applies")).iter_rows(named=True):
         what = f"{row['capability']} ({row['target']})" if row["target"] else row["capability"]
-        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(row['reason'])}",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(
+            f"[yellow]skipped[/] {escape(what)}: {escape(row['reason'])}",
+            highlight=False,
+            soft_wrap=True,
+        )
     summaries = registry.training_summary("dagster_run_id", r.run_id, MlResource.from_env().uri())
     for line in training_lines(summaries):
         console.print(line, highlight=False, soft_wrap=True)
     if not summaries:
-        console.print("[red]no model could be trained on this lake's data (reasons above); "
-                      "see docs/bring_your_own_data.md")  # fmt: skip
+        console.print(
+            "[red]no model could be trained on this lake's data (reasons above); "
+            "see docs/bring_your_own_data.md"
+        )
         raise typer.Exit(1)
 
 
@@ -617,9 +642,14 @@ def whatif(
     batch = batch.strip().upper()  # batch ids are upper case (BR01-B0007)
     when, day = _as_of(as_of)
     scenario = Scenario(
-        shift_day=shift_day, production_temp_c=production_temp, ph=ph, do_pct=do,
-        feed_scale=feed_scale, glucose_target_g_l=glucose_target, harvest_day=harvest_day,
-    )  # fmt: skip
+        shift_day=shift_day,
+        production_temp_c=production_temp,
+        ph=ph,
+        do_pct=do,
+        feed_scale=feed_scale,
+        glucose_target_g_l=glucose_target,
+        harvest_day=harvest_day,
+    )
     try:
         book = load_recipes(recipes)
         cal, res = whatif_for_batch(res_lake.lake(), batch, scenario, when, day, book, members)

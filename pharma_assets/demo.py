@@ -117,8 +117,15 @@ def demo_promotion_policy(lake_uri: str) -> str:
     if h.height:
         return f"auto-promotion policy already under change control ({h['change_id'][-1]})"
     p = policy_path()
-    row = apply_change(lake, p, p.read_text(), "qa.lead", logins["qa.lead"],
-                       "demo: approved baseline of the auto-promotion policy", POLICY_TARGET)  # fmt: skip
+    row = apply_change(
+        lake,
+        p,
+        p.read_text(),
+        "qa.lead",
+        logins["qa.lead"],
+        "demo: approved baseline of the auto-promotion policy",
+        POLICY_TARGET,
+    )
     return f"auto-promotion policy {p.name} approved by qa.lead ({row['change_id']})"
 
 
@@ -136,13 +143,21 @@ def gateway_sources(path: Path, landing: Path, lake: str, units: int) -> Path:
     import yaml
 
     cfg = {
-        "site_id": "SITE01", "landing_dir": str(landing),
-        "buffer_dir": str(ROOT / ".state" / "gateway"), "hot_store": "memory",
+        "site_id": "SITE01",
+        "landing_dir": str(landing),
+        "buffer_dir": str(ROOT / ".state" / "gateway"),
+        "hot_store": "memory",
         "api": {"host": "127.0.0.1", "port": 8765, "write_token_env": "PHARMA_GATEWAY_TOKEN"},
         "alarms": {"lake_dir": lake, "on_delay_s": 5, "notify_min_priority": "high"},
-        "sources": [{"name": "twin-opcua", "kind": "opcua",
-                     "url": "opc.tcp://127.0.0.1:4840/twin", "publishing_interval_ms": 100}],
-    }  # fmt: skip
+        "sources": [
+            {
+                "name": "twin-opcua",
+                "kind": "opcua",
+                "url": "opc.tcp://127.0.0.1:4840/twin",
+                "publishing_interval_ms": 100,
+            }
+        ],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# written by pharma_assets/demo.py for {units} units\n" + yaml.safe_dump(cfg))
     return path
@@ -191,22 +206,43 @@ def main() -> int:
     try:
         procs["streamlit"] = _start(
             "Streamlit dashboards",
-            [str(BIN / "streamlit"), "run", "dashboards/app.py", "--server.port", "8501",
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            env, logs / "streamlit.log",
-        )  # fmt: skip
+            [
+                str(BIN / "streamlit"),
+                "run",
+                "dashboards/app.py",
+                "--server.port",
+                "8501",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            env,
+            logs / "streamlit.log",
+        )
         mlflow_uri = env.get(
             "PHARMA_MLFLOW_URI", f"sqlite:///{ROOT / '.state' / 'mlflow' / 'mlflow.db'}"
         )
         (ROOT / ".state" / "mlflow").mkdir(parents=True, exist_ok=True)
         procs["mlflow"] = _start(
             "MLflow UI",
-            [str(BIN / "mlflow"), "ui", "--backend-store-uri", mlflow_uri,
-             "--host", "127.0.0.1", "--port", "5000", "--workers", "1"],
+            [
+                str(BIN / "mlflow"),
+                "ui",
+                "--backend-store-uri",
+                mlflow_uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "5000",
+                "--workers",
+                "1",
+            ],
             # one web worker and no job runner (its 7 huey consumers serve GenAI jobs we do
             # not use): 2 processes, ~0.65 GB instead of 11 and ~2.3 GB
-            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, logs / "mlflow.log",
-        )  # fmt: skip
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            logs / "mlflow.log",
+        )
         print()
         print(
             "  Demo logins (every dashboard page asks for one; view.only is read-only;"
@@ -230,38 +266,65 @@ def main() -> int:
         procs["dagster"] = _start(
             "Dagster UI + daemon",
             [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
-            env, logs / "dagster.log",
-        )  # fmt: skip
+            env,
+            logs / "dagster.log",
+        )
         mode = os.environ.get("PHARMA_DEMO_LIVE", "protocols")
         units = os.environ.get("PHARMA_DEMO_UNITS", "6")
         if mode == "files":
             procs["live"] = _start(
                 "live simulator",
-                [str(BIN / "pharma-twin"), "live", "--out", str(landing), "--start", "yesterday", "--speed", "60"],
-                env, logs / "live.log",
-            )  # fmt: skip
+                [
+                    str(BIN / "pharma-twin"),
+                    "live",
+                    "--out",
+                    str(landing),
+                    "--start",
+                    "yesterday",
+                    "--speed",
+                    "60",
+                ],
+                env,
+                logs / "live.log",
+            )
         else:
             serve = "opcua,mqtt" if broker_reachable() else "opcua"
             env["PHARMA_GATEWAY_TOKEN"] = env.get("PHARMA_GATEWAY_TOKEN") or secrets.token_hex(16)
             procs["live"] = _start(
                 f"twin serving {serve}",
-                [str(BIN / "pharma-twin"), "live", "--serve", serve, "--out", str(landing),
-                 "--units", units, "--period", "1s"],
-                env, logs / "live.log",
-            )  # fmt: skip
+                [
+                    str(BIN / "pharma-twin"),
+                    "live",
+                    "--serve",
+                    serve,
+                    "--out",
+                    str(landing),
+                    "--units",
+                    units,
+                    "--period",
+                    "1s",
+                ],
+                env,
+                logs / "live.log",
+            )
             src = gateway_sources(ROOT / ".state" / "demo_gateway.yaml", landing, lake, int(units))
             procs["gateway"] = _start(
-                "live gateway", [str(BIN / "pharma-twin"), "gateway", "--sources", str(src)],
-                env, logs / "gateway.log",
-            )  # fmt: skip
+                "live gateway",
+                [str(BIN / "pharma-twin"), "gateway", "--sources", str(src)],
+                env,
+                logs / "gateway.log",
+            )
             print(
                 "  Gateway API:  http://127.0.0.1:8765/health   (OPC UA twin at opc.tcp://127.0.0.1:4840/twin)"
             )
         print(
             "  Live plant:   "
-            + ("the gateway lands telemetry every 5 s" if "gateway" in procs
-               else "the live simulator adds a chunk per unit every ~10 s")
-        )  # fmt: skip
+            + (
+                "the gateway lands telemetry every 5 s"
+                if "gateway" in procs
+                else "the live simulator adds a chunk per unit every ~10 s"
+            )
+        )
         print("  Ctrl-C stops everything.")
         while True:
             for name, p in procs.items():

@@ -667,17 +667,29 @@ def import_file(
         )
     if unmapped:
         what = "columns" if layout == "wide" else "columns/tag names"
-        log.warning("%s: %d source %s not in the tag map, NOT imported: %s",
-                    src, len(unmapped), what, ", ".join(unmapped))  # fmt: skip
+        log.warning(
+            "%s: %d source %s not in the tag map, NOT imported: %s",
+            src,
+            len(unmapped),
+            what,
+            ", ".join(unmapped),
+        )
     if missing:
         log.warning("%s: mapped source tags absent from the file: %s", src, ", ".join(missing))
 
     readings = pl.concat(parts) if parts else pl.DataFrame()
     report = ImportReport(
-        rows_read=rows_read, readings_written=0, files_written=[], batches=[],
-        unmapped_columns=unmapped, bad_values=0, source=src, layout=layout,
-        missing_tags=missing, skipped_rows=skipped,
-    )  # fmt: skip
+        rows_read=rows_read,
+        readings_written=0,
+        files_written=[],
+        batches=[],
+        unmapped_columns=unmapped,
+        bad_values=0,
+        source=src,
+        layout=layout,
+        missing_tags=missing,
+        skipped_rows=skipped,
+    )
     if readings.is_empty():
         return report
 
@@ -701,8 +713,11 @@ def import_file(
     if report.future_readings:
         log.warning("%s: %d reading(s) dated in the future", src, report.future_readings)
     if report.bad_values:
-        log.warning("%s: %d empty or non-numeric value(s) written as NaN with quality 'bad'",
-                    src, report.bad_values)  # fmt: skip
+        log.warning(
+            "%s: %d empty or non-numeric value(s) written as NaN with quality 'bad'",
+            src,
+            report.bad_values,
+        )
 
     readings = readings.with_columns((pl.col("ts") // _US_PER_DAY).alias("day")).sort(key)
     next_seq: dict[Path, int] = {}
@@ -714,8 +729,11 @@ def import_file(
         if folder not in next_seq:
             next_seq[folder] = _next_seq(folder)
             if next_seq[folder] > 1:
-                log.warning("%s already holds telemetry files; new files are added after them "
-                            "(importing the same data twice duplicates readings)", folder)  # fmt: skip
+                log.warning(
+                    "%s already holds telemetry files; new files are added after them "
+                    "(importing the same data twice duplicates readings)",
+                    folder,
+                )
         ts = chunk["ts"].to_numpy()
         uniq_ts, t_row = np.unique(ts, return_inverse=True)
         tix = chunk["tag_idx"].to_numpy()
@@ -732,13 +750,29 @@ def import_file(
         path = chunk_path(root, "telemetry", unit, batch, first, next_seq[folder], "parquet")
         next_seq[folder] += 1
         tags = [canon[i] for i in used]
-        write_telemetry_chunk(path, uniq_ts, site, unit, batch, tags, [uoms[t] for t in tags],
-                              values, quality, mask=None if mask.all() else mask)  # fmt: skip
+        write_telemetry_chunk(
+            path,
+            uniq_ts,
+            site,
+            unit,
+            batch,
+            tags,
+            [uoms[t] for t in tags],
+            values,
+            quality,
+            mask=None if mask.all() else mask,
+        )
         report.files_written.append(path)
         report.readings_written += chunk.height
         if batch not in report.batches:
             report.batches.append(batch)
     report.batches.sort()
-    log.info("%s: %d readings of %d batches written to %d files under %s", src,
-             report.readings_written, len(report.batches), len(report.files_written), root)  # fmt: skip
+    log.info(
+        "%s: %d readings of %d batches written to %d files under %s",
+        src,
+        report.readings_written,
+        len(report.batches),
+        len(report.files_written),
+        root,
+    )
     return report

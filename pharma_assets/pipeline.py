@@ -117,8 +117,10 @@ def archive_derived(lake: Lake) -> list[str]:
     """Move silver and gold aside (``<lake>/_archive/<layer>-<UTC stamp>``) so that the next
     run derives them again from bronze; nothing is deleted. Local lakes only."""
     if not lake.is_local:
-        raise ValueError("--rebuild works on local lakes only; on an object store, move the "
-                         "silver/ and gold/ prefixes aside with the store's tools")  # fmt: skip
+        raise ValueError(
+            "--rebuild works on local lakes only; on an object store, move the "
+            "silver/ and gold/ prefixes aside with the store's tools"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     moved = []
     for layer in ("silver", "gold"):
@@ -212,10 +214,16 @@ def run_pipeline(
         if on_progress:
             on_progress(f"ingesting {first}..{last}", done, total)
         r = job.execute_in_process(
-            instance=instance, resources=resources, raise_on_error=False, run_config=QUIET,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last,
-                  **tags},
-        )  # fmt: skip
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first,
+                ASSET_PARTITION_RANGE_END_TAG: last,
+                **tags,
+            },
+        )
         res.runs.append(r.run_id)
         if not r.success:
             res.failed.append(r.run_id)
@@ -251,8 +259,10 @@ def run_training(
     n = completed_batches(lakehouse.lake())
     job = dg.Definitions.merge(lakehouse_defs(), ml_defs()).resolve_job_def(retrain_job.name)
     r = job.execute_in_process(
-        instance=instance, resources={"lakehouse": lakehouse, "ml": MlResource.from_env()},
-        raise_on_error=False, run_config=QUIET,
+        instance=instance,
+        resources={"lakehouse": lakehouse, "ml": MlResource.from_env()},
+        raise_on_error=False,
+        run_config=QUIET,
         tags={COMPLETED_TAG: str(n), "pharma/trigger": "cli", **process_tags()},
-    )  # fmt: skip
+    )
     return r, n

@@ -202,9 +202,9 @@ class CmmsMap(_SourceMap):
     """A CMMS work-order list."""
 
     columns: CmmsColumns
-    event_types: dict[str, Literal[
-        "preventive_maintenance", "corrective_maintenance", "failure", "calibration"
-    ]] = Field(default_factory=dict)  # fmt: skip
+    event_types: dict[
+        str, Literal["preventive_maintenance", "corrective_maintenance", "failure", "calibration"]
+    ] = Field(default_factory=dict)
     downtime_uom: str = "h"
 
     @model_validator(mode="after")
@@ -421,8 +421,9 @@ def import_mes(
     end = _instants(df, c.end, mm.timezone, c.timezone, src, optional=True) if c.end else None
     planned = (
         _instants(df, c.planned_end, mm.timezone, c.timezone, src, optional=True)
-        if c.planned_end else None
-    )  # fmt: skip
+        if c.planned_end
+        else None
+    )
     phase_ts = {
         col: _instants(df, col, mm.timezone, c.timezone, src, optional=True) for col in mm.phases
     }
@@ -457,21 +458,41 @@ def import_mes(
                 rep.skip("recipe version not a number", f"{b}: {versions[i]!r}")
                 continue
         common = {"site_id": site[i], "area_id": None, "unit_id": u, "batch_id": b}
-        evs: list[dict[str, Any]] = [{
-            **common, "event_type": "batch_start", "event_ts": _dt(t0),
-            "recipe_id": recipes[i], "recipe_version": version,
-            "product": products[i] or mm.default_product,
-            "planned_end_ts": _dt(planned[i]) if planned is not None else _dt(t1),
-            "material_lots": {name: lots[col][i] for col, name in mm.lots.items() if lots[col][i]},
-            "operator": operators[i],
-        }]  # fmt: skip
+        evs: list[dict[str, Any]] = [
+            {
+                **common,
+                "event_type": "batch_start",
+                "event_ts": _dt(t0),
+                "recipe_id": recipes[i],
+                "recipe_version": version,
+                "product": products[i] or mm.default_product,
+                "planned_end_ts": _dt(planned[i]) if planned is not None else _dt(t1),
+                "material_lots": {
+                    name: lots[col][i] for col, name in mm.lots.items() if lots[col][i]
+                },
+                "operator": operators[i],
+            }
+        ]
         for col, ph in mm.phases.items():
             if phase_ts[col][i] is not None:
-                evs.append({**common, "event_type": "phase_start",
-                            "event_ts": _dt(phase_ts[col][i]), "phase": ph})  # fmt: skip
+                evs.append(
+                    {
+                        **common,
+                        "event_type": "phase_start",
+                        "event_ts": _dt(phase_ts[col][i]),
+                        "phase": ph,
+                    }
+                )
         if t1 is not None and st != "running":
-            evs.append({**common, "event_type": "batch_end", "event_ts": _dt(t1),
-                        "status": st or "complete", "reason": reasons[i]})  # fmt: skip
+            evs.append(
+                {
+                    **common,
+                    "event_type": "batch_end",
+                    "event_ts": _dt(t1),
+                    "status": st or "complete",
+                    "reason": reasons[i],
+                }
+            )
         evs.sort(key=lambda e: (e["event_ts"], e["event_type"] != "batch_start"))
         for k, e in enumerate(evs, start=1):
             e["event_id"] = f"{b}-E{k:03d}"
@@ -542,16 +563,33 @@ def infer_batch_events(
         lo, hi, site, n = span
         rep.rows_read += n
         common = {"site_id": site, "area_id": None, "unit_id": unit, "batch_id": batch}
-        evs: list[dict[str, Any]] = [{
-            **common, "event_type": "batch_start", "event_ts": _dt(lo), "recipe_id": None,
-            "recipe_version": None, "product": product, "planned_end_ts": None,
-            "material_lots": {}, "operator": None, "inferred_from": "telemetry",
-            "event_id": f"{batch}-E001",
-        }]  # fmt: skip
+        evs: list[dict[str, Any]] = [
+            {
+                **common,
+                "event_type": "batch_start",
+                "event_ts": _dt(lo),
+                "recipe_id": None,
+                "recipe_version": None,
+                "product": product,
+                "planned_end_ts": None,
+                "material_lots": {},
+                "operator": None,
+                "inferred_from": "telemetry",
+                "event_id": f"{batch}-E001",
+            }
+        ]
         if status == "complete":
-            evs.append({**common, "event_type": "batch_end", "event_ts": _dt(hi),
-                        "status": "complete", "reason": None, "inferred_from": "telemetry",
-                        "event_id": f"{batch}-E002"})  # fmt: skip
+            evs.append(
+                {
+                    **common,
+                    "event_type": "batch_end",
+                    "event_ts": _dt(hi),
+                    "status": "complete",
+                    "reason": None,
+                    "inferred_from": "telemetry",
+                    "event_id": f"{batch}-E002",
+                }
+            )
         rep.see_times([lo, hi], now)
         if _write_mes(root, unit, batch, evs, rep):
             rep.units = sorted({*rep.units, unit})
@@ -624,11 +662,17 @@ def import_lims(
     ts = _instants(df, c.sample_ts, lm.timezone, c.timezone, src)
     stype_raw = _opt_text(df, c.sample_type)
     sample_ids = _opt_text(df, c.sample_id)
-    base = pl.DataFrame({
-        "row": np.arange(df.height), "batch_id": batch, "unit_id": unit, "site_id": site,
-        "ts": ts, "stype_raw": pl.Series(stype_raw, dtype=pl.String),
-        "sample_id": pl.Series(sample_ids, dtype=pl.String),
-    })  # fmt: skip
+    base = pl.DataFrame(
+        {
+            "row": np.arange(df.height),
+            "batch_id": batch,
+            "unit_id": unit,
+            "site_id": site,
+            "ts": ts,
+            "stype_raw": pl.Series(stype_raw, dtype=pl.String),
+            "sample_id": pl.Series(sample_ids, dtype=pl.String),
+        }
+    )
     if shape == "wide":
         present = [a for a in lm.analytes if a in df.columns]
         missing = [a for a in lm.analytes if a not in df.columns]
@@ -644,10 +688,15 @@ def import_lims(
             vals, bad = parse_numbers(df[name])
             raw = df[name].cast(pl.String).str.strip_chars()
             empty = (raw.is_null() | (raw == "")).to_numpy()
-            parts.append(base.with_columns(
-                source_analyte=pl.lit(name), value=pl.Series(vals), bad=pl.Series(bad & ~empty),
-                empty=pl.Series(empty), row_uom=pl.lit(None, pl.String),
-            ))  # fmt: skip
+            parts.append(
+                base.with_columns(
+                    source_analyte=pl.lit(name),
+                    value=pl.Series(vals),
+                    bad=pl.Series(bad & ~empty),
+                    empty=pl.Series(empty),
+                    row_uom=pl.lit(None, pl.String),
+                )
+            )
         long = pl.concat(parts)
         n_empty = int(long["empty"].sum())
         if n_empty:  # a wide export leaves a cell empty when the test was not run on the sample
@@ -658,9 +707,11 @@ def import_lims(
         rep.unmapped_columns = _unmapped(df, ids.values())
         vals, bad = parse_numbers(df[c.value])
         long = base.with_columns(
-            source_analyte=text_column(df[c.analyte], src, "analyte"), value=pl.Series(vals),
-            bad=pl.Series(bad), row_uom=pl.Series(_opt_text(df, c.uom), dtype=pl.String),
-        )  # fmt: skip
+            source_analyte=text_column(df[c.analyte], src, "analyte"),
+            value=pl.Series(vals),
+            bad=pl.Series(bad),
+            row_uom=pl.Series(_opt_text(df, c.uom), dtype=pl.String),
+        )
     rows: dict[tuple[str, str], list[list[Any]]] = {}
     seq_by_batch: dict[str, dict[tuple[str, int], str]] = {}
     for r in long.sort("batch_id", "ts", "row").iter_rows(named=True):
@@ -684,9 +735,18 @@ def import_lims(
             continue
         sid = r["sample_id"] or _sample_id(seq_by_batch.setdefault(b, {}), b, st, r["ts"])
         rows.setdefault((r["unit_id"], b), []).append(
-            [sid, r["site_id"], r["unit_id"], b, _dt(r["ts"]), st, analyte,
-             round(float(r["value"]) * s + o, 6), to]
-        )  # fmt: skip
+            [
+                sid,
+                r["site_id"],
+                r["unit_id"],
+                b,
+                _dt(r["ts"]),
+                st,
+                analyte,
+                round(float(r["value"]) * s + o, 6),
+                to,
+            ]
+        )
         rep.see_times([r["ts"]], now)
     for (u, b), recs in rows.items():
         folder = Path(out) / "lims" / u / b
@@ -765,11 +825,19 @@ def import_cmms(
             rep.skip("event type not in event_types", f"row {i + 1}: {t!r}")
             continue
         rec = {
-            "work_order_id": wo[i], "event_ts": _dt(ts[i]), "site_id": site[i], "unit_id": unit[i],
-            "equipment_id": equip[i], "event_type": mapped, "part": part[i], "description": desc[i],
+            "work_order_id": wo[i],
+            "event_ts": _dt(ts[i]),
+            "site_id": site[i],
+            "unit_id": unit[i],
+            "equipment_id": equip[i],
+            "event_type": mapped,
+            "part": part[i],
+            "description": desc[i],
             "downtime_h": None if down is None or not np.isfinite(down[i]) else float(down[i]),
-            "run_hours_at_event": None if runh is None or not np.isfinite(runh[i]) else float(runh[i]),
-        }  # fmt: skip
+            "run_hours_at_event": None
+            if runh is None or not np.isfinite(runh[i])
+            else float(runh[i]),
+        }
         if rec["work_order_id"] is None:
             h = hashlib.sha256(json.dumps(rec, default=str, sort_keys=True).encode()).hexdigest()
             rec["work_order_id"] = f"WO-IMP-{h[:10].upper()}"
@@ -907,8 +975,11 @@ def draft_spec(
     for p in sorted((root / "lims").glob("*/*/*.csv")) if (root / "lims").exists() else []:
         if p.name.startswith("."):
             continue
-        t = pl.read_csv(p, columns=["sample_type", "analyte", "value", "uom"],
-                        schema_overrides={"value": pl.Float64})  # fmt: skip
+        t = pl.read_csv(
+            p,
+            columns=["sample_type", "analyte", "value", "uom"],
+            schema_overrides={"value": pl.Float64},
+        )
         for r in (
             t.group_by("sample_type", "analyte", "uom")
             .agg(hi=pl.col("value").max())
@@ -921,15 +992,23 @@ def draft_spec(
                 max(prev["physical"][1], round(float(r["hi"] or 0) * 3 + 1, 3)),
             ]
             lab[st][r["analyte"]] = prev
-    has_phases = any(
-        '"phase_start"' in p.read_text() for p in (root / "mes").glob("*/*/*.jsonl")
-    ) if (root / "mes").exists() else False  # fmt: skip
+    has_phases = (
+        any('"phase_start"' in p.read_text() for p in (root / "mes").glob("*/*/*.jsonl"))
+        if (root / "mes").exists()
+        else False
+    )
     today = datetime.now(UTC).date().isoformat()
     return {
         "version": 1,
         "effective_from": today,
-        "change_log": [{"version": 1, "date": today, "by": "draft",
-                        "reason": f"draft from the landing zone {root}: mark CPPs, set NOR/PAR and release limits"}],
+        "change_log": [
+            {
+                "version": 1,
+                "date": today,
+                "by": "draft",
+                "reason": f"draft from the landing zone {root}: mark CPPs, set NOR/PAR and release limits",
+            }
+        ],
         "product": product,
         "unit_class": unit_class,
         "settle_minutes": 30,
@@ -940,4 +1019,4 @@ def draft_spec(
         "tags": tags,
         "unit_conversions": {},
         "lab": lab,
-    }  # fmt: skip
+    }

@@ -75,38 +75,64 @@ def sparse_campaign(
         elif kind == "slow_stirrer":
             rpm = rpm - 15 * (t_h >= 72)
         for k, h in enumerate(t_h):
-            rows.append({
-                "Run": b, "Timestamp": (start + timedelta(hours=float(h))).strftime("%Y-%m-%d %H:%M:%S"),
-                "Temp_K": round(temp[k] + 273.15, 3), "pH_online": round(ph[k], 4),
-                "DO_sat": round(do[k], 2), "Stirrer": round(rpm[k], 1), "Press_mbar": round(p_mbar[k], 1),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "Run": b,
+                    "Timestamp": (start + timedelta(hours=float(h))).strftime("%Y-%m-%d %H:%M:%S"),
+                    "Temp_K": round(temp[k] + 273.15, 3),
+                    "pH_online": round(ph[k], 4),
+                    "DO_sat": round(do[k], 2),
+                    "Stirrer": round(rpm[k], 1),
+                    "Press_mbar": round(p_mbar[k], 1),
+                }
+            )
         titer = 3800 + rng.normal(0, 150) - (1900 if bad else 0) - (400 if kind and not bad else 0)
-        lims.append({"Run": b, "Sampled": (start + timedelta(days=14, hours=2)).isoformat(),
-                     "Titer_mgL": round(titer, 1)})  # fmt: skip
+        lims.append(
+            {
+                "Run": b,
+                "Sampled": (start + timedelta(days=14, hours=2)).isoformat(),
+                "Titer_mgL": round(titer, 1),
+            }
+        )
     tele = folder / "historian.csv"
     pl.DataFrame(rows).write_csv(tele)
     lab = folder / "lims_release.csv"
     pl.DataFrame(lims).write_csv(lab)
-    tag_map = _yaml(folder / "tag_map.yaml", {
-        "site_id": "CAMPAIGN", "default_unit_id": "R2000",
-        "columns": {"timestamp": "Timestamp", "batch_id": "Run"}, "timezone": "UTC",
-        "tags": {
-            "Temp_K": {"tag": "temperature_c", "from_uom": "K"},
-            "pH_online": {"tag": "ph", "from_uom": "pH"},
-            "DO_sat": {"tag": "dissolved_oxygen_pct", "from_uom": "%"},
-            "Stirrer": {"tag": "agitation_rpm", "from_uom": "rpm"},
-            "Press_mbar": {"tag": "headspace_pressure_bar", "from_uom": "mbar"},
+    tag_map = _yaml(
+        folder / "tag_map.yaml",
+        {
+            "site_id": "CAMPAIGN",
+            "default_unit_id": "R2000",
+            "columns": {"timestamp": "Timestamp", "batch_id": "Run"},
+            "timezone": "UTC",
+            "tags": {
+                "Temp_K": {"tag": "temperature_c", "from_uom": "K"},
+                "pH_online": {"tag": "ph", "from_uom": "pH"},
+                "DO_sat": {"tag": "dissolved_oxygen_pct", "from_uom": "%"},
+                "Stirrer": {"tag": "agitation_rpm", "from_uom": "rpm"},
+                "Press_mbar": {"tag": "headspace_pressure_bar", "from_uom": "mbar"},
+            },
         },
-    })  # fmt: skip
-    lims_map = _yaml(folder / "lims_map.yaml", {
-        "site_id": "CAMPAIGN", "default_unit_id": "R2000", "layout": "wide",
-        "default_sample_type": "release",
-        "columns": {"batch_id": "Run", "sample_ts": "Sampled"},
-        "analytes": {"Titer_mgL": {"analyte": "titer_g_l", "from_uom": "mg/L"}},
-    })  # fmt: skip
+    )
+    lims_map = _yaml(
+        folder / "lims_map.yaml",
+        {
+            "site_id": "CAMPAIGN",
+            "default_unit_id": "R2000",
+            "layout": "wide",
+            "default_sample_type": "release",
+            "columns": {"batch_id": "Run", "sample_ts": "Sampled"},
+            "analytes": {"Titer_mgL": {"analyte": "titer_g_l", "from_uom": "mg/L"}},
+        },
+    )
     hit = sorted({*disturbed, *(kinds or {})})
-    return Site(folder, {"telemetry": tele, "lims": lab}, {"telemetry": tag_map, "lims": lims_map},
-                [ids[i] for i in hit], ids)  # fmt: skip
+    return Site(
+        folder,
+        {"telemetry": tele, "lims": lab},
+        {"telemetry": tag_map, "lims": lims_map},
+        [ids[i] for i in hit],
+        ids,
+    )
 
 
 def dryer_site(
@@ -136,28 +162,77 @@ def dryer_site(
         moist = 0.30 * np.exp(-3.2 * frac * (0.7 if bad else 1.0)) + rng.normal(0, 0.003, m.size)
         for k in range(m.size):
             ts = t + timedelta(minutes=int(m[k]))
-            rows.append({"BatchNo": b, "Time": ts.isoformat().replace("+00:00", "Z"),
-                         "TI101_F": round(inlet_c[k] * 9 / 5 + 32, 2), "TI102_F": round(outlet_c[k] * 9 / 5 + 32, 2),
-                         "TI103": round(prod_c[k], 2), "PI201_kPa": round(press[k], 2),
-                         "FI301": round(flow[k], 1), "MI401": round(moist[k], 4),
-                         "Comment": "" if k else "start"})  # fmt: skip
+            rows.append(
+                {
+                    "BatchNo": b,
+                    "Time": ts.isoformat().replace("+00:00", "Z"),
+                    "TI101_F": round(inlet_c[k] * 9 / 5 + 32, 2),
+                    "TI102_F": round(outlet_c[k] * 9 / 5 + 32, 2),
+                    "TI103": round(prod_c[k], 2),
+                    "PI201_kPa": round(press[k], 2),
+                    "FI301": round(flow[k], 1),
+                    "MI401": round(moist[k], 4),
+                    "Comment": "" if k else "start",
+                }
+            )
         z = zones[i % 2]
         loc = ZoneInfo(z)
         end = t + timedelta(minutes=dur_min)
-        mes.append({"Order": b, "Dryer": "FBD1", "Begin": t.astimezone(loc).strftime("%Y-%m-%d %H:%M:%S"),
-                    "Finish": end.astimezone(loc).strftime("%Y-%m-%d %H:%M:%S"), "TZ": z,
-                    "Recipe": "DRY-STD", "Product": "granulate-X", "Lot_API": f"API-{1000 + i}",
-                    "Result": "OK"})  # fmt: skip
+        mes.append(
+            {
+                "Order": b,
+                "Dryer": "FBD1",
+                "Begin": t.astimezone(loc).strftime("%Y-%m-%d %H:%M:%S"),
+                "Finish": end.astimezone(loc).strftime("%Y-%m-%d %H:%M:%S"),
+                "TZ": z,
+                "Recipe": "DRY-STD",
+                "Product": "granulate-X",
+                "Lot_API": f"API-{1000 + i}",
+                "Result": "OK",
+            }
+        )
         lod = float(0.30 * np.exp(-3.2 * (0.7 if bad else 1.0)) * 100 + rng.normal(0, 0.1))
-        lims.append({"Batch": b, "When": (end + timedelta(hours=1)).isoformat(), "Test": "LOD",
-                     "Result": round(lod, 3), "Units": "%", "Kind": "FINAL"})  # fmt: skip
-        lims.append({"Batch": b, "When": (end + timedelta(hours=1)).isoformat(), "Test": "Colour",
-                     "Result": "white", "Units": "", "Kind": "FINAL"})  # fmt: skip
+        lims.append(
+            {
+                "Batch": b,
+                "When": (end + timedelta(hours=1)).isoformat(),
+                "Test": "LOD",
+                "Result": round(lod, 3),
+                "Units": "%",
+                "Kind": "FINAL",
+            }
+        )
+        lims.append(
+            {
+                "Batch": b,
+                "When": (end + timedelta(hours=1)).isoformat(),
+                "Test": "Colour",
+                "Result": "white",
+                "Units": "",
+                "Kind": "FINAL",
+            }
+        )
         t = end + timedelta(hours=int(rng.integers(2, 6)))
-    cmms.append({"WO": "77001", "Date": "2025-06-03T10:00:00Z", "Asset": "FBD1-FAN", "Type": "PM",
-                 "Text": "fan belt check", "Down_min": 45})  # fmt: skip
-    cmms.append({"WO": "77002", "Date": "2025-06-04T10:00:00Z", "Asset": "FBD1-FILTER", "Type": "INSP",
-                 "Text": "filter sock visual check", "Down_min": 10})  # fmt: skip
+    cmms.append(
+        {
+            "WO": "77001",
+            "Date": "2025-06-03T10:00:00Z",
+            "Asset": "FBD1-FAN",
+            "Type": "PM",
+            "Text": "fan belt check",
+            "Down_min": 45,
+        }
+    )
+    cmms.append(
+        {
+            "WO": "77002",
+            "Date": "2025-06-04T10:00:00Z",
+            "Asset": "FBD1-FILTER",
+            "Type": "INSP",
+            "Text": "filter sock visual check",
+            "Down_min": 10,
+        }
+    )
     tele = folder / "dryer_historian.csv"
     pl.DataFrame(rows).write_csv(tele)
     mes_f = folder / "mes_batches.csv"
@@ -167,40 +242,81 @@ def dryer_site(
     cmms_f = folder / "work_orders.csv"
     pl.DataFrame(cmms).write_csv(cmms_f)
     maps = {
-        "telemetry": _yaml(folder / "tag_map.yaml", {
-            "site_id": "DRYSITE", "default_unit_id": "FBD1",
-            "columns": {"timestamp": "Time", "batch_id": "BatchNo"},
-            "tags": {
-                "TI101_F": {"tag": "inlet_air_temp_c", "from_uom": "degF", "uom": "degC"},
-                "TI102_F": {"tag": "outlet_air_temp_c", "from_uom": "degF", "uom": "degC"},
-                "TI103": {"tag": "product_temp_c", "from_uom": "degC", "uom": "degC"},
-                "PI201_kPa": {"tag": "chamber_pressure_mbar", "from_uom": "kPa", "uom": "mbar"},
-                "FI301": {"tag": "air_flow_m3_h", "from_uom": "m3/h", "uom": "m3/h"},
-                "MI401": {"tag": "moisture_pct", "from_uom": "fraction", "uom": "%"},
+        "telemetry": _yaml(
+            folder / "tag_map.yaml",
+            {
+                "site_id": "DRYSITE",
+                "default_unit_id": "FBD1",
+                "columns": {"timestamp": "Time", "batch_id": "BatchNo"},
+                "tags": {
+                    "TI101_F": {"tag": "inlet_air_temp_c", "from_uom": "degF", "uom": "degC"},
+                    "TI102_F": {"tag": "outlet_air_temp_c", "from_uom": "degF", "uom": "degC"},
+                    "TI103": {"tag": "product_temp_c", "from_uom": "degC", "uom": "degC"},
+                    "PI201_kPa": {"tag": "chamber_pressure_mbar", "from_uom": "kPa", "uom": "mbar"},
+                    "FI301": {"tag": "air_flow_m3_h", "from_uom": "m3/h", "uom": "m3/h"},
+                    "MI401": {"tag": "moisture_pct", "from_uom": "fraction", "uom": "%"},
+                },
             },
-        }),
-        "mes": _yaml(folder / "mes_map.yaml", {
-            "site_id": "DRYSITE",
-            "columns": {"batch_id": "Order", "unit_id": "Dryer", "start": "Begin", "end": "Finish",
-                        "timezone": "TZ", "recipe_id": "Recipe", "product": "Product", "status": "Result"},
-            "lots": {"Lot_API": "api_lot"},
-            "status_values": {"OK": "complete", "NOK": "aborted"},
-        }),
-        "lims": _yaml(folder / "lims_map.yaml", {
-            "site_id": "DRYSITE", "default_unit_id": "FBD1", "layout": "long",
-            "columns": {"batch_id": "Batch", "sample_ts": "When", "analyte": "Test", "value": "Result",
-                        "uom": "Units", "sample_type": "Kind"},
-            "sample_types": {"FINAL": "release", "IPC": "in_process"},
-            "analytes": {"LOD": {"analyte": "loss_on_drying_pct", "from_uom": "%", "uom": "%"}},
-        }),
-        "cmms": _yaml(folder / "cmms_map.yaml", {
-            "site_id": "DRYSITE", "default_unit_id": "FBD1", "downtime_uom": "min",
-            "columns": {"work_order_id": "WO", "event_ts": "Date", "equipment_id": "Asset",
-                        "event_type": "Type", "description": "Text", "downtime_h": "Down_min"},
-            "event_types": {"PM": "preventive_maintenance", "CM": "corrective_maintenance",
-                            "BRK": "failure", "CAL": "calibration"},
-        }),
-    }  # fmt: skip
+        ),
+        "mes": _yaml(
+            folder / "mes_map.yaml",
+            {
+                "site_id": "DRYSITE",
+                "columns": {
+                    "batch_id": "Order",
+                    "unit_id": "Dryer",
+                    "start": "Begin",
+                    "end": "Finish",
+                    "timezone": "TZ",
+                    "recipe_id": "Recipe",
+                    "product": "Product",
+                    "status": "Result",
+                },
+                "lots": {"Lot_API": "api_lot"},
+                "status_values": {"OK": "complete", "NOK": "aborted"},
+            },
+        ),
+        "lims": _yaml(
+            folder / "lims_map.yaml",
+            {
+                "site_id": "DRYSITE",
+                "default_unit_id": "FBD1",
+                "layout": "long",
+                "columns": {
+                    "batch_id": "Batch",
+                    "sample_ts": "When",
+                    "analyte": "Test",
+                    "value": "Result",
+                    "uom": "Units",
+                    "sample_type": "Kind",
+                },
+                "sample_types": {"FINAL": "release", "IPC": "in_process"},
+                "analytes": {"LOD": {"analyte": "loss_on_drying_pct", "from_uom": "%", "uom": "%"}},
+            },
+        ),
+        "cmms": _yaml(
+            folder / "cmms_map.yaml",
+            {
+                "site_id": "DRYSITE",
+                "default_unit_id": "FBD1",
+                "downtime_uom": "min",
+                "columns": {
+                    "work_order_id": "WO",
+                    "event_ts": "Date",
+                    "equipment_id": "Asset",
+                    "event_type": "Type",
+                    "description": "Text",
+                    "downtime_h": "Down_min",
+                },
+                "event_types": {
+                    "PM": "preventive_maintenance",
+                    "CM": "corrective_maintenance",
+                    "BRK": "failure",
+                    "CAL": "calibration",
+                },
+            },
+        ),
+    }
 
     files = {"telemetry": tele, "mes": mes_f, "lims": lims_f, "cmms": cmms_f}
     return Site(folder, files, maps, [ids[i] for i in disturbed], ids)
@@ -237,26 +353,52 @@ def dryer_spec(path: Path) -> Path:
     ranges, no phases (one phase per batch), loss on drying as the release assay."""
     (path.parent / "fluid_bed_dryer.yaml").write_text(yaml.safe_dump(DRYER_CLASS, sort_keys=False))
     spec = {
-        "version": 1, "effective_from": "2025-06-01", "product": "granulate-X",
+        "version": 1,
+        "effective_from": "2025-06-01",
+        "product": "granulate-X",
         "unit_class": "fluid_bed_dryer.yaml",
-        "change_log": [{"version": 1, "date": "2025-06-01", "by": "drysite-pe",
-                        "reason": "granulate-X fluid-bed drying spec"}],
-        "settle_minutes": 10, "future_tolerance_minutes": 60, "batch_window_grace_minutes": 5,
+        "change_log": [
+            {
+                "version": 1,
+                "date": "2025-06-01",
+                "by": "drysite-pe",
+                "reason": "granulate-X fluid-bed drying spec",
+            }
+        ],
+        "settle_minutes": 10,
+        "future_tolerance_minutes": 60,
+        "batch_window_grace_minutes": 5,
         "right_first_time": {"required_assays": "reported", "max_major_excursions": 0},
         "phase_rule": {"kind": "one_phase"},
         "tags": {
-            "inlet_air_temp_c": {"uom": "degC", "cpp": True, "physical": [-20, 250], "target": 80,
-                                 "nor": [76, 84], "par": [72, 88]},
+            "inlet_air_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-20, 250],
+                "target": 80,
+                "nor": [76, 84],
+                "par": [72, 88],
+            },
             "outlet_air_temp_c": {"uom": "degC", "physical": [-20, 250]},
-            "product_temp_c": {"uom": "degC", "cpp": True, "physical": [-20, 200], "target": 40,
-                               "nor": [15, 62], "par": [10, 65]},
+            "product_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-20, 200],
+                "target": 40,
+                "nor": [15, 62],
+                "par": [10, 65],
+            },
             "chamber_pressure_mbar": {"uom": "mbar", "physical": [0, 2000]},
             "air_flow_m3_h": {"uom": "m3/h", "physical": [0, 10000]},
             "moisture_pct": {"uom": "%", "physical": [0, 100]},
         },
         "unit_conversions": {},
-        "lab": {"in_process": {},
-                "release": {"loss_on_drying_pct": {"uom": "%", "physical": [0, 100], "spec": [None, 2.0]}}},
-    }  # fmt: skip
+        "lab": {
+            "in_process": {},
+            "release": {
+                "loss_on_drying_pct": {"uom": "%", "physical": [0, 100], "spec": [None, 2.0]}
+            },
+        },
+    }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -41,8 +41,14 @@ def _product_spec(path: Path, **changes: object) -> Path:
     spec = yaml.safe_load(DEFAULT_SPEC.read_text())
     spec.update(changes)
     spec["version"] += 1
-    spec["change_log"].append({"version": spec["version"], "date": "2026-12-03",
-                               "by": "site-process-engineering", "reason": "site product spec"})  # fmt: skip
+    spec["change_log"].append(
+        {
+            "version": spec["version"],
+            "date": "2026-12-03",
+            "by": "site-process-engineering",
+            "reason": "site product spec",
+        }
+    )
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -50,12 +56,14 @@ def _product_spec(path: Path, **changes: object) -> Path:
 def _auto_promotion(lake: Lake) -> None:
     """Put the auto-promotion policy in force (as the demo does), so models that pass the
     gate become champions signed by the system and the scoring tables are written."""
-    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t", bootstrap=True
+    )
     create_user(lake, "qa.lead", "Quinn Assurance", "qa", "Quality-pass-2026", "admin", "t")
     p = promotions.policy_path()
-    apply_change(lake, p, p.read_text(), "qa.lead", "Quality-pass-2026", "baseline",
-                 promotions.POLICY_TARGET)  # fmt: skip
+    apply_change(
+        lake, p, p.read_text(), "qa.lead", "Quality-pass-2026", "baseline", promotions.POLICY_TARGET
+    )
 
 
 @pytest.fixture
@@ -81,13 +89,33 @@ def test_sparse_campaign_without_mes_from_files_to_monitoring(site_env: Path, mo
     )
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(spec))
 
-    code, out = _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
-                     "--map", str(site.maps["telemetry"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--input",
+        str(site.files["telemetry"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["telemetry"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "30 batches have telemetry but no batch start" in out
     assert "no CMMS maintenance records" in out
-    code, out = _cli("import", "--source", "lims", "--input", str(site.files["lims"]), "--layout",
-                     "wide", "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--source",
+        "lims",
+        "--input",
+        str(site.files["lims"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["lims"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "records written:  30" in out
     code, out = _cli("import", "--source", "infer-batches", "--out", "landing")
@@ -150,13 +178,20 @@ def test_sparse_campaign_without_mes_from_files_to_monitoring(site_env: Path, mo
     assert set(site.disturbed) <= held
     hours = dict(per_batch.iter_rows())
     assert all(hours[b] >= 24 for b in site.disturbed)  # the disturbance lasts 192 h
-    assert all(math.isfinite(v) and math.isfinite(lim)
-               for v, lim in alarms.select("value", "limit").iter_rows())  # fmt: skip
+    assert all(
+        math.isfinite(v) and math.isfinite(lim)
+        for v, lim in alarms.select("value", "limit").iter_rows()
+    )
     assert set(alarms["batch_id"]) >= set(site.disturbed)
     # golden batch: the five tags the site has, no hour without data stored as 0
     observed = golden.filter(pl.col("n_batches") > 0)
-    assert set(observed["tag"]) == {"temperature_c", "ph", "dissolved_oxygen_pct",
-                                    "agitation_rpm", "headspace_pressure_bar"}  # fmt: skip
+    assert set(observed["tag"]) == {
+        "temperature_c",
+        "ph",
+        "dissolved_oxygen_pct",
+        "agitation_rpm",
+        "headspace_pressure_bar",
+    }
     assert (
         golden.filter(pl.col("n_batches") == 0)["mean"].null_count()
         == golden.filter(pl.col("n_batches") == 0).height
@@ -175,21 +210,57 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     site = dryer_site(site_env / "exports")
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(dryer_spec(site_env / "dryer_spec.yaml")))
 
-    code, out = _cli("import", "--input", str(site.files["telemetry"]), "--layout", "wide",
-                     "--map", str(site.maps["telemetry"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--input",
+        str(site.files["telemetry"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["telemetry"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "NOT imported, not in tag map (1): Comment" in out
     assert "24 batches have telemetry but no batch start" in out
-    code, out = _cli("import", "--source", "mes", "--input", str(site.files["mes"]),
-                     "--map", str(site.maps["mes"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--source",
+        "mes",
+        "--input",
+        str(site.files["mes"]),
+        "--map",
+        str(site.maps["mes"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "records written:  48" in out and "no batch start" not in out
-    code, out = _cli("import", "--source", "lims", "--input", str(site.files["lims"]),
-                     "--map", str(site.maps["lims"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--source",
+        "lims",
+        "--input",
+        str(site.files["lims"]),
+        "--map",
+        str(site.maps["lims"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "NOT imported, analyte not in the mapping: 24" in out and "'Colour'" in out
-    code, out = _cli("import", "--source", "cmms", "--input", str(site.files["cmms"]),
-                     "--map", str(site.maps["cmms"]), "--out", "landing")  # fmt: skip
+    code, out = _cli(
+        "import",
+        "--source",
+        "cmms",
+        "--input",
+        str(site.files["cmms"]),
+        "--map",
+        str(site.maps["cmms"]),
+        "--out",
+        "landing",
+    )
     assert code == 0, out
     assert "NOT imported, event type not in event_types: 1" in out and "'INSP'" in out
 
@@ -202,8 +273,14 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     tele = lake.read("silver", "telemetry", ["tag", "value"])
     assert tele is not None and tele.height == 18630
     tags = set(tele["tag"])
-    assert tags == {"inlet_air_temp_c", "outlet_air_temp_c", "product_temp_c",
-                    "chamber_pressure_mbar", "air_flow_m3_h", "moisture_pct"}  # fmt: skip
+    assert tags == {
+        "inlet_air_temp_c",
+        "outlet_air_temp_c",
+        "product_temp_c",
+        "chamber_pressure_mbar",
+        "air_flow_m3_h",
+        "moisture_pct",
+    }
     inlet = tele.filter(pl.col("tag") == "inlet_air_temp_c")["value"]
     assert 75 < inlet.median() < 85  # type: ignore[operator]  # °F converted to °C
     batches = lake.read("silver", "batches")

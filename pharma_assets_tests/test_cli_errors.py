@@ -112,16 +112,35 @@ def test_import_refuses_a_misspelled_mapped_column(run, tmp_path: Path) -> None:
     tag_map.write_text(yaml.safe_dump(MAP))
     src = _csv(tmp_path / "h.csv", ["Time", "Batch", "Reactor", "Temp_K", "PH"])  # pH misspelled
     out = tmp_path / "landing"
-    r = run("import", "--input", str(src), "--layout", "wide", "--tag-map", str(tag_map),
-            "--out", str(out))  # fmt: skip
+    r = run(
+        "import",
+        "--input",
+        str(src),
+        "--layout",
+        "wide",
+        "--tag-map",
+        str(tag_map),
+        "--out",
+        str(out),
+    )
     assert r.exit_code == 1
     line = _one_line_naming(r, "'pH' not found among the file's columns")
     assert "'PH'" in line and "misspelled" in line
     assert not list(out.rglob("*.parquet")), "nothing written"
 
     # told to go ahead: imported, with a warning naming what was left out
-    r = run("import", "--input", str(src), "--layout", "wide", "--tag-map", str(tag_map),
-            "--out", str(out), "--allow-missing-tags")  # fmt: skip
+    r = run(
+        "import",
+        "--input",
+        str(src),
+        "--layout",
+        "wide",
+        "--tag-map",
+        str(tag_map),
+        "--out",
+        str(out),
+        "--allow-missing-tags",
+    )
     assert r.exit_code == 0, r.output
     assert "warning:" in r.stderr and "PH" in r.stderr and "pH" in r.stderr
     # unit and batch IDs are stored upper case whatever the file's case
@@ -134,8 +153,17 @@ def test_import_warns_about_unmapped_columns(run, tmp_path: Path) -> None:
     tag_map = tmp_path / "map.yaml"
     tag_map.write_text(yaml.safe_dump(MAP))
     src = _csv(tmp_path / "h.csv", ["Time", "Batch", "Reactor", "Temp_K", "pH", "Agit_rpm"])
-    r = run("import", "--input", str(src), "--layout", "wide", "--tag-map", str(tag_map),
-            "--out", str(tmp_path / "landing"))  # fmt: skip
+    r = run(
+        "import",
+        "--input",
+        str(src),
+        "--layout",
+        "wide",
+        "--tag-map",
+        str(tag_map),
+        "--out",
+        str(tmp_path / "landing"),
+    )
     assert r.exit_code == 0, r.output
     warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "Agit_rpm" in warn[0] and "NOT imported" in warn[0]
@@ -148,8 +176,17 @@ def test_import_missing_file_is_one_line(run, tmp_path: Path, which: str) -> Non
     src = _csv(tmp_path / "h.csv", ["Time", "Batch", "Reactor", "Temp_K", "pH"])
     missing = tmp_path / "missing.csv"
     args = {"input": str(src), "tag-map": str(tag_map), which: str(missing)}
-    r = run("import", "--input", args["input"], "--layout", "wide", "--tag-map",
-            args["tag-map"], "--out", str(tmp_path / "landing"))  # fmt: skip
+    r = run(
+        "import",
+        "--input",
+        args["input"],
+        "--layout",
+        "wide",
+        "--tag-map",
+        args["tag-map"],
+        "--out",
+        str(tmp_path / "landing"),
+    )
     assert r.exit_code == 2
     _one_line_naming(r, f"{missing} does not exist")
     assert not (tmp_path / "landing").exists()
@@ -180,13 +217,31 @@ def test_real_process_prints_one_line_and_the_traceback_only_with_debug(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "PHARMA_DEBUG"} | {"COLUMNS": "1000"}
     missing = tmp_path / "missing.csv"
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(MAP))
-    cmd = [sys.executable, "-m", "pharma_assets.cli", "import", "--input", str(missing),
-           "--layout", "wide", "--tag-map", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "l")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pharma_assets.cli",
+        "import",
+        "--input",
+        str(missing),
+        "--layout",
+        "wide",
+        "--tag-map",
+        str(tmp_path / "m.yaml"),
+        "--out",
+        str(tmp_path / "l"),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"error: input file {missing} does not exist"]
-    d = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=300)  # fmt: skip
+    d = subprocess.run(
+        [*cmd[:3], "--debug", *cmd[3:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert d.returncode != 0 and "Traceback" in d.stderr and str(missing) in d.stderr
 
 

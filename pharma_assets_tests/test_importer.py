@@ -87,8 +87,15 @@ def _wide_source(tmp_path: Path) -> tuple[Path, dict[tuple[str, int, str], float
                 "pH": 7.0 + 0.01 * (i % 10),
                 "Pressure_mbar": 200.0 + (i % 50) + 0.25 * b,
             }
-            rows.append([t.astimezone(shown_tz).isoformat(), batch, unit,
-                         *(repr(v) for v in src.values()), "ok" if i % 7 else "checked"])  # fmt: skip
+            rows.append(
+                [
+                    t.astimezone(shown_tz).isoformat(),
+                    batch,
+                    unit,
+                    *(repr(v) for v in src.values()),
+                    "ok" if i % 7 else "checked",
+                ]
+            )
             for col, v in src.items():
                 tag, conv = EXPECTED_CONVERSION[col]
                 expected[(batch, _us(t), tag)] = conv(v)
@@ -157,14 +164,24 @@ def test_wide_round_trip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
 
 def test_wide_parquet_input_and_tag_map_object(tmp_path: Path) -> None:
     """A Parquet source with a naive datetime column and a TagMap object instead of a path."""
-    tm = TagMap.model_validate({**WIDE_MAP, "columns": {"timestamp": "Time", "batch_id": "Batch"},
-                                "timezone": "America/New_York"})  # fmt: skip
+    tm = TagMap.model_validate(
+        {
+            **WIDE_MAP,
+            "columns": {"timestamp": "Time", "batch_id": "Batch"},
+            "timezone": "America/New_York",
+        }
+    )
     t0 = datetime(2024, 7, 1, 22, 0)  # naive, New York summer time = 02:00 UTC next day
     src = tmp_path / "h.parquet"
     pl.DataFrame(
-        {"Time": [t0, t0 + STEP], "Batch": [17, 17], "Temp_K": [310.15, 311.15],
-         "pH": [7.1, 7.2], "Pressure_mbar": [150, 160]}
-    ).write_parquet(src)  # fmt: skip
+        {
+            "Time": [t0, t0 + STEP],
+            "Batch": [17, 17],
+            "Temp_K": [310.15, 311.15],
+            "pH": [7.1, 7.2],
+            "Pressure_mbar": [150, 160],
+        }
+    ).write_parquet(src)
     rep = import_file(src, "wide", tm, tmp_path / "landing")
     assert rep.batches == ["17"] and rep.readings_written == 6 and rep.unmapped_columns == []
     got = _read_back(rep.files_written)
@@ -235,8 +252,10 @@ def test_long_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(got["value"].to_numpy(), want, rtol=0, atol=1e-9)
     assert got["ts"].min() == datetime(2024, 1, 10, 22, 0, tzinfo=UTC)
     assert dict(got.select("tag", "uom").unique().iter_rows()) == {
-        "temperature_c": "degC", "ph": "pH", "feed_rate_ml_h": "mL/h",
-    }  # fmt: skip
+        "temperature_c": "degC",
+        "ph": "pH",
+        "feed_rate_ml_h": "mL/h",
+    }
 
 
 def test_long_layout_needs_tag_and_value_columns(tmp_path: Path) -> None:
@@ -252,8 +271,11 @@ def test_hours_since_batch_start(tmp_path: Path) -> None:
     rows = [
         [h, "B9", "BR03", "2024-05-01T08:00:00+00:00", 310.15, 7.0, 100] for h in (0, 0.5, 1.25)
     ]
-    src = _write_csv(tmp_path / "h.csv", ["Time", "Batch", "Reactor", "Start", "Temp_K", "pH",
-                                          "Pressure_mbar"], rows)  # fmt: skip
+    src = _write_csv(
+        tmp_path / "h.csv",
+        ["Time", "Batch", "Reactor", "Start", "Temp_K", "pH", "Pressure_mbar"],
+        rows,
+    )
     rep = import_file(src, "wide", _write_map(tmp_path / "m.yaml", data), tmp_path / "out")
     got = _read_back(rep.files_written)
     t0 = datetime(2024, 5, 1, 8, tzinfo=UTC)
@@ -278,8 +300,11 @@ def test_non_numeric_cells_become_bad_nan_not_dropped(tmp_path: Path) -> None:
     rows[2][3] = "n/a"  # text in Temp_K
     rows[4][5] = ""  # empty Pressure_mbar
     rows[5][4] = "7,1"  # decimal comma is not a number here
-    src = _write_csv(tmp_path / "bad.csv", ["Time", "Batch", "Reactor", "Temp_K", "pH",
-                                            "Pressure_mbar", "Operator_Note"], rows)  # fmt: skip
+    src = _write_csv(
+        tmp_path / "bad.csv",
+        ["Time", "Batch", "Reactor", "Temp_K", "pH", "Pressure_mbar", "Operator_Note"],
+        rows,
+    )
     rep = import_file(src, "wide", _write_map(tmp_path / "m.yaml", WIDE_MAP), tmp_path / "out")
 
     assert rep.bad_values == 3
@@ -363,8 +388,10 @@ def test_unit_conversions(tag: str, from_uom: str, value: float, expected: float
 
 
 def test_other_map_errors(tmp_path: Path) -> None:
-    two_to_one = {**WIDE_MAP, "tags": {"T1": {"tag": "ph", "from_uom": "pH"},
-                                       "T2": {"tag": "ph", "from_uom": "pH"}}}  # fmt: skip
+    two_to_one = {
+        **WIDE_MAP,
+        "tags": {"T1": {"tag": "ph", "from_uom": "pH"}, "T2": {"tag": "ph", "from_uom": "pH"}},
+    }
     with pytest.raises(ConfigError, match="same canonical tag"):
         load_tag_map(_write_map(tmp_path / "a.yaml", two_to_one))
     no_unit = {**WIDE_MAP, "columns": {"timestamp": "Time", "batch_id": "Batch"}}
@@ -384,8 +411,11 @@ def test_missing_column_and_bad_timestamp_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"'Time' \(tag map columns\.timestamp\) not found"):
         import_file(src, "wide", tag_map, tmp_path / "out")
-    src = _write_csv(tmp_path / "b.csv", ["Time", "Batch", "Reactor", "Temp_K"],
-                     [["2024-01-01T00:00Z", "B", "R", 1], ["yesterday", "B", "R", 2]])  # fmt: skip
+    src = _write_csv(
+        tmp_path / "b.csv",
+        ["Time", "Batch", "Reactor", "Temp_K"],
+        [["2024-01-01T00:00Z", "B", "R", 1], ["yesterday", "B", "R", 2]],
+    )
     with pytest.raises(ValueError, match=r"row 2: 'yesterday'"):
         import_file(src, "wide", tag_map, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written on a structural error
@@ -393,8 +423,11 @@ def test_missing_column_and_bad_timestamp_errors(tmp_path: Path) -> None:
 
 def test_duplicate_readings_are_an_error(tmp_path: Path) -> None:
     row = ["2024-01-01T00:00:00Z", "B", "R", 300, 7.0, 100]
-    src = _write_csv(tmp_path / "d.csv", ["Time", "Batch", "Reactor", "Temp_K", "pH", "Pressure_mbar"],
-                     [row, row])  # fmt: skip
+    src = _write_csv(
+        tmp_path / "d.csv",
+        ["Time", "Batch", "Reactor", "Temp_K", "pH", "Pressure_mbar"],
+        [row, row],
+    )
     with pytest.raises(ValueError, match="duplicate"):
         import_file(src, "wide", _write_map(tmp_path / "m.yaml", WIDE_MAP), tmp_path / "out")
 

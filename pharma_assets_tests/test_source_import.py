@@ -32,31 +32,48 @@ def _yaml(p: Path, d: dict) -> Path:
 
 
 def _events(out: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted(out.glob("mes/*/*/*.jsonl"))
-            for line in p.read_text().splitlines()]  # fmt: skip
+    return [
+        json.loads(line)
+        for p in sorted(out.glob("mes/*/*/*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
 
 
 MES_MAP = {
     "site_id": "S1",
-    "columns": {"batch_id": "Order", "unit_id": "Unit", "start": "Begin", "end": "Finish",
-                "timezone": "TZ", "recipe_id": "Recipe", "status": "Result",
-                "planned_end": "Planned"},
+    "columns": {
+        "batch_id": "Order",
+        "unit_id": "Unit",
+        "start": "Begin",
+        "end": "Finish",
+        "timezone": "TZ",
+        "recipe_id": "Recipe",
+        "status": "Result",
+        "planned_end": "Planned",
+    },
     "lots": {"Lot": "api_lot"},
     "phases": {"Growth": "growth"},
     "status_values": {"OK": "complete", "NOK": "aborted", "RUN": "running"},
-}  # fmt: skip
+}
 
 
 def test_mes_local_times_with_a_zone_column_become_utc_events(tmp_path: Path) -> None:
     src = tmp_path / "mes.csv"
-    pl.DataFrame({
-        "Order": ["b1", "B2", "B3"], "Unit": ["fbd1", "FBD1", "FBD1"],
-        "Begin": ["2025-03-30 01:30:00", "2025-06-02 08:00:00", "2025-06-03 08:00:00"],
-        "Finish": ["2025-03-30 04:30:00", "2025-06-02 10:00:00", ""],
-        "TZ": ["Europe/Berlin", "America/Chicago", "UTC"], "Recipe": ["R1", "R1", "R2"],
-        "Result": ["OK", "NOK", "RUN"], "Lot": ["L1", "", "L3"], "Planned": ["", "", ""],
-        "Growth": ["2025-03-30 02:00:00", "", ""], "Note": ["x", "y", "z"],
-    }).write_csv(src)  # fmt: skip
+    pl.DataFrame(
+        {
+            "Order": ["b1", "B2", "B3"],
+            "Unit": ["fbd1", "FBD1", "FBD1"],
+            "Begin": ["2025-03-30 01:30:00", "2025-06-02 08:00:00", "2025-06-03 08:00:00"],
+            "Finish": ["2025-03-30 04:30:00", "2025-06-02 10:00:00", ""],
+            "TZ": ["Europe/Berlin", "America/Chicago", "UTC"],
+            "Recipe": ["R1", "R1", "R2"],
+            "Result": ["OK", "NOK", "RUN"],
+            "Lot": ["L1", "", "L3"],
+            "Planned": ["", "", ""],
+            "Growth": ["2025-03-30 02:00:00", "", ""],
+            "Note": ["x", "y", "z"],
+        }
+    ).write_csv(src)
     rep = import_mes(src, _yaml(tmp_path / "m.yaml", MES_MAP), tmp_path / "landing")
     assert rep.batches == ["B1", "B2", "B3"] and rep.unmapped_columns == ["Note"]
     ev = {(e["batch_id"], e["event_type"]): e for e in _events(tmp_path / "landing")}
@@ -85,10 +102,18 @@ def test_mes_local_times_with_a_zone_column_become_utc_events(tmp_path: Path) ->
 )
 def test_mes_structural_problems_stop_before_writing(tmp_path: Path, change, message) -> None:
     n = len(next(iter(change.values())))
-    base = {"Order": [f"B{i}" for i in range(n)], "Unit": ["U1"] * n,
-            "Begin": ["2025-06-02 08:00:00"] * n, "Finish": [""] * n, "TZ": ["UTC"] * n,
-            "Recipe": ["R"] * n, "Result": ["OK"] * n, "Lot": [""] * n, "Planned": [""] * n,
-            "Growth": [""] * n}  # fmt: skip
+    base = {
+        "Order": [f"B{i}" for i in range(n)],
+        "Unit": ["U1"] * n,
+        "Begin": ["2025-06-02 08:00:00"] * n,
+        "Finish": [""] * n,
+        "TZ": ["UTC"] * n,
+        "Recipe": ["R"] * n,
+        "Result": ["OK"] * n,
+        "Lot": [""] * n,
+        "Planned": [""] * n,
+        "Growth": [""] * n,
+    }
     base.update(change)
     pl.DataFrame(base).write_csv(tmp_path / "mes.csv")
     with pytest.raises(ValueError, match=message):
@@ -104,18 +129,30 @@ def test_mes_map_errors_name_the_field(tmp_path: Path) -> None:
 
 def test_lims_wide_converts_units_and_reports_what_it_leaves_out(tmp_path: Path) -> None:
     src = tmp_path / "lims.csv"
-    pl.DataFrame({
-        "Run": ["C1", "C1", "C2"], "Sampled": ["2025-03-17T10:00:00Z"] * 2 + ["2025-03-18T10:00:00Z"],
-        "Type": ["REL", "IPC", "REL"], "Titer_mgL": ["3624.3", "", "n/a"], "VCD": ["", "12e6", "9e6"],
-        "Colour": ["white", "white", "grey"],
-    }).write_csv(src)  # fmt: skip
-    m = _yaml(tmp_path / "l.yaml", {
-        "site_id": "S1", "default_unit_id": "R1", "layout": "wide",
-        "columns": {"batch_id": "Run", "sample_ts": "Sampled", "sample_type": "Type"},
-        "sample_types": {"REL": "release", "IPC": "in_process"},
-        "analytes": {"Titer_mgL": {"analyte": "titer_g_l", "from_uom": "mg/L"},
-                     "VCD": {"analyte": "viable_cell_density_e6_cells_ml", "from_uom": "cells/mL"}},
-    })  # fmt: skip
+    pl.DataFrame(
+        {
+            "Run": ["C1", "C1", "C2"],
+            "Sampled": ["2025-03-17T10:00:00Z"] * 2 + ["2025-03-18T10:00:00Z"],
+            "Type": ["REL", "IPC", "REL"],
+            "Titer_mgL": ["3624.3", "", "n/a"],
+            "VCD": ["", "12e6", "9e6"],
+            "Colour": ["white", "white", "grey"],
+        }
+    ).write_csv(src)
+    m = _yaml(
+        tmp_path / "l.yaml",
+        {
+            "site_id": "S1",
+            "default_unit_id": "R1",
+            "layout": "wide",
+            "columns": {"batch_id": "Run", "sample_ts": "Sampled", "sample_type": "Type"},
+            "sample_types": {"REL": "release", "IPC": "in_process"},
+            "analytes": {
+                "Titer_mgL": {"analyte": "titer_g_l", "from_uom": "mg/L"},
+                "VCD": {"analyte": "viable_cell_density_e6_cells_ml", "from_uom": "cells/mL"},
+            },
+        },
+    )
     rep = import_lims(src, m, tmp_path / "landing")
     assert rep.unmapped_columns == ["Colour"]
     assert rep.not_imported_counts == {"value empty or not a number": 1}
@@ -133,17 +170,31 @@ def test_lims_wide_converts_units_and_reports_what_it_leaves_out(tmp_path: Path)
 def test_lims_long_row_units_and_future_results_warn(tmp_path: Path) -> None:
     future = (datetime.now(UTC) + timedelta(days=3)).isoformat()
     src = tmp_path / "lims.csv"
-    pl.DataFrame({
-        "Batch": ["B1", "B1", "B2", "B2"], "When": ["2025-01-01T00:00:00Z"] * 3 + [future],
-        "Test": ["LOD", "LOD", "LOD", "Colour"], "Result": ["1.2", "0.013", "1.1", "white"],
-        "Units": ["%", "fraction", "%", ""],
-    }).write_csv(src)  # fmt: skip
-    m = _yaml(tmp_path / "l.yaml", {
-        "site_id": "S1", "default_unit_id": "D1", "default_sample_type": "release",
-        "columns": {"batch_id": "Batch", "sample_ts": "When", "analyte": "Test",
-                    "value": "Result", "uom": "Units"},
-        "analytes": {"LOD": {"analyte": "loss_on_drying_pct", "from_uom": "%", "uom": "%"}},
-    })  # fmt: skip
+    pl.DataFrame(
+        {
+            "Batch": ["B1", "B1", "B2", "B2"],
+            "When": ["2025-01-01T00:00:00Z"] * 3 + [future],
+            "Test": ["LOD", "LOD", "LOD", "Colour"],
+            "Result": ["1.2", "0.013", "1.1", "white"],
+            "Units": ["%", "fraction", "%", ""],
+        }
+    ).write_csv(src)
+    m = _yaml(
+        tmp_path / "l.yaml",
+        {
+            "site_id": "S1",
+            "default_unit_id": "D1",
+            "default_sample_type": "release",
+            "columns": {
+                "batch_id": "Batch",
+                "sample_ts": "When",
+                "analyte": "Test",
+                "value": "Result",
+                "uom": "Units",
+            },
+            "analytes": {"LOD": {"analyte": "loss_on_drying_pct", "from_uom": "%", "uom": "%"}},
+        },
+    )
     rep = import_lims(src, m, tmp_path / "landing")
     assert rep.records_written == 3
     assert rep.not_imported_counts == {"analyte not in the mapping": 1}
@@ -153,45 +204,75 @@ def test_lims_long_row_units_and_future_results_warn(tmp_path: Path) -> None:
     assert sorted(rows["value"].to_list()) == [1.1, 1.2, 1.3]  # 0.013 fraction -> 1.3 %
     # a future-dated row that IS imported warns at import time
     src2 = tmp_path / "lims2.csv"
-    pl.DataFrame({"Batch": ["B3"], "When": [future], "Test": ["LOD"], "Result": ["1.0"],
-                  "Units": ["%"]}).write_csv(src2)  # fmt: skip
+    pl.DataFrame(
+        {"Batch": ["B3"], "When": [future], "Test": ["LOD"], "Result": ["1.0"], "Units": ["%"]}
+    ).write_csv(src2)
     rep2 = import_lims(src2, m, tmp_path / "landing")
     assert rep2.future == 1 and "dated in the future" in rep2.warnings()[0]
 
 
 def test_cmms_codes_units_and_generated_ids(tmp_path: Path) -> None:
     src = tmp_path / "wo.csv"
-    pl.DataFrame({"Date": ["2025-06-03T10:00:00Z", "2025-06-04T10:00:00Z", "2025-06-05T10:00:00Z"],
-                  "Asset": ["fbd1-fan", "FBD1-FAN", "FBD1-FILTER"], "Type": ["PM", "BRK", "INSP"],
-                  "Down_min": ["45", "", "10"]}).write_csv(src)  # fmt: skip
-    m = _yaml(tmp_path / "c.yaml", {
-        "site_id": "S1", "default_unit_id": "FBD1", "downtime_uom": "min",
-        "columns": {"event_ts": "Date", "equipment_id": "Asset", "event_type": "Type",
-                    "downtime_h": "Down_min"},
-        "event_types": {"PM": "preventive_maintenance", "BRK": "failure"},
-    })  # fmt: skip
+    pl.DataFrame(
+        {
+            "Date": ["2025-06-03T10:00:00Z", "2025-06-04T10:00:00Z", "2025-06-05T10:00:00Z"],
+            "Asset": ["fbd1-fan", "FBD1-FAN", "FBD1-FILTER"],
+            "Type": ["PM", "BRK", "INSP"],
+            "Down_min": ["45", "", "10"],
+        }
+    ).write_csv(src)
+    m = _yaml(
+        tmp_path / "c.yaml",
+        {
+            "site_id": "S1",
+            "default_unit_id": "FBD1",
+            "downtime_uom": "min",
+            "columns": {
+                "event_ts": "Date",
+                "equipment_id": "Asset",
+                "event_type": "Type",
+                "downtime_h": "Down_min",
+            },
+            "event_types": {"PM": "preventive_maintenance", "BRK": "failure"},
+        },
+    )
     rep = import_cmms(src, m, tmp_path / "landing")
-    recs = [json.loads(line) for p in (tmp_path / "landing").glob("cmms/FBD1/*.jsonl")
-            for line in p.read_text().splitlines()]  # fmt: skip
+    recs = [
+        json.loads(line)
+        for p in (tmp_path / "landing").glob("cmms/FBD1/*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
     assert [r["event_type"] for r in recs] == ["preventive_maintenance", "failure"]
     assert recs[0]["downtime_h"] == pytest.approx(0.75) and recs[1]["downtime_h"] is None
     assert recs[0]["equipment_id"] == "FBD1-FAN" and recs[0]["work_order_id"].startswith("WO-IMP-")
     assert rep.not_imported_counts == {"event type not in event_types": 1}
     import_cmms(src, m, tmp_path / "landing2")
-    ids = [json.loads(x)["work_order_id"] for p in (tmp_path / "landing2").glob("cmms/*/*.jsonl")
-           for x in p.read_text().splitlines()]  # fmt: skip
+    ids = [
+        json.loads(x)["work_order_id"]
+        for p in (tmp_path / "landing2").glob("cmms/*/*.jsonl")
+        for x in p.read_text().splitlines()
+    ]
     assert ids == [r["work_order_id"] for r in recs]  # stable on re-import
 
 
 def test_inferred_batches_gaps_and_spec_draft(tmp_path: Path) -> None:
     src = tmp_path / "h.csv"
-    pl.DataFrame({"Run": ["A", "A", "B"],
-                  "T": ["2025-01-01T00:00:00Z", "2025-01-01T12:00:00Z", "2025-01-02T00:00:00Z"],
-                  "Moist": ["0.3", "0.2", "0.25"]}).write_csv(src)  # fmt: skip
-    tm = _yaml(tmp_path / "t.yaml", {
-        "site_id": "S1", "default_unit_id": "D1", "columns": {"timestamp": "T", "batch_id": "Run"},
-        "tags": {"Moist": {"tag": "moisture_pct", "from_uom": "fraction", "uom": "%"}},
-    })  # fmt: skip
+    pl.DataFrame(
+        {
+            "Run": ["A", "A", "B"],
+            "T": ["2025-01-01T00:00:00Z", "2025-01-01T12:00:00Z", "2025-01-02T00:00:00Z"],
+            "Moist": ["0.3", "0.2", "0.25"],
+        }
+    ).write_csv(src)
+    tm = _yaml(
+        tmp_path / "t.yaml",
+        {
+            "site_id": "S1",
+            "default_unit_id": "D1",
+            "columns": {"timestamp": "T", "batch_id": "Run"},
+            "tags": {"Moist": {"tag": "moisture_pct", "from_uom": "fraction", "uom": "%"}},
+        },
+    )
     land = tmp_path / "landing"
     rep = import_file(src, "wide", tm, land)
     assert rep.readings_written == 3
@@ -217,6 +298,7 @@ def test_cli_says_what_is_missing_and_refuses_bad_arguments(tmp_path: Path) -> N
     assert r.exit_code == 2 and "--source lims needs --input FILE" in r.output
     r = CliRunner().invoke(app, ["import", "--source", "erp", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--source must be one of" in r.output
-    r = CliRunner().invoke(app, ["import", "--source", "infer-batches", "--out",
-                                 str(tmp_path / "nothing")])  # fmt: skip
+    r = CliRunner().invoke(
+        app, ["import", "--source", "infer-batches", "--out", str(tmp_path / "nothing")]
+    )
     assert r.exit_code == 2 and "does not exist" in r.output

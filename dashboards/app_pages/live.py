@@ -42,10 +42,14 @@ if unit:
             history[tag] = {"ts_us": w["ts_us"], "value": w["value"]}
 cfg = {
     "ws_url": gw.public_url().replace("http", "ws", 1) + "/ws/live",
-    "cpp_tags": spec.cpp_tags, "bands": spec_bands(), "default_phase": "production",
-    "unit": unit, "minutes": minutes, "history": history,
+    "cpp_tags": spec.cpp_tags,
+    "bands": spec_bands(),
+    "default_phase": "production",
+    "unit": unit,
+    "minutes": minutes,
+    "history": history,
     "stale_after_s": 10,
-}  # fmt: skip
+}
 html = TEMPLATE.read_text().replace("__CONFIG__", json.dumps(cfg))
 st.iframe(html, height=560 + 150 * ((len(spec.cpp_tags) + 2) // 3))
 st.caption(
@@ -63,11 +67,14 @@ def respond() -> None:
         st.success("No open alarm.")
         return
     if not auth.can(session, "alarm.respond"):
-        st.info(f"{session.full_name} ({session.role}) may view alarms; acknowledging and shelving "
-                "need the alarm.respond permission (operators, engineers, maintenance, QA).")  # fmt: skip
+        st.info(
+            f"{session.full_name} ({session.role}) may view alarms; acknowledging and shelving "
+            "need the alarm.respond permission (operators, engineers, maintenance, QA)."
+        )
         return
-    labels = {a["alarm_id"]: f"{a['priority']} · {a['unit_id']} {a['tag']} · {a['state']}"
-              for a in alarms}  # fmt: skip
+    labels = {
+        a["alarm_id"]: f"{a['priority']} · {a['unit_id']} {a['tag']} · {a['state']}" for a in alarms
+    }
     aid = st.selectbox("Alarm", list(labels), format_func=lambda a: labels[a], key="live_alarm")
     a = next(x for x in alarms if x["alarm_id"] == aid)
     ca, cs = st.columns(2)
@@ -75,8 +82,15 @@ def respond() -> None:
         comment = st.text_input("Comment (optional)", key="ack_comment")
         if st.form_submit_button("Acknowledge", disabled=a["acked"] or a["state"] == "shelved"):
             try:
-                gw.post_action(aid, "ack", {"user_id": session.user_id, "comment": comment or None,
-                                            "context_id": session.session_id})  # fmt: skip
+                gw.post_action(
+                    aid,
+                    "ack",
+                    {
+                        "user_id": session.user_id,
+                        "comment": comment or None,
+                        "context_id": session.session_id,
+                    },
+                )
                 st.success(f"{aid} acknowledged by {session.user_id} (audited).")
             except gw.ActionError as e:
                 st.error(str(e))
@@ -85,9 +99,15 @@ def respond() -> None:
             reason = st.text_input("Reason to unshelve", key="unshelve_reason")
             if st.form_submit_button("Unshelve"):
                 try:
-                    gw.post_action(aid, "unshelve", {"user_id": session.user_id,
-                                                     "reason": reason or None,
-                                                     "context_id": session.session_id})  # fmt: skip
+                    gw.post_action(
+                        aid,
+                        "unshelve",
+                        {
+                            "user_id": session.user_id,
+                            "reason": reason or None,
+                            "context_id": session.session_id,
+                        },
+                    )
                     st.success(f"{aid} unshelved (audited).")
                 except gw.ActionError as e:
                     st.error(str(e))
@@ -99,9 +119,16 @@ def respond() -> None:
                     st.error("Shelving needs a reason.")
                 else:
                     try:
-                        gw.post_action(aid, "shelve", {"user_id": session.user_id,
-                                                       "reason": reason, "duration_s": mins * 60,
-                                                       "context_id": session.session_id})  # fmt: skip
+                        gw.post_action(
+                            aid,
+                            "shelve",
+                            {
+                                "user_id": session.user_id,
+                                "reason": reason,
+                                "duration_s": mins * 60,
+                                "context_id": session.session_id,
+                            },
+                        )
                         st.success(f"{aid} shelved for {mins} min (audited).")
                     except gw.ActionError as e:
                         st.error(str(e))

@@ -47,9 +47,11 @@ def _pending_promotions() -> None:
         return
     may_sign = auth.can(session, promotions.PERMISSION)
     if not may_sign:
-        st.caption(f"{pend.height} proposal(s) wait for QA: a user whose role grants "
-                   f"`{promotions.PERMISSION}` approves or rejects them with an electronic "
-                   "signature.")  # fmt: skip
+        st.caption(
+            f"{pend.height} proposal(s) wait for QA: a user whose role grants "
+            f"`{promotions.PERMISSION}` approves or rejects them with an electronic "
+            "signature."
+        )
     uri = os.environ.get("PHARMA_MLFLOW_URI") or None
     for r in pend.iter_rows(named=True):
         name, version = r["model_name"], r["version"]
@@ -67,12 +69,23 @@ def _pending_promotions() -> None:
         key = f"{name}_{version}".replace(".", "_")
         c1, c2 = st.columns(2)
         with c1:
-            auth.signature_dialog(session, f"Approve v{version}", "approval", label,
-                                  _signer(True, name, version, uri), f"prm_ok_{key}")  # fmt: skip
+            auth.signature_dialog(
+                session,
+                f"Approve v{version}",
+                "approval",
+                label,
+                _signer(True, name, version, uri),
+                f"prm_ok_{key}",
+            )
         with c2:
-            auth.signature_dialog(session, f"Reject v{version}", "approval",
-                                  "the rejection of " + label, _signer(False, name, version, uri),
-                                  f"prm_no_{key}")  # fmt: skip
+            auth.signature_dialog(
+                session,
+                f"Reject v{version}",
+                "approval",
+                "the rejection of " + label,
+                _signer(False, name, version, uri),
+                f"prm_no_{key}",
+            )
 
 
 def _capabilities() -> None:
@@ -91,8 +104,11 @@ def _capabilities() -> None:
     for r in skipped.iter_rows(named=True):
         what = f"{r['capability']} ({r['target']})" if r["target"] else r["capability"]
         st.warning(f"**{what}** skipped: {r['reason']}", icon=":material/block:")
-    ui.table(latest.select("capability", "target", "applies", "reason", "assessed_at"),
-             "model_capabilities", "model capabilities")  # fmt: skip
+    ui.table(
+        latest.select("capability", "target", "applies", "reason", "assessed_at"),
+        "model_capabilities",
+        "model capabilities",
+    )
 
 
 _capabilities()
@@ -129,8 +145,9 @@ if registry is not None:
             if r["promotion_state"] in ("pending_approval", "superseded"):
                 continue  # proposed by the gate: under "Pending promotions"
             if r["promotion_state"] == "rejected":
-                st.warning(f"**{r['name']}** v{r['version']} rejected ({stays})",
-                           icon=":material/block:")  # fmt: skip
+                st.warning(
+                    f"**{r['name']}** v{r['version']} rejected ({stays})", icon=":material/block:"
+                )
                 continue
             st.warning(
                 f"**{r['name']}** v{r['version']} not promoted ({stays}): "
@@ -168,12 +185,24 @@ if with_target.height:
         for r in with_target.iter_rows(named=True)
     ]
     fig = go.Figure()
-    fig.add_bar(x=labels, y=with_target["value"].to_list(), name="value",
-                marker_color=["#2e7d32" if ok else "#c62828" for ok in with_target["target_met"].fill_null(False)])  # fmt: skip
-    fig.add_scatter(x=labels, y=with_target["target"].to_list(), mode="markers", name="target",
-                    marker={"symbol": "line-ew-open", "size": 30, "color": "black", "line": {"width": 3}})  # fmt: skip
-    fig.update_layout(xaxis_title="model version and metric",
-                      yaxis_title="value (unit in the metric name)")  # fmt: skip
+    fig.add_bar(
+        x=labels,
+        y=with_target["value"].to_list(),
+        name="value",
+        marker_color=[
+            "#2e7d32" if ok else "#c62828" for ok in with_target["target_met"].fill_null(False)
+        ],
+    )
+    fig.add_scatter(
+        x=labels,
+        y=with_target["target"].to_list(),
+        mode="markers",
+        name="target",
+        marker={"symbol": "line-ew-open", "size": 30, "color": "black", "line": {"width": 3}},
+    )
+    fig.update_layout(
+        xaxis_title="model version and metric", yaxis_title="value (unit in the metric name)"
+    )
     ui.chart(fig, "targets", height=380)
 ui.table(
     perf.sort("model_name", "model_version", "metric"), "model_performance", "model performance"

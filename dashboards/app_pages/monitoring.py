@@ -8,9 +8,16 @@ import streamlit as st
 
 from dashboards import data, logic, ui
 
-ui.header("Contamination & monitoring", "monitoring",
-          (("gold", "contamination_risk"), ("gold", "contamination_live"),
-           ("gold", "mspc_scores"), ("gold", "mspc_alarms")))  # fmt: skip
+ui.header(
+    "Contamination & monitoring",
+    "monitoring",
+    (
+        ("gold", "contamination_risk"),
+        ("gold", "contamination_live"),
+        ("gold", "mspc_scores"),
+        ("gold", "mspc_alarms"),
+    ),
+)
 batches = data.read("silver", "batches", columns=("batch_id", "unit_id", "status", "start_ts"))
 running_ids = logic.running_batch_ids(batches)
 
@@ -20,41 +27,70 @@ cl = data.contamination_latest()
 if cl is None:
     st.info(data.missing_hint("gold", "contamination_risk"), icon=":material/info:")
 elif not running_ids:
-    ui.empty("No batch is running: contamination risk is scored for running batches only "
-             f"({cl['batch_id'].n_unique()} finished batches were scored while they ran).")  # fmt: skip
+    ui.empty(
+        "No batch is running: contamination risk is scored for running batches only "
+        f"({cl['batch_id'].n_unique()} finished batches were scored while they ran)."
+    )
 else:
     now = cl.filter(pl.col("batch_id").is_in(running_ids))
     m = st.columns(4)
     m[0].metric("Running batches", len(running_ids))
-    m[1].metric("Running batches scored", now.height,
-                help="running batches with at least one scored 5-minute window")  # fmt: skip
+    m[1].metric(
+        "Running batches scored",
+        now.height,
+        help="running batches with at least one scored 5-minute window",
+    )
     m[2].metric("In alarm now", int(now["alarm"].sum()))
     m[3].metric("Highest risk now", logic.fmt(logic.max_or_none(now["risk"]), 1, " %", scale=100))
     unscored = sorted(set(running_ids) - set(now["batch_id"].to_list()))
     if unscored:
         st.caption(f"Not scored yet (no complete window): {', '.join(unscored)}.")
     if now.height:
-        cols = ("batch_id", "elapsed_h", "window_end_ts", "anomaly_score", "threshold", "risk",
-                "alarm")  # fmt: skip
-        parts = [data.read("gold", t, columns=cols, where=(("batch_id", tuple(running_ids)),))
-                 for t in ("contamination_risk", "contamination_live")]  # fmt: skip
+        cols = (
+            "batch_id",
+            "elapsed_h",
+            "window_end_ts",
+            "anomaly_score",
+            "threshold",
+            "risk",
+            "alarm",
+        )
+        parts = [
+            data.read("gold", t, columns=cols, where=(("batch_id", tuple(running_ids)),))
+            for t in ("contamination_risk", "contamination_live")
+        ]
         cr = logic.windows_of(parts)
         traces = []
         for b in sorted(now["batch_id"].to_list()):
             d = cr.filter(pl.col("batch_id") == b)
-            traces.append({"type": "scatter", "x": d["elapsed_h"].to_numpy(), "y": d["anomaly_score"].to_numpy(),
-                           "mode": "lines", "name": b})  # fmt: skip
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": d["elapsed_h"].to_numpy(),
+                    "y": d["anomaly_score"].to_numpy(),
+                    "mode": "lines",
+                    "name": b,
+                }
+            )
         thr = now["threshold"].max()
         lines = (
             [ui.hline(thr, f"alarm threshold {thr:.3g}", "#c62828")]
             if isinstance(thr, float)
             else []
         )
-        ui.chart(ui.figure(traces, "time since inoculation (h)",
-                           "anomaly score (model units; higher = more anomalous)", lines,
-                           showlegend=True), "contamination")  # fmt: skip
-        ui.table(now.sort("risk", descending=True), "contamination_latest",
-                 "latest contamination scores")  # fmt: skip
+        ui.chart(
+            ui.figure(
+                traces,
+                "time since inoculation (h)",
+                "anomaly score (model units; higher = more anomalous)",
+                lines,
+                showlegend=True,
+            ),
+            "contamination",
+        )
+        ui.table(
+            now.sort("risk", descending=True), "contamination_latest", "latest contamination scores"
+        )
 
 # ------------------------------------------------------------------ contamination history
 st.subheader("Contamination risk history (any batch)")
@@ -77,26 +113,47 @@ else:
         al = d.filter(pl.col("alarm"))
         m = st.columns(4)
         m[0].metric("Windows scored", d.height)
-        m[1].metric("From the retraining (gold/contamination_risk)",
-                    int((d["source"] == "retraining").sum()))  # fmt: skip
-        m[2].metric("From live scoring (gold/contamination_live)",
-                    int((d["source"] == "live").sum()))  # fmt: skip
+        m[1].metric(
+            "From the retraining (gold/contamination_risk)",
+            int((d["source"] == "retraining").sum()),
+        )
+        m[2].metric(
+            "From live scoring (gold/contamination_live)", int((d["source"] == "live").sum())
+        )
         m[3].metric("Alarm windows", al.height)
         traces = [
-            {"type": "scatter", "x": d["elapsed_h"].to_numpy(), "y": d["anomaly_score"].to_numpy(),
-             "mode": "lines", "name": "anomaly score"},
-            {"type": "scatter", "x": al["elapsed_h"].to_numpy(), "y": al["anomaly_score"].to_numpy(),
-             "mode": "markers", "name": "alarm window", "marker": {"color": "#c62828", "size": 8}},
-        ]  # fmt: skip
+            {
+                "type": "scatter",
+                "x": d["elapsed_h"].to_numpy(),
+                "y": d["anomaly_score"].to_numpy(),
+                "mode": "lines",
+                "name": "anomaly score",
+            },
+            {
+                "type": "scatter",
+                "x": al["elapsed_h"].to_numpy(),
+                "y": al["anomaly_score"].to_numpy(),
+                "mode": "markers",
+                "name": "alarm window",
+                "marker": {"color": "#c62828", "size": 8},
+            },
+        ]
         thr = d["threshold"].max()
         lines = (
             [ui.hline(thr, f"alarm threshold {thr:.3g}", "#c62828")]
             if isinstance(thr, float)
             else []
         )
-        ui.chart(ui.figure(traces, "time since inoculation (h)",
-                           "anomaly score (model units; higher = more anomalous)", lines,
-                           showlegend=True), "contamination_history")  # fmt: skip
+        ui.chart(
+            ui.figure(
+                traces,
+                "time since inoculation (h)",
+                "anomaly score (model units; higher = more anomalous)",
+                lines,
+                showlegend=True,
+            ),
+            "contamination_history",
+        )
 
 # ------------------------------------------------------------------ MSPC
 st.subheader("MSPC: Hotelling T² and SPE")
@@ -109,13 +166,16 @@ if not order:
     ui.empty("gold/mspc_scores is empty and no batch is running: no batch monitored yet.")
     st.stop()
 labels = {b: f"{b} ({status})" for b, status in order}
-batch_id = st.selectbox("Batch (running first)", list(labels),
-                        format_func=lambda b: labels.get(b, b), key="mon_batch")  # fmt: skip
+batch_id = st.selectbox(
+    "Batch (running first)", list(labels), format_func=lambda b: labels.get(b, b), key="mon_batch"
+)
 sc = data.read("gold", "mspc_scores", where=(("batch_id", batch_id),))
 assert sc is not None
 if sc.height == 0:
-    ui.empty(f"{batch_id} has no MSPC score yet: its complete hours are scored at the next run "
-             "of the `ml` group (gold/mspc_scores).")  # fmt: skip
+    ui.empty(
+        f"{batch_id} has no MSPC score yet: its complete hours are scored at the next run "
+        "of the `ml` group (gold/mspc_scores)."
+    )
     st.stop()
 sc = sc.sort("elapsed_h")
 for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limit", "SPE (Q)")):
@@ -123,16 +183,38 @@ for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limi
     x = sc["elapsed_h"].to_numpy()
     traces = [
         {"type": "scatter", "x": x, "y": sc[stat].to_numpy(), "mode": "lines", "name": name},
-        {"type": "scatter", "x": x, "y": sc[limit].to_numpy(), "mode": "lines", "name": f"{name} limit",
-         "line": {"dash": "dash", "color": "#c62828"}},
-        {"type": "scatter", "x": out["elapsed_h"].to_numpy(), "y": out[stat].to_numpy(), "mode": "markers",
-         "name": "beyond limit", "marker": {"color": "#c62828", "size": 8}},
-    ]  # fmt: skip
-    ui.chart(ui.figure(traces, "time since inoculation (h)", f"{name} (dimensionless, log scale)",
-                       yaxis=ui.LOG_AXIS), f"mspc_{stat}", height=280)  # fmt: skip
-st.caption("Limits vary with batch maturity (one PCA model per hour of batch time, "
-           "limits from the good batches' out-of-fold statistics); log scale so that the "
-           "statistic stays readable where a limit is high.")  # fmt: skip
+        {
+            "type": "scatter",
+            "x": x,
+            "y": sc[limit].to_numpy(),
+            "mode": "lines",
+            "name": f"{name} limit",
+            "line": {"dash": "dash", "color": "#c62828"},
+        },
+        {
+            "type": "scatter",
+            "x": out["elapsed_h"].to_numpy(),
+            "y": out[stat].to_numpy(),
+            "mode": "markers",
+            "name": "beyond limit",
+            "marker": {"color": "#c62828", "size": 8},
+        },
+    ]
+    ui.chart(
+        ui.figure(
+            traces,
+            "time since inoculation (h)",
+            f"{name} (dimensionless, log scale)",
+            yaxis=ui.LOG_AXIS,
+        ),
+        f"mspc_{stat}",
+        height=280,
+    )
+st.caption(
+    "Limits vary with batch maturity (one PCA model per hour of batch time, "
+    "limits from the good batches' out-of-fold statistics); log scale so that the "
+    "statistic stays readable where a limit is high."
+)
 
 st.markdown("**Top contributing tags**")
 top = logic.top_contributors(sc)

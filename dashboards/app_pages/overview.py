@@ -8,8 +8,16 @@ import streamlit as st
 
 from dashboards import data, live, logic, ui
 
-ui.header("Plant overview", "overview", (("gold", "unit_status"), ("gold", "batch_summary"),
-                                         ("gold", "plant_kpis"), ("gold", "cpp_excursions")))  # fmt: skip
+ui.header(
+    "Plant overview",
+    "overview",
+    (
+        ("gold", "unit_status"),
+        ("gold", "batch_summary"),
+        ("gold", "plant_kpis"),
+        ("gold", "cpp_excursions"),
+    ),
+)
 
 status = ui.require("gold", "unit_status")
 summary = ui.require(
@@ -25,10 +33,11 @@ k = logic.plant_kpis(status, summary)
 c = st.columns(6)
 updated = status["updated_at"].max() if "updated_at" in status.columns else None
 c[0].metric(
-    "Running units", f"{k.running_units} / {k.units}",
+    "Running units",
+    f"{k.running_units} / {k.units}",
     help="Units with a running batch in gold/unit_status, as of its last build "
     f"({logic.fmt_ts(updated)}): a batch started since then counts after the next pipeline run.",
-)  # fmt: skip
+)
 c[1].metric("Batches", k.batches)
 c[2].metric("Completed", k.completed)
 c[3].metric("Aborted", k.aborted)
@@ -59,16 +68,24 @@ if kpis is not None:
         ):
             fig.add_bar(x=weeks, y=kpis[col].to_list(), name=name, marker_color=colour)
         fig.add_scatter(
-            x=weeks, y=kpis["right_first_time_pct"].to_list(), name="right first time (%)",
-            yaxis="y2", mode="lines+markers", line={"color": "#6a1b9a"},
-        )  # fmt: skip
+            x=weeks,
+            y=kpis["right_first_time_pct"].to_list(),
+            name="right first time (%)",
+            yaxis="y2",
+            mode="lines+markers",
+            line={"color": "#6a1b9a"},
+        )
         fig.update_layout(
             barmode="stack",
             xaxis_title="week of batch start (Monday, UTC)",
             yaxis_title="batches started (count)",
-            yaxis2={"title": "right first time (%)", "overlaying": "y", "side": "right",
-                    "range": [0, 105]},
-        )  # fmt: skip
+            yaxis2={
+                "title": "right first time (%)",
+                "overlaying": "y",
+                "side": "right",
+                "range": [0, 105],
+            },
+        )
         ui.chart(fig, "kpis")
         ui.table(kpis, "plant_kpis", "weekly KPIs")
 

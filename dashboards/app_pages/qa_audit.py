@@ -46,10 +46,16 @@ except AuditIntegrityError as e:  # a damaged data file: verify above names the 
     st.error(str(e))
     st.stop()
 counts = logic.audit_view_counts(everything)
-view = st.segmented_control(
-    "Show", list(logic.AUDIT_VIEWS), default=logic.DEFAULT_AUDIT_VIEW, key="audit_view",
-    format_func=lambda v: f"{v} ({counts[v]:,})",
-) or logic.DEFAULT_AUDIT_VIEW  # fmt: skip
+view = (
+    st.segmented_control(
+        "Show",
+        list(logic.AUDIT_VIEWS),
+        default=logic.DEFAULT_AUDIT_VIEW,
+        key="audit_view",
+        format_func=lambda v: f"{v} ({counts[v]:,})",
+    )
+    or logic.DEFAULT_AUDIT_VIEW
+)
 df = logic.audit_view(everything, view)
 c1, c2, c3 = st.columns(3)
 actions = sorted(df["action"].unique().to_list()) if df.height else []
@@ -62,9 +68,11 @@ if actor:
     df = df.filter(pl.col("actor") == actor)
 if record:
     df = df.filter(pl.col("record_id").str.contains(record, literal=True))
-st.caption(f"{df.height:,} entries match (view and filters) of {everything.height:,} in the trail "
-           "(newest first, up to 1,000 shown); times are UTC server time. Pipeline materializations are kept in "
-           "full: choose **Pipeline (materializations)** or **All entries** to see them.")  # fmt: skip
+st.caption(
+    f"{df.height:,} entries match (view and filters) of {everything.height:,} in the trail "
+    "(newest first, up to 1,000 shown); times are UTC server time. Pipeline materializations are kept in "
+    "full: choose **Pipeline (materializations)** or **All entries** to see them."
+)
 ui.dataframe(
     df.sort("seq", descending=True)
     .head(1000)

@@ -23,16 +23,27 @@ flash()
 ui.freshness("qa_deviations", (("gxp", "deviations"),))
 lk = lake()
 
-if can(session, "deviation.close") and st.button("Open deviations from process events",
-                                                 key="dev_auto"):  # fmt: skip
+if can(session, "deviation.close") and st.button(
+    "Open deviations from process events", key="dev_auto"
+):
     new = deviations.auto_open(lk, context_id=session.session_id)
     st.info(f"opened {len(new)} deviations from major/critical excursions and contamination alarms")
 
 devs = deviations.list_deviations(lk)
 state = st.segmented_control("State", ["all", *deviations.STATES], default="all", key="dev_state")
 shown = devs if state in (None, "all") else devs.filter(devs["state"] == state)
-ui.dataframe(shown.select("deviation_id", "batch_id", "severity", "state", "source", "title",
-                          "updated_by", "updated_at"))  # fmt: skip
+ui.dataframe(
+    shown.select(
+        "deviation_id",
+        "batch_id",
+        "severity",
+        "state",
+        "source",
+        "title",
+        "updated_by",
+        "updated_at",
+    )
+)
 
 if can(session, "deviation.open"):
     with st.expander("Open a deviation"), st.form("dev_open"):
@@ -43,10 +54,16 @@ if can(session, "deviation.open"):
         reason = st.text_input("Reason", key="dev_reason")
         if st.form_submit_button("Open"):
             try:
-                d = deviations.open_deviation(lk, session.user_id, title, desc or title, sev,
-                                              reason or "opened from dashboard",
-                                              batch_id=batch or None,
-                                              context_id=session.session_id)  # fmt: skip
+                d = deviations.open_deviation(
+                    lk,
+                    session.user_id,
+                    title,
+                    desc or title,
+                    sev,
+                    reason or "opened from dashboard",
+                    batch_id=batch or None,
+                    context_id=session.session_id,
+                )
                 st.success(f"opened {d.deviation_id}")
             except ValueError as e:
                 st.error(str(e))
@@ -55,12 +72,23 @@ if devs.height:
     dev_id = st.selectbox("Deviation", devs["deviation_id"].to_list(), key="dev_pick")
     d = deviations.get_deviation(lk, dev_id)
     st.subheader(f"{d.deviation_id}: {d.title}")
-    st.write(f"State **{d.state}**, severity {d.severity}, batch {d.batch_id or '-'}, "
-             f"source {d.source}")  # fmt: skip
+    st.write(
+        f"State **{d.state}**, severity {d.severity}, batch {d.batch_id or '-'}, source {d.source}"
+    )
     st.write(d.description)
-    ui.dataframe(deviations.history(lk, dev_id).select(
-        "version", "state", "updated_by", "updated_at", "reason", "investigation", "root_cause",
-        "capa", "signature_id"))  # fmt: skip
+    ui.dataframe(
+        deviations.history(lk, dev_id).select(
+            "version",
+            "state",
+            "updated_by",
+            "updated_at",
+            "reason",
+            "investigation",
+            "root_cause",
+            "capa",
+            "signature_id",
+        )
+    )
     if d.state in ("open", "investigation") and can(session, "deviation.investigate"):
         with st.form("dev_advance"):
             inv = st.text_area("Investigation", value=d.investigation or "", key="dev_inv")
@@ -70,8 +98,16 @@ if devs.height:
             label = "Start investigation" if d.state == "open" else "Move to CAPA"
             if st.form_submit_button(label):
                 try:
-                    deviations.advance(lk, dev_id, session.user_id, reason or label, inv or None,
-                                       rc or None, capa or None, session.session_id)  # fmt: skip
+                    deviations.advance(
+                        lk,
+                        dev_id,
+                        session.user_id,
+                        reason or label,
+                        inv or None,
+                        rc or None,
+                        capa or None,
+                        session.session_id,
+                    )
                     st.rerun()
                 except ValueError as e:
                     st.error(str(e))
@@ -81,5 +117,11 @@ if devs.height:
             closed = deviations.close(lk, dev_id, uid, pw, reason, session.session_id)
             return f"{dev_id} closed; signature {closed.signature_id}"
 
-        signature_dialog(session, f"Close {dev_id} with signature", "approval",
-                         f"deviation {dev_id}", _close, f"close_{dev_id}")  # fmt: skip
+        signature_dialog(
+            session,
+            f"Close {dev_id} with signature",
+            "approval",
+            f"deviation {dev_id}",
+            _close,
+            f"close_{dev_id}",
+        )

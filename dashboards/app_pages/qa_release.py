@@ -29,9 +29,19 @@ if summary is None or summary.height == 0:
     st.info("No batches in gold/batch_summary yet: run the pipeline.")
     st.stop()
 summary = release.apply_release_status(summary, lk)
-ui.dataframe(summary.select("batch_id", "unit_id", "status", "final_titer_g_l",
-                            "excursions_major", "right_first_time", "release_status",
-                            "released_by", "released_at"))  # fmt: skip
+ui.dataframe(
+    summary.select(
+        "batch_id",
+        "unit_id",
+        "status",
+        "final_titer_g_l",
+        "excursions_major",
+        "right_first_time",
+        "release_status",
+        "released_by",
+        "released_at",
+    )
+)
 batch = st.selectbox("Batch", summary["batch_id"].to_list(), key="rel_batch")
 content = ebr.collect(lk, batch)
 row = summary.filter(pl.col("batch_id") == batch).row(0, named=True)
@@ -41,7 +51,7 @@ c1.metric("Status", row["status"])
 c2.metric("Major excursions", row["excursions_major"])
 c3.metric("CQAs out of spec", row.get("cqa_out_of_spec") or 0)
 st.markdown("**Deviations**")
-ui.dataframe(pl.DataFrame(content.deviations) if content.deviations else pl.DataFrame())  # fmt: skip
+ui.dataframe(pl.DataFrame(content.deviations) if content.deviations else pl.DataFrame())
 st.markdown("**Critical quality attributes**")
 ui.dataframe(pl.DataFrame(content.cqas) if content.cqas else pl.DataFrame())
 st.markdown("**Signatures**")
@@ -51,17 +61,36 @@ if not content.signatures:
     st.caption("no signatures yet")
 
 html = ebr.render_html(content)
-if st.download_button("Download batch record (HTML)", html, file_name=f"{batch}_ebr.html",
-                      mime="text/html", key="rel_html"):  # fmt: skip
-    AuditTrail(lk).record("ebr_downloaded", session.user_id, "ebr", batch, "content_hash", None,
-                          content.content_hash, "review", session.session_id)  # fmt: skip
+if st.download_button(
+    "Download batch record (HTML)",
+    html,
+    file_name=f"{batch}_ebr.html",
+    mime="text/html",
+    key="rel_html",
+):
+    AuditTrail(lk).record(
+        "ebr_downloaded",
+        session.user_id,
+        "ebr",
+        batch,
+        "content_hash",
+        None,
+        content.content_hash,
+        "review",
+        session.session_id,
+    )
 with st.expander("Batch record preview"):
     st.html(html)
 
 if row["release_status"] == release.PENDING and can(session, "batch.release"):
     # no preselected decision: QA states it before the signature dialog can open
-    decision = st.radio("Decision", list(release.DECISIONS), index=None, horizontal=True,
-                        key=f"rel_decision_{batch}")  # fmt: skip
+    decision = st.radio(
+        "Decision",
+        list(release.DECISIONS),
+        index=None,
+        horizontal=True,
+        key=f"rel_decision_{batch}",
+    )
     if decision is None:
         st.caption("Choose **released** or **rejected** to sign the decision.")
     else:
@@ -70,5 +99,11 @@ if row["release_status"] == release.PENDING and can(session, "batch.release"):
             r = release.decide(lk, batch, decision, uid, pw, reason, session.session_id)
             return f"{batch} {r['decision']} by {r['printed_name']}; signature {r['signature_id']}"
 
-        signature_dialog(session, f"Sign: {decision} {batch}", "approval",
-                         f"batch {batch} ({decision})", _decide, f"rel_{batch}")  # fmt: skip
+        signature_dialog(
+            session,
+            f"Sign: {decision} {batch}",
+            "approval",
+            f"batch {batch} ({decision})",
+            _decide,
+            f"rel_{batch}",
+        )

@@ -257,9 +257,15 @@ class AnchorStore:
             con.execute("COMMIT")
 
     def retire(
-        self, table_uri: str, reason: str, actor: str, signature_id: str,
-        head_seq: int | None, head_hash: str | None, first_hash: str | None,
-    ) -> Retirement:  # fmt: skip
+        self,
+        table_uri: str,
+        reason: str,
+        actor: str,
+        signature_id: str,
+        head_seq: int | None,
+        head_hash: str | None,
+        first_hash: str | None,
+    ) -> Retirement:
         """Drop the anchor of a trail whose retirement was signed (``retire_trail``) and log
         the retirement (a row with seq -1 in the anchor log plus its details), so a new trail
         can start at that location while ``verify`` still reports what was retired."""
@@ -276,9 +282,18 @@ class AnchorStore:
             )
             con.execute(
                 "INSERT INTO retirement VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (cur.lastrowid, table_uri, now, actor, signature_id, reason, head_seq,
-                 head_hash, first_hash),
-            )  # fmt: skip
+                (
+                    cur.lastrowid,
+                    table_uri,
+                    now,
+                    actor,
+                    signature_id,
+                    reason,
+                    head_seq,
+                    head_hash,
+                    first_hash,
+                ),
+            )
             con.execute("COMMIT")
         return self.retirements(table_uri)[-1]
 
@@ -317,9 +332,15 @@ class AnchorStore:
                 m = re.match(r"retired head seq (-|\d+): (.*)", str(text), re.S)
                 head = int(m.group(1)) if m and m.group(1) != "-" else None
                 hashes = {s: h for s, h in since}
-                out.append(Retirement(at, m.group(2) if m else str(text), head,
-                                      hashes.get(head) if head is not None else None,
-                                      logged=tuple(since)))  # fmt: skip
+                out.append(
+                    Retirement(
+                        at,
+                        m.group(2) if m else str(text),
+                        head,
+                        hashes.get(head) if head is not None else None,
+                        logged=tuple(since),
+                    )
+                )
             since = []
         return out
 
@@ -491,9 +512,12 @@ def _check_retirements(
 
 
 def verify_frame(
-    frame: pl.DataFrame, key: bytes, anchor: Anchor | None, table_uri: str = "",
+    frame: pl.DataFrame,
+    key: bytes,
+    anchor: Anchor | None,
+    table_uri: str = "",
     retirements: Sequence[Retirement] = (),
-) -> VerificationResult:  # fmt: skip
+) -> VerificationResult:
     """Verify entries (any order) against the key, the anchor and the retired anchors; see
     VerificationResult."""
     t0 = time.perf_counter()
@@ -606,9 +630,9 @@ def _col(actions: pl.DataFrame, name: str, n: int) -> list[Any]:
     return actions[name].to_list() if name in actions.columns else [None] * n
 
 
-def read_entries(dt: Any, table_uri: str, storage_options: Mapping[str, str]) -> tuple[
-    pl.DataFrame, list[UnreadableFile]
-]:  # fmt: skip
+def read_entries(
+    dt: Any, table_uri: str, storage_options: Mapping[str, str]
+) -> tuple[pl.DataFrame, list[UnreadableFile]]:
     """Every readable entry of the trail's snapshot ``dt`` and the data files that cannot be
     read (missing, replaced by another size, corrupt). Never raises for bad data: a panic
     inside the Parquet reader is caught too. Each unreadable file gets the seq range it
@@ -623,10 +647,13 @@ def read_entries(dt: Any, table_uri: str, storage_options: Mapping[str, str]) ->
     lo, hi = _col(actions, "min.seq", n), _col(actions, "max.seq", n)
     mtimes = _col(actions, "modification_time", n)
     suspect = (
-        [_file_size_problem(table_uri.removeprefix("file://"), p, sz)
-         for p, sz in zip(paths, sizes, strict=True)]
-        if local else [None] * n
-    )  # fmt: skip
+        [
+            _file_size_problem(table_uri.removeprefix("file://"), p, sz)
+            for p, sz in zip(paths, sizes, strict=True)
+        ]
+        if local
+        else [None] * n
+    )
     if not any(suspect):
         try:
             return pl.scan_delta(dt).select(cols).collect(), []
@@ -640,10 +667,11 @@ def read_entries(dt: Any, table_uri: str, storage_options: Mapping[str, str]) ->
             try:
                 frames.append(
                     pl.read_parquet(
-                        f"{table_uri}/{p}", columns=cols,
+                        f"{table_uri}/{p}",
+                        columns=cols,
                         storage_options=None if local else dict(storage_options),
                     ).select(cols)
-                )  # fmt: skip
+                )
                 continue
             except BaseException as e:  # see above
                 if _is_fatal(e):
@@ -675,13 +703,20 @@ def read_entries(dt: Any, table_uri: str, storage_options: Mapping[str, str]) ->
         first, last = lo[i], hi[i]
         if first is None and by_gap:
             first, last = gaps[k]
-        out.append(UnreadableFile(paths[i], None if first is None else int(first),
-                                  None if last is None else int(last), problem))  # fmt: skip
+        out.append(
+            UnreadableFile(
+                paths[i],
+                None if first is None else int(first),
+                None if last is None else int(last),
+                problem,
+            )
+        )
     return frame, out
 
 
-def _mark_unreadable(res: VerificationResult, bad: Sequence[UnreadableFile],
-                     seqs: Sequence[int]) -> None:  # fmt: skip
+def _mark_unreadable(
+    res: VerificationResult, bad: Sequence[UnreadableFile], seqs: Sequence[int]
+) -> None:
     """Report the first unreadable file at the first entry it holds (from the Delta log's
     statistics, else the first seq missing from what could be read)."""
     present = set(seqs)
@@ -796,13 +831,21 @@ class AuditTrail:
         return list(zip(frame["seq"].to_list(), hashes, strict=True))
 
     def record(
-        self, action: str, actor: str, table_name: str = "", record_id: str = "",
-        field: str | None = None, old_value: Any = None, new_value: Any = None,
-        reason: str | None = None, context_id: str | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        action: str,
+        actor: str,
+        table_name: str = "",
+        record_id: str = "",
+        field: str | None = None,
+        old_value: Any = None,
+        new_value: Any = None,
+        reason: str | None = None,
+        context_id: str | None = None,
+    ) -> int:
         """Append one event; returns its seq."""
-        ev = AuditEvent(action, actor, table_name, record_id, field, old_value, new_value,
-                        reason, context_id)  # fmt: skip
+        ev = AuditEvent(
+            action, actor, table_name, record_id, field, old_value, new_value, reason, context_id
+        )
         return self.append([ev])[0][0]
 
     @contextlib.contextmanager
@@ -884,10 +927,13 @@ class AuditTrail:
             if _is_fatal(e):
                 raise
             res = VerificationResult(
-                ok=False, entries=0, table_uri=self.uri, kind="unreadable",
+                ok=False,
+                entries=0,
+                table_uri=self.uri,
+                kind="unreadable",
                 detail=f"the trail cannot be read: {_first_line(e)}",
                 anchor_seq=anchor.seq if anchor else None,
-            )  # fmt: skip
+            )
         res.seconds = time.perf_counter() - t0
         return res
 
@@ -902,9 +948,12 @@ def verify(lake: Lake, anchor_uri: str | None = None) -> VerificationResult:
         if _is_fatal(e):
             raise
         return VerificationResult(
-            ok=False, entries=0, table_uri=lake.uri(GXP_LAYER, TABLE), kind="unreadable",
+            ok=False,
+            entries=0,
+            table_uri=lake.uri(GXP_LAYER, TABLE),
+            kind="unreadable",
             detail=f"the anchor store cannot be opened: {_first_line(e)}",
-        )  # fmt: skip
+        )
     return trail.verify(anchor_uri)
 
 
@@ -934,17 +983,37 @@ def retire_trail(
         )
     next_seq, head_hash = trail._head()
     record = {"table_uri": trail.uri, "head_seq": next_seq - 1, "head_hash": head_hash}
-    sig = sign(lake, admin_id, password, "responsibility", "audit_trail", trail.uri, record,
-               reason, trail=trail, permission="audit.retire")  # fmt: skip
-    [(seq, h)] = trail.append([AuditEvent(
-        RETIRE_ACTION, admin_id, f"{GXP_LAYER}/{TABLE}", trail.uri, "anchor",
-        old_value={"head_seq": next_seq - 1, "head_hash": head_hash},
-        new_value={"retired": True, "signature_id": sig.signature_id}, reason=reason,
-    )])  # fmt: skip
+    sig = sign(
+        lake,
+        admin_id,
+        password,
+        "responsibility",
+        "audit_trail",
+        trail.uri,
+        record,
+        reason,
+        trail=trail,
+        permission="audit.retire",
+    )
+    [(seq, h)] = trail.append(
+        [
+            AuditEvent(
+                RETIRE_ACTION,
+                admin_id,
+                f"{GXP_LAYER}/{TABLE}",
+                trail.uri,
+                "anchor",
+                old_value={"head_seq": next_seq - 1, "head_hash": head_hash},
+                new_value={"retired": True, "signature_id": sig.signature_id},
+                reason=reason,
+            )
+        ]
+    )
     lf = trail.lake.scan(GXP_LAYER, TABLE)
     first = [] if lf is None else lf.filter(pl.col("seq") == 0).collect()["entry_hash"].to_list()
-    return trail.anchor.retire(trail.uri, reason, admin_id, sig.signature_id, seq, h,
-                               first[0] if first else None)  # fmt: skip
+    return trail.anchor.retire(
+        trail.uri, reason, admin_id, sig.signature_id, seq, h, first[0] if first else None
+    )
 
 
 def record_hash(record: Mapping[str, Any]) -> str:

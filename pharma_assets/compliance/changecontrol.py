@@ -33,11 +33,18 @@ from .users import get_user, require
 
 TABLE = "spec_changes"
 SCHEMA: dict[str, pl.DataType] = {
-    "change_id": pl.String(), "target": pl.String(), "path": pl.String(),
-    "old_sha256": pl.String(), "new_sha256": pl.String(), "diff": pl.String(),
-    "content": pl.String(), "reason": pl.String(), "author": pl.String(),
-    "signature_id": pl.String(), "changed_at": UTC_US,
-}  # fmt: skip
+    "change_id": pl.String(),
+    "target": pl.String(),
+    "path": pl.String(),
+    "old_sha256": pl.String(),
+    "new_sha256": pl.String(),
+    "diff": pl.String(),
+    "content": pl.String(),
+    "reason": pl.String(),
+    "author": pl.String(),
+    "signature_id": pl.String(),
+    "changed_at": UTC_US,
+}
 
 
 def _validators() -> dict[str, Callable[[Path], Any]]:
@@ -62,9 +69,15 @@ def history(lake: Lake, target: str | None = None) -> pl.DataFrame:
 
 
 def apply_change(
-    lake: Lake, path: str | Path, new_text: str, user_id: str, password: str, reason: str,
-    target: str = "cpp_spec", context_id: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    lake: Lake,
+    path: str | Path,
+    new_text: str,
+    user_id: str,
+    password: str,
+    reason: str,
+    target: str = "cpp_spec",
+    context_id: str | None = None,
+) -> dict[str, Any]:
     """Validate ``new_text``, sign it (meaning: authorship), write it to ``path`` and record
     the change. The first recorded change of a target is its approved baseline (the file may
     be unchanged)."""
@@ -87,23 +100,62 @@ def apply_change(
         os.unlink(tmp.name)
     old_sha = sha256_text(old_text) if p.exists() else None
     new_sha = sha256_text(new_text)
-    diff = "".join(difflib.unified_diff(old_text.splitlines(True), new_text.splitlines(True),
-                                        f"a/{p.name}", f"b/{p.name}"))  # fmt: skip
+    diff = "".join(
+        difflib.unified_diff(
+            old_text.splitlines(True), new_text.splitlines(True), f"a/{p.name}", f"b/{p.name}"
+        )
+    )
     change_id = "CC-" + uuid.uuid4().hex[:12]
-    sig = sign(lake, user_id, password, "authorship", target, change_id,
-               {"change_id": change_id, "path": str(p), "old_sha256": old_sha,
-                "new_sha256": new_sha, "diff": diff}, reason, context_id)  # fmt: skip
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "authorship",
+        target,
+        change_id,
+        {
+            "change_id": change_id,
+            "path": str(p),
+            "old_sha256": old_sha,
+            "new_sha256": new_sha,
+            "diff": diff,
+        },
+        reason,
+        context_id,
+    )
     tmp_target = p.with_suffix(p.suffix + ".tmp")
     tmp_target.write_text(new_text)
     os.replace(tmp_target, p)
-    row = {"change_id": change_id, "target": target, "path": str(p.resolve()),
-           "old_sha256": old_sha, "new_sha256": new_sha, "diff": diff, "content": new_text,
-           "reason": reason, "author": user_id, "signature_id": sig.signature_id,
-           "changed_at": datetime.now(UTC)}  # fmt: skip
-    lake.append(GXP_LAYER, TABLE, pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
-                configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
-    AuditTrail(lake).record("spec_change", user_id, target, str(p.resolve()), "sha256", old_sha,
-                            new_sha, reason, context_id)  # fmt: skip
+    row = {
+        "change_id": change_id,
+        "target": target,
+        "path": str(p.resolve()),
+        "old_sha256": old_sha,
+        "new_sha256": new_sha,
+        "diff": diff,
+        "content": new_text,
+        "reason": reason,
+        "author": user_id,
+        "signature_id": sig.signature_id,
+        "changed_at": datetime.now(UTC),
+    }
+    lake.append(
+        GXP_LAYER,
+        TABLE,
+        pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
+        configuration=GXP_TABLE_CONFIGURATION,
+    )
+    AuditTrail(lake).record(
+        "spec_change",
+        user_id,
+        target,
+        str(p.resolve()),
+        "sha256",
+        old_sha,
+        new_sha,
+        reason,
+        context_id,
+    )
     return row
 
 
@@ -122,10 +174,22 @@ def check_in_use(lake: Lake, path: str | Path, target: str = "cpp_spec") -> InUs
     cur = sha256_text(p.read_text()) if p.exists() else None
     h = history(lake, target)
     if h.height == 0:
-        return InUseCheck(False, target, cur, None, f"no approved version of {target} recorded;"
-                          " record a baseline with `pharma-twin spec change`")  # fmt: skip
+        return InUseCheck(
+            False,
+            target,
+            cur,
+            None,
+            f"no approved version of {target} recorded;"
+            " record a baseline with `pharma-twin spec change`",
+        )
     approved = h["new_sha256"][-1]
     if cur != approved:
-        return InUseCheck(False, target, cur, approved, f"{p} differs from the approved version"
-                          f" {h['change_id'][-1]}: it was edited outside change control")  # fmt: skip
+        return InUseCheck(
+            False,
+            target,
+            cur,
+            approved,
+            f"{p} differs from the approved version"
+            f" {h['change_id'][-1]}: it was edited outside change control",
+        )
     return InUseCheck(True, target, cur, approved, f"in use = approved {h['change_id'][-1]}")

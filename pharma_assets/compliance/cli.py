@@ -30,8 +30,9 @@ spec_app = typer.Typer(help="Change control of the CPP spec and recipes.", no_ar
 LakeOpt = Annotated[
     str | None, typer.Option("--lake", help="Lake root (default: $PHARMA_LAKE_URI or ./lakehouse).")
 ]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="Your user ID (you will be asked "
-                                      "for your password).")]  # fmt: skip
+UserOpt = Annotated[
+    str, typer.Option("--user", "-u", help="Your user ID (you will be asked for your password).")
+]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (goes into the audit trail).")]
 
 
@@ -113,15 +114,23 @@ def users_list(lake: LakeOpt = None) -> None:
     df = list_users(existing_lake(lake))
     t = Table("user", "name", "role", "active", "locked", "failed", "password set", "updated")
     for r in df.iter_rows(named=True):
-        t.add_row(r["user_id"], r["full_name"], r["role"], str(r["active"]), str(r["locked"]),
-                  str(r["failed_attempts"]), f"{r['password_set_at']:%Y-%m-%d}",
-                  f"{r['updated_at']:%Y-%m-%d %H:%M} by {r['updated_by']}")  # fmt: skip
+        t.add_row(
+            r["user_id"],
+            r["full_name"],
+            r["role"],
+            str(r["active"]),
+            str(r["locked"]),
+            str(r["failed_attempts"]),
+            f"{r['password_set_at']:%Y-%m-%d}",
+            f"{r['updated_at']:%Y-%m-%d %H:%M} by {r['updated_by']}",
+        )
     console.print(t)
 
 
 @users_app.command("disable")
-def users_disable(user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt,
-                  lake: LakeOpt = None) -> None:  # fmt: skip
+def users_disable(
+    user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt, lake: LakeOpt = None
+) -> None:
     """Disable an account for good (its ID is never reused)."""
     from .users import disable_user
 
@@ -136,8 +145,9 @@ def users_disable(user_id: str, admin: Annotated[str, typer.Option()], reason: R
 
 
 @users_app.command("reset-password")
-def users_reset(user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt,
-                lake: LakeOpt = None) -> None:  # fmt: skip
+def users_reset(
+    user_id: str, admin: Annotated[str, typer.Option()], reason: ReasonOpt, lake: LakeOpt = None
+) -> None:
     """Set a temporary password and unlock; the user must change it at next login."""
     from .users import reset_password
 
@@ -194,13 +204,23 @@ def audit_show(
     """Print audit entries (newest last)."""
     from .audit import AuditTrail
 
-    df = AuditTrail(existing_lake(lake)).read(action=action, record_ids=[record] if record else None,
-                                      limit=limit)  # fmt: skip
+    df = AuditTrail(existing_lake(lake)).read(
+        action=action, record_ids=[record] if record else None, limit=limit
+    )
     t = Table("seq", "UTC", "actor", "action", "table", "record", "field", "old", "new", "reason")
     for r in df.iter_rows(named=True):
-        t.add_row(str(r["seq"]), f"{r['ts_utc']:%Y-%m-%d %H:%M:%S}", r["actor"], r["action"],
-                  r["table_name"], r["record_id"], r["field"] or "", (r["old_value"] or "")[:40],
-                  (r["new_value"] or "")[:40], (r["reason"] or "")[:40])  # fmt: skip
+        t.add_row(
+            str(r["seq"]),
+            f"{r['ts_utc']:%Y-%m-%d %H:%M:%S}",
+            r["actor"],
+            r["action"],
+            r["table_name"],
+            r["record_id"],
+            r["field"] or "",
+            (r["old_value"] or "")[:40],
+            (r["new_value"] or "")[:40],
+            (r["reason"] or "")[:40],
+        )
     console.print(t)
 
 
@@ -233,24 +253,38 @@ def audit_retire_anchor(
 
 # ---------------------------------------------------------------------------- deviations
 @deviation_app.command("list")
-def dev_list(batch: Annotated[str | None, typer.Option()] = None,
-             state: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+def dev_list(
+    batch: Annotated[str | None, typer.Option()] = None,
+    state: Annotated[str | None, typer.Option()] = None,
+    lake: LakeOpt = None,
+) -> None:
     """Deviations (current state)."""
     from .deviations import list_deviations
 
     df = list_deviations(existing_lake(lake), _bid(batch) if batch else None, state)
     t = Table("id", "batch", "severity", "state", "source", "title")
     for r in df.iter_rows(named=True):
-        t.add_row(r["deviation_id"], r["batch_id"] or "", r["severity"], r["state"], r["source"],
-                  r["title"])  # fmt: skip
+        t.add_row(
+            r["deviation_id"],
+            r["batch_id"] or "",
+            r["severity"],
+            r["state"],
+            r["source"],
+            r["title"],
+        )
     console.print(t)
 
 
 @deviation_app.command("open")
-def dev_open(title: str, user: UserOpt, reason: ReasonOpt,
-             severity: Annotated[str, typer.Option()] = "minor",
-             description: Annotated[str, typer.Option()] = "",
-             batch: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+def dev_open(
+    title: str,
+    user: UserOpt,
+    reason: ReasonOpt,
+    severity: Annotated[str, typer.Option()] = "minor",
+    description: Annotated[str, typer.Option()] = "",
+    batch: Annotated[str | None, typer.Option()] = None,
+    lake: LakeOpt = None,
+) -> None:
     """Open a deviation by hand."""
     from .deviations import open_deviation
     from .users import authenticate
@@ -274,10 +308,15 @@ def dev_auto(lake: LakeOpt = None) -> None:
 
 
 @deviation_app.command("advance")
-def dev_advance(deviation_id: str, user: UserOpt, reason: ReasonOpt,
-                investigation: Annotated[str | None, typer.Option()] = None,
-                root_cause: Annotated[str | None, typer.Option()] = None,
-                capa: Annotated[str | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+def dev_advance(
+    deviation_id: str,
+    user: UserOpt,
+    reason: ReasonOpt,
+    investigation: Annotated[str | None, typer.Option()] = None,
+    root_cause: Annotated[str | None, typer.Option()] = None,
+    capa: Annotated[str | None, typer.Option()] = None,
+    lake: LakeOpt = None,
+) -> None:
     """open -> investigation -> capa."""
     from .deviations import advance
     from .users import authenticate
@@ -307,19 +346,26 @@ def dev_close(deviation_id: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt
 
 # ---------------------------------------------------------------------------- spec
 @spec_app.command("change")
-def spec_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
-                target: Annotated[str, typer.Option(help="cpp_spec or recipes")] = "cpp_spec",
-                path: Annotated[Path | None, typer.Option(help="File in use (default: "
-                                "$PHARMA_CPP_SPEC or the built-in spec).")] = None,
-                lake: LakeOpt = None) -> None:  # fmt: skip
+def spec_change(
+    new_file: Path,
+    user: UserOpt,
+    reason: ReasonOpt,
+    target: Annotated[str, typer.Option(help="cpp_spec or recipes")] = "cpp_spec",
+    path: Annotated[
+        Path | None,
+        typer.Option(help="File in use (default: $PHARMA_CPP_SPEC or the built-in spec)."),
+    ] = None,
+    lake: LakeOpt = None,
+) -> None:
     """Replace the spec in use with NEW_FILE under change control (signed, audited)."""
     from .changecontrol import apply_change
 
     p = path or _default_path(target)
     lk, user = existing_lake(lake), normal_user_id(user)
     try:
-        row = apply_change(lk, p, new_file.read_text(), user,
-                           ask_password("Password (signature)"), reason, target)  # fmt: skip
+        row = apply_change(
+            lk, p, new_file.read_text(), user, ask_password("Password (signature)"), reason, target
+        )
     except Exception as e:
         fail(e)
     console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
@@ -350,14 +396,19 @@ def spec_draft(
         raise CliError(f"no telemetry in {landing}/telemetry: import the historian export first")
     CppSpec.model_validate(data)  # what is written loads
     out.write_text(yaml.safe_dump(data, sort_keys=False))
-    typer.echo(f"wrote {out}: {len(data['tags'])} tags, "
-               f"{len(data['lab']['release'])} release assays, no CPP yet (edit, then "
-               "`pharma-twin spec change`)")  # fmt: skip
+    typer.echo(
+        f"wrote {out}: {len(data['tags'])} tags, "
+        f"{len(data['lab']['release'])} release assays, no CPP yet (edit, then "
+        "`pharma-twin spec change`)"
+    )
 
 
 @spec_app.command("check")
-def spec_check(target: Annotated[str, typer.Option()] = "cpp_spec",
-               path: Annotated[Path | None, typer.Option()] = None, lake: LakeOpt = None) -> None:  # fmt: skip
+def spec_check(
+    target: Annotated[str, typer.Option()] = "cpp_spec",
+    path: Annotated[Path | None, typer.Option()] = None,
+    lake: LakeOpt = None,
+) -> None:
     """Is the spec in use the last approved version? Exit 1 if not."""
     from .changecontrol import check_in_use
 
@@ -378,8 +429,9 @@ def _default_path(target: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- amendments
-amendment_app = typer.Typer(help="Deliveries that change accepted data: list, apply (signed).",
-                            no_args_is_help=True)  # fmt: skip
+amendment_app = typer.Typer(
+    help="Deliveries that change accepted data: list, apply (signed).", no_args_is_help=True
+)
 
 
 @amendment_app.command("list")
@@ -393,39 +445,60 @@ def amendment_list(
     df = list_amendments(_lake(lake), state)
     for r in df.iter_rows(named=True):
         when = f"{r['detected_at']:%Y-%m-%d %H:%M:%S}"
-        console.print(f"{r['amendment_id']} {r['state']} {r['kind']} {r['source_file']}: "
-                      f"{r['keys_changed']} keys changed, detected {when} UTC\n  {r['detail']}",
-                      soft_wrap=True, highlight=False, markup=False)  # fmt: skip
+        console.print(
+            f"{r['amendment_id']} {r['state']} {r['kind']} {r['source_file']}: "
+            f"{r['keys_changed']} keys changed, detected {when} UTC\n  {r['detail']}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     if df.height == 0:
         console.print("no amendments")
 
 
 @amendment_app.command("apply")
 def amendment_apply(
-    amendment_id: str, user: UserOpt, reason: ReasonOpt,
-    landing: Annotated[Path | None, typer.Option(help="Landing zone (default: "
-                       "$PHARMA_LANDING_DIR or ./landing).")] = None,
+    amendment_id: str,
+    user: UserOpt,
+    reason: ReasonOpt,
+    landing: Annotated[
+        Path | None, typer.Option(help="Landing zone (default: $PHARMA_LANDING_DIR or ./landing).")
+    ] = None,
     lake: LakeOpt = None,
-) -> None:  # fmt: skip
+) -> None:
     """Apply a held amendment: supersede the accepted values (old rows stay in the Delta
     history and the audit trail); electronic signature, meaning approval (QA)."""
     from pharma_assets.compliance.amendments import apply
 
     land = landing or Path(os.environ.get("PHARMA_LANDING_DIR", "landing"))
     try:
-        res = apply(_lake(lake), land, amendment_id, user, ask_password("Password (signature)"),
-                    reason, os.environ.get("PHARMA_CPP_SPEC") or None)  # fmt: skip
+        res = apply(
+            _lake(lake),
+            land,
+            amendment_id,
+            user,
+            ask_password("Password (signature)"),
+            reason,
+            os.environ.get("PHARMA_CPP_SPEC") or None,
+        )
     except Exception as e:
         fail(e)
-    console.print(f"{res.amendment_id} applied: {res.bronze_rows_replaced} bronze rows superseded "
-                  f"in {', '.join(res.files_rederived)}; signature {res.signature_id}")  # fmt: skip
+    console.print(
+        f"{res.amendment_id} applied: {res.bronze_rows_replaced} bronze rows superseded "
+        f"in {', '.join(res.files_rederived)}; signature {res.signature_id}"
+    )
 
 
 # ---------------------------------------------------------------------------- top level
-def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
-         meaning: Annotated[str, typer.Option(help="review, approval, responsibility, "
-                                              "authorship")] = "review",
-         lake: LakeOpt = None) -> None:  # fmt: skip
+def sign(
+    batch_id: str,
+    user: UserOpt,
+    reason: ReasonOpt,
+    meaning: Annotated[
+        str, typer.Option(help="review, approval, responsibility, authorship")
+    ] = "review",
+    lake: LakeOpt = None,
+) -> None:
     """Sign a batch record (default meaning: review) after re-entering your password."""
     from .release import batch_record
     from .signatures import sign as do_sign
@@ -433,32 +506,50 @@ def sign(batch_id: str, user: UserOpt, reason: ReasonOpt,
     lk = existing_lake(lake)
     batch_id, user = _bid(batch_id), normal_user_id(user)
     try:
-        s = do_sign(lk, user, ask_password("Password (signature)"), meaning, "batch_record",
-                    batch_id, batch_record(lk, batch_id), reason)  # fmt: skip
+        s = do_sign(
+            lk,
+            user,
+            ask_password("Password (signature)"),
+            meaning,
+            "batch_record",
+            batch_id,
+            batch_record(lk, batch_id),
+            reason,
+        )
     except Exception as e:
         fail(e)
     console.print(s.manifestation())
 
 
-def release(batch_id: str, user: UserOpt, reason: ReasonOpt,
-            decision: Annotated[str, typer.Option(help="released or rejected (required: no default, "
-                                                  "QA states the decision)")],
-            lake: LakeOpt = None) -> None:  # fmt: skip
+def release(
+    batch_id: str,
+    user: UserOpt,
+    reason: ReasonOpt,
+    decision: Annotated[
+        str,
+        typer.Option(help="released or rejected (required: no default, QA states the decision)"),
+    ],
+    lake: LakeOpt = None,
+) -> None:
     """QA release or rejection of a batch, with electronic signature."""
     from .release import decide
 
     lk, batch_id, user = existing_lake(lake), _bid(batch_id), normal_user_id(user)
     try:
-        row = decide(lk, batch_id, decision, user, ask_password("Password (signature)"),
-                     reason)  # fmt: skip
+        row = decide(lk, batch_id, decision, user, ask_password("Password (signature)"), reason)
     except Exception as e:
         fail(e)
-    console.print(f"{batch_id} {row['decision']} by {row['printed_name']} "
-                  f"({row['decided_at']:%Y-%m-%d %H:%M:%S} UTC), signature {row['signature_id']}")  # fmt: skip
+    console.print(
+        f"{batch_id} {row['decision']} by {row['printed_name']} "
+        f"({row['decided_at']:%Y-%m-%d %H:%M:%S} UTC), signature {row['signature_id']}"
+    )
 
 
-def ebr(batch_id: str, out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ebr"),
-        lake: LakeOpt = None) -> None:  # fmt: skip
+def ebr(
+    batch_id: str,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("ebr"),
+    lake: LakeOpt = None,
+) -> None:
     """Write the electronic batch record of a batch (HTML and PDF)."""
     from .ebr import write_ebr
 

@@ -35,14 +35,26 @@ AUTO_SEVERITIES = ("major", "critical")
 SYSTEM = "system"
 
 SCHEMA: dict[str, pl.DataType] = {
-    "deviation_id": pl.String(), "version": pl.Int64(), "batch_id": pl.String(),
-    "unit_id": pl.String(), "source": pl.String(), "source_ref": pl.String(),
-    "severity": pl.String(), "title": pl.String(), "description": pl.String(),
-    "state": pl.String(), "investigation": pl.String(), "root_cause": pl.String(),
-    "capa": pl.String(), "opened_by": pl.String(), "opened_at": UTC_US,
-    "updated_by": pl.String(), "updated_at": UTC_US, "reason": pl.String(),
+    "deviation_id": pl.String(),
+    "version": pl.Int64(),
+    "batch_id": pl.String(),
+    "unit_id": pl.String(),
+    "source": pl.String(),
+    "source_ref": pl.String(),
+    "severity": pl.String(),
+    "title": pl.String(),
+    "description": pl.String(),
+    "state": pl.String(),
+    "investigation": pl.String(),
+    "root_cause": pl.String(),
+    "capa": pl.String(),
+    "opened_by": pl.String(),
+    "opened_at": UTC_US,
+    "updated_by": pl.String(),
+    "updated_at": UTC_US,
+    "reason": pl.String(),
     "signature_id": pl.String(),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +136,13 @@ def _next_ids(lake: Lake, n: int) -> list[str]:
     return [f"DEV-{last + k + 1:05d}" for k in range(n)]
 
 
-def _open_many(lake: Lake, actor_id: str, specs: list[dict[str, Any]], reason: str,
-               context_id: str | None = None) -> list[Deviation]:  # fmt: skip
+def _open_many(
+    lake: Lake,
+    actor_id: str,
+    specs: list[dict[str, Any]],
+    reason: str,
+    context_id: str | None = None,
+) -> list[Deviation]:
     trail = AuditTrail(lake)
     with lake.lock("gxp_deviations"):
         lake.forget()
@@ -157,24 +174,51 @@ def _open_many(lake: Lake, actor_id: str, specs: list[dict[str, Any]], reason: s
             for i, s in zip(_next_ids(lake, len(specs)), specs, strict=True)
         ]
         _write(lake, devs)
-    trail.append([AuditEvent("deviation_opened", actor_id, f"{GXP_LAYER}/{TABLE}",
-                             d.deviation_id, "state", None, "open", reason, context_id)
-                  for d in devs])  # fmt: skip
+    trail.append(
+        [
+            AuditEvent(
+                "deviation_opened",
+                actor_id,
+                f"{GXP_LAYER}/{TABLE}",
+                d.deviation_id,
+                "state",
+                None,
+                "open",
+                reason,
+                context_id,
+            )
+            for d in devs
+        ]
+    )
     return devs
 
 
 def open_deviation(
-    lake: Lake, actor_id: str, title: str, description: str, severity: str, reason: str,
-    batch_id: str | None = None, unit_id: str | None = None, context_id: str | None = None,
-) -> Deviation:  # fmt: skip
+    lake: Lake,
+    actor_id: str,
+    title: str,
+    description: str,
+    severity: str,
+    reason: str,
+    batch_id: str | None = None,
+    unit_id: str | None = None,
+    context_id: str | None = None,
+) -> Deviation:
     """Open a deviation by hand (any role with ``deviation.open``)."""
     if severity not in ("minor", "major", "critical"):
         raise ValueError(f"severity {severity!r} must be minor, major or critical")
     if not title.strip():
         raise ValueError("a deviation needs a title")
     _check_actor(lake, actor_id, "deviation.open")
-    spec = {"batch_id": batch_id, "unit_id": unit_id, "source": "manual", "source_ref": None,
-            "severity": severity, "title": title, "description": description}  # fmt: skip
+    spec = {
+        "batch_id": batch_id,
+        "unit_id": unit_id,
+        "source": "manual",
+        "source_ref": None,
+        "severity": severity,
+        "title": title,
+        "description": description,
+    }
     return _open_many(lake, actor_id, [spec], reason, context_id)[0]
 
 
@@ -186,16 +230,23 @@ def alarm_deviation_windows(lake: Lake) -> pl.DataFrame:
     tag, from_ts, to_ts; to_ts null while the alarm is active), from ``gxp/alarm_events``:
     the batch job does not open a second deviation when gold later shows the same
     excursion (one that overlaps the window)."""
-    schema = {"batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
-              "from_ts": UTC_US, "to_ts": UTC_US}  # fmt: skip
+    schema = {
+        "batch_id": pl.String(),
+        "unit_id": pl.String(),
+        "tag": pl.String(),
+        "from_ts": UTC_US,
+        "to_ts": UTC_US,
+    }
     cols = ["alarm_id", "batch_id", "unit_id", "tag", "activated_ts", "cleared_ts", "deviation_id"]
     ev = lake.read(GXP_LAYER, ALARM_EVENTS, cols)
     if ev is None:
         return pl.DataFrame(schema=schema)
     w = ev.group_by("alarm_id").agg(
-        pl.col("batch_id", "unit_id", "tag").first(), from_ts=pl.col("activated_ts").min(),
-        to_ts=pl.col("cleared_ts").max(), linked=pl.col("deviation_id").is_not_null().any(),
-    )  # fmt: skip
+        pl.col("batch_id", "unit_id", "tag").first(),
+        from_ts=pl.col("activated_ts").min(),
+        to_ts=pl.col("cleared_ts").max(),
+        linked=pl.col("deviation_id").is_not_null().any(),
+    )
     return w.filter("linked").select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
 
@@ -220,8 +271,11 @@ def open_for_alarm(lake: Lake, alarm: dict[str, Any], context_id: str | None = N
     ):
         return Deviation(**d)
     spec = {
-        "batch_id": alarm["batch_id"], "unit_id": alarm["unit_id"], "source": "cpp_alarm",
-        "source_ref": alarm["alarm_id"], "severity": alarm["severity"],
+        "batch_id": alarm["batch_id"],
+        "unit_id": alarm["unit_id"],
+        "source": "cpp_alarm",
+        "source_ref": alarm["alarm_id"],
+        "severity": alarm["severity"],
         "title": f"{alarm['severity']} {alarm['direction']} alarm of {alarm['tag']} ({alarm['phase']})",
         "description": (
             f"live alarm {alarm['alarm_id']}: {alarm['tag']} outside its "
@@ -229,14 +283,14 @@ def open_for_alarm(lake: Lake, alarm: dict[str, Any], context_id: str | None = N
             f"(value {alarm['value']:.4g}, since "
             f"{datetime.fromtimestamp(alarm['activated_ts_us'] / 1e6, UTC):%Y-%m-%d %H:%M:%S} UTC)"
         ),
-    }  # fmt: skip
+    }
     opened = _open_many(lake, SYSTEM, [spec], "automatic: live CPP alarm", context_id)
     if opened:
         return opened[0]
     return get_deviation(  # opened by a concurrent caller between the check and the lock
-        lake, list_deviations(lake).filter(pl.col("source_ref") == alarm["alarm_id"])
-        ["deviation_id"][0],
-    )  # fmt: skip
+        lake,
+        list_deviations(lake).filter(pl.col("source_ref") == alarm["alarm_id"])["deviation_id"][0],
+    )
 
 
 def auto_open(lake: Lake, context_id: str | None = None) -> list[Deviation]:
@@ -248,19 +302,25 @@ def auto_open(lake: Lake, context_id: str | None = None) -> list[Deviation]:
     ex = lake.read("gold", "cpp_excursions")
     if ex is not None:
         ex = ex.filter(pl.col("severity").is_in(AUTO_SEVERITIES))
-        ex = ex.join(_covered_by_alarm(ex, alarm_deviation_windows(lake)), on="excursion_id",
-                     how="anti")  # fmt: skip
+        ex = ex.join(
+            _covered_by_alarm(ex, alarm_deviation_windows(lake)), on="excursion_id", how="anti"
+        )
         for r in ex.iter_rows(named=True):
-            specs.append({
-                "batch_id": r["batch_id"], "unit_id": r["unit_id"], "source": "cpp_excursion",
-                "source_ref": r["excursion_id"], "severity": r["severity"],
-                "title": f"{r['severity']} {r['direction']} excursion of {r['tag']} ({r['phase']})",
-                "description": (
-                    f"{r['tag']} outside its PAR [{r['par_lo']}, {r['par_hi']}] for "
-                    f"{r['minutes_outside_par']:.0f} min (peak {r['peak_value']:.3g}, from "
-                    f"{r['start_ts']:%Y-%m-%d %H:%M} to {r['end_ts']:%Y-%m-%d %H:%M} UTC)"
-                ),
-            })  # fmt: skip
+            specs.append(
+                {
+                    "batch_id": r["batch_id"],
+                    "unit_id": r["unit_id"],
+                    "source": "cpp_excursion",
+                    "source_ref": r["excursion_id"],
+                    "severity": r["severity"],
+                    "title": f"{r['severity']} {r['direction']} excursion of {r['tag']} ({r['phase']})",
+                    "description": (
+                        f"{r['tag']} outside its PAR [{r['par_lo']}, {r['par_hi']}] for "
+                        f"{r['minutes_outside_par']:.0f} min (peak {r['peak_value']:.3g}, from "
+                        f"{r['start_ts']:%Y-%m-%d %H:%M} to {r['end_ts']:%Y-%m-%d %H:%M} UTC)"
+                    ),
+                }
+            )
     cr = lake.read("gold", "contamination_risk")
     if cr is not None and {"batch_id", "alarm"} <= set(cr.columns):
         # the confirmed alarm under the model's persistence rule (ml/alarm_rules.py) when
@@ -273,20 +333,32 @@ def auto_open(lake: Lake, context_id: str | None = None) -> list[Deviation]:
             .first()
         )
         for r in first.iter_rows(named=True):
-            specs.append({
-                "batch_id": r["batch_id"], "unit_id": r.get("unit_id"), "source": "contamination",
-                "source_ref": f"contamination:{r['batch_id']}", "severity": "critical",
-                "title": "contamination alarm",
-                "description": f"contamination risk {r.get('risk')} at {r.get('window_end_ts')}",
-            })  # fmt: skip
-    return _open_many(lake, SYSTEM, specs, "automatic: process event above severity threshold",
-                      context_id)  # fmt: skip
+            specs.append(
+                {
+                    "batch_id": r["batch_id"],
+                    "unit_id": r.get("unit_id"),
+                    "source": "contamination",
+                    "source_ref": f"contamination:{r['batch_id']}",
+                    "severity": "critical",
+                    "title": "contamination alarm",
+                    "description": f"contamination risk {r.get('risk')} at {r.get('window_end_ts')}",
+                }
+            )
+    return _open_many(
+        lake, SYSTEM, specs, "automatic: process event above severity threshold", context_id
+    )
 
 
 def advance(
-    lake: Lake, deviation_id: str, actor_id: str, reason: str, investigation: str | None = None,
-    root_cause: str | None = None, capa: str | None = None, context_id: str | None = None,
-) -> Deviation:  # fmt: skip
+    lake: Lake,
+    deviation_id: str,
+    actor_id: str,
+    reason: str,
+    investigation: str | None = None,
+    root_cause: str | None = None,
+    capa: str | None = None,
+    context_id: str | None = None,
+) -> Deviation:
     """open -> investigation (needs ``investigation``) -> capa (needs ``root_cause`` and
     ``capa``). Closing is ``close`` (QA, signed)."""
     _check_actor(lake, actor_id, "deviation.investigate")
@@ -313,42 +385,100 @@ def advance(
             new = replace(new, root_cause=root_cause, capa=capa)
             changes["root_cause"] = (d.root_cause, root_cause)
             changes["capa"] = (d.capa, capa)
-        new = replace(new, state=to, version=d.version + 1, updated_by=actor_id,
-                      updated_at=datetime.now(UTC), reason=reason)  # fmt: skip
+        new = replace(
+            new,
+            state=to,
+            version=d.version + 1,
+            updated_by=actor_id,
+            updated_at=datetime.now(UTC),
+            reason=reason,
+        )
         _write(lake, [new])
-    trail.append([AuditEvent("deviation_" + to, actor_id, f"{GXP_LAYER}/{TABLE}", deviation_id,
-                             f, o, n, reason, context_id) for f, (o, n) in changes.items()])  # fmt: skip
+    trail.append(
+        [
+            AuditEvent(
+                "deviation_" + to,
+                actor_id,
+                f"{GXP_LAYER}/{TABLE}",
+                deviation_id,
+                f,
+                o,
+                n,
+                reason,
+                context_id,
+            )
+            for f, (o, n) in changes.items()
+        ]
+    )
     return new
 
 
 def close(
-    lake: Lake, deviation_id: str, user_id: str, password: str, reason: str,
+    lake: Lake,
+    deviation_id: str,
+    user_id: str,
+    password: str,
+    reason: str,
     context_id: str | None = None,
-) -> Deviation:  # fmt: skip
+) -> Deviation:
     """QA closes a deviation in state capa, signing (meaning: approval) its content."""
     u = get_user(lake, user_id)
     if u is not None:
         try:
             require(u, "deviation.close")
         except Exception as e:
-            AuditTrail(lake).record("deviation_close_refused", user_id, f"{GXP_LAYER}/{TABLE}",
-                                    deviation_id, new_value=str(e), context_id=context_id)  # fmt: skip
+            AuditTrail(lake).record(
+                "deviation_close_refused",
+                user_id,
+                f"{GXP_LAYER}/{TABLE}",
+                deviation_id,
+                new_value=str(e),
+                context_id=context_id,
+            )
             raise
     d = get_deviation(lake, deviation_id)
     if d.state != "capa":
-        raise ValueError(f"deviation {deviation_id} is {d.state!r}; only a deviation in capa "
-                         "(investigated, with root cause and CAPA) can be closed")  # fmt: skip
-    sig = sign(lake, user_id, password, "approval", "deviation", deviation_id,
-               d.signed_content(), reason, context_id)  # fmt: skip
+        raise ValueError(
+            f"deviation {deviation_id} is {d.state!r}; only a deviation in capa "
+            "(investigated, with root cause and CAPA) can be closed"
+        )
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "approval",
+        "deviation",
+        deviation_id,
+        d.signed_content(),
+        reason,
+        context_id,
+    )
     with lake.lock("gxp_deviations"):
         lake.forget()
         cur = get_deviation(lake, deviation_id)
         if cur.version != d.version:
-            raise ValueError(f"deviation {deviation_id} changed while it was being signed; "
-                             "review it again")  # fmt: skip
-        new = replace(cur, state="closed", version=cur.version + 1, updated_by=user_id,
-                      updated_at=datetime.now(UTC), reason=reason, signature_id=sig.signature_id)  # fmt: skip
+            raise ValueError(
+                f"deviation {deviation_id} changed while it was being signed; review it again"
+            )
+        new = replace(
+            cur,
+            state="closed",
+            version=cur.version + 1,
+            updated_by=user_id,
+            updated_at=datetime.now(UTC),
+            reason=reason,
+            signature_id=sig.signature_id,
+        )
         _write(lake, [new])
-    AuditTrail(lake).record("deviation_closed", user_id, f"{GXP_LAYER}/{TABLE}", deviation_id,
-                            "state", "capa", "closed", reason, context_id)  # fmt: skip
+    AuditTrail(lake).record(
+        "deviation_closed",
+        user_id,
+        f"{GXP_LAYER}/{TABLE}",
+        deviation_id,
+        "state",
+        "capa",
+        "closed",
+        reason,
+        context_id,
+    )
     return new

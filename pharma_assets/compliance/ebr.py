@@ -72,9 +72,22 @@ def collect(lake: Lake, batch_id: str, spec: CppSpec | None = None) -> EbrConten
     if batches.height == 0:
         raise ValueError(f"batch {batch_id!r} is not in silver/batches; run the pipeline first")
     b = batches.row(0, named=True)
-    header = {k: b[k] for k in ("batch_id", "site_id", "unit_id", "product", "recipe_id",
-                                "recipe_version", "start_ts", "end_ts", "status", "end_reason",
-                                "operator")}  # fmt: skip
+    header = {
+        k: b[k]
+        for k in (
+            "batch_id",
+            "site_id",
+            "unit_id",
+            "product",
+            "recipe_id",
+            "recipe_version",
+            "start_ts",
+            "end_ts",
+            "status",
+            "end_reason",
+            "operator",
+        )
+    }
     header["spec_version"] = spec.version
     materials = json.loads(b["material_lots"]) if b.get("material_lots") else {}
     phases = _rows(lake.read("silver", "batch_phases"), batch_id).sort("start_ts").to_dicts()
@@ -92,8 +105,11 @@ def collect(lake: Lake, batch_id: str, spec: CppSpec | None = None) -> EbrConten
         for t in spec.cpp_tags:
             if t not in ds.columns:
                 continue
-            pts = [(float(k * step / 60), float(v))
-                   for k, v in zip(ds["bucket"], ds[t], strict=True) if v is not None]  # fmt: skip
+            pts = [
+                (float(k * step / 60), float(v))
+                for k, v in zip(ds["bucket"], ds[t], strict=True)
+                if v is not None
+            ]
             bands = []
             for ph in phases:
                 if ph["start_ts"] is None or ph["end_ts"] is None:
@@ -107,10 +123,13 @@ def collect(lake: Lake, batch_id: str, spec: CppSpec | None = None) -> EbrConten
     devs = list_deviations(lake, batch_id=batch_id).to_dicts()
     labs = _rows(lake.read("silver", "lab_results"), batch_id)
     cqas = (
-        labs.filter(pl.col("sample_type") == "release").sort("analyte").select(
-            "analyte", "value", "uom", "spec_lo", "spec_hi", "within_spec", "sample_ts").to_dicts()
-        if labs.height else []
-    )  # fmt: skip
+        labs.filter(pl.col("sample_type") == "release")
+        .sort("analyte")
+        .select("analyte", "value", "uom", "spec_lo", "spec_hi", "within_spec", "sample_ts")
+        .to_dicts()
+        if labs.height
+        else []
+    )
     sigs: list[tuple[Signature, bool, str]] = []
     dec = decisions(lake).filter(pl.col("batch_id") == batch_id)
     release = dec.row(0, named=True) if dec.height else None
@@ -131,18 +150,37 @@ def collect(lake: Lake, batch_id: str, spec: CppSpec | None = None) -> EbrConten
             chk = verify_signature(s, get_deviation(lake, d["deviation_id"]).signed_content())
             sigs.append((s, chk.ok, "; ".join(chk.problems) or "verifies"))
     audit = (
-        AuditTrail(lake).read(record_ids=[batch_id, *dev_ids])
-        .select("seq", "ts_utc", "actor", "action", "record_id", "field", "old_value",
-                "new_value", "reason")
+        AuditTrail(lake)
+        .read(record_ids=[batch_id, *dev_ids])
+        .select(
+            "seq",
+            "ts_utc",
+            "actor",
+            "action",
+            "record_id",
+            "field",
+            "old_value",
+            "new_value",
+            "reason",
+        )
         .to_dicts()
-    )  # fmt: skip
-    c = EbrContent(batch_id, header, materials, phases, trends, excursions, devs, cqas, sigs,
-                   audit, release)  # fmt: skip
-    c.content_hash = record_hash({
-        "header": header, "materials": materials, "phases": phases, "excursions": excursions,
-        "deviations": devs, "cqas": cqas, "trends": [(t.tag, t.points) for t in trends],
-        "signatures": [s.signature_id for s, _, _ in sigs], "audit": [a["seq"] for a in audit],
-    })  # fmt: skip
+    )
+    c = EbrContent(
+        batch_id, header, materials, phases, trends, excursions, devs, cqas, sigs, audit, release
+    )
+    c.content_hash = record_hash(
+        {
+            "header": header,
+            "materials": materials,
+            "phases": phases,
+            "excursions": excursions,
+            "deviations": devs,
+            "cqas": cqas,
+            "trends": [(t.tag, t.points) for t in trends],
+            "signatures": [s.signature_id for s, _, _ in sigs],
+            "audit": [a["seq"] for a in audit],
+        }
+    )
     return c
 
 
@@ -185,21 +223,29 @@ def _svg(t: Trend, w: int = 560, h: int = 110) -> str:
     def Y(y: float) -> float:
         return 8 + (h - 24) * (1 - (y - y0) / (y1 - y0))
 
-    parts = [f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" '
-             f'role="img" aria-label="{html.escape(t.tag)} trend">']  # fmt: skip
+    parts = [
+        f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" '
+        f'role="img" aria-label="{html.escape(t.tag)} trend">'
+    ]
     for h0, h1, nor, par in t.bands:
         x0, x1 = X(max(0.0, h0)), X(min(xmax, h1))
         if nor:
-            parts.append(f'<rect x="{x0:.1f}" y="{Y(nor[1]):.1f}" width="{x1 - x0:.1f}" '
-                         f'height="{Y(nor[0]) - Y(nor[1]):.1f}" fill="#e3f4e3"/>')  # fmt: skip
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{Y(nor[1]):.1f}" width="{x1 - x0:.1f}" '
+                f'height="{Y(nor[0]) - Y(nor[1]):.1f}" fill="#e3f4e3"/>'
+            )
         for v in par or ():
-            parts.append(f'<line x1="{x0:.1f}" x2="{x1:.1f}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" '
-                         'stroke="#c0392b" stroke-dasharray="4 3"/>')  # fmt: skip
+            parts.append(
+                f'<line x1="{x0:.1f}" x2="{x1:.1f}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" '
+                'stroke="#c0392b" stroke-dasharray="4 3"/>'
+            )
     pts = " ".join(f"{X(x):.1f},{Y(y):.1f}" for x, y in t.points)
     parts.append(f'<polyline fill="none" stroke="#1f4e79" stroke-width="1.2" points="{pts}"/>')
-    parts.append(f'<text x="2" y="14" font-size="10">{y1:.3g}</text>'
-                 f'<text x="2" y="{h - 16}" font-size="10">{y0:.3g}</text>'
-                 f'<text x="{w - 60}" y="{h - 3}" font-size="10">{xmax:.0f} h</text></svg>')  # fmt: skip
+    parts.append(
+        f'<text x="2" y="14" font-size="10">{y1:.3g}</text>'
+        f'<text x="2" y="{h - 16}" font-size="10">{y0:.3g}</text>'
+        f'<text x="{w - 60}" y="{h - 3}" font-size="10">{xmax:.0f} h</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -228,10 +274,18 @@ def render_html(c: EbrContent) -> str:
     )
     rel = (
         f"{c.release['decision'].upper()} by {c.release['printed_name']} on "
-        f"{_fmt(c.release['decided_at'])}" if c.release else "PENDING QA REVIEW"
-    )  # fmt: skip
-    cqa = [{**q, "spec": _spec_text(q["spec_lo"], q["spec_hi"]),
-            "result": "pass" if q["within_spec"] else "FAIL"} for q in c.cqas]  # fmt: skip
+        f"{_fmt(c.release['decided_at'])}"
+        if c.release
+        else "PENDING QA REVIEW"
+    )
+    cqa = [
+        {
+            **q,
+            "spec": _spec_text(q["spec_lo"], q["spec_hi"]),
+            "result": "pass" if q["within_spec"] else "FAIL",
+        }
+        for q in c.cqas
+    ]
     trends = "".join(
         f"<div class='trend'><h3>{e(t.tag)} [{e(t.uom)}]</h3>{_svg(t)}</div>" for t in c.trends
     )
@@ -249,16 +303,46 @@ margin:.5em 0}}td,th{{border:1px solid #bbb;padding:2px 6px;font-size:12px}}th{{
 <h2>3. Phases</h2>{_table(c.phases, ["phase", "start_ts", "end_ts"])}
 <h2>4. CPP trends</h2><p>Normal operating range of each phase shaded green, proven
 acceptable range dashed red; means against hours from inoculation.</p>{trends}
-<h2>5. CPP excursions</h2>{_table(c.excursions, ["excursion_id", "tag", "phase", "start_ts",
-    "duration_min", "minutes_outside_par", "peak_value", "severity"])}
-<h2>6. Deviations</h2>{_table(c.deviations, ["deviation_id", "severity", "title", "state",
-    "root_cause", "capa", "signature_id"])}
-<h2>7. Critical quality attributes</h2>{_table(cqa, ["analyte", "value", "uom", "spec",
-    "result"])}
+<h2>5. CPP excursions</h2>{
+        _table(
+            c.excursions,
+            [
+                "excursion_id",
+                "tag",
+                "phase",
+                "start_ts",
+                "duration_min",
+                "minutes_outside_par",
+                "peak_value",
+                "severity",
+            ],
+        )
+    }
+<h2>6. Deviations</h2>{
+        _table(
+            c.deviations,
+            ["deviation_id", "severity", "title", "state", "root_cause", "capa", "signature_id"],
+        )
+    }
+<h2>7. Critical quality attributes</h2>{_table(cqa, ["analyte", "value", "uom", "spec", "result"])}
 <h2>8. Electronic signatures</h2><ul>{sig_rows}</ul>
-<h2>9. Audit trail excerpt</h2>{_table(c.audit, ["seq", "ts_utc", "actor", "action",
-    "record_id", "field", "old_value", "new_value", "reason"])}
-</body></html>"""  # fmt: skip
+<h2>9. Audit trail excerpt</h2>{
+        _table(
+            c.audit,
+            [
+                "seq",
+                "ts_utc",
+                "actor",
+                "action",
+                "record_id",
+                "field",
+                "old_value",
+                "new_value",
+                "reason",
+            ],
+        )
+    }
+</body></html>"""
 
 
 # ---------------------------------------------------------------------------- PDF
@@ -288,8 +372,7 @@ def render_pdf(c: EbrContent, path: str | Path) -> Path:
             para("none")
             return
         pdf.set_font("Helvetica", "", 7)
-        with pdf.table(col_widths=[width] * len(cols), text_align="LEFT",
-                       line_height=3.6) as t:  # fmt: skip
+        with pdf.table(col_widths=[width] * len(cols), text_align="LEFT", line_height=3.6) as t:
             r = t.row()
             for col in cols:
                 r.cell(_latin1(col))
@@ -300,8 +383,12 @@ def render_pdf(c: EbrContent, path: str | Path) -> Path:
         pdf.ln(2)
 
     h(f"Electronic batch record {c.batch_id}", 15)
-    rel = (f"{c.release['decision'].upper()} by {c.release['printed_name']} on "
-           f"{_fmt(c.release['decided_at'])}" if c.release else "PENDING QA REVIEW")  # fmt: skip
+    rel = (
+        f"{c.release['decision'].upper()} by {c.release['printed_name']} on "
+        f"{_fmt(c.release['decided_at'])}"
+        if c.release
+        else "PENDING QA REVIEW"
+    )
     para(f"Release status: {rel}")
     para(f"Generated {_fmt(c.generated_at)}; content SHA-256 {c.content_hash}")
     h("1. Batch and recipe")
@@ -322,15 +409,23 @@ def render_pdf(c: EbrContent, path: str | Path) -> Path:
     h("6. Deviations")
     table(c.deviations, ["deviation_id", "severity", "title", "state", "signature_id"], 36)
     h("7. Critical quality attributes")
-    cqa = [{**q, "spec": _spec_text(q["spec_lo"], q["spec_hi"]),
-            "result": "pass" if q["within_spec"] else "FAIL"} for q in c.cqas]  # fmt: skip
+    cqa = [
+        {
+            **q,
+            "spec": _spec_text(q["spec_lo"], q["spec_hi"]),
+            "result": "pass" if q["within_spec"] else "FAIL",
+        }
+        for q in c.cqas
+    ]
     table(cqa, ["analyte", "value", "uom", "spec", "result"], 36)
     h("8. Electronic signatures")
     if not c.signatures:
         para("no signatures yet")
     for s, ok, note in c.signatures:
-        para(f"{s.manifestation()} - {s.record_type} {s.record_id}; reason: {s.reason}; "
-             f"record SHA-256 {s.record_hash[:16]}...; {'VERIFIED' if ok else 'INVALID'}: {note}")  # fmt: skip
+        para(
+            f"{s.manifestation()} - {s.record_type} {s.record_id}; reason: {s.reason}; "
+            f"record SHA-256 {s.record_hash[:16]}...; {'VERIFIED' if ok else 'INVALID'}: {note}"
+        )
     h("9. Audit trail excerpt")
     table(c.audit, ["seq", "ts_utc", "actor", "action", "record_id", "new_value"], 30)
     out = Path(path)
@@ -376,8 +471,13 @@ def _pdf_chart(pdf: Any, t: Trend, w: float = 180, hgt: float = 28) -> None:
     pdf.set_y(y0 + hgt + 5)
 
 
-def write_ebr(lake: Lake, batch_id: str, out_dir: str | Path, actor: str = "system",
-              context_id: str | None = None) -> tuple[Path, Path, EbrContent]:  # fmt: skip
+def write_ebr(
+    lake: Lake,
+    batch_id: str,
+    out_dir: str | Path,
+    actor: str = "system",
+    context_id: str | None = None,
+) -> tuple[Path, Path, EbrContent]:
     """Write ``<out_dir>/<batch>_ebr.html`` and ``.pdf`` and audit the generation."""
     c = collect(lake, batch_id)
     out = Path(out_dir)
@@ -385,6 +485,15 @@ def write_ebr(lake: Lake, batch_id: str, out_dir: str | Path, actor: str = "syst
     html_path = out / f"{batch_id}_ebr.html"
     html_path.write_text(render_html(c), encoding="utf-8")
     pdf_path = render_pdf(c, out / f"{batch_id}_ebr.pdf")
-    AuditTrail(lake).record("ebr_generated", actor, "ebr", batch_id, "content_hash", None,
-                            c.content_hash, "batch record review", context_id)  # fmt: skip
+    AuditTrail(lake).record(
+        "ebr_generated",
+        actor,
+        "ebr",
+        batch_id,
+        "content_hash",
+        None,
+        c.content_hash,
+        "batch record review",
+        context_id,
+    )
     return html_path, pdf_path, c

@@ -59,10 +59,21 @@ def code_version() -> str:
     """Git commit of the checkout (``+dirty`` when modified), else the package version."""
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=5).stdout  # fmt: skip
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
         return sha + ("+dirty" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
@@ -177,12 +188,26 @@ def _record(
             before = after - 1 if after > 0 else None
         old: dict[str, Any] = {"version": before, "rows": _rows(uri, before, lake.storage_options)}
         new: dict[str, Any] = {
-            "version": after, "rows": _rows(uri, after, lake.storage_options),
-            "partition": m.partition, "code_version": cv, "event_storage_id": m.storage_id,
+            "version": after,
+            "rows": _rows(uri, after, lake.storage_options),
+            "partition": m.partition,
+            "code_version": cv,
+            "event_storage_id": m.storage_id,
             "instance": m.instance,
-        }  # fmt: skip
-        events.append(AuditEvent(ACTION, "dagster", m.table, m.partition or "*", "delta_version",
-                                 old, new, "pipeline materialization", m.run_id))  # fmt: skip
+        }
+        events.append(
+            AuditEvent(
+                ACTION,
+                "dagster",
+                m.table,
+                m.partition or "*",
+                "delta_version",
+                old,
+                new,
+                "pipeline materialization",
+                m.run_id,
+            )
+        )
         if after is not None:
             last_version[m.table] = after
     trail.append(events)

@@ -21,8 +21,10 @@ from .cli import (
     normal_user_id,
 )
 
-model_app = typer.Typer(help="Model promotions: pending, approve/reject (QA, signed), verify, "
-                        "auto-promotion policy.", no_args_is_help=True)  # fmt: skip
+model_app = typer.Typer(
+    help="Model promotions: pending, approve/reject (QA, signed), verify, auto-promotion policy.",
+    no_args_is_help=True,
+)
 
 
 def _uri() -> str:
@@ -59,8 +61,9 @@ def model_pending(
         )
 
 
-def _decide(approve: bool, name: str, version: str, user: str, reason: str,
-            lake: str | None) -> None:  # fmt: skip
+def _decide(
+    approve: bool, name: str, version: str, user: str, reason: str, lake: str | None
+) -> None:
     from . import promotions
 
     lk, user = existing_lake(lake), normal_user_id(user)
@@ -70,21 +73,26 @@ def _decide(approve: bool, name: str, version: str, user: str, reason: str,
     except Exception as e:
         fail(e)
     what = "approved: now champion" if approve else "rejected: the champion stays"
-    console.print(f"{name} v{version} {what}. {sig.manifestation()} ({sig.signature_id})",
-                  soft_wrap=True, highlight=False)  # fmt: skip
+    console.print(
+        f"{name} v{version} {what}. {sig.manifestation()} ({sig.signature_id})",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 @model_app.command("approve")
-def model_approve(name: str, version: str, user: UserOpt, reason: ReasonOpt,
-                  lake: LakeOpt = None) -> None:  # fmt: skip
+def model_approve(
+    name: str, version: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt = None
+) -> None:
     """Approve a pending promotion (QA: password again, signature bound to the version's
     artifact SHA-256); the version becomes champion."""
     _decide(True, name, version, user, reason, lake)
 
 
 @model_app.command("reject")
-def model_reject(name: str, version: str, user: UserOpt, reason: ReasonOpt,
-                 lake: LakeOpt = None) -> None:  # fmt: skip
+def model_reject(
+    name: str, version: str, user: UserOpt, reason: ReasonOpt, lake: LakeOpt = None
+) -> None:
     """Reject a pending promotion (QA, signed); the champion stays."""
     _decide(False, name, version, user, reason, lake)
 
@@ -99,15 +107,17 @@ def model_verify(lake: LakeOpt = None) -> None:
     if not checks:
         console.print("no champion registered")
     for c in checks:
-        (console if c.ok else err).print(("[green]" if c.ok else "[red]") + c.line(),
-                                         soft_wrap=True, highlight=False)  # fmt: skip
+        (console if c.ok else err).print(
+            ("[green]" if c.ok else "[red]") + c.line(), soft_wrap=True, highlight=False
+        )
     if any(not c.ok for c in checks):
         raise typer.Exit(1)
 
 
 @model_app.command("policy-change")
-def model_policy_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
-                        lake: LakeOpt = None) -> None:  # fmt: skip
+def model_policy_change(
+    new_file: Path, user: UserOpt, reason: ReasonOpt, lake: LakeOpt = None
+) -> None:
     """Put NEW_FILE in force as the auto-promotion policy under change control (validated,
     signed, audited); the first change records the approved baseline."""
     from .changecontrol import apply_change
@@ -116,8 +126,15 @@ def model_policy_change(new_file: Path, user: UserOpt, reason: ReasonOpt,
     p = policy_path()
     lk, user = existing_lake(lake), normal_user_id(user)
     try:
-        row = apply_change(lk, p, new_file.read_text(), user, ask_password("Password (signature)"),
-                           reason, POLICY_TARGET)  # fmt: skip
+        row = apply_change(
+            lk,
+            p,
+            new_file.read_text(),
+            user,
+            ask_password("Password (signature)"),
+            reason,
+            POLICY_TARGET,
+        )
     except Exception as e:
         fail(e)
     console.print(f"{row['change_id']}: {p} {row['old_sha256'] or '-'} -> {row['new_sha256']}")
@@ -133,5 +150,6 @@ def model_policy_check(lake: LakeOpt = None) -> None:
     if policy is None:
         err.print(f"[red]{note}", soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"[green]policy {policy.policy_id} v{policy.version} in force ({note})",
-                  soft_wrap=True)  # fmt: skip
+    console.print(
+        f"[green]policy {policy.policy_id} v{policy.version} in force ({note})", soft_wrap=True
+    )

@@ -33,12 +33,21 @@ from .users import get_user, require
 
 TABLE = "recipe_change_requests"
 SCHEMA: dict[str, pl.DataType] = {
-    "request_id": pl.String(), "state": pl.String(), "recipe_id": pl.String(),
-    "from_version": pl.Int64(), "to_version": pl.Int64(), "recipes_path": pl.String(),
-    "base_sha256": pl.String(), "new_content": pl.String(), "evidence_json": pl.String(),
-    "actor": pl.String(), "signature_id": pl.String(), "reason": pl.String(),
-    "change_id": pl.String(), "at": UTC_US,
-}  # fmt: skip
+    "request_id": pl.String(),
+    "state": pl.String(),
+    "recipe_id": pl.String(),
+    "from_version": pl.Int64(),
+    "to_version": pl.Int64(),
+    "recipes_path": pl.String(),
+    "base_sha256": pl.String(),
+    "new_content": pl.String(),
+    "evidence_json": pl.String(),
+    "actor": pl.String(),
+    "signature_id": pl.String(),
+    "reason": pl.String(),
+    "change_id": pl.String(),
+    "at": UTC_US,
+}
 
 
 class RequestError(ValueError):
@@ -61,8 +70,12 @@ def pending(lake: Lake) -> pl.DataFrame:
 
 
 def _append(lake: Lake, row: dict[str, Any]) -> None:
-    lake.append(GXP_LAYER, TABLE, pl.DataFrame({k: [row.get(k)] for k in SCHEMA}, schema=SCHEMA),
-                configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
+    lake.append(
+        GXP_LAYER,
+        TABLE,
+        pl.DataFrame({k: [row.get(k)] for k in SCHEMA}, schema=SCHEMA),
+        configuration=GXP_TABLE_CONFIGURATION,
+    )
 
 
 def book_with(book: RecipeBook, new: Recipe) -> str:
@@ -79,9 +92,14 @@ def book_with(book: RecipeBook, new: Recipe) -> str:
 
 
 def request(
-    lake: Lake, recipes_path: str | Path, new: Recipe, evidence: dict[str, Any], user_id: str,
-    password: str, reason: str,
-) -> dict[str, Any]:  # fmt: skip
+    lake: Lake,
+    recipes_path: str | Path,
+    new: Recipe,
+    evidence: dict[str, Any],
+    user_id: str,
+    password: str,
+    reason: str,
+) -> dict[str, Any]:
     """Record a signed request to adopt ``new`` (the next version of a recipe); the recipe
     file is not touched."""
     p = Path(recipes_path)
@@ -91,8 +109,10 @@ def request(
     book = load_recipes(p)
     old = book.get(new.recipe_id)
     if new.version != old.version + 1:
-        raise RequestError(f"recipe {new.recipe_id}: the request must be version "
-                           f"{old.version + 1} (in use: {old.version}), got {new.version}")  # fmt: skip
+        raise RequestError(
+            f"recipe {new.recipe_id}: the request must be version "
+            f"{old.version + 1} (in use: {old.version}), got {new.version}"
+        )
     u = get_user(lake, user_id)
     if u is None:
         raise RequestError(f"user {user_id!r} does not exist")
@@ -100,17 +120,42 @@ def request(
     content = book_with(book, new)
     rid = "RCR-" + uuid.uuid4().hex[:12]
     ev = json.dumps(evidence, sort_keys=True, default=str)
-    sig = sign(lake, user_id, password, "authorship", TABLE, rid,
-               {"request_id": rid, "recipe_id": new.recipe_id, "to_version": new.version,
-                "new_sha256": sha256_text(content), "evidence": ev}, reason, rid)  # fmt: skip
-    row = {"request_id": rid, "state": "requested", "recipe_id": new.recipe_id,
-           "from_version": old.version, "to_version": new.version,
-           "recipes_path": str(p.resolve()), "base_sha256": sha256_text(text),
-           "new_content": content, "evidence_json": ev, "actor": user_id,
-           "signature_id": sig.signature_id, "reason": reason, "at": datetime.now(UTC)}  # fmt: skip
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "authorship",
+        TABLE,
+        rid,
+        {
+            "request_id": rid,
+            "recipe_id": new.recipe_id,
+            "to_version": new.version,
+            "new_sha256": sha256_text(content),
+            "evidence": ev,
+        },
+        reason,
+        rid,
+    )
+    row = {
+        "request_id": rid,
+        "state": "requested",
+        "recipe_id": new.recipe_id,
+        "from_version": old.version,
+        "to_version": new.version,
+        "recipes_path": str(p.resolve()),
+        "base_sha256": sha256_text(text),
+        "new_content": content,
+        "evidence_json": ev,
+        "actor": user_id,
+        "signature_id": sig.signature_id,
+        "reason": reason,
+        "at": datetime.now(UTC),
+    }
     _append(lake, row)
-    AuditTrail(lake).record("recipe_change_requested", user_id, TABLE, rid, "state", None,
-                            "requested", reason, rid)  # fmt: skip
+    AuditTrail(lake).record(
+        "recipe_change_requested", user_id, TABLE, rid, "state", None, "requested", reason, rid
+    )
     return row
 
 
@@ -132,18 +177,52 @@ def approve(
     row = _open(lake, request_id)
     p = Path(row["recipes_path"])
     if not p.exists() or sha256_text(p.read_text()) != row["base_sha256"]:
-        raise RequestError(f"recipe change request {request_id} is stale: {p} changed since it "
-                           "was requested; request again from the current recipe")  # fmt: skip
-    sig = sign(lake, user_id, password, "approval", TABLE, request_id,
-               {"request_id": request_id, "new_sha256": sha256_text(row["new_content"])},
-               reason, request_id)  # fmt: skip
-    change = apply_change(lake, p, row["new_content"], user_id, password, reason,
-                          target="recipes", context_id=request_id)  # fmt: skip
-    new = {**row, "state": "approved", "actor": user_id, "signature_id": sig.signature_id,
-           "reason": reason, "change_id": change["change_id"], "at": datetime.now(UTC)}  # fmt: skip
+        raise RequestError(
+            f"recipe change request {request_id} is stale: {p} changed since it "
+            "was requested; request again from the current recipe"
+        )
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "approval",
+        TABLE,
+        request_id,
+        {"request_id": request_id, "new_sha256": sha256_text(row["new_content"])},
+        reason,
+        request_id,
+    )
+    change = apply_change(
+        lake,
+        p,
+        row["new_content"],
+        user_id,
+        password,
+        reason,
+        target="recipes",
+        context_id=request_id,
+    )
+    new = {
+        **row,
+        "state": "approved",
+        "actor": user_id,
+        "signature_id": sig.signature_id,
+        "reason": reason,
+        "change_id": change["change_id"],
+        "at": datetime.now(UTC),
+    }
     _append(lake, new)
-    AuditTrail(lake).record("recipe_change_approved", user_id, TABLE, request_id, "state",
-                            "requested", "approved", reason, request_id)  # fmt: skip
+    AuditTrail(lake).record(
+        "recipe_change_approved",
+        user_id,
+        TABLE,
+        request_id,
+        "state",
+        "requested",
+        "approved",
+        reason,
+        request_id,
+    )
     return new
 
 
@@ -152,11 +231,35 @@ def reject(lake: Lake, request_id: str, user_id: str, password: str, reason: str
     u = get_user(lake, user_id)
     if u is None:
         raise RequestError(f"user {user_id!r} does not exist")
-    sig = sign(lake, user_id, password, "approval", TABLE, request_id,
-               {"request_id": request_id, "decision": "rejected"}, reason, request_id)  # fmt: skip
-    new = {**row, "state": "rejected", "actor": user_id, "signature_id": sig.signature_id,
-           "reason": reason, "at": datetime.now(UTC)}  # fmt: skip
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "approval",
+        TABLE,
+        request_id,
+        {"request_id": request_id, "decision": "rejected"},
+        reason,
+        request_id,
+    )
+    new = {
+        **row,
+        "state": "rejected",
+        "actor": user_id,
+        "signature_id": sig.signature_id,
+        "reason": reason,
+        "at": datetime.now(UTC),
+    }
     _append(lake, new)
-    AuditTrail(lake).record("recipe_change_rejected", user_id, TABLE, request_id, "state",
-                            "requested", "rejected", reason, request_id)  # fmt: skip
+    AuditTrail(lake).record(
+        "recipe_change_rejected",
+        user_id,
+        TABLE,
+        request_id,
+        "state",
+        "requested",
+        "rejected",
+        reason,
+        request_id,
+    )
     return new

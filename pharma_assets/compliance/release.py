@@ -32,18 +32,37 @@ TABLE = "batch_release"
 DECISIONS = ("released", "rejected")
 PENDING = PENDING_RELEASE
 SCHEMA: dict[str, pl.DataType] = {
-    "batch_id": pl.String(), "decision": pl.String(), "signature_id": pl.String(),
-    "user_id": pl.String(), "printed_name": pl.String(), "decided_at": UTC_US,
-    "reason": pl.String(), "record_hash": pl.String(),
-}  # fmt: skip
+    "batch_id": pl.String(),
+    "decision": pl.String(),
+    "signature_id": pl.String(),
+    "user_id": pl.String(),
+    "printed_name": pl.String(),
+    "decided_at": UTC_US,
+    "reason": pl.String(),
+    "record_hash": pl.String(),
+}
 # the batch_summary columns QA reviews; the record hash covers exactly these values
 REVIEW_COLUMNS_PREFIXES = ("cqa_", "exc_count_")
 REVIEW_COLUMNS = (
-    "batch_id", "unit_id", "product", "recipe_id", "recipe_version", "start_ts", "end_ts",
-    "status", "end_reason", "media_lot", "feed_lot", "inoculum_lot", "base_lot",
-    "final_titer_g_l", "excursions_total", "excursions_major", "right_first_time",
+    "batch_id",
+    "unit_id",
+    "product",
+    "recipe_id",
+    "recipe_version",
+    "start_ts",
+    "end_ts",
+    "status",
+    "end_reason",
+    "media_lot",
+    "feed_lot",
+    "inoculum_lot",
+    "base_lot",
+    "final_titer_g_l",
+    "excursions_total",
+    "excursions_major",
+    "right_first_time",
     "spec_version",
-)  # fmt: skip
+)
 
 
 def batch_record(lake: Lake, batch_id: str) -> dict[str, Any]:
@@ -54,15 +73,21 @@ def batch_record(lake: Lake, batch_id: str) -> dict[str, Any]:
             f"batch {batch_id!r} is not in gold/batch_summary (run the pipeline; "
             "see `pharma-twin pipeline`)"
         )
-    cols = [c for c in summary.columns
-            if c in REVIEW_COLUMNS or c.startswith(REVIEW_COLUMNS_PREFIXES)]  # fmt: skip
+    cols = [
+        c for c in summary.columns if c in REVIEW_COLUMNS or c.startswith(REVIEW_COLUMNS_PREFIXES)
+    ]
     row = summary.select(cols).row(0, named=True)
     devs = list_deviations(lake, batch_id=batch_id)
     row["deviations"] = [
-        {"deviation_id": d["deviation_id"], "version": d["version"], "state": d["state"],
-         "severity": d["severity"], "signature_id": d["signature_id"]}
+        {
+            "deviation_id": d["deviation_id"],
+            "version": d["version"],
+            "state": d["state"],
+            "severity": d["severity"],
+            "signature_id": d["signature_id"],
+        }
         for d in devs.iter_rows(named=True)
-    ]  # fmt: skip
+    ]
     return row
 
 
@@ -72,9 +97,14 @@ def decisions(lake: Lake) -> pl.DataFrame:
 
 
 def decide(
-    lake: Lake, batch_id: str, decision: str, user_id: str, password: str, reason: str,
+    lake: Lake,
+    batch_id: str,
+    decision: str,
+    user_id: str,
+    password: str,
+    reason: str,
     context_id: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """QA signs ``released`` or ``rejected`` for a batch. Release needs a complete batch and
     every deviation of the batch closed; a decision is final (one per batch)."""
     if decision not in DECISIONS:
@@ -85,13 +115,21 @@ def decide(
         try:
             require(u, "batch.release")
         except Exception as e:
-            trail.record("batch_release_refused", user_id, "gold/batch_summary", batch_id,
-                         new_value=str(e), context_id=context_id)  # fmt: skip
+            trail.record(
+                "batch_release_refused",
+                user_id,
+                "gold/batch_summary",
+                batch_id,
+                new_value=str(e),
+                context_id=context_id,
+            )
             raise
     prior = decisions(lake).filter(pl.col("batch_id") == batch_id)
     if prior.height:
-        raise ValueError(f"batch {batch_id} was already {prior['decision'][0]} by "
-                         f"{prior['user_id'][0]}; a decision is final")  # fmt: skip
+        raise ValueError(
+            f"batch {batch_id} was already {prior['decision'][0]} by "
+            f"{prior['user_id'][0]}; a decision is final"
+        )
     record = batch_record(lake, batch_id)
     if decision == "released":
         problems = []
@@ -102,19 +140,48 @@ def decide(
             problems.append(f"deviations not closed: {', '.join(still_open)}")
         if problems:
             raise ValueError(f"batch {batch_id} cannot be released: {'; '.join(problems)}")
-    sig = sign(lake, user_id, password, "approval", "batch_release", batch_id, record,
-               f"{decision}: {reason}", context_id)  # fmt: skip
-    row = {"batch_id": batch_id, "decision": decision, "signature_id": sig.signature_id,
-           "user_id": user_id, "printed_name": sig.printed_name, "decided_at": datetime.now(UTC),
-           "reason": reason, "record_hash": sig.record_hash}  # fmt: skip
+    sig = sign(
+        lake,
+        user_id,
+        password,
+        "approval",
+        "batch_release",
+        batch_id,
+        record,
+        f"{decision}: {reason}",
+        context_id,
+    )
+    row = {
+        "batch_id": batch_id,
+        "decision": decision,
+        "signature_id": sig.signature_id,
+        "user_id": user_id,
+        "printed_name": sig.printed_name,
+        "decided_at": datetime.now(UTC),
+        "reason": reason,
+        "record_hash": sig.record_hash,
+    }
     with lake.lock("gxp_batch_release"):
         lake.forget()
         if decisions(lake).filter(pl.col("batch_id") == batch_id).height:
             raise ValueError(f"batch {batch_id} was decided concurrently; see the audit trail")
-        lake.append(GXP_LAYER, TABLE, pl.DataFrame({k: [v] for k, v in row.items()},
-                    schema=SCHEMA), configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
-    trail.record("batch_" + decision, user_id, "gold/batch_summary", batch_id, "release_status",
-                 PENDING, decision, reason, context_id)  # fmt: skip
+        lake.append(
+            GXP_LAYER,
+            TABLE,
+            pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
+            configuration=GXP_TABLE_CONFIGURATION,
+        )
+    trail.record(
+        "batch_" + decision,
+        user_id,
+        "gold/batch_summary",
+        batch_id,
+        "release_status",
+        PENDING,
+        decision,
+        reason,
+        context_id,
+    )
     return row
 
 

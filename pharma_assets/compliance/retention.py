@@ -27,8 +27,7 @@ from pharma_assets.lake.storage import Lake
 from . import GXP_LAYER
 from .audit import GXP_TABLE_CONFIGURATION, AuditTrail, VerificationResult
 
-GXP_TABLES = ("audit_trail", "users", "signatures", "deviations", "batch_release",
-              "spec_changes")  # fmt: skip
+GXP_TABLES = ("audit_trail", "users", "signatures", "deviations", "batch_release", "spec_changes")
 
 
 class RetentionError(RuntimeError):
@@ -77,8 +76,11 @@ def guarded_vacuum(
             f"refusing to vacuum {layer}/{name} with retention {retention_hours} h: the table "
             f"keeps removed files for {floor:g} h (delta.deletedFileRetentionDuration)"
         )
-    return list(dt.vacuum(retention_hours=int(retention_hours), dry_run=dry_run,
-                          enforce_retention_duration=True))  # fmt: skip
+    return list(
+        dt.vacuum(
+            retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=True
+        )
+    )
 
 
 def _sha256(p: Path) -> str:
@@ -100,14 +102,17 @@ class BackupReport:
 
     @property
     def ok(self) -> bool:
-        return (not self.mismatched and not self.broken_tables
-                and (self.audit is None or self.audit.ok))  # fmt: skip
+        return (
+            not self.mismatched and not self.broken_tables and (self.audit is None or self.audit.ok)
+        )
 
     def summary(self) -> str:
         a = self.audit.summary() if self.audit else "no audit trail"
-        return (f"backup {'OK' if self.ok else 'FAILED'}: {self.files} files, "
-                f"{self.bytes / 1e6:.1f} MB to {self.dest}; {len(self.mismatched)} hash "
-                f"mismatches, {len(self.broken_tables)} unreadable tables; copy's {a}")  # fmt: skip
+        return (
+            f"backup {'OK' if self.ok else 'FAILED'}: {self.files} files, "
+            f"{self.bytes / 1e6:.1f} MB to {self.dest}; {len(self.mismatched)} hash "
+            f"mismatches, {len(self.broken_tables)} unreadable tables; copy's {a}"
+        )
 
 
 def backup(lake: Lake, dest: str | Path, actor: str = "system") -> BackupReport:
@@ -115,8 +120,10 @@ def backup(lake: Lake, dest: str | Path, actor: str = "system") -> BackupReport:
     ``BACKUP_MANIFEST.json`` (file hashes) into the copy. The audit trail's lock is held
     during the copy so its chain is copied at a consistent head."""
     if not lake.is_local:
-        raise ValueError("backup copies local lakes; for object stores use bucket versioning "
-                         "and replication (docs/compliance.md)")  # fmt: skip
+        raise ValueError(
+            "backup copies local lakes; for object stores use bucket versioning "
+            "and replication (docs/compliance.md)"
+        )
     src, dst = Path(lake.root), Path(dest).resolve()
     if dst.exists() and any(dst.iterdir()):
         raise ValueError(f"backup destination {dst} exists and is not empty; choose a new folder")
@@ -124,8 +131,11 @@ def backup(lake: Lake, dest: str | Path, actor: str = "system") -> BackupReport:
         raise ValueError(f"backup destination {dst} is inside the lake {src}")
     trail = AuditTrail(lake)
     rep = BackupReport(str(dst))
-    manifest: dict[str, Any] = {"source": str(src), "created_at": datetime.now(UTC).isoformat(),
-                                "files": {}}  # fmt: skip
+    manifest: dict[str, Any] = {
+        "source": str(src),
+        "created_at": datetime.now(UTC).isoformat(),
+        "files": {},
+    }
     with lake.lock("gxp_audit_trail"):
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("_locks"), dirs_exist_ok=True)
         for f in sorted(p for p in src.rglob("*") if p.is_file() and "_locks" not in p.parts):
@@ -151,6 +161,5 @@ def backup(lake: Lake, dest: str | Path, actor: str = "system") -> BackupReport:
         rep.audit = AuditTrail(Lake.at(dst), key=trail.key, anchor=trail.anchor).verify(
             anchor_uri=trail.uri
         )
-    trail.record("backup", actor, "lake", str(src), "destination", None, str(dst),
-                 rep.summary())  # fmt: skip
+    trail.record("backup", actor, "lake", str(src), "destination", None, str(dst), rep.summary())
     return rep

@@ -34,11 +34,18 @@ TABLE = "signatures"
 MEANINGS = ("review", "approval", "responsibility", "authorship")
 
 SCHEMA: dict[str, pl.DataType] = {
-    "signature_id": pl.String(), "user_id": pl.String(), "printed_name": pl.String(),
-    "role": pl.String(), "meaning": pl.String(), "signed_at": UTC_US, "record_type": pl.String(),
-    "record_id": pl.String(), "record_hash": pl.String(), "reason": pl.String(),
+    "signature_id": pl.String(),
+    "user_id": pl.String(),
+    "printed_name": pl.String(),
+    "role": pl.String(),
+    "meaning": pl.String(),
+    "signed_at": UTC_US,
+    "record_type": pl.String(),
+    "record_id": pl.String(),
+    "record_hash": pl.String(),
+    "reason": pl.String(),
     "sig_mac": pl.String(),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,18 @@ def _mac(key: bytes, sig: Mapping[str, Any]) -> str:
 
 
 def sign(
-    lake: Lake, user_id: str, password: str, meaning: str, record_type: str, record_id: str,
-    record: Mapping[str, Any], reason: str, context_id: str | None = None,
-    trail: AuditTrail | None = None, permission: str | None = None,
-) -> Signature:  # fmt: skip
+    lake: Lake,
+    user_id: str,
+    password: str,
+    meaning: str,
+    record_type: str,
+    record_id: str,
+    record: Mapping[str, Any],
+    reason: str,
+    context_id: str | None = None,
+    trail: AuditTrail | None = None,
+    permission: str | None = None,
+) -> Signature:
     """Re-authenticate ``user_id`` and sign ``record`` (the exact content shown to the signer).
 
     The signer's role must grant ``permission`` (default ``sign.<meaning>``); the retirement
@@ -86,29 +101,56 @@ def sign(
     if not reason.strip():
         raise ValueError("a signature needs a reason (what is being signed and why)")
     trail = trail or AuditTrail(lake)
-    user = authenticate(lake, user_id, password, purpose="signature_reauth",
-                        context_id=context_id, trail=trail)  # fmt: skip
+    user = authenticate(
+        lake, user_id, password, purpose="signature_reauth", context_id=context_id, trail=trail
+    )
     try:
         require(user, permission or f"sign.{meaning}")
     except Exception as e:
-        trail.record("signature_refused", user_id, table_name=record_type, record_id=record_id,
-                     field=meaning, new_value=str(e), context_id=context_id)  # fmt: skip
+        trail.record(
+            "signature_refused",
+            user_id,
+            table_name=record_type,
+            record_id=record_id,
+            field=meaning,
+            new_value=str(e),
+            context_id=context_id,
+        )
         raise
     row: dict[str, Any] = {
-        "signature_id": "SIG-" + uuid.uuid4().hex[:16], "user_id": user.user_id,
-        "printed_name": user.full_name, "role": user.role, "meaning": meaning,
-        "signed_at": datetime.now(UTC), "record_type": record_type, "record_id": record_id,
-        "record_hash": record_hash(record), "reason": reason,
-    }  # fmt: skip
+        "signature_id": "SIG-" + uuid.uuid4().hex[:16],
+        "user_id": user.user_id,
+        "printed_name": user.full_name,
+        "role": user.role,
+        "meaning": meaning,
+        "signed_at": datetime.now(UTC),
+        "record_type": record_type,
+        "record_id": record_id,
+        "record_hash": record_hash(record),
+        "reason": reason,
+    }
     row["sig_mac"] = _mac(trail.key, row)
-    lake.append(GXP_LAYER, TABLE, pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
-                configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
+    lake.append(
+        GXP_LAYER,
+        TABLE,
+        pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
+        configuration=GXP_TABLE_CONFIGURATION,
+    )
     sig = Signature(**row)
-    trail.record("e_signature", user_id, table_name=record_type, record_id=record_id,
-                 field=meaning, new_value={"signature_id": sig.signature_id,
-                                           "record_hash": sig.record_hash,
-                                           "printed_name": sig.printed_name},
-                 reason=reason, context_id=context_id)  # fmt: skip
+    trail.record(
+        "e_signature",
+        user_id,
+        table_name=record_type,
+        record_id=record_id,
+        field=meaning,
+        new_value={
+            "signature_id": sig.signature_id,
+            "record_hash": sig.record_hash,
+            "printed_name": sig.printed_name,
+        },
+        reason=reason,
+        context_id=context_id,
+    )
     return sig
 
 
@@ -119,9 +161,11 @@ class SignatureCheck:
 
 
 def verify_signature(
-    sig: Signature, record: Mapping[str, Any], record_id: str | None = None,
+    sig: Signature,
+    record: Mapping[str, Any],
+    record_id: str | None = None,
     key: bytes | None = None,
-) -> SignatureCheck:  # fmt: skip
+) -> SignatureCheck:
     """Is ``sig`` a genuine signature of exactly this ``record`` (and this ``record_id``)?"""
     problems = []
     key = key if key is not None else load_key()
@@ -159,10 +203,17 @@ def get_signature(lake: Lake, signature_id: str) -> Signature | None:
 
 
 def sign_as_system(
-    lake: Lake, signer_id: str, printed_name: str, meaning: str, record_type: str,
-    record_id: str, record: Mapping[str, Any], reason: str, context_id: str | None = None,
+    lake: Lake,
+    signer_id: str,
+    printed_name: str,
+    meaning: str,
+    record_type: str,
+    record_id: str,
+    record: Mapping[str, Any],
+    reason: str,
+    context_id: str | None = None,
     trail: AuditTrail | None = None,
-) -> Signature:  # fmt: skip
+) -> Signature:
     """A signature made by the system under a documented, change-controlled rule (e.g. the
     auto-promotion policy), never by a person: ``signer_id`` starts with ``system:``, the
     role is ``system`` and ``printed_name`` names the rule and its approved version, so
@@ -176,18 +227,37 @@ def sign_as_system(
         raise ValueError("a signature needs a reason (what is being signed and why)")
     trail = trail or AuditTrail(lake)
     row: dict[str, Any] = {
-        "signature_id": "SIG-" + uuid.uuid4().hex[:16], "user_id": signer_id,
-        "printed_name": printed_name, "role": "system", "meaning": meaning,
-        "signed_at": datetime.now(UTC), "record_type": record_type, "record_id": record_id,
-        "record_hash": record_hash(record), "reason": reason,
-    }  # fmt: skip
+        "signature_id": "SIG-" + uuid.uuid4().hex[:16],
+        "user_id": signer_id,
+        "printed_name": printed_name,
+        "role": "system",
+        "meaning": meaning,
+        "signed_at": datetime.now(UTC),
+        "record_type": record_type,
+        "record_id": record_id,
+        "record_hash": record_hash(record),
+        "reason": reason,
+    }
     row["sig_mac"] = _mac(trail.key, row)
-    lake.append(GXP_LAYER, TABLE, pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
-                configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
+    lake.append(
+        GXP_LAYER,
+        TABLE,
+        pl.DataFrame({k: [v] for k, v in row.items()}, schema=SCHEMA),
+        configuration=GXP_TABLE_CONFIGURATION,
+    )
     sig = Signature(**row)
-    trail.record("e_signature", signer_id, table_name=record_type, record_id=record_id,
-                 field=meaning, new_value={"signature_id": sig.signature_id,
-                                           "record_hash": sig.record_hash,
-                                           "printed_name": sig.printed_name},
-                 reason=reason, context_id=context_id)  # fmt: skip
+    trail.record(
+        "e_signature",
+        signer_id,
+        table_name=record_type,
+        record_id=record_id,
+        field=meaning,
+        new_value={
+            "signature_id": sig.signature_id,
+            "record_hash": sig.record_hash,
+            "printed_name": sig.printed_name,
+        },
+        reason=reason,
+        context_id=context_id,
+    )
     return sig

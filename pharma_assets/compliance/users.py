@@ -99,11 +99,21 @@ POLICY = Policy()
 _HASHER = PasswordHasher()
 
 SCHEMA: dict[str, pl.DataType] = {
-    "user_id": pl.String(), "version": pl.Int64(), "full_name": pl.String(), "role": pl.String(),
-    "password_hash": pl.String(), "password_set_at": UTC_US, "failed_attempts": pl.Int64(),
-    "locked": pl.Boolean(), "active": pl.Boolean(), "must_change_password": pl.Boolean(),
-    "created_at": UTC_US, "updated_at": UTC_US, "updated_by": pl.String(), "change": pl.String(),
-}  # fmt: skip
+    "user_id": pl.String(),
+    "version": pl.Int64(),
+    "full_name": pl.String(),
+    "role": pl.String(),
+    "password_hash": pl.String(),
+    "password_set_at": UTC_US,
+    "failed_attempts": pl.Int64(),
+    "locked": pl.Boolean(),
+    "active": pl.Boolean(),
+    "must_change_password": pl.Boolean(),
+    "created_at": UTC_US,
+    "updated_at": UTC_US,
+    "updated_by": pl.String(),
+    "change": pl.String(),
+}
 
 
 class AuthError(Exception):
@@ -251,27 +261,48 @@ def _locked(lake: Lake) -> Iterator[None]:
 
 
 def _save(
-    lake: Lake, trail: AuditTrail, user: User, actor: str, change: str, reason: str | None,
-    fields: dict[str, tuple[Any, Any]], context_id: str | None = None,
+    lake: Lake,
+    trail: AuditTrail,
+    user: User,
+    actor: str,
+    change: str,
+    reason: str | None,
+    fields: dict[str, tuple[Any, Any]],
+    context_id: str | None = None,
     now: datetime | None = None,
-) -> User:  # fmt: skip
-    new = replace(user, version=user.version + 1, updated_at=_now(now), updated_by=actor,
-                  change=change)  # fmt: skip
+) -> User:
+    new = replace(
+        user, version=user.version + 1, updated_at=_now(now), updated_by=actor, change=change
+    )
     _write(lake, new)
     from .audit import AuditEvent
 
     trail.append(
         [
             AuditEvent(
-                action=f"user_{change}", actor=actor, table_name=f"{GXP_LAYER}/{TABLE}",
-                record_id=user.user_id, field=f, old_value=o, new_value=n, reason=reason,
+                action=f"user_{change}",
+                actor=actor,
+                table_name=f"{GXP_LAYER}/{TABLE}",
+                record_id=user.user_id,
+                field=f,
+                old_value=o,
+                new_value=n,
+                reason=reason,
                 context_id=context_id,
             )
             for f, (o, n) in fields.items()
         ]
-        or [AuditEvent(action=f"user_{change}", actor=actor, table_name=f"{GXP_LAYER}/{TABLE}",
-                       record_id=user.user_id, reason=reason, context_id=context_id)]
-    )  # fmt: skip
+        or [
+            AuditEvent(
+                action=f"user_{change}",
+                actor=actor,
+                table_name=f"{GXP_LAYER}/{TABLE}",
+                record_id=user.user_id,
+                reason=reason,
+                context_id=context_id,
+            )
+        ]
+    )
     return new
 
 
@@ -292,10 +323,17 @@ def _manager(lake: Lake, actor_id: str, bootstrap: bool) -> str:
 
 # ---------------------------------------------------------------------------- management
 def create_user(
-    lake: Lake, user_id: str, full_name: str, role: str, password: str, actor_id: str,
-    reason: str, bootstrap: bool = False, trail: AuditTrail | None = None,
+    lake: Lake,
+    user_id: str,
+    full_name: str,
+    role: str,
+    password: str,
+    actor_id: str,
+    reason: str,
+    bootstrap: bool = False,
+    trail: AuditTrail | None = None,
     now: datetime | None = None,
-) -> User:  # fmt: skip
+) -> User:
     """Create an account. ``bootstrap=True`` allows the first admin to be created by
     ``actor_id`` (e.g. ``system:<os user>``) while no admin exists."""
     if role not in ROLES:
@@ -314,12 +352,32 @@ def create_user(
                 "(choose another ID)"
             )
         t = _now(now)
-        u = User(user_id=user_id, version=-1, full_name=full_name, role=role,
-                 password_hash=_HASHER.hash(password), password_set_at=t, failed_attempts=0,
-                 locked=False, active=True, must_change_password=False, created_at=t,
-                 updated_at=t, updated_by=actor, change="created")  # fmt: skip
-        return _save(lake, trail, u, actor, "created", reason,
-                     {"role": (None, role), "full_name": (None, full_name)}, now=now)  # fmt: skip
+        u = User(
+            user_id=user_id,
+            version=-1,
+            full_name=full_name,
+            role=role,
+            password_hash=_HASHER.hash(password),
+            password_set_at=t,
+            failed_attempts=0,
+            locked=False,
+            active=True,
+            must_change_password=False,
+            created_at=t,
+            updated_at=t,
+            updated_by=actor,
+            change="created",
+        )
+        return _save(
+            lake,
+            trail,
+            u,
+            actor,
+            "created",
+            reason,
+            {"role": (None, role), "full_name": (None, full_name)},
+            now=now,
+        )
 
 
 def set_role(lake: Lake, user_id: str, role: str, actor_id: str, reason: str) -> User:
@@ -329,8 +387,15 @@ def set_role(lake: Lake, user_id: str, role: str, actor_id: str, reason: str) ->
     with _locked(lake):
         actor = _manager(lake, actor_id, False)
         u = _existing(lake, user_id)
-        return _save(lake, trail, replace(u, role=role), actor, "role_changed", reason,
-                     {"role": (u.role, role)})  # fmt: skip
+        return _save(
+            lake,
+            trail,
+            replace(u, role=role),
+            actor,
+            "role_changed",
+            reason,
+            {"role": (u.role, role)},
+        )
 
 
 def disable_user(lake: Lake, user_id: str, actor_id: str, reason: str) -> User:
@@ -339,8 +404,15 @@ def disable_user(lake: Lake, user_id: str, actor_id: str, reason: str) -> User:
     with _locked(lake):
         actor = _manager(lake, actor_id, False)
         u = _existing(lake, user_id)
-        return _save(lake, trail, replace(u, active=False), actor, "disabled", reason,
-                     {"active": (u.active, False)})  # fmt: skip
+        return _save(
+            lake,
+            trail,
+            replace(u, active=False),
+            actor,
+            "disabled",
+            reason,
+            {"active": (u.active, False)},
+        )
 
 
 def reset_password(lake: Lake, user_id: str, new_password: str, actor_id: str, reason: str) -> User:
@@ -352,10 +424,23 @@ def reset_password(lake: Lake, user_id: str, new_password: str, actor_id: str, r
         actor = _manager(lake, actor_id, False)
         u = _existing(lake, user_id)
         check_password_policy(user_id, new_password, full_name=u.full_name)
-        new = replace(u, password_hash=_HASHER.hash(new_password), password_set_at=_now(None),
-                      failed_attempts=0, locked=False, must_change_password=True)  # fmt: skip
-        return _save(lake, trail, new, actor, "password_reset", reason,
-                     {"password": (None, "reset"), "locked": (u.locked, False)})  # fmt: skip
+        new = replace(
+            u,
+            password_hash=_HASHER.hash(new_password),
+            password_set_at=_now(None),
+            failed_attempts=0,
+            locked=False,
+            must_change_password=True,
+        )
+        return _save(
+            lake,
+            trail,
+            new,
+            actor,
+            "password_reset",
+            reason,
+            {"password": (None, "reset"), "locked": (u.locked, False)},
+        )
 
 
 def change_password(
@@ -365,15 +450,34 @@ def change_password(
     if new_password == old_password:
         raise ValueError("the new password must differ from the old one")
     trail = AuditTrail(lake)
-    authenticate(lake, user_id, old_password, purpose="password_change", allow_expired=True,
-                 trail=trail, now=now)  # fmt: skip
+    authenticate(
+        lake,
+        user_id,
+        old_password,
+        purpose="password_change",
+        allow_expired=True,
+        trail=trail,
+        now=now,
+    )
     with _locked(lake):
         u = _existing(lake, user_id)
         check_password_policy(user_id, new_password, full_name=u.full_name)
-        new = replace(u, password_hash=_HASHER.hash(new_password), password_set_at=_now(now),
-                      must_change_password=False)  # fmt: skip
-        return _save(lake, trail, new, user_id, "password_changed", "password change by user",
-                     {"password": (None, "changed")}, now=now)  # fmt: skip
+        new = replace(
+            u,
+            password_hash=_HASHER.hash(new_password),
+            password_set_at=_now(now),
+            must_change_password=False,
+        )
+        return _save(
+            lake,
+            trail,
+            new,
+            user_id,
+            "password_changed",
+            "password change by user",
+            {"password": (None, "changed")},
+            now=now,
+        )
 
 
 def _existing(lake: Lake, user_id: str) -> User:
@@ -385,10 +489,16 @@ def _existing(lake: Lake, user_id: str) -> User:
 
 # ---------------------------------------------------------------------------- login
 def authenticate(
-    lake: Lake, user_id: str, password: str, purpose: str = "login",
-    context_id: str | None = None, allow_expired: bool = False,
-    trail: AuditTrail | None = None, now: datetime | None = None, policy: Policy = POLICY,
-) -> User:  # fmt: skip
+    lake: Lake,
+    user_id: str,
+    password: str,
+    purpose: str = "login",
+    context_id: str | None = None,
+    allow_expired: bool = False,
+    trail: AuditTrail | None = None,
+    now: datetime | None = None,
+    policy: Policy = POLICY,
+) -> User:
     """Check an ID/password pair (login or re-authentication before a signature).
 
     Failures are counted per account; after ``max_failed_attempts`` consecutive failures the
@@ -401,12 +511,19 @@ def authenticate(
     trail = trail or AuditTrail(lake)
     t = _now(now)
 
-    def fail(detail: str, known: bool = True, msg: str = LOGIN_REFUSED,
-             cls: type[AuthError] = AuthError) -> AuthError:  # fmt: skip
+    def fail(
+        detail: str, known: bool = True, msg: str = LOGIN_REFUSED, cls: type[AuthError] = AuthError
+    ) -> AuthError:
         who = user_id if known else UNKNOWN_USER
-        trail.record(f"{purpose}_failed", who, table_name=f"{GXP_LAYER}/{TABLE}",
-                     record_id=user_id if known else "", field="outcome", new_value=detail,
-                     context_id=context_id)  # fmt: skip
+        trail.record(
+            f"{purpose}_failed",
+            who,
+            table_name=f"{GXP_LAYER}/{TABLE}",
+            record_id=user_id if known else "",
+            field="outcome",
+            new_value=detail,
+            context_id=context_id,
+        )
         return cls(msg)
 
     def password_ok(hashed: str) -> bool:
@@ -425,37 +542,74 @@ def authenticate(
         if not password_ok(u.password_hash):
             n = u.failed_attempts + 1
             lock = n >= policy.max_failed_attempts
-            _write(lake, replace(u, version=u.version + 1, failed_attempts=n, locked=lock,
-                                 updated_at=t, updated_by="system", change="failed_attempt"))  # fmt: skip
+            _write(
+                lake,
+                replace(
+                    u,
+                    version=u.version + 1,
+                    failed_attempts=n,
+                    locked=lock,
+                    updated_at=t,
+                    updated_by="system",
+                    change="failed_attempt",
+                ),
+            )
             if lock:
-                trail.record("account_locked", "system", table_name=f"{GXP_LAYER}/{TABLE}",
-                             record_id=user_id, field="locked", old_value="false",
-                             new_value="true", reason=f"{n} consecutive failed attempts")  # fmt: skip
+                trail.record(
+                    "account_locked",
+                    "system",
+                    table_name=f"{GXP_LAYER}/{TABLE}",
+                    record_id=user_id,
+                    field="locked",
+                    old_value="false",
+                    new_value="true",
+                    reason=f"{n} consecutive failed attempts",
+                )
             raise fail(f"wrong password ({n})")
         if u.failed_attempts:
-            u = replace(u, version=u.version + 1, failed_attempts=0, updated_at=t,
-                        updated_by="system", change="failures_reset")  # fmt: skip
+            u = replace(
+                u,
+                version=u.version + 1,
+                failed_attempts=0,
+                updated_at=t,
+                updated_by="system",
+                change="failures_reset",
+            )
             _write(lake, u)
     if not allow_expired:
         age = t - u.password_set_at
         if u.must_change_password or age > timedelta(days=policy.password_max_age_days):
-            raise fail("password expired", msg=f"the password of {user_id!r} has expired; "
-                       "change it first", cls=PasswordExpiredError)  # fmt: skip
-    trail.record(purpose, user_id, table_name=f"{GXP_LAYER}/{TABLE}", record_id=user_id,
-                 field="outcome", new_value="success", context_id=context_id)  # fmt: skip
+            raise fail(
+                "password expired",
+                msg=f"the password of {user_id!r} has expired; change it first",
+                cls=PasswordExpiredError,
+            )
+    trail.record(
+        purpose,
+        user_id,
+        table_name=f"{GXP_LAYER}/{TABLE}",
+        record_id=user_id,
+        field="outcome",
+        new_value="success",
+        context_id=context_id,
+    )
     return u
 
 
 def login(
-    lake: Lake, user_id: str, password: str, now: datetime | None = None,
+    lake: Lake,
+    user_id: str,
+    password: str,
+    now: datetime | None = None,
     policy: Policy = POLICY,
-) -> Session:  # fmt: skip
+) -> Session:
     """Log in: returns a session that expires after ``session_idle_minutes`` of inactivity."""
     sid = "sess-" + secrets.token_hex(8)
     u = authenticate(lake, user_id, password, "login", context_id=sid, now=now, policy=policy)
     t = _now(now)
-    return Session(sid, u.user_id, u.full_name, u.role, t,
-                   t + timedelta(minutes=policy.session_idle_minutes))  # fmt: skip
+    return Session(
+        sid, u.user_id, u.full_name, u.role, t, t + timedelta(minutes=policy.session_idle_minutes)
+    )
 
 
 def check_session(
@@ -467,34 +621,52 @@ def check_session(
     timeout renewed. An ended session is audited (``session_expired``/``session_revoked``)."""
     t = _now(now)
     if t > session.expires_at:
-        AuditTrail(lake).record("session_expired", session.user_id, record_id=session.user_id,
-                                context_id=session.session_id)  # fmt: skip
+        AuditTrail(lake).record(
+            "session_expired",
+            session.user_id,
+            record_id=session.user_id,
+            context_id=session.session_id,
+        )
         raise SessionExpiredError(
             f"session of {session.user_id!r} expired at {session.expires_at:%H:%M:%S} UTC; "
             "log in again"
         )
     u = get_user(lake, session.user_id)
     why = (
-        "account missing" if u is None
-        else "account disabled" if not u.active
-        else "account locked" if u.locked
-        else f"role changed to {u.role}" if u.role != session.role
+        "account missing"
+        if u is None
+        else "account disabled"
+        if not u.active
+        else "account locked"
+        if u.locked
+        else f"role changed to {u.role}"
+        if u.role != session.role
         else "password reset or changed after login"
         if u.password_set_at > session.started_at or u.must_change_password
         else None
-    )  # fmt: skip
+    )
     if why is not None:
-        AuditTrail(lake).record("session_revoked", session.user_id,
-                                table_name=f"{GXP_LAYER}/{TABLE}", record_id=session.user_id,
-                                field="session", new_value=why,
-                                context_id=session.session_id)  # fmt: skip
+        AuditTrail(lake).record(
+            "session_revoked",
+            session.user_id,
+            table_name=f"{GXP_LAYER}/{TABLE}",
+            record_id=session.user_id,
+            field="session",
+            new_value=why,
+            context_id=session.session_id,
+        )
         raise SessionExpiredError(f"account {session.user_id!r} changed ({why}); log in again")
     return replace(session, expires_at=t + timedelta(minutes=policy.session_idle_minutes))
 
 
 def logout(lake: Lake, session: Session) -> None:
-    AuditTrail(lake).record("logout", session.user_id, table_name=f"{GXP_LAYER}/{TABLE}",
-                            record_id=session.user_id, context_id=session.session_id)  # fmt: skip
+    AuditTrail(lake).record(
+        "logout",
+        session.user_id,
+        table_name=f"{GXP_LAYER}/{TABLE}",
+        record_id=session.user_id,
+        context_id=session.session_id,
+    )
 
 
 DEMO_USERS = [
@@ -523,7 +695,15 @@ def create_demo_users(lake: Lake, seed: int | None = None) -> list[tuple[str, st
                 break
             except ValueError:
                 continue
-        create_user(lake, uid, name, role, pw, actor_id="admin" if uid != "admin" else
-                    "system:demo", reason="demo account", bootstrap=uid == "admin")  # fmt: skip
+        create_user(
+            lake,
+            uid,
+            name,
+            role,
+            pw,
+            actor_id="admin" if uid != "admin" else "system:demo",
+            reason="demo account",
+            bootstrap=uid == "admin",
+        )
         out.append((uid, role, pw))
     return out

@@ -14,15 +14,19 @@ from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
 
 
-def backfill(lake: Lake, landing_dir: str | Path, run_id: str,
-             spec_path: str | None = None) -> silver.SilverReport:  # fmt: skip
+def backfill(
+    lake: Lake, landing_dir: str | Path, run_id: str, spec_path: str | None = None
+) -> silver.SilverReport:
     """Ingest every landed file (each source, then batches, lab results, maintenance and
     silver telemetry of every batch); the silver telemetry report."""
     spec = load_spec(spec_path)
     files = scan_landing(landing_dir)
     for src in (*SOURCES, "unroutable"):
-        fs = (files_for_source(landing_dir, src) if src in ("cmms", "unroutable")
-              else [f for f in files if f.source == src])  # fmt: skip
+        fs = (
+            files_for_source(landing_dir, src)
+            if src in ("cmms", "unroutable")
+            else [f for f in files if f.source == src]
+        )
         bronze.ingest_files(lake, landing_dir, src, fs, run_id)
     silver.build_batches(lake)
     silver.build_lab_results(lake, spec)

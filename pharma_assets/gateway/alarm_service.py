@@ -37,28 +37,56 @@ from .alarms import (
     AlarmSettings,
     PhaseProvider,
     alarm_from_dict,
-)  # fmt: skip
+)
 from .notify import Dispatcher, Notifier
 
 log = logging.getLogger(__name__)
 
 TABLE = ALARM_EVENTS
 PERMISSION = "alarm.respond"
-_TS = {"activated_ts_us": "activated_ts", "cleared_ts_us": "cleared_ts",
-       "shelved_until_us": "shelved_until", "last_ts_us": "last_ts"}  # fmt: skip
+_TS = {
+    "activated_ts_us": "activated_ts",
+    "cleared_ts_us": "cleared_ts",
+    "shelved_until_us": "shelved_until",
+    "last_ts_us": "last_ts",
+}
 SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(), "event": pl.String(), "at": UTC_US, "source_ts": UTC_US,
-    "actor": pl.String(), "reason": pl.String(),
-    "alarm_id": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(), "tag": pl.String(),
-    "phase": pl.String(), "level": pl.Int8(), "severity": pl.String(), "priority": pl.String(),
-    "state": pl.String(), "active": pl.Boolean(), "acked": pl.Boolean(),
-    "activated_ts": UTC_US, "value": pl.Float64(), "peak_value": pl.Float64(),
-    "direction": pl.String(), "target": pl.Float64(), "nor_lo": pl.Float64(),
-    "nor_hi": pl.Float64(), "par_lo": pl.Float64(), "par_hi": pl.Float64(),
-    "par_s": pl.Float64(), "cleared_ts": UTC_US, "acked_by": pl.String(),
-    "shelved_by": pl.String(), "shelve_reason": pl.String(), "shelved_until": UTC_US,
-    "deviation_id": pl.String(), "last_ts": UTC_US, "raised_us": pl.Int64(),
-}  # fmt: skip
+    "event_id": pl.String(),
+    "event": pl.String(),
+    "at": UTC_US,
+    "source_ts": UTC_US,
+    "actor": pl.String(),
+    "reason": pl.String(),
+    "alarm_id": pl.String(),
+    "unit_id": pl.String(),
+    "batch_id": pl.String(),
+    "tag": pl.String(),
+    "phase": pl.String(),
+    "level": pl.Int8(),
+    "severity": pl.String(),
+    "priority": pl.String(),
+    "state": pl.String(),
+    "active": pl.Boolean(),
+    "acked": pl.Boolean(),
+    "activated_ts": UTC_US,
+    "value": pl.Float64(),
+    "peak_value": pl.Float64(),
+    "direction": pl.String(),
+    "target": pl.Float64(),
+    "nor_lo": pl.Float64(),
+    "nor_hi": pl.Float64(),
+    "par_lo": pl.Float64(),
+    "par_hi": pl.Float64(),
+    "par_s": pl.Float64(),
+    "cleared_ts": UTC_US,
+    "acked_by": pl.String(),
+    "shelved_by": pl.String(),
+    "shelve_reason": pl.String(),
+    "shelved_until": UTC_US,
+    "deviation_id": pl.String(),
+    "last_ts": UTC_US,
+    "raised_us": pl.Int64(),
+}
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -73,8 +101,15 @@ def event_row(ev: AlarmEvent, n: int) -> dict[str, Any]:
     a = dict(ev.alarm)
     for k, col in _TS.items():
         a[col] = _dt(a.pop(k))
-    row = {"event_id": f"{a['alarm_id']}:{ev.at_us}:{n}", "event": ev.event, "at": _dt(ev.at_us),
-           "source_ts": _dt(ev.source_ts_us), "actor": ev.actor, "reason": ev.reason, **a}  # fmt: skip
+    row = {
+        "event_id": f"{a['alarm_id']}:{ev.at_us}:{n}",
+        "event": ev.event,
+        "at": _dt(ev.at_us),
+        "source_ts": _dt(ev.source_ts_us),
+        "actor": ev.actor,
+        "reason": ev.reason,
+        **a,
+    }
     return {k: row.get(k) for k in SCHEMA}
 
 
@@ -101,11 +136,16 @@ class AlarmService:
     """Engine + persistence + deviations + audit + notifiers (see module docstring)."""
 
     def __init__(
-        self, lake: Lake, spec: CppSpec, phases: PhaseProvider,
-        settings: AlarmSettings | None = None, notifiers: Sequence[Notifier] = (),
-        notify_min_priority: str = "low", flush_interval_s: float = 2.0,
+        self,
+        lake: Lake,
+        spec: CppSpec,
+        phases: PhaseProvider,
+        settings: AlarmSettings | None = None,
+        notifiers: Sequence[Notifier] = (),
+        notify_min_priority: str = "low",
+        flush_interval_s: float = 2.0,
         open_deviations: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.lake = lake
         self.dispatcher = Dispatcher(notifiers, notify_min_priority) if notifiers else None
         self._pending: list[AlarmEvent] = []
@@ -131,8 +171,13 @@ class AlarmService:
         a = ev.alarm
         with self._lock:
             self._pending.append(ev)
-            if (self.open_deviations and a["severity"] in AUTO_SEVERITIES and a["active"]
-                    and a["alarm_id"] not in self._requested and a["deviation_id"] is None):  # fmt: skip
+            if (
+                self.open_deviations
+                and a["severity"] in AUTO_SEVERITIES
+                and a["active"]
+                and a["alarm_id"] not in self._requested
+                and a["deviation_id"] is None
+            ):
                 self._requested.add(a["alarm_id"])
                 self._dev_requests.append(a)
 
@@ -149,8 +194,11 @@ class AlarmService:
                 d = open_for_alarm(self.lake, a, context_id=f"alarm:{a['alarm_id']}")
                 self.engine.link_deviation(a["alarm_id"], d.deviation_id)
             except Exception as e:
-                log.error("could not open the deviation of alarm %s (retried next flush): %s",
-                          a["alarm_id"], e)  # fmt: skip
+                log.error(
+                    "could not open the deviation of alarm %s (retried next flush): %s",
+                    a["alarm_id"],
+                    e,
+                )
                 with self._lock:
                     self._dev_requests.append(a)
         with self._lock:
@@ -159,12 +207,21 @@ class AlarmService:
             return 0
         rows = [event_row(e, i) for i, e in enumerate(evs)]
         try:
-            self.lake.append(GXP_LAYER, TABLE, pl.DataFrame(rows, schema=SCHEMA),
-                             configuration=GXP_TABLE_CONFIGURATION)  # fmt: skip
+            self.lake.append(
+                GXP_LAYER,
+                TABLE,
+                pl.DataFrame(rows, schema=SCHEMA),
+                configuration=GXP_TABLE_CONFIGURATION,
+            )
         except Exception as e:
             self.write_errors += 1
-            log.error("could not write %d alarm events to %s/%s (kept, retried): %s", len(evs),
-                      GXP_LAYER, TABLE, e)  # fmt: skip
+            log.error(
+                "could not write %d alarm events to %s/%s (kept, retried): %s",
+                len(evs),
+                GXP_LAYER,
+                TABLE,
+                e,
+            )
             with self._lock:
                 self._pending[:0] = evs
             return 0
@@ -189,10 +246,21 @@ class AlarmService:
         require(u, PERMISSION)
 
     def _audit(self, ev: AlarmEvent, old_state: str, context_id: str | None) -> None:
-        AuditTrail(self.lake).append([AuditEvent(
-            f"alarm_{ev.event}", ev.actor, f"{GXP_LAYER}/{TABLE}", ev.alarm["alarm_id"], "state",
-            old_state, ev.alarm["state"], ev.reason, context_id,
-        )])  # fmt: skip
+        AuditTrail(self.lake).append(
+            [
+                AuditEvent(
+                    f"alarm_{ev.event}",
+                    ev.actor,
+                    f"{GXP_LAYER}/{TABLE}",
+                    ev.alarm["alarm_id"],
+                    "state",
+                    old_state,
+                    ev.alarm["state"],
+                    ev.reason,
+                    context_id,
+                )
+            ]
+        )
 
     def _state(self, alarm_id: str) -> str:
         a = self.engine.alarms.get(alarm_id)
@@ -200,24 +268,32 @@ class AlarmService:
             raise AlarmError(f"alarm {alarm_id!r} is not open (see the active alarm list)")
         return a.state
 
-    def acknowledge(self, alarm_id: str, user_id: str, comment: str | None = None,
-                    context_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def acknowledge(
+        self, alarm_id: str, user_id: str, comment: str | None = None, context_id: str | None = None
+    ) -> dict[str, Any]:
         self._user(user_id)
         old = self._state(alarm_id)
         ev = self.engine.acknowledge(alarm_id, user_id, comment)
         self._audit(ev, old, context_id)
         return ev.alarm
 
-    def shelve(self, alarm_id: str, user_id: str, reason: str, duration_s: float,
-               context_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def shelve(
+        self,
+        alarm_id: str,
+        user_id: str,
+        reason: str,
+        duration_s: float,
+        context_id: str | None = None,
+    ) -> dict[str, Any]:
         self._user(user_id)
         old = self._state(alarm_id)
         ev = self.engine.shelve(alarm_id, user_id, reason, duration_s)
         self._audit(ev, old, context_id)
         return ev.alarm
 
-    def unshelve(self, alarm_id: str, user_id: str, reason: str | None = None,
-                 context_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def unshelve(
+        self, alarm_id: str, user_id: str, reason: str | None = None, context_id: str | None = None
+    ) -> dict[str, Any]:
         self._user(user_id)
         old = self._state(alarm_id)
         ev = self.engine.unshelve(alarm_id, user_id, reason)
@@ -228,11 +304,16 @@ class AlarmService:
         by_state: dict[str, int] = {}
         for a in self.engine.alarms.values():
             by_state[a.state] = by_state.get(a.state, 0) + 1
-        return {"open": len(self.engine.alarms), "by_state": by_state,
-                "events_written": self.written, "write_errors": self.write_errors,
-                "pending": len(self._pending), **self.engine.counts,
-                "notified": dict(self.dispatcher.sent) if self.dispatcher else {},
-                "notify_failed": dict(self.dispatcher.failed) if self.dispatcher else {}}  # fmt: skip
+        return {
+            "open": len(self.engine.alarms),
+            "by_state": by_state,
+            "events_written": self.written,
+            "write_errors": self.write_errors,
+            "pending": len(self._pending),
+            **self.engine.counts,
+            "notified": dict(self.dispatcher.sent) if self.dispatcher else {},
+            "notify_failed": dict(self.dispatcher.failed) if self.dispatcher else {},
+        }
 
 
 __all__ = ["PERMISSION", "SCHEMA", "TABLE", "AlarmService", "open_alarms_in", "read_events"]

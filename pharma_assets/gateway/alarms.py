@@ -206,16 +206,23 @@ class AlarmEngine:
     docstring). Thread-safe: ingest threads call ``check``, the API calls the actions."""
 
     def __init__(
-        self, spec: CppSpec, phases: PhaseProvider, settings: AlarmSettings | None = None,
+        self,
+        spec: CppSpec,
+        phases: PhaseProvider,
+        settings: AlarmSettings | None = None,
         sinks: Iterable[Sink] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.spec = spec
         self.phases = phases
         self.settings = settings or AlarmSettings()
         self.settle_us = int(
-            (self.settings.settle_s if self.settings.settle_s is not None
-             else spec.settle_minutes * 60) * 1e6
-        )  # fmt: skip
+            (
+                self.settings.settle_s
+                if self.settings.settle_s is not None
+                else spec.settle_minutes * 60
+            )
+            * 1e6
+        )
         self.cpp = set(spec.cpp_tags)
         self.sinks: list[Sink] = list(sinks)
         self.alarms: dict[str, Alarm] = {}  # open alarms by id
@@ -226,8 +233,14 @@ class AlarmEngine:
 
     # --------------------------------------------------------------- events
 
-    def _emit(self, event: str, a: Alarm, source_ts: int | None = None, actor: str = "system",
-              reason: str | None = None) -> AlarmEvent:  # fmt: skip
+    def _emit(
+        self,
+        event: str,
+        a: Alarm,
+        source_ts: int | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> AlarmEvent:
         ev = AlarmEvent(event, a.as_dict(), now_us(), source_ts, actor, reason)
         self.counts["events"] += 1
         for s in self.sinks:
@@ -290,20 +303,38 @@ class AlarmEngine:
         p.since1 = (p.since1 if p.since1 is not None else ts) if raw >= 1 else None
         p.since2 = (p.since2 if p.since2 is not None else ts) if raw >= 2 else None
         od = int(self.settings.on_delay_s * 1e6)
-        level = 2 if p.since2 is not None and ts - p.since2 >= od else (
-            1 if p.since1 is not None and ts - p.since1 >= od else 0)  # fmt: skip
+        level = (
+            2
+            if p.since2 is not None and ts - p.since2 >= od
+            else (1 if p.since1 is not None and ts - p.since1 >= od else 0)
+        )
         self.counts["checked"] += 1
         if a is None:
             if level == 0:
                 return 1
             stamp = datetime.fromtimestamp(ts / 1e6, UTC).strftime("%Y%m%dT%H%M%S")
             a = Alarm(
-                alarm_id=f"ALM-{r.unit_id}-{r.tag}-{stamp}", unit_id=r.unit_id,
-                batch_id=r.batch_id, tag=r.tag, phase=phase, level=level, state="unack_active",
-                active=True, acked=False, activated_ts_us=ts, value=v, peak_value=v,
-                direction="high" if v > nhi else "low", target=lim.target, nor_lo=nlo,
-                nor_hi=nhi, par_lo=plo, par_hi=phi, last_ts_us=ts, raised_us=now_us(),
-            )  # fmt: skip
+                alarm_id=f"ALM-{r.unit_id}-{r.tag}-{stamp}",
+                unit_id=r.unit_id,
+                batch_id=r.batch_id,
+                tag=r.tag,
+                phase=phase,
+                level=level,
+                state="unack_active",
+                active=True,
+                acked=False,
+                activated_ts_us=ts,
+                value=v,
+                peak_value=v,
+                direction="high" if v > nhi else "low",
+                target=lim.target,
+                nor_lo=nlo,
+                nor_hi=nhi,
+                par_lo=plo,
+                par_hi=phi,
+                last_ts_us=ts,
+                raised_us=now_us(),
+            )
             self.alarms[a.alarm_id], self._by_point[key] = a, a.alarm_id
             self._emit("activated", a, ts)
             return 1
@@ -359,8 +390,10 @@ class AlarmEngine:
         with self._lock:
             a = self._get(alarm_id)
             if a.acked or a.state not in ("unack_active", "rtn_unack"):
-                raise AlarmError(f"alarm {alarm_id} is {a.state}; only an unacknowledged alarm "
-                                 "can be acknowledged")  # fmt: skip
+                raise AlarmError(
+                    f"alarm {alarm_id} is {a.state}; only an unacknowledged alarm "
+                    "can be acknowledged"
+                )
             a.acked, a.acked_by = True, user_id
             if a.state == "rtn_unack":
                 a.state = "normal"
@@ -374,8 +407,10 @@ class AlarmEngine:
         if not reason or not reason.strip():
             raise AlarmError("shelving an alarm needs a reason")
         if not 0 < duration_s <= self.settings.max_shelve_s:
-            raise AlarmError(f"shelve duration {duration_s:g} s must be > 0 and at most "
-                             f"{self.settings.max_shelve_s:g} s")  # fmt: skip
+            raise AlarmError(
+                f"shelve duration {duration_s:g} s must be > 0 and at most "
+                f"{self.settings.max_shelve_s:g} s"
+            )
         with self._lock:
             a = self._get(alarm_id)
             if a.state == "shelved":
@@ -386,8 +421,9 @@ class AlarmEngine:
             a.shelved_until_us = now_us() + int(duration_s * 1e6)
             return self._emit("shelved", a, actor=user_id, reason=reason)
 
-    def unshelve(self, alarm_id: str, user_id: str = "system",
-                 reason: str | None = None) -> AlarmEvent:  # fmt: skip
+    def unshelve(
+        self, alarm_id: str, user_id: str = "system", reason: str | None = None
+    ) -> AlarmEvent:
         with self._lock:
             a = self._get(alarm_id)
             if a.state != "shelved":
@@ -403,8 +439,11 @@ class AlarmEngine:
 
     def expire_shelves(self, now: int | None = None) -> int:
         t = now_us() if now is None else now
-        due = [a.alarm_id for a in self.alarms.values()
-               if a.state == "shelved" and (a.shelved_until_us or 0) <= t]  # fmt: skip
+        due = [
+            a.alarm_id
+            for a in self.alarms.values()
+            if a.state == "shelved" and (a.shelved_until_us or 0) <= t
+        ]
         for aid in due:
             self.unshelve(aid, "system", "shelve expired")
         return len(due)
@@ -443,4 +482,4 @@ __all__ = [
     "MesPhases",
     "PhaseProvider",
     "alarm_from_dict",
-]  # fmt: skip
+]

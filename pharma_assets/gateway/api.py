@@ -82,14 +82,26 @@ class Broadcaster:
         now = now_us()
         units = {}
         for u in self.hot.units():
-            units[u] = {d["tag"]: [d["value"], d["source_ts_us"], d["recv_ts_us"],
-                                   _QUALITY.get(d["quality"], 2), d["stale"], d["uom"]]
-                        for d in self.hot.latest(u, now)}  # fmt: skip
+            units[u] = {
+                d["tag"]: [
+                    d["value"],
+                    d["source_ts_us"],
+                    d["recv_ts_us"],
+                    _QUALITY.get(d["quality"], 2),
+                    d["stale"],
+                    d["uom"],
+                ]
+                for d in self.hot.latest(u, now)
+            }
         alarms = self.hot.get_doc("alarms") or []
         health = self.hot.get_doc("health")
         meta = self.hot.get_doc("units") or {}
-        changed = (units != self.units or alarms != self.alarms or health != self.health
-                   or meta != self.meta)  # fmt: skip
+        changed = (
+            units != self.units
+            or alarms != self.alarms
+            or health != self.health
+            or meta != self.meta
+        )
         if changed:
             self.units, self.alarms, self.health, self.snap_us = units, alarms, health, now
             self.meta = meta
@@ -114,12 +126,24 @@ class Broadcaster:
         if t is None:
             units = self.units if unit is None else {unit: self.units.get(unit, {})}
             meta = self.meta if unit is None else {unit: self.meta.get(unit, {})}
-            alarms = self.alarms if unit is None else [a for a in self.alarms
-                                                       if a.get("unit_id") == unit]  # fmt: skip
-            t = self._texts[unit] = json.dumps({
-                "seq": self.seq, "snap_us": self.snap_us, "sent_us": now_us(), "units": units,
-                "alarms": alarms, "health": self.health, "meta": meta,
-            }, separators=(",", ":"), default=str)  # fmt: skip
+            alarms = (
+                self.alarms
+                if unit is None
+                else [a for a in self.alarms if a.get("unit_id") == unit]
+            )
+            t = self._texts[unit] = json.dumps(
+                {
+                    "seq": self.seq,
+                    "snap_us": self.snap_us,
+                    "sent_us": now_us(),
+                    "units": units,
+                    "alarms": alarms,
+                    "health": self.health,
+                    "meta": meta,
+                },
+                separators=(",", ":"),
+                default=str,
+            )
         return t
 
     async def serve(self, ws: WebSocket, unit: str | None) -> None:
@@ -153,9 +177,12 @@ def spec_bands(spec_path: str | None = None) -> dict[str, Any]:
 
 
 def make_app(
-    hot: HotStore, health: Callable[[], dict[str, Any]] | None = None, alarms: Any = None,
-    write_token: str | None = None, interval_s: float = 0.2,
-) -> FastAPI:  # fmt: skip
+    hot: HotStore,
+    health: Callable[[], dict[str, Any]] | None = None,
+    alarms: Any = None,
+    write_token: str | None = None,
+    interval_s: float = 0.2,
+) -> FastAPI:
     """The API over ``hot``; ``alarms`` is the gateway's ``AlarmService`` (None in a fan-out
     replica: actions answer 503); actions need ``Authorization: Bearer <write_token>``."""
     app = FastAPI(title="pharma-twin live gateway", version="1")
@@ -211,22 +238,33 @@ def make_app(
             raise HTTPException(409, str(e)) from None
 
     @app.post("/alarms/{alarm_id}/ack")
-    def post_ack(alarm_id: str, body: AckBody,
-                 authorization: str | None = Header(None)) -> dict[str, Any]:  # fmt: skip
-        return _act(authorization, lambda: alarms.acknowledge(alarm_id, body.user_id, body.comment,
-                                                              body.context_id))  # fmt: skip
+    def post_ack(
+        alarm_id: str, body: AckBody, authorization: str | None = Header(None)
+    ) -> dict[str, Any]:
+        return _act(
+            authorization,
+            lambda: alarms.acknowledge(alarm_id, body.user_id, body.comment, body.context_id),
+        )
 
     @app.post("/alarms/{alarm_id}/shelve")
-    def post_shelve(alarm_id: str, body: ShelveBody,
-                    authorization: str | None = Header(None)) -> dict[str, Any]:  # fmt: skip
-        return _act(authorization, lambda: alarms.shelve(alarm_id, body.user_id, body.reason,
-                                                         body.duration_s, body.context_id))  # fmt: skip
+    def post_shelve(
+        alarm_id: str, body: ShelveBody, authorization: str | None = Header(None)
+    ) -> dict[str, Any]:
+        return _act(
+            authorization,
+            lambda: alarms.shelve(
+                alarm_id, body.user_id, body.reason, body.duration_s, body.context_id
+            ),
+        )
 
     @app.post("/alarms/{alarm_id}/unshelve")
-    def post_unshelve(alarm_id: str, body: UnshelveBody,
-                      authorization: str | None = Header(None)) -> dict[str, Any]:  # fmt: skip
-        return _act(authorization, lambda: alarms.unshelve(alarm_id, body.user_id, body.reason,
-                                                           body.context_id))  # fmt: skip
+    def post_unshelve(
+        alarm_id: str, body: UnshelveBody, authorization: str | None = Header(None)
+    ) -> dict[str, Any]:
+        return _act(
+            authorization,
+            lambda: alarms.unshelve(alarm_id, body.user_id, body.reason, body.context_id),
+        )
 
     @app.websocket("/ws/live")
     async def ws_live(ws: WebSocket, unit: str | None = None) -> None:
@@ -240,8 +278,10 @@ def make_app(
         try:
             while True:
                 latest = await asyncio.to_thread(hot.latest, unit)
-                key = (max((d["recv_ts_us"] for d in latest), default=0),
-                       tuple(d["stale"] for d in latest))  # fmt: skip
+                key = (
+                    max((d["recv_ts_us"] for d in latest), default=0),
+                    tuple(d["stale"] for d in latest),
+                )
                 if key != last_sent:  # new values, or a tag went stale / came back
                     await ws.send_json({"unit_id": unit, "sent_us": now_us(), "tags": latest})
                     last_sent = key

@@ -42,8 +42,16 @@ def parse_serve(text: str) -> dict[str, str]:
     return out
 
 
-def serve_from_live(serve: str, plant_path: Path | None, recipes_path: Path | None, units: int,
-                    out: Path, seed: int, speed: float, period_s: float) -> None:  # fmt: skip
+def serve_from_live(
+    serve: str,
+    plant_path: Path | None,
+    recipes_path: Path | None,
+    units: int,
+    out: Path,
+    seed: int,
+    speed: float,
+    period_s: float,
+) -> None:
     """``pharma-twin live --serve ...``: the twin's units as OPC UA / Sparkplug B endpoints.
 
     Serving runs on the wall clock (source timestamps are real time, so ``speed`` other
@@ -68,11 +76,22 @@ def serve_from_live(serve: str, plant_path: Path | None, recipes_path: Path | No
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     quiet_libraries()
     plant = load_plant(plant_path).with_units(units)
-    console.print(f"serving {units} units live over {', '.join(f'{k} ({v})' for k, v in targets.items())}, "
-                  f"one step every {period_s:g} s, MES files to {out.resolve()} (Ctrl-C stops)")  # fmt: skip
-    n = serve_live(plant, load_recipes(recipes_path), out, list(targets), seed, speed, period_s,
-                   targets.get("opcua", DEFAULT_OPCUA), mqtt,
-                   modbus_address=modbus or ("127.0.0.1", 5020))  # fmt: skip
+    console.print(
+        f"serving {units} units live over {', '.join(f'{k} ({v})' for k, v in targets.items())}, "
+        f"one step every {period_s:g} s, MES files to {out.resolve()} (Ctrl-C stops)"
+    )
+    n = serve_live(
+        plant,
+        load_recipes(recipes_path),
+        out,
+        list(targets),
+        seed,
+        speed,
+        period_s,
+        targets.get("opcua", DEFAULT_OPCUA),
+        mqtt,
+        modbus_address=modbus or ("127.0.0.1", 5020),
+    )
     console.print(f"live serving stopped after {n} steps")
 
 
@@ -98,8 +117,10 @@ def gateway(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     api = f"http://{cfg.api.host}:{cfg.api.port}" if cfg.api else "off"
-    console.print(f"gateway: {len(cfg.sources)} sources, hot store {cfg.hot_store}, API {api}, "
-                  f"landing {cfg.landing_dir} (Ctrl-C stops)")  # fmt: skip
+    console.print(
+        f"gateway: {len(cfg.sources)} sources, hot store {cfg.hot_store}, API {api}, "
+        f"landing {cfg.landing_dir} (Ctrl-C stops)"
+    )
     t0 = time.monotonic()
     try:
         while not stop.wait(0.5):
@@ -109,8 +130,10 @@ def gateway(
         pass
     svc.stop()
     h = svc.gateway.health()
-    console.print(f"gateway stopped: {h['landed']} readings landed in {h['files']} files, "
-                  f"{h['no_batch']} without a batch (hot store only)")  # fmt: skip
+    console.print(
+        f"gateway stopped: {h['landed']} readings landed in {h['files']} files, "
+        f"{h['no_batch']} without a batch (hot store only)"
+    )
 
 
 def gateway_api(
@@ -127,8 +150,12 @@ def gateway_api(
 
     if not hot_store.startswith("redis"):
         raise typer.BadParameter(f"--hot-store must be a redis:// URL, got {hot_store!r}")
-    uvicorn.run(make_app(open_hot_store(hot_store, prefix=redis_prefix)), host=host, port=port,
-                log_level="warning")  # fmt: skip
+    uvicorn.run(
+        make_app(open_hot_store(hot_store, prefix=redis_prefix)),
+        host=host,
+        port=port,
+        log_level="warning",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -92,8 +92,7 @@ class ColdPath:
         self.max_buffer_bytes = max_buffer_bytes
         self.fsync = fsync
         self.wal.mkdir(parents=True, exist_ok=True)
-        self.state: dict[str, Any] = {"hwm": {}, "seq": {}, "landed": 0, "files": 0,
-                                      "no_batch": 0}  # fmt: skip
+        self.state: dict[str, Any] = {"hwm": {}, "seq": {}, "landed": 0, "files": 0, "no_batch": 0}
         self._fd: int | None = None
         self.lock = threading.RLock()  # shared with the gateway's ingest critical section
         self._seg_no = 0
@@ -121,8 +120,12 @@ class ColdPath:
                     continue
                 raise
             src, site, unit, batch, recv, rows = msg
-            out.extend(Reading(src, sq, site, unit, batch, tag, math.nan if v is None else v, uom,
-                               ts, recv, q) for sq, tag, v, uom, ts, q in rows)  # fmt: skip
+            out.extend(
+                Reading(
+                    src, sq, site, unit, batch, tag, math.nan if v is None else v, uom, ts, recv, q
+                )
+                for sq, tag, v, uom, ts, q in rows
+            )
         return out
 
     def recover(self) -> dict[str, Any]:
@@ -173,8 +176,17 @@ class ColdPath:
         if not readings:
             return
         r0 = readings[0]  # one message: same source, site, unit, batch and receive time
-        rows = [(r.seq, r.tag, None if r.value != r.value else r.value, r.uom, r.source_ts_us,
-                 r.quality) for r in readings]  # fmt: skip
+        rows = [
+            (
+                r.seq,
+                r.tag,
+                None if r.value != r.value else r.value,
+                r.uom,
+                r.source_ts_us,
+                r.quality,
+            )
+            for r in readings
+        ]
         msg = (r0.source, r0.site_id, r0.unit_id, r0.batch_id, r0.recv_ts_us, rows)
         line = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
         fd = self._open()
@@ -208,8 +220,9 @@ class ColdPath:
             if folder not in next_seq:
                 next_seq[folder] = _next_seq(folder)
             first_dt = _EPOCH + timedelta(microseconds=first)
-            path = chunk_path(self.landing, "telemetry", unit, batch, first_dt, next_seq[folder],
-                              "parquet")  # fmt: skip
+            path = chunk_path(
+                self.landing, "telemetry", unit, batch, first_dt, next_seq[folder], "parquet"
+            )
             next_seq[folder] += 1
             files.append({"unit_id": unit, "batch_id": batch, "path": str(path)})
         return {"segment": seg.name, "files": files}
@@ -226,9 +239,18 @@ class ColdPath:
         for r, i in zip(rs, t_row, strict=True):
             j = col[r.tag]
             values[i, j], quality[i, j], mask[i, j] = r.value, r.quality, True
-        write_telemetry_chunk(path, uniq_ts, rs[0].site_id, rs[0].unit_id, str(rs[0].batch_id),
-                              tags, [CANONICAL_TAGS[t] for t in tags], values, quality,
-                              mask=None if mask.all() else mask)  # fmt: skip
+        write_telemetry_chunk(
+            path,
+            uniq_ts,
+            rs[0].site_id,
+            rs[0].unit_id,
+            str(rs[0].batch_id),
+            tags,
+            [CANONICAL_TAGS[t] for t in tags],
+            values,
+            quality,
+            mask=None if mask.all() else mask,
+        )
 
     def _flush_segment(self, seg: Path, manifest: dict[str, Any] | None) -> FlushResult:
         res = FlushResult(segments=1)

@@ -188,16 +188,35 @@ def load_sources(path: Path) -> GatewayConfig:
     def rel(x: Path) -> Path:
         return x if x.is_absolute() else base / x
 
-    sources = [sc.model_copy(update={"register_map": rel(sc.register_map)})
-               if isinstance(sc, ModbusSourceConfig) else sc for sc in cfg.sources]  # fmt: skip
+    sources = [
+        sc.model_copy(update={"register_map": rel(sc.register_map)})
+        if isinstance(sc, ModbusSourceConfig)
+        else sc
+        for sc in cfg.sources
+    ]
     alarms = cfg.alarms
     if alarms is not None:
-        alarms = alarms.model_copy(update={"lake_dir": rel(alarms.lake_dir),
-                                           "spec": rel(alarms.spec) if alarms.spec else None})  # fmt: skip
-    return cfg.model_copy(update={"landing_dir": rel(cfg.landing_dir), "alarms": alarms,
-                                  "buffer_dir": rel(cfg.buffer_dir), "sources": sources})  # fmt: skip
+        alarms = alarms.model_copy(
+            update={
+                "lake_dir": rel(alarms.lake_dir),
+                "spec": rel(alarms.spec) if alarms.spec else None,
+            }
+        )
+    return cfg.model_copy(
+        update={
+            "landing_dir": rel(cfg.landing_dir),
+            "alarms": alarms,
+            "buffer_dir": rel(cfg.buffer_dir),
+            "sources": sources,
+        }
+    )
 
 
 __all__ = [
-    "AlarmConfig", "GatewayConfig", "ModbusSourceConfig", "MqttSourceConfig", "OpcuaSourceConfig", "load_sources",
-]  # fmt: skip
+    "AlarmConfig",
+    "GatewayConfig",
+    "ModbusSourceConfig",
+    "MqttSourceConfig",
+    "OpcuaSourceConfig",
+    "load_sources",
+]

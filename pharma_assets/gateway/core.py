@@ -142,11 +142,17 @@ class Gateway:
                 items = list(items)
                 st.readings_in += len(items)
                 for it in items:
-                    self._reject(st, "buffer_full", {"unit_id": unit, "name": it[0],
-                                                     "source_ts_us": it[3]})  # fmt: skip
-                log.error("gateway disk buffer full (%d bytes >= max_buffer_bytes %d): refusing "
-                          "%d readings of %s; is the landing zone writable?",
-                          self.cold.buffer_bytes, self.cold.max_buffer_bytes, len(items), source)  # fmt: skip
+                    self._reject(
+                        st, "buffer_full", {"unit_id": unit, "name": it[0], "source_ts_us": it[3]}
+                    )
+                log.error(
+                    "gateway disk buffer full (%d bytes >= max_buffer_bytes %d): refusing "
+                    "%d readings of %s; is the landing zone writable?",
+                    self.cold.buffer_bytes,
+                    self.cold.max_buffer_bytes,
+                    len(items),
+                    source,
+                )
                 return []
             seq = self._seq.get(source, 0)
             hwm = self._hwm
@@ -157,8 +163,11 @@ class Gateway:
                 try:
                     res = smap.resolve(name, uom)
                 except MappingError as e:
-                    self._reject(st, e.reason, {"unit_id": unit, "name": name, "source_ts_us": ts,
-                                                "error": str(e)})  # fmt: skip
+                    self._reject(
+                        st,
+                        e.reason,
+                        {"unit_id": unit, "name": name, "source_ts_us": ts, "error": str(e)},
+                    )
                     continue
                 reason = "future_ts" if ts > hi else "too_old" if ts < lo else None
                 key = f"{unit}|{res.tag}"
@@ -166,8 +175,17 @@ class Gateway:
                 if reason is None and ts <= last:
                     reason = "duplicate" if ts == last else "out_of_order"
                 if reason is not None:
-                    self._reject(st, reason, {"unit_id": unit, "name": name, "source_ts_us": ts,
-                                              "recv_ts_us": recv, "last_ts_us": last})  # fmt: skip
+                    self._reject(
+                        st,
+                        reason,
+                        {
+                            "unit_id": unit,
+                            "name": name,
+                            "source_ts_us": ts,
+                            "recv_ts_us": recv,
+                            "last_ts_us": last,
+                        },
+                    )
                     continue
                 num = raw if type(raw) is float and math.isfinite(raw) else as_number(raw)
                 if num is None:
@@ -176,8 +194,21 @@ class Gateway:
                 else:
                     value, quality = res.convert(num), q if q in (0, 1, 2) else BAD
                 seq += 1
-                accepted.append(Reading(source, seq, self.site_id, unit, batch, res.tag, value,
-                                        res.uom, ts, recv, quality))  # fmt: skip
+                accepted.append(
+                    Reading(
+                        source,
+                        seq,
+                        self.site_id,
+                        unit,
+                        batch,
+                        res.tag,
+                        value,
+                        res.uom,
+                        ts,
+                        recv,
+                        quality,
+                    )
+                )
                 hwm[key] = ts
             st.readings_in += n_in
             if accepted and self.cold is not None:
@@ -201,8 +232,11 @@ class Gateway:
             self.last_flush = self.cold.flush()
         except OSError as e:
             self.flush_errors += 1
-            log.error("flush to landing %s failed (readings stay in the disk buffer): %s",
-                      self.cold.landing, e)  # fmt: skip
+            log.error(
+                "flush to landing %s failed (readings stay in the disk buffer): %s",
+                self.cold.landing,
+                e,
+            )
             return None
         return self.last_flush
 

@@ -58,29 +58,44 @@ class Judgement:
     description: str
 
 
-def judge(s: dict[str, Any] | None, max_lag_s: float = 5.0, max_silent_s: float = 30.0,
-          max_buffer_share: float = 0.5) -> list[Judgement]:  # fmt: skip
+def judge(
+    s: dict[str, Any] | None,
+    max_lag_s: float = 5.0,
+    max_silent_s: float = 30.0,
+    max_buffer_share: float = 0.5,
+) -> list[Judgement]:
     """Three checks: every source connected and sending; lag below ``max_lag_s``; the disk
     buffer below ``max_buffer_share`` of its limit with no flush error."""
     if s is None:
         msg = f"the gateway at {gateway_url()} does not answer"
-        return [Judgement(n, False, msg) for n in ("gateway_sources_connected", "gateway_lag",
-                                                   "gateway_buffer")]  # fmt: skip
+        return [
+            Judgement(n, False, msg)
+            for n in ("gateway_sources_connected", "gateway_lag", "gateway_buffer")
+        ]
     conn_ok = s["sources_total"] > 0 and not s["disconnected"] and s["silent_s_max"] <= max_silent_s
     lag_ok = s["lag_ms_max"] <= max_lag_s * 1000
     share = s["buffer_bytes"] / s["max_buffer_bytes"] if s["max_buffer_bytes"] else 0.0
     buf_ok = share <= max_buffer_share and s["flush_errors"] == 0
     return [
-        Judgement("gateway_sources_connected", conn_ok,
-                  f"{s['sources_connected']}/{s['sources_total']} sources connected"
-                  + (f"; disconnected: {', '.join(s['disconnected'])}" if s["disconnected"] else "")
-                  + f"; longest silence {s['silent_s_max']:.0f} s (limit {max_silent_s:g} s)"),
-        Judgement("gateway_lag", lag_ok,
-                  f"largest source->gateway lag {s['lag_ms_max']:.0f} ms (limit {max_lag_s:g} s)"),
-        Judgement("gateway_buffer", buf_ok,
-                  f"disk buffer {s['buffer_bytes']} bytes ({share:.0%} of the limit), "
-                  f"{s['flush_errors']} flush errors"),
-    ]  # fmt: skip
+        Judgement(
+            "gateway_sources_connected",
+            conn_ok,
+            f"{s['sources_connected']}/{s['sources_total']} sources connected"
+            + (f"; disconnected: {', '.join(s['disconnected'])}" if s["disconnected"] else "")
+            + f"; longest silence {s['silent_s_max']:.0f} s (limit {max_silent_s:g} s)",
+        ),
+        Judgement(
+            "gateway_lag",
+            lag_ok,
+            f"largest source->gateway lag {s['lag_ms_max']:.0f} ms (limit {max_lag_s:g} s)",
+        ),
+        Judgement(
+            "gateway_buffer",
+            buf_ok,
+            f"disk buffer {s['buffer_bytes']} bytes ({share:.0%} of the limit), "
+            f"{s['flush_errors']} flush errors",
+        ),
+    ]
 
 
 __all__ = ["Judgement", "fetch_health", "gateway_url", "judge", "summarize"]

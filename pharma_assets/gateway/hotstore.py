@@ -150,8 +150,19 @@ class MemoryHotStore(HotStore):
             out = []
             for tag, ring in self._rings.get(unit_id, {}).items():
                 i = ring.last()
-                out.append(_latest_dict(unit_id, tag, float(ring.val[i]), ring.uom,
-                                        int(ring.ts[i]), ring.recv, int(ring.q[i]), stale_us, now))  # fmt: skip
+                out.append(
+                    _latest_dict(
+                        unit_id,
+                        tag,
+                        float(ring.val[i]),
+                        ring.uom,
+                        int(ring.ts[i]),
+                        ring.recv,
+                        int(ring.q[i]),
+                        stale_us,
+                        now,
+                    )
+                )
         return out
 
     def window(
@@ -236,8 +247,19 @@ class RedisHotStore(HotStore):
         out = []
         for tag, blob in sorted(raw.items()):
             v, uom, ts, recv, q = json.loads(blob)
-            out.append(_latest_dict(unit_id, tag.decode(), float("nan") if v is None else v,
-                                    uom, ts, recv, q, stale_us, now))  # fmt: skip
+            out.append(
+                _latest_dict(
+                    unit_id,
+                    tag.decode(),
+                    float("nan") if v is None else v,
+                    uom,
+                    ts,
+                    recv,
+                    q,
+                    stale_us,
+                    now,
+                )
+            )
         return out
 
     def window(

@@ -39,20 +39,32 @@ class Notifier(Protocol):
 def event_payload(ev: AlarmEvent) -> dict[str, Any]:
     a = ev.alarm
     return {
-        "event": ev.event, "at_us": ev.at_us, "source_ts_us": ev.source_ts_us,
-        "alarm_id": a["alarm_id"], "unit_id": a["unit_id"], "batch_id": a["batch_id"],
-        "tag": a["tag"], "phase": a["phase"], "severity": a["severity"],
-        "priority": a["priority"], "state": a["state"], "value": a["value"],
-        "direction": a["direction"], "nor": [a["nor_lo"], a["nor_hi"]],
-        "par": [a["par_lo"], a["par_hi"]], "deviation_id": a["deviation_id"],
-    }  # fmt: skip
+        "event": ev.event,
+        "at_us": ev.at_us,
+        "source_ts_us": ev.source_ts_us,
+        "alarm_id": a["alarm_id"],
+        "unit_id": a["unit_id"],
+        "batch_id": a["batch_id"],
+        "tag": a["tag"],
+        "phase": a["phase"],
+        "severity": a["severity"],
+        "priority": a["priority"],
+        "state": a["state"],
+        "value": a["value"],
+        "direction": a["direction"],
+        "nor": [a["nor_lo"], a["nor_hi"]],
+        "par": [a["par_lo"], a["par_hi"]],
+        "deviation_id": a["deviation_id"],
+    }
 
 
 def event_text(ev: AlarmEvent) -> tuple[str, str]:
     """(subject, body) of a notification in words an operator reads."""
     a = ev.alarm
-    subject = (f"[{a['priority'].upper()}] {a['unit_id']} {a['tag']} {ev.event}: "
-               f"{a['severity']} {a['direction']}")  # fmt: skip
+    subject = (
+        f"[{a['priority'].upper()}] {a['unit_id']} {a['tag']} {ev.event}: "
+        f"{a['severity']} {a['direction']}"
+    )
     body = (
         f"Alarm {a['alarm_id']} {ev.event}\n"
         f"Unit {a['unit_id']}, batch {a['batch_id']}, phase {a['phase']}\n"
@@ -74,8 +86,12 @@ class WebhookNotifier:
 
     def send(self, event: AlarmEvent) -> None:
         data = json.dumps(event_payload(event)).encode()
-        req = urllib.request.Request(self.url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **self.headers})  # fmt: skip
+        req = urllib.request.Request(
+            self.url,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", **self.headers},
+        )
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             if resp.status >= 300:
                 raise OSError(f"webhook {self.url} answered HTTP {resp.status}")
@@ -143,8 +159,13 @@ class Dispatcher:
                     self.sent[n.name] += 1
                 except Exception as e:
                     self.failed[n.name] += 1
-                    log.error("notifier %s could not send %s of %s: %s", n.name, ev.event,
-                              ev.alarm["alarm_id"], e)  # fmt: skip
+                    log.error(
+                        "notifier %s could not send %s of %s: %s",
+                        n.name,
+                        ev.event,
+                        ev.alarm["alarm_id"],
+                        e,
+                    )
             self.last_sent_us[ev.alarm["alarm_id"]] = now_us()
             self._q.task_done()
 
@@ -164,5 +185,11 @@ class Dispatcher:
         self._t.join(10)
 
 
-__all__ = ["Dispatcher", "Notifier", "SmtpNotifier", "WebhookNotifier", "event_payload",
-           "event_text"]  # fmt: skip
+__all__ = [
+    "Dispatcher",
+    "Notifier",
+    "SmtpNotifier",
+    "WebhookNotifier",
+    "event_payload",
+    "event_text",
+]

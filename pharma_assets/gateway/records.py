@@ -74,5 +74,11 @@ def as_number(raw: Any) -> float | None:
 
 
 __all__ = [
-    "BAD", "GOOD", "REJECT_REASONS", "UNCERTAIN", "Reading", "as_number", "now_us",
-]  # fmt: skip
+    "BAD",
+    "GOOD",
+    "REJECT_REASONS",
+    "UNCERTAIN",
+    "Reading",
+    "as_number",
+    "now_us",
+]

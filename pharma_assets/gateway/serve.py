@@ -38,17 +38,27 @@ log = logging.getLogger(__name__)
 
 # Equipment-health tags of the pumps and agitator drives: served over Modbus (as a skid's
 # PLC would) when ``modbus`` is among the protocols, else with the other tags.
-UTILITY_TAGS = ("agitator_vibration_mm_s", "agitator_bearing_temp_c", "agitator_motor_current_a",
-                "feed_pump_current_a", "agitator_bearing_defect_ge", "agitator_winding_temp_c",
-                "agitator_current_imbalance_pct", "feed_pump_bearing_defect_ge",
-                "feed_pump_winding_temp_c", "feed_pump_current_imbalance_pct")  # fmt: skip
+UTILITY_TAGS = (
+    "agitator_vibration_mm_s",
+    "agitator_bearing_temp_c",
+    "agitator_motor_current_a",
+    "feed_pump_current_a",
+    "agitator_bearing_defect_ge",
+    "agitator_winding_temp_c",
+    "agitator_current_imbalance_pct",
+    "feed_pump_bearing_defect_ge",
+    "feed_pump_winding_temp_c",
+    "feed_pump_current_imbalance_pct",
+)
 
 
 def twin_register_map(tags: list[str]) -> RegisterMap:
     """The twin's Modbus register map: each utility tag a float32 (2 words), big word
     order, from address 0 (docs/examples/modbus_register_map.yaml is this map)."""
-    regs = [{"name": t, "address": 2 * i, "type": "float32", "uom": u}
-            for i, (t, u) in enumerate((t, CANONICAL_TAGS[t]) for t in UTILITY_TAGS if t in tags)]  # fmt: skip
+    regs = [
+        {"name": t, "address": 2 * i, "type": "float32", "uom": u}
+        for i, (t, u) in enumerate((t, CANONICAL_TAGS[t]) for t in UTILITY_TAGS if t in tags)
+    ]
     return RegisterMap.model_validate({"word_order": "big", "registers": regs})
 
 
@@ -96,8 +106,13 @@ class LiveFeed:
                 update={"areas": [plant.areas[0].model_copy(update={"units": [unit]})]}
             )
             first = next_sequence(self.landing, unit.unit_id)
-            p = plan_history(one, recipes, batches_per_unit, seed=seed * 100 + ui,
-                             start=t0 + timedelta(seconds=5 * ui))  # fmt: skip
+            p = plan_history(
+                one,
+                recipes,
+                batches_per_unit,
+                seed=seed * 100 + ui,
+                start=t0 + timedelta(seconds=5 * ui),
+            )
             for b in p.batches:  # continue after the batches already landed
                 b.seq = first + b.seq - 1
                 b.batch_id = f"{unit.unit_id}-B{b.seq:04d}"
@@ -110,8 +125,18 @@ class LiveFeed:
         due = [e for e in mes_events(u.plan) if e["event_ts"] <= upto]
         new = due[u.events_written :]
         if new:
-            write_jsonl(chunk_path(self.landing, "mes", u.plan.unit_id, u.plan.batch_id,
-                                   new[0]["event_ts"], u.events_written + 1, "jsonl"), new)  # fmt: skip
+            write_jsonl(
+                chunk_path(
+                    self.landing,
+                    "mes",
+                    u.plan.unit_id,
+                    u.plan.batch_id,
+                    new[0]["event_ts"],
+                    u.events_written + 1,
+                    "jsonl",
+                ),
+                new,
+            )
             u.events_written = len(due)
 
     def step(self, now: datetime) -> list[StepOutput]:
@@ -130,8 +155,15 @@ class LiveFeed:
             sig = telemetry_signals(rec, u.engine.inputs, self.dt_h, u.k, u.rng)
             vals = {t: float(sig[t][0, 0]) for t in self.tags}
             q = quality_codes(u.rng, (len(self.tags),))
-            out.append(StepOutput(uid, u.plan.batch_id, now, vals,
-                                  {t: int(c) for t, c in zip(self.tags, q, strict=True)}))  # fmt: skip
+            out.append(
+                StepOutput(
+                    uid,
+                    u.plan.batch_id,
+                    now,
+                    vals,
+                    {t: int(c) for t, c in zip(self.tags, q, strict=True)},
+                )
+            )
             self.last[uid] = vals
             u.k += 1
             self._emit_events(u, now)
@@ -162,15 +194,36 @@ def serve_live(
     feed = LiveFeed(plant, recipes, landing, seed, period_s)
     site = plant.site.site_id
     tag_nodes = [TagNode(t.tag, t.uom, t.equipment) for t in plant.tags]
-    return asyncio.run(_serve(feed, site, tag_nodes, protocols, speed, period_s, opcua_endpoint,
-                              mqtt or MqttSettings(), steps, on_step, modbus_address))  # fmt: skip
+    return asyncio.run(
+        _serve(
+            feed,
+            site,
+            tag_nodes,
+            protocols,
+            speed,
+            period_s,
+            opcua_endpoint,
+            mqtt or MqttSettings(),
+            steps,
+            on_step,
+            modbus_address,
+        )
+    )
 
 
 async def _serve(
-    feed: LiveFeed, site: str, tag_nodes: list[TagNode], protocols: list[str], speed: float,
-    period_s: float, endpoint: str, mqtt: MqttSettings, steps: int | None,
-    on_step: Callable[[list[StepOutput]], None] | None, modbus_address: tuple[str, int],
-) -> int:  # fmt: skip
+    feed: LiveFeed,
+    site: str,
+    tag_nodes: list[TagNode],
+    protocols: list[str],
+    speed: float,
+    period_s: float,
+    endpoint: str,
+    mqtt: MqttSettings,
+    steps: int | None,
+    on_step: Callable[[list[StepOutput]], None] | None,
+    modbus_address: tuple[str, int],
+) -> int:
     server = edge = mb = None
     utility: set[str] = set()
     if "modbus" in protocols:
@@ -206,8 +259,13 @@ async def _serve(
                 if server is not None:
                     await server.write(o.unit_id, o.ts, vals, o.quality, o.batch_id)
                 if edge is not None:
-                    edge.publish(o.unit_id, int(o.ts.timestamp() * 1000), vals, o.batch_id,
-                                 {t: (192, 64, 0)[q] for t, q in o.quality.items() if t in vals})  # fmt: skip
+                    edge.publish(
+                        o.unit_id,
+                        int(o.ts.timestamp() * 1000),
+                        vals,
+                        o.batch_id,
+                        {t: (192, 64, 0)[q] for t, q in o.quality.items() if t in vals},
+                    )
             if on_step:
                 on_step(outs)
             n += 1

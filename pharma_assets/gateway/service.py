@@ -20,7 +20,7 @@ from .config import (
     MqttSourceConfig,
     OpcuaSourceConfig,
     WebhookConfig,
-)  # fmt: skip
+)
 from .core import Gateway
 from .hotstore import open_hot_store
 from .notify import Notifier, SmtpNotifier, WebhookNotifier
@@ -106,17 +106,27 @@ def start_alarms(ac: AlarmConfig, phases: MesPhases) -> AlarmService:
         if isinstance(n, WebhookConfig):
             notifiers.append(WebhookNotifier(n.url, n.timeout_s))
         else:
-            notifiers.append(SmtpNotifier(n.host, n.port, n.sender, n.recipients, n.starttls,
-                                          n.username, n.password_env))  # fmt: skip
+            notifiers.append(
+                SmtpNotifier(
+                    n.host, n.port, n.sender, n.recipients, n.starttls, n.username, n.password_env
+                )
+            )
     settings = AlarmSettings(
         on_delay_s=ac.on_delay_s,
         deadband_frac=ac.deadband_frac,
         max_shelve_s=ac.max_shelve_s,
         **({"critical_after_s": ac.critical_after_s} if ac.critical_after_s else {}),
     )
-    return AlarmService(Lake.at(ac.lake_dir), load_spec(ac.spec), phases, settings,
-                        notifiers, ac.notify_min_priority, ac.flush_interval_s,
-                        ac.open_deviations)  # fmt: skip
+    return AlarmService(
+        Lake.at(ac.lake_dir),
+        load_spec(ac.spec),
+        phases,
+        settings,
+        notifiers,
+        ac.notify_min_priority,
+        ac.flush_interval_s,
+        ac.open_deviations,
+    )
 
 
 def start_service(cfg: GatewayConfig) -> GatewayService:
@@ -136,14 +146,24 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
         smap = sc.source_map()
         if isinstance(sc, MqttSourceConfig):
             settings = MqttSettings(
-                host=sc.host, port=sc.port, client_id=sc.client_id or f"pharma-gateway-{sc.name}",
-                username=sc.username, password_env=sc.password_env,
+                host=sc.host,
+                port=sc.port,
+                client_id=sc.client_id or f"pharma-gateway-{sc.name}",
+                username=sc.username,
+                password_env=sc.password_env,
                 ca_certs=sc.tls.ca_certs if sc.tls else None,
                 certfile=sc.tls.certfile if sc.tls else None,
                 keyfile=sc.tls.keyfile if sc.tls else None,
-            )  # fmt: skip
-            host = SparkplugHost(gw, sc.name, smap, settings, sc.group_id, sc.qos,
-                                 cfg.buffer_dir / f"sparkplug-{sc.name}.json")  # fmt: skip
+            )
+            host = SparkplugHost(
+                gw,
+                sc.name,
+                smap,
+                settings,
+                sc.group_id,
+                sc.qos,
+                cfg.buffer_dir / f"sparkplug-{sc.name}.json",
+            )
             host.start(timeout=5)
             svc.sources.append(host)
         elif isinstance(sc, OpcuaSourceConfig):
@@ -152,14 +172,33 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
                 raise ValueError(
                     f"source {sc.name}: password variable {sc.password_env!r} is not set"
                 )
-            src = OpcuaSource(gw, sc.name, smap, sc.url, sc.site_id or cfg.site_id,
-                              sc.publishing_interval_ms, sc.watchdog_s, sc.reconnect_max_delay_s,
-                              sc.security, sc.username, pw)  # fmt: skip
+            src = OpcuaSource(
+                gw,
+                sc.name,
+                smap,
+                sc.url,
+                sc.site_id or cfg.site_id,
+                sc.publishing_interval_ms,
+                sc.watchdog_s,
+                sc.reconnect_max_delay_s,
+                sc.security,
+                sc.username,
+                pw,
+            )
             src.start_in_thread()
             svc.sources.append(src)
         elif isinstance(sc, ModbusSourceConfig):
-            mb = ModbusSource(gw, sc.name, smap, sc.host, sc.port, sc.devices,
-                              load_register_map(sc.register_map), sc.poll_interval_s, sc.timeout_s)  # fmt: skip
+            mb = ModbusSource(
+                gw,
+                sc.name,
+                smap,
+                sc.host,
+                sc.port,
+                sc.devices,
+                load_register_map(sc.register_map),
+                sc.poll_interval_s,
+                sc.timeout_s,
+            )
             mb.start_in_thread()
             svc.sources.append(mb)
     gw.start_flusher(cfg.flush_interval_s)
@@ -171,13 +210,18 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
 
         token = os.environ.get(cfg.api.write_token_env) if cfg.api.write_token_env else None
         app = make_app(hot, svc.health, svc.alarms, token)
-        server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
-                                               log_level="warning"))  # fmt: skip
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_level="warning")
+        )
         t = threading.Thread(target=server.run, name="gateway-api", daemon=True)
         t.start()
         svc.api_server, svc.api_thread = server, t
-    log.info("gateway up: %d sources, hot store %s, landing %s", len(svc.sources), cfg.hot_store,
-             cfg.landing_dir)  # fmt: skip
+    log.info(
+        "gateway up: %d sources, hot store %s, landing %s",
+        len(svc.sources),
+        cfg.hot_store,
+        cfg.landing_dir,
+    )
     return svc
 
 

@@ -58,21 +58,40 @@ _META = ("source_file", "ingested_at", "ingest_run_id", "row_hash", "raw", "extr
 EXAMPLES = 5  # differing keys named in the quarantine detail (all are in amendment_changes)
 
 AMENDMENT_SCHEMA: dict[str, pl.DataType] = {
-    "amendment_id": pl.String(), "kind": pl.String(), "source": pl.String(),
-    "source_file": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(),
-    "sha256": pl.String(), "old_sha256": pl.String(), "bytes": pl.Int64(), "arrived_at": UTC_US,
-    "rows": pl.Int64(), "keys_changed": pl.Int64(), "old_files": pl.String(),
-    "detail": pl.String(), "detected_at": UTC_US, "run_id": pl.String(),
-}  # fmt: skip
+    "amendment_id": pl.String(),
+    "kind": pl.String(),
+    "source": pl.String(),
+    "source_file": pl.String(),
+    "unit_id": pl.String(),
+    "batch_id": pl.String(),
+    "sha256": pl.String(),
+    "old_sha256": pl.String(),
+    "bytes": pl.Int64(),
+    "arrived_at": UTC_US,
+    "rows": pl.Int64(),
+    "keys_changed": pl.Int64(),
+    "old_files": pl.String(),
+    "detail": pl.String(),
+    "detected_at": UTC_US,
+    "run_id": pl.String(),
+}
 CHANGE_SCHEMA: dict[str, pl.DataType] = {
-    "amendment_id": pl.String(), "batch_id": pl.String(), "key": pl.String(),
-    "old_value": pl.String(), "new_value": pl.String(), "old_source_file": pl.String(),
-}  # fmt: skip
+    "amendment_id": pl.String(),
+    "batch_id": pl.String(),
+    "key": pl.String(),
+    "old_value": pl.String(),
+    "new_value": pl.String(),
+    "old_source_file": pl.String(),
+}
 DECISION_SCHEMA: dict[str, pl.DataType] = {
-    "amendment_id": pl.String(), "state": pl.String(), "decided_at": UTC_US,
-    "user_id": pl.String(), "reason": pl.String(), "signature_id": pl.String(),
+    "amendment_id": pl.String(),
+    "state": pl.String(),
+    "decided_at": UTC_US,
+    "user_id": pl.String(),
+    "reason": pl.String(),
+    "signature_id": pl.String(),
     "bronze_rows_replaced": pl.Int64(),
-}  # fmt: skip
+}
 
 
 def _overlaps(df: pl.DataFrame, lo: Any, hi: Any) -> bool:
@@ -92,8 +111,14 @@ def value_columns(source: str, df: pl.DataFrame) -> list[str]:
 
 
 def _json(row: dict[str, Any]) -> str:
-    return json.dumps({k: (None if v is None else v if isinstance(v, (int, float, str, bool))
-                           else str(v)) for k, v in row.items()}, sort_keys=True, allow_nan=True)  # fmt: skip
+    return json.dumps(
+        {
+            k: (None if v is None else v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in row.items()
+        },
+        sort_keys=True,
+        allow_nan=True,
+    )
 
 
 def diff(source: str, new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
@@ -124,13 +149,15 @@ def diff(source: str, new: pl.DataFrame, old: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema={k: v for k, v in CHANGE_SCHEMA.items() if k != "amendment_id"})
     rows = []
     for r in ch.iter_rows(named=True):
-        rows.append({
-            "batch_id": r.get("batch_id"),
-            "key": _json({k: r[k] for k in keys}),
-            "old_value": _json({c: r[f"{c}_old"] for c in vals if r[f"{c}_old"] != r[c]}),
-            "new_value": _json({c: r[c] for c in vals if r[f"{c}_old"] != r[c]}),
-            "old_source_file": r["source_file"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "batch_id": r.get("batch_id"),
+                "key": _json({k: r[k] for k in keys}),
+                "old_value": _json({c: r[f"{c}_old"] for c in vals if r[f"{c}_old"] != r[c]}),
+                "new_value": _json({c: r[c] for c in vals if r[f"{c}_old"] != r[c]}),
+                "old_source_file": r["source_file"],
+            }
+        )
     return pl.DataFrame(
         rows, schema={k: v for k, v in CHANGE_SCHEMA.items() if k != "amendment_id"}
     )
@@ -160,8 +187,14 @@ class AmendmentGuard:
         self.ledger = {r["source_file"]: r for r in known.iter_rows(named=True)}
 
     # ------------------------------------------------------------------ new names
-    def check(self, f: LandedFile, df: pl.DataFrame, sha: str, group: Sequence[Any],
-              committed: Iterable[str]) -> None:  # fmt: skip
+    def check(
+        self,
+        f: LandedFile,
+        df: pl.DataFrame,
+        sha: str,
+        group: Sequence[Any],
+        committed: Iterable[str],
+    ) -> None:
         """Raise FileRejected(amended_delivery) if ``df`` changes accepted values."""
         from .bronze import FileRejected  # (bronze imports this module)
 
@@ -181,8 +214,10 @@ class AmendmentGuard:
                 olds.append(old)
         if not olds:
             return
-        old = pl.concat([o.select([c for c in o.columns if c in olds[0].columns]) for o in olds],
-                        how="diagonal_relaxed")  # fmt: skip
+        old = pl.concat(
+            [o.select([c for c in o.columns if c in olds[0].columns]) for o in olds],
+            how="diagonal_relaxed",
+        )
         changes = diff(self.source, df, old)
         if changes.height == 0:
             return
@@ -191,8 +226,9 @@ class AmendmentGuard:
         self._register(aid, "new_file", f, sha, None, df.height, changes, detail)
         raise FileRejected("amended_delivery", f"{aid}: {detail}", rows=df.height)
 
-    def _bronze_rows(self, bid: str | None, df: pl.DataFrame, files: Sequence[str] | None = None
-                     ) -> pl.DataFrame | None:  # fmt: skip
+    def _bronze_rows(
+        self, bid: str | None, df: pl.DataFrame, files: Sequence[str] | None = None
+    ) -> pl.DataFrame | None:
         where = pl.lit(True) if bid is None else pl.col("batch_id") == bid
         if files is not None:
             where = where & pl.col("source_file").is_in(list(files))
@@ -218,17 +254,31 @@ class AmendmentGuard:
         led = self.ledger[f.rel]
         sha = hashlib.sha256(data).hexdigest()
         # the content accepted, or already recorded as an amendment (held or applied)
-        reg = self.lake.read(LAYER, TABLE, ["sha256"], filter_expr=(pl.col("source_file") == f.rel)
-                             & (pl.col("kind") == "overwritten"))  # fmt: skip
+        reg = self.lake.read(
+            LAYER,
+            TABLE,
+            ["sha256"],
+            filter_expr=(pl.col("source_file") == f.rel) & (pl.col("kind") == "overwritten"),
+        )
         if sha == led["sha256"] or (reg is not None and sha in reg["sha256"].to_list()):
-            self._register(amendment_id(f.rel, sha), "unchanged", f, sha, led["sha256"], led["rows"],
-                           None, "touched in place, content unchanged")  # fmt: skip
+            self._register(
+                amendment_id(f.rel, sha),
+                "unchanged",
+                f,
+                sha,
+                led["sha256"],
+                led["rows"],
+                None,
+                "touched in place, content unchanged",
+            )
             return None
         aid = amendment_id(f.rel, sha)
         note = f"; ledger SHA-256 {led['sha256'][:12]}..., now {sha[:12]}..."
         if led["status"] != "accepted":
-            detail = (f"overwritten in place (the file was quarantined: {led['reason']}); "
-                      f"deliver the corrected file under a new name{note}")  # fmt: skip
+            detail = (
+                f"overwritten in place (the file was quarantined: {led['reason']}); "
+                f"deliver the corrected file under a new name{note}"
+            )
             self._register(aid, "overwritten", f, sha, led["sha256"], None, None, detail)
             return "amended_delivery"
         try:
@@ -244,8 +294,12 @@ class AmendmentGuard:
             changes, extra = diff(self.source, new, old), ""
             n_new = new.select(list(KEYS[self.source])).unique().height
             n_old = old.select(list(KEYS[self.source])).unique().height
-            common = new.join(old, on=list(KEYS[self.source]), how="semi").select(
-                list(KEYS[self.source])).unique().height  # fmt: skip
+            common = (
+                new.join(old, on=list(KEYS[self.source]), how="semi")
+                .select(list(KEYS[self.source]))
+                .unique()
+                .height
+            )
             if n_new - common or n_old - common:
                 extra = f" ({n_new - common} keys added, {n_old - common} removed)"
         rows = None if new is None else new.height
@@ -258,34 +312,72 @@ class AmendmentGuard:
         return "amended_delivery"
 
     # ------------------------------------------------------------------ records
-    def _register(self, aid: str, kind: str, f: LandedFile, sha: str, old_sha: str | None,
-                  rows: int | None, changes: pl.DataFrame | None, detail: str) -> None:  # fmt: skip
+    def _register(
+        self,
+        aid: str,
+        kind: str,
+        f: LandedFile,
+        sha: str,
+        old_sha: str | None,
+        rows: int | None,
+        changes: pl.DataFrame | None,
+        detail: str,
+    ) -> None:
         """Record the amendment once (a rerun after a crash finds it already there)."""
         from .bronze import QUARANTINE_SCHEMA, _log_row
 
-        got = self.lake.read(LAYER, TABLE, ["amendment_id", "arrived_at"],
-                             filter_expr=pl.col("amendment_id") == aid)  # fmt: skip
+        got = self.lake.read(
+            LAYER, TABLE, ["amendment_id", "arrived_at"], filter_expr=pl.col("amendment_id") == aid
+        )
         arrived = datetime.fromtimestamp(f.arrived_ns / 1e9, UTC)
         if got is not None and arrived in got["arrived_at"].to_list():
             return
         now = datetime.now(UTC)
         c = changes if changes is not None else pl.DataFrame()
         if c.height:
-            self.lake.append(LAYER, CHANGES, c.with_columns(amendment_id=pl.lit(aid)).select(
-                list(CHANGE_SCHEMA)).cast(CHANGE_SCHEMA))  # type: ignore[arg-type]  # fmt: skip
+            self.lake.append(
+                LAYER,
+                CHANGES,
+                c.with_columns(amendment_id=pl.lit(aid))
+                .select(list(CHANGE_SCHEMA))
+                .cast(CHANGE_SCHEMA),  # type: ignore[arg-type]
+            )
         old_files = ",".join(sorted(set(c["old_source_file"].to_list()))) if c.height else None
         row = {
-            "amendment_id": aid, "kind": kind, "source": self.source, "source_file": f.rel,
-            "unit_id": f.unit_id, "batch_id": f.batch_id, "sha256": sha, "old_sha256": old_sha,
-            "bytes": f.size, "arrived_at": arrived, "rows": rows, "keys_changed": c.height,
-            "old_files": old_files, "detail": detail, "detected_at": now, "run_id": self.run_id,
-        }  # fmt: skip
+            "amendment_id": aid,
+            "kind": kind,
+            "source": self.source,
+            "source_file": f.rel,
+            "unit_id": f.unit_id,
+            "batch_id": f.batch_id,
+            "sha256": sha,
+            "old_sha256": old_sha,
+            "bytes": f.size,
+            "arrived_at": arrived,
+            "rows": rows,
+            "keys_changed": c.height,
+            "old_files": old_files,
+            "detail": detail,
+            "detected_at": now,
+            "run_id": self.run_id,
+        }
         self.lake.append(LAYER, TABLE, pl.DataFrame([row], schema=AMENDMENT_SCHEMA))
         if kind == "overwritten":  # the new-name case is quarantined by bronze's commit
-            q = _log_row(f, sha, "quarantined", "amended_delivery", f"{aid}: {detail}", rows,
-                         now, self.run_id)  # fmt: skip
-            self.lake.append(LAYER, "quarantine",
-                             pl.DataFrame([{k: q[k] for k in QUARANTINE_SCHEMA}], schema=QUARANTINE_SCHEMA))  # fmt: skip
+            q = _log_row(
+                f,
+                sha,
+                "quarantined",
+                "amended_delivery",
+                f"{aid}: {detail}",
+                rows,
+                now,
+                self.run_id,
+            )
+            self.lake.append(
+                LAYER,
+                "quarantine",
+                pl.DataFrame([{k: q[k] for k in QUARANTINE_SCHEMA}], schema=QUARANTINE_SCHEMA),
+            )
 
 
 def changed_in_place(
@@ -309,8 +401,12 @@ def changed_in_place(
             cand.append(f)
     if not cand:
         return []
-    reg = lake.read(LAYER, TABLE, ["source_file", "arrived_at", "bytes"],
-                    filter_expr=pl.col("source_file").is_in([f.rel for f in cand]))  # fmt: skip
+    reg = lake.read(
+        LAYER,
+        TABLE,
+        ["source_file", "arrived_at", "bytes"],
+        filter_expr=pl.col("source_file").is_in([f.rel for f in cand]),
+    )
     seen: dict[str, list[tuple[int, int]]] = {}
     if reg is not None:
         for rel, at, size in reg.iter_rows():
@@ -331,8 +427,9 @@ def list_amendments(lake: Lake, state: str | None = None) -> pl.DataFrame:
     am = lake.read(LAYER, TABLE)
     if am is None:
         return pl.DataFrame(schema={**AMENDMENT_SCHEMA, "state": pl.String()})
-    am = am.filter(pl.col("kind") != "unchanged").unique("amendment_id", keep="last",
-                                                         maintain_order=True)  # fmt: skip
+    am = am.filter(pl.col("kind") != "unchanged").unique(
+        "amendment_id", keep="last", maintain_order=True
+    )
     dec = lake.read(GXP_LAYER, DECISIONS, ["amendment_id", "state"])
     if dec is not None and dec.height:
         am = am.join(dec.unique("amendment_id", keep="last"), on="amendment_id", how="left")
@@ -374,8 +471,10 @@ def prepare(lake: Lake, landing_root: str | Path, aid: str) -> HeldAmendment:
         raise ValueError(f"landed file {a['source_file']} of {aid} is gone from {landing_root}")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != a["sha256"]:
-        raise ValueError(f"landed file {a['source_file']} changed again since {aid} was "
-                         "detected; the next ingestion records the new content")  # fmt: skip
+        raise ValueError(
+            f"landed file {a['source_file']} changed again since {aid} was "
+            "detected; the next ingestion records the new content"
+        )
     ch = lake.read(LAYER, CHANGES, filter_expr=pl.col("amendment_id") == aid)
     changes = ch if ch is not None else pl.DataFrame(schema=CHANGE_SCHEMA)
     record = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in a.items()}
@@ -385,8 +484,9 @@ def prepare(lake: Lake, landing_root: str | Path, aid: str) -> HeldAmendment:
     return HeldAmendment(a, data, changes, record)
 
 
-def replace_rows(lake: Lake, held_am: HeldAmendment, spec_path: str | None = None
-                 ) -> tuple[int, list[str]]:  # fmt: skip
+def replace_rows(
+    lake: Lake, held_am: HeldAmendment, spec_path: str | None = None
+) -> tuple[int, list[str]]:
     """The data part of applying a (signed) amendment: the old bronze rows of the changed
     keys replaced by the delivered ones in one commit per table, silver re-derived for the
     files concerned. Returns (bronze rows replaced, files re-derived). The signature, the
@@ -397,8 +497,13 @@ def replace_rows(lake: Lake, held_am: HeldAmendment, spec_path: str | None = Non
     a, changes = held_am.row, held_am.changes
     aid, source, bid = a["amendment_id"], a["source"], a["batch_id"]
     f = LandedFile(source, a["source_file"], a["unit_id"], bid, len(held_am.data), 0)
-    new = bronze._finish(bronze.read_source_file(source, held_am.data), f, datetime.now(UTC),
-                         f"amendment:{aid}", source)  # fmt: skip
+    new = bronze._finish(
+        bronze.read_source_file(source, held_am.data),
+        f,
+        datetime.now(UTC),
+        f"amendment:{aid}",
+        source,
+    )
     keys = list(KEYS[source])
     where = pl.col("batch_id") == bid if bid is not None else pl.lit(True)
     if a["kind"] == "overwritten":
@@ -419,11 +524,18 @@ def replace_rows(lake: Lake, held_am: HeldAmendment, spec_path: str | None = Non
             repl = hit.select(*keys, "source_file", "ingested_at", "ingest_run_id").join(
                 changed.drop("source_file", "ingested_at", "ingest_run_id"), on=keys, how="left"
             )
-            out = pl.concat([old.join(changed.select(keys), on=keys, how="anti"),
-                             repl.select(old.columns)], how="vertical_relaxed")  # fmt: skip
+            out = pl.concat(
+                [old.join(changed.select(keys), on=keys, how="anti"), repl.select(old.columns)],
+                how="vertical_relaxed",
+            )
         pred = _in("source_file", files) + (f" AND batch_id = '{bid}'" if bid else "")
-        lake.overwrite(LAYER, source, out.select(old.columns).cast(old.schema),
-                       predicate=pred, metadata={"amendment_id": aid})  # fmt: skip
+        lake.overwrite(
+            LAYER,
+            source,
+            out.select(old.columns).cast(old.schema),
+            predicate=pred,
+            metadata={"amendment_id": aid},
+        )
     return replaced, _rederive(lake, source, bid, files, spec_path, aid)
 
 
@@ -447,8 +559,9 @@ def _in(col: str, values: Sequence[str]) -> str:
     return f"{col} IN (" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
 
 
-def _rederive(lake: Lake, source: str, bid: str | None, files: list[str], spec_path: str | None,
-              aid: str) -> list[str]:  # fmt: skip
+def _rederive(
+    lake: Lake, source: str, bid: str | None, files: list[str], spec_path: str | None, aid: str
+) -> list[str]:
     """Silver again from the amended bronze rows: telemetry files are withdrawn from the
     silver tables (the previous Delta versions keep them) and processed again; the sources
     rebuilt whole are rebuilt."""

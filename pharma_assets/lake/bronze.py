@@ -45,44 +45,83 @@ LAYER = "bronze"
 # The contract of each source: column -> type. Everything else in a file is "extra".
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "telemetry": {
-        "ts": UTC_US, "site_id": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(),
-        "tag": pl.String(), "value": pl.Float64(), "uom": pl.String(), "quality": pl.String(),
+        "ts": UTC_US,
+        "site_id": pl.String(),
+        "unit_id": pl.String(),
+        "batch_id": pl.String(),
+        "tag": pl.String(),
+        "value": pl.Float64(),
+        "uom": pl.String(),
+        "quality": pl.String(),
     },
     "lims": {
-        "sample_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(),
-        "batch_id": pl.String(), "sample_ts": UTC_US, "sample_type": pl.String(),
-        "analyte": pl.String(), "value": pl.Float64(), "uom": pl.String(),
+        "sample_id": pl.String(),
+        "site_id": pl.String(),
+        "unit_id": pl.String(),
+        "batch_id": pl.String(),
+        "sample_ts": UTC_US,
+        "sample_type": pl.String(),
+        "analyte": pl.String(),
+        "value": pl.Float64(),
+        "uom": pl.String(),
     },
     "mes": {
-        "event_id": pl.String(), "event_type": pl.String(), "event_ts": UTC_US,
-        "site_id": pl.String(), "unit_id": pl.String(), "batch_id": pl.String(),
+        "event_id": pl.String(),
+        "event_type": pl.String(),
+        "event_ts": UTC_US,
+        "site_id": pl.String(),
+        "unit_id": pl.String(),
+        "batch_id": pl.String(),
     },
     "cmms": {
-        "work_order_id": pl.String(), "event_type": pl.String(), "event_ts": UTC_US,
-        "site_id": pl.String(), "unit_id": pl.String(), "equipment_id": pl.String(),
+        "work_order_id": pl.String(),
+        "event_type": pl.String(),
+        "event_ts": UTC_US,
+        "site_id": pl.String(),
+        "unit_id": pl.String(),
+        "equipment_id": pl.String(),
     },
     "coa": {  # LIMS certificates of analysis of raw-material lots (lake/material_lots.py)
-        "coa_id": pl.String(), "site_id": pl.String(), "lot_id": pl.String(),
-        "material": pl.String(), "issuer": pl.String(), "tested_ts": UTC_US,
-        "attribute": pl.String(), "value": pl.Float64(), "uom": pl.String(), "method": pl.String(),
+        "coa_id": pl.String(),
+        "site_id": pl.String(),
+        "lot_id": pl.String(),
+        "material": pl.String(),
+        "issuer": pl.String(),
+        "tested_ts": UTC_US,
+        "attribute": pl.String(),
+        "value": pl.Float64(),
+        "uom": pl.String(),
+        "method": pl.String(),
     },
-}  # fmt: skip
+}
 # Sources whose records keep their full original JSON in ``payload``.
 JSON_SOURCES = ("mes", "cmms")
 
 LOG_SCHEMA = {
-    "source": pl.String(), "source_file": pl.String(), "unit_id": pl.String(),
-    "batch_id": pl.String(), "bytes": pl.Int64(), "sha256": pl.String(), "arrived_at": UTC_US,
-    "status": pl.String(), "reason": pl.String(), "detail": pl.String(), "rows": pl.Int64(),
-    "ingested_at": UTC_US, "ingest_run_id": pl.String(),
-}  # fmt: skip
+    "source": pl.String(),
+    "source_file": pl.String(),
+    "unit_id": pl.String(),
+    "batch_id": pl.String(),
+    "bytes": pl.Int64(),
+    "sha256": pl.String(),
+    "arrived_at": UTC_US,
+    "status": pl.String(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+    "rows": pl.Int64(),
+    "ingested_at": UTC_US,
+    "ingest_run_id": pl.String(),
+}
 QUARANTINE_SCHEMA = {k: v for k, v in LOG_SCHEMA.items() if k != "status"}
 # One row per started ingestion of a large (sliced) file: a file whose attempts keep dying
 # (a killed run leaves no ledger row) is quarantined after ``IngestLimits.max_attempts``.
 ATTEMPT_SCHEMA = {
-    "source": pl.String(), "source_file": pl.String(), "batch_id": pl.String(),
-    "run_id": pl.String(), "started_at": UTC_US,
-}  # fmt: skip
+    "source": pl.String(),
+    "source_file": pl.String(),
+    "batch_id": pl.String(),
+    "run_id": pl.String(),
+    "started_at": UTC_US,
+}
 
 
 @dataclass(frozen=True)
@@ -147,8 +186,14 @@ class IngestReport:
     batches: set[str] = field(default_factory=set)
 
     def merge(self, other: IngestReport) -> None:
-        for k in ("files_seen", "files_already_ingested", "files_accepted", "files_quarantined",
-                  "rows_landed", "rows_accepted"):  # fmt: skip
+        for k in (
+            "files_seen",
+            "files_already_ingested",
+            "files_accepted",
+            "files_quarantined",
+            "rows_landed",
+            "rows_accepted",
+        ):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.reasons.update(other.reasons)
         self.batches |= other.batches
@@ -252,13 +297,19 @@ def _coerce(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     out = df.select(
         *exprs,
         *([pl.col("payload")] if "payload" in df.columns else []),
-        raw=pl.concat_str(fails, separator=";", ignore_nulls=True) if fails else pl.lit(None, pl.String),
+        raw=pl.concat_str(fails, separator=";", ignore_nulls=True)
+        if fails
+        else pl.lit(None, pl.String),
         extra=(
-            pl.concat_str([pl.format("{}={}", pl.lit(c), pl.col(c).cast(pl.String)) for c in extra_cols],
-                          separator=";", ignore_nulls=True)
-            if extra_cols else pl.lit(None, pl.String)
+            pl.concat_str(
+                [pl.format("{}={}", pl.lit(c), pl.col(c).cast(pl.String)) for c in extra_cols],
+                separator=";",
+                ignore_nulls=True,
+            )
+            if extra_cols
+            else pl.lit(None, pl.String)
         ),
-    )  # fmt: skip
+    )
     return out.with_columns(
         pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in ("raw", "extra")
     )
@@ -300,21 +351,31 @@ def _finish(
         mismatch = pl.col("batch_id").is_not_null() & (pl.col("batch_id") != f.batch_id)
         df = df.with_columns(
             raw=pl.when(mismatch)
-            .then(pl.concat_str([pl.col("raw"), pl.format("batch_id={}", pl.col("batch_id"))],
-                                separator=";", ignore_nulls=True))
+            .then(
+                pl.concat_str(
+                    [pl.col("raw"), pl.format("batch_id={}", pl.col("batch_id"))],
+                    separator=";",
+                    ignore_nulls=True,
+                )
+            )
             .otherwise(pl.col("raw")),
             batch_id=pl.lit(f.batch_id, pl.String),
-        )  # fmt: skip
+        )
     if f.unit_id is not None and "unit_id" in df.columns:
         # likewise the unit: content naming another unit than its folder is kept in `raw`
         other = pl.col("unit_id").is_not_null() & (pl.col("unit_id") != f.unit_id)
         df = df.with_columns(
             raw=pl.when(other)
-            .then(pl.concat_str([pl.col("raw"), pl.format("unit_id={}", pl.col("unit_id"))],
-                                separator=";", ignore_nulls=True))
+            .then(
+                pl.concat_str(
+                    [pl.col("raw"), pl.format("unit_id={}", pl.col("unit_id"))],
+                    separator=";",
+                    ignore_nulls=True,
+                )
+            )
             .otherwise(pl.col("raw")),
             unit_id=pl.lit(f.unit_id, pl.String),
-        )  # fmt: skip
+        )
     hashed = df.select(cols).hash_rows(seed=20261128).reinterpret(signed=True)
     return df.with_columns(
         source_file=pl.lit(f.rel, pl.String),
@@ -324,13 +385,31 @@ def _finish(
     )
 
 
-def _log_row(f: LandedFile, sha: str, status: str, reason: str | None, detail: str | None,
-             rows: int | None, now: datetime, run_id: str) -> dict[str, Any]:  # fmt: skip
+def _log_row(
+    f: LandedFile,
+    sha: str,
+    status: str,
+    reason: str | None,
+    detail: str | None,
+    rows: int | None,
+    now: datetime,
+    run_id: str,
+) -> dict[str, Any]:
     return {
-        "source": f.source, "source_file": f.rel, "unit_id": f.unit_id, "batch_id": f.batch_id,
-        "bytes": f.size, "sha256": sha, "arrived_at": _ts(f.arrived_ns), "status": status,
-        "reason": reason, "detail": detail, "rows": rows, "ingested_at": now, "ingest_run_id": run_id,
-    }  # fmt: skip
+        "source": f.source,
+        "source_file": f.rel,
+        "unit_id": f.unit_id,
+        "batch_id": f.batch_id,
+        "bytes": f.size,
+        "sha256": sha,
+        "arrived_at": _ts(f.arrived_ns),
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "rows": rows,
+        "ingested_at": now,
+        "ingest_run_id": run_id,
+    }
 
 
 def read_log(
@@ -390,8 +469,18 @@ def _repair_log(
         got = dict(zip(n["source_file"], n["count"], strict=True)) if n is not None else {}
         for f in todo:
             if f.rel in in_data:
-                rows.append(_log_row(f, "", "accepted", None, "ledger row recovered after an interrupted run",
-                                     int(got.get(f.rel, 0)), now, run_id))  # fmt: skip
+                rows.append(
+                    _log_row(
+                        f,
+                        "",
+                        "accepted",
+                        None,
+                        "ledger row recovered after an interrupted run",
+                        int(got.get(f.rel, 0)),
+                        now,
+                        run_id,
+                    )
+                )
     if in_q:
         q = lake.read(LAYER, "quarantine", filter_expr=pl.col("source_file").is_in(list(in_q)))
         assert q is not None
@@ -475,15 +564,34 @@ def ingest_files(
             if group:
                 _commit(lake, source, group, rep)
                 group, group_rows = [], 0
-            _ingest_large(lake, landing_root, source, f, big, run_id, now_f, limits,
-                          seen_sha, seen_rows, rep, guard)  # fmt: skip
+            _ingest_large(
+                lake,
+                landing_root,
+                source,
+                f,
+                big,
+                run_id,
+                now_f,
+                limits,
+                seen_sha,
+                seen_rows,
+                rep,
+                guard,
+            )
             continue
         if source in SCHEMAS and source != "telemetry" and f.size > limits.max_text_bytes:
-            detail = (f"{f.size:,} bytes; the limit for {source} files is "
-                      f"{limits.max_text_bytes:,} (PHARMA_MAX_TEXT_FILE_MB)")  # fmt: skip
+            detail = (
+                f"{f.size:,} bytes; the limit for {source} files is "
+                f"{limits.max_text_bytes:,} (PHARMA_MAX_TEXT_FILE_MB)"
+            )
             sha = _sha256_file(f.path(landing_root))
-            group.append((f, None, _log_row(f, sha, "quarantined", "file_too_large", detail,
-                                            None, now_f, run_id)))  # fmt: skip
+            group.append(
+                (
+                    f,
+                    None,
+                    _log_row(f, sha, "quarantined", "file_too_large", detail, None, now_f, run_id),
+                )
+            )
             continue
         try:
             data = f.path(landing_root).read_bytes()
@@ -492,8 +600,11 @@ def ingest_files(
         sha = hashlib.sha256(data).hexdigest()
         try:
             if source not in SCHEMAS:
-                raise FileRejected("unexpected_location", f"{f.rel} is outside the landing layout",
-                                   rows=count_rows(f.rel, data))  # fmt: skip
+                raise FileRejected(
+                    "unexpected_location",
+                    f"{f.rel} is outside the landing layout",
+                    rows=count_rows(f.rel, data),
+                )
             if sha in seen_sha:
                 raise FileRejected(
                     "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
@@ -524,9 +635,13 @@ def ingest_files(
 OnCommit = Callable[[list[LandedFile], pl.DataFrame], None]
 
 
-def _commit(lake: Lake, source: str,
-            group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]],
-            rep: IngestReport, on_commit: OnCommit | None = None) -> None:  # fmt: skip
+def _commit(
+    lake: Lake,
+    source: str,
+    group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]],
+    rep: IngestReport,
+    on_commit: OnCommit | None = None,
+) -> None:
     with lake.lock(f"bronze-{source}"):
         # final check under the lock: another run may have ingested some of these meanwhile
         rels = [f.rel for f, _, _ in group]
@@ -633,15 +748,30 @@ def _attempts(lake: Lake, f: LandedFile) -> int:
 
 
 def _record_attempt(lake: Lake, f: LandedFile, run_id: str, now: datetime) -> None:
-    row = {"source": f.source, "source_file": f.rel, "batch_id": f.batch_id, "run_id": run_id,
-           "started_at": now}  # fmt: skip
+    row = {
+        "source": f.source,
+        "source_file": f.rel,
+        "batch_id": f.batch_id,
+        "run_id": run_id,
+        "started_at": now,
+    }
     lake.append(LAYER, "ingest_attempts", pl.DataFrame([row], schema=ATTEMPT_SCHEMA))
 
 
-def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFile, rows: int,
-                  run_id: str, now: datetime, limits: IngestLimits, seen_sha: dict[str, str],
-                  seen_rows: dict[str, int], rep: IngestReport,
-                  guard: AmendmentGuard | None = None) -> None:  # fmt: skip
+def _ingest_large(
+    lake: Lake,
+    landing_root: str | Path,
+    source: str,
+    f: LandedFile,
+    rows: int,
+    run_id: str,
+    now: datetime,
+    limits: IngestLimits,
+    seen_sha: dict[str, str],
+    seen_rows: dict[str, int],
+    rep: IngestReport,
+    guard: AmendmentGuard | None = None,
+) -> None:
     """One large Parquet file: slices parsed and spooled, then ONE commit of all its rows.
 
     The spool (a scratch Parquet file) holds the typed rows while the file is read, so a
@@ -654,15 +784,23 @@ def _ingest_large(lake: Lake, landing_root: str | Path, source: str, f: LandedFi
     sha = _sha256_file(path)
     reject: FileRejected | None = None
     if sha in seen_sha:
-        reject = FileRejected("duplicate_file", f"same content as {seen_sha[sha]}",
-                              rows=seen_rows.get(sha))  # fmt: skip
+        reject = FileRejected(
+            "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
+        )
     elif rows > limits.max_file_rows:
-        reject = FileRejected("file_too_large", f"{rows:,} rows; the limit is "
-                              f"{limits.max_file_rows:,} (PHARMA_MAX_FILE_ROWS)", rows=rows)  # fmt: skip
+        reject = FileRejected(
+            "file_too_large",
+            f"{rows:,} rows; the limit is {limits.max_file_rows:,} (PHARMA_MAX_FILE_ROWS)",
+            rows=rows,
+        )
     elif (n := _attempts(lake, f)) >= limits.max_attempts:
-        reject = FileRejected("repeated_failure", f"{n} earlier ingestions of this file did not "
-                              f"finish (killed or crashed runs); the limit is "
-                              f"{limits.max_attempts} (PHARMA_MAX_FILE_ATTEMPTS)", rows=rows)  # fmt: skip
+        reject = FileRejected(
+            "repeated_failure",
+            f"{n} earlier ingestions of this file did not "
+            f"finish (killed or crashed runs); the limit is "
+            f"{limits.max_attempts} (PHARMA_MAX_FILE_ATTEMPTS)",
+            rows=rows,
+        )
     if reject is None:
         _record_attempt(lake, f, run_id, now)
         with scratch_dir(lake) as d:

@@ -33,13 +33,21 @@ REASON_ORDER = (
 )
 # Column holding the offending value of each reason.
 OFFENDING = {
-    "type_error": "raw", "batch_id_mismatch": "raw", "unit_id_mismatch": "raw", "unknown_tag": "tag", "unknown_uom": "uom_raw",
-    "value_not_finite": "value_raw", "quality_bad": "quality", "physical_limits": "value",
-    "outside_batch_window": "ts", "ts_in_future": "ts", "duplicate_reading": "ts",
-}  # fmt: skip
+    "type_error": "raw",
+    "batch_id_mismatch": "raw",
+    "unit_id_mismatch": "raw",
+    "unknown_tag": "tag",
+    "unknown_uom": "uom_raw",
+    "value_not_finite": "value_raw",
+    "quality_bad": "quality",
+    "physical_limits": "value",
+    "outside_batch_window": "ts",
+    "ts_in_future": "ts",
+    "duplicate_reading": "ts",
+}
 
 
-def _row_check(name: str, expr: pl.Expr, description: str) -> pa.Check:
+def row_check(name: str, expr: pl.Expr, description: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(expr), name=name, error=description)
 
 
@@ -63,60 +71,60 @@ def telemetry_contract(spec: CppSpec) -> pa.DataFrameSchema:
             "quality": pa.Column(pl.String, nullable=True),
         },
         checks=[
-            _row_check(
+            row_check(
                 "type_error",
                 # bronze also records batch/unit id mismatches in `raw`: not type errors
                 pl.col("raw").is_null()
                 | (pl.col("raw").str.replace_all(r"(?:^|;)(?:batch_id|unit_id)=[^;]*", "") == ""),
                 "every landed cell parses as its contract type",
             ),
-            _row_check(
+            row_check(
                 "batch_id_mismatch",
                 pl.col("raw").is_null() | ~pl.col("raw").str.contains("batch_id="),
                 "the batch id in the file matches its landing folder",
             ),
-            _row_check(
+            row_check(
                 "unit_id_mismatch",
                 pl.col("raw").is_null() | ~pl.col("raw").str.contains("unit_id="),
                 "the unit id in the file matches its landing folder",
             ),
-            _row_check(
+            row_check(
                 "unknown_tag",
                 pl.col("tag").is_in(tags).fill_null(False),
                 f"tag is one of the {len(tags)} tags in CPP spec v{spec.version}",
             ),
-            _row_check(
+            row_check(
                 "unknown_uom",
                 pl.col("uom").is_not_null() | ~pl.col("tag").is_in(tags).fill_null(False),
                 "the engineering unit is the tag's unit or has a conversion in the spec",
             ),
-            _row_check(
+            row_check(
                 "value_not_finite",
                 pl.col("value").is_finite().fill_null(False),
                 "value is a finite number",
             ),
-            _row_check(
+            row_check(
                 "quality_bad",
                 (pl.col("quality") != "bad").fill_null(True),
                 "the historian did not flag the reading bad",
             ),
-            _row_check(
+            row_check(
                 "physical_limits",
                 pl.col("value").is_between(pl.col("phys_lo"), pl.col("phys_hi")).fill_null(True)
                 | ~pl.col("value").is_finite().fill_null(False),
                 "value within the tag's physical limits",
             ),
-            _row_check(
+            row_check(
                 "outside_batch_window",
                 pl.col("ts").is_between(pl.col("win_lo"), pl.col("win_hi")).fill_null(False),
                 "timestamp within the batch window (start - grace, end + grace)",
             ),
-            _row_check(
+            row_check(
                 "ts_in_future",
                 (pl.col("ts") <= pl.col("future_limit")).fill_null(True),
                 "timestamp not later than ingestion time + tolerance",
             ),
-            _row_check("duplicate_reading", ~pl.col("is_dup"), "one reading per (unit, tag, ts)"),
+            row_check("duplicate_reading", ~pl.col("is_dup"), "one reading per (unit, tag, ts)"),
         ],
         name=f"silver_telemetry_v{spec.version}",
         strict=False,
@@ -141,7 +149,7 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
             "_key": pa.Column(pl.Int64, nullable=False),
         },
         checks=[
-            _row_check(
+            row_check(
                 "canonical_uom",
                 pl.col("uom") == pl.col("tag").replace_strict(units, default=None),
                 "uom is the tag's canonical unit",
@@ -150,7 +158,7 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
             # + the tag's index in the spec), checked per batch (a batch runs on one unit):
             # pandera's `unique=` on the three string/time columns, or the key per unit_id,
             # cost 5-10x more per row (docs/benchmarks.md)
-            _row_check(
+            row_check(
                 "unique_reading",
                 ~pl.col("_key").is_duplicated(),
                 "one reading per (unit, tag, ts) in the batch",
@@ -175,9 +183,10 @@ def route(
     try:
         schema.validate(df, lazy=True)
         return df.drop("_row"), df.clear().drop("_row").with_columns(
-            failed_check=pl.lit(None, pl.String), failed_checks=pl.lit(None, pl.String),
+            failed_check=pl.lit(None, pl.String),
+            failed_checks=pl.lit(None, pl.String),
             offending_value=pl.lit(None, pl.String),
-        )  # fmt: skip
+        )
     except SchemaErrors as e:
         fc = e.failure_cases
     structural = fc.filter(pl.col("index").is_null())

@@ -35,12 +35,25 @@ RELEASE_SCHEMA: dict[str, pl.DataType] = {
 }
 CRITICAL_PAR_MINUTES = 60.0
 EXCURSION_SCHEMA = {
-    "excursion_id": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
-    "phase": pl.String(), "start_ts": UTC_US, "end_ts": UTC_US, "duration_min": pl.Float64(),
-    "minutes_outside_par": pl.Float64(), "peak_value": pl.Float64(), "direction": pl.String(),
-    "target": pl.Float64(), "nor_lo": pl.Float64(), "nor_hi": pl.Float64(), "par_lo": pl.Float64(),
-    "par_hi": pl.Float64(), "severity": pl.String(), "active": pl.Boolean(),
-}  # fmt: skip
+    "excursion_id": pl.String(),
+    "batch_id": pl.String(),
+    "unit_id": pl.String(),
+    "tag": pl.String(),
+    "phase": pl.String(),
+    "start_ts": UTC_US,
+    "end_ts": UTC_US,
+    "duration_min": pl.Float64(),
+    "minutes_outside_par": pl.Float64(),
+    "peak_value": pl.Float64(),
+    "direction": pl.String(),
+    "target": pl.Float64(),
+    "nor_lo": pl.Float64(),
+    "nor_hi": pl.Float64(),
+    "par_lo": pl.Float64(),
+    "par_hi": pl.Float64(),
+    "severity": pl.String(),
+    "active": pl.Boolean(),
+}
 
 
 def excursions(
@@ -67,28 +80,40 @@ def excursions(
         n_outside_par=pl.col("n_outside_par").sum(),
         peak_value=pl.col("peak_value").sort_by("dev").last(),
         target=pl.col("target").first(),
-        nor_lo=pl.col("nor_lo").first(), nor_hi=pl.col("nor_hi").first(),
-        par_lo=pl.col("par_lo").first(), par_hi=pl.col("par_hi").first(),
-    )  # fmt: skip
+        nor_lo=pl.col("nor_lo").first(),
+        nor_hi=pl.col("nor_hi").first(),
+        par_lo=pl.col("par_lo").first(),
+        par_hi=pl.col("par_hi").first(),
+    )
     ex = (
         ex.with_columns(
-            duration_min=(pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 60 + pl.col("period") / 60,
+            duration_min=(pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 60
+            + pl.col("period") / 60,
             minutes_outside_par=pl.col("n_outside_par") * pl.col("period") / 60,
-            direction=pl.when(pl.col("peak_value") > pl.col("target")).then(pl.lit("high")).otherwise(pl.lit("low")),
+            direction=pl.when(pl.col("peak_value") > pl.col("target"))
+            .then(pl.lit("high"))
+            .otherwise(pl.lit("low")),
         )
         .with_columns(
-            severity=pl.when(pl.col("minutes_outside_par") >= CRITICAL_PAR_MINUTES).then(pl.lit("critical"))
-            .when(pl.col("n_outside_par") > 0).then(pl.lit("major"))
+            severity=pl.when(pl.col("minutes_outside_par") >= CRITICAL_PAR_MINUTES)
+            .then(pl.lit("critical"))
+            .when(pl.col("n_outside_par") > 0)
+            .then(pl.lit("major"))
             .otherwise(pl.lit("minor"))
         )
         .join(batches.select("batch_id", "status"), on="batch_id", how="left")
         .join(last_ts, on=["batch_id", "tag"], how="left")
         .with_columns(
-            active=(pl.col("status") == "running") & (pl.col("end_ts") >= pl.col("last_ts")).fill_null(False),
-            excursion_id=pl.format("{}-{}-{}", pl.col("batch_id"), pl.col("tag"),
-                                   pl.col("start_ts").dt.strftime("%Y%m%dT%H%M%S")),
+            active=(pl.col("status") == "running")
+            & (pl.col("end_ts") >= pl.col("last_ts")).fill_null(False),
+            excursion_id=pl.format(
+                "{}-{}-{}",
+                pl.col("batch_id"),
+                pl.col("tag"),
+                pl.col("start_ts").dt.strftime("%Y%m%dT%H%M%S"),
+            ),
         )
-    )  # fmt: skip
+    )
     return ex.select(list(EXCURSION_SCHEMA)).cast(EXCURSION_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
 
 
@@ -151,16 +176,36 @@ def build_gold(
     stats = lake.read(silver.LAYER, "telemetry_stats")
     segs = lake.read(silver.LAYER, "excursion_segments")
     labs = lake.read(silver.LAYER, "lab_results")
-    stats = stats if stats is not None else pl.DataFrame(schema={"batch_id": pl.String, "unit_id": pl.String,
-        "tag": pl.String, "phase": pl.String, "n": pl.UInt32, "sum": pl.Float64, "sumsq": pl.Float64,
-        "min": pl.Float64, "max": pl.Float64, "first_ts": UTC_US, "last_ts": UTC_US, "last_value": pl.Float64})  # fmt: skip
+    stats = (
+        stats
+        if stats is not None
+        else pl.DataFrame(
+            schema={
+                "batch_id": pl.String,
+                "unit_id": pl.String,
+                "tag": pl.String,
+                "phase": pl.String,
+                "n": pl.UInt32,
+                "sum": pl.Float64,
+                "sumsq": pl.Float64,
+                "min": pl.Float64,
+                "max": pl.Float64,
+                "first_ts": UTC_US,
+                "last_ts": UTC_US,
+                "last_value": pl.Float64,
+            }
+        )
+    )
     last = (
         stats.sort("last_ts")
         .group_by("batch_id", "tag")
         .agg(last_ts=pl.col("last_ts").last(), last_value=pl.col("last_value").last())
     )
-    ex = excursions(segs if segs is not None else pl.DataFrame(schema=silver.SEGMENT_SCHEMA), batches,
-                    last.select("batch_id", "tag", "last_ts"))  # fmt: skip
+    ex = excursions(
+        segs if segs is not None else pl.DataFrame(schema=silver.SEGMENT_SCHEMA),
+        batches,
+        last.select("batch_id", "tag", "last_ts"),
+    )
     lake.overwrite(LAYER, "cpp_excursions", ex)
     summary = batch_summary(batches, stats, ex, labs, last, spec)
     summary = apply_release_decisions(summary, release_decisions)
@@ -168,17 +213,40 @@ def build_gold(
     lake.overwrite(LAYER, "unit_status", unit_status(batches, last, ex, spec, now))
     kpis = plant_kpis(summary)
     lake.overwrite(LAYER, "plant_kpis", kpis)
-    return {"batches": summary.height, "excursions": ex.height, "weeks": kpis.height,
-            "completed": int((summary["status"] == "complete").sum())}  # fmt: skip
+    return {
+        "batches": summary.height,
+        "excursions": ex.height,
+        "weeks": kpis.height,
+        "completed": int((summary["status"] == "complete").sum()),
+    }
 
 
-def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, labs: pl.DataFrame | None,
-                  last: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+def batch_summary(
+    batches: pl.DataFrame,
+    stats: pl.DataFrame,
+    ex: pl.DataFrame,
+    labs: pl.DataFrame | None,
+    last: pl.DataFrame,
+    spec: CppSpec,
+) -> pl.DataFrame:
     s = batches.select(
-        "batch_id", "site_id", "unit_id", "product", "recipe_id", "recipe_version", "start_ts", "end_ts",
-        "status", "end_reason", "media_lot", "feed_lot", "inoculum_lot", "base_lot", "material_lots",
+        "batch_id",
+        "site_id",
+        "unit_id",
+        "product",
+        "recipe_id",
+        "recipe_version",
+        "start_ts",
+        "end_ts",
+        "status",
+        "end_reason",
+        "media_lot",
+        "feed_lot",
+        "inoculum_lot",
+        "base_lot",
+        "material_lots",
         duration_h=(pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 3600,
-    )  # fmt: skip
+    )
     vol = last.filter(pl.col("tag") == "volume_l").select(
         "batch_id", harvest_volume_l=pl.col("last_value")
     )
@@ -212,8 +280,12 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
     for a in [*spec.lab.release, *[r for r in required if r not in spec.lab.release]]:
         if f"cqa_{a}" not in s.columns:
             s = s.with_columns(pl.lit(None, pl.Float64).alias(f"cqa_{a}"))
-    for c, t in (("peak_vcd_e6_cells_ml", pl.Float64), ("last_ip_titer", pl.Float64),
-                 ("cqa_results", pl.UInt32), ("cqa_out_of_spec", pl.UInt32)):  # fmt: skip
+    for c, t in (
+        ("peak_vcd_e6_cells_ml", pl.Float64),
+        ("last_ip_titer", pl.Float64),
+        ("cqa_results", pl.UInt32),
+        ("cqa_out_of_spec", pl.UInt32),
+    ):
         if c not in s.columns:
             s = s.with_columns(pl.lit(None, t).alias(c))
     s = s.with_columns(
@@ -223,8 +295,9 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
         ),
     ).with_columns(product_mass_kg=pl.col("final_titer_g_l") * pl.col("harvest_volume_l") / 1000)
     # excursions per CPP
-    counts = ex.group_by("batch_id", "tag").agg(n=pl.len(), m=pl.col("duration_min").sum(),
-                                                 major=(pl.col("severity") != "minor").sum())  # fmt: skip
+    counts = ex.group_by("batch_id", "tag").agg(
+        n=pl.len(), m=pl.col("duration_min").sum(), major=(pl.col("severity") != "minor").sum()
+    )
     for tag in spec.cpp_tags:
         cnt = counts.filter(pl.col("tag") == tag).select(
             "batch_id",
@@ -242,8 +315,11 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
     )
     cpk = _cpk(stats, spec)
     for tag in spec.cpp_tags:
-        s = s.join(cpk.filter(pl.col("tag") == tag).select("batch_id", pl.col("cpk").alias(f"cpk_{tag}")),
-                   on="batch_id", how="left")  # fmt: skip
+        s = s.join(
+            cpk.filter(pl.col("tag") == tag).select("batch_id", pl.col("cpk").alias(f"cpk_{tag}")),
+            on="batch_id",
+            how="left",
+        )
     s = s.with_columns(
         right_first_time=(pl.col("status") == "complete")
         & pl.all_horizontal(*[pl.col(f"cqa_{a}").is_not_null() for a in required])
@@ -255,14 +331,16 @@ def batch_summary(batches: pl.DataFrame, stats: pl.DataFrame, ex: pl.DataFrame, 
     return s.sort("start_ts")
 
 
-def unit_status(batches: pl.DataFrame, last: pl.DataFrame, ex: pl.DataFrame, spec: CppSpec,
-                now: datetime) -> pl.DataFrame:  # fmt: skip
+def unit_status(
+    batches: pl.DataFrame, last: pl.DataFrame, ex: pl.DataFrame, spec: CppSpec, now: datetime
+) -> pl.DataFrame:
     latest = batches.sort("start_ts").group_by("unit_id").agg(pl.all().last())
     cpp_last = last.filter(pl.col("tag").is_in(spec.cpp_tags))
     wide = (
         cpp_last.pivot(on="tag", index="batch_id", values="last_value", aggregate_function="last")
-        if cpp_last.height else pl.DataFrame(schema={"batch_id": pl.String})
-    )  # fmt: skip
+        if cpp_last.height
+        else pl.DataFrame(schema={"batch_id": pl.String})
+    )
     wide = wide.rename({c: f"last_{c}" for c in wide.columns if c != "batch_id"})
     last_reading = last.group_by("batch_id").agg(last_reading_ts=pl.col("last_ts").max())
     active = (
@@ -278,23 +356,41 @@ def unit_status(batches: pl.DataFrame, last: pl.DataFrame, ex: pl.DataFrame, spe
         .join(last_reading, on="batch_id", how="left")
         .join(active, on="batch_id", how="left")
         .with_columns(
-            state=pl.when(pl.col("status") == "running").then(pl.lit("running")).otherwise(pl.lit("idle")),
+            state=pl.when(pl.col("status") == "running")
+            .then(pl.lit("running"))
+            .otherwise(pl.lit("idle")),
             current_batch_id=pl.when(pl.col("status") == "running").then(pl.col("batch_id")),
             phase=pl.when(pl.col("status") == "running").then(pl.col("current_phase")),
             day=pl.when(pl.col("status") == "running").then(
-                (pl.coalesce("last_reading_ts", pl.lit(now, UTC_US)) - pl.col("start_ts")).dt.total_seconds() / 86400
+                (
+                    pl.coalesce("last_reading_ts", pl.lit(now, UTC_US)) - pl.col("start_ts")
+                ).dt.total_seconds()
+                / 86400
             ),
             active_excursions=pl.col("active_excursions").fill_null(0),
             updated_at=pl.lit(now, UTC_US),
         )
         .rename({"batch_id": "last_batch_id", "status": "last_batch_status"})
-    )  # fmt: skip
+    )
     for tag in spec.cpp_tags:
         if f"last_{tag}" not in out.columns:
             out = out.with_columns(pl.lit(None, pl.Float64).alias(f"last_{tag}"))
-    cols = ["unit_id", "state", "current_batch_id", "phase", "day", "last_batch_id", "last_batch_status",
-            "recipe_id", "start_ts", "last_reading_ts", *[f"last_{t}" for t in spec.cpp_tags],
-            "active_excursions", "active_excursion_tags", "updated_at"]  # fmt: skip
+    cols = [
+        "unit_id",
+        "state",
+        "current_batch_id",
+        "phase",
+        "day",
+        "last_batch_id",
+        "last_batch_status",
+        "recipe_id",
+        "start_ts",
+        "last_reading_ts",
+        *[f"last_{t}" for t in spec.cpp_tags],
+        "active_excursions",
+        "active_excursion_tags",
+        "updated_at",
+    ]
     return out.select(cols).sort("unit_id")
 
 
@@ -326,9 +422,14 @@ def check_one_row_per_batch(lake: Lake) -> dict[str, Any]:
     dup = summary.height - summary["batch_id"].n_unique()
     completed = batches.filter(pl.col("status") == "complete")
     missing = completed.join(summary, on="batch_id", how="anti").height
-    return {"passed": dup == 0 and missing == 0 and summary.height == batches.height,
-            "gold_rows": summary.height, "silver_batches": batches.height,
-            "completed_batches": completed.height, "duplicate_rows": dup, "completed_missing": missing}  # fmt: skip
+    return {
+        "passed": dup == 0 and missing == 0 and summary.height == batches.height,
+        "gold_rows": summary.height,
+        "silver_batches": batches.height,
+        "completed_batches": completed.height,
+        "duplicate_rows": dup,
+        "completed_missing": missing,
+    }
 
 
 def check_freshness(lake: Lake, max_age_h: float, now: datetime | None = None) -> dict[str, Any]:

@@ -81,8 +81,10 @@ def resolve_naive_times(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
             text = pl.col(c).str.strip_chars()
             naive = text.is_not_null() & ~text.str.contains(_HAS_ZONE)
             parsed = pl.when(naive).then(text).str.to_datetime(time_unit="us", strict=False)
-            found = df.select(n=(naive & parsed.is_not_null()).sum(),
-                              first=pl.when(naive & parsed.is_not_null()).then(text).drop_nulls().first())  # fmt: skip
+            found = df.select(
+                n=(naive & parsed.is_not_null()).sum(),
+                first=pl.when(naive & parsed.is_not_null()).then(text).drop_nulls().first(),
+            )
             if found["n"].item() == 0:
                 continue
             if tz is None:
@@ -128,8 +130,16 @@ def refused_entry(
     data = b"" if f.is_link else (Path(landing_root) / f.rel).read_bytes()
     sha = "" if f.is_link else hashlib.sha256(data).hexdigest()
     rows = None if f.is_link else count_rows(f.rel, data)
-    return _log_row(f, sha, "quarantined", f.issue, f.issue_detail or f.rel, rows,
-                    now or datetime.now(UTC), run_id)  # fmt: skip
+    return _log_row(
+        f,
+        sha,
+        "quarantined",
+        f.issue,
+        f.issue_detail or f.rel,
+        rows,
+        now or datetime.now(UTC),
+        run_id,
+    )
 
 
 def raw_reason(raw: str | None) -> str | None:

@@ -85,8 +85,15 @@ def route(
 ) -> tuple[str, str | None, str | None, tuple[str, str] | None]:
     """(source, unit_id, batch_id, (reason, detail) or None) of a landing-relative path."""
     if is_link:
-        return "unroutable", None, None, ("symlink", f"{rel} is a symbolic link; links are "
-                                          "never followed: land the file itself")  # fmt: skip
+        return (
+            "unroutable",
+            None,
+            None,
+            (
+                "symlink",
+                f"{rel} is a symbolic link; links are never followed: land the file itself",
+            ),
+        )
     parts = rel.split("/")
     if (len(parts) == 4 and parts[0] in BATCH_SOURCES) or (
         len(parts) == 3 and parts[0] in UNIT_SOURCES
@@ -136,8 +143,17 @@ def _landed(e: os.DirEntry[str] | Path, rel: str) -> LandedFile:
     link = e.is_symlink()
     st = e.stat(follow_symlinks=False) if isinstance(e, os.DirEntry) else e.lstat()
     source, unit, batch, issue = route(rel, link)
-    return LandedFile(source, rel, unit, batch, st.st_size, st.st_ctime_ns,
-                      issue[0] if issue else None, issue[1] if issue else None, link)  # fmt: skip
+    return LandedFile(
+        source,
+        rel,
+        unit,
+        batch,
+        st.st_size,
+        st.st_ctime_ns,
+        issue[0] if issue else None,
+        issue[1] if issue else None,
+        link,
+    )
 
 
 def scan_landing(root: str | Path, since_ns: int = 0) -> list[LandedFile]:

@@ -60,10 +60,18 @@ def telemetry_freshness(lake: Lake, max_lag_s: float, now: datetime | None = Non
     )
     if not running:
         return Freshness(True, 0, [], 0.0, 0.0, max_lag_s, 0)
-    log = lake.read(LAYER, "telemetry_log", columns=["batch_id", "rows_valid", "processed_at"],
-                    filter_expr=pl.col("batch_id").is_in(running))  # fmt: skip
-    stats = lake.read(LAYER, "telemetry_stats", columns=["batch_id", "last_ts"],
-                      filter_expr=pl.col("batch_id").is_in(running))  # fmt: skip
+    log = lake.read(
+        LAYER,
+        "telemetry_log",
+        columns=["batch_id", "rows_valid", "processed_at"],
+        filter_expr=pl.col("batch_id").is_in(running),
+    )
+    stats = lake.read(
+        LAYER,
+        "telemetry_stats",
+        columns=["batch_id", "last_ts"],
+        filter_expr=pl.col("batch_id").is_in(running),
+    )
     accepted = (
         pl.DataFrame(schema={"batch_id": pl.String(), "last_ok": UTC_US})
         if log is None
@@ -145,8 +153,12 @@ def quarantine_alarm(
     share = w_q / w_rows if w_rows else 0.0
     reasons: dict[str, int] = {}
     if w_q:
-        qt = lake.read(LAYER, "telemetry_quarantine", columns=["failed_check", "processed_at"],
-                       filter_expr=pl.col("processed_at") >= pl.lit(since, UTC_US))  # fmt: skip
+        qt = lake.read(
+            LAYER,
+            "telemetry_quarantine",
+            columns=["failed_check", "processed_at"],
+            filter_expr=pl.col("processed_at") >= pl.lit(since, UTC_US),
+        )
         if qt is not None:
             counts = qt.group_by("failed_check").len().sort("len", descending=True)
             reasons = {str(k): int(v) for k, v in counts.iter_rows()}

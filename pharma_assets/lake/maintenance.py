@@ -70,8 +70,11 @@ def compact(
             continue
         before, v0 = len(dt.file_uris()), dt.version()
         if before < min_files:
-            out.append(CompactionResult(label, before, before, 0, 0, v0, v0, 0.0,
-                                        f"fewer than {min_files} files"))  # fmt: skip
+            out.append(
+                CompactionResult(
+                    label, before, before, 0, 0, v0, v0, 0.0, f"fewer than {min_files} files"
+                )
+            )
             continue
         # the lake's table settings (checkpoint interval, statistics columns) on old tables too
         conf = dt.metadata().configuration

@@ -27,7 +27,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from .contracts import _row_check, route
+from .contracts import route, row_check
 from .storage import UTC_US, Lake
 
 BRONZE = ("bronze", "coa")
@@ -46,16 +46,29 @@ REASONS = (
     "physical_limits",
 )
 OFFENDING = {
-    "type_error": "raw", "missing_field": "coa_id", "unknown_material": "material",
-    "invalid_lot_id": "lot_id", "unknown_issuer": "issuer", "unknown_attribute": "attribute",
-    "wrong_uom": "uom", "value_not_finite": "value", "physical_limits": "value",
-}  # fmt: skip
+    "type_error": "raw",
+    "missing_field": "coa_id",
+    "unknown_material": "material",
+    "invalid_lot_id": "lot_id",
+    "unknown_issuer": "issuer",
+    "unknown_attribute": "attribute",
+    "wrong_uom": "uom",
+    "value_not_finite": "value",
+    "physical_limits": "value",
+}
 SILVER_COLUMNS: dict[str, pl.DataType] = {
-    "lot_id": pl.String(), "material": pl.String(), "issuer": pl.String(),
-    "attribute": pl.String(), "value": pl.Float64(), "uom": pl.String(),
-    "tested_ts": UTC_US, "coa_id": pl.String(), "site_id": pl.String(),
-    "method": pl.String(), "source_file": pl.String(),
-}  # fmt: skip
+    "lot_id": pl.String(),
+    "material": pl.String(),
+    "issuer": pl.String(),
+    "attribute": pl.String(),
+    "value": pl.Float64(),
+    "uom": pl.String(),
+    "tested_ts": UTC_US,
+    "coa_id": pl.String(),
+    "site_id": pl.String(),
+    "method": pl.String(),
+    "source_file": pl.String(),
+}
 
 
 class _Model(BaseModel):
@@ -96,17 +109,23 @@ def _lookup(spec: CoaSpec) -> pl.DataFrame:
             for m, ms in spec.materials.items()
             for a, s in ms.attributes.items()
         ],
-        schema={"material": pl.String, "attribute": pl.String, "_uom": pl.String,
-                "_lo": pl.Float64, "_hi": pl.Float64},
-    )  # fmt: skip
+        schema={
+            "material": pl.String,
+            "attribute": pl.String,
+            "_uom": pl.String,
+            "_lo": pl.Float64,
+            "_hi": pl.Float64,
+        },
+    )
 
 
 def coa_contract(spec: CoaSpec) -> pa.DataFrameSchema:
     """pandera contract of CoA results (expects the columns :func:`prepare` adds)."""
     lot_ok = pl.lit(False)
     for m, ms in spec.materials.items():
-        lot_ok = lot_ok | ((pl.col("material") == m) & pl.col("lot_id").str.contains(
-            f"^{ms.lot_pattern}$"))  # fmt: skip
+        lot_ok = lot_ok | (
+            (pl.col("material") == m) & pl.col("lot_id").str.contains(f"^{ms.lot_pattern}$")
+        )
     known = pl.col("_uom").is_not_null()
     return pa.DataFrameSchema(
         {
@@ -120,50 +139,50 @@ def coa_contract(spec: CoaSpec) -> pa.DataFrameSchema:
             "uom": pa.Column(pl.String, nullable=True),
         },
         checks=[
-            _row_check(
+            row_check(
                 "type_error",
                 pl.col("raw").is_null(),
                 "every landed cell parses as its contract type",
             ),
-            _row_check(
+            row_check(
                 "missing_field",
                 pl.all_horizontal(
                     pl.col(c).is_not_null() for c in ("coa_id", "lot_id", "tested_ts")
                 ),
                 "coa_id, lot_id and tested_ts are given",
             ),
-            _row_check(
+            row_check(
                 "unknown_material",
                 pl.col("material").is_in(list(spec.materials)).fill_null(False),
                 f"material is one of {sorted(spec.materials)}",
             ),
-            _row_check(
+            row_check(
                 "invalid_lot_id",
                 lot_ok.fill_null(False)
                 | ~pl.col("material").is_in(list(spec.materials)).fill_null(False),
                 "lot id matches its material's pattern",
             ),
-            _row_check(
+            row_check(
                 "unknown_issuer",
                 pl.col("issuer").is_in(spec.issuers).fill_null(False),
                 f"issuer is one of {spec.issuers}",
             ),
-            _row_check(
+            row_check(
                 "unknown_attribute",
                 known | ~pl.col("material").is_in(list(spec.materials)).fill_null(False),
                 "attribute is in the material's spec",
             ),
-            _row_check(
+            row_check(
                 "wrong_uom",
                 (pl.col("uom") == pl.col("_uom")).fill_null(False) | ~known,
                 "unit is the attribute's unit",
             ),
-            _row_check(
+            row_check(
                 "value_not_finite",
                 pl.col("value").is_finite().fill_null(False),
                 "value is a finite number",
             ),
-            _row_check(
+            row_check(
                 "physical_limits",
                 pl.col("value").is_between(pl.col("_lo"), pl.col("_hi")).fill_null(True)
                 | ~pl.col("value").is_finite().fill_null(False),
@@ -204,8 +223,11 @@ def build_material_lots(lake: Lake, spec_path: str | Path | None = None) -> dict
     )
     quarantined = bad.select(
         *[pl.col(c).cast(t) for c, t in SILVER_COLUMNS.items()],
-        pl.col("raw"), pl.col("failed_check"), pl.col("failed_checks"), pl.col("offending_value"),
-    )  # fmt: skip
+        pl.col("raw"),
+        pl.col("failed_check"),
+        pl.col("failed_checks"),
+        pl.col("offending_value"),
+    )
     lake.overwrite("silver", SILVER, accepted, source_files=files)
     lake.overwrite("silver", QUARANTINE, quarantined)
     reasons = bad.group_by("failed_check").len().sort("failed_check")

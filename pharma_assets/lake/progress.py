@@ -33,8 +33,12 @@ def unfinished(lake: Lake, files: Sequence[LandedFile]) -> list[LandedFile]:
         accepted = [f.rel for f in files if f.source == src and status.get(f.rel) == "accepted"]
         done |= lake.written_sources("silver", name, accepted)
     # accepted files overwritten (or touched) in place since: not done until bronze records it
-    ledger = {r["source_file"]: r for r in log.select("source_file", "sha256", "status", "reason",
-                                                      "rows", "bytes", "arrived_at").iter_rows(named=True)}  # fmt: skip
+    ledger = {
+        r["source_file"]: r
+        for r in log.select(
+            "source_file", "sha256", "status", "reason", "rows", "bytes", "arrived_at"
+        ).iter_rows(named=True)
+    }
     changed = {f.rel for f in amendments.changed_in_place(lake, files, ledger)}
     return [
         f

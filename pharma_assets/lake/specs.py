@@ -181,10 +181,16 @@ class CppSpec(_Model):
                 lim = s.limits(ph)
                 assert lim.nor is not None and lim.par is not None
                 rows.append(
-                    {"tag": tag, "phase": ph, "target": lim.target,
-                     "nor_lo": lim.nor[0], "nor_hi": lim.nor[1],
-                     "par_lo": lim.par[0], "par_hi": lim.par[1]}
-                )  # fmt: skip
+                    {
+                        "tag": tag,
+                        "phase": ph,
+                        "target": lim.target,
+                        "nor_lo": lim.nor[0],
+                        "nor_hi": lim.nor[1],
+                        "par_lo": lim.par[0],
+                        "par_hi": lim.par[1],
+                    }
+                )
         return rows
 
 

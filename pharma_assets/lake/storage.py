@@ -235,10 +235,15 @@ def _write_parts(folder: Path, reader: pa.RecordBatchReader) -> list[AddAction]:
             return
         writer.close()
         st = path.stat()
-        stats = {"numRecords": rows, "minValues": {c: _stat(v) for c, v in lo.items()},
-                 "maxValues": {c: _stat(v) for c, v in hi.items()}, "nullCount": nulls}  # fmt: skip
-        adds.append(AddAction(path.name, st.st_size, {}, int(st.st_mtime * 1000), True,
-                              json.dumps(stats)))  # fmt: skip
+        stats = {
+            "numRecords": rows,
+            "minValues": {c: _stat(v) for c, v in lo.items()},
+            "maxValues": {c: _stat(v) for c, v in hi.items()},
+            "nullCount": nulls,
+        }
+        adds.append(
+            AddAction(path.name, st.st_size, {}, int(st.st_mtime * 1000), True, json.dumps(stats))
+        )
         writer, path, rows = None, None, 0
         lo.clear()
         hi.clear()
@@ -589,9 +594,12 @@ class Lake:
                 dt = self.table(layer, name)
                 assert dt is not None
                 dt.create_write_transaction(
-                    actions, mode="append", schema=dt.schema(), commit_properties=props,
+                    actions,
+                    mode="append",
+                    schema=dt.schema(),
+                    commit_properties=props,
                     post_commithook_properties=post_commit_hooks(dt),
-                )  # fmt: skip
+                )
                 dt.update_incremental()
                 return dt.version()
             except (CommitFailedError, OSError) as e:

@@ -49,8 +49,14 @@ class TelemetryIngestReport:
 
 
 def _merge(into: silver.SilverReport, other: silver.SilverReport) -> None:
-    for k in ("files_processed", "files_deferred", "rows_in", "rows_valid", "rows_quarantined",
-              "segments"):  # fmt: skip
+    for k in (
+        "files_processed",
+        "files_deferred",
+        "rows_in",
+        "rows_valid",
+        "rows_quarantined",
+        "segments",
+    ):
         setattr(into, k, getattr(into, k) + getattr(other, k))
     into.failed_checks.update(other.failed_checks)
     into.batches |= other.batches
@@ -99,9 +105,17 @@ def ingest_telemetry(
 
     def run_bronze() -> bronze.IngestReport:
         try:
-            return bronze.ingest_files(lake, landing_root, "telemetry", files, run_id,
-                                       max_rows_per_commit=max_rows, now=now, limits=limits,
-                                       on_commit=on_commit)  # fmt: skip
+            return bronze.ingest_files(
+                lake,
+                landing_root,
+                "telemetry",
+                files,
+                run_id,
+                max_rows_per_commit=max_rows,
+                now=now,
+                limits=limits,
+                on_commit=on_commit,
+            )
         finally:
             while True:  # the end marker, unless silver has stopped listening
                 try:
@@ -125,8 +139,9 @@ def ingest_telemetry(
                     names = [f.rel for f in ready]
                     rows = rows.filter(pl.col("source_file").is_in(names))
                 group = [(f.batch_id or "", f.rel) for f in ready]
-                process_group(lake, group, spec, batches, phases, run_id, silver_now, srep,
-                               rows=rows)  # fmt: skip
+                process_group(
+                    lake, group, spec, batches, phases, run_id, silver_now, srep, rows=rows
+                )
                 handed += len(ready)
                 del rows, item
         except BaseException:

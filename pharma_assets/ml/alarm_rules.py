@@ -78,9 +78,13 @@ class PersistenceRule:
         return (a.rolling_sum(self.n, min_samples=1).over(by) >= self.k).fill_null(False)
 
     def apply(
-        self, df: pl.DataFrame, order: str, alarm: str = "alarm", by: str = "batch_id",
+        self,
+        df: pl.DataFrame,
+        order: str,
+        alarm: str = "alarm",
+        by: str = "batch_id",
         out: str = "confirmed_alarm",
-    ) -> pl.DataFrame:  # fmt: skip
+    ) -> pl.DataFrame:
         """``df`` sorted by (``by``, ``order``) with the confirmed flag in ``out``."""
         return df.sort(by, order).with_columns(self.expr(pl.col(alarm), by).alias(out))
 
@@ -260,8 +264,14 @@ def contamination_figures(
     cont = fault_labels.filter(pl.col("fault_type") == "contamination")
     cont_ids = set(cont["batch_id"].drop_nulls().to_list())
     samples = scores.select("batch_id", "window_end_ts", "alarm")
-    f = batch_figures(samples, rule, "window_end_ts", sorted(scored - faulted),
-                      cont.select("batch_id", "onset_ts"), batches)  # fmt: skip
+    f = batch_figures(
+        samples,
+        rule,
+        "window_end_ts",
+        sorted(scored - faulted),
+        cont.select("batch_id", "onset_ts"),
+        batches,
+    )
     per = batch_any_confirmed(samples, rule, "window_end_ts")
     nonc = per.filter(~pl.col("batch_id").is_in(sorted(cont_ids)))
     f["non_contaminated_batch_alarm_share"] = _share(nonc["confirmed_alarm"])
@@ -280,8 +290,9 @@ def mspc_figures(
     faulted = fault_labels.filter(pl.col("batch_id").is_not_null())
     onsets = faulted.select("batch_id", "onset_ts")
     good = sorted(scored - set(faulted["batch_id"].to_list()))
-    return _prefixed(batch_figures(s, rule, "hour_end_ts", good, onsets, batches,
-                                   require_new_run=True))  # fmt: skip
+    return _prefixed(
+        batch_figures(s, rule, "hour_end_ts", good, onsets, batches, require_new_run=True)
+    )
 
 
 def mspc_samples(scores: pl.DataFrame, batches: pl.DataFrame) -> pl.DataFrame:

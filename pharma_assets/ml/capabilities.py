@@ -102,19 +102,29 @@ def assess(
     for i, c in enumerate(out):
         cap = _CLASS_CAPABILITY[c.capability]
         if c.applies and not uc.supports(cap):
-            out[i] = Capability(c.capability, False, f"unit class {uc.name!r} does not declare "
-                                f"{cap}: no {c.capability} model", c.target)  # fmt: skip
+            out[i] = Capability(
+                c.capability,
+                False,
+                f"unit class {uc.name!r} does not declare {cap}: no {c.capability} model",
+                c.target,
+            )
     return out
 
 
-_CLASS_CAPABILITY = {PDM: "pdm", CONTAMINATION: "contamination", MSPC: "mspc",
-                     QUALITY: "quality_models"}  # fmt: skip
+_CLASS_CAPABILITY = {
+    PDM: "pdm",
+    CONTAMINATION: "contamination",
+    MSPC: "mspc",
+    QUALITY: "quality_models",
+}
 
 
 def _assess_data(
-    lake: Lake, quality_counts: dict[str, int] | None, reference: list[str] | None,
+    lake: Lake,
+    quality_counts: dict[str, int] | None,
+    reference: list[str] | None,
     uc: UnitClass,
-) -> list[Capability]:  # fmt: skip
+) -> list[Capability]:
     out: list[Capability] = []
     tags = _tags(lake)
     batches = lake.read("silver", "batches", ["batch_id", "status"])
@@ -127,17 +137,33 @@ def _assess_data(
     declared = {d.type for d in uc.equipment.values()}
     have_eq = [e for e, ts in PDM_EQUIPMENT_TAGS.items() if e in declared and set(ts) <= tags]
     if not declared & set(PDM_EQUIPMENT_TAGS):
-        out.append(Capability(PDM, False, f"unit class {uc.name!r} declares no equipment PdM "
-                              f"knows ({', '.join(PDM_EQUIPMENT_TAGS)}): no PdM"))  # fmt: skip
+        out.append(
+            Capability(
+                PDM,
+                False,
+                f"unit class {uc.name!r} declares no equipment PdM "
+                f"knows ({', '.join(PDM_EQUIPMENT_TAGS)}): no PdM",
+            )
+        )
     elif maint is None or maint.height == 0:
         out.append(Capability(PDM, False, "no CMMS maintenance records imported: no PdM"))
     elif not have_eq:
         need = sorted({t for ts in PDM_EQUIPMENT_TAGS.values() for t in ts})
-        out.append(Capability(PDM, False, "no declared equipment with condition tags PdM "
-                              f"reads ({', '.join(need)}): no PdM"))  # fmt: skip
+        out.append(
+            Capability(
+                PDM,
+                False,
+                f"no declared equipment with condition tags PdM reads ({', '.join(need)}): no PdM",
+            )
+        )
     elif maint.filter(pl.col("event_type") == "failure").height == 0:
-        out.append(Capability(PDM, False, f"{maint.height} CMMS records but no failure "
-                              "among them: nothing for PdM to learn"))  # fmt: skip
+        out.append(
+            Capability(
+                PDM,
+                False,
+                f"{maint.height} CMMS records but no failure among them: nothing for PdM to learn",
+            )
+        )
     else:
         out.append(
             Capability(PDM, True, f"CMMS failures and condition tags for {', '.join(have_eq)}")
@@ -146,14 +172,30 @@ def _assess_data(
     # contamination: cell culture only
     missing = [t for t in CELL_CULTURE_TAGS if t not in tags]
     if not uc.cell_culture:
-        out.append(Capability(CONTAMINATION, False, f"unit class {uc.name!r} is not a cell "
-                              "culture: no contamination model"))  # fmt: skip
+        out.append(
+            Capability(
+                CONTAMINATION,
+                False,
+                f"unit class {uc.name!r} is not a cell culture: no contamination model",
+            )
+        )
     elif missing:
-        out.append(Capability(CONTAMINATION, False, "no cell-culture unit (tags "
-                              f"{', '.join(missing)} absent): no contamination model"))  # fmt: skip
+        out.append(
+            Capability(
+                CONTAMINATION,
+                False,
+                f"no cell-culture unit (tags {', '.join(missing)} absent): no contamination model",
+            )
+        )
     elif completed < MIN_CLEAN_BATCHES:
-        out.append(Capability(CONTAMINATION, False, f"{completed} completed batches, fewer than "
-                              f"{MIN_CLEAN_BATCHES}: no contamination model"))  # fmt: skip
+        out.append(
+            Capability(
+                CONTAMINATION,
+                False,
+                f"{completed} completed batches, fewer than "
+                f"{MIN_CLEAN_BATCHES}: no contamination model",
+            )
+        )
     else:
         out.append(
             Capability(CONTAMINATION, True, f"cell-culture tags and {completed} completed batches")
@@ -164,17 +206,30 @@ def _assess_data(
     if not tags:
         out.append(Capability(MSPC, False, "no telemetry in silver: no MSPC"))
     elif len(ref) < MIN_REFERENCE_BATCHES:
-        out.append(Capability(MSPC, False, f"{len(ref)} reference batches ({how}), fewer than "
-                              f"{MIN_REFERENCE_BATCHES}: no MSPC or golden batch; give a list of "
-                              "reference batches (--reference-batches) or import release results"))  # fmt: skip
+        out.append(
+            Capability(
+                MSPC,
+                False,
+                f"{len(ref)} reference batches ({how}), fewer than "
+                f"{MIN_REFERENCE_BATCHES}: no MSPC or golden batch; give a list of "
+                "reference batches (--reference-batches) or import release results",
+            )
+        )
     else:
         out.append(Capability(MSPC, True, f"{len(ref)} reference batches ({how})"))
 
     # quality models: per target, enough completed batches with a result
     for name, n in (quality_counts or {}).items():
         if n < MIN_QUALITY_BATCHES:
-            out.append(Capability(QUALITY, False, f"{n} completed batches with a result, fewer "
-                                  f"than {MIN_QUALITY_BATCHES}: no quality model", target=name))  # fmt: skip
+            out.append(
+                Capability(
+                    QUALITY,
+                    False,
+                    f"{n} completed batches with a result, fewer "
+                    f"than {MIN_QUALITY_BATCHES}: no quality model",
+                    target=name,
+                )
+            )
         else:
             out.append(
                 Capability(QUALITY, True, f"{n} completed batches with a result", target=name)
@@ -191,9 +246,15 @@ def as_table(caps: list[Capability], run_id: str, now: datetime | None = None) -
     ts = now or datetime.now(UTC)
     return pl.DataFrame(
         [
-            {"capability": c.capability, "target": c.target, "applies": c.applies,
-             "reason": c.reason, "assessed_at": ts, "run_id": run_id}
+            {
+                "capability": c.capability,
+                "target": c.target,
+                "applies": c.applies,
+                "reason": c.reason,
+                "assessed_at": ts,
+                "run_id": run_id,
+            }
             for c in caps
         ],
         schema=CAPABILITY_SCHEMA,
-    )  # fmt: skip
+    )

@@ -74,9 +74,11 @@ def score_running(
         return LiveScoringResult(len(ids), 0, 0, "no timeline rows for the running batches")
     feats = contamination.window_features(tail, WINDOW_MIN, BASELINE_MIN, last_only=True)
     done = lake.read(
-        LIVE_LAYER, LIVE_TABLE, ["batch_id", "window_end_ts"],
+        LIVE_LAYER,
+        LIVE_TABLE,
+        ["batch_id", "window_end_ts"],
         filter_expr=pl.col("batch_id").is_in(ids),
-    )  # fmt: skip
+    )
     if done is not None and done.height:
         feats = feats.join(done, on=["batch_id", "window_end_ts"], how="anti")
     if feats.height == 0:

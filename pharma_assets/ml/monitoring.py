@@ -116,16 +116,22 @@ def train_mspc(
     cutoff, n_hold = contamination.split_by_start(batches)
     if reference:  # the process engineer's reference batches
         ref = set(reference)
-        good = sorted(summary.filter(pl.col("batch_id").is_in(sorted(ref))
-                                     & (pl.col("start_ts") < cutoff))["batch_id"].to_list())  # fmt: skip
+        good = sorted(
+            summary.filter(pl.col("batch_id").is_in(sorted(ref)) & (pl.col("start_ts") < cutoff))[
+                "batch_id"
+            ].to_list()
+        )
         if len(good) < 5:  # too few before the holdout: all the reference batches
             good = sorted(ref & set(summary["batch_id"].to_list()))
     else:
         good = mspc.good_batches(summary, before=cutoff)
     train_hourly = hourly_of(good)
-    tags = [c for c in train_hourly.columns
-            if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
-            and train_hourly[c].is_not_null().any()]  # fmt: skip
+    tags = [
+        c
+        for c in train_hourly.columns
+        if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
+        and train_hourly[c].is_not_null().any()
+    ]
     model = mspc.train(train_hourly, batches, good, tags=tags)
     hold = _heldout(batches, cutoff)
     hold_hourly = hourly_of(hold)
@@ -133,12 +139,18 @@ def train_mspc(
         summary.filter(
             (pl.col("start_ts") >= cutoff)
             & (pl.col("status") == "complete")
-            & (pl.col("batch_id").is_in(sorted(reference)) if reference
-               else pl.col("right_first_time").fill_null(False))
+            & (
+                pl.col("batch_id").is_in(sorted(reference))
+                if reference
+                else pl.col("right_first_time").fill_null(False)
+            )
         )["batch_id"].to_list()
-    )  # fmt: skip
-    done_hold = set(batches.filter((pl.col("start_ts") >= cutoff)
-                                   & (pl.col("status") == "complete"))["batch_id"].to_list())  # fmt: skip
+    )
+    done_hold = set(
+        batches.filter((pl.col("start_ts") >= cutoff) & (pl.col("status") == "complete"))[
+            "batch_id"
+        ].to_list()
+    )
     not_good_hold = done_hold - good_hold
 
     def evaluate(m: Any) -> dict[str, float]:

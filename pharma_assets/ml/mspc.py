@@ -156,9 +156,12 @@ def hourly_means_from_minutes(
     if missing:
         raise MSPCInputError(f"per-minute frame lacks columns {missing}")
     m = minutes.select(
-        "batch_id", "elapsed_min", "unit_id", "minute_ts",
+        "batch_id",
+        "elapsed_min",
+        "unit_id",
+        "minute_ts",
         *[pl.col(t).cast(pl.Float64) for t in tags],
-    )  # fmt: skip
+    )
     last = m.group_by("batch_id").agg(n_complete=(pl.col("elapsed_min").max() + 1) // step_min)
     hourly = (
         m.with_columns(
@@ -213,8 +216,14 @@ def fill_gaps(
             .with_columns(_last_h=pl.min_horizontal(pl.col("n_complete") - 1, pl.col("_last_h")))
             .drop("n_complete")
         )
-    if (hourly.group_by("batch_id").len().join(span, on="batch_id")
-            .filter(pl.col("len") != pl.col("_last_h") + 1).height == 0):  # fmt: skip
+    if (
+        hourly.group_by("batch_id")
+        .len()
+        .join(span, on="batch_id")
+        .filter(pl.col("len") != pl.col("_last_h") + 1)
+        .height
+        == 0
+    ):
         return hourly
     grid = (
         span.select("batch_id", "unit_id", "start", hour=pl.int_ranges(0, pl.col("_last_h") + 1))
@@ -231,10 +240,13 @@ def fill_gaps(
         next_h = pl.when(has).then(pl.col("hour")).backward_fill().over("batch_id")
         interp = pl.col(t).interpolate().over("batch_id")
         out.append(
-            pl.when(has).then(pl.col(t))
-            .when((next_h - prev_h) <= max_gap_h).then(interp)
-            .otherwise(None).alias(t)
-        )  # fmt: skip
+            pl.when(has)
+            .then(pl.col(t))
+            .when((next_h - prev_h) <= max_gap_h)
+            .then(interp)
+            .otherwise(None)
+            .alias(t)
+        )
     return g.with_columns(out).select(hourly.columns)
 
 
@@ -349,10 +361,15 @@ class MSPCModel:
             with _quiet():
                 a = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
             n, k = a.shape
-            frames.append(pl.DataFrame({
-                "batch_id": np.repeat(np.asarray(m.batch_ids, dtype=object), k).tolist(),
-                "hour": np.tile(np.arange(k), n), "alarm": a.ravel(),
-            }))  # fmt: skip
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "batch_id": np.repeat(np.asarray(m.batch_ids, dtype=object), k).tolist(),
+                        "hour": np.tile(np.arange(k), n),
+                        "alarm": a.ravel(),
+                    }
+                )
+            )
         return pl.concat(frames) if frames else pl.DataFrame()
 
 
@@ -675,9 +692,16 @@ def train(
             f"no recipe has >= {min_batches} good batches with telemetry (counts: {skipped})"
         )
     model = MSPCModel(
-        models, alpha, cev_target, max_components, n_folds, skipped, max_batches, scale_window_h,
+        models,
+        alpha,
+        cev_target,
+        max_components,
+        n_folds,
+        skipped,
+        max_batches,
+        scale_window_h,
         step_h=step_hours(hourly) if _is_hourly(hourly) else 1.0,
-    )  # fmt: skip
+    )
     choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
     return model

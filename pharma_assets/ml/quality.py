@@ -346,5 +346,8 @@ def assay_noise_ceiling(pred: pl.DataFrame, truth: pl.DataFrame, target: str) ->
     y = j["y_true"].to_numpy().astype(float)
     t = j["_true"].to_numpy().astype(float)
     m = regression_metrics(y, t)
-    return {"ceiling_r2": m["r2"], "ceiling_n": float(len(y)),
-            "assay_cv": float(np.std((y - t) / t)) if len(y) else float("nan")}  # fmt: skip
+    return {
+        "ceiling_r2": m["r2"],
+        "ceiling_n": float(len(y)),
+        "assay_cv": float(np.std((y - t) / t)) if len(y) else float("nan"),
+    }

@@ -264,8 +264,9 @@ def _beats(value: float, bar: float, metric: str) -> bool:
     return value > bar if _higher_is_better_metric(metric) else value < bar
 
 
-def minimum_shortfall(metrics: Mapping[str, float | None], minimum: Minimum | None,
-                      gate_metric: str) -> str | None:  # fmt: skip
+def minimum_shortfall(
+    metrics: Mapping[str, float | None], minimum: Minimum | None, gate_metric: str
+) -> str | None:
     """Why a model does not meet its minimum (one sentence), or None if it does."""
     if minimum is None:
         return "no minimum declared for this model, so the gate cannot tell whether it is any good"

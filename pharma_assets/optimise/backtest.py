@@ -52,9 +52,15 @@ def simulate_held_out(
     rec = Engine(inputs, dt_h=dt_h, seed=seed).run(math.ceil(float(inputs.end_h.max()) / dt_h) + 1)
     bids = [plan.batches[i].batch_id for i in idx]
     obs = from_engine(
-        rec, inputs, dt_h, bids, [plan.batches[i].recipe.recipe_id for i in idx], seed=seed + 1,
-        starts=[plan.batches[i].start for i in idx], lots=[plan.batches[i].lots for i in idx],
-    )  # fmt: skip
+        rec,
+        inputs,
+        dt_h,
+        bids,
+        [plan.batches[i].recipe.recipe_id for i in idx],
+        seed=seed + 1,
+        starts=[plan.batches[i].start for i in idx],
+        lots=[plan.batches[i].lots for i in idx],
+    )
     truth = {}
     for j, bid in enumerate(bids):
         k = min(math.ceil(float(inputs.end_h[j]) / dt_h), rec["P"].shape[0]) - 1

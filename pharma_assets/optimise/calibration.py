@@ -225,8 +225,18 @@ def build_problem(
         if not p_sd > 0:
             raise ValueError(f"prior sd of {name} must be positive, got {p_sd}")
         prior_mean[names.index(name)], prior_sd[names.index(name)] = p_mean, p_sd
-    pb = _Problem(obs, recipe, names, prior_mean, prior_sd, base, s0, t_end, feed_hist,
-                  params or KineticParams())  # fmt: skip
+    pb = _Problem(
+        obs,
+        recipe,
+        names,
+        prior_mean,
+        prior_sd,
+        base,
+        s0,
+        t_end,
+        feed_hist,
+        params or KineticParams(),
+    )
     kinds: list[str] = []
     idx: list[int] = []
     y: list[float] = []

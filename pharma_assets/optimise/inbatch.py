@@ -59,8 +59,13 @@ def action_bounds(cal: CalibratedBatch, spec: CppSpec | None = None) -> dict[str
     return box(cal.as_of_h / 24, float(u.shift_h[0]) / 24, float(u.end_h[0]) / 24, pct, spec)
 
 
-def box(as_of_d: float, shift: float, planned_end: float, feed_pct_fill_per_day: float,
-        spec: CppSpec | None = None) -> dict[str, Bound]:  # fmt: skip
+def box(
+    as_of_d: float,
+    shift: float,
+    planned_end: float,
+    feed_pct_fill_per_day: float,
+    spec: CppSpec | None = None,
+) -> dict[str, Bound]:
     """`action_bounds` from the batch's as-of day, planned shift and end days and feed rate."""
     spec = spec or load_spec()
 
@@ -96,10 +101,13 @@ def planned_actions(cal: CalibratedBatch) -> dict[str, float]:
     """The batch's plan as it stands (no change)."""
     u = cal.inputs
     return {
-        "T_prod": float(u.T_prod[0]), "shift_day": float(u.shift_h[0]) / 24.0,
-        "ph_sp": float(u.ph_sp[0]), "do_sp": float(u.do_sp[0]), "feed_scale": 1.0,
+        "T_prod": float(u.T_prod[0]),
+        "shift_day": float(u.shift_h[0]) / 24.0,
+        "ph_sp": float(u.ph_sp[0]),
+        "do_sp": float(u.do_sp[0]),
+        "feed_scale": 1.0,
         "harvest_day": float(u.end_h[0]) / 24.0,
-    }  # fmt: skip
+    }
 
 
 def to_scenario(a: dict[str, float], cal: CalibratedBatch) -> Scenario:
@@ -110,9 +118,13 @@ def to_scenario(a: dict[str, float], cal: CalibratedBatch) -> Scenario:
         return float(a[k]) if abs(a[k] - p[k]) > 1e-9 else None
 
     return Scenario(
-        shift_day=ch("shift_day"), production_temp_c=ch("T_prod"), ph=ch("ph_sp"),
-        do_pct=ch("do_sp"), feed_scale=ch("feed_scale"), harvest_day=ch("harvest_day"),
-    )  # fmt: skip
+        shift_day=ch("shift_day"),
+        production_temp_c=ch("T_prod"),
+        ph=ch("ph_sp"),
+        do_pct=ch("do_sp"),
+        feed_scale=ch("feed_scale"),
+        harvest_day=ch("harvest_day"),
+    )
 
 
 def par_problems(
@@ -150,10 +162,14 @@ def _apply(u: model.TwinInputs, actions: Sequence[dict[str, float]], m: int) -> 
     col = lambda k: np.repeat([a[k] for a in actions], m)  # noqa: E731
     end_h = col("harvest_day") * 24.0
     return u.with_values(
-        T_prod=col("T_prod"), shift_h=col("shift_day") * 24.0, ph_sp=col("ph_sp"),
-        do_sp=col("do_sp"), feed_lph=u.feed_lph * col("feed_scale"), end_h=end_h,
+        T_prod=col("T_prod"),
+        shift_h=col("shift_day") * 24.0,
+        ph_sp=col("ph_sp"),
+        do_sp=col("do_sp"),
+        feed_lph=u.feed_lph * col("feed_scale"),
+        end_h=end_h,
         feed_end_h=np.minimum(u.feed_end_h, end_h - 2.0),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -191,10 +207,15 @@ def score_actions(
     out = []
     for i, a in enumerate(actions):
         sl = slice(i * m, (i + 1) * m)
-        out.append(ActionScore(
-            dict(a), float(cq["product_mass_kg"][sl].mean()), float(joint[sl].mean()),
-            {n: float(np.median(v[sl])) for n, v in cq.items()}, cq["product_mass_kg"][sl],
-        ))  # fmt: skip
+        out.append(
+            ActionScore(
+                dict(a),
+                float(cq["product_mass_kg"][sl].mean()),
+                float(joint[sl].mean()),
+                {n: float(np.median(v[sl])) for n, v in cq.items()},
+                cq["product_mass_kg"][sl],
+            )
+        )
     return out
 
 
@@ -237,16 +258,20 @@ class Recommendation:
 
     def record(self) -> dict[str, object]:
         return {
-            "batch_id": self.batch_id, "as_of_h": self.as_of_h, "engine": self.engine,
+            "batch_id": self.batch_id,
+            "as_of_h": self.as_of_h,
+            "engine": self.engine,
             **{f"rec_{k}": v for k, v in self.actions.items()},
             **{f"plan_{k}": v for k, v in self.planned.items()},
             "expected_product_kg": self.expected_product_kg,
             "planned_product_kg": self.planned_product_kg,
-            "expected_gain_kg": self.expected_gain_kg, "gain_p05_kg": self.interval_gain_kg[0],
-            "gain_p95_kg": self.interval_gain_kg[1], "p_in_spec": self.p_ok,
+            "expected_gain_kg": self.expected_gain_kg,
+            "gain_p05_kg": self.interval_gain_kg[0],
+            "gain_p95_kg": self.interval_gain_kg[1],
+            "p_in_spec": self.p_ok,
             "planned_p_in_spec": self.planned_p_ok,
             "changes": ", ".join(f"{k}={v:.3g}" for k, v in self.changed.items()) or "none",
-        }  # fmt: skip
+        }
 
 
 def finish(
@@ -265,16 +290,29 @@ def finish(
     d = chosen.product_kg - base.product_kg
     changed = {k: v for k, v in chosen.actions.items() if abs(v - plan[k]) > 1e-9}
     return Recommendation(
-        cal.batch_id, cal.as_of_h, engine, chosen.actions, plan, chosen.mean_product_kg,
-        base.mean_product_kg, chosen.p_ok, base.p_ok,
-        (float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))), changed, chosen.cqa_median,
-    )  # fmt: skip
+        cal.batch_id,
+        cal.as_of_h,
+        engine,
+        chosen.actions,
+        plan,
+        chosen.mean_product_kg,
+        base.mean_product_kg,
+        chosen.p_ok,
+        base.p_ok,
+        (float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))),
+        changed,
+        chosen.cqa_median,
+    )
 
 
 def recommend_mpc(
-    cal: CalibratedBatch, n_candidates: int = 128, n_search_members: int = 12, top: int = 6,
-    seed: int = 0, spec: CppSpec | None = None,
-) -> Recommendation:  # fmt: skip
+    cal: CalibratedBatch,
+    n_candidates: int = 128,
+    n_search_members: int = 12,
+    top: int = 6,
+    seed: int = 0,
+    spec: CppSpec | None = None,
+) -> Recommendation:
     """Model-predictive choice on the calibrated twin: candidates scored on a member subset,
     the best ``top`` feasible re-scored on every member."""
     spec = spec or load_spec()
@@ -315,20 +353,32 @@ def harvest_timing(
     if not len(days) or abs(days - plan["harvest_day"]).min() > 1e-9:
         days = np.sort(np.append(days, plan["harvest_day"]))
     scores = score_actions(cal, [plan | {"harvest_day": float(d)} for d in days], spec=spec)
-    curve = pl.DataFrame({
-        "harvest_day": days, "mean_product_kg": [s.mean_product_kg for s in scores],
-        "p05_kg": [float(np.quantile(s.product_kg, 0.05)) for s in scores],
-        "p95_kg": [float(np.quantile(s.product_kg, 0.95)) for s in scores],
-        "p_ok": [s.p_ok for s in scores],
-        "viability_pct": [s.cqa_median["viability_pct"] for s in scores],
-        "aggregates_hmw_pct": [s.cqa_median["aggregates_hmw_pct"] for s in scores],
-    })  # fmt: skip
+    curve = pl.DataFrame(
+        {
+            "harvest_day": days,
+            "mean_product_kg": [s.mean_product_kg for s in scores],
+            "p05_kg": [float(np.quantile(s.product_kg, 0.05)) for s in scores],
+            "p95_kg": [float(np.quantile(s.product_kg, 0.95)) for s in scores],
+            "p_ok": [s.p_ok for s in scores],
+            "viability_pct": [s.cqa_median["viability_pct"] for s in scores],
+            "aggregates_hmw_pct": [s.cqa_median["aggregates_hmw_pct"] for s in scores],
+        }
+    )
     feas = curve.filter(pl.col("p_ok") >= MIN_P)
     i_plan = int(np.argmin(abs(days - plan["harvest_day"])))
-    best = feas.sort("mean_product_kg", descending=True).row(0, named=True) if feas.height else (
-        curve.row(i_plan, named=True))  # fmt: skip
+    best = (
+        feas.sort("mean_product_kg", descending=True).row(0, named=True)
+        if feas.height
+        else (curve.row(i_plan, named=True))
+    )
     return HarvestAdvice(
-        cal.batch_id, cal.as_of_h, float(best["harvest_day"]), float(best["mean_product_kg"]),
-        (float(best["p05_kg"]), float(best["p95_kg"])), plan["harvest_day"],
-        float(curve["mean_product_kg"][i_plan]), float(best["p_ok"]), curve,
-    )  # fmt: skip
+        cal.batch_id,
+        cal.as_of_h,
+        float(best["harvest_day"]),
+        float(best["mean_product_kg"]),
+        (float(best["p05_kg"]), float(best["p95_kg"])),
+        plan["harvest_day"],
+        float(curve["mean_product_kg"][i_plan]),
+        float(best["p_ok"]),
+        curve,
+    )

@@ -71,8 +71,12 @@ def _params(kind: str) -> KineticParams:
 
 
 def _stack(inputs: list[BatchInputs]) -> BatchInputs:
-    return BatchInputs(**{f.name: np.concatenate([getattr(u, f.name) for u in inputs])
-                          for f in fields(BatchInputs)})  # fmt: skip
+    return BatchInputs(
+        **{
+            f.name: np.concatenate([getattr(u, f.name) for u in inputs])
+            for f in fields(BatchInputs)
+        }
+    )
 
 
 def _with_actions(u: BatchInputs, acts: list[dict[str, float]]) -> BatchInputs:
@@ -80,10 +84,12 @@ def _with_actions(u: BatchInputs, acts: list[dict[str, float]]) -> BatchInputs:
     return u.with_values(
         T_prod=np.array([a["T_prod"] for a in acts]),
         shift_h=np.array([a["shift_day"] * 24.0 for a in acts]),
-        ph_sp=np.array([a["ph_sp"] for a in acts]), do_sp=np.array([a["do_sp"] for a in acts]),
-        feed_lph=u.feed_lph * np.array([a["feed_scale"] for a in acts]), end_h=end_h,
+        ph_sp=np.array([a["ph_sp"] for a in acts]),
+        do_sp=np.array([a["do_sp"] for a in acts]),
+        feed_lph=u.feed_lph * np.array([a["feed_scale"] for a in acts]),
+        end_h=end_h,
         feed_end_h=np.minimum(u.feed_end_h, end_h - 2.0),
-    )  # fmt: skip
+    )
 
 
 def evaluate(
@@ -99,8 +105,13 @@ def evaluate(
 ) -> InBatchEvaluation:
     spec = spec or load_spec()
     plant = plant or load_plant()
-    plan = plan_history(plant, RecipeBook(recipes=[recipe]), per_disturbance * 6, eval_seed,
-                        start=datetime(2028, 6, 5, tzinfo=UTC))  # fmt: skip
+    plan = plan_history(
+        plant,
+        RecipeBook(recipes=[recipe]),
+        per_disturbance * 6,
+        eval_seed,
+        start=datetime(2028, 6, 5, tzinfo=UTC),
+    )
     clean = [b for b in plan.batches if b.status == "complete" and not b.faults]
     need = per_disturbance * len(DISTURBANCES)
     if len(clean) < need:
@@ -110,8 +121,14 @@ def evaluate(
     done = 0
     for g, kind in enumerate(DISTURBANCES):
         group = clean[g * per_disturbance : (g + 1) * per_disturbance]
-        u = _stack([BatchInputs(**{k: np.array([v], float) for k, v in _disturb(kind, b.inputs).items()})
-                    for b in group])  # fmt: skip
+        u = _stack(
+            [
+                BatchInputs(
+                    **{k: np.array([v], float) for k, v in _disturb(kind, b.inputs).items()}
+                )
+                for b in group
+            ]
+        )
         params = _params(kind)
         eng = Engine(u, dt_h=DT, seed=eval_seed + g, params=params)
         rec = eng.run(k_dec)
@@ -132,15 +149,19 @@ def evaluate(
             arms["fixed"].append(mpc.planned)
             arms["mpc"].append(mpc.actions)
             arms["neural"].append(neu.actions)
-            extra.append({
-                "mpc_par_problems": len(par_problems(mpc.actions, cal, spec)),
-                "neural_par_problems": len(par_problems(neu.actions, cal, spec)),
-                "mpc_expected_gain_kg": mpc.expected_gain_kg,
-                "neural_expected_gain_kg": neu.expected_gain_kg,
-                "mpc_changes": mpc.record()["changes"], "neural_changes": neu.record()["changes"],
-                "neural_kept": ok, "harvest_day_advised": hv.harvest_day,
-                "harvest_expected_kg": hv.expected_product_kg,
-            })  # fmt: skip
+            extra.append(
+                {
+                    "mpc_par_problems": len(par_problems(mpc.actions, cal, spec)),
+                    "neural_par_problems": len(par_problems(neu.actions, cal, spec)),
+                    "mpc_expected_gain_kg": mpc.expected_gain_kg,
+                    "neural_expected_gain_kg": neu.expected_gain_kg,
+                    "mpc_changes": mpc.record()["changes"],
+                    "neural_changes": neu.record()["changes"],
+                    "neural_kept": ok,
+                    "harvest_day_advised": hv.harvest_day,
+                    "harvest_expected_kg": hv.expected_product_kg,
+                }
+            )
             done += 1
             if progress:
                 progress(done, need)
@@ -149,26 +170,42 @@ def evaluate(
             ends = ua.end_h.copy()
             acc = EngineSummary(ua, ends, DT)
             acc.add(rec, 0)
-            st = EngineState(**{f.name: (getattr(state0, f.name) if f.name == "k" else
-                                         getattr(state0, f.name).copy()) for f in fields(EngineState)})  # fmt: skip
+            st = EngineState(
+                **{
+                    f.name: (
+                        getattr(state0, f.name) if f.name == "k" else getattr(state0, f.name).copy()
+                    )
+                    for f in fields(EngineState)
+                }
+            )
             e2 = Engine(ua, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=st)
             cpp = _CppWatch(ua, spec)
             res = _run_watched(e2, acc, cpp)
             for i, b in enumerate(group):
                 h = {k: float(v[i]) for k, v in res.items()}
                 rng = np.random.default_rng([eval_seed, g, i])
-                assays = {k: v for k, v, _ in release_assays(h, b.lot_attributes["media_mn_ppb"],
-                                                             True, rng)}  # fmt: skip
+                assays = {
+                    k: v
+                    for k, v, _ in release_assays(h, b.lot_attributes["media_mn_ppb"], True, rng)
+                }
                 bad = [k for k, v in assays.items() if not in_spec(spec, k, v)]
-                rows.append({
-                    "batch_id": bids[i], "disturbance": kind, "arm": arm,
-                    "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,
-                    "harvest_day": float(ends[i]) / 24, "cqa_out_of_spec": ",".join(bad),
-                    "cpp_minutes_outside_par": float(cpp.minutes[i]),
-                    "viability_pct": 100 * h["final_viability"],
-                    **{f"cqa_{k}": assays[k] for k in ("aggregates_hmw_pct", "g0f_pct", "titer_g_l")},
-                    **extra[i],
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "batch_id": bids[i],
+                        "disturbance": kind,
+                        "arm": arm,
+                        "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,
+                        "harvest_day": float(ends[i]) / 24,
+                        "cqa_out_of_spec": ",".join(bad),
+                        "cpp_minutes_outside_par": float(cpp.minutes[i]),
+                        "viability_pct": 100 * h["final_viability"],
+                        **{
+                            f"cqa_{k}": assays[k]
+                            for k in ("aggregates_hmw_pct", "g0f_pct", "titer_g_l")
+                        },
+                        **extra[i],
+                    }
+                )
     per = pl.DataFrame(rows)
     return InBatchEvaluation(per, summarise(per), decision_day, kept, total)
 
@@ -219,12 +256,18 @@ def summarise(per: pl.DataFrame) -> pl.DataFrame:
         n = len(d)
         se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
         tq = float(student_t.ppf(0.975, n - 1)) if n > 1 else float("nan")
-        out.append({
-            "disturbance": dist, "arm": arm, "batches": n,
-            "mean_product_mass_kg": float(g["product_mass_kg"].mean()),  # type: ignore[arg-type]
-            "gain_kg": float(d.mean()), "gain_pct": float(d.mean() / g["fixed_kg"].mean() * 100),  # type: ignore[operator]
-            "gain_ci_lo_kg": float(d.mean() - tq * se), "gain_ci_hi_kg": float(d.mean() + tq * se),
-            "cqa_breaks": int((g["cqa_out_of_spec"] != "").sum()),
-            "cpp_breaks": int((g["cpp_minutes_outside_par"] > 60).sum()),
-        })  # fmt: skip
+        out.append(
+            {
+                "disturbance": dist,
+                "arm": arm,
+                "batches": n,
+                "mean_product_mass_kg": float(g["product_mass_kg"].mean()),  # type: ignore[arg-type]
+                "gain_kg": float(d.mean()),
+                "gain_pct": float(d.mean() / g["fixed_kg"].mean() * 100),  # type: ignore[operator]
+                "gain_ci_lo_kg": float(d.mean() - tq * se),
+                "gain_ci_hi_kg": float(d.mean() + tq * se),
+                "cqa_breaks": int((g["cqa_out_of_spec"] != "").sum()),
+                "cpp_breaks": int((g["cpp_minutes_outside_par"] > 60).sum()),
+            }
+        )
     return pl.DataFrame(out)

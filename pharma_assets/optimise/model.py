@@ -239,11 +239,15 @@ def simulate(
         DO = np.minimum(maximum(u.do_sp, 100.0 - 100.0 * our_fac[j] * Xv * f_do / o2_cap), 100.0)
         f_do = DO / (DO + 3.0)
         mu = (
-            mu_fac[j] * f_do
-            * G / (G + p.k_glc) * Gln / (Gln + p.k_gln)
+            mu_fac[j]
+            * f_do
+            * G
+            / (G + p.k_glc)
+            * Gln
+            / (Gln + p.k_gln)
             / ((1.0 + L / p.ki_lac) * (1.0 + A / p.ki_amm))
             * maximum(1.0 - Xv / p.x_max, 0.0)
-        )  # fmt: skip
+        )
         kd = kd_fixed[j] + u.kd_mult * (
             p.kd_amm * A / (A + p.k_d_amm)
             + p.kd_starve * 0.1 / (G + 0.1)

@@ -86,19 +86,37 @@ def bounds(recipe: Recipe, spec: CppSpec | None = None) -> dict[str, Bound]:
     shift = sp.temperature_shift_day
     del ini
     return {
-        "T_grow": Bound("T_grow", *par("temperature_c", "growth"), f"temperature_c PAR (growth) {v}"),
-        "T_prod": Bound("T_prod", *par("temperature_c", "production"),
-                        f"temperature_c PAR (production) {v}"),
+        "T_grow": Bound(
+            "T_grow", *par("temperature_c", "growth"), f"temperature_c PAR (growth) {v}"
+        ),
+        "T_prod": Bound(
+            "T_prod", *par("temperature_c", "production"), f"temperature_c PAR (production) {v}"
+        ),
         "ph_sp": Bound("ph_sp", *par("ph", "production"), f"ph PAR {v}"),
-        "do_sp": Bound("do_sp", *par("dissolved_oxygen_pct", "production"),
-                       f"dissolved_oxygen_pct PAR (production) {v}"),
-        "shift_day": Bound("shift_day", max(shift - SHIFT_BAND_DAYS, 1.0), shift + SHIFT_BAND_DAYS,
-                           f"recipe shift day ± {SHIFT_BAND_DAYS:g} d (no PAR)"),
-        "feed_scale": Bound("feed_scale", FEED_SCALE_RANGE[0], min(FEED_SCALE_RANGE[1], feed_max),
-                            "recipe feed rate × 0.8-1.3, within the pump range (no PAR)"),
-        "harvest_day": Bound("harvest_day", end - HARVEST_EARLIEST_DAYS, end,
-                             f"schedule slot: at most the planned {end:g} days"),
-    }  # fmt: skip
+        "do_sp": Bound(
+            "do_sp",
+            *par("dissolved_oxygen_pct", "production"),
+            f"dissolved_oxygen_pct PAR (production) {v}",
+        ),
+        "shift_day": Bound(
+            "shift_day",
+            max(shift - SHIFT_BAND_DAYS, 1.0),
+            shift + SHIFT_BAND_DAYS,
+            f"recipe shift day ± {SHIFT_BAND_DAYS:g} d (no PAR)",
+        ),
+        "feed_scale": Bound(
+            "feed_scale",
+            FEED_SCALE_RANGE[0],
+            min(FEED_SCALE_RANGE[1], feed_max),
+            "recipe feed rate × 0.8-1.3, within the pump range (no PAR)",
+        ),
+        "harvest_day": Bound(
+            "harvest_day",
+            end - HARVEST_EARLIEST_DAYS,
+            end,
+            f"schedule slot: at most the planned {end:g} days",
+        ),
+    }
 
 
 def current_settings(recipe: Recipe) -> dict[str, float]:
@@ -153,19 +171,41 @@ def plant_draws(seeds: Sequence[int]) -> PlantDraws:
     """One draw per seed of the variability the plant simulator puts on a batch
     (twin.plant.plan_history), plus a death-rate spread the simulator does not vary but a
     real line has; seed ``s`` always gives the same batch."""
-    cols: dict[str, list[float]] = {k: [] for k in (
-        "xv0", "v0", "mu", "qp", "kd", "feed_conc", "feed_factor", "kla", "shift_dh",
-        "feed_start_dh", "end_dh", "glc0", "mn_ppb")}  # fmt: skip
+    cols: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "xv0",
+            "v0",
+            "mu",
+            "qp",
+            "kd",
+            "feed_conc",
+            "feed_factor",
+            "kla",
+            "shift_dh",
+            "feed_start_dh",
+            "end_dh",
+            "glc0",
+            "mn_ppb",
+        )
+    }
     for s in seeds:
         r = np.random.default_rng([TRAIN_STREAM, int(s)])
         row = {
-            "xv0": r.lognormal(0, 0.15), "v0": r.normal(1, 0.01),
-            "mu": r.normal(1, 0.03) * r.normal(1, 0.04), "qp": r.normal(1, 0.05),
-            "kd": r.lognormal(0, 0.10), "feed_conc": r.normal(1, 0.03),
-            "feed_factor": r.uniform(0.9, 1.0), "kla": r.normal(1, 0.06),
-            "shift_dh": r.normal(0, 1.5), "feed_start_dh": r.normal(0, 1.0),
-            "end_dh": r.normal(0, 2.0), "glc0": r.normal(1, 0.03), "mn_ppb": r.uniform(20, 60),
-        }  # fmt: skip
+            "xv0": r.lognormal(0, 0.15),
+            "v0": r.normal(1, 0.01),
+            "mu": r.normal(1, 0.03) * r.normal(1, 0.04),
+            "qp": r.normal(1, 0.05),
+            "kd": r.lognormal(0, 0.10),
+            "feed_conc": r.normal(1, 0.03),
+            "feed_factor": r.uniform(0.9, 1.0),
+            "kla": r.normal(1, 0.06),
+            "shift_dh": r.normal(0, 1.5),
+            "feed_start_dh": r.normal(0, 1.0),
+            "end_dh": r.normal(0, 2.0),
+            "glc0": r.normal(1, 0.03),
+            "mn_ppb": r.uniform(20, 60),
+        }
         for k, v in row.items():
             cols[k].append(float(v))
     return PlantDraws(tuple(int(s) for s in seeds), **{k: np.array(v) for k, v in cols.items()})
@@ -181,21 +221,32 @@ def twin_batches(
     col = lambda name: np.repeat([s[name] for s in settings], n)  # noqa: E731
     end_h = col("harvest_day") * 24.0 + tile(draws.end_dh)
     u = u.with_values(
-        T_grow=col("T_grow"), T_prod=col("T_prod"), ph_sp=col("ph_sp"), do_sp=col("do_sp"),
+        T_grow=col("T_grow"),
+        T_prod=col("T_prod"),
+        ph_sp=col("ph_sp"),
+        do_sp=col("do_sp"),
         shift_h=col("shift_day") * 24.0 + tile(draws.shift_dh),
         V0=u.V0 * tile(draws.v0),
         feed_start_h=u.feed_start_h + tile(draws.feed_start_dh),
         feed_end_h=np.minimum(recipe.feed.end_day * 24.0, end_h - 2.0),
-        feed_lph=u.feed_lph * col("feed_scale"), feed_factor=tile(draws.feed_factor),
-        feed_G=u.feed_G * tile(draws.feed_conc), feed_Gln=u.feed_Gln * tile(draws.feed_conc),
-        end_h=end_h, kla_min=u.kla_min * tile(draws.kla),
-        mu_mult=tile(draws.mu), kd_mult=tile(draws.kd), qp_mult=tile(draws.qp),
-    )  # fmt: skip
+        feed_lph=u.feed_lph * col("feed_scale"),
+        feed_factor=tile(draws.feed_factor),
+        feed_G=u.feed_G * tile(draws.feed_conc),
+        feed_Gln=u.feed_Gln * tile(draws.feed_conc),
+        end_h=end_h,
+        kla_min=u.kla_min * tile(draws.kla),
+        mu_mult=tile(draws.mu),
+        kd_mult=tile(draws.kd),
+        qp_mult=tile(draws.qp),
+    )
     ini = recipe.initial
     s0 = model.initial_state(
-        recipe, k * n, Xv=ini.seed_density_e6_cells_ml * tile(draws.xv0),
-        G=ini.glucose_g_l * tile(draws.glc0), V=u.V0,
-    )  # fmt: skip
+        recipe,
+        k * n,
+        Xv=ini.seed_density_e6_cells_ml * tile(draws.xv0),
+        G=ini.glucose_g_l * tile(draws.glc0),
+        V=u.V0,
+    )
     return u, s0
 
 
@@ -259,11 +310,16 @@ def evaluate(
     out = []
     for i, s in enumerate(settings):
         sl = slice(i * draws.n, (i + 1) * draws.n)
-        out.append(Evaluation(
-            dict(s), float(cq["product_mass_kg"][sl].mean()), float(joint[sl].mean()),
-            {k: float(p[sl].mean()) for k, p in ps.items()}, float(vmax[sl].max()),
-            float((vmax[sl] <= working_volume_l).mean()),
-        ))  # fmt: skip
+        out.append(
+            Evaluation(
+                dict(s),
+                float(cq["product_mass_kg"][sl].mean()),
+                float(joint[sl].mean()),
+                {k: float(p[sl].mean()) for k, p in ps.items()},
+                float(vmax[sl].max()),
+                float((vmax[sl] <= working_volume_l).mean()),
+            )
+        )
     return out
 
 
@@ -322,9 +378,17 @@ def optimise(
             t.set_constraint("p_rft", c[0])  # <= 0 is feasible
             t.set_constraint("p_volume_ok", c[1])
             study.tell(t, ev.mean_product_kg)
-            rows.append({"trial": t.number, **ev.settings, "mean_product_kg": ev.mean_product_kg,
-                         "p_rft": ev.p_rft, "p_volume_ok": ev.p_volume_ok,
-                         "max_volume_l": ev.max_volume_l, "feasible": max(c) <= 0})  # fmt: skip
+            rows.append(
+                {
+                    "trial": t.number,
+                    **ev.settings,
+                    "mean_product_kg": ev.mean_product_kg,
+                    "p_rft": ev.p_rft,
+                    "p_volume_ok": ev.p_volume_ok,
+                    "max_volume_l": ev.max_volume_l,
+                    "feasible": max(c) <= 0,
+                }
+            )
         done += len(trials)
         if progress:
             progress(done, n_trials)
@@ -341,9 +405,17 @@ def optimise(
     problems = check_par(best.settings, recipe, spec)
     if problems:  # the search box is the PAR; this would be a bug
         raise AssertionError(f"optimiser left its bounds: {problems}")
-    return Optimisation(recipe.recipe_id, recipe.version, current, best, trials_df,
-                        tuple(int(s) for s in train_seeds), n_trials, sampler_seed,
-                        feas.height)  # fmt: skip
+    return Optimisation(
+        recipe.recipe_id,
+        recipe.version,
+        current,
+        best,
+        trials_df,
+        tuple(int(s) for s in train_seeds),
+        n_trials,
+        sampler_seed,
+        feas.height,
+    )
 
 
 # ---------------------------------------------------------------- verification
@@ -363,9 +435,13 @@ class Verification:
         return self.gain >= min_gain and self.rft_recommended >= self.rft_current
 
 
-def _arm_inputs(rows: list[dict[str, float]], recipe: Recipe, s: dict[str, float],
-                planned: list[float], status: list[str],
-                ) -> tuple[BatchInputs, list[float], list[bool]]:  # fmt: skip
+def _arm_inputs(
+    rows: list[dict[str, float]],
+    recipe: Recipe,
+    s: dict[str, float],
+    planned: list[float],
+    status: list[str],
+) -> tuple[BatchInputs, list[float], list[bool]]:
     cur = current_settings(recipe)
     out, ends, completed = [], [], []
     for r, pl_h, st in zip(rows, planned, status, strict=True):
@@ -374,11 +450,15 @@ def _arm_inputs(rows: list[dict[str, float]], recipe: Recipe, s: dict[str, float
         done = st == "complete" or r["end_h"] >= new_planned  # an abort after harvest: none
         end = new_planned if done else r["end_h"]
         r.update(
-            T_grow=s["T_grow"], T_prod=s["T_prod"], ph_sp=s["ph_sp"], do_sp=s["do_sp"],
+            T_grow=s["T_grow"],
+            T_prod=s["T_prod"],
+            ph_sp=s["ph_sp"],
+            do_sp=s["do_sp"],
             shift_h=r["shift_h"] + (s["shift_day"] - cur["shift_day"]) * 24.0,
             feed_lph=r["feed_lph"] * s["feed_scale"],
-            feed_end_h=min(recipe.feed.end_day * 24.0, new_planned - 2.0), end_h=end,
-        )  # fmt: skip
+            feed_end_h=min(recipe.feed.end_day * 24.0, new_planned - 2.0),
+            end_h=end,
+        )
         out.append(r)
         ends.append(end)
         completed.append(done)
@@ -411,8 +491,12 @@ def verify(
     u_cur, end_cur, ok_cur = _arm_inputs(rows, recipe, current_settings(recipe), planned, status)
     u_rec, end_rec, ok_rec = _arm_inputs(rows, recipe, recommended, planned, status)
     done = ok_cur + ok_rec
-    both = BatchInputs(**{k: np.concatenate([getattr(u_cur, k), getattr(u_rec, k)])
-                          for k in u_cur.__dataclass_fields__})  # fmt: skip
+    both = BatchInputs(
+        **{
+            k: np.concatenate([getattr(u_cur, k), getattr(u_rec, k)])
+            for k in u_cur.__dataclass_fields__
+        }
+    )
     ends = np.array(end_cur + end_rec)
     res = _run_engine(both, ends, seed=eval_seed)
     out = []
@@ -423,14 +507,23 @@ def verify(
         completed = done[j]
         h = {k: float(v[j]) for k, v in res.items()}
         rng = np.random.default_rng([eval_seed, i])  # same assay noise in both arms
-        assays = {k: v for k, v, _ in release_assays(h, bs[i].lot_attributes["media_mn_ppb"],
-                                                     completed, rng)}  # fmt: skip
+        assays = {
+            k: v
+            for k, v, _ in release_assays(h, bs[i].lot_attributes["media_mn_ppb"], completed, rng)
+        }
         ok = completed and all(in_spec(spec, k, v) for k, v in assays.items())
         mass = h["final_titer_g_l"] * h["final_volume_l"] / 1000.0 if completed else 0.0
-        out.append({"batch_id": bs[i].batch_id, "arm": arm, "completed": completed,
-                    "product_mass_kg": mass, "right_first_time": ok,
-                    "duration_days": h["duration_days"],
-                    **{f"cqa_{k}": assays.get(k) for k in spec.lab.release}})  # fmt: skip
+        out.append(
+            {
+                "batch_id": bs[i].batch_id,
+                "arm": arm,
+                "completed": completed,
+                "product_mass_kg": mass,
+                "right_first_time": ok,
+                "duration_days": h["duration_days"],
+                **{f"cqa_{k}": assays.get(k) for k in spec.lab.release},
+            }
+        )
     df = pl.DataFrame(out)
     cur = df.filter(pl.col("arm") == "current")["product_mass_kg"].to_numpy()
     rec = df.filter(pl.col("arm") == "recommended")["product_mass_kg"].to_numpy()
@@ -438,22 +531,35 @@ def verify(
     idx = rng.integers(0, n, (n_boot, n))
     boot = rec[idx].mean(axis=1) / cur[idx].mean(axis=1) - 1.0
     q = [
-        {"arm": arm, "cqa": c, "p05": float(np.quantile(v, 0.05)),
-         "median": float(np.median(v)), "p95": float(np.quantile(v, 0.95)),
-         "in_spec": float(np.mean([in_spec(spec, c, x) for x in v]))}
+        {
+            "arm": arm,
+            "cqa": c,
+            "p05": float(np.quantile(v, 0.05)),
+            "median": float(np.median(v)),
+            "p95": float(np.quantile(v, 0.95)),
+            "in_spec": float(np.mean([in_spec(spec, c, x) for x in v])),
+        }
         for arm in ("current", "recommended")
         for c in spec.lab.release
-        if len(v := df.filter((pl.col("arm") == arm) & pl.col("completed"))[f"cqa_{c}"]
-               .drop_nulls().to_numpy())
-    ]  # fmt: skip
+        if len(
+            v := df.filter((pl.col("arm") == arm) & pl.col("completed"))[f"cqa_{c}"]
+            .drop_nulls()
+            .to_numpy()
+        )
+    ]
     rft = df.group_by("arm").agg(pl.col("right_first_time").mean())
     r = dict(zip(rft["arm"], rft["right_first_time"], strict=True))
     return Verification(
-        eval_seed, n, df, float(rec.mean() / cur.mean() - 1.0),
+        eval_seed,
+        n,
+        df,
+        float(rec.mean() / cur.mean() - 1.0),
         (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))),
-        float(rec.mean() - cur.mean()), float(r["current"]), float(r["recommended"]),
+        float(rec.mean() - cur.mean()),
+        float(r["current"]),
+        float(r["recommended"]),
         pl.DataFrame(q),
-    )  # fmt: skip
+    )
 
 
 def in_spec(spec: CppSpec, name: str, v: float | None) -> bool:
@@ -468,8 +574,13 @@ class EngineSummary:
     """Running summaries of full-engine trajectories for the release model (the same as
     twin.outputs.batch_history_summary), fed chunk by chunk so no full record is kept."""
 
-    KEYS = ("max_temp_c", "peak_ammonia_mmol_l", "max_pco2_mmhg", "peak_osmolality",
-            "peak_contaminant")  # fmt: skip
+    KEYS = (
+        "max_temp_c",
+        "peak_ammonia_mmol_l",
+        "max_pco2_mmhg",
+        "peak_osmolality",
+        "peak_contaminant",
+    )
     SOURCES = ("T", "A", "pco2", "osm", "B")
 
     def __init__(self, u: BatchInputs, ends: np.ndarray, dt: float) -> None:
@@ -544,22 +655,30 @@ def recommendation_record(opt: Optimisation, ver: Verification | None) -> dict[s
     """A flat record of a recommendation and its evidence (for the Delta table and the
     change-control request)."""
     rec: dict[str, object] = {
-        "recipe_id": opt.recipe_id, "recipe_version": opt.recipe_version,
+        "recipe_id": opt.recipe_id,
+        "recipe_version": opt.recipe_version,
         **{f"current_{k}": v for k, v in opt.current.settings.items()},
         **{f"recommended_{k}": v for k, v in opt.best.settings.items()},
         "twin_current_mean_product_kg": opt.current.mean_product_kg,
         "twin_recommended_mean_product_kg": opt.best.mean_product_kg,
-        "twin_predicted_gain": opt.predicted_gain, "twin_p_rft": opt.best.p_rft,
-        "n_trials": opt.n_trials, "feasible_trials": opt.feasible_trials,
+        "twin_predicted_gain": opt.predicted_gain,
+        "twin_p_rft": opt.best.p_rft,
+        "n_trials": opt.n_trials,
+        "feasible_trials": opt.feasible_trials,
         "train_seeds": f"{min(opt.train_seeds)}-{max(opt.train_seeds)} ({len(opt.train_seeds)})",
-    }  # fmt: skip
+    }
     if ver is not None:
         rec.update(
-            eval_seed=ver.eval_seed, eval_batches=ver.n_batches, verified_gain=ver.gain,
-            verified_gain_lo=ver.gain_ci[0], verified_gain_hi=ver.gain_ci[1],
-            verified_gain_kg=ver.gain_kg, rft_current=ver.rft_current,
-            rft_recommended=ver.rft_recommended, meets_target=ver.meets_target(),
-        )  # fmt: skip
+            eval_seed=ver.eval_seed,
+            eval_batches=ver.n_batches,
+            verified_gain=ver.gain,
+            verified_gain_lo=ver.gain_ci[0],
+            verified_gain_hi=ver.gain_ci[1],
+            verified_gain_kg=ver.gain_kg,
+            rft_current=ver.rft_current,
+            rft_recommended=ver.rft_recommended,
+            meets_target=ver.meets_target(),
+        )
     return rec
 
 
@@ -567,9 +686,13 @@ def recipe_with(recipe: Recipe, s: dict[str, float]) -> Recipe:
     """The recipe with the recommended settings, as the next version (for change control)."""
     d = recipe.model_dump()
     sp = d["setpoints"]
-    sp.update(temperature_c=round(s["T_grow"], 2), production_temperature_c=round(s["T_prod"], 2),
-              ph=round(s["ph_sp"], 3), dissolved_oxygen_pct=round(s["do_sp"], 1),
-              temperature_shift_day=round(s["shift_day"], 2))  # fmt: skip
+    sp.update(
+        temperature_c=round(s["T_grow"], 2),
+        production_temperature_c=round(s["T_prod"], 2),
+        ph=round(s["ph_sp"], 3),
+        dissolved_oxygen_pct=round(s["do_sp"], 1),
+        temperature_shift_day=round(s["shift_day"], 2),
+    )
     d["feed"]["rate_pct_fill_per_day"] = round(
         recipe.feed.rate_pct_fill_per_day * s["feed_scale"], 3
     )
@@ -610,9 +733,15 @@ def history_patterns(
     )
     if done.height == 0:
         return pl.DataFrame()
-    feats = done.select("batch_id", "recipe_id", "product_mass_kg", "right_first_time",
-                        "media_lot", "feed_lot",
-                        duration_days=pl.col("duration_h") / 24)  # fmt: skip
+    feats = done.select(
+        "batch_id",
+        "recipe_id",
+        "product_mass_kg",
+        "right_first_time",
+        "media_lot",
+        "feed_lot",
+        duration_days=pl.col("duration_h") / 24,
+    )
     if stats is not None and stats.height:
         for (tag, phase), name in HISTORY_TAGS.items():
             m = (
@@ -630,11 +759,13 @@ def history_patterns(
             if sub.height == 0:
                 continue
             r: dict[str, object] = {
-                "recipe_id": rid, "group": grp, "batches": sub.height,
+                "recipe_id": rid,
+                "group": grp,
+                "batches": sub.height,
                 "mean_product_mass_kg": sub["product_mass_kg"].mean(),
                 "right_first_time": sub["right_first_time"].cast(pl.Float64).mean(),
                 "duration_days": sub["duration_days"].mean(),
-            }  # fmt: skip
+            }
             for name in HISTORY_TAGS.values():
                 r[name] = sub[name].mean() if name in sub.columns else None
             r["media_lots"] = sub["media_lot"].n_unique()

@@ -57,8 +57,7 @@ def format_whatif(cal: CalibratedBatch, res: WhatIfResult) -> list[str]:
     b, o = res.baseline.summary(), res.outcome.summary()
     for key, label, nd in ROWS:
         d = res.delta(key)
-        lines.append(f"{label:<22}{_cell(b[key], nd):>26}{_cell(o[key], nd):>26}"
-                     f"{_cell(d, nd):>26}")  # fmt: skip
+        lines.append(f"{label:<22}{_cell(b[key], nd):>26}{_cell(o[key], nd):>26}{_cell(d, nd):>26}")
     lines.append("")
     lines.append(
         "P(release spec met) baseline / scenario: "

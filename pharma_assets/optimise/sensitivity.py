@@ -100,9 +100,17 @@ def sobol(
         for i, f in enumerate(fs):
             r = {k: float(v[i]) for k, v in res[name].items()}
             rows.append(
-                {"recipe_id": recipe.recipe_id, "output": name, "factor": f.name, "lo": f.lo,
-                 "hi": f.hi, "range_source": f.source, **r, "n_runs": n_base * (len(fs) + 2)}
-            )  # fmt: skip
+                {
+                    "recipe_id": recipe.recipe_id,
+                    "output": name,
+                    "factor": f.name,
+                    "lo": f.lo,
+                    "hi": f.hi,
+                    "range_source": f.source,
+                    **r,
+                    "n_runs": n_base * (len(fs) + 2),
+                }
+            )
     return pl.DataFrame(rows)
 
 

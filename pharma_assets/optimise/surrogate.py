@@ -44,11 +44,35 @@ from .whatif import cqas_at_harvest
 
 MODEL_NAME = "pharma_inbatch_surrogate"
 SURROGATE_SEEDS = range(500_000, 500_096)  # plant draws of the training rollouts
-OUTPUTS = ("product_mass_kg", "viability_pct", "titer_g_l", "aggregates_hmw_pct", "g0f_pct",
-           "g1f_pct", "g2f_pct", "acidic_variants_pct", "hcp_ppm", "purity_pct")  # fmt: skip
-STATE_FEATURES = ("as_of_day", "log_xv", "log_xd", "log_g", "log_gln", "log_l", "log_a",
-                  "log_p", "v", "peak_a", "log_mu", "log_kd", "log_qp", "feed_factor",
-                  "shifted_h")  # fmt: skip
+OUTPUTS = (
+    "product_mass_kg",
+    "viability_pct",
+    "titer_g_l",
+    "aggregates_hmw_pct",
+    "g0f_pct",
+    "g1f_pct",
+    "g2f_pct",
+    "acidic_variants_pct",
+    "hcp_ppm",
+    "purity_pct",
+)
+STATE_FEATURES = (
+    "as_of_day",
+    "log_xv",
+    "log_xd",
+    "log_g",
+    "log_gln",
+    "log_l",
+    "log_a",
+    "log_p",
+    "v",
+    "peak_a",
+    "log_mu",
+    "log_kd",
+    "log_qp",
+    "feed_factor",
+    "shifted_h",
+)
 ACTION_FEATURES = ("T_prod", "shift_in_days", "ph_sp", "do_sp", "feed_scale", "harvest_in_days")
 FEATURES = STATE_FEATURES + ACTION_FEATURES
 
@@ -59,10 +83,22 @@ def state_features(
     """(members, state features) at the as-of time."""
     shifted = np.maximum(as_of_h - u.shift_h, 0.0)
     cols = [
-        np.full(s.n, as_of_h / 24.0), np.log(s.Xv), np.log(s.Xd + 1e-3), np.log(s.G + 0.1),
-        np.log(s.Gln + 0.1), np.log(s.L + 0.1), np.log(s.A + 0.1), np.log(s.P + 0.01), s.V,
-        peak_a, np.log(u.mu_mult), np.log(u.kd_mult), np.log(u.qp_mult), u.feed_factor, shifted,
-    ]  # fmt: skip
+        np.full(s.n, as_of_h / 24.0),
+        np.log(s.Xv),
+        np.log(s.Xd + 1e-3),
+        np.log(s.G + 0.1),
+        np.log(s.Gln + 0.1),
+        np.log(s.L + 0.1),
+        np.log(s.A + 0.1),
+        np.log(s.P + 0.01),
+        s.V,
+        peak_a,
+        np.log(u.mu_mult),
+        np.log(u.kd_mult),
+        np.log(u.qp_mult),
+        u.feed_factor,
+        shifted,
+    ]
     return np.column_stack(cols)
 
 
@@ -71,8 +107,16 @@ def action_features(
 ) -> np.ndarray:
     d = as_of_h / 24.0
     g = {k: np.broadcast_to(np.asarray(a[k], float), (n,)) for k in ACTIONS}
-    return np.column_stack([g["T_prod"], np.maximum(g["shift_day"] - d, 0.0), g["ph_sp"],
-                            g["do_sp"], g["feed_scale"], g["harvest_day"] - d])  # fmt: skip
+    return np.column_stack(
+        [
+            g["T_prod"],
+            np.maximum(g["shift_day"] - d, 0.0),
+            g["ph_sp"],
+            g["do_sp"],
+            g["feed_scale"],
+            g["harvest_day"] - d,
+        ]
+    )
 
 
 @dataclass
@@ -82,8 +126,14 @@ class Rollouts:
     group: np.ndarray  # plant draw of each row (held-out split by draw)
 
 
-def rollouts(recipe: Recipe, seeds: range = SURROGATE_SEEDS, days: tuple[int, ...] = tuple(range(2, 12)),
-             actions_per_state: int = 8, seed: int = 0, spec: CppSpec | None = None) -> Rollouts:  # fmt: skip
+def rollouts(
+    recipe: Recipe,
+    seeds: range = SURROGATE_SEEDS,
+    days: tuple[int, ...] = tuple(range(2, 12)),
+    actions_per_state: int = 8,
+    seed: int = 0,
+    spec: CppSpec | None = None,
+) -> Rollouts:
     """Twin rollouts from disturbed plant draws at each as-of day under random actions."""
     spec = spec or load_spec()
     rng = np.random.default_rng(seed)
@@ -93,11 +143,14 @@ def rollouts(recipe: Recipe, seeds: range = SURROGATE_SEEDS, days: tuple[int, ..
     draws.mu = np.where(kind == 1, draws.mu * rng.uniform(0.8, 0.95, n), draws.mu)
     draws.feed_factor = np.where(kind == 2, rng.uniform(0.6, 0.9, n), draws.feed_factor)
     base = {
-        "T_grow": recipe.setpoints.temperature_c, "T_prod": recipe.setpoints.production_temperature_c,
-        "ph_sp": recipe.setpoints.ph, "do_sp": recipe.setpoints.dissolved_oxygen_pct,
-        "shift_day": recipe.setpoints.temperature_shift_day, "feed_scale": 1.0,
+        "T_grow": recipe.setpoints.temperature_c,
+        "T_prod": recipe.setpoints.production_temperature_c,
+        "ph_sp": recipe.setpoints.ph,
+        "do_sp": recipe.setpoints.dissolved_oxygen_pct,
+        "shift_day": recipe.setpoints.temperature_shift_day,
+        "feed_scale": 1.0,
         "harvest_day": recipe.planned_duration_days,
-    }  # fmt: skip
+    }
     u0, s0 = twin_batches(recipe, draws, [base])
     Xs, Ys, Gs = [], [], []
     k = actions_per_state
@@ -119,10 +172,14 @@ def rollouts(recipe: Recipe, seeds: range = SURROGATE_SEEDS, days: tuple[int, ..
         u = model.TwinInputs(**{f: getattr(u0, f)[sel] for f in u0.__dataclass_fields__})
         end_h = acts["harvest_day"] * 24.0
         u = u.with_values(
-            T_prod=acts["T_prod"], shift_h=acts["shift_day"] * 24.0, ph_sp=acts["ph_sp"],
-            do_sp=acts["do_sp"], feed_lph=u.feed_lph * acts["feed_scale"], end_h=end_h,
+            T_prod=acts["T_prod"],
+            shift_h=acts["shift_day"] * 24.0,
+            ph_sp=acts["ph_sp"],
+            do_sp=acts["do_sp"],
+            feed_lph=u.feed_lph * acts["feed_scale"],
+            end_h=end_h,
             feed_end_h=np.minimum(u.feed_end_h, end_h - 2.0),
-        )  # fmt: skip
+        )
         s = model.TwinState(st.t_h, *(getattr(st, nm)[sel] for nm in model.STATE_NAMES))
         fwd, _ = model.simulate(u, s, math.ceil(float(end_h.max()) / model.DT_H) * model.DT_H)
         traj = {nm: np.concatenate([hist[nm][:-1][:, sel], fwd[nm]]) for nm in model.STATE_NAMES}
@@ -163,8 +220,13 @@ def train(ro: Rollouts, seed: int = 0, hidden: tuple[int, ...] = (64, 64)) -> Su
     cut = np.quantile(np.unique(ro.group), 0.8)
     tr, te = ro.group <= cut, ro.group > cut
     y_mean, y_sd = ro.Y[tr].mean(axis=0), ro.Y[tr].std(axis=0) + 1e-9
-    params = {"hidden_layer_sizes": hidden, "alpha": 1e-4, "max_iter": 300,
-              "early_stopping": True, "random_state": seed}  # fmt: skip
+    params = {
+        "hidden_layer_sizes": hidden,
+        "alpha": 1e-4,
+        "max_iter": 300,
+        "early_stopping": True,
+        "random_state": seed,
+    }
     pipe = make_pipeline(StandardScaler(), MLPRegressor(**params))  # type: ignore[arg-type]
     with threadpool_limits(1):  # small matrices: BLAS threads only contend on a busy machine
         pipe.fit(ro.X[tr], (ro.Y[tr] - y_mean) / y_sd)
@@ -177,9 +239,12 @@ def train(ro: Rollouts, seed: int = 0, hidden: tuple[int, ...] = (64, 64)) -> Su
 
 
 def recommend_neural(
-    cal: CalibratedBatch, sur: Surrogate, n_candidates: int = 1024, seed: int = 0,
+    cal: CalibratedBatch,
+    sur: Surrogate,
+    n_candidates: int = 1024,
+    seed: int = 0,
     spec: CppSpec | None = None,
-) -> tuple[Recommendation, bool]:  # fmt: skip
+) -> tuple[Recommendation, bool]:
     """The surrogate's best feasible actions, checked once on the twin; also returns whether
     the twin check kept the surrogate's choice (False: it fell back to the plan)."""
     spec = spec or load_spec()
@@ -215,14 +280,26 @@ def log_to_mlflow(sur: Surrogate, recipe_id: str, uri: str | None = None) -> obj
         f"rmse_{o}": v for o, v in sur.rmse.items()
     }
     trained = registry.TrainedModel(
-        name=MODEL_NAME, model=sur, params={**sur.params, "recipe_id": recipe_id,
-        "n_train": sur.n_train}, features=list(FEATURES), data_versions={},
-        metrics=metrics, gate_metric="r2_product_mass_kg", higher_is_better=True,
+        name=MODEL_NAME,
+        model=sur,
+        params={**sur.params, "recipe_id": recipe_id, "n_train": sur.n_train},
+        features=list(FEATURES),
+        data_versions={},
+        metrics=metrics,
+        gate_metric="r2_product_mass_kg",
+        higher_is_better=True,
         evaluation_set=f"twin rollouts of held-out plant draws (n={sur.n_test})",
-        n_eval=sur.n_test, artifacts={"r2": pl.DataFrame({"output": list(sur.r2),
-                                                            "r2": list(sur.r2.values()),
-                                                            "rmse": list(sur.rmse.values())})},
-    )  # fmt: skip
+        n_eval=sur.n_test,
+        artifacts={
+            "r2": pl.DataFrame(
+                {
+                    "output": list(sur.r2),
+                    "r2": list(sur.r2.values()),
+                    "rmse": list(sur.rmse.values()),
+                }
+            )
+        },
+    )
     return registry.register(trained, None, uri=uri)
 
 

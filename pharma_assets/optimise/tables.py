@@ -43,9 +43,11 @@ def running_batches(lake: Lake) -> list[str]:
 
 
 def calibrate_running(
-    lake: Lake, recipes: RecipeBook | None = None, as_of: datetime | None = None,
+    lake: Lake,
+    recipes: RecipeBook | None = None,
+    as_of: datetime | None = None,
     n_members: int = 50,
-) -> tuple[dict[str, CalibratedBatch], dict[str, str]]:  # fmt: skip
+) -> tuple[dict[str, CalibratedBatch], dict[str, str]]:
     """Calibrated ensembles of every running batch, and the reason for each that failed."""
     recipes = recipes or load_recipes()
     cals, errors = {}, {}
@@ -67,15 +69,21 @@ def calibrated_state_table(
         s = base.baseline.summary()["product_mass_kg"]
         st = cal.state
         row: dict[str, object] = {
-            "batch_id": bid, "recipe_id": cal.recipe.recipe_id, "status": (
-                "prior_only" if cal.prior_only else "calibrated"), "message": cal.message,
-            "as_of_h": cal.as_of_h, "members": cal.n_members, "observations": cal.n_obs,
+            "batch_id": bid,
+            "recipe_id": cal.recipe.recipe_id,
+            "status": ("prior_only" if cal.prior_only else "calibrated"),
+            "message": cal.message,
+            "as_of_h": cal.as_of_h,
+            "members": cal.n_members,
+            "observations": cal.n_obs,
             "vcd_e6_cells_ml": float(np.median(st.Xv)),
             "viability_pct": float(np.median(100 * st.Xv / (st.Xv + st.Xd))),
-            "titer_g_l": float(np.median(st.P)), "volume_l": float(np.median(st.V)),
-            "harvest_product_kg_p05": s["p05"], "harvest_product_kg": s["median"],
+            "titer_g_l": float(np.median(st.P)),
+            "volume_l": float(np.median(st.V)),
+            "harvest_product_kg_p05": s["p05"],
+            "harvest_product_kg": s["median"],
             "harvest_product_kg_p95": s["p95"],
-        }  # fmt: skip
+        }
         for name in ("log_xv0", "log_mu", "log_kd", "log_qp"):
             lo, hi = cal.interval(name)
             key = name.removeprefix("log_")
@@ -87,9 +95,11 @@ def calibrated_state_table(
 
 
 def batch_recommendation_table(
-    cals: dict[str, CalibratedBatch], errors: dict[str, str], surrogate: Surrogate | None,
+    cals: dict[str, CalibratedBatch],
+    errors: dict[str, str],
+    surrogate: Surrogate | None,
     spec: CppSpec | None = None,
-) -> pl.DataFrame:  # fmt: skip
+) -> pl.DataFrame:
     spec = spec or load_spec()
     rows: list[dict[str, object]] = []
     for cal in cals.values():
@@ -97,34 +107,49 @@ def batch_recommendation_table(
         if surrogate is not None:
             recs.append(recommend_neural(cal, surrogate, spec=spec)[0])
         for r in recs:
-            rows.append({**r.record(), "status": "recommended" if r.changed else "keep_plan",
-                         "prior_only": cal.prior_only,
-                         "par_problems": "; ".join(inbatch.par_problems(r.actions, cal, spec))})  # fmt: skip
+            rows.append(
+                {
+                    **r.record(),
+                    "status": "recommended" if r.changed else "keep_plan",
+                    "prior_only": cal.prior_only,
+                    "par_problems": "; ".join(inbatch.par_problems(r.actions, cal, spec)),
+                }
+            )
     for bid, why in errors.items():
         rows.append({"batch_id": bid, "engine": "none", "status": "not_calibrated", "changes": why})
     return _frame(rows)
 
 
-def harvest_table(cals: dict[str, CalibratedBatch], errors: dict[str, str],
-                  spec: CppSpec | None = None) -> pl.DataFrame:  # fmt: skip
+def harvest_table(
+    cals: dict[str, CalibratedBatch], errors: dict[str, str], spec: CppSpec | None = None
+) -> pl.DataFrame:
     rows: list[dict[str, object]] = []
     for bid, cal in cals.items():
         h = inbatch.harvest_timing(cal, spec=spec)
-        rows.append({
-            "batch_id": bid, "as_of_h": cal.as_of_h, "status": "advised",
-            "harvest_day": h.harvest_day, "expected_product_kg": h.expected_product_kg,
-            "product_kg_p05": h.interval_kg[0], "product_kg_p95": h.interval_kg[1],
-            "planned_harvest_day": h.planned_day, "planned_product_kg": h.planned_product_kg,
-            "p_in_spec": h.p_ok, "window_lo_day": float(h.curve["harvest_day"].to_numpy().min()),
-            "window_hi_day": float(h.curve["harvest_day"].to_numpy().max()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "batch_id": bid,
+                "as_of_h": cal.as_of_h,
+                "status": "advised",
+                "harvest_day": h.harvest_day,
+                "expected_product_kg": h.expected_product_kg,
+                "product_kg_p05": h.interval_kg[0],
+                "product_kg_p95": h.interval_kg[1],
+                "planned_harvest_day": h.planned_day,
+                "planned_product_kg": h.planned_product_kg,
+                "p_in_spec": h.p_ok,
+                "window_lo_day": float(h.curve["harvest_day"].to_numpy().min()),
+                "window_hi_day": float(h.curve["harvest_day"].to_numpy().max()),
+            }
+        )
     for bid, why in errors.items():
         rows.append({"batch_id": bid, "status": "not_calibrated", "message": why})
     return _frame(rows)
 
 
-def sensitivity_tables(recipes: RecipeBook | None = None, n_base: int = 256,
-                       spec: CppSpec | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
+def sensitivity_tables(
+    recipes: RecipeBook | None = None, n_base: int = 256, spec: CppSpec | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Sobol indices and the design space of the two most influential CPPs, every recipe."""
     recipes = recipes or load_recipes()
     idx, ds = [], []
@@ -137,9 +162,11 @@ def sensitivity_tables(recipes: RecipeBook | None = None, n_base: int = 256,
 
 
 def recipe_recommendation_table(
-    recipes: RecipeBook | None = None, n_trials: int = 160, eval_batches: int = 50,
+    recipes: RecipeBook | None = None,
+    n_trials: int = 160,
+    eval_batches: int = 50,
     spec: CppSpec | None = None,
-) -> pl.DataFrame:  # fmt: skip
+) -> pl.DataFrame:
     recipes = recipes or load_recipes()
     rows = []
     for r in recipes.recipes:
@@ -153,8 +180,12 @@ def par_violations(df: pl.DataFrame, spec: CppSpec | None = None, prefix: str = 
     """Rows whose recommended CPP set-points (``<prefix>T_prod``, ``ph_sp``, ``do_sp``, and
     ``T_grow`` where present) lie outside their PAR."""
     spec = spec or load_spec()
-    checks = {"T_grow": ("temperature_c", "growth"), "T_prod": ("temperature_c", "production"),
-              "ph_sp": ("ph", "production"), "do_sp": ("dissolved_oxygen_pct", "production")}  # fmt: skip
+    checks = {
+        "T_grow": ("temperature_c", "growth"),
+        "T_prod": ("temperature_c", "production"),
+        "ph_sp": ("ph", "production"),
+        "do_sp": ("dissolved_oxygen_pct", "production"),
+    }
     bad = pl.lit(False)
     for name, (tag, phase) in checks.items():
         col = f"{prefix}{name}"
@@ -170,6 +201,8 @@ def par_violations(df: pl.DataFrame, spec: CppSpec | None = None, prefix: str = 
 def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
     if not rows:
         return pl.DataFrame({"batch_id": pl.Series([], dtype=pl.String)})
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-             for r in rows]  # fmt: skip
+    clean = [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
     return pl.DataFrame(clean, infer_schema_length=None)

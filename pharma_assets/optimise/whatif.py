@@ -31,9 +31,15 @@ QUANTILES = (0.05, 0.5, 0.95)  # the reported 90 % interval and median
 # Assay noise of each release CQA in the engine's release model (twin.outputs.release_assays),
 # used to turn a predicted value into a probability of meeting its specification.
 RELEASE_ASSAY_SD = {
-    "aggregates_hmw_pct": 0.08, "g0f_pct": 0.8, "g1f_pct": 0.93, "g2f_pct": 0.3,
-    "afucosylated_pct": 0.3, "acidic_variants_pct": 0.8, "hcp_ppm": 4.0, "purity_pct": 0.13,
-}  # fmt: skip
+    "aggregates_hmw_pct": 0.08,
+    "g0f_pct": 0.8,
+    "g1f_pct": 0.93,
+    "g2f_pct": 0.3,
+    "afucosylated_pct": 0.3,
+    "acidic_variants_pct": 0.8,
+    "hcp_ppm": 4.0,
+    "purity_pct": 0.13,
+}
 RELEASE_ASSAY_CV = {"titer_g_l": 0.03}
 
 # Release-CQA model terms the fast twin does not track, held at nominal values
@@ -97,25 +103,50 @@ def check(scenario: Scenario, cal: CalibratedBatch, spec: CppSpec | None = None)
 
     s = scenario
     if s.production_temp_c is not None:
-        cpp("production temperature", s.production_temp_c, "temperature_c", "production",
-            TEMPERATURE_PHYSICAL)  # fmt: skip
+        cpp(
+            "production temperature",
+            s.production_temp_c,
+            "temperature_c",
+            "production",
+            TEMPERATURE_PHYSICAL,
+        )
     if s.ph is not None:
         cpp("pH set-point", s.ph, "ph", "production", spec.tags["ph"].physical)
     if s.do_pct is not None:
-        cpp("DO set-point", s.do_pct, "dissolved_oxygen_pct", "production",
-            spec.tags["dissolved_oxygen_pct"].physical)  # fmt: skip
+        cpp(
+            "DO set-point",
+            s.do_pct,
+            "dissolved_oxygen_pct",
+            "production",
+            spec.tags["dissolved_oxygen_pct"].physical,
+        )
     if s.feed_scale is not None:
         pct = float(u.feed_lph[0]) * 24.0 / float(u.V0[0]) * 100.0
-        bounds("feed scale", s.feed_scale, 0.0, MAX_FEED_PCT_FILL_PER_DAY / pct,
-               f"the feed pump range (0 to {MAX_FEED_PCT_FILL_PER_DAY:g} % of fill per day)")  # fmt: skip
+        bounds(
+            "feed scale",
+            s.feed_scale,
+            0.0,
+            MAX_FEED_PCT_FILL_PER_DAY / pct,
+            f"the feed pump range (0 to {MAX_FEED_PCT_FILL_PER_DAY:g} % of fill per day)",
+        )
     if s.glucose_target_g_l is not None:
         thr, stock = float(u.gc_threshold[0]), float(u.gc_stock[0])
-        bounds("glucose target", s.glucose_target_g_l, thr, min(stock, 100.0),
-               "the range from the bolus threshold to the stock (or 100 g/L)")  # fmt: skip
+        bounds(
+            "glucose target",
+            s.glucose_target_g_l,
+            thr,
+            min(stock, 100.0),
+            "the range from the bolus threshold to the stock (or 100 g/L)",
+        )
     harvest_day = s.harvest_day if s.harvest_day is not None else float(u.end_h[0]) / 24
     if s.harvest_day is not None:
-        bounds("harvest day", s.harvest_day, as_of_day, MAX_BATCH_DAYS,
-               "the days from the as-of time to the longest batch")  # fmt: skip
+        bounds(
+            "harvest day",
+            s.harvest_day,
+            as_of_day,
+            MAX_BATCH_DAYS,
+            "the days from the as-of time to the longest batch",
+        )
     if s.shift_day is not None:
         planned_shift_day = float(u.shift_h[0]) / 24
         if planned_shift_day < as_of_day and abs(s.shift_day - planned_shift_day) > 1e-9:
@@ -124,8 +155,13 @@ def check(scenario: Scenario, cal: CalibratedBatch, spec: CppSpec | None = None)
                 f"{planned_shift_day:.2f}, before the as-of day {as_of_day:.2f}"
             )
         else:
-            bounds("shift day", s.shift_day, as_of_day, harvest_day,
-                   "the days from the as-of time to harvest")  # fmt: skip
+            bounds(
+                "shift day",
+                s.shift_day,
+                as_of_day,
+                harvest_day,
+                "the days from the as-of time to harvest",
+            )
     return out
 
 
@@ -229,8 +265,9 @@ def cqas_at_harvest(
     t_h = traj["t_h"]
     traj["viability_pct"] = 100.0 * traj["Xv"] / (traj["Xv"] + traj["Xd"])
     traj["product_kg"] = traj["P"] * traj["V"] / 1000.0
-    k_end = np.minimum(np.round(u.end_h / model.DT_H).astype(int) - round(t_h[0] / model.DT_H),
-                       len(t_h) - 1)  # fmt: skip
+    k_end = np.minimum(
+        np.round(u.end_h / model.DT_H).astype(int) - round(t_h[0] / model.DT_H), len(t_h) - 1
+    )
     members = np.arange(u.n)
     at = {k: traj[k][k_end, members] for k in (*model.STATE_NAMES, "viability_pct", "product_kg")}
     upto = t_h[:, None] <= u.end_h[None, :]
@@ -245,13 +282,21 @@ def cqas_at_harvest(
     dT = mean_prod_T - 33.0
     dead = 1.0 - at["viability_pct"] / 100.0
     aggregates = (
-        1.1 + 0.35 * np.maximum(dT, 0) + 0.09 * peak_a + 1.2 * dead
-        + 0.004 * max(NOMINAL_PEAK_PCO2 - 60, 0) + 0.4 * np.maximum(max_T - 37.5, 0)
-    )  # fmt: skip
+        1.1
+        + 0.35 * np.maximum(dT, 0)
+        + 0.09 * peak_a
+        + 1.2 * dead
+        + 0.004 * max(NOMINAL_PEAK_PCO2 - 60, 0)
+        + 0.4 * np.maximum(max_T - 37.5, 0)
+    )
     g0f = (
-        36.0 + 0.9 * peak_a + 1.6 * dT - 0.12 * (mn_ppb - 40.0) + 6.0 * dead
+        36.0
+        + 0.9 * peak_a
+        + 1.6 * dT
+        - 0.12 * (mn_ppb - 40.0)
+        + 6.0 * dead
         + 0.02 * (NOMINAL_PEAK_OSMOLALITY - 400)
-    )  # fmt: skip
+    )
     g2f = np.maximum(9.0 - 0.25 * peak_a - 0.4 * dT + 0.05 * (mn_ppb - 40.0), 1.0)
     afuc = 6.0 + 0.012 * (NOMINAL_PEAK_OSMOLALITY - 400) + 0.01 * (NOMINAL_PEAK_PCO2 - 80)
     duration_days = u.end_h / 24.0
@@ -293,9 +338,16 @@ def run_whatif(
     if cal.prior_only:
         warnings.append(cal.message)
     return WhatIfResult(
-        cal.batch_id, cal.as_of_h, scenario, base, changed, warnings, cal.prior_only,
-        in_spec_probability(base, spec), in_spec_probability(changed, spec),
-    )  # fmt: skip
+        cal.batch_id,
+        cal.as_of_h,
+        scenario,
+        base,
+        changed,
+        warnings,
+        cal.prior_only,
+        in_spec_probability(base, spec),
+        in_spec_probability(changed, spec),
+    )
 
 
 # ---------------------------------------------------------------- saved scenarios

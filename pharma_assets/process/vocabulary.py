@@ -47,14 +47,24 @@ class TagDef(_Model):
 
 
 Capability = Literal[
-    "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
+    "cpp_contracts",
+    "excursions",
+    "mspc",
+    "golden_batch",
+    "quality_models",
+    "pdm",
     "contamination",
-]  # fmt: skip
+]
 #: what a unit class may declare it supports (models skip what it does not)
 CAPABILITIES: tuple[str, ...] = (
-    "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
+    "cpp_contracts",
+    "excursions",
+    "mspc",
+    "golden_batch",
+    "quality_models",
+    "pdm",
     "contamination",
-)  # fmt: skip
+)
 
 
 class EquipmentDef(_Model):
@@ -77,8 +87,13 @@ class UnitClass(_Model):
     cell_culture: bool = False
     equipment: dict[str, EquipmentDef] = Field(default_factory=dict)
     capabilities: tuple[Capability, ...] = (
-        "cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models", "pdm",
-    )  # fmt: skip
+        "cpp_contracts",
+        "excursions",
+        "mspc",
+        "golden_batch",
+        "quality_models",
+        "pdm",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> UnitClass:

@@ -33,8 +33,18 @@ import numpy as np
 from .landing import chunk_path
 from .plant import PlantPlan
 
-COA_COLUMNS = ("coa_id", "site_id", "lot_id", "material", "issuer", "tested_ts", "attribute",
-               "value", "uom", "method")  # fmt: skip
+COA_COLUMNS = (
+    "coa_id",
+    "site_id",
+    "lot_id",
+    "material",
+    "issuer",
+    "tested_ts",
+    "attribute",
+    "value",
+    "uom",
+    "method",
+)
 COA_STREAM = 0xC0A  # the certificates' own random stream
 UNIT_SLIP_SHARE = 0.01  # supplier results transcribed in mg/L under a g/L header
 
@@ -57,27 +67,116 @@ class Assay:
 
 # Documented in docs/process_model.md with the source of each precision figure.
 ASSAYS: tuple[Assay, ...] = (
-    Assay("media", "supplier", "glucose_g_l", "g/L", "media_glucose_factor", 6.0, 0.02, 0.0, 2,
-          "enzymatic glucose (GOD-POD)"),
-    Assay("media", "supplier", "osmolality_mosm_kg", "mOsm/kg", "media_osmolality_mosm_kg", 1.0,
-          0.0, 3.0, 0, "freezing-point osmometry"),
-    Assay("media", "supplier", "manganese_ppb", "ppb", "media_mn_ppb", 1.0, 0.05, 0.0, 1,
-          "ICP-MS"),
-    Assay("media", "site_qc", "glucose_g_l", "g/L", "media_glucose_factor", 6.0, 0.015, 0.0, 2,
-          "glucose analyser (YSI)"),
-    Assay("media", "site_qc", "osmolality_mosm_kg", "mOsm/kg", "media_osmolality_mosm_kg", 1.0,
-          0.0, 2.0, 0, "freezing-point osmometry"),
-    Assay("media", "site_qc", "growth_promotion_pct", "%", "media_growth_potency", 100.0, 0.04,
-          0.0, 1, "small-scale use test: specific growth rate vs reference lot"),
-    Assay("feed", "supplier", "glucose_pct_label", "%", "feed_concentration_factor", 100.0, 0.02,
-          0.0, 1, "enzymatic glucose (GOD-POD), % of label claim"),
-    Assay("feed", "supplier", "glutamine_pct_label", "%", "feed_concentration_factor", 100.0,
-          0.03, 0.0, 1, "HPLC amino acids, % of label claim"),
-    Assay("feed", "site_qc", "glucose_pct_label", "%", "feed_concentration_factor", 100.0,
-          0.015, 0.0, 1, "glucose analyser (YSI), % of label claim"),
-    Assay("feed", "site_qc", "productivity_use_test_pct", "%", "feed_productivity_factor", 100.0,
-          0.05, 0.0, 1, "small-scale use test: specific productivity vs reference lot"),
-)  # fmt: skip
+    Assay(
+        "media",
+        "supplier",
+        "glucose_g_l",
+        "g/L",
+        "media_glucose_factor",
+        6.0,
+        0.02,
+        0.0,
+        2,
+        "enzymatic glucose (GOD-POD)",
+    ),
+    Assay(
+        "media",
+        "supplier",
+        "osmolality_mosm_kg",
+        "mOsm/kg",
+        "media_osmolality_mosm_kg",
+        1.0,
+        0.0,
+        3.0,
+        0,
+        "freezing-point osmometry",
+    ),
+    Assay("media", "supplier", "manganese_ppb", "ppb", "media_mn_ppb", 1.0, 0.05, 0.0, 1, "ICP-MS"),
+    Assay(
+        "media",
+        "site_qc",
+        "glucose_g_l",
+        "g/L",
+        "media_glucose_factor",
+        6.0,
+        0.015,
+        0.0,
+        2,
+        "glucose analyser (YSI)",
+    ),
+    Assay(
+        "media",
+        "site_qc",
+        "osmolality_mosm_kg",
+        "mOsm/kg",
+        "media_osmolality_mosm_kg",
+        1.0,
+        0.0,
+        2.0,
+        0,
+        "freezing-point osmometry",
+    ),
+    Assay(
+        "media",
+        "site_qc",
+        "growth_promotion_pct",
+        "%",
+        "media_growth_potency",
+        100.0,
+        0.04,
+        0.0,
+        1,
+        "small-scale use test: specific growth rate vs reference lot",
+    ),
+    Assay(
+        "feed",
+        "supplier",
+        "glucose_pct_label",
+        "%",
+        "feed_concentration_factor",
+        100.0,
+        0.02,
+        0.0,
+        1,
+        "enzymatic glucose (GOD-POD), % of label claim",
+    ),
+    Assay(
+        "feed",
+        "supplier",
+        "glutamine_pct_label",
+        "%",
+        "feed_concentration_factor",
+        100.0,
+        0.03,
+        0.0,
+        1,
+        "HPLC amino acids, % of label claim",
+    ),
+    Assay(
+        "feed",
+        "site_qc",
+        "glucose_pct_label",
+        "%",
+        "feed_concentration_factor",
+        100.0,
+        0.015,
+        0.0,
+        1,
+        "glucose analyser (YSI), % of label claim",
+    ),
+    Assay(
+        "feed",
+        "site_qc",
+        "productivity_use_test_pct",
+        "%",
+        "feed_productivity_factor",
+        100.0,
+        0.05,
+        0.0,
+        1,
+        "small-scale use test: specific productivity vs reference lot",
+    ),
+)
 SUPPLIERS = {"media": "CellMedia GmbH", "feed": "FeedTech Inc."}
 
 
@@ -89,8 +188,15 @@ def lots_of(plan: PlantPlan) -> dict[str, dict[str, Any]]:
             lot = b.lots.get(key)
             if lot is None:
                 continue
-            rec = lots.setdefault(lot, {"material": material, "site_id": b.site_id,
-                                        "first_use": b.start, "attrs": b.lot_attributes})  # fmt: skip
+            rec = lots.setdefault(
+                lot,
+                {
+                    "material": material,
+                    "site_id": b.site_id,
+                    "first_use": b.start,
+                    "attrs": b.lot_attributes,
+                },
+            )
             if b.start < rec["first_use"]:
                 rec["first_use"], rec["attrs"] = b.start, b.lot_attributes
     return lots
@@ -114,12 +220,20 @@ def certificates(plan: PlantPlan) -> list[list[dict[str, Any]]]:
                 value = round(true + float(rng.normal(0.0, noise)), a.decimals)
                 if issuer == "supplier" and a.uom == "g/L" and rng.random() < UNIT_SLIP_SHARE:
                     value = round(value * 1000.0, 0)  # mg/L under the g/L header
-                rows.append({
-                    "coa_id": f"COA-{lot}-{'S' if issuer == 'supplier' else 'Q'}",
-                    "site_id": rec["site_id"], "lot_id": lot, "material": a.material,
-                    "issuer": issuer, "tested_ts": tested, "attribute": a.attribute,
-                    "value": value, "uom": a.uom, "method": a.method,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "coa_id": f"COA-{lot}-{'S' if issuer == 'supplier' else 'Q'}",
+                        "site_id": rec["site_id"],
+                        "lot_id": lot,
+                        "material": a.material,
+                        "issuer": issuer,
+                        "tested_ts": tested,
+                        "attribute": a.attribute,
+                        "value": value,
+                        "uom": a.uom,
+                        "method": a.method,
+                    }
+                )
             docs.append(rows)
     return docs
 

@@ -80,10 +80,36 @@ class KineticParams:
 
 # Each recorded trajectory: name -> description. Measured (m_) values are what probes report.
 RECORDED = (
-    "T_m", "pH_m", "DO_m", "rpm", "air", "o2", "co2", "feed_lph", "feed_cmd_lph",
-    "base_ml", "V", "OUR", "CER", "strip", "Xv", "Xd", "G", "Gln", "L", "A", "P",
-    "DO", "pH", "T", "Tj", "pco2", "osm", "B", "Qgas",
-)  # fmt: skip
+    "T_m",
+    "pH_m",
+    "DO_m",
+    "rpm",
+    "air",
+    "o2",
+    "co2",
+    "feed_lph",
+    "feed_cmd_lph",
+    "base_ml",
+    "V",
+    "OUR",
+    "CER",
+    "strip",
+    "Xv",
+    "Xd",
+    "G",
+    "Gln",
+    "L",
+    "A",
+    "P",
+    "DO",
+    "pH",
+    "T",
+    "Tj",
+    "pco2",
+    "osm",
+    "B",
+    "Qgas",
+)
 
 
 # True state trajectories kept as ground truth (hourly) and for release-CQA summaries.
@@ -341,8 +367,13 @@ class Engine:
         noise = self.rng.standard_normal((n_steps, 3, n))
         sample_noise = self.rng.standard_normal((n_steps // steps_per_day + 2, n))
         minimum, maximum, where, exp, log10, sqrt = (
-            np.minimum, np.maximum, np.where, np.exp, np.log10, np.sqrt,
-        )  # fmt: skip
+            np.minimum,
+            np.maximum,
+            np.where,
+            np.exp,
+            np.log10,
+            np.sqrt,
+        )
         Xv, Xd, G, Gln, L, A, P, V = s.Xv, s.Xd, s.G, s.Gln, s.L, s.A, s.P, s.V
         C, pco2, alk, osm_base, T, Tj, B = s.C, s.pco2, s.alk, s.osm_base, s.T, s.Tj, s.B
         base_ml, feed_l, bolus_l, glc_used = s.base_ml, s.feed_l, s.bolus_l, s.glc_used
@@ -436,11 +467,19 @@ class Engine:
             f_pH = exp(-(((pH - 7.0) / 0.3) ** 2))
             f_DO = DO / (DO + 3.0)
             mu = (
-                p.mu_max * u.mu_lot * f_T * f_pH * f_DO
-                * G / (G + p.k_glc) * Gln / (Gln + p.k_gln)
-                / (1.0 + L / p.ki_lac) / (1.0 + A / p.ki_amm)
+                p.mu_max
+                * u.mu_lot
+                * f_T
+                * f_pH
+                * f_DO
+                * G
+                / (G + p.k_glc)
+                * Gln
+                / (Gln + p.k_gln)
+                / (1.0 + L / p.ki_lac)
+                / (1.0 + A / p.ki_amm)
                 * maximum(1.0 - Xv / p.x_max, 0.0)
-            )  # fmt: skip
+            )
             day = t / 24.0
             kd = (
                 p.kd_min
@@ -558,8 +597,29 @@ class Engine:
             base_ml = base_ml + h * base_rate
             feed_l = feed_l + h * F
         self.state = EngineState(
-            k=k0 + n_steps, Xv=Xv, Xd=Xd, G=G, Gln=Gln, L=L, A=A, P=P, V=V, C=C, pco2=pco2,
-            alk=alk, osm_base=osm_base, T=T, Tj=Tj, B=B, base_ml=base_ml, feed_l=feed_l,
-            bolus_l=bolus_l, glc_used=glc_used, i_T=i_T, i_do=i_do, i_co2=i_co2, i_base=i_base,
-        )  # fmt: skip
+            k=k0 + n_steps,
+            Xv=Xv,
+            Xd=Xd,
+            G=G,
+            Gln=Gln,
+            L=L,
+            A=A,
+            P=P,
+            V=V,
+            C=C,
+            pco2=pco2,
+            alk=alk,
+            osm_base=osm_base,
+            T=T,
+            Tj=Tj,
+            B=B,
+            base_ml=base_ml,
+            feed_l=feed_l,
+            bolus_l=bolus_l,
+            glc_used=glc_used,
+            i_T=i_T,
+            i_do=i_do,
+            i_co2=i_co2,
+            i_base=i_base,
+        )
         return rec

@@ -68,20 +68,40 @@ def mes_events(b: BatchPlan) -> list[dict[str, Any]]:
         "batch_id": b.batch_id,
     }
     ev: list[dict[str, Any]] = [
-        {**base, "event_type": "batch_start", "event_ts": b.start, "recipe_id": b.recipe.recipe_id,
-         "recipe_version": b.recipe.version, "product": b.recipe.product,
-         "planned_end_ts": b.start + timedelta(hours=b.planned_end_h), "material_lots": b.lots,
-         "operator": f"op{(b.seq * 7) % 13 + 1:02d}"}
-    ]  # fmt: skip
+        {
+            **base,
+            "event_type": "batch_start",
+            "event_ts": b.start,
+            "recipe_id": b.recipe.recipe_id,
+            "recipe_version": b.recipe.version,
+            "product": b.recipe.product,
+            "planned_end_ts": b.start + timedelta(hours=b.planned_end_h),
+            "material_lots": b.lots,
+            "operator": f"op{(b.seq * 7) % 13 + 1:02d}",
+        }
+    ]
     for ph in b.recipe.phases:
         start_h = b.inputs["shift_h"] if ph.phase == "production" else ph.start_day * 24.0
         if ph.phase == "harvest":
             start_h = b.planned_end_h - (b.recipe.planned_duration_days - ph.start_day) * 24.0
         if start_h < b.end_h:
-            ev.append({**base, "event_type": "phase_start", "event_ts": b.start + timedelta(hours=start_h),
-                       "phase": ph.phase})  # fmt: skip
-    ev.append({**base, "event_type": "batch_end", "event_ts": b.end, "status": b.status,
-               "reason": b.abort_reason or "harvested"})  # fmt: skip
+            ev.append(
+                {
+                    **base,
+                    "event_type": "phase_start",
+                    "event_ts": b.start + timedelta(hours=start_h),
+                    "phase": ph.phase,
+                }
+            )
+    ev.append(
+        {
+            **base,
+            "event_type": "batch_end",
+            "event_ts": b.end,
+            "status": b.status,
+            "reason": b.abort_reason or "harvested",
+        }
+    )
     for i, e in enumerate(ev):
         e["event_id"] = f"{b.batch_id}-E{i + 1:03d}"
     return ev
@@ -134,11 +154,28 @@ def simulate_history(
                 vals = mat[k0:k1, j, :]
                 qual = quality_codes(rng, vals.shape)
                 ts_us = t0_us + np.arange(k0, k1, dtype=np.int64) * step_us
-                path = chunk_path(out, "telemetry", b.unit_id, b.batch_id,
-                                  b.start + timedelta(hours=k0 * dt_h), seq, "parquet")  # fmt: skip
+                path = chunk_path(
+                    out,
+                    "telemetry",
+                    b.unit_id,
+                    b.batch_id,
+                    b.start + timedelta(hours=k0 * dt_h),
+                    seq,
+                    "parquet",
+                )
                 m = mask_all[k0:k1]
-                write_telemetry_chunk(path, ts_us, b.site_id, b.unit_id, b.batch_id, tags, uoms, vals, qual,
-                                      None if m.all() else m)  # fmt: skip
+                write_telemetry_chunk(
+                    path,
+                    ts_us,
+                    b.site_id,
+                    b.unit_id,
+                    b.batch_id,
+                    tags,
+                    uoms,
+                    vals,
+                    qual,
+                    None if m.all() else m,
+                )
                 res.files_written += 1
                 res.readings_written += int(m.sum())
             res.batch_minutes += end_k * period_s / 60.0
@@ -190,20 +227,31 @@ def simulate_history(
             via = xv / (xv + rec["Xd"][:end_k, j])
             res.truth.append(
                 {
-                    "batch_id": b.batch_id, "site_id": b.site_id, "unit_id": b.unit_id, "seq": b.seq,
-                    "recipe_id": b.recipe.recipe_id, "start_ts": b.start, "end_ts": b.end,
-                    "duration_days": b.end_h / 24.0, "status": b.status, "abort_reason": b.abort_reason,
+                    "batch_id": b.batch_id,
+                    "site_id": b.site_id,
+                    "unit_id": b.unit_id,
+                    "seq": b.seq,
+                    "recipe_id": b.recipe.recipe_id,
+                    "start_ts": b.start,
+                    "end_ts": b.end,
+                    "duration_days": b.end_h / 24.0,
+                    "status": b.status,
+                    "abort_reason": b.abort_reason,
                     "fault_types": ",".join(sorted({f.fault_type for f in b.faults})),
-                    "peak_vcd_e6_cells_ml": float(xv.max()), "peak_vcd_day": float(xv.argmax() * dt_h / 24),
-                    "final_viability_pct": float(100 * via[-1]), "final_titer_g_l": float(rec["P"][end_k - 1, j]),
+                    "peak_vcd_e6_cells_ml": float(xv.max()),
+                    "peak_vcd_day": float(xv.argmax() * dt_h / 24),
+                    "final_viability_pct": float(100 * via[-1]),
+                    "final_titer_g_l": float(rec["P"][end_k - 1, j]),
                     "peak_lactate_g_l": float(rec["L"][:end_k, j].max()),
                     "harvest_volume_l": float(rec["V"][end_k - 1, j]),
-                    "product_mass_kg": float(rec["P"][end_k - 1, j] * rec["V"][end_k - 1, j] / 1000),
+                    "product_mass_kg": float(
+                        rec["P"][end_k - 1, j] * rec["V"][end_k - 1, j] / 1000
+                    ),
                     **{f"lot_{k}": v for k, v in b.lots.items()},
                     **{f"attr_{k}": v for k, v in b.lot_attributes.items()},
                     **{f"hist_{k}": v for k, v in hist.items()},
                 }
-            )  # fmt: skip
+            )
             hk = np.arange(0, end_k, round(1 / dt_h))
             hourly_rows.append(
                 pa.table(

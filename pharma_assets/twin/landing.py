@@ -33,8 +33,16 @@ from .plant import FaultLabel, MaintenanceEvent
 
 TELEMETRY_COLUMNS = ("ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality")
 LIMS_COLUMNS = (
-    "sample_id", "site_id", "unit_id", "batch_id", "sample_ts", "sample_type", "analyte", "value", "uom",
-)  # fmt: skip
+    "sample_id",
+    "site_id",
+    "unit_id",
+    "batch_id",
+    "sample_ts",
+    "sample_type",
+    "analyte",
+    "value",
+    "uom",
+)
 QUALITY_CODES = ("good", "uncertain", "bad")
 
 
@@ -148,13 +156,19 @@ def write_fault_labels(path: Path, labels: list[FaultLabel]) -> Path:
         [asdict(x) for x in labels],
         schema=pa.schema(
             [
-                ("fault_id", pa.string()), ("fault_type", pa.string()), ("site_id", pa.string()),
-                ("unit_id", pa.string()), ("batch_id", pa.string()), ("equipment_id", pa.string()),
-                ("onset_ts", pa.timestamp("us", tz="UTC")), ("end_ts", pa.timestamp("us", tz="UTC")),
-                ("is_equipment_failure", pa.bool_()), ("detail", pa.string()),
+                ("fault_id", pa.string()),
+                ("fault_type", pa.string()),
+                ("site_id", pa.string()),
+                ("unit_id", pa.string()),
+                ("batch_id", pa.string()),
+                ("equipment_id", pa.string()),
+                ("onset_ts", pa.timestamp("us", tz="UTC")),
+                ("end_ts", pa.timestamp("us", tz="UTC")),
+                ("is_equipment_failure", pa.bool_()),
+                ("detail", pa.string()),
             ]
         ),
-    )  # fmt: skip
+    )
     return _atomic(Path(path), lambda p: pq.write_table(lab, p))
 
 

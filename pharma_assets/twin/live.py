@@ -128,8 +128,11 @@ def open_batches(landing: Path, unit_id: str) -> list[OpenBatch]:
         times = [_event_time(e.get("event_ts")) for e in events]
         times.append(_newest_reading(Path(landing) / "telemetry" / unit_id / folder.name))
         newest = max((t for t in times if t is not None), default=None)
-        found.append(OpenBatch(unit_id, folder.name, newest, len(files), start.get("site_id"),
-                               start.get("area_id")))  # fmt: skip
+        found.append(
+            OpenBatch(
+                unit_id, folder.name, newest, len(files), start.get("site_id"), start.get("area_id")
+            )
+        )
     return found
 
 
@@ -138,14 +141,26 @@ def close_open_batches(landing: Path, batches: list[OpenBatch], at: datetime) ->
     (status ``aborted``) at ``at``, after its newest data: a restarted demo has no batch that
     stays 'running' for ever with no new readings (and no freshness alarm that never clears)."""
     for b in batches:
-        event = {"site_id": b.site_id, "area_id": b.area_id, "unit_id": b.unit_id,
-                 "batch_id": b.batch_id, "event_type": "batch_end", "event_ts": at,
-                 "status": "aborted", "reason": RESTART_ABORT_REASON,
-                 "event_id": f"{b.batch_id}-E900"}  # fmt: skip
+        event = {
+            "site_id": b.site_id,
+            "area_id": b.area_id,
+            "unit_id": b.unit_id,
+            "batch_id": b.batch_id,
+            "event_type": "batch_end",
+            "event_ts": at,
+            "status": "aborted",
+            "reason": RESTART_ABORT_REASON,
+            "event_id": f"{b.batch_id}-E900",
+        }
         path = chunk_path(landing, "mes", b.unit_id, b.batch_id, at, b.mes_files + 1, "jsonl")
         write_jsonl(path, [event])
-        log.warning("closed %s on %s as aborted at %s: %s", b.batch_id, b.unit_id,
-                    at.isoformat(), RESTART_ABORT_REASON)  # fmt: skip
+        log.warning(
+            "closed %s on %s as aborted at %s: %s",
+            b.batch_id,
+            b.unit_id,
+            at.isoformat(),
+            RESTART_ABORT_REASON,
+        )
 
 
 @dataclass
@@ -216,26 +231,42 @@ def run_live(
     wall_start = clock()
     left_open = [b for u in plant.units for b in open_batches(out, u.unit_id)]
     newest = max((b.newest for b in left_open if b.newest is not None), default=None)
-    newest = max([t for t in [newest, *(_newest_landed(out, u.unit_id) for u in plant.units)] if t],
-                 default=None)  # fmt: skip
+    newest = max(
+        [t for t in [newest, *(_newest_landed(out, u.unit_id) for u in plant.units)] if t],
+        default=None,
+    )
     if newest is not None and newest >= t0:  # resume after what already landed: no overlap
         t0 = (newest + timedelta(seconds=period_s)).replace(microsecond=0)
-        log.info("live clock: the landing zone already holds data up to %s; resuming after it",
-                 newest.isoformat())  # fmt: skip
+        log.info(
+            "live clock: the landing zone already holds data up to %s; resuming after it",
+            newest.isoformat(),
+        )
     if left_open:
         close_open_batches(out, left_open, t0)
     meet = catch_up(t0, wall_start, speed) if speed > 0 else None
     if t0 > wall_start:
-        log.info("live clock: process time starts at %s, %.0f s ahead of the wall clock: waiting "
-                 "for it, then running at real time", t0.isoformat(), (t0 - wall_start).total_seconds())  # fmt: skip
+        log.info(
+            "live clock: process time starts at %s, %.0f s ahead of the wall clock: waiting "
+            "for it, then running at real time",
+            t0.isoformat(),
+            (t0 - wall_start).total_seconds(),
+        )
     elif meet is not None:
-        log.info("live clock: process time starts at %s (%s behind the wall clock) and runs x%g; "
-                 "it reaches the wall clock at about %s (in %.0f min) and runs at real time from then on",
-                 t0.isoformat(), wall_start - t0, speed, meet.isoformat(timespec="seconds"),
-                 (meet - wall_start).total_seconds() / 60)  # fmt: skip
+        log.info(
+            "live clock: process time starts at %s (%s behind the wall clock) and runs x%g; "
+            "it reaches the wall clock at about %s (in %.0f min) and runs at real time from then on",
+            t0.isoformat(),
+            wall_start - t0,
+            speed,
+            meet.isoformat(timespec="seconds"),
+            (meet - wall_start).total_seconds() / 60,
+        )
     else:
-        log.info("live clock: process time starts at %s, x%g, never ahead of the wall clock",
-                 t0.isoformat(), speed)  # fmt: skip
+        log.info(
+            "live clock: process time starts at %s, x%g, never ahead of the wall clock",
+            t0.isoformat(),
+            speed,
+        )
     queues: dict[str, list[BatchPlan]] = {}
     for ui, unit in enumerate(plant.units):
         one = plant.with_units(len(plant.units)).model_copy(
@@ -308,8 +339,18 @@ def run_live(
         due = [e for e in evs if e["event_ts"] <= upto]
         new = due[r.emitted_events :]
         if new:
-            write_jsonl(chunk_path(out, "mes", r.plan.unit_id, r.plan.batch_id, new[0]["event_ts"],
-                                   r.emitted_events + 1, "jsonl"), new)  # fmt: skip
+            write_jsonl(
+                chunk_path(
+                    out,
+                    "mes",
+                    r.plan.unit_id,
+                    r.plan.batch_id,
+                    new[0]["event_ts"],
+                    r.emitted_events + 1,
+                    "jsonl",
+                ),
+                new,
+            )
             r.emitted_events = len(due)
 
     try:
@@ -345,8 +386,20 @@ def run_live(
                 r.history.append({k: rec[k] for k in TRUTH_VARIABLES})
                 if r.k % spd == 0:
                     ts = r.plan.start + timedelta(hours=r.k * dt_h + 0.25)
-                    rows = [(f"{r.plan.batch_id}-S{r.k // spd:02d}", r.plan.site_id, uid, r.plan.batch_id, ts,
-                             "in_process", a, v, u) for a, v, u in lab_samples(rec, 0, 0, r.rng)]  # fmt: skip
+                    rows = [
+                        (
+                            f"{r.plan.batch_id}-S{r.k // spd:02d}",
+                            r.plan.site_id,
+                            uid,
+                            r.plan.batch_id,
+                            ts,
+                            "in_process",
+                            a,
+                            v,
+                            u,
+                        )
+                        for a, v, u in lab_samples(rec, 0, 0, r.rng)
+                    ]
                     # the result carries its sample time (15 min on): written when that is past
                     lims_due.append(
                         (
@@ -372,9 +425,26 @@ def run_live(
                         r.rng,
                     )
                     ts = r.plan.end  # may lie up to one period ahead: written when due
-                    lims_due.append((ts, chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
-                                     [(f"{r.plan.batch_id}-REL", r.plan.site_id, uid, r.plan.batch_id, ts, "release", a, v, u)
-                                      for a, v, u in rel]))  # fmt: skip
+                    lims_due.append(
+                        (
+                            ts,
+                            chunk_path(out, "lims", uid, r.plan.batch_id, ts, 99, "csv"),
+                            [
+                                (
+                                    f"{r.plan.batch_id}-REL",
+                                    r.plan.site_id,
+                                    uid,
+                                    r.plan.batch_id,
+                                    ts,
+                                    "release",
+                                    a,
+                                    v,
+                                    u,
+                                )
+                                for a, v, u in rel
+                            ],
+                        )
+                    )
                     ending.append(r)
                     del running[uid]
                     stats.batches_finished += 1
@@ -389,8 +459,12 @@ def run_live(
     for r in running.values():
         flush(r)
     if lims_due or ending:
-        log.info("stopped before %d lab results and %d batch ends were due (not written: they "
-                 "would lie in the future)", len(lims_due), len(ending))  # fmt: skip
+        log.info(
+            "stopped before %d lab results and %d batch ends were due (not written: they "
+            "would lie in the future)",
+            len(lims_due),
+            len(ending),
+        )
     # ground truth of the batches this run started (labels of faults that have begun)
     labels = [f for b in started for f in b.faults if f.onset_ts <= now]
     write_fault_labels(truth_dir / f"live_fault_labels_{stamp(t0)}.parquet", labels)

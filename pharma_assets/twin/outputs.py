@@ -84,10 +84,13 @@ def telemetry_signals(
     pumping = feed_cmd > 0
     pump_current = np.where(
         pumping,
-        0.6 + 0.5 * feed_cmd / np.maximum(u.feed_lph, 1e-9) + 0.6 * pw**2 + 0.012 * fp_wdg
+        0.6
+        + 0.5 * feed_cmd / np.maximum(u.feed_lph, 1e-9)
+        + 0.6 * pw**2
+        + 0.012 * fp_wdg
         + noise(0.02),
         0.0,
-    )  # fmt: skip
+    )
     # envelope acceleration in the bearing's defect-frequency band (gE): a speed-dependent
     # floor plus the defect's growth from the P point
     agt_defect = np.where(
@@ -236,8 +239,16 @@ def release_assays(
     amm = h["peak_ammonia_mmol_l"]
     dead = 1.0 - h["final_viability"]
     contaminated = h["peak_contaminant"] > 0.01
-    aggregates = 1.1 + 0.35 * max(dT, 0) + 0.09 * amm + 1.2 * dead + 0.004 * max(h["max_pco2_mmhg"] - 60, 0) \
-        + 0.15 * h["hours_ph_outside_6_9_7_1"] / 24 + 0.4 * max(h["max_temp_c"] - 37.5, 0) + 0.08 * z()  # fmt: skip
+    aggregates = (
+        1.1
+        + 0.35 * max(dT, 0)
+        + 0.09 * amm
+        + 1.2 * dead
+        + 0.004 * max(h["max_pco2_mmhg"] - 60, 0)
+        + 0.15 * h["hours_ph_outside_6_9_7_1"] / 24
+        + 0.4 * max(h["max_temp_c"] - 37.5, 0)
+        + 0.08 * z()
+    )
     g0f = (
         36.0
         + 0.9 * amm
@@ -262,10 +273,17 @@ def release_assays(
     titer = h["final_titer_g_l"] * (1 + 0.03 * z())
     purity = 100.0 - aggregates - (0.6 + 0.1 * abs(z()))
     vals = {
-        "titer_g_l": titer, "aggregates_hmw_pct": aggregates, "acidic_variants_pct": acidic,
-        "g0f_pct": g0f, "g1f_pct": g1f, "g2f_pct": g2f, "afucosylated_pct": afuc,
-        "hcp_ppm": max(hcp, 1.0), "bioburden_cfu_ml": bioburden, "endotoxin_eu_ml": endotoxin,
+        "titer_g_l": titer,
+        "aggregates_hmw_pct": aggregates,
+        "acidic_variants_pct": acidic,
+        "g0f_pct": g0f,
+        "g1f_pct": g1f,
+        "g2f_pct": g2f,
+        "afucosylated_pct": afuc,
+        "hcp_ppm": max(hcp, 1.0),
+        "bioburden_cfu_ml": bioburden,
+        "endotoxin_eu_ml": endotoxin,
         "purity_pct": purity,
-    }  # fmt: skip
+    }
     keep = RELEASE_ASSAYS if completed else ("titer_g_l", "bioburden_cfu_ml", "endotoxin_eu_ml")
     return [(k, round(float(vals[k]), 4), RELEASE_ASSAYS[k]) for k in keep]

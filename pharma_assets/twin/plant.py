@@ -370,8 +370,9 @@ def agitator_wear_out(d: BatchDraw) -> FaultDraw | None:
     why = {"agt_brg": AGT_BEARING, "trip": AGT_TRIP}.get(mode, "")
     if mode == "agt_wdg":
         why = AGT_WINDING_FAST if w.parts["agt_wdg"].fast else AGT_WINDING
-    fault = PlannedFault(fail_at, None, "agitator_failure", d.equipment["agitator_motor"], True,
-                         why)  # fmt: skip
+    fault = PlannedFault(
+        fail_at, None, "agitator_failure", d.equipment["agitator_motor"], True, why
+    )
     inputs = {"agitator_fail_h": fail_at}
     if mode != "trip":
         inputs[f"{mode}_f_h"] = fail_at
@@ -430,10 +431,19 @@ def ph_probe_drift(d: BatchDraw) -> FaultDraw | None:
     onset = float(rng.uniform(1, 10)) * 24
     rate = float(rng.choice([-1, 1]) * rng.uniform(0.10, 0.20)) / 24.0
     end = onset + float(rng.uniform(24, 48))
-    fault = PlannedFault(onset, end, "ph_probe_drift", d.equipment["ph_probe"], False,
-                         f"drift {rate * 24:+.3f} pH/day until recalibration")  # fmt: skip
-    inputs = {"ph_drift_fault_onset_h": onset, "ph_drift_fault_end_h": end,
-              "ph_drift_fault_rate_h": rate}  # fmt: skip
+    fault = PlannedFault(
+        onset,
+        end,
+        "ph_probe_drift",
+        d.equipment["ph_probe"],
+        False,
+        f"drift {rate * 24:+.3f} pH/day until recalibration",
+    )
+    inputs = {
+        "ph_drift_fault_onset_h": onset,
+        "ph_drift_fault_end_h": end,
+        "ph_drift_fault_rate_h": rate,
+    }
     return FaultDraw(inputs, fault)
 
 
@@ -444,8 +454,14 @@ def do_probe_failure(d: BatchDraw) -> FaultDraw | None:
         return None
     onset = float(rng.uniform(1, 11)) * 24
     end = onset + float(rng.uniform(6, 24))
-    fault = PlannedFault(onset, end, "do_probe_failure", d.equipment["do_probe"], True,
-                         "membrane rupture, reading near zero until probe replaced")  # fmt: skip
+    fault = PlannedFault(
+        onset,
+        end,
+        "do_probe_failure",
+        d.equipment["do_probe"],
+        True,
+        "membrane rupture, reading near zero until probe replaced",
+    )
     return FaultDraw({"do_fail_onset_h": onset, "do_fail_end_h": end}, fault)
 
 
@@ -456,8 +472,9 @@ def chiller_fault(d: BatchDraw) -> FaultDraw | None:
         return None
     onset = float(rng.uniform(1, 12)) * 24
     end = onset + float(rng.uniform(3, 10))
-    fault = PlannedFault(onset, end, "chiller_fault", d.equipment["chiller"], True,
-                         "loss of jacket cooling")  # fmt: skip
+    fault = PlannedFault(
+        onset, end, "chiller_fault", d.equipment["chiller"], True, "loss of jacket cooling"
+    )
     return FaultDraw({"chiller_onset_h": onset, "chiller_end_h": end}, fault)
 
 
@@ -499,27 +516,59 @@ def maintenance_after_batch(
     wear.since_membrane += 1
     t_end = t + end_h
     down = rel.turnaround_h
-    out = [MaintenanceAt(t, "calibration", uid, eq["ph_probe"], None,
-                         "pH and DO probe calibration before inoculation", 0.5,
-                         wear.bearing_run - end_h)]  # fmt: skip
+    out = [
+        MaintenanceAt(
+            t,
+            "calibration",
+            uid,
+            eq["ph_probe"],
+            None,
+            "pH and DO probe calibration before inoculation",
+            0.5,
+            wear.bearing_run - end_h,
+        )
+    ]
     agitator = faults.get("agitator_failure")
     if agitator is not None and agitator.fault.onset_h < end_h:
         on, why = agitator.fault.onset_h, agitator.fault.detail
         run_at = wear.bearing_run - end_h + on
         failed, part, repair = {
-            AGT_TRIP: ("agitator drive tripped; no fault found on the motor", None,
-                       "reset and test agitator drive after trip"),
-            AGT_WINDING: ("agitator motor tripped on earth fault; stator winding failed",
-                          "agitator motor", "replace agitator motor (stator winding failed)"),
-            AGT_WINDING_FAST: ("agitator motor tripped on earth fault; stator winding failed",
-                               "agitator motor", "replace agitator motor (stator winding failed)"),
-        }.get(why, ("agitator tripped on high vibration; bearing seized", "drive-end bearing",
-                    "replace agitator drive-end bearing"))  # fmt: skip
+            AGT_TRIP: (
+                "agitator drive tripped; no fault found on the motor",
+                None,
+                "reset and test agitator drive after trip",
+            ),
+            AGT_WINDING: (
+                "agitator motor tripped on earth fault; stator winding failed",
+                "agitator motor",
+                "replace agitator motor (stator winding failed)",
+            ),
+            AGT_WINDING_FAST: (
+                "agitator motor tripped on earth fault; stator winding failed",
+                "agitator motor",
+                "replace agitator motor (stator winding failed)",
+            ),
+        }.get(
+            why,
+            (
+                "agitator tripped on high vibration; bearing seized",
+                "drive-end bearing",
+                "replace agitator drive-end bearing",
+            ),
+        )
         out += [
             MaintenanceAt(t + on, "failure", uid, eq["agitator_motor"], None, failed, 0.0, run_at),
-            MaintenanceAt(t_end + 2, "corrective_maintenance", uid, eq["agitator_motor"], part,
-                          repair, rel.repair_downtime_h, run_at),
-        ]  # fmt: skip
+            MaintenanceAt(
+                t_end + 2,
+                "corrective_maintenance",
+                uid,
+                eq["agitator_motor"],
+                part,
+                repair,
+                rel.repair_downtime_h,
+                run_at,
+            ),
+        ]
         if why != AGT_TRIP:  # a new bearing (or a new motor, with a new winding)
             wear.bearing_run = 0.0
             wear.bearing_life = _weibull(
@@ -542,11 +591,27 @@ def maintenance_after_batch(
             FP_WINDING_FAST: ("feed pump motor", "replace feed pump motor (winding failed)"),
         }.get(why, (None, "reset feed pump drive after trip; motor tested"))
         out += [
-            MaintenanceAt(t + on, "failure", uid, eq["feed_pump"], None, "feed pump stopped",
-                          0.0, wear.pump_run),
-            MaintenanceAt(t + min(off, end_h), "corrective_maintenance", uid, eq["feed_pump"],
-                          part, repair, 0.0, wear.pump_run),
-        ]  # fmt: skip
+            MaintenanceAt(
+                t + on,
+                "failure",
+                uid,
+                eq["feed_pump"],
+                None,
+                "feed pump stopped",
+                0.0,
+                wear.pump_run,
+            ),
+            MaintenanceAt(
+                t + min(off, end_h),
+                "corrective_maintenance",
+                uid,
+                eq["feed_pump"],
+                part,
+                repair,
+                0.0,
+                wear.pump_run,
+            ),
+        ]
         if why == FP_HEAD:
             wear.pump_run = 0.0
             wear.pump_life = _weibull(
@@ -558,13 +623,27 @@ def maintenance_after_batch(
                 wear.parts["fp_wdg"] = _winding_part(mrng, m)
     if wear.since_pm >= rel.preventive_maintenance_interval_h:
         out += [
-            MaintenanceAt(t_end + 4, "preventive_maintenance", uid, eq["agitator_motor"],
-                          "drive-end bearing", "preventive maintenance: replace agitator bearings",
-                          8.0, wear.bearing_run),
-            MaintenanceAt(t_end + 4, "preventive_maintenance", uid, eq["feed_pump"], "pump head",
-                          "preventive maintenance: replace feed pump head and motor bearings", 8.0,
-                          wear.pump_run),
-        ]  # fmt: skip
+            MaintenanceAt(
+                t_end + 4,
+                "preventive_maintenance",
+                uid,
+                eq["agitator_motor"],
+                "drive-end bearing",
+                "preventive maintenance: replace agitator bearings",
+                8.0,
+                wear.bearing_run,
+            ),
+            MaintenanceAt(
+                t_end + 4,
+                "preventive_maintenance",
+                uid,
+                eq["feed_pump"],
+                "pump head",
+                "preventive maintenance: replace feed pump head and motor bearings",
+                8.0,
+                wear.pump_run,
+            ),
+        ]
         wear.bearing_run, wear.pump_run, wear.since_pm = 0.0, 0.0, 0.0
         wear.bearing_life = _weibull(
             rng, rel.bearing_life_weibull_scale_h, rel.bearing_life_weibull_shape
@@ -575,9 +654,18 @@ def maintenance_after_batch(
             wear.parts["fp_brg"] = _fp_bearing_part(mrng, m)
         down += 8.0
     if wear.since_membrane >= rel.do_membrane_replacement_batches:
-        out.append(MaintenanceAt(t_end + 3, "preventive_maintenance", uid, eq["do_probe"],
-                                 "DO membrane", "replace DO probe membrane and electrolyte", 0.0,
-                                 wear.bearing_run))  # fmt: skip
+        out.append(
+            MaintenanceAt(
+                t_end + 3,
+                "preventive_maintenance",
+                uid,
+                eq["do_probe"],
+                "DO membrane",
+                "replace DO probe membrane and electrolyte",
+                0.0,
+                wear.bearing_run,
+            )
+        )
         wear.since_membrane = 0
     return out, down
 
@@ -642,18 +730,25 @@ def _plan_unit(
     area = plant.area_of(uid)
     eq: dict[str, str] = {e.type: f"{uid}-{e.suffix}" for e in plant.equipment}
     wear = _initial_wear(rng, rel)
-    traits = (float(rng.normal(1.1, 0.12)), float(rng.normal(1.0, 0.06)),
-              float(rng.normal(0, 0.02)))  # fmt: skip  # vibration base, kLa factor, T bias
+    traits = (
+        float(rng.normal(1.1, 0.12)),
+        float(rng.normal(1.0, 0.06)),
+        float(rng.normal(0, 0.02)),
+    )  # vibration base, kLa factor, T bias
     mot = plant.motors
     if motor_rng is not None:
         mr = motor_rng
         wear.motor_rng = mr
         wear.parts = {
             "agt_brg": _new_part(mr, wear.bearing_life, mot, run=wear.bearing_run),
-            "agt_wdg": _winding_part(mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
+            "agt_wdg": _winding_part(
+                mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h
+            ),
             "fp_brg": _fp_bearing_part(mr, mot, wear.pump_run),
-            "fp_wdg": _winding_part(mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h),
-        }  # fmt: skip
+            "fp_wdg": _winding_part(
+                mr, mot, float(mr.uniform(0, 0.5)) * mot.winding_life_weibull_scale_h
+            ),
+        }
         wear.agt_imb_base = float(np.clip(mr.normal(1.0, 0.3), 0.2, None))
         wear.fp_imb_base = float(np.clip(mr.normal(1.2, 0.35), 0.2, None))
     batches: list[BatchPlan] = []
@@ -692,10 +787,19 @@ def _plan_unit(
             )
         )
         faults_at += [
-            FaultAt(t + f.onset_h, None if f.end_h is None else t + min(f.end_h, end_h),
-                    f.fault_type, uid, bid, f.equipment_id, f.is_equipment_failure, f.detail)
-            for f in (d.fault for d in drawn) if f.onset_h < end_h
-        ]  # fmt: skip
+            FaultAt(
+                t + f.onset_h,
+                None if f.end_h is None else t + min(f.end_h, end_h),
+                f.fault_type,
+                uid,
+                bid,
+                f.equipment_id,
+                f.is_equipment_failure,
+                f.detail,
+            )
+            for f in (d.fault for d in drawn)
+            if f.onset_h < end_h
+        ]
         done, down = maintenance_after_batch(
             rng, wear, rel, uid, eq, t, end_h, {d.fault.fault_type: d for d in drawn}, mot
         )
@@ -710,10 +814,14 @@ def _assign_lots(batches: list[BatchPlan], lot_rng: np.random.Generator) -> None
     n_media = max(1, (len(batches) + 5) // 6)
     n_feed = max(1, (len(batches) + 7) // 8)
     media = [
-        {"mu": float(lot_rng.normal(1, 0.04)), "glc": float(lot_rng.normal(1, 0.03)),
-         "mn_ppb": float(lot_rng.uniform(20, 60)), "osm": float(lot_rng.normal(295, 4))}
+        {
+            "mu": float(lot_rng.normal(1, 0.04)),
+            "glc": float(lot_rng.normal(1, 0.03)),
+            "mn_ppb": float(lot_rng.uniform(20, 60)),
+            "osm": float(lot_rng.normal(295, 4)),
+        }
         for _ in range(n_media)
-    ]  # fmt: skip
+    ]
     feeds = [
         {"conc": float(lot_rng.normal(1, 0.03)), "qp": float(lot_rng.normal(1, 0.05))}
         for _ in range(n_feed)

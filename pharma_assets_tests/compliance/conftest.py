@@ -24,8 +24,13 @@ PASSWORDS = {
     "op.jones": "Operator-pass-2026",
     "mx.brown": "Maint-pass-2026",
 }
-ROLES = {"admin": "admin", "qa.lead": "qa", "pe.smith": "process_engineer",
-         "op.jones": "operator", "mx.brown": "maintenance"}  # fmt: skip
+ROLES = {
+    "admin": "admin",
+    "qa.lead": "qa",
+    "pe.smith": "process_engineer",
+    "op.jones": "operator",
+    "mx.brown": "maintenance",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +63,22 @@ def gold_lake(gold_lake_template: Path, tmp_path: Path) -> Lake:
 
 def add_users(lake: Lake) -> dict[str, str]:
     """The five role accounts; returns user -> password."""
-    create_user(lake, "admin", "Ada Admin", "admin", PASSWORDS["admin"], "system:test",
-                "test setup", bootstrap=True)  # fmt: skip
-    names = {"qa.lead": "Quinn Assurance", "pe.smith": "Pat Engineer",
-             "op.jones": "Olive Operator", "mx.brown": "Max Maintenance"}  # fmt: skip
+    create_user(
+        lake,
+        "admin",
+        "Ada Admin",
+        "admin",
+        PASSWORDS["admin"],
+        "system:test",
+        "test setup",
+        bootstrap=True,
+    )
+    names = {
+        "qa.lead": "Quinn Assurance",
+        "pe.smith": "Pat Engineer",
+        "op.jones": "Olive Operator",
+        "mx.brown": "Max Maintenance",
+    }
     for uid, name in names.items():
         create_user(lake, uid, name, ROLES[uid], PASSWORDS[uid], "admin", "test setup")
     return dict(PASSWORDS)

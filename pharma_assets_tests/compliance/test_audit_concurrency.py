@@ -16,8 +16,12 @@ THREADS, SINGLES = 4, 8
 def _process_writer(root: str, wid: int) -> None:
     t = AuditTrail(Lake.at(root))
     for b in range(BATCHES):
-        t.append([AuditEvent("bulk", f"proc{wid}", record_id=f"p{wid}-b{b}-{i}")
-                  for i in range(PER_BATCH)])  # fmt: skip
+        t.append(
+            [
+                AuditEvent("bulk", f"proc{wid}", record_id=f"p{wid}-b{b}-{i}")
+                for i in range(PER_BATCH)
+            ]
+        )
 
 
 def test_processes_and_threads_lose_nothing(empty_lake: Lake) -> None:
@@ -48,9 +52,9 @@ def test_processes_and_threads_lose_nothing(empty_lake: Lake) -> None:
 
     trail = AuditTrail(Lake.at(root))
     df = trail.read()
-    expected = {f"p{w}-b{b}-{i}" for w in range(PROCS) for b in range(BATCHES)
-                for i in range(PER_BATCH)} | {f"t{k}-{i}" for k in range(THREADS)
-                                              for i in range(SINGLES)}  # fmt: skip
+    expected = {
+        f"p{w}-b{b}-{i}" for w in range(PROCS) for b in range(BATCHES) for i in range(PER_BATCH)
+    } | {f"t{k}-{i}" for k in range(THREADS) for i in range(SINGLES)}
     assert df.height == len(expected)
     assert set(df["record_id"]) == expected
     assert df["seq"].to_list() == list(range(len(expected)))

@@ -34,9 +34,22 @@ N = 50
 def _trail(lake: Lake) -> AuditTrail:
     t = AuditTrail(lake)
     for start in range(0, N, 10):  # five commits of ten entries
-        t.append([AuditEvent("value_changed", f"user{i % 3}", "silver/batches", f"B{i:03d}",
-                             "status", "running", f"complete-{i}", f"reason {i}", "run-1")
-                  for i in range(start, start + 10)])  # fmt: skip
+        t.append(
+            [
+                AuditEvent(
+                    "value_changed",
+                    f"user{i % 3}",
+                    "silver/batches",
+                    f"B{i:03d}",
+                    "status",
+                    "running",
+                    f"complete-{i}",
+                    f"reason {i}",
+                    "run-1",
+                )
+                for i in range(start, start + 10)
+            ]
+        )
     assert t.verify().ok
     return t
 
@@ -103,10 +116,14 @@ def test_swapped_entries_detected(empty_lake: Lake) -> None:
     t = _trail(empty_lake)
     df = _rows(t)
     a, b = df.filter(pl.col("seq") == 30), df.filter(pl.col("seq") == 31)
-    swapped = pl.concat([
-        df.filter(pl.col("seq") < 30), b.with_columns(seq=pl.lit(30, pl.Int64)),
-        a.with_columns(seq=pl.lit(31, pl.Int64)), df.filter(pl.col("seq") > 31),
-    ])  # fmt: skip
+    swapped = pl.concat(
+        [
+            df.filter(pl.col("seq") < 30),
+            b.with_columns(seq=pl.lit(30, pl.Int64)),
+            a.with_columns(seq=pl.lit(31, pl.Int64)),
+            df.filter(pl.col("seq") > 31),
+        ]
+    )
     _overwrite(t, swapped)
     r = t.verify()
     assert (r.ok, r.first_bad_seq, r.kind) == (False, 30, "hash_mismatch")
@@ -208,14 +225,24 @@ def test_key_file_created_private_and_refused_inside_repo(
 
 def test_entries_record_who_what_when_why(empty_lake: Lake) -> None:
     t = AuditTrail(empty_lake)
-    t.record("deviation_opened", "op.jones", "gxp/deviations", "DEV-00001", "state", None,
-             {"state": "open"}, "pH probe drift", "sess-1")  # fmt: skip
+    t.record(
+        "deviation_opened",
+        "op.jones",
+        "gxp/deviations",
+        "DEV-00001",
+        "state",
+        None,
+        {"state": "open"},
+        "pH probe drift",
+        "sess-1",
+    )
     row = t.read().row(0, named=True)
     assert row["actor"] == "op.jones" and row["record_id"] == "DEV-00001"
     assert row["new_value"] == '{"state":"open"}' and row["reason"] == "pH probe drift"
     assert row["context_id"] == "sess-1" and row["ts_utc"].tzinfo is not None
-    expected = hmac.digest(t.key, f"{_canonical_bodies(t.read())[0]}|64:{GENESIS}".encode(),
-                           "sha256").hex()  # fmt: skip
+    expected = hmac.digest(
+        t.key, f"{_canonical_bodies(t.read())[0]}|64:{GENESIS}".encode(), "sha256"
+    ).hex()
     assert row["entry_hash"] == expected and row["prev_hash"] == GENESIS
     assert hashlib.sha256(b"").hexdigest() != row["entry_hash"]
 

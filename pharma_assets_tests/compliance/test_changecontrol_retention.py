@@ -34,14 +34,16 @@ def test_spec_change_signed_audited_and_in_use_check(users_lake, tmp_path: Path)
     spec = tmp_path / "cpp_spec.yaml"
     shutil.copy(DEFAULT_SPEC, spec)
     assert not changecontrol.check_in_use(lake, spec).ok  # no approved version yet
-    base = changecontrol.apply_change(lake, spec, spec.read_text(), "pe.smith", pw["pe.smith"],
-                                      "baseline of spec v3")  # fmt: skip
+    base = changecontrol.apply_change(
+        lake, spec, spec.read_text(), "pe.smith", pw["pe.smith"], "baseline of spec v3"
+    )
     assert changecontrol.check_in_use(lake, spec).ok
     old = spec.read_text()
     new = _bump(old, 4)
     assert new != old
-    row = changecontrol.apply_change(lake, spec, new, "pe.smith", pw["pe.smith"],
-                                     "tighten after CAPA")  # fmt: skip
+    row = changecontrol.apply_change(
+        lake, spec, new, "pe.smith", pw["pe.smith"], "tighten after CAPA"
+    )
     assert row["old_sha256"] == base["new_sha256"] and "+version: 4" in row["diff"]
     assert load_spec(spec).version == 4
     assert changecontrol.check_in_use(lake, spec).ok
@@ -116,11 +118,13 @@ def test_recipe_change_under_control(users_lake, tmp_path: Path) -> None:
     rec = tmp_path / "recipes.yaml"
     shutil.copy(Path(config.__file__).parent / "config" / "recipes_default.yaml", rec)
     new = rec.read_text() + "# feed start moved: CC approved\n"
-    row = changecontrol.apply_change(lake, rec, new, "qa.lead", pw["qa.lead"],
-                                     "recipe update", target="recipes")  # fmt: skip
+    row = changecontrol.apply_change(
+        lake, rec, new, "qa.lead", pw["qa.lead"], "recipe update", target="recipes"
+    )
     assert row["old_sha256"] != row["new_sha256"] and rec.read_text() == new
     assert changecontrol.check_in_use(lake, rec, "recipes").ok
     assert not changecontrol.check_in_use(lake, rec, "cpp_spec").ok  # other target: none yet
     with pytest.raises(ValueError, match="invalid"):
-        changecontrol.apply_change(lake, rec, "recipes: []\n", "qa.lead", pw["qa.lead"], "x",
-                                   target="recipes")  # fmt: skip
+        changecontrol.apply_change(
+            lake, rec, "recipes: []\n", "qa.lead", pw["qa.lead"], "x", target="recipes"
+        )

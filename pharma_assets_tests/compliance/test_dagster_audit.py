@@ -27,8 +27,12 @@ from pharma_assets_tests.lake.conftest import landing  # noqa: F401
 
 
 def _check_defs(res: LakehouseResource) -> dg.Definitions:
-    return dg.Definitions(assets=[audit_trail_asset], asset_checks=[audit_chain_valid],
-                          jobs=[audit_verify_job], resources={"lakehouse": res})  # fmt: skip
+    return dg.Definitions(
+        assets=[audit_trail_asset],
+        asset_checks=[audit_chain_valid],
+        jobs=[audit_verify_job],
+        resources={"lakehouse": res},
+    )
 
 
 def test_materializations_audited_once_with_versions_rows_run_and_code(
@@ -59,8 +63,11 @@ def test_materializations_audited_once_with_versions_rows_run_and_code(
         new = pl.Series([gold["new_value"]]).str.json_decode().struct.unnest()
         assert new["rows"][0] == 3 and new["version"][0] == lake.version("gold", "batch_summary")
         assert len(new["code_version"][0]) >= 7 and gold["context_id"] in out.runs
-        assert set(mats["table_name"]) >= {"bronze/telemetry", "silver/telemetry",
-                                           "gold/cpp_excursions"}  # fmt: skip
+        assert set(mats["table_name"]) >= {
+            "bronze/telemetry",
+            "silver/telemetry",
+            "gold/cpp_excursions",
+        }
 
         # the asset check passes on the intact chain and fails once an entry is removed
         job = _check_defs(res).resolve_job_def("audit_verify_job")
@@ -71,8 +78,9 @@ def test_materializations_audited_once_with_versions_rows_run_and_code(
 
         uri = lake.uri("gxp", "audit_trail")
         DeltaTable(uri).alter.set_table_properties({"delta.appendOnly": "false"})
-        write_deltalake(uri, pl.read_delta(uri).filter(pl.col("seq") != 3).to_arrow(),
-                        mode="overwrite")  # fmt: skip
+        write_deltalake(
+            uri, pl.read_delta(uri).filter(pl.col("seq") != 3).to_arrow(), mode="overwrite"
+        )
         r2 = job.execute_in_process(instance=instance, raise_on_error=False)
         [ev2] = r2.get_asset_check_evaluations()
         assert not ev2.passed
@@ -124,28 +132,77 @@ def test_cli_audit_verify_exit_codes(empty_lake: Lake) -> None:
 def test_cli_user_admin_and_release_flow(gold_lake: Lake) -> None:
     runner = CliRunner()
     root = gold_lake.root
-    r = runner.invoke(app, ["users", "add", "boss", "--name", "Bo Boss", "--role", "admin",
-                            "--lake", root], input="Chief-pass-2026!\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["users", "add", "boss", "--name", "Bo Boss", "--role", "admin", "--lake", root],
+        input="Chief-pass-2026!\n",
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["users", "add", "qa1", "--name", "Quincy QA", "--role", "qa",
-                            "--admin", "boss", "--lake", root],
-                      input="Chief-pass-2026!\nQuality-2026-x\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "users",
+            "add",
+            "qa1",
+            "--name",
+            "Quincy QA",
+            "--role",
+            "qa",
+            "--admin",
+            "boss",
+            "--lake",
+            root,
+        ],
+        input="Chief-pass-2026!\nQuality-2026-x\n",
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["users", "list", "--lake", root])
     assert "Quincy QA" in r.output
-    r = runner.invoke(app, ["release", "BR01-B0001", "--user", "qa1", "--reason", "ok",
-                            "--lake", root], input="Quality-2026-x\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["release", "BR01-B0001", "--user", "qa1", "--reason", "ok", "--lake", root],
+        input="Quality-2026-x\n",
+    )
     assert r.exit_code == 2 and "--decision" in r.output  # no default decision
     assert gold_lake.read("gxp", "batch_release") is None
-    r = runner.invoke(app, ["release", "BR01-B0001", "--user", "qa1", "--reason", "ok",
-                            "--decision", "released", "--lake", root], input="Quality-2026-x\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "release",
+            "BR01-B0001",
+            "--user",
+            "qa1",
+            "--reason",
+            "ok",
+            "--decision",
+            "released",
+            "--lake",
+            root,
+        ],
+        input="Quality-2026-x\n",
+    )
     assert r.exit_code == 0, r.output
     assert "released by Quincy QA" in r.output
-    r = runner.invoke(app, ["release", "BR01-B0002", "--user", "qa1", "--reason", "ok",
-                            "--decision", "rejected", "--lake", root], input="wrong-password\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "release",
+            "BR01-B0002",
+            "--user",
+            "qa1",
+            "--reason",
+            "ok",
+            "--decision",
+            "rejected",
+            "--lake",
+            root,
+        ],
+        input="wrong-password\n",
+    )
     assert r.exit_code == 1
-    r = runner.invoke(app, ["ebr", "BR01-B0001", "--out", str(Path(root).parent / "ebr"),
-                            "--lake", root])  # fmt: skip
+    r = runner.invoke(
+        app, ["ebr", "BR01-B0001", "--out", str(Path(root).parent / "ebr"), "--lake", root]
+    )
     assert r.exit_code == 0 and (Path(root).parent / "ebr" / "BR01-B0001_ebr.pdf").exists()
     r = runner.invoke(app, ["audit", "verify", "--lake", root])
     assert r.exit_code == 0, r.output

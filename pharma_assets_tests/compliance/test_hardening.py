@@ -80,8 +80,7 @@ def test_retire_anchor_needs_admin_signature_and_is_written_to_the_trail(lake_us
     assert sig.user_id == "admin" and sig.meaning == "responsibility"
     assert sig.signature_id in entry["new_value"]
     [ret] = AnchorStore().retirements(uri)
-    assert (ret.actor, ret.signature_id, ret.head_seq) == ("admin", sig.signature_id,
-                                                          entry["seq"])  # fmt: skip
+    assert (ret.actor, ret.signature_id, ret.head_seq) == ("admin", sig.signature_id, entry["seq"])
     res = trail.verify()
     assert res.ok, res.summary()
     assert res.retirements and "this trail's anchor retired" in res.retirements[0]
@@ -100,9 +99,10 @@ def test_shortening_after_a_retirement_is_detected(lake_users) -> None:
     store = AnchorStore()
     with sqlite3.connect(store.path) as con:  # exactly what `retire-anchor` wrote before
         con.execute("DELETE FROM anchor WHERE table_uri = ?", (trail.uri,))
-        con.execute("INSERT INTO anchor_log VALUES (?, ?, ?, ?)",
-                    (trail.uri, -1, f"retired head seq {head}: cleanup",
-                     datetime.now(UTC).isoformat()))  # fmt: skip
+        con.execute(
+            "INSERT INTO anchor_log VALUES (?, ?, ?, ?)",
+            (trail.uri, -1, f"retired head seq {head}: cleanup", datetime.now(UTC).isoformat()),
+        )
     _drop_last_commits(lake, 2)
     users.login(lake, "qa.lead", pw["qa.lead"])  # any audited action: a new anchor
     res = AuditTrail(lake).verify()
@@ -133,8 +133,9 @@ def test_signed_retirement_then_truncation_detected_new_trail_reported(
     add_users(other)
     res = AuditTrail(other).verify()
     assert res.ok, res.summary()
-    assert any("an earlier trail's anchor retired" in r and "by admin" in r
-               for r in res.retirements)  # fmt: skip
+    assert any(
+        "an earlier trail's anchor retired" in r and "by admin" in r for r in res.retirements
+    )
     assert "demo lake removed" in res.summary()
 
 
@@ -167,8 +168,12 @@ def test_verify_names_the_entry_of_a_replaced_data_file(empty_lake: Lake) -> Non
     assert r.exit_code == 1 and "unreadable" in r.output and "seq 10" in r.output
     # the Dagster asset check goes through the same verify
     res_ = LakehouseResource(lake_uri=empty_lake.root)
-    defs = dg.Definitions(assets=[audit_trail_asset], asset_checks=[audit_chain_valid],
-                          jobs=[audit_verify_job], resources={"lakehouse": res_})  # fmt: skip
+    defs = dg.Definitions(
+        assets=[audit_trail_asset],
+        asset_checks=[audit_chain_valid],
+        jobs=[audit_verify_job],
+        resources={"lakehouse": res_},
+    )
     with dg.instance_for_test() as instance:
         out = defs.resolve_job_def("audit_verify_job").execute_in_process(
             instance=instance, raise_on_error=False

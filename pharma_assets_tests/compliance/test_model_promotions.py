@@ -29,11 +29,18 @@ class Const:
 
 def _trained(score: float, name: str = "pharma_test_model") -> registry.TrainedModel:
     return registry.TrainedModel(
-        name=name, model=Const(score), params={}, features=["f1"], data_versions={},
-        metrics={"r2": score, "mae": 1.0 - score, "baseline_mae": 5.0}, gate_metric="r2",
-        higher_is_better=True, evaluation_set="holdout: test", n_eval=5,
+        name=name,
+        model=Const(score),
+        params={},
+        features=["f1"],
+        data_versions={},
+        metrics={"r2": score, "mae": 1.0 - score, "baseline_mae": 5.0},
+        gate_metric="r2",
+        higher_is_better=True,
+        evaluation_set="holdout: test",
+        n_eval=5,
         minimum=registry.Minimum("regressor"),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -52,8 +59,15 @@ def _propose(lake: Lake, uri: str, score: float, name: str = "pharma_test_model"
 
 
 def _approve_policy(lake: Lake, pw: dict[str, str], policy: Path) -> str:
-    row = apply_change(lake, policy, policy.read_text(), "qa.lead", pw["qa.lead"],
-                       "baseline of the auto-promotion policy", promotions.POLICY_TARGET)  # fmt: skip
+    row = apply_change(
+        lake,
+        policy,
+        policy.read_text(),
+        "qa.lead",
+        pw["qa.lead"],
+        "baseline of the auto-promotion policy",
+        promotions.POLICY_TARGET,
+    )
     return str(row["change_id"])
 
 
@@ -80,8 +94,9 @@ def test_gate_proposes_only_a_qa_signature_promotes(env) -> None:
     refused = AuditTrail(lake).read(action="signature_refused")
     assert set(refused["actor"]) == {"op.jones", "pe.smith", "mx.brown", "admin"}
 
-    sig = promotions.approve(lake, "qa.lead", pw["qa.lead"], reg.name, "1",
-                             "validated on the held-out batches", uri)  # fmt: skip
+    sig = promotions.approve(
+        lake, "qa.lead", pw["qa.lead"], reg.name, "1", "validated on the held-out batches", uri
+    )
     assert sig.meaning == "approval" and sig.role == "qa" and sig.record_id == f"{reg.name}/1"
     assert registry.load_champion(reg.name, uri)[1] == "1"  # type: ignore[index]
     assert promotions.pending(lake).height == 0
@@ -177,11 +192,25 @@ def test_auto_promotion_policy_signs_as_the_system_and_says_so(env) -> None:
 def test_invalid_policy_is_refused_by_change_control(env) -> None:
     lake, pw, _, policy = env
     with pytest.raises(ValueError, match=r"min_gate_improvement must be a number >= 0"):
-        apply_change(lake, policy, policy.read_text().replace("0.02", "-1"), "qa.lead",
-                     pw["qa.lead"], "bad", promotions.POLICY_TARGET)  # fmt: skip
+        apply_change(
+            lake,
+            policy,
+            policy.read_text().replace("0.02", "-1"),
+            "qa.lead",
+            pw["qa.lead"],
+            "bad",
+            promotions.POLICY_TARGET,
+        )
     with pytest.raises(PermissionDeniedError, match=r"spec\.change"):
-        apply_change(lake, policy, policy.read_text(), "op.jones", pw["op.jones"], "x",
-                     promotions.POLICY_TARGET)  # fmt: skip
+        apply_change(
+            lake,
+            policy,
+            policy.read_text(),
+            "op.jones",
+            pw["op.jones"],
+            "x",
+            promotions.POLICY_TARGET,
+        )
 
 
 def test_reject_keeps_the_champion_and_cli_flow(env) -> None:
@@ -190,16 +219,58 @@ def test_reject_keeps_the_champion_and_cli_flow(env) -> None:
     reg, _ = _propose(lake, uri, 0.8)
     r = runner.invoke(app, ["model", "pending", "--lake", str(lake.root)])
     assert r.exit_code == 0 and reg.name in r.output
-    r = runner.invoke(app, ["model", "approve", reg.name, "1", "--user", "OP.Jones", "--reason",
-                            "x", "--lake", str(lake.root)], input=pw["op.jones"] + "\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "model",
+            "approve",
+            reg.name,
+            "1",
+            "--user",
+            "OP.Jones",
+            "--reason",
+            "x",
+            "--lake",
+            str(lake.root),
+        ],
+        input=pw["op.jones"] + "\n",
+    )
     assert r.exit_code == 1 and "lacks permission 'model.approve'" in r.output
-    r = runner.invoke(app, ["model", "approve", reg.name, "1", "--user", "qa.lead", "--reason",
-                            "validated", "--lake", str(lake.root)], input=pw["qa.lead"] + "\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "model",
+            "approve",
+            reg.name,
+            "1",
+            "--user",
+            "qa.lead",
+            "--reason",
+            "validated",
+            "--lake",
+            str(lake.root),
+        ],
+        input=pw["qa.lead"] + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert "approved: now champion" in r.output and "Quinn Assurance" in r.output
     _propose(lake, uri, 0.9)
-    r = runner.invoke(app, ["model", "reject", reg.name, "2", "--user", "qa.lead", "--reason",
-                            "not validated", "--lake", str(lake.root)], input=pw["qa.lead"] + "\n")  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "model",
+            "reject",
+            reg.name,
+            "2",
+            "--user",
+            "qa.lead",
+            "--reason",
+            "not validated",
+            "--lake",
+            str(lake.root),
+        ],
+        input=pw["qa.lead"] + "\n",
+    )
     assert r.exit_code == 0, r.output
     assert registry.load_champion(reg.name, uri)[1] == "1"  # type: ignore[index]
     assert registry.version_info(reg.name, "2", uri)["tags"]["promotion_state"] == "rejected"
@@ -208,7 +279,10 @@ def test_reject_keeps_the_champion_and_cli_flow(env) -> None:
     r = runner.invoke(app, ["audit", "verify", "--lake", str(lake.root)])
     assert r.exit_code == 0, r.output
     shown = AuditTrail(lake).read()
-    assert {"model_promotion_proposed", "model_promotion_approved",
-            "model_promotion_rejected"} <= set(shown["action"])  # fmt: skip
+    assert {
+        "model_promotion_proposed",
+        "model_promotion_approved",
+        "model_promotion_rejected",
+    } <= set(shown["action"])
     r = runner.invoke(app, ["model", "policy-check", "--lake", str(lake.root)])
     assert r.exit_code == 1 and "no approved version of promotion_policy" in r.output

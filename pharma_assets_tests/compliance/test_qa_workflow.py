@@ -32,16 +32,38 @@ def _add_process_events(lake: Lake) -> None:
     other = b.filter(pl.col("batch_id") != BATCH)["batch_id"][0]
     rows = []
     for sev, tag in (("major", "ph"), ("minor", "temperature_c")):
-        rows.append({"excursion_id": f"{BATCH}-{tag}-x", "batch_id": BATCH, "unit_id": "BR01",
-                     "tag": tag, "phase": "production", "start_ts": start + timedelta(days=5),
-                     "end_ts": start + timedelta(days=5, hours=1), "duration_min": 60.0,
-                     "minutes_outside_par": 20.0 if sev == "major" else 0.0, "peak_value": 7.45,
-                     "direction": "high", "target": 7.0, "nor_lo": 6.9, "nor_hi": 7.1,
-                     "par_lo": 6.8, "par_hi": 7.3, "severity": sev, "active": False})  # fmt: skip
+        rows.append(
+            {
+                "excursion_id": f"{BATCH}-{tag}-x",
+                "batch_id": BATCH,
+                "unit_id": "BR01",
+                "tag": tag,
+                "phase": "production",
+                "start_ts": start + timedelta(days=5),
+                "end_ts": start + timedelta(days=5, hours=1),
+                "duration_min": 60.0,
+                "minutes_outside_par": 20.0 if sev == "major" else 0.0,
+                "peak_value": 7.45,
+                "direction": "high",
+                "target": 7.0,
+                "nor_lo": 6.9,
+                "nor_hi": 7.1,
+                "par_lo": 6.8,
+                "par_hi": 7.3,
+                "severity": sev,
+                "active": False,
+            }
+        )
     lake.append("gold", "cpp_excursions", pl.DataFrame(rows, schema=EXCURSION_SCHEMA))
-    cr = pl.DataFrame({"batch_id": [other, other], "unit_id": ["BR02", "BR02"],
-                       "window_end_ts": [start, start + timedelta(hours=1)],
-                       "alarm": [True, True], "risk": [0.91, 0.95]})  # fmt: skip
+    cr = pl.DataFrame(
+        {
+            "batch_id": [other, other],
+            "unit_id": ["BR02", "BR02"],
+            "window_end_ts": [start, start + timedelta(hours=1)],
+            "alarm": [True, True],
+            "risk": [0.91, 0.95],
+        }
+    )
     lake.append("gold", "contamination_risk", cr)
 
 
@@ -61,8 +83,9 @@ def test_qa_reviews_closes_and_releases_with_signature(users_lake, tmp_path) -> 
     [dev] = [d for d in deviations.auto_open(lake) if d.batch_id == BATCH]
 
     session = users.login(lake, "qa.lead", pw["qa.lead"])
-    html_path, pdf_path, content = ebr.write_ebr(lake, BATCH, tmp_path / "ebr", "qa.lead",
-                                                 session.session_id)  # fmt: skip
+    html_path, pdf_path, content = ebr.write_ebr(
+        lake, BATCH, tmp_path / "ebr", "qa.lead", session.session_id
+    )
     html = html_path.read_text()
     assert BATCH in html and "PENDING QA REVIEW" in html and dev.deviation_id in html
     assert "<polyline" in html and "temperature_c" in html  # CPP trends drawn
@@ -71,18 +94,45 @@ def test_qa_reviews_closes_and_releases_with_signature(users_lake, tmp_path) -> 
 
     with pytest.raises(ValueError, match="deviations not closed"):
         release.decide(lake, BATCH, "released", "qa.lead", pw["qa.lead"], "too early")
-    deviations.advance(lake, dev.deviation_id, "pe.smith", "start investigation",
-                       investigation="trend review and probe check")  # fmt: skip
-    deviations.advance(lake, dev.deviation_id, "pe.smith", "root cause", root_cause="CO2 "
-                       "sparger fouling", capa="clean sparger; add PM task")  # fmt: skip
-    review = sign(lake, "pe.smith", pw["pe.smith"], "review", "batch_record", BATCH,
-                  release.batch_record(lake, BATCH), "engineering review")  # fmt: skip
+    deviations.advance(
+        lake,
+        dev.deviation_id,
+        "pe.smith",
+        "start investigation",
+        investigation="trend review and probe check",
+    )
+    deviations.advance(
+        lake,
+        dev.deviation_id,
+        "pe.smith",
+        "root cause",
+        root_cause="CO2 sparger fouling",
+        capa="clean sparger; add PM task",
+    )
+    review = sign(
+        lake,
+        "pe.smith",
+        pw["pe.smith"],
+        "review",
+        "batch_record",
+        BATCH,
+        release.batch_record(lake, BATCH),
+        "engineering review",
+    )
     assert review.manifestation() in ebr.render_html(ebr.collect(lake, BATCH))
-    closed = deviations.close(lake, dev.deviation_id, "qa.lead", pw["qa.lead"],
-                              "CAPA adequate", session.session_id)  # fmt: skip
+    closed = deviations.close(
+        lake, dev.deviation_id, "qa.lead", pw["qa.lead"], "CAPA adequate", session.session_id
+    )
     assert closed.state == "closed"
-    row = release.decide(lake, BATCH, "released", "qa.lead", pw["qa.lead"],
-                         "record reviewed, all CQAs in spec", session.session_id)  # fmt: skip
+    row = release.decide(
+        lake,
+        BATCH,
+        "released",
+        "qa.lead",
+        pw["qa.lead"],
+        "record reviewed, all CQAs in spec",
+        session.session_id,
+    )
     assert row["decision"] == "released" and row["printed_name"] == "Quinn Assurance"
     with pytest.raises(ValueError, match="final"):
         release.decide(lake, BATCH, "rejected", "qa.lead", pw["qa.lead"], "changed my mind")
@@ -110,9 +160,17 @@ def test_qa_reviews_closes_and_releases_with_signature(users_lake, tmp_path) -> 
     res = trail.verify()
     assert res.ok, res.summary()
     actions = set(trail.read()["action"])
-    for a in ("login", "ebr_generated", "deviation_opened", "deviation_investigation",
-              "deviation_capa", "signature_reauth", "e_signature", "deviation_closed",
-              "batch_released"):  # fmt: skip
+    for a in (
+        "login",
+        "ebr_generated",
+        "deviation_opened",
+        "deviation_investigation",
+        "deviation_capa",
+        "signature_reauth",
+        "e_signature",
+        "deviation_closed",
+        "batch_released",
+    ):
         assert a in actions, a
     in_session = trail.read().filter(pl.col("context_id") == session.session_id)
     assert {"login", "ebr_generated", "deviation_closed", "batch_released"} <= set(
@@ -120,8 +178,9 @@ def test_qa_reviews_closes_and_releases_with_signature(users_lake, tmp_path) -> 
     )
 
     # a later change to the record invalidates the signature shown on the EBR
-    deviations.open_deviation(lake, "op.jones", "late finding", "found after release", "minor",
-                              "late", batch_id=BATCH)  # fmt: skip
+    deviations.open_deviation(
+        lake, "op.jones", "late finding", "found after release", "minor", "late", batch_id=BATCH
+    )
     assert not verify_signature(sig, release.batch_record(lake, BATCH), BATCH).ok
     assert "INVALID" in _pdf_text(ebr.collect(lake, BATCH))
 
@@ -143,8 +202,9 @@ def _pdf_text(c: ebr.EbrContent) -> str:
 def test_reject_allowed_with_open_deviation_and_release_needs_qa(users_lake) -> None:
     lake, pw = users_lake
     other = "BR02-B0001"
-    deviations.open_deviation(lake, "op.jones", "seal leak", "leak", "major", "seen",
-                              batch_id=other)  # fmt: skip
+    deviations.open_deviation(
+        lake, "op.jones", "seal leak", "leak", "major", "seen", batch_id=other
+    )
     with pytest.raises(users.PermissionDeniedError, match=r"batch\.release"):
         release.decide(lake, other, "rejected", "pe.smith", pw["pe.smith"], "not QA")
     row = release.decide(lake, other, "rejected", "qa.lead", pw["qa.lead"], "seal failure")

@@ -31,8 +31,15 @@ def setup(empty_lake: Lake, tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_request_changes_nothing_until_qa_approves(setup) -> None:  # type: ignore[no-untyped-def]
     lake, path, pw, new = setup
     before = path.read_text()
-    row = rr.request(lake, path, new, {"verified_gain": 0.063}, "pe.smith", pw["pe.smith"],
-                     "twin recipe optimisation, verified +6.3 %")  # fmt: skip
+    row = rr.request(
+        lake,
+        path,
+        new,
+        {"verified_gain": 0.063},
+        "pe.smith",
+        pw["pe.smith"],
+        "twin recipe optimisation, verified +6.3 %",
+    )
     assert path.read_text() == before
     assert rr.pending(lake)["request_id"].to_list() == [row["request_id"]]
     with pytest.raises(PermissionDeniedError):  # an engineer cannot approve
@@ -57,5 +64,12 @@ def test_a_stale_request_is_refused_and_a_rejection_is_signed(setup) -> None:  #
     out = rr.reject(lake, row["request_id"], "qa.lead", pw["qa.lead"], "file changed")
     assert out["state"] == "rejected" and out["signature_id"].startswith("SIG-")
     with pytest.raises(rr.RequestError, match="must be version"):
-        rr.request(lake, path, load_recipes(path).get("MAB-A-FB14"), {}, "pe.smith",
-                   pw["pe.smith"], "same version")  # fmt: skip
+        rr.request(
+            lake,
+            path,
+            load_recipes(path).get("MAB-A-FB14"),
+            {},
+            "pe.smith",
+            pw["pe.smith"],
+            "same version",
+        )

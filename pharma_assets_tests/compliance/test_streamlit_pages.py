@@ -73,11 +73,13 @@ def test_release_page_signs_through_dialog(env_lake) -> None:
 
 def test_deviation_page_close_needs_qa_signature(env_lake) -> None:
     lake, pw = env_lake
-    d = deviations.open_deviation(lake, "op.jones", "foam", "foam-over", "minor", "seen",
-                                  batch_id="BR01-B0001")  # fmt: skip
+    d = deviations.open_deviation(
+        lake, "op.jones", "foam", "foam-over", "minor", "seen", batch_id="BR01-B0001"
+    )
     deviations.advance(lake, d.deviation_id, "pe.smith", "go", investigation="check antifoam")
-    deviations.advance(lake, d.deviation_id, "pe.smith", "done", root_cause="low antifoam",
-                       capa="raise dose")  # fmt: skip
+    deviations.advance(
+        lake, d.deviation_id, "pe.smith", "done", root_cause="low antifoam", capa="raise dose"
+    )
     pe = users.login(lake, "pe.smith", pw["pe.smith"])
     at = _page("qa_deviations.py", pe)
     assert not at.exception
@@ -117,9 +119,22 @@ def test_audit_page_shows_human_actions_first_and_machine_entries_on_request(env
 
     lake, pw = env_lake
     trail = AuditTrail(lake)
-    trail.append([AuditEvent("materialization", "dagster", f"silver/t{i}", "*", "delta_version",
-                             {"version": i}, {"version": i + 1}, "pipeline materialization",
-                             f"run-{i}") for i in range(300)])  # fmt: skip
+    trail.append(
+        [
+            AuditEvent(
+                "materialization",
+                "dagster",
+                f"silver/t{i}",
+                "*",
+                "delta_version",
+                {"version": i},
+                {"version": i + 1},
+                "pipeline materialization",
+                f"run-{i}",
+            )
+            for i in range(300)
+        ]
+    )
     s = users.login(lake, "qa.lead", pw["qa.lead"])
     at = _page("qa_audit.py", s)
     assert not at.exception
@@ -138,7 +153,12 @@ def test_audit_page_shows_human_actions_first_and_machine_entries_on_request(env
     at.segmented_control(key="audit_view").set_value("All entries").run()
     assert any(f"of {trail.read().height:,} in the trail" in c.value for c in at.caption)
     at.segmented_control(key="audit_view").set_value("Logins & accounts").run()
-    assert set(at.dataframe[0].value["action"]) <= {"login", "login_failed", "logout",
-                                                   "session_expired", "account_locked",
-                                                   "user_created"}  # fmt: skip
+    assert set(at.dataframe[0].value["action"]) <= {
+        "login",
+        "login_failed",
+        "logout",
+        "session_expired",
+        "account_locked",
+        "user_created",
+    }
     assert "Data as of" in " ".join(c.value for c in at.caption)

@@ -37,17 +37,20 @@ def test_passwords_hashed_with_argon2_and_ids_never_reused(lake_users) -> None:
     assert not any(p in h for h in raw["password_hash"] for p in pw.values())
     users.disable_user(lake, "op.jones", "admin", "left the company")
     with pytest.raises(ValueError, match="never reused"):
-        users.create_user(lake, "op.jones", "Other Jones", "operator", "Another-pass-2026",
-                          "admin", "rehire")  # fmt: skip
+        users.create_user(
+            lake, "op.jones", "Other Jones", "operator", "Another-pass-2026", "admin", "rehire"
+        )
     with pytest.raises(AuthError) as refused:  # same message as a wrong password
         users.login(lake, "op.jones", pw["op.jones"])
     assert str(refused.value) == LOGIN_REFUSED
     with pytest.raises(PermissionDeniedError, match="bootstrap"):
-        users.create_user(lake, "root2", "Second Root", "admin", "Second-admin-26", "x", "r",
-                          bootstrap=True)  # fmt: skip
+        users.create_user(
+            lake, "root2", "Second Root", "admin", "Second-admin-26", "x", "r", bootstrap=True
+        )
     with pytest.raises(PermissionDeniedError, match=r"user\.manage"):
-        users.create_user(lake, "newbie", "New Bie", "operator", "Fresh-start-2026", "qa.lead",
-                          "not an admin")  # fmt: skip
+        users.create_user(
+            lake, "newbie", "New Bie", "operator", "Fresh-start-2026", "qa.lead", "not an admin"
+        )
     with pytest.raises(ValueError, match="at least 10"):
         users.create_user(lake, "shorty", "S", "operator", "short", "admin", "r")
 
@@ -92,8 +95,9 @@ def test_signature_manifestation_and_binding(lake_users) -> None:
     lake, pw = lake_users
     rec_a = {"batch_id": "B1", "titer": 4.1}
     rec_b = {"batch_id": "B2", "titer": 4.1}
-    sig = signatures.sign(lake, "qa.lead", pw["qa.lead"], "approval", "batch_record", "B1",
-                          rec_a, "reviewed")  # fmt: skip
+    sig = signatures.sign(
+        lake, "qa.lead", pw["qa.lead"], "approval", "batch_record", "B1", rec_a, "reviewed"
+    )
     text = sig.manifestation()
     assert "Quinn Assurance" in text and "UTC" in text and "meaning: approval" in text
     assert signatures.verify_signature(sig, rec_a, "B1").ok
@@ -115,8 +119,9 @@ def test_signature_manifestation_and_binding(lake_users) -> None:
 def test_wrong_password_refused_and_audited(lake_users) -> None:
     lake, _pw = lake_users
     with pytest.raises(AuthError):
-        signatures.sign(lake, "qa.lead", "not-my-password", "approval", "batch_record", "B1",
-                        {"x": 1}, "try")  # fmt: skip
+        signatures.sign(
+            lake, "qa.lead", "not-my-password", "approval", "batch_record", "B1", {"x": 1}, "try"
+        )
     assert signatures.signatures_for(lake) == []
     f = AuditTrail(lake).read(action="signature_reauth_failed")
     assert f["record_id"].to_list() == ["qa.lead"]
@@ -125,8 +130,16 @@ def test_wrong_password_refused_and_audited(lake_users) -> None:
 def test_roles_without_right_cannot_sign_or_close(lake_users) -> None:
     lake, pw = lake_users
     with pytest.raises(PermissionDeniedError, match=r"sign\.approval"):
-        signatures.sign(lake, "op.jones", pw["op.jones"], "approval", "batch_record", "B1",
-                        {"x": 1}, "not allowed")  # fmt: skip
+        signatures.sign(
+            lake,
+            "op.jones",
+            pw["op.jones"],
+            "approval",
+            "batch_record",
+            "B1",
+            {"x": 1},
+            "not allowed",
+        )
     with pytest.raises(PermissionDeniedError):  # admins cannot sign GMP records at all
         signatures.sign(lake, "admin", pw["admin"], "review", "batch_record", "B1", {"x": 1}, "r")
     assert AuditTrail(lake).read(action="signature_refused").height == 2

@@ -26,9 +26,13 @@ from .fixture_lake import build_fixture_lake
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 ML_GOLD = (
-    "equipment_health", "contamination_risk", "mspc_scores", "mspc_alarms", "golden_batch",
+    "equipment_health",
+    "contamination_risk",
+    "mspc_scores",
+    "mspc_alarms",
+    "golden_batch",
     "model_performance",
-)  # fmt: skip
+)
 
 
 PASSWORDS = {
@@ -42,8 +46,15 @@ PASSWORDS = {
 def gxp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One audit key/anchor home for the whole session (the fixture lake is shared)."""
     home = tmp_path_factory.mktemp("gxp_home")
-    saved = {v: os.environ.get(v) for v in ("PHARMA_GXP_HOME", "PHARMA_AUDIT_KEY",
-                                            "PHARMA_AUDIT_KEY_FILE", "PHARMA_AUDIT_ANCHOR")}  # fmt: skip
+    saved = {
+        v: os.environ.get(v)
+        for v in (
+            "PHARMA_GXP_HOME",
+            "PHARMA_AUDIT_KEY",
+            "PHARMA_AUDIT_KEY_FILE",
+            "PHARMA_AUDIT_ANCHOR",
+        )
+    }
     for v in saved:
         os.environ.pop(v, None)
     os.environ["PHARMA_GXP_HOME"] = str(home)
@@ -57,12 +68,22 @@ def gxp_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def add_users(lake: Lake) -> dict[str, str]:
     """The admin, a read-only viewer and a QA lead; returns user -> password."""
-    users.create_user(lake, "admin", "Ada Admin", "admin", PASSWORDS["admin"], "system:test",
-                      "test setup", bootstrap=True)  # fmt: skip
-    users.create_user(lake, "view.only", "Vera Viewer", "viewer", PASSWORDS["view.only"],
-                      "admin", "test setup")  # fmt: skip
-    users.create_user(lake, "qa.lead", "Quinn Assurance", "qa", PASSWORDS["qa.lead"], "admin",
-                      "test setup")  # fmt: skip
+    users.create_user(
+        lake,
+        "admin",
+        "Ada Admin",
+        "admin",
+        PASSWORDS["admin"],
+        "system:test",
+        "test setup",
+        bootstrap=True,
+    )
+    users.create_user(
+        lake, "view.only", "Vera Viewer", "viewer", PASSWORDS["view.only"], "admin", "test setup"
+    )
+    users.create_user(
+        lake, "qa.lead", "Quinn Assurance", "qa", PASSWORDS["qa.lead"], "admin", "test setup"
+    )
     return dict(PASSWORDS)
 
 
@@ -86,9 +107,11 @@ def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., AppTes
     monkeypatch.setenv("PHARMA_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
 
     def run(
-        lake_root: str | Path, page: str | None = None, timeout: float = 90,
+        lake_root: str | Path,
+        page: str | None = None,
+        timeout: float = 90,
         user: str | None = "view.only",
-    ) -> AppTest:  # fmt: skip
+    ) -> AppTest:
         monkeypatch.setenv("PHARMA_LAKE_URI", str(lake_root))
         at = AppTest.from_file(APP, default_timeout=timeout)
         if user is not None:

@@ -48,8 +48,9 @@ class LiveGateway:
 
     def __post_init__(self) -> None:
         self.gw = Gateway("SITE01", self.hot, max_age_s=1e9)
-        self.svc = AlarmService(self.lake, SPEC, Production(), AlarmSettings(on_delay_s=0),
-                                flush_interval_s=3600)  # fmt: skip
+        self.svc = AlarmService(
+            self.lake, SPEC, Production(), AlarmSettings(on_delay_s=0), flush_interval_s=3600
+        )
         self.gw.alarms = self.svc.engine
         self.svc.engine.sinks.append(self._publish)
         self.smap = SourceMap("twin", {})
@@ -63,15 +64,21 @@ class LiveGateway:
     def _publish(self, _ev: Any = None) -> None:
         self.hot.set_doc("alarms", self.svc.engine.open_alarms())
         self.hot.set_doc("health", {"sources": {"twin": {"name": "twin", "connected": True}}})
-        self.hot.set_doc("units", {u: {"batch_id": f"{u}-B0001", "phase": "production"}
-                                   for u in self.units})  # fmt: skip
+        self.hot.set_doc(
+            "units", {u: {"batch_id": f"{u}-B0001", "phase": "production"} for u in self.units}
+        )
 
     def put(self, unit: str, values: dict[str, float]) -> None:
         """One reading of each tag, now."""
         self.k += 1
         t = now_us()
-        self.gw.ingest("twin", self.smap, unit, f"{unit}-B0001",
-                       [(tag, v, None, t, GOOD) for tag, v in values.items()])  # fmt: skip
+        self.gw.ingest(
+            "twin",
+            self.smap,
+            unit,
+            f"{unit}-B0001",
+            [(tag, v, None, t, GOOD) for tag, v in values.items()],
+        )
         self._publish()
 
     def normal(self) -> dict[str, float]:
@@ -86,8 +93,9 @@ class LiveGateway:
         for u in self.units:
             self.put(u, self.normal())
         app = make_app(self.hot, None, self.svc, TOKEN, interval_s=0.1)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))  # fmt: skip
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         threading.Thread(target=self.server.run, daemon=True).start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

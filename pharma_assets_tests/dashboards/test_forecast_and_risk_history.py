@@ -20,20 +20,40 @@ def test_batch_quality_shows_forecasts_with_interval_against_actual(app, lake_co
     a, b = actual.sort("batch_id").head(2).iter_rows(named=True)
     running = summary.filter(pl.col("status") == "running")["batch_id"][0]
     rows = [  # a: actual inside its interval; b: outside; the running batch: no actual yet
-        (a["batch_id"], a["final_titer_g_l"], a["final_titer_g_l"] - 0.5, a["final_titer_g_l"] + 0.5),
-        (b["batch_id"], b["final_titer_g_l"] + 2.0, b["final_titer_g_l"] + 1.0, b["final_titer_g_l"] + 3.0),
+        (
+            a["batch_id"],
+            a["final_titer_g_l"],
+            a["final_titer_g_l"] - 0.5,
+            a["final_titer_g_l"] + 0.5,
+        ),
+        (
+            b["batch_id"],
+            b["final_titer_g_l"] + 2.0,
+            b["final_titer_g_l"] + 1.0,
+            b["final_titer_g_l"] + 3.0,
+        ),
         (running, 3.0, 2.5, 3.5),
-    ]  # fmt: skip
+    ]
     fc = pl.DataFrame(
         [
-            {"batch_id": bid, "unit_id": "BR01", "as_of_ts": None, "elapsed_h": 168.0,
-             "horizon": "day7", "target": "final_titer_g_l", "predicted": p, "lower": lo,
-             "upper": hi, "unit": "g/L", "model_name": "pharma_quality_final_titer_g_l_day7",
-             "model_version": "1"}
+            {
+                "batch_id": bid,
+                "unit_id": "BR01",
+                "as_of_ts": None,
+                "elapsed_h": 168.0,
+                "horizon": "day7",
+                "target": "final_titer_g_l",
+                "predicted": p,
+                "lower": lo,
+                "upper": hi,
+                "unit": "g/L",
+                "model_name": "pharma_quality_final_titer_g_l_day7",
+                "model_version": "1",
+            }
             for bid, p, lo, hi in rows
         ],
         schema=FORECAST_SCHEMA,
-    )  # fmt: skip
+    )
     lake_copy.overwrite("gold", "batch_forecasts", fc)
     at = app(lake_copy.root, "batch_quality")
     m = metrics(at)
@@ -57,11 +77,16 @@ def test_monitoring_shows_risk_history_from_batch_and_live_tables(app, lake_copy
     bid = sorted(cr["batch_id"].unique().to_list())[0]
     mine = cr.filter(pl.col("batch_id") == bid)
     last = mine.filter(pl.col("window_end_ts") == pl.col("window_end_ts").max())
-    live = pl.concat([
-        last.with_columns(window_end_ts=pl.col("window_end_ts") + pl.duration(minutes=5 * k),
-                          elapsed_h=pl.col("elapsed_h") + 5 * k / 60, alarm=pl.lit(k == 2))
-        for k in (1, 2)
-    ])  # fmt: skip
+    live = pl.concat(
+        [
+            last.with_columns(
+                window_end_ts=pl.col("window_end_ts") + pl.duration(minutes=5 * k),
+                elapsed_h=pl.col("elapsed_h") + 5 * k / 60,
+                alarm=pl.lit(k == 2),
+            )
+            for k in (1, 2)
+        ]
+    )
     lake_copy.append("gold", "contamination_live", live)
     at = app(lake_copy.root, "monitoring")
     at.selectbox(key="mon_contam_batch").select(bid).run()

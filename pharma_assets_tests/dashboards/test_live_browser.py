@@ -39,8 +39,9 @@ def gateway(fixture_lake: Lake, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def live_server(gateway: LiveGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from streamlit_app(gateway.lake.root, tmp_path_factory.mktemp("streamlit_live"),
-                             PHARMA_GATEWAY_URL=gateway.url)  # fmt: skip
+    yield from streamlit_app(
+        gateway.lake.root, tmp_path_factory.mktemp("streamlit_live"), PHARMA_GATEWAY_URL=gateway.url
+    )
 
 
 def test_live_values_alarm_and_disconnect_in_a_browser(live_server, browser, gateway) -> None:  # noqa: F811

@@ -8,11 +8,18 @@ from pharma_assets.ml import registry
 
 def _trained(r2: float, name: str) -> registry.TrainedModel:
     return registry.TrainedModel(
-        name=name, model={"r2": r2}, params={}, features=["f"], data_versions={},
+        name=name,
+        model={"r2": r2},
+        params={},
+        features=["f"],
+        data_versions={},
         metrics={"r2": r2, "mae": 1.0, "baseline_mae": 1.2, "baseline_r2": -0.01},
-        gate_metric="r2", higher_is_better=True, evaluation_set="holdout: test", n_eval=12,
+        gate_metric="r2",
+        higher_is_better=True,
+        evaluation_set="holdout: test",
+        n_eval=12,
         minimum=registry.Minimum("regressor"),
-    )  # fmt: skip
+    )
 
 
 def test_models_page_shows_why_a_model_is_not_champion(app, fixture_lake, tmp_path, monkeypatch):
@@ -21,8 +28,9 @@ def test_models_page_shows_why_a_model_is_not_champion(app, fixture_lake, tmp_pa
     assert not neg.promoted
     registry.register(_trained(0.6, "pharma_quality_final_titer_g_l_day7"), None, uri=uri)
     registry.set_champion("pharma_quality_final_titer_g_l_day7", "1", uri)
-    worse = registry.register(_trained(0.4, "pharma_quality_final_titer_g_l_day7"),
-                              lambda _m: 0.6, uri=uri)  # fmt: skip
+    worse = registry.register(
+        _trained(0.4, "pharma_quality_final_titer_g_l_day7"), lambda _m: 0.6, uri=uri
+    )
     assert worse.promotion_decision == registry.KEPT_CHAMPION
     monkeypatch.setenv("PHARMA_MLFLOW_URI", uri)
     at = app(fixture_lake.root, "models")

@@ -12,11 +12,18 @@ from .conftest import PASSWORDS
 
 def _trained(r2: float, name: str) -> registry.TrainedModel:
     return registry.TrainedModel(
-        name=name, model={"r2": r2}, params={}, features=["f"], data_versions={},
+        name=name,
+        model={"r2": r2},
+        params={},
+        features=["f"],
+        data_versions={},
         metrics={"r2": r2, "mae": 1.0, "baseline_mae": 1.2, "baseline_r2": -0.01},
-        gate_metric="r2", higher_is_better=True, evaluation_set="holdout: test", n_eval=12,
+        gate_metric="r2",
+        higher_is_better=True,
+        evaluation_set="holdout: test",
+        n_eval=12,
         minimum=registry.Minimum("regressor"),
-    )  # fmt: skip
+    )
 
 
 def _sign(at, key: str, user: str, password: str, reason: str):  # type: ignore[no-untyped-def]
@@ -67,5 +74,8 @@ def test_qa_approves_and_rejects_pending_promotions_on_the_models_page(
     assert registry.load_champion(name, uri)[1] == "1"  # type: ignore[index]
     assert any("v2 rejected (champion stays v1)" in w.value for w in at.warning)
     actions = set(AuditTrail(lake_copy).read()["action"])
-    assert {"model_promotion_proposed", "model_promotion_approved",
-            "model_promotion_rejected"} <= actions  # fmt: skip
+    assert {
+        "model_promotion_proposed",
+        "model_promotion_approved",
+        "model_promotion_rejected",
+    } <= actions

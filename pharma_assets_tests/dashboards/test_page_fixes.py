@@ -77,8 +77,11 @@ def test_data_as_of_and_stale_banner(app, fixture_lake, monkeypatch):
 def test_monitoring_draws_and_counts_only_running_batches(app, lake_copy):
     cr = lake_copy.read("gold", "contamination_risk")
     # a finished batch scored while it ran: history, not "running batches"
-    lake_copy.append("gold", "contamination_risk",
-                     cr.head(50).with_columns(batch_id=pl.lit("BR02-B0003"), alarm=pl.lit(True)))  # fmt: skip
+    lake_copy.append(
+        "gold",
+        "contamination_risk",
+        cr.head(50).with_columns(batch_id=pl.lit("BR02-B0003"), alarm=pl.lit(True)),
+    )
     at = app(lake_copy.root, "monitoring")
     m = metrics(at)
     assert m["Running batches"] == "1" and m["Running batches scored"] == "1"
@@ -147,8 +150,9 @@ def test_cpk_axis_capped_and_true_value_labelled(app, lake_copy):
 
 def test_golden_band_of_the_batchs_recipe_above_nor(app, lake_copy):
     g = lake_copy.read("gold", "golden_batch")
-    other = g.with_columns(recipe_id=pl.lit("OTHER-RECIPE"), lo=pl.col("lo") + 1000.0,
-                           hi=pl.col("hi") + 1000.0)  # fmt: skip
+    other = g.with_columns(
+        recipe_id=pl.lit("OTHER-RECIPE"), lo=pl.col("lo") + 1000.0, hi=pl.col("hi") + 1000.0
+    )
     mine = g.with_columns(recipe_id=pl.lit("MAB-A-FB14"))
     lake_copy.overwrite("gold", "golden_batch", pl.concat([mine, other]))
     at = app(lake_copy.root, "bioreactor")  # BR01-B0004, recipe MAB-A-FB14
@@ -172,7 +176,12 @@ def test_tables_have_readable_headers_with_units(app, fixture_lake):
 
 
 def test_streamlit_config_binds_localhost_and_hides_deploy():
-    out = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "streamlit", "config", "show"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert '\naddress = "127.0.0.1"' in out
     assert '\ntoolbarMode = "viewer"' in out

@@ -233,14 +233,21 @@ def test_models_lists_the_mlflow_registry(app, fixture_lake, tmp_path, monkeypat
     for score in (0.7, 0.8):
         registry.register(
             registry.TrainedModel(
-                name="pharma_pdm_failure_72h", model={"w": score}, params={"depth": 3},
-                features=["vibration"], data_versions={"gold/equipment_health": 0},
-                metrics={"recall": score}, gate_metric="recall", higher_is_better=True,
-                evaluation_set="holdout:test", n_eval=10, targets={"recall": 0.8},
+                name="pharma_pdm_failure_72h",
+                model={"w": score},
+                params={"depth": 3},
+                features=["vibration"],
+                data_versions={"gold/equipment_health": 0},
+                metrics={"recall": score},
+                gate_metric="recall",
+                higher_is_better=True,
+                evaluation_set="holdout:test",
+                n_eval=10,
+                targets={"recall": 0.8},
             ),
             champion_score_fn=(lambda _m: 0.7) if score == 0.8 else None,
             uri=uri,
-        )  # fmt: skip
+        )
     monkeypatch.setenv("PHARMA_MLFLOW_URI", uri)
     at = app(fixture_lake.root, "models")  # the env var set here wins over the fixture's
     assert not at.exception
@@ -291,10 +298,15 @@ def test_monitoring_shows_the_live_score_when_it_is_newer(app, lake_copy):
     """gold/contamination_live (5-minute scoring) wins over the retraining's table."""
     cr = lake_copy.read("gold", "contamination_risk")
     latest = cr.filter(pl.col("window_end_ts") == pl.col("window_end_ts").max().over("batch_id"))
-    row = latest.sort("batch_id").head(1).with_columns(
-        window_end_ts=pl.col("window_end_ts") + pl.duration(minutes=5),
-        risk=pl.lit(0.987654), alarm=pl.lit(True),
-    )  # fmt: skip
+    row = (
+        latest.sort("batch_id")
+        .head(1)
+        .with_columns(
+            window_end_ts=pl.col("window_end_ts") + pl.duration(minutes=5),
+            risk=pl.lit(0.987654),
+            alarm=pl.lit(True),
+        )
+    )
     lake_copy.append("gold", "contamination_live", row)
     at = app(lake_copy.root, "monitoring")
     m = metrics(at)

@@ -42,13 +42,20 @@ def test_control_limits_are_mean_plus_minus_three_sample_sd():
 
 def test_maintenance_schedule_orders_by_risk_and_proposes_actions():
     t = datetime(2026, 1, 1, tzinfo=UTC)
-    eq = pl.DataFrame({
-        "equipment_id": ["A", "B", "C"], "unit_id": ["U1", "U1", "U2"],
-        "equipment_type": ["feed_pump", "agitator_motor", "feed_pump"],
-        "failure_probability": [0.1, 0.7, 0.3], "health_score": [90.0, 30.0, 70.0],
-        "threshold": [0.5, 0.5, 0.5], "alarm": [False, True, False],
-        "hours_since_maintenance": [1.0, 2.0, 3.0], "hour_ts": [t, t, t], "model_version": ["1"] * 3,
-    })  # fmt: skip
+    eq = pl.DataFrame(
+        {
+            "equipment_id": ["A", "B", "C"],
+            "unit_id": ["U1", "U1", "U2"],
+            "equipment_type": ["feed_pump", "agitator_motor", "feed_pump"],
+            "failure_probability": [0.1, 0.7, 0.3],
+            "health_score": [90.0, 30.0, 70.0],
+            "threshold": [0.5, 0.5, 0.5],
+            "alarm": [False, True, False],
+            "hours_since_maintenance": [1.0, 2.0, 3.0],
+            "hour_ts": [t, t, t],
+            "model_version": ["1"] * 3,
+        }
+    )
     s = logic.maintenance_schedule(eq)
     assert s["equipment_id"].to_list() == ["B", "C", "A"]
     assert s["priority"].to_list() == [1, 2, 3]
@@ -72,12 +79,17 @@ def test_parse_contributors_tolerates_bad_parts():
 def test_reduce_trend_keeps_every_hour():
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     n = 2500
-    tr = pl.DataFrame({
-        "equipment_id": ["A"] * n, "hour_ts": [t0 + timedelta(hours=i) for i in range(n)],
-        "batch_id": ["B"] * n, "health_score": [100.0 - i / 50 for i in range(n)],
-        "failure_probability": [i / n for i in range(n)], "threshold": [0.5] * n,
-        "alarm": [i / n >= 0.5 for i in range(n)],
-    })  # fmt: skip
+    tr = pl.DataFrame(
+        {
+            "equipment_id": ["A"] * n,
+            "hour_ts": [t0 + timedelta(hours=i) for i in range(n)],
+            "batch_id": ["B"] * n,
+            "health_score": [100.0 - i / 50 for i in range(n)],
+            "failure_probability": [i / n for i in range(n)],
+            "threshold": [0.5] * n,
+            "alarm": [i / n >= 0.5 for i in range(n)],
+        }
+    )
     r = logic.reduce_trend(tr, 1000)
     assert r.height <= 1000 and r["hours"].sum() == n
     assert r["failure_probability"].max() == tr["failure_probability"].max()
@@ -111,13 +123,19 @@ def test_column_labels_and_time_formats():
 def test_freshness_flags_running_batches_older_than_the_threshold():
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     us = pl.DataFrame(
-        {"unit_id": ["BR01", "BR02", "BR03", "BR04"],
-         "state": ["running", "running", "idle", "running"],
-         "current_batch_id": ["A", "B", None, "D"],
-         "last_reading_ts": [now - timedelta(minutes=5), now - timedelta(minutes=40),
-                             now - timedelta(days=3), None]},
+        {
+            "unit_id": ["BR01", "BR02", "BR03", "BR04"],
+            "state": ["running", "running", "idle", "running"],
+            "current_batch_id": ["A", "B", None, "D"],
+            "last_reading_ts": [
+                now - timedelta(minutes=5),
+                now - timedelta(minutes=40),
+                now - timedelta(days=3),
+                None,
+            ],
+        },
         schema_overrides={"last_reading_ts": pl.Datetime("us", "UTC")},
-    )  # fmt: skip
+    )
     fr = logic.freshness([now - timedelta(minutes=2), None], us, now, 15)
     assert fr.as_of == now - timedelta(minutes=2)
     assert fr.newest_reading == now - timedelta(minutes=5)
@@ -128,20 +146,38 @@ def test_freshness_flags_running_batches_older_than_the_threshold():
 
 def test_audit_views_reconcile_and_mspc_order_puts_running_first():
     trail = pl.DataFrame(
-        {"action": ["login", "materialization", "e_signature", "deviation_opened",
-                    "materialization", "batch_released", "spec_change"],
-         "actor": ["qa", "dagster", "qa", "system", "dagster", "qa", "pe"]}
-    )  # fmt: skip
+        {
+            "action": [
+                "login",
+                "materialization",
+                "e_signature",
+                "deviation_opened",
+                "materialization",
+                "batch_released",
+                "spec_change",
+            ],
+            "actor": ["qa", "dagster", "qa", "system", "dagster", "qa", "pe"],
+        }
+    )
     n = logic.audit_view_counts(trail)
     assert n["People & QA records"] + n["Pipeline (materializations)"] == n["All entries"] == 7
     assert (n["Signatures"], n["Deviations"], n["Logins & accounts"]) == (1, 1, 1)
     assert logic.audit_view(trail, logic.DEFAULT_AUDIT_VIEW)["action"].to_list() == [
-        "login", "e_signature", "deviation_opened", "batch_released", "spec_change"
-    ]  # fmt: skip
+        "login",
+        "e_signature",
+        "deviation_opened",
+        "batch_released",
+        "spec_change",
+    ]
     batches = pl.DataFrame(
-        {"batch_id": ["X1", "X2", "X3"], "status": ["complete", "running", "complete"],
-         "start_ts": [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3)]}
-    )  # fmt: skip
+        {
+            "batch_id": ["X1", "X2", "X3"],
+            "status": ["complete", "running", "complete"],
+            "start_ts": [datetime(2026, 1, d, tzinfo=UTC) for d in (1, 2, 3)],
+        }
+    )
     assert logic.mspc_batch_order(["X1", "X3"], batches) == [
-        ("X2", "running"), ("X3", "complete"), ("X1", "complete")
-    ]  # fmt: skip
+        ("X2", "running"),
+        ("X3", "complete"),
+        ("X1", "complete"),
+    ]

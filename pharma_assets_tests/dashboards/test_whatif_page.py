@@ -42,12 +42,16 @@ def test_save_sections_and_recipe_change_request(app, lake_copy, tmp_path, monke
     fb14 = twin_config.load_recipes(recipes).get("MAB-A-FB14")
     opt = ro.optimise(fb14, n_trials=16, train_seeds=range(8))
     ver = ro.verify(fb14, opt.best.settings, n_batches=3, train_seeds=range(8))
-    lake_copy.overwrite("gold", "recipe_recommendations",
-                        pl.DataFrame([ro.recommendation_record(opt, ver)]))  # fmt: skip
+    lake_copy.overwrite(
+        "gold", "recipe_recommendations", pl.DataFrame([ro.recommendation_record(opt, ver)])
+    )
     sob = sensitivity.sobol(fb14, n_base=32, n_boot=20)
     lake_copy.overwrite("gold", "twin_sensitivity", sob)
-    lake_copy.overwrite("gold", "design_space", sensitivity.design_space(
-        fb14, ("ph_sp", "T_prod"), n_grid=4, seeds=range(6)))  # fmt: skip
+    lake_copy.overwrite(
+        "gold",
+        "design_space",
+        sensitivity.design_space(fb14, ("ph_sp", "T_prod"), n_grid=4, seeds=range(6)),
+    )
     at = app(lake_copy.root, "whatif", user="qa.lead")
     assert len(at.get("plotly_chart")) >= 4  # trajectories, tornado, design space
     at.button(key="wif_save").click().run()

@@ -18,7 +18,7 @@ from pharma_assets.defs.landing.gateway import (
     gateway_checks,
     gateway_health_sensor,
     gateway_live,
-)  # fmt: skip
+)
 from pharma_assets.gateway.api import make_app
 from pharma_assets.gateway.core import Gateway
 from pharma_assets.gateway.health import judge, summarize
@@ -35,11 +35,19 @@ def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     st = gw.stats("twin-opcua", "opcua")
     st.connected = True
     gw.stats("skids", "modbus").connected = False
-    gw.ingest("twin-opcua", SourceMap("twin-opcua", {}), "BR01", "BR01-B0001",
-              [("ph", 7.0, None, now_us() - 200_000, GOOD)])  # fmt: skip
+    gw.ingest(
+        "twin-opcua",
+        SourceMap("twin-opcua", {}),
+        "BR01",
+        "BR01-B0001",
+        [("ph", 7.0, None, now_us() - 200_000, GOOD)],
+    )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(gw.hot, gw.health), host="127.0.0.1",
-                                           port=port, log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            make_app(gw.hot, gw.health), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -105,15 +113,23 @@ def test_unreachable_gateway_fails_every_check(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_judge_thresholds() -> None:
-    h = {"sources": {"a": {"name": "a", "connected": True, "lag_ms": 6000, "silent_s": 1},
-                     "b": {"name": "b", "connected": True, "lag_ms": 10, "silent_s": 45}},
-         "buffer_bytes": 600, "max_buffer_bytes": 1000, "flush_errors": 0}  # fmt: skip
+    h = {
+        "sources": {
+            "a": {"name": "a", "connected": True, "lag_ms": 6000, "silent_s": 1},
+            "b": {"name": "b", "connected": True, "lag_ms": 10, "silent_s": 45},
+        },
+        "buffer_bytes": 600,
+        "max_buffer_bytes": 1000,
+        "flush_errors": 0,
+    }
     got = {j.name: j.passed for j in judge(summarize(h))}
     assert got == {
         "gateway_sources_connected": False,
         "gateway_lag": False,
         "gateway_buffer": False,
     }
-    got = {j.name: j.passed for j in judge(summarize(h), max_lag_s=10, max_silent_s=60,
-                                           max_buffer_share=0.7)}  # fmt: skip
+    got = {
+        j.name: j.passed
+        for j in judge(summarize(h), max_lag_s=10, max_silent_s=60, max_buffer_share=0.7)
+    }
     assert got == dict.fromkeys(CHECKS, True)

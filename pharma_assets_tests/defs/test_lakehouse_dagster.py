@@ -217,11 +217,20 @@ def _gold_refresh_sensor_requests_gold_when_silver_changes(m: Materialized) -> N
 
     # a QA decision (a new version of gxp/batch_release) is a gold input too
     decided = pl.DataFrame(
-        [{"batch_id": "BR01-B0001", "decision": "released", "signature_id": "SIG-test",
-          "user_id": "qa.lead", "printed_name": "QA Lead", "decided_at": datetime.now(UTC),
-          "reason": "test", "record_hash": "0" * 64}],
+        [
+            {
+                "batch_id": "BR01-B0001",
+                "decision": "released",
+                "signature_id": "SIG-test",
+                "user_id": "qa.lead",
+                "printed_name": "QA Lead",
+                "decided_at": datetime.now(UTC),
+                "reason": "test",
+                "record_hash": "0" * 64,
+            }
+        ],
         schema=release.SCHEMA,
-    )  # fmt: skip
+    )
     m.lake.append("gxp", release.TABLE, decided)
     m.lake.forget()
     qa = sensor_tick(gold_refresh_sensor, m.instance, m.lakehouse, after.cursor)

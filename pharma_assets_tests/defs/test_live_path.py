@@ -173,8 +173,16 @@ def test_contamination_schedule_skips_while_its_run_is_open(
 def live_landing(tmp_path: Path) -> tuple[Path, list[str]]:
     """Two running batches written by live mode (3 h ago until 1 h ago)."""
     landing = tmp_path / "live_landing"
-    run_live(load_plant().with_units(2), load_recipes(), landing, seed=5, speed=0,
-             chunk_minutes=20, hours=2.0, start=datetime.now(UTC) - timedelta(hours=3))  # fmt: skip
+    run_live(
+        load_plant().with_units(2),
+        load_recipes(),
+        landing,
+        seed=5,
+        speed=0,
+        chunk_minutes=20,
+        hours=2.0,
+        start=datetime.now(UTC) - timedelta(hours=3),
+    )
     return landing, sorted(landed_batches(landing))
 
 
@@ -182,8 +190,9 @@ def _through_silver(lh: LakehouseResource, ids: list[str], now: datetime) -> sil
     lake = lh.lake()
     for bid in ids:
         for source in BATCH_SOURCES:
-            bronze.ingest_files(lake, lh.landing_dir, source,
-                                files_for_batch(lh.landing_dir, source, bid), "test")  # fmt: skip
+            bronze.ingest_files(
+                lake, lh.landing_dir, source, files_for_batch(lh.landing_dir, source, bid), "test"
+            )
     silver.build_batches(lake, ids)
     return silver.process_telemetry(lake, ids, lh.spec(), "test", now=now)
 

@@ -33,30 +33,82 @@ from pharma_assets_tests.ml.conftest import MlPlant, ml_plant  # noqa: F401
 
 CONTRACT = {
     "equipment_health": [
-        "equipment_id", "unit_id", "equipment_type", "hour_ts", "batch_id", "health_score",
-        "failure_probability", "alarm", "threshold", "hours_since_maintenance", "model_name",
-        "model_version", "scored_at",
+        "equipment_id",
+        "unit_id",
+        "equipment_type",
+        "hour_ts",
+        "batch_id",
+        "health_score",
+        "failure_probability",
+        "alarm",
+        "threshold",
+        "hours_since_maintenance",
+        "model_name",
+        "model_version",
+        "scored_at",
     ],
     "batch_forecasts": [
-        "batch_id", "unit_id", "as_of_ts", "elapsed_h", "horizon", "target", "predicted",
-        "lower", "upper", "unit", "model_name", "model_version", "scored_at",
+        "batch_id",
+        "unit_id",
+        "as_of_ts",
+        "elapsed_h",
+        "horizon",
+        "target",
+        "predicted",
+        "lower",
+        "upper",
+        "unit",
+        "model_name",
+        "model_version",
+        "scored_at",
     ],
     "model_performance": [
-        "model_name", "model_version", "metric", "value", "target", "target_met",
-        "evaluation_set", "n", "is_champion", "mlflow_run_id", "computed_at",
+        "model_name",
+        "model_version",
+        "metric",
+        "value",
+        "target",
+        "target_met",
+        "evaluation_set",
+        "n",
+        "is_champion",
+        "mlflow_run_id",
+        "computed_at",
     ],
-}  # fmt: skip
-CONTRACT.update({
-    "contamination_risk": [
-        "batch_id", "unit_id", "window_end_ts", "elapsed_h", "anomaly_score", "threshold",
-        "alarm", "risk", "top_features", "model_name", "model_version", "scored_at",
-    ],
-    "mspc_scores": [
-        "batch_id", "unit_id", "elapsed_h", "t2", "t2_limit", "spe", "spe_limit", "alarm",
-        "top_contributors", "model_name", "model_version", "scored_at",
-    ],
-    "golden_batch": ["tag", "elapsed_h", "mean", "lo", "hi", "n_batches", "model_version"],
-})  # fmt: skip
+}
+CONTRACT.update(
+    {
+        "contamination_risk": [
+            "batch_id",
+            "unit_id",
+            "window_end_ts",
+            "elapsed_h",
+            "anomaly_score",
+            "threshold",
+            "alarm",
+            "risk",
+            "top_features",
+            "model_name",
+            "model_version",
+            "scored_at",
+        ],
+        "mspc_scores": [
+            "batch_id",
+            "unit_id",
+            "elapsed_h",
+            "t2",
+            "t2_limit",
+            "spe",
+            "spe_limit",
+            "alarm",
+            "top_contributors",
+            "model_name",
+            "model_version",
+            "scored_at",
+        ],
+        "golden_batch": ["tag", "elapsed_h", "mean", "lo", "hi", "n_batches", "model_version"],
+    }
+)
 N_MODELS = 15
 
 
@@ -159,11 +211,19 @@ def test_retrain_job_materializes_models_and_gold_tables(
     policy = tmp_path / "promotion_policy.yaml"
     policy.write_text(promotions.DEFAULT_POLICY.read_text())
     monkeypatch.setenv(promotions.POLICY_ENV, str(policy))
-    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "t", bootstrap=True
+    )
     create_user(lake, "qa.lead", "Quinn Assurance", "qa", "Quality-pass-2026", "admin", "t")
-    apply_change(lake, policy, policy.read_text(), "qa.lead", "Quality-pass-2026", "baseline",
-                 promotions.POLICY_TARGET)  # fmt: skip
+    apply_change(
+        lake,
+        policy,
+        policy.read_text(),
+        "qa.lead",
+        "Quality-pass-2026",
+        "baseline",
+        promotions.POLICY_TARGET,
+    )
     with dg.instance_for_test() as instance:
         first = job.execute_in_process(instance=instance)
         assert first.success
@@ -176,13 +236,20 @@ def test_retrain_job_materializes_models_and_gold_tables(
             assert df is not None, name
             assert set(cols) <= set(df.columns), (name, set(cols) - set(df.columns))
             assert df.height > 0, name
-        for name in ("equipment_hour", "batch_hour", "batch", "contamination_windows",
-                     "mspc_hourly"):  # fmt: skip
+        for name in (
+            "equipment_hour",
+            "batch_hour",
+            "batch",
+            "contamination_windows",
+            "mspc_hourly",
+        ):
             assert lake.version("features", name) is not None
         # the monitoring models read the feature tables of the one timeline pass, and log
         # the timeline version those were computed from
-        for key, table in (("contamination_iforest", "contamination_windows"),
-                           ("mspc_pca", "mspc_hourly")):  # fmt: skip
+        for key, table in (
+            ("contamination_iforest", "contamination_windows"),
+            ("mspc_pca", "mspc_hourly"),
+        ):
             mev = instance.get_latest_materialization_event(dg.AssetKey(["ml", key]))
             assert mev is not None and mev.asset_materialization is not None
             run_id = mev.asset_materialization.metadata["mlflow_run_id"].value
@@ -212,8 +279,14 @@ def test_retrain_job_materializes_models_and_gold_tables(
         ev = instance.get_latest_materialization_event(dg.AssetKey(["ml", "pdm_failure_72h"]))
         assert ev is not None and ev.asset_materialization is not None
         meta = ev.asset_materialization.metadata
-        for key in ("recall_critical", "false_alarm_rate_per_equipment_day", "median_lead_time_h",
-                    "model_version", "promoted", "gt_recall_critical"):  # fmt: skip
+        for key in (
+            "recall_critical",
+            "false_alarm_rate_per_equipment_day",
+            "median_lead_time_h",
+            "model_version",
+            "promoted",
+            "gt_recall_critical",
+        ):
             assert key in meta, key
         assert meta["model_version"].value == "1"
 
@@ -247,9 +320,15 @@ def test_retrain_job_materializes_models_and_gold_tables(
         b = lake.read("silver", "batches")
         assert b is not None
         bid = b.filter(pl.col("status") == "complete")["batch_id"][-1]
-        lake.overwrite("silver", "batches", b.with_columns(
-            status=pl.when(pl.col("batch_id") == bid).then(pl.lit("running")).otherwise("status")
-        ))  # fmt: skip
+        lake.overwrite(
+            "silver",
+            "batches",
+            b.with_columns(
+                status=pl.when(pl.col("batch_id") == bid)
+                .then(pl.lit("running"))
+                .otherwise("status")
+            ),
+        )
         assert live_job_def.execute_in_process(instance=instance).success
         live = Lake.at(ml_lake).read("gold", "contamination_live")
         assert live is not None and live["batch_id"].to_list() == [bid]
@@ -289,8 +368,11 @@ def test_retrain_job_materializes_models_and_gold_tables(
             ev = instance.get_latest_materialization_event(dg.AssetKey(["ml", key]))
             assert ev is not None and ev.asset_materialization is not None
             md = ev.asset_materialization.metadata
-            assert md["promotion_decision"].value in (registry.PROMOTED, registry.NOT_PROMOTED,
-                                                      registry.KEPT_CHAMPION)  # fmt: skip
+            assert md["promotion_decision"].value in (
+                registry.PROMOTED,
+                registry.NOT_PROMOTED,
+                registry.KEPT_CHAMPION,
+            )
             assert md["promotion_reason"].value
         alarms = lake.read("gold", "mspc_alarms")
         assert alarms is not None  # the table exists (it may hold no alarm)

@@ -29,8 +29,11 @@ def running_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     lake = _plant(tmp_path_factory.mktemp("optassets"))
     b = lake.read("silver", "batches")
     assert b is not None
-    lake.overwrite("silver", "batches", b.with_columns(
-        status=pl.lit("running"), end_ts=pl.lit(None, b.schema["end_ts"])))  # fmt: skip
+    lake.overwrite(
+        "silver",
+        "batches",
+        b.with_columns(status=pl.lit("running"), end_ts=pl.lit(None, b.schema["end_ts"])),
+    )
     return lake
 
 
@@ -45,8 +48,11 @@ def test_running_assets_write_one_row_per_running_batch_inside_par(
         out = dg.materialize(RUNNING_ASSETS, resources=res, instance=inst)
     assert out.success
     checks = {c.check_name: c for c in out.get_asset_check_evaluations()}
-    assert set(checks) == {"one_row_per_running_batch", "no_recommendation_outside_par",
-                           "harvest_within_schedule_window"}  # fmt: skip
+    assert set(checks) == {
+        "one_row_per_running_batch",
+        "no_recommendation_outside_par",
+        "harvest_within_schedule_window",
+    }
     assert all(c.passed for c in checks.values())
     state = running_lake.read("gold", "twin_calibrated_state")
     recs = running_lake.read("gold", "batch_recommendations")

@@ -17,10 +17,15 @@ from .conftest import lakehouse_for
 def _counts(lake: Lake) -> dict[str, int]:
     return {
         t: lake.read(layer, t).height  # type: ignore[union-attr]
-        for layer, t in [("bronze", "telemetry"), ("silver", "telemetry"),
-                         ("silver", "telemetry_quarantine"), ("silver", "batches"),
-                         ("gold", "batch_summary"), ("gold", "cpp_excursions")]
-    }  # fmt: skip
+        for layer, t in [
+            ("bronze", "telemetry"),
+            ("silver", "telemetry"),
+            ("silver", "telemetry_quarantine"),
+            ("silver", "batches"),
+            ("gold", "batch_summary"),
+            ("gold", "cpp_excursions"),
+        ]
+    }
 
 
 def test_rebuild_archives_silver_and_gold_and_derives_the_same_tables(landing, tmp_path: Path):

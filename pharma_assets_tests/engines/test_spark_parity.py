@@ -65,8 +65,14 @@ def test_spark_engine_matches_polars(tmp_path: Path) -> None:
     from pharma_assets.engines.spark.session import build_session
 
     landing = tmp_path / "landing"
-    simulate_history(load_plant().with_units(2), load_recipes(), 3, seed=5, out=landing,
-                     truth_out=tmp_path / "truth")  # fmt: skip
+    simulate_history(
+        load_plant().with_units(2),
+        load_recipes(),
+        3,
+        seed=5,
+        out=landing,
+        truth_out=tmp_path / "truth",
+    )
     ids = sorted({f.batch_id for f in scan_landing(landing) if f.batch_id})
     assert len(ids) >= 3
     ref = Lake.at(tmp_path / "polars")
@@ -100,9 +106,14 @@ def test_spark_engine_matches_polars(tmp_path: Path) -> None:
         assert again.bronze["telemetry"]["files_accepted"] == 0
         assert again.silver.get("files_processed", 0) == 0
         for (ly, n), v in versions.items():
-            if (ly, n) not in {("silver", "batches"), ("silver", "batch_phases"),
-                               ("silver", "event_quarantine"), ("silver", "lab_results"),
-                               ("silver", "lab_quarantine"), ("silver", "maintenance_events")}:  # fmt: skip
+            if (ly, n) not in {
+                ("silver", "batches"),
+                ("silver", "batch_phases"),
+                ("silver", "event_quarantine"),
+                ("silver", "lab_results"),
+                ("silver", "lab_quarantine"),
+                ("silver", "maintenance_events"),
+            }:
                 assert got.version(ly, n) == v, f"{ly}/{n} changed on a rerun"
         again_tel, ref_tel = got.read("silver", "telemetry"), ref.read("silver", "telemetry")
         assert again_tel is not None and ref_tel is not None

@@ -32,13 +32,16 @@ class Mosquitto:
         self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = port or free_port()
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\nmax_queued_messages 100000\n")  # fmt: skip
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\nmax_queued_messages 100000\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mosquitto:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
         def up() -> bool:
             try:

@@ -27,15 +27,17 @@ def value(k: int, u: int, j: int) -> float:
 
 def main() -> None:
     buf, landing, t0, steps, units = sys.argv[1:6]
-    gw = Gateway("SITE01", MemoryHotStore(), ColdPath(Path(buf), Path(landing)),
-                 max_age_s=10 * 86400)  # fmt: skip
+    gw = Gateway(
+        "SITE01", MemoryHotStore(), ColdPath(Path(buf), Path(landing)), max_age_s=10 * 86400
+    )
     gw.start_flusher(0.05)
     smap = SourceMap("replay")
     for k in range(int(steps)):
         for u in range(int(units)):
             unit = f"BR{u + 1:02d}"
-            items = [(t, value(k, u, j), None, int(t0) + k * 1_000_000, 0)
-                     for j, t in enumerate(TAGS)]  # fmt: skip
+            items = [
+                (t, value(k, u, j), None, int(t0) + k * 1_000_000, 0) for j, t in enumerate(TAGS)
+            ]
             gw.ingest("replay", smap, unit, f"{unit}-B0001", items)
         if k % 20 == 0:
             time.sleep(0.002)

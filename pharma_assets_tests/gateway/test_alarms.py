@@ -54,8 +54,14 @@ class FixedPhase:
         return (self.phase, self.start) if ts_us >= self.start else None
 
 
-def reading(v: float, k: int, unit: str = "BR-101", batch: str | None = "BR-101-B0001",
-            q: int = GOOD, tag: str = TAG) -> Reading:  # fmt: skip
+def reading(
+    v: float,
+    k: int,
+    unit: str = "BR-101",
+    batch: str | None = "BR-101-B0001",
+    q: int = GOOD,
+    tag: str = TAG,
+) -> Reading:
     return Reading("src", k, "SITE01", unit, batch, tag, v, "degC", T0 + k * S, T0 + k * S, q)
 
 
@@ -83,7 +89,11 @@ def test_on_delay_spike_raises_nothing_then_activates_unacknowledged() -> None:
     assert names(ev) == ["activated"]
     a = ev[0].alarm
     assert (a["state"], a["severity"], a["priority"], a["direction"]) == (
-        "unack_active", "minor", "low", "high")  # fmt: skip
+        "unack_active",
+        "minor",
+        "low",
+        "high",
+    )
     assert a["activated_ts_us"] == T0 + (k + 3) * S  # on-delay of source time
     assert (a["nor_lo"], a["par_hi"], a["phase"]) == (NOR[0], PAR[1], "production")
 
@@ -184,8 +194,14 @@ def test_chattering_on_the_limit_one_alarm_with_deadband_many_without() -> None:
 def test_not_judged_bad_quality_nan_no_batch_settle_and_non_cpp() -> None:
     ev: list[AlarmEvent] = []
     e = engine(ev, on_delay_s=0)
-    e.check([reading(ABOVE_PAR, 0, q=BAD), reading(math.nan, 1), reading(ABOVE_PAR, 2, batch=None),
-             reading(1e9, 3, tag="agitator_vibration_mm_s")])  # fmt: skip
+    e.check(
+        [
+            reading(ABOVE_PAR, 0, q=BAD),
+            reading(math.nan, 1),
+            reading(ABOVE_PAR, 2, batch=None),
+            reading(1e9, 3, tag="agitator_vibration_mm_s"),
+        ]
+    )
     assert ev == [] and e.counts["not_judged"] == 3
     settle = AlarmEngine(SPEC, FixedPhase(start=T0), AlarmSettings(on_delay_s=0), [ev.append])
     settle.check([reading(ABOVE_PAR, 1)])  # 1 s after the phase start < settle_minutes
@@ -203,9 +219,11 @@ def test_batch_end_returns_the_alarm() -> None:
 
 def test_phases_from_landing_mes_files(tmp_path: Path) -> None:
     t = datetime(2026, 12, 3, 8, tzinfo=UTC)
-    evs = [{"event_type": "batch_start", "event_ts": t, "batch_id": "B1"},
-           {"event_type": "phase_start", "event_ts": t, "phase": "growth"},
-           {"event_type": "phase_start", "event_ts": t + timedelta(hours=30), "phase": "production"}]  # fmt: skip
+    evs = [
+        {"event_type": "batch_start", "event_ts": t, "batch_id": "B1"},
+        {"event_type": "phase_start", "event_ts": t, "phase": "growth"},
+        {"event_type": "phase_start", "event_ts": t + timedelta(hours=30), "phase": "production"},
+    ]
     write_jsonl(chunk_path(tmp_path, "mes", "BR-101", "B1", t, 1, "jsonl"), evs)
     p = MesPhases(tmp_path, rescan_s=0)
     us = int(t.timestamp() * 1e6)
@@ -221,8 +239,16 @@ def test_phases_from_landing_mes_files(tmp_path: Path) -> None:
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
     lk = Lake.at(tmp_path / "lake")
-    create_user(lk, "admin", "Ada Admin", "admin", "Adm1n-Pass-Word-93", "system:test", "setup",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lk,
+        "admin",
+        "Ada Admin",
+        "admin",
+        "Adm1n-Pass-Word-93",
+        "system:test",
+        "setup",
+        bootstrap=True,
+    )
     create_user(lk, "op.jones", "Olive Operator", "operator", "0per-Pass-Word-47", "admin", "setup")
     create_user(lk, "view.only", "Vic Viewer", "viewer", "V1ew-Pass-Word-58", "admin", "setup")
     return lk
@@ -254,7 +280,12 @@ def test_events_persisted_actions_audited_and_permission_checked(lake: Lake) -> 
     assert trail.height == 1
     r = trail.row(0, named=True)
     assert (r["actor"], r["record_id"], r["old_value"], r["new_value"], r["reason"]) == (
-        "op.jones", aid, "unack_active", "ack_active", "checked the probe")  # fmt: skip
+        "op.jones",
+        aid,
+        "unack_active",
+        "ack_active",
+        "checked the probe",
+    )
     assert open_alarms_in(lake) == []
 
 
@@ -289,16 +320,33 @@ def test_major_alarm_opens_one_deviation_and_batch_job_opens_no_second(lake: Lak
     assert d["source"] == "cpp_alarm" and d["batch_id"] == "BR-101-B0001"
     ev = read_events(lake)
     assert set(ev.filter(pl.col("event") == "deviation_linked")["deviation_id"]) == {
-        d["deviation_id"]}  # fmt: skip
+        d["deviation_id"]
+    }
     # gold later sees the same excursion (and another one of the tag, hours later)
     t = datetime.fromtimestamp(T0 / 1e6, UTC)
-    rows = [{"excursion_id": f"BR-101-B0001-{TAG}-{i}", "batch_id": "BR-101-B0001",
-             "unit_id": "BR-101", "tag": TAG, "phase": "production",
-             "start_ts": t + timedelta(hours=h), "end_ts": t + timedelta(hours=h, seconds=8),
-             "duration_min": 0.15, "minutes_outside_par": 0.13, "peak_value": ABOVE_PAR,
-             "direction": "high", "target": MID, "nor_lo": NOR[0], "nor_hi": NOR[1],
-             "par_lo": PAR[0], "par_hi": PAR[1], "severity": "major", "active": False}
-            for i, h in ((1, 0), (2, 5))]  # fmt: skip
+    rows = [
+        {
+            "excursion_id": f"BR-101-B0001-{TAG}-{i}",
+            "batch_id": "BR-101-B0001",
+            "unit_id": "BR-101",
+            "tag": TAG,
+            "phase": "production",
+            "start_ts": t + timedelta(hours=h),
+            "end_ts": t + timedelta(hours=h, seconds=8),
+            "duration_min": 0.15,
+            "minutes_outside_par": 0.13,
+            "peak_value": ABOVE_PAR,
+            "direction": "high",
+            "target": MID,
+            "nor_lo": NOR[0],
+            "nor_hi": NOR[1],
+            "par_lo": PAR[0],
+            "par_hi": PAR[1],
+            "severity": "major",
+            "active": False,
+        }
+        for i, h in ((1, 0), (2, 5))
+    ]
     lake.append("gold", "cpp_excursions", pl.DataFrame(rows, schema=EXCURSION_SCHEMA))
     opened = auto_open(lake)
     assert [o.source_ref for o in opened] == [f"BR-101-B0001-{TAG}-2"]
@@ -361,8 +409,13 @@ def test_webhook_and_smtp_notified_on_activation_and_escalation_only(
 ) -> None:
     url, posts = webhook
     port, mails = smtp_sink
-    d = Dispatcher([WebhookNotifier(url), SmtpNotifier("127.0.0.1", port, "gateway@site01.example",
-                                                         ["qa@site01.example"])], "low")  # fmt: skip
+    d = Dispatcher(
+        [
+            WebhookNotifier(url),
+            SmtpNotifier("127.0.0.1", port, "gateway@site01.example", ["qa@site01.example"]),
+        ],
+        "low",
+    )
     ev: list[AlarmEvent] = []
     e = AlarmEngine(SPEC, FixedPhase(), AlarmSettings(on_delay_s=0), [ev.append, d])
     k = feed(e, [ABOVE_NOR, ABOVE_PAR])
@@ -380,8 +433,13 @@ def test_failing_notifier_is_counted_and_does_not_block_others(
     webhook: tuple[str, list[dict[str, Any]]],
 ) -> None:
     url, posts = webhook
-    d = Dispatcher([WebhookNotifier("http://127.0.0.1:9/none", timeout_s=1, name="dead"),
-                    WebhookNotifier(url)], "high")  # fmt: skip
+    d = Dispatcher(
+        [
+            WebhookNotifier("http://127.0.0.1:9/none", timeout_s=1, name="dead"),
+            WebhookNotifier(url),
+        ],
+        "high",
+    )
     e = AlarmEngine(SPEC, FixedPhase(), AlarmSettings(on_delay_s=0), [d])
     feed(e, [ABOVE_NOR, ABOVE_PAR])  # the minor activation is below min priority
     d.drain()
@@ -404,8 +462,13 @@ def test_ingest_raises_alarm_served_by_api_with_token_and_named_user(lake: Lake)
     hot = MemoryHotStore()
     gw = Gateway("SITE01", hot, max_age_s=1e9)
     t = now_us() - 30 * S
-    svc = AlarmService(lake, SPEC, FixedPhase(start=t - 36000 * S),
-                       AlarmSettings(on_delay_s=2), flush_interval_s=3600)  # fmt: skip
+    svc = AlarmService(
+        lake,
+        SPEC,
+        FixedPhase(start=t - 36000 * S),
+        AlarmSettings(on_delay_s=2),
+        flush_interval_s=3600,
+    )
     gw.alarms = svc.engine
     svc.engine.sinks.append(lambda _e: hot.set_doc("alarms", svc.engine.open_alarms()))
     smap = SourceMap("src", {})
@@ -415,17 +478,22 @@ def test_ingest_raises_alarm_served_by_api_with_token_and_named_user(lake: Lake)
         with TestClient(make_app(hot, None, svc, "s3cret")) as c:
             alarms = c.get("/alarms").json()
             assert [(a["tag"], a["severity"], a["state"]) for a in alarms] == [
-                (TAG, "major", "unack_active")]  # fmt: skip
+                (TAG, "major", "unack_active")
+            ]
             aid = alarms[0]["alarm_id"]
             body = {"user_id": "op.jones", "comment": "ok"}
             assert c.post(f"/alarms/{aid}/ack", json=body).status_code == 401
-            bad = c.post(f"/alarms/{aid}/ack", json={"user_id": "view.only"},
-                         headers={"Authorization": "Bearer s3cret"})  # fmt: skip
+            bad = c.post(
+                f"/alarms/{aid}/ack",
+                json={"user_id": "view.only"},
+                headers={"Authorization": "Bearer s3cret"},
+            )
             assert bad.status_code == 403
             ok = c.post(f"/alarms/{aid}/ack", json=body, headers={"Authorization": "Bearer s3cret"})
             assert ok.status_code == 200 and ok.json()["state"] == "ack_active"
-            again = c.post(f"/alarms/{aid}/ack", json=body,
-                           headers={"Authorization": "Bearer s3cret"})  # fmt: skip
+            again = c.post(
+                f"/alarms/{aid}/ack", json=body, headers={"Authorization": "Bearer s3cret"}
+            )
             assert again.status_code == 409 and "only an unacknowledged" in again.json()["detail"]
             with c.websocket_connect("/ws/live?unit=BR-101") as ws:
                 msg = json.loads(ws.receive_text())

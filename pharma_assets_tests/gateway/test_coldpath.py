@@ -31,8 +31,10 @@ def _landing(root: Path) -> pl.DataFrame:
     files = sorted((root / "telemetry").rglob("*.parquet"))
     if not files:
         return pl.DataFrame()
-    return pl.concat([pl.read_parquet(f).with_columns(pl.lit(str(f)).alias("file"))
-                      for f in files], how="vertical_relaxed")  # fmt: skip
+    return pl.concat(
+        [pl.read_parquet(f).with_columns(pl.lit(str(f)).alias("file")) for f in files],
+        how="vertical_relaxed",
+    )
 
 
 def _feed(gw: Gateway, steps: range, units: int = 2, batch: str | None = "B0001") -> None:
@@ -132,8 +134,16 @@ def test_disk_buffer_full_refuses_new_readings_keeps_oldest(tmp_path: Path) -> N
 def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path) -> None:
     buf, landing = tmp_path / "buf", tmp_path / "landing"
     steps, units = 400, 3
-    cmd = [sys.executable, "-m", "pharma_assets_tests.gateway.replay_gateway", str(buf),
-           str(landing), str(T0), str(steps), str(units)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pharma_assets_tests.gateway.replay_gateway",
+        str(buf),
+        str(landing),
+        str(T0),
+        str(steps),
+        str(units),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = random.Random(12)
     kills = 0
@@ -157,7 +167,10 @@ def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path)
     assert df.select("unit_id", "tag", "ts").is_duplicated().sum() == 0  # nothing twice
     k = ((df["ts"].dt.epoch("us") - T0) // S).cast(pl.Int64)
     u = df["unit_id"].cast(pl.String).str.slice(2).cast(pl.Int64) - 1
-    j = df["tag"].cast(pl.String).replace_strict({t: i for i, t in enumerate(CANONICAL_TAGS)},
-                                                 return_dtype=pl.Int64)  # fmt: skip
+    j = (
+        df["tag"]
+        .cast(pl.String)
+        .replace_strict({t: i for i, t in enumerate(CANONICAL_TAGS)}, return_dtype=pl.Int64)
+    )
     assert (df["value"] == k * 1000.0 + u * 100.0 + j).all()
     assert not list((buf / "wal").glob("*.jsonl")) and not (buf / "flush.json").exists()

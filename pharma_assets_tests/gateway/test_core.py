@@ -21,8 +21,10 @@ def _gw(tmp_path: Path) -> Gateway:
 
 
 def _smap(**kw: object) -> SourceMap:
-    tags = {"TT101": TagMapping(tag="temperature_c", from_uom="K"),
-            "PT101": TagMapping(tag="headspace_pressure_bar", from_uom="mbar")}  # fmt: skip
+    tags = {
+        "TT101": TagMapping(tag="temperature_c", from_uom="K"),
+        "PT101": TagMapping(tag="headspace_pressure_bar", from_uom="mbar"),
+    }
     return SourceMap("src", tags, **kw)  # type: ignore[arg-type]
 
 
@@ -33,9 +35,17 @@ def _rejects(tmp_path: Path) -> list[dict]:
 
 def test_site_names_and_units_map_through_the_importer_conversions(tmp_path: Path) -> None:
     gw = _gw(tmp_path)
-    out = gw.ingest("src", _smap(), "BR01", "BR01-B0001",
-                    [("TT101", 310.15, None, T0, GOOD), ("PT101", "1013", None, T0, GOOD),
-                     ("ph", 7.01, "pH", T0, GOOD)])  # fmt: skip
+    out = gw.ingest(
+        "src",
+        _smap(),
+        "BR01",
+        "BR01-B0001",
+        [
+            ("TT101", 310.15, None, T0, GOOD),
+            ("PT101", "1013", None, T0, GOOD),
+            ("ph", 7.01, "pH", T0, GOOD),
+        ],
+    )
     got = {r.tag: (r.value, r.uom) for r in out}
     assert got["temperature_c"][1] == "degC"
     assert got["temperature_c"][0] == pytest.approx(37.0)
@@ -49,8 +59,10 @@ def test_site_names_and_units_map_through_the_importer_conversions(tmp_path: Pat
 
 def test_nan_inf_and_non_numeric_payloads_are_bad_quality_not_dropped(tmp_path: Path) -> None:
     gw = _gw(tmp_path)
-    items = [("ph", v, None, T0 + i, GOOD) for i, v in enumerate(
-        [float("nan"), float("inf"), "7.0x", None, {"v": 1}, "7.05"])]  # fmt: skip
+    items = [
+        ("ph", v, None, T0 + i, GOOD)
+        for i, v in enumerate([float("nan"), float("inf"), "7.0x", None, {"v": 1}, "7.05"])
+    ]
     out = gw.ingest("src", _smap(), "BR01", "B", items)
     assert len(out) == 6
     assert [r.quality for r in out] == [BAD] * 5 + [GOOD]
@@ -60,9 +72,17 @@ def test_nan_inf_and_non_numeric_payloads_are_bad_quality_not_dropped(tmp_path: 
 
 def test_unknown_tag_and_unit_are_refused_counted_and_logged(tmp_path: Path) -> None:
     gw = _gw(tmp_path)
-    out = gw.ingest("src", _smap(canonical_names=False), "BR01", "B",
-                    [("FOO_1", 1.0, None, T0, GOOD), ("ph", 7.0, None, T0, GOOD),
-                     ("TT101", 310.0, None, T0, GOOD)])  # fmt: skip
+    out = gw.ingest(
+        "src",
+        _smap(canonical_names=False),
+        "BR01",
+        "B",
+        [
+            ("FOO_1", 1.0, None, T0, GOOD),
+            ("ph", 7.0, None, T0, GOOD),
+            ("TT101", 310.0, None, T0, GOOD),
+        ],
+    )
     assert [r.tag for r in out] == ["temperature_c"]
     assert gw.sources["src"].rejected["unknown_tag"] == 2
     smap = SourceMap("src", units={"reactor-1": "BR01"})
@@ -88,11 +108,18 @@ def test_wrong_declared_unit_is_refused_with_both_units_named(tmp_path: Path) ->
 def test_future_and_far_past_source_times_are_refused(tmp_path: Path) -> None:
     gw = _gw(tmp_path)
     now = now_us()
-    out = gw.ingest("src", _smap(), "BR01", "B",
-                    [("ph", 7.0, None, now + 60_000_000, GOOD),   # a minute ahead
-                     ("ph", 7.0, None, now - 2 * 86_400_000_000, GOOD),  # two days old
-                     ("ph", 7.0, None, now + 1_000_000, GOOD)],  # 1 s ahead: clock jitter, ok
-                    recv_us=now)  # fmt: skip
+    out = gw.ingest(
+        "src",
+        _smap(),
+        "BR01",
+        "B",
+        [
+            ("ph", 7.0, None, now + 60_000_000, GOOD),  # a minute ahead
+            ("ph", 7.0, None, now - 2 * 86_400_000_000, GOOD),  # two days old
+            ("ph", 7.0, None, now + 1_000_000, GOOD),
+        ],  # 1 s ahead: clock jitter, ok
+        recv_us=now,
+    )
     assert len(out) == 1
     rej = gw.sources["src"].rejected
     assert rej["future_ts"] == 1 and rej["too_old"] == 1

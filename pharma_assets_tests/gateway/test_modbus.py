@@ -48,8 +48,12 @@ async def _until(cond, timeout: float = 20.0, what: str = "condition") -> None: 
 
 
 def test_register_map_validation(tmp_path: Path) -> None:
-    bad = {"registers": [{"name": "a", "address": 0, "type": "float32", "uom": "A"},
-                         {"name": "b", "address": 1, "type": "int16", "uom": "A"}]}  # fmt: skip
+    bad = {
+        "registers": [
+            {"name": "a", "address": 0, "type": "float32", "uom": "A"},
+            {"name": "b", "address": 1, "type": "int16", "uom": "A"},
+        ]
+    }
     p = tmp_path / "map.yaml"
     import yaml
 
@@ -80,8 +84,17 @@ def test_polling_scaling_mapping_batch_and_exception_responses(tmp_path: Path) -
             "opc", SourceMap("opc"), "BR01", "BR01-B0009", [("ph", 7.0, None, now_us(), GOOD)]
         )
         smap = SourceMap("mb", {"FIC101": TagMapping(tag="feed_rate_ml_h", from_uom="L/h")})
-        src = ModbusSource(gw, "mb", smap, "127.0.0.1", port, {"BR01": 1, "BR02": 2}, rm,
-                           poll_interval_s=0.2, timeout_s=1.0)  # fmt: skip
+        src = ModbusSource(
+            gw,
+            "mb",
+            smap,
+            "127.0.0.1",
+            port,
+            {"BR01": 1, "BR02": 2},
+            rm,
+            poll_interval_s=0.2,
+            timeout_s=1.0,
+        )
         srv.set(
             "BR01", {"feed_pump_current_a": 1.25, "FIC101": 0.5, "agitator_motor_current_a": 6.2}
         )
@@ -113,8 +126,15 @@ def test_polling_scaling_mapping_batch_and_exception_responses(tmp_path: Path) -
             srv2 = ModbusTwinServer("127.0.0.1", port, {"BR01": 1, "BR02": 2}, rm)
             srv2.set("BR01", {"feed_pump_current_a": 3.0})
             await srv2.start()
-            await _until(lambda: gw.hot.latest("BR01") and {d["tag"]: d["value"] for d in gw.hot.latest("BR01")}["feed_pump_current_a"] == 3.0,
-                         timeout=30, what="values after reconnect")  # fmt: skip
+            await _until(
+                lambda: (
+                    gw.hot.latest("BR01")
+                    and {d["tag"]: d["value"] for d in gw.hot.latest("BR01")}["feed_pump_current_a"]
+                    == 3.0
+                ),
+                timeout=30,
+                what="values after reconnect",
+            )
             assert src.stats.reconnects >= 1
             await srv2.stop()
         finally:

@@ -18,8 +18,11 @@ from pharma_assets.gateway.records import BAD, UNCERTAIN
 
 from .brokers import free_port
 
-TAGS = [TagNode("temperature_c", "degC", "TT"), TagNode("ph", "pH", "PH"),
-        TagNode("agitation_rpm", "rpm", "AGT")]  # fmt: skip
+TAGS = [
+    TagNode("temperature_c", "degC", "TT"),
+    TagNode("ph", "pH", "PH"),
+    TagNode("agitation_rpm", "rpm", "AGT"),
+]
 
 
 async def _until(cond, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
@@ -32,8 +35,9 @@ async def _until(cond, timeout: float = 30.0, what: str = "condition") -> None: 
 
 
 def _server(port: int) -> TwinOpcuaServer:
-    return TwinOpcuaServer(f"opc.tcp://127.0.0.1:{port}/twin", "SITE01",
-                           {"USP": ["BR01", "BR02"]}, TAGS)  # fmt: skip
+    return TwinOpcuaServer(
+        f"opc.tcp://127.0.0.1:{port}/twin", "SITE01", {"USP": ["BR01", "BR02"]}, TAGS
+    )
 
 
 def test_address_space_units_and_quality_reach_the_gateway(tmp_path: Path) -> None:
@@ -51,15 +55,26 @@ def test_address_space_units_and_quality_reach_the_gateway(tmp_path: Path) -> No
             async with Client(f"opc.tcp://127.0.0.1:{port}/twin") as c:
                 idx = await c.get_namespace_index("urn:pharma-twin:SITE01")
                 v = await c.nodes.objects.get_child(
-                    [f"{idx}:SITE01", f"{idx}:USP", f"{idx}:BR01", f"{idx}:BR01-TT", f"{idx}:temperature_c"])  # fmt: skip
+                    [
+                        f"{idx}:SITE01",
+                        f"{idx}:USP",
+                        f"{idx}:BR01",
+                        f"{idx}:BR01-TT",
+                        f"{idx}:temperature_c",
+                    ]
+                )
                 eu = await (await v.get_child(f"{idx}:EngineeringUnits")).read_value()
                 rng = await (await v.get_child(f"{idx}:EURange")).read_value()
                 assert eu.DisplayName.Text == "degC" and (rng.Low, rng.High) == (0.0, 150.0)
             await _until(lambda: src.stats.connected, what="subscription")
             t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
             for k in range(5):
-                await srv.write("BR01", t0 + timedelta(seconds=k), {"temperature_c": 36.5 + k / 10, "ph": 7.0 + k / 100, "agitation_rpm": 120.0},
-                                batch_id="BR01-B0007")  # fmt: skip
+                await srv.write(
+                    "BR01",
+                    t0 + timedelta(seconds=k),
+                    {"temperature_c": 36.5 + k / 10, "ph": 7.0 + k / 100, "agitation_rpm": 120.0},
+                    batch_id="BR01-B0007",
+                )
                 await asyncio.sleep(0.15)
             await srv.write("BR02", t0, {"ph": 6.9}, quality={"ph": UNCERTAIN})
             await srv.write(
@@ -93,8 +108,15 @@ def test_server_restart_reconnects_and_resubscribes(tmp_path: Path) -> None:
         srv = _server(port)
         await srv.start()
         gw = Gateway("SITE01", MemoryHotStore(), reject_log=tmp_path / "rejected.jsonl")
-        src = OpcuaSource(gw, "opc1", SourceMap("opc1"), f"opc.tcp://127.0.0.1:{port}/twin",
-                          "SITE01", watchdog_s=1.0, reconnect_max_delay_s=2.0)  # fmt: skip
+        src = OpcuaSource(
+            gw,
+            "opc1",
+            SourceMap("opc1"),
+            f"opc.tcp://127.0.0.1:{port}/twin",
+            "SITE01",
+            watchdog_s=1.0,
+            reconnect_max_delay_s=2.0,
+        )
         task = asyncio.create_task(src.run())
         try:
             await _until(lambda: src.stats.connected)
@@ -127,8 +149,12 @@ def test_server_restart_reconnects_and_resubscribes(tmp_path: Path) -> None:
 def test_unknown_node_name_is_refused_and_counted(tmp_path: Path) -> None:
     async def main() -> None:
         port = free_port()
-        srv = TwinOpcuaServer(f"opc.tcp://127.0.0.1:{port}/twin", "SITE01", {"USP": ["BR01"]},
-                              [TagNode("ph", "pH", "PH")])  # fmt: skip
+        srv = TwinOpcuaServer(
+            f"opc.tcp://127.0.0.1:{port}/twin",
+            "SITE01",
+            {"USP": ["BR01"]},
+            [TagNode("ph", "pH", "PH")],
+        )
         await srv.start()
         # a node the tag map does not know, added by the plant's integrator
         unit = srv.server.get_node(ua.NodeId("SITE01.USP.BR01", srv.idx))
@@ -142,8 +168,11 @@ def test_unknown_node_name_is_refused_and_counted(tmp_path: Path) -> None:
         task = asyncio.create_task(src.run())
         try:
             await _until(lambda: src.stats.connected)
-            await extra.write_value(ua.DataValue(ua.Variant(2.0, ua.VariantType.Double),
-                                                 SourceTimestamp=datetime.now(UTC)))  # fmt: skip
+            await extra.write_value(
+                ua.DataValue(
+                    ua.Variant(2.0, ua.VariantType.Double), SourceTimestamp=datetime.now(UTC)
+                )
+            )
             await _until(lambda: src.stats.rejected["unknown_tag"] >= 1, what="unknown tag counted")
             assert "FIC_999" in (tmp_path / "rejected.jsonl").read_text()
         finally:

@@ -35,13 +35,34 @@ def test_live_serve_feeds_all_protocols_with_batch_ids(
     mb_port = free_port()
     regmap = load_register_map(REPO / "docs/examples/modbus_register_map.yaml")
     assert regmap == twin_register_map([t.tag for t in plant.tags])  # the shipped map is true
-    mb = ModbusSource(gw_mqtt, "mb", SourceMap("mb"), "127.0.0.1", mb_port, {"BR01": 1, "BR02": 2},
-                      regmap, poll_interval_s=0.5)  # fmt: skip
+    mb = ModbusSource(
+        gw_mqtt,
+        "mb",
+        SourceMap("mb"),
+        "127.0.0.1",
+        mb_port,
+        {"BR01": 1, "BR02": 2},
+        regmap,
+        poll_interval_s=0.5,
+    )
     served: list[int] = []
-    t = threading.Thread(target=lambda: served.append(serve_live(
-        plant, load_recipes(None), tmp_path / "landing", ["opcua", "mqtt", "modbus"], seed=3,
-        speed=1.0, period_s=1.0, opcua_endpoint=endpoint, mqtt=settings, steps=12,
-        modbus_address=("127.0.0.1", mb_port))))  # fmt: skip
+    t = threading.Thread(
+        target=lambda: served.append(
+            serve_live(
+                plant,
+                load_recipes(None),
+                tmp_path / "landing",
+                ["opcua", "mqtt", "modbus"],
+                seed=3,
+                speed=1.0,
+                period_s=1.0,
+                opcua_endpoint=endpoint,
+                mqtt=settings,
+                steps=12,
+                modbus_address=("127.0.0.1", mb_port),
+            )
+        )
+    )
     t.start()
     try:
         wait_for(lambda: ("twin", "BR02") in host.devices, 30, "DBIRTH from the twin")

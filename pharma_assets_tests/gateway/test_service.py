@@ -40,13 +40,32 @@ METRICS = [MetricDef("temperature_c", "degC"), MetricDef("ph", "pH")]
 
 
 def _sources(tmp: Path, mqtt_port: int, api_port: int, opcua_port: int | None = None) -> Path:
-    srcs: list[dict] = [{"name": "mqtt1", "kind": "mqtt_sparkplug", "host": "127.0.0.1",
-                         "port": mqtt_port, "group_id": "SITE01"}]  # fmt: skip
+    srcs: list[dict] = [
+        {
+            "name": "mqtt1",
+            "kind": "mqtt_sparkplug",
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "group_id": "SITE01",
+        }
+    ]
     if opcua_port:
-        srcs.append({"name": "opc1", "kind": "opcua", "url": f"opc.tcp://127.0.0.1:{opcua_port}/twin",
-                     "tags": {"TT101": {"tag": "temperature_c", "from_uom": "K"}}})  # fmt: skip
-    cfg = {"site_id": "SITE01", "landing_dir": "landing", "buffer_dir": "buf",
-           "flush_interval_s": 0.5, "api": {"port": api_port}, "sources": srcs}  # fmt: skip
+        srcs.append(
+            {
+                "name": "opc1",
+                "kind": "opcua",
+                "url": f"opc.tcp://127.0.0.1:{opcua_port}/twin",
+                "tags": {"TT101": {"tag": "temperature_c", "from_uom": "K"}},
+            }
+        )
+    cfg = {
+        "site_id": "SITE01",
+        "landing_dir": "landing",
+        "buffer_dir": "buf",
+        "flush_interval_s": 0.5,
+        "api": {"port": api_port},
+        "sources": srcs,
+    }
     p = tmp / "sources.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -62,20 +81,26 @@ def test_sources_yaml_errors_name_the_file_and_field(tmp_path: Path) -> None:
     p.write_text("site_id: SITE01\nsources:\n  - {name: a, kind: opcua, url: http://x}\n")
     with pytest.raises(ConfigError, match=r"s.yaml is invalid: sources.0.opcua.url"):
         load_sources(p)
-    p.write_text("site_id: SITE01\nsources:\n  - {name: a, kind: mqtt_sparkplug, group_id: G,"
-                 " tags: {X: {tag: ph, from_uom: furlong}}}\n")  # fmt: skip
+    p.write_text(
+        "site_id: SITE01\nsources:\n  - {name: a, kind: mqtt_sparkplug, group_id: G,"
+        " tags: {X: {tag: ph, from_uom: furlong}}}\n"
+    )
     with pytest.raises(ConfigError, match=r"no unit conversion from 'furlong' to 'pH'"):
         load_sources(p)
     p.write_text("site_id: SITE01\nsources: []\n")
     with pytest.raises(ConfigError, match="sources"):
         load_sources(p)
-    p.write_text("site_id: SITE01\nsources:\n  - {name: pumps, kind: modbus, port: 5020,"
-                 " devices: {BR01: 1}, register_map: maps/skid.yaml}\n")  # fmt: skip
+    p.write_text(
+        "site_id: SITE01\nsources:\n  - {name: pumps, kind: modbus, port: 5020,"
+        " devices: {BR01: 1}, register_map: maps/skid.yaml}\n"
+    )
     cfg = load_sources(p)
     assert cfg.sources[0].register_map == tmp_path / "maps/skid.yaml"  # type: ignore[union-attr]
     assert cfg.landing_dir == tmp_path / "landing"
     assert parse_serve("opcua,mqtt=broker:1884") == {
-        "opcua": "opc.tcp://127.0.0.1:4840/twin", "mqtt": "broker:1884"}  # fmt: skip
+        "opcua": "opc.tcp://127.0.0.1:4840/twin",
+        "mqtt": "broker:1884",
+    }
     assert parse_serve("modbus") == {"modbus": "127.0.0.1:5020"}
     with pytest.raises(Exception, match="unknown protocol 'bacnet'"):
         parse_serve("bacnet")
@@ -85,8 +110,12 @@ def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     api_port, opc_port = free_port(), free_port()
-    srv = TwinOpcuaServer(f"opc.tcp://127.0.0.1:{opc_port}/twin", "SITE01", {"USP": ["BR03"]},
-                          [TagNode("TT101", "K", "TT")])  # fmt: skip
+    srv = TwinOpcuaServer(
+        f"opc.tcp://127.0.0.1:{opc_port}/twin",
+        "SITE01",
+        {"USP": ["BR03"]},
+        [TagNode("TT101", "K", "TT")],
+    )
     loop = asyncio.new_event_loop()  # the server's loop runs in a thread while the test waits
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
@@ -95,10 +124,16 @@ def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
 
     run(srv.start())
     cfg = _sources(tmp_path, mosquitto.port, api_port, opc_port)
-    gw = subprocess.Popen([*CLI, "gateway", "--sources", str(cfg)], env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    edge = SparkplugEdgeNode(MqttSettings(port=mosquitto.port), "SITE01", "twin",
-                             {"BR01": METRICS, "BR02": METRICS})  # fmt: skip
+    gw = subprocess.Popen(
+        [*CLI, "gateway", "--sources", str(cfg)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    edge = SparkplugEdgeNode(
+        MqttSettings(port=mosquitto.port), "SITE01", "twin", {"BR01": METRICS, "BR02": METRICS}
+    )
     base = f"http://127.0.0.1:{api_port}"
     try:
 
@@ -116,8 +151,12 @@ def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
             for k in range(10):
                 ts = t0 + timedelta(seconds=k)
                 for dev in ("BR01", "BR02"):
-                    edge.publish(dev, int(ts.timestamp() * 1000), {"temperature_c": 36.0 + k / 10, "ph": 7.0 + k / 100},
-                                 batch_id=f"{dev}-B0001")  # fmt: skip
+                    edge.publish(
+                        dev,
+                        int(ts.timestamp() * 1000),
+                        {"temperature_c": 36.0 + k / 10, "ph": 7.0 + k / 100},
+                        batch_id=f"{dev}-B0001",
+                    )
                 run(srv.write("BR03", ts, {"TT101": 310.15 + k}, batch_id="BR03-B0001"))
             pushed: list[dict] = []
             deadline = time.monotonic() + 20
@@ -177,8 +216,12 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
 
     gw = launch()
     landing = tmp_path / "landing"
-    edge = SparkplugEdgeNode(MqttSettings(port=mosquitto.port), "SITE01", "twin",
-                             {f"BR{u:02d}": METRICS for u in range(1, 4)})  # fmt: skip
+    edge = SparkplugEdgeNode(
+        MqttSettings(port=mosquitto.port),
+        "SITE01",
+        "twin",
+        {f"BR{u:02d}": METRICS for u in range(1, 4)},
+    )
     wait_for(lambda: (tmp_path / "buf" / "wal").exists(), 60, "gateway up")
     time.sleep(1.0)  # its persistent session is registered with the broker
     edge.start()
@@ -188,12 +231,19 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
     mes_start = datetime.fromtimestamp(t0 / 1000, UTC) - timedelta(seconds=20)
     feed = LiveFeed(load_plant(None).with_units(3), load_recipes(None), landing, start=mes_start)
     assert [o.batch_id for o in feed.step(mes_start + timedelta(seconds=15))] == [
-        "BR01-B0001", "BR02-B0001", "BR03-B0001"]  # fmt: skip
+        "BR01-B0001",
+        "BR02-B0001",
+        "BR03-B0001",
+    ]
     kills = 0
     for k in range(steps):
         for u in range(1, 4):
-            edge.publish(f"BR{u:02d}", t0 + k * 1000, {"temperature_c": 36.0 + k * 1e-3 + u, "ph": 7.0 + k * 1e-4},
-                         batch_id=f"BR{u:02d}-B0001")  # fmt: skip
+            edge.publish(
+                f"BR{u:02d}",
+                t0 + k * 1000,
+                {"temperature_c": 36.0 + k * 1e-3 + u, "ph": 7.0 + k * 1e-4},
+                batch_id=f"BR{u:02d}-B0001",
+            )
         time.sleep(0.01)
         if k in (80, 200):  # SIGKILL mid-stream (the broker queues for the persistent session)
             gw.send_signal(signal.SIGKILL)

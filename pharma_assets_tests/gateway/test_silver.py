@@ -35,8 +35,11 @@ def test_gateway_landing_reaches_silver_once(mosquitto: Mosquitto, tmp_path: Pat
     host = SparkplugHost(gw, "mqtt", SourceMap("mqtt"), settings, "SITE01")
     host.start()
     steps = 15
-    t = threading.Thread(target=serve_live, args=(plant, load_recipes(None), landing, ["mqtt"]),
-                         kwargs={"seed": 5, "mqtt": settings, "steps": steps})  # fmt: skip
+    t = threading.Thread(
+        target=serve_live,
+        args=(plant, load_recipes(None), landing, ["mqtt"]),
+        kwargs={"seed": 5, "mqtt": settings, "steps": steps},
+    )
     t.start()
     t.join(120)
     seen: list[int] = []

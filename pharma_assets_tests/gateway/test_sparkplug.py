@@ -52,8 +52,12 @@ def test_birth_data_and_units_reach_the_hot_store(
     t0 = _ms() - 10_000
     for k in range(10):
         for dev in ("BR01", "BR02"):
-            edge.publish(dev, t0 + k * 1000, {"TT101": 310.15 + k, "ph": 7.0, "dissolved_oxygen_pct": 40.0 + k},
-                         batch_id=f"{dev}-B0001")  # fmt: skip
+            edge.publish(
+                dev,
+                t0 + k * 1000,
+                {"TT101": 310.15 + k, "ph": 7.0, "dissolved_oxygen_pct": 40.0 + k},
+                batch_id=f"{dev}-B0001",
+            )
     # ph does not change after the first message: report by exception
     expected = 2 * (10 + 1 + 10)
     wait_for(lambda: gw.sources["mqtt1"].accepted == expected, what=f"{expected} readings")
@@ -159,15 +163,19 @@ def test_nan_and_null_payload_values_are_bad_quality(
     al = edge._aliases["BR01"]
     p = pb.Payload(timestamp=t0 + 1000, seq=(edge._seq + 1) % 256)
     p.metrics.add(alias=al["ph"], timestamp=t0 + 1000, datatype=DOUBLE, is_null=True)
-    p.metrics.add(alias=al["dissolved_oxygen_pct"], timestamp=t0 + 1000, datatype=12,
-                  string_value="n/a")  # fmt: skip
+    p.metrics.add(
+        alias=al["dissolved_oxygen_pct"], timestamp=t0 + 1000, datatype=12, string_value="n/a"
+    )
     edge._seq = (edge._seq + 1) % 256
     edge.publish_raw("DDATA", "BR01", p)
     wait_for(lambda: gw.sources["mqtt1"].accepted == 5)
     assert gw.sources["mqtt1"].bad_values == 4
     q = {d["tag"]: (d["value"], d["quality"]) for d in gw.hot.latest("BR01")}
-    assert q == {"temperature_c": (None, "bad"), "ph": (None, "bad"),
-                 "dissolved_oxygen_pct": (None, "bad")}  # fmt: skip
+    assert q == {
+        "temperature_c": (None, "bad"),
+        "ph": (None, "bad"),
+        "dissolved_oxygen_pct": (None, "bad"),
+    }
 
 
 def test_broker_restart_mid_stream(

@@ -60,8 +60,16 @@ def small_landing(landing: Path) -> Path:
 
 
 def _users(lake: Lake) -> None:
-    create_user(lake, "admin", "Ada Admin", "admin", "Root-pass-2026!", "system:test", "setup",
-                bootstrap=True)  # fmt: skip
+    create_user(
+        lake,
+        "admin",
+        "Ada Admin",
+        "admin",
+        "Root-pass-2026!",
+        "system:test",
+        "setup",
+        bootstrap=True,
+    )
     create_user(lake, "qa.lead", "Quinn Assurance", "qa", QA_PW, "admin", "setup")
     create_user(
         lake, "op.jones", "Olive Operator", "operator", "Operator-pass-2026", "admin", "setup"
@@ -77,15 +85,32 @@ def _ph_reading(lake: Lake) -> dict:
 
 
 def _silver_value(lake: Lake, ts) -> list[float]:
-    s = lake.read("silver", "telemetry",
-                  filter_expr=(pl.col("batch_id") == B1[1]) & (pl.col("tag") == "ph") & (pl.col("ts") == ts))  # fmt: skip
+    s = lake.read(
+        "silver",
+        "telemetry",
+        filter_expr=(pl.col("batch_id") == B1[1]) & (pl.col("tag") == "ph") & (pl.col("ts") == ts),
+    )
     return s["value"].to_list()
 
 
 def _apply(lake: Lake, landing: Path, aid: str, user: str, pw: str) -> object:
-    return CliRunner().invoke(app, ["amendment", "apply", aid, "--user", user, "--reason",
-                                    "historian re-export after probe recalibration", "--lake",
-                                    lake.root, "--landing", str(landing)], input=pw + "\n")  # fmt: skip
+    return CliRunner().invoke(
+        app,
+        [
+            "amendment",
+            "apply",
+            aid,
+            "--user",
+            user,
+            "--reason",
+            "historian re-export after probe recalibration",
+            "--lake",
+            lake.root,
+            "--landing",
+            str(landing),
+        ],
+        input=pw + "\n",
+    )
 
 
 def test_correction_under_a_new_name_is_held_then_applied_with_signature(lake, small_landing: Path):
@@ -185,9 +210,14 @@ def test_file_overwritten_in_place_is_never_ignored(lake, small_landing: Path):
     old = _ph_reading(lake)
     sha_before = bronze.read_log(lake).filter(pl.col("source_file") == rel)["sha256"].item()
     chunk = _chunk(landing)
-    _overwrite(path, chunk.with_columns(
-        value=pl.when((pl.col("tag") == "ph") & (pl.col("ts") == old["ts"]))
-        .then(pl.lit(6.5)).otherwise(pl.col("value"))))  # fmt: skip
+    _overwrite(
+        path,
+        chunk.with_columns(
+            value=pl.when((pl.col("tag") == "ph") & (pl.col("ts") == old["ts"]))
+            .then(pl.lit(6.5))
+            .otherwise(pl.col("value"))
+        ),
+    )
     # the landing sensor / pipeline see it as work to do
     assert [f.rel for f in progress.unfinished(lake, scan_landing(landing))] == [rel]
     out = ingest_all(lake, landing, run_id="second")
@@ -249,8 +279,11 @@ def test_lims_correction_is_held(lake, small_landing: Path):
     aid = amendments.held(lake)["amendment_id"].item()
     res = compliance_amendments.apply(lake, landing, aid, "qa.lead", QA_PW, "LIMS result corrected")
     assert res.bronze_rows_replaced == 1
-    lab = lake.read("silver", "lab_results",
-                    filter_expr=(pl.col("sample_id") == row[0]) & (pl.col("analyte") == row[6]))  # fmt: skip
+    lab = lake.read(
+        "silver",
+        "lab_results",
+        filter_expr=(pl.col("sample_id") == row[0]) & (pl.col("analyte") == row[6]),
+    )
     assert lab["value"].to_list() == [float(row[7])]
     assert amendments.held(lake).height == 0
 
@@ -269,8 +302,12 @@ def test_pipeline_reports_a_file_overwritten_in_place(
     assert r.exit_code == 0, r.output
     path = _first_chunk_path(landing)
     chunk = _chunk(landing)
-    _overwrite(path, chunk.with_columns(value=pl.when(pl.col("tag") == "ph").then(pl.lit(6.5))
-                                        .otherwise(pl.col("value"))))  # fmt: skip
+    _overwrite(
+        path,
+        chunk.with_columns(
+            value=pl.when(pl.col("tag") == "ph").then(pl.lit(6.5)).otherwise(pl.col("value"))
+        ),
+    )
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "pipeline: 1 batch partitions with new files" in r.output

@@ -388,9 +388,11 @@ def test_unknown_tag(lake, small_landing: Path):
     landing = small_landing
     src = _chunk(landing)
     df = pl.concat(
-        [_readings(src, "ph", [7.0, 7.1]).with_columns(tag=pl.lit("ph_probe_2")),
-         _readings(src, "ph", [7.05])]
-    )  # fmt: skip
+        [
+            _readings(src, "ph", [7.0, 7.1]).with_columns(tag=pl.lit("ph_probe_2")),
+            _readings(src, "ph", [7.05]),
+        ]
+    )
     rel = _write(landing, df)
     ingest_all(lake, landing)
     q = _silver_q(lake, rel)
@@ -568,11 +570,16 @@ def _tables(lake: Lake) -> dict[str, pl.DataFrame]:
     volatile = {"ingested_at", "ingest_run_id", "processed_at", "run_id", "updated_at"}
     out = {}
     for layer, name in [
-        ("bronze", "telemetry"), ("silver", "telemetry"), ("silver", "telemetry_quarantine"),
-        ("silver", "telemetry_stats"), ("silver", "excursion_segments"),
-        ("silver", "batch_timeline"), ("gold", "batch_summary"), ("gold", "cpp_excursions"),
+        ("bronze", "telemetry"),
+        ("silver", "telemetry"),
+        ("silver", "telemetry_quarantine"),
+        ("silver", "telemetry_stats"),
+        ("silver", "excursion_segments"),
+        ("silver", "batch_timeline"),
+        ("gold", "batch_summary"),
+        ("gold", "cpp_excursions"),
         ("gold", "unit_status"),
-    ]:  # fmt: skip
+    ]:
         df = lake.read(layer, name)
         df = df.drop([c for c in df.columns if c in volatile])
         out[f"{layer}/{name}"] = df.select(sorted(df.columns)).sort(sorted(df.columns))
@@ -631,8 +638,11 @@ def test_mes_jsonl_with_a_malformed_line(lake, small_landing: Path):
     landing = small_landing
     mes = sorted(_folder(landing, B1, "mes").glob("*.jsonl"))[0]
     first = mes.read_text().splitlines()[0]
-    event = json.loads(first) | {"event_id": "BR01-B0001-E900", "event_type": "phase_start",
-                                 "phase": "growth"}  # fmt: skip
+    event = json.loads(first) | {
+        "event_id": "BR01-B0001-E900",
+        "event_type": "phase_start",
+        "phase": "growth",
+    }
     new = mes.with_name("20991231T000000Z_09999.jsonl")
     new.write_text(json.dumps(event) + "\n" + '{"event_id": "BR01-B0001-E901", "event_type"\n')
     ingest_all(lake, landing)

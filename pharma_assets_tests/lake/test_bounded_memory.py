@@ -87,8 +87,9 @@ def assert_same(
     for key in SORT:
         # sums of slices' partial sums may differ from one sum in the last bits
         try:
-            assert_frame_equal(a[key], b[key], check_exact=False, rel_tol=1e-12, abs_tol=1e-9,
-                               check_dtypes=False)  # fmt: skip
+            assert_frame_equal(
+                a[key], b[key], check_exact=False, rel_tol=1e-12, abs_tol=1e-9, check_dtypes=False
+            )
         except AssertionError as e:
             raise AssertionError(f"{key}: {e}") from None
 
@@ -131,8 +132,13 @@ def test_a_file_read_in_slices_gives_the_same_rows_as_read_whole(
     assert not any((Path(lake.root) / "_spool").iterdir())  # scratch removed
 
 
-def _run_and_kill(lake_dir: Path, landing: Path, bid: str, ready: Callable[[], bool],
-                  env: dict[str, str] | None = None) -> None:  # fmt: skip
+def _run_and_kill(
+    lake_dir: Path,
+    landing: Path,
+    bid: str,
+    ready: Callable[[], bool],
+    env: dict[str, str] | None = None,
+) -> None:
     """Run ``ingest`` (sliced) in a subprocess and SIGKILL it once ``ready()`` holds."""
     code = (
         "import sys; from pathlib import Path\n"
@@ -189,9 +195,12 @@ def _whole_files_only(
 
 @pytest.mark.parametrize("kill_at", ["bronze_spool", "silver_spool", "silver_commits"])
 def test_a_crash_in_the_middle_of_a_file_leaves_whole_files_and_the_rerun_completes(
-    kill_at: str, big: tuple[str, Path, int], landing: Path, tmp_path: Path,
+    kill_at: str,
+    big: tuple[str, Path, int],
+    landing: Path,
+    tmp_path: Path,
     whole: dict[tuple[str, str], pl.DataFrame],
-) -> None:  # fmt: skip
+) -> None:
     bid = big[0]
     lake_dir = tmp_path / "lake"
     ready = {
@@ -284,17 +293,21 @@ def test_a_large_correction_under_a_new_name_is_held_as_an_amendment(
     df = pl.read_parquet(path).head(rows - 100)  # the repeated tail would be a duplicate key
     i = df.height - 10  # in the last slice
     df = df.with_columns(
-        value=pl.when(pl.int_range(pl.len()) == i).then(pl.col("value") + 1.0)
+        value=pl.when(pl.int_range(pl.len()) == i)
+        .then(pl.col("value") + 1.0)
         .otherwise(pl.col("value"))
-    )  # fmt: skip
+    )
     corrected = path.with_name("z_" + path.name)
     df.write_parquet(corrected)
     tel = files_for_batch(landing, "telemetry", bid)
     bronze.ingest_files(lake, landing, "telemetry", tel, "t2", now=NOW, limits=SLICED)
     rel = corrected.relative_to(landing).as_posix()
     row = bronze.read_log(lake, [bid]).filter(pl.col("source_file") == rel).row(0, named=True)
-    assert (row["status"], row["reason"], row["rows"]) == ("quarantined", "amended_delivery",
-                                                          df.height)  # fmt: skip
+    assert (row["status"], row["reason"], row["rows"]) == (
+        "quarantined",
+        "amended_delivery",
+        df.height,
+    )
     changes = lake.read("bronze", "amendment_changes")
     assert changes is not None and changes.height == 1
     assert lake.read("bronze", "telemetry", filter_expr=pl.col("source_file") == rel) is None or (

@@ -89,8 +89,15 @@ def test_an_earlier_files_duplicate_outside_the_window_is_not_this_runs(
     """A duplicate in the batch's older history is outside the run's window: the run's
     check does not re-read it (the whole-partition check still sees it)."""
     bid, rel, rep = _late_chunk(lake, landing, tmp_path)
-    first = lake.read("silver", "telemetry", filter_expr=(pl.col("batch_id") == bid)
-                      & (pl.col("source_file") != rel)).sort("ts").head(1)  # fmt: skip
+    first = (
+        lake.read(
+            "silver",
+            "telemetry",
+            filter_expr=(pl.col("batch_id") == bid) & (pl.col("source_file") != rel),
+        )
+        .sort("ts")
+        .head(1)
+    )
     lake.append("silver", "telemetry", first)
     assert silver.duplicate_readings(lake, [bid], rep.files) == 0
     assert silver.duplicate_readings(lake, [bid]) == 1

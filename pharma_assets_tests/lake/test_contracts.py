@@ -40,9 +40,20 @@ BRONZE_SCHEMA = {
 
 
 def _row(**kw: Any) -> dict[str, Any]:
-    r = {"ts": T1, "site_id": "SITE01", "unit_id": "BR01", "batch_id": "B1", "tag": "ph",
-         "value": 7.0, "uom": "pH", "quality": "good", "raw": None, "extra": None,
-         "source_file": "telemetry/BR01/B1/f.parquet", "row_hash": 1}  # fmt: skip
+    r = {
+        "ts": T1,
+        "site_id": "SITE01",
+        "unit_id": "BR01",
+        "batch_id": "B1",
+        "tag": "ph",
+        "value": 7.0,
+        "uom": "pH",
+        "quality": "good",
+        "raw": None,
+        "extra": None,
+        "source_file": "telemetry/BR01/B1/f.parquet",
+        "row_hash": 1,
+    }
     r.update(kw)
     return r
 
@@ -53,10 +64,13 @@ def _batches(end: datetime | None = END) -> tuple[pl.DataFrame, pl.DataFrame]:
         schema={"batch_id": pl.String, "start_ts": UTC_US, "end_ts": UTC_US},
     )
     phases = pl.DataFrame(
-        {"batch_id": ["B1", "B1", "B2"], "phase": ["inoculation", "growth", "inoculation"],
-         "start_ts": [START, START + timedelta(hours=6), START]},
+        {
+            "batch_id": ["B1", "B1", "B2"],
+            "phase": ["inoculation", "growth", "inoculation"],
+            "start_ts": [START, START + timedelta(hours=6), START],
+        },
         schema={"batch_id": pl.String, "phase": pl.String, "start_ts": UTC_US},
-    )  # fmt: skip
+    )
     return batches, phases
 
 

@@ -18,18 +18,25 @@ from pharma_assets.lake.storage import DEFAULT_LAKE_URI, LAKE_URI_ENV, Lake, lak
 
 def _summary() -> pl.DataFrame:
     return pl.DataFrame(
-        {"batch_id": ["B1", "B2", "B3"], "status": ["complete"] * 3,
-         "release_status": [gold.PENDING_RELEASE] * 3}
-    )  # fmt: skip
+        {
+            "batch_id": ["B1", "B2", "B3"],
+            "status": ["complete"] * 3,
+            "release_status": [gold.PENDING_RELEASE] * 3,
+        }
+    )
 
 
 def test_decisions_are_applied_and_the_rest_stay_pending() -> None:
     at = datetime(2026, 11, 1, 8, tzinfo=UTC)
     dec = pl.DataFrame(
-        {"batch_id": ["B1", "B3"], "release_status": ["released", "rejected"],
-         "released_by": ["Q. Lead", "Q. Lead"], "released_at": [at, at]},
+        {
+            "batch_id": ["B1", "B3"],
+            "release_status": ["released", "rejected"],
+            "released_by": ["Q. Lead", "Q. Lead"],
+            "released_at": [at, at],
+        },
         schema=gold.RELEASE_SCHEMA,
-    )  # fmt: skip
+    )
     out = gold.apply_release_decisions(_summary(), dec).sort("batch_id")
     assert out["release_status"].to_list() == ["released", gold.PENDING_RELEASE, "rejected"]
     assert out["released_by"].to_list() == ["Q. Lead", None, "Q. Lead"]

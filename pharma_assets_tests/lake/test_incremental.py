@@ -31,8 +31,12 @@ def _stats_columns(lake: Lake, layer: str, name: str) -> set[str]:
 
 def test_file_statistics_only_for_filter_columns(lake: Lake, landing: Path) -> None:
     ingest_all(lake, landing)
-    for layer, name in [("bronze", "telemetry"), ("silver", "telemetry"),
-                        ("silver", "batch_timeline"), ("bronze", "ingest_log")]:  # fmt: skip
+    for layer, name in [
+        ("bronze", "telemetry"),
+        ("silver", "telemetry"),
+        ("silver", "batch_timeline"),
+        ("bronze", "ingest_log"),
+    ]:
         got = _stats_columns(lake, layer, name)
         assert got <= set(STATS_COLUMNS), (layer, name, got - set(STATS_COLUMNS))
     # the columns reads prune on keep theirs (ts within a batch, source_file in bronze)
@@ -115,8 +119,11 @@ def test_ingestion_tables_carry_no_markers_their_rows_are_the_record(
     assert log is not None and log.height > 0
     files = log["source_file"].to_list()
     ids = log["batch_id"].unique().to_list()
-    for layer, name in [("bronze", "telemetry"), ("bronze", "ingest_log"),
-                        *[("silver", n) for n in (*silver.TELEMETRY_TABLES, "telemetry_log")]]:  # fmt: skip
+    for layer, name in [
+        ("bronze", "telemetry"),
+        ("bronze", "ingest_log"),
+        *[("silver", n) for n in (*silver.TELEMETRY_TABLES, "telemetry_log")],
+    ]:
         assert lake.written_sources(layer, name, files) == set(), f"{layer}/{name} has markers"
     # every processed file has rows in silver/telemetry and in the per-file statistics
     assert lake.sources_in("silver", "telemetry", files, ids) == set(files)
@@ -154,8 +161,11 @@ def test_tables_partitioned_by_an_older_version_still_append_and_answer(tmp_path
     lake = Lake.at(tmp_path / "old")
     first = pl.DataFrame({"batch_id": ["A", "B"], "source_file": ["f1", "f2"], "v": [1.0, 2.0]})
     lake.append("silver", "t", first, partition_by=["batch_id"])
-    lake.append("silver", "t", pl.DataFrame({"batch_id": ["A", "C"], "source_file": ["f3", "f4"],
-                                             "v": [3.0, 4.0]}))  # fmt: skip
+    lake.append(
+        "silver",
+        "t",
+        pl.DataFrame({"batch_id": ["A", "C"], "source_file": ["f3", "f4"], "v": [3.0, 4.0]}),
+    )
     dt = lake.table("silver", "t")
     assert dt is not None and dt.metadata().partition_columns == ["batch_id"]
     got = lake.read("silver", "t")

@@ -60,9 +60,16 @@ def test_reading_naming_another_unit_than_its_folder(lake, small_landing: Path):
     rel = _write(landing, df)
     # an MES event of the BR01 batch that says it ran on BR02
     mes = _folder(landing, B1, "mes") / "20991231T000000Z_09999.jsonl"
-    ev = {"site_id": "SITE01", "area_id": "USP", "unit_id": "BR02", "batch_id": B1[1],
-          "event_type": "phase_start", "event_ts": "2025-01-06T07:00:00Z", "phase": "growth",
-          "event_id": f"{B1[1]}-E090"}  # fmt: skip
+    ev = {
+        "site_id": "SITE01",
+        "area_id": "USP",
+        "unit_id": "BR02",
+        "batch_id": B1[1],
+        "event_type": "phase_start",
+        "event_ts": "2025-01-06T07:00:00Z",
+        "phase": "growth",
+        "event_id": f"{B1[1]}-E090",
+    }
     mes.write_text(json.dumps(ev) + "\n")
     ingest_all(lake, landing)
     q = _silver_q(lake, rel)
@@ -154,9 +161,16 @@ def test_naive_timestamps_are_refused(lake, small_landing: Path, monkeypatch):
     landing = small_landing
     _, rel = _naive(landing)
     mes = _folder(landing, B1, "mes") / "20991231T000000Z_09999.jsonl"
-    ev = {"site_id": "SITE01", "area_id": "USP", "unit_id": "BR01", "batch_id": B1[1],
-          "event_type": "phase_start", "event_ts": "2025-01-06T07:00:00", "phase": "growth",
-          "event_id": f"{B1[1]}-E090"}  # fmt: skip
+    ev = {
+        "site_id": "SITE01",
+        "area_id": "USP",
+        "unit_id": "BR01",
+        "batch_id": B1[1],
+        "event_type": "phase_start",
+        "event_ts": "2025-01-06T07:00:00",
+        "phase": "growth",
+        "event_id": f"{B1[1]}-E090",
+    }
     mes.write_text(json.dumps(ev) + "\n")
     ingest_all(lake, landing)
     q = _bronze_q(lake, rel)

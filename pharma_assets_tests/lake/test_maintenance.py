@@ -43,8 +43,13 @@ def test_compaction_keeps_every_row_and_reduces_files(
     lake: Lake, landing: Path, tmp_path: Path
 ) -> None:
     files = _ingest_chunk_by_chunk(lake, landing, tmp_path)
-    tables = [("bronze", "telemetry"), ("silver", "telemetry"), ("silver", "batch_timeline"),
-              ("silver", "telemetry_stats"), ("silver", "telemetry_log")]  # fmt: skip
+    tables = [
+        ("bronze", "telemetry"),
+        ("silver", "telemetry"),
+        ("silver", "batch_timeline"),
+        ("silver", "telemetry_stats"),
+        ("silver", "telemetry_log"),
+    ]
     before = {t: _sorted(lake.read(*t)) for t in tables}  # type: ignore[arg-type]
     n_before = {t: len(lake.table(*t).file_uris()) for t in tables}  # type: ignore[union-attr]
     assert n_before[("silver", "telemetry")] >= 8

@@ -62,11 +62,20 @@ def test_coa_noise_is_the_documented_assay_noise() -> None:
         lots[b.lots["media_lot"]] = b.lot_attributes
         lots[b.lots["feed_lot"]] = b.lot_attributes
     for a in ASSAYS:
-        rows = [r for d in docs for r in d if r["attribute"] == a.attribute
-                and r["issuer"] == a.issuer and r["material"] == a.material]  # fmt: skip
+        rows = [
+            r
+            for d in docs
+            for r in d
+            if r["attribute"] == a.attribute
+            and r["issuer"] == a.issuer
+            and r["material"] == a.material
+        ]
         true = [lots[r["lot_id"]][a.truth] * a.scale for r in rows]
-        err = [(r["value"] - t) / (t if a.cv else 1.0) for r, t in zip(rows, true, strict=True)
-               if r["value"] < 1000]  # fmt: skip
+        err = [
+            (r["value"] - t) / (t if a.cv else 1.0)
+            for r, t in zip(rows, true, strict=True)
+            if r["value"] < 1000
+        ]
         sd = float(pl.Series(err).std())
         want = a.cv or a.sd
         assert 0.6 * want < sd < 1.4 * want, (a.attribute, a.issuer, sd, want)
@@ -109,17 +118,67 @@ def test_bad_coa_values_quarantined_with_reason(tmp_path: Path) -> None:
         [*GOOD, "growth_promotion_pct", "abc", "%", "use test"],  # type_error
         [*GOOD, "growth_promotion_pct_x", "98", "%", "use test"],  # unknown_attribute
         [*GOOD, "manganese_ppb", "-4", "ppb", "ICP-MS"],  # physical_limits
-        ["COA-MED-260010-Q", "SITE01", "MED-260010", "media", "site_qc", "2026-01-02T08:00:00Z",
-         "glucose_g_l", "NaN", "g/L", "YSI"],  # value_not_finite
-        ["COA-X-Q", "SITE01", "MED-12", "media", "site_qc", "2026-01-02T08:00:00Z",
-         "glucose_g_l", "6.1", "g/L", "YSI"],  # invalid_lot_id
-        ["COA-Y-Q", "SITE01", "FEED-260001", "feed", "vendor", "2026-01-02T08:00:00Z",
-         "glucose_pct_label", "101", "%", "YSI"],  # unknown_issuer
-        ["COA-Z-Q", "SITE01", "RES-260001", "resin", "site_qc", "2026-01-02T08:00:00Z",
-         "purity", "99", "%", "HPLC"],  # unknown_material
-        ["", "SITE01", "FEED-260002", "feed", "site_qc", "2026-01-02T08:00:00Z",
-         "glucose_pct_label", "99", "%", "YSI"],  # missing_field
-    ]  # fmt: skip
+        [
+            "COA-MED-260010-Q",
+            "SITE01",
+            "MED-260010",
+            "media",
+            "site_qc",
+            "2026-01-02T08:00:00Z",
+            "glucose_g_l",
+            "NaN",
+            "g/L",
+            "YSI",
+        ],  # value_not_finite
+        [
+            "COA-X-Q",
+            "SITE01",
+            "MED-12",
+            "media",
+            "site_qc",
+            "2026-01-02T08:00:00Z",
+            "glucose_g_l",
+            "6.1",
+            "g/L",
+            "YSI",
+        ],  # invalid_lot_id
+        [
+            "COA-Y-Q",
+            "SITE01",
+            "FEED-260001",
+            "feed",
+            "vendor",
+            "2026-01-02T08:00:00Z",
+            "glucose_pct_label",
+            "101",
+            "%",
+            "YSI",
+        ],  # unknown_issuer
+        [
+            "COA-Z-Q",
+            "SITE01",
+            "RES-260001",
+            "resin",
+            "site_qc",
+            "2026-01-02T08:00:00Z",
+            "purity",
+            "99",
+            "%",
+            "HPLC",
+        ],  # unknown_material
+        [
+            "",
+            "SITE01",
+            "FEED-260002",
+            "feed",
+            "site_qc",
+            "2026-01-02T08:00:00Z",
+            "glucose_pct_label",
+            "99",
+            "%",
+            "YSI",
+        ],  # missing_field
+    ]
     _write(landing / "coa" / "SITE01" / "20260102T080000Z_00001.csv", rows)
     lake = Lake.at(tmp_path / "lake")
     _, res = _ingest(lake, landing)
@@ -169,8 +228,9 @@ def test_assets_materialize_on_a_real_instance(plan, tmp_path: Path) -> None:
         f.rel for f in scan_landing(landing)
     }
     with dg.instance_for_test() as inst:
-        out = dg.materialize([bronze_coa, silver_material_lots], instance=inst,
-                             resources={"lakehouse": res})  # fmt: skip
+        out = dg.materialize(
+            [bronze_coa, silver_material_lots], instance=inst, resources={"lakehouse": res}
+        )
         assert out.success
     # every CoA file is done: the landing sensor requests nothing more for them
     assert progress.unfinished(lake, scan_landing(landing)) == []

@@ -39,12 +39,16 @@ from pharma_assets_tests.lake.test_reliability import (
 
 REPO = Path(__file__).resolve().parents[2]
 VOLATILE = {"processed_at", "ingested_at", "ingest_run_id", "run_id"}
-TABLES = [("bronze", "telemetry"), ("bronze", "ingest_log"),
-          *(("silver", t) for t in (*silver.TELEMETRY_TABLES, "telemetry_log"))]  # fmt: skip
+TABLES = [
+    ("bronze", "telemetry"),
+    ("bronze", "ingest_log"),
+    *(("silver", t) for t in (*silver.TELEMETRY_TABLES, "telemetry_log")),
+]
 
 
-def one_pass(lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str,
-             max_rows: int) -> None:  # fmt: skip
+def one_pass(
+    lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str, max_rows: int
+) -> None:
     """A batch partition's run as the Dagster step does it: MES, batches, then one pass."""
     lake = Lake.at(lake_root)
     for bid in batch_ids:
@@ -54,8 +58,9 @@ def one_pass(lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str
     ingest_telemetry(lake, landing, files, load_spec(), run_id, max_rows=max_rows)
 
 
-def _one_pass_after_barrier(lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str,
-                            max_rows: int, barrier) -> None:  # fmt: skip
+def _one_pass_after_barrier(
+    lake_root: str, landing: str, batch_ids: Sequence[str], run_id: str, max_rows: int, barrier
+) -> None:
     barrier.wait(HANG_GUARD_S)
     one_pass(lake_root, landing, batch_ids, run_id, max_rows)
     # (the reliability checks also look at LIMS: ingest it like the partition's run does)
@@ -150,14 +155,19 @@ def test_sigkill_mid_one_pass_then_rerun_is_exactly_once(
     with open(err, "wb") as err_fh:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(root), str(landing), KILL_BATCH],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err_fh,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_fh,
+        )
         try:
             deadline = time.monotonic() + HANG_GUARD_S
             while _commits(root, table) < commits:
                 if child.poll() is not None:
-                    pytest.fail(f"child ended ({child.returncode}) before {table} had {commits} "
-                                f"commits:\n{err.read_text()}")  # fmt: skip
+                    pytest.fail(
+                        f"child ended ({child.returncode}) before {table} had {commits} "
+                        f"commits:\n{err.read_text()}"
+                    )
                 if time.monotonic() > deadline:
                     pytest.fail(f"{table} never reached {commits} commits")
                 time.sleep(0.002)

@@ -83,8 +83,9 @@ def mspc_model(plant: PlantB):
     starts = plant.batches.filter(pl.col("batch_id").is_in(good)).sort("start_ts")
     train_ids = sorted(starts["batch_id"].head(6).to_list())
     held = sorted(set(plant.batches["batch_id"].to_list()) - set(train_ids))
-    model = M.train(plant.timeline.filter(pl.col("batch_id").is_in(train_ids)), plant.batches,
-                    train_ids)  # fmt: skip
+    model = M.train(
+        plant.timeline.filter(pl.col("batch_id").is_in(train_ids)), plant.batches, train_ids
+    )
     return model, train_ids, held
 
 
@@ -104,9 +105,15 @@ def test_rules_chosen_on_training_period_only(plant: PlantB, cont, mspc_model) -
 
 
 def _plain_figures(
-    stored: pl.DataFrame, ts_col: str, k: int, n: int, good: set[str],
-    onsets: dict[str, object], ends: dict[str, object], new_run: bool,
-) -> dict[str, float]:  # fmt: skip
+    stored: pl.DataFrame,
+    ts_col: str,
+    k: int,
+    n: int,
+    good: set[str],
+    onsets: dict[str, object],
+    ends: dict[str, object],
+    new_run: bool,
+) -> dict[str, float]:
     """Per-batch figures with plain Python from stored rows (batch_id, ts_col, alarm)."""
     by: dict[str, list[tuple[object, bool]]] = {}
     for r in stored.iter_rows(named=True):
@@ -160,8 +167,9 @@ def test_contamination_rule_figures_recomputed_from_stored_scores(
     cl = labels.filter(pl.col("fault_type") == "contamination")
     onsets = {r["batch_id"]: r["onset_ts"] for r in cl.iter_rows(named=True)}
     ends = dict(plant.batches.select("batch_id", "end_ts").iter_rows())
-    plain = _plain_figures(stored, "window_end_ts", rule.k, rule.n,
-                           set(held) - faulted, onsets, ends, new_run=False)  # fmt: skip
+    plain = _plain_figures(
+        stored, "window_end_ts", rule.k, rule.n, set(held) - faulted, onsets, ends, new_run=False
+    )
     assert plain["n_faulty_batches"] >= 1
     for key, v in plain.items():
         assert ev[f"rule_{key}"] == pytest.approx(v, nan_ok=True), key
@@ -211,11 +219,17 @@ def test_shuffled_onsets_detect_no_better_than_chance(plant: PlantB, cont) -> No
     faulted = set(plant.fault_labels["batch_id"].drop_nulls().to_list())
     clean = [b for b in held if b not in faulted]
     start = dict(plant.batches.select("batch_id", "start_ts").iter_rows())
-    fake = pl.DataFrame({
-        "batch_id": clean, "fault_type": ["contamination"] * len(clean),
-        "onset_ts": [start[b] + timedelta(hours=100) for b in clean],
-    })  # fmt: skip
+    fake = pl.DataFrame(
+        {
+            "batch_id": clean,
+            "fault_type": ["contamination"] * len(clean),
+            "onset_ts": [start[b] + timedelta(hours=100) for b in clean],
+        }
+    )
     ev = R.contamination_figures(model, sc, fake, plant.batches)
-    per = R.batch_any_confirmed(sc.filter(pl.col("batch_id").is_in(clean)),
-                                R.rule_of(model, R.CONTAMINATION_DEFAULT), "window_end_ts")  # fmt: skip
+    per = R.batch_any_confirmed(
+        sc.filter(pl.col("batch_id").is_in(clean)),
+        R.rule_of(model, R.CONTAMINATION_DEFAULT),
+        "window_end_ts",
+    )
     assert ev["rule_batch_detection_rate"] <= float(per["confirmed_alarm"].mean()) + 1e-9  # type: ignore[arg-type]

@@ -140,9 +140,19 @@ def test_threshold_calibrated_on_training_clean_windows(
 
 def test_score_contract_and_risk_monotone(held_scores: pl.DataFrame) -> None:
     need = {
-        "batch_id", "unit_id", "window_end_ts", "elapsed_h", "anomaly_score", "threshold",
-        "alarm", "risk", "top_features", "model_name", "model_version", "scored_at",
-    }  # fmt: skip
+        "batch_id",
+        "unit_id",
+        "window_end_ts",
+        "elapsed_h",
+        "anomaly_score",
+        "threshold",
+        "alarm",
+        "risk",
+        "top_features",
+        "model_name",
+        "model_version",
+        "scored_at",
+    }
     assert need <= set(held_scores.columns)
     s = held_scores.sort("anomaly_score")
     r = s["risk"].to_numpy()
@@ -237,11 +247,20 @@ def test_shuffled_labels_give_no_skill(plant: PlantB, held_scores: pl.DataFrame)
         tgt = rng.choice(clean)
         start = plant.batches.filter(pl.col("batch_id") == tgt)["start_ts"][0]
         rows.append(
-            {"fault_type": "contamination", "batch_id": tgt,
-             "onset_ts": start + (r["onset_ts"] - r["start_ts"])}
-        )  # fmt: skip
-    shuffled = pl.DataFrame(rows, schema={"fault_type": pl.String, "batch_id": pl.String,
-                                          "onset_ts": pl.Datetime("us", "UTC")})  # fmt: skip
+            {
+                "fault_type": "contamination",
+                "batch_id": tgt,
+                "onset_ts": start + (r["onset_ts"] - r["start_ts"]),
+            }
+        )
+    shuffled = pl.DataFrame(
+        rows,
+        schema={
+            "fault_type": pl.String,
+            "batch_id": pl.String,
+            "onset_ts": pl.Datetime("us", "UTC"),
+        },
+    )
     fake = C.evaluate(held_scores, shuffled, plant.batches, consecutive=cons)
     # chance: share of clean batches with any confirmed alarm (an upper bound for detection)
     conf = C.detection_table(held_scores, shuffled.head(0), plant.batches, cons)

@@ -41,8 +41,7 @@ def test_results_not_known_yet_are_not_features(ml_inputs: features.MlInputs) ->
     lots = ml_inputs.material_lots
     assert lots is not None
     b = ml_inputs.batches.sort("start_ts").head(3)
-    base = b.select("batch_id", "media_lot", "feed_lot",
-                    as_of_ts=pl.col("start_ts"))  # fmt: skip
+    base = b.select("batch_id", "media_lot", "feed_lot", as_of_ts=pl.col("start_ts"))
     now = material_features.material_features(base, lots)
     # one second before the latest result of each batch's feed lot: that result is excluded
     feed = lots.filter(pl.col("material") == "feed")
@@ -51,8 +50,7 @@ def test_results_not_known_yet_are_not_features(ml_inputs: features.MlInputs) ->
         as_of_ts=pl.col("last") - timedelta(seconds=1)
     )
     before = material_features.material_features(early.drop("last"), lots)
-    changed = [c for c in now.columns if c.startswith("coa_feed_")
-               and not now[c].equals(before[c])]  # fmt: skip
+    changed = [c for c in now.columns if c.startswith("coa_feed_") and not now[c].equals(before[c])]
     assert changed, "a result tested after the scoring time must not be a feature"
     far = material_features.material_features(
         base.with_columns(as_of_ts=pl.col("as_of_ts") - timedelta(days=400)), lots

@@ -56,8 +56,12 @@ def _recipe(model: M.MSPCModel) -> M.RecipeModel:
 
 def _clean_held(plant: PlantB, split) -> list[str]:
     faulted = set(plant.fault_labels["batch_id"].drop_nulls().to_list())
-    return [b for b in split[1] if b not in faulted and
-            plant.batches.filter(pl.col("batch_id") == b)["status"][0] == "complete"]  # fmt: skip
+    return [
+        b
+        for b in split[1]
+        if b not in faulted
+        and plant.batches.filter(pl.col("batch_id") == b)["status"][0] == "complete"
+    ]
 
 
 def _same(a: pl.DataFrame, b: pl.DataFrame) -> None:
@@ -105,9 +109,19 @@ def test_out_of_fold_false_alarm_rate_of_good_batches_is_small(model: M.MSPCMode
 def test_scores_contract(monitored: pl.DataFrame) -> None:
     table = M.scores_table(monitored)
     need = {
-        "batch_id", "unit_id", "elapsed_h", "t2", "t2_limit", "spe", "spe_limit", "alarm",
-        "top_contributors", "model_name", "model_version", "scored_at",
-    }  # fmt: skip
+        "batch_id",
+        "unit_id",
+        "elapsed_h",
+        "t2",
+        "t2_limit",
+        "spe",
+        "spe_limit",
+        "alarm",
+        "top_contributors",
+        "model_name",
+        "model_version",
+        "scored_at",
+    }
     assert need <= set(table.columns)
     assert not any(c.startswith("_") for c in table.columns)
     assert table.select("batch_id", "elapsed_h").is_duplicated().sum() == 0
@@ -170,9 +184,15 @@ def test_alarms_one_row_per_statistic_beyond_limit(monitored: pl.DataFrame) -> N
     assert set(al["statistic"].unique().to_list()) <= {"t2", "spe"}
     assert (al["value"] > al["limit"]).all()
     assert set(al.columns) >= {
-        "batch_id", "unit_id", "elapsed_h", "statistic", "value", "limit", "contributions",
+        "batch_id",
+        "unit_id",
+        "elapsed_h",
+        "statistic",
+        "value",
+        "limit",
+        "contributions",
         "model_version",
-    }  # fmt: skip
+    }
 
 
 def test_golden_batch_envelope(plant: PlantB, model: M.MSPCModel, split) -> None:
@@ -271,13 +291,21 @@ def test_shuffled_labels_give_no_skill(plant: PlantB, monitored: pl.DataFrame, s
     for r in lab.iter_rows(named=True):
         tgt = rng.choice(clean)
         s = plant.batches.filter(pl.col("batch_id") == tgt)["start_ts"][0]
-        rows.append({
-            "fault_id": r["fault_id"], "fault_type": r["fault_type"], "batch_id": tgt,
-            "onset_ts": s + (r["onset_ts"] - r["start_ts"]),
-            "end_ts": None if r["end_ts"] is None else s + (r["end_ts"] - r["start_ts"]),
-        })  # fmt: skip
-    fake_labels = pl.DataFrame(rows, schema=plant.fault_labels.select(
-        "fault_id", "fault_type", "batch_id", "onset_ts", "end_ts").schema)  # fmt: skip
+        rows.append(
+            {
+                "fault_id": r["fault_id"],
+                "fault_type": r["fault_type"],
+                "batch_id": tgt,
+                "onset_ts": s + (r["onset_ts"] - r["start_ts"]),
+                "end_ts": None if r["end_ts"] is None else s + (r["end_ts"] - r["start_ts"]),
+            }
+        )
+    fake_labels = pl.DataFrame(
+        rows,
+        schema=plant.fault_labels.select(
+            "fault_id", "fault_type", "batch_id", "onset_ts", "end_ts"
+        ).schema,
+    )
     # evaluate only on the clean batches, now carrying the fake labels
     sub = monitored.filter(pl.col("batch_id").is_in(clean))
     fake = M.evaluate(sub, fake_labels, plant.batches)

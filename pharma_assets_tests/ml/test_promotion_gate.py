@@ -73,8 +73,9 @@ def test_detector_without_a_positive_case_is_not_promoted() -> None:
 
 def test_detector_without_labels_is_not_promoted() -> None:
     """No ground truth: the gate metric is a false-alarm rate, detection never evaluated."""
-    d = promotion_gate({"window_alarm_rate_mes_clean": 0.001}, "window_alarm_rate_mes_clean",
-                       False, CONT)  # fmt: skip
+    d = promotion_gate(
+        {"window_alarm_rate_mes_clean": 0.001}, "window_alarm_rate_mes_clean", False, CONT
+    )
     assert d.decision == NOT_PROMOTED and "detection not evaluated: n_contaminated" in d.reason
 
 
@@ -82,8 +83,9 @@ def test_detector_that_detects_nothing_is_not_promoted() -> None:
     m = {"n_contaminated": 2.0, "detection_share": 0.0}
     d = promotion_gate(m, "detection_share", True, CONT)
     assert d.decision == NOT_PROMOTED and "detection_share 0 does not reach" in d.reason
-    ok = promotion_gate({"n_contaminated": 2.0, "detection_share": 0.5}, "detection_share",
-                        True, CONT)  # fmt: skip
+    ok = promotion_gate(
+        {"n_contaminated": 2.0, "detection_share": 0.5}, "detection_share", True, CONT
+    )
     assert ok.promoted and "n_contaminated = 2" in ok.reason
 
 
@@ -103,9 +105,12 @@ def test_no_minimum_declared_is_not_promoted() -> None:
 def shuffled(ml_inputs: features.MlInputs) -> quality.QualityResult:
     """A real quality model trained on shuffled labels: R² below zero on the held-out set."""
     res = quality.train_quality(
-        ml_inputs, n_estimators=30, targets=("final_titer_g_l",), horizons=("day7",),
+        ml_inputs,
+        n_estimators=30,
+        targets=("final_titer_g_l",),
+        horizons=("day7",),
         shuffle_labels=True,
-    )  # fmt: skip
+    )
     return res[0]
 
 

@@ -36,9 +36,12 @@ def synthetic() -> Synthetic:
     p0 = KineticParams()
     m = TRUE["log_kd"]
     params = replace(
-        p0, kd_min=p0.kd_min * m, kd_amm=p0.kd_amm * m, kd_age=p0.kd_age * m,
+        p0,
+        kd_min=p0.kd_min * m,
+        kd_amm=p0.kd_amm * m,
+        kd_age=p0.kd_age * m,
         kd_starve=p0.kd_starve * m,
-    )  # fmt: skip
+    )
     u = BatchInputs(**{k: np.array([v]) for k, v in row.items()})
     rec = Engine(u, dt_h=1 / 60, seed=3, params=params).run(DAYS * 24 * 60 + 1)
     obs = observations.from_engine(rec, u, 1 / 60, ["SYN-0001"], [recipe.recipe_id], seed=4)[0]

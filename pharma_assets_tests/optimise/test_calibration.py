@@ -89,8 +89,9 @@ def test_lot_prior_pools_earlier_batches_of_the_same_lot(synthetic: Synthetic) -
     assert two["log_qp"][1] < prior["log_qp"][1] and "log_mu" not in two
     assert calibration.lot_prior(replace(new, lots={"feed_lot": "F9"}), [(a, cal)]) == {}
     # the prior replaces the recipe's: on too little data the result is that prior
-    early = calibration.calibrate(synthetic.obs.until(12.0), synthetic.recipe, n_members=5,
-                                  prior={"log_qp": (0.05, 0.02)})  # fmt: skip
+    early = calibration.calibrate(
+        synthetic.obs.until(12.0), synthetic.recipe, n_members=5, prior={"log_qp": (0.05, 0.02)}
+    )
     assert early.theta_hat[iq] == 0.05 and np.sqrt(early.cov[iq, iq]) == pytest.approx(0.02)
     with pytest.raises(KeyError, match="log_qq"):
         calibration.calibrate(obs, synthetic.recipe, prior={"log_qq": (0.0, 0.1)})

@@ -18,14 +18,17 @@ from .conftest import Synthetic
 
 @pytest.fixture(scope="module")
 def cals(synthetic: Synthetic) -> list[CalibratedBatch]:
-    return [calibrate(synthetic.obs.until(d * 24), synthetic.recipe, n_members=10, seed=d)
-            for d in (3, 5, 7)]  # fmt: skip
+    return [
+        calibrate(synthetic.obs.until(d * 24), synthetic.recipe, n_members=10, seed=d)
+        for d in (3, 5, 7)
+    ]
 
 
 @pytest.fixture(scope="module")
 def tiny_surrogate(synthetic: Synthetic) -> surrogate.Surrogate:
-    ro = surrogate.rollouts(synthetic.recipe, seeds=range(500_000, 500_030), days=(3, 5, 7, 9),
-                            actions_per_state=8)  # fmt: skip
+    ro = surrogate.rollouts(
+        synthetic.recipe, seeds=range(500_000, 500_030), days=(3, 5, 7, 9), actions_per_state=8
+    )
     return surrogate.train(ro, hidden=(16,))
 
 
@@ -34,15 +37,25 @@ def _random_state(cal: CalibratedBatch, rng: np.random.Generator) -> CalibratedB
     (the plan itself stays inside the PAR)."""
     s = cal.state
     n = s.n
-    st = TwinState(s.t_h, s.Xv * rng.uniform(0.3, 2.0), s.Xd * rng.uniform(0.5, 1.5),
-                   s.G * rng.uniform(0.0, 2.0), s.Gln * rng.uniform(0.2, 2.0),
-                   s.L * rng.uniform(0.5, 4.0), s.A * rng.uniform(0.5, 3.0), s.P * rng.uniform(0.5, 2.0),
-                   s.V * rng.uniform(0.9, 1.1))  # fmt: skip
+    st = TwinState(
+        s.t_h,
+        s.Xv * rng.uniform(0.3, 2.0),
+        s.Xd * rng.uniform(0.5, 1.5),
+        s.G * rng.uniform(0.0, 2.0),
+        s.Gln * rng.uniform(0.2, 2.0),
+        s.L * rng.uniform(0.5, 4.0),
+        s.A * rng.uniform(0.5, 3.0),
+        s.P * rng.uniform(0.5, 2.0),
+        s.V * rng.uniform(0.9, 1.1),
+    )
     u = cal.inputs.with_values(
-        T_prod=rng.uniform(31.5, 34.0), ph_sp=rng.uniform(6.8, 7.2), do_sp=rng.uniform(20, 60),
-        end_h=rng.uniform(12, 16) * 24, feed_lph=cal.inputs.feed_lph * rng.uniform(0.8, 1.2),
+        T_prod=rng.uniform(31.5, 34.0),
+        ph_sp=rng.uniform(6.8, 7.2),
+        do_sp=rng.uniform(20, 60),
+        end_h=rng.uniform(12, 16) * 24,
+        feed_lph=cal.inputs.feed_lph * rng.uniform(0.8, 1.2),
         kd_mult=cal.inputs.kd_mult * rng.uniform(0.7, 1.5, n),
-    )  # fmt: skip
+    )
     return replace(cal, state=st, inputs=u)
 
 
@@ -89,9 +102,12 @@ def test_shift_is_fixed_once_it_happened(cals: list[CalibratedBatch]) -> None:
     b = inbatch.action_bounds(cal)["shift_day"]
     assert b.lo == b.hi == pytest.approx(float(cal.inputs.shift_h[0]) / 24)
     with pytest.raises(inbatch.RecommendationRefused, match="ph_sp"):
-        inbatch.finish(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5)), "mpc",
-                        inbatch.planned_actions(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5))),
-                        __import__("pharma_assets.lake.specs", fromlist=["load_spec"]).load_spec())  # fmt: skip
+        inbatch.finish(
+            replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5)),
+            "mpc",
+            inbatch.planned_actions(replace(cal, inputs=cal.inputs.with_values(ph_sp=7.5))),
+            __import__("pharma_assets.lake.specs", fromlist=["load_spec"]).load_spec(),
+        )
 
 
 def test_harvest_advice_is_the_best_feasible_day(cals: list[CalibratedBatch]) -> None:

@@ -32,8 +32,9 @@ def _plant(root: Path, drop_tags: tuple[str, ...] = (), days: float | None = Non
     if days is not None:
         fb14 = fb14.model_copy(update={"planned_duration_days": days})
     book = book.model_copy(update={"recipes": [fb14.model_copy(update={"share": 1.0})]})
-    simulate_history(plant, book, 1, seed=21, out=root / "landing", truth_out=root / "truth",
-                     start=START)  # fmt: skip
+    simulate_history(
+        plant, book, 1, seed=21, out=root / "landing", truth_out=root / "truth", start=START
+    )
     lake = Lake.at(root / "lake")
     ingest_all(lake, root / "landing")
     return lake

@@ -24,8 +24,7 @@ def test_plant_draws_are_reproducible_per_seed_and_differ_between_seeds() -> Non
 
 def test_verification_refuses_a_training_seed(fb14) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ro.SeedOverlap, match="evaluation seed 5 is one of"):
-        ro.verify(fb14, ro.current_settings(fb14), n_batches=2, eval_seed=5,
-                  train_seeds=range(10))  # fmt: skip
+        ro.verify(fb14, ro.current_settings(fb14), n_batches=2, eval_seed=5, train_seeds=range(10))
     assert ro.DEFAULT_EVAL_SEED not in set(ro.DEFAULT_TRAIN_SEEDS)
 
 
@@ -70,16 +69,27 @@ def test_recipe_with_is_the_next_version(fb14) -> None:  # type: ignore[no-untyp
 def test_history_patterns_compares_top_batches_with_the_rest() -> None:
     rng = np.random.default_rng(0)
     n = 20
-    summary = pl.DataFrame({
-        "batch_id": [f"B{i}" for i in range(n)], "recipe_id": ["R"] * n,
-        "status": ["complete"] * (n - 1) + ["aborted"],
-        "product_mass_kg": list(rng.normal(8, 1, n)), "right_first_time": [True] * n,
-        "media_lot": [f"M{i // 4}" for i in range(n)], "feed_lot": [f"F{i // 5}" for i in range(n)],
-        "duration_h": [336.0] * n,
-    })  # fmt: skip
-    stats = pl.DataFrame({"batch_id": [f"B{i}" for i in range(n)], "tag": ["temperature_c"] * n,
-                          "phase": ["production"] * n, "n": [10] * n,
-                          "sum": [330.0 + i for i in range(n)]})  # fmt: skip
+    summary = pl.DataFrame(
+        {
+            "batch_id": [f"B{i}" for i in range(n)],
+            "recipe_id": ["R"] * n,
+            "status": ["complete"] * (n - 1) + ["aborted"],
+            "product_mass_kg": list(rng.normal(8, 1, n)),
+            "right_first_time": [True] * n,
+            "media_lot": [f"M{i // 4}" for i in range(n)],
+            "feed_lot": [f"F{i // 5}" for i in range(n)],
+            "duration_h": [336.0] * n,
+        }
+    )
+    stats = pl.DataFrame(
+        {
+            "batch_id": [f"B{i}" for i in range(n)],
+            "tag": ["temperature_c"] * n,
+            "phase": ["production"] * n,
+            "n": [10] * n,
+            "sum": [330.0 + i for i in range(n)],
+        }
+    )
     out = ro.history_patterns(summary, stats)
     assert out["group"].to_list() == ["top", "rest"]
     assert out["batches"].sum() == n - 1  # the aborted batch is not counted

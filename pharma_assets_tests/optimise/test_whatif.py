@@ -30,8 +30,14 @@ def test_no_change_reproduces_the_baseline_exactly(cal: CalibratedBatch) -> None
     res = whatif.run_whatif(cal, whatif.Scenario())
     _same(res.baseline, res.outcome)
     # set-points restated at their planned values take the same path, bit for bit
-    same = whatif.Scenario(ph=7.0, do_pct=40.0, production_temp_c=33.0, feed_scale=1.0,
-                           harvest_day=14.0, glucose_target_g_l=5.0)  # fmt: skip
+    same = whatif.Scenario(
+        ph=7.0,
+        do_pct=40.0,
+        production_temp_c=33.0,
+        feed_scale=1.0,
+        harvest_day=14.0,
+        glucose_target_g_l=5.0,
+    )
     _same(res.baseline, whatif.run_whatif(cal, same).outcome)
     # the forecast continues the calibration: history up to as-of is the calibrated one
     k = len(cal.history["t_h"]) - 1

@@ -167,8 +167,22 @@ def test_live_mode_writes_chunks_and_continues_batch_numbering(small_history, tm
 
 
 def test_cli_simulate(tmp_path):
-    r = CliRunner().invoke(app, ["simulate", "--units", "2", "--batches", "2", "--seed", "1",
-                                 "--out", str(tmp_path / "landing"), "--start", "2026-02-01T00:00Z"])  # fmt: skip
+    r = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--units",
+            "2",
+            "--batches",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "landing"),
+            "--start",
+            "2026-02-01T00:00Z",
+        ],
+    )
     assert r.exit_code == 0, r.output
     batch_dirs = [p for p in (tmp_path / "landing" / "telemetry").glob("*/*") if p.is_dir()]
     assert len(batch_dirs) == 2 and all(any(d.glob("*.parquet")) for d in batch_dirs)

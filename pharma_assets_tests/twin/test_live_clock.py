@@ -70,9 +70,17 @@ def test_live_clock_started_in_the_past_never_writes_the_future(
     start = WALL0 - timedelta(hours=2)
     with caplog.at_level(logging.INFO, logger="pharma_assets.twin.live"):
         stats = run_live(
-            load_plant().with_units(2), load_recipes(), landing, seed=3, speed=speed,
-            chunk_minutes=10, hours=5.0, start=start, sleep=wall.sleep, clock=wall,
-        )  # fmt: skip
+            load_plant().with_units(2),
+            load_recipes(),
+            landing,
+            seed=3,
+            speed=speed,
+            chunk_minutes=10,
+            hours=5.0,
+            start=start,
+            sleep=wall.sleep,
+            clock=wall,
+        )
     wall.check()
     assert wall.files > 20 and wall.newest is not None  # telemetry, MES and LIMS were written
     assert {p.suffix for p in wall.seen} >= {".parquet", ".jsonl", ".csv"}

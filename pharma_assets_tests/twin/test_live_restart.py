@@ -40,8 +40,17 @@ def test_restart_closes_open_batches_and_resumes_after_landed_data(tmp_path: Pat
     start = WALL - timedelta(days=3)
 
     def session(hours: float) -> None:  # the same request both times, as `make demo` makes it
-        run_live(plant, recipes, landing, seed=3, speed=0.0, chunk_minutes=30, hours=hours,
-                 start=start, clock=lambda: WALL)  # fmt: skip
+        run_live(
+            plant,
+            recipes,
+            landing,
+            seed=3,
+            speed=0.0,
+            chunk_minutes=30,
+            hours=hours,
+            start=start,
+            clock=lambda: WALL,
+        )
 
     session(20.0)  # stopped mid-batch: each unit's first batch is still running
     left = {b.batch_id: b for u in ("BR01", "BR02") for b in open_batches(landing, u)}
@@ -63,8 +72,9 @@ def test_restart_closes_open_batches_and_resumes_after_landed_data(tmp_path: Pat
         assert new_batches, unit
         first_new = min(
             pl.read_parquet(p)["ts"].min()  # type: ignore[type-var]
-            for b in new_batches for p in b.glob("*.parquet")
-        )  # fmt: skip
+            for b in new_batches
+            for p in b.glob("*.parquet")
+        )
         assert first_new > newest_before[unit]
 
     lake = Lake.at(lake_dir)

@@ -87,8 +87,10 @@ def materializations_since(
         while True:
             res = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id),
-                limit=PAGE, cursor=cursor, ascending=True,
-            )  # fmt: skip
+                limit=PAGE,
+                cursor=cursor,
+                ascending=True,
+            )
             for r in res.records:
                 m = r.asset_materialization
                 if m is None:
@@ -100,11 +102,18 @@ def materializations_since(
                         run_lakes[r.run_id] = _run_lake(instance, r.run_id)
                     root = run_lakes[r.run_id]
                     uri = f"{root}/{key.path[0]}/{key.path[1]}" if root else None
-                out.append(MaterializationInfo(
-                    storage_id=r.storage_id, table="/".join(key.path[:2]), run_id=r.run_id,
-                    delta_version=_delta_version(md), partition=m.partition,
-                    timestamp=r.timestamp, instance=inst, table_uri=uri,
-                ))  # fmt: skip
+                out.append(
+                    MaterializationInfo(
+                        storage_id=r.storage_id,
+                        table="/".join(key.path[:2]),
+                        run_id=r.run_id,
+                        delta_version=_delta_version(md),
+                        partition=m.partition,
+                        timestamp=r.timestamp,
+                        instance=inst,
+                        table_uri=uri,
+                    )
+                )
             if not res.has_more:
                 break
             cursor = res.cursor

@@ -37,7 +37,7 @@ def _keys(context: dg.AssetExecutionContext) -> list[str]:
     return [k for k in keys if k in listed]
 
 
-def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
+def table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
     return {
         "table_uri": dg.MetadataValue.path(lake.uri(layer, name)),
         "delta_version": lake.version(layer, name),
@@ -45,25 +45,37 @@ def _table_meta(lake: Lake, layer: str, name: str) -> dict[str, Any]:
 
 
 def _bronze_checks(source: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec("files_reconcile", asset=["bronze", source],
-                              description="every landed file is in the ingest log, accepted or quarantined"),
-            dg.AssetCheckSpec("no_held_amendments", asset=["bronze", source],
-                              description="no delivery changing accepted values waits for a signed decision (pharma-twin amendment list)")]  # fmt: skip
+    return [
+        dg.AssetCheckSpec(
+            "files_reconcile",
+            asset=["bronze", source],
+            description="every landed file is in the ingest log, accepted or quarantined",
+        ),
+        dg.AssetCheckSpec(
+            "no_held_amendments",
+            asset=["bronze", source],
+            description="no delivery changing accepted values waits for a signed decision (pharma-twin amendment list)",
+        ),
+    ]
 
 
 def _bronze_check_results(lake: Lake, source: str, keys: list[str], landed: int) -> Iterator[Any]:
     logged = bronze.read_log(lake, keys, source).height
     yield dg.AssetCheckResult(
-        asset_key=["bronze", source], check_name="files_reconcile", passed=logged == landed,
+        asset_key=["bronze", source],
+        check_name="files_reconcile",
+        passed=logged == landed,
         metadata={"files_landed": landed, "files_in_ingest_log": logged},
-    )  # fmt: skip
+    )
     held = amendments.held(lake)
     held = held.filter((held["source"] == source) & held["batch_id"].is_in(keys))
     yield dg.AssetCheckResult(
-        asset_key=["bronze", source], check_name="no_held_amendments", passed=held.height == 0,
+        asset_key=["bronze", source],
+        check_name="no_held_amendments",
+        passed=held.height == 0,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"held": held.height, "amendment_ids": ", ".join(held["amendment_id"].to_list())},
-    )  # fmt: skip
+    )
 
 
 def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
@@ -77,7 +89,7 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         description=description,
         metadata={"partition_expr": "batch_id", "table": f"bronze/{source}"},
         check_specs=_bronze_checks(source),
-    )  # fmt: skip
+    )
     def _asset(context: dg.AssetExecutionContext, lakehouse: LakehouseResource) -> Iterator[Any]:
         lake = lakehouse.lake()
         files = [
@@ -85,7 +97,7 @@ def _bronze_batch_asset(source: str, description: str) -> dg.AssetsDefinition:
         ]
         rep = bronze.ingest_files(lake, lakehouse.landing_dir, source, files, context.run.run_id)
         yield dg.MaterializeResult(
-            metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", source)}
+            metadata={**rep.as_metadata(), **table_meta(lake, "bronze", source)}
         )
         yield from _bronze_check_results(lake, source, _keys(context), len(files))
 
@@ -118,12 +130,15 @@ def bronze_cmms(
         context.run.run_id,
     )
     odd = bronze.ingest_files(
-        lake, lakehouse.landing_dir, "unroutable", files_for_source(lakehouse.landing_dir, "unroutable"),
+        lake,
+        lakehouse.landing_dir,
+        "unroutable",
+        files_for_source(lakehouse.landing_dir, "unroutable"),
         context.run.run_id,
-    )  # fmt: skip
+    )
     rep.merge(odd)
     return dg.MaterializeResult(
-        metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", "cmms")}
+        metadata={**rep.as_metadata(), **table_meta(lake, "bronze", "cmms")}
     )
 
 
@@ -144,7 +159,7 @@ def silver_batches(
 ) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_batches(lake, _keys(context), lakehouse.spec().phase_rule)
-    return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "batches")})
+    return dg.MaterializeResult(metadata={**res, **table_meta(lake, "silver", "batches")})
 
 
 @dg.asset(
@@ -164,7 +179,7 @@ def silver_lab_results(
 ) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     res = silver.build_lab_results(lake, lakehouse.spec(), _keys(context))
-    return dg.MaterializeResult(metadata={**res, **_table_meta(lake, "silver", "lab_results")})
+    return dg.MaterializeResult(metadata={**res, **table_meta(lake, "silver", "lab_results")})
 
 
 @dg.asset(
@@ -193,33 +208,57 @@ BRONZE_TELEMETRY = dg.AssetKey(["bronze", "telemetry"])
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(BRONZE_TELEMETRY, group_name="bronze", kinds=DELTA,
-                     deps=[dg.AssetKey(["landing", "telemetry"])],
-                     metadata={"partition_expr": "batch_id", "table": "bronze/telemetry"},
-                     description="Historian telemetry, one row per reading as landed, plus source_file, "
-                     "ingested_at, ingest_run_id and row_hash. Append-only; each landed file exactly once. "
-                     "Unreadable files go to bronze/quarantine; every file gets a row in bronze/ingest_log. "
-                     "Written in the same step as silver telemetry (one pass over each landed file)."),
-        *[dg.AssetSpec(["silver", name], group_name="silver", description=desc, kinds=DELTA,
-                       deps=[BRONZE_TELEMETRY, silver_batches], metadata={"partition_expr": "batch_id"},
-                       skippable=name != "telemetry")
-          for name, desc in _SILVER_TELEMETRY.items()],
+        dg.AssetSpec(
+            BRONZE_TELEMETRY,
+            group_name="bronze",
+            kinds=DELTA,
+            deps=[dg.AssetKey(["landing", "telemetry"])],
+            metadata={"partition_expr": "batch_id", "table": "bronze/telemetry"},
+            description="Historian telemetry, one row per reading as landed, plus source_file, "
+            "ingested_at, ingest_run_id and row_hash. Append-only; each landed file exactly once. "
+            "Unreadable files go to bronze/quarantine; every file gets a row in bronze/ingest_log. "
+            "Written in the same step as silver telemetry (one pass over each landed file).",
+        ),
+        *[
+            dg.AssetSpec(
+                ["silver", name],
+                group_name="silver",
+                description=desc,
+                kinds=DELTA,
+                deps=[BRONZE_TELEMETRY, silver_batches],
+                metadata={"partition_expr": "batch_id"},
+                skippable=name != "telemetry",
+            )
+            for name, desc in _SILVER_TELEMETRY.items()
+        ],
     ],
     partitions_def=batch_partitions,
     backfill_policy=SINGLE_RUN,
     name="telemetry_ingest",
     check_specs=[
         *_bronze_checks("telemetry"),
-        dg.AssetCheckSpec("contract_pass_rate", asset=["silver", "telemetry"],
-                          description="share of the partition's readings that pass the contract (>= 99 %)"),
-        dg.AssetCheckSpec("reconciliation", asset=["silver", "telemetry"],
-                          description="rows landed = bronze rows = silver rows + quarantined rows (+ rows waiting for their batch_start)"),
-        dg.AssetCheckSpec("no_duplicate_readings", asset=["silver", "telemetry"],
-                          description="no two silver readings share (unit, tag, ts)"),
-        dg.AssetCheckSpec("batch_start_landed", asset=["silver", "telemetry"],
-                          description="no telemetry of the partition(s) waits for its batch_start MES event"),
+        dg.AssetCheckSpec(
+            "contract_pass_rate",
+            asset=["silver", "telemetry"],
+            description="share of the partition's readings that pass the contract (>= 99 %)",
+        ),
+        dg.AssetCheckSpec(
+            "reconciliation",
+            asset=["silver", "telemetry"],
+            description="rows landed = bronze rows = silver rows + quarantined rows (+ rows waiting for their batch_start)",
+        ),
+        dg.AssetCheckSpec(
+            "no_duplicate_readings",
+            asset=["silver", "telemetry"],
+            description="no two silver readings share (unit, tag, ts)",
+        ),
+        dg.AssetCheckSpec(
+            "batch_start_landed",
+            asset=["silver", "telemetry"],
+            description="no telemetry of the partition(s) waits for its batch_start MES event",
+        ),
     ],
-)  # fmt: skip
+)
 def telemetry_ingest(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> Iterator[Any]:
@@ -234,43 +273,70 @@ def telemetry_ingest(
     rep = both.silver
     yield dg.MaterializeResult(
         asset_key=BRONZE_TELEMETRY,
-        metadata={**both.bronze.as_metadata(), "files_handed_to_silver": both.handed_over_files,
-                  **_table_meta(lake, "bronze", "telemetry")},
-    )  # fmt: skip
+        metadata={
+            **both.bronze.as_metadata(),
+            "files_handed_to_silver": both.handed_over_files,
+            **table_meta(lake, "bronze", "telemetry"),
+        },
+    )
     yield from _bronze_check_results(lake, "telemetry", keys, len(files))
     for name in _SILVER_TELEMETRY:
         yield dg.MaterializeResult(
             asset_key=["silver", name],
-            metadata={**(rep.as_metadata() if name == "telemetry" else {}),
-                      **_table_meta(lake, "silver", name), **column_schema_metadata(name, spec)},
-        )  # fmt: skip
+            metadata={
+                **(rep.as_metadata() if name == "telemetry" else {}),
+                **table_meta(lake, "silver", name),
+                **column_schema_metadata(name, spec),
+            },
+        )
     # the checks look at the files this run processed (a chunk's run must not re-read the
     # batch's history); partition-wide totals come from the ledger
     rec = silver.reconcile_telemetry(lake, lakehouse.landing_dir, keys, rep.files)
-    rate_keys = ("silver_pass_rate", "silver_rows", "quarantined_rows", "partition_pass_rate",
-                 "partition_rows_valid", "partition_rows_quarantined")  # fmt: skip
+    rate_keys = (
+        "silver_pass_rate",
+        "silver_rows",
+        "quarantined_rows",
+        "partition_pass_rate",
+        "partition_rows_valid",
+        "partition_rows_quarantined",
+    )
     yield dg.AssetCheckResult(
-        check_name="contract_pass_rate", asset_key=["silver", "telemetry"],
+        check_name="contract_pass_rate",
+        asset_key=["silver", "telemetry"],
         passed=rec.get("partition_pass_rate", rec["silver_pass_rate"]) >= 0.99,
         metadata={k: rec[k] for k in rate_keys if k in rec},
-    )  # fmt: skip
+    )
     yield dg.AssetCheckResult(
-        check_name="reconciliation", asset_key=["silver", "telemetry"], passed=rec["reconciled"], metadata=rec,
-    )  # fmt: skip
+        check_name="reconciliation",
+        asset_key=["silver", "telemetry"],
+        passed=rec["reconciled"],
+        metadata=rec,
+    )
     dups = silver.duplicate_readings(lake, keys, rep.files)
     yield dg.AssetCheckResult(
-        check_name="no_duplicate_readings", asset_key=["silver", "telemetry"], passed=dups == 0,
-        metadata={"duplicate_keys": dups, "partitions": len(keys), "files_checked": len(rep.files),
-                  "scope": "time window of the files this run processed"},
-    )  # fmt: skip
+        check_name="no_duplicate_readings",
+        asset_key=["silver", "telemetry"],
+        passed=dups == 0,
+        metadata={
+            "duplicate_keys": dups,
+            "partitions": len(keys),
+            "files_checked": len(rep.files),
+            "scope": "time window of the files this run processed",
+        },
+    )
     from pharma_assets.lake.alarms import waiting_for_batch_start
 
     waiting = waiting_for_batch_start(lake, keys)
     yield dg.AssetCheckResult(
-        check_name="batch_start_landed", asset_key=["silver", "telemetry"], passed=not waiting,
+        check_name="batch_start_landed",
+        asset_key=["silver", "telemetry"],
+        passed=not waiting,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"files_waiting": sum(waiting.values()), "batches_waiting": ", ".join(sorted(waiting))},
-    )  # fmt: skip
+        metadata={
+            "files_waiting": sum(waiting.values()),
+            "batches_waiting": ", ".join(sorted(waiting)),
+        },
+    )
 
 
 #: QA's signed release decisions, written by the compliance package (not by Dagster); the
@@ -287,20 +353,36 @@ _GOLD = {
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["gold", name], group_name="gold", description=desc, kinds=DELTA,
-                     deps=[dg.AssetKey(["silver", "telemetry"]), dg.AssetKey(["silver", "excursion_segments"]),
-                           dg.AssetKey(["silver", "telemetry_stats"]), silver_batches, silver_lab_results,
-                           GXP_BATCH_RELEASE])
+        dg.AssetSpec(
+            ["gold", name],
+            group_name="gold",
+            description=desc,
+            kinds=DELTA,
+            deps=[
+                dg.AssetKey(["silver", "telemetry"]),
+                dg.AssetKey(["silver", "excursion_segments"]),
+                dg.AssetKey(["silver", "telemetry_stats"]),
+                silver_batches,
+                silver_lab_results,
+                GXP_BATCH_RELEASE,
+            ],
+        )
         for name, desc in _GOLD.items()
     ],
     name="gold_tables",
     check_specs=[
-        dg.AssetCheckSpec("one_row_per_batch", asset=["gold", "batch_summary"],
-                          description="exactly one row per batch known to silver, and every completed batch present"),
-        dg.AssetCheckSpec("running_batches_fresh", asset=["gold", "unit_status"],
-                          description="every running batch has telemetry newer than 2 hours"),
+        dg.AssetCheckSpec(
+            "one_row_per_batch",
+            asset=["gold", "batch_summary"],
+            description="exactly one row per batch known to silver, and every completed batch present",
+        ),
+        dg.AssetCheckSpec(
+            "running_batches_fresh",
+            asset=["gold", "unit_status"],
+            description="every running batch has telemetry newer than 2 hours",
+        ),
     ],
-)  # fmt: skip
+)
 def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
     """Rebuild the gold tables from silver aggregates (never from raw telemetry), with QA's
     signed release decisions (gxp/batch_release) on gold/batch_summary."""
@@ -311,12 +393,23 @@ def gold_tables(lakehouse: LakehouseResource) -> Iterator[Any]:
     for name in _GOLD:
         yield dg.MaterializeResult(
             asset_key=["gold", name],
-            metadata={**(res if name == "batch_summary" else {}),
-                      **_table_meta(lake, "gold", name)},
-        )  # fmt: skip
+            metadata={
+                **(res if name == "batch_summary" else {}),
+                **table_meta(lake, "gold", name),
+            },
+        )
     chk = gold.check_one_row_per_batch(lake)
-    yield dg.AssetCheckResult(check_name="one_row_per_batch", asset_key=["gold", "batch_summary"],
-                              passed=bool(chk["passed"]), metadata=chk)  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="one_row_per_batch",
+        asset_key=["gold", "batch_summary"],
+        passed=bool(chk["passed"]),
+        metadata=chk,
+    )
     fr = gold.check_freshness(lake, max_age_h=2.0)
-    yield dg.AssetCheckResult(check_name="running_batches_fresh", asset_key=["gold", "unit_status"],
-                              passed=bool(fr["passed"]), severity=dg.AssetCheckSeverity.WARN, metadata=fr)  # fmt: skip
+    yield dg.AssetCheckResult(
+        check_name="running_batches_fresh",
+        asset_key=["gold", "unit_status"],
+        passed=bool(fr["passed"]),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=fr,
+    )

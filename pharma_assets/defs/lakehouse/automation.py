@@ -48,22 +48,32 @@ QUARANTINE_WINDOW_MIN = float(os.environ.get("PHARMA_QUARANTINE_WINDOW_MIN", "10
 def freshness_result(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
     f = live_health.telemetry_freshness(lakehouse.lake(), MAX_LAG_S)
     return dg.AssetCheckResult(
-        asset_key=TELEMETRY, check_name="live_telemetry_fresh", passed=f.passed,
-        severity=dg.AssetCheckSeverity.ERROR, metadata=f.as_metadata(),
-        description=None if f.passed else f"silver has accepted no reading of {', '.join(f.stale_batches)} "
+        asset_key=TELEMETRY,
+        check_name="live_telemetry_fresh",
+        passed=f.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=f.as_metadata(),
+        description=None
+        if f.passed
+        else f"silver has accepted no reading of {', '.join(f.stale_batches)} "
         f"for {f.max_lag_s / 60:.0f} min (limit {f.threshold_s / 60:.0f} min)",
-    )  # fmt: skip
+    )
 
 
 def quarantine_result(lakehouse: LakehouseResource) -> dg.AssetCheckResult:
     q = live_health.quarantine_alarm(lakehouse.lake(), QUARANTINE_WINDOW_MIN)
     return dg.AssetCheckResult(
-        asset_key=TELEMETRY, check_name="quarantine_rate_alarm", passed=q.passed,
-        severity=dg.AssetCheckSeverity.ERROR, metadata=q.as_metadata(),
-        description=None if q.passed else f"{q.window_quarantined:,} of {q.window_rows:,} readings "
+        asset_key=TELEMETRY,
+        check_name="quarantine_rate_alarm",
+        passed=q.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=q.as_metadata(),
+        description=None
+        if q.passed
+        else f"{q.window_quarantined:,} of {q.window_rows:,} readings "
         f"quarantined in the last {q.window_min:g} min ({q.ts_in_future_rows:,} from the future; "
         f"baseline share {q.baseline_share:.2%})",
-    )  # fmt: skip
+    )
 
 
 @dg.asset_check(
@@ -165,19 +175,33 @@ def batch_run_requests(per_batch: dict[str, list[str]], ordered: list[str]) -> l
     idx = sorted(pos[b] for b in per_batch)
     rels = [r for b in sorted(per_batch) for r in per_batch[b]]
     first, last = ordered[idx[0]], ordered[idx[-1]]
-    tags = {LANE_TAG: batch_ingest_job.name, "pharma/files": str(len(rels)),
-            "pharma/batches": str(len(idx))}  # fmt: skip
+    tags = {
+        LANE_TAG: batch_ingest_job.name,
+        "pharma/files": str(len(rels)),
+        "pharma/batches": str(len(idx)),
+    }
     if len(idx) == 1:
-        return [dg.RunRequest(run_key=_run_key(first, rels), partition_key=first,
-                              job_name=batch_ingest_job.name, tags=tags)]  # fmt: skip
+        return [
+            dg.RunRequest(
+                run_key=_run_key(first, rels),
+                partition_key=first,
+                job_name=batch_ingest_job.name,
+                tags=tags,
+            )
+        ]
     if idx[-1] - idx[0] + 1 > len(idx):
         tags[ONLY_BATCHES_TAG] = ",".join(ordered[i] for i in idx)
     return [
         dg.RunRequest(
-            run_key=_run_key(f"{first}..{last}", rels), job_name=batch_ingest_job.name,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last, **tags},
+            run_key=_run_key(f"{first}..{last}", rels),
+            job_name=batch_ingest_job.name,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first,
+                ASSET_PARTITION_RANGE_END_TAG: last,
+                **tags,
+            },
         )
-    ]  # fmt: skip
+    ]
 
 
 def _run_key(prefix: str, rels: list[str]) -> str:
@@ -207,12 +231,14 @@ def landing_sensor(
     newest = max((f.arrived_ns for f in files), default=0)
     if newest == cursor.get("hwm_ns") and cursor.get("pending") == 0:
         return dg.SensorResult(run_requests=[], cursor=context.cursor)  # nothing new, nothing owed
-    busy = {j for j in (batch_ingest_job.name, plant_events_job.name)
-            if open_runs(context.instance, j)}  # fmt: skip
+    busy = {
+        j for j in (batch_ingest_job.name, plant_events_job.name) if open_runs(context.instance, j)
+    }
     if busy == {batch_ingest_job.name, plant_events_job.name}:
         return dg.SensorResult(
-            skip_reason=f"waiting for the open {' and '.join(sorted(busy))} runs", cursor=context.cursor
-        )  # fmt: skip
+            skip_reason=f"waiting for the open {' and '.join(sorted(busy))} runs",
+            cursor=context.cursor,
+        )
     per_batch, plant, hwm = plan_requests(lakehouse.landing_dir, lakehouse.lake(), files)
     ordered = list(context.instance.get_dynamic_partitions(batch_partitions.name or "batch"))
     existing = set(ordered)
@@ -221,8 +247,13 @@ def landing_sensor(
         [] if batch_ingest_job.name in busy else batch_run_requests(per_batch, ordered + new_keys)
     )
     if plant and plant_events_job.name not in busy:
-        runs.append(dg.RunRequest(run_key=_run_key("plant", plant), job_name=plant_events_job.name,
-                                  tags={LANE_TAG: plant_events_job.name}))  # fmt: skip
+        runs.append(
+            dg.RunRequest(
+                run_key=_run_key("plant", plant),
+                job_name=plant_events_job.name,
+                tags={LANE_TAG: plant_events_job.name},
+            )
+        )
     if busy:
         context.log.info(
             f"{', '.join(sorted(busy))}: a run is open; its files wait for the next tick"
@@ -240,8 +271,13 @@ def landing_sensor(
 
 
 GOLD_INTERVAL_S = int(os.environ.get("PHARMA_GOLD_INTERVAL_S", str(2 * SENSOR_INTERVAL_S)))
-GOLD_INPUTS = (("silver", "telemetry_log"), ("silver", "batches"), ("silver", "lab_results"),
-               ("silver", "maintenance_events"), ("gxp", "batch_release"))  # fmt: skip
+GOLD_INPUTS = (
+    ("silver", "telemetry_log"),
+    ("silver", "batches"),
+    ("silver", "lab_results"),
+    ("silver", "maintenance_events"),
+    ("gxp", "batch_release"),
+)
 
 
 @dg.sensor(
@@ -301,11 +337,15 @@ def live_health_sensor(
         return dg.SensorResult(skip_reason="live path unchanged", cursor=context.cursor)
     evals = [
         dg.AssetCheckEvaluation(
-            asset_key=TELEMETRY, check_name=r.check_name or "", passed=r.passed,
-            metadata=r.metadata, severity=r.severity, description=r.description,
+            asset_key=TELEMETRY,
+            check_name=r.check_name or "",
+            passed=r.passed,
+            metadata=r.metadata,
+            severity=r.severity,
+            description=r.description,
         )
         for r in results
-    ]  # fmt: skip
+    ]
     return dg.SensorResult(asset_events=evals, cursor=json.dumps({"state": state, "at": now}))
 
 

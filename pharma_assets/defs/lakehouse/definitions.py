@@ -14,7 +14,7 @@ from .automation import (
     live_telemetry_fresh,
     plant_events_job,
     quarantine_rate_alarm,
-)  # fmt: skip
+)
 from .engine import spark_backfill_job
 from .material_assets import bronze_coa, silver_material_lots
 from .resources import LakehouseResource

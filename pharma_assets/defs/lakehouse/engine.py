@@ -26,10 +26,15 @@ def spark_backfill(
     """Landing -> bronze -> silver for the configured batches, one Spark task per group."""
     lake = lakehouse.lake()
     rep = backfill.backfill(
-        lakehouse.spark_session(), lake.root, lakehouse.landing_dir, config.batch_ids,
-        context.run.run_id, spec_path=lakehouse.spec_path,
-        storage_options=lake.storage_options, batches_per_task=config.batches_per_task,
-    )  # fmt: skip
+        lakehouse.spark_session(),
+        lake.root,
+        lakehouse.landing_dir,
+        config.batch_ids,
+        context.run.run_id,
+        spec_path=lakehouse.spec_path,
+        storage_options=lake.storage_options,
+        batches_per_task=config.batches_per_task,
+    )
     context.log.info("spark backfill: %s", rep.as_metadata())
     return dg.Output(None, metadata=rep.as_metadata())
 
@@ -39,13 +44,25 @@ def spark_backfill_job() -> None:
     spark_backfill()
 
 
-def run_spark_backfill(lakehouse: LakehouseResource, instance: dg.DagsterInstance,
-                       batch_ids: list[str], tags: dict[str, str],
-                       batches_per_task: int = 4) -> dg.ExecuteInProcessResult:  # fmt: skip
+def run_spark_backfill(
+    lakehouse: LakehouseResource,
+    instance: dg.DagsterInstance,
+    batch_ids: list[str],
+    tags: dict[str, str],
+    batches_per_task: int = 4,
+) -> dg.ExecuteInProcessResult:
     """Execute ``spark_backfill_job`` in this process (the driver) for ``batch_ids``."""
-    cfg = {"ops": {"spark_backfill": {"config": {"batch_ids": batch_ids,
-                                                 "batches_per_task": batches_per_task}}}}  # fmt: skip
+    cfg = {
+        "ops": {
+            "spark_backfill": {
+                "config": {"batch_ids": batch_ids, "batches_per_task": batches_per_task}
+            }
+        }
+    }
     return spark_backfill_job.execute_in_process(
-        run_config=cfg, instance=instance, resources={"lakehouse": lakehouse},
-        raise_on_error=False, tags=tags,
-    )  # fmt: skip
+        run_config=cfg,
+        instance=instance,
+        resources={"lakehouse": lakehouse},
+        raise_on_error=False,
+        tags=tags,
+    )

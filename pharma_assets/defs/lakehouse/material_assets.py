@@ -6,7 +6,7 @@ import dagster as dg
 from pharma_assets.lake import bronze, material_lots
 from pharma_assets.lake.landing_scan import files_for_source
 
-from .assets import DELTA, _table_meta
+from .assets import DELTA, table_meta
 from .resources import LakehouseResource
 
 
@@ -23,12 +23,13 @@ def bronze_coa(
 ) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     rep = bronze.ingest_files(
-        lake, lakehouse.landing_dir, "coa", files_for_source(lakehouse.landing_dir, "coa"),
+        lake,
+        lakehouse.landing_dir,
+        "coa",
+        files_for_source(lakehouse.landing_dir, "coa"),
         context.run.run_id,
-    )  # fmt: skip
-    return dg.MaterializeResult(
-        metadata={**rep.as_metadata(), **_table_meta(lake, "bronze", "coa")}
     )
+    return dg.MaterializeResult(metadata={**rep.as_metadata(), **table_meta(lake, "bronze", "coa")})
 
 
 @dg.asset(

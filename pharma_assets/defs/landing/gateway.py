@@ -38,14 +38,22 @@ def gateway_live() -> dg.ObserveResult:
 
 
 def _check(name: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=GATEWAY_KEY, name=name, blocking=False,
-                    description=f"Live gateway health: {name.removeprefix('gateway_')}")  # fmt: skip
+    @dg.asset_check(
+        asset=GATEWAY_KEY,
+        name=name,
+        blocking=False,
+        description=f"Live gateway health: {name.removeprefix('gateway_')}",
+    )
     def _fn() -> dg.AssetCheckResult:
         h = fetch_health()
         s = summarize(h) if h else None
         j = next(x for x in judge(s) if x.name == name)
-        return dg.AssetCheckResult(passed=j.passed, severity=dg.AssetCheckSeverity.WARN,
-                                   description=j.description, metadata=_metadata(s))  # fmt: skip
+        return dg.AssetCheckResult(
+            passed=j.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=j.description,
+            metadata=_metadata(s),
+        )
 
     return _fn
 
@@ -66,8 +74,14 @@ def gateway_health_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
     md = _metadata(s)
     events: list = [dg.AssetObservation(asset_key=GATEWAY_KEY, metadata=md)]
     for j in judge(s):
-        events.append(dg.AssetCheckEvaluation(
-            asset_key=GATEWAY_KEY, check_name=j.name, passed=j.passed,
-            severity=dg.AssetCheckSeverity.WARN, description=j.description, metadata=md,
-        ))  # fmt: skip
+        events.append(
+            dg.AssetCheckEvaluation(
+                asset_key=GATEWAY_KEY,
+                check_name=j.name,
+                passed=j.passed,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=j.description,
+                metadata=md,
+            )
+        )
     return dg.SensorResult(asset_events=events)

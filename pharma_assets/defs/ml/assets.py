@@ -133,9 +133,11 @@ def feature_tables(
     inp.hourly = prods.hourly
     context.log.info(
         "timeline read for %d batches (%s), %d reused, %d removed",
-        len(inc.recomputed), "full build" if inc.full else "incremental", inc.reused,
+        len(inc.recomputed),
+        "full build" if inc.full else "incremental",
+        inc.reused,
         len(inc.removed),
-    )  # fmt: skip
+    )
     now = utc_now()
     tables = {
         "equipment_hour": features.equipment_hour_features(
@@ -295,8 +297,9 @@ def register_model(
     reg = registry.register(trained, score_fn, uri=uri)
     registry.tag_run(reg.run_id, {"dagster_run_id": context.run.run_id}, uri=uri)
     lake: Lake = context.resources.lakehouse.lake()
-    out = promotions.propose(lake, reg, trained.higher_is_better, uri,
-                             context_id=context.run.run_id)  # fmt: skip
+    out = promotions.propose(
+        lake, reg, trained.higher_is_better, uri, context_id=context.run.run_id
+    )
     if out is not None:
         reg.promoted = out.champion
         reg.promotion_state = out.state
@@ -370,17 +373,21 @@ def quality_models(
     R2/MAE/RMSE and 80 % interval coverage per target and horizon in metadata."""
     lake = lakehouse.lake()
     caps = site_capabilities(lake, ml, lakehouse.spec_path)
-    targets = tuple(t for t in quality.TARGETS
-                    if capabilities.find(caps, f"{capabilities.QUALITY}:{t}").applies)  # fmt: skip
+    targets = tuple(
+        t for t in quality.TARGETS if capabilities.find(caps, f"{capabilities.QUALITY}:{t}").applies
+    )
     skips = {
         c.target: c.reason for c in caps if c.capability == capabilities.QUALITY and not c.applies
     }
     if not targets:
         context.log.info("no quality target has enough results: %s", skips)
-        return dg.MaterializeResult(metadata={
-            "skipped": True, "models": 0,
-            "skip_reason": "; ".join(f"{t}: {r}" for t, r in skips.items()),
-        })  # fmt: skip
+        return dg.MaterializeResult(
+            metadata={
+                "skipped": True,
+                "models": 0,
+                "skip_reason": "; ".join(f"{t}: {r}" for t, r in skips.items()),
+            }
+        )
     inp = features.load_inputs(lake, with_hourly=False)
     inp.versions = _feature_versions(lake, ["batch"], inp.versions)
     inp.versions.pop("silver/batch_timeline", None)

@@ -96,8 +96,12 @@ def _register_and_report(
     )
 
 
-@dg.asset(key=CONT_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
-          deps=[FEAT_WINDOWS, SILVER_BATCHES])  # fmt: skip
+@dg.asset(
+    key=CONT_KEY,
+    group_name=GROUP,
+    kinds={"mlflow", "scikitlearn"},
+    deps=[FEAT_WINDOWS, SILVER_BATCHES],
+)
 def contamination_iforest(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -118,8 +122,12 @@ def contamination_iforest(
     return _register_and_report(context, t, ml, gt_note)
 
 
-@dg.asset(key=["gold", "contamination_risk"], group_name=GROUP, kinds=DELTA,
-          deps=[CONT_KEY, FEAT_WINDOWS, SILVER_BATCHES])  # fmt: skip
+@dg.asset(
+    key=["gold", "contamination_risk"],
+    group_name=GROUP,
+    kinds=DELTA,
+    deps=[CONT_KEY, FEAT_WINDOWS, SILVER_BATCHES],
+)
 def contamination_risk(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -140,9 +148,11 @@ def contamination_risk(
     cutoff, _ = contamination.split_by_start(batches)
     ids = monitoring.scored_batches(batches, cutoff)
     out = contamination.score(
-        model, _windows(lake, ids), model_version=version,
+        model,
+        _windows(lake, ids),
+        model_version=version,
         scored_at=utc_now(),
-    )  # fmt: skip
+    )
     out = alarm_rules.confirm_contamination(model, out)
     lake.overwrite(
         "gold", "contamination_risk", out.with_columns(pl.col("scored_at").cast(SCORED_AT))
@@ -163,8 +173,12 @@ def contamination_risk(
 # --------------------------------------------------------------------------- MSPC
 
 
-@dg.asset(key=MSPC_KEY, group_name=GROUP, kinds={"mlflow", "scikitlearn"},
-          deps=[FEAT_MSPC, SILVER_BATCHES, GOLD_SUMMARY])  # fmt: skip
+@dg.asset(
+    key=MSPC_KEY,
+    group_name=GROUP,
+    kinds={"mlflow", "scikitlearn"},
+    deps=[FEAT_MSPC, SILVER_BATCHES, GOLD_SUMMARY],
+)
 def mspc_pca(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -190,8 +204,13 @@ def mspc_pca(
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(["gold", n], group_name=GROUP, kinds=DELTA, description=d,
-                     deps=[MSPC_KEY, FEAT_MSPC, SILVER_BATCHES])
+        dg.AssetSpec(
+            ["gold", n],
+            group_name=GROUP,
+            kinds=DELTA,
+            description=d,
+            deps=[MSPC_KEY, FEAT_MSPC, SILVER_BATCHES],
+        )
         for n, d in {
             "mspc_scores": "Hotelling T2 and SPE with their maturity-dependent limits per batch "
             "per elapsed hour (running and held-out batches), top contributing tags.",
@@ -201,7 +220,7 @@ def mspc_pca(
         }.items()
     ],
     name="mspc_tables",
-)  # fmt: skip
+)
 def mspc_tables(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> Any:
@@ -219,9 +238,12 @@ def mspc_tables(
     cutoff, _ = contamination.split_by_start(batches)
     ids = monitoring.scored_batches(batches, cutoff)
     detail = mspc.monitor(
-        model, _hourly(lake, ids), batches, model_version=version,
+        model,
+        _hourly(lake, ids),
+        batches,
+        model_version=version,
         scored_at=utc_now(),
-    )  # fmt: skip
+    )
     scores = alarm_rules.confirm_mspc(model, mspc.scores_table(detail))
     confirmed = scores.select("batch_id", "elapsed_h", confirmed=pl.col("confirmed_alarm"))
     tables = {

@@ -40,19 +40,25 @@ def _running(lakehouse: LakehouseResource) -> tuple[Lake, dict, dict]:  # type: 
 def _par_check(df: pl.DataFrame, lakehouse: LakehouseResource, prefix: str) -> dg.AssetCheckResult:
     bad = tables.par_violations(df, lakehouse.spec(), prefix)
     return dg.AssetCheckResult(
-        passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR,
+        passed=bad == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
         metadata={"rows": df.height, "rows_outside_par": bad},
         description=None if bad == 0 else f"{bad} recommendations outside the PAR",
-    )  # fmt: skip
+    )
 
 
 @dg.asset(
-    key=[LAYER, "twin_calibrated_state"], group_name=GROUP, kinds=KINDS, deps=RUNNING_INPUTS,
-    check_specs=[dg.AssetCheckSpec("one_row_per_running_batch", asset=[LAYER, "twin_calibrated_state"])],
+    key=[LAYER, "twin_calibrated_state"],
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=RUNNING_INPUTS,
+    check_specs=[
+        dg.AssetCheckSpec("one_row_per_running_batch", asset=[LAYER, "twin_calibrated_state"])
+    ],
     description="The twin calibrated to every running batch at its latest data: status "
     "(calibrated, prior_only, not_calibrated with the reason), batch multipliers with 95 % "
     "intervals, state now and the harvest product-mass forecast (5/50/95 %).",
-)  # fmt: skip
+)
 def twin_calibrated_state(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake, cals, errors = _running(lakehouse)
     df = tables.calibrated_state_table(cals, errors)
@@ -74,17 +80,20 @@ def twin_calibrated_state(lakehouse: LakehouseResource) -> dg.MaterializeResult:
 
 
 @dg.asset(
-    key=[LAYER, "inbatch_surrogate"], group_name=GROUP, kinds={"mlflow", "scikitlearn"},
+    key=[LAYER, "inbatch_surrogate"],
+    group_name=GROUP,
+    kinds={"mlflow", "scikitlearn"},
     description="The neural engine of the in-batch recommender: an MLP surrogate of the twin "
     "trained on twin rollouts of disturbed plant draws (pharma_assets/optimise/surrogate.py), "
     "registered in MLflow as pharma_inbatch_surrogate; held-out R² and RMSE per CQA.",
-)  # fmt: skip
+)
 def inbatch_surrogate(lakehouse: LakehouseResource, ml: MlResource) -> dg.MaterializeResult:
     fb14 = load_recipes().get("MAB-A-FB14")
     sur = surrogate.train(surrogate.rollouts(fb14, spec=lakehouse.spec()))
     reg = surrogate.log_to_mlflow(sur, fb14.recipe_id, uri=ml.uri())
-    df = pl.DataFrame({"output": list(sur.r2), "r2": list(sur.r2.values()),
-                       "rmse": list(sur.rmse.values())})  # fmt: skip
+    df = pl.DataFrame(
+        {"output": list(sur.r2), "r2": list(sur.r2.values()), "rmse": list(sur.rmse.values())}
+    )
     meta = _write(lakehouse.lake(), "inbatch_surrogate", df)
     return dg.MaterializeResult(
         metadata={
@@ -98,14 +107,18 @@ def inbatch_surrogate(lakehouse: LakehouseResource, ml: MlResource) -> dg.Materi
 
 
 @dg.asset(
-    key=[LAYER, "batch_recommendations"], group_name=GROUP, kinds=KINDS,
+    key=[LAYER, "batch_recommendations"],
+    group_name=GROUP,
+    kinds=KINDS,
     deps=[*RUNNING_INPUTS, dg.AssetKey([LAYER, "inbatch_surrogate"])],
-    check_specs=[dg.AssetCheckSpec("no_recommendation_outside_par", asset=[LAYER, "batch_recommendations"])],
+    check_specs=[
+        dg.AssetCheckSpec("no_recommendation_outside_par", asset=[LAYER, "batch_recommendations"])
+    ],
     description="For every running batch, what to change for the rest of the batch (production "
     "temperature, shift, pH, DO, feed, harvest; all within the PAR) to maximise expected "
     "product mass with every CQA in spec at P >= 95 %: one row per engine (mpc on the "
     "calibrated twin; neural on the MLP surrogate when one is registered).",
-)  # fmt: skip
+)
 def batch_recommendations(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
@@ -124,51 +137,77 @@ def batch_recommendations(
 
 
 def _kw(r: dg.AssetCheckResult) -> dict[str, Any]:
-    return {"passed": r.passed, "severity": r.severity, "metadata": r.metadata,
-            "description": r.description}  # fmt: skip
+    return {
+        "passed": r.passed,
+        "severity": r.severity,
+        "metadata": r.metadata,
+        "description": r.description,
+    }
 
 
 @dg.asset(
-    key=[LAYER, "harvest_recommendations"], group_name=GROUP, kinds=KINDS, deps=RUNNING_INPUTS,
-    check_specs=[dg.AssetCheckSpec("harvest_within_schedule_window",
-                                   asset=[LAYER, "harvest_recommendations"])],
+    key=[LAYER, "harvest_recommendations"],
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=RUNNING_INPUTS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "harvest_within_schedule_window", asset=[LAYER, "harvest_recommendations"]
+        )
+    ],
     description="For every running batch, the harvest day (within planned end -2 d to +1 d) "
     "with the most expected product whose viability (>= 50 %) and CQA limits hold with "
     "P >= 95 %, with the expected product mass and its 90 % interval.",
-)  # fmt: skip
+)
 def harvest_recommendations(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake, cals, errors = _running(lakehouse)
     df = tables.harvest_table(cals, errors, lakehouse.spec())
     ok = df.filter(pl.col("status") == "advised") if df.height and "status" in df.columns else df
     outside = 0
     if ok.height:
-        outside = ok.filter((pl.col("harvest_day") < pl.col("window_lo_day") - 1e-9)
-                            | (pl.col("harvest_day") > pl.col("window_hi_day") + 1e-9)).height  # fmt: skip
+        outside = ok.filter(
+            (pl.col("harvest_day") < pl.col("window_lo_day") - 1e-9)
+            | (pl.col("harvest_day") > pl.col("window_hi_day") + 1e-9)
+        ).height
     return dg.MaterializeResult(
         metadata=_write(lake, "harvest_recommendations", df),
-        check_results=[dg.AssetCheckResult(
-            check_name="harvest_within_schedule_window", passed=outside == 0,
-            severity=dg.AssetCheckSeverity.ERROR, metadata={"rows_outside_window": outside})],
-    )  # fmt: skip
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="harvest_within_schedule_window",
+                passed=outside == 0,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"rows_outside_window": outside},
+            )
+        ],
+    )
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec([LAYER, "twin_sensitivity"], group_name=GROUP, kinds=KINDS,
-                     description="Sobol first-order and total indices (95 % bootstrap intervals) "
-                     "of each CQA and product mass to the CPP set-points over their PAR, per recipe."),
-        dg.AssetSpec([LAYER, "design_space"], group_name=GROUP, kinds=KINDS,
-                     description="ICH Q8 design space per recipe: P(every CQA in spec) over the "
-                     "plant's variability on a grid of the two most influential CPPs; cells "
-                     "with P >= 95 % are in the design space."),
+        dg.AssetSpec(
+            [LAYER, "twin_sensitivity"],
+            group_name=GROUP,
+            kinds=KINDS,
+            description="Sobol first-order and total indices (95 % bootstrap intervals) "
+            "of each CQA and product mass to the CPP set-points over their PAR, per recipe.",
+        ),
+        dg.AssetSpec(
+            [LAYER, "design_space"],
+            group_name=GROUP,
+            kinds=KINDS,
+            description="ICH Q8 design space per recipe: P(every CQA in spec) over the "
+            "plant's variability on a grid of the two most influential CPPs; cells "
+            "with P >= 95 % are in the design space.",
+        ),
     ],
     check_specs=[dg.AssetCheckSpec("probabilities_valid", asset=[LAYER, "design_space"])],
-)  # fmt: skip
+)
 def sensitivity_and_design_space(lakehouse: LakehouseResource) -> Any:
     lake = lakehouse.lake()
     idx, ds = tables.sensitivity_tables(spec=lakehouse.spec())
-    yield dg.MaterializeResult(asset_key=[LAYER, "twin_sensitivity"],
-                               metadata=_write(lake, "twin_sensitivity", idx))  # fmt: skip
+    yield dg.MaterializeResult(
+        asset_key=[LAYER, "twin_sensitivity"], metadata=_write(lake, "twin_sensitivity", idx)
+    )
     yield dg.MaterializeResult(
         asset_key=[LAYER, "design_space"],
         metadata={
@@ -177,19 +216,27 @@ def sensitivity_and_design_space(lakehouse: LakehouseResource) -> Any:
         },
     )
     bad = ds.filter(~pl.col("p_in_spec").is_between(0, 1)).height
-    yield dg.AssetCheckResult(asset_key=[LAYER, "design_space"], check_name="probabilities_valid",
-                              passed=bad == 0, metadata={"invalid": bad})  # fmt: skip
+    yield dg.AssetCheckResult(
+        asset_key=[LAYER, "design_space"],
+        check_name="probabilities_valid",
+        passed=bad == 0,
+        metadata={"invalid": bad},
+    )
 
 
 @dg.asset(
-    key=[LAYER, "recipe_recommendations"], group_name=GROUP, kinds=KINDS | {"optuna"},
-    check_specs=[dg.AssetCheckSpec("no_recommendation_outside_par", asset=[LAYER, "recipe_recommendations"])],
+    key=[LAYER, "recipe_recommendations"],
+    group_name=GROUP,
+    kinds=KINDS | {"optuna"},
+    check_specs=[
+        dg.AssetCheckSpec("no_recommendation_outside_par", asset=[LAYER, "recipe_recommendations"])
+    ],
     description="Per recipe: the set-points a Bayesian optimiser (optuna TPE) finds on the twin "
     "for the most expected product mass over the plant's variability (every CQA in spec at "
     "P >= 95 %, within PAR and the schedule), verified on the full engine for 50 fresh plant "
     "batches against the current recipe (gain with 95 % CI, right-first-time). Adopting it "
     "is a recipe change request signed by QA (pharma_assets/compliance/recipe_requests.py).",
-)  # fmt: skip
+)
 def recipe_recommendations(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     lake = lakehouse.lake()
     df = tables.recipe_recommendation_table(spec=lakehouse.spec())

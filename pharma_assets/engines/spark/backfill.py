@@ -43,10 +43,14 @@ class BackfillReport:
             "engine": "spark",
             "batches": len(self.batches),
             "spark_tasks": self.tasks,
-            **{f"bronze_{s}_{k}": v for s, m in self.bronze.items() for k, v in m.items()
-               if isinstance(v, int)},
+            **{
+                f"bronze_{s}_{k}": v
+                for s, m in self.bronze.items()
+                for k, v in m.items()
+                if isinstance(v, int)
+            },
             **{f"silver_{k}": v for k, v in self.silver.items() if isinstance(v, int | float)},
-        }  # fmt: skip
+        }
 
 
 def groups_of(batch_ids: Sequence[str], per_task: int) -> list[list[str]]:
@@ -67,8 +71,12 @@ def _bronze_task(ctx: Mapping[str, Any], groups: Iterable[list[str]]) -> Iterato
         for source in BATCH_SOURCES:
             files = [f for b in ids for f in files_for_batch(ctx["landing_dir"], source, b)]
             rep = bronze.ingest_files(lake, ctx["landing_dir"], source, files, ctx["run_id"])
-            yield {"stage": "bronze", "source": source, **rep.as_metadata(),
-                   "batches": sorted(rep.batches)}  # fmt: skip
+            yield {
+                "stage": "bronze",
+                "source": source,
+                **rep.as_metadata(),
+                "batches": sorted(rep.batches),
+            }
 
 
 def _silver_task(ctx: Mapping[str, Any], groups: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
@@ -100,8 +108,13 @@ def backfill(
     from pharma_assets.lake.storage import Lake
 
     lake = Lake.at(lake_uri, storage_options)
-    ctx = {"lake_uri": lake.root, "landing_dir": str(landing_dir), "run_id": run_id,
-           "spec_path": spec_path, "storage_options": dict(lake.storage_options)}  # fmt: skip
+    ctx = {
+        "lake_uri": lake.root,
+        "landing_dir": str(landing_dir),
+        "run_id": run_id,
+        "spec_path": spec_path,
+        "storage_options": dict(lake.storage_options),
+    }
     groups = groups_of(batch_ids, batches_per_task)
     out = BackfillReport(batches=[b for g in groups for b in g], tasks=len(groups))
     if not groups:

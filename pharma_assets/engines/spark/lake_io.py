@@ -38,8 +38,9 @@ def writer_from_env(env: Mapping[str, str] | None = None) -> Writer:
     raise ValueError(f"PHARMA_SPARK_DELTA_WRITER={raw!r} is not a writer; use delta-rs or spark")
 
 
-def snapshot_files(lake: Lake, layer: str, name: str,
-                   version: int | None = None) -> tuple[list[str], list[str], pa.Schema] | None:  # fmt: skip
+def snapshot_files(
+    lake: Lake, layer: str, name: str, version: int | None = None
+) -> tuple[list[str], list[str], pa.Schema] | None:
     """(file URIs, partition columns, Arrow schema) of one snapshot; None if no table."""
     dt = lake.table(layer, name, version)
     if dt is None:
@@ -54,8 +55,14 @@ def snapshot_files(lake: Lake, layer: str, name: str,
     return uris, list(dt.metadata().partition_columns), schema
 
 
-def read_table(spark: SparkSession, lake: Lake, layer: str, name: str,
-               version: int | None = None, columns: Sequence[str] | None = None) -> DataFrame:  # fmt: skip
+def read_table(
+    spark: SparkSession,
+    lake: Lake,
+    layer: str,
+    name: str,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> DataFrame:
     """A Spark DataFrame of the table's current snapshot (or ``version``).
 
     Hive-style partition folders (delta-rs writes ``col=value/``) give the partition
@@ -69,8 +76,10 @@ def read_table(spark: SparkSession, lake: Lake, layer: str, name: str,
         if not pa.types.is_string(schema.field(c).type) and not pa.types.is_large_string(
             schema.field(c).type
         ):
-            raise TypeError(f"{layer}/{name}: partition column {c} is {schema.field(c).type}; "
-                            "the Spark engine reads string partition columns only")  # fmt: skip
+            raise TypeError(
+                f"{layer}/{name}: partition column {c} is {schema.field(c).type}; "
+                "the Spark engine reads string partition columns only"
+            )
     if not uris:
         df = spark.createDataFrame(_plain(schema).empty_table())
     else:
@@ -104,8 +113,15 @@ def to_arrow(df: DataFrame) -> pa.Table:
     return pa.Table.from_arrays(cols, names=t.schema.names)
 
 
-def write_table(lake: Lake, layer: str, name: str, df: DataFrame, mode: str = "append",
-                metadata: Mapping[str, Any] | None = None, writer: Writer | None = None) -> int | None:  # fmt: skip
+def write_table(
+    lake: Lake,
+    layer: str,
+    name: str,
+    df: DataFrame,
+    mode: str = "append",
+    metadata: Mapping[str, Any] | None = None,
+    writer: Writer | None = None,
+) -> int | None:
     """Commit a Spark result to ``<layer>/<name>``; the new version (None for Spark's writer)."""
     writer = writer or writer_from_env()
     if writer == "spark":

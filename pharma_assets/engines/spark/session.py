@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 DEFAULT_MASTER = "local[2]"
 
 
-def spark_conf(master: str | None = None, env: Mapping[str, str] | None = None,
-               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def spark_conf(
+    master: str | None = None,
+    env: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The settings every session of the engine gets (``spark_config`` of PySparkResource).
 
     UTC session time zone and microsecond timestamps (the lake's one timestamp type), Arrow

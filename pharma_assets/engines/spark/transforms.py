@@ -31,13 +31,19 @@ if TYPE_CHECKING:
     from pharma_assets.ml.features import TimelineProducts
 
 
-def minute_timeline(spark: SparkSession, lake: Lake, spec: CppSpec,
-                    batch_ids: Sequence[str] | None = None) -> DataFrame:  # fmt: skip
+def minute_timeline(
+    spark: SparkSession, lake: Lake, spec: CppSpec, batch_ids: Sequence[str] | None = None
+) -> DataFrame:
     """The minute timeline of ``batch_ids`` (all batches if None) from silver telemetry."""
     from pyspark.sql import functions as F
 
-    tel = read_table(spark, lake, "silver", "telemetry",
-                     columns=["ts", "unit_id", "batch_id", "tag", "value", "phase", "source_file"])  # fmt: skip
+    tel = read_table(
+        spark,
+        lake,
+        "silver",
+        "telemetry",
+        columns=["ts", "unit_id", "batch_id", "tag", "value", "phase", "source_file"],
+    )
     starts = read_table(spark, lake, "silver", "batches", columns=["batch_id", "start_ts"])
     if batch_ids is not None:
         ids = sorted(set(batch_ids))
@@ -56,14 +62,21 @@ def minute_timeline(spark: SparkSession, lake: Lake, spec: CppSpec,
         *[F.avg(F.when(F.col("tag") == t, F.col("value"))).alias(t) for t in tags],
     )
     return wide.select(
-        "batch_id", "unit_id", "elapsed_min",
-        (F.col("start_ts") + F.make_dt_interval(F.lit(0), F.lit(0), F.col("elapsed_min"))).alias("minute_ts"),
-        "phase", *[F.col(t).cast("double") for t in tags], "source_file",
-    ).orderBy("batch_id", "elapsed_min", "source_file")  # fmt: skip
+        "batch_id",
+        "unit_id",
+        "elapsed_min",
+        (F.col("start_ts") + F.make_dt_interval(F.lit(0), F.lit(0), F.col("elapsed_min"))).alias(
+            "minute_ts"
+        ),
+        "phase",
+        *[F.col(t).cast("double") for t in tags],
+        "source_file",
+    ).orderBy("batch_id", "elapsed_min", "source_file")
 
 
-def minute_timeline_frame(spark: SparkSession, lake: Lake, spec: CppSpec,
-                          batch_ids: Sequence[str] | None = None) -> pl.DataFrame:  # fmt: skip
+def minute_timeline_frame(
+    spark: SparkSession, lake: Lake, spec: CppSpec, batch_ids: Sequence[str] | None = None
+) -> pl.DataFrame:
     """``minute_timeline`` collected as a polars frame with the lake's column types."""
     df = pl.from_arrow(to_arrow(minute_timeline(spark, lake, spec, batch_ids)))
     assert isinstance(df, pl.DataFrame)
@@ -71,8 +84,11 @@ def minute_timeline_frame(spark: SparkSession, lake: Lake, spec: CppSpec,
 
 
 PRODUCTS = ("hourly", "windows", "mspc_hourly")
-_SORT = {"hourly": ("batch_id", "elapsed_h"), "windows": ("batch_id", "window"),
-         "mspc_hourly": ("batch_id", "hour")}  # fmt: skip
+_SORT = {
+    "hourly": ("batch_id", "elapsed_h"),
+    "windows": ("batch_id", "window"),
+    "mspc_hourly": ("batch_id", "hour"),
+}
 # one row per batch and product: the product's rows for the batch as an Arrow IPC stream
 _PAYLOAD = pa.schema([("product", pa.string()), ("ipc", pa.binary())])
 
@@ -95,8 +111,9 @@ def _products_of_batch(t: pa.Table) -> pa.Table:
     return pa.table({"product": list(PRODUCTS), "ipc": blobs}, schema=_PAYLOAD)
 
 
-def timeline_products(spark: SparkSession, lake: Lake,
-                      batch_ids: Sequence[str] | None = None) -> TimelineProducts:  # fmt: skip
+def timeline_products(
+    spark: SparkSession, lake: Lake, batch_ids: Sequence[str] | None = None
+) -> TimelineProducts:
     """``features.timeline_products`` with the per-batch work on Spark's executors.
 
     One pass: each batch's group returns its three products as Arrow IPC blobs (the
@@ -131,5 +148,6 @@ def timeline_products(spark: SparkSession, lake: Lake,
         out[name] = pl.concat(frames, how="vertical_relaxed").select(target.columns)
         out[name] = out[name].cast(dict(target.schema)).sort(*_SORT[name])  # type: ignore[arg-type]
     n = out["hourly"]["batch_id"].n_unique() if out["hourly"].height else 0
-    return features.TimelineProducts(hourly=out["hourly"], windows=out["windows"],
-                                     mspc_hourly=out["mspc_hourly"], n_batches=n)  # fmt: skip
+    return features.TimelineProducts(
+        hourly=out["hourly"], windows=out["windows"], mspc_hourly=out["mspc_hourly"], n_batches=n
+    )

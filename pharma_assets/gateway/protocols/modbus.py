@@ -49,8 +49,13 @@ log = logging.getLogger(__name__)
 
 _WORDS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 _DT = ModbusTcpClient.DATATYPE
-_CLIENT_TYPES = {"int16": _DT.INT16, "uint16": _DT.UINT16, "int32": _DT.INT32,
-                 "uint32": _DT.UINT32, "float32": _DT.FLOAT32}  # fmt: skip
+_CLIENT_TYPES = {
+    "int16": _DT.INT16,
+    "uint16": _DT.UINT16,
+    "int32": _DT.INT32,
+    "uint32": _DT.UINT32,
+    "float32": _DT.FLOAT32,
+}
 
 
 class _Model(BaseModel):
@@ -100,8 +105,9 @@ class RegisterMap(_Model):
                 raw = (values[r.name] - r.offset) / r.scale
                 if r.type != "float32":
                     raw = round(raw)
-                words = ModbusTcpClient.convert_to_registers(raw, _CLIENT_TYPES[r.type],
-                                                             word_order=self.word_order)  # fmt: skip
+                words = ModbusTcpClient.convert_to_registers(
+                    raw, _CLIENT_TYPES[r.type], word_order=self.word_order
+                )
                 out[r.address] = list(words)
         return out
 
@@ -110,8 +116,9 @@ class RegisterMap(_Model):
         out = []
         for r in self.registers:
             i = r.address - self.start
-            raw = ModbusTcpClient.convert_from_registers(regs[i : i + r.words], _CLIENT_TYPES[r.type],
-                                                         word_order=self.word_order)  # fmt: skip
+            raw = ModbusTcpClient.convert_from_registers(
+                regs[i : i + r.words], _CLIENT_TYPES[r.type], word_order=self.word_order
+            )
             out.append((r.name, float(raw) * r.scale + r.offset, r.uom))  # type: ignore[arg-type]
         return out
 
@@ -150,8 +157,16 @@ class ModbusTwinServer:
         self.server = ModbusTcpServer(sims, address=(host, port))
         self._task: asyncio.Task[Any] | None = None
 
-    async def _action(self, dev: int, fc: int, start: int, address: int, count: int,
-                      current: list[int], set_values: Any) -> Any:  # fmt: skip
+    async def _action(
+        self,
+        dev: int,
+        fc: int,
+        start: int,
+        address: int,
+        count: int,
+        current: list[int],
+        set_values: Any,
+    ) -> Any:
         unit = next(u for u, d in self.devices.items() if d == dev)
         if unit in self.fail:
             from pymodbus.constants import ExcCodes
@@ -209,8 +224,9 @@ class ModbusSource:
 
     async def _poll(self, client: AsyncModbusTcpClient) -> None:
         for unit, dev in self.devices.items():
-            rr = await client.read_holding_registers(self.regmap.start, count=self.regmap.count,
-                                                     device_id=dev)  # fmt: skip
+            rr = await client.read_holding_registers(
+                self.regmap.start, count=self.regmap.count, device_id=dev
+            )
             ts = now_us()
             if rr.isError():
                 self.stats.gaps += 1
@@ -225,8 +241,9 @@ class ModbusSource:
     async def run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
-            client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s,
-                                          retries=0, reconnect_delay=0)  # fmt: skip
+            client = AsyncModbusTcpClient(
+                self.host, port=self.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+            )
             try:
                 if not await client.connect():
                     raise ConnectionError(f"cannot connect to {self.host}:{self.port}")

@@ -39,8 +39,13 @@ def make_client(s: MqttSettings, client_id: str, clean_session: bool) -> mqtt.Cl
             raise ValueError(f"MQTT password variable {s.password_env!r} is not set")
         c.username_pw_set(s.username, pw)
     if s.ca_certs:
-        c.tls_set(ca_certs=s.ca_certs, certfile=s.certfile, keyfile=s.keyfile,
-                  cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+        c.tls_set(
+            ca_certs=s.ca_certs,
+            certfile=s.certfile,
+            keyfile=s.keyfile,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
     c.reconnect_delay_set(1, 30)
     c.max_queued_messages_set(0)
     return c

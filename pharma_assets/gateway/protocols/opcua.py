@@ -48,11 +48,20 @@ log = logging.getLogger(__name__)
 UNITS_NS = "http://www.opcfoundation.org/UA/units/un/cefact"
 # Instrument spans the twin's server declares as EURange (by unit of measure).
 INSTRUMENT_SPANS: dict[str, tuple[float, float]] = {
-    "degC": (0.0, 150.0), "pH": (0.0, 14.0), "%": (0.0, 100.0), "rpm": (0.0, 600.0),
-    "bar": (-1.0, 4.0), "slpm": (0.0, 500.0), "mL/h": (0.0, 10_000.0), "mL": (0.0, 50_000.0),
-    "L": (0.0, 3_000.0), "pF/cm": (0.0, 200.0), "mm/s": (0.0, 50.0), "A": (0.0, 50.0),
+    "degC": (0.0, 150.0),
+    "pH": (0.0, 14.0),
+    "%": (0.0, 100.0),
+    "rpm": (0.0, 600.0),
+    "bar": (-1.0, 4.0),
+    "slpm": (0.0, 500.0),
+    "mL/h": (0.0, 10_000.0),
+    "mL": (0.0, 50_000.0),
+    "L": (0.0, 3_000.0),
+    "pF/cm": (0.0, 200.0),
+    "mm/s": (0.0, 50.0),
+    "A": (0.0, 50.0),
     "mmHg": (0.0, 300.0),
-}  # fmt: skip
+}
 _STATUS = {GOOD: ua.StatusCodes.Good, UNCERTAIN: ua.StatusCodes.Uncertain, BAD: ua.StatusCodes.Bad}
 
 
@@ -101,8 +110,12 @@ class TwinOpcuaServer:
             for unit in unit_ids:
                 base = f"{self.site_id}.{area}.{unit}"
                 u = await a.add_object(ua.NodeId(base, idx), f"{idx}:{unit}")
-                b = await u.add_variable(ua.NodeId(f"{base}.BatchId", idx), f"{idx}:BatchId", "",
-                                         varianttype=ua.VariantType.String)  # fmt: skip
+                b = await u.add_variable(
+                    ua.NodeId(f"{base}.BatchId", idx),
+                    f"{idx}:BatchId",
+                    "",
+                    varianttype=ua.VariantType.String,
+                )
                 self.batch_nodes[unit] = b.nodeid
                 equipment: dict[str, Node] = {}
                 for t in self.tags:
@@ -111,35 +124,57 @@ class TwinOpcuaServer:
                         eq = equipment[t.equipment] = await u.add_object(
                             ua.NodeId(f"{base}.{t.equipment}", idx), f"{idx}:{unit}-{t.equipment}"
                         )
-                    v = await eq.add_variable(ua.NodeId(f"{base}.{t.tag}", idx), f"{idx}:{t.tag}",
-                                              ua.Variant(float("nan"), ua.VariantType.Double))  # fmt: skip
+                    v = await eq.add_variable(
+                        ua.NodeId(f"{base}.{t.tag}", idx),
+                        f"{idx}:{t.tag}",
+                        ua.Variant(float("nan"), ua.VariantType.Double),
+                    )
                     lo, hi = INSTRUMENT_SPANS.get(t.uom, (0.0, 1e6))
-                    eu = ua.EUInformation(NamespaceUri=UNITS_NS, UnitId=-1,
-                                          DisplayName=ua.LocalizedText(t.uom),
-                                          Description=ua.LocalizedText(t.uom))  # fmt: skip
+                    eu = ua.EUInformation(
+                        NamespaceUri=UNITS_NS,
+                        UnitId=-1,
+                        DisplayName=ua.LocalizedText(t.uom),
+                        Description=ua.LocalizedText(t.uom),
+                    )
                     await v.add_property(idx, "EngineeringUnits", eu)
                     await v.add_property(idx, "EURange", ua.Range(Low=lo, High=hi))
-                    await s.write_attribute_value(v.nodeid, ua.DataValue(
-                        ua.Variant(float("nan"), ua.VariantType.Double),
-                        StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))  # fmt: skip
+                    await s.write_attribute_value(
+                        v.nodeid,
+                        ua.DataValue(
+                            ua.Variant(float("nan"), ua.VariantType.Double),
+                            StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData),
+                        ),
+                    )
                     self.nodes[(unit, t.tag)] = v.nodeid
         await s.start()
 
     async def write(
-        self, unit: str, ts: datetime, values: Mapping[str, float], quality: Mapping[str, int] | None = None,
+        self,
+        unit: str,
+        ts: datetime,
+        values: Mapping[str, float],
+        quality: Mapping[str, int] | None = None,
         batch_id: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Set the unit's tags (source time ``ts``, status from ``quality`` codes)."""
         now = datetime.now(UTC)
         if batch_id is not None:
             await self.server.write_attribute_value(
-                self.batch_nodes[unit], ua.DataValue(ua.Variant(batch_id, ua.VariantType.String),
-                                                     SourceTimestamp=ts, ServerTimestamp=now))  # fmt: skip
+                self.batch_nodes[unit],
+                ua.DataValue(
+                    ua.Variant(batch_id, ua.VariantType.String),
+                    SourceTimestamp=ts,
+                    ServerTimestamp=now,
+                ),
+            )
         for tag, v in values.items():
             q = (quality or {}).get(tag, GOOD)
-            dv = ua.DataValue(ua.Variant(float(v), ua.VariantType.Double),
-                              StatusCode=ua.StatusCode(_STATUS[q]), SourceTimestamp=ts,
-                              ServerTimestamp=now)  # fmt: skip
+            dv = ua.DataValue(
+                ua.Variant(float(v), ua.VariantType.Double),
+                StatusCode=ua.StatusCode(_STATUS[q]),
+                SourceTimestamp=ts,
+                ServerTimestamp=now,
+            )
             await self.server.write_attribute_value(self.nodes[(unit, tag)], dv)
 
     async def stop(self) -> None:
@@ -216,8 +251,9 @@ class OpcuaSource:
                 self.gw.ingest(self.name, self.smap, unit, self.batch.get(unit), items)
             except Exception as e:  # keep the subscription alive; the error is visible
                 self.stats.last_error = f"{type(e).__name__} ingesting {unit}: {e}"
-                log.exception("source %s: error ingesting %d readings of %s", self.name,
-                              len(items), unit)  # fmt: skip
+                log.exception(
+                    "source %s: error ingesting %d readings of %s", self.name, len(items), unit
+                )
 
     async def _browse(self, client: Client) -> list[ua.NodeId]:
         idx = await client.get_namespace_index(f"urn:pharma-twin:{self.site_id}")
@@ -265,8 +301,13 @@ class OpcuaSource:
         """Connect (retrying with backoff), subscribe, and feed the gateway until ``stop``."""
         delay = 1.0
         while not self._stop.is_set():
-            client = Client(self.url, timeout=10, watchdog_intervall=self.watchdog_s,
-                            auto_reconnect=True, reconnect_max_delay=self.reconnect_max_delay_s)  # fmt: skip
+            client = Client(
+                self.url,
+                timeout=10,
+                watchdog_intervall=self.watchdog_s,
+                auto_reconnect=True,
+                reconnect_max_delay=self.reconnect_max_delay_s,
+            )
             client.connection_lost_callback = self._on_lost
             if self.username:
                 client.set_user(self.username)
@@ -277,8 +318,13 @@ class OpcuaSource:
                 await client.connect()
             except (OSError, TimeoutError, ua.UaError) as e:
                 self.stats.last_error = f"connect failed: {e!r}"
-                log.error("source %s: cannot connect to %s (%r); retry in %.0f s", self.name,
-                          self.url, e, delay)  # fmt: skip
+                log.error(
+                    "source %s: cannot connect to %s (%r); retry in %.0f s",
+                    self.name,
+                    self.url,
+                    e,
+                    delay,
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, self.reconnect_max_delay_s)

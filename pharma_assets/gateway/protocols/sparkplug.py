@@ -143,14 +143,16 @@ class SparkplugEdgeNode:
             nb = pb.Payload(timestamp=_ms(), seq=self._next_seq())
             nb.metrics.add(name="bdSeq", datatype=UINT64, long_value=self.bd_seq)
             nb.metrics.add(name=REBIRTH, datatype=BOOLEAN, boolean_value=False)
-            self.client.publish(topic(self.group, "NBIRTH", self.node), nb.SerializeToString(),
-                                qos=self.qos)  # fmt: skip
+            self.client.publish(
+                topic(self.group, "NBIRTH", self.node), nb.SerializeToString(), qos=self.qos
+            )
             alias = self.alias_base
             for dev, metrics in self.devices.items():
                 db = pb.Payload(timestamp=_ms(), seq=self._next_seq())
                 self._aliases[dev] = {}
-                db.metrics.add(name=BATCH_METRIC, alias=alias, datatype=STRING,
-                               string_value=self._batch[dev])  # fmt: skip
+                db.metrics.add(
+                    name=BATCH_METRIC, alias=alias, datatype=STRING, string_value=self._batch[dev]
+                )
                 self._aliases[dev][BATCH_METRIC] = alias
                 alias += 1
                 for m in metrics:
@@ -164,8 +166,11 @@ class SparkplugEdgeNode:
                         met.double_value, met.timestamp = v
                     self._aliases[dev][m.name] = alias
                     alias += 1
-                self.client.publish(topic(self.group, "DBIRTH", self.node, dev),
-                                    db.SerializeToString(), qos=self.qos)  # fmt: skip
+                self.client.publish(
+                    topic(self.group, "DBIRTH", self.node, dev),
+                    db.SerializeToString(),
+                    qos=self.qos,
+                )
             self.births += 1
 
     def publish(
@@ -184,14 +189,14 @@ class SparkplugEdgeNode:
             last = self._last[device]
             if batch_id is not None and batch_id != self._batch[device]:
                 self._batch[device] = batch_id
-                p.metrics.add(alias=al[BATCH_METRIC], timestamp=ts_ms, datatype=STRING,
-                              string_value=batch_id)  # fmt: skip
+                p.metrics.add(
+                    alias=al[BATCH_METRIC], timestamp=ts_ms, datatype=STRING, string_value=batch_id
+                )
             n = 0
             for name, v in values.items():
                 if only_changed and name in last and last[name][0] == v:
                     continue
-                m = p.metrics.add(alias=al[name], timestamp=ts_ms, datatype=DOUBLE,
-                                  double_value=v)  # fmt: skip
+                m = p.metrics.add(alias=al[name], timestamp=ts_ms, datatype=DOUBLE, double_value=v)
                 if quality and name in quality:
                     m.properties.keys.append("Quality")
                     m.properties.values.add(type=3, int_value=quality[name])
@@ -200,14 +205,16 @@ class SparkplugEdgeNode:
             if not p.metrics:
                 return 0
             p.seq = self._next_seq()
-            self.client.publish(topic(self.group, "DDATA", self.node, device),
-                                p.SerializeToString(), qos=self.qos)  # fmt: skip
+            self.client.publish(
+                topic(self.group, "DDATA", self.node, device), p.SerializeToString(), qos=self.qos
+            )
             return n
 
     def publish_raw(self, kind: str, device: str | None, payload: pb.Payload) -> None:
         """Publish a hand-made payload (tests of bad input)."""
-        self.client.publish(topic(self.group, kind, self.node, device), payload.SerializeToString(),
-                            qos=self.qos)  # fmt: skip
+        self.client.publish(
+            topic(self.group, kind, self.node, device), payload.SerializeToString(), qos=self.qos
+        )
 
     def stop(self, graceful: bool = True) -> None:
         """Disconnect (NDEATH is published first when graceful, as the will would be)."""
@@ -250,7 +257,13 @@ class SparkplugHost:
         state_path: Path | None = None,
     ) -> None:
         self.gw, self.name, self.smap, self.s, self.group, self.qos = (
-            gateway, name, smap, settings, group, qos)  # fmt: skip
+            gateway,
+            name,
+            smap,
+            settings,
+            group,
+            qos,
+        )
         self.stats = gateway.stats(name, "mqtt_sparkplug")
         self.devices: dict[tuple[str, str], _Device] = {}
         self._node_seq: dict[str, int] = {}
@@ -272,8 +285,12 @@ class SparkplugHost:
         self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive)
         self.client.loop_start()
         if not self._connected.wait(timeout):
-            log.error("source %s: MQTT broker %s:%s not reachable yet; retrying in the "
-                      "background", self.name, self.s.host, self.s.port)  # fmt: skip
+            log.error(
+                "source %s: MQTT broker %s:%s not reachable yet; retrying in the background",
+                self.name,
+                self.s.host,
+                self.s.port,
+            )
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -302,8 +319,16 @@ class SparkplugHost:
         broker kept for this session can be decoded without waiting for a rebirth."""
         if self.state_path is None:
             return
-        recs = [{"node": n, "device": d, "aliases": dev.aliases, "units": dev.units,
-                 "batch_id": dev.batch_id} for (n, d), dev in self.devices.items()]  # fmt: skip
+        recs = [
+            {
+                "node": n,
+                "device": d,
+                "aliases": dev.aliases,
+                "units": dev.units,
+                "batch_id": dev.batch_id,
+            }
+            for (n, d), dev in self.devices.items()
+        ]
         tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
         tmp.write_text(json.dumps(recs))
         os.replace(tmp, self.state_path)
@@ -387,8 +412,13 @@ class SparkplugHost:
     def _data(self, node: str, device: str, p: Any) -> None:
         dev = self.devices.get((node, device))
         if dev is None or any(not m.name and m.alias not in dev.aliases for m in p.metrics):
-            log.warning("source %s: DDATA from %s/%s with aliases not in a birth certificate; "
-                        "asking for a rebirth", self.name, node, device)  # fmt: skip
+            log.warning(
+                "source %s: DDATA from %s/%s with aliases not in a birth certificate; "
+                "asking for a rebirth",
+                self.name,
+                node,
+                device,
+            )
             self.stats.rejected["unknown_tag"] += len(p.metrics)
             self.stats.readings_in += len(p.metrics)
             self._request_rebirth(node)

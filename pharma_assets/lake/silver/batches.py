@@ -19,17 +19,42 @@ from ..storage import UTC_US, Lake
 from .common import LAYER, MES_EVENT_TYPES
 
 BATCH_SCHEMA = {
-    "batch_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(), "product": pl.String(),
-    "recipe_id": pl.String(), "recipe_version": pl.Int64(), "start_ts": UTC_US,
-    "planned_end_ts": UTC_US, "end_ts": UTC_US, "status": pl.String(), "end_reason": pl.String(),
-    "media_lot": pl.String(), "feed_lot": pl.String(), "inoculum_lot": pl.String(),
-    "base_lot": pl.String(), "material_lots": pl.String(), "operator": pl.String(),
-    "current_phase": pl.String(), "current_phase_start": UTC_US,
-}  # fmt: skip
-PHASE_SCHEMA = {"batch_id": pl.String(), "unit_id": pl.String(), "phase": pl.String(),
-                "start_ts": UTC_US, "end_ts": UTC_US, "phase_source": pl.String()}  # fmt: skip
-EVENT_Q_SCHEMA = {"event_id": pl.String(), "batch_id": pl.String(), "event_type": pl.String(),
-                  "source_file": pl.String(), "reason": pl.String(), "detail": pl.String()}  # fmt: skip
+    "batch_id": pl.String(),
+    "site_id": pl.String(),
+    "unit_id": pl.String(),
+    "product": pl.String(),
+    "recipe_id": pl.String(),
+    "recipe_version": pl.Int64(),
+    "start_ts": UTC_US,
+    "planned_end_ts": UTC_US,
+    "end_ts": UTC_US,
+    "status": pl.String(),
+    "end_reason": pl.String(),
+    "media_lot": pl.String(),
+    "feed_lot": pl.String(),
+    "inoculum_lot": pl.String(),
+    "base_lot": pl.String(),
+    "material_lots": pl.String(),
+    "operator": pl.String(),
+    "current_phase": pl.String(),
+    "current_phase_start": UTC_US,
+}
+PHASE_SCHEMA = {
+    "batch_id": pl.String(),
+    "unit_id": pl.String(),
+    "phase": pl.String(),
+    "start_ts": UTC_US,
+    "end_ts": UTC_US,
+    "phase_source": pl.String(),
+}
+EVENT_Q_SCHEMA = {
+    "event_id": pl.String(),
+    "batch_id": pl.String(),
+    "event_type": pl.String(),
+    "source_file": pl.String(),
+    "reason": pl.String(),
+    "detail": pl.String(),
+}
 
 
 def derive_batches(
@@ -47,8 +72,16 @@ def derive_batches(
     for r in mes.sort("event_ts", "ingested_at", nulls_last=True).iter_rows(named=True):
 
         def bad(reason: str, detail: str, r: dict[str, Any] = r) -> None:
-            quarantine.append({"event_id": r["event_id"], "batch_id": r["batch_id"], "event_type": r["event_type"],
-                               "source_file": r["source_file"], "reason": reason, "detail": detail})  # fmt: skip
+            quarantine.append(
+                {
+                    "event_id": r["event_id"],
+                    "batch_id": r["batch_id"],
+                    "event_type": r["event_type"],
+                    "source_file": r["source_file"],
+                    "reason": reason,
+                    "detail": detail,
+                }
+            )
 
         if r.get("raw"):
             bad(raw_reason(r["raw"]) or "type_error", r["raw"])
@@ -70,16 +103,30 @@ def derive_batches(
         start = next((e for e in evs if e["event_type"] == "batch_start"), None)
         if start is None:
             for e in evs:
-                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
-                                   "source_file": e["source_file"], "reason": "no_batch_start",
-                                   "detail": "no batch_start event has landed for this batch"})  # fmt: skip
+                quarantine.append(
+                    {
+                        "event_id": e["event_id"],
+                        "batch_id": bid,
+                        "event_type": e["event_type"],
+                        "source_file": e["source_file"],
+                        "reason": "no_batch_start",
+                        "detail": "no batch_start event has landed for this batch",
+                    }
+                )
             continue
         for e in evs:  # a second batch_start of the batch is quarantined, never ignored
             if e["event_type"] == "batch_start" and e is not start:
-                quarantine.append({"event_id": e["event_id"], "batch_id": bid, "event_type": e["event_type"],
-                                   "source_file": e["source_file"], "reason": "duplicate_batch_start",
-                                   "detail": f"batch already started by {start['event_id']} at "
-                                             f"{start['event_ts']:%Y-%m-%dT%H:%M:%S}Z"})  # fmt: skip
+                quarantine.append(
+                    {
+                        "event_id": e["event_id"],
+                        "batch_id": bid,
+                        "event_type": e["event_type"],
+                        "source_file": e["source_file"],
+                        "reason": "duplicate_batch_start",
+                        "detail": f"batch already started by {start['event_id']} at "
+                        f"{start['event_ts']:%Y-%m-%dT%H:%M:%S}Z",
+                    }
+                )
         end = next((e for e in evs if e["event_type"] == "batch_end"), None)
         p = start["payload"]
         lots = p.get("material_lots") or {}
@@ -88,28 +135,57 @@ def derive_batches(
         )
         for i, e in enumerate(ph):
             nxt = ph[i + 1]["event_ts"] if i + 1 < len(ph) else (end["event_ts"] if end else None)
-            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": e["payload"]["phase"],
-                           "start_ts": e["event_ts"], "end_ts": nxt, "phase_source": "mes"})  # fmt: skip
+            phases.append(
+                {
+                    "batch_id": bid,
+                    "unit_id": start["unit_id"],
+                    "phase": e["payload"]["phase"],
+                    "start_ts": e["event_ts"],
+                    "end_ts": nxt,
+                    "phase_source": "mes",
+                }
+            )
         ruled = (
             [] if ph else _rule_phases(rule, start["event_ts"], end["event_ts"] if end else None)
         )
         for name, t0, t1 in ruled:
-            phases.append({"batch_id": bid, "unit_id": start["unit_id"], "phase": name,
-                           "start_ts": t0, "end_ts": t1, "phase_source": rule.name})  # fmt: skip
-        batches.append({
-            "batch_id": bid, "site_id": start["site_id"], "unit_id": start["unit_id"],
-            "product": p.get("product"), "recipe_id": p.get("recipe_id"),
-            "recipe_version": p.get("recipe_version"), "start_ts": start["event_ts"],
-            "planned_end_ts": _parse_ts(p.get("planned_end_ts")),
-            "end_ts": end["event_ts"] if end else None,
-            "status": (end["payload"].get("status") or "complete") if end else "running",
-            "end_reason": end["payload"].get("reason") if end else None,
-            "media_lot": lots.get("media_lot"), "feed_lot": lots.get("feed_lot"),
-            "inoculum_lot": lots.get("inoculum_lot"), "base_lot": lots.get("base_lot"),
-            "material_lots": json.dumps(lots, sort_keys=True), "operator": p.get("operator"),
-            "current_phase": ph[-1]["payload"]["phase"] if ph else (ruled[-1][0] if ruled else None),
-            "current_phase_start": ph[-1]["event_ts"] if ph else (ruled[-1][1] if ruled else None),
-        })  # fmt: skip
+            phases.append(
+                {
+                    "batch_id": bid,
+                    "unit_id": start["unit_id"],
+                    "phase": name,
+                    "start_ts": t0,
+                    "end_ts": t1,
+                    "phase_source": rule.name,
+                }
+            )
+        batches.append(
+            {
+                "batch_id": bid,
+                "site_id": start["site_id"],
+                "unit_id": start["unit_id"],
+                "product": p.get("product"),
+                "recipe_id": p.get("recipe_id"),
+                "recipe_version": p.get("recipe_version"),
+                "start_ts": start["event_ts"],
+                "planned_end_ts": _parse_ts(p.get("planned_end_ts")),
+                "end_ts": end["event_ts"] if end else None,
+                "status": (end["payload"].get("status") or "complete") if end else "running",
+                "end_reason": end["payload"].get("reason") if end else None,
+                "media_lot": lots.get("media_lot"),
+                "feed_lot": lots.get("feed_lot"),
+                "inoculum_lot": lots.get("inoculum_lot"),
+                "base_lot": lots.get("base_lot"),
+                "material_lots": json.dumps(lots, sort_keys=True),
+                "operator": p.get("operator"),
+                "current_phase": ph[-1]["payload"]["phase"]
+                if ph
+                else (ruled[-1][0] if ruled else None),
+                "current_phase_start": ph[-1]["event_ts"]
+                if ph
+                else (ruled[-1][1] if ruled else None),
+            }
+        )
     return (
         pl.DataFrame(batches, schema=BATCH_SCHEMA).sort("start_ts"),
         pl.DataFrame(phases, schema=PHASE_SCHEMA).sort("batch_id", "start_ts"),
@@ -176,5 +252,9 @@ def build_batches(
         replace_batches(lake, "batch_phases", phases, batch_ids)
         replace_batches(lake, "event_quarantine", q, batch_ids)
     counts = Counter(batches["status"].to_list())
-    return {"batches": batches.height, "events_in": mes.height, "events_quarantined": q.height,
-            **{f"status_{k}": v for k, v in counts.items()}}  # fmt: skip
+    return {
+        "batches": batches.height,
+        "events_in": mes.height,
+        "events_quarantined": q.height,
+        **{f"status_{k}": v for k, v in counts.items()},
+    }

@@ -15,8 +15,9 @@ from .common import LAYER
 from .prepare import pending_telemetry_files
 
 
-def _count(lake: Lake, layer: str, name: str, batch_ids: Sequence[str],
-           files: Sequence[str] | None = None) -> int:  # fmt: skip
+def _count(
+    lake: Lake, layer: str, name: str, batch_ids: Sequence[str], files: Sequence[str] | None = None
+) -> int:
     lf = lake.scan(layer, name)
     if lf is None:
         return 0
@@ -74,15 +75,27 @@ def reconcile_telemetry(
     out: dict[str, Any] = {
         "scope": "files of this run" if scope is not None else "whole partitions",
         "files_checked": len(scope) if scope is not None else len(in_log),
-        "rows_landed": landed_rows, "unreadable_files": unreadable, "rows_in_quarantined_files": q_rows,
-        "bronze_rows": bronze_rows, "silver_rows": silver_rows, "quarantined_rows": quarantined,
-        "pending_rows": pending, "reconciled": ok, "files_awaiting_bronze": awaiting_files,
+        "rows_landed": landed_rows,
+        "unreadable_files": unreadable,
+        "rows_in_quarantined_files": q_rows,
+        "bronze_rows": bronze_rows,
+        "silver_rows": silver_rows,
+        "quarantined_rows": quarantined,
+        "pending_rows": pending,
+        "reconciled": ok,
+        "files_awaiting_bronze": awaiting_files,
         "rows_awaiting_bronze": awaiting_rows,
-        "silver_pass_rate": round(silver_rows / (silver_rows + quarantined), 6) if silver_rows + quarantined else 1.0,
-    }  # fmt: skip
+        "silver_pass_rate": round(silver_rows / (silver_rows + quarantined), 6)
+        if silver_rows + quarantined
+        else 1.0,
+    }
     # partition-wide totals from the silver ledger (one row per processed file)
-    tl = lake.read(LAYER, "telemetry_log", ["rows_in", "rows_valid", "rows_quarantined"],
-                   filter_expr=pl.col("batch_id").is_in(list(batch_ids)))  # fmt: skip
+    tl = lake.read(
+        LAYER,
+        "telemetry_log",
+        ["rows_in", "rows_valid", "rows_quarantined"],
+        filter_expr=pl.col("batch_id").is_in(list(batch_ids)),
+    )
     if tl is not None:
         out["partition_rows_valid"] = int(tl["rows_valid"].sum())
         out["partition_rows_quarantined"] = int(tl["rows_quarantined"].sum())

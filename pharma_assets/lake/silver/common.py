@@ -11,7 +11,18 @@ TELEMETRY_TABLES = (
     "batch_timeline",
 )
 SILVER_TELEMETRY_COLUMNS = (
-    "ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality", "phase",
-    "spec_version", "source_file", "row_hash", "processed_at",
-)  # fmt: skip
+    "ts",
+    "site_id",
+    "unit_id",
+    "batch_id",
+    "tag",
+    "value",
+    "uom",
+    "quality",
+    "phase",
+    "spec_version",
+    "source_file",
+    "row_hash",
+    "processed_at",
+)
 MES_EVENT_TYPES = ("batch_start", "phase_start", "batch_end")

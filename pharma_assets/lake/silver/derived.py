@@ -15,10 +15,15 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     rows = spec.phase_limits_rows()
     return pl.DataFrame(rows).select(
         tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
-        phase_idx=pl.col("phase").replace_strict({p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8),
-        target=pl.col("target"), nor_lo=pl.col("nor_lo"), nor_hi=pl.col("nor_hi"),
-        par_lo=pl.col("par_lo"), par_hi=pl.col("par_hi"),
-    )  # fmt: skip
+        phase_idx=pl.col("phase").replace_strict(
+            {p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8
+        ),
+        target=pl.col("target"),
+        nor_lo=pl.col("nor_lo"),
+        nor_hi=pl.col("nor_hi"),
+        par_lo=pl.col("par_lo"),
+        par_hi=pl.col("par_hi"),
+    )
 
 
 def excursion_segments_of(
@@ -46,12 +51,14 @@ def excursion_segments_of(
         .sort("_file", "tag_idx", "ts")
         .with_columns(
             judged=(pl.col("ts") - pl.col("phase_start")).dt.total_microseconds() >= settle,
-            level=pl.when(~pl.col("value").is_between(pl.col("par_lo"), pl.col("par_hi"))).then(2)
-            .when(~pl.col("value").is_between(pl.col("nor_lo"), pl.col("nor_hi"))).then(1)
+            level=pl.when(~pl.col("value").is_between(pl.col("par_lo"), pl.col("par_hi")))
+            .then(2)
+            .when(~pl.col("value").is_between(pl.col("nor_lo"), pl.col("nor_hi")))
+            .then(1)
             .otherwise(0),
         )
         .with_columns(level=pl.when(pl.col("judged")).then(pl.col("level")).otherwise(0))
-    )  # fmt: skip
+    )
     cpp = cpp.with_columns(
         out=pl.col("level") > 0,
         period_s=pl.col("ts").diff().over(keys).dt.total_seconds().median().over(keys),
@@ -66,15 +73,22 @@ def excursion_segments_of(
         .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
         .group_by(*keys, "run")
         .agg(
-            *[pl.col(c).first() for c in texts], first_phase_idx=pl.col("phase_idx").first(),
-            start_ts=pl.col("ts").min(), end_ts=pl.col("ts").max(), n_readings=pl.len(),
-            n_outside_par=(pl.col("level") == 2).sum(), max_level=pl.col("level").max(),
-            peak_value=pl.col("value").sort_by("dev").last(), target=pl.col("target").first(),
-            nor_lo=pl.col("nor_lo").first(), nor_hi=pl.col("nor_hi").first(),
-            par_lo=pl.col("par_lo").first(), par_hi=pl.col("par_hi").first(),
+            *[pl.col(c).first() for c in texts],
+            first_phase_idx=pl.col("phase_idx").first(),
+            start_ts=pl.col("ts").min(),
+            end_ts=pl.col("ts").max(),
+            n_readings=pl.len(),
+            n_outside_par=(pl.col("level") == 2).sum(),
+            max_level=pl.col("level").max(),
+            peak_value=pl.col("value").sort_by("dev").last(),
+            target=pl.col("target").first(),
+            nor_lo=pl.col("nor_lo").first(),
+            nor_hi=pl.col("nor_hi").first(),
+            par_lo=pl.col("par_lo").first(),
+            par_hi=pl.col("par_hi").first(),
             sample_period_s=pl.col("period_s").first().fill_null(60.0),
         )
-    )  # fmt: skip
+    )
     names = {
         "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
         "phase": pl.col("first_phase_idx").replace_strict(
@@ -90,12 +104,24 @@ def excursion_segments_of(
 
 
 SEGMENT_SCHEMA = {
-    "source_file": pl.String(), "batch_id": pl.String(), "unit_id": pl.String(), "tag": pl.String(),
-    "phase": pl.String(), "start_ts": UTC_US, "end_ts": UTC_US, "n_readings": pl.Int64(),
-    "n_outside_par": pl.Int64(), "max_level": pl.Int32(), "peak_value": pl.Float64(),
-    "target": pl.Float64(), "nor_lo": pl.Float64(), "nor_hi": pl.Float64(), "par_lo": pl.Float64(),
-    "par_hi": pl.Float64(), "sample_period_s": pl.Float64(),
-}  # fmt: skip
+    "source_file": pl.String(),
+    "batch_id": pl.String(),
+    "unit_id": pl.String(),
+    "tag": pl.String(),
+    "phase": pl.String(),
+    "start_ts": UTC_US,
+    "end_ts": UTC_US,
+    "n_readings": pl.Int64(),
+    "n_outside_par": pl.Int64(),
+    "max_level": pl.Int32(),
+    "peak_value": pl.Float64(),
+    "target": pl.Float64(),
+    "nor_lo": pl.Float64(),
+    "nor_hi": pl.Float64(),
+    "par_lo": pl.Float64(),
+    "par_hi": pl.Float64(),
+    "sample_period_s": pl.Float64(),
+}
 
 
 def file_stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
@@ -105,11 +131,17 @@ def file_stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataF
 
 def stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
     return valid.group_by("_file", "tag_idx", "phase_idx").agg(
-        n=pl.len(), sum=pl.col("value").sum(), sumsq=(pl.col("value") ** 2).sum(),
-        min=pl.col("value").min(), max=pl.col("value").max(), first_ts=pl.col("ts").min(),
-        last_ts=pl.col("ts").max(), last_value=pl.col("value").get(pl.col("ts").arg_max()),
-        batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
-    )  # fmt: skip
+        n=pl.len(),
+        sum=pl.col("value").sum(),
+        sumsq=(pl.col("value") ** 2).sum(),
+        min=pl.col("value").min(),
+        max=pl.col("value").max(),
+        first_ts=pl.col("ts").min(),
+        last_ts=pl.col("ts").max(),
+        last_value=pl.col("value").get(pl.col("ts").arg_max()),
+        batch_id=pl.col("batch_id").first(),
+        unit_id=pl.col("unit_id").first(),
+    )
 
 
 def stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -117,24 +149,38 @@ def stats_merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
     last value is the first slice's reading at the latest time, as arg_max would pick)."""
     df = pl.concat(parts, how="vertical")
     return df.group_by("_file", "tag_idx", "phase_idx", maintain_order=True).agg(
-        n=pl.col("n").sum().cast(df.schema["n"]), sum=pl.col("sum").sum(),
-        sumsq=pl.col("sumsq").sum(), min=pl.col("min").min(), max=pl.col("max").max(),
-        first_ts=pl.col("first_ts").min(), last_ts=pl.col("last_ts").max(),
+        n=pl.col("n").sum().cast(df.schema["n"]),
+        sum=pl.col("sum").sum(),
+        sumsq=pl.col("sumsq").sum(),
+        min=pl.col("min").min(),
+        max=pl.col("max").max(),
+        first_ts=pl.col("first_ts").min(),
+        last_ts=pl.col("last_ts").max(),
         last_value=pl.col("last_value").get(pl.col("last_ts").arg_max()),
-        batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
-    )  # fmt: skip
+        batch_id=pl.col("batch_id").first(),
+        unit_id=pl.col("unit_id").first(),
+    )
 
 
 def stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
     tags = list(spec.tags)
     return agg.select(
         source_file=pl.col("_file").replace_strict(dict(enumerate(files)), return_dtype=pl.String),
-        batch_id="batch_id", unit_id="unit_id",
+        batch_id="batch_id",
+        unit_id="unit_id",
         tag=pl.col("tag_idx").replace_strict(dict(enumerate(tags)), return_dtype=pl.String),
-        phase=pl.col("phase_idx").replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String),
-        n="n", sum="sum", sumsq="sumsq", min="min", max="max", first_ts="first_ts", last_ts="last_ts",
+        phase=pl.col("phase_idx").replace_strict(
+            dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String
+        ),
+        n="n",
+        sum="sum",
+        sumsq="sumsq",
+        min="min",
+        max="max",
+        first_ts="first_ts",
+        last_ts="last_ts",
         last_value="last_value",
-    ).sort("source_file", "tag", "phase")  # fmt: skip
+    ).sort("source_file", "tag", "phase")
 
 
 def minute_timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataFrame:
@@ -149,38 +195,54 @@ def minute_timeline(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.
     wide = (
         valid.lazy()
         .with_columns(
-            elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32)
+            elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(
+                pl.Int32
+            )
         )
         .group_by("_file", "elapsed_min")
         .agg(
             *[pl.col("value").filter(tag == i).mean().alias(str(i)) for i in range(len(tags))],
-            phase_idx=pl.col("phase_idx").sort_by("ts").first(), batch_start=pl.col("batch_start").first(),
-            batch_id=pl.col("batch_id").first(), unit_id=pl.col("unit_id").first(),
+            phase_idx=pl.col("phase_idx").sort_by("ts").first(),
+            batch_start=pl.col("batch_start").first(),
+            batch_id=pl.col("batch_id").first(),
+            unit_id=pl.col("unit_id").first(),
         )
         .collect()
-    )  # fmt: skip
+    )
     return _timeline_finish(wide, None, files, spec)
 
 
 def timeline_partial(valid: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One slice's minute sums and counts per tag, and each minute's first reading's phase."""
     mins = valid.select(
-        "_file", "tag_idx", "phase_idx", "value", "batch_start", "batch_id", "unit_id", "ts",
-        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(pl.Int32),
-    )  # fmt: skip
+        "_file",
+        "tag_idx",
+        "phase_idx",
+        "value",
+        "batch_start",
+        "batch_id",
+        "unit_id",
+        "ts",
+        elapsed_min=((pl.col("ts") - pl.col("batch_start")).dt.total_seconds() // 60).cast(
+            pl.Int32
+        ),
+    )
     sums = mins.group_by("_file", "elapsed_min", "tag_idx").agg(
         s=pl.col("value").sum(), c=pl.col("value").count()
     )
     ph = mins.group_by("_file", "elapsed_min").agg(
-        ts0=pl.col("ts").min(), phase_idx=pl.col("phase_idx").get(pl.col("ts").arg_min()),
-        batch_start=pl.col("batch_start").first(), batch_id=pl.col("batch_id").first(),
+        ts0=pl.col("ts").min(),
+        phase_idx=pl.col("phase_idx").get(pl.col("ts").arg_min()),
+        batch_start=pl.col("batch_start").first(),
+        batch_id=pl.col("batch_id").first(),
         unit_id=pl.col("unit_id").first(),
-    )  # fmt: skip
+    )
     return sums, ph
 
 
-def timeline_merge(parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[str],
-                    spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+def timeline_merge(
+    parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[str], spec: CppSpec
+) -> pl.DataFrame:
     """``minute_timeline`` of consecutive slices from their ``timeline_partial``s."""
     sums = pl.concat([p[0] for p in parts], how="vertical")
     means = sums.group_by("_file", "elapsed_min", "tag_idx").agg(
@@ -194,15 +256,17 @@ def timeline_merge(parts: list[tuple[pl.DataFrame, pl.DataFrame]], files: list[s
         .group_by("_file", "elapsed_min", maintain_order=True)
         .agg(
             phase_idx=pl.col("phase_idx").get(pl.col("ts0").arg_min()),
-            batch_start=pl.col("batch_start").first(), batch_id=pl.col("batch_id").first(),
+            batch_start=pl.col("batch_start").first(),
+            batch_id=pl.col("batch_id").first(),
             unit_id=pl.col("unit_id").first(),
         )
-    )  # fmt: skip
+    )
     return _timeline_finish(wide, ph, files, spec)
 
 
-def _timeline_finish(wide: pl.DataFrame, ph: pl.DataFrame | None, files: list[str],
-                     spec: CppSpec) -> pl.DataFrame:  # fmt: skip
+def _timeline_finish(
+    wide: pl.DataFrame, ph: pl.DataFrame | None, files: list[str], spec: CppSpec
+) -> pl.DataFrame:
     """``wide`` (a column per tag index, named by it) with each minute's phase, batch start,
     batch and unit (in ``wide`` already, or joined from ``ph``) -> the timeline's columns."""
     tags = list(spec.tags)
@@ -225,4 +289,4 @@ def _timeline_finish(wide: pl.DataFrame, ph: pl.DataFrame | None, files: list[st
         .replace_strict(dict(enumerate(files)), return_dtype=pl.String)
         .alias("source_file"),
     ]
-    return wide.select(cols).sort("batch_id", "elapsed_min")  # fmt: skip
+    return wide.select(cols).sort("batch_id", "elapsed_min")

@@ -18,29 +18,54 @@ from .common import LAYER
 
 def derive_lab_results(lims: pl.DataFrame, spec: CppSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
     rows = [
-        {"sample_type": st, "analyte": a, "spec_uom": s.uom, "phys_lo": s.physical[0], "phys_hi": s.physical[1],
-         "spec_lo": s.spec[0] if s.spec else None, "spec_hi": s.spec[1] if s.spec else None}
+        {
+            "sample_type": st,
+            "analyte": a,
+            "spec_uom": s.uom,
+            "phys_lo": s.physical[0],
+            "phys_hi": s.physical[1],
+            "spec_lo": s.spec[0] if s.spec else None,
+            "spec_hi": s.spec[1] if s.spec else None,
+        }
         for st, table in (("in_process", spec.lab.in_process), ("release", spec.lab.release))
         for a, s in table.items()
-    ]  # fmt: skip
-    lim = pl.DataFrame(rows, schema={"sample_type": pl.String, "analyte": pl.String, "spec_uom": pl.String,
-                                     "phys_lo": pl.Float64, "phys_hi": pl.Float64, "spec_lo": pl.Float64,
-                                     "spec_hi": pl.Float64})  # fmt: skip
+    ]
+    lim = pl.DataFrame(
+        rows,
+        schema={
+            "sample_type": pl.String,
+            "analyte": pl.String,
+            "spec_uom": pl.String,
+            "phys_lo": pl.Float64,
+            "phys_hi": pl.Float64,
+            "spec_lo": pl.Float64,
+            "spec_hi": pl.Float64,
+        },
+    )
     df = lims.join(lim, on=["sample_type", "analyte"], how="left")
     reason = (
-        pl.when(pl.col("raw").is_not_null()).then(raw_reason_expr())
-        .when(pl.col("spec_uom").is_null()).then(pl.lit("unknown_analyte"))
-        .when(pl.col("uom") != pl.col("spec_uom")).then(pl.lit("unknown_uom"))
-        .when(~pl.col("value").is_finite().fill_null(False)).then(pl.lit("value_not_finite"))
-        .when(~pl.col("value").is_between(pl.col("phys_lo"), pl.col("phys_hi"))).then(pl.lit("physical_limits"))
-        .when(pl.struct("sample_id", "analyte").is_first_distinct().not_()).then(pl.lit("duplicate_result"))
-    )  # fmt: skip
+        pl.when(pl.col("raw").is_not_null())
+        .then(raw_reason_expr())
+        .when(pl.col("spec_uom").is_null())
+        .then(pl.lit("unknown_analyte"))
+        .when(pl.col("uom") != pl.col("spec_uom"))
+        .then(pl.lit("unknown_uom"))
+        .when(~pl.col("value").is_finite().fill_null(False))
+        .then(pl.lit("value_not_finite"))
+        .when(~pl.col("value").is_between(pl.col("phys_lo"), pl.col("phys_hi")))
+        .then(pl.lit("physical_limits"))
+        .when(pl.struct("sample_id", "analyte").is_first_distinct().not_())
+        .then(pl.lit("duplicate_result"))
+    )
     offending = (
-        pl.when(pl.col("raw").is_not_null()).then(pl.col("raw"))
-        .when(pl.col("failed_check") == "unknown_analyte").then(pl.col("analyte"))
-        .when(pl.col("failed_check") == "unknown_uom").then(pl.col("uom"))
+        pl.when(pl.col("raw").is_not_null())
+        .then(pl.col("raw"))
+        .when(pl.col("failed_check") == "unknown_analyte")
+        .then(pl.col("analyte"))
+        .when(pl.col("failed_check") == "unknown_uom")
+        .then(pl.col("uom"))
         .otherwise(pl.col("value").cast(pl.String))
-    )  # fmt: skip
+    )
     df = df.sort("sample_ts", "ingested_at", nulls_last=True).with_columns(failed_check=reason)
     bad = df.filter(pl.col("failed_check").is_not_null()).with_columns(offending_value=offending)
     good = df.filter(pl.col("failed_check").is_null()).with_columns(
@@ -80,8 +105,12 @@ def build_lab_results(
         replace_batches(lake, "lab_results", good, batch_ids, files)
         replace_batches(lake, "lab_quarantine", bad, batch_ids)
     out_of_spec = good.filter(pl.col("within_spec").not_().fill_null(False)).height
-    return {"rows_in": lims.height, "results": good.height, "quarantined": bad.height,
-            "release_out_of_spec": out_of_spec}  # fmt: skip
+    return {
+        "rows_in": lims.height,
+        "results": good.height,
+        "quarantined": bad.height,
+        "release_out_of_spec": out_of_spec,
+    }
 
 
 def build_maintenance(lake: Lake) -> dict[str, int]:
@@ -91,17 +120,36 @@ def build_maintenance(lake: Lake) -> dict[str, int]:
     rows = []
     for r in cmms.iter_rows(named=True):
         p = json.loads(r["payload"]) if r.get("payload") else {}
-        rows.append({
-            "work_order_id": r["work_order_id"], "event_ts": r["event_ts"], "site_id": r["site_id"],
-            "unit_id": r["unit_id"], "equipment_id": r["equipment_id"], "event_type": r["event_type"],
-            "part": p.get("part"), "description": p.get("description"),
-            "downtime_h": _float(p.get("downtime_h")), "run_hours_at_event": _float(p.get("run_hours_at_event")),
-            "source_file": r["source_file"], "valid": r.get("raw") is None,
-        })  # fmt: skip
-    schema: dict[str, Any] = {"work_order_id": pl.String, "event_ts": UTC_US, "site_id": pl.String, "unit_id": pl.String,
-              "equipment_id": pl.String, "event_type": pl.String, "part": pl.String, "description": pl.String,
-              "downtime_h": pl.Float64, "run_hours_at_event": pl.Float64, "source_file": pl.String,
-              "valid": pl.Boolean}  # fmt: skip
+        rows.append(
+            {
+                "work_order_id": r["work_order_id"],
+                "event_ts": r["event_ts"],
+                "site_id": r["site_id"],
+                "unit_id": r["unit_id"],
+                "equipment_id": r["equipment_id"],
+                "event_type": r["event_type"],
+                "part": p.get("part"),
+                "description": p.get("description"),
+                "downtime_h": _float(p.get("downtime_h")),
+                "run_hours_at_event": _float(p.get("run_hours_at_event")),
+                "source_file": r["source_file"],
+                "valid": r.get("raw") is None,
+            }
+        )
+    schema: dict[str, Any] = {
+        "work_order_id": pl.String,
+        "event_ts": UTC_US,
+        "site_id": pl.String,
+        "unit_id": pl.String,
+        "equipment_id": pl.String,
+        "event_type": pl.String,
+        "part": pl.String,
+        "description": pl.String,
+        "downtime_h": pl.Float64,
+        "run_hours_at_event": pl.Float64,
+        "source_file": pl.String,
+        "valid": pl.Boolean,
+    }
     df = pl.DataFrame(rows, schema=schema).unique(
         "work_order_id", keep="first", maintain_order=True
     )

@@ -32,13 +32,26 @@ from .prepare import (
     tag_index,
 )
 
-ATTEMPT_SCHEMA = {"source_file": pl.String(), "batch_id": pl.String(), "run_id": pl.String(),
-                  "started_at": UTC_US}  # fmt: skip
+ATTEMPT_SCHEMA = {
+    "source_file": pl.String(),
+    "batch_id": pl.String(),
+    "run_id": pl.String(),
+    "started_at": UTC_US,
+}
 
 
-def process_large_file(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
-                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
-                   limits: bronze.IngestLimits) -> None:  # fmt: skip
+def process_large_file(
+    lake: Lake,
+    bid: str,
+    f: str,
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    run_id: str,
+    now: datetime,
+    rep: SilverReport,
+    limits: bronze.IngestLimits,
+) -> None:
     """One bronze file of more than ``limits.slice_rows`` rows, slice by slice.
 
     Each slice is normalised, checked and routed on its own (duplicates are looked up in
@@ -62,16 +75,28 @@ def process_large_file(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.
             lake.append(LAYER, "telemetry_attempts", pl.DataFrame([row], schema=ATTEMPT_SCHEMA))
         with scratch_dir(lake) as d:
             if n_prev >= limits.max_attempts:
-                detail = (f"{n_prev} earlier attempts to process this file did not finish "
-                          f"(killed or crashed runs; PHARMA_MAX_FILE_ATTEMPTS={limits.max_attempts})")  # fmt: skip
+                detail = (
+                    f"{n_prev} earlier attempts to process this file did not finish "
+                    f"(killed or crashed runs; PHARMA_MAX_FILE_ATTEMPTS={limits.max_attempts})"
+                )
                 _quarantine_file(lake, bid, f, spec, run_id, now, limits, d, detail, rep)
             else:
                 _process_sliced(lake, bid, f, spec, batches, phases, run_id, now, limits, d, rep)
 
 
-def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.DataFrame,
-                    phases: pl.DataFrame, run_id: str, now: datetime,
-                    limits: bronze.IngestLimits, d: Any, rep: SilverReport) -> None:  # fmt: skip
+def _process_sliced(
+    lake: Lake,
+    bid: str,
+    f: str,
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    run_id: str,
+    now: datetime,
+    limits: bronze.IngestLimits,
+    d: Any,
+    rep: SilverReport,
+) -> None:
     files = [f]
     tix = tag_index(spec)
     cpp_idx = sorted(tix[t] for t in spec.cpp_tags)
@@ -93,15 +118,21 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
         seen: list[pl.DataFrame] = []
         if isinstance(lo, datetime) and isinstance(hi, datetime):
             existing = lake.read(
-                LAYER, "telemetry", ["tag", "ts"],
-                filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(lo, hi)
+                LAYER,
+                "telemetry",
+                ["tag", "ts"],
+                filter_expr=(pl.col("batch_id") == bid)
+                & pl.col("ts").is_between(lo, hi)
                 & (pl.col("source_file") != f),
-            )  # fmt: skip
+            )
             if existing is not None and existing.height:
                 seen.append(existing)
             # a reading repeated from an earlier slice of this file is a duplicate too
-            seen += [pl.read_parquet(p).filter(pl.col("ts").is_between(lo, hi))
-                     for a, b, p in keys if not (b < lo or a > hi)]  # fmt: skip
+            seen += [
+                pl.read_parquet(p).filter(pl.col("ts").is_between(lo, hi))
+                for a, b, p in keys
+                if not (b < lo or a > hi)
+            ]
             key_file = d / f"keys{k}.parquet"
             raw.select("ts", "tag").drop_nulls().write_parquet(key_file)
             keys.append((lo, hi, key_file))
@@ -112,9 +143,10 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
             good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
         )
         valid_sp.write(
-            good.with_columns(spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US))
-            .select(SILVER_TELEMETRY_COLUMNS)
-        )  # fmt: skip
+            good.with_columns(
+                spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US)
+            ).select(SILVER_TELEMETRY_COLUMNS)
+        )
         bad_sp.write(quarantine_frame(bad, spec, now))
         failed.update(bad["failed_check"].to_list())
         slim = derivation_columns(good)
@@ -123,9 +155,10 @@ def _process_sliced(lake: Lake, bid: str, f: str, spec: CppSpec, batches: pl.Dat
         if unit is None and good.height:
             unit = good["unit_id"][0]
         cpp_sp.write(
-            slim.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
-            .select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start")
-        )  # fmt: skip
+            slim.filter(
+                pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null()
+            ).select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start")
+        )
     outputs: dict[str, pl.DataFrame | Spool] = {
         "telemetry": valid_sp,
         "telemetry_quarantine": bad_sp,
@@ -151,8 +184,9 @@ def _height(out: pl.DataFrame | Spool) -> int:
     return out.rows if isinstance(out, Spool) else out.height
 
 
-def _commit_outputs(lake: Lake, bid: str, f: str, outputs: dict[str, pl.DataFrame | Spool],
-                    run_id: str) -> None:  # fmt: skip
+def _commit_outputs(
+    lake: Lake, bid: str, f: str, outputs: dict[str, pl.DataFrame | Spool], run_id: str
+) -> None:
     """One commit per table of one file's rows, skipping tables that already hold them."""
     for name, out in outputs.items():
         if _height(out) == 0 and lake.exists(LAYER, name):
@@ -167,30 +201,73 @@ def _commit_outputs(lake: Lake, bid: str, f: str, outputs: dict[str, pl.DataFram
             lake.append(LAYER, name, out, metadata={"run_id": run_id})
 
 
-def _log_file(lake: Lake, bid: str, f: str, rows_in: int, rows_valid: int, rows_bad: int,
-              spec: CppSpec, run_id: str, now: datetime) -> None:  # fmt: skip
+def _log_file(
+    lake: Lake,
+    bid: str,
+    f: str,
+    rows_in: int,
+    rows_valid: int,
+    rows_bad: int,
+    spec: CppSpec,
+    run_id: str,
+    now: datetime,
+) -> None:
     """The file's ``telemetry_log`` row (same columns and types as ``_process_files``')."""
-    lake.append(LAYER, "telemetry_log", pl.DataFrame({
-        "source_file": [f], "batch_id": [bid],
-        "rows_in": pl.Series([rows_in], dtype=pl.UInt32),
-        "rows_valid": pl.Series([rows_valid], dtype=pl.UInt32),
-        "rows_quarantined": pl.Series([rows_bad], dtype=pl.UInt32),
-    }).with_columns(processed_at=pl.lit(now, UTC_US), spec_version=pl.lit(spec.version),
-                    run_id=pl.lit(run_id)))  # fmt: skip
+    lake.append(
+        LAYER,
+        "telemetry_log",
+        pl.DataFrame(
+            {
+                "source_file": [f],
+                "batch_id": [bid],
+                "rows_in": pl.Series([rows_in], dtype=pl.UInt32),
+                "rows_valid": pl.Series([rows_valid], dtype=pl.UInt32),
+                "rows_quarantined": pl.Series([rows_bad], dtype=pl.UInt32),
+            }
+        ).with_columns(
+            processed_at=pl.lit(now, UTC_US),
+            spec_version=pl.lit(spec.version),
+            run_id=pl.lit(run_id),
+        ),
+    )
 
 
-def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, now: datetime,
-                     limits: bronze.IngestLimits, d: Any, detail: str,
-                     rep: SilverReport) -> None:  # fmt: skip
+def _quarantine_file(
+    lake: Lake,
+    bid: str,
+    f: str,
+    spec: CppSpec,
+    run_id: str,
+    now: datetime,
+    limits: bronze.IngestLimits,
+    d: Any,
+    detail: str,
+    rep: SilverReport,
+) -> None:
     """Every row of a file that cannot be processed goes to ``telemetry_quarantine``."""
     sp = Spool(d / "quarantine.arrow")
     for raw in lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows):
-        sp.write(raw.select(
-            "ts", "site_id", "unit_id", "batch_id", "tag", "value", "uom", "quality",
-            failed_check=pl.lit("processing_failed"), failed_checks=pl.lit("processing_failed"),
-            offending_value=pl.lit(detail), raw="raw", extra="extra", source_file="source_file",
-            row_hash="row_hash", spec_version=pl.lit(spec.version), processed_at=pl.lit(now, UTC_US),
-        ))  # fmt: skip
+        sp.write(
+            raw.select(
+                "ts",
+                "site_id",
+                "unit_id",
+                "batch_id",
+                "tag",
+                "value",
+                "uom",
+                "quality",
+                failed_check=pl.lit("processing_failed"),
+                failed_checks=pl.lit("processing_failed"),
+                offending_value=pl.lit(detail),
+                raw="raw",
+                extra="extra",
+                source_file="source_file",
+                row_hash="row_hash",
+                spec_version=pl.lit(spec.version),
+                processed_at=pl.lit(now, UTC_US),
+            )
+        )
     _commit_outputs(lake, bid, f, {"telemetry_quarantine": sp}, run_id)
     _log_file(lake, bid, f, sp.rows, 0, sp.rows, spec, run_id, now)
     rep.files_processed += 1
@@ -201,8 +278,9 @@ def _quarantine_file(lake: Lake, bid: str, f: str, spec: CppSpec, run_id: str, n
     rep.batches.add(bid)
 
 
-def _segments_by_tag(cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec,
-                     consts: dict[str, str]) -> pl.DataFrame:  # fmt: skip
+def _segments_by_tag(
+    cpp: Spool, cpp_idx: Sequence[int], spec: CppSpec, consts: dict[str, str]
+) -> pl.DataFrame:
     """``excursion_segments_of`` of one file, one CPP tag at a time (it groups by file and tag)."""
     parts = []
     for t in cpp_idx if cpp.rows else []:

@@ -70,8 +70,14 @@ def _gather(values: list[Any], idx: pl.Series, dtype: pl.DataType) -> pl.Series:
     return table.gather(idx)
 
 
-def prepare(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
-            existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
+def prepare(
+    rows: pl.DataFrame,
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    existing_keys: pl.DataFrame | None,
+    now: datetime,
+) -> pl.DataFrame:
     """Normalise units and attach phase, batch window and duplicate flag for the contract.
 
     Works batch by batch so that the batch window and the phase boundaries are scalars, and
@@ -88,8 +94,14 @@ def prepare(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl
     )
 
 
-def prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phases: pl.DataFrame,
-                   existing_keys: pl.DataFrame | None, now: datetime) -> pl.DataFrame:  # fmt: skip
+def prepare_batch(
+    rows: pl.DataFrame,
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    existing_keys: pl.DataFrame | None,
+    now: datetime,
+) -> pl.DataFrame:
     tags = list(spec.tags)
     tix = tag_index(spec)
     bid = rows["batch_id"][0] if rows.height else None
@@ -124,9 +136,13 @@ def prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phas
             scales = {f"{t}\x1f{u}": v[0] for (t, u), v in known.items()}
             offsets = {f"{t}\x1f{u}": v[1] for (t, u), v in known.items()}
             df = df.with_columns(
-                scale=pl.coalesce("scale", key.replace_strict(scales, default=None, return_dtype=pl.Float64)),
-                offset=pl.coalesce("offset", key.replace_strict(offsets, default=None, return_dtype=pl.Float64)),
-            )  # fmt: skip
+                scale=pl.coalesce(
+                    "scale", key.replace_strict(scales, default=None, return_dtype=pl.Float64)
+                ),
+                offset=pl.coalesce(
+                    "offset", key.replace_strict(offsets, default=None, return_dtype=pl.Float64)
+                ),
+            )
     df = df.with_columns(
         value=pl.col("value") * pl.col("scale") + pl.col("offset"),
         uom=pl.when(pl.col("scale").is_not_null()).then(pl.col("canon_uom")),
@@ -163,14 +179,39 @@ def prepare_batch(rows: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame, phas
 def quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.DataFrame:
     """The ``telemetry_quarantine`` rows of routed-out readings."""
     return bad.select(
-        "ts", "site_id", "unit_id", "batch_id", "tag", pl.col("value_raw").alias("value"),
-        pl.col("uom_raw").alias("uom"), "quality", "failed_check", "failed_checks", "offending_value",
-        "raw", "extra", "source_file", "row_hash", spec_version=pl.lit(spec.version),
+        "ts",
+        "site_id",
+        "unit_id",
+        "batch_id",
+        "tag",
+        pl.col("value_raw").alias("value"),
+        pl.col("uom_raw").alias("uom"),
+        "quality",
+        "failed_check",
+        "failed_checks",
+        "offending_value",
+        "raw",
+        "extra",
+        "source_file",
+        "row_hash",
+        spec_version=pl.lit(spec.version),
         processed_at=pl.lit(now, UTC_US),
-    )  # fmt: skip
+    )
 
 
 def derivation_columns(good: pl.DataFrame) -> pl.DataFrame:
     """The columns the derivations (segments, stats, timeline) use: they group and sort."""
-    return good.select("_file", "tag_idx", "phase_idx", "ts", "value", "batch_id", "unit_id",
-                       "tag", "phase", "phase_start", "batch_start", "source_file")  # fmt: skip
+    return good.select(
+        "_file",
+        "tag_idx",
+        "phase_idx",
+        "ts",
+        "value",
+        "batch_id",
+        "unit_id",
+        "tag",
+        "phase",
+        "phase_start",
+        "batch_start",
+        "source_file",
+    )

@@ -85,9 +85,17 @@ def process_telemetry(
     return rep
 
 
-def process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batches: pl.DataFrame,
-                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
-                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
+def process_group(
+    lake: Lake,
+    group: list[tuple[str, str]],
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    run_id: str,
+    now: datetime,
+    rep: SilverReport,
+    rows: pl.DataFrame | None = None,
+) -> None:
     ids = sorted({b for b, _ in group})
     with contextlib.ExitStack() as stack:
         for bid in ids:
@@ -98,13 +106,30 @@ def process_group(lake: Lake, group: list[tuple[str, str]], spec: CppSpec, batch
             lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids
         )
         if pending.height:
-            _process_files(lake, pending.sort("batch_id", "source_file"), spec, batches, phases,
-                           run_id, now, rep, rows)  # fmt: skip
+            _process_files(
+                lake,
+                pending.sort("batch_id", "source_file"),
+                spec,
+                batches,
+                phases,
+                run_id,
+                now,
+                rep,
+                rows,
+            )
 
 
-def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl.DataFrame,
-                   phases: pl.DataFrame, run_id: str, now: datetime, rep: SilverReport,
-                   rows: pl.DataFrame | None = None) -> None:  # fmt: skip
+def _process_files(
+    lake: Lake,
+    pending: pl.DataFrame,
+    spec: CppSpec,
+    batches: pl.DataFrame,
+    phases: pl.DataFrame,
+    run_id: str,
+    now: datetime,
+    rep: SilverReport,
+    rows: pl.DataFrame | None = None,
+) -> None:
     """One group of files (columns batch_id, source_file) -> one commit per silver table.
 
     ``rows``: the files' bronze rows as bronze committed them (the one-pass ingestion hands
@@ -113,8 +138,11 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     all_files = pending["source_file"].to_list()
     ids = pending["batch_id"].unique(maintain_order=True).to_list()
     if rows is None:
-        raw_all = lake.read(bronze.LAYER, "telemetry", filter_expr=pl.col("batch_id").is_in(ids)
-                            & pl.col("source_file").is_in(all_files))  # fmt: skip
+        raw_all = lake.read(
+            bronze.LAYER,
+            "telemetry",
+            filter_expr=pl.col("batch_id").is_in(ids) & pl.col("source_file").is_in(all_files),
+        )
     elif rows["source_file"].n_unique() == len(all_files):
         raw_all = rows
     else:  # some of the frame's files were processed by another run meanwhile
@@ -158,10 +186,13 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     for raw in (r for r in slices if r.height):
         bid = raw["batch_id"][0]
         existing = lake.read(
-            LAYER, "telemetry", ["unit_id", "tag", "ts"],
-            filter_expr=(pl.col("batch_id") == bid) & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
+            LAYER,
+            "telemetry",
+            ["unit_id", "tag", "ts"],
+            filter_expr=(pl.col("batch_id") == bid)
+            & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
             & ~pl.col("source_file").is_in(per_batch[bid]),
-        )  # fmt: skip
+        )
         df = prepare_batch(raw, spec, batches, phases, existing, now)
         good, bad = route(df, telemetry_contract(spec))
         accepted_contract(spec).validate(
@@ -176,8 +207,18 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     # derived tables are computed, and they are written beside it (delta-rs releases the GIL)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="silver-write") as pool:
         valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-        writes = [pool.submit(_append_new, lake, "telemetry", valid.select(SILVER_TELEMETRY_COLUMNS),
-                              files, ids, run_id, written)]  # fmt: skip
+        writes = [
+            pool.submit(
+                _append_new,
+                lake,
+                "telemetry",
+                valid.select(SILVER_TELEMETRY_COLUMNS),
+                files,
+                ids,
+                run_id,
+                written,
+            )
+        ]
         del valid
         slim = derivation_columns(good)
         outputs = {
@@ -187,8 +228,10 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
             "batch_timeline": minute_timeline(slim, files, spec),
         }
         del slim
-        writes += [pool.submit(_append_new, lake, name, out, files, ids, run_id)
-                   for name, out in outputs.items()]  # fmt: skip
+        writes += [
+            pool.submit(_append_new, lake, name, out, files, ids, run_id)
+            for name, out in outputs.items()
+        ]
         for w in writes:
             w.result()  # (re-raises a failed write: the files are then not logged)
     per_file = (
@@ -219,8 +262,15 @@ def _process_files(lake: Lake, pending: pl.DataFrame, spec: CppSpec, batches: pl
     rep.batches.update(ids)
 
 
-def _append_new(lake: Lake, name: str, out: pl.DataFrame, files: Sequence[str],
-                ids: Sequence[str], run_id: str, already: set[str] | None = None) -> None:  # fmt: skip
+def _append_new(
+    lake: Lake,
+    name: str,
+    out: pl.DataFrame,
+    files: Sequence[str],
+    ids: Sequence[str],
+    run_id: str,
+    already: set[str] | None = None,
+) -> None:
     """Append one group's rows to a silver table, less the files it already holds."""
     if out.height == 0 and lake.exists(LAYER, name):
         # nothing to add (no quarantined row, no excursion): no commit, and no snapshot

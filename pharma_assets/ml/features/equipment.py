@@ -115,8 +115,11 @@ def _residual_inputs(etype: str) -> list[pl.Expr]:
         pairs += [
             (pl.when(on).then(rpm), pl.when(on).then(pl.col("agitator_bearing_defect_ge_mean"))),
             (load, pl.when(on).then(pl.col("agitator_winding_temp_c_mean"))),
-            (pl.lit(None, pl.Float64), pl.when(on).then(pl.col("agitator_current_imbalance_pct_mean"))),
-        ]  # fmt: skip
+            (
+                pl.lit(None, pl.Float64),
+                pl.when(on).then(pl.col("agitator_current_imbalance_pct_mean")),
+            ),
+        ]
         kinds = ["fit", "fit", "fit", "fit", "fit", "min"]
     else:
         feeding = pl.col("feeding_readings") >= 0.5 * pl.col("n_readings")

@@ -53,10 +53,13 @@ class IncrementalProducts:
         """The ``features/timeline_batches`` rows to store with the products."""
         ids = sorted(self.fingerprints)
         return pl.DataFrame(
-            {"batch_id": ids, "fingerprint": [self.fingerprints[b] for b in ids],
-             "products_version": [PRODUCTS_VERSION] * len(ids)},
+            {
+                "batch_id": ids,
+                "fingerprint": [self.fingerprints[b] for b in ids],
+                "products_version": [PRODUCTS_VERSION] * len(ids),
+            },
             schema=STATE_SCHEMA,
-        )  # fmt: skip
+        )
 
 
 def timeline_fingerprints(lake: Lake) -> dict[str, str]:
@@ -79,9 +82,10 @@ def timeline_fingerprints(lake: Lake) -> dict[str, str]:
     else:
         lo = hi = pl.lit(None, pl.String)
     files = adds.select(
-        lo.cast(pl.String).alias("lo"), hi.cast(pl.String).alias("hi"),
+        lo.cast(pl.String).alias("lo"),
+        hi.cast(pl.String).alias("hi"),
         pl.format("{}:{}", "path", "size_bytes").alias("file"),
-    )  # fmt: skip
+    )
     ids = pl.DataFrame({"batch_id": timeline_batch_ids(lake)}, schema={"batch_id": pl.String})
     one = files.filter(pl.col("lo").is_not_null() & (pl.col("lo") == pl.col("hi")))
     many = files.filter(

@@ -34,16 +34,29 @@ def _require(df: pl.DataFrame | None, name: str, lake: Lake) -> pl.DataFrame:
 
 
 LAB_SCHEMA: dict[str, pl.DataType] = {
-    "sample_id": pl.String(), "site_id": pl.String(), "unit_id": pl.String(),
-    "batch_id": pl.String(), "sample_ts": pl.Datetime("us", "UTC"), "sample_type": pl.String(),
-    "analyte": pl.String(), "value": pl.Float64(), "uom": pl.String(),
-}  # fmt: skip
+    "sample_id": pl.String(),
+    "site_id": pl.String(),
+    "unit_id": pl.String(),
+    "batch_id": pl.String(),
+    "sample_ts": pl.Datetime("us", "UTC"),
+    "sample_type": pl.String(),
+    "analyte": pl.String(),
+    "value": pl.Float64(),
+    "uom": pl.String(),
+}
 MAINTENANCE_SCHEMA: dict[str, pl.DataType] = {
-    "work_order_id": pl.String(), "event_ts": pl.Datetime("us", "UTC"), "site_id": pl.String(),
-    "unit_id": pl.String(), "equipment_id": pl.String(), "event_type": pl.String(),
-    "part": pl.String(), "description": pl.String(), "downtime_h": pl.Float64(),
-    "run_hours_at_event": pl.Float64(), "valid": pl.Boolean(),
-}  # fmt: skip
+    "work_order_id": pl.String(),
+    "event_ts": pl.Datetime("us", "UTC"),
+    "site_id": pl.String(),
+    "unit_id": pl.String(),
+    "equipment_id": pl.String(),
+    "event_type": pl.String(),
+    "part": pl.String(),
+    "description": pl.String(),
+    "downtime_h": pl.Float64(),
+    "run_hours_at_event": pl.Float64(),
+    "valid": pl.Boolean(),
+}
 
 
 def _or_empty(df: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:

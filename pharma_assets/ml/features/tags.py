@@ -37,9 +37,13 @@ EQUIPMENT_SIGNALS: dict[str, tuple[str, ...]] = {
         "agitator_winding_temp_c",
         "agitator_current_imbalance_pct",
     ),
-    "feed_pump": ("feed_pump_current_a", "feed_rate_ml_h", "pump_current_per_flow",
-                  *FEED_PUMP_MOTOR_TAGS),
-}  # fmt: skip
+    "feed_pump": (
+        "feed_pump_current_a",
+        "feed_rate_ml_h",
+        "pump_current_per_flow",
+        *FEED_PUMP_MOTOR_TAGS,
+    ),
+}
 N_SIGNALS = 6
 MAINTENANCE_RESETS = ("preventive_maintenance", "corrective_maintenance")
 

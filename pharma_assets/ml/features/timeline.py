@@ -101,8 +101,11 @@ def site_tags(timeline: pl.DataFrame | pl.LazyFrame) -> list[str]:
     """Numeric timeline columns that are tags the bioreactor class does not know (a site's
     own tags, another unit class's tags): MSPC and the golden batch monitor them too."""
     schema = timeline.collect_schema()
-    return sorted(c for c, t in schema.items()
-                  if c not in TIMELINE_KEYS and c not in ROLLUP_TAGS and t.is_numeric())  # fmt: skip
+    return sorted(
+        c
+        for c, t in schema.items()
+        if c not in TIMELINE_KEYS and c not in ROLLUP_TAGS and t.is_numeric()
+    )
 
 
 def _products_from_minutes(
@@ -142,11 +145,16 @@ def timeline_products(
 
     # MSPC's maturity grid: an hour for long (cell-culture) batches, minutes for short ones
     b = lake.read("silver", "batches", ["start_ts", "end_ts"])
-    durations = [] if b is None else (
-        b.filter(pl.col("end_ts").is_not_null())
-        .select((pl.col("end_ts") - pl.col("start_ts")).dt.total_minutes())
-        .to_series().to_list()
-    )  # fmt: skip
+    durations = (
+        []
+        if b is None
+        else (
+            b.filter(pl.col("end_ts").is_not_null())
+            .select((pl.col("end_ts") - pl.col("start_ts")).dt.total_minutes())
+            .to_series()
+            .to_list()
+        )
+    )
     step = mspc.choose_step_min(durations)
     parts: list[TimelineProducts] = []
     for i in range(0, len(ids), chunk_batches):
