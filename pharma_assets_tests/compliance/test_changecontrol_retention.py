@@ -34,18 +34,19 @@ def test_spec_change_signed_audited_and_in_use_check(users_lake, tmp_path: Path)
     spec = tmp_path / "cpp_spec.yaml"
     shutil.copy(DEFAULT_SPEC, spec)
     assert not changecontrol.check_in_use(lake, spec).ok  # no approved version yet
+    current = load_spec(spec).version
     base = changecontrol.apply_change(
-        lake, spec, spec.read_text(), "pe.smith", pw["pe.smith"], "baseline of spec v3"
+        lake, spec, spec.read_text(), "pe.smith", pw["pe.smith"], f"baseline of spec v{current}"
     )
     assert changecontrol.check_in_use(lake, spec).ok
     old = spec.read_text()
-    new = _bump(old, 4)
+    new = _bump(old, current + 1)
     assert new != old
     row = changecontrol.apply_change(
         lake, spec, new, "pe.smith", pw["pe.smith"], "tighten after CAPA"
     )
-    assert row["old_sha256"] == base["new_sha256"] and "+version: 4" in row["diff"]
-    assert load_spec(spec).version == 4
+    assert row["old_sha256"] == base["new_sha256"] and f"+version: {current + 1}" in row["diff"]
+    assert load_spec(spec).version == current + 1
     assert changecontrol.check_in_use(lake, spec).ok
     # an edit outside change control is detected
     spec.write_text(_bump(new, 5))

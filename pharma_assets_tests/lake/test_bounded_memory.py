@@ -1,9 +1,10 @@
 """One landed file is ingested in bounded slices (issue 18): same rows, whole files only.
 
-A batch's first four daily telemetry files are merged into ONE file (115,300 readings,
-with a temperature excursion and 100 readings repeated at its end, so duplicates span
-slices). With ``slice_rows=30_000`` that file is read, checked and written in slices;
-every other file stays on the whole-file path. Everything is real: Delta tables in a
+A batch's first four daily telemetry files are merged into ONE file (four days of every
+tag, about 150,000 readings with today's tag list, with a temperature excursion and 100
+readings repeated at its end, so duplicates span slices). With ``slice_rows=40_000`` that
+file is read, checked and written in slices; every other file (one day, about 37,000
+readings) stays on the whole-file path, which ``make_big_file`` checks. Everything is real: Delta tables in a
 temporary folder, and crashes are real SIGKILLs of a subprocess.
 """
 
@@ -28,7 +29,7 @@ from pharma_assets.lake.specs import load_spec
 from pharma_assets.lake.storage import Lake
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
-SLICE = 30_000
+SLICE = 40_000  # above one daily file (26 tags x 1,440 min), below a third of the big one
 SLICED = bronze.IngestLimits(slice_rows=SLICE)
 WHOLE = bronze.IngestLimits(slice_rows=10**9)
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,11 @@ def make_big_file(landing: Path) -> tuple[str, Path, int]:
     )
     df = df.with_columns(value=pl.when(hot).then(37.2).otherwise(pl.col("value")))
     df = pl.concat([df, df.head(100)])  # readings repeated two slices later
+    others = [
+        pl.scan_parquet(p).select(pl.len()).collect().item()
+        for p in sorted(d.glob("*.parquet"))[4:]
+    ]
+    assert max(others) < SLICE < df.height / 3, (max(others), SLICE, df.height)  # the premise
     for p in parts:
         p.unlink()
     df.write_parquet(parts[0])
@@ -271,7 +277,7 @@ def test_files_over_the_size_caps_are_quarantined_and_others_go_on(
     rel = path.relative_to(landing).as_posix()
     row = log.filter(pl.col("source_file") == rel).row(0, named=True)
     assert (row["status"], row["reason"], row["rows"]) == ("quarantined", "file_too_large", rows)
-    assert "115,300 rows; the limit is 100,000" in row["detail"]
+    assert f"{rows:,} rows; the limit is 100,000" in row["detail"]
     tel = log.filter(pl.col("source") == "telemetry")
     assert tel.filter(pl.col("status") == "accepted").height == tel.height - 1 > 0
     # MES files are parsed whole: over the byte cap they are quarantined too (and the batch

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pharma_assets.lake.specs import load_spec
 from pharma_assets.optimise import calibration, whatif
 from pharma_assets.optimise.calibration import CalibratedBatch
 from pharma_assets_tests.optimise.conftest import Synthetic
@@ -54,8 +55,8 @@ def test_no_change_reproduces_the_baseline_exactly(cal: CalibratedBatch) -> None
         (whatif.Scenario(feed_scale=-0.5), "feed scale -0.5 is outside the feed pump range"),
         (
             whatif.Scenario(production_temp_c=30.0),
-            "production temperature 30 is outside the temperature_c PAR (production, spec v3) "
-            "[31.5, 34]",
+            "production temperature 30 is outside the temperature_c PAR (production, spec "
+            f"v{load_spec().version}) [31.5, 34]",
         ),
         (whatif.Scenario(do_pct=70.0), "DO set-point 70 is outside the dissolved_oxygen_pct PAR"),
         (whatif.Scenario(shift_day=7.0), "the temperature shift already started on day 5.04"),
