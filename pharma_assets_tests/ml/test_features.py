@@ -16,7 +16,8 @@ from pharma_assets_tests.ml.conftest import MlPlant
 def _truncated_inputs(
     ml_plant: MlPlant, batch_id: str, cut_elapsed_min: int
 ) -> tuple[features.MlInputs, pl.DataFrame]:
-    """Inputs where one batch's timeline (and LIMS) stop at ``cut_elapsed_min``."""
+    """Inputs where one batch's timeline (and LIMS) stop at ``cut_elapsed_min``, with the
+    CoA results (silver/material_lots) tested by then."""
     lake = ml_plant.lake()
     tl = lake.read("silver", "batch_timeline")
     assert tl is not None
@@ -25,12 +26,14 @@ def _truncated_inputs(
     tl_cut = tl.filter((pl.col("batch_id") != batch_id) | (pl.col("elapsed_min") < cut_elapsed_min))
     full = features.load_inputs(lake)
     lab = full.lab_results.filter((pl.col("batch_id") != batch_id) | (pl.col("sample_ts") < cut_ts))
+    assert full.material_lots is not None and full.material_lots.height > 0
     cut = features.MlInputs(
         hourly=features.hourly_rollup(tl_cut),
         batches=full.batches,
         lab_results=lab,
         maintenance=full.maintenance,
         batch_summary=full.batch_summary,
+        material_lots=full.material_lots.filter(pl.col("tested_ts") < cut_ts),
     )
     return cut, tl
 

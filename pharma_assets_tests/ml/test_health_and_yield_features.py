@@ -17,11 +17,12 @@ from pharma_assets_tests.ml.conftest import MlPlant
 
 def _inputs_known_at(ml_plant: MlPlant, t: datetime) -> features.MlInputs:
     """The lake as it stood at wall-clock time ``t``: telemetry before t, LIMS and CMMS
-    records by t, MES without the ends of batches still running at t."""
+    records by t, CoA results tested by t, MES without the ends of batches still running at
+    t."""
     lake = ml_plant.lake()
     full = features.load_inputs(lake, with_hourly=False)
     tl = lake.read("silver", "batch_timeline")
-    assert tl is not None
+    assert tl is not None and full.material_lots is not None
     b = full.batches.filter(pl.col("start_ts") <= t)
     running = pl.col("end_ts").is_null() | (pl.col("end_ts") > t)
     b = b.with_columns(
@@ -34,6 +35,7 @@ def _inputs_known_at(ml_plant: MlPlant, t: datetime) -> features.MlInputs:
         lab_results=full.lab_results.filter(pl.col("sample_ts") <= t),
         maintenance=full.maintenance.filter(pl.col("event_ts") <= t),
         batch_summary=full.batch_summary,
+        material_lots=full.material_lots.filter(pl.col("tested_ts") <= t),
     )
 
 

@@ -3,6 +3,8 @@ recomputed from the stored held-out predictions, intervals from the training per
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import polars as pl
 import pytest
@@ -61,14 +63,8 @@ def test_interval_comes_from_training_residuals_only(ml_inputs: features.MlInput
         .then(pl.col("final_titer_g_l") * 3)
         .otherwise(pl.col("final_titer_g_l"))
     )
-    altered = features.MlInputs(
-        ml_inputs.hourly,
-        ml_inputs.batches,
-        ml_inputs.lab_results,
-        ml_inputs.maintenance,
-        summary,
-        ml_inputs.versions,
-    )
+    # only the outcomes differ: every other input (the CoA results too) is the same
+    altered = dataclasses.replace(ml_inputs, batch_summary=summary)
     b = quality.train_quality(
         altered, n_estimators=N_TREES, targets=("final_titer_g_l",), horizons=("day7",)
     )[0]
@@ -91,12 +87,6 @@ def test_shuffled_labels_do_no_better_than_chance(ml_inputs: features.MlInputs) 
 
 
 def test_too_few_batches_is_explained(ml_inputs: features.MlInputs) -> None:
-    few = features.MlInputs(
-        ml_inputs.hourly,
-        ml_inputs.batches,
-        ml_inputs.lab_results,
-        ml_inputs.maintenance,
-        ml_inputs.batch_summary.head(5),
-    )
+    few = dataclasses.replace(ml_inputs, batch_summary=ml_inputs.batch_summary.head(5))
     with pytest.raises(ValueError, match="completed batches with release results"):
         quality.train_quality(few)
