@@ -72,7 +72,7 @@ demo: $(STAMP)
 	fi
 	PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) $(BIN)/pharma-twin pipeline --latest $(FIRST_SLICE)
 	$(BIN)/python -c "from pharma_assets.demo import demo_promotion_policy as p; print(p('$(LAKE)'))"
-	PHARMA_DEMO_BACKFILL=1 PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
+	PHARMA_DEMO_BACKFILL=1 PHARMA_DEMO_UNITS=$(UNITS) PHARMA_LANDING_DIR=$(LANDING) PHARMA_LAKE_URI=$(LAKE) PHARMA_GROUND_TRUTH_DIR=ground_truth $(BIN)/python -m pharma_assets.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
