@@ -63,7 +63,7 @@ def _independent_recall_and_lead(
         if before:
             caught += 1
             leads.append((f["failure_ts"] - min(before)).total_seconds() / 3600)
-    fails = {}
+    fails: dict[str, list[datetime]] = {}
     for f in failures.iter_rows(named=True):
         fails.setdefault(f["equipment_id"], []).append(f["failure_ts"])
     days: dict[tuple[str, object], bool] = {}
