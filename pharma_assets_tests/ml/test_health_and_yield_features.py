@@ -182,6 +182,9 @@ def test_health_residuals_on_a_hand_made_history() -> None:
                 for t in features.CONDITION_TAGS
                 for k in ("mean", "max", "std")
             },
+            # the rollup's feed-pump motor tags over the minutes the pump delivered
+            **{f"{t}_feeding": current for t in features.FEED_PUMP_MOTOR_TAGS},
+            **{f"{t}_feeding_std": 0.0 for t in features.FEED_PUMP_MOTOR_TAGS},
         },
         schema_overrides={"hour_ts": pl.Datetime("us", "UTC")},
     )
@@ -201,6 +204,9 @@ def test_health_residuals_on_a_hand_made_history() -> None:
     fp = eq.filter(pl.col("equipment_type") == "feed_pump").sort("hour_ts")
     c = fp["h0_resid"].to_numpy().astype(float)
     assert c[60] == pytest.approx(0.0) and c[120] == pytest.approx(0.05)
+    # a pump motor tag (read while feeding) over its lowest earlier level, likewise
+    m = fp["h3_resid"].to_numpy().astype(float)
+    assert m[60] == pytest.approx(0.0) and m[120] == pytest.approx(0.05)
     # delivered flow against the best earlier flow (no MES given: one reference for all)
     assert fp["h1_resid"][0] is None and fp["h1_resid"][1:].abs().max() == pytest.approx(0.0)
     assert fp["h2_resid"][120] == pytest.approx(1.15)

@@ -63,7 +63,7 @@ def _independent_recall_and_lead(
         if before:
             caught += 1
             leads.append((f["failure_ts"] - min(before)).total_seconds() / 3600)
-    fails = {}
+    fails: dict[str, list[datetime]] = {}
     for f in failures.iter_rows(named=True):
         fails.setdefault(f["equipment_id"], []).append(f["failure_ts"])
     days: dict[tuple[str, object], bool] = {}
@@ -162,10 +162,22 @@ def test_motor_condition_tags_flow_into_silver_and_features(
 
 
 def test_shuffled_labels_do_no_better_than_chance(
-    ml_inputs: features.MlInputs, equipment_hours: pl.DataFrame
+    trained: pdm.PdmResult, ml_inputs: features.MlInputs, equipment_hours: pl.DataFrame
 ) -> None:
+    """Training labels permuted: the model learns nothing about failures, so it must rank
+    the held-out rows far worse than the real model, and near chance.
+
+    Two things make one shuffled run a poor estimate of chance on this plant: the held-out
+    period holds only 9 failures (5 agitator, 4 pump; ~600 positive rows in 9 clusters), so
+    one run's per-type AUC ranges 0.3-0.83 over seeds; and a forest fitted on random labels
+    still scores rows outside its training data as a group, and the hours before a failure
+    are such outliers (a label-free isolation forest ranks them at AUC 0.97 / 0.84), so the
+    expectation sits above 0.5 without any label reaching the model (an sklearn forest on
+    permuted labels outside train_pdm gives the same). Hence 8 seeds (their mean's spread
+    is ~1/3 of one run's) and a comparison with the real model's AUC. ``n_folds=2``: the
+    folds only set the threshold, which the AUC does not use."""
     aucs = []
-    for seed in (1, 2, 3):
+    for seed in range(1, 9):
         r = pdm.train_pdm(
             equipment_hours,
             ml_inputs.maintenance,
@@ -173,9 +185,12 @@ def test_shuffled_labels_do_no_better_than_chance(
             n_estimators=N_TREES,
             shuffle_labels=True,
             seed=seed,
+            n_folds=2,
         )
         aucs.append(r.trained.metrics["roc_auc"])
+    real = trained.trained.metrics["roc_auc"]
     assert np.mean(aucs) < 0.65, aucs
+    assert np.mean(aucs) < real - 0.1, (aucs, real)
 
 
 def test_bad_input_is_explained(
