@@ -49,14 +49,16 @@ def sensor_tick(
     cursor: str | None = None,
 ) -> SensorExecutionData:
     """One evaluation of a sensor, as the daemon makes it (its requests are not applied)."""
-    ctx = dg.build_sensor_context(
+    # closed after the tick: a context left open keeps the instance it opened from the ref
+    # as the current DefsStateStorage of every later Definitions load in this process
+    with dg.build_sensor_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         definitions=definitions_with(lakehouse),
         resources={"lakehouse": lakehouse},
         cursor=cursor,
-    )
-    return sensor.evaluate_tick(ctx)
+    ) as ctx:
+        return sensor.evaluate_tick(ctx)
 
 
 def landing_tick(

@@ -156,14 +156,15 @@ def test_gold_refresh_is_coalesced(
 def test_contamination_schedule_skips_while_its_run_is_open(
     instance: dg.DagsterInstance,
 ) -> None:
-    ctx = dg.build_schedule_context(instance=instance)
-    req = contamination_live_schedule.evaluate_tick(ctx).run_requests
-    assert req and req[0].tags["dagster/priority"] == "10"  # ahead of ingestion in the queue
-    run = open_run(instance, "contamination_live_job", dg.DagsterRunStatus.STARTED)
-    skipped = contamination_live_schedule.evaluate_tick(ctx)
-    assert not skipped.run_requests and skipped.skip_message
-    finish(instance, run)
-    assert contamination_live_schedule.evaluate_tick(ctx).run_requests
+    # closed at the end (see conftest.sensor_tick)
+    with dg.build_schedule_context(instance=instance) as ctx:
+        req = contamination_live_schedule.evaluate_tick(ctx).run_requests
+        assert req and req[0].tags["dagster/priority"] == "10"  # ahead of ingestion in the queue
+        run = open_run(instance, "contamination_live_job", dg.DagsterRunStatus.STARTED)
+        skipped = contamination_live_schedule.evaluate_tick(ctx)
+        assert not skipped.run_requests and skipped.skip_message
+        finish(instance, run)
+        assert contamination_live_schedule.evaluate_tick(ctx).run_requests
 
 
 # ---------------------------------------------------------------------- live-path checks

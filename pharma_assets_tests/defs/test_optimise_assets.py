@@ -92,8 +92,8 @@ def test_scenarios_are_saved_with_who_inputs_outputs_and_twin_version(running_la
 def test_hourly_schedule_skips_while_its_run_is_open() -> None:
     d = optimise_defs()
     assert running_optimise_schedule in (d.schedules or [])
-    with dg.instance_for_test() as inst:
-        ctx = dg.build_schedule_context(instance=inst)
+    # the context closed with the instance (see conftest.sensor_tick)
+    with dg.instance_for_test() as inst, dg.build_schedule_context(instance=inst) as ctx:
         req = running_optimise_schedule.evaluate_tick(ctx).run_requests
         assert req and req[0].tags[LANE_TAG] == running_optimise_job.name
         open_run(inst, running_optimise_job.name, dg.DagsterRunStatus.STARTED)

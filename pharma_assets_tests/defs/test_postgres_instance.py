@@ -94,11 +94,10 @@ def pg_instance(
     monkeypatch.setenv("DAGSTER_PG_USER", PG["user"])
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", PG["password"])
     monkeypatch.setenv("DAGSTER_PG_DB", pg_database)
-    instance = dg.DagsterInstance.from_config(str(home))
-    try:
+    # entered, as the CLI does: the current DefsStateStorage is this instance's while the test
+    # loads definitions (disposed on exit)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         yield instance
-    finally:
-        instance.dispose()
 
 
 def test_production_config_keeps_the_local_run_and_sensor_settings(

@@ -7,7 +7,7 @@ the contracts, the quarantine reasons and the exactly-once commit rules (rows ca
 ``source_file``; one commit per file group; per-source and per-batch locks; ledgers last)
 are the same code as the polars engine's: parity by construction, checked by
 ``pharma_assets_tests/engines/test_spark_parity.py``. The driver does the small,
-plant-wide steps (CMMS, files outside the layout, batches and lab results from MES/LIMS)
+plant-wide steps (CMMS, CoA, files outside the layout, batches and lab results from MES/LIMS)
 between the two stages.
 
 Executors need the lake and the landing zone at the same paths as the driver (a local
@@ -103,7 +103,7 @@ def backfill(
 ) -> BackfillReport:
     """Ingest ``batch_ids`` (their landed files not yet in the lake) through silver."""
     from pharma_assets.lake import bronze, silver
-    from pharma_assets.lake.landing_scan import files_for_source
+    from pharma_assets.lake.landing_scan import UNIT_SOURCES, files_for_source
     from pharma_assets.lake.specs import load_spec
     from pharma_assets.lake.storage import Lake
 
@@ -126,8 +126,9 @@ def backfill(
         .mapPartitions(lambda it: _bronze_task(ctx, it))
         .collect()
     )
-    # plant-wide sources and the MES/LIMS-derived silver tables: small, on the driver
-    for source in ("cmms", "unroutable"):
+    # plant-wide sources (cmms, coa: every UNIT_SOURCES, as the polars engine) and the
+    # MES/LIMS-derived silver tables: small, on the driver
+    for source in (*UNIT_SOURCES, "unroutable"):
         rep = bronze.ingest_files(
             lake, landing_dir, source, files_for_source(landing_dir, source), run_id
         )
