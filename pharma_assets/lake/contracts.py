@@ -6,9 +6,20 @@ named by the stable reason code that lands in ``silver/telemetry_quarantine.fail
 ``route(df, schema)`` validates lazily and splits the frame into valid rows and quarantined
 rows, each quarantined row with every check it failed, the first (in REASON_ORDER) as its
 reason, and the offending value.
+
+The contract stays the single source of truth, but on the hot path it is not evaluated by
+pandera's validator (one pass over the frame per check, then a join of the failure cases):
+``compile_contract`` turns the schema's column types, nullability, row checks (each
+``row_check`` carries its polars expression) and ``isin`` checks into one list of polars
+expressions, evaluated in one parallel pass (``route``, ``validate``). A schema using
+anything else pandera can express falls back to pandera (``route_pandera``), and the
+compiled path is tested to give the same rows, reasons and offending values
+(``test_contracts.py``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandera.polars as pa
 import polars as pl
@@ -47,8 +58,14 @@ OFFENDING = {
 }
 
 
+# attribute of a pandera Check made by ``row_check``: its polars expression (True = passes)
+ROW_EXPR = "_pharma_row_expr"
+
+
 def row_check(name: str, expr: pl.Expr, description: str) -> pa.Check:
-    return pa.Check(lambda data: data.lazyframe.select(expr), name=name, error=description)
+    check = pa.Check(lambda data: data.lazyframe.select(expr), name=name, error=description)
+    setattr(check, ROW_EXPR, expr)  # for compile_contract: the same expression, one pass
+    return check
 
 
 def telemetry_contract(spec: CppSpec) -> pa.DataFrameSchema:
@@ -178,7 +195,170 @@ def route(
     """(valid rows, quarantined rows with failed_check, failed_checks, offending_value).
 
     ``reasons``: the checks in priority order (a row failing several is quarantined under
-    the first); ``offending_cols``: the column holding each reason's offending value."""
+    the first); ``offending_cols``: the column holding each reason's offending value.
+    The schema's checks run compiled, in one pass (``compile_contract``); a schema that
+    cannot be compiled is validated by pandera (``route_pandera``, the same result)."""
+    compiled = compile_contract(schema)
+    if compiled is None:
+        return route_pandera(df, schema, reasons, offending_cols)
+    compiled.check_structure(df)
+    rank = {r: i for i, r in enumerate(reasons)}
+    # the failed checks in priority order (unknown names last, in the schema's order)
+    names = sorted(compiled.names(), key=lambda n: rank.get(n, len(rank)))
+    flags = compiled.failures(df)
+    failed = pl.any_horizontal(names) if names else pl.lit(False)
+    mask = flags.select(failed.alias("_failed")).to_series()
+    if not mask.any():
+        return df, _no_quarantine(df)
+    labels = [pl.when(pl.col(n)).then(pl.lit(n)) for n in names]
+    reasons_of_bad = flags.filter(mask).select(
+        failed_check=pl.coalesce(labels),
+        failed_checks=pl.concat_str(labels, separator=",", ignore_nulls=True),
+    )
+    bad = pl.concat([df.filter(mask), reasons_of_bad], how="horizontal")
+    bad = bad.with_columns(offending_value=_offending(bad, offending_cols))
+    return df.filter(~mask), bad
+
+
+def validate(df: pl.DataFrame, schema: pa.DataFrameSchema, lazy: bool = False) -> None:
+    """``schema.validate(df, lazy=lazy)``, compiled: one pass over the frame.
+
+    When a compiled check fails (or the schema cannot be compiled, or the columns or types
+    differ), pandera validates the frame itself, so a failure raises pandera's own error
+    (``SchemaError``/``SchemaErrors`` with the failure cases)."""
+    compiled = compile_contract(schema)
+    if compiled is None or not compiled.structure_ok(df):
+        schema.validate(df, lazy=lazy)
+        return
+    names = compiled.names()
+    if not names or not compiled.failures(df).select(pl.any_horizontal(names).any()).item():
+        return
+    schema.validate(df, lazy=lazy)
+    raise AssertionError(f"{schema.name}: a compiled check failed where pandera passed")
+
+
+def _no_quarantine(df: pl.DataFrame) -> pl.DataFrame:
+    return df.clear().with_columns(
+        failed_check=pl.lit(None, pl.String),
+        failed_checks=pl.lit(None, pl.String),
+        offending_value=pl.lit(None, pl.String),
+    )
+
+
+def _offending(bad: pl.DataFrame, offending_cols: dict[str, str]) -> pl.Expr:
+    offending = pl.lit(None, pl.String)
+    for reason, col in offending_cols.items():
+        if col in bad.columns:
+            offending = (
+                pl.when(pl.col("failed_check") == reason)
+                .then(pl.col(col).cast(pl.String))
+                .otherwise(offending)
+            )
+    return offending
+
+
+@dataclass(frozen=True)
+class CompiledContract:
+    """A pandera schema as polars expressions: ``failures`` gives one boolean column per
+    check name (True = the row fails it), named as pandera names the check in its failure
+    cases (the row check's name; ``not_nullable``; ``isin(...)``)."""
+
+    name: str
+    dtypes: dict[str, pl.DataType]
+    checks: tuple[tuple[str, pl.Expr], ...]  # (name, expression: True where a row FAILS)
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(n for n, _ in self.checks))
+
+    def structure_ok(self, df: pl.DataFrame) -> bool:
+        return all(c in df.schema and df.schema[c] == t for c, t in self.dtypes.items())
+
+    def check_structure(self, df: pl.DataFrame) -> None:
+        if not self.structure_ok(df):
+            wrong = {
+                c: (str(t), str(df.schema.get(c, "missing")))
+                for c, t in self.dtypes.items()
+                if c not in df.schema or df.schema[c] != t
+            }
+            raise ValueError(
+                f"{self.name}: the frame does not have the contract's columns/types "
+                f"(column: (expected, found)): {wrong}"
+            )
+
+    def failures(self, df: pl.DataFrame) -> pl.DataFrame:
+        """One pass over ``df``: a boolean column per check name, True where the row fails."""
+        by_name: dict[str, list[pl.Expr]] = {}
+        for n, e in self.checks:
+            by_name.setdefault(n, []).append(e)
+        exprs = [pl.any_horizontal(es).alias(n) for n, es in by_name.items()]
+        return df.lazy().select(exprs).collect()
+
+
+def compile_contract(schema: pa.DataFrameSchema) -> CompiledContract | None:
+    """The schema's checks as polars expressions, or None when it uses anything else
+    (coercion, uniqueness options, parsers, custom column checks, grouped or element-wise
+    checks, failure-case limits): pandera then validates it."""
+    if (
+        schema.coerce
+        or schema.unique
+        or schema.ordered
+        or schema.add_missing_columns
+        or schema.parsers
+        or schema.dtype is not None
+        or schema.drop_invalid_rows
+    ):
+        return None
+    dtypes: dict[str, pl.DataType] = {}
+    checks: list[tuple[str, pl.Expr]] = []
+    for name, col in schema.columns.items():
+        if col.coerce or col.unique or col.regex or not col.required or col.parsers:
+            return None
+        if col.dtype is None:
+            return None
+        dtype = col.dtype.type
+        dtypes[name] = dtype() if isinstance(dtype, type) else dtype
+        if not col.nullable:
+            ok = pl.col(name).is_not_null()
+            if dtypes[name].is_float():
+                ok = ok & pl.col(name).is_not_nan()
+            checks.append(("not_nullable", ~ok))
+        for check in col.checks:
+            if check.name != "isin" or not _plain(check):
+                return None
+            allowed = list(check.statistics["allowed_values"])
+            checks.append((str(check), _fails(pl.col(name).is_in(allowed), check.ignore_na)))
+    for check in schema.checks:
+        expr = getattr(check, ROW_EXPR, None)
+        if expr is None or not _plain(check) or check.name is None:
+            return None
+        checks.append((check.name, _fails(expr, check.ignore_na)))
+    return CompiledContract(str(schema.name), dtypes, tuple(checks))
+
+
+def _plain(check: pa.Check) -> bool:
+    return (
+        check.groupby is None
+        and check.groups is None
+        and not check.element_wise
+        and check.n_failure_cases is None
+        and not check.raise_warning
+    )
+
+
+def _fails(passes: pl.Expr, ignore_na: bool) -> pl.Expr:
+    """Where a row fails a check whose output is ``passes`` (pandera's polars backend: a
+    null output passes when the check ignores nulls, fails otherwise)."""
+    return ~passes.fill_null(ignore_na)
+
+
+def route_pandera(
+    df: pl.DataFrame,
+    schema: pa.DataFrameSchema,
+    reasons: tuple[str, ...] = REASON_ORDER,
+    offending_cols: dict[str, str] = OFFENDING,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``route`` by pandera's own validator (lazy, one pass per check): the reference the
+    compiled path is tested against, and the path of schemas ``compile_contract`` refuses."""
     df = df.with_row_index("_row")
     try:
         schema.validate(df, lazy=True)
@@ -207,15 +387,7 @@ def route(
         .group_by("_row", maintain_order=True)
         .agg(failed_check=pl.col("check").first(), failed_checks=pl.col("check").str.join(","))
     )
-    bad = df.join(failed, on="_row", how="inner")
-    offending = pl.lit(None, pl.String)
-    for reason, col in offending_cols.items():
-        if col in bad.columns:
-            offending = (
-                pl.when(pl.col("failed_check") == reason)
-                .then(pl.col(col).cast(pl.String))
-                .otherwise(offending)
-            )
-    bad = bad.with_columns(offending_value=offending).drop("_row")
+    bad = df.join(failed, on="_row", how="inner", maintain_order="left")
+    bad = bad.with_columns(offending_value=_offending(bad, offending_cols)).drop("_row")
     good = df.filter(~pl.col("_row").is_in(failed["_row"].implode())).drop("_row")
     return good, bad

@@ -431,3 +431,127 @@ def test_spec_not_yaml(tmp_path: Path):
 def test_spec_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------------- compiled contract
+def _every_kind_of_bad_row() -> pl.DataFrame:
+    """Prepared rows: valid ones and at least one row per reason, several with more than one
+    failed check, a row failing a not-null rule, and a reading already in silver."""
+    grace = timedelta(minutes=SPEC.batch_window_grace_minutes)
+    m = [T1 + timedelta(minutes=i) for i in range(40)]
+    rows = [
+        _row(ts=m[0]),
+        _row(ts=m[1], value=7.1),
+        _row(ts=m[1], tag="temperature_c", uom="K", value=310.15),  # converted: valid
+        _row(ts=m[2], value=None, raw="value=abc"),  # type_error
+        _row(ts=m[3], value=None, raw="value=abc;batch_id=B9"),  # type_error + batch_id
+        _row(ts=m[4], raw="batch_id=B9"),  # batch_id_mismatch
+        _row(ts=m[5], raw="unit_id=BR07"),  # unit_id_mismatch
+        _row(ts=m[6], tag="ph_probe_2"),  # unknown_tag
+        _row(ts=m[7], tag=None, uom=None),  # unknown_tag (null)
+        _row(ts=m[8], uom="furlong"),  # unknown_uom
+        _row(ts=m[9], uom="mbar"),  # unknown_uom (another tag's unit)
+        _row(ts=m[10], value=float("nan")),  # value_not_finite
+        _row(ts=m[11], value=float("inf")),
+        _row(ts=m[12], quality="bad"),  # quality_bad
+        _row(ts=m[13], quality="bad", value=15.0),  # quality_bad + physical_limits
+        _row(ts=m[14], quality="uncertain"),  # valid
+        _row(ts=m[15], tag="volume_l", uom="L", value=-5.0),  # physical_limits
+        _row(ts=m[16], tag="temperature_c", uom="K", value=450.0),  # limits, canonical
+        _row(ts=START - grace - timedelta(minutes=1)),  # outside_batch_window
+        _row(ts=NOW + timedelta(days=1)),  # outside window + ts_in_future
+        _row(ts=m[17], batch_id="B404"),  # unknown batch: outside window
+        _row(ts=m[0], value=7.3),  # duplicate_reading (in the delivery)
+        _row(ts=m[18]),  # duplicate of a reading already in silver
+        _row(ts=None, value=7.0),  # null ts: outside window
+        _row(ts=m[19], value=None, quality="bad", raw="value=x;unit_id=BR09", tag="nope"),
+        # B2 is running (no end yet): a reading beyond now + tolerance is only in the future
+        _row(ts=NOW + timedelta(days=1), unit_id="BR02", batch_id="B2"),
+        _row(ts=m[20], unit_id="BR02", batch_id="B2"),
+    ]
+    existing = pl.DataFrame(
+        {"unit_id": ["BR01"], "tag": ["ph"], "ts": [m[18]]},
+        schema={"unit_id": pl.String, "tag": pl.String, "ts": UTC_US},
+    )
+    df = pl.DataFrame(rows, schema=BRONZE_SCHEMA).with_columns(
+        row_hash=pl.int_range(pl.len(), dtype=pl.Int64)
+    )
+    batches, phases = _batches()
+    batches = batches.with_columns(
+        end_ts=pl.when(pl.col("batch_id") == "B2").then(None).otherwise(pl.col("end_ts"))
+    )
+    prepared = silver.prepare(df, SPEC, batches, phases, existing, NOW)
+    # a row whose batch id is null fails the contract's not-null rule (pandera's own check)
+    return prepared.with_columns(
+        batch_id=pl.when(pl.col("row_hash") == 1).then(None).otherwise(pl.col("batch_id"))
+    )
+
+
+def test_compiled_route_equals_pandera_on_every_kind_of_bad_row():
+    prepared = _every_kind_of_bad_row()
+    schema = contracts.telemetry_contract(SPEC)
+    assert contracts.compile_contract(schema) is not None  # the fast path is the one taken
+    good, bad = contracts.route(prepared, schema)
+    ref_good, ref_bad = contracts.route_pandera(prepared, schema)
+    assert good.height + bad.height == prepared.height
+    # every reason is some row's first, and some rows fail several checks
+    assert set(bad["failed_check"]) >= set(contracts.REASON_ORDER)
+    assert set(contracts.REASON_ORDER) <= {
+        c for cs in bad["failed_checks"].to_list() for c in cs.split(",")
+    }
+    assert "not_nullable" in ",".join(bad["failed_checks"].to_list())
+    assert (bad["failed_checks"].str.count_matches(",") >= 1).sum() >= 4
+    assert good.sort("row_hash").equals(ref_good.sort("row_hash"))
+    assert bad.columns == ref_bad.columns
+    assert bad.sort("row_hash").equals(ref_bad.sort("row_hash"))
+
+
+def test_compiled_route_equals_pandera_on_valid_rows_only():
+    prepared = _every_kind_of_bad_row()
+    schema = contracts.telemetry_contract(SPEC)
+    good, _ = contracts.route(prepared, schema)
+    good2, bad2 = contracts.route(good, schema)
+    ref_good, ref_bad = contracts.route_pandera(good, schema)
+    assert good2.equals(ref_good) and good2.equals(good)
+    assert bad2.height == ref_bad.height == 0
+    assert bad2.schema == ref_bad.schema
+
+
+def test_compiled_accepted_contract_raises_pandera_errors():
+    good, _ = contracts.route(_every_kind_of_bad_row(), contracts.telemetry_contract(SPEC))
+    cols = ["ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"]
+    accepted = contracts.accepted_contract(SPEC)
+    assert contracts.compile_contract(accepted) is not None
+    contracts.validate(good.select(cols), accepted)  # passes, like pandera
+    accepted.validate(good.select(cols))
+    broken = {
+        "unique_reading": pl.concat([good.head(1), good.head(1)]),
+        "canonical_uom": good.with_columns(uom=pl.lit("mbar")),
+        "isin": good.with_columns(tag=pl.lit("ph_probe_2")),
+        "not_nullable": good.with_columns(value=pl.lit(float("nan"))),
+    }
+    for check, frame in broken.items():
+        with pytest.raises(SchemaErrors, match=check):
+            contracts.validate(frame.select(cols), accepted, lazy=True)
+        with pytest.raises(SchemaErrors, match=check):
+            accepted.validate(frame.select(cols), lazy=True)
+
+
+def test_a_schema_the_compiler_cannot_read_goes_to_pandera():
+    import pandera.polars as pa
+
+    schema = contracts.telemetry_contract(SPEC)
+    custom = schema.add_columns({"value": pa.Column(pl.Float64, pa.Check.ge(-1e9), nullable=True)})
+    assert contracts.compile_contract(custom) is None
+    prepared = _every_kind_of_bad_row()
+    good, bad = contracts.route(prepared, custom)
+    ref_good, ref_bad = contracts.route_pandera(prepared, custom)
+    assert good.sort("row_hash").equals(ref_good.sort("row_hash"))
+    assert bad.sort("row_hash").equals(ref_bad.sort("row_hash"))
+
+
+def test_coa_contract_compiles():
+    from pharma_assets.lake import material_lots
+
+    schema = material_lots.coa_contract(material_lots.load_material_spec())
+    assert contracts.compile_contract(schema) is not None

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from .. import bronze
-from ..contracts import accepted_contract, route, telemetry_contract
+from ..contracts import accepted_contract, route, telemetry_contract, validate
 from ..specs import CppSpec
 from ..storage import UTC_US, Lake, Spool, scratch_dir
 from .common import LAYER, SILVER_TELEMETRY_COLUMNS
@@ -139,8 +139,9 @@ def _process_sliced(
         ex = pl.concat(seen, how="vertical_relaxed") if seen else None
         df = prepare_batch(raw, spec, batches, phases, ex, now)
         good, bad = route(df, telemetry_contract(spec))
-        accepted_contract(spec).validate(
-            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
+        validate(
+            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"),
+            accepted_contract(spec),
         )
         valid_sp.write(
             good.with_columns(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from .. import bronze
-from ..contracts import accepted_contract, route, telemetry_contract
+from ..contracts import accepted_contract, route, telemetry_contract, validate
 from ..specs import CppSpec
 from ..storage import UTC_US, Lake
 from .batches import BATCH_SCHEMA, PHASE_SCHEMA
@@ -195,8 +195,9 @@ def _process_files(
         )
         df = prepare_batch(raw, spec, batches, phases, existing, now)
         good, bad = route(df, telemetry_contract(spec))
-        accepted_contract(spec).validate(
-            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
+        validate(
+            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"),
+            accepted_contract(spec),
         )
         goods.append(good)
         bads.append(bad)
