@@ -19,6 +19,7 @@ compiled path is tested to give the same rows, reasons and offending values
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandera.polars as pa
@@ -191,16 +192,19 @@ def route(
     schema: pa.DataFrameSchema,
     reasons: tuple[str, ...] = REASON_ORDER,
     offending_cols: dict[str, str] = OFFENDING,
+    keep: Sequence[str] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid rows, quarantined rows with failed_check, failed_checks, offending_value).
 
     ``reasons``: the checks in priority order (a row failing several is quarantined under
-    the first); ``offending_cols``: the column holding each reason's offending value.
-    The schema's checks run compiled, in one pass (``compile_contract``); a schema that
+    the first); ``offending_cols``: the column holding each reason's offending value;
+    ``keep``: the columns of the valid rows to return (all by default; fewer columns are
+    fewer bytes copied by the filter). The schema's checks run compiled, in one pass (``compile_contract``); a schema that
     cannot be compiled is validated by pandera (``route_pandera``, the same result)."""
     compiled = compile_contract(schema)
     if compiled is None:
-        return route_pandera(df, schema, reasons, offending_cols)
+        good, bad = route_pandera(df, schema, reasons, offending_cols)
+        return (good if keep is None else good.select(keep)), bad
     compiled.check_structure(df)
     rank = {r: i for i, r in enumerate(reasons)}
     # the failed checks in priority order (unknown names last, in the schema's order)
@@ -208,8 +212,9 @@ def route(
     flags = compiled.failures(df)
     failed = pl.any_horizontal(names) if names else pl.lit(False)
     mask = flags.select(failed.alias("_failed")).to_series()
+    valid = df if keep is None else df.select(keep)
     if not mask.any():
-        return df, _no_quarantine(df)
+        return valid, _no_quarantine(df)
     labels = [pl.when(pl.col(n)).then(pl.lit(n)) for n in names]
     reasons_of_bad = flags.filter(mask).select(
         failed_check=pl.coalesce(labels),
@@ -217,7 +222,7 @@ def route(
     )
     bad = pl.concat([df.filter(mask), reasons_of_bad], how="horizontal")
     bad = bad.with_columns(offending_value=_offending(bad, offending_cols))
-    return df.filter(~mask), bad
+    return valid.filter(~mask), bad
 
 
 def validate(df: pl.DataFrame, schema: pa.DataFrameSchema, lazy: bool = False) -> None:

@@ -161,19 +161,25 @@ def prepare_batch(
         )["_key"].drop_nulls()
         dup = dup | pl.col("_key").is_in(ek.implode())
     df = df.with_columns(is_dup=dup.fill_null(False))
-    # phase: the last phase that started at or before the reading
-    ph = phases.filter(pl.col("batch_id") == bid).sort("start_ts")
-    phase = pl.lit(None, pl.String)
-    phase_start = pl.lit(None, UTC_US)
-    phase_idx = pl.lit(None, pl.Int8)
-    for name, ts0 in ph.select("phase", "start_ts").iter_rows():
-        after = pl.col("ts") >= pl.lit(ts0, UTC_US)
-        phase = pl.when(after).then(pl.lit(name)).otherwise(phase)
-        phase_start = pl.when(after).then(pl.lit(ts0, UTC_US)).otherwise(phase_start)
-        phase_idx = (
-            pl.when(after).then(pl.lit(ALL_PHASES.index(name), pl.Int8)).otherwise(phase_idx)
+    # phase: the last phase that started at or before the reading (a sorted search, then
+    # gathers from the batch's few phases: no per-row string building)
+    ph = phases.filter(pl.col("batch_id") == bid).sort("start_ts", maintain_order=True)
+    if ph.height == 0:
+        return df.with_columns(
+            phase=pl.lit(None, pl.String),
+            phase_start=pl.lit(None, UTC_US),
+            phase_idx=pl.lit(None, pl.Int8),
         )
-    return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
+    starts = ph["start_ts"].cast(UTC_US)
+    pos = starts.search_sorted(df["ts"], side="right").cast(pl.Int64) - 1
+    pos = pl.Series("pos", pos).set(df["ts"].is_null() | (pos < 0), None)  # type: ignore[arg-type]
+    names = ph["phase"]
+    ph_idx = names.replace_strict({p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8)
+    return df.with_columns(
+        phase=names.gather(pos),
+        phase_start=starts.gather(pos),
+        phase_idx=ph_idx.gather(pos),
+    )
 
 
 def quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.DataFrame:
@@ -197,6 +203,30 @@ def quarantine_frame(bad: pl.DataFrame, spec: CppSpec, now: datetime) -> pl.Data
         spec_version=pl.lit(spec.version),
         processed_at=pl.lit(now, UTC_US),
     )
+
+
+# the columns of the valid rows that silver writes or derives from (route keeps only these)
+VALID_COLUMNS = (
+    "ts",
+    "site_id",
+    "unit_id",
+    "batch_id",
+    "tag",
+    "value",
+    "uom",
+    "quality",
+    "phase",
+    "source_file",
+    "row_hash",
+    "_file",
+    "tag_idx",
+    "phase_idx",
+    "phase_start",
+    "batch_start",
+    "_key",
+)
+# the columns the accepted-rows contract checks
+ACCEPTED_COLUMNS = ("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key")
 
 
 def derivation_columns(good: pl.DataFrame) -> pl.DataFrame:

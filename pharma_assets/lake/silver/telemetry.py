@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -18,6 +18,8 @@ from .common import LAYER, SILVER_TELEMETRY_COLUMNS
 from .derived import excursion_segments_of, file_stats, minute_timeline
 from .large_files import process_large_file
 from .prepare import (
+    ACCEPTED_COLUMNS,
+    VALID_COLUMNS,
     SilverReport,
     derivation_columns,
     not_processed,
@@ -174,7 +176,6 @@ def _process_files(
     # each file's own row order, and is skipped when the scan already returned that order
     if not raw_all["_file"].is_sorted():
         raw_all = raw_all.sort("_file", maintain_order=True)
-    goods, bads = [], []
     # files are in batch order, so each batch is a contiguous (zero-copy) slice
     counts = raw_all.select("_file").group_by("_file").len()
     file_rows = dict(zip(counts["_file"], counts["len"], strict=True))
@@ -183,6 +184,8 @@ def _process_files(
         n = sum(file_rows.get(order[f], 0) for f in per_batch[bid])
         slices.append(raw_all.slice(offset, n))
         offset += n
+    # each batch's readings already in silver (one read each, before the threads start)
+    work = []
     for raw in (r for r in slices if r.height):
         bid = raw["batch_id"][0]
         existing = lake.read(
@@ -193,20 +196,39 @@ def _process_files(
             & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
             & ~pl.col("source_file").is_in(per_batch[bid]),
         )
-        df = prepare_batch(raw, spec, batches, phases, existing, now)
-        good, bad = route(df, telemetry_contract(spec))
-        validate(
-            good.select("ts", "unit_id", "batch_id", "tag", "value", "uom", "_key"),
-            accepted_contract(spec),
-        )
-        goods.append(good)
-        bads.append(bad)
-    good = pl.concat(goods, how="vertical_relaxed")
-    bad = pl.concat(bads, how="vertical_relaxed")
+        work.append((raw, existing))
+    contract, accepted = telemetry_contract(spec), accepted_contract(spec)
+
+    def validate_batch(item: tuple[pl.DataFrame, pl.DataFrame | None]) -> tuple[pl.DataFrame, ...]:
+        """Prepare, route and check one batch's rows (polars releases the GIL: the batches
+        of a group run on both cores)."""
+        df = prepare_batch(item[0], spec, batches, phases, item[1], now)
+        good, bad = route(df, contract, keep=VALID_COLUMNS)
+        validate(good.select(ACCEPTED_COLUMNS), accepted)
+        return good, bad
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="silver-validate") as pool:
+        routed = list(pool.map(validate_batch, work))  # every batch checked before any write
+    del work
+    good = pl.concat([g for g, _ in routed], how="vertical_relaxed")
+    bad = pl.concat([b for _, b in routed], how="vertical_relaxed")
+    del routed
     processed_at = pl.lit(now, UTC_US)
     # the writes overlap: silver/telemetry (the big one) is written in a thread while the
-    # derived tables are computed, and they are written beside it (delta-rs releases the GIL)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="silver-write") as pool:
+    # derived tables are computed, each in its own thread, and written beside it (polars and
+    # delta-rs release the GIL)
+    derivations: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
+        "excursion_segments": lambda v: excursion_segments_of(v, spec),
+        "telemetry_stats": lambda v: file_stats(v, files, spec),
+        "batch_timeline": lambda v: minute_timeline(v, files, spec),
+    }
+
+    def derive_and_write(name: str, slim: pl.DataFrame) -> int:
+        out = derivations[name](slim)
+        _append_new(lake, name, out, files, ids, run_id)
+        return out.height
+
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="silver-write") as pool:
         valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
         writes = [
             pool.submit(
@@ -218,23 +240,26 @@ def _process_files(
                 ids,
                 run_id,
                 written,
-            )
+            ),
+            pool.submit(
+                _append_new,
+                lake,
+                "telemetry_quarantine",
+                quarantine_frame(bad, spec, now),
+                files,
+                ids,
+                run_id,
+            ),
         ]
         del valid
         slim = derivation_columns(good)
-        outputs = {
-            "telemetry_quarantine": quarantine_frame(bad, spec, now),
-            "excursion_segments": excursion_segments_of(slim, spec),
-            "telemetry_stats": file_stats(slim, files, spec),
-            "batch_timeline": minute_timeline(slim, files, spec),
-        }
+        derived = {name: pool.submit(derive_and_write, name, slim) for name in derivations}
         del slim
-        writes += [
-            pool.submit(_append_new, lake, name, out, files, ids, run_id)
-            for name, out in outputs.items()
-        ]
         for w in writes:
             w.result()  # (re-raises a failed write: the files are then not logged)
+        n_segments = derived["excursion_segments"].result()
+        for d in derived.values():
+            d.result()
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -258,7 +283,7 @@ def _process_files(
     rep.rows_in += raw_all.height
     rep.rows_valid += good.height
     rep.rows_quarantined += bad.height
-    rep.segments += outputs["excursion_segments"].height
+    rep.segments += n_segments
     rep.failed_checks.update(bad["failed_check"].to_list())
     rep.batches.update(ids)
 
