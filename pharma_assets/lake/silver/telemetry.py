@@ -214,52 +214,41 @@ def _process_files(
     bad = pl.concat([b for _, b in routed], how="vertical_relaxed")
     del routed
     processed_at = pl.lit(now, UTC_US)
-    # the writes overlap: silver/telemetry (the big one) is written in a thread while the
-    # derived tables are computed, each in its own thread, and written beside it (polars and
-    # delta-rs release the GIL)
+    # silver/telemetry (the big write) runs in a thread while the derived tables are each
+    # computed in their own thread (polars and delta-rs release the GIL). The quarantine
+    # and the derived tables are committed only once silver/telemetry is: after a crash in
+    # between, the rerun finds the group's files in silver/telemetry, takes them first and
+    # routes them as before, so the tables it completes agree with the rows already there
     derivations: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
         "excursion_segments": lambda v: excursion_segments_of(v, spec),
         "telemetry_stats": lambda v: file_stats(v, files, spec),
         "batch_timeline": lambda v: minute_timeline(v, files, spec),
     }
-
-    def derive_and_write(name: str, slim: pl.DataFrame) -> int:
-        out = derivations[name](slim)
-        _append_new(lake, name, out, files, ids, run_id)
-        return out.height
-
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="silver-write") as pool:
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="silver-write") as pool:
         valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-        writes = [
-            pool.submit(
-                _append_new,
-                lake,
-                "telemetry",
-                valid.select(SILVER_TELEMETRY_COLUMNS),
-                files,
-                ids,
-                run_id,
-                written,
-            ),
-            pool.submit(
-                _append_new,
-                lake,
-                "telemetry_quarantine",
-                quarantine_frame(bad, spec, now),
-                files,
-                ids,
-                run_id,
-            ),
-        ]
+        main_write = pool.submit(
+            _append_new,
+            lake,
+            "telemetry",
+            valid.select(SILVER_TELEMETRY_COLUMNS),
+            files,
+            ids,
+            run_id,
+            written,
+        )
         del valid
         slim = derivation_columns(good)
-        derived = {name: pool.submit(derive_and_write, name, slim) for name in derivations}
+        derived = {name: pool.submit(fn, slim) for name, fn in derivations.items()}
         del slim
+        outputs = {"telemetry_quarantine": quarantine_frame(bad, spec, now)}
+        outputs.update({name: d.result() for name, d in derived.items()})
+        main_write.result()  # (re-raises a failed write: nothing else is committed or logged)
+        writes = [
+            pool.submit(_append_new, lake, name, out, files, ids, run_id)
+            for name, out in outputs.items()
+        ]
         for w in writes:
             w.result()  # (re-raises a failed write: the files are then not logged)
-        n_segments = derived["excursion_segments"].result()
-        for d in derived.values():
-            d.result()
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -283,7 +272,7 @@ def _process_files(
     rep.rows_in += raw_all.height
     rep.rows_valid += good.height
     rep.rows_quarantined += bad.height
-    rep.segments += n_segments
+    rep.segments += outputs["excursion_segments"].height
     rep.failed_checks.update(bad["failed_check"].to_list())
     rep.batches.update(ids)
 
