@@ -578,7 +578,7 @@ def _rederive(
                     t.delete(pred)
         silver.process_telemetry(lake, [bid], spec, f"amendment:{aid}")
     elif source == "mes":
-        silver.build_batches(lake, [bid] if bid else None, spec.phase_rule)
+        silver.build_batches(lake, [bid] if bid else None, spec)
     elif source == "lims":
         silver.build_lab_results(lake, spec, [bid] if bid else None)
     elif source == "cmms":
