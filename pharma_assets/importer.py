@@ -149,6 +149,7 @@ SUPPORTED_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("Pa", "mbar"): (1e-2, 0.0),
     ("kg/h", "g/min"): (1000.0 / 60.0, 0.0),
     ("rad/s", "rpm"): (60.0 / (2 * 3.141592653589793), 0.0),
+    ("W", "kW"): (1e-3, 0.0),
 }
 
 

@@ -332,3 +332,141 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     warn = " ".join(w.value for w in pages["models"].warning)
     assert "**contamination** skipped: unit class 'fluid_bed_dryer' is not a cell culture" in warn
     assert pages["batch_quality"].selectbox(key="bq_metric").value == "cqa_loss_on_drying_pct"
+
+
+def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, monkeypatch) -> None:
+    """A vacuum tray dryer at a site whose tag names and units all differ (°F, Pa, K, W,
+    naive Berlin time, a batch column, no MES), with two tags of its own that neither the
+    class nor the spec knows. The class's phases (loading, heating, drying, cooling) are
+    found by tag crossings declared in the class file; silver indexes them, the spec judges
+    the shelf temperature tighter while drying, Cpk is over drying. The site's own tags are
+    kept in their unit, charted, and MSPC catches the failing vacuum pump that only they
+    show. A tag nobody declared is quarantined with the reason."""
+    import numpy as np
+
+    from pharma_assets.twin.landing import chunk_path, write_telemetry_chunk
+
+    from .foreign_sites import TRAY_SITE_TAGS, tray_dryer_site, tray_dryer_spec
+
+    site = tray_dryer_site(site_env / "exports")
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
+    code, out = _cli(
+        "import",
+        "--input",
+        str(site.files["telemetry"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["telemetry"]),
+        "--out",
+        "landing",
+        "--infer-batches",
+    )
+    assert code == 0, out
+    assert "site tags (6," in out and "vacuum_pump_power_kw" in out  # none is a bioreactor tag
+    declared = yaml.safe_load((site_env / "landing" / "site_tags" / "VTDSITE.yaml").read_text())
+    assert {t: d["uom"] for t, d in declared["tags"].items()}["vacuum_pump_power_kw"] == "kW"
+    code, out = _cli(
+        "import",
+        "--source",
+        "lims",
+        "--input",
+        str(site.files["lims"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["lims"]),
+        "--out",
+        "landing",
+    )
+    assert code == 0, out
+    # a tag in neither the class, the spec nor a site's tag map (written by another tool)
+    t0 = site.crossings["VT002"]["drying"]
+    ts = np.array([int(t0.timestamp() * 1e6) + k * 60_000_000 for k in range(5)], dtype=np.int64)
+    write_telemetry_chunk(
+        chunk_path(site_env / "landing", "telemetry", "VTD7", "VT002", t0, 900, "parquet"),
+        ts,
+        "VTDSITE",
+        "VTD7",
+        "VT002",
+        ["stray_probe_x"],
+        ["V"],
+        np.full((5, 1), 1.5),
+        np.zeros((5, 1), dtype=np.int8),
+    )
+
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    q = lake.read("silver", "telemetry_quarantine")
+    assert q is not None and q.height == 5, q
+    assert set(q["failed_check"]) == {"unknown_tag"} and set(q["offending_value"]) == {
+        "stray_probe_x"
+    }
+    tele = lake.read("silver", "telemetry", ["tag", "value", "uom", "phase"])
+    assert tele is not None
+    class_tags = {"shelf_temp_c", "product_temp_c", "chamber_pressure_mbar", "condenser_temp_c"}
+    assert set(tele["tag"]) == class_tags | set(TRAY_SITE_TAGS)
+    uoms = dict(tele.select("tag", "uom").unique().iter_rows())
+    assert {t: uoms[t] for t in TRAY_SITE_TAGS} == TRAY_SITE_TAGS
+    power = tele.filter(pl.col("tag") == "vacuum_pump_power_kw")["value"]
+    assert 2.9 < power.median() < 3.1  # type: ignore[operator]  # W converted to kW
+    oil = tele.filter(pl.col("tag") == "pump_oil_temp_c")["value"]
+    assert 54 < oil.median() < 56  # type: ignore[operator]  # °F converted to °C
+    # the class's own phases, found by crossings, on every reading
+    assert set(tele["phase"]) == {"loading", "heating", "drying", "cooling"}
+    phases = lake.read("silver", "batch_phases")
+    assert phases is not None and set(phases["phase_source"]) == {"rule:tag_crossing"}
+    for b in site.batches:
+        ph = phases.filter(pl.col("batch_id") == b).sort("start_ts")
+        assert ph["phase"].to_list() == ["loading", "heating", "drying", "cooling"], b
+        for name, start in ph.select("phase", "start_ts").iter_rows():
+            if name in site.crossings[b]:
+                assert abs((start - site.crossings[b][name]).total_seconds()) <= 120, (b, name)
+    tl = lake.read("silver", "batch_timeline", ["phase", *TRAY_SITE_TAGS])
+    assert tl is not None and set(tl["phase"].drop_nulls()) == {
+        "loading",
+        "heating",
+        "drying",
+        "cooling",
+    }
+    assert tl["vacuum_pump_power_kw"].is_not_null().sum() > 0
+
+    # the spec judges per phase of the class: the shelf at 73 °C while drying breaks its PAR
+    ex = lake.read("gold", "cpp_excursions")
+    assert ex is not None
+    shelf = ex.filter(pl.col("tag") == "shelf_temp_c")
+    assert set(shelf["batch_id"]) == {"VT010"}
+    assert set(shelf["phase"]) == {"drying"} and "major" in set(shelf["severity"])
+    assert shelf["par_hi"].max() == 70  # the drying PAR, not the base one (75)
+    summary = lake.read("gold", "batch_summary")
+    assert summary is not None
+    good = summary.filter(pl.col("batch_id") != "VT010")
+    bad = summary.filter(pl.col("batch_id") == "VT010")
+    assert (good["cpk_shelf_temp_c"] > 1.33).all() and (bad["cpk_shelf_temp_c"] < 1.0).all()
+    assert good["right_first_time"].all() and not bad["right_first_time"].any()
+
+    _auto_promotion(lake)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: unit class 'vacuum_tray_dryer' declares no equipment PdM knows" in out
+    assert "pharma_mspc_pca v1: PROMOTED" in out
+    golden = lake.read("gold", "golden_batch")
+    scores = lake.read("gold", "mspc_scores")
+    assert golden is not None and scores is not None
+    assert set(golden["tag"]) == class_tags | set(TRAY_SITE_TAGS)
+    # the failing pump shows only in the site's own tags: MSPC alarms on it, and names them
+    pump = scores.filter((pl.col("batch_id") == "VT011") & pl.col("alarm").fill_null(False))
+    assert pump.height > 0
+    tops = " ".join(pump["top_contributors"].drop_nulls().to_list())
+    assert "vacuum_pump_power_kw" in tops or "pump_oil_temp_c" in tops, tops
+
+    monkeypatch.setenv("PHARMA_LAKE_URI", str(site_env / "lake"))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+    at.run()
+    at.switch_page("app_pages/bioreactor.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect[0].value == ["shelf_temp_c", "product_temp_c"]
+    assert set(at.multiselect[0].options) == class_tags | set(TRAY_SITE_TAGS)
