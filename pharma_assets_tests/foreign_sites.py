@@ -541,7 +541,7 @@ def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
         folder,
         {"telemetry": tele, "lims": lab},
         {"telemetry": tag_map, "lims": lims_map},
-        [ids[9], ids[10]],
+        [ids[i] for i in (9, 10) if i < n_batches],
         ids,
         crossings,
     )

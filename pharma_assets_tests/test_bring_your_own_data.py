@@ -10,7 +10,9 @@ sampling, no MES, a titer-only release, local times with a time-zone column.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -26,7 +28,7 @@ from pharma_assets.compliance.users import create_user
 from pharma_assets.lake.specs import DEFAULT_SPEC
 from pharma_assets.lake.storage import Lake
 
-from .foreign_sites import dryer_site, dryer_spec, sparse_campaign
+from .foreign_sites import dryer_site, dryer_spec, sparse_campaign, tray_dryer_site, tray_dryer_spec
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 
@@ -346,7 +348,7 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
 
     from pharma_assets.twin.landing import chunk_path, write_telemetry_chunk
 
-    from .foreign_sites import TRAY_SITE_TAGS, tray_dryer_site, tray_dryer_spec
+    from .foreign_sites import TRAY_SITE_TAGS
 
     site = tray_dryer_site(site_env / "exports")
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
@@ -470,3 +472,72 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect[0].value == ["shelf_temp_c", "product_temp_c"]
     assert set(at.multiselect[0].options) == class_tags | set(TRAY_SITE_TAGS)
+
+
+def test_tag_crossing_phases_follow_a_running_batch(site_env: Path, monkeypatch) -> None:
+    """A running tray-dryer batch delivered in two parts: the first pipeline run finds the
+    crossings its readings hold (loading, heating), the second finds drying and cooling in
+    the new readings and labels them so; a rerun of the pipeline keeps what was found
+    (silver/batches is rebuilt from MES, batch_phases keeps the crossings)."""
+    site = tray_dryer_site(site_env / "exports", n_batches=1)
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
+    hist = pl.read_csv(site.files["telemetry"])
+    start = hist["Zeit"][0]
+    mes = site_env / "mes.csv"
+    pl.DataFrame({"Charge": ["VT001"], "Start": [start]}).write_csv(mes)
+    mes_map = site_env / "mes_map.yaml"
+    mes_map.write_text(
+        yaml.safe_dump(
+            {
+                "site_id": "VTDSITE",
+                "timezone": "Europe/Berlin",
+                "default_unit_id": "VTD7",
+                "columns": {"batch_id": "Charge", "start": "Start"},
+            }
+        )
+    )
+    code, out = _cli(
+        "import", "--source", "mes", "--input", str(mes), "--map", str(mes_map), "--out", "landing"
+    )
+    assert code == 0, out
+    cut = site.crossings["VT001"]["drying"] - timedelta(minutes=10)
+    local_cut = cut.astimezone(ZoneInfo("Europe/Berlin")).strftime("%Y-%m-%d %H:%M:%S")
+    parts = [hist.filter(pl.col("Zeit") < local_cut), hist.filter(pl.col("Zeit") >= local_cut)]
+    lake = Lake.at(str(site_env / "lake"))
+    seen = []
+    for k, part in enumerate(parts):
+        f = site_env / f"part{k}.csv"
+        part.write_csv(f)
+        code, out = _cli(
+            "import",
+            "--input",
+            str(f),
+            "--layout",
+            "wide",
+            "--map",
+            str(site.maps["telemetry"]),
+            "--out",
+            "landing",
+        )
+        assert code == 0, out
+        code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+        assert code == 0, out
+        ph = lake.read("silver", "batch_phases")
+        assert ph is not None
+        seen.append(ph.sort("start_ts")["phase"].to_list())
+    assert seen == [["loading", "heating"], ["loading", "heating", "drying", "cooling"]]
+    ph = lake.read("silver", "batch_phases")
+    assert ph is not None
+    starts = dict(ph.select("phase", "start_ts").iter_rows())
+    for name in ("heating", "drying", "cooling"):
+        assert abs((starts[name] - site.crossings["VT001"][name]).total_seconds()) <= 120
+    tele = lake.read("silver", "telemetry", ["ts", "phase"])
+    assert tele is not None
+    late = tele.filter((pl.col("ts") >= starts["drying"]) & (pl.col("ts") < starts["cooling"]))
+    assert late.height > 0 and set(late["phase"]) == {"drying"}
+    us = lake.read("gold", "unit_status")
+    assert us is not None and us["phase"].to_list() == ["cooling"]  # the running batch's phase
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    again = lake.read("silver", "batch_phases")
+    assert again is not None and again.sort("start_ts").equals(ph.sort("start_ts"))

@@ -175,6 +175,7 @@ def build_gold(
     batches = lake.read(silver.LAYER, "batches")
     if batches is None:
         return {"batches": 0}
+    batches = _current_phases(batches, lake.read(silver.LAYER, "batch_phases"))
     stats = lake.read(silver.LAYER, "telemetry_stats")
     segs = lake.read(silver.LAYER, "excursion_segments")
     labs = lake.read(silver.LAYER, "lab_results")
@@ -331,6 +332,27 @@ def batch_summary(
         spec_version=pl.lit(spec.version),
     ).drop("last_ip_titer")
     return s.sort("start_ts")
+
+
+def _current_phases(batches: pl.DataFrame, phases: pl.DataFrame | None) -> pl.DataFrame:
+    """Each batch's current phase from ``silver/batch_phases``: phases found by a tag
+    crossing are recorded there as silver reads the telemetry, after the batches table was
+    built."""
+    if phases is None or phases.height == 0:
+        return batches
+    cur = (
+        phases.sort("start_ts")
+        .group_by("batch_id")
+        .agg(_phase=pl.col("phase").last(), _start=pl.col("start_ts").last())
+    )
+    return (
+        batches.join(cur, on="batch_id", how="left")
+        .with_columns(
+            current_phase=pl.coalesce("_phase", "current_phase"),
+            current_phase_start=pl.coalesce("_start", "current_phase_start"),
+        )
+        .drop("_phase", "_start")
+    )
 
 
 def unit_status(
