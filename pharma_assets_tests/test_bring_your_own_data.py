@@ -453,6 +453,18 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     assert code == 0, out
     assert "skipped pdm: unit class 'vacuum_tray_dryer' declares no equipment PdM knows" in out
     assert "pharma_mspc_pca v1: PROMOTED" in out
+    # quality models on the assay the site reports; none on the bioreactor's absent targets
+    caps = lake.read("gold", "model_capabilities")
+    assert caps is not None
+    by = {(r["capability"], r["target"]): r["applies"] for r in caps.iter_rows(named=True)}
+    assert by[("quality", "residual_solvent_ppm")]
+    assert not any(by[("quality", t)] for t in ("final_titer_g_l", "aggregates_pct"))
+    uri = f"sqlite:///{site_env / 'mlflow.db'}"
+    names = {
+        m.name for m in MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    }
+    assert "pharma_quality_residual_solvent_ppm_harvest" in names, names
+    assert not any("titer" in n or "aggregates" in n or "pdm" in n for n in names), names
     golden = lake.read("gold", "golden_batch")
     scores = lake.read("gold", "mspc_scores")
     assert golden is not None and scores is not None

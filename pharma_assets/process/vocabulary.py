@@ -161,6 +161,9 @@ class UnitClass(_Model):
     )
     # how the phases of a batch without MES phase events are derived (a spec may override)
     phase_rule: PhaseRule | None = None
+    # the batch quality targets its models forecast; None: every release assay the site
+    # reports (and the built-in targets, skipped when absent)
+    quality_targets: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> UnitClass:
