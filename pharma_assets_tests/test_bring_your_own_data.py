@@ -465,6 +465,13 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     }
     assert "pharma_quality_residual_solvent_ppm_harvest" in names, names
     assert not any("titer" in n or "aggregates" in n or "pdm" in n for n in names), names
+    assert "pharma_contamination_iforest" not in names
+    # no bioreactor model scored this unit or opened a deviation on it
+    assert lake.read("gold", "contamination_risk") is None
+    eh = lake.read("gold", "equipment_health")
+    assert eh is None or eh.height == 0
+    devs = lake.read("gxp", "deviations")
+    assert devs is None or set(devs["source"]) <= {"cpp_excursion"}
     golden = lake.read("gold", "golden_batch")
     scores = lake.read("gold", "mspc_scores")
     assert golden is not None and scores is not None
@@ -484,6 +491,21 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect[0].value == ["shelf_temp_c", "product_temp_c"]
     assert set(at.multiselect[0].options) == class_tags | set(TRAY_SITE_TAGS)
+    # every page works for a unit of this class (or says why it does not apply)
+    broken = {}
+    for page in sorted(p.stem for p in (APP.parent / "app_pages").glob("*.py")):
+        if page in ("__init__", "bioreactor"):
+            continue
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+        at.run()
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+        if at.exception:
+            broken[page] = [e.value for e in at.exception]
+        if page == "whatif":  # no process model of this class: said, not crashed
+            assert "not for 'vacuum_tray_dryer'" in " ".join(i.value for i in at.info)
+    assert not broken, broken
 
 
 def test_tag_crossing_phases_follow_a_running_batch(site_env: Path, monkeypatch) -> None:
