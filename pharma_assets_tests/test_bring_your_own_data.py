@@ -508,11 +508,17 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     assert not broken, broken
 
 
-def test_tag_crossing_phases_follow_a_running_batch(site_env: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("slice_rows", [None, 100], ids=["grouped", "large-file slices"])
+def test_tag_crossing_phases_follow_a_running_batch(
+    site_env: Path, monkeypatch, slice_rows: int | None
+) -> None:
     """A running tray-dryer batch delivered in two parts: the first pipeline run finds the
     crossings its readings hold (loading, heating), the second finds drying and cooling in
     the new readings and labels them so; a rerun of the pipeline keeps what was found
-    (silver/batches is rebuilt from MES, batch_phases keeps the crossings)."""
+    (silver/batches is rebuilt from MES, batch_phases keeps the crossings). Also with every
+    file read slice by slice (silver's bounded-memory path for large files)."""
+    if slice_rows is not None:
+        monkeypatch.setenv("PHARMA_INGEST_SLICE_ROWS", str(slice_rows))
     site = tray_dryer_site(site_env / "exports", n_batches=1)
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
     hist = pl.read_csv(site.files["telemetry"])
