@@ -491,6 +491,12 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect[0].value == ["shelf_temp_c", "product_temp_c"]
     assert set(at.multiselect[0].options) == class_tags | set(TRAY_SITE_TAGS)
+    # a site tag charted with its unit (the dashboards read the site's declarations)
+    monkeypatch.setenv("PHARMA_LANDING_DIR", str(site_env / "landing"))
+    at.multiselect[0].set_value(["vacuum_pump_power_kw"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "vacuum_pump_power_kw [kW]" in charts
     # every page works for a unit of this class (or says why it does not apply)
     broken = {}
     for page in sorted(p.stem for p in (APP.parent / "app_pages").glob("*.py")):
