@@ -47,6 +47,8 @@ PHASE_SCHEMA = {
     "end_ts": UTC_US,
     "phase_source": pl.String(),
 }
+PHASE_RULE_DEFAULT = PhaseRule()  # one phase per batch
+
 EVENT_Q_SCHEMA = {
     "event_id": pl.String(),
     "batch_id": pl.String(),
@@ -279,15 +281,15 @@ def build_batches(
     mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
     if mes is None:
         return {"batches": 0, "events_quarantined": 0}
-    rule = spec.rule if spec is not None else PhaseRule()
-    crossed = None
-    if rule.kind == "tag_crossing":  # keep the crossings silver telemetry found
-        old = lake.read(LAYER, "batch_phases", filter_expr=where)
-        if old is not None:
-            crossed = old.filter(pl.col("phase_source") == rule.name)
+    rule = spec.rule if spec is not None else PHASE_RULE_DEFAULT
     names = spec.phase_names if spec is not None else PHASES
-    batches, phases, q = derive_batches(mes, rule, names, crossed)
     with lake.lock("silver-batches"):
+        crossed = None
+        if rule.kind == "tag_crossing":  # keep the crossings silver telemetry recorded
+            old = lake.read(LAYER, "batch_phases", filter_expr=where)
+            if old is not None:
+                crossed = old.filter(pl.col("phase_source") == rule.name)
+        batches, phases, q = derive_batches(mes, rule, names, crossed)
         # the batches table carries the markers of the MES files it reflects
         files = sorted(set(mes["source_file"].to_list()))
         replace_batches(lake, "batches", batches, batch_ids, files)
