@@ -122,7 +122,12 @@ def run(lake_dir: Path, truth: Path) -> dict[str, Any]:
     inp = features.load_inputs(lake, with_hourly=False)
     hourly = features.timeline_products(lake).mspc_hourly
     print(f"inputs read in {time.perf_counter() - t0:.0f} s", flush=True)
-    batches, summary = inp.batches, inp.batch_summary
+    # only batches whose telemetry is in the lake (silver quarantines readings stamped in
+    # the future: a simulated history that runs past today has batches without any)
+    have = hourly["batch_id"].unique().implode()
+    batches = inp.batches.filter(pl.col("batch_id").is_in(have))
+    summary = inp.batch_summary.filter(pl.col("batch_id").is_in(have))
+    print(f"{batches.height} of {inp.batches.height} batches have telemetry", flush=True)
     labels = pl.read_parquet(truth / "fault_labels.parquet")
     cutoff, n_hold = contamination.split_by_start(batches)
     chosen, validation = choose_variant(hourly, batches, summary, cutoff)
