@@ -93,3 +93,30 @@ def test_rule_is_chosen_on_the_variant_s_own_out_of_fold_alarms(
     m = M.train(hourly, _batches(ids), ids[:40], time_blocked_folds=True)
     expect = alarm_rules.choose_rule(m.train_alarm_samples(), "hour", sample="hour").rule
     assert alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT) == expect
+
+
+def test_variant_choice_reads_the_training_period_only(
+    drifting: tuple[pl.DataFrame, list[str]],
+) -> None:
+    """``bench_mspc_limits.choose_variant`` validates inside the training period: wrecking
+    every held-out batch's data changes neither the choice nor the validation figures."""
+    from benchmarks.bench_mspc_limits import VARIANTS, choose_variant
+
+    hourly, ids = drifting
+    batches = _batches(ids)
+    summary = batches.with_columns(right_first_time=pl.lit(True))
+    cutoff = batches["start_ts"][45]
+    held = ids[45:]
+    wrecked = hourly.with_columns(
+        pl.when(pl.col("batch_id").is_in(held))
+        .then(pl.col(DRIFT_TAG) * 50)
+        .otherwise(pl.col(DRIFT_TAG))
+        .alias(DRIFT_TAG)
+    )
+    two = {k: VARIANTS[k] for k in ("interleaved", "time_blocked")}
+    a = choose_variant(hourly, batches, summary, cutoff, two)
+    b = choose_variant(wrecked, batches, summary, cutoff, two)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a[1]]
+    assert a[0] == b[0]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b[1]]
+    assert all(r["n_validation_good"] > 0 for r in a[1])
