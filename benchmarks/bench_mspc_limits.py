@@ -25,6 +25,7 @@ good training batch and scored on the held-out batches
 too, for transparency; only the chosen one is the model's figure.
 
     python -m benchmarks.bench_mspc_limits --lake LAKE --truth GROUND_TRUTH [--json OUT]
+        [--units BR01,BR02,BR03]
 """
 
 from __future__ import annotations
@@ -116,11 +117,13 @@ def choose_variant(
     return str(best["variant"]), rows
 
 
-def run(lake_dir: Path, truth: Path) -> dict[str, Any]:
+def run(lake_dir: Path, truth: Path, units: list[str] | None = None) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     t0 = time.perf_counter()
     inp = features.load_inputs(lake, with_hourly=False)
     hourly = features.timeline_products(lake).mspc_hourly
+    if units:  # e.g. the units a partly built lake holds in full
+        hourly = hourly.filter(pl.col("unit_id").is_in(units))
     print(f"inputs read in {time.perf_counter() - t0:.0f} s", flush=True)
     # only batches whose telemetry is in the lake (silver quarantines readings stamped in
     # the future: a simulated history that runs past today has batches without any)
@@ -210,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lake", type=Path, required=True)
     ap.add_argument("--truth", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
     a = ap.parse_args(argv)
-    r = run(a.lake, a.truth)
+    r = run(a.lake, a.truth, a.units.split(",") if a.units else None)
     print("\n".join(markdown(r)))
     if a.json:
         a.json.write_text(json.dumps(r, indent=1, default=str))
