@@ -403,7 +403,7 @@ def pipeline(
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from .compliance.deviations import auto_open
     from .defs.compliance.materializations import audit_new_materializations
-    from .pipeline import archive_derived, default_instance, run_pipeline
+    from .pipeline import archive_derived, default_instance, run_pipeline, stop_on_sigterm
 
     res = _lakehouse(lake, landing)
     existing_dir(res.landing_dir, "landing zone")  # the lake may be new; the landing zone not
@@ -430,8 +430,16 @@ def pipeline(
         def progress(msg: str, done: int, total: int) -> None:
             bar.update(task, description=msg, completed=done, total=total or None)
 
-        with default_instance() as instance:
+        with default_instance() as instance, stop_on_sigterm():
             out = run_pipeline(res, instance, batches_per_run, progress, latest)
+            if out.interrupted:
+                bar.stop()
+                console.print(
+                    f"[red]pipeline interrupted after {len(out.runs)} runs: the interrupted run "
+                    "failed and left nothing half-written; run `pharma-twin pipeline` again to "
+                    "continue"
+                )
+                raise typer.Exit(130)
             # the daemon's sensors do this under `dagster dev`; a one-shot run does it here
             bar.update(task, description="audit trail and deviations")
             n_audit = audit_new_materializations(res.lake(), instance)
