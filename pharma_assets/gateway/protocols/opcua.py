@@ -65,6 +65,47 @@ INSTRUMENT_SPANS: dict[str, tuple[float, float]] = {
 _STATUS = {GOOD: ua.StatusCodes.Good, UNCERTAIN: ua.StatusCodes.Uncertain, BAD: ua.StatusCodes.Bad}
 
 
+def _republish_per_spec(server: Server) -> None:
+    """Make ``server`` answer a Republish of a message it no longer holds with
+    Bad_MessageNotAvailable (OPC UA Part 4, 5.13.6).
+
+    asyncua 2.1's server answers it with an empty message and status Good, and asyncua's
+    own client, after it reactivates a session (auto-reconnect: a missed health probe, a
+    dropped socket), republishes sequence numbers until it gets that status. Against the
+    unpatched server that loop never ends: thousands of requests a second, each served
+    by the twin's event loop, which starved ``live --serve`` so that it stopped stepping
+    (the intermittent hang of ``test_live_serve_feeds_all_protocols_with_batch_ids``).
+    """
+    svc = server.iserver.subscription_service
+    plain = svc.republish
+
+    def republish(params: ua.RepublishParameters) -> ua.NotificationMessage:
+        if params.SubscriptionId not in svc.subscriptions:
+            raise ua.uaerrors.BadSubscriptionIdInvalid()
+        msg = plain(params)
+        if msg.SequenceNumber != params.RetransmitSequenceNumber:
+            raise ua.uaerrors.BadMessageNotAvailable()
+        return msg
+
+    svc.republish = republish  # type: ignore[method-assign]
+
+
+def _bounded_republish(client: Client) -> None:
+    """The client side of the same fault, for servers that answer like asyncua's: a
+    Republish answered with another message than the one asked for counts as
+    Bad_MessageNotAvailable, so the client's gap filling after a reconnect ends."""
+    session = client.uaclient.session
+    plain = session.republish
+
+    async def republish(subscription_id: int, seq: int) -> ua.NotificationMessage:
+        msg = await plain(subscription_id, seq)
+        if msg.SequenceNumber != seq:
+            raise ua.uaerrors.BadMessageNotAvailable()
+        return msg
+
+    session.republish = republish  # type: ignore[method-assign,assignment]
+
+
 def quality_of(sc: ua.StatusCode) -> int:
     return GOOD if sc.is_good() else BAD if sc.is_bad() else UNCERTAIN
 
@@ -97,6 +138,7 @@ class TwinOpcuaServer:
     async def start(self) -> None:
         s = self.server
         await s.init()
+        _republish_per_spec(s)
         s.set_endpoint(self.endpoint)
         s.set_server_name(f"pharma-twin {self.site_id}")
         s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
@@ -178,7 +220,20 @@ class TwinOpcuaServer:
             await self.server.write_attribute_value(self.nodes[(unit, tag)], dv)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        """Stop serving; connections made while stopping are closed too.
+
+        asyncua's ``Server.stop`` closes the open connections, stops listening a few loop
+        turns later, then waits until no connection is left. A client that reconnects at
+        once (asyncua's auto-reconnect: the gateway) gets in between; nothing closes its
+        new connection, so the stop waited for ever (the other half of the intermittent
+        ``live --serve`` hang). Until the stop ends, every connection is closed again.
+        """
+        stopping = asyncio.ensure_future(self.server.stop())
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=0.1)
+            for transport in list(self.server.iserver.asyncio_transports):
+                transport.close()
+        await stopping
 
 
 class _Handler:
@@ -226,6 +281,7 @@ class OpcuaSource:
         self._stop = asyncio.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.client: Client | None = None  # the current connection's client
 
     def _on_change(self, nodeid: ua.NodeId, dv: ua.DataValue) -> None:
         if nodeid in self.batch_index:
@@ -309,6 +365,7 @@ class OpcuaSource:
                 reconnect_max_delay=self.reconnect_max_delay_s,
             )
             client.connection_lost_callback = self._on_lost
+            self.client = client
             if self.username:
                 client.set_user(self.username)
                 client.set_password(self.password or "")
@@ -330,6 +387,7 @@ class OpcuaSource:
                 delay = min(delay * 2, self.reconnect_max_delay_s)
                 continue
             delay = 1.0
+            _bounded_republish(client)
             try:
                 nodes = await self._browse(client)
                 sub = await client.create_subscription(self.publishing_interval_ms, _Handler(self))
