@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNITS_NS = "http://www.opcfoundation.org/UA/units/un/cefact"
+APPLICATION_URI = "urn:pharma-twin:gateway"  # the gateway client's ApplicationUri
 # Instrument spans the twin's server declares as EURange (by unit of measure).
 INSTRUMENT_SPANS: dict[str, tuple[float, float]] = {
     "degC": (0.0, 150.0),
@@ -126,10 +127,15 @@ class TwinOpcuaServer:
         endpoint: str,
         site_id: str,
         units: Mapping[str, Sequence[str]],  # area -> unit ids
-        tags: Sequence[TagNode],
+        tags: Sequence[TagNode] | Mapping[str, Sequence[TagNode]],  # every unit's, or per unit
     ) -> None:
         self.endpoint, self.site_id = endpoint, site_id
-        self.units, self.tags = units, list(tags)
+        self.units = units
+        self.unit_tags: dict[str, list[TagNode]] = {
+            u: list(tags[u] if isinstance(tags, Mapping) else tags)
+            for us in units.values()
+            for u in us
+        }
         self.server = Server()
         self.nodes: dict[tuple[str, str], ua.NodeId] = {}
         self.batch_nodes: dict[str, ua.NodeId] = {}
@@ -160,7 +166,7 @@ class TwinOpcuaServer:
                 )
                 self.batch_nodes[unit] = b.nodeid
                 equipment: dict[str, Node] = {}
-                for t in self.tags:
+                for t in self.unit_tags[unit]:
                     eq = equipment.get(t.equipment)
                     if eq is None:
                         eq = equipment[t.equipment] = await u.add_object(
@@ -365,6 +371,8 @@ class OpcuaSource:
                 reconnect_max_delay=self.reconnect_max_delay_s,
             )
             client.connection_lost_callback = self._on_lost
+            # the URI in the gateway's certificate (subjectAltName; docs/gateway.md)
+            client.application_uri = APPLICATION_URI
             self.client = client
             if self.username:
                 client.set_user(self.username)
