@@ -210,7 +210,14 @@ def live(
     serve: Annotated[
         str | None,
         typer.Option(
-            help="Serve telemetry over opcua, mqtt and/or modbus instead of files (docs/gateway.md)."
+            help="Serve telemetry over opcua, mqtt and/or modbus instead of files; a unit with "
+            "a protocol in the plant YAML goes over that one only (docs/gateway.md)."
+        ),
+    ] = None,
+    opcua_shard_size: Annotated[
+        int | None,
+        typer.Option(
+            help="With --serve: one OPC UA server per this many units, on consecutive ports."
         ),
     ] = None,
 ) -> None:
@@ -218,7 +225,17 @@ def live(
     if serve:
         from .gateway.cli import serve_from_live
 
-        serve_from_live(serve, plant, recipes, units, out, seed, speed, _period_seconds(period))
+        serve_from_live(
+            serve,
+            plant,
+            recipes,
+            units,
+            out,
+            seed,
+            speed,
+            _period_seconds(period),
+            opcua_shard_size,
+        )
         return
     from .twin.live import run_live
 

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ class Gateway:
         self._reject_path = reject_log or (cold.dir / "rejected.jsonl" if cold else None)
         self.flush_errors = 0
         self._unit_batch: dict[str, str | None] = {}
+        # (unit, µs) -> the batch running then, for units no source names a batch of
+        self.batch_resolver: Callable[[str, int], str | None] | None = None
         self.last_flush: FlushResult | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -90,10 +92,13 @@ class Gateway:
         self._rate_mark: tuple[int, int] = (now_us(), 0)  # (time, accepted) for readings/s
         self.readings_per_s = 0.0
 
-    def batch_of(self, unit_id: str) -> str | None:
-        """The batch the latest message about ``unit_id`` named (any source): sources that
-        know no batch (Modbus skids and pumps) take their unit's batch from here."""
-        return self._unit_batch.get(unit_id)
+    def batch_of(self, unit_id: str, at_us: int | None = None) -> str | None:
+        """The batch the latest message about ``unit_id`` named (any source that names
+        batches), else the one ``batch_resolver`` (the MES files) says runs at ``at_us``:
+        sources that know no batch (Modbus skids and pumps) take their unit's batch here."""
+        if unit_id in self._unit_batch or self.batch_resolver is None:
+            return self._unit_batch.get(unit_id)
+        return self.batch_resolver(unit_id, now_us() if at_us is None else at_us)
 
     def stats(self, name: str, kind: str = "") -> SourceStats:
         s = self.sources.get(name)
@@ -116,8 +121,11 @@ class Gateway:
         batch_id: str | None,
         items: Iterable[Item],
         recv_us: int | None = None,
+        names_batch: bool = True,
     ) -> list[Reading]:
         """Check, map, number and store one message's readings; returns those accepted.
+        ``names_batch``: the source knows the unit's batch (False: it took ``batch_id``
+        from ``batch_of``).
 
         Returns after the accepted readings are in the disk buffer, so the caller may
         acknowledge the message. Never raises for bad data: refusals are counted.
@@ -135,7 +143,8 @@ class Gateway:
                 self._reject(st, e.reason, {"device": device, "name": it[0], "error": str(e)})
             return []
         batch = batch_id or None
-        self._unit_batch[unit] = batch
+        if names_batch:
+            self._unit_batch[unit] = batch
         accepted: list[Reading] = []
         with self.lock:
             if self.cold is not None and not self.cold.has_room():
