@@ -4,11 +4,13 @@ A publisher process (this one) plays N Sparkplug B devices, one DDATA per unit p
 second carrying all 20 tags (every value changes, so every metric is sent), stamped with
 the wall clock. A separate gateway process (``--role gateway``) subscribes through the
 broker (QoS 1, persistent session), runs the full ingest path (mapping, checks, disk
-buffer, in-process hot store, cold-path flush every 5 s into a temporary landing zone)
+buffer, in-process hot store, cold-path flush every 5 s into a temporary landing zone by
+its flusher process, as the service runs it)
 and records, for every reading, the delay from its source timestamp to the moment it is
 readable in the hot store. Reported: p50/p99 of that delay, readings published vs
 accepted (count in = count out), the gateway's CPU (share of one core over the run) and
-peak RSS, and the load average. Runs niced; about 2 minutes in all.
+peak RSS (its flusher process included), the time its threads waited for a CPU, and the
+load average. Runs niced.
 
     python -m benchmarks.bench_gateway [--units 500 1000] [--seconds 60] [--burst]
 
@@ -65,28 +67,57 @@ def _start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def _proc_cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the gateway's flusher process)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _one_cpu_s(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its child processes (live ones)."""
+    return sum(_one_cpu_s(p) for p in _tree(pid))
 
 
 def _proc_wait_s(pid: int) -> float:
     """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (schedstat):
     what the machine's load took from the process, next to the CPU it did get."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
+    for p in _tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
     return total / 1e9
 
 
 def _proc_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak RSS of ``pid`` plus that of its child processes."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 # ------------------------------------------------------------------ gateway role
@@ -118,12 +149,14 @@ def gateway_role(port: int, folder: Path, flush_s: float = 5.0) -> None:
         gw,
         "bench",
         SourceMap("bench"),
-        MqttSettings(port=port),
+        # a client id of its own: a persistent session left by an earlier run must not
+        # deliver that run's backlog here
+        MqttSettings(port=port, client_id=f"bench-gateway-{folder.name}"),
         "BENCH",
         state_path=folder / "sparkplug.json",
     )
     host.start()
-    gw.start_flusher(flush_s)
+    gw.start_flusher(flush_s, process=True)  # as the gateway service does (flush_process)
     (folder / "ready").write_text("1")
     while not (folder / "stop").exists():
         (folder / ".progress").write_text(str(gw.sources["bench"].accepted if gw.sources else 0))
@@ -189,7 +222,7 @@ def run_one(
     time.sleep(0.5)
     tags = list(CANONICAL_TAGS)[:TAGS_PER_UNIT]
     devices = {f"U{u:04d}": [MetricDef(t, CANONICAL_TAGS[t]) for t in tags] for u in range(units)}
-    edge = SparkplugEdgeNode(MqttSettings(port=port), "BENCH", f"bench{units}", devices)
+    edge = SparkplugEdgeNode(MqttSettings(port=port), "BENCH", f"bench-{folder.name}", devices)
     edge.start()
     time.sleep(1.0)
     rng = np.random.default_rng(0)
