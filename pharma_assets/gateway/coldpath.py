@@ -35,6 +35,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -385,6 +386,7 @@ def run_flusher(
     ``stop`` is set (after draining what was sealed) or when the gateway process is gone
     (a SIGKILL: it finishes the segment in hand, the restarted gateway recovers the rest)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s flusher %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the gateway stops us in order
     cold = ColdPath(buffer_dir, landing_dir, fsync=fsync)
     cold.track_marks = True
     errors = 0
