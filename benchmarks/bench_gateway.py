@@ -179,6 +179,7 @@ def gateway_role(port: int, folder: Path, flush_s: float = 5.0) -> None:
                 "p50_ms": float(np.percentile(d, 50)) if d.size else None,
                 "p99_ms": float(np.percentile(d, 99)) if d.size else None,
                 "max_ms": float(d.max()) if d.size else None,
+                "over_1s_pct": float(100 * (d > 1000).mean()) if d.size else None,
             }
         )
     )
@@ -351,17 +352,18 @@ def ceiling(rows: list[dict[str, Any]]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| units x tags | publishing | s | readings/s | published | accepted | landed | p50 ms | "
-        "p99 ms | max ms | backlog drained after s | gateway CPU % of a core | gateway CPU µs "
-        "per reading | gateway waited for a CPU, % of the run | gateway peak RSS MB | "
-        "load avg (start / end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "p99 ms | max ms | readings later than 1 s % | backlog drained after s | gateway CPU % "
+        "of a core | gateway CPU µs per reading | gateway waited for a CPU, % of the run | "
+        "gateway peak RSS MB | load avg (start / end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['units']} x {r['tags']} | {r['pattern']} | {r['seconds']} | "
             f"{r['readings_per_s']:,.0f} | {r['published']:,} | "
             f"{r['accepted']:,} | {r['landed']:,} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-            f"{r['max_ms']:.0f} | {r['drain_s']:.1f} | {r['gateway_cpu_pct']:.0f} | "
+            f"{r['max_ms']:.0f} | {r.get('over_1s_pct', float('nan')):.1f} | "
+            f"{r['drain_s']:.1f} | {r['gateway_cpu_pct']:.0f} | "
             f"{r['gateway_cpu_us_per_reading']:.0f} | {r['gateway_wait_pct']:.0f} | "
             f"{r['gateway_peak_rss_mb']:.0f} | "
             f"{r['load_before']:.1f} / {r['load_after']:.1f} |"
