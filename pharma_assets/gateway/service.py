@@ -202,7 +202,7 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
             )
             mb.start_in_thread()
             svc.sources.append(mb)
-    gw.start_flusher(cfg.flush_interval_s)
+    gw.start_flusher(cfg.flush_interval_s, process=cfg.flush_process)
     svc.start_publisher()
     if cfg.api is not None:
         import uvicorn
