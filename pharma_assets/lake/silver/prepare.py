@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from .. import bronze
-from ..specs import ALL_PHASES, CppSpec
+from ..specs import CppSpec
 from ..storage import UTC_US, Lake
 from .common import LAYER
 
@@ -161,9 +161,12 @@ def prepare_batch(
         )["_key"].drop_nulls()
         dup = dup | pl.col("_key").is_in(ek.implode())
     df = df.with_columns(is_dup=dup.fill_null(False))
-    # phase: the last phase that started at or before the reading (a sorted search, then
-    # gathers from the batch's few phases: no per-row string building)
-    ph = phases.filter(pl.col("batch_id") == bid).sort("start_ts", maintain_order=True)
+    # phase: the last phase of the unit class's own (and one-phase "batch") that started at
+    # or before the reading (MES phases are checked against the class in silver/batches): a
+    # sorted search, then gathers from the batch's few phases, no per-row string building
+    names = spec.phase_names
+    ph = phases.filter((pl.col("batch_id") == bid) & pl.col("phase").is_in(list(names)))
+    ph = ph.sort("start_ts", maintain_order=True)
     if ph.height == 0:
         return df.with_columns(
             phase=pl.lit(None, pl.String),
@@ -173,10 +176,10 @@ def prepare_batch(
     starts = ph["start_ts"].cast(UTC_US)
     pos = starts.search_sorted(df["ts"], side="right").cast(pl.Int64) - 1
     pos = pl.Series("pos", pos).set(df["ts"].is_null() | (pos < 0), None)  # type: ignore[arg-type]
-    names = ph["phase"]
-    ph_idx = names.replace_strict({p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8)
+    ph_names = ph["phase"]
+    ph_idx = ph_names.replace_strict({p: i for i, p in enumerate(names)}, return_dtype=pl.Int8)
     return df.with_columns(
-        phase=names.gather(pos),
+        phase=ph_names.gather(pos),
         phase_start=starts.gather(pos),
         phase_idx=ph_idx.gather(pos),
     )
