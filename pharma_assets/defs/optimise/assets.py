@@ -10,7 +10,7 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml.resources import MlResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.optimise import surrogate, tables
+from pharma_assets.optimise import history, surrogate, tables
 from pharma_assets.twin.config import load_recipes
 
 GROUP = "optimise"
@@ -247,5 +247,59 @@ def recipe_recommendations(lakehouse: LakehouseResource) -> dg.MaterializeResult
     )
 
 
+@dg.asset(
+    key=[LAYER, "history_patterns"],
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[
+        dg.AssetKey(["gold", "batch_summary"]),
+        dg.AssetKey(["silver", "telemetry_stats"]),
+        dg.AssetKey(["silver", "batch_phases"]),
+        dg.AssetKey(["silver", "lab_results"]),
+        dg.AssetKey(["silver", "material_lots"]),
+        dg.AssetKey([LAYER, "recipe_recommendations"]),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec("intervals_ordered", asset=[LAYER, "history_patterns"]),
+    ],
+    description="Learning from history: per recipe, the top quarter of completed batches by "
+    "product mass against the rest on realised set-points, shift day, batch length, seed "
+    "density and the lots' CoA results (difference with 95 % Welch interval, Hedges' g, "
+    "Spearman with product mass), and where the twin optimiser's proposal lies against them "
+    "(pharma_assets/optimise/history.py). Observational: associations, not effects.",
+)
+def history_patterns(lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    prop, cur = history.proposals_from_table(lake.read(LAYER, "recipe_recommendations"))
+    df = history.from_lake(lake, prop, cur)
+    bad = 0
+    if df.height and "diff_lo" in df.columns:
+        bad = df.filter(
+            pl.col("diff").is_not_null()
+            & (
+                (pl.col("diff_lo") > pl.col("diff") + 1e-9)
+                | (pl.col("diff_hi") < pl.col("diff") - 1e-9)
+            )
+        ).height
+    significant = int(df["significant"].sum()) if "significant" in df.columns else 0
+    return dg.MaterializeResult(
+        metadata={
+            **_write(lake, "history_patterns", df),
+            "recipes": df["recipe_id"].n_unique() if df.height else 0,
+            "significant_features": significant,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="intervals_ordered", passed=bad == 0, metadata={"rows_bad": bad}
+            )
+        ],
+    )
+
+
 RUNNING_ASSETS = [twin_calibrated_state, batch_recommendations, harvest_recommendations]
-RECIPE_ASSETS = [inbatch_surrogate, sensitivity_and_design_space, recipe_recommendations]
+RECIPE_ASSETS = [
+    inbatch_surrogate,
+    sensitivity_and_design_space,
+    recipe_recommendations,
+    history_patterns,
+]
