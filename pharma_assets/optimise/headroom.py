@@ -129,3 +129,63 @@ def near_optimum(table: pl.DataFrame, tol: float = 0.005) -> Sequence[str]:
     the twin without breaking a constraint."""
     t = table.filter(pl.col("profile_best_feasible_gain") > tol)
     return t["decision"].to_list()
+
+
+# ---------------------------------------------------------------- local refinement
+SETPOINT_NOR = {
+    "T_grow": ("temperature_c", "growth"),
+    "T_prod": ("temperature_c", "production"),
+    "ph_sp": ("ph", "production"),
+    "do_sp": ("dissolved_oxygen_pct", "production"),
+}
+
+
+def refine_box(recipe: Recipe, spec: CppSpec | None = None) -> dict[str, tuple[float, float]]:
+    """The optimiser's box with the set-points narrowed to their NOR (inside the PAR): a
+    set-point on the PAR edge leaves the PAR whenever control scatters around it (the
+    in-batch evaluation saw it for temperature), so a local refinement stays in the NOR."""
+    spec = spec or load_spec()
+    out = {}
+    for d, b in bounds(recipe, spec).items():
+        lo, hi = b.lo, b.hi
+        if d in SETPOINT_NOR:
+            nor = spec.tags[SETPOINT_NOR[d][0]].limits(SETPOINT_NOR[d][1]).nor
+            if nor is not None:
+                lo, hi = max(lo, nor[0]), min(hi, nor[1])
+        out[d] = (lo, hi)
+    return out
+
+
+def refine(
+    recipe: Recipe,
+    opt: Optimisation,
+    passes: int = 3,
+    points: int = 9,
+    spec: CppSpec | None = None,
+    plant: PlantConfig | None = None,
+) -> tuple[dict[str, float], pl.DataFrame]:
+    """Coordinate ascent from the optimiser's proposal on the same training draws: each
+    decision in turn moves to the best feasible point of its grid over `refine_box` (others
+    held), for ``passes`` passes. Returns the refined settings and the trace (one row per
+    pass and decision). The proposal is kept where no grid point beats it."""
+    spec = spec or load_spec()
+    plant = plant or load_plant()
+    wv = min(u.working_volume_l for u in plant.units)
+    draws = plant_draws(opt.train_seeds)
+    box = refine_box(recipe, spec)
+    cur = dict(opt.best.settings)
+    for d, (lo, hi) in box.items():  # start inside the refinement box
+        cur[d] = float(np.clip(cur[d], lo, hi))
+    (ev,) = evaluate(recipe, draws, [cur], wv, spec)
+    best_m = ev.mean_product_kg if ev.p_rft >= MIN_P_IN_SPEC else -np.inf
+    trace = []
+    for k in range(passes):
+        for d in DECISIONS:
+            lo, hi = box[d]
+            grid = [cur | {d: float(v)} for v in np.linspace(lo, hi, points)]
+            for s, e in zip(grid, evaluate(recipe, draws, grid, wv, spec), strict=True):
+                ok = e.p_rft >= MIN_P_IN_SPEC and e.p_volume_ok >= MIN_P_IN_SPEC
+                if ok and e.mean_product_kg > best_m + 1e-9:
+                    best_m, cur = e.mean_product_kg, s
+            trace.append({"pass": k + 1, "decision": d, "value": cur[d], "mean_product_kg": best_m})
+    return cur, pl.DataFrame(trace)

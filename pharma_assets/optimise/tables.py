@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
@@ -97,15 +98,18 @@ def calibrated_state_table(
 def batch_recommendation_table(
     cals: dict[str, CalibratedBatch],
     errors: dict[str, str],
-    surrogate: Surrogate | None,
+    surrogates: Mapping[str, Surrogate | None],
     spec: CppSpec | None = None,
 ) -> pl.DataFrame:
+    """MPC and, where the batch's recipe has a surrogate (``surrogates[recipe_id]``), the
+    neural engine for every calibrated running batch."""
     spec = spec or load_spec()
     rows: list[dict[str, object]] = []
     for cal in cals.values():
         recs = [inbatch.recommend_mpc(cal, spec=spec)]
-        if surrogate is not None:
-            recs.append(recommend_neural(cal, surrogate, spec=spec)[0])
+        sur = surrogates.get(cal.recipe.recipe_id)
+        if sur is not None:
+            recs.append(recommend_neural(cal, sur, spec=spec)[0])
         for r in recs:
             rows.append(
                 {

@@ -37,7 +37,7 @@ def test_lactate_kinetics_are_learnt_from_lims_lactate() -> None:
     assert cal.lactate.consumption_mult < 1.0  # true 0.4 (little seen by day 6)
     assert cal.lactate.rms_after < cal.lactate.rms_before / 3
     # the twin now carries the lactate the LIMS measured
-    t, v = high.lims["lactate_g_l"]
+    _t, v = high.lims["lactate_g_l"]
     assert np.median(cal.state.L) == pytest.approx(v[-1], rel=0.25)
     nominal = calibration.calibrate_lactate(_observe(p), FB14, n_members=8)
     assert nominal.lactate is not None

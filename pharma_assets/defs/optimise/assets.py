@@ -83,26 +83,33 @@ def twin_calibrated_state(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     key=[LAYER, "inbatch_surrogate"],
     group_name=GROUP,
     kinds={"mlflow", "scikitlearn"},
-    description="The neural engine of the in-batch recommender: an MLP surrogate of the twin "
-    "trained on twin rollouts of disturbed plant draws (pharma_assets/optimise/surrogate.py), "
-    "registered in MLflow as pharma_inbatch_surrogate; held-out R² and RMSE per CQA.",
+    description="The neural engine of the in-batch recommender, one per recipe: an MLP "
+    "surrogate of the twin trained on the recipe's twin rollouts of disturbed plant draws "
+    "(pharma_assets/optimise/surrogate.py), registered in MLflow as "
+    "pharma_inbatch_surrogate_<recipe>; held-out R² and RMSE per CQA and recipe.",
 )
 def inbatch_surrogate(lakehouse: LakehouseResource, ml: MlResource) -> dg.MaterializeResult:
-    fb14 = load_recipes().get("MAB-A-FB14")
-    sur = surrogate.train(surrogate.rollouts(fb14, spec=lakehouse.spec()))
-    reg = surrogate.log_to_mlflow(sur, fb14.recipe_id, uri=ml.uri())
-    df = pl.DataFrame(
-        {"output": list(sur.r2), "r2": list(sur.r2.values()), "rmse": list(sur.rmse.values())}
-    )
-    meta = _write(lakehouse.lake(), "inbatch_surrogate", df)
+    frames, meta = [], {}
+    for r in load_recipes().recipes:
+        sur = surrogate.train(surrogate.rollouts(r, spec=lakehouse.spec()))
+        reg = surrogate.log_to_mlflow(sur, r.recipe_id, uri=ml.uri())
+        frames.append(
+            pl.DataFrame(
+                {
+                    "recipe_id": r.recipe_id,
+                    "output": list(sur.r2),
+                    "r2": list(sur.r2.values()),
+                    "rmse": list(sur.rmse.values()),
+                    "n_train": sur.n_train,
+                    "n_test": sur.n_test,
+                }
+            )
+        )
+        meta[f"{r.recipe_id}_mlflow_version"] = str(getattr(reg, "version", ""))
+        meta[f"{r.recipe_id}_r2_product_mass_kg"] = sur.r2["product_mass_kg"]
+    df = pl.concat(frames)
     return dg.MaterializeResult(
-        metadata={
-            **meta,
-            "mlflow_version": str(getattr(reg, "version", "")),
-            "r2_product_mass_kg": sur.r2["product_mass_kg"],
-            "n_train": sur.n_train,
-            "n_test": sur.n_test,
-        },
+        metadata={**_write(lakehouse.lake(), "inbatch_surrogate", df), **meta}
     )
 
 
@@ -123,11 +130,14 @@ def batch_recommendations(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
     lake, cals, errors = _running(lakehouse)
-    sur, note = surrogate.load_latest(ml.uri())
-    context.log.info(note)
-    df = tables.batch_recommendation_table(cals, errors, sur, lakehouse.spec())
+    surs, notes = {}, []
+    for rid in sorted({c.recipe.recipe_id for c in cals.values()}):
+        surs[rid], note = surrogate.load_latest(rid, ml.uri())
+        context.log.info(note)
+        notes.append(note)
+    df = tables.batch_recommendation_table(cals, errors, surs, lakehouse.spec())
     return dg.MaterializeResult(
-        metadata={**_write(lake, "batch_recommendations", df), "surrogate": note},
+        metadata={**_write(lake, "batch_recommendations", df), "surrogate": "; ".join(notes)},
         check_results=[
             dg.AssetCheckResult(
                 check_name="no_recommendation_outside_par", **_kw(_par_check(df, lakehouse, "rec_"))
