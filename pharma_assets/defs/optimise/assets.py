@@ -89,7 +89,8 @@ def twin_calibrated_state(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     "pharma_inbatch_surrogate_<recipe>; held-out R² and RMSE per CQA and recipe.",
 )
 def inbatch_surrogate(lakehouse: LakehouseResource, ml: MlResource) -> dg.MaterializeResult:
-    frames, meta = [], {}
+    frames: list[pl.DataFrame] = []
+    meta: dict[str, Any] = {}
     for r in load_recipes().recipes:
         sur = surrogate.train(surrogate.rollouts(r, spec=lakehouse.spec()))
         reg = surrogate.log_to_mlflow(sur, r.recipe_id, uri=ml.uri())
