@@ -26,10 +26,10 @@ def main() -> None:
     start = datetime(2028, 6, 5, tzinfo=UTC)
     plan = plan_history(load_plant(), RecipeBook(recipes=[r]), 30, ie.EVAL_SEED, start=start)
     clean = [b for b in plan.batches if b.status == "complete" and not b.faults][10:15]
-    u = ie._stack(
+    u = ie.stack_inputs(
         [BatchInputs(**{k: np.array([v], float) for k, v in b.inputs.items()}) for b in clean]
     )
-    hl = ie._params("high_lactate")
+    hl = ie.disturbed_params("high_lactate")
     for day in (3, 6):
         rec = Engine(u, dt_h=ie.DT, seed=1, params=hl).run(round(day * 24 * 60))
         ids = [f"b{i}" for i in range(u.n)]

@@ -51,12 +51,12 @@ from .inbatch_eval import (
     DISTURBANCES,
     DT,
     EVAL_SEED,
-    _CppWatch,
-    _disturb,
-    _params,
-    _stack,
-    _with_actions,
+    CppWatch,
+    disturb,
+    disturbed_params,
+    stack_inputs,
     summarise,
+    with_actions,
 )
 from .observations import BatchObservations, from_engine
 from .recipe import FEED_SCALE_RANGE, EngineSummary, in_spec
@@ -191,15 +191,13 @@ def evaluate_replanning(
     for kind in disturbances:
         g = DISTURBANCES.index(kind)
         group = clean[g * per_disturbance : (g + 1) * per_disturbance]
-        u = _stack(
+        u = stack_inputs(
             [
-                BatchInputs(
-                    **{k: np.array([v], float) for k, v in _disturb(kind, b.inputs).items()}
-                )
+                BatchInputs(**{k: np.array([v], float) for k, v in disturb(kind, b.inputs).items()})
                 for b in group
             ]
         )
-        params = _params(kind)
+        params = disturbed_params(kind)
         eng = Engine(u, dt_h=DT, seed=eval_seed + g, params=params)
         rec0 = eng.run(k_dec)
         state0 = eng.state
@@ -227,7 +225,7 @@ def evaluate_replanning(
             )
             acc = EngineSummary(u, u.end_h.copy(), DT)
             acc.add(rec0, 0)
-            cpp = _CppWatch(u, spec)
+            cpp = CppWatch(u, spec)
             k = k_dec
             while True:
                 due = arm != "fixed" and (k == k_dec or (hourly and (k - k_dec) % step == 0))
@@ -238,7 +236,7 @@ def evaluate_replanning(
                         if acts[i]["harvest_day"] - now_d < 0.25 + 1e-9:
                             continue  # harvest within the hour: nothing left to decide
                         rec_i = {n: v[:, i : i + 1] for n, v in full.items()}
-                        ui = _with_actions(u, acts).take([i])
+                        ui = with_actions(u, acts).take([i])
                         obs = from_engine(
                             rec_i,
                             ui,
@@ -254,7 +252,7 @@ def evaluate_replanning(
                         decisions[i] += 1
                         changes[i] += int(any(abs(new[a] - acts[i][a]) > 1e-6 for a in new))
                         acts[i] = new
-                    ua = _with_actions(u, acts)
+                    ua = with_actions(u, acts)
                     e.inputs = ua
                     acc.end_k = np.ceil(ua.end_h / DT).astype(int)
                     acc.shift_k = (ua.shift_h / DT).astype(int)
