@@ -20,6 +20,7 @@ import polars as pl
 from pharma_assets.lake.specs import CppSpec, load_spec
 from pharma_assets.twin.config import PlantConfig, Recipe, load_plant
 
+from . import recipe as recipe_mod
 from .recipe import DECISIONS, MIN_P_IN_SPEC, Optimisation, bounds, evaluate, plant_draws
 
 AT_BOUND = 0.02  # within this share of the range from a bound counts as "at the bound"
@@ -189,3 +190,30 @@ def refine(
                     best_m, cur = e.mean_product_kg, s
             trace.append({"pass": k + 1, "decision": d, "value": cur[d], "mean_product_kg": best_m})
     return cur, pl.DataFrame(trace)
+
+
+def optimise_and_refine(
+    recipe: Recipe,
+    n_trials: int = 160,
+    spec: CppSpec | None = None,
+    plant: PlantConfig | None = None,
+) -> tuple[Optimisation, pl.DataFrame]:
+    """`recipe.optimise` (TPE over the PAR box), then `refine` (coordinate ascent in the NOR
+    box) from its proposal on the same training draws; the refined settings replace the
+    proposal when they are feasible and better on the twin. Returns the optimisation (its
+    ``best`` the final proposal) and the refinement trace."""
+    from dataclasses import replace
+
+    spec = spec or load_spec()
+    plant = plant or load_plant()
+    opt = recipe_mod.optimise(recipe, n_trials=n_trials, spec=spec, plant=plant)
+    s, trace = refine(recipe, opt, spec=spec, plant=plant)
+    wv = min(u.working_volume_l for u in plant.units)
+    (ev,) = evaluate(recipe, plant_draws(opt.train_seeds), [s], wv, spec)
+    feasible = ev.p_rft >= MIN_P_IN_SPEC and ev.p_volume_ok >= MIN_P_IN_SPEC
+    if feasible and ev.mean_product_kg > opt.best.mean_product_kg:
+        problems = recipe_mod.check_par(ev.settings, recipe, spec)
+        if problems:  # the refinement box is inside the PAR; this would be a bug
+            raise AssertionError(f"refinement left the PAR: {problems}")
+        opt = replace(opt, best=ev)
+    return opt, trace

@@ -27,7 +27,7 @@ from pharma_assets.lake.specs import CppSpec, load_spec
 from pharma_assets.lake.storage import Lake
 from pharma_assets.twin.config import RecipeBook, load_recipes
 
-from . import inbatch, recipe, sensitivity
+from . import headroom, inbatch, recipe, sensitivity
 from .calibration import CalibratedBatch, calibrate
 from .observations import CalibrationDataError, from_lake
 from .surrogate import Surrogate, recommend_neural
@@ -174,7 +174,7 @@ def recipe_recommendation_table(
     recipes = recipes or load_recipes()
     rows = []
     for r in recipes.recipes:
-        opt = recipe.optimise(r, n_trials=n_trials, spec=spec)
+        opt, _ = headroom.optimise_and_refine(r, n_trials=n_trials, spec=spec)
         ver = recipe.verify(r, opt.best.settings, n_batches=eval_batches, spec=spec)
         rows.append(recipe.recommendation_record(opt, ver))
     return _frame(rows)

@@ -155,3 +155,22 @@ def test_headroom_profiles_stay_in_the_box_and_explain_the_proposal() -> None:
     assert (t["profile_best_unconstrained_gain"] >= t["profile_best_feasible_gain"] - 1e-12).all()
     assert summary["feasible_trials"] == opt.feasible_trials
     assert summary["twin_gain"] == pytest.approx(opt.predicted_gain)
+
+
+def test_refinement_stays_in_the_nor_and_never_loses_on_the_twin() -> None:
+    opt = ro.optimise(FB14, n_trials=16, train_seeds=range(8))
+    s, trace = headroom.refine(FB14, opt, passes=2, points=5)
+    box = headroom.refine_box(FB14)
+    for d, (lo, hi) in box.items():
+        assert lo - 1e-9 <= s[d] <= hi + 1e-9, d
+    assert not ro.check_par(s, FB14)
+    for d in ("T_prod", "ph_sp", "do_sp"):  # the NOR lies inside the PAR
+        assert ro.bounds(FB14)[d].lo <= box[d][0] < box[d][1] <= ro.bounds(FB14)[d].hi
+    assert trace.height == 2 * len(ro.DECISIONS)
+    assert trace["mean_product_kg"].is_sorted()  # coordinate ascent: never worse
+    from pharma_assets.twin.config import load_plant
+
+    wv = min(u.working_volume_l for u in load_plant().units)
+    (ev,) = ro.evaluate(FB14, ro.plant_draws(opt.train_seeds), [s], wv)
+    assert ev.p_rft >= ro.MIN_P_IN_SPEC
+    assert ev.mean_product_kg == pytest.approx(trace["mean_product_kg"][-1])
