@@ -263,8 +263,8 @@ def followups(part: str, arg: str = "") -> dict[str, Any]:
             ingest_all(Lake.at(root / "lake"), root / "landing")
         out["lake_s"] = time.perf_counter() - t0
         prop, cur = {}, {}
-        for r in load_recipes().recipes:
-            opt = recipe.optimise(r, n_trials=160)
+        for r in load_recipes().recipes:  # the proposals gold/recipe_recommendations holds
+            opt, _ = headroom.optimise_and_refine(r, n_trials=160)
             prop[r.recipe_id], cur[r.recipe_id] = opt.best.settings, opt.current.settings
         out["table"] = history.from_lake(Lake.at(root / "lake"), prop, cur).to_dicts()
     elif part in ("replan", "once"):
