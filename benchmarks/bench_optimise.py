@@ -212,13 +212,15 @@ def decisions(eval_batches: int = 60, per_disturbance: int = 5) -> dict[str, Any
     return out
 
 
-def followups(part: str, arg: str = "") -> dict[str, Any]:
+def followups(part: str, arg: str = "", every_h: str = "1", per: str = "3") -> dict[str, Any]:
     """Issue 13's follow-ups, one part per call (each sized to run beside the others on the
     shared machine; `docs/benchmarks.md` quotes them with their load):
 
     * ``history``: a 80-batch plant lake (4 units, faults on, 10-minute sampling) through
       landing -> gold, then `history.from_lake` against the optimiser's proposals;
-    * ``replan <disturbance>``: `inbatch_replan.evaluate_replanning`, 3 batches, hourly;
+    * ``replan <disturbance> [every_h] [per]``: `inbatch_replan.evaluate_replanning` on
+      FB14, ``per`` batches (3), re-planned every ``every_h`` hours (1); the measured run
+      used 6 h and 2 batches (docs/optimisation.md says why);
     * ``once <recipe>``: the same batches (5 per disturbance), plan-once arms only;
     * ``neural <recipe>``: the recipe's own surrogate and `inbatch_eval.evaluate`;
     * ``refine <recipe>``: optimise, headroom, NOR refinement, both verified (60 batches).
@@ -272,9 +274,12 @@ def followups(part: str, arg: str = "") -> dict[str, Any]:
         rid = "MAB-A-FB14" if part == "replan" else arg
         ev = inbatch_replan.evaluate_replanning(
             load_recipes().get(rid),
-            per_disturbance=3 if part == "replan" else 5,
+            per_disturbance=int(per) if part == "replan" else 5,
+            every_h=float(every_h),
             disturbances=kinds,
-            arms=inbatch_replan.ARMS if part == "replan" else inbatch_replan.ARMS[:3],
+            arms=("fixed", "mpc_lac_once", "mpc_lac_hourly")
+            if part == "replan"
+            else inbatch_replan.ARMS[:3],
         )
         out |= {
             "replans": ev.replans,
@@ -322,9 +327,8 @@ if __name__ == "__main__":
     ap.add_argument(
         "--followup",
         nargs="+",
-        metavar=("PART", "ARG"),
-        help="one follow-up part (history [dir] | replan KIND | once RECIPE | neural RECIPE | "
-        "refine RECIPE), see followups()",
+        help="one follow-up part (history [dir] | replan KIND [EVERY_H] [PER] | once RECIPE | "
+        "neural RECIPE | refine RECIPE), see followups()",
     )
     a = ap.parse_args()
     if a.followup:
