@@ -333,7 +333,7 @@ else:
 # ---------------------------------------------------------------- learning from history
 st.subheader("Learning from history: the best batches vs the optimiser")
 hist = data.read("gold", "history_patterns")
-if hist is None or hist.height == 0 or "feature" not in hist.columns:
+if hist is None or hist.height == 0 or "recipe_id" not in hist.columns:
     st.info(
         "No history comparison yet: materialize gold/history_patterns (recipe_optimise_job) "
         "once the lake holds completed batches."
@@ -343,8 +343,8 @@ else:
         "Recipe", hist["recipe_id"].unique(maintain_order=True).to_list(), key="wif_hist"
     )
     h = hist.filter(pl.col("recipe_id") == h_rid)
-    if "note" in h.columns and h["feature"].is_null().all():
-        st.info(str(h["note"][0]))
+    if "feature" not in h.columns or h["feature"].is_null().all():
+        st.info(f"{h_rid}: " + str(h["note"][0] if "note" in h.columns else "no comparison"))
     else:
         h = h.filter(pl.col("feature").is_not_null())
         r0 = h.row(0, named=True)
