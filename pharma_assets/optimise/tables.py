@@ -28,7 +28,7 @@ from pharma_assets.lake.storage import Lake
 from pharma_assets.twin.config import RecipeBook, load_recipes
 
 from . import headroom, inbatch, recipe, sensitivity
-from .calibration import CalibratedBatch, calibrate
+from .calibration import CalibratedBatch, calibrate_lactate
 from .observations import CalibrationDataError, from_lake
 from .surrogate import Surrogate, recommend_neural
 from .whatif import Scenario, run_whatif
@@ -49,13 +49,14 @@ def calibrate_running(
     as_of: datetime | None = None,
     n_members: int = 50,
 ) -> tuple[dict[str, CalibratedBatch], dict[str, str]]:
-    """Calibrated ensembles of every running batch, and the reason for each that failed."""
+    """Calibrated ensembles of every running batch (with the batch's lactate kinetics from its
+    LIMS lactate, `calibration.calibrate_lactate`), and the reason for each that failed."""
     recipes = recipes or load_recipes()
     cals, errors = {}, {}
     for bid in running_batches(lake):
         try:
             obs = from_lake(lake, bid, as_of=as_of)
-            cals[bid] = calibrate(obs, recipes.get(obs.recipe_id), n_members=n_members)
+            cals[bid] = calibrate_lactate(obs, recipes.get(obs.recipe_id), n_members=n_members)
         except (CalibrationDataError, KeyError, ValueError) as e:
             errors[bid] = str(e)
     return cals, errors
