@@ -7,15 +7,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
-from dagster._core.definitions.sensor_definition import SensorExecutionData
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from pharma_assets.defs.lakehouse.automation import landing_sensor
 from pharma_assets.defs.lakehouse.definitions import defs as lakehouse_defs
@@ -24,6 +20,22 @@ from pharma_assets.lake.landing_scan import scan_landing
 from pharma_assets_tests.lake.conftest import landing, landing_template  # noqa: F401
 
 BATCH_PARTITIONS = "batch"
+# the run tags a ranged backfill request carries (Dagster's documented tag names)
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+class SensorTick(Protocol):
+    """What the tests read of ``SensorDefinition.evaluate_tick``'s result (public fields)."""
+
+    @property
+    def run_requests(self) -> Sequence[dg.RunRequest] | None: ...
+    @property
+    def skip_message(self) -> str | None: ...
+    @property
+    def cursor(self) -> str | None: ...
+    @property
+    def dynamic_partitions_requests(self) -> Sequence[Any] | None: ...
 
 
 def lakehouse_for(landing_dir: Path, lake_dir: Path) -> LakehouseResource:
@@ -47,7 +59,7 @@ def sensor_tick(
     instance: dg.DagsterInstance,
     lakehouse: LakehouseResource,
     cursor: str | None = None,
-) -> SensorExecutionData:
+) -> SensorTick:
     """One evaluation of a sensor, as the daemon makes it (its requests are not applied)."""
     # closed after the tick: a context left open keeps the instance it opened from the ref
     # as the current DefsStateStorage of every later Definitions load in this process
@@ -63,7 +75,7 @@ def sensor_tick(
 
 def landing_tick(
     instance: dg.DagsterInstance, lakehouse: LakehouseResource, cursor: str | None = None
-) -> SensorExecutionData:
+) -> SensorTick:
     return sensor_tick(landing_sensor, instance, lakehouse, cursor)
 
 
@@ -77,14 +89,14 @@ def requested_batches(req: dg.RunRequest, instance: dg.DagsterInstance) -> list[
     return ordered[ordered.index(start) : ordered.index(end) + 1]
 
 
-def apply_partition_requests(instance: dg.DagsterInstance, tick: SensorExecutionData) -> None:
+def apply_partition_requests(instance: dg.DagsterInstance, tick: SensorTick) -> None:
     """What the daemon does with the tick's dynamic partitions requests."""
     for req in tick.dynamic_partitions_requests or []:
         assert isinstance(req, dg.AddDynamicPartitionsRequest)
         instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
 
 
-def cursor_of(tick: SensorExecutionData) -> dict[str, Any]:
+def cursor_of(tick: SensorTick) -> dict[str, Any]:
     assert tick.cursor is not None
     return json.loads(tick.cursor)
 

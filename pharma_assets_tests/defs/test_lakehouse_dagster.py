@@ -18,7 +18,6 @@ import dagster as dg
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from pharma_assets.compliance import release
 from pharma_assets.defs.lakehouse.automation import (
@@ -41,6 +40,7 @@ from pharma_assets.pipeline import PipelineResult, run_pipeline
 
 from .conftest import (
     BATCH_PARTITIONS,
+    SensorTick,
     apply_partition_requests,
     cursor_of,
     definitions_with,
@@ -61,7 +61,7 @@ class Materialized:
     landing: Path
     lake: Lake
     result: PipelineResult
-    gold_tick_before: SensorExecutionData  # gold_refresh_sensor on the still empty lake
+    gold_tick_before: SensorTick  # gold_refresh_sensor on the still empty lake
 
 
 @pytest.fixture
@@ -306,11 +306,11 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield inst
 
 
-def _ingest_requests(tick: SensorExecutionData) -> list[dg.RunRequest]:
+def _ingest_requests(tick: SensorTick) -> list[dg.RunRequest]:
     return [r for r in tick.run_requests or [] if r.job_name == "batch_ingest_job"]
 
 
-def _covered(tick: SensorExecutionData, instance: dg.DagsterInstance) -> list[str]:
+def _covered(tick: SensorTick, instance: dg.DagsterInstance) -> list[str]:
     return [b for r in _ingest_requests(tick) for b in requested_batches(r, instance)]
 
 

@@ -8,18 +8,21 @@ simulator (history and live mode).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
+
+# Private on purpose, tests only: Dagster has no public API to put a QUEUED run (which must
+# carry a remote origin) into run storage without a daemon and a code server.
 from dagster._core.remote_origin import (
     RegisteredCodeLocationOrigin,
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
-from dagster._core.utils import make_new_run_id
 
 from pharma_assets.defs.lakehouse.automation import (
     LANE_TAG,
@@ -69,7 +72,7 @@ def open_run(
     )
     return instance.add_run(
         dg.DagsterRun(
-            job_name=job_name, run_id=make_new_run_id(), status=status, remote_job_origin=origin
+            job_name=job_name, run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin
         )
     )
 

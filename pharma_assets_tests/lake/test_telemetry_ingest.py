@@ -8,11 +8,6 @@ by a later run.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +31,7 @@ from pharma_assets_tests.lake.test_reliability import (
     _run_concurrently,
     assert_exactly_once,
 )
+from pharma_assets_tests.spawn import sigkill_when
 
 REPO = Path(__file__).resolve().parents[2]
 VOLATILE = {"processed_at", "ingested_at", "ingest_run_id", "run_id"}
@@ -147,36 +143,15 @@ def test_sigkill_mid_one_pass_then_rerun_is_exactly_once(
 ) -> None:
     landing = _make_landing(landing_template, tmp_path / "landing", [KILL_BATCH])
     root = tmp_path / "lake"
-    err = tmp_path / "child.stderr"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    with open(err, "wb") as err_fh:
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), str(landing), KILL_BATCH],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err_fh,
-        )
-        try:
-            deadline = time.monotonic() + HANG_GUARD_S
-            while _commits(root, table) < commits:
-                if child.poll() is not None:
-                    pytest.fail(
-                        f"child ended ({child.returncode}) before {table} had {commits} "
-                        f"commits:\n{err.read_text()}"
-                    )
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{table} never reached {commits} commits")
-                time.sleep(0.002)
-            os.kill(child.pid, signal.SIGKILL)
-        finally:
-            if child.poll() is None:
-                child.kill()
-            child.wait(HANG_GUARD_S)
-    assert child.returncode == -signal.SIGKILL, err.read_text()
+    sigkill_when(
+        CHILD,
+        [str(root), str(landing), KILL_BATCH],
+        cwd=REPO,
+        stderr_path=tmp_path / "child.stderr",
+        ready=lambda: _commits(root, table) >= commits,
+        what=f"{table} has {commits} commits",
+        hang_guard_s=HANG_GUARD_S,
+    )
     lake = Lake.at(root)
     n_tel = len(files_for_batch(landing, "telemetry", KILL_BATCH))
     tlog = lake.read("silver", "telemetry_log")

@@ -121,24 +121,37 @@ bronze_lims = _bronze_batch_asset("lims", "LIMS results as landed (in-process an
 def bronze_cmms(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> dg.MaterializeResult:
+    return ingest_plant_wide(context, lakehouse, "cmms", "unroutable")
+
+
+def ingest_plant_wide(
+    context: dg.AssetExecutionContext,
+    lakehouse: LakehouseResource,
+    source: str,
+    *also: str,
+) -> dg.MaterializeResult:
+    """Ingest every landed file of a plant-wide (unpartitioned) source into bronze/<source>,
+    plus the files of the ``also`` sources into their own bronze tables; metadata of all."""
     lake = lakehouse.lake()
     rep = bronze.ingest_files(
         lake,
         lakehouse.landing_dir,
-        "cmms",
-        files_for_source(lakehouse.landing_dir, "cmms"),
+        source,
+        files_for_source(lakehouse.landing_dir, source),
         context.run.run_id,
     )
-    odd = bronze.ingest_files(
-        lake,
-        lakehouse.landing_dir,
-        "unroutable",
-        files_for_source(lakehouse.landing_dir, "unroutable"),
-        context.run.run_id,
-    )
-    rep.merge(odd)
+    for other in also:
+        rep.merge(
+            bronze.ingest_files(
+                lake,
+                lakehouse.landing_dir,
+                other,
+                files_for_source(lakehouse.landing_dir, other),
+                context.run.run_id,
+            )
+        )
     return dg.MaterializeResult(
-        metadata={**rep.as_metadata(), **table_meta(lake, "bronze", "cmms")}
+        metadata={**rep.as_metadata(), **table_meta(lake, "bronze", source)}
     )
 
 

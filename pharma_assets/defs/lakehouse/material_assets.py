@@ -3,10 +3,9 @@
 
 import dagster as dg
 
-from pharma_assets.lake import bronze, material_lots
-from pharma_assets.lake.landing_scan import files_for_source
+from pharma_assets.lake import material_lots
 
-from .assets import DELTA, table_meta
+from .assets import DELTA, ingest_plant_wide
 from .resources import LakehouseResource
 
 
@@ -21,15 +20,7 @@ from .resources import LakehouseResource
 def bronze_coa(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> dg.MaterializeResult:
-    lake = lakehouse.lake()
-    rep = bronze.ingest_files(
-        lake,
-        lakehouse.landing_dir,
-        "coa",
-        files_for_source(lakehouse.landing_dir, "coa"),
-        context.run.run_id,
-    )
-    return dg.MaterializeResult(metadata={**rep.as_metadata(), **table_meta(lake, "bronze", "coa")})
+    return ingest_plant_wide(context, lakehouse, "coa")
 
 
 @dg.asset(
