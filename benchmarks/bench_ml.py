@@ -150,6 +150,8 @@ def run(
     mlflow_dir: Path | None,
     with_optional: bool,
     ablation: bool = True,
+    units: list[str] | None = None,
+    skip_pdm: bool = False,
 ) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     times: dict[str, float] = {}
@@ -161,6 +163,17 @@ def run(
         times,
     )
     inp.hourly = prods.hourly
+    if units:  # the units a partly built lake holds in full, and only batches with telemetry
+        keep = prods.hourly.filter(pl.col("unit_id").is_in(units))["batch_id"].unique()
+        ids = keep.implode()
+        inp.hourly = prods.hourly.filter(pl.col("batch_id").is_in(ids))
+        prods.windows = prods.windows.filter(pl.col("batch_id").is_in(ids))
+        prods.mspc_hourly = prods.mspc_hourly.filter(pl.col("batch_id").is_in(ids))
+        inp.batches = inp.batches.filter(pl.col("batch_id").is_in(ids))
+        inp.batch_summary = inp.batch_summary.filter(pl.col("batch_id").is_in(ids))
+        inp.lab_results = inp.lab_results.filter(pl.col("batch_id").is_in(ids))
+        inp.maintenance = inp.maintenance.filter(pl.col("unit_id").is_in(units))
+        print(f"  restricted to units {units}: {inp.batches.height} batches", flush=True)
     n_batches = inp.batches.height
     eq = _timed(
         "equipment-hour features",
@@ -173,10 +186,14 @@ def run(
         lambda: {h: features.batch_features(inp, h) for h in features.HORIZONS_H},
         times,
     )
-    p = _timed(
-        "train PdM (2 forests, 3-fold threshold choice)",
-        lambda: pdm.train_pdm(eq, inp.maintenance, inp.versions, ground_truth_dir=truth),
-        times,
+    p = (
+        None
+        if skip_pdm
+        else _timed(
+            "train PdM (2 forests, 3-fold threshold choice)",
+            lambda: pdm.train_pdm(eq, inp.maintenance, inp.versions, ground_truth_dir=truth),
+            times,
+        )
     )
     q = _timed(
         "train quality (12 XGBoost models, 4 time folds each)",
@@ -195,13 +212,16 @@ def run(
     uri = f"sqlite:///{uri_dir / 'mlflow.db'}"
 
     def _register() -> None:
-        registry.register(p.trained, p.score_fn, uri=uri)
+        if p is not None:
+            registry.register(p.trained, p.score_fn, uri=uri)
         for r in q:
             registry.register(r.trained, r.score_fn, uri=uri)
 
     _timed("register 13 models in MLflow (SQLite)", _register, times)
     optional = _optional_models(inp, prods, truth, times) if with_optional else {}
-    metrics = {p.trained.name: p.trained.metrics, **{r.trained.name: r.trained.metrics for r in q}}
+    metrics = {r.trained.name: r.trained.metrics for r in q}
+    if p is not None:
+        metrics[p.trained.name] = p.trained.metrics
     eval_times = {**ev0, **optional.pop("_eval_times_s", {})}
     metrics.update(optional)
     total = sum(times.values())
@@ -214,9 +234,9 @@ def run(
         "times_s": times,
         "eval_times_s": eval_times,
         "total_train_s": total,
-        "pdm_eval": p.trained.evaluation_set,
+        "pdm_eval": p.trained.evaluation_set if p is not None else "not trained (--skip-pdm)",
         "quality_eval": q[0].trained.evaluation_set if q else "",
-        "notes": p.notes,
+        "notes": p.notes if p is not None else [],
         "metrics": metrics,
         "yield": yields,
         "n_material_results": 0 if inp.material_lots is None else inp.material_lots.height,
@@ -243,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip retraining the yield models without the CoA features",
     )
+    ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
+    ap.add_argument("--skip-pdm", action="store_true", help="do not train the PdM model")
     a = ap.parse_args(argv)
     if a.pdm_plant is not None:
         run_pdm(a.pdm_plant, a.json)
@@ -251,7 +273,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--lake or --pdm-plant is required")
     if not (a.lake / "silver").is_dir():
         ap.error(f"--lake {a.lake}: no silver/ folder (build it with `pharma-twin pipeline`)")
-    res = run(a.lake, a.truth, a.mlflow_dir, not a.no_optional, not a.no_ablation)
+    units = a.units.split(",") if a.units else None
+    res = run(
+        a.lake, a.truth, a.mlflow_dir, not a.no_optional, not a.no_ablation, units, a.skip_pdm
+    )
     n = res["n_batches"]
     est = res["total_train_s"] * a.extrapolate_to / max(n, 1)
     res["extrapolated"] = {
@@ -430,9 +455,14 @@ def run_pdm(folder: Path, json_out: Path | None = None) -> dict[str, Any]:
     building the lake of 1,000 batches takes over an hour on the shared machine."""
     from benchmarks.pdm_landing import load_landing_inputs
 
-    build_pdm_plant(folder, with_lake=False)
-    truth = folder / "ground_truth"
     times: dict[str, float] = {}
+    if not (folder / "ground_truth" / "fault_labels.parquet").exists():
+        _timed(
+            "simulate the plant (full engine, 5-min sampling)",
+            lambda: build_pdm_plant(folder, with_lake=False),
+            times,
+        )
+    truth = folder / "ground_truth"
     inp = _timed(
         "read landing (telemetry -> hourly, CMMS, MES)",
         lambda: load_landing_inputs(folder / "landing"),

@@ -144,7 +144,7 @@ def pdm_lines() -> list[str]:
     from benchmarks import bench_ml
 
     folder = Path(
-        os.environ.get("PHARMA_BENCH_PDM_DIR", DOC.parent.parent / "bench_data" / "pdm1000")
+        os.environ.get("PHARMA_BENCH_PDM_DIR", DOC.parent.parent / "bench_data" / "pdm1200")
     )
     r = bench_ml.run_pdm(folder, folder / "pdm_result.json")
     rows = ["| figure | value | target | verdict |", "|---|---|---|---|"]

@@ -266,16 +266,21 @@ def _timeline(batch_id: str, tags: tuple[str, ...], max_points: int) -> pl.DataF
 
 # ----------------------------------------------------------------------------- spec and meta
 @st.cache_resource(show_spinner=False)
-def _spec(path: str | None, _mtime: int) -> CppSpec:
-    return load_spec(path)
+def _spec(path: str | None, _mtime: int, landing: str, _site_mtime: int) -> CppSpec:
+    # with the unit class's other tags and the site tags the importer declared (their units)
+    return load_spec(path, landing=landing)
 
 
 def spec() -> CppSpec:
-    """The CPP spec (``PHARMA_CPP_SPEC`` or the packaged file), reloaded when it changes."""
+    """The CPP spec (``PHARMA_CPP_SPEC`` or the packaged file) as silver applies it (with the
+    site tags declared in ``PHARMA_LANDING_DIR``), reloaded when either changes."""
     path = os.environ.get("PHARMA_CPP_SPEC")
     p = Path(path) if path else None
     mtime = p.stat().st_mtime_ns if p is not None and p.exists() else 0
-    return _spec(path, mtime)
+    landing = os.environ.get("PHARMA_LANDING_DIR", "landing")
+    site = Path(landing) / "site_tags"
+    site_mtime = max((f.stat().st_mtime_ns for f in site.glob("*.yaml")), default=0)
+    return _spec(path, mtime, landing, site_mtime)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .process.site_tags import declare_site_tags
 from .process.vocabulary import CANONICAL_TAGS
 from .twin.landing import QUALITY_CODES, chunk_path, write_telemetry_chunk
 
@@ -148,6 +149,7 @@ SUPPORTED_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("Pa", "mbar"): (1e-2, 0.0),
     ("kg/h", "g/min"): (1000.0 / 60.0, 0.0),
     ("rad/s", "rpm"): (60.0 / (2 * 3.141592653589793), 0.0),
+    ("W", "kW"): (1e-3, 0.0),
 }
 
 
@@ -349,6 +351,7 @@ class ImportReport:
     skipped_rows: int = 0  # long layout: rows whose tag name is unmapped (not imported)
     future_readings: int = 0  # dated after now + FUTURE_TOLERANCE (quarantined by silver)
     latest_ts: datetime | None = None
+    site_tags: list[str] = field(default_factory=list)  # declared: kept in their unit by silver
 
     def summary(self) -> str:
         """Multi-line human-readable summary naming unmapped columns and bad values."""
@@ -371,6 +374,11 @@ class ImportReport:
             lines.append(f"  rows skipped (unmapped tag names): {self.skipped_rows}")
         if self.missing_tags:
             lines.append("  mapped tags absent from the file: " + ", ".join(self.missing_tags))
+        if self.site_tags:
+            lines.append(
+                f"  site tags ({len(self.site_tags)}, not bioreactor tags; declared in "
+                "landing/site_tags/, kept in their unit): " + ", ".join(self.site_tags)
+            )
         return "\n".join(lines)
 
     def warnings(self) -> list[str]:
@@ -704,6 +712,18 @@ def import_file(
             f"{src}: {int(dup.sum())} readings share batch, unit, time and tag with another "
             f"(duplicate rows, or naive local times repeated at a DST change?); e.g. {ex}"
         )
+
+    # the site's own tags (not bioreactor tags) are declared in the landing zone, so silver
+    # keeps them as readings of their unit rather than quarantining them (unknown_tag)
+    landed_idx = set(readings["tag_idx"].unique().to_list())
+    site = {m.tag: m.uom for m in tm.tags.values() if m.tag not in CANONICAL_TAGS}
+    site = {t: u for t, u in site.items() if order[t] in landed_idx}
+    if site:
+        sources = {m.tag: s for s, m in tm.tags.items() if m.tag in site}
+        map_name = str(tag_map) if not isinstance(tag_map, TagMap) else None
+        for site_id in sorted(readings["site_id"].unique().to_list()):
+            declare_site_tags(root, site_id, site, sources, map_name)
+        report.site_tags = sorted(site)
 
     report.bad_values = int((readings["quality"] == BAD).sum())
     limit = (datetime.now(UTC) + FUTURE_TOLERANCE - _EPOCH) // _ONE_US

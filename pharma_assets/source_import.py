@@ -135,9 +135,12 @@ class MesMap(_SourceMap):
     @model_validator(mode="after")
     def _check(self) -> MesMap:
         self._need(self.columns.unit_id, self.columns.site_id)
+        names = _spec_phases()
         for col, ph in self.phases.items():
-            if ph not in PHASES:
-                raise ValueError(f"phases.{col}: unknown phase {ph!r}; phases are {list(PHASES)}")
+            if ph not in names:
+                raise ValueError(
+                    f"phases.{col}: unknown phase {ph!r}; the unit class's phases are {list(names)}"
+                )
         return self
 
 
@@ -605,6 +608,19 @@ def infer_batch_events(
 
 
 # ---------------------------------------------------------------- LIMS
+
+
+def _spec_phases() -> tuple[str, ...]:
+    """The phase names of the unit class of the CPP spec in force (``PHARMA_CPP_SPEC`` or
+    the built-in: the bioreactor's)."""
+    import os
+
+    from .lake.specs import load_spec
+
+    try:
+        return load_spec(os.environ.get("PHARMA_CPP_SPEC") or None).phase_names
+    except ConfigError:
+        return PHASES
 
 
 def _spec_lab_uoms() -> dict[str, str]:

@@ -8,7 +8,7 @@ written next to the exports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,6 +25,7 @@ class Site:
     maps: dict[str, Path]
     disturbed: list[str]
     batches: list[str]
+    crossings: dict[str, dict[str, datetime]] = field(default_factory=dict)  # ground truth
 
 
 def _yaml(path: Path, data: dict) -> Path:
@@ -397,6 +398,201 @@ def dryer_spec(path: Path) -> Path:
             "in_process": {},
             "release": {
                 "loss_on_drying_pct": {"uom": "%", "physical": [0, 100], "spec": [None, 2.0]}
+            },
+        },
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+#: a vacuum tray dryer: a class with its own tags and its own phases, found by tag crossings
+TRAY_DRYER_CLASS = {
+    "unit_class": "vacuum_tray_dryer",
+    "description": "Vacuum tray dryer (API cake), phases by shelf and product temperature",
+    "phases": ["loading", "heating", "drying", "cooling"],
+    "tags": {
+        "shelf_temp_c": {"uom": "degC", "group": "process"},
+        "product_temp_c": {"uom": "degC", "group": "process"},
+        "chamber_pressure_mbar": {"uom": "mbar", "group": "process"},
+        "condenser_temp_c": {"uom": "degC", "group": "process"},
+    },
+    "cell_culture": False,
+    "equipment": {"VP": {"type": "vacuum_pump", "tags": []}},
+    "capabilities": ["cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models"],
+    "phase_rule": {
+        "kind": "tag_crossing",
+        "first_phase": "loading",
+        "crossings": [
+            {"phase": "heating", "tag": "shelf_temp_c", "above": 30},
+            {"phase": "drying", "tag": "product_temp_c", "above": 40},
+            {"phase": "cooling", "tag": "shelf_temp_c", "below": 57},
+        ],
+    },
+}
+#: the tray-dryer site's tags that neither the class nor the spec knows (tag map only)
+TRAY_SITE_TAGS = {"vacuum_pump_power_kw": "kW", "pump_oil_temp_c": "degC"}
+
+
+def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
+    """A vacuum tray dryer at a site whose tag names and units all differ from the class's
+    (°F, Pa, K, W; naive local times in Europe/Berlin; a batch column, no MES) and which
+    records two tags of its own (vacuum pump power and oil temperature) that the class does
+    not know. Batch 9 (0-based) overheats its shelf to 73 °C during drying (a PAR break);
+    batch 10 runs with a failing vacuum pump (power +40 %, oil +13 °C) while every class tag
+    stays normal: only the site's own tags show it. ``disturbed`` lists both; the phase
+    starts each batch crosses into are returned in ``crossings`` (ground truth, UTC)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    berlin = ZoneInfo("Europe/Berlin")
+    rows, lims = [], []
+    ids = [f"VT{i + 1:03d}" for i in range(n_batches)]
+    crossings: dict[str, dict[str, datetime]] = {}
+    t0 = datetime(2025, 9, 1, 4, tzinfo=UTC)
+    f = 1 - np.exp(-2.0 / 35.0)  # product temperature: first-order lag of the shelf (τ 35 min)
+    for i, b in enumerate(ids):
+        dur = int(rng.integers(135, 166)) * 2
+        m = np.arange(0, dur + 1, 2)
+        load = int(rng.integers(10, 16)) * 2
+        cool = dur - 40
+        shelf = 22 + 38 * np.clip((m - load) / 30, 0, 1)
+        shelf = np.where(m >= cool, 60 - 35 * np.clip((m - cool) / 30, 0, 1), shelf)
+        if i == 9:
+            shelf = np.where((m >= 150) & (m < 180), 73.0, shelf)
+        shelf = shelf + rng.normal(0, 0.25, m.size)
+        prod = np.empty(m.size)
+        prod[0] = 20.0
+        for k in range(1, m.size):
+            prod[k] = prod[k - 1] + (shelf[k] - prod[k - 1]) * f
+        prod = prod + rng.normal(0, 0.2, m.size)
+        press = np.where(m < load, 1013.0, 0.6 + 1012.4 * np.exp(-(m - load) / 3.0))
+        press = np.where(m >= dur - 6, 1013.0, press) + rng.normal(0, 0.02, m.size)
+        cond = -45 + rng.normal(0, 0.3, m.size)
+        power = np.where(m < load, 0.5, 3.0) + rng.normal(0, 0.05, m.size)
+        oil = 55 + rng.normal(0, 0.3, m.size)
+        if i == 10:
+            power = np.where(m >= load + 60, power * 1.4, power)
+            oil = np.where(m >= load + 60, oil + 13, oil)
+        start = t0 + timedelta(hours=8 * i)
+        heat = int(np.argmax(shelf > 30))
+        dry = heat + int(np.argmax(prod[heat:] > 40))
+        cl = dry + int(np.argmax(shelf[dry:] < 57))
+        crossings[b] = {
+            "heating": start + timedelta(minutes=int(m[heat])),
+            "drying": start + timedelta(minutes=int(m[dry])),
+            "cooling": start + timedelta(minutes=int(m[cl])),
+        }
+        for k in range(m.size):
+            ts = (start + timedelta(minutes=int(m[k]))).astimezone(berlin)
+            rows.append(
+                {
+                    "Charge": b,
+                    "Zeit": ts.strftime("%Y-%m-%d %H:%M:%S"),
+                    "TT-101.PV": round(shelf[k] * 9 / 5 + 32, 3),
+                    "TT-102.PV": round(prod[k] * 9 / 5 + 32, 3),
+                    "PT-201.PV": round(press[k] * 100, 1),
+                    "TT-301.PV": round(cond[k] + 273.15, 3),
+                    "JI-501.PV": round(power[k] * 1000, 1),
+                    "TT-502.PV": round(oil[k] * 9 / 5 + 32, 3),
+                }
+            )
+        drying_min = (crossings[b]["cooling"] - crossings[b]["drying"]).total_seconds() / 60
+        rs = 2600 - 8.0 * drying_min + rng.normal(0, 40) + (4000 if i == 9 else 0)
+        lims.append(
+            {
+                "Charge": b,
+                "Probenahme": (start + timedelta(minutes=dur + 30)).isoformat(),
+                "RS_ppm": round(rs, 1),
+            }
+        )
+    tele = folder / "vtd_historian.csv"
+    pl.DataFrame(rows).write_csv(tele)
+    lab = folder / "lims_wide.csv"
+    pl.DataFrame(lims).write_csv(lab)
+    tag_map = _yaml(
+        folder / "tag_map.yaml",
+        {
+            "site_id": "VTDSITE",
+            "default_unit_id": "VTD7",
+            "timezone": "Europe/Berlin",
+            "columns": {"timestamp": "Zeit", "batch_id": "Charge"},
+            "tags": {
+                "TT-101.PV": {"tag": "shelf_temp_c", "from_uom": "degF", "uom": "degC"},
+                "TT-102.PV": {"tag": "product_temp_c", "from_uom": "degF", "uom": "degC"},
+                "PT-201.PV": {"tag": "chamber_pressure_mbar", "from_uom": "Pa", "uom": "mbar"},
+                "TT-301.PV": {"tag": "condenser_temp_c", "from_uom": "K", "uom": "degC"},
+                # the site's own tags: not in the unit class, not in the spec
+                "JI-501.PV": {"tag": "vacuum_pump_power_kw", "from_uom": "W", "uom": "kW"},
+                "TT-502.PV": {"tag": "pump_oil_temp_c", "from_uom": "degF", "uom": "degC"},
+            },
+        },
+    )
+    lims_map = _yaml(
+        folder / "lims_map.yaml",
+        {
+            "site_id": "VTDSITE",
+            "default_unit_id": "VTD7",
+            "layout": "wide",
+            "default_sample_type": "release",
+            "columns": {"batch_id": "Charge", "sample_ts": "Probenahme"},
+            "analytes": {"RS_ppm": {"analyte": "residual_solvent_ppm", "from_uom": "ppm"}},
+        },
+    )
+    return Site(
+        folder,
+        {"telemetry": tele, "lims": lab},
+        {"telemetry": tag_map, "lims": lims_map},
+        [ids[i] for i in (9, 10) if i < n_batches],
+        ids,
+        crossings,
+    )
+
+
+def tray_dryer_spec(path: Path) -> Path:
+    """The tray-dryer site's product spec: CPPs with limits per phase of the class (shelf
+    temperature tighter while drying), Cpk over drying, residual solvent as the release
+    assay; no phase rule of its own (the class's tag crossings apply)."""
+    (path.parent / "vacuum_tray_dryer.yaml").write_text(
+        yaml.safe_dump(TRAY_DRYER_CLASS, sort_keys=False)
+    )
+    spec = {
+        "version": 1,
+        "effective_from": "2025-08-01",
+        "product": "API-cake-7",
+        "unit_class": "vacuum_tray_dryer.yaml",
+        "change_log": [{"version": 1, "date": "2025-08-01", "by": "vtd-pe", "reason": "API-7"}],
+        "settle_minutes": 6,
+        "future_tolerance_minutes": 60,
+        "batch_window_grace_minutes": 5,
+        "right_first_time": {"required_assays": "reported", "max_major_excursions": 0},
+        "cpk_phases": ["drying"],
+        "tags": {
+            "shelf_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-60, 150],
+                "nor": [15, 68],
+                "par": [10, 75],
+                "phases": {"drying": {"target": 60, "nor": [55, 65], "par": [50, 70]}},
+            },
+            "product_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-60, 150],
+                "nor": [10, 64],
+                "par": [5, 70],
+            },
+            "chamber_pressure_mbar": {"uom": "mbar", "physical": [0, 1100]},
+            "condenser_temp_c": {"uom": "degC", "physical": [-90, 40]},
+        },
+        "unit_conversions": {},
+        "lab": {
+            "in_process": {},
+            "release": {
+                "residual_solvent_ppm": {
+                    "uom": "ppm",
+                    "physical": [0, 100000],
+                    "spec": [None, 5000],
+                }
             },
         },
     }

@@ -10,7 +10,9 @@ sampling, no MES, a titer-only release, local times with a time-zone column.
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -26,7 +28,7 @@ from pharma_assets.compliance.users import create_user
 from pharma_assets.lake.specs import DEFAULT_SPEC
 from pharma_assets.lake.storage import Lake
 
-from .foreign_sites import dryer_site, dryer_spec, sparse_campaign
+from .foreign_sites import dryer_site, dryer_spec, sparse_campaign, tray_dryer_site, tray_dryer_spec
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 
@@ -332,3 +334,256 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     warn = " ".join(w.value for w in pages["models"].warning)
     assert "**contamination** skipped: unit class 'fluid_bed_dryer' is not a cell culture" in warn
     assert pages["batch_quality"].selectbox(key="bq_metric").value == "cqa_loss_on_drying_pct"
+
+
+def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, monkeypatch) -> None:
+    """A vacuum tray dryer at a site whose tag names and units all differ (°F, Pa, K, W,
+    naive Berlin time, a batch column, no MES), with two tags of its own that neither the
+    class nor the spec knows. The class's phases (loading, heating, drying, cooling) are
+    found by tag crossings declared in the class file; silver indexes them, the spec judges
+    the shelf temperature tighter while drying, Cpk is over drying. The site's own tags are
+    kept in their unit, charted, and MSPC catches the failing vacuum pump that only they
+    show. A tag nobody declared is quarantined with the reason."""
+    import numpy as np
+
+    from pharma_assets.twin.landing import chunk_path, write_telemetry_chunk
+
+    from .foreign_sites import TRAY_SITE_TAGS
+
+    site = tray_dryer_site(site_env / "exports")
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
+    code, out = _cli(
+        "import",
+        "--input",
+        str(site.files["telemetry"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["telemetry"]),
+        "--out",
+        "landing",
+        "--infer-batches",
+    )
+    assert code == 0, out
+    assert "site tags (6," in out and "vacuum_pump_power_kw" in out  # none is a bioreactor tag
+    declared = yaml.safe_load((site_env / "landing" / "site_tags" / "VTDSITE.yaml").read_text())
+    assert {t: d["uom"] for t, d in declared["tags"].items()}["vacuum_pump_power_kw"] == "kW"
+    code, out = _cli(
+        "import",
+        "--source",
+        "lims",
+        "--input",
+        str(site.files["lims"]),
+        "--layout",
+        "wide",
+        "--map",
+        str(site.maps["lims"]),
+        "--out",
+        "landing",
+    )
+    assert code == 0, out
+    # a tag in neither the class, the spec nor a site's tag map (written by another tool)
+    t0 = site.crossings["VT002"]["drying"]
+    ts = np.array([int(t0.timestamp() * 1e6) + k * 60_000_000 for k in range(5)], dtype=np.int64)
+    write_telemetry_chunk(
+        chunk_path(site_env / "landing", "telemetry", "VTD7", "VT002", t0, 900, "parquet"),
+        ts,
+        "VTDSITE",
+        "VTD7",
+        "VT002",
+        ["stray_probe_x"],
+        ["V"],
+        np.full((5, 1), 1.5),
+        np.zeros((5, 1), dtype=np.int8),
+    )
+
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    q = lake.read("silver", "telemetry_quarantine")
+    assert q is not None and q.height == 5, q
+    assert set(q["failed_check"]) == {"unknown_tag"} and set(q["offending_value"]) == {
+        "stray_probe_x"
+    }
+    tele = lake.read("silver", "telemetry", ["tag", "value", "uom", "phase"])
+    assert tele is not None
+    class_tags = {"shelf_temp_c", "product_temp_c", "chamber_pressure_mbar", "condenser_temp_c"}
+    assert set(tele["tag"]) == class_tags | set(TRAY_SITE_TAGS)
+    uoms = dict(tele.select("tag", "uom").unique().iter_rows())
+    assert {t: uoms[t] for t in TRAY_SITE_TAGS} == TRAY_SITE_TAGS
+    power = tele.filter(pl.col("tag") == "vacuum_pump_power_kw")["value"]
+    assert 2.9 < power.median() < 3.1  # type: ignore[operator]  # W converted to kW
+    oil = tele.filter(pl.col("tag") == "pump_oil_temp_c")["value"]
+    assert 54 < oil.median() < 56  # type: ignore[operator]  # °F converted to °C
+    # the class's own phases, found by crossings, on every reading
+    assert set(tele["phase"]) == {"loading", "heating", "drying", "cooling"}
+    phases = lake.read("silver", "batch_phases")
+    assert phases is not None and set(phases["phase_source"]) == {"rule:tag_crossing"}
+    for b in site.batches:
+        ph = phases.filter(pl.col("batch_id") == b).sort("start_ts")
+        assert ph["phase"].to_list() == ["loading", "heating", "drying", "cooling"], b
+        for name, start in ph.select("phase", "start_ts").iter_rows():
+            if name in site.crossings[b]:
+                assert abs((start - site.crossings[b][name]).total_seconds()) <= 120, (b, name)
+    tl = lake.read("silver", "batch_timeline", ["phase", *TRAY_SITE_TAGS])
+    assert tl is not None and set(tl["phase"].drop_nulls()) == {
+        "loading",
+        "heating",
+        "drying",
+        "cooling",
+    }
+    assert tl["vacuum_pump_power_kw"].is_not_null().sum() > 0
+
+    # the spec judges per phase of the class: the shelf at 73 °C while drying breaks its PAR
+    ex = lake.read("gold", "cpp_excursions")
+    assert ex is not None
+    shelf = ex.filter(pl.col("tag") == "shelf_temp_c")
+    assert set(shelf["batch_id"]) == {"VT010"}
+    assert set(shelf["phase"]) == {"drying"} and "major" in set(shelf["severity"])
+    assert shelf["par_hi"].max() == 70  # the drying PAR, not the base one (75)
+    summary = lake.read("gold", "batch_summary")
+    assert summary is not None
+    good = summary.filter(pl.col("batch_id") != "VT010")
+    bad = summary.filter(pl.col("batch_id") == "VT010")
+    assert (good["cpk_shelf_temp_c"] > 1.33).all() and (bad["cpk_shelf_temp_c"] < 1.0).all()
+    assert good["right_first_time"].all() and not bad["right_first_time"].any()
+
+    _auto_promotion(lake)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: unit class 'vacuum_tray_dryer' declares no equipment PdM knows" in out
+    assert "pharma_mspc_pca v1: PROMOTED" in out
+    # quality models on the assay the site reports; none on the bioreactor's absent targets
+    caps = lake.read("gold", "model_capabilities")
+    assert caps is not None
+    by = {(r["capability"], r["target"]): r["applies"] for r in caps.iter_rows(named=True)}
+    assert by[("quality", "residual_solvent_ppm")]
+    assert not any(by[("quality", t)] for t in ("final_titer_g_l", "aggregates_pct"))
+    uri = f"sqlite:///{site_env / 'mlflow.db'}"
+    names = {
+        m.name for m in MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    }
+    assert "pharma_quality_residual_solvent_ppm_harvest" in names, names
+    assert not any("titer" in n or "aggregates" in n or "pdm" in n for n in names), names
+    assert "pharma_contamination_iforest" not in names
+    # no bioreactor model scored this unit or opened a deviation on it
+    assert lake.read("gold", "contamination_risk") is None
+    eh = lake.read("gold", "equipment_health")
+    assert eh is None or eh.height == 0
+    devs = lake.read("gxp", "deviations")
+    assert devs is None or set(devs["source"]) <= {"cpp_excursion"}
+    golden = lake.read("gold", "golden_batch")
+    scores = lake.read("gold", "mspc_scores")
+    assert golden is not None and scores is not None
+    assert set(golden["tag"]) == class_tags | set(TRAY_SITE_TAGS)
+    # the failing pump shows only in the site's own tags: MSPC alarms on it, and names them
+    pump = scores.filter((pl.col("batch_id") == "VT011") & pl.col("alarm").fill_null(False))
+    assert pump.height > 0
+    tops = " ".join(pump["top_contributors"].drop_nulls().to_list())
+    assert "vacuum_pump_power_kw" in tops or "pump_oil_temp_c" in tops, tops
+
+    monkeypatch.setenv("PHARMA_LAKE_URI", str(site_env / "lake"))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+    at.run()
+    at.switch_page("app_pages/bioreactor.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect[0].value == ["shelf_temp_c", "product_temp_c"]
+    assert set(at.multiselect[0].options) == class_tags | set(TRAY_SITE_TAGS)
+    # a site tag charted with its unit (the dashboards read the site's declarations)
+    monkeypatch.setenv("PHARMA_LANDING_DIR", str(site_env / "landing"))
+    at.multiselect[0].set_value(["vacuum_pump_power_kw"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "vacuum_pump_power_kw [kW]" in charts
+    # every page works for a unit of this class (or says why it does not apply)
+    broken = {}
+    for page in sorted(p.stem for p in (APP.parent / "app_pages").glob("*.py")):
+        if page in ("__init__", "bioreactor"):
+            continue
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+        at.run()
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+        if at.exception:
+            broken[page] = [e.value for e in at.exception]
+        if page == "whatif":  # no process model of this class: said, not crashed
+            assert "not for 'vacuum_tray_dryer'" in " ".join(i.value for i in at.info)
+    assert not broken, broken
+
+
+@pytest.mark.parametrize("slice_rows", [None, 100], ids=["grouped", "large-file slices"])
+def test_tag_crossing_phases_follow_a_running_batch(
+    site_env: Path, monkeypatch, slice_rows: int | None
+) -> None:
+    """A running tray-dryer batch delivered in two parts: the first pipeline run finds the
+    crossings its readings hold (loading, heating), the second finds drying and cooling in
+    the new readings and labels them so; a rerun of the pipeline keeps what was found
+    (silver/batches is rebuilt from MES, batch_phases keeps the crossings). Also with every
+    file read slice by slice (silver's bounded-memory path for large files)."""
+    if slice_rows is not None:
+        monkeypatch.setenv("PHARMA_INGEST_SLICE_ROWS", str(slice_rows))
+    site = tray_dryer_site(site_env / "exports", n_batches=1)
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(site_env / "vtd_spec.yaml")))
+    hist = pl.read_csv(site.files["telemetry"])
+    start = hist["Zeit"][0]
+    mes = site_env / "mes.csv"
+    pl.DataFrame({"Charge": ["VT001"], "Start": [start]}).write_csv(mes)
+    mes_map = site_env / "mes_map.yaml"
+    mes_map.write_text(
+        yaml.safe_dump(
+            {
+                "site_id": "VTDSITE",
+                "timezone": "Europe/Berlin",
+                "default_unit_id": "VTD7",
+                "columns": {"batch_id": "Charge", "start": "Start"},
+            }
+        )
+    )
+    code, out = _cli(
+        "import", "--source", "mes", "--input", str(mes), "--map", str(mes_map), "--out", "landing"
+    )
+    assert code == 0, out
+    cut = site.crossings["VT001"]["drying"] - timedelta(minutes=10)
+    local_cut = cut.astimezone(ZoneInfo("Europe/Berlin")).strftime("%Y-%m-%d %H:%M:%S")
+    parts = [hist.filter(pl.col("Zeit") < local_cut), hist.filter(pl.col("Zeit") >= local_cut)]
+    lake = Lake.at(str(site_env / "lake"))
+    seen = []
+    for k, part in enumerate(parts):
+        f = site_env / f"part{k}.csv"
+        part.write_csv(f)
+        code, out = _cli(
+            "import",
+            "--input",
+            str(f),
+            "--layout",
+            "wide",
+            "--map",
+            str(site.maps["telemetry"]),
+            "--out",
+            "landing",
+        )
+        assert code == 0, out
+        code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+        assert code == 0, out
+        ph = lake.read("silver", "batch_phases")
+        assert ph is not None
+        seen.append(ph.sort("start_ts")["phase"].to_list())
+    assert seen == [["loading", "heating"], ["loading", "heating", "drying", "cooling"]]
+    ph = lake.read("silver", "batch_phases")
+    assert ph is not None
+    starts = dict(ph.select("phase", "start_ts").iter_rows())
+    for name in ("heating", "drying", "cooling"):
+        assert abs((starts[name] - site.crossings["VT001"][name]).total_seconds()) <= 120
+    tele = lake.read("silver", "telemetry", ["ts", "phase"])
+    assert tele is not None
+    late = tele.filter((pl.col("ts") >= starts["drying"]) & (pl.col("ts") < starts["cooling"]))
+    assert late.height > 0 and set(late["phase"]) == {"drying"}
+    us = lake.read("gold", "unit_status")
+    assert us is not None and us["phase"].to_list() == ["cooling"]  # the running batch's phase
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    again = lake.read("silver", "batch_phases")
+    assert again is not None and again.sort("start_ts").equals(ph.sort("start_ts"))

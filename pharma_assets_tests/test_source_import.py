@@ -127,6 +127,35 @@ def test_mes_map_errors_name_the_field(tmp_path: Path) -> None:
         import_mes(tmp_path / "x.csv", _yaml(tmp_path / "m.yaml", bad), tmp_path / "out")
 
 
+def test_mes_phase_names_are_the_unit_class_of_the_spec_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MES phase columns name the phases of the spec's unit class: 'heating' is a phase of
+    the tray dryer, not of the bioreactor."""
+    from .foreign_sites import tray_dryer_spec
+
+    tray = {**MES_MAP, "phases": {"Growth": "heating"}}
+    with pytest.raises(ConfigError, match=r"unknown phase 'heating'.*'inoculation'"):
+        import_mes(tmp_path / "x.csv", _yaml(tmp_path / "m.yaml", tray), tmp_path / "out")
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(tray_dryer_spec(tmp_path / "vtd_spec.yaml")))
+    pl.DataFrame(
+        {
+            "Order": ["VT1"],
+            "Unit": ["VTD7"],
+            "Begin": ["2025-06-02 08:00:00"],
+            "Finish": ["2025-06-02 13:00:00"],
+            "TZ": ["UTC"],
+            "Recipe": ["R"],
+            "Result": ["OK"],
+            "Lot": [""],
+            "Planned": [""],
+            "Growth": ["2025-06-02 08:40:00"],
+        }
+    ).write_csv(tmp_path / "mes.csv")
+    rep = import_mes(tmp_path / "mes.csv", _yaml(tmp_path / "m.yaml", tray), tmp_path / "out")
+    assert rep.records_written == 3  # batch_start, phase_start heating, batch_end
+
+
 def test_lims_wide_converts_units_and_reports_what_it_leaves_out(tmp_path: Path) -> None:
     src = tmp_path / "lims.csv"
     pl.DataFrame(

@@ -40,6 +40,15 @@ batches = data.read("silver", "batches")
 if batches is None or batches.height == 0:
     ui.empty(data.missing_hint("silver", "batches"))
     st.stop()
+site_class = data.spec().load_unit_class()
+if site_class.name != "bioreactor":
+    # the scenarios, the design space and the optimiser run the CHO fed-batch process model
+    ui.empty(
+        f"What-if and optimisation need a process model of the unit class; the platform has "
+        f"one for the bioreactor only, not for {site_class.name!r} (the spec in force). Its "
+        "batches are monitored on the other pages (trends, excursions, MSPC)."
+    )
+    st.stop()
 batches = batches.sort(["status", "start_ts"], descending=[False, True])
 ids = (
     batches.filter(pl.col("status") == "running")["batch_id"].to_list()

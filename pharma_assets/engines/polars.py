@@ -19,7 +19,7 @@ def backfill(
 ) -> silver.SilverReport:
     """Ingest every landed file (each source, then batches, lab results, maintenance and
     silver telemetry of every batch); the silver telemetry report."""
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path, landing=landing_dir)
     files = scan_landing(landing_dir)
     for src in (*SOURCES, "unroutable"):
         fs = (
@@ -28,7 +28,7 @@ def backfill(
             else [f for f in files if f.source == src]
         )
         bronze.ingest_files(lake, landing_dir, src, fs, run_id)
-    silver.build_batches(lake)
+    silver.build_batches(lake, spec=spec)
     silver.build_lab_results(lake, spec)
     silver.build_maintenance(lake)
     ids = sorted({f.batch_id for f in files if f.batch_id})

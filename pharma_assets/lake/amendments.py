@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -568,7 +569,9 @@ def _rederive(
     from . import silver
     from .specs import load_spec
 
-    spec = load_spec(spec_path) if spec_path else load_spec()
+    # as the pipeline applies it: with the site tags declared in the landing zone
+    landing = os.environ.get("PHARMA_LANDING_DIR", "landing")
+    spec = load_spec(spec_path or None, landing=landing)
     if source == "telemetry" and bid is not None:
         with lake.lock(f"silver-telemetry-{bid}"):
             pred = _in("source_file", files) + f" AND batch_id = '{bid}'"
@@ -578,7 +581,7 @@ def _rederive(
                     t.delete(pred)
         silver.process_telemetry(lake, [bid], spec, f"amendment:{aid}")
     elif source == "mes":
-        silver.build_batches(lake, [bid] if bid else None, spec.phase_rule)
+        silver.build_batches(lake, [bid] if bid else None, spec)
     elif source == "lims":
         silver.build_lab_results(lake, spec, [bid] if bid else None)
     elif source == "cmms":

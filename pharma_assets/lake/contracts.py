@@ -91,7 +91,8 @@ def telemetry_contract(spec: CppSpec) -> pa.DataFrameSchema:
             row_check(
                 "unknown_tag",
                 pl.col("tag").is_in(tags).fill_null(False),
-                f"tag is one of the {len(tags)} tags in CPP spec v{spec.version}",
+                f"tag is one of the {len(tags)} tags of CPP spec v{spec.version}, its unit "
+                "class or a site tag map (landing/site_tags/)",
             ),
             row_check(
                 "unknown_uom",

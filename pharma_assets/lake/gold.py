@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from . import silver
-from .specs import ONE_PHASE, CppSpec
+from .specs import CppSpec
 from .storage import UTC_US, Lake
 
 LAYER = "gold"
@@ -118,17 +118,19 @@ def excursions(
 
 
 def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
-    """Cpk per batch and CPP over production-phase readings, against the production PAR
-    (a batch of one phase, by the spec's phase rule: over the whole batch, base PAR)."""
+    """Cpk per batch and CPP over the spec's Cpk phases (``CppSpec.cpk_phase_names``: the
+    production phase of a bioreactor; every phase of a class without one; the whole batch
+    under a one-phase rule), each phase against its own PAR; a batch's Cpk is its lowest."""
+    phases = list(spec.cpk_phase_names)
     rows = []
     for tag in spec.cpp_tags:
-        for phase in ("production", ONE_PHASE):
+        for phase in phases:
             lim = spec.tags[tag].limits(phase)
             assert lim.par is not None
             rows.append({"tag": tag, "phase": phase, "lsl": lim.par[0], "usl": lim.par[1]})
     lim_df = pl.DataFrame(rows)
     agg = (
-        stats.filter(pl.col("phase").is_in(["production", ONE_PHASE]))
+        stats.filter(pl.col("phase").is_in(phases))
         .group_by("batch_id", "tag", "phase")
         .agg(n=pl.col("n").sum(), s=pl.col("sum").sum(), ss=pl.col("sumsq").sum())
         .join(lim_df, on=["tag", "phase"], how="inner")
@@ -145,7 +147,7 @@ def _cpk(stats: pl.DataFrame, spec: CppSpec) -> pl.DataFrame:
             )
         )
     )
-    return agg.group_by("batch_id", "tag").agg(pl.col("cpk").first())
+    return agg.group_by("batch_id", "tag").agg(pl.col("cpk").min())
 
 
 def apply_release_decisions(summary: pl.DataFrame, decisions: pl.DataFrame | None) -> pl.DataFrame:
@@ -173,6 +175,7 @@ def build_gold(
     batches = lake.read(silver.LAYER, "batches")
     if batches is None:
         return {"batches": 0}
+    batches = _current_phases(batches, lake.read(silver.LAYER, "batch_phases"))
     stats = lake.read(silver.LAYER, "telemetry_stats")
     segs = lake.read(silver.LAYER, "excursion_segments")
     labs = lake.read(silver.LAYER, "lab_results")
@@ -329,6 +332,27 @@ def batch_summary(
         spec_version=pl.lit(spec.version),
     ).drop("last_ip_titer")
     return s.sort("start_ts")
+
+
+def _current_phases(batches: pl.DataFrame, phases: pl.DataFrame | None) -> pl.DataFrame:
+    """Each batch's current phase from ``silver/batch_phases``: phases found by a tag
+    crossing are recorded there as silver reads the telemetry, after the batches table was
+    built."""
+    if phases is None or phases.height == 0:
+        return batches
+    cur = (
+        phases.sort("start_ts")
+        .group_by("batch_id")
+        .agg(_phase=pl.col("phase").last(), _start=pl.col("start_ts").last())
+    )
+    return (
+        batches.join(cur, on="batch_id", how="left")
+        .with_columns(
+            current_phase=pl.coalesce("_phase", "current_phase"),
+            current_phase_start=pl.coalesce("_start", "current_phase_start"),
+        )
+        .drop("_phase", "_start")
+    )
 
 
 def unit_status(

@@ -3,7 +3,7 @@
 The layout is fixed by the landing writers (pharma_assets.twin.landing)::
 
     telemetry/<unit>/<batch>/<file>    mes/<unit>/<batch>/<file>    lims/<unit>/<batch>/<file>
-    cmms/<unit>/<file>    coa/<site>/<file>
+    cmms/<unit>/<file>    coa/<site>/<file>    site_tags/<site>.yaml (configuration)
 
 A file anywhere else is *unroutable*: it is still discovered, and the bronze layer
 quarantines it with the reason, so nothing landed is ever invisible. Hidden files (names
@@ -35,6 +35,8 @@ SOURCES = (*BATCH_SOURCES, *UNIT_SOURCES)
 # docs/data_model.md §1, Identifiers
 UNIT_ID = re.compile(r"[A-Za-z0-9_]+")
 BATCH_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+#: site tag declarations (``pharma_assets.process.site_tags``): read with the spec, not ingested
+CONFIG_PREFIX = "site_tags/"
 UNIT_BATCH_ID = re.compile(r"([A-Za-z0-9_]+)-B[0-9]{4,}")  # <unit_id>-B<seq:04d>
 
 
@@ -167,6 +169,8 @@ def scan_landing(root: str | Path, since_ns: int = 0) -> list[LandedFile]:
         if st.st_ctime_ns < since_ns:
             continue
         rel = os.path.relpath(e.path, root).replace(os.sep, "/")
+        if rel.startswith(CONFIG_PREFIX):
+            continue  # the importer's site tag declarations: configuration, not landed data
         out.append(_landed(e, rel))
     out.sort(key=lambda f: (f.arrived_ns, f.rel))
     return out

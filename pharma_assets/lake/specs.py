@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pharma_assets.errors import ConfigError
-from pharma_assets.process.vocabulary import PHASES
+from pharma_assets.process.vocabulary import PHASES, PhaseRule
 
 DEFAULT_SPEC = Path(__file__).parent / "specs" / "cpp_spec.yaml"
 
@@ -53,10 +55,7 @@ class TagSpec(Limits):
             raise ValueError(f"physical limits {self.physical} are empty")
         if self.cpp and (self.nor is None or self.par is None):
             raise ValueError("a CPP needs nor and par")
-        for ph in self.phases:
-            if ph not in PHASES:
-                raise ValueError(f"unknown phase {ph!r}; phases are {PHASES}")
-        return self
+        return self  # (phase names are checked against the unit class: load_spec)
 
     def limits(self, phase: str | None) -> Limits:
         return self.phases.get(phase or "", Limits(target=self.target, nor=self.nor, par=self.par))
@@ -82,7 +81,15 @@ class ChangeLogEntry(_Model):
 
 #: the phase a one-phase rule gives a whole batch (a unit class without phases)
 ONE_PHASE = "batch"
+#: the bioreactor's phase names (``CppSpec.phase_names`` gives any spec's)
 ALL_PHASES: tuple[str, ...] = (*PHASES, ONE_PHASE)
+
+
+def _phase_names(unit_class: str) -> tuple[str, ...]:
+    from pharma_assets.process.vocabulary import load_unit_class
+
+    phases = load_unit_class(unit_class).phases
+    return (*phases, ONE_PHASE) if ONE_PHASE not in phases else tuple(phases)
 
 
 class RftRule(_Model):
@@ -93,29 +100,6 @@ class RftRule(_Model):
 
     required_assays: Literal["all", "reported"] | list[str] = "reported"
     max_major_excursions: int = Field(default=0, ge=0)
-
-
-class PhaseRule(_Model):
-    """Phases of batches whose MES records no phase events: ``none`` (no phase; CPPs are
-    not judged), ``one_phase`` (the whole batch is phase ``batch``, judged against the
-    tag's base limits) or ``time_since_start`` (``starts_h``: phase -> hours after start)."""
-
-    kind: Literal["none", "one_phase", "time_since_start"] = "one_phase"
-    starts_h: dict[str, float] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> PhaseRule:
-        if self.kind == "time_since_start":
-            if not self.starts_h:
-                raise ValueError("time_since_start needs starts_h (phase: hours after start)")
-            bad = [p for p in self.starts_h if p not in PHASES]
-            if bad:
-                raise ValueError(f"unknown phase(s) {bad}; phases are {PHASES}")
-        return self
-
-    @property
-    def name(self) -> str:
-        return f"rule:{self.kind}"
 
 
 class CppSpec(_Model):
@@ -133,7 +117,11 @@ class CppSpec(_Model):
     product: str | None = None
     unit_class: str = "bioreactor"
     right_first_time: RftRule = Field(default_factory=RftRule)
-    phase_rule: PhaseRule = Field(default_factory=PhaseRule)
+    # phases of batches without MES phase events; None: the unit class's rule, else one_phase
+    phase_rule: PhaseRule | None = None
+    # phases Cpk is computed over (each against its PAR; a batch's Cpk is the lowest);
+    # None: production (and batch) for a class with a production phase, else every phase
+    cpk_phases: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _versions(self) -> CppSpec:
@@ -153,6 +141,47 @@ class CppSpec(_Model):
         from pharma_assets.process.vocabulary import load_unit_class
 
         return load_unit_class(self.unit_class)
+
+    @property
+    def rule(self) -> PhaseRule:
+        """The phase rule in force: the spec's, else the unit class's, else one phase."""
+        if self.phase_rule is not None:
+            return self.phase_rule
+        return self.load_unit_class().phase_rule or PhaseRule()
+
+    @property
+    def phase_names(self) -> tuple[str, ...]:
+        """Every phase name silver may give a reading: the unit class's phases (batch
+        order) and ``batch`` (one phase per batch). Their position is the phase index."""
+        return _phase_names(self.unit_class)
+
+    @property
+    def cpk_phase_names(self) -> tuple[str, ...]:
+        """The phases Cpk is computed over (``cpk_phases``, or the default: see the field)."""
+        if self.cpk_phases is not None:
+            return self.cpk_phases
+        names = self.phase_names
+        return ("production", ONE_PHASE) if "production" in names else names
+
+    def for_site(self, site_uoms: Mapping[str, str] | None = None) -> CppSpec:
+        """This spec with every tag silver accepts (``process.vocabulary.allowed_tags``):
+        the unit class's tags the spec does not list and the site's own declared tags are
+        added after the spec's, in their unit, without limits (not CPPs: kept, charted and
+        monitored, never judged). The spec's version is unchanged: nothing it judges moves."""
+        from pharma_assets.process.vocabulary import allowed_tags
+
+        extra = {
+            t: u
+            for t, u in allowed_tags(
+                self.unit_class, {t: s.uom for t, s in self.tags.items()}, site_uoms
+            ).items()
+            if t not in self.tags
+        }
+        if not extra:
+            return self
+        free = (-math.inf, math.inf)
+        tags = {**self.tags, **{t: TagSpec(uom=u, physical=free) for t, u in extra.items()}}
+        return self.model_copy(update={"tags": tags})
 
     def required_release_assays(self, reported: set[str]) -> list[str]:
         """The release assays a batch needs for right first time, given the assays the
@@ -177,7 +206,7 @@ class CppSpec(_Model):
         for tag, s in self.tags.items():
             if not s.cpp:
                 continue
-            for ph in ALL_PHASES:
+            for ph in self.phase_names:
                 lim = s.limits(ph)
                 assert lim.nor is not None and lim.par is not None
                 rows.append(
@@ -194,10 +223,19 @@ class CppSpec(_Model):
         return rows
 
 
-def load_spec(path: str | Path | None = None) -> CppSpec:
-    """Load and validate a spec file; errors name the file and the field."""
+def load_spec(path: str | Path | None = None, landing: str | Path | None = None) -> CppSpec:
+    """Load and validate a spec file; errors name the file and the field.
+
+    With ``landing`` (the landing zone), the spec as silver applies it there
+    (``CppSpec.for_site``): plus the unit class's other tags and the site tags declared
+    by the importer (``<landing>/site_tags/``)."""
     p = Path(path) if path else DEFAULT_SPEC
-    return _load(str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
+    spec = _load(str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
+    if landing is None:
+        return spec
+    from pharma_assets.process.site_tags import read_site_tags
+
+    return spec.for_site(read_site_tags(landing))
 
 
 @lru_cache(maxsize=8)
@@ -216,4 +254,36 @@ def _load(path: str, _mtime: int) -> CppSpec:
     uc = spec.unit_class
     if uc.endswith((".yaml", ".yml")) and not Path(uc).is_absolute():
         spec = spec.model_copy(update={"unit_class": str((Path(path).parent / uc).resolve())})
+    _check_phases(spec, path)
     return spec
+
+
+def _check_phases(spec: CppSpec, path: str) -> None:
+    """Phase names of the spec (per-phase limits, phase rule, Cpk phases) against its unit
+    class; crossing tags against the spec's and the class's tags. ConfigError naming them."""
+    names = spec.phase_names
+    what = f"the phases of unit class {Path(spec.unit_class).stem!r}"
+    problems = [
+        f"tags.{t}.phases: unknown phase {ph!r}; {what} are {list(names)}"
+        for t, s in spec.tags.items()
+        for ph in s.phases
+        if ph not in names
+    ]
+    problems += [
+        f"cpk_phases: unknown phase {ph!r}; {what} are {list(names)}"
+        for ph in spec.cpk_phases or ()
+        if ph not in names
+    ]
+    if spec.phase_rule is not None:
+        try:
+            spec.phase_rule.check_phases(names, what)
+        except ValueError as e:
+            problems.append(str(e))
+        known = set(spec.tags) | set(spec.load_unit_class().tags)
+        problems += [
+            f"phase_rule: crossing tag {c.tag!r} is neither a spec tag nor a class tag"
+            for c in spec.phase_rule.crossings
+            if c.tag not in known
+        ]
+    if problems:
+        raise ConfigError(f"CPP spec file {path} is invalid:\n  " + "\n  ".join(problems))

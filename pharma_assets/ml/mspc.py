@@ -327,6 +327,7 @@ class MSPCModel:
     alarm_rule: dict[str, Any] | None = None
     alarm_rule_train: dict[str, float] = field(default_factory=dict)
     step_h: float = 1.0  # maturity grid step (hours); below 1 for short batches
+    time_blocked_folds: bool = False  # limits from time-blocked out-of-fold statistics
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -338,6 +339,7 @@ class MSPCModel:
             "max_batches": self.max_batches,
             "scale_window_h": getattr(self, "scale_window_h", 0),
             "step_h": getattr(self, "step_h", 1.0),
+            "time_blocked_folds": getattr(self, "time_blocked_folds", False),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -539,6 +541,7 @@ def _fit_recipe(
     n_folds: int,
     pool_h: int,
     scale_window_h: int,
+    time_blocked_folds: bool = False,
 ) -> RecipeModel:
     from scipy import stats
 
@@ -546,8 +549,11 @@ def _fit_recipe(
     mean, sd, raw_sd = _scale_stats(raw, tags, scale_window_h)
     x = np.nan_to_num((raw - mean) / sd, nan=0.0)
     ws, lams, ncomp, cevs = _fit_maturities(x, cev_target, max_components)
-    # out-of-fold statistics for the limits (leave-one-out when n <= n_folds)
-    folds = np.arange(n) % min(n_folds, n)
+    # out-of-fold statistics for the limits (leave-one-out when n <= n_folds); with
+    # ``time_blocked_folds`` the batches come in start order and each fold is one contiguous
+    # block of time, so a batch is scored by a model without its neighbours in time
+    n_f = min(n_folds, n)
+    folds = (np.arange(n) * n_f) // n if time_blocked_folds else np.arange(n) % n_f
     cv_t2 = np.full((n, k_hours), np.nan)
     cv_spe = np.full((n, k_hours), np.nan)
     for f in np.unique(folds):
@@ -626,6 +632,7 @@ def train(
     pool_h: int = 2,
     max_batches: int = 150,
     scale_window_h: int = 3,
+    time_blocked_folds: bool = False,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -639,6 +646,9 @@ def train(
     statistics (leave-one-out when there are fewer batches than folds). Each tag is
     scaled at hour ``k`` by its largest between-batch sd within ``k ± scale_window_h`` hours
     (see ``_scale_stats``: good batches do not all reach a step in the same clock hour).
+    ``time_blocked_folds``: the out-of-fold folds are contiguous blocks of start time
+    instead of every ``n_folds``-th batch, so the limits see how batches score against a
+    model of other periods (drift between periods widens them; docs/models.md, MSPC).
     """
     if not 0.5 < alpha < 1.0:
         raise MSPCInputError(f"alpha must be in (0.5, 1), got {alpha}")
@@ -668,6 +678,8 @@ def train(
         rb = [b for b in ids if rmap[b] == rid and n_h.get(b, 0) > 0]
         if len(rb) > max_batches:
             rb = sorted(sorted(rb, key=lambda b: starts.get(b, 0))[-max_batches:])
+        if time_blocked_folds:
+            rb = sorted(rb, key=lambda b: (starts.get(b, 0), b))
         if len(rb) < min_batches:
             skipped[rid] = len(rb)
             continue
@@ -686,6 +698,7 @@ def train(
                 n_folds,
                 pool_h,
                 scale_window_h,
+                time_blocked_folds,
             )
     if not models:
         raise MSPCInputError(
@@ -701,6 +714,7 @@ def train(
         max_batches,
         scale_window_h,
         step_h=step_hours(hourly) if _is_hourly(hourly) else 1.0,
+        time_blocked_folds=time_blocked_folds,
     )
     choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()

@@ -15,6 +15,7 @@ held-out batches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -88,13 +89,56 @@ def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+#: batch_summary columns of the site's release assays (``cqa_<analyte>``)
+CQA_PREFIX = "cqa_"
+#: ``cqa_`` columns that are counts, not assays
+CQA_COUNTS = ("cqa_results", "cqa_out_of_spec")
+
+
+def targets_of(
+    summary: pl.DataFrame | None, declared: Sequence[str] | None = None
+) -> dict[str, tuple[pl.Expr, str]]:
+    """The quality targets of a lake: those its unit class declares (``quality_targets``:
+    the bioreactor's are ``TARGETS``), or, for a class that declares none, the built-in
+    ``TARGETS`` and every other release assay the site reports (a ``cqa_<analyte>`` column
+    of ``gold/batch_summary`` no built-in target reads: loss on drying, residual solvent,
+    ...), named by the analyte. Whether each has enough results is ``capabilities``' call."""
+    out = dict(TARGETS)
+    if summary is None:
+        return {t: v for t, v in out.items() if declared is None or t in declared}
+    used = {c for expr, _ in TARGETS.values() for c in expr.meta.root_names()}
+    for c, dtype in summary.schema.items():
+        if c.startswith(CQA_PREFIX) and c not in (*used, *CQA_COUNTS) and dtype.is_numeric():
+            name = c.removeprefix(CQA_PREFIX)
+            if name not in out:
+                out[name] = (pl.col(c), "")
+    return {t: v for t, v in out.items() if declared is None or t in declared}
+
+
+def horizons_within(batches: pl.DataFrame) -> tuple[str, ...]:
+    """The forecast horizons a plant's batches reach: ``harvest`` always, a day-N horizon
+    only when the median completed batch lasts longer (a 3-hour dryer batch has no day 3)."""
+    done = batches.filter(pl.col("end_ts").is_not_null())
+    med = (
+        done.select(
+            ((pl.col("end_ts") - pl.col("start_ts")).dt.total_seconds() / 3600).median()
+        ).item()
+        if done.height
+        else None
+    )
+    return tuple(
+        h for h, hours in HORIZONS_H.items() if hours is None or med is None or hours < med
+    )
+
+
 def targets_frame(summary: pl.DataFrame) -> pl.DataFrame:
     """Completed batches with their observed targets (nulls where not measured)."""
+    targets = targets_of(summary)
     if summary.height == 0:
-        return pl.DataFrame(schema={"batch_id": pl.String, **{t: pl.Float64 for t in TARGETS}})
+        return pl.DataFrame(schema={"batch_id": pl.String, **{t: pl.Float64 for t in targets}})
     done = summary.filter(pl.col("status") == "complete")
     cols = []
-    for t, (expr, _) in TARGETS.items():
+    for t, (expr, _) in targets.items():
         # a site without the assay has no column for it: the target is absent (null), never 0
         if set(expr.meta.root_names()) <= set(done.columns):
             cols.append(expr.cast(pl.Float64).alias(t))
@@ -103,10 +147,11 @@ def targets_frame(summary: pl.DataFrame) -> pl.DataFrame:
     return done.select("batch_id", *cols)
 
 
-def target_counts(summary: pl.DataFrame) -> dict[str, int]:
-    """Per target: completed batches with an observed value (0 when the site lacks it)."""
+def target_counts(summary: pl.DataFrame, declared: Sequence[str] | None = None) -> dict[str, int]:
+    """Per target (``targets_of``): completed batches with an observed value (0 when the
+    site lacks it)."""
     tg = targets_frame(summary)
-    return {t: int(tg[t].is_not_null().sum()) for t in TARGETS}
+    return {t: int(tg[t].is_not_null().sum()) for t in targets_of(summary, declared)}
 
 
 @dataclass
@@ -210,7 +255,7 @@ def train_quality(
                 else (float("nan"), float("nan"))
             )
             reg = _make(seed, n_estimators).fit(x, y)
-            unit = TARGETS[target][1]
+            unit = targets_of(inputs.batch_summary)[target][1]
             model = QualityModel(target, horizon, unit, reg, cols, lo, hi)
             xt, yt = _matrix(te, cols), te[target].to_numpy().astype(float)
             p = reg.predict(xt) if len(yt) else np.array([])

@@ -75,6 +75,71 @@ class EquipmentDef(_Model):
     tags: tuple[str, ...] = ()
 
 
+class Crossing(_Model):
+    """A phase that begins when a tag crosses a value: at the first valid reading of ``tag``
+    (in its canonical unit) above ``above`` or below ``below``, after the previous phase
+    began."""
+
+    phase: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    tag: str = Field(min_length=1)
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> Crossing:
+        if (self.above is None) == (self.below is None):
+            raise ValueError(f"phase {self.phase!r}: give exactly one of above / below")
+        return self
+
+
+class PhaseRule(_Model):
+    """Phases of batches whose MES records no phase events, by a declared rule:
+
+    * ``none``: no phase (CPPs are not judged);
+    * ``one_phase``: the whole batch is phase ``batch``, judged against the base limits;
+    * ``time_since_start``: ``starts_h`` (phase -> hours after the batch start);
+    * ``tag_crossing``: ``first_phase`` from the start, then each of ``crossings`` in order
+      (a phase begins when its tag crosses its value after the previous phase began; a
+      crossing that never happens leaves the batch in the phase before it).
+
+    The lake records the rule that produced a phase (``batch_phases.phase_source``)."""
+
+    kind: Literal["none", "one_phase", "time_since_start", "tag_crossing"] = "one_phase"
+    starts_h: dict[str, float] = Field(default_factory=dict)
+    first_phase: str | None = None
+    crossings: tuple[Crossing, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> PhaseRule:
+        if self.kind == "time_since_start" and not self.starts_h:
+            raise ValueError("time_since_start needs starts_h (phase: hours after start)")
+        if self.kind == "tag_crossing" and (not self.first_phase or not self.crossings):
+            raise ValueError("tag_crossing needs first_phase and crossings")
+        names = self.phase_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"a phase is named twice in the rule: {list(names)}")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"rule:{self.kind}"
+
+    @property
+    def phase_names(self) -> tuple[str, ...]:
+        """The phases the rule can produce (``one_phase``'s ``batch`` is not listed)."""
+        if self.kind == "time_since_start":
+            return tuple(self.starts_h)
+        if self.kind == "tag_crossing":
+            return (str(self.first_phase), *(c.phase for c in self.crossings))
+        return ()
+
+    def check_phases(self, phases: tuple[str, ...], what: str) -> None:
+        """ValueError unless every phase of the rule is one of ``phases`` (``what`` names them)."""
+        bad = [p for p in self.phase_names if p not in phases]
+        if bad:
+            raise ValueError(f"phase rule: unknown phase(s) {bad}; {what} are {list(phases)}")
+
+
 class UnitClass(_Model):
     """The vocabulary of one kind of unit: phases (batch order; may be empty), tags, the
     equipment items it declares and the capabilities that apply to it (contamination only
@@ -94,9 +159,19 @@ class UnitClass(_Model):
         "quality_models",
         "pdm",
     )
+    # how the phases of a batch without MES phase events are derived (a spec may override)
+    phase_rule: PhaseRule | None = None
+    # the batch quality targets its models forecast; None: every release assay the site
+    # reports (and the built-in targets, skipped when absent)
+    quality_targets: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> UnitClass:
+        if self.phase_rule is not None:
+            self.phase_rule.check_phases(self.phases, f"the phases of class {self.unit_class}")
+            unknown = [c.tag for c in self.phase_rule.crossings if c.tag not in self.tags]
+            if unknown:
+                raise ValueError(f"phase_rule: crossing tags {unknown} are not tags of the class")
         if "contamination" in self.capabilities and not self.cell_culture:
             raise ValueError("contamination applies only to a cell culture (cell_culture: true)")
         for eq, d in self.equipment.items():
@@ -256,6 +331,22 @@ def cpp_tags(spec: SpecLike, unit_class: UnitClass | str | Path | None = None) -
             f"(its tags: {list(uc.tags)})"
         )
     return tuple(t for t in uc.tags if t in flagged)
+
+
+def allowed_tags(
+    unit_class: UnitClass | str | Path | None,
+    spec_uoms: Mapping[str, str],
+    site_uoms: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Tag -> engineering unit of every tag silver accepts for units of a class: the CPP
+    spec's tags (their units and limits rule), then the class's tags the spec does not
+    list, then the site's own tags (declared in its tag map, ``process.site_tags``) that
+    neither knows. A tag outside this set is quarantined (``unknown_tag``)."""
+    uc = _resolve(unit_class)
+    out = dict(spec_uoms)
+    for t, u in (*uc.uoms.items(), *(site_uoms or {}).items()):
+        out.setdefault(t, u)
+    return out
 
 
 #: The built-in bioreactor class (what the simulator produces).

@@ -171,7 +171,7 @@ def silver_batches(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource
 ) -> dg.MaterializeResult:
     lake = lakehouse.lake()
-    res = silver.build_batches(lake, _keys(context), lakehouse.spec().phase_rule)
+    res = silver.build_batches(lake, _keys(context), lakehouse.spec())
     return dg.MaterializeResult(metadata={**res, **table_meta(lake, "silver", "batches")})
 
 

@@ -63,4 +63,5 @@ class LakehouseResource(dg.ConfigurableResource):
         return Lake.from_env(self.lake_uri)
 
     def spec(self) -> CppSpec:
-        return load_spec(self.spec_path)
+        # with the unit class's other tags and the site tags the importer declared
+        return load_spec(self.spec_path, landing=self.landing_dir)

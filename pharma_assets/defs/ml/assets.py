@@ -225,10 +225,13 @@ def site_capabilities(
     from pharma_assets.lake.specs import load_spec
 
     summary = lake.read("gold", "batch_summary")
-    counts = (
-        quality.target_counts(summary) if summary is not None else {t: 0 for t in quality.TARGETS}
-    )
     uc = load_spec(spec_path or os.environ.get("PHARMA_CPP_SPEC") or None).load_unit_class()
+    declared = uc.quality_targets  # None: the built-in targets and the site's release assays
+    counts = (
+        quality.target_counts(summary, declared)
+        if summary is not None
+        else {t: 0 for t in quality.targets_of(None, declared)}
+    )
     return capabilities.assess(lake, counts, ml.reference(), uc)
 
 
@@ -373,9 +376,8 @@ def quality_models(
     R2/MAE/RMSE and 80 % interval coverage per target and horizon in metadata."""
     lake = lakehouse.lake()
     caps = site_capabilities(lake, ml, lakehouse.spec_path)
-    targets = tuple(
-        t for t in quality.TARGETS if capabilities.find(caps, f"{capabilities.QUALITY}:{t}").applies
-    )
+    # the built-in targets and the site's own release assays, where enough results exist
+    targets = tuple(c.target for c in caps if c.capability == capabilities.QUALITY and c.applies)
     skips = {
         c.target: c.reason for c in caps if c.capability == capabilities.QUALITY and not c.applies
     }
@@ -396,6 +398,7 @@ def quality_models(
         n_estimators=ml.quality_trees,
         features_by_horizon=_batch_features_by_horizon(lake),
         targets=targets,
+        horizons=quality.horizons_within(inp.batches),
     )
     meta: dict[str, Any] = {}
     summary = []
@@ -512,7 +515,7 @@ def batch_forecasts(
     models: dict[tuple[str, str], tuple[Any, str]] = {}
     missing = []
     caps = site_capabilities(lake, ml, lakehouse.spec_path)
-    for target in quality.TARGETS:
+    for target in [c.target for c in caps if c.capability == capabilities.QUALITY]:
         if not capabilities.find(caps, f"{capabilities.QUALITY}:{target}").applies:
             continue  # no forecast of a target the site does not measure
         for h in features.HORIZONS_H:

@@ -85,7 +85,7 @@ def _silver_task(ctx: Mapping[str, Any], groups: Iterable[list[str]]) -> Iterato
     from pharma_assets.lake.storage import Lake
 
     lake = Lake.at(ctx["lake_uri"], ctx["storage_options"])
-    spec = load_spec(ctx["spec_path"])
+    spec = load_spec(ctx["spec_path"], landing=ctx["landing_dir"])
     for ids in groups:
         rep = silver.process_telemetry(lake, ids, spec, ctx["run_id"])
         yield {"stage": "silver", **rep.as_metadata(), "files": rep.files}
@@ -133,8 +133,8 @@ def backfill(
             lake, landing_dir, source, files_for_source(landing_dir, source), run_id
         )
         rows.append({"stage": "bronze", "source": source, **rep.as_metadata()})
-    spec = load_spec(spec_path)
-    silver.build_batches(lake, out.batches)
+    spec = load_spec(spec_path, landing=landing_dir)
+    silver.build_batches(lake, out.batches, spec)
     silver.build_lab_results(lake, spec, out.batches)
     silver.build_maintenance(lake)
     sc.setJobDescription(f"pharma-twin silver: {len(out.batches)} batches")

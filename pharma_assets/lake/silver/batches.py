@@ -14,7 +14,7 @@ from pharma_assets.process.vocabulary import PHASES
 
 from .. import bronze
 from ..input_rules import raw_reason
-from ..specs import ONE_PHASE, PhaseRule
+from ..specs import ONE_PHASE, CppSpec, PhaseRule
 from ..storage import UTC_US, Lake
 from .common import LAYER, MES_EVENT_TYPES
 
@@ -47,6 +47,8 @@ PHASE_SCHEMA = {
     "end_ts": UTC_US,
     "phase_source": pl.String(),
 }
+PHASE_RULE_DEFAULT = PhaseRule()  # one phase per batch
+
 EVENT_Q_SCHEMA = {
     "event_id": pl.String(),
     "batch_id": pl.String(),
@@ -58,14 +60,21 @@ EVENT_Q_SCHEMA = {
 
 
 def derive_batches(
-    mes: pl.DataFrame, phase_rule: PhaseRule | None = None
+    mes: pl.DataFrame,
+    phase_rule: PhaseRule | None = None,
+    phase_names: Sequence[str] = PHASES,
+    crossed: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(batches, batch_phases, event_quarantine) from bronze MES rows.
 
-    Phases come from the MES ``phase_start`` events (``phase_source`` = ``mes``); a batch
-    with none gets the phases of the spec's ``phase_rule`` (``phase_source`` = the rule,
-    e.g. ``rule:one_phase``), so its CPPs are judged and its Cpk computed."""
+    Phases come from the MES ``phase_start`` events (``phase_source`` = ``mes``; a phase
+    not among ``phase_names``, the unit class's, is quarantined ``unknown_phase``); a batch
+    with none gets the phases of the ``phase_rule`` (``phase_source`` = the rule, e.g.
+    ``rule:one_phase``), so its CPPs are judged and its Cpk computed. Under a
+    ``tag_crossing`` rule, ``crossed`` holds the crossings silver telemetry has found so far
+    (``batch_phases`` rows of that rule, ``phase_rules.crossing_phases``): they are kept."""
     rule = phase_rule or PhaseRule()
+    names = tuple(phase_names)
     quarantine: list[dict[str, Any]] = []
     seen: set[str] = set()
     per_batch: dict[str, list[dict[str, Any]]] = {}
@@ -93,8 +102,8 @@ def derive_batches(
             bad("missing_field", "event_ts and batch_id are required")
         else:
             payload = json.loads(r["payload"]) if r.get("payload") else {}
-            if r["event_type"] == "phase_start" and payload.get("phase") not in PHASES:
-                bad("unknown_phase", f"phase {payload.get('phase')!r} is not one of {PHASES}")
+            if r["event_type"] == "phase_start" and payload.get("phase") not in names:
+                bad("unknown_phase", f"phase {payload.get('phase')!r} is not one of {names}")
                 continue
             seen.add(r["event_id"])
             per_batch.setdefault(r["batch_id"], []).append({**r, "payload": payload})
@@ -146,7 +155,11 @@ def derive_batches(
                 }
             )
         ruled = (
-            [] if ph else _rule_phases(rule, start["event_ts"], end["event_ts"] if end else None)
+            []
+            if ph
+            else rule_phases(
+                rule, start["event_ts"], end["event_ts"] if end else None, _crossed(crossed, bid)
+            )
         )
         for name, t0, t1 in ruled:
             phases.append(
@@ -193,15 +206,37 @@ def derive_batches(
     )
 
 
-def _rule_phases(
-    rule: PhaseRule, start: datetime, end: datetime | None
+def _crossed(crossed: pl.DataFrame | None, batch_id: str) -> list[tuple[str, datetime]]:
+    if crossed is None or crossed.height == 0:
+        return []
+    rows = crossed.filter(pl.col("batch_id") == batch_id).sort("start_ts")
+    return [(p, t) for p, t in rows.select("phase", "start_ts").iter_rows()]
+
+
+def rule_phases(
+    rule: PhaseRule,
+    start: datetime,
+    end: datetime | None,
+    crossed: list[tuple[str, datetime]] | None = None,
 ) -> list[tuple[str, datetime, datetime | None]]:
-    """(phase, start, end) of a batch without MES phase events, by the spec's phase rule."""
+    """(phase, start, end) of a batch without MES phase events, by the spec's phase rule
+    (``crossed``: the tag crossings found so far, for a ``tag_crossing`` rule)."""
     if rule.kind == "none":
         return []
     if rule.kind == "one_phase":
         return [(ONE_PHASE, start, end)]
     out: list[tuple[str, datetime, datetime | None]] = []
+    if rule.kind == "tag_crossing":
+        assert rule.first_phase is not None
+        # the first phase from the start, then the crossings found so far in rule order
+        out.append((rule.first_phase, start, None))
+        wanted = [c.phase for c in rule.crossings]
+        for name, t0 in crossed or []:
+            if name in wanted and (end is None or t0 < end):
+                out.append((name, t0, None))
+        return [
+            (n, t0, out[i + 1][1] if i + 1 < len(out) else end) for i, (n, t0, _) in enumerate(out)
+        ]
     for name, h in sorted(rule.starts_h.items(), key=lambda kv: kv[1]):
         t0 = start + timedelta(hours=h)
         if end is not None and t0 >= end:
@@ -237,15 +272,24 @@ def replace_batches(
 
 
 def build_batches(
-    lake: Lake, batch_ids: Sequence[str] | None = None, phase_rule: PhaseRule | None = None
+    lake: Lake, batch_ids: Sequence[str] | None = None, spec: CppSpec | None = None
 ) -> dict[str, int]:
-    """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events."""
+    """Rebuild the batches (all, or only ``batch_ids``) from their bronze MES events; phases
+    by MES, else by the spec's phase rule, with the class's phase names (``spec``: the
+    spec in force; None: the built-in bioreactor's one-phase rule)."""
     where = None if batch_ids is None else pl.col("batch_id").is_in(list(batch_ids))
     mes = lake.read(bronze.LAYER, "mes", filter_expr=where)
     if mes is None:
         return {"batches": 0, "events_quarantined": 0}
-    batches, phases, q = derive_batches(mes, phase_rule)
+    rule = spec.rule if spec is not None else PHASE_RULE_DEFAULT
+    names = spec.phase_names if spec is not None else PHASES
     with lake.lock("silver-batches"):
+        crossed = None
+        if rule.kind == "tag_crossing":  # keep the crossings silver telemetry recorded
+            old = lake.read(LAYER, "batch_phases", filter_expr=where)
+            if old is not None:
+                crossed = old.filter(pl.col("phase_source") == rule.name)
+        batches, phases, q = derive_batches(mes, rule, names, crossed)
         # the batches table carries the markers of the MES files it reflects
         files = sorted(set(mes["source_file"].to_list()))
         replace_batches(lake, "batches", batches, batch_ids, files)

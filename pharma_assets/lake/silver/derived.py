@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..specs import ALL_PHASES, CppSpec
+from ..specs import CppSpec
 from ..storage import UTC_US
 from .prepare import tag_index
 
@@ -16,7 +16,7 @@ def _limits_by_key(spec: CppSpec) -> pl.DataFrame:
     return pl.DataFrame(rows).select(
         tag_idx=pl.col("tag").replace_strict(tix, return_dtype=pl.UInt32),
         phase_idx=pl.col("phase").replace_strict(
-            {p: i for i, p in enumerate(ALL_PHASES)}, return_dtype=pl.Int8
+            {p: i for i, p in enumerate(spec.phase_names)}, return_dtype=pl.Int8
         ),
         target=pl.col("target"),
         nor_lo=pl.col("nor_lo"),
@@ -92,7 +92,7 @@ def excursion_segments_of(
     names = {
         "tag": pl.col("tag_idx").replace_strict(dict(enumerate(spec.tags)), return_dtype=pl.String),
         "phase": pl.col("first_phase_idx").replace_strict(
-            dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String
+            dict(enumerate(spec.phase_names)), default=None, return_dtype=pl.String
         ),
         **{
             c: pl.lit((consts or {}).get(c), pl.String)
@@ -170,7 +170,7 @@ def stats_finish(agg: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataF
         unit_id="unit_id",
         tag=pl.col("tag_idx").replace_strict(dict(enumerate(tags)), return_dtype=pl.String),
         phase=pl.col("phase_idx").replace_strict(
-            dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String
+            dict(enumerate(spec.phase_names)), default=None, return_dtype=pl.String
         ),
         n="n",
         sum="sum",
@@ -282,7 +282,7 @@ def _timeline_finish(
         pl.col("elapsed_min"),
         (pl.col("batch_start") + pl.duration(minutes=pl.col("elapsed_min"))).alias("minute_ts"),
         pl.col("phase_idx")
-        .replace_strict(dict(enumerate(ALL_PHASES)), default=None, return_dtype=pl.String)
+        .replace_strict(dict(enumerate(spec.phase_names)), default=None, return_dtype=pl.String)
         .alias("phase"),
         *[pl.col(t).cast(pl.Float64) for t in sorted(tags)],
         pl.col("_file")

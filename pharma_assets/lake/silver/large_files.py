@@ -23,6 +23,7 @@ from .derived import (
     timeline_merge,
     timeline_partial,
 )
+from .phase_rules import crossing_phases, write_crossings
 from .prepare import (
     SilverReport,
     derivation_columns,
@@ -111,6 +112,7 @@ def _process_sliced(
     rows_in = 0
     unit: str | None = None
     failed: Counter[str] = Counter()
+    crossed = False  # phases by tag crossing moved on in this file
     for k, raw in enumerate(lake.file_slices(bronze.LAYER, "telemetry", bid, f, limits.slice_rows)):
         raw = raw.with_columns(_file=pl.lit(0, pl.UInt32))
         rows_in += raw.height
@@ -137,6 +139,8 @@ def _process_sliced(
             raw.select("ts", "tag").drop_nulls().write_parquet(key_file)
             keys.append((lo, hi, key_file))
         ex = pl.concat(seen, how="vertical_relaxed") if seen else None
+        phases, moved = crossing_phases(raw, spec, batches, phases)  # (tag_crossing rule)
+        crossed = crossed or moved
         df = prepare_batch(raw, spec, batches, phases, ex, now)
         good, bad = route(df, telemetry_contract(spec))
         accepted_contract(spec).validate(
@@ -169,6 +173,8 @@ def _process_sliced(
         "batch_timeline": timeline_merge(timeline_parts, files, spec),
     }
     _commit_outputs(lake, bid, f, outputs, run_id)
+    if crossed:
+        write_crossings(lake, phases, [bid])
     _log_file(lake, bid, f, rows_in, valid_sp.rows, bad_sp.rows, spec, run_id, now)
     rep.files_processed += 1
     rep.files.append(f)

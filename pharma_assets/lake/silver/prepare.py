@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from .. import bronze
-from ..specs import ALL_PHASES, CppSpec
+from ..specs import CppSpec
 from ..storage import UTC_US, Lake
 from .common import LAYER
 
@@ -166,13 +166,14 @@ def prepare_batch(
     phase = pl.lit(None, pl.String)
     phase_start = pl.lit(None, UTC_US)
     phase_idx = pl.lit(None, pl.Int8)
+    names = spec.phase_names  # the unit class's own phases (and one-phase "batch")
     for name, ts0 in ph.select("phase", "start_ts").iter_rows():
+        if name not in names:
+            continue  # (MES phases are checked against the class in silver/batches)
         after = pl.col("ts") >= pl.lit(ts0, UTC_US)
         phase = pl.when(after).then(pl.lit(name)).otherwise(phase)
         phase_start = pl.when(after).then(pl.lit(ts0, UTC_US)).otherwise(phase_start)
-        phase_idx = (
-            pl.when(after).then(pl.lit(ALL_PHASES.index(name), pl.Int8)).otherwise(phase_idx)
-        )
+        phase_idx = pl.when(after).then(pl.lit(names.index(name), pl.Int8)).otherwise(phase_idx)
     return df.with_columns(phase=phase, phase_start=phase_start, phase_idx=phase_idx)
 
 

@@ -17,6 +17,7 @@ from .batches import BATCH_SCHEMA, PHASE_SCHEMA
 from .common import LAYER, SILVER_TELEMETRY_COLUMNS
 from .derived import excursion_segments_of, file_stats, minute_timeline
 from .large_files import process_large_file
+from .phase_rules import crossing_phases, write_crossings
 from .prepare import (
     SilverReport,
     derivation_columns,
@@ -105,6 +106,11 @@ def process_group(
         pending = not_processed(
             lake, pl.DataFrame(group, schema=["batch_id", "source_file"], orient="row"), ids
         )
+        if pending.height and spec.rule.kind == "tag_crossing":
+            # phases by tag crossing: the crossings earlier groups recorded
+            fresh = lake.read(LAYER, "batch_phases", filter_expr=pl.col("batch_id").is_in(ids))
+            if fresh is not None:
+                phases = pl.concat([phases.filter(~pl.col("batch_id").is_in(ids)), fresh])
         if pending.height:
             _process_files(
                 lake,
@@ -175,6 +181,7 @@ def _process_files(
     if not raw_all["_file"].is_sorted():
         raw_all = raw_all.sort("_file", maintain_order=True)
     goods, bads = [], []
+    crossed: list[str] = []  # batches whose phases by tag crossing moved on in this group
     # files are in batch order, so each batch is a contiguous (zero-copy) slice
     counts = raw_all.select("_file").group_by("_file").len()
     file_rows = dict(zip(counts["_file"], counts["len"], strict=True))
@@ -193,6 +200,9 @@ def _process_files(
             & pl.col("ts").is_between(raw["ts"].min(), raw["ts"].max())
             & ~pl.col("source_file").is_in(per_batch[bid]),
         )
+        phases, moved = crossing_phases(raw, spec, batches, phases)
+        if moved:
+            crossed.append(bid)
         df = prepare_batch(raw, spec, batches, phases, existing, now)
         good, bad = route(df, telemetry_contract(spec))
         accepted_contract(spec).validate(
@@ -249,6 +259,7 @@ def _process_files(
             run_id=pl.lit(run_id),
         )
     )
+    write_crossings(lake, phases, crossed)  # before the log: a rerun finds them again
     # the log's rows are the record (pending_telemetry_files reads them, under the batches'
     # locks); it is written last, so a file is logged only once every table holds its rows
     lake.append(LAYER, "telemetry_log", per_file)
