@@ -184,7 +184,7 @@ def bench_alarms(units: int = 20, crossings: int = 20, every_s: float = 3.0) -> 
                 except TimeoutError:
                     continue
                 t = now_us()
-                for a in msg["alarms"]:
+                for a in msg.get("alarms", []):  # deltas carry alarms when they changed
                     seen.setdefault(a["alarm_id"], t)
 
     th = threading.Thread(target=feeder, daemon=True)
@@ -262,6 +262,8 @@ def client_role(urls: list[str], n: int, seconds: float, out: Path) -> None:
 
     lat: list[float] = []
     errors = 0
+    nbytes = [0]
+    first_error: list[str] = []
 
     async def one(url: str) -> None:
         nonlocal errors
@@ -275,22 +277,35 @@ def client_role(urls: list[str], n: int, seconds: float, out: Path) -> None:
                         continue
                     t = time.time_ns() // 1000
                     m = json.loads(raw)
+                    # deltas carry only the values that changed: their newest source time
+                    # is the value just pushed (health-only deltas carry no value)
                     newest = max((v[1] for u in m["units"].values() for v in u.values()), default=0)
-                    if newest:
+                    if newest and not m.get("full"):
                         lat.append((t - newest) / 1000)
-        except Exception:
+                        nbytes[0] += len(raw)
+        except Exception as e:
             errors += 1
+            first_error.append(f"{type(e).__name__}: {e}")
 
     async def main() -> None:
         await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(n)))
 
     asyncio.run(main())
-    out.write_text(json.dumps({"lat": lat, "errors": errors}))
+    out.write_text(
+        json.dumps({"lat": lat, "errors": errors, "bytes": nbytes[0], "error": first_error[:1]})
+    )
+
+
+CPP_VIEW = "tags=" + ",".join(f"tag{j:02d}" for j in range(6))  # as the Live page asks
 
 
 def bench_fanout(
-    clients: int, procs: int, units: int = 10, seconds: float = 30.0
+    clients: int, procs: int, units: int = 10, seconds: float = 30.0, per_unit: bool = False
 ) -> dict[str, Any]:
+    """``per_unit``: client i watches unit i % units (``/ws/live?unit=U``), else every unit's
+    6 CPPs as the Live page's grid (``/ws/live?tags=...``)."""
+    from benchmarks.bench_gateway import _proc_cpu_s, _proc_wait_s
+
     prefix = f"pharma:bench:{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="bench_fanout_"))
     ports = [_free_port() for _ in range(procs)]
@@ -336,7 +351,17 @@ def bench_fanout(
         for p in ports:
             _wait_http(f"http://127.0.0.1:{p}/health", 90)
         load0 = _uptime()
-        urls = [f"ws://127.0.0.1:{p}/ws/live" for p in ports]
+        fan_pids = [sp.pid for sp in started[1:]]
+        cpu0 = [_proc_cpu_s(pid) for pid in fan_pids]
+        wait0 = [_proc_wait_s(pid) for pid in fan_pids]
+        t0 = time.monotonic()
+        if per_unit:  # client i -> process i % procs, unit i % units
+            urls = [
+                f"ws://127.0.0.1:{ports[i % procs]}/ws/live?unit=U{i % units:03d}"
+                for i in range(max(procs, units) * procs)
+            ]
+        else:
+            urls = [f"ws://127.0.0.1:{p}/ws/live?{CPP_VIEW}" for p in ports]
         n_cp = max(1, (clients + 249) // 250)  # client processes of at most 250 connections
         outs = [tmp / f"c{i}.json" for i in range(n_cp)]
         cps = []
@@ -351,7 +376,7 @@ def bench_fanout(
                         "--role",
                         "client",
                         "--urls",
-                        ",".join(urls),
+                        "|".join(urls),
                         "--n",
                         str(n),
                         "--seconds",
@@ -364,20 +389,33 @@ def bench_fanout(
             )
         for c in cps:
             c.wait(seconds + 180)
+        wall = time.monotonic() - t0
+        cpu = [_proc_cpu_s(pid) - c0 for pid, c0 in zip(fan_pids, cpu0, strict=True)]
+        waited = [_proc_wait_s(pid) - w0 for pid, w0 in zip(fan_pids, wait0, strict=True)]
         lat: list[float] = []
-        errors = 0
+        errors, nbytes = 0, 0
+        error_kinds: set[str] = set()
         for o in outs:
             if o.exists():
                 d = json.loads(o.read_text())
                 lat += d["lat"]
                 errors += d["errors"]
+                nbytes += d["bytes"]
+                error_kinds.update(d["error"])
         return {
             "clients": clients,
             "procs": procs,
+            "view": "per unit" if per_unit else "all units, 6 CPPs",
+            "bytes_per_msg": nbytes / max(1, len(lat)),
+            # CPU of the fan-out processes over the run (clients connect, stream, leave)
+            "fanout_cpu_pct": 100 * sum(cpu) / wall,
+            "fanout_wait_pct": 100 * sum(waited) / wall,
+            "cpu_ms_per_client_s": 1000 * sum(cpu) / (clients * wall),
             "units": units,
             "messages": len(lat),
             "msgs_per_client_s": len(lat) / max(1, clients) / seconds,
             "errors": errors,
+            "error_kinds": sorted(error_kinds),
             "p50_ms": _pct(lat, 50),
             "p99_ms": _pct(lat, 99),
             "load": f"{load0} / {_uptime()}",
@@ -411,17 +449,31 @@ def markdown(alarm: dict[str, Any] | None, fan: list[dict[str, Any]]) -> str:
         ]
     if fan:
         lines += [
-            "| WebSocket clients | fan-out processes | units x tags | messages | msgs per client per s | "
-            "errors | p50 ms | p99 ms | load avg (start / end) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| WebSocket clients | fan-out processes | view | units x tags | messages with "
+            "values | msgs per client per s | bytes per msg | errors | p50 ms | p99 ms | fan-out "
+            "CPU % of a core (all processes) | fan-out waited for a CPU % | fan-out CPU ms per "
+            "client per s | load avg (start / end) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in fan:
             lines.append(
-                f"| {r['clients']} | {r['procs']} | {r['units']} x 20 | {r['messages']:,} | "
-                f"{r['msgs_per_client_s']:.2f} | {r['errors']} | {r['p50_ms']:.0f} | "
-                f"{r['p99_ms']:.0f} | {r['load']} |"
+                f"| {r['clients']} | {r['procs']} | {r['view']} | {r['units']} x 20 | "
+                f"{r['messages']:,} | {r['msgs_per_client_s']:.2f} | {r['bytes_per_msg']:,.0f} | "
+                f"{r['errors']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                f"{r['fanout_cpu_pct']:.0f} | {r['fanout_wait_pct']:.0f} | "
+                f"{r['cpu_ms_per_client_s']:.2f} | {r['load']} |"
             )
     return "\n".join(lines)
+
+
+FANOUT_PLAN = [  # (clients, fan-out processes, per-unit view)
+    (50, 1, False),
+    (500, 1, False),
+    (500, 2, False),
+    (500, 1, True),
+    (1000, 1, False),
+    (1000, 2, False),
+]
 
 
 def main(only: str | None = None, seconds: float = 30.0) -> str:
@@ -430,8 +482,8 @@ def main(only: str | None = None, seconds: float = 30.0) -> str:
         print(json.dumps(alarm), flush=True)
     fan = []
     if only in (None, "fanout"):
-        for clients, procs in ((50, 1), (500, 1), (500, 2)):
-            r = bench_fanout(clients, procs, seconds=seconds)
+        for clients, procs, per_unit in FANOUT_PLAN:
+            r = bench_fanout(clients, procs, seconds=seconds, per_unit=per_unit)
             print(json.dumps(r), flush=True)
             fan.append(r)
     return markdown(alarm, fan)
@@ -452,6 +504,6 @@ if __name__ == "__main__":
         ingest_role(a.prefix, a.units, a.seconds)
     elif a.role == "client":
         assert a.out is not None
-        client_role(a.urls.split(","), a.n, a.seconds, a.out)
+        client_role(a.urls.split("|"), a.n, a.seconds, a.out)
     else:
         print(main(a.only, a.seconds))

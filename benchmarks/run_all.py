@@ -1,8 +1,8 @@
 """`make bench`: run every benchmark and write the figures to docs/benchmarks.md.
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
-``memory``, ``gateway``, ``spark``, ``pdm``, ``live``, ``demo``: time to the first dashboard of
-`make demo`) runs one suite (``--only optimise``: the what-if benchmark, run under
+``memory``, ``gateway``, ``coldpath`` (gateway flush -> silver), ``spark``, ``pdm``, ``live``,
+``demo``: time to the first dashboard of `make demo`) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -40,6 +40,7 @@ GATEWAY_MARK = "<!-- gateway-results -->"
 SPARK_MARK = "<!-- spark-results -->"
 LIVE_MARK = "<!-- live-view-results -->"
 DEMO_MARK = "<!-- demo-start-results -->"
+COLDPATH_MARK = "<!-- coldpath-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -161,6 +162,18 @@ def gateway_lines() -> list[str]:
     ]
 
 
+def coldpath_lines() -> list[str]:
+    from benchmarks import bench_coldpath
+
+    r = _niced("benchmarks.bench_coldpath")
+    return [
+        _measured(", under nice -n 10, one run; load average in the table."),
+        "",
+        *bench_coldpath.HEADER.splitlines(),
+        bench_coldpath.line(r),
+    ]
+
+
 def spark_lines() -> list[str]:
     r = _niced("benchmarks.bench_spark")
     return [_measured(", under nice -n 10, one run per engine."), "", *bench_spark.markdown(r)]
@@ -193,6 +206,7 @@ SUITES = {
     "memory": (MEMORY_MARK, memory_lines),
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
+    "coldpath": (COLDPATH_MARK, coldpath_lines),
     "spark": (SPARK_MARK, spark_lines),
     "pdm": (PDM_MARK, pdm_lines),
     "live": (LIVE_MARK, live_lines),

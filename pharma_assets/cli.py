@@ -210,7 +210,14 @@ def live(
     serve: Annotated[
         str | None,
         typer.Option(
-            help="Serve telemetry over opcua, mqtt and/or modbus instead of files (docs/gateway.md)."
+            help="Serve telemetry over opcua, mqtt and/or modbus instead of files; a unit with "
+            "a protocol in the plant YAML goes over that one only (docs/gateway.md)."
+        ),
+    ] = None,
+    opcua_shard_size: Annotated[
+        int | None,
+        typer.Option(
+            help="With --serve: one OPC UA server per this many units, on consecutive ports."
         ),
     ] = None,
 ) -> None:
@@ -218,7 +225,17 @@ def live(
     if serve:
         from .gateway.cli import serve_from_live
 
-        serve_from_live(serve, plant, recipes, units, out, seed, speed, _period_seconds(period))
+        serve_from_live(
+            serve,
+            plant,
+            recipes,
+            units,
+            out,
+            seed,
+            speed,
+            _period_seconds(period),
+            opcua_shard_size,
+        )
         return
     from .twin.live import run_live
 
@@ -403,7 +420,7 @@ def pipeline(
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from .compliance.deviations import auto_open
     from .defs.compliance.materializations import audit_new_materializations
-    from .pipeline import archive_derived, default_instance, run_pipeline
+    from .pipeline import archive_derived, default_instance, run_pipeline, stop_on_sigterm
 
     res = _lakehouse(lake, landing)
     existing_dir(res.landing_dir, "landing zone")  # the lake may be new; the landing zone not
@@ -430,8 +447,16 @@ def pipeline(
         def progress(msg: str, done: int, total: int) -> None:
             bar.update(task, description=msg, completed=done, total=total or None)
 
-        with default_instance() as instance:
+        with default_instance() as instance, stop_on_sigterm():
             out = run_pipeline(res, instance, batches_per_run, progress, latest)
+            if out.interrupted:
+                bar.stop()
+                console.print(
+                    f"[red]pipeline interrupted after {len(out.runs)} runs: the interrupted run "
+                    "failed and left nothing half-written; run `pharma-twin pipeline` again to "
+                    "continue"
+                )
+                raise typer.Exit(130)
             # the daemon's sensors do this under `dagster dev`; a one-shot run does it here
             bar.update(task, description="audit trail and deviations")
             n_audit = audit_new_materializations(res.lake(), instance)

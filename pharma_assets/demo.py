@@ -18,7 +18,9 @@ the gateway (``pharma-twin gateway``, API on :8765) subscribes over OPC UA, rais
 alarms, serves the Live page and lands telemetry chunks for the Dagster sensor. The
 gateway subscribes to OPC UA only, so a reading is not ingested twice when the twin also
 publishes it over MQTT; without a broker the demo runs on OPC UA alone (no broker is
-shipped).
+shipped). ``PHARMA_DEMO_PLANT=plant.yaml`` serves a plant whose units name their protocol
+(docs/examples/plant_mixed_protocols.yaml: OPC UA, MQTT and a Modbus skid), and the
+gateway's sources follow it (``gateway_sources_for``).
 
 ``PHARMA_DEMO_LIVE=files`` runs the file-writing live simulator instead: its clock starts at
 00:00 UTC yesterday, just after the history ends, and runs 60x faster than real time until
@@ -138,10 +140,23 @@ def broker_reachable(host: str = "127.0.0.1", port: int = 1883, timeout_s: float
         return False
 
 
-def gateway_sources(path: Path, landing: Path, lake: str, units: int) -> Path:
-    """The demo gateway's sources YAML: the twin's OPC UA server, alarms into the demo lake."""
+def gateway_sources(
+    path: Path,
+    landing: Path,
+    lake: str,
+    units: int,
+    serve: str = "opcua",
+    plant_path: str | None = None,
+) -> Path:
+    """The demo gateway's sources YAML, from the same serve plan the twin follows
+    (``plan_serving``: each unit over the protocol the plant YAML gives it, else over
+    OPC UA): alarms into the demo lake."""
     import yaml
 
+    from .gateway.serve import gateway_sources_for, plan_serving
+    from .twin.config import load_plant
+
+    plan = plan_serving(load_plant(plant_path).with_units(units), serve.split(","))
     cfg = {
         "site_id": "SITE01",
         "landing_dir": str(landing),
@@ -149,14 +164,7 @@ def gateway_sources(path: Path, landing: Path, lake: str, units: int) -> Path:
         "hot_store": "memory",
         "api": {"host": "127.0.0.1", "port": 8765, "write_token_env": "PHARMA_GATEWAY_TOKEN"},
         "alarms": {"lake_dir": lake, "on_delay_s": 5, "notify_min_priority": "high"},
-        "sources": [
-            {
-                "name": "twin-opcua",
-                "kind": "opcua",
-                "url": "opc.tcp://127.0.0.1:4840/twin",
-                "publishing_interval_ms": 100,
-            }
-        ],
+        "sources": gateway_sources_for(plan, path.parent / "demo_gateway_maps"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# written by pharma_assets/demo.py for {units} units\n" + yaml.safe_dump(cfg))
@@ -289,6 +297,9 @@ def main() -> int:
             )
         else:
             serve = "opcua,mqtt" if broker_reachable() else "opcua"
+            plant_path = os.environ.get("PHARMA_DEMO_PLANT")  # a plant YAML with protocols
+            if plant_path:
+                serve += ",modbus"
             env["PHARMA_GATEWAY_TOKEN"] = env.get("PHARMA_GATEWAY_TOKEN") or secrets.token_hex(16)
             procs["live"] = _start(
                 f"twin serving {serve}",
@@ -303,11 +314,14 @@ def main() -> int:
                     units,
                     "--period",
                     "1s",
+                    *(["--plant", plant_path] if plant_path else []),
                 ],
                 env,
                 logs / "live.log",
             )
-            src = gateway_sources(ROOT / ".state" / "demo_gateway.yaml", landing, lake, int(units))
+            src = gateway_sources(
+                ROOT / ".state" / "demo_gateway.yaml", landing, lake, int(units), serve, plant_path
+            )
             procs["gateway"] = _start(
                 "live gateway",
                 [str(BIN / "pharma-twin"), "gateway", "--sources", str(src)],

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,10 +53,40 @@ class PipelineResult:
     failed: list[str] = field(default_factory=list)
     # runs an earlier, killed invocation left STARTED, marked failed by this one
     orphaned: list[str] = field(default_factory=list)
+    # stopped by Ctrl-C / SIGTERM: the interrupted run failed, later ones were not started
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
+
+
+def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """True when the in-process run failed because the process was interrupted (Ctrl-C, or
+    SIGTERM under :func:`stop_on_sigterm`): Dagster then fails only that run and returns."""
+    if result.success:
+        return False
+    ev = result.get_run_failure_event()
+    err = getattr(ev.event_specific_data, "error", None)
+    return err is not None and err.cls_name == "DagsterExecutionInterruptedError"
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While active, SIGTERM interrupts like Ctrl-C (a KeyboardInterrupt in the main thread),
+    so a stopped pipeline fails its current run cleanly instead of dying mid-commit."""
+
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def default_instance() -> dg.DagsterInstance:
@@ -209,6 +242,9 @@ def run_pipeline(
         res.runs.append(r.run_id)
         if not r.success:
             res.failed.append(r.run_id)
+        if was_interrupted(r):
+            res.interrupted = True
+            return res
     job = defs.resolve_job_def(batch_ingest_job.name)
     for first, last, n in segs:
         if on_progress:
@@ -227,6 +263,9 @@ def run_pipeline(
         res.runs.append(r.run_id)
         if not r.success:
             res.failed.append(r.run_id)
+        if was_interrupted(r):
+            res.interrupted = True
+            return res
         done += n
     if on_progress:
         on_progress("plant events and gold", done, total)
@@ -241,6 +280,9 @@ def run_pipeline(
         res.runs.append(r.run_id)
         if not r.success:
             res.failed.append(r.run_id)
+        if was_interrupted(r):
+            res.interrupted = True
+            return res
     if on_progress:
         on_progress("done", total, total)
     return res

@@ -41,7 +41,8 @@ if unit:
         if w:
             history[tag] = {"ts_us": w["ts_us"], "value": w["value"]}
 cfg = {
-    "ws_url": gw.public_url().replace("http", "ws", 1) + "/ws/live",
+    # only the CPPs the grid and trends draw; the gateway then sends only what changed
+    "ws_url": gw.public_url().replace("http", "ws", 1) + "/ws/live?tags=" + ",".join(spec.cpp_tags),
     "cpp_tags": spec.cpp_tags,
     "bands": spec_bands(),
     "default_phase": "production",

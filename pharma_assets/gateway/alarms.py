@@ -149,6 +149,8 @@ class MesPhases:
         self.landing = Path(landing)
         self.rescan_s = rescan_s
         self._cache: dict[tuple[str, str], tuple[float, set[str], list[tuple[int, str]]]] = {}
+        # unit -> (scanned at, batch -> (start µs, end µs))
+        self._spans: dict[str, tuple[float, dict[str, tuple[int | None, int | None]]]] = {}
         self._lock = threading.Lock()
 
     def _scan(self, unit_id: str, batch_id: str) -> list[tuple[int, str]]:
@@ -180,6 +182,40 @@ class MesPhases:
             starts.sort()
             self._cache[key] = (now, seen, starts)
             return starts
+
+    def batch_at(self, unit_id: str, ts_us: int) -> str | None:
+        """The batch running on ``unit_id`` at ``ts_us`` by the MES files (started, not
+        ended): the batch of readings from sources that name none (Modbus devices)."""
+        folder = self.landing / "mes" / unit_id
+        now = time.monotonic()
+        with self._lock:
+            at, spans = self._spans.get(unit_id, (-math.inf, {}))
+            if now - at >= self.rescan_s and folder.is_dir():
+                spans = dict(spans)
+                for d in folder.iterdir():
+                    start, end = spans.get(d.name, (None, None))
+                    if end is not None or not d.is_dir():
+                        continue  # ended batches do not change
+                    for p in sorted(d.glob("*.jsonl")):
+                        for line in p.read_text().splitlines():
+                            try:
+                                e = json.loads(line)
+                                ts = datetime.fromisoformat(
+                                    str(e["event_ts"]).replace("Z", "+00:00")
+                                )
+                            except (json.JSONDecodeError, KeyError, ValueError):
+                                continue
+                            t = int(ts.replace(tzinfo=ts.tzinfo or UTC).timestamp() * 1e6)
+                            if e.get("event_type") == "batch_start":
+                                start = t
+                            elif e.get("event_type") == "batch_end":
+                                end = t
+                    spans[d.name] = (start, end)
+                self._spans[unit_id] = (now, spans)
+        running = [
+            (s, b) for b, (s, e) in spans.items() if s is not None and s <= ts_us < (e or 2**62)
+        ]
+        return max(running)[1] if running else None
 
     def phase_at(self, unit_id: str, batch_id: str, ts_us: int) -> tuple[str, int] | None:
         cur = None

@@ -9,10 +9,11 @@
                                                 Bearer token + the named user, audited)
     GET  /spec                                  NOR/PAR of every CPP by phase (for the bands)
     WS   /ws/units/{unit}?interval_s=0.25       pushes the unit's latest values when they change
-    WS   /ws/live?unit=U                        the Live view's feed: every unit's latest
+    WS   /ws/live?unit=U&tags=a,b&delta=true    the Live view's feed: every unit's latest
                                                 values (compact), open alarms, health and
-                                                each unit's batch and phase;
-                                                with ``unit``, that unit only
+                                                each unit's batch and phase; first the full
+                                                state, then only what changed (``delta``);
+                                                with ``unit`` / ``tags``, those only
 
 The API reads only the hot store (values, and the ``alarms`` and ``health`` documents the
 gateway publishes into it), so it runs inside the gateway process (default) or as
@@ -61,9 +62,16 @@ class UnshelveBody(BaseModel):
     context_id: str | None = None
 
 
+View = tuple[str | None, tuple[str, ...] | None]  # (unit or all, tags or all)
+
+
 class Broadcaster:
     """One snapshot of the hot store per ``interval_s``, shared by every WebSocket client of
-    this process; texts are serialised once per snapshot and view (all units or one)."""
+    this process. Each snapshot is compared with the previous one: a client gets the full
+    state when it connects (``"full": true``), then only what changed (``"full": false``:
+    changed values of changed units; ``alarms``, ``health`` and ``meta`` only when they
+    changed). Texts are serialised once per snapshot and view (unit, tags), so the cost
+    per client is the send; a client that missed a snapshot gets the full state again."""
 
     def __init__(self, hot: HotStore, interval_s: float = 0.2) -> None:
         self.hot, self.interval_s = hot, interval_s
@@ -73,15 +81,18 @@ class Broadcaster:
         self.health: Any = None
         self.meta: Any = {}
         self.snap_us = 0
-        self._texts: dict[str | None, str] = {}
+        self.changed_units: dict[str, dict[str, list[Any]]] = {}
+        self.changed_docs: set[str] = set()
+        self._texts: dict[tuple[View, bool], str] = {}
         self._cond = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self.clients = 0
+        self.sent = 0  # messages sent, all clients
 
     def _build(self) -> bool:
         now = now_us()
         units = {}
-        for u in self.hot.units():
+        for u, latest in self.hot.latest_many(self.hot.units(), now).items():
             units[u] = {
                 d["tag"]: [
                     d["value"],
@@ -91,21 +102,29 @@ class Broadcaster:
                     d["stale"],
                     d["uom"],
                 ]
-                for d in self.hot.latest(u, now)
+                for d in latest
             }
-        alarms = self.hot.get_doc("alarms") or []
-        health = self.hot.get_doc("health")
-        meta = self.hot.get_doc("units") or {}
-        changed = (
-            units != self.units
-            or alarms != self.alarms
-            or health != self.health
-            or meta != self.meta
-        )
-        if changed:
-            self.units, self.alarms, self.health, self.snap_us = units, alarms, health, now
-            self.meta = meta
-        return changed
+        docs = {
+            "alarms": self.hot.get_doc("alarms") or [],
+            "health": self.hot.get_doc("health"),
+            "meta": self.hot.get_doc("units") or {},
+        }
+        changed_units: dict[str, dict[str, list[Any]]] = {}
+        for u, tags in units.items():
+            old = self.units.get(u, {})
+            diff = {t: v for t, v in tags.items() if old.get(t) != v}
+            if diff:
+                changed_units[u] = diff
+        changed_docs = {k for k, v in docs.items() if getattr(self, k) != v}
+        gone = set(self.units) - set(units)
+        if not (changed_units or changed_docs or gone):
+            return False
+        if gone:  # a unit left the hot store (Redis cleared): every client starts over
+            self.seq += 1
+        self.units, self.snap_us = units, now
+        self.alarms, self.health, self.meta = docs["alarms"], docs["health"], docs["meta"]
+        self.changed_units, self.changed_docs = changed_units, changed_docs
+        return True
 
     async def _run(self) -> None:
         while True:
@@ -121,32 +140,54 @@ class Broadcaster:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def text(self, unit: str | None) -> str:
-        t = self._texts.get(unit)
-        if t is None:
-            units = self.units if unit is None else {unit: self.units.get(unit, {})}
-            meta = self.meta if unit is None else {unit: self.meta.get(unit, {})}
-            alarms = (
+    @staticmethod
+    def _pick(
+        units: dict[str, dict[str, list[Any]]], view: View
+    ) -> dict[str, dict[str, list[Any]]]:
+        unit, tags = view
+        if unit is not None:
+            units = {unit: units[unit]} if unit in units else {}
+        if tags is not None:
+            units = {u: {t: v[t] for t in tags if t in v} for u, v in units.items()}
+            units = {u: v for u, v in units.items() if v}
+        return units
+
+    def text(self, unit: str | None, full: bool = True, tags: tuple[str, ...] | None = None) -> str:
+        """The message of the current snapshot for one view, full or only what changed
+        ("" when a delta carries nothing for this view)."""
+        view: View = (unit, tags)
+        t = self._texts.get((view, full))
+        if t is not None:
+            return t
+        msg: dict[str, Any] = {
+            "seq": self.seq,
+            "full": full,
+            "snap_us": self.snap_us,
+            "sent_us": now_us(),
+            "units": self._pick(self.units if full else self.changed_units, view),
+        }
+        if full or "alarms" in self.changed_docs:
+            msg["alarms"] = (
                 self.alarms
                 if unit is None
                 else [a for a in self.alarms if a.get("unit_id") == unit]
             )
-            t = self._texts[unit] = json.dumps(
-                {
-                    "seq": self.seq,
-                    "snap_us": self.snap_us,
-                    "sent_us": now_us(),
-                    "units": units,
-                    "alarms": alarms,
-                    "health": self.health,
-                    "meta": meta,
-                },
-                separators=(",", ":"),
-                default=str,
-            )
+        if full or "health" in self.changed_docs:
+            msg["health"] = self.health
+        if full or "meta" in self.changed_docs:
+            msg["meta"] = self.meta if unit is None else {unit: self.meta.get(unit, {})}
+        empty = not full and not msg["units"] and len(msg) == 5
+        t = "" if empty else json.dumps(msg, separators=(",", ":"), default=str)
+        self._texts[(view, full)] = t
         return t
 
-    async def serve(self, ws: WebSocket, unit: str | None) -> None:
+    async def serve(
+        self,
+        ws: WebSocket,
+        unit: str | None,
+        tags: tuple[str, ...] | None = None,
+        delta: bool = True,
+    ) -> None:
         self.start()
         self.clients += 1
         seen = 0  # snapshot 0 is "none built yet"
@@ -155,8 +196,12 @@ class Broadcaster:
                 async with self._cond:
                     if self.seq == seen:
                         await self._cond.wait()
+                    full = not delta or seen == 0 or self.seq != seen + 1
                     seen = self.seq
-                await ws.send_text(self.text(unit))
+                    text = self.text(unit, full, tags)
+                if text:  # a delta with nothing for this view is not sent
+                    await ws.send_text(text)
+                    self.sent += 1
         except (WebSocketDisconnect, RuntimeError):
             return
         finally:
@@ -267,9 +312,12 @@ def make_app(
         )
 
     @app.websocket("/ws/live")
-    async def ws_live(ws: WebSocket, unit: str | None = None) -> None:
+    async def ws_live(
+        ws: WebSocket, unit: str | None = None, tags: str | None = None, delta: bool = True
+    ) -> None:
         await ws.accept()
-        await bc.serve(ws, unit)
+        picked = tuple(t for t in tags.split(",") if t) if tags else None
+        await bc.serve(ws, unit, picked, delta)
 
     @app.websocket("/ws/units/{unit}")
     async def ws_unit(ws: WebSocket, unit: str, interval_s: float = 0.25) -> None:

@@ -51,6 +51,7 @@ def serve_from_live(
     seed: int,
     speed: float,
     period_s: float,
+    opcua_shard_size: int | None = None,
 ) -> None:
     """``pharma-twin live --serve ...``: the twin's units as OPC UA / Sparkplug B endpoints.
 
@@ -58,7 +59,7 @@ def serve_from_live(
     than 1 is refused: the gateway would reject readings stamped in the future)."""
     from ..twin.config import load_plant, load_recipes
     from .protocols.mqtt_common import MqttSettings
-    from .serve import serve_live
+    from .serve import plan_serving, serve_live
 
     targets = parse_serve(serve)
     if speed != 1.0:
@@ -76,6 +77,10 @@ def serve_from_live(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     quiet_libraries()
     plant = load_plant(plant_path).with_units(units)
+    try:
+        plan_serving(plant, list(targets), opcua_shard_size)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     console.print(
         f"serving {units} units live over {', '.join(f'{k} ({v})' for k, v in targets.items())}, "
         f"one step every {period_s:g} s, MES files to {out.resolve()} (Ctrl-C stops)"
@@ -91,6 +96,7 @@ def serve_from_live(
         targets.get("opcua", DEFAULT_OPCUA),
         mqtt,
         modbus_address=modbus or ("127.0.0.1", 5020),
+        opcua_shard_size=opcua_shard_size,
     )
     console.print(f"live serving stopped after {n} steps")
 

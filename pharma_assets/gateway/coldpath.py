@@ -27,12 +27,18 @@ silently.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import re
+import signal
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,6 +103,7 @@ class ColdPath:
         self.lock = threading.RLock()  # shared with the gateway's ingest critical section
         self._seg_no = 0
         self.buffer_bytes = 0
+        self.track_marks = False  # set in a flusher process (see run_flusher)
 
     # ------------------------------------------------------------ recovery
 
@@ -128,11 +135,27 @@ class ColdPath:
             )
         return out
 
+    @contextlib.contextmanager
+    def flushing(self) -> Iterator[None]:
+        """Hold ``flush.lock`` (an exclusive flock): one flusher at a time, across processes
+        (a flusher process orphaned by a SIGKILL finishes its segment before a restarted
+        gateway recovers)."""
+        fd = os.open(self.dir / "flush.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def recover(self) -> dict[str, Any]:
         """Finish an interrupted flush, then rebuild high-water marks and sequence numbers.
 
         Returns ``state``; call before ``append``.
         """
+        with self.flushing():
+            return self._recover()
+
+    def _recover(self) -> dict[str, Any]:
         p = self.dir / "state.json"
         if p.exists():
             self.state.update(json.loads(p.read_text()))
@@ -269,6 +292,14 @@ class ColdPath:
             res.readings_landed += len(rs)
         res.no_batch = sum(len(v) for (_, b), v in by_group.items() if b is None)
         with self.lock:
+            if self.track_marks:  # a flusher process: its state.json carries the marks
+                hwm, seqs = self.state["hwm"], self.state["seq"]
+                for r in readings:
+                    key = f"{r.unit_id}|{r.tag}"
+                    if r.source_ts_us > hwm.get(key, -1):
+                        hwm[key] = r.source_ts_us
+                    if r.seq > seqs.get(r.source, 0):
+                        seqs[r.source] = r.seq
             self.state["landed"] += res.readings_landed
             self.state["files"] += len(res.files)
             self.state["no_batch"] += res.no_batch
@@ -292,6 +323,35 @@ class ColdPath:
         with self.lock:
             self.seal()
             boundary = self._seg_no
+        with self.flushing():
+            return self._drain(boundary)
+
+    # ------------------------------------------------------------ flusher process
+
+    def seal_for_flusher(self) -> int:
+        """Seal the open segment and tell the flusher process (``sealed``: every segment
+        below this number may be drained); recount the buffer's bytes (the flusher deletes
+        the segments it landed). Returns the boundary."""
+        with self.lock:
+            self.seal()
+            boundary = self._seg_no
+            _atomic_json(self.dir / "sealed", boundary)
+        size = 0
+        for p in self.wal.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                size += p.stat().st_size
+        self.buffer_bytes = size
+        return boundary
+
+    def read_counters(self) -> None:
+        """Landed/files/no_batch as the flusher process last saved them (``state.json``)."""
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            st = json.loads((self.dir / "state.json").read_text())
+            for k in ("landed", "files", "no_batch"):
+                self.state[k] = st.get(k, self.state[k])
+
+    def _drain(self, boundary: int) -> FlushResult:
+        """Land every segment numbered below ``boundary``, in order (hold ``flushing``)."""
         total = FlushResult()
         plan_path = self.dir / "flush.json"
         for n, seg in self._segments():
@@ -311,4 +371,66 @@ class ColdPath:
         self.seal()
 
 
-__all__ = ["ColdPath", "FlushResult"]
+def run_flusher(
+    buffer_dir: Path,
+    landing_dir: Path,
+    parent_pid: int,
+    stop: Any,
+    fsync: bool = False,
+    poll_s: float = 0.1,
+) -> None:
+    """The flusher process: drain the segments the gateway sealed (``sealed``) into the
+    landing zone, so that writing Parquet never competes with ingest for the gateway's GIL.
+    It owns ``state.json`` while it runs (counters, and the marks of what it landed: with
+    the segments not yet landed they rebuild the gateway's marks on restart). Exits when
+    ``stop`` is set (after draining what was sealed) or when the gateway process is gone
+    (a SIGKILL: it finishes the segment in hand, the restarted gateway recovers the rest)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s flusher %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the gateway stops us in order
+    cold = ColdPath(buffer_dir, landing_dir, fsync=fsync)
+    cold.track_marks = True
+    errors = 0
+    with cold.flushing():
+        p = cold.dir / "state.json"
+        if p.exists():
+            cold.state.update(json.loads(p.read_text()))
+    while True:
+        if os.getppid() != parent_pid:
+            log.warning("gateway process %d is gone; flusher stops", parent_pid)
+            return
+        stopping = stop.is_set()
+        try:
+            boundary = int(json.loads((cold.dir / "sealed").read_text()))
+        except (FileNotFoundError, ValueError):
+            boundary = 0
+        if any(n < boundary for n, _ in cold._segments()):
+            cold._seg_no = boundary  # next_segment in state.json
+            try:
+                with cold.flushing():
+                    cold._drain(boundary)
+            except OSError as e:
+                errors += 1
+                log.error("flush to landing %s failed (segments stay): %s", cold.landing, e)
+                _atomic_json(cold.dir / "flusher.json", {"errors": errors, "last_error": str(e)})
+                time.sleep(1.0)
+                continue
+        if stopping:
+            return
+        time.sleep(poll_s)
+
+
+def start_flusher_process(cold: ColdPath) -> tuple[Any, Any]:
+    """Start ``run_flusher`` for ``cold`` in a new (spawned) process: (process, stop event)."""
+    ctx = mp.get_context("spawn")  # not fork: the gateway has network threads
+    stop = ctx.Event()
+    proc = ctx.Process(
+        target=run_flusher,
+        args=(cold.dir, cold.landing, os.getpid(), stop, cold.fsync),
+        name="gateway-flusher",
+        daemon=True,
+    )
+    proc.start()
+    return proc, stop
+
+
+__all__ = ["ColdPath", "FlushResult", "run_flusher", "start_flusher_process"]

@@ -142,6 +142,9 @@ class GatewayConfig(_Model):
     window_s: float = Field(default=7200.0, ge=7200)
     stale_after_s: float = Field(default=10.0, gt=0)
     flush_interval_s: float = Field(default=5.0, gt=0)
+    # write the landing files in a separate flusher process (ingest keeps its GIL); false:
+    # a thread of the gateway process
+    flush_process: bool = True
     max_future_s: float = Field(default=5.0, ge=0)
     max_age_s: float = Field(default=86400.0, gt=0)
     max_buffer_bytes: int = Field(default=1 << 30, gt=0)

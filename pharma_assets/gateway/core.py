@@ -10,18 +10,19 @@ store. Refused readings are counted per source and reason and appended to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .alarms import AlarmEngine
-from .coldpath import ColdPath, FlushResult
+from .coldpath import ColdPath, FlushResult, start_flusher_process
 from .hotstore import HotStore
 from .mapping import MappingError, SourceMap
 from .records import BAD, GOOD, REJECT_REASONS, Reading, as_number, now_us
@@ -83,17 +84,24 @@ class Gateway:
         self._reject_path = reject_log or (cold.dir / "rejected.jsonl" if cold else None)
         self.flush_errors = 0
         self._unit_batch: dict[str, str | None] = {}
+        # (unit, µs) -> the batch running then, for units no source names a batch of
+        self.batch_resolver: Callable[[str, int], str | None] | None = None
         self.last_flush: FlushResult | None = None
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._flush_proc: Any = None  # the flusher process (start_flusher(process=True))
+        self._flush_stop: Any = None
         self.alarms: AlarmEngine | None = None  # real-time CPP alarms (alarm_service)
         self._rate_mark: tuple[int, int] = (now_us(), 0)  # (time, accepted) for readings/s
         self.readings_per_s = 0.0
 
-    def batch_of(self, unit_id: str) -> str | None:
-        """The batch the latest message about ``unit_id`` named (any source): sources that
-        know no batch (Modbus skids and pumps) take their unit's batch from here."""
-        return self._unit_batch.get(unit_id)
+    def batch_of(self, unit_id: str, at_us: int | None = None) -> str | None:
+        """The batch the latest message about ``unit_id`` named (any source that names
+        batches), else the one ``batch_resolver`` (the MES files) says runs at ``at_us``:
+        sources that know no batch (Modbus skids and pumps) take their unit's batch here."""
+        if unit_id in self._unit_batch or self.batch_resolver is None:
+            return self._unit_batch.get(unit_id)
+        return self.batch_resolver(unit_id, now_us() if at_us is None else at_us)
 
     def stats(self, name: str, kind: str = "") -> SourceStats:
         s = self.sources.get(name)
@@ -116,8 +124,11 @@ class Gateway:
         batch_id: str | None,
         items: Iterable[Item],
         recv_us: int | None = None,
+        names_batch: bool = True,
     ) -> list[Reading]:
         """Check, map, number and store one message's readings; returns those accepted.
+        ``names_batch``: the source knows the unit's batch (False: it took ``batch_id``
+        from ``batch_of``).
 
         Returns after the accepted readings are in the disk buffer, so the caller may
         acknowledge the message. Never raises for bad data: refusals are counted.
@@ -135,7 +146,8 @@ class Gateway:
                 self._reject(st, e.reason, {"device": device, "name": it[0], "error": str(e)})
             return []
         batch = batch_id or None
-        self._unit_batch[unit] = batch
+        if names_batch:
+            self._unit_batch[unit] = batch
         accepted: list[Reading] = []
         with self.lock:
             if self.cold is not None and not self.cold.has_room():
@@ -225,8 +237,13 @@ class Gateway:
     # ------------------------------------------------------------ flusher
 
     def flush(self) -> FlushResult | None:
-        """Drain the disk buffer into the landing zone now (also done by the flusher)."""
+        """Drain the disk buffer into the landing zone now (also done by the flusher).
+
+        With a flusher process running, only seal: the process lands it (returns None)."""
         if self.cold is None:
+            return None
+        if self._flush_proc is not None and self._flush_proc.is_alive():
+            self.cold.seal_for_flusher()
             return None
         try:
             self.last_flush = self.cold.flush()
@@ -240,10 +257,20 @@ class Gateway:
             return None
         return self.last_flush
 
-    def start_flusher(self, interval_s: float = 5.0) -> None:
+    def start_flusher(self, interval_s: float = 5.0, process: bool = False) -> None:
+        """Flush every ``interval_s``: in a thread of this process, or (``process``) seal
+        here and let a flusher process write the landing files (``coldpath.run_flusher``),
+        so that the Parquet writing does not hold this process's GIL while it ingests."""
+        if process and self.cold is not None:
+            self._flush_proc, self._flush_stop = start_flusher_process(self.cold)
+
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 self.flush()
+                proc = self._flush_proc
+                if proc is not None and self.cold is not None and not proc.is_alive():
+                    log.error("the flusher process died (exit %s)", proc.exitcode)
+                    self._flush_proc, self._flush_stop = start_flusher_process(self.cold)
 
         self._flusher = threading.Thread(target=loop, name="gateway-flusher", daemon=True)
         self._flusher.start()
@@ -253,13 +280,33 @@ class Gateway:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
-        self.flush()
+        if self._flush_proc is not None:
+            self.flush()  # seal what is left; the process drains it, then exits
+            self._flush_stop.set()
+            self._flush_proc.join(120)
+            if self._flush_proc.is_alive():
+                log.error("the flusher process did not stop in 120 s; terminating it")
+                self._flush_proc.terminate()
+                self._flush_proc.join(10)
+            self._flush_proc = None
+            if self.cold is not None:
+                self.cold.read_counters()
+        self.flush()  # whatever is left, in this process
         if self.cold is not None:
             self.cold.close()
+
+    def _read_flusher_errors(self) -> None:
+        assert self.cold is not None
+        p = self.cold.dir / "flusher.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.flush_errors = max(self.flush_errors, int(json.loads(p.read_text())["errors"]))
 
     def health(self) -> dict[str, Any]:
         """Sources, buffer depth and cold-path counters (for the API and Dagster)."""
         cold = self.cold
+        if cold is not None and self._flush_proc is not None:
+            cold.read_counters()  # the flusher process keeps them in state.json
+            self._read_flusher_errors()
         t, n = now_us(), sum(s.accepted for s in self.sources.values())
         t0, n0 = self._rate_mark
         if t - t0 >= 1_000_000:  # over the time since the previous call of at least 1 s

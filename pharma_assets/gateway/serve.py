@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..twin.config import CANONICAL_TAGS, PlantConfig, RecipeBook
+from ..twin.config import CANONICAL_TAGS, PROTOCOLS, PlantConfig, RecipeBook
 from ..twin.engine import Engine
 from ..twin.history import mes_events
 from ..twin.landing import chunk_path, quality_codes, write_jsonl
@@ -173,6 +173,96 @@ class LiveFeed:
         return out
 
 
+def twin_unit_register_map(tags: list[str]) -> RegisterMap:
+    """The register map of a unit served wholly over Modbus (``protocol: modbus`` in the
+    plant YAML): every tag a float32 (2 words), big word order, from address 0."""
+    regs = [
+        {"name": t, "address": 2 * i, "type": "float32", "uom": CANONICAL_TAGS[t]}
+        for i, t in enumerate(tags)
+    ]
+    return RegisterMap.model_validate({"word_order": "big", "registers": regs})
+
+
+def shard_endpoint(endpoint: str, i: int) -> str:
+    """The endpoint of OPC UA shard ``i``: the base endpoint's port + i."""
+    head, _, rest = endpoint.removeprefix("opc.tcp://").partition("/")
+    host, _, port = head.rpartition(":")
+    return f"opc.tcp://{host}:{int(port) + i}/{rest}"
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """Which unit is served over which protocol, and with which tags.
+
+    A unit with a ``protocol`` in the plant YAML (its own or its area's) is served over
+    that protocol only, with all its tags (a ``modbus`` unit is a Modbus device with
+    ``twin_unit_register_map``). A unit without one is served over every protocol
+    ``--serve`` names; when that includes ``modbus`` its pump and agitator-drive health
+    tags go over Modbus (``twin_register_map``) and not over the others.
+    OPC UA units are split into shards of ``opcua_shard_size`` units, one server each on
+    consecutive ports (``shard_endpoint``); None: one server.
+    """
+
+    protocols: tuple[str, ...]
+    unit_protocols: dict[str, tuple[str, ...]]  # unit -> protocols it is served over
+    tags: dict[tuple[str, str], list[str]]  # (unit, protocol) -> tags
+    opcua_shards: list[list[str]]
+    modbus_devices: dict[str, int]  # unit -> device id
+    modbus_maps: dict[str, RegisterMap]  # unit -> its register map
+
+    def units_over(self, proto: str) -> list[str]:
+        return [u for u, ps in self.unit_protocols.items() if proto in ps]
+
+
+def plan_serving(
+    plant: PlantConfig, protocols: list[str], opcua_shard_size: int | None = None
+) -> ServePlan:
+    """The ``ServePlan`` of ``plant`` for the protocols ``--serve`` names (ValueError, one
+    line, when the plant YAML asks for one it does not name)."""
+    bad = sorted(set(protocols) - set(PROTOCOLS))
+    if bad or not protocols:
+        raise ValueError(f"--serve takes opcua, mqtt and/or modbus, got {protocols}")
+    if opcua_shard_size is not None and opcua_shard_size < 1:
+        raise ValueError(f"--opcua-shard-size must be at least 1, got {opcua_shard_size}")
+    tags = [t.tag for t in plant.tags]
+    utility = [t for t in tags if t in UTILITY_TAGS] if "modbus" in protocols else []
+    unit_protocols: dict[str, tuple[str, ...]] = {}
+    unit_tags: dict[tuple[str, str], list[str]] = {}
+    maps: dict[str, RegisterMap] = {}
+    for u in plant.units:
+        p = plant.protocol_of(u.unit_id)
+        if p is not None and p not in protocols:
+            raise ValueError(
+                f"unit {u.unit_id} is served over {p} (plant YAML) but --serve names only "
+                f"{', '.join(protocols)}"
+            )
+        if p is not None:
+            unit_protocols[u.unit_id] = (p,)
+            unit_tags[(u.unit_id, p)] = tags
+            if p == "modbus":
+                maps[u.unit_id] = twin_unit_register_map(tags)
+            continue
+        ps = tuple(x for x in PROTOCOLS if x in protocols)
+        unit_protocols[u.unit_id] = ps
+        for x in ps:
+            unit_tags[(u.unit_id, x)] = (
+                utility if x == "modbus" else [t for t in tags if t not in utility]
+            )
+        if "modbus" in ps:
+            maps[u.unit_id] = twin_register_map(tags)
+    opc = [u for u, ps in unit_protocols.items() if "opcua" in ps]
+    size = opcua_shard_size or max(len(opc), 1)
+    modbus_units = [u for u, ps in unit_protocols.items() if "modbus" in ps]
+    return ServePlan(
+        tuple(protocols),
+        unit_protocols,
+        unit_tags,
+        [opc[i : i + size] for i in range(0, len(opc), size)],
+        {u: i + 1 for i, u in enumerate(modbus_units)},
+        maps,
+    )
+
+
 def serve_live(
     plant: PlantConfig,
     recipes: RecipeBook,
@@ -186,20 +276,16 @@ def serve_live(
     steps: int | None = None,
     on_step: Callable[[list[StepOutput]], None] | None = None,
     modbus_address: tuple[str, int] = ("127.0.0.1", 5020),
+    opcua_shard_size: int | None = None,
 ) -> int:
-    """Serve the live plant until Ctrl-C (or ``steps`` steps); returns steps served."""
-    bad = sorted(set(protocols) - {"opcua", "mqtt", "modbus"})
-    if bad or not protocols:
-        raise ValueError(f"--serve takes opcua, mqtt and/or modbus, got {protocols}")
+    """Serve the live plant until Ctrl-C (or ``steps`` steps); returns steps served.
+    Which unit goes over which protocol: ``plan_serving``."""
+    plan = plan_serving(plant, protocols, opcua_shard_size)
     feed = LiveFeed(plant, recipes, landing, seed, period_s)
-    site = plant.site.site_id
-    tag_nodes = [TagNode(t.tag, t.uom, t.equipment) for t in plant.tags]
     return asyncio.run(
         _serve(
             feed,
-            site,
-            tag_nodes,
-            protocols,
+            plan,
             speed,
             period_s,
             opcua_endpoint,
@@ -213,9 +299,7 @@ def serve_live(
 
 async def _serve(
     feed: LiveFeed,
-    site: str,
-    tag_nodes: list[TagNode],
-    protocols: list[str],
+    plan: ServePlan,
     speed: float,
     period_s: float,
     endpoint: str,
@@ -224,43 +308,65 @@ async def _serve(
     on_step: Callable[[list[StepOutput]], None] | None,
     modbus_address: tuple[str, int],
 ) -> int:
-    server = edge = mb = None
-    utility: set[str] = set()
-    if "modbus" in protocols:
-        rm = twin_register_map([t.tag for t in tag_nodes])
-        utility = {r.name for r in rm.registers}
-        devices = {u: i + 1 for i, u in enumerate(feed.units)}
-        mb = ModbusTwinServer(modbus_address[0], modbus_address[1], devices, rm)
-        await mb.start()
-        log.info("Modbus TCP server at %s:%s, device ids %s", *modbus_address, devices)
-        tag_nodes = [t for t in tag_nodes if t.tag not in utility]
-    if "opcua" in protocols:
-        areas = {a.area_id: [u.unit_id for u in a.units] for a in feed.plant.areas}
-        server = TwinOpcuaServer(endpoint, site, areas, tag_nodes)
-        await server.start()
-        log.info("OPC UA server at %s", endpoint)
-    if "mqtt" in protocols:
-        metrics = [MetricDef(t.tag, t.uom) for t in tag_nodes]
-        edge = SparkplugEdgeNode(mqtt, site, "twin", dict.fromkeys(feed.units, metrics))
-        edge.start()
-        log.info("Sparkplug B edge node spBv1.0/%s/+/twin on %s:%s", site, mqtt.host, mqtt.port)
-    wall0, sim0 = time.monotonic(), datetime.now(UTC)
-    n = 0
+    plant = feed.plant
+    site = plant.site.site_id
+    node = {t.tag: TagNode(t.tag, t.uom, t.equipment) for t in plant.tags}
+    servers: dict[str, TwinOpcuaServer] = {}  # unit -> its shard's server
+    shards: list[TwinOpcuaServer] = []
+    edge = mb = None
     try:
+        if plan.modbus_devices:
+            mb = ModbusTwinServer(
+                modbus_address[0], modbus_address[1], plan.modbus_devices, plan.modbus_maps
+            )
+            await mb.start()
+            log.info(
+                "Modbus TCP server at %s:%s, device ids %s", *modbus_address, plan.modbus_devices
+            )
+        for i, units in enumerate(plan.opcua_shards):
+            areas: dict[str, list[str]] = {}
+            for u in units:
+                areas.setdefault(plant.area_of(u), []).append(u)
+            ep = shard_endpoint(endpoint, i)
+            srv = TwinOpcuaServer(
+                ep, site, areas, {u: [node[t] for t in plan.tags[(u, "opcua")]] for u in units}
+            )
+            shards.append(srv)
+            await srv.start()
+            servers.update(dict.fromkeys(units, srv))
+            log.info("OPC UA server at %s: %s", ep, ", ".join(units))
+        mqtt_units = plan.units_over("mqtt")
+        if mqtt_units:
+            metrics = {
+                u: [MetricDef(t, node[t].uom) for t in plan.tags[(u, "mqtt")]] for u in mqtt_units
+            }
+            edge = SparkplugEdgeNode(mqtt, site, "twin", metrics)
+            edge.start()
+            log.info(
+                "Sparkplug B edge node spBv1.0/%s/+/twin on %s:%s: %s",
+                site,
+                mqtt.host,
+                mqtt.port,
+                ", ".join(mqtt_units),
+            )
+        wall0, sim0 = time.monotonic(), datetime.now(UTC)
+        n = 0
         while steps is None or n < steps:
             now = sim0 + timedelta(seconds=n * period_s)
             outs = feed.step(now)
             for o in outs:
                 if not o.values:
                     continue
-                if mb is not None:
-                    mb.set(o.unit_id, {t: v for t, v in o.values.items() if t in utility})
-                vals = {t: v for t, v in o.values.items() if t not in utility}
-                if server is not None:
-                    await server.write(o.unit_id, o.ts, vals, o.quality, o.batch_id)
-                if edge is not None:
+                u = o.unit_id
+                if mb is not None and u in plan.modbus_devices:
+                    mb.set(u, {t: o.values[t] for t in plan.tags[(u, "modbus")]})
+                if u in servers:
+                    vals = {t: o.values[t] for t in plan.tags[(u, "opcua")]}
+                    await servers[u].write(u, o.ts, vals, o.quality, o.batch_id)
+                if edge is not None and (u, "mqtt") in plan.tags:
+                    vals = {t: o.values[t] for t in plan.tags[(u, "mqtt")]}
                     edge.publish(
-                        o.unit_id,
+                        u,
                         int(o.ts.timestamp() * 1000),
                         vals,
                         o.batch_id,
@@ -277,11 +383,96 @@ async def _serve(
     finally:
         if edge is not None:
             edge.stop()
-        if server is not None:
-            await server.stop()
+        for srv in shards:
+            await srv.stop()
         if mb is not None:
             await mb.stop()
     return n
 
 
-__all__ = ["LiveFeed", "StepOutput", "serve_live"]
+def gateway_sources_for(
+    plan: ServePlan,
+    folder: Path,
+    opcua_endpoint: str = "opc.tcp://127.0.0.1:4840/twin",
+    mqtt: MqttSettings | None = None,
+    modbus_address: tuple[str, int] = ("127.0.0.1", 5020),
+    site_id: str = "SITE01",
+    publishing_interval_ms: float = 100.0,
+) -> list[dict[str, object]]:
+    """The gateway's ``sources:`` entries for a twin served as ``plan`` says: an OPC UA
+    source per shard, a Sparkplug B source when a unit is on MQTT, a Modbus source per
+    register map (the maps are written to ``folder``). A unit served over several
+    protocols (no ``protocol`` in the plant YAML) is subscribed over one of them only,
+    OPC UA first, so no reading arrives twice; with MQTT that needs every MQTT unit to be
+    served over MQTT only or every unit also over OPC UA (else ValueError)."""
+    import yaml
+
+    out: list[dict[str, object]] = []
+    for i, _units in enumerate(plan.opcua_shards):
+        out.append(
+            {
+                "name": f"twin-opcua-{i}" if len(plan.opcua_shards) > 1 else "twin-opcua",
+                "kind": "opcua",
+                "url": shard_endpoint(opcua_endpoint, i),
+                "site_id": site_id,
+                "publishing_interval_ms": publishing_interval_ms,
+            }
+        )
+    mqtt_units = plan.units_over("mqtt")
+    on_opc = set(plan.units_over("opcua"))
+    if mqtt_units and not set(mqtt_units) <= on_opc:
+        twice = sorted(set(mqtt_units) & on_opc)
+        if twice:
+            raise ValueError(
+                f"units {twice} are served over OPC UA and MQTT while others are on MQTT "
+                "only: give every unit a protocol in the plant YAML"
+            )
+        m = mqtt or MqttSettings()
+        out.append(
+            {
+                "name": "twin-mqtt",
+                "kind": "mqtt_sparkplug",
+                "host": m.host,
+                "port": m.port,
+                "group_id": site_id,
+            }
+        )
+    by_map: dict[str, dict[str, int]] = {}
+    maps: dict[str, RegisterMap] = {}
+    for u, d in plan.modbus_devices.items():
+        rm = plan.modbus_maps[u]
+        key = (
+            "modbus_unit_map.yaml"
+            if "temperature_c" in {r.name for r in rm.registers}
+            else ("modbus_utility_map.yaml")
+        )
+        by_map.setdefault(key, {})[u] = d
+        maps[key] = rm
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, devices in sorted(by_map.items()):
+        (folder / key).write_text(yaml.safe_dump(maps[key].model_dump(), sort_keys=False))
+        out.append(
+            {
+                "name": f"twin-{key.removesuffix('_map.yaml').replace('_', '-')}",
+                "kind": "modbus",
+                "host": modbus_address[0],
+                "port": modbus_address[1],
+                "devices": devices,
+                "register_map": str(folder / key),
+                "poll_interval_s": 1.0,
+            }
+        )
+    return out
+
+
+__all__ = [
+    "LiveFeed",
+    "ServePlan",
+    "StepOutput",
+    "gateway_sources_for",
+    "plan_serving",
+    "serve_live",
+    "shard_endpoint",
+    "twin_register_map",
+    "twin_unit_register_map",
+]

@@ -135,6 +135,7 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
     cold = ColdPath(cfg.buffer_dir, cfg.landing_dir, cfg.max_buffer_bytes, cfg.fsync)
     gw = Gateway(cfg.site_id, hot, cold, cfg.max_future_s, cfg.max_age_s)
     svc = GatewayService(cfg, gw, phases=MesPhases(cfg.landing_dir))
+    gw.batch_resolver = svc.phases.batch_at if svc.phases is not None else None
     if cfg.alarms is not None:
         assert svc.phases is not None
         svc.alarms = start_alarms(cfg.alarms, svc.phases)
@@ -201,7 +202,7 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
             )
             mb.start_in_thread()
             svc.sources.append(mb)
-    gw.start_flusher(cfg.flush_interval_s)
+    gw.start_flusher(cfg.flush_interval_s, process=cfg.flush_process)
     svc.start_publisher()
     if cfg.api is not None:
         import uvicorn

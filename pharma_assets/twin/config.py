@@ -42,15 +42,32 @@ class _Model(BaseModel):
 # ---------------------------------------------------------------- plant
 
 
+#: Protocols a unit can be served over live (``pharma-twin live --serve``, docs/gateway.md).
+PROTOCOLS = ("opcua", "mqtt", "modbus")
+
+
+def _protocol(v: str | None) -> str | None:
+    if v is not None and v not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {v!r}; use {', '.join(PROTOCOLS)}")
+    return v
+
+
 class UnitConfig(_Model):
     unit_id: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     working_volume_l: float = Field(gt=0)
+    #: the protocol the unit is served over live (None: its area's, else every --serve one)
+    protocol: str | None = None
+
+    _check_protocol = field_validator("protocol")(_protocol)
 
 
 class AreaConfig(_Model):
     area_id: str
     name: str
     units: list[UnitConfig] = Field(min_length=1)
+    protocol: str | None = None  # the default protocol of the area's units
+
+    _check_protocol = field_validator("protocol")(_protocol)
 
 
 class SiteConfig(_Model):
@@ -190,6 +207,15 @@ class PlantConfig(_Model):
                 return a.area_id
         raise KeyError(f"unit {unit_id!r} is not in plant {self.site.site_id}")
 
+    def protocol_of(self, unit_id: str) -> str | None:
+        """The protocol ``unit_id`` is served over live: its own, else its area's, else
+        None (then every protocol ``--serve`` names)."""
+        for a in self.areas:
+            for u in a.units:
+                if u.unit_id == unit_id:
+                    return u.protocol or a.protocol
+        raise KeyError(f"unit {unit_id!r} is not in plant {self.site.site_id}")
+
     def equipment_ids(self, unit_id: str) -> Iterator[tuple[str, EquipmentConfig]]:
         for e in self.equipment:
             yield f"{unit_id}-{e.suffix}", e
@@ -198,15 +224,24 @@ class PlantConfig(_Model):
         """A copy with ``n_units`` units, reusing configured ones and adding more alike."""
         if n_units < 1:
             raise ConfigError(f"--units must be at least 1, got {n_units}")
-        existing = self.units
+        # units keep their protocol when their area folds into the first one
+        existing = [
+            u.model_copy(update={"protocol": u.protocol or a.protocol})
+            for a in self.areas
+            for u in a.units
+        ]
         template = existing[0]
         units = [
             existing[i]
             if i < len(existing)
-            else UnitConfig(unit_id=f"BR{i + 1:02d}", working_volume_l=template.working_volume_l)
+            else UnitConfig(
+                unit_id=f"BR{i + 1:02d}",
+                working_volume_l=template.working_volume_l,
+                protocol=self.areas[0].protocol,
+            )
             for i in range(n_units)
         ]
-        area = self.areas[0].model_copy(update={"units": units})
+        area = self.areas[0].model_copy(update={"units": units, "protocol": None})
         return self.model_copy(update={"areas": [area]})
 
 

@@ -1,9 +1,10 @@
 """A gateway process fed by a replayable source, for the SIGKILL exactly-once test.
 
-    python -m pharma_assets_tests.gateway.replay_gateway BUFFER LANDING T0_US STEPS UNITS
+    python -m pharma_assets_tests.gateway.replay_gateway BUFFER LANDING T0_US STEPS UNITS [MODE]
 
 Each run replays the whole series from the start (as a historian replay or a broker's
-redelivery would) while flushing every 50 ms; the gateway must land each reading once.
+redelivery would) while flushing every 50 ms (MODE ``thread``, the default, or ``process``:
+a flusher process writes the landing files); the gateway must land each reading once.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ def value(k: int, u: int, j: int) -> float:
 
 def main() -> None:
     buf, landing, t0, steps, units = sys.argv[1:6]
+    mode = sys.argv[6] if len(sys.argv) > 6 else "thread"
     gw = Gateway(
         "SITE01", MemoryHotStore(), ColdPath(Path(buf), Path(landing)), max_age_s=10 * 86400
     )
-    gw.start_flusher(0.05)
+    gw.start_flusher(0.05, process=mode == "process")
     smap = SourceMap("replay")
     for k in range(int(steps)):
         for u in range(int(units)):

@@ -22,6 +22,8 @@ from pharma_assets.gateway.records import GOOD, Reading, now_us
 from pharma_assets.twin.config import CANONICAL_TAGS
 from pharma_assets.twin.landing import TELEMETRY_COLUMNS
 
+from .brokers import wait_for
+
 S = 1_000_000
 REPO = Path(__file__).resolve().parents[2]
 T0 = now_us() // S * S - 3600 * S
@@ -131,7 +133,10 @@ def test_disk_buffer_full_refuses_new_readings_keeps_oldest(tmp_path: Path) -> N
     assert df["ts"].min() == pl.Series([T0], dtype=pl.Datetime("us", "UTC")).cast(df["ts"].dtype)[0]
 
 
-def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path, mode: str) -> None:
+    """``process``: the SIGKILL orphans the flusher process mid-flush; it finishes its
+    segment and exits, the restarted gateway recovers the rest (flush.lock between them)."""
     buf, landing = tmp_path / "buf", tmp_path / "landing"
     steps, units = 400, 3
     cmd = [
@@ -143,6 +148,7 @@ def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path)
         str(T0),
         str(steps),
         str(units),
+        mode,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = random.Random(12)
@@ -174,3 +180,24 @@ def test_sigkill_mid_stream_then_restart_lands_each_reading_once(tmp_path: Path)
     )
     assert (df["value"] == k * 1000.0 + u * 100.0 + j).all()
     assert not list((buf / "wal").glob("*.jsonl")) and not (buf / "flush.json").exists()
+
+
+def test_flusher_process_lands_what_the_gateway_seals(tmp_path: Path) -> None:
+    """The flusher process lands every sealed segment, keeps the counters and the marks in
+    state.json (a restart rebuilds the same marks), and drains the rest on stop."""
+    buf, landing = tmp_path / "buf", tmp_path / "landing"
+    gw = Gateway("SITE01", MemoryHotStore(), ColdPath(buf, landing))
+    gw.start_flusher(0.1, process=True)
+    assert gw._flush_proc is not None and gw._flush_proc.is_alive()
+    _feed(gw, range(30), units=2)
+    assert gw.cold is not None
+    wait_for(lambda: gw.health()["landed"] == 120, 60, "the flusher process to land 120")
+    _feed(gw, range(30, 40), units=2)
+    marks = dict(gw._hwm)
+    gw.stop()  # seals the last readings; the process lands them and exits
+    assert gw._flush_proc is None and gw.cold.state["landed"] == 160
+    df = _landing(landing)
+    assert df.height == 160 and df.select("unit_id", "tag", "ts").is_duplicated().sum() == 0
+    assert not list((buf / "wal").glob("*.jsonl"))
+    again = Gateway("SITE01", MemoryHotStore(), ColdPath(buf, landing))
+    assert again._hwm == marks and again.cold is not None and again.cold.state["landed"] == 160

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,5 +180,116 @@ def test_unknown_node_name_is_refused_and_counted(tmp_path: Path) -> None:
             src._stop.set()
             await task
             await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_republish_of_a_message_no_longer_held_is_refused_per_spec() -> None:
+    """Part 4, 5.13.6: Bad_MessageNotAvailable, not an empty message with status Good."""
+
+    async def main() -> None:
+        port = free_port()
+        srv = _server(port)
+        await srv.start()
+        try:
+            async with Client(f"opc.tcp://127.0.0.1:{port}/twin") as c:
+                sub = await c.create_subscription(100, None)
+                with pytest.raises(ua.uaerrors.BadMessageNotAvailable):
+                    await c.uaclient.session.republish(sub.subscription_id, 10_000)
+                with pytest.raises(ua.uaerrors.BadSubscriptionIdInvalid):
+                    await c.uaclient.session.republish(sub.subscription_id + 999, 1)
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("server_kind", ["twin", "asyncua_as_shipped"])
+def test_dropped_socket_reconnects_without_a_republish_storm(
+    tmp_path: Path, server_kind: str
+) -> None:
+    """After a reconnect the client reactivates its session and republishes the gap until
+    the server says Bad_MessageNotAvailable; asyncua 2.1's server never says it, and the
+    endless requests starved the twin's serving loop (the live --serve hang). The twin's
+    server answers per spec; the gateway's client also ends the loop against a server that
+    answers like asyncua as shipped (any other message than the one asked for)."""
+    from asyncua.server.subscription_service import SubscriptionService
+
+    async def main() -> None:
+        port = free_port()
+        srv = _server(port)
+        await srv.start()
+        svc = srv.server.iserver.subscription_service
+        answer = (
+            svc.republish
+            if server_kind == "twin"
+            else (lambda p: SubscriptionService.republish(svc, p))  # the unpatched answer
+        )
+        asked: list[int] = []
+
+        def counting(params: ua.RepublishParameters) -> ua.NotificationMessage:
+            asked.append(params.RetransmitSequenceNumber)
+            return answer(params)
+
+        svc.republish = counting
+        gw = Gateway("SITE01", MemoryHotStore(), reject_log=None)
+        src = OpcuaSource(
+            gw, "opc1", SourceMap("opc1"), f"opc.tcp://127.0.0.1:{port}/twin", "SITE01"
+        )
+        task = asyncio.create_task(src.run())
+        try:
+            await _until(lambda: src.stats.connected, what="subscription")
+            t0 = datetime.now(UTC) - timedelta(seconds=60)
+            await srv.write("BR01", t0, {"ph": 7.0})
+            await _until(lambda: gw.hot.window("BR01", "ph", 120)["value"][-1:] == [7.0])
+            assert src.client is not None and src.client.uaclient.protocol is not None
+            src.client.uaclient.protocol.transport.abort()  # the socket drops, the server lives
+            await _until(lambda: src.stats.reconnects >= 1, what="loss detected")
+            for k in range(1, 30):  # data flows again through the reactivated session
+                await srv.write("BR01", t0 + timedelta(seconds=k), {"ph": 7.0 + k / 100})
+                await asyncio.sleep(0.1)
+                if gw.hot.window("BR01", "ph", 120)["value"][-1:] == [7.0 + k / 100]:
+                    break
+            else:
+                raise AssertionError("no data after the reconnect")
+            await asyncio.sleep(2.0)  # a storm would be thousands of requests by now
+            assert 1 <= len(asked) <= 5, f"{len(asked)} republish requests after one reconnect"
+        finally:
+            src._stop.set()
+            await task
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+class _ClientBackAtOnce(list):  # type: ignore[type-arg]
+    """The server's list of open connections. While the server closes them, a client
+    connects again at once, as an auto-reconnecting client does."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port, self.held = port, list[socket.socket]()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield from list(super().__iter__())
+        if not self.held:
+            self.held.append(socket.create_connection(("127.0.0.1", self.port), 5))
+
+
+def test_stop_ends_when_a_client_reconnects_while_stopping() -> None:
+    """asyncua's stop waited for ever on a connection made while it was stopping (the
+    other half of the live --serve hang: the gateway had reconnected in between)."""
+
+    async def main() -> None:
+        port = free_port()
+        srv = _server(port)
+        await srv.start()
+        srv.server.iserver.asyncio_transports = back = _ClientBackAtOnce(port)
+        try:
+            await asyncio.wait_for(srv.stop(), 30)
+        finally:
+            for s in back.held:
+                s.close()
+        assert back.held, "the test's client did not reconnect during the stop"
 
     asyncio.run(main())

@@ -217,3 +217,37 @@ def test_a_message_that_breaks_handling_does_not_stop_the_subscriber(
     wait_for(lambda: "not a code" in host.stats.last_error, what="error recorded")
     edge.publish("BR01", t0 + 1000, {"ph": 7.05})  # the network thread is still alive
     wait_for(lambda: gw.hot.window("BR01", "ph", 60)["value"][-1:] == [7.05])
+
+
+def test_birth_certificates_survive_a_restart_through_the_journal(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Each DBIRTH and batch change is appended to a journal (not a rewrite of every device's
+    certificate: that was O(devices^2) per node birth); a new host reads snapshot + journal,
+    ignores a torn final line and compacts."""
+    s = MqttSettings(port=mosquitto.port)
+    state = tmp_path / "sparkplug-mqtt1.json"
+    gw = Gateway("SITE01", MemoryHotStore())
+    host = SparkplugHost(gw, "mqtt1", SourceMap("mqtt1"), s, group="SITE01", state_path=state)
+    host.start()
+    devices = {f"BR{i:02d}": METRICS[1:] for i in range(1, 41)}
+    edge = SparkplugEdgeNode(s, "SITE01", "twin", devices)
+    edge.start()
+    wait_for(lambda: len(host.devices) == 40, what="40 DBIRTHs")
+    edge.publish("BR07", _ms(), {"ph": 7.1, "dissolved_oxygen_pct": 41.0}, batch_id="BR07-B0002")
+    wait_for(lambda: host.devices[("twin", "BR07")].batch_id == "BR07-B0002", what="batch")
+    edge.stop()
+    host.stop()
+    journal = state.with_name(state.name + ".journal")
+    lines = journal.read_bytes().splitlines()
+    assert len(lines) == 41  # 40 births + 1 batch change, appended; the snapshot untouched
+    with open(journal, "ab") as f:
+        f.write(b'{"node":"twin","device":"BR0')  # crash mid-append: never acknowledged
+    again = SparkplugHost(gw, "mqtt1", SourceMap("mqtt1"), s, group="SITE01", state_path=state)
+    assert len(again.devices) == 40
+    br07 = again.devices[("twin", "BR07")]
+    assert br07.batch_id == "BR07-B0002"
+    assert set(br07.aliases.values()) == {"batch_id", "ph", "dissolved_oxygen_pct"}
+    assert br07.units["ph"] == "pH"
+    assert journal.read_bytes() == b""  # compacted into the snapshot on start
+    again.stop()

@@ -135,24 +135,37 @@ def load_register_map(path: Path) -> RegisterMap:
 
 
 class ModbusTwinServer:
-    """Modbus TCP server with one device id per unit, registers as in ``regmap``."""
+    """Modbus TCP server with one device id per unit, registers as in ``regmap`` (one map
+    for every device, or a map per unit)."""
 
     def __init__(
-        self, host: str, port: int, devices: Mapping[str, int], regmap: RegisterMap
+        self,
+        host: str,
+        port: int,
+        devices: Mapping[str, int],
+        regmap: RegisterMap | Mapping[str, RegisterMap],
     ) -> None:
-        self.host, self.port, self.regmap = host, port, regmap
+        self.host, self.port = host, port
         self.devices = dict(devices)
+        self.maps = {u: regmap[u] if isinstance(regmap, Mapping) else regmap for u in self.devices}
         self.fail: dict[str, int] = {}  # unit -> Modbus exception code to answer (tests, faults)
-        self._regs: dict[int, list[int]] = {d: [0] * regmap.count for d in self.devices.values()}
+        self._regs: dict[int, list[int]] = {
+            d: [0] * self.maps[u].count for u, d in self.devices.items()
+        }
         sims = [
             SimDevice(
                 id=d,
                 simdata=[
-                    SimData(regmap.start, count=regmap.count, values=0, datatype=DataType.REGISTERS)
+                    SimData(
+                        self.maps[u].start,
+                        count=self.maps[u].count,
+                        values=0,
+                        datatype=DataType.REGISTERS,
+                    )
                 ],
                 action=partial(self._action, d),
             )
-            for d in self.devices.values()
+            for u, d in self.devices.items()
         ]
         self.server = ModbusTcpServer(sims, address=(host, port))
         self._task: asyncio.Task[Any] | None = None
@@ -176,9 +189,9 @@ class ModbusTwinServer:
         return None
 
     def set(self, unit: str, values: Mapping[str, float]) -> None:
-        regs = self._regs[self.devices[unit]]
-        for addr, words in self.regmap.encode(values).items():
-            i = addr - self.regmap.start
+        regs, rm = self._regs[self.devices[unit]], self.maps[unit]
+        for addr, words in rm.encode(values).items():
+            i = addr - rm.start
             regs[i : i + len(words)] = words
 
     async def start(self) -> None:
@@ -234,9 +247,8 @@ class ModbusSource:
                 log.warning("source %s: %s", self.name, self.stats.last_error)
                 continue
             items = [(n, v, u, ts, GOOD) for n, v, u in self.regmap.decode(list(rr.registers))]
-            self.gw.ingest(
-                self.name, self.smap, unit, self.gw.batch_of(self.smap.unit(unit)), items
-            )
+            batch = self.gw.batch_of(self.smap.unit(unit), ts)
+            self.gw.ingest(self.name, self.smap, unit, batch, items, names_batch=False)
 
     async def run(self) -> None:
         delay = 1.0

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNITS_NS = "http://www.opcfoundation.org/UA/units/un/cefact"
+APPLICATION_URI = "urn:pharma-twin:gateway"  # the gateway client's ApplicationUri
 # Instrument spans the twin's server declares as EURange (by unit of measure).
 INSTRUMENT_SPANS: dict[str, tuple[float, float]] = {
     "degC": (0.0, 150.0),
@@ -63,6 +64,47 @@ INSTRUMENT_SPANS: dict[str, tuple[float, float]] = {
     "mmHg": (0.0, 300.0),
 }
 _STATUS = {GOOD: ua.StatusCodes.Good, UNCERTAIN: ua.StatusCodes.Uncertain, BAD: ua.StatusCodes.Bad}
+
+
+def _republish_per_spec(server: Server) -> None:
+    """Make ``server`` answer a Republish of a message it no longer holds with
+    Bad_MessageNotAvailable (OPC UA Part 4, 5.13.6).
+
+    asyncua 2.1's server answers it with an empty message and status Good, and asyncua's
+    own client, after it reactivates a session (auto-reconnect: a missed health probe, a
+    dropped socket), republishes sequence numbers until it gets that status. Against the
+    unpatched server that loop never ends: thousands of requests a second, each served
+    by the twin's event loop, which starved ``live --serve`` so that it stopped stepping
+    (the intermittent hang of ``test_live_serve_feeds_all_protocols_with_batch_ids``).
+    """
+    svc = server.iserver.subscription_service
+    plain = svc.republish
+
+    def republish(params: ua.RepublishParameters) -> ua.NotificationMessage:
+        if params.SubscriptionId not in svc.subscriptions:
+            raise ua.uaerrors.BadSubscriptionIdInvalid()
+        msg = plain(params)
+        if msg.SequenceNumber != params.RetransmitSequenceNumber:
+            raise ua.uaerrors.BadMessageNotAvailable()
+        return msg
+
+    svc.republish = republish  # type: ignore[method-assign]
+
+
+def _bounded_republish(client: Client) -> None:
+    """The client side of the same fault, for servers that answer like asyncua's: a
+    Republish answered with another message than the one asked for counts as
+    Bad_MessageNotAvailable, so the client's gap filling after a reconnect ends."""
+    session = client.uaclient.session
+    plain = session.republish
+
+    async def republish(subscription_id: int, seq: int) -> ua.NotificationMessage:
+        msg = await plain(subscription_id, seq)
+        if msg.SequenceNumber != seq:
+            raise ua.uaerrors.BadMessageNotAvailable()
+        return msg
+
+    session.republish = republish  # type: ignore[method-assign,assignment]
 
 
 def quality_of(sc: ua.StatusCode) -> int:
@@ -85,10 +127,15 @@ class TwinOpcuaServer:
         endpoint: str,
         site_id: str,
         units: Mapping[str, Sequence[str]],  # area -> unit ids
-        tags: Sequence[TagNode],
+        tags: Sequence[TagNode] | Mapping[str, Sequence[TagNode]],  # every unit's, or per unit
     ) -> None:
         self.endpoint, self.site_id = endpoint, site_id
-        self.units, self.tags = units, list(tags)
+        self.units = units
+        self.unit_tags: dict[str, list[TagNode]] = {
+            u: list(tags[u] if isinstance(tags, Mapping) else tags)
+            for us in units.values()
+            for u in us
+        }
         self.server = Server()
         self.nodes: dict[tuple[str, str], ua.NodeId] = {}
         self.batch_nodes: dict[str, ua.NodeId] = {}
@@ -97,6 +144,7 @@ class TwinOpcuaServer:
     async def start(self) -> None:
         s = self.server
         await s.init()
+        _republish_per_spec(s)
         s.set_endpoint(self.endpoint)
         s.set_server_name(f"pharma-twin {self.site_id}")
         s.set_security_policy([ua.SecurityPolicyType.NoSecurity])
@@ -118,7 +166,7 @@ class TwinOpcuaServer:
                 )
                 self.batch_nodes[unit] = b.nodeid
                 equipment: dict[str, Node] = {}
-                for t in self.tags:
+                for t in self.unit_tags[unit]:
                     eq = equipment.get(t.equipment)
                     if eq is None:
                         eq = equipment[t.equipment] = await u.add_object(
@@ -178,7 +226,20 @@ class TwinOpcuaServer:
             await self.server.write_attribute_value(self.nodes[(unit, tag)], dv)
 
     async def stop(self) -> None:
-        await self.server.stop()
+        """Stop serving; connections made while stopping are closed too.
+
+        asyncua's ``Server.stop`` closes the open connections, stops listening a few loop
+        turns later, then waits until no connection is left. A client that reconnects at
+        once (asyncua's auto-reconnect: the gateway) gets in between; nothing closes its
+        new connection, so the stop waited for ever (the other half of the intermittent
+        ``live --serve`` hang). Until the stop ends, every connection is closed again.
+        """
+        stopping = asyncio.ensure_future(self.server.stop())
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=0.1)
+            for transport in list(self.server.iserver.asyncio_transports):
+                transport.close()
+        await stopping
 
 
 class _Handler:
@@ -226,6 +287,7 @@ class OpcuaSource:
         self._stop = asyncio.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.client: Client | None = None  # the current connection's client
 
     def _on_change(self, nodeid: ua.NodeId, dv: ua.DataValue) -> None:
         if nodeid in self.batch_index:
@@ -309,6 +371,9 @@ class OpcuaSource:
                 reconnect_max_delay=self.reconnect_max_delay_s,
             )
             client.connection_lost_callback = self._on_lost
+            # the URI in the gateway's certificate (subjectAltName; docs/gateway.md)
+            client.application_uri = APPLICATION_URI
+            self.client = client
             if self.username:
                 client.set_user(self.username)
                 client.set_password(self.password or "")
@@ -330,6 +395,7 @@ class OpcuaSource:
                 delay = min(delay * 2, self.reconnect_max_delay_s)
                 continue
             delay = 1.0
+            _bounded_republish(client)
             try:
                 nodes = await self._browse(client)
                 sub = await client.create_subscription(self.publishing_interval_ms, _Handler(self))
