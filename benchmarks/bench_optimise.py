@@ -212,6 +212,109 @@ def decisions(eval_batches: int = 60, per_disturbance: int = 5) -> dict[str, Any
     return out
 
 
+def followups(part: str, arg: str = "", every_h: str = "1", per: str = "3") -> dict[str, Any]:
+    """Issue 13's follow-ups, one part per call (each sized to run beside the others on the
+    shared machine; `docs/benchmarks.md` quotes them with their load):
+
+    * ``history``: a 80-batch plant lake (4 units, faults on, 10-minute sampling) through
+      landing -> gold, then `history.from_lake` against the optimiser's proposals;
+    * ``replan <disturbance> [every_h] [per]``: `inbatch_replan.evaluate_replanning` on
+      FB14, ``per`` batches (3), re-planned every ``every_h`` hours (1); the measured run
+      used 6 h and 2 batches (docs/optimisation.md says why);
+    * ``once <recipe>``: the same batches (5 per disturbance), plan-once arms only;
+    * ``neural <recipe>``: the recipe's own surrogate and `inbatch_eval.evaluate`;
+    * ``refine <recipe>``: optimise, headroom, NOR refinement, both verified (60 batches).
+    """
+    from pathlib import Path
+    from tempfile import mkdtemp
+
+    from pharma_assets.optimise import (
+        headroom,
+        history,
+        inbatch_eval,
+        inbatch_replan,
+        recipe,
+        surrogate,
+    )
+
+    out: dict[str, Any] = {"part": part, "arg": arg, "load_before": _load()}
+    t0 = time.perf_counter()
+    if part == "history":
+        from datetime import UTC, datetime
+
+        from pharma_assets.lake.storage import Lake
+        from pharma_assets.twin.config import load_plant
+        from pharma_assets.twin.history import simulate_history
+        from pharma_assets_tests.lake.conftest import ingest_all  # the same full ingest
+
+        root = Path(arg or mkdtemp(prefix="hist_"))
+        plant = load_plant().with_units(4)
+        tags = [t.model_copy(update={"sampling_period_s": 600}) for t in plant.tags]
+        plant = plant.model_copy(update={"tags": tags})
+        if not (root / "lake").exists():
+            start = datetime(2026, 1, 5, tzinfo=UTC)
+            simulate_history(
+                plant,
+                load_recipes(),
+                80,
+                seed=4711,
+                out=root / "landing",
+                truth_out=root / "truth",
+                start=start,
+            )
+            ingest_all(Lake.at(root / "lake"), root / "landing")
+        out["lake_s"] = time.perf_counter() - t0
+        prop, cur = {}, {}
+        for r in load_recipes().recipes:  # the proposals gold/recipe_recommendations holds
+            opt, _ = headroom.optimise_and_refine(r, n_trials=160)
+            prop[r.recipe_id], cur[r.recipe_id] = opt.best.settings, opt.current.settings
+        out["table"] = history.from_lake(Lake.at(root / "lake"), prop, cur).to_dicts()
+    elif part in ("replan", "once"):
+        kinds = (arg,) if part == "replan" else inbatch_eval.DISTURBANCES
+        rid = "MAB-A-FB14" if part == "replan" else arg
+        ev = inbatch_replan.evaluate_replanning(
+            load_recipes().get(rid),
+            per_disturbance=int(per) if part == "replan" else 5,
+            every_h=float(every_h),
+            disturbances=kinds,
+            arms=("fixed", "mpc_lac_once", "mpc_lac_hourly")
+            if part == "replan"
+            else inbatch_replan.ARMS[:3],
+        )
+        out |= {
+            "replans": ev.replans,
+            "par_problems": ev.par_problems,
+            "summary": ev.summary.to_dicts(),
+            "per_batch": ev.per_batch.to_dicts(),
+        }
+    elif part == "neural":
+        r = load_recipes().get(arg)
+        sur = surrogate.train(surrogate.rollouts(r))
+        out["train_s"] = time.perf_counter() - t0
+        ev2 = inbatch_eval.evaluate(r, sur, per_disturbance=5)
+        out |= {"r2": sur.r2, "summary": ev2.summary.to_dicts(), "kept": ev2.neural_kept}
+    elif part == "refine":
+        r = load_recipes().get(arg)
+        opt = recipe.optimise(r, n_trials=160)
+        tab, summ = headroom.headroom(r, opt)
+        s, trace = headroom.refine(r, opt)
+        v1 = recipe.verify(r, s, n_batches=60)
+        v0 = recipe.verify(r, opt.best.settings, n_batches=60)
+        out |= {
+            "headroom": tab.to_dicts(),
+            "summary": summ,
+            "refined": s,
+            "trace": trace.to_dicts(),
+            "verified": [v1.gain, *v1.gain_ci, v1.rft_current, v1.rft_recommended],
+            "tpe_verified": [v0.gain, *v0.gain_ci, v0.rft_current, v0.rft_recommended],
+        }
+    else:
+        raise SystemExit(f"unknown part {part!r}")
+    out["seconds"] = time.perf_counter() - t0
+    out["load_after"] = _load()
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=24)
@@ -221,7 +324,16 @@ if __name__ == "__main__":
         action="store_true",
         help="recipe optimisation, design space and in-batch evaluation instead",
     )
+    ap.add_argument(
+        "--followup",
+        nargs="+",
+        help="one follow-up part (history [dir] | replan KIND [EVERY_H] [PER] | once RECIPE | "
+        "neural RECIPE | refine RECIPE), see followups()",
+    )
     a = ap.parse_args()
+    if a.followup:
+        print(json.dumps(followups(*a.followup), default=str))
+        raise SystemExit(0)
     if a.decisions:
         print(json.dumps(decisions(), default=str))
         raise SystemExit(0)

@@ -339,6 +339,77 @@ else:
                 f"{cur.recipe_id} is now version {cur.version}; the recommendation was for "
                 f"version {r['recipe_version']}: optimise again"
             )
+# ---------------------------------------------------------------- learning from history
+st.subheader("Learning from history: the best batches vs the optimiser")
+hist = data.read("gold", "history_patterns")
+if hist is None or hist.height == 0 or "recipe_id" not in hist.columns:
+    st.info(
+        "No history comparison yet: materialize gold/history_patterns (recipe_optimise_job) "
+        "once the lake holds completed batches."
+    )
+else:
+    h_rid = st.selectbox(
+        "Recipe", hist["recipe_id"].unique(maintain_order=True).to_list(), key="wif_hist"
+    )
+    h = hist.filter(pl.col("recipe_id") == h_rid)
+    if "feature" not in h.columns or h["feature"].is_null().all():
+        st.info(f"{h_rid}: " + str(h["note"][0] if "note" in h.columns else "no comparison"))
+    else:
+        h = h.filter(pl.col("feature").is_not_null())
+        r0 = h.row(0, named=True)
+        st.caption(
+            f"{r0['batches']} completed batches; top quarter {r0['top_mean_product_kg']:.2f} kg "
+            f"vs rest {r0['rest_mean_product_kg']:.2f} kg of product. Differences are "
+            "associations in plant history (set-points barely vary between batches), not "
+            "effects of changing them; the twin optimiser is the causal model."
+        )
+        show = [
+            c
+            for c in (
+                "feature",
+                "kind",
+                "top_mean",
+                "rest_mean",
+                "diff",
+                "diff_lo",
+                "diff_hi",
+                "hedges_g",
+                "spearman_with_product",
+                "significant",
+                "current",
+                "proposed",
+                "proposed_pct_of_top",
+                "proposed_within_history",
+                "history_agrees",
+                "history_contradicts",
+            )
+            if c in h.columns
+        ]
+        ui.table(
+            h.select(show), "wif_history", "Top-quartile batches vs the rest, and the proposal"
+        )
+        hs = h.filter(pl.col("hedges_g").is_not_null()).sort("hedges_g")
+        ui.chart(
+            ui.figure(
+                [
+                    {
+                        "type": "bar",
+                        "orientation": "h",
+                        "x": hs["hedges_g"].to_list(),
+                        "y": hs["feature"].to_list(),
+                        "marker": {
+                            "color": [
+                                "#2a9d8f" if s_ else "#bbbbbb" for s_ in hs["significant"].to_list()
+                            ]
+                        },
+                        "name": "Hedges' g (coloured: 95 % CI of the difference excludes 0)",
+                    }
+                ],
+                "effect size, top quarter vs rest (Hedges' g)",
+                "feature",
+            ),
+            "wif_hist_fig",
+        )
 pend = recipe_requests.pending(lk)
 if pend.height:
     ui.table(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,7 @@ CAPACITANCE_FACTOR = 1.1  # pF/cm per 1e6 viable cells/mL at day 0 (twin.outputs
 MODEL_CV = 0.05  # relative model discrepancy added to every assay error
 VIABILITY_MODEL_SD = 1.5  # % points
 CAPACITANCE_EVERY_H = 6  # use one hourly capacitance mean every this many hours
+FEED_SETPOINT = "feed_setpoint_ml_h"  # optional hourly tag: the commanded feed flow
 MIN_VCD_SAMPLES = 2  # fewer LIMS VCD results than this: prior only
 FD_STEP = 0.01  # finite-difference step on the log parameters
 # Stop below this relative decrease of the cost (actual or predicted; 1 % of a chi-square
@@ -78,6 +79,7 @@ class CalibratedBatch:
     s2: float = 1.0
     iterations: int = 0
     params: KineticParams = field(default_factory=KineticParams)
+    lactate: LactateFit | None = None  # batch lactate kinetics (`calibrate_lactate`)
 
     @property
     def n_members(self) -> int:
@@ -182,9 +184,15 @@ def _feed_factor(obs: BatchObservations, base: model.TwinInputs, hist: np.ndarra
     """Delivered / commanded feed over the last day of feeding seen (pump wear), else 1."""
     t = np.arange(len(hist)) + 0.5
     on = (t >= base.feed_start_h[0] + 1) & (t < base.feed_end_h[0]) & (hist > 0)
+    cmd = obs.hourly.get(FEED_SETPOINT)
+    if cmd is not None:  # the pump's commanded flow per hour (ml/h), where recorded
+        cmd = np.resize(np.asarray(cmd, float) / 1000.0, len(hist))
+        on = on & np.isfinite(cmd) & (cmd > 0)
     idx = np.flatnonzero(on)[-24:]
     if len(idx) < 6:
         return 1.0
+    if cmd is not None:  # delivered / commanded hour by hour: right after a rate change too
+        return float(np.clip(np.median(hist[idx] / cmd[idx]), 0.5, 1.2))
     return float(np.clip(np.median(hist[idx]) / base.feed_lph[0], 0.5, 1.2))
 
 
@@ -431,4 +439,94 @@ def lot_prior(
             w = np.array(prec)
             mean = float(np.dot(w, est) / w.sum())
             out[name] = (mean, math.sqrt(within_sd**2 + 1.0 / w.sum()))
+    return out
+
+
+# ---------------------------------------------------------------- lactate kinetics
+LACTATE = "lactate_g_l"
+LACTATE_PRIOR_SD = 0.5  # log sd of the lactate yield and consumption multipliers
+MIN_LACTATE_SAMPLES = 3
+
+
+@dataclass
+class LactateFit:
+    """Batch-specific lactate kinetics: multipliers of the lactate yield on glucose
+    (``y_lac_glc``) and of the maximal lactate consumption (``q_lac_c``)."""
+
+    yield_mult: float
+    consumption_mult: float
+    n_obs: int
+    rms_before: float  # weighted RMS residual of the LIMS lactate at the nominal kinetics
+    rms_after: float
+
+    def params(self, base: KineticParams | None = None) -> KineticParams:
+        p = base or KineticParams()
+        return replace(
+            p,
+            y_lac_glc=p.y_lac_glc * self.yield_mult,
+            q_lac_c=p.q_lac_c * self.consumption_mult,
+        )
+
+
+def fit_lactate(cal: CalibratedBatch, obs: BatchObservations) -> LactateFit | None:
+    """Fit the two lactate multipliers to the batch's LIMS lactate up to the as-of time,
+    holding the calibrated growth, death and productivity at their estimate (weighted least
+    squares with a log-normal prior of sd ``LACTATE_PRIOR_SD`` around the engine's values).
+    None with fewer than ``MIN_LACTATE_SAMPLES`` results or a prior-only calibration."""
+    from scipy.optimize import least_squares  # lazy: the code location imports this module
+
+    t, v = obs.lims.get(LACTATE, (np.zeros(0), np.zeros(0)))
+    keep = np.isfinite(v) & (t >= 0) & (t <= cal.as_of_h + 1e-9)
+    t, v = t[keep], v[keep]
+    if cal.prior_only or len(t) < MIN_LACTATE_SAMPLES:
+        return None
+    pb = build_problem(obs, cal.recipe, cal.params)
+    n_grid = round(pb.t_end / model.DT_H)
+    idx = np.minimum(np.round(t / model.DT_H).astype(int), n_grid)
+    sd = np.sqrt((0.04 * v) ** 2 + 0.02**2 + (MODEL_CV * v) ** 2)
+    u, s0 = pb.members(cal.theta_hat[None, :])
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        p = replace(
+            cal.params,
+            y_lac_glc=cal.params.y_lac_glc * math.exp(x[0]),
+            q_lac_c=cal.params.q_lac_c * math.exp(x[1]),
+        )
+        traj, _ = model.simulate(u, s0, pb.t_end, pb.feed_hist, p)
+        return np.concatenate([(traj["L"][idx, 0] - v) / sd, x / LACTATE_PRIOR_SD])
+
+    r0 = resid(np.zeros(2))
+    sol = least_squares(resid, np.zeros(2), bounds=([-1.5, -1.5], [1.5, 1.5]), diff_step=0.01)
+    n = len(t)
+    return LactateFit(
+        math.exp(float(sol.x[0])),
+        math.exp(float(sol.x[1])),
+        n,
+        float(np.sqrt(np.mean(r0[:n] ** 2))),
+        float(np.sqrt(np.mean(sol.fun[:n] ** 2))),
+    )
+
+
+def calibrate_lactate(
+    obs: BatchObservations,
+    recipe: Recipe,
+    n_members: int = 50,
+    seed: int = 0,
+    prior: dict[str, tuple[float, float]] | None = None,
+) -> CalibratedBatch:
+    """`calibrate`, then the batch's lactate kinetics from its LIMS lactate (`fit_lactate`),
+    then `calibrate` again with those kinetics, so growth is fitted with the lactate
+    inhibition the batch really has and every forecast carries it. Without enough lactate
+    results it is `calibrate`."""
+    cal = calibrate(obs, recipe, n_members, seed, prior=prior)
+    fit = fit_lactate(cal, obs)
+    if fit is None:
+        return cal
+    out = calibrate(obs, recipe, n_members, seed, params=fit.params(cal.params), prior=prior)
+    out.message += (
+        f"; lactate kinetics from {fit.n_obs} LIMS results: yield x{fit.yield_mult:.2f}, "
+        f"consumption x{fit.consumption_mult:.2f} (weighted RMS {fit.rms_before:.2f} -> "
+        f"{fit.rms_after:.2f})"
+    )
+    out.lactate = fit
     return out

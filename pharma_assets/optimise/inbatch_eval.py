@@ -54,7 +54,7 @@ class InBatchEvaluation:
     neural_total: int
 
 
-def _disturb(kind: str, row: dict[str, float]) -> dict[str, float]:
+def disturb(kind: str, row: dict[str, float]) -> dict[str, float]:
     r = dict(row)
     if kind == "slow_growth":
         r["mu_lot"] *= 0.85
@@ -63,14 +63,14 @@ def _disturb(kind: str, row: dict[str, float]) -> dict[str, float]:
     return r
 
 
-def _params(kind: str) -> KineticParams:
+def disturbed_params(kind: str) -> KineticParams:
     p = KineticParams()
     if kind == "high_lactate":
         return replace(p, y_lac_glc=p.y_lac_glc * 1.6, q_lac_c=p.q_lac_c * 0.4)
     return p
 
 
-def _stack(inputs: list[BatchInputs]) -> BatchInputs:
+def stack_inputs(inputs: list[BatchInputs]) -> BatchInputs:
     return BatchInputs(
         **{
             f.name: np.concatenate([getattr(u, f.name) for u in inputs])
@@ -79,7 +79,7 @@ def _stack(inputs: list[BatchInputs]) -> BatchInputs:
     )
 
 
-def _with_actions(u: BatchInputs, acts: list[dict[str, float]]) -> BatchInputs:
+def with_actions(u: BatchInputs, acts: list[dict[str, float]]) -> BatchInputs:
     end_h = np.array([a["harvest_day"] * 24.0 for a in acts])
     return u.with_values(
         T_prod=np.array([a["T_prod"] for a in acts]),
@@ -121,15 +121,13 @@ def evaluate(
     done = 0
     for g, kind in enumerate(DISTURBANCES):
         group = clean[g * per_disturbance : (g + 1) * per_disturbance]
-        u = _stack(
+        u = stack_inputs(
             [
-                BatchInputs(
-                    **{k: np.array([v], float) for k, v in _disturb(kind, b.inputs).items()}
-                )
+                BatchInputs(**{k: np.array([v], float) for k, v in disturb(kind, b.inputs).items()})
                 for b in group
             ]
         )
-        params = _params(kind)
+        params = disturbed_params(kind)
         eng = Engine(u, dt_h=DT, seed=eval_seed + g, params=params)
         rec = eng.run(k_dec)
         state0 = eng.state
@@ -166,7 +164,7 @@ def evaluate(
             if progress:
                 progress(done, need)
         for arm, acts in arms.items():
-            ua = _with_actions(u, acts)
+            ua = with_actions(u, acts)
             ends = ua.end_h.copy()
             acc = EngineSummary(ua, ends, DT)
             acc.add(rec, 0)
@@ -179,8 +177,8 @@ def evaluate(
                 }
             )
             e2 = Engine(ua, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=st)
-            cpp = _CppWatch(ua, spec)
-            res = _run_watched(e2, acc, cpp)
+            cpp = CppWatch(ua, spec)
+            res = run_watched(e2, acc, cpp)
             for i, b in enumerate(group):
                 h = {k: float(v[i]) for k, v in res.items()}
                 rng = np.random.default_rng([eval_seed, g, i])
@@ -210,7 +208,7 @@ def evaluate(
     return InBatchEvaluation(per, summarise(per), decision_day, kept, total)
 
 
-class _CppWatch:
+class CppWatch:
     """Minutes after the decision where the true temperature (production, after the ramp)
     or pH is outside its PAR."""
 
@@ -232,7 +230,7 @@ class _CppWatch:
         self.minutes += (live & (out_t | out_p)).sum(axis=0) * DT * 60
 
 
-def _run_watched(eng: Engine, acc: EngineSummary, cpp: _CppWatch) -> dict[str, np.ndarray]:
+def run_watched(eng: Engine, acc: EngineSummary, cpp: CppWatch) -> dict[str, np.ndarray]:
     k0, k_max = eng.state.k, int(acc.end_k.max())
     while k0 < k_max:
         m = min(1440, k_max - k0)

@@ -85,12 +85,16 @@ def from_engine(
     seed: int = 0,
     starts: list[datetime] | None = None,
     lots: list[dict[str, str]] | None = None,
+    lims_seed: int | None = None,
 ) -> list[BatchObservations]:
     """Observations of every batch of a simulated cohort, complete up to each batch's end.
 
     LIMS samples are drawn daily (15 min after each 24 h mark, value of the 24 h step, as
     `twin.history` writes them) with the assay error of `twin.outputs.lab_samples`; online
     tags are the minute signals of `twin.outputs.telemetry_signals` averaged per hour.
+    With ``lims_seed`` each batch's LIMS results draw their assay error from their own
+    stream (``[lims_seed, batch]``), so a sample keeps its value when the record grows (an
+    evaluation that observes a running batch again every hour needs that).
     """
     rng = np.random.default_rng(seed)
     n_steps = rec["Xv"].shape[0]
@@ -101,8 +105,9 @@ def from_engine(
     for b, (bid, rid) in enumerate(zip(batch_ids, recipe_ids, strict=True)):
         end_k = min(math.ceil(float(inputs.end_h[b]) / dt_h), n_steps)
         lims: dict[str, tuple[list[float], list[float]]] = {}
+        r_lims = rng if lims_seed is None else np.random.default_rng([lims_seed, b])
         for k in range(0, end_k, spd):
-            for analyte, value, _ in lab_samples(rec, k, b, rng):
+            for analyte, value, _ in lab_samples(rec, k, b, r_lims):
                 ts, vs = lims.setdefault(analyte, ([], []))
                 ts.append(k * dt_h + 0.25)
                 vs.append(value)

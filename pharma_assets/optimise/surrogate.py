@@ -19,6 +19,7 @@ better; `evaluation` counts how often that happened.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +43,7 @@ from .inbatch import (
 from .recipe import p_in_spec, plant_draws, twin_batches
 from .whatif import cqas_at_harvest
 
-MODEL_NAME = "pharma_inbatch_surrogate"
+MODEL_NAME = "pharma_inbatch_surrogate"  # one registered model per recipe: `model_name`
 SURROGATE_SEEDS = range(500_000, 500_096)  # plant draws of the training rollouts
 OUTPUTS = (
     "product_mass_kg",
@@ -271,6 +272,12 @@ def recommend_neural(
     return rec, kept
 
 
+def model_name(recipe_id: str) -> str:
+    """The MLflow model of a recipe's surrogate (each recipe's twin rollouts differ: its
+    set-points, shift and feed), e.g. ``pharma_inbatch_surrogate_mab_a_fb14``."""
+    return f"{MODEL_NAME}_{re.sub(r'[^a-z0-9]+', '_', recipe_id.lower()).strip('_')}"
+
+
 def log_to_mlflow(sur: Surrogate, recipe_id: str, uri: str | None = None) -> object:
     """Register the surrogate in MLflow like the platform's other models (never promoted
     by the gate: it is judged by the in-batch evaluation, not by one metric)."""
@@ -280,7 +287,7 @@ def log_to_mlflow(sur: Surrogate, recipe_id: str, uri: str | None = None) -> obj
         f"rmse_{o}": v for o, v in sur.rmse.items()
     }
     trained = registry.TrainedModel(
-        name=MODEL_NAME,
+        name=model_name(recipe_id),
         model=sur,
         params={**sur.params, "recipe_id": recipe_id, "n_train": sur.n_train},
         features=list(FEATURES),
@@ -303,21 +310,23 @@ def log_to_mlflow(sur: Surrogate, recipe_id: str, uri: str | None = None) -> obj
     return registry.register(trained, None, uri=uri)
 
 
-def load_latest(uri: str | None = None) -> tuple[Surrogate | None, str]:
-    """The champion surrogate, else the newest registered version, else None; with a note."""
+def load_latest(recipe_id: str, uri: str | None = None) -> tuple[Surrogate | None, str]:
+    """The recipe's champion surrogate, else its newest registered version, else None; with
+    a note."""
     from pharma_assets.ml import registry
 
-    champ = registry.load_champion(MODEL_NAME, uri=uri)
+    name = model_name(recipe_id)
+    champ = registry.load_champion(name, uri=uri)
     if champ is not None:
-        return champ[0], f"{MODEL_NAME} champion v{champ[1]}"
+        return champ[0], f"{name} champion v{champ[1]}"
     try:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri or registry.tracking_uri())
-        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+        versions = client.search_model_versions(f"name='{name}'")
     except Exception as e:  # no registry or no such model yet
-        return None, f"no {MODEL_NAME} in MLflow ({type(e).__name__}): mpc only"
+        return None, f"no {name} in MLflow ({type(e).__name__}): mpc only"
     if not versions:
-        return None, f"no {MODEL_NAME} registered yet: mpc only"
+        return None, f"no {name} registered yet: mpc only"
     v = str(max(int(m.version) for m in versions))
-    return registry.load_version(MODEL_NAME, v, uri=uri), f"{MODEL_NAME} v{v} (newest, no champion)"
+    return registry.load_version(name, v, uri=uri), f"{name} v{v} (newest, no champion)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
@@ -26,8 +27,8 @@ from pharma_assets.lake.specs import CppSpec, load_spec
 from pharma_assets.lake.storage import Lake
 from pharma_assets.twin.config import RecipeBook, load_recipes
 
-from . import inbatch, recipe, sensitivity
-from .calibration import CalibratedBatch, calibrate
+from . import headroom, inbatch, recipe, sensitivity
+from .calibration import CalibratedBatch, calibrate_lactate
 from .observations import CalibrationDataError, from_lake
 from .surrogate import Surrogate, recommend_neural
 from .whatif import Scenario, run_whatif
@@ -48,13 +49,14 @@ def calibrate_running(
     as_of: datetime | None = None,
     n_members: int = 50,
 ) -> tuple[dict[str, CalibratedBatch], dict[str, str]]:
-    """Calibrated ensembles of every running batch, and the reason for each that failed."""
+    """Calibrated ensembles of every running batch (with the batch's lactate kinetics from its
+    LIMS lactate, `calibration.calibrate_lactate`), and the reason for each that failed."""
     recipes = recipes or load_recipes()
     cals, errors = {}, {}
     for bid in running_batches(lake):
         try:
             obs = from_lake(lake, bid, as_of=as_of)
-            cals[bid] = calibrate(obs, recipes.get(obs.recipe_id), n_members=n_members)
+            cals[bid] = calibrate_lactate(obs, recipes.get(obs.recipe_id), n_members=n_members)
         except (CalibrationDataError, KeyError, ValueError) as e:
             errors[bid] = str(e)
     return cals, errors
@@ -97,15 +99,18 @@ def calibrated_state_table(
 def batch_recommendation_table(
     cals: dict[str, CalibratedBatch],
     errors: dict[str, str],
-    surrogate: Surrogate | None,
+    surrogates: Mapping[str, Surrogate | None],
     spec: CppSpec | None = None,
 ) -> pl.DataFrame:
+    """MPC and, where the batch's recipe has a surrogate (``surrogates[recipe_id]``), the
+    neural engine for every calibrated running batch."""
     spec = spec or load_spec()
     rows: list[dict[str, object]] = []
     for cal in cals.values():
         recs = [inbatch.recommend_mpc(cal, spec=spec)]
-        if surrogate is not None:
-            recs.append(recommend_neural(cal, surrogate, spec=spec)[0])
+        sur = surrogates.get(cal.recipe.recipe_id)
+        if sur is not None:
+            recs.append(recommend_neural(cal, sur, spec=spec)[0])
         for r in recs:
             rows.append(
                 {
@@ -170,7 +175,7 @@ def recipe_recommendation_table(
     recipes = recipes or load_recipes()
     rows = []
     for r in recipes.recipes:
-        opt = recipe.optimise(r, n_trials=n_trials, spec=spec)
+        opt, _ = headroom.optimise_and_refine(r, n_trials=n_trials, spec=spec)
         ver = recipe.verify(r, opt.best.settings, n_batches=eval_batches, spec=spec)
         rows.append(recipe.recommendation_record(opt, ver))
     return _frame(rows)

@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 
 from pharma_assets.compliance import recipe_requests
+from pharma_assets.optimise import history, sensitivity
 from pharma_assets.optimise import recipe as ro
-from pharma_assets.optimise import sensitivity
 from pharma_assets.twin import config as twin_config
 
 
@@ -52,8 +52,19 @@ def test_save_sections_and_recipe_change_request(app, lake_copy, tmp_path, monke
         "design_space",
         sensitivity.design_space(fb14, ("ph_sp", "T_prod"), n_grid=4, seeds=range(6)),
     )
+    # the history comparison of this lake's batches against the recommendation
+    prop, cur = history.proposals_from_table(lake_copy.read("gold", "recipe_recommendations"))
+    hist_t = history.from_lake(lake_copy, prop, cur)
+    lake_copy.overwrite("gold", "history_patterns", hist_t)
     at = app(lake_copy.root, "whatif", user="qa.lead")
     assert len(at.get("plotly_chart")) >= 4  # trajectories, tornado, design space
+    assert any("Learning from history" in str(h.value) for h in at.subheader)
+    assert hist_t.height >= 1
+    if "feature" in hist_t.columns and hist_t["feature"].drop_nulls().len():
+        assert any("top quarter" in str(c.value) for c in at.caption)
+    else:  # a small fixture lake: the page says why there is no comparison
+        assert any("need 8" in str(i.value) for i in at.info)
+    assert not at.exception
     at.button(key="wif_save").click().run()
     saved = lake_copy.read("gold", "whatif_scenarios")
     assert saved is not None and saved["created_by"].to_list() == ["qa.lead"]

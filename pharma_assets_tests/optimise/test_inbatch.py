@@ -127,3 +127,22 @@ def test_training_and_evaluation_seeds_are_disjoint() -> None:
     assert not set(recipe.DEFAULT_TRAIN_SEEDS) & set(surrogate.SURROGATE_SEEDS)
     assert recipe.DEFAULT_EVAL_SEED not in train and inbatch_eval.EVAL_SEED not in train
     assert recipe.DEFAULT_EVAL_SEED != inbatch_eval.EVAL_SEED
+
+
+def test_each_recipe_has_its_own_surrogate_in_mlflow(tiny_surrogate, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pharma_assets.twin.config import load_recipes
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lt = load_recipes().get("MAB-A-FB15-LT")
+    ro = surrogate.rollouts(lt, seeds=range(500_000, 500_020), days=(4, 8), actions_per_state=6)
+    sur_lt = surrogate.train(ro, hidden=(8,))
+    assert surrogate.model_name(lt.recipe_id) == "pharma_inbatch_surrogate_mab_a_fb15_lt"
+    surrogate.log_to_mlflow(sur_lt, lt.recipe_id, uri=uri)
+    got, note = surrogate.load_latest(lt.recipe_id, uri)
+    assert got is not None and "fb15_lt v1" in note
+    x = ro.X[:5]
+    assert np.allclose(got.predict(x)["product_mass_kg"], sur_lt.predict(x)["product_mass_kg"])
+    none, note14 = surrogate.load_latest("MAB-A-FB14", uri)  # FB14 has none registered here
+    assert none is None and "mpc only" in note14
+    # the FB15-LT rollouts are the FB15-LT recipe's, not FB14's: its shift day is later
+    assert not np.allclose(ro.X.mean(axis=0), tiny_surrogate.pipeline[0].mean_)  # type: ignore[index]

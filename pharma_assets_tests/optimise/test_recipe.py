@@ -3,7 +3,6 @@ verification compares like with like."""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -64,34 +63,3 @@ def test_recipe_with_is_the_next_version(fb14) -> None:  # type: ignore[no-untyp
     assert r.setpoints.temperature_shift_day == 6.4 and r.planned_duration_days == 13.9
     assert r.feed.end_day <= 13.9
     assert next(p.start_day for p in r.phases if p.phase == "production") == 6.4
-
-
-def test_history_patterns_compares_top_batches_with_the_rest() -> None:
-    rng = np.random.default_rng(0)
-    n = 20
-    summary = pl.DataFrame(
-        {
-            "batch_id": [f"B{i}" for i in range(n)],
-            "recipe_id": ["R"] * n,
-            "status": ["complete"] * (n - 1) + ["aborted"],
-            "product_mass_kg": list(rng.normal(8, 1, n)),
-            "right_first_time": [True] * n,
-            "media_lot": [f"M{i // 4}" for i in range(n)],
-            "feed_lot": [f"F{i // 5}" for i in range(n)],
-            "duration_h": [336.0] * n,
-        }
-    )
-    stats = pl.DataFrame(
-        {
-            "batch_id": [f"B{i}" for i in range(n)],
-            "tag": ["temperature_c"] * n,
-            "phase": ["production"] * n,
-            "n": [10] * n,
-            "sum": [330.0 + i for i in range(n)],
-        }
-    )
-    out = ro.history_patterns(summary, stats)
-    assert out["group"].to_list() == ["top", "rest"]
-    assert out["batches"].sum() == n - 1  # the aborted batch is not counted
-    top = summary.head(n - 1).sort("product_mass_kg", descending=True).head(out["batches"][0])
-    assert out["mean_product_mass_kg"][0] == pytest.approx(top["product_mass_kg"].mean())

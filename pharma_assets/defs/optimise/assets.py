@@ -10,7 +10,7 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.defs.ml.resources import MlResource
 from pharma_assets.lake.storage import Lake
-from pharma_assets.optimise import surrogate, tables
+from pharma_assets.optimise import history, surrogate, tables
 from pharma_assets.twin.config import load_recipes
 
 GROUP = "optimise"
@@ -83,26 +83,34 @@ def twin_calibrated_state(lakehouse: LakehouseResource) -> dg.MaterializeResult:
     key=[LAYER, "inbatch_surrogate"],
     group_name=GROUP,
     kinds={"mlflow", "scikitlearn"},
-    description="The neural engine of the in-batch recommender: an MLP surrogate of the twin "
-    "trained on twin rollouts of disturbed plant draws (pharma_assets/optimise/surrogate.py), "
-    "registered in MLflow as pharma_inbatch_surrogate; held-out R² and RMSE per CQA.",
+    description="The neural engine of the in-batch recommender, one per recipe: an MLP "
+    "surrogate of the twin trained on the recipe's twin rollouts of disturbed plant draws "
+    "(pharma_assets/optimise/surrogate.py), registered in MLflow as "
+    "pharma_inbatch_surrogate_<recipe>; held-out R² and RMSE per CQA and recipe.",
 )
 def inbatch_surrogate(lakehouse: LakehouseResource, ml: MlResource) -> dg.MaterializeResult:
-    fb14 = load_recipes().get("MAB-A-FB14")
-    sur = surrogate.train(surrogate.rollouts(fb14, spec=lakehouse.spec()))
-    reg = surrogate.log_to_mlflow(sur, fb14.recipe_id, uri=ml.uri())
-    df = pl.DataFrame(
-        {"output": list(sur.r2), "r2": list(sur.r2.values()), "rmse": list(sur.rmse.values())}
-    )
-    meta = _write(lakehouse.lake(), "inbatch_surrogate", df)
+    frames: list[pl.DataFrame] = []
+    meta: dict[str, Any] = {}
+    for r in load_recipes().recipes:
+        sur = surrogate.train(surrogate.rollouts(r, spec=lakehouse.spec()))
+        reg = surrogate.log_to_mlflow(sur, r.recipe_id, uri=ml.uri())
+        frames.append(
+            pl.DataFrame(
+                {
+                    "recipe_id": r.recipe_id,
+                    "output": list(sur.r2),
+                    "r2": list(sur.r2.values()),
+                    "rmse": list(sur.rmse.values()),
+                    "n_train": sur.n_train,
+                    "n_test": sur.n_test,
+                }
+            )
+        )
+        meta[f"{r.recipe_id}_mlflow_version"] = str(getattr(reg, "version", ""))
+        meta[f"{r.recipe_id}_r2_product_mass_kg"] = sur.r2["product_mass_kg"]
+    df = pl.concat(frames)
     return dg.MaterializeResult(
-        metadata={
-            **meta,
-            "mlflow_version": str(getattr(reg, "version", "")),
-            "r2_product_mass_kg": sur.r2["product_mass_kg"],
-            "n_train": sur.n_train,
-            "n_test": sur.n_test,
-        },
+        metadata={**_write(lakehouse.lake(), "inbatch_surrogate", df), **meta}
     )
 
 
@@ -123,11 +131,14 @@ def batch_recommendations(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
     lake, cals, errors = _running(lakehouse)
-    sur, note = surrogate.load_latest(ml.uri())
-    context.log.info(note)
-    df = tables.batch_recommendation_table(cals, errors, sur, lakehouse.spec())
+    surs, notes = {}, []
+    for rid in sorted({c.recipe.recipe_id for c in cals.values()}):
+        surs[rid], note = surrogate.load_latest(rid, ml.uri())
+        context.log.info(note)
+        notes.append(note)
+    df = tables.batch_recommendation_table(cals, errors, surs, lakehouse.spec())
     return dg.MaterializeResult(
-        metadata={**_write(lake, "batch_recommendations", df), "surrogate": note},
+        metadata={**_write(lake, "batch_recommendations", df), "surrogate": "; ".join(notes)},
         check_results=[
             dg.AssetCheckResult(
                 check_name="no_recommendation_outside_par", **_kw(_par_check(df, lakehouse, "rec_"))
@@ -247,5 +258,59 @@ def recipe_recommendations(lakehouse: LakehouseResource) -> dg.MaterializeResult
     )
 
 
+@dg.asset(
+    key=[LAYER, "history_patterns"],
+    group_name=GROUP,
+    kinds=KINDS,
+    deps=[
+        dg.AssetKey(["gold", "batch_summary"]),
+        dg.AssetKey(["silver", "telemetry_stats"]),
+        dg.AssetKey(["silver", "batch_phases"]),
+        dg.AssetKey(["silver", "lab_results"]),
+        dg.AssetKey(["silver", "material_lots"]),
+        dg.AssetKey([LAYER, "recipe_recommendations"]),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec("intervals_ordered", asset=[LAYER, "history_patterns"]),
+    ],
+    description="Learning from history: per recipe, the top quarter of completed batches by "
+    "product mass against the rest on realised set-points, shift day, batch length, seed "
+    "density and the lots' CoA results (difference with 95 % Welch interval, Hedges' g, "
+    "Spearman with product mass), and where the twin optimiser's proposal lies against them "
+    "(pharma_assets/optimise/history.py). Observational: associations, not effects.",
+)
+def history_patterns(lakehouse: LakehouseResource) -> dg.MaterializeResult:
+    lake = lakehouse.lake()
+    prop, cur = history.proposals_from_table(lake.read(LAYER, "recipe_recommendations"))
+    df = history.from_lake(lake, prop, cur)
+    bad = 0
+    if df.height and "diff_lo" in df.columns:
+        bad = df.filter(
+            pl.col("diff").is_not_null()
+            & (
+                (pl.col("diff_lo") > pl.col("diff") + 1e-9)
+                | (pl.col("diff_hi") < pl.col("diff") - 1e-9)
+            )
+        ).height
+    significant = int(df["significant"].sum()) if "significant" in df.columns else 0
+    return dg.MaterializeResult(
+        metadata={
+            **_write(lake, "history_patterns", df),
+            "recipes": df["recipe_id"].n_unique() if df.height else 0,
+            "significant_features": significant,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="intervals_ordered", passed=bad == 0, metadata={"rows_bad": bad}
+            )
+        ],
+    )
+
+
 RUNNING_ASSETS = [twin_calibrated_state, batch_recommendations, harvest_recommendations]
-RECIPE_ASSETS = [inbatch_surrogate, sensitivity_and_design_space, recipe_recommendations]
+RECIPE_ASSETS = [
+    inbatch_surrogate,
+    sensitivity_and_design_space,
+    recipe_recommendations,
+    history_patterns,
+]
