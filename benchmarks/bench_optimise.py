@@ -330,7 +330,18 @@ if __name__ == "__main__":
         help="one follow-up part (history [dir] | replan KIND [EVERY_H] [PER] | once RECIPE | "
         "neural RECIPE | refine RECIPE), see followups()",
     )
+    ap.add_argument(
+        "--lake-backtest",
+        metavar="LAKE",
+        help="back-test the twin on LAKE's held-out batches next to XGBoost "
+        "(benchmarks.bench_lake_backtest; MLflow from $PHARMA_MLFLOW_URI)",
+    )
     a = ap.parse_args()
+    if a.lake_backtest:
+        from benchmarks import bench_lake_backtest
+
+        bench_lake_backtest.main([a.lake_backtest, "--out", "/tmp/lake_backtest_rows.parquet"])
+        raise SystemExit(0)
     if a.followup:
         print(json.dumps(followups(*a.followup), default=str))
         raise SystemExit(0)

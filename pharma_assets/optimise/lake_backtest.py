@@ -9,7 +9,9 @@ same release results (``gold/batch_summary``: final titer, product mass).
 For each held-out batch the twin is calibrated on what the lake held at day 3, 7 and 10
 (`observations.from_lake`, cut with ``until``: in-process LIMS sampled by then, hourly
 online signals, the production phase if it had started) and forecasts harvest titer and
-product mass (baseline what-if to the planned end; ensemble median, 80 % and 90 % ranges).
+product mass (baseline what-if to the planned end; ensemble median, 80 % and 90 % ranges
+of the release measurement: each twin's value with the release assay's 3 % error, since the
+targets are measured values).
 
 The hybrids are XGBoost models on the quality model's feature table at the horizon plus
 the twin's forecast (``hybrid feature``), or on the twin's residual (``hybrid residual``:
@@ -32,11 +34,14 @@ from pharma_assets.twin.config import RecipeBook, load_recipes
 
 from .calibration import calibrate
 from .observations import from_lake
-from .whatif import Scenario, run_whatif
+from .whatif import RELEASE_ASSAY_CV, Scenario, run_whatif
 
 #: twin CQA -> quality-model target (gold/batch_summary)
 TARGETS = {"titer_g_l": "final_titer_g_l", "product_mass_kg": "product_mass_kg"}
 TWIN_DAYS = (3.0, 7.0, 10.0)
+#: release-assay draws per twin: the targets are measured values (titer assay CV 3 %;
+#: product mass is release titer x harvest volume, so it carries the same CV)
+ASSAY_DRAWS = 20
 #: the quality model's feature horizon whose data is all known at the twin's as-of day
 FEATURE_HORIZON = {3.0: "day3", 7.0: "day7", 10.0: "day7"}
 XGB_HORIZONS = ("day3", "day7", "harvest")
@@ -108,7 +113,8 @@ def twin_forecasts(
 ) -> pl.DataFrame:
     """One row per batch x as-of day x twin target: the harvest forecast made from what the
     lake held at that day (median, 80 % and 90 % ranges). A batch that ended before the day
-    has no forecast at it."""
+    has no forecast at it. The intervals are those of the release measurement: each twin's
+    harvest value with the release assay's error (``ASSAY_DRAWS`` draws per twin)."""
     recipes = recipes or load_recipes()
     rows = []
     for i, bid in enumerate(batch_ids):
@@ -121,9 +127,13 @@ def twin_forecasts(
             seed = int.from_bytes(bid.encode()[-4:], "big") + int(day)
             cal = calibrate(seen, recipe, n_members=n_members, seed=seed)
             res = run_whatif(cal, Scenario())
+            rng = np.random.default_rng(seed)
             for twin_t, target in TARGETS.items():
                 v = res.baseline.cqas[twin_t]
-                q05, q10, med, q90, q95 = np.quantile(v, (0.05, 0.10, 0.5, 0.90, 0.95))
+                z = rng.standard_normal((len(v), ASSAY_DRAWS))
+                measured = (v[:, None] * (1 + RELEASE_ASSAY_CV["titer_g_l"] * z)).ravel()
+                med = float(np.median(v))
+                q05, q10, q90, q95 = np.quantile(measured, (0.05, 0.10, 0.90, 0.95))
                 rows.append(
                     {
                         "batch_id": bid,
@@ -268,8 +278,9 @@ def lake_backtest(
     twin = twin_forecasts(lake, hold, days, n_members, recipes, step("twin, held-out"))
     rows.append(
         twin.join(truth, on=["batch_id", "target"]).select(
-            "batch_id", pl.lit("twin").alias("method"), *[c for c in ROW_SCHEMA if c not in
-            ("batch_id", "method")]
+            "batch_id",
+            pl.lit("twin").alias("method"),
+            *[c for c in ROW_SCHEMA if c not in ("batch_id", "method")],
         )
     )
     if hybrid:

@@ -119,11 +119,14 @@ def test_only_data_known_at_the_as_of_time_is_used(
 ) -> None:
     lake = ml_plant.lake()
     bid = lb.held_out_ids(lb.xgb_holdout_from_results(results))[0]
-    start = lake.read("silver", "batches", filter_expr=pl.col("batch_id") == bid)["start_ts"][0]
+    batches = lake.read("silver", "batches", filter_expr=pl.col("batch_id") == bid)
+    assert batches is not None
+    start = batches["start_ts"][0]
     as_of = start + timedelta(days=7)
     base = lb.twin_forecasts(lake, [bid], days=(7.0,), n_members=N_MEMBERS)
 
     labs = lake.read("silver", "lab_results")
+    assert labs is not None
     titer = (pl.col("batch_id") == bid) & (pl.col("analyte") == "titer_g_l")
     titer &= pl.col("sample_type") == "in_process"
     late = labs.filter(titer & (pl.col("sample_ts") > as_of)).sort("sample_ts")
