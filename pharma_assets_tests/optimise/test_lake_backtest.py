@@ -154,3 +154,13 @@ def test_only_data_known_at_the_as_of_time_is_used(
     t = moved.filter(pl.col("target") == "final_titer_g_l")["predicted"][0]
     t0 = base.filter(pl.col("target") == "final_titer_g_l")["predicted"][0]
     assert abs(t - t0) > 0.02 * t0
+
+
+def test_models_with_different_hold_outs_are_refused(
+    results: list[quality.QualityResult],
+) -> None:
+    xgb = lb.xgb_holdout_from_results(results)
+    key = next(iter(xgb))
+    xgb[key] = xgb[key].head(xgb[key].height - 1)
+    with pytest.raises(ValueError, match="hold-out batches of"):
+        lb.held_out_ids(xgb)
