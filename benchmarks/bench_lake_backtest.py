@@ -35,15 +35,18 @@ def run(lake_uri: str, mlflow_uri: str | None = None, n_members: int = 50) -> di
         if i == n or i % 10 == 0:
             print(f"  {stage}: {i}/{n} batches", file=sys.stderr, flush=True)
 
-    rows = lb.lake_backtest(lake, xgb, n_members=n_members, progress=progress)
+    skipped: dict[str, str] = {}
+    rows = lb.lake_backtest(lake, xgb, n_members=n_members, progress=progress, skipped=skipped)
     return {
         "rows": rows,
         "table": lb.metrics(rows),
+        "table_common": lb.metrics(lb.common_batches(rows)),
         "seconds": time.perf_counter() - t0,
         "load_before": load_before,
         "load_after": _load(),
         "measured_at": datetime.now(UTC),
         "n_held_out": len(lb.held_out_ids(xgb)),
+        "skipped": skipped,
     }
 
 
@@ -67,6 +70,16 @@ def markdown(res: dict) -> list[str]:
             f"| {f(r['mae'], '.3f')} {unit[r['target']]} | {f(r['coverage_80'], '.2f')} "
             f"| {f(r['coverage_90'], '.2f')} |"
         )
+    if res["skipped"]:
+        lines += ["", "On the batches every method forecast:", "", *lines[2:4]]
+        for r in res["table_common"].iter_rows(named=True):
+            lines.append(
+                f"| {r['target']} | {r['horizon']} | {r['method']} | {r['n']} "
+                f"| {f(r['r2'], '.3f')} | {f(r['mae'], '.3f')} {unit[r['target']]} "
+                f"| {f(r['coverage_80'], '.2f')} | {f(r['coverage_90'], '.2f')} |"
+            )
+    for bid, why in sorted(res["skipped"].items()):
+        lines.append(f"\nnot calibrated (twin and hybrids leave it out): {bid}: {why}")
     return lines
 
 

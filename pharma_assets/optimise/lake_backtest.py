@@ -33,7 +33,7 @@ from pharma_assets.ml import features, quality, registry
 from pharma_assets.twin.config import RecipeBook, load_recipes
 
 from .calibration import calibrate
-from .observations import from_lake
+from .observations import CalibrationDataError, from_lake
 from .whatif import RELEASE_ASSAY_CV, Scenario, run_whatif
 
 #: twin CQA -> quality-model target (gold/batch_summary)
@@ -94,13 +94,17 @@ def xgb_holdout_from_results(
 
 
 def held_out_ids(xgb: dict[tuple[str, str], pl.DataFrame]) -> list[str]:
-    """The quality models' held-out batches (one split per run: every model's must agree)."""
-    sets = {k: set(v["batch_id"].to_list()) for k, v in xgb.items()}
-    first = next(iter(sets.values()))
-    for k, s in sets.items():
-        if s != first:
-            raise ValueError(f"hold-out batches of {k} differ from the others' ({len(s)} batches)")
-    return sorted(first)
+    """The quality models' held-out batches: one split per run, each target's models scored
+    on the held-out batches with that release result (every horizon's must agree)."""
+    per_target: dict[str, set[str]] = {}
+    for (target, horizon), pred in xgb.items():
+        s = set(pred["batch_id"].to_list())
+        if per_target.setdefault(target, s) != s:
+            raise ValueError(
+                f"hold-out batches of ({target!r}, {horizon!r}) differ from the other "
+                f"horizons' ({len(s)} vs {len(per_target[target])} batches)"
+            )
+    return sorted(set().union(*per_target.values()))
 
 
 def twin_forecasts(
@@ -110,10 +114,12 @@ def twin_forecasts(
     n_members: int = 50,
     recipes: RecipeBook | None = None,
     progress: Callable[[int, int], None] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> pl.DataFrame:
     """One row per batch x as-of day x twin target: the harvest forecast made from what the
     lake held at that day (median, 80 % and 90 % ranges). A batch that ended before the day
-    has no forecast at it. The intervals are those of the release measurement: each twin's
+    has no forecast at it; a batch calibration refuses (`CalibrationDataError`, e.g. tags
+    missing) has none, and its reason goes to ``skipped``. The intervals are those of the release measurement: each twin's
     harvest value with the release assay's error (``ASSAY_DRAWS`` draws per twin)."""
     recipes = recipes or load_recipes()
     rows = []
@@ -125,7 +131,13 @@ def twin_forecasts(
                 continue
             seen = full.until(day * 24)
             seed = int.from_bytes(bid.encode()[-4:], "big") + int(day)
-            cal = calibrate(seen, recipe, n_members=n_members, seed=seed)
+            try:
+                cal = calibrate(seen, recipe, n_members=n_members, seed=seed)
+            except CalibrationDataError as e:
+                if skipped is None:
+                    raise
+                skipped[bid] = str(e)
+                break
             res = run_whatif(cal, Scenario())
             rng = np.random.default_rng(seed)
             for twin_t, target in TARGETS.items():
@@ -250,10 +262,13 @@ def lake_backtest(
     holdout_fraction: float = 0.25,
     recipes: RecipeBook | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> pl.DataFrame:
     """Per-batch predictions (ROW_SCHEMA) of the twin, XGBoost and (``hybrid``) the two
     hybrids on the quality models' held-out batches. ``xgb``: the quality run's hold-out
-    predictions (`xgb_holdout_from_registry` or `xgb_holdout_from_results`)."""
+    predictions (`xgb_holdout_from_registry` or `xgb_holdout_from_results`). Batches the twin
+    cannot calibrate are left out of the twin's and hybrids' rows, their reasons in
+    ``skipped`` (batch_id -> message); without ``skipped`` the first one raises."""
     hold = held_out_ids(xgb)
     truth = _truth(lake)
     rows = [
@@ -275,9 +290,10 @@ def lake_backtest(
     def step(stage: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda i, n: progress(stage, i, n))
 
-    twin = twin_forecasts(lake, hold, days, n_members, recipes, step("twin, held-out"))
+    twin = twin_forecasts(lake, hold, days, n_members, recipes, step("twin, held-out"), skipped)
     rows.append(
-        twin.join(truth, on=["batch_id", "target"]).select(
+        # per target, the batches XGBoost is scored on: those with that release result
+        twin.join(truth.filter(pl.col("true").is_not_null()), on=["batch_id", "target"]).select(
             "batch_id",
             pl.lit("twin").alias("method"),
             *[c for c in ROW_SCHEMA if c not in ("batch_id", "method")],
@@ -304,7 +320,9 @@ def lake_backtest(
             feats_by_horizon = {
                 h: features.batch_features(inputs, h, batch_ids=[*train_ids, *hold]) for h in fhs
             }
-        twin_tr = twin_forecasts(lake, train_ids, days, n_members, recipes, step("twin, train"))
+        twin_tr = twin_forecasts(
+            lake, train_ids, days, n_members, recipes, step("twin, train"), skipped
+        )
         rows.append(
             hybrid_forecasts(pl.concat([twin_tr, twin]), truth, feats_by_horizon, train_ids, hold)
         )
@@ -346,3 +364,17 @@ def metrics(rows: pl.DataFrame) -> pl.DataFrame:
         .sort("target", "_h", "method")
         .drop("_h")
     )
+
+
+def common_batches(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows of the batches every method forecast, per target (when the twin could not
+    calibrate a batch, XGBoost's row of it is dropped too, for a like-for-like table)."""
+    n_methods = rows.group_by("target").agg(n=pl.col("method").n_unique())
+    have = (
+        rows.group_by("target", "batch_id")
+        .agg(k=pl.col("method").n_unique())
+        .join(n_methods, on="target")
+        .filter(pl.col("k") == pl.col("n"))
+        .select("target", "batch_id")
+    )
+    return rows.join(have, on=["target", "batch_id"])

@@ -162,5 +162,5 @@ def test_models_with_different_hold_outs_are_refused(
     xgb = lb.xgb_holdout_from_results(results)
     key = next(iter(xgb))
     xgb[key] = xgb[key].head(xgb[key].height - 1)
-    with pytest.raises(ValueError, match="hold-out batches of"):
+    with pytest.raises(ValueError, match="differ from the other horizons"):
         lb.held_out_ids(xgb)
