@@ -21,6 +21,7 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import capabilities, features, pdm, quality, registry
+from pharma_assets.process.vocabulary import UnitClass
 
 from .resources import MlResource
 
@@ -141,7 +142,10 @@ def feature_tables(
     now = utc_now()
     tables = {
         "equipment_hour": features.equipment_hour_features(
-            inp.hourly, inp.maintenance, inp.batches
+            inp.hourly,
+            inp.maintenance,
+            inp.batches,
+            features.declared_equipment(unit_class(lakehouse.spec_path)),
         ),
         "batch_hour": features.batch_hour_features(inp.hourly),
         "batch": pl.concat(
@@ -214,6 +218,13 @@ def read_table(lake: Lake, layer: str, name: str) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- training
+
+
+def unit_class(spec_path: str | None = None) -> UnitClass:
+    """The unit class of the CPP spec in force (``PHARMA_CPP_SPEC``, else the built-in)."""
+    from pharma_assets.lake.specs import load_spec
+
+    return load_spec(spec_path or os.environ.get("PHARMA_CPP_SPEC") or None).load_unit_class()
 
 
 def site_capabilities(
@@ -335,7 +346,15 @@ def pdm_failure_72h(
     )
     gt_dir, gt_note = ml.ground_truth()
     context.log.info(gt_note)
-    res = pdm.train_pdm(eq, maint, versions, ground_truth_dir=gt_dir, n_estimators=ml.pdm_trees)
+    types = {s: d.type for s, d in unit_class(lakehouse.spec_path).equipment.items()}
+    res = pdm.train_pdm(
+        eq,
+        maint,
+        versions,
+        ground_truth_dir=gt_dir,
+        n_estimators=ml.pdm_trees,
+        equipment_types=types or None,
+    )
     for n in res.notes:
         context.log.info(n)
     reg = register_model(context, res.trained, res.score_fn, ml)
