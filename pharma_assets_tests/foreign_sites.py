@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -406,7 +407,7 @@ def dryer_spec(path: Path) -> Path:
 
 
 #: a vacuum tray dryer: a class with its own tags and its own phases, found by tag crossings
-TRAY_DRYER_CLASS = {
+TRAY_DRYER_CLASS: dict[str, Any] = {
     "unit_class": "vacuum_tray_dryer",
     "description": "Vacuum tray dryer (API cake), phases by shelf and product temperature",
     "phases": ["loading", "heating", "drying", "cooling"],
@@ -621,7 +622,7 @@ def tray_dryer_spec(path: Path, unit_class: dict | None = None) -> Path:
 
 #: the tray dryer's class with its vacuum pump declared for PdM: the pump's power and oil
 #: temperature are condition tags of the class, and ``pdm`` is one of its capabilities
-PUMP_DRYER_CLASS = {
+PUMP_DRYER_CLASS: dict[str, Any] = {
     **TRAY_DRYER_CLASS,
     "tags": {
         **TRAY_DRYER_CLASS["tags"],

@@ -669,9 +669,10 @@ def test_pdm_for_a_declared_vacuum_pump_from_the_sites_cmms(site_env: Path, monk
     uri = f"sqlite:///{site_env / 'mlflow.db'}"
     client = Client(tracking_uri=uri, registry_uri=uri)
     mv = client.get_model_version("pharma_pdm_failure_72h", "1")
-    run = client.get_run(mv.run_id)
-    pred = registry.load_artifact_table(mv.run_id, "holdout_predictions", uri=uri)
-    failures = registry.load_artifact_table(mv.run_id, "failures", uri=uri)
+    run_id = str(mv.run_id)
+    run = client.get_run(run_id)
+    pred = registry.load_artifact_table(run_id, "holdout_predictions", uri=uri)
+    failures = registry.load_artifact_table(run_id, "failures", uri=uri)
     assert set(pred["equipment_id"]) == {"VTD7-VP"} and set(pred["equipment_type"]) == {
         "vacuum_pump"
     }
