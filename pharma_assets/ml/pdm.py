@@ -1,7 +1,10 @@
 """Predictive maintenance: "will this critical equipment item fail within the next 72 h?".
 
-One random forest per equipment type (agitator motor AGT, feed pump FP), trained on the
-equipment x hour feature table (:func:`features.equipment_hour_features`). The target comes
+One random forest per equipment type, trained on the equipment x hour feature table
+(:func:`features.equipment_hour_features`). The types are the unit class's equipment items
+(``equipment_types``: id suffix -> type); the bioreactor's agitator motor AGT and feed pump
+FP are the default configuration, and any other declared item (a dryer's vacuum pump) goes
+through the same labels, split, threshold rule and metrics. The target comes
 from the CMMS (``failure`` work orders in ``silver/maintenance_events``), which a real plant
 has; the simulator's fault labels are used only for a second, independent evaluation.
 

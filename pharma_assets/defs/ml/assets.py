@@ -42,9 +42,10 @@ SILVER_MATERIAL = key_of("silver", "material_lots")  # raw-material CoA results 
 GOLD_SUMMARY = key_of("gold", "batch_summary")
 
 FEATURE_TABLES = {
-    "equipment_hour": "Feature table: one row per critical equipment item (agitator, feed pump) "
-    "per hour of run time: vibration, bearing temperature, motor and pump current "
-    "(mean/max/std, 24 h slope and deviation), hours and run-hours since maintenance.",
+    "equipment_hour": "Feature table: one row per equipment item the unit class declares "
+    "(bioreactor: agitator, feed pump; any other item from its declared condition tags) per "
+    "hour of run time: condition signals (mean/max/std, 24 h slope and deviation, deviation "
+    "from the item's baseline), hours and run-hours since maintenance.",
     "batch_hour": "Feature table: one row per batch per elapsed hour: CPP means and std, "
     "OUR/CER/RQ from the off-gas balance, specific O2 uptake, cumulative feed.",
     "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
@@ -330,8 +331,8 @@ def register_model(
 def pdm_failure_72h(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
-    """Predictive maintenance: random forest of "failure within the next 72 h" per critical
-    equipment item, trained on earlier run time and evaluated on later run time; recall on
+    """Predictive maintenance: random forest of "failure within the next 72 h" per type of
+    equipment item the unit class declares, trained on earlier run time and evaluated on later run time; recall on
     critical failures, false alarms per equipment-day and median lead time in metadata."""
     lake = lakehouse.lake()
     cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)

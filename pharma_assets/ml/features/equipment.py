@@ -263,19 +263,20 @@ def _add_health_residuals(eq: pl.DataFrame, batches: pl.DataFrame | None) -> pl.
     )
     eq = eq.join(flow_ref, on=["equipment_id", "hour_ts"], how="left")
     exprs = []
+    has_base = bool((eq["_k0"] == "base").any()) if eq.height else False
     for i in range(N_RESIDUALS):
         x, y, k = pl.col(f"_x{i}"), pl.col(f"_y{i}"), pl.col(f"_k{i}")
         prior_min = y.cum_min().forward_fill().shift(1).over("equipment_id")
-        # a generic item's baseline: the mean of its earlier valid hours
-        yz = y.fill_null(0.0)
-        prior_mean = ((yz.cum_sum() - yz).over("equipment_id")) / pl.max_horizontal(
-            (y.is_not_null().cast(pl.Int64).cum_sum() - y.is_not_null().cast(pl.Int64)).over(
-                "equipment_id"
-            ),
-            1,
-        )
         n_prior = (y.is_not_null().cast(pl.Int64).cum_sum() - y.is_not_null().cast(pl.Int64)).over(
             "equipment_id"
+        )
+        # a generic item's baseline: the mean of its earlier valid hours (computed only when
+        # such an item is in the table)
+        yz = y.fill_null(0.0)
+        prior_mean = (
+            (yz.cum_sum() - yz).over("equipment_id") / pl.max_horizontal(n_prior, 1)
+            if has_base
+            else pl.lit(None, pl.Float64)
         )
         resid = (
             pl.when(k == "fit")
