@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -406,7 +407,7 @@ def dryer_spec(path: Path) -> Path:
 
 
 #: a vacuum tray dryer: a class with its own tags and its own phases, found by tag crossings
-TRAY_DRYER_CLASS = {
+TRAY_DRYER_CLASS: dict[str, Any] = {
     "unit_class": "vacuum_tray_dryer",
     "description": "Vacuum tray dryer (API cake), phases by shelf and product temperature",
     "phases": ["loading", "heating", "drying", "cooling"],
@@ -433,14 +434,24 @@ TRAY_DRYER_CLASS = {
 TRAY_SITE_TAGS = {"vacuum_pump_power_kw": "kW", "pump_oil_temp_c": "degC"}
 
 
-def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
+def tray_dryer_site(
+    folder: Path,
+    n_batches: int = 12,
+    seed: int = 5,
+    faults: bool = True,
+    pump_wear: np.ndarray | None = None,
+    spacing_h: float = 8.0,
+) -> Site:
     """A vacuum tray dryer at a site whose tag names and units all differ from the class's
     (°F, Pa, K, W; naive local times in Europe/Berlin; a batch column, no MES) and which
     records two tags of its own (vacuum pump power and oil temperature) that the class does
     not know. Batch 9 (0-based) overheats its shelf to 73 °C during drying (a PAR break);
     batch 10 runs with a failing vacuum pump (power +40 %, oil +13 °C) while every class tag
     stays normal: only the site's own tags show it. ``disturbed`` lists both; the phase
-    starts each batch crosses into are returned in ``crossings`` (ground truth, UTC)."""
+    starts each batch crosses into are returned in ``crossings`` (ground truth, UTC).
+    ``faults=False``: neither disturbance. ``pump_wear`` (per batch, 0 = healthy, 1 = about
+    to fail): a vacuum pump wearing out, its power up to +30 % and its oil up to +14 °C,
+    with a per-batch spread of a healthy pump's level."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     berlin = ZoneInfo("Europe/Berlin")
@@ -456,7 +467,7 @@ def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
         cool = dur - 40
         shelf = 22 + 38 * np.clip((m - load) / 30, 0, 1)
         shelf = np.where(m >= cool, 60 - 35 * np.clip((m - cool) / 30, 0, 1), shelf)
-        if i == 9:
+        if i == 9 and faults:
             shelf = np.where((m >= 150) & (m < 180), 73.0, shelf)
         shelf = shelf + rng.normal(0, 0.25, m.size)
         prod = np.empty(m.size)
@@ -469,10 +480,14 @@ def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
         cond = -45 + rng.normal(0, 0.3, m.size)
         power = np.where(m < load, 0.5, 3.0) + rng.normal(0, 0.05, m.size)
         oil = 55 + rng.normal(0, 0.3, m.size)
-        if i == 10:
+        if i == 10 and faults:
             power = np.where(m >= load + 60, power * 1.4, power)
             oil = np.where(m >= load + 60, oil + 13, oil)
-        start = t0 + timedelta(hours=8 * i)
+        if pump_wear is not None:
+            w = float(pump_wear[i])
+            power = power * (1 + 0.3 * w + rng.normal(0, 0.02))
+            oil = oil + 14 * w + rng.normal(0, 0.8)
+        start = t0 + timedelta(hours=spacing_h * i)
         heat = int(np.argmax(shelf > 30))
         dry = heat + int(np.argmax(prod[heat:] > 40))
         cl = dry + int(np.argmax(shelf[dry:] < 57))
@@ -496,7 +511,7 @@ def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
                 }
             )
         drying_min = (crossings[b]["cooling"] - crossings[b]["drying"]).total_seconds() / 60
-        rs = 2600 - 8.0 * drying_min + rng.normal(0, 40) + (4000 if i == 9 else 0)
+        rs = 2600 - 8.0 * drying_min + rng.normal(0, 40) + (4000 if i == 9 and faults else 0)
         lims.append(
             {
                 "Charge": b,
@@ -541,19 +556,19 @@ def tray_dryer_site(folder: Path, n_batches: int = 12, seed: int = 5) -> Site:
         folder,
         {"telemetry": tele, "lims": lab},
         {"telemetry": tag_map, "lims": lims_map},
-        [ids[i] for i in (9, 10) if i < n_batches],
+        [ids[i] for i in (9, 10) if i < n_batches and faults],
         ids,
         crossings,
     )
 
 
-def tray_dryer_spec(path: Path) -> Path:
+def tray_dryer_spec(path: Path, unit_class: dict | None = None) -> Path:
     """The tray-dryer site's product spec: CPPs with limits per phase of the class (shelf
     temperature tighter while drying), Cpk over drying, residual solvent as the release
-    assay; no phase rule of its own (the class's tag crossings apply)."""
-    (path.parent / "vacuum_tray_dryer.yaml").write_text(
-        yaml.safe_dump(TRAY_DRYER_CLASS, sort_keys=False)
-    )
+    assay; no phase rule of its own (the class's tag crossings apply). ``unit_class``:
+    another class file than ``TRAY_DRYER_CLASS`` (its extra tags get physical ranges)."""
+    uc = TRAY_DRYER_CLASS if unit_class is None else unit_class
+    (path.parent / "vacuum_tray_dryer.yaml").write_text(yaml.safe_dump(uc, sort_keys=False))
     spec = {
         "version": 1,
         "effective_from": "2025-08-01",
@@ -583,6 +598,11 @@ def tray_dryer_spec(path: Path) -> Path:
             },
             "chamber_pressure_mbar": {"uom": "mbar", "physical": [0, 1100]},
             "condenser_temp_c": {"uom": "degC", "physical": [-90, 40]},
+            **{
+                t: {"uom": d["uom"], "physical": [-100, 10000]}
+                for t, d in uc["tags"].items()
+                if t not in TRAY_DRYER_CLASS["tags"]
+            },
         },
         "unit_conversions": {},
         "lab": {
@@ -598,3 +618,99 @@ def tray_dryer_spec(path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+#: the tray dryer's class with its vacuum pump declared for PdM: the pump's power and oil
+#: temperature are condition tags of the class, and ``pdm`` is one of its capabilities
+PUMP_DRYER_CLASS: dict[str, Any] = {
+    **TRAY_DRYER_CLASS,
+    "tags": {
+        **TRAY_DRYER_CLASS["tags"],
+        "vacuum_pump_power_kw": {"uom": "kW", "group": "condition"},
+        "pump_oil_temp_c": {"uom": "degC", "group": "condition"},
+    },
+    "equipment": {
+        "VP": {"type": "vacuum_pump", "tags": ["vacuum_pump_power_kw", "pump_oil_temp_c"]}
+    },
+    "capabilities": [*TRAY_DRYER_CLASS["capabilities"], "pdm"],
+}
+
+
+@dataclass
+class PumpHistory:
+    site: Site
+    cmms: Path  # the CMMS export (work orders of the vacuum pump)
+    cmms_map: Path
+    failures: list[datetime]  # UTC, ground truth (the CMMS's breakdown times)
+
+
+def pump_dryer_site(
+    folder: Path, n_batches: int = 100, seed: int = 11, every: int = 12
+) -> PumpHistory:
+    """The tray dryer (no shelf or pump disturbance) whose vacuum pump wears out and is
+    repaired about every ``every`` batches (one a day): over the 3 to 5 batches before a
+    breakdown its
+    power and oil temperature creep up (a seeded degradation, worst just before it), it
+    breaks down just after the batch, and a corrective repair 90 min later (before the next
+    batch) makes it new.
+    The CMMS export has the site's own codes ("STOER" breakdown, "INST" repair, "WART"
+    inspection), asset names and local times."""
+    rng = np.random.default_rng(seed + 1)
+    fail_at = []
+    k = every - 1
+    while k < n_batches:
+        fail_at.append(k)
+        k += every + int(rng.integers(-2, 3))
+    wear = np.zeros(n_batches)
+    for f in fail_at:
+        onset = f - int(rng.integers(3, 6))
+        for i in range(max(onset, 0), f + 1):
+            wear[i] = ((i - onset) / (f - onset)) ** 1.5
+    spacing = 24.0  # one batch a day: the 72 h horizon spans the 3 batches before a breakdown
+    site = tray_dryer_site(folder, n_batches, seed, faults=False, pump_wear=wear, spacing_h=spacing)
+    t0 = datetime(2025, 9, 1, 4, tzinfo=UTC)
+    berlin = ZoneInfo("Europe/Berlin")
+    rows, failures = [], []
+    for f in fail_at:
+        b = site.batches[f]
+        end = site.crossings[b]["cooling"] + timedelta(minutes=60)  # the batch is over by then
+        failures.append(end)
+        for ts, code in ((end, "STOER"), (end + timedelta(minutes=90), "INST")):
+            rows.append(
+                {
+                    "Datum": ts.astimezone(berlin).strftime("%Y-%m-%d %H:%M:%S"),
+                    "Anlage": "VTD7-VP",
+                    "Art": code,
+                    "Stillstand_min": "90" if code == "STOER" else "",
+                }
+            )
+    for i in range(3, n_batches, 10):  # routine inspections: not repairs, not failures
+        ts = t0 + timedelta(hours=spacing * i - 1)
+        rows.append(
+            {
+                "Datum": ts.astimezone(berlin).strftime("%Y-%m-%d %H:%M:%S"),
+                "Anlage": "VTD7-VP",
+                "Art": "WART",
+                "Stillstand_min": "",
+            }
+        )
+    cmms = folder / "cmms_auftraege.csv"
+    pl.DataFrame(rows).sort("Datum").write_csv(cmms)
+    cmap = _yaml(
+        folder / "cmms_map.yaml",
+        {
+            "site_id": "VTDSITE",
+            "default_unit_id": "VTD7",
+            "timezone": "Europe/Berlin",
+            "downtime_uom": "min",
+            "columns": {
+                "event_ts": "Datum",
+                "equipment_id": "Anlage",
+                "event_type": "Art",
+                "downtime_h": "Stillstand_min",
+            },
+            # inspections ("WART") are no maintenance event of the lake: reported, not imported
+            "event_types": {"STOER": "failure", "INST": "corrective_maintenance"},
+        },
+    )
+    return PumpHistory(site, cmms, cmap, failures)

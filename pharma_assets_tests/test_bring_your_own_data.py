@@ -10,7 +10,7 @@ sampling, no MES, a titer-only release, local times with a time-zone column.
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -301,7 +301,10 @@ def test_dryer_a_unit_class_the_platform_never_saw(site_env: Path, monkeypatch) 
     _auto_promotion(lake)
     code, out = _cli("train", "--lake", "lake")
     assert code == 0, out
-    assert "skipped pdm: unit class 'fluid_bed_dryer' declares no equipment PdM knows" in out
+    assert (
+        "skipped pdm: unit class 'fluid_bed_dryer' declares no equipment with condition tags: no PdM"
+        in out
+    )
     assert "skipped contamination: unit class 'fluid_bed_dryer' is not a cell culture" in out
     assert "pharma_mspc_pca v1: PROMOTED" in out
     assert lake.read("gold", "contamination_risk") is None
@@ -451,7 +454,10 @@ def test_tray_dryer_own_phases_by_tag_crossing_and_site_tags(site_env: Path, mon
     _auto_promotion(lake)
     code, out = _cli("train", "--lake", "lake")
     assert code == 0, out
-    assert "skipped pdm: unit class 'vacuum_tray_dryer' declares no equipment PdM knows" in out
+    assert (
+        "skipped pdm: unit class 'vacuum_tray_dryer' declares no equipment with condition tags: no PdM"
+        in out
+    )
     assert "pharma_mspc_pca v1: PROMOTED" in out
     # quality models on the assay the site reports; none on the bioreactor's absent targets
     caps = lake.read("gold", "model_capabilities")
@@ -587,3 +593,124 @@ def test_tag_crossing_phases_follow_a_running_batch(
     assert code == 0, out
     again = lake.read("silver", "batch_phases")
     assert again is not None and again.sort("start_ts").equals(ph.sort("start_ts"))
+
+
+def test_pdm_for_a_declared_vacuum_pump_from_the_sites_cmms(site_env: Path, monkeypatch) -> None:
+    """A vacuum tray dryer whose class declares its vacuum pump (type ``vacuum_pump``, condition
+    tags power and oil temperature): without CMMS records PdM is skipped with the reason;
+    after `import --source cmms` of the pump's breakdowns and repairs (site codes, local
+    times), `pipeline` + `train` learn "fails within 72 h" for the pump from those tags
+    (no bioreactor signal involved), score it into gold/equipment_health, and the reported
+    held-out recall and false alarms are what the stored predictions give."""
+    from mlflow import MlflowClient as Client
+
+    from pharma_assets.ml import registry
+
+    from .foreign_sites import PUMP_DRYER_CLASS, pump_dryer_site
+    from .ml.test_pdm import _independent_recall_and_lead
+
+    hist = pump_dryer_site(site_env / "exports")
+    site = hist.site
+    spec = tray_dryer_spec(site_env / "vtd_spec.yaml", PUMP_DRYER_CLASS)
+    monkeypatch.setenv("PHARMA_CPP_SPEC", str(spec))
+    for source, layout in (("telemetry", "wide"), ("lims", "wide")):
+        extra = ["--infer-batches"] if source == "telemetry" else ["--source", "lims"]
+        code, out = _cli(
+            "import",
+            "--input",
+            str(site.files[source]),
+            "--layout",
+            layout,
+            "--map",
+            str(site.maps[source]),
+            "--out",
+            "landing",
+            *extra,
+        )
+        assert code == 0, out
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    lake = Lake.at(str(site_env / "lake"))
+    _auto_promotion(lake)
+    # equipment declared, no CMMS: skipped, with the reason
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm: no CMMS maintenance records imported: no PdM" in out, out
+    eh = lake.read("gold", "equipment_health")
+    assert eh is None or eh.height == 0
+
+    code, out = _cli(
+        "import",
+        "--source",
+        "cmms",
+        "--input",
+        str(hist.cmms),
+        "--map",
+        str(hist.cmms_map),
+        "--out",
+        "landing",
+    )
+    assert code == 0, out
+    assert "event type not in event_types" in out  # the inspections, reported
+    code, out = _cli("pipeline", "--landing", "landing", "--lake", "lake")
+    assert code == 0, out
+    maint = lake.read("silver", "maintenance_events")
+    assert maint is not None
+    assert maint.filter(pl.col("event_type") == "failure").height == len(hist.failures)
+    code, out = _cli("train", "--lake", "lake")
+    assert code == 0, out
+    assert "skipped pdm" not in out, out
+    caps = lake.read("gold", "model_capabilities")
+    assert caps is not None
+    last = caps.filter(pl.col("capability") == "pdm").sort("assessed_at")
+    assert last["applies"][-1] and "VP (vacuum_pump): 8" in last["reason"][-1], last
+    assert "pharma_pdm_failure_72h v1: PROMOTED" in out, out
+
+    uri = f"sqlite:///{site_env / 'mlflow.db'}"
+    client = Client(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version("pharma_pdm_failure_72h", "1")
+    run_id = str(mv.run_id)
+    run = client.get_run(run_id)
+    pred = registry.load_artifact_table(run_id, "holdout_predictions", uri=uri)
+    failures = registry.load_artifact_table(run_id, "failures", uri=uri)
+    assert set(pred["equipment_id"]) == {"VTD7-VP"} and set(pred["equipment_type"]) == {
+        "vacuum_pump"
+    }
+    # the CMMS breakdowns are the labels' failures, to the minute
+    assert sorted(failures["failure_ts"].to_list()) == [
+        f.replace(second=0, microsecond=0) for f in hist.failures
+    ]
+    start = datetime.fromisoformat(run.data.params["eval_start"])
+    end = datetime.fromisoformat(run.data.params["eval_end"])
+    recall, lead, far = _independent_recall_and_lead(pred, failures, start, end)
+    m = run.data.metrics
+    assert m["n_failures"] >= 2, m  # held-out breakdowns to catch
+    assert m["recall_critical"] == pytest.approx(recall)
+    assert m["recall_vacuum_pump"] == pytest.approx(recall)
+    assert m["false_alarm_rate_per_equipment_day"] == pytest.approx(far)
+    if not math.isnan(lead):
+        assert m["median_lead_time_h"] == pytest.approx(lead)
+    # the degradation the pump shows before a breakdown is learnt (well above chance)
+    assert m["roc_auc"] > 0.8, m
+    assert recall >= 0.5, m
+    # learnt from the pump's condition tags, not from the time since its last repair alone
+    model = registry.load_version("pharma_pdm_failure_72h", "1", uri=uri)
+    imp = dict(zip(model.features, model.forests["vacuum_pump"].feature_importances_, strict=True))
+    top = max(imp, key=imp.__getitem__)
+    assert top.startswith(("s0_", "s1_", "h0_", "h1_")), sorted(imp.items(), key=lambda x: -x[1])
+
+    eh = lake.read("gold", "equipment_health")
+    assert eh is not None and eh.height > 0
+    assert set(eh["equipment_id"]) == {"VTD7-VP"} and set(eh["equipment_type"]) == {"vacuum_pump"}
+    assert eh["failure_probability"].is_between(0, 1).all()
+
+    monkeypatch.setenv("PHARMA_LAKE_URI", str(site_env / "lake"))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["gxp_session"] = users.login(lake, "qa.lead", "Quality-pass-2026")
+    at.run()
+    at.switch_page("app_pages/equipment.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {x.label: x.value for x in at.metric}
+    assert metrics["Items monitored"] == "1" and metrics["Highest risk"] == "VTD7-VP", metrics
+    assert at.selectbox(key="eq_item").options == ["VTD7-VP"]

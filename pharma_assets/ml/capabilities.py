@@ -30,11 +30,9 @@ MIN_CLEAN_BATCHES = 5
 
 #: the tags a cell-culture (bioreactor) unit carries that the contamination detector needs
 CELL_CULTURE_TAGS = ("dissolved_oxygen_pct", "offgas_o2_pct", "offgas_co2_pct", "air_flow_slpm")
-#: per equipment type PdM knows: the condition tags it reads
-PDM_EQUIPMENT_TAGS = {
-    "agitator_motor": ("agitator_vibration_mm_s", "agitator_bearing_temp_c"),
-    "feed_pump": ("feed_pump_current_a",),
-}
+#: fewest CMMS failures of the declared items PdM learns from: one in the training period
+#: and one in the held-out period at the very least
+MIN_PDM_FAILURES = 2
 
 PDM = "pdm"
 CONTAMINATION = "contamination"
@@ -131,43 +129,9 @@ def _assess_data(
     summary = lake.read("gold", "batch_summary")
     completed = 0 if batches is None else batches.filter(pl.col("status") == "complete").height
 
-    # predictive maintenance: the class declares equipment PdM knows, the condition tags are
-    # there, and CMMS records with failures to learn from
-    maint = lake.read("silver", "maintenance_events", ["event_type", "equipment_id"])
-    declared = {d.type for d in uc.equipment.values()}
-    have_eq = [e for e, ts in PDM_EQUIPMENT_TAGS.items() if e in declared and set(ts) <= tags]
-    if not declared & set(PDM_EQUIPMENT_TAGS):
-        out.append(
-            Capability(
-                PDM,
-                False,
-                f"unit class {uc.name!r} declares no equipment PdM "
-                f"knows ({', '.join(PDM_EQUIPMENT_TAGS)}): no PdM",
-            )
-        )
-    elif maint is None or maint.height == 0:
-        out.append(Capability(PDM, False, "no CMMS maintenance records imported: no PdM"))
-    elif not have_eq:
-        need = sorted({t for ts in PDM_EQUIPMENT_TAGS.values() for t in ts})
-        out.append(
-            Capability(
-                PDM,
-                False,
-                f"no declared equipment with condition tags PdM reads ({', '.join(need)}): no PdM",
-            )
-        )
-    elif maint.filter(pl.col("event_type") == "failure").height == 0:
-        out.append(
-            Capability(
-                PDM,
-                False,
-                f"{maint.height} CMMS records but no failure among them: nothing for PdM to learn",
-            )
-        )
-    else:
-        out.append(
-            Capability(PDM, True, f"CMMS failures and condition tags for {', '.join(have_eq)}")
-        )
+    # predictive maintenance: the class declares equipment items with condition tags, the
+    # site records those tags, and the CMMS holds enough failures of those items
+    out.append(_assess_pdm(lake, uc, tags))
 
     # contamination: cell culture only
     missing = [t for t in CELL_CULTURE_TAGS if t not in tags]
@@ -235,6 +199,52 @@ def _assess_data(
                 Capability(QUALITY, True, f"{n} completed batches with a result", target=name)
             )
     return out
+
+
+def _assess_pdm(lake: Lake, uc: UnitClass, tags: set[str]) -> Capability:
+    """PdM applies when an item the class declares has condition tags the site records and
+    the CMMS holds at least ``MIN_PDM_FAILURES`` failures of such items (by id suffix)."""
+    declared = {s: d for s, d in uc.equipment.items() if d.tags}
+    if not declared:
+        return Capability(
+            PDM, False, f"unit class {uc.name!r} declares no equipment with condition tags: no PdM"
+        )
+    maint = lake.read("silver", "maintenance_events", ["event_type", "equipment_id"])
+    if maint is None or maint.height == 0:
+        return Capability(PDM, False, "no CMMS maintenance records imported: no PdM")
+    seen = {s: d for s, d in declared.items() if set(d.tags) & tags}
+    if not seen:
+        need = sorted({t for d in declared.values() for t in d.tags})
+        return Capability(
+            PDM,
+            False,
+            f"no telemetry of the declared equipment's condition tags ({', '.join(need)}): no PdM",
+        )
+    suffix = pl.col("equipment_id").str.split("-").list.last()
+    fails = (
+        maint.filter(pl.col("event_type") == "failure")
+        .group_by(suffix.alias("suffix"))
+        .len()
+        .filter(pl.col("suffix").is_in(list(seen)))
+    )
+    counts = {s: 0 for s in seen} | dict(fails.iter_rows())
+    n = sum(counts.values())
+    per = ", ".join(f"{s} ({seen[s].type}): {c}" for s, c in counts.items())
+    if n == 0:
+        return Capability(
+            PDM,
+            False,
+            f"{maint.height} CMMS records but no failure of a declared item ({per}) among "
+            "them: nothing for PdM to learn",
+        )
+    if n < MIN_PDM_FAILURES:
+        return Capability(
+            PDM,
+            False,
+            f"{n} CMMS failures of the declared items ({per}), fewer than "
+            f"{MIN_PDM_FAILURES}: no PdM",
+        )
+    return Capability(PDM, True, f"CMMS failures ({per}) and condition tags")
 
 
 def find(caps: list[Capability], key: str) -> Capability:

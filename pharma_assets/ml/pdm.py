@@ -1,7 +1,10 @@
 """Predictive maintenance: "will this critical equipment item fail within the next 72 h?".
 
-One random forest per equipment type (agitator motor AGT, feed pump FP), trained on the
-equipment x hour feature table (:func:`features.equipment_hour_features`). The target comes
+One random forest per equipment type, trained on the equipment x hour feature table
+(:func:`features.equipment_hour_features`). The types are the unit class's equipment items
+(``equipment_types``: id suffix -> type); the bioreactor's agitator motor AGT and feed pump
+FP are the default configuration, and any other declared item (a dryer's vacuum pump) goes
+through the same labels, split, threshold rule and metrics. The target comes
 from the CMMS (``failure`` work orders in ``silver/maintenance_events``), which a real plant
 has; the simulator's fault labels are used only for a second, independent evaluation.
 
@@ -123,8 +126,13 @@ def _matrix(df: pl.DataFrame, features: list[str]) -> np.ndarray:
     return df.select([pl.col(f).cast(pl.Float64).fill_nan(None) for f in features]).to_numpy()
 
 
-def failure_events(maintenance: pl.DataFrame) -> pl.DataFrame:
-    """CMMS failures of the critical items: equipment_id, equipment_type, failure_ts."""
+def failure_events(
+    maintenance: pl.DataFrame, equipment_types: dict[str, str] | None = None
+) -> pl.DataFrame:
+    """CMMS failures of the items PdM scores: equipment_id, equipment_type, failure_ts.
+    ``equipment_types``: id suffix -> type (the unit class's items; default the
+    bioreactor's AGT and FP)."""
+    types = EQUIPMENT_TYPES if equipment_types is None else equipment_types
     m = (
         maintenance.filter(pl.col("valid").fill_null(True))
         if "valid" in maintenance
@@ -132,10 +140,10 @@ def failure_events(maintenance: pl.DataFrame) -> pl.DataFrame:
     )
     suffix = pl.col("equipment_id").str.split("-").list.last()
     return (
-        m.filter((pl.col("event_type") == "failure") & suffix.is_in(list(EQUIPMENT_TYPES)))
+        m.filter((pl.col("event_type") == "failure") & suffix.is_in(list(types)))
         .select(
             "equipment_id",
-            suffix.replace_strict(EQUIPMENT_TYPES).alias("equipment_type"),
+            suffix.replace_strict(types, return_dtype=pl.String).alias("equipment_type"),
             pl.col("event_ts").alias("failure_ts"),
         )
         .unique()
@@ -393,15 +401,23 @@ def train_pdm(
     n_folds: int = 3,
     max_false_alarm_rate: float = MAX_FALSE_ALARM_RATE,
     features: list[str] | None = None,
+    equipment_types: dict[str, str] | None = None,
 ) -> PdmResult:
     """Fit, choose the thresholds on the training period, evaluate on the later period
-    (``features``: the model inputs, default ``PDM_FEATURES``)."""
+    (``features``: the model inputs, default ``PDM_FEATURES``; ``equipment_types``: id
+    suffix -> type of the items to learn, default the bioreactor's AGT and FP: one forest
+    per type, the same labels, split and threshold rule for every type)."""
+    etypes = EQUIPMENT_TYPES if equipment_types is None else equipment_types
     feats = list(PDM_FEATURES if features is None else features)
     if not 0.1 <= train_fraction <= 0.95:
         raise ValueError(f"train_fraction must be in [0.1, 0.95], got {train_fraction}")
+    eq = eq.filter(pl.col("equipment_type").is_in(list(etypes.values())))
     if eq.height == 0:
-        raise ValueError("no equipment-hour rows: the lake holds no telemetry yet")
-    failures = failure_events(maintenance)
+        raise ValueError(
+            f"no equipment-hour rows for the items {sorted(etypes)}: the lake holds no "
+            "telemetry of their condition tags yet"
+        )
+    failures = failure_events(maintenance, etypes)
     # a fixed row order: the forest's bootstrap draws rows by position, so the same data in
     # another order (polars group_by does not keep one) would give another model
     rows = label_rows(eq.filter(~pl.col("failed_state")), failures).sort("equipment_id", "hour_ts")
@@ -436,12 +452,16 @@ def train_pdm(
     thresholds: dict[str, float] = {}
     base_rates: dict[str, float] = {}
     notes: list[str] = []
-    for etype in EQUIPMENT_TYPES.values():
+    for etype in dict.fromkeys(etypes.values()):
         tr = train.filter(pl.col("equipment_type") == etype)
         y = tr["label"].to_numpy()
         base_rates[etype] = float(y.mean()) if len(y) else 0.0
         if len(y) == 0 or y.sum() == 0 or y.sum() == len(y):
-            notes.append(f"{etype}: no failures in the training period; base rate used")
+            n_fail = failures.filter(pl.col("equipment_type") == etype).height
+            notes.append(
+                f"{etype}: no failures in the training period ({n_fail} CMMS failures in "
+                f"all, {len(y)} training rows); base rate used"
+            )
             thresholds[etype] = 1.0
             continue
         x = _matrix(tr, feats)
@@ -488,7 +508,7 @@ def train_pdm(
         .with_columns(alarm=pl.col("probability") >= pl.col("threshold"))
     )
     end: datetime = max(rows["hour_ts"].to_list()) if rows.height else cutoff
-    metrics = pdm_metrics(pred, failures, cutoff, end)
+    metrics = pdm_metrics(pred, failures, cutoff, end, list(dict.fromkeys(etypes.values())))
     params["eval_start"] = cutoff.isoformat()
     params["eval_end"] = end.isoformat()
     artifacts_extra: dict[str, pl.DataFrame] = {}
@@ -554,10 +574,15 @@ def macro_auc(y: np.ndarray, p: np.ndarray, types: np.ndarray) -> float:
 
 
 def pdm_metrics(
-    pred: pl.DataFrame, failures: pl.DataFrame, start: datetime, end: datetime
+    pred: pl.DataFrame,
+    failures: pl.DataFrame,
+    start: datetime,
+    end: datetime,
+    equipment_types: list[str] | None = None,
 ) -> dict[str, float]:
     """Every reported PdM metric from the stored evaluation predictions (also used by tests
-    to recompute them independently of training)."""
+    to recompute them independently of training); per type of ``equipment_types``
+    (default the bioreactor's) its recall, failures and false-alarm rate."""
     ev = event_metrics(pred, failures, start, end)
     y = pred["label"].to_numpy()
     p = pred["probability"].to_numpy()
@@ -576,7 +601,7 @@ def pdm_metrics(
         "row_recall": float(tp / y.sum()) if y.sum() else float("nan"),
         "base_rate": float(y.mean()) if len(y) else float("nan"),
     }
-    for etype in EQUIPMENT_TYPES.values():
+    for etype in EQUIPMENT_TYPES.values() if equipment_types is None else equipment_types:
         sub = pred.filter(pl.col("equipment_type") == etype)
         e = event_metrics(sub, failures.filter(pl.col("equipment_type") == etype), start, end)
         metrics[f"recall_{etype}"] = e["recall"]

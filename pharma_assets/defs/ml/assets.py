@@ -21,6 +21,7 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import capabilities, features, pdm, quality, registry
+from pharma_assets.process.vocabulary import UnitClass
 
 from .resources import MlResource
 
@@ -41,9 +42,10 @@ SILVER_MATERIAL = key_of("silver", "material_lots")  # raw-material CoA results 
 GOLD_SUMMARY = key_of("gold", "batch_summary")
 
 FEATURE_TABLES = {
-    "equipment_hour": "Feature table: one row per critical equipment item (agitator, feed pump) "
-    "per hour of run time: vibration, bearing temperature, motor and pump current "
-    "(mean/max/std, 24 h slope and deviation), hours and run-hours since maintenance.",
+    "equipment_hour": "Feature table: one row per equipment item the unit class declares "
+    "(bioreactor: agitator, feed pump; any other item from its declared condition tags) per "
+    "hour of run time: condition signals (mean/max/std, 24 h slope and deviation, deviation "
+    "from the item's baseline), hours and run-hours since maintenance.",
     "batch_hour": "Feature table: one row per batch per elapsed hour: CPP means and std, "
     "OUR/CER/RQ from the off-gas balance, specific O2 uptake, cumulative feed.",
     "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
@@ -141,7 +143,10 @@ def feature_tables(
     now = utc_now()
     tables = {
         "equipment_hour": features.equipment_hour_features(
-            inp.hourly, inp.maintenance, inp.batches
+            inp.hourly,
+            inp.maintenance,
+            inp.batches,
+            features.declared_equipment(unit_class(lakehouse.spec_path)),
         ),
         "batch_hour": features.batch_hour_features(inp.hourly),
         "batch": pl.concat(
@@ -214,6 +219,13 @@ def read_table(lake: Lake, layer: str, name: str) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- training
+
+
+def unit_class(spec_path: str | None = None) -> UnitClass:
+    """The unit class of the CPP spec in force (``PHARMA_CPP_SPEC``, else the built-in)."""
+    from pharma_assets.lake.specs import load_spec
+
+    return load_spec(spec_path or os.environ.get("PHARMA_CPP_SPEC") or None).load_unit_class()
 
 
 def site_capabilities(
@@ -319,8 +331,8 @@ def register_model(
 def pdm_failure_72h(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
 ) -> dg.MaterializeResult:
-    """Predictive maintenance: random forest of "failure within the next 72 h" per critical
-    equipment item, trained on earlier run time and evaluated on later run time; recall on
+    """Predictive maintenance: random forest of "failure within the next 72 h" per type of
+    equipment item the unit class declares, trained on earlier run time and evaluated on later run time; recall on
     critical failures, false alarms per equipment-day and median lead time in metadata."""
     lake = lakehouse.lake()
     cap = capabilities.find(site_capabilities(lake, ml, lakehouse.spec_path), capabilities.PDM)
@@ -335,7 +347,15 @@ def pdm_failure_72h(
     )
     gt_dir, gt_note = ml.ground_truth()
     context.log.info(gt_note)
-    res = pdm.train_pdm(eq, maint, versions, ground_truth_dir=gt_dir, n_estimators=ml.pdm_trees)
+    types = {s: d.type for s, d in unit_class(lakehouse.spec_path).equipment.items()}
+    res = pdm.train_pdm(
+        eq,
+        maint,
+        versions,
+        ground_truth_dir=gt_dir,
+        n_estimators=ml.pdm_trees,
+        equipment_types=types or None,
+    )
     for n in res.notes:
         context.log.info(n)
     reg = register_model(context, res.trained, res.score_fn, ml)

@@ -42,6 +42,7 @@ from .equipment import (
     HEALTH_FEATURES,
     N_RESIDUALS,
     RESID_MIN_HOURS,
+    declared_equipment,
     equipment_hour_features,
     signal_names,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "batch_feature_columns",
     "batch_features",
     "batch_hour_features",
+    "declared_equipment",
     "equipment_hour_features",
     "gas_rates",
     "hourly_rollup",

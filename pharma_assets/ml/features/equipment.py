@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from pharma_assets.process.vocabulary import UnitClass
+
 from .common import hours
 from .tags import (
     CONDITION_TAGS,
@@ -19,9 +21,20 @@ from .tags import (
 
 
 def equipment_hour_features(
-    hourly: pl.DataFrame, maintenance: pl.DataFrame, batches: pl.DataFrame | None = None
+    hourly: pl.DataFrame,
+    maintenance: pl.DataFrame,
+    batches: pl.DataFrame | None = None,
+    equipment: dict[str, tuple[str, tuple[str, ...]]] | None = None,
 ) -> pl.DataFrame:
-    """One row per critical equipment item (AGT, FP) per hour of run time.
+    """One row per equipment item per hour of run time.
+
+    ``equipment``: the items a unit class declares (id suffix -> (type, condition tags)),
+    default the bioreactor's agitator motor (AGT) and feed pump (FP). Those two have their
+    own signal and health-residual definitions (below); any other item (a dryer's vacuum
+    pump, a fan) is read generically from its declared condition tags (:func:`_generic_item`):
+    signal ``s{i}`` is its i-th tag (the first ``N_SIGNALS``), its health residual ``h{i}``
+    the tag's deviation from the item's own baseline (the mean of its earlier hours). Rows
+    of a generic item are the hours in which at least one of its tags has a reading.
 
     Columns: ``equipment_id, unit_id, equipment_type, hour_ts, batch_id, elapsed_h``; per
     condition signal its hourly mean/max/std, its 24 h trend (least-squares slope per hour
@@ -42,8 +55,18 @@ def equipment_hour_features(
             pl.col("feed_pump_current_a_mean") / pl.col("feed_rate_ml_h_mean") * 1000.0
         )
     )
+    items = (
+        {s: (t, EQUIPMENT_SIGNALS[t]) for s, t in EQUIPMENT_TYPES.items()}
+        if equipment is None
+        else equipment
+    )
     frames = []
-    for suffix, etype in EQUIPMENT_TYPES.items():
+    for suffix, (etype, item_tags) in items.items():
+        if EQUIPMENT_TYPES.get(suffix) != etype:
+            g = _generic_item(hourly, suffix, etype, item_tags)
+            if g is not None:
+                frames.append(g)
+            continue
         signals = EQUIPMENT_SIGNALS[etype]
         cols: list[pl.Expr] = [
             (pl.col("unit_id") + f"-{suffix}").alias("equipment_id"),
@@ -71,6 +94,8 @@ def equipment_hour_features(
             )
         cols += _residual_inputs(etype)
         frames.append(hourly.select(cols))
+    if not frames:  # no item with telemetry: an empty table of the same columns
+        frames.append(_generic_item(hourly, "_", "_", ("_",), keep_empty=True))  # type: ignore[arg-type]
     eq = pl.concat(frames).sort("equipment_id", "hour_ts")
     eq = _add_trends(eq, n_signals=N_SIGNALS)
     eq = _add_health_residuals(eq, batches)
@@ -78,11 +103,70 @@ def equipment_hour_features(
     return eq
 
 
+def declared_equipment(unit_class: UnitClass) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The equipment items a unit class declares: id suffix -> (type, condition tags)."""
+    return {s: (d.type, tuple(d.tags)) for s, d in unit_class.equipment.items()}
+
+
+def _generic_item(
+    hourly: pl.DataFrame,
+    suffix: str,
+    etype: str,
+    item_tags: tuple[str, ...],
+    keep_empty: bool = False,
+) -> pl.DataFrame | None:
+    """The hourly rows of a declared item PdM has no specific model of: signal ``s{i}`` =
+    the hourly mean, max and std of its i-th condition tag (null where the site does not
+    record it); health residual input ``h{i}`` = that tag against the item's baseline
+    (kind ``base``). None when none of its tags is in the rollup (nothing to read)."""
+    tags = [t for t in item_tags[:N_SIGNALS]]
+    present = [t for t in tags if f"{t}_mean" in hourly.columns]
+    if not present and not keep_empty:
+        return None
+    none = pl.lit(None, pl.Float64)
+
+    def col(name: str) -> pl.Expr:
+        return pl.col(name).cast(pl.Float64) if name in hourly.columns else none
+
+    cols: list[pl.Expr] = [
+        (pl.col("unit_id") + f"-{suffix}").alias("equipment_id"),
+        pl.col("unit_id"),
+        pl.lit(etype).alias("equipment_type"),
+        pl.col("hour_ts"),
+        pl.col("batch_id"),
+        pl.col("elapsed_h"),
+        none.alias("load_agitation_rpm"),
+        none.alias("load_feed_rate_ml_h"),
+    ]
+    for i in range(N_SIGNALS):
+        t = tags[i] if i < len(tags) else "_absent_"
+        cols += [
+            col(f"{t}_mean").alias(f"s{i}_mean"),
+            col(f"{t}_max").alias(f"s{i}_max"),
+            col(f"{t}_std").alias(f"s{i}_std"),
+        ]
+    for i in range(N_RESIDUALS):
+        t = tags[i] if i < len(tags) else "_absent_"
+        cols += [
+            none.alias(f"_x{i}"),
+            col(f"{t}_mean").alias(f"_y{i}"),
+            pl.lit("base").alias(f"_k{i}"),
+        ]
+    out = hourly.select(cols)
+    if keep_empty:
+        return out.clear()
+    return out.filter(
+        pl.any_horizontal([pl.col(f"s{i}_mean").is_not_null() for i in range(N_SIGNALS)])
+    )
+
+
 # per equipment type: (load x, condition y) pairs whose baseline y ~ a + b x is fitted per
 # item on its earlier hours; the residual y - (a + b x) is what wear adds to the signal
 #   agitator: log vibration vs log speed (vibration grows as a power of speed), bearing
 #   temperature vs speed (friction heat), motor current vs speed^3 x volume (affinity law:
 #   shaft power ~ N^3, scaled by the liquid's height)
+#   generic items (any other declared type): each condition tag against the mean of the
+#   item's earlier hours ("base")
 #   feed pump (feeding hours only; the pump runs at the recipe's rate, so the load is
 #   constant): current vs nothing (baseline = the item's lowest earlier level, i.e. a fresh
 #   pump head), delivered flow as a deficit against the recipe's flow
@@ -179,11 +263,20 @@ def _add_health_residuals(eq: pl.DataFrame, batches: pl.DataFrame | None) -> pl.
     )
     eq = eq.join(flow_ref, on=["equipment_id", "hour_ts"], how="left")
     exprs = []
+    has_base = bool((eq["_k0"] == "base").any()) if eq.height else False
     for i in range(N_RESIDUALS):
         x, y, k = pl.col(f"_x{i}"), pl.col(f"_y{i}"), pl.col(f"_k{i}")
         prior_min = y.cum_min().forward_fill().shift(1).over("equipment_id")
         n_prior = (y.is_not_null().cast(pl.Int64).cum_sum() - y.is_not_null().cast(pl.Int64)).over(
             "equipment_id"
+        )
+        # a generic item's baseline: the mean of its earlier valid hours (computed only when
+        # such an item is in the table)
+        yz = y.fill_null(0.0)
+        prior_mean = (
+            (yz.cum_sum() - yz).over("equipment_id") / pl.max_horizontal(n_prior, 1)
+            if has_base
+            else pl.lit(None, pl.Float64)
         )
         resid = (
             pl.when(k == "fit")
@@ -192,6 +285,8 @@ def _add_health_residuals(eq: pl.DataFrame, batches: pl.DataFrame | None) -> pl.
             .then(pl.when(n_prior >= RESID_MIN_HOURS).then(y - prior_min))
             .when(k == "flow")
             .then(1.0 - y / pl.col("_ref"))
+            .when(k == "base")
+            .then(pl.when(n_prior >= RESID_MIN_HOURS).then(y - prior_mean))
             .otherwise(y)
         )
         exprs.append(resid.alias(f"h{i}_resid"))

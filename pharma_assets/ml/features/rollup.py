@@ -47,9 +47,23 @@ def hourly_rollup(timeline: pl.LazyFrame | pl.DataFrame) -> pl.DataFrame:
     return rollup_minutes(lf)
 
 
+#: timeline columns that are not tags
+_KEYS = ("batch_id", "unit_id", "elapsed_min", "minute_ts", "phase", "source_file")
+
+
+def extra_tags(lf: pl.LazyFrame) -> list[str]:
+    """Numeric columns of a minute frame that are neither keys nor ``ROLLUP_TAGS``."""
+    schema = lf.collect_schema()
+    return [
+        c for c, t in schema.items() if c not in _KEYS and c not in ROLLUP_TAGS and t.is_numeric()
+    ]
+
+
 def rollup_minutes(lf: pl.LazyFrame) -> pl.DataFrame:
     """The hourly rollup of a timeline holding one row per (batch, elapsed minute), sorted
-    by batch and minute, with every ``ROLLUP_TAGS`` column (the body of ``hourly_rollup``)."""
+    by batch and minute, with every ``ROLLUP_TAGS`` column (the body of ``hourly_rollup``);
+    any other numeric tag column (``extra_tags``) gets its hourly mean, max and std too."""
+    extra = extra_tags(lf)
     lf = gas_rates(lf)
     dt_h = (
         (pl.col("elapsed_min").diff().over("batch_id") / 60.0)
@@ -85,6 +99,14 @@ def rollup_minutes(lf: pl.LazyFrame) -> pl.DataFrame:
     for t in CPP_TAGS:
         aggs.append(pl.col(t).std().alias(f"{t}_std"))
     for t in CONDITION_TAGS:
+        aggs += [
+            pl.col(t).mean().alias(f"{t}_mean"),
+            pl.col(t).max().alias(f"{t}_max"),
+            pl.col(t).std().alias(f"{t}_std"),
+        ]
+    # tags the bioreactor class does not know (another class's tags, a site's own): mean,
+    # max and std, as the condition tags (what generic PdM reads for a declared item)
+    for t in extra:
         aggs += [
             pl.col(t).mean().alias(f"{t}_mean"),
             pl.col(t).max().alias(f"{t}_max"),
