@@ -168,44 +168,55 @@ def evaluate(
             ends = ua.end_h.copy()
             acc = EngineSummary(ua, ends, DT)
             acc.add(rec, 0)
-            st = EngineState(
-                **{
-                    f.name: (
-                        getattr(state0, f.name) if f.name == "k" else getattr(state0, f.name).copy()
-                    )
-                    for f in fields(EngineState)
-                }
+            e2 = Engine(
+                ua, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=copy_state(state0)
             )
-            e2 = Engine(ua, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=st)
             cpp = CppWatch(ua, spec)
             res = run_watched(e2, acc, cpp)
             for i, b in enumerate(group):
                 h = {k: float(v[i]) for k, v in res.items()}
                 rng = np.random.default_rng([eval_seed, g, i])
-                assays = {
-                    k: v
-                    for k, v, _ in release_assays(h, b.lot_attributes["media_mn_ppb"], True, rng)
-                }
-                bad = [k for k, v in assays.items() if not in_spec(spec, k, v)]
                 rows.append(
                     {
+                        **outcome_row(h, b.lot_attributes["media_mn_ppb"], spec, rng),
                         "batch_id": bids[i],
                         "disturbance": kind,
                         "arm": arm,
-                        "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,
                         "harvest_day": float(ends[i]) / 24,
-                        "cqa_out_of_spec": ",".join(bad),
                         "cpp_minutes_outside_par": float(cpp.minutes[i]),
-                        "viability_pct": 100 * h["final_viability"],
-                        **{
-                            f"cqa_{k}": assays[k]
-                            for k in ("aggregates_hmw_pct", "g0f_pct", "titer_g_l")
-                        },
                         **extra[i],
                     }
                 )
     per = pl.DataFrame(rows)
     return InBatchEvaluation(per, summarise(per), decision_day, kept, total)
+
+
+def copy_state(s: EngineState) -> EngineState:
+    """An independent copy of an engine state (arrays copied, the step counter shared)."""
+    return EngineState(
+        **{
+            f.name: (getattr(s, f.name) if f.name == "k" else getattr(s, f.name).copy())
+            for f in fields(EngineState)
+        }
+    )
+
+
+OUTCOME_CQAS = ("aggregates_hmw_pct", "g0f_pct", "titer_g_l")
+
+
+def outcome_row(
+    h: dict[str, float], media_mn_ppb: float, spec: CppSpec, rng: np.random.Generator
+) -> dict[str, object]:
+    """What an evaluation records of one simulated batch at harvest: product mass,
+    viability, the release assays drawn with ``rng`` and those out of spec."""
+    assays = {k: v for k, v, _ in release_assays(h, media_mn_ppb, True, rng)}
+    bad = [k for k, v in assays.items() if not in_spec(spec, k, v)]
+    return {
+        "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,
+        "cqa_out_of_spec": ",".join(bad),
+        "viability_pct": 100 * h["final_viability"],
+        **{f"cqa_{k}": assays[k] for k in OUTCOME_CQAS},
+    }
 
 
 class CppWatch:

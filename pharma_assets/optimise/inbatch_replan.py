@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -34,8 +34,7 @@ import polars as pl
 
 from pharma_assets.lake.specs import CppSpec, load_spec
 from pharma_assets.twin.config import PlantConfig, Recipe, RecipeBook, load_plant
-from pharma_assets.twin.engine import BatchInputs, Engine, EngineState
-from pharma_assets.twin.outputs import release_assays
+from pharma_assets.twin.engine import BatchInputs, Engine
 from pharma_assets.twin.plant import plan_history
 
 from .calibration import (
@@ -52,14 +51,16 @@ from .inbatch_eval import (
     DT,
     EVAL_SEED,
     CppWatch,
+    copy_state,
     disturb,
     disturbed_params,
+    outcome_row,
     stack_inputs,
     summarise,
     with_actions,
 )
 from .observations import BatchObservations, from_engine
-from .recipe import FEED_SCALE_RANGE, EngineSummary, in_spec
+from .recipe import FEED_SCALE_RANGE, EngineSummary
 from .whatif import MAX_FEED_PCT_FILL_PER_DAY
 
 ARMS = ("fixed", "mpc_once", "mpc_lac_once", "mpc_lac_hourly")
@@ -133,15 +134,6 @@ class _Decider:
 
 def _yield(fit: LactateFit | None) -> float:
     return fit.yield_mult if fit is not None else math.nan
-
-
-def _copy_state(s: EngineState) -> EngineState:
-    return EngineState(
-        **{
-            f.name: (getattr(s, f.name) if f.name == "k" else getattr(s, f.name).copy())
-            for f in fields(EngineState)
-        }
-    )
 
 
 def _hourly(x: np.ndarray) -> np.ndarray:
@@ -221,7 +213,7 @@ def evaluate_replanning(
             changes = [0] * u.n
             recs = [rec0]
             e = Engine(
-                u, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=_copy_state(state0)
+                u, dt_h=DT, seed=eval_seed + 100 + g, params=params, state=copy_state(state0)
             )
             acc = EngineSummary(u, u.end_h.copy(), DT)
             acc.add(rec0, 0)
@@ -276,29 +268,18 @@ def evaluate_replanning(
             for i, b in enumerate(group):
                 h = {key: float(v[i]) for key, v in res.items()}
                 rng = np.random.default_rng([eval_seed, g, i])
-                assays = {
-                    key: v
-                    for key, v, _ in release_assays(h, b.lot_attributes["media_mn_ppb"], True, rng)
-                }
-                bad = [key for key, v in assays.items() if not in_spec(spec, key, v)]
                 rows.append(
                     {
+                        **outcome_row(h, b.lot_attributes["media_mn_ppb"], spec, rng),
                         "batch_id": bids[i],
                         "disturbance": kind,
                         "arm": arm,
-                        "product_mass_kg": h["final_titer_g_l"] * h["final_volume_l"] / 1000,
                         "harvest_day": float(ends[i]) / 24,
-                        "cqa_out_of_spec": ",".join(bad),
                         "cpp_minutes_outside_par": float(cpp.minutes[i]),
-                        "viability_pct": 100 * h["final_viability"],
                         "decisions": decisions[i],
                         "plan_changes": changes[i],
                         "lactate_yield_mult": _yield(deciders[i].fit),
                         **{f"final_{a}": v for a, v in acts[i].items()},
-                        **{
-                            f"cqa_{key}": assays[key]
-                            for key in ("aggregates_hmw_pct", "g0f_pct", "titer_g_l")
-                        },
                     }
                 )
     per = pl.DataFrame(rows)
