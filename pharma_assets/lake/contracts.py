@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
@@ -179,13 +180,59 @@ def accepted_contract(spec: CppSpec) -> pa.DataFrameSchema:
             # cost 5-10x more per row (docs/benchmarks.md)
             row_check(
                 "unique_reading",
-                ~pl.col("_key").is_duplicated(),
+                ~pl.col("_key").map_batches(key_is_duplicated, return_dtype=pl.Boolean),
                 "one reading per (unit, tag, ts) in the batch",
             ),
         ],
         name=f"silver_telemetry_accepted_v{spec.version}",
         strict=False,
     )
+
+
+def _time_ordered_keys(s: pl.Series) -> np.ndarray | None:
+    """The keys as numpy when they are silver's ``_key`` (ts in microseconds * 1024 + tag
+    index) in time order, the landed order; None otherwise (nulls, or time going back)."""
+    if s.null_count() or s.dtype != pl.Int64 or s.len() < 2:
+        return None
+    a = s.to_numpy()
+    t = a >> 10
+    return a if bool((t[1:] >= t[:-1]).all()) else None
+
+
+def _sorted_dups(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, equal-to-previous in that order): a stable sort of keys that are sorted but
+    for the order of the tags within one timestamp, which timsort does in about linear time."""
+    order = np.argsort(a, kind="stable")
+    ranked = a[order]
+    return order, ranked[1:] == ranked[:-1]
+
+
+def key_is_duplicated(s: pl.Series) -> pl.Series:
+    """``s.is_duplicated()``; for silver's keys in time order by a stable sort instead of a
+    hash table (2 ms instead of 40 ms for 500 k keys). Any other series: polars'."""
+    a = _time_ordered_keys(s)
+    if a is None:
+        return s.is_duplicated()
+    order, same = _sorted_dups(a)
+    dup = np.zeros(len(a), dtype=bool)
+    dup[1:] |= same
+    dup[:-1] |= same
+    out = np.empty(len(a), dtype=bool)
+    out[order] = dup
+    return pl.Series(s.name, out)
+
+
+def key_is_first_distinct(s: pl.Series) -> pl.Series:
+    """``s.is_first_distinct()`` (the first row of each key, in row order), likewise."""
+    a = _time_ordered_keys(s)
+    if a is None:
+        return s.is_first_distinct()
+    order, same = _sorted_dups(a)
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = ~same
+    out = np.empty(len(a), dtype=bool)
+    out[order] = first
+    return pl.Series(s.name, out)
 
 
 def route(

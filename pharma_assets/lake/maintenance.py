@@ -19,7 +19,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .storage import TABLE_CONFIGURATION, WRITER_PROPERTIES, Lake
+import pyarrow as pa
+
+from .storage import TABLE_CONFIGURATION, Lake, writer_properties
 
 # The append-only tables that grow by one commit per delivered chunk.
 APPEND_ONLY_TABLES: tuple[tuple[str, str], ...] = (
@@ -81,7 +83,8 @@ def compact(
         missing = {k: v for k, v in TABLE_CONFIGURATION.items() if conf.get(k) != v}
         if missing:
             dt.alter.set_table_properties(missing)
-        m = dt.optimize.compact(target_size=target_size, writer_properties=WRITER_PROPERTIES)
+        schema = pa.schema(dt.schema().to_arrow())  # (arro3 -> pyarrow, Arrow C interface)
+        m = dt.optimize.compact(target_size=target_size, writer_properties=writer_properties(schema))
         dt.create_checkpoint()
         lake.forget()
         after = lake.table(layer, name)

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import (
+    ColumnProperties,
     CommitProperties,
     DeltaTable,
     PostCommitHookProperties,
@@ -73,6 +74,44 @@ TABLE_CONFIGURATION = {
     "delta.checkpointInterval": "10",
     "delta.dataSkippingStatsColumns": ",".join(STATS_COLUMNS),
 }
+# Parquet encoding per column (what a write costs; the values written are the same).
+# Dictionary encoding pays for text (a few distinct values: indexes and a tiny dictionary),
+# not for measurements or hashes: the writer interns every float / row hash until the
+# dictionary page is full (1 MB), then falls back to plain, so the hashing is wasted. Page
+# statistics (min/max per page and row group) are kept only for ``STATS_COLUMNS``, the
+# columns reads filter on; Delta's file statistics come from them. Measured on a 1 M-row
+# bronze group: 0.29 -> 0.24 s of CPU per write, file 4 % smaller; a 39 k-row x 26-tag
+# timeline write 0.12 -> 0.03 s (docs/benchmarks.md).
+NO_DICTIONARY_COLUMNS = ("row_hash",)
+_PLAIN = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+_NO_STATS = ColumnProperties(statistics_enabled="NONE")
+
+
+def _plain_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_floating(t))
+
+
+def writer_properties(schema: pa.Schema | pl.Schema | None) -> WriterProperties:
+    """The lake's writer settings for a frame of this schema (see NO_DICTIONARY_COLUMNS)."""
+    if schema is None:
+        return WRITER_PROPERTIES
+    if isinstance(schema, pl.Schema):
+        kinds = {n: t.is_float() for n, t in schema.items()}
+    else:
+        kinds = {f.name: _plain_type(f.type) for f in schema}
+    cols = {
+        n: _PLAIN if plain or n in NO_DICTIONARY_COLUMNS else _NO_STATS
+        for n, plain in kinds.items()
+        if n not in STATS_COLUMNS
+    }
+    return WriterProperties(compression="ZSTD", compression_level=1, column_properties=cols)
+
+
+def _schema_of(data: Any) -> pa.Schema | pl.Schema | None:
+    if isinstance(data, pl.DataFrame):
+        return data.schema
+    schema = getattr(data, "schema", None)
+    return schema if isinstance(schema, pa.Schema) else None
 
 
 def post_commit_hooks(dt: DeltaTable | None) -> PostCommitHookProperties:
@@ -256,7 +295,20 @@ def _write_parts(folder: Path, reader: pa.RecordBatchReader) -> list[AddAction]:
         t = pa.Table.from_batches(batches, schema=reader.schema)
         if writer is None:
             path = folder / f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
-            writer = pq.ParquetWriter(path, t.schema, compression="zstd", compression_level=1)
+            writer = pq.ParquetWriter(
+                path,
+                t.schema,
+                compression="zstd",
+                compression_level=1,
+                # the encodings of ``writer_properties``: no dictionary for measurements and
+                # hashes, page statistics only on the columns reads filter on
+                use_dictionary=[
+                    f.name
+                    for f in t.schema
+                    if not _plain_type(f.type) and f.name not in NO_DICTIONARY_COLUMNS
+                ],
+                write_statistics=[c for c in t.schema.names if c in STATS_COLUMNS],
+            )
         writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
         rows += t.num_rows
         for c in cols:
@@ -540,7 +592,7 @@ class Lake:
                     mode="append",
                     partition_by=list(partition_by) if partition_by else None,
                     storage_options=self.storage_options or None,
-                    writer_properties=WRITER_PROPERTIES,
+                    writer_properties=writer_properties(_schema_of(table)),
                     commit_properties=props,
                     configuration={**TABLE_CONFIGURATION, **(configuration or {})},
                     schema_mode="merge",
@@ -636,7 +688,7 @@ class Lake:
             predicate=predicate if dt is not None else None,
             partition_by=list(partition_by) if partition_by else None,
             storage_options=self.storage_options or None,
-            writer_properties=WRITER_PROPERTIES,
+            writer_properties=writer_properties(_schema_of(table)),
             commit_properties=CommitProperties(
                 custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
                 app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,

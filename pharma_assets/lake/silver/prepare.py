@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from .. import bronze
+from ..contracts import key_is_first_distinct
 from ..specs import CppSpec
 from ..storage import UTC_US, Lake
 from .common import LAYER
@@ -153,7 +154,9 @@ def prepare_batch(
         _key=pl.col("ts").dt.epoch("us") * 1024 + pl.col("tag_idx").cast(pl.Int64),
     )
     # duplicates: an earlier row of this delivery, or a reading already in silver
-    dup = pl.col("_key").is_not_null() & ~pl.col("_key").is_first_distinct()
+    dup = pl.col("_key").is_not_null() & ~pl.col("_key").map_batches(
+        key_is_first_distinct, return_dtype=pl.Boolean
+    )
     if existing_keys is not None and existing_keys.height:
         ek = existing_keys.select(
             _key=pl.col("ts").dt.epoch("us") * 1024
