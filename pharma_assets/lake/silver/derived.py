@@ -42,15 +42,22 @@ def excursion_segments_of(
     tix = tag_index(spec)
     cpp_idx = [tix[t] for t in spec.cpp_tags]
     settle = int(spec.settle_minutes * 60_000_000)
+    # the texts are the file's (source file, batch, unit) or follow from the indexes (tag,
+    # phase): when they do, they are joined to the segments, not sorted with the readings
+    per_file = _file_texts(valid, [c for c in texts if c not in ("tag", "phase")])
+    carried = texts if per_file is None else []
     # (the columns first, then the filter: fewer bytes copied)
-    cpp = valid.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", *texts)
+    cpp = valid.select("_file", "tag_idx", "phase_idx", "ts", "value", "phase_start", *carried)
     cpp = cpp.filter(pl.col("tag_idx").is_in(cpp_idx) & pl.col("phase_idx").is_not_null())
     if cpp.height == 0:
         return pl.DataFrame(schema=SEGMENT_SCHEMA)
     keys = ["_file", "tag_idx"]
     cpp = (
-        cpp.join(_limits_by_key(spec), on=["tag_idx", "phase_idx"], how="left")
-        .sort("_file", "tag_idx", "ts")
+        _by_file_tag_time(
+            cpp.join(
+                _limits_by_key(spec), on=["tag_idx", "phase_idx"], how="left", maintain_order="left"
+            )
+        )
         .with_columns(
             judged=(pl.col("ts") - pl.col("phase_start")).dt.total_microseconds() >= settle,
             level=pl.when(~pl.col("value").is_between(pl.col("par_lo"), pl.col("par_hi")))
@@ -75,7 +82,7 @@ def excursion_segments_of(
         .with_columns(dev=(pl.col("value") - pl.col("target")).abs())
         .group_by(*keys, "run")
         .agg(
-            *[pl.col(c).first() for c in texts],
+            *[pl.col(c).first() for c in carried],
             first_phase_idx=pl.col("phase_idx").first(),
             start_ts=pl.col("ts").min(),
             end_ts=pl.col("ts").max(),
@@ -101,8 +108,45 @@ def excursion_segments_of(
             for c in ("source_file", "batch_id", "unit_id")
         },
     }
-    seg = seg.with_columns(**{c: e for c, e in names.items() if c not in texts})
+    if per_file is not None:
+        seg = seg.join(per_file, on="_file", how="left")
+    seg = seg.with_columns(**{c: e for c, e in names.items() if c not in seg.columns})
     return seg.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA).sort("start_ts")  # type: ignore[arg-type]
+
+
+def _file_texts(valid: pl.DataFrame, texts: list[str]) -> pl.DataFrame | None:
+    """``_file`` -> these text columns, one row per file, when the rows are in file order and
+    each text is constant within a file (silver's valid rows: a file's batch and unit are
+    its landing folder's); None otherwise. Compares each row with the one before."""
+    if not texts or valid.height == 0:
+        return None
+    same_file = pl.col("_file") == pl.col("_file").shift(1)
+    varies = pl.any_horizontal(
+        same_file & pl.col(c).ne_missing(pl.col(c).shift(1)) for c in texts
+    ).any()
+    ok = valid.select(pl.col("_file").is_sorted() & ~varies).item()
+    if not ok:
+        return None
+    return valid.filter(~same_file.fill_null(False)).select("_file", *texts)
+
+
+def _by_file_tag_time(cpp: pl.DataFrame) -> pl.DataFrame:
+    """``cpp.sort("_file", "tag_idx", "ts")``. When the rows are in file order and time order
+    within a file (as landed) and the keys are small, a stable radix sort of one 16-bit key
+    (file, tag) gives the same order for a fraction of the cost (5 instead of 40-70 ms for
+    the 230 k CPP readings of a group)."""
+    if cpp.height < 2:
+        return cpp
+    small = cpp.select(
+        (pl.col("_file").max() < 2048)
+        & (pl.col("tag_idx").max() < 32)
+        & pl.col("tag_idx").is_not_null().all()
+    ).item()
+    if not small or not _ordered(cpp):
+        return cpp.sort("_file", "tag_idx", "ts")
+    key = cpp["_file"].to_numpy().astype(np.uint16) << 5
+    key |= cpp["tag_idx"].to_numpy().astype(np.uint16)
+    return cpp[np.argsort(key, kind="stable")]
 
 
 SEGMENT_SCHEMA = {
@@ -131,16 +175,21 @@ def file_stats(valid: pl.DataFrame, files: list[str], spec: CppSpec) -> pl.DataF
     return stats_finish(stats_agg(valid), files, spec)
 
 
+def _ordered(valid: pl.DataFrame) -> bool:
+    """Whether the rows are in file order, then time order within a file."""
+    return bool(
+        valid.height < 2
+        or valid.select(
+            pl.col("_file").is_sorted()
+            & ((pl.col("ts").diff() >= 0) | (pl.col("_file").diff() != 0)).all()
+        ).item()
+    )
+
+
 def in_file_time_order(valid: pl.DataFrame) -> pl.DataFrame:
     """The rows in file order, then time order within a file (stable). Landed files are
     normally in time order already: then this is one vectorised check and no sort."""
-    if valid.height < 2:
-        return valid
-    ordered = valid.select(
-        pl.col("_file").is_sorted()
-        & ((pl.col("ts").diff() >= 0) | (pl.col("_file").diff() != 0)).all()
-    ).item()
-    return valid if ordered else valid.sort("_file", "ts", maintain_order=True)
+    return valid if _ordered(valid) else valid.sort("_file", "ts", maintain_order=True)
 
 
 def stats_agg(valid: pl.DataFrame) -> pl.DataFrame:
