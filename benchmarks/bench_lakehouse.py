@@ -138,8 +138,11 @@ def child_raw(landing: str, table: str, lake_settings: bool = False) -> dict[str
     df = pl.read_parquet(paths)
     t1 = time.perf_counter()
     table_data = df.to_arrow()
-    props = writer_properties(table_data.schema) if lake_settings else None
-    write_deltalake(table, table_data, mode="append", writer_properties=props)
+    if lake_settings:
+        props = writer_properties(table_data.schema)
+        write_deltalake(table, table_data, mode="append", writer_properties=props)
+    else:
+        write_deltalake(table, table_data, mode="append")
     t2, c2 = time.perf_counter(), time.process_time()
     return {
         "rows": df.height,
