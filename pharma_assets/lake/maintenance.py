@@ -84,7 +84,9 @@ def compact(
         if missing:
             dt.alter.set_table_properties(missing)
         schema = pa.schema(dt.schema().to_arrow())  # (arro3 -> pyarrow, Arrow C interface)
-        m = dt.optimize.compact(target_size=target_size, writer_properties=writer_properties(schema))
+        m = dt.optimize.compact(
+            target_size=target_size, writer_properties=writer_properties(schema)
+        )
         dt.create_checkpoint()
         lake.forget()
         after = lake.table(layer, name)
