@@ -175,3 +175,30 @@ def test_time_zone_column_and_cli_report(tmp_path: Path) -> None:
     bad_zone = _csv(tmp_path, ["2024-06-01 12:00:00"], {"TZ": ["Mars/Olympus"]})
     with pytest.raises(ValueError, match="unknown time zone"):
         import_file(bad_zone, "wide", m, tmp_path / "out2")
+
+
+def test_mes_and_lims_maps_take_the_same_formats(tmp_path: Path) -> None:
+    """MES with US 12-hour local times declared in its map, in Chicago."""
+    from pharma_assets.source_import import import_mes
+
+    from .test_source_import import MES_MAP, _events, _yaml
+
+    src = tmp_path / "mes.csv"
+    pl.DataFrame(
+        {
+            "Order": ["B1"],
+            "Unit": ["U1"],
+            "Begin": ["06/02/2025 08:00:00 AM"],
+            "Finish": ["06/02/2025 02:30:00 PM"],
+            "TZ": ["America/Chicago"],
+            "Recipe": ["R"],
+            "Result": ["OK"],
+            "Lot": [""],
+            "Planned": [""],
+            "Growth": [""],
+        }
+    ).write_csv(src)
+    m = _yaml(tmp_path / "m.yaml", {**MES_MAP, "timestamp_format": "%m/%d/%Y %I:%M:%S %p"})
+    import_mes(src, m, tmp_path / "landing")
+    ev = {e["event_type"]: e["event_ts"] for e in _events(tmp_path / "landing")}
+    assert ev["batch_start"] == "2025-06-02T13:00:00Z" and ev["batch_end"] == "2025-06-02T19:30:00Z"
