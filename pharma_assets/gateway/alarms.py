@@ -218,6 +218,10 @@ class MesPhases:
         ]
         return max(running)[1] if running else None
 
+    def has_phases(self, unit_id: str, batch_id: str) -> bool:
+        """Whether the landing zone holds MES ``phase_start`` events of ``batch_id``."""
+        return bool(self._scan(unit_id, batch_id))
+
     def batch_start_us(self, unit_id: str, batch_id: str) -> int | None:
         """The MES ``batch_start`` of ``batch_id`` (µs), or None when the landing zone has none."""
         self.batch_at(unit_id, 0)  # refreshes the unit's spans (at most every rescan_s)

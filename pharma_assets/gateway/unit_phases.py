@@ -6,7 +6,8 @@ spec (CPP limits) and unit class (phases, phase rule). The live alarm check asks
 spec: a dryer is never judged by a bioreactor spec when it has its own) and asks
 :class:`ClassPhases` for the phase, the same way silver assigns it:
 
-* MES ``phase_start`` events in the landing zone win (``MesPhases``);
+* MES ``phase_start`` events in the landing zone win (``MesPhases``): a batch that has
+  them is phased by them only (before the first one: not judged);
 * otherwise the spec's phase rule (``CppSpec.rule``: the spec's, else the class's):
   ``one_phase`` (the whole batch is phase ``batch``, judged on the base limits), ``none``
   (not judged), ``time_since_start`` (phase by hours after the batch start) or
@@ -96,8 +97,9 @@ class ClassPhases:
     def phase_at(self, unit_id: str, batch_id: str, ts_us: int) -> tuple[str, int] | None:
         if self.mes is not None:
             ph = self.mes.phase_at(unit_id, batch_id, ts_us)  # type: ignore[attr-defined]
-            if ph is not None:
-                return ph  # MES phase events win
+            has = getattr(self.mes, "has_phases", None)
+            if ph is not None or (has is not None and has(unit_id, batch_id)):
+                return ph  # a batch with MES phase events is phased by them only, as in silver
         rule = self.specs.spec(unit_id).rule
         if rule.kind == "none":
             return None
