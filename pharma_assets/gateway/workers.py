@@ -59,11 +59,10 @@ def distributable(kind: str) -> bool:
 
 
 def resolve_workers(workers: int | str, n_sources: int) -> int:
-    """``workers`` as a number: ``auto`` is one per core, at most one per source, and 0
-    (in process) when there are fewer than two such sources and fewer than two cores."""
+    """``workers`` as a number: ``auto`` is one per core, at most one per source that can
+    run in a worker (0 when there is none)."""
     if workers == "auto":
-        n = min(os.cpu_count() or 1, n_sources)
-        return n if n_sources >= 2 or n > 1 else 0
+        return min(os.cpu_count() or 1, n_sources)
     return max(0, int(workers))
 
 
