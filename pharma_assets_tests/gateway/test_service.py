@@ -226,6 +226,7 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
         "twin",
         {f"BR{u:02d}": METRICS for u in range(1, 4)},
     )
+
     def subscribed() -> bool:  # its persistent session is registered with the broker
         try:
             h = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=1).json()
