@@ -227,7 +227,8 @@ def live(
     opcua_shard_size: Annotated[
         int | None,
         typer.Option(
-            help="With --serve: one OPC UA server per this many units, on consecutive ports."
+            help="With --serve: one OPC UA server process per this many units, on "
+            "consecutive ports."
         ),
     ] = None,
 ) -> None:
