@@ -62,6 +62,19 @@ CHANGE_VARIANTS: dict[str, dict[str, Any]] = {
     f"change_{lag}_{win}": {"change_lag_h": lag, "change_window_h": win}
     for lag, win in ((3, 3), (6, 6), (12, 12), (24, 24))
 }
+#: threshold variants (issue 14 item 3, idea "onset rule"): the rule at most 3 samples, the
+#: threshold factor chosen with it on the good training batches' out-of-fold alarms
+#: (``mspc.train(max_confirm_samples=3)``), for both statistics
+THRESHOLD_VARIANTS: dict[str, dict[str, Any]] = {
+    "level_x3h": {"statistic": "level"},
+    "change_3_3_x3h": {"statistic": "change", "change_lag_h": 3, "change_window_h": 3},
+    "change_6_6_x3h": {"statistic": "change", "change_lag_h": 6, "change_window_h": 6},
+}
+THRESHOLD_FIT: dict[str, Any] = {
+    "time_blocked_folds": True,
+    "max_batches": 100_000,
+    "max_confirm_samples": 3,
+}
 #: the rest of the change model's fit: every good batch, time-blocked folds
 CHANGE_FIT: dict[str, Any] = {
     "statistic": "change",
@@ -163,6 +176,7 @@ def choose_change(
     cutoff: Any,
     labels: pl.DataFrame,
     variants: dict[str, dict[str, Any]] = CHANGE_VARIANTS,
+    fit: dict[str, Any] = CHANGE_FIT,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The change configuration chosen on the training period only: fitted on its earlier
     good batches, scored on every batch of its later part; good share on the plant-known
@@ -174,7 +188,7 @@ def choose_change(
     for name, kw in variants.items():
         t0 = time.perf_counter()
         m = mspc.train(
-            hourly.filter(pl.col("batch_id").is_in(fit_ids)), batches, fit_ids, **CHANGE_FIT, **kw
+            hourly.filter(pl.col("batch_id").is_in(fit_ids)), batches, fit_ids, **(fit | kw)
         )
         sc = mspc.monitor(m, hourly.filter(pl.col("batch_id").is_in(val_all)), batches)
         good_sc = sc.filter(pl.col("batch_id").is_in(val_good))
@@ -204,6 +218,7 @@ def choose_change(
                     "variant": name + suffix,
                     "rule_k": rule.k,
                     "rule_n": rule.n,
+                    "factor": m.factor(),
                     "validation_good_share": float(
                         per["confirmed_alarm"].cast(pl.Float64).mean()  # type: ignore[arg-type]
                     ),
@@ -262,10 +277,13 @@ def run_change(
     summary: pl.DataFrame,
     labels: pl.DataFrame,
     cutoff: Any,
+    variants: dict[str, dict[str, Any]] = CHANGE_VARIANTS,
+    fit: dict[str, Any] = CHANGE_FIT,
 ) -> dict[str, Any]:
-    """The change statistic: configuration chosen on the training period, then every
-    configuration's held-out figures (only the chosen one is the model's figure)."""
-    chosen, validation = choose_change(hourly, batches, summary, cutoff, labels)
+    """The change statistic (or the ``variants`` with ``fit``): configuration chosen on the
+    training period, then every configuration's held-out figures (only the chosen one is
+    the model's figure)."""
+    chosen, validation = choose_change(hourly, batches, summary, cutoff, labels, variants, fit)
     print(f"change statistic chosen on the training period: {chosen}", flush=True)
     good = mspc.good_batches(summary, before=cutoff)
     hold = batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list()
@@ -276,10 +294,8 @@ def run_change(
     }
     held: dict[str, dict[str, float]] = {}
     scores: dict[str, pl.DataFrame] = {}
-    for name, kw in CHANGE_VARIANTS.items():
-        m = mspc.train(
-            hourly.filter(pl.col("batch_id").is_in(good)), batches, good, **CHANGE_FIT, **kw
-        )
+    for name, kw in variants.items():
+        m = mspc.train(hourly.filter(pl.col("batch_id").is_in(good)), batches, good, **(fit | kw))
         sc = mspc.monitor(m, hourly.filter(pl.col("batch_id").is_in(hold)), batches)
         held[name] = _held_out(m, sc, labels, batches)
         _print_held(name, held[name])
@@ -323,6 +339,11 @@ def run(
         "n_held_out": n_hold,
         "n_good_train": len(good),
     }
+    if only == "threshold":
+        th = run_change(hourly, batches, summary, labels, cutoff, THRESHOLD_VARIANTS, THRESHOLD_FIT)
+        if scores_out is not None and "chosen" in th["scores"]:
+            th["scores"]["chosen"].write_parquet(scores_out)
+        return out | {"threshold": {k: v for k, v in th.items() if k != "scores"}}
     if only != "level":
         ch = run_change(hourly, batches, summary, labels, cutoff)
         if scores_out is not None and "chosen" in ch["scores"]:
@@ -391,8 +412,12 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
     ]
     side: list[tuple[str, dict[str, float]]] = []
-    for part, title in (("level", "Level statistic (T² / SPE)"), ("change", "Change statistic")):
-        sec = r if part == "level" else r.get("change")
+    for part, title in (
+        ("level", "Level statistic (T² / SPE)"),
+        ("change", "Change statistic"),
+        ("threshold", "Short rule (<= 3 h) with the threshold factor chosen on training"),
+    ):
+        sec = r if part == "level" else r.get(part)
         if not sec or "held_out" not in sec:
             continue
         out += [f"{title}: chosen on the training period **{sec['chosen']}**.", "", *HEADER]
@@ -428,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--truth", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
-    ap.add_argument("--only", choices=("level", "change"), default=None)
+    ap.add_argument("--only", choices=("level", "change", "threshold"), default=None)
     ap.add_argument(
         "--scores", type=Path, default=None, help="write the chosen change model's held-out scores"
     )

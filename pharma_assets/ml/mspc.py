@@ -340,6 +340,11 @@ class MSPCModel:
     statistic: str = "level"
     change_lag_h: int = 6
     change_window_h: int = 6
+    change_detrend: bool = False  # baseline = the batch's own recent line, extrapolated
+    change_scale_window_h: int = 3  # the change scale's window (steps spread over hours)
+    # a raw alarm is the statistic over ``alarm_factor`` x its limit; 1 unless chosen with the
+    # rule (``train(max_confirm_samples=...)``: a short rule and a higher threshold)
+    alarm_factor: float = 1.0
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -355,6 +360,9 @@ class MSPCModel:
             "statistic": self.stat(),
             "change_lag_h": getattr(self, "change_lag_h", 6),
             "change_window_h": getattr(self, "change_window_h", 6),
+            "change_detrend": getattr(self, "change_detrend", False),
+            "change_scale_window_h": getattr(self, "change_scale_window_h", 3),
+            "alarm_factor": self.factor(),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -375,28 +383,39 @@ class MSPCModel:
         out.update(getattr(self, "alarm_rule_train", None) or {})
         return out
 
-    def change_window(self) -> tuple[int, int]:
-        """(lag, window) hours of the change statistic's baseline."""
-        return int(getattr(self, "change_lag_h", 6)), int(getattr(self, "change_window_h", 6))
+    def change_window(self) -> tuple[int, int, bool]:
+        """(lag, window hours, detrend) of the change statistic's baseline."""
+        return (
+            int(getattr(self, "change_lag_h", 6)),
+            int(getattr(self, "change_window_h", 6)),
+            bool(getattr(self, "change_detrend", False)),
+        )
 
     def stat(self) -> str:
         """The statistic that raises ``alarm`` ("level" for models pickled before the option)."""
         return str(getattr(self, "statistic", "level"))
 
-    def train_alarm_samples(self, statistic: str | None = None) -> pl.DataFrame:
+    def factor(self) -> float:
+        """The multiple of the limits a raw alarm needs (1 for models before the option)."""
+        return float(getattr(self, "alarm_factor", 1.0))
+
+    def train_alarm_samples(
+        self, statistic: str | None = None, factor: float | None = None
+    ) -> pl.DataFrame:
         """Out-of-fold alarms of the good training batches: ``batch_id``, ``hour``, ``alarm``
         (the model's statistic, or ``statistic``, over its limit at that maturity), what the
         persistence rule is chosen on."""
         frames = []
         stat = statistic or self.stat()
+        f = self.factor() if factor is None else factor
         for m in self.recipes.values():
             with _quiet():
                 if stat == "change":
                     if m.cv_chg is None or m.chg_limit is None:
                         raise MSPCInputError("this model has no change statistic")
-                    a = m.cv_chg > m.chg_limit  # NaN (no baseline yet) is never an alarm
+                    a = m.cv_chg > f * m.chg_limit  # NaN (no baseline yet): never an alarm
                 else:
-                    a = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
+                    a = (m.cv_t2 > f * m.t2_limit) | (m.cv_spe > f * m.spe_limit)
             n, k = a.shape
             frames.append(
                 pl.DataFrame(
@@ -450,7 +469,9 @@ STATISTICS = ("level", "change")
 MAD_TO_SD = 1.4826
 
 
-def change_residuals(raw: np.ndarray, lag_h: int, window_h: int) -> np.ndarray:
+def change_residuals(
+    raw: np.ndarray, lag_h: int, window_h: int, detrend: bool = False
+) -> np.ndarray:
     """Change of each tag from the batch's OWN recent baseline, in raw units.
 
     ``raw`` is (batches, hours, tags) with NaN where no data. At hour ``k`` the baseline is
@@ -473,6 +494,26 @@ def change_residuals(raw: np.ndarray, lag_h: int, window_h: int) -> np.ndarray:
     cnt = cc[:, hi] - cc[:, lo]
     with np.errstate(invalid="ignore", divide="ignore"):
         base = np.where(cnt > 0, (cs[:, hi] - cs[:, lo]) / np.maximum(cnt, 1), np.nan)
+        if detrend:
+            # the batch's own recent line extrapolated to hour k (least squares over the
+            # baseline hours; with fewer than 2 hours: the mean): a batch growing faster
+            # than the others has steeper trajectories all along, which cancel too
+            t = np.broadcast_to(np.arange(k_hours, dtype=float)[None, :, None], raw.shape)
+            st = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t, 0.0), axis=1)], axis=1
+            )
+            stt = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t * t, 0.0), axis=1)], axis=1
+            )
+            sty = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t * raw, 0.0), axis=1)], axis=1
+            )
+            c = np.maximum(cnt, 1)
+            tm = (st[:, hi] - st[:, lo]) / c
+            var_t = (stt[:, hi] - stt[:, lo]) / c - tm * tm
+            cov = (sty[:, hi] - sty[:, lo]) / c - tm * base
+            slope = np.where((cnt >= 2) & (var_t > 1e-9), cov / np.where(var_t > 1e-9, var_t, 1), 0)
+            base = base + slope * (ks[None, :, None] - tm)
     return raw - base
 
 
@@ -652,6 +693,8 @@ def _fit_recipe(
     time_blocked_folds: bool = False,
     change_lag_h: int = 6,
     change_window_h: int = 6,
+    change_detrend: bool = False,
+    change_scale_window_h: int = 3,
 ) -> RecipeModel:
     from scipy import stats
 
@@ -693,15 +736,15 @@ def _fit_recipe(
         n_obs = np.sum(np.isfinite(raw), axis=0)
     # change statistic: the same folds; no PCA, so each fold only needs the others' median
     # and robust sd of the changes
-    d = change_residuals(raw, change_lag_h, change_window_h)
+    d = change_residuals(raw, change_lag_h, change_window_h, change_detrend)
     floor = _sd_floor(raw, tags)
-    chg_mu, chg_sd = _change_scale(d, floor, scale_window_h)
+    chg_mu, chg_sd = _change_scale(d, floor, change_scale_window_h)
     cv_chg = np.full((n, k_hours), np.nan)
     for f in np.unique(folds):
         tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
         if tr.size < 3:
             continue
-        mu_f, sd_f = _change_scale(d[tr], floor, scale_window_h)
+        mu_f, sd_f = _change_scale(d[tr], floor, change_scale_window_h)
         cv_chg[te] = _change_stat(d[te], mu_f, sd_f)[0]
     chg_lim = np.full(k_hours, np.nan)
     for k in range(k_hours):
@@ -769,6 +812,9 @@ def train(
     statistic: str = "level",
     change_lag_h: int = 6,
     change_window_h: int = 6,
+    change_detrend: bool = False,
+    change_scale_window_h: int = 3,
+    max_confirm_samples: int | None = None,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -791,6 +837,12 @@ def train(
     ``change_lag_h + change_window_h - 1`` hours earlier: a fault is an onset, a good batch
     that is merely different has a persistent offset, which cancels; ``change_residuals``).
     Both statistics are always fitted and both are in ``monitor``'s output.
+    ``max_confirm_samples``: choose a threshold instead of a long persistence rule: the
+    smallest factor of ``ALARM_FACTORS`` (a raw alarm = the statistic over factor x its
+    limit) under which some rule of at most this many samples keeps the good training
+    batches' out-of-fold share with a confirmed alarm <= 5 %, with the least persistent
+    such rule (``choose_factor_and_rule``). Faults are large and sudden, good batches'
+    excursions moderate and long: a short rule on a higher threshold separates them.
     """
     if statistic not in STATISTICS:
         raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
@@ -845,6 +897,8 @@ def train(
                 time_blocked_folds,
                 change_lag_h,
                 change_window_h,
+                change_detrend,
+                change_scale_window_h,
             )
     if not models:
         raise MSPCInputError(
@@ -864,10 +918,38 @@ def train(
         statistic=statistic,
         change_lag_h=change_lag_h,
         change_window_h=change_window_h,
+        change_detrend=change_detrend,
+        change_scale_window_h=change_scale_window_h,
     )
-    choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    if max_confirm_samples is None:
+        choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    else:
+        model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
     return model
+
+
+#: threshold factors tried by ``choose_factor_and_rule``, smallest first
+ALARM_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+
+
+def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[float, Any]:
+    """(factor, RuleChoice): the smallest ``ALARM_FACTORS`` entry under which a persistence
+    rule of at most ``max_confirm_samples`` samples keeps the good training batches'
+    out-of-fold share with a confirmed alarm within the target; that rule. If no factor
+    does, the largest factor with its best rule (``met`` False). Training data only."""
+    if max_confirm_samples < 1:
+        raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
+    from .alarm_rules import K_CANDIDATES
+
+    ks = [k for k in K_CANDIDATES if k <= max_confirm_samples]
+    choice = None
+    for f in ALARM_FACTORS:
+        choice = choose_rule(model.train_alarm_samples(factor=f), "hour", sample="hour", ks=ks)
+        if choice.met:
+            return f, choice
+    assert choice is not None
+    return ALARM_FACTORS[-1], choice
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -938,6 +1020,7 @@ def monitor(
     hourly = timeline if _is_hourly(timeline) else hourly_means(timeline, tags)
     now = scored_at or datetime.now(UTC)
     on_change = model.stat() == "change"
+    fac = model.factor()
     rows: list[dict[str, Any]] = []
     for bid in sorted(set(hourly["batch_id"].to_list())):
         m = model.recipes.get(rmap.get(bid, ""))
@@ -971,8 +1054,8 @@ def monitor(
             chg_k = _finite(chg[k]) if has_chg and has_data[k] else None
             chg_l = _finite(m.chg_limit[k]) if has_chg else None  # type: ignore[index]
             r_chg = chg_k / chg_l if chg_k is not None and chg_l else None
-            level_alarm = bool((r_t2 or 0.0) > 1.0 or (r_spe or 0.0) > 1.0)
-            chg_alarm = bool((r_chg or 0.0) > 1.0)
+            level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
+            chg_alarm = bool((r_chg or 0.0) > fac)
             top = None
             if on_change:
                 if r_chg is not None:
@@ -1033,10 +1116,11 @@ def scores_table(monitored: pl.DataFrame) -> pl.DataFrame:
     return monitored.select([c for c in monitored.columns if not c.startswith("_")])
 
 
-def alarms(monitored: pl.DataFrame, statistic: str = "level") -> pl.DataFrame:
+def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.0) -> pl.DataFrame:
     """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
     per-tag contribution shares of that statistic as JSON. ``statistic`` (the model's
-    ``stat()``): ``"level"`` gives T² and SPE rows, ``"change"`` the change rows."""
+    ``stat()``): ``"level"`` gives T² and SPE rows, ``"change"`` the change rows; beyond =
+    over ``factor`` (the model's ``factor()``) times the limit, as ``alarm``."""
     for c in ("_t2_contrib", "_spe_contrib"):
         if c not in monitored.columns:
             raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
@@ -1045,7 +1129,7 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level") -> pl.DataFrame:
     def beyond(stat: str) -> pl.Expr:
         # polars orders NaN above +inf, so NaN > inf is true there: require finite values
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_finite() & lim.is_finite() & (v > lim)).fill_null(False)
+        return (v.is_finite() & lim.is_finite() & (v > factor * lim)).fill_null(False)
 
     t2 = monitored.filter(beyond("t2")).select(
         *keys,

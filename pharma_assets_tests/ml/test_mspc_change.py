@@ -119,7 +119,7 @@ def test_rule_and_limits_come_from_the_change_statistic(change_model: M.MSPCMode
     assert alarm_rules.rule_of(change_model, alarm_rules.MSPC_DEFAULT) == expect
     r = next(iter(change_model.recipes.values()))
     assert r.cv_chg is not None and r.chg_limit is not None
-    lag, _ = change_model.change_window()
+    lag, _, _ = change_model.change_window()
     assert np.all(np.isnan(r.chg_limit[:lag])) and np.all(np.isfinite(r.chg_limit[lag:]))
     assert change_model.params()["statistic"] == "change"
     # the out-of-fold alarm rate of the good training hours is near the nominal 1 %
@@ -219,3 +219,51 @@ def test_change_choice_reads_the_training_period_only(
     assert strip(a[1]) == strip(b[1])
     assert all(r["validation_faulty"] == 1 for r in a[1])
     assert all(r["validation_detected"] == 1 for r in a[1] if "+" not in str(r["variant"]))
+
+
+@pytest.mark.parametrize("statistic", ["level", "change"])
+def test_threshold_factor_chosen_with_a_short_rule_on_training_only(
+    good: tuple[pl.DataFrame, list[str], np.random.Generator], statistic: str
+) -> None:
+    """``max_confirm_samples=3``: the smallest factor under which a rule of at most 3 hours
+    keeps the good training batches' out-of-fold share within 5 %; the raw alarm is the
+    statistic over factor x limit, in ``monitor`` and in the alarm table alike."""
+    hourly, ids, rng = good
+    m = M.train(hourly, _batches(ids), ids, statistic=statistic, max_confirm_samples=3)
+    rule = alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT)
+    f = m.factor()
+    assert rule.k <= 3 and f in M.ALARM_FACTORS and m.params()["alarm_factor"] == f
+    ks = [k for k in alarm_rules.K_CANDIDATES if k <= 3]
+    again = alarm_rules.choose_rule(m.train_alarm_samples(factor=f), "hour", ks=ks)
+    assert again.met and again.rule.k == rule.k
+    i = M.ALARM_FACTORS.index(f)
+    if i > 0:  # the next smaller factor meets the target with no rule of <= 3 hours
+        below = M.ALARM_FACTORS[i - 1]
+        assert not alarm_rules.choose_rule(m.train_alarm_samples(factor=below), "hour", ks=ks).met
+    b = _batch(rng, "BR01-B9201", FEED_H, SHIFT_H).with_columns(
+        pl.when(pl.col("hour") >= 100).then(pl.col(TAG) + 3.0).otherwise(pl.col(TAG))
+    )
+    mon = M.monitor(
+        m,
+        pl.concat([hourly.filter(pl.col("batch_id") == ids[0]), b]),
+        _batches([*ids, "BR01-B9201"]),
+    )
+    if statistic == "change":
+        want = (pl.col("chg") > f * pl.col("chg_limit")).fill_null(False)
+    else:
+        want = (
+            (pl.col("t2") > f * pl.col("t2_limit")) | (pl.col("spe") > f * pl.col("spe_limit"))
+        ).fill_null(False)
+    assert mon.select((pl.col("alarm") == want).all()).item()
+    assert (
+        M.alarms(mon, statistic, f).select(["batch_id", "elapsed_h"]).unique().height
+        == mon["alarm"].sum()
+    )
+    # a 3 K step is confirmed within the rule's hours
+    conf = _confirmed(m, mon, "alarm").filter(pl.col("batch_id") == "BR01-B9201")
+    assert (
+        conf.filter(
+            pl.col("confirmed_alarm") & pl.col("elapsed_h").is_between(101, 100 + 3 + rule.k)
+        ).height
+        > 0
+    )
