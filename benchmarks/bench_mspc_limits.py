@@ -387,7 +387,10 @@ def _row(name: str, v: dict[str, Any], h: dict[str, float], chosen: bool) -> str
         f"| {name}{' (chosen)' if chosen else ''} | {v['rule_k']} of {v['rule_n']} h, "
         f"{100 * v['validation_good_share']:.1f} % of {v['n_validation_good']}"
         f"{', detected ' + det.rstrip(', ') if det else ''} | "
-        f"{h['rule_alarm_rule_k']:.0f} of {h['rule_alarm_rule_n']:.0f} h | "
+        f"{h['rule_alarm_rule_k']:.0f} of {h['rule_alarm_rule_n']:.0f} h"
+        + (f", factor {h['alarm_factor']:g}" if "alarm_factor" in h else "")
+        + (" (training target not met)" if h.get("alarm_rule_met", 1.0) == 0.0 else "")
+        + " | "
         f"{100 * h['rule_good_batch_alarm_share']:.1f} % of {h['rule_n_good_batches']:.0f} | "
         f"{h['rule_n_faulty_detected']:.0f} / {h['rule_n_faulty_batches']:.0f} = "
         f"{100 * h['rule_batch_detection_rate']:.1f} % | "

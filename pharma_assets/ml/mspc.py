@@ -926,11 +926,37 @@ def train(
     else:
         model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
+    if max_confirm_samples is not None:  # the threshold, and whether it met the target
+        model.alarm_rule_train |= {
+            "alarm_factor": model.alarm_factor,
+            "alarm_rule_met": float(choice.met),
+        }
     return model
 
 
 #: threshold factors tried by ``choose_factor_and_rule``, smallest first
-ALARM_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+ALARM_FACTORS = (
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    8.0,
+    12.0,
+    16.0,
+    24.0,
+    32.0,
+    48.0,
+    64.0,
+    96.0,
+    128.0,
+    192.0,
+    256.0,
+    384.0,
+    512.0,
+    1024.0,
+)
 
 
 def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[float, Any]:
