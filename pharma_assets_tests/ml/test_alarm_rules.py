@@ -77,7 +77,7 @@ def cont(plant: PlantB):
     return model, feats, train_ids, held
 
 
-def _mspc_model(plant: PlantB, statistic: str):
+def _mspc_model(plant: PlantB, statistic: str, max_confirm_samples: int | None = None):
     good = M.good_batches(plant.batch_summary)
     starts = plant.batches.filter(pl.col("batch_id").is_in(good)).sort("start_ts")
     train_ids = sorted(starts["batch_id"].head(6).to_list())
@@ -87,6 +87,7 @@ def _mspc_model(plant: PlantB, statistic: str):
         plant.batches,
         train_ids,
         statistic=statistic,
+        max_confirm_samples=max_confirm_samples,
     )
     return model, train_ids, held
 
@@ -99,6 +100,12 @@ def mspc_model(plant: PlantB):
 @pytest.fixture(scope="module")
 def mspc_change_model(plant: PlantB):
     return _mspc_model(plant, "change")
+
+
+@pytest.fixture(scope="module")
+def mspc_threshold_model(plant: PlantB):
+    """Change statistic, a rule of at most 3 hours and a threshold factor chosen with it."""
+    return _mspc_model(plant, "change", max_confirm_samples=3)
 
 
 def test_rules_chosen_on_training_period_only(plant: PlantB, cont, mspc_model) -> None:
@@ -194,7 +201,7 @@ def test_contamination_rule_figures_recomputed_from_stored_scores(
     assert {d.batch_id for d in devs if d.source == "contamination"} == conf_batches
 
 
-@pytest.mark.parametrize("which", ["mspc_model", "mspc_change_model"])
+@pytest.mark.parametrize("which", ["mspc_model", "mspc_change_model", "mspc_threshold_model"])
 def test_mspc_rule_figures_recomputed_from_stored_scores(
     plant: PlantB, which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
