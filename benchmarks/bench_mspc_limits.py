@@ -39,8 +39,13 @@ period is untouched); the level variants above are chosen without them, as befor
 chosen configuration is refitted on every good training batch and both statistics are
 reported side by side on the held-out batches.
 
+Third part (``--only threshold``): a rule of at most 3 samples with a threshold factor
+chosen with it on the good training batches' out-of-fold alarms
+(``mspc.train(max_confirm_samples=3)``), for the level and the change statistic, chosen
+and reported as the change configurations.
+
     python -m benchmarks.bench_mspc_limits --lake LAKE --truth GROUND_TRUTH [--json OUT]
-        [--units BR01,BR02,BR03] [--only level|change]
+        [--units BR01,BR02,BR03] [--only level|change|threshold] [--scores OUT.parquet]
 """
 
 from __future__ import annotations
