@@ -24,8 +24,28 @@ good training batch and scored on the held-out batches
 (ground truth read for evaluation only). Every variant's held-out figures are printed
 too, for transparency; only the chosen one is the model's figure.
 
+Second part, the **change statistic** (``mspc.train(statistic="change")``): each tag's
+change from the batch's own baseline ``lag`` .. ``lag + window - 1`` hours earlier, summed
+as squared robust z-scores (faults are onsets; a good batch that is merely different has a
+persistent offset, which cancels). Configurations (lag, window) are chosen on the same
+inner split of the training period: fitted on the earlier good batches, scored on every
+batch started in the validation period; the persistence rule from the out-of-fold alarms
+or (``+forward_rule``) from the forward-scored later good batches (plant-known good, as
+above). Choice: among configurations whose validation share of plant-known good batches
+with a confirmed alarm is at most 5 %, the highest detection rate of the validation
+period's faulty batches, then the shortest median delay. That uses the ground-truth fault
+labels **of the training period** (for selection only; never a feature; the held-out
+period is untouched); the level variants above are chosen without them, as before. The
+chosen configuration is refitted on every good training batch and both statistics are
+reported side by side on the held-out batches.
+
+Third part (``--only threshold``): a rule of at most 3 samples with a threshold factor
+chosen with it on the good training batches' out-of-fold alarms
+(``mspc.train(max_confirm_samples=3)``), for the level and the change statistic, chosen
+and reported as the change configurations.
+
     python -m benchmarks.bench_mspc_limits --lake LAKE --truth GROUND_TRUTH [--json OUT]
-        [--units BR01,BR02,BR03]
+        [--units BR01,BR02,BR03] [--only level|change|threshold] [--scores OUT.parquet]
 """
 
 from __future__ import annotations
@@ -41,6 +61,31 @@ import polars as pl
 
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import alarm_rules, contamination, features, mspc
+
+#: change-statistic configurations tried on the training period (baseline lag, window)
+CHANGE_VARIANTS: dict[str, dict[str, Any]] = {
+    f"change_{lag}_{win}": {"change_lag_h": lag, "change_window_h": win}
+    for lag, win in ((3, 3), (6, 6), (12, 12), (24, 24))
+}
+#: threshold variants (issue 14 item 3, idea "onset rule"): the rule at most 3 samples, the
+#: threshold factor chosen with it on the good training batches' out-of-fold alarms
+#: (``mspc.train(max_confirm_samples=3)``), for both statistics
+THRESHOLD_VARIANTS: dict[str, dict[str, Any]] = {
+    "level_x3h": {"statistic": "level"},
+    "change_3_3_x3h": {"statistic": "change", "change_lag_h": 3, "change_window_h": 3},
+    "change_6_6_x3h": {"statistic": "change", "change_lag_h": 6, "change_window_h": 6},
+}
+THRESHOLD_FIT: dict[str, Any] = {
+    "time_blocked_folds": True,
+    "max_batches": 100_000,
+    "max_confirm_samples": 3,
+}
+#: the rest of the change model's fit: every good batch, time-blocked folds
+CHANGE_FIT: dict[str, Any] = {
+    "statistic": "change",
+    "time_blocked_folds": True,
+    "max_batches": 100_000,
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "interleaved": {"time_blocked_folds": False, "max_batches": 150},
@@ -117,7 +162,166 @@ def choose_variant(
     return str(best["variant"]), rows
 
 
-def run(lake_dir: Path, truth: Path, units: list[str] | None = None) -> dict[str, Any]:
+def _inner_split(
+    batches: pl.DataFrame, batch_summary: pl.DataFrame, cutoff: Any
+) -> tuple[list[str], list[str], list[str]]:
+    """(good fit ids, good validation ids, every validation batch) of the training period."""
+    train_batches = batches.filter(pl.col("start_ts") < cutoff)
+    inner, _ = contamination.split_by_start(train_batches)
+    fit_ids = mspc.good_batches(batch_summary, before=inner)
+    val_good = sorted(set(mspc.good_batches(batch_summary, before=cutoff)) - set(fit_ids))
+    val_all = train_batches.filter(pl.col("start_ts") >= inner)["batch_id"].to_list()
+    return fit_ids, val_good, sorted(val_all)
+
+
+def choose_change(
+    hourly: pl.DataFrame,
+    batches: pl.DataFrame,
+    batch_summary: pl.DataFrame,
+    cutoff: Any,
+    labels: pl.DataFrame,
+    variants: dict[str, dict[str, Any]] = CHANGE_VARIANTS,
+    fit: dict[str, Any] = CHANGE_FIT,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The change configuration chosen on the training period only: fitted on its earlier
+    good batches, scored on every batch of its later part; good share on the plant-known
+    good ones, detection on the training period's faulty ones (module docstring)."""
+    fit_ids, val_good, val_all = _inner_split(batches, batch_summary, cutoff)
+    val_set = set(val_all)
+    lab = labels.filter(pl.col("batch_id").is_in(val_all))
+    rows: list[dict[str, Any]] = []
+    for name, kw in variants.items():
+        t0 = time.perf_counter()
+        m = mspc.train(
+            hourly.filter(pl.col("batch_id").is_in(fit_ids)), batches, fit_ids, **(fit | kw)
+        )
+        sc = mspc.monitor(m, hourly.filter(pl.col("batch_id").is_in(val_all)), batches)
+        good_sc = sc.filter(pl.col("batch_id").is_in(val_good))
+        fwd = alarm_rules.choose_rule(
+            good_sc.select("batch_id", "elapsed_h", "alarm"), "elapsed_h", sample="hour"
+        )
+        common = {
+            "n_fit": len(fit_ids),
+            "n_validation_good": len(val_good),
+            "n_validation": len(val_set),
+            "seconds": time.perf_counter() - t0,
+        }
+        for suffix, rule in (
+            ("", alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT)),
+            (
+                "+forward_rule",
+                fwd.rule,
+            ),
+        ):
+            mr = dataclasses.replace(m, alarm_rule=rule.as_dict())
+            per = alarm_rules.batch_any_confirmed(
+                good_sc.select("batch_id", "elapsed_h", "alarm"), rule, "elapsed_h"
+            )
+            f = alarm_rules.mspc_figures(mr, sc, lab, batches)
+            rows.append(
+                {
+                    "variant": name + suffix,
+                    "rule_k": rule.k,
+                    "rule_n": rule.n,
+                    "factor": m.factor(),
+                    "validation_good_share": float(
+                        per["confirmed_alarm"].cast(pl.Float64).mean()  # type: ignore[arg-type]
+                    ),
+                    "validation_detected": f["rule_n_faulty_detected"],
+                    "validation_faulty": f["rule_n_faulty_batches"],
+                    "validation_detection_rate": f["rule_batch_detection_rate"],
+                    "validation_median_delay_h": f["rule_median_detection_delay_h"],
+                }
+                | common
+            )
+            print(f"  validation {name + suffix}: {rows[-1]}", flush=True)
+    ok = [r for r in rows if r["validation_good_share"] <= alarm_rules.TARGET_GOOD_BATCH_SHARE]
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        rate, delay = r["validation_detection_rate"], r["validation_median_delay_h"]
+        return (
+            -(rate if rate == rate else 0.0),  # NaN (no faulty batch) ranks last
+            delay if delay == delay else float("inf"),
+        )
+
+    best = min(ok, key=key) if ok else min(rows, key=lambda r: r["validation_good_share"])
+    return str(best["variant"]), rows
+
+
+def _held_out(
+    m: mspc.MSPCModel, sc: pl.DataFrame, labels: pl.DataFrame, batches: pl.DataFrame
+) -> dict[str, float]:
+    faulted = labels.filter(pl.col("batch_id").is_not_null())["batch_id"].unique().implode()
+    good = alarm_rules.confirm_mspc(m, sc.filter(~pl.col("batch_id").is_in(faulted)))
+    return {
+        **m.train_summary(),
+        **mspc.evaluate(sc, labels, batches),
+        **alarm_rules.mspc_figures(m, sc, labels, batches),
+        # hour-level false-positive rate of what operators see: confirmed good-batch hours
+        "rule_good_hour_confirmed_rate": float(
+            good["confirmed_alarm"].cast(pl.Float64).mean()  # type: ignore[arg-type]
+        ),
+    }
+
+
+def _print_held(name: str, r: dict[str, float]) -> None:
+    print(
+        f"  held out {name}: rule {r['rule_alarm_rule_k']:.0f} of {r['rule_alarm_rule_n']:.0f}, "
+        f"good with confirmed alarm {100 * r['rule_good_batch_alarm_share']:.1f} % of "
+        f"{r['rule_n_good_batches']:.0f}, detected {r['rule_n_faulty_detected']:.0f}/"
+        f"{r['rule_n_faulty_batches']:.0f}, median delay "
+        f"{r['rule_median_detection_delay_h']:.1f} h, raw good-hour alarm rate "
+        f"{100 * r['hour_false_alarm_rate']:.1f} %",
+        flush=True,
+    )
+
+
+def run_change(
+    hourly: pl.DataFrame,
+    batches: pl.DataFrame,
+    summary: pl.DataFrame,
+    labels: pl.DataFrame,
+    cutoff: Any,
+    variants: dict[str, dict[str, Any]] = CHANGE_VARIANTS,
+    fit: dict[str, Any] = CHANGE_FIT,
+) -> dict[str, Any]:
+    """The change statistic (or the ``variants`` with ``fit``): configuration chosen on the
+    training period, then every configuration's held-out figures (only the chosen one is
+    the model's figure)."""
+    chosen, validation = choose_change(hourly, batches, summary, cutoff, labels, variants, fit)
+    print(f"change statistic chosen on the training period: {chosen}", flush=True)
+    good = mspc.good_batches(summary, before=cutoff)
+    hold = batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list()
+    fwd = {
+        v["variant"]: alarm_rules.PersistenceRule(v["rule_k"], v["rule_n"], "hour")
+        for v in validation
+        if v["variant"].endswith("+forward_rule")
+    }
+    held: dict[str, dict[str, float]] = {}
+    scores: dict[str, pl.DataFrame] = {}
+    for name, kw in variants.items():
+        m = mspc.train(hourly.filter(pl.col("batch_id").is_in(good)), batches, good, **(fit | kw))
+        sc = mspc.monitor(m, hourly.filter(pl.col("batch_id").is_in(hold)), batches)
+        held[name] = _held_out(m, sc, labels, batches)
+        _print_held(name, held[name])
+        f = name + "+forward_rule"
+        mf = dataclasses.replace(m, alarm_rule=fwd[f].as_dict())
+        held[f] = _held_out(mf, sc, labels, batches)
+        _print_held(f, held[f])
+        if chosen in (name, f):
+            scores["chosen"] = alarm_rules.confirm_mspc(
+                m if chosen == name else mf, mspc.scores_table(sc)
+            )
+    return {"chosen": chosen, "validation": validation, "held_out": held, "scores": scores}
+
+
+def run(
+    lake_dir: Path,
+    truth: Path,
+    units: list[str] | None = None,
+    only: str | None = None,
+    scores_out: Path | None = None,
+) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     t0 = time.perf_counter()
     inp = features.load_inputs(lake, with_hourly=False)
@@ -133,9 +337,28 @@ def run(lake_dir: Path, truth: Path, units: list[str] | None = None) -> dict[str
     print(f"{batches.height} of {inp.batches.height} batches have telemetry", flush=True)
     labels = pl.read_parquet(truth / "fault_labels.parquet")
     cutoff, n_hold = contamination.split_by_start(batches)
+    good = mspc.good_batches(summary, before=cutoff)
+    out: dict[str, Any] = {
+        "lake": str(lake.root),
+        "n_batches": batches.height,
+        "n_held_out": n_hold,
+        "n_good_train": len(good),
+    }
+    if only == "threshold":
+        th = run_change(hourly, batches, summary, labels, cutoff, THRESHOLD_VARIANTS, THRESHOLD_FIT)
+        if scores_out is not None and "chosen" in th["scores"]:
+            th["scores"]["chosen"].write_parquet(scores_out)
+        return out | {"threshold": {k: v for k, v in th.items() if k != "scores"}}
+    if only != "level":
+        ch = run_change(hourly, batches, summary, labels, cutoff)
+        if scores_out is not None and "chosen" in ch["scores"]:
+            # the chosen change model's held-out gold/mspc_scores rows, for recomputation
+            ch["scores"]["chosen"].write_parquet(scores_out)
+        out["change"] = {k: v for k, v in ch.items() if k != "scores"}
+    if only == "change":
+        return out
     chosen, validation = choose_variant(hourly, batches, summary, cutoff)
     print(f"chosen on the training period: {chosen}", flush=True)
-    good = mspc.good_batches(summary, before=cutoff)
     hold = batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list()
     held: dict[str, dict[str, float]] = {}
     fwd_rules = {
@@ -154,57 +377,81 @@ def run(lake_dir: Path, truth: Path, units: list[str] | None = None) -> dict[str
             sc = mspc.monitor(m, hourly.filter(pl.col("batch_id").is_in(hold)), batches)
         else:  # same limits as the base variant's final model, the forward-chosen rule
             m = dataclasses.replace(m, alarm_rule=fwd_rules[base].as_dict())
-        held[name] = {
-            **m.train_summary(),
-            **mspc.evaluate(sc, labels, batches),
-            **alarm_rules.mspc_figures(m, sc, labels, batches),
-        }
-        r = held[name]
-        print(
-            f"  held out {name}: rule {r['rule_alarm_rule_k']:.0f} of {r['rule_alarm_rule_n']:.0f}, "
-            f"good with confirmed alarm {100 * r['rule_good_batch_alarm_share']:.1f} % of "
-            f"{r['rule_n_good_batches']:.0f}, detected {r['rule_n_faulty_detected']:.0f}/"
-            f"{r['rule_n_faulty_batches']:.0f}, median delay "
-            f"{r['rule_median_detection_delay_h']:.1f} h, raw good-hour alarm rate "
-            f"{100 * r['hour_false_alarm_rate']:.1f} %",
-            flush=True,
-        )
-    return {
-        "lake": str(lake.root),
-        "n_batches": batches.height,
-        "n_held_out": n_hold,
-        "n_good_train": len(good),
-        "chosen": chosen,
-        "validation": validation,
-        "held_out": held,
-    }
+        held[name] = _held_out(m, sc, labels, batches)
+        _print_held(name, held[name])
+    return out | {"chosen": chosen, "validation": validation, "held_out": held}
+
+
+def _row(name: str, v: dict[str, Any], h: dict[str, float], chosen: bool) -> str:
+    det = (
+        f"{v['validation_detected']:.0f} / {v['validation_faulty']:.0f}, "
+        if "validation_detected" in v
+        else ""
+    )
+    return (
+        f"| {name}{' (chosen)' if chosen else ''} | {v['rule_k']} of {v['rule_n']} h, "
+        f"{100 * v['validation_good_share']:.1f} % of {v['n_validation_good']}"
+        f"{', detected ' + det.rstrip(', ') if det else ''} | "
+        f"{h['rule_alarm_rule_k']:.0f} of {h['rule_alarm_rule_n']:.0f} h"
+        + (f", factor {h['alarm_factor']:g}" if "alarm_factor" in h else "")
+        + (" (training target not met)" if h.get("alarm_rule_met", 1.0) == 0.0 else "")
+        + " | "
+        f"{100 * h['rule_good_batch_alarm_share']:.1f} % of {h['rule_n_good_batches']:.0f} | "
+        f"{h['rule_n_faulty_detected']:.0f} / {h['rule_n_faulty_batches']:.0f} = "
+        f"{100 * h['rule_batch_detection_rate']:.1f} % | "
+        f"{h['rule_median_detection_delay_h']:.1f} h | "
+        f"{100 * h['hour_false_alarm_rate']:.1f} % | "
+        f"{100 * h.get('rule_good_hour_confirmed_rate', float('nan')):.2f} % |"
+    )
+
+
+HEADER = [
+    "| variant | validation (training period): rule, good with confirmed alarm | held out: "
+    "rule | good batches with a confirmed alarm (≤ 5 %) | faulty detected (≥ 90 %) | "
+    "median delay | raw good-hour alarm rate | confirmed good-hour rate (< 1 %) |",
+    "|---|---|---|---|---|---|---|---|",
+]
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
     out = [
         f"{r['n_batches']} batches, {r['n_held_out']} held out (last 25 % by start), "
-        f"{r['n_good_train']} good training batches. Chosen on the training period: "
-        f"**{r['chosen']}**.",
+        f"{r['n_good_train']} good training batches.",
         "",
-        "| variant | validation (training period): rule, good with confirmed alarm | held out: "
-        "rule | good batches with a confirmed alarm (≤ 5 %) | faulty detected (≥ 90 %) | "
-        "median delay | raw good-hour alarm rate |",
-        "|---|---|---|---|---|---|---|",
     ]
-    val = {v["variant"]: v for v in r["validation"]}
-    for name, h in r["held_out"].items():
-        v = val[name]
-        mark = " (chosen)" if name == r["chosen"] else ""
-        out.append(
-            f"| {name}{mark} | {v['rule_k']} of {v['rule_n']} h, "
-            f"{100 * v['validation_good_share']:.1f} % of {v['n_validation_good']} | "
-            f"{h['rule_alarm_rule_k']:.0f} of {h['rule_alarm_rule_n']:.0f} h | "
-            f"{100 * h['rule_good_batch_alarm_share']:.1f} % of {h['rule_n_good_batches']:.0f} | "
-            f"{h['rule_n_faulty_detected']:.0f} / {h['rule_n_faulty_batches']:.0f} = "
-            f"{100 * h['rule_batch_detection_rate']:.1f} % | "
-            f"{h['rule_median_detection_delay_h']:.1f} h | "
-            f"{100 * h['hour_false_alarm_rate']:.1f} % |"
-        )
+    side: list[tuple[str, dict[str, float]]] = []
+    for part, title in (
+        ("level", "Level statistic (T² / SPE)"),
+        ("change", "Change statistic"),
+        ("threshold", "Short rule (<= 3 h) with the threshold factor chosen on training"),
+    ):
+        sec = r if part == "level" else r.get(part)
+        if not sec or "held_out" not in sec:
+            continue
+        out += [f"{title}: chosen on the training period **{sec['chosen']}**.", "", *HEADER]
+        val = {v["variant"]: v for v in sec["validation"]}
+        for name, h in sec["held_out"].items():
+            out.append(_row(name, val[name], h, name == sec["chosen"]))
+        out.append("")
+        side.append((f"{part}: {sec['chosen']}", sec["held_out"][sec["chosen"]]))
+    if side:
+        out += [
+            "Side by side (each chosen on the training period):",
+            "",
+            "| statistic | good batches with a confirmed alarm (≤ 5 %) | faulty detected (≥ 90 %) "
+            "| median delay from onset | raw good-hour alarm rate | confirmed good-hour rate "
+            "(< 1 %) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, h in side:
+            out.append(
+                f"| {name} | {100 * h['rule_good_batch_alarm_share']:.1f} % of "
+                f"{h['rule_n_good_batches']:.0f} | {h['rule_n_faulty_detected']:.0f} / "
+                f"{h['rule_n_faulty_batches']:.0f} = {100 * h['rule_batch_detection_rate']:.1f} % "
+                f"| {h['rule_median_detection_delay_h']:.1f} h | "
+                f"{100 * h['hour_false_alarm_rate']:.1f} % | "
+                f"{100 * h.get('rule_good_hour_confirmed_rate', float('nan')):.2f} % |"
+            )
     return out
 
 
@@ -214,8 +461,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--truth", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
+    ap.add_argument("--only", choices=("level", "change", "threshold"), default=None)
+    ap.add_argument(
+        "--scores", type=Path, default=None, help="write the chosen change model's held-out scores"
+    )
     a = ap.parse_args(argv)
-    r = run(a.lake, a.truth, a.units.split(",") if a.units else None)
+    r = run(a.lake, a.truth, a.units.split(",") if a.units else None, a.only, a.scores)
     print("\n".join(markdown(r)))
     if a.json:
         a.json.write_text(json.dumps(r, indent=1, default=str))

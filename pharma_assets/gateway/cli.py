@@ -106,6 +106,13 @@ def gateway(
     seconds: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            help="OPC UA and MQTT sources in N worker processes ('auto': one per core; 0: in "
+            "the gateway process). Overrides the sources YAML's 'workers'."
+        ),
+    ] = None,
 ) -> None:
     """Run the live gateway: protocols -> hot store + API -> landing telemetry, exactly once."""
     from ..errors import ConfigError
@@ -116,6 +123,10 @@ def gateway(
     quiet_libraries()
     try:
         cfg = load_sources(sources)
+        if workers is not None:
+            if workers != "auto" and not workers.isdigit():
+                raise typer.BadParameter(f"--workers takes a number or 'auto', got {workers!r}")
+            cfg = cfg.model_copy(update={"workers": workers if workers == "auto" else int(workers)})
         svc = start_service(cfg)
     except (ConfigError, ValueError, OSError) as e:
         console.print(f"[red]{e}")
@@ -124,7 +135,9 @@ def gateway(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     api = f"http://{cfg.api.host}:{cfg.api.port}" if cfg.api else "off"
     console.print(
-        f"gateway: {len(cfg.sources)} sources, hot store {cfg.hot_store}, API {api}, "
+        f"gateway: {len(cfg.sources)} sources"
+        + (f" ({len(svc.pool.workers)} worker processes)" if svc.pool else "")
+        + f", hot store {cfg.hot_store}, API {api}, "
         f"landing {cfg.landing_dir} (Ctrl-C stops)"
     )
     t0 = time.monotonic()

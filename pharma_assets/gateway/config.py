@@ -62,6 +62,10 @@ class MqttSourceConfig(_Source):
     username: str | None = None
     password_env: str | None = None
     tls: TlsConfig | None = None
+    # Sparkplug edge nodes this source takes (subscribes spBv1.0/<group>/+/<node>/#);
+    # empty: the whole group. Several sources, each with its nodes, spread a large group
+    # over worker processes.
+    edge_nodes: list[str] = Field(default_factory=list)
 
 
 class OpcuaSourceConfig(_Source):
@@ -116,6 +120,9 @@ class AlarmConfig(_Model):
 
     lake_dir: Path  # the lake holding gxp/ (alarm_events, deviations, users, audit trail)
     spec: Path | None = None  # CPP spec YAML (default: the packaged, change-controlled one)
+    # unit id -> that unit's own product spec (its unit class's tags, phases, phase rule and
+    # CPP limits): a dryer judged by its spec, never the default (bioreactor) one
+    unit_specs: dict[str, Path] = Field(default_factory=dict)
     on_delay_s: float = Field(default=5.0, ge=0)
     deadband_frac: float = Field(default=0.02, ge=0, lt=0.5)
     critical_after_s: float | None = Field(default=None, gt=0)  # default: gold's rule
@@ -150,6 +157,11 @@ class GatewayConfig(_Model):
     max_buffer_bytes: int = Field(default=1 << 30, gt=0)
     fsync: bool = False
     api: ApiConfig | None = ApiConfig()
+    # OPC UA and MQTT sources in N worker processes (workers.py); 0: in the gateway
+    # process; "auto": one per core, at most one per source. Recommended above about
+    # 100 OPC UA units (one process cannot decode their notifications: docs/gateway.md).
+    workers: int | Literal["auto"] = Field(default=0)
+    worker_restart_max_delay_s: float = Field(default=30.0, gt=0)
     alarms: AlarmConfig | None = None
     sources: list[SourceConfig] = Field(min_length=1)
 
@@ -159,6 +171,8 @@ class GatewayConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique: {dupes}")
+        if isinstance(self.workers, int) and self.workers < 0:
+            raise ValueError(f"workers must be 0 or more or 'auto', got {self.workers}")
         if not self.hot_store == "memory" and not self.hot_store.startswith("redis"):
             raise ValueError(f"hot_store {self.hot_store!r} is neither 'memory' nor a redis:// URL")
         return self
@@ -221,5 +235,6 @@ __all__ = [
     "ModbusSourceConfig",
     "MqttSourceConfig",
     "OpcuaSourceConfig",
+    "SourceConfig",
     "load_sources",
 ]

@@ -47,6 +47,7 @@ class SourceStats:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     gaps: int = 0  # sequence gaps seen in the protocol (e.g. Sparkplug seq)
     reconnects: int = 0
+    worker_restarts: int = 0  # deaths of the worker process running the source (workers.py)
     last_recv_us: int = 0
     last_error: str = ""
     lag_ms: float = 0.0  # receive minus source time of the last accepted reading
@@ -94,6 +95,13 @@ class Gateway:
         self.alarms: AlarmEngine | None = None  # real-time CPP alarms (alarm_service)
         self._rate_mark: tuple[int, int] = (now_us(), 0)  # (time, accepted) for readings/s
         self.readings_per_s = 0.0
+
+    # a source may acknowledge a message when ``ingest`` returns (workers.WorkerLink: only
+    # once the parent process has it, ``on_persisted``)
+    persists_async = False
+
+    def on_persisted(self, fn: Callable[[], object]) -> None:
+        fn()  # ``ingest`` has returned: the readings are in the disk buffer
 
     def batch_of(self, unit_id: str, at_us: int | None = None) -> str | None:
         """The batch the latest message about ``unit_id`` named (any source that names

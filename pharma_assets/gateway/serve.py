@@ -13,12 +13,17 @@ files, as a real MES exports them; LIMS results are not produced in this mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -277,9 +282,12 @@ def serve_live(
     on_step: Callable[[list[StepOutput]], None] | None = None,
     modbus_address: tuple[str, int] = ("127.0.0.1", 5020),
     opcua_shard_size: int | None = None,
+    shard_processes: bool | None = None,
 ) -> int:
     """Serve the live plant until Ctrl-C (or ``steps`` steps); returns steps served.
-    Which unit goes over which protocol: ``plan_serving``."""
+    Which unit goes over which protocol: ``plan_serving``. ``shard_processes`` (default:
+    when ``opcua_shard_size`` is given) runs each OPC UA shard's server in its own process
+    (``ShardProcess``), fed each step by this one."""
     plan = plan_serving(plant, protocols, opcua_shard_size)
     feed = LiveFeed(plant, recipes, landing, seed, period_s)
     return asyncio.run(
@@ -293,6 +301,7 @@ def serve_live(
             steps,
             on_step,
             modbus_address,
+            opcua_shard_size is not None if shard_processes is None else shard_processes,
         )
     )
 
@@ -307,12 +316,15 @@ async def _serve(
     steps: int | None,
     on_step: Callable[[list[StepOutput]], None] | None,
     modbus_address: tuple[str, int],
+    shard_processes: bool = False,
 ) -> int:
     plant = feed.plant
     site = plant.site.site_id
     node = {t.tag: TagNode(t.tag, t.uom, t.equipment) for t in plant.tags}
-    servers: dict[str, TwinOpcuaServer] = {}  # unit -> its shard's server
+    servers: dict[str, TwinOpcuaServer] = {}  # unit -> its shard's server (in this process)
     shards: list[TwinOpcuaServer] = []
+    procs: list[ShardProcess] = []
+    proc_of: dict[str, int] = {}  # unit -> index in procs
     edge = mb = None
     try:
         if plan.modbus_devices:
@@ -328,13 +340,21 @@ async def _serve(
             for u in units:
                 areas.setdefault(plant.area_of(u), []).append(u)
             ep = shard_endpoint(endpoint, i)
-            srv = TwinOpcuaServer(
-                ep, site, areas, {u: [node[t] for t in plan.tags[(u, "opcua")]] for u in units}
-            )
+            unit_nodes = {u: [node[t] for t in plan.tags[(u, "opcua")]] for u in units}
+            if shard_processes:
+                procs.append(ShardProcess(ep, site, areas, unit_nodes))
+                proc_of.update(dict.fromkeys(units, len(procs) - 1))
+                continue
+            srv = TwinOpcuaServer(ep, site, areas, unit_nodes)
             shards.append(srv)
             await srv.start()
             servers.update(dict.fromkeys(units, srv))
             log.info("OPC UA server at %s: %s", ep, ", ".join(units))
+        for sp in procs:  # start them all, then wait: they build their address spaces at once
+            sp.start()
+        for sp in procs:
+            await sp.ready()
+            log.info("OPC UA server at %s (pid %d): %s", sp.endpoint, sp.pid, ", ".join(sp.units))
         mqtt_units = plan.units_over("mqtt")
         if mqtt_units:
             metrics = {
@@ -354,6 +374,7 @@ async def _serve(
         while steps is None or n < steps:
             now = sim0 + timedelta(seconds=n * period_s)
             outs = feed.step(now)
+            to_procs: list[list[tuple[object, ...]]] = [[] for _ in procs]
             for o in outs:
                 if not o.values:
                     continue
@@ -363,6 +384,9 @@ async def _serve(
                 if u in servers:
                     vals = {t: o.values[t] for t in plan.tags[(u, "opcua")]}
                     await servers[u].write(u, o.ts, vals, o.quality, o.batch_id)
+                elif u in proc_of:
+                    vals = {t: o.values[t] for t in plan.tags[(u, "opcua")]}
+                    to_procs[proc_of[u]].append((u, o.ts, vals, o.quality, o.batch_id))
                 if edge is not None and (u, "mqtt") in plan.tags:
                     vals = {t: o.values[t] for t in plan.tags[(u, "mqtt")]}
                     edge.publish(
@@ -372,6 +396,9 @@ async def _serve(
                         o.batch_id,
                         {t: (192, 64, 0)[q] for t, q in o.quality.items() if t in vals},
                     )
+            for sp, writes in zip(procs, to_procs, strict=True):
+                if writes:
+                    sp.send(writes)
             if on_step:
                 on_step(outs)
             n += 1
@@ -385,9 +412,120 @@ async def _serve(
             edge.stop()
         for srv in shards:
             await srv.stop()
+        for sp in procs:
+            sp.stop()
         if mb is not None:
             await mb.stop()
     return n
+
+
+def _shard_main(
+    conn: Connection,
+    endpoint: str,
+    site: str,
+    areas: dict[str, list[str]],
+    unit_nodes: dict[str, list[TagNode]],
+) -> None:
+    """A shard process: one OPC UA server, written with what the parent sends each step
+    (a list of ``(unit, ts, values, quality, batch_id)``) until it sends None or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the twin's; it stops us
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s shard %(process)d %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        srv = TwinOpcuaServer(endpoint, site, areas, unit_nodes)
+        try:
+            await srv.start()
+        except Exception as e:  # e.g. the port is taken: say so to the parent
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+            return
+        conn.send(("ready",))
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:  # in a thread, so the server keeps serving its clients meanwhile
+                    msg = await loop.run_in_executor(None, conn.recv)
+                except (EOFError, OSError):
+                    break  # the twin went away
+                if msg is None:
+                    break
+                for unit, ts, vals, quality, batch_id in msg:
+                    await srv.write(unit, ts, vals, quality, batch_id)
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+class ShardProcess:
+    """One OPC UA shard's server in its own process (multiprocessing ``spawn``): a single
+    pure-Python asyncua server cannot write 10,000 values/s, and shards in one process
+    share its one core. The twin's simulator clock feeds it through a pipe, one message
+    per step with the shard's units."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        site: str,
+        areas: dict[str, list[str]],
+        unit_nodes: dict[str, list[TagNode]],
+    ) -> None:
+        self.endpoint, self.units = endpoint, list(unit_nodes)
+        self._args = (endpoint, site, areas, unit_nodes)
+        self.proc: Any = None
+        self.conn: Connection | None = None
+        self.pid = 0
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_shard_main,
+            args=(child, *self._args),
+            name=f"opcua-shard-{self.endpoint}",
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.conn, self.pid = parent, self.proc.pid
+
+    async def ready(self, timeout_s: float = 300.0) -> None:
+        """Wait until the server listens (RuntimeError naming the endpoint if it fails)."""
+        assert self.conn is not None
+        t0 = time.monotonic()
+        while not self.conn.poll(0):
+            if not self.proc.is_alive() or time.monotonic() - t0 > timeout_s:
+                raise RuntimeError(
+                    f"OPC UA shard {self.endpoint} did not start (exit {self.proc.exitcode})"
+                )
+            await asyncio.sleep(0.1)
+        try:
+            msg = self.conn.recv()
+        except EOFError:
+            msg = ("error", f"exit {self.proc.exitcode}")
+        if msg[0] != "ready":
+            raise RuntimeError(f"OPC UA shard {self.endpoint} did not start: {msg[1]}")
+
+    def send(self, writes: list[tuple[object, ...]]) -> None:
+        assert self.conn is not None
+        try:
+            self.conn.send(writes)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"OPC UA shard {self.endpoint} (pid {self.pid}) died: {e}") from e
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+        self.proc.join(30)
+        if self.proc.is_alive():
+            log.error("OPC UA shard %s did not stop; terminating it", self.endpoint)
+            self.proc.terminate()
+            self.proc.join(10)
+        if self.conn is not None:
+            self.conn.close()
 
 
 def gateway_sources_for(
@@ -468,6 +606,7 @@ def gateway_sources_for(
 __all__ = [
     "LiveFeed",
     "ServePlan",
+    "ShardProcess",
     "StepOutput",
     "gateway_sources_for",
     "plan_serving",

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..lake.specs import load_spec
@@ -16,9 +17,9 @@ from .coldpath import ColdPath
 from .config import (
     AlarmConfig,
     GatewayConfig,
-    ModbusSourceConfig,
     MqttSourceConfig,
     OpcuaSourceConfig,
+    SourceConfig,
     WebhookConfig,
 )
 from .core import Gateway
@@ -29,6 +30,8 @@ from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import OpcuaSource
 from .protocols.sparkplug import SparkplugHost
 from .records import now_us
+from .unit_phases import ClassPhases, UnitSpecs
+from .workers import WorkerPool, distributable, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class GatewayService:
     cfg: GatewayConfig
     gateway: Gateway
     sources: list[Any] = field(default_factory=list)
+    pool: WorkerPool | None = None  # sources in worker processes (``workers``)
     api_server: Any = None
     api_thread: threading.Thread | None = None
     alarms: AlarmService | None = None
@@ -48,6 +52,7 @@ class GatewayService:
     def health(self) -> dict[str, Any]:
         h = self.gateway.health()
         h["alarms"] = self.alarms.health() if self.alarms is not None else None
+        h["workers"] = self.pool.health() if self.pool is not None else None
         return h
 
     def publish(self) -> None:
@@ -87,6 +92,8 @@ class GatewayService:
         self._stop.set()
         if self._publisher is not None:
             self._publisher.join(10)
+        if self.pool is not None:
+            self.pool.stop()
         for s in self.sources:
             s.stop()
         if self.api_server is not None:
@@ -117,16 +124,81 @@ def start_alarms(ac: AlarmConfig, phases: MesPhases) -> AlarmService:
         max_shelve_s=ac.max_shelve_s,
         **({"critical_after_s": ac.critical_after_s} if ac.critical_after_s else {}),
     )
+    default = load_spec(ac.spec)
+    # each unit judged by its class's spec and phase rule (MES phase events win)
+    specs = UnitSpecs(default, {u: load_spec(p) for u, p in ac.unit_specs.items()})
     return AlarmService(
         Lake.at(ac.lake_dir),
-        load_spec(ac.spec),
-        phases,
+        default,
+        ClassPhases(specs, phases),
         settings,
         notifiers,
         ac.notify_min_priority,
         ac.flush_interval_s,
         ac.open_deviations,
+        unit_specs=specs,
     )
+
+
+def build_source(gw: Gateway, sc: SourceConfig, site_id: str, buffer_dir: Path) -> Any:
+    """Connect one source of the sources YAML to ``gw`` (the gateway, or in a worker
+    process its ``WorkerLink``) and start it."""
+    smap = sc.source_map()
+    if isinstance(sc, MqttSourceConfig):
+        settings = MqttSettings(
+            host=sc.host,
+            port=sc.port,
+            client_id=sc.client_id or f"pharma-gateway-{sc.name}",
+            username=sc.username,
+            password_env=sc.password_env,
+            ca_certs=sc.tls.ca_certs if sc.tls else None,
+            certfile=sc.tls.certfile if sc.tls else None,
+            keyfile=sc.tls.keyfile if sc.tls else None,
+        )
+        host = SparkplugHost(
+            gw,
+            sc.name,
+            smap,
+            settings,
+            sc.group_id,
+            sc.qos,
+            buffer_dir / f"sparkplug-{sc.name}.json",
+            sc.edge_nodes,
+        )
+        host.start(timeout=5)
+        return host
+    if isinstance(sc, OpcuaSourceConfig):
+        pw = os.environ.get(sc.password_env) if sc.password_env else None
+        if sc.password_env and pw is None:
+            raise ValueError(f"source {sc.name}: password variable {sc.password_env!r} is not set")
+        src = OpcuaSource(
+            gw,
+            sc.name,
+            smap,
+            sc.url,
+            sc.site_id or site_id,
+            sc.publishing_interval_ms,
+            sc.watchdog_s,
+            sc.reconnect_max_delay_s,
+            sc.security,
+            sc.username,
+            pw,
+        )
+        src.start_in_thread()
+        return src
+    mb = ModbusSource(
+        gw,
+        sc.name,
+        smap,
+        sc.host,
+        sc.port,
+        sc.devices,
+        load_register_map(sc.register_map),
+        sc.poll_interval_s,
+        sc.timeout_s,
+    )
+    mb.start_in_thread()
+    return mb
 
 
 def start_service(cfg: GatewayConfig) -> GatewayService:
@@ -143,65 +215,17 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
         svc.alarms.engine.sinks.append(
             lambda _ev: hot.set_doc("alarms", gw.alarms.open_alarms() if gw.alarms else [])
         )
+    n_dist = sum(1 for sc in cfg.sources if distributable(sc.kind))
+    n_workers = resolve_workers(cfg.workers, n_dist)
+    remote = [sc for sc in cfg.sources if n_workers and distributable(sc.kind)]
     for sc in cfg.sources:
-        smap = sc.source_map()
-        if isinstance(sc, MqttSourceConfig):
-            settings = MqttSettings(
-                host=sc.host,
-                port=sc.port,
-                client_id=sc.client_id or f"pharma-gateway-{sc.name}",
-                username=sc.username,
-                password_env=sc.password_env,
-                ca_certs=sc.tls.ca_certs if sc.tls else None,
-                certfile=sc.tls.certfile if sc.tls else None,
-                keyfile=sc.tls.keyfile if sc.tls else None,
-            )
-            host = SparkplugHost(
-                gw,
-                sc.name,
-                smap,
-                settings,
-                sc.group_id,
-                sc.qos,
-                cfg.buffer_dir / f"sparkplug-{sc.name}.json",
-            )
-            host.start(timeout=5)
-            svc.sources.append(host)
-        elif isinstance(sc, OpcuaSourceConfig):
-            pw = os.environ.get(sc.password_env) if sc.password_env else None
-            if sc.password_env and pw is None:
-                raise ValueError(
-                    f"source {sc.name}: password variable {sc.password_env!r} is not set"
-                )
-            src = OpcuaSource(
-                gw,
-                sc.name,
-                smap,
-                sc.url,
-                sc.site_id or cfg.site_id,
-                sc.publishing_interval_ms,
-                sc.watchdog_s,
-                sc.reconnect_max_delay_s,
-                sc.security,
-                sc.username,
-                pw,
-            )
-            src.start_in_thread()
-            svc.sources.append(src)
-        elif isinstance(sc, ModbusSourceConfig):
-            mb = ModbusSource(
-                gw,
-                sc.name,
-                smap,
-                sc.host,
-                sc.port,
-                sc.devices,
-                load_register_map(sc.register_map),
-                sc.poll_interval_s,
-                sc.timeout_s,
-            )
-            mb.start_in_thread()
-            svc.sources.append(mb)
+        if sc not in remote:
+            svc.sources.append(build_source(gw, sc, cfg.site_id, cfg.buffer_dir))
+    if remote:
+        svc.pool = WorkerPool(
+            gw, remote, n_workers, cfg.site_id, cfg.buffer_dir, cfg.worker_restart_max_delay_s
+        )
+        svc.pool.start()
     gw.start_flusher(cfg.flush_interval_s, process=cfg.flush_process)
     svc.start_publisher()
     if cfg.api is not None:
@@ -218,12 +242,14 @@ def start_service(cfg: GatewayConfig) -> GatewayService:
         t.start()
         svc.api_server, svc.api_thread = server, t
     log.info(
-        "gateway up: %d sources, hot store %s, landing %s",
-        len(svc.sources),
+        "gateway up: %d sources (%d in %d worker processes), hot store %s, landing %s",
+        len(cfg.sources),
+        len(remote),
+        len(svc.pool.workers) if svc.pool else 0,
         cfg.hot_store,
         cfg.landing_dir,
     )
     return svc
 
 
-__all__ = ["GatewayService", "start_alarms", "start_service"]
+__all__ = ["GatewayService", "build_source", "start_alarms", "start_service"]

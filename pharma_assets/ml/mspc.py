@@ -309,6 +309,13 @@ class RecipeModel:
     spe_limit: np.ndarray  # (K,)
     cv_t2: np.ndarray  # (n, K) out-of-fold T² of the good batches
     cv_spe: np.ndarray  # (n, K) out-of-fold SPE
+    # change statistic (``statistic="change"``; None in models pickled before it existed):
+    # per (hour, tag) the good batches' median and robust sd of the change of a tag from the
+    # batch's own recent baseline, the maturity limit and the out-of-fold values
+    chg_mu: np.ndarray | None = None  # (K, J) raw units
+    chg_sd: np.ndarray | None = None  # (K, J) raw units, floored
+    chg_limit: np.ndarray | None = None  # (K,)
+    cv_chg: np.ndarray | None = None  # (n, K)
 
 
 @dataclass
@@ -328,6 +335,16 @@ class MSPCModel:
     alarm_rule_train: dict[str, float] = field(default_factory=dict)
     step_h: float = 1.0  # maturity grid step (hours); below 1 for short batches
     time_blocked_folds: bool = False  # limits from time-blocked out-of-fold statistics
+    # which statistic raises ``alarm``: "level" (T² or SPE over its limit, the default) or
+    # "change" (the batch's change from its own recent baseline; see ``change_residuals``)
+    statistic: str = "level"
+    change_lag_h: int = 6
+    change_window_h: int = 6
+    change_detrend: bool = False  # baseline = the batch's own recent line, extrapolated
+    change_scale_window_h: int = 3  # the change scale's window (steps spread over hours)
+    # a raw alarm is the statistic over ``alarm_factor`` x its limit; 1 unless chosen with the
+    # rule (``train(max_confirm_samples=...)``: a short rule and a higher threshold)
+    alarm_factor: float = 1.0
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -340,6 +357,12 @@ class MSPCModel:
             "scale_window_h": getattr(self, "scale_window_h", 0),
             "step_h": getattr(self, "step_h", 1.0),
             "time_blocked_folds": getattr(self, "time_blocked_folds", False),
+            "statistic": self.stat(),
+            "change_lag_h": getattr(self, "change_lag_h", 6),
+            "change_window_h": getattr(self, "change_window_h", 6),
+            "change_detrend": getattr(self, "change_detrend", False),
+            "change_scale_window_h": getattr(self, "change_scale_window_h", 3),
+            "alarm_factor": self.factor(),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -352,16 +375,47 @@ class MSPCModel:
             out[f"{r}.mean_components"] = float(np.mean(m.n_comp))
             cv_alarm = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
             out[f"{r}.cv_hour_alarm_rate"] = float(np.nanmean(cv_alarm))
+            if m.cv_chg is not None and m.chg_limit is not None:
+                with _quiet():
+                    ok = np.isfinite(m.cv_chg)
+                    c = (m.cv_chg > m.chg_limit)[ok]
+                out[f"{r}.cv_change_alarm_rate"] = float(np.mean(c)) if c.size else float("nan")
         out.update(getattr(self, "alarm_rule_train", None) or {})
         return out
 
-    def train_alarm_samples(self) -> pl.DataFrame:
+    def change_window(self) -> tuple[int, int, bool]:
+        """(lag, window hours, detrend) of the change statistic's baseline."""
+        return (
+            int(getattr(self, "change_lag_h", 6)),
+            int(getattr(self, "change_window_h", 6)),
+            bool(getattr(self, "change_detrend", False)),
+        )
+
+    def stat(self) -> str:
+        """The statistic that raises ``alarm`` ("level" for models pickled before the option)."""
+        return str(getattr(self, "statistic", "level"))
+
+    def factor(self) -> float:
+        """The multiple of the limits a raw alarm needs (1 for models before the option)."""
+        return float(getattr(self, "alarm_factor", 1.0))
+
+    def train_alarm_samples(
+        self, statistic: str | None = None, factor: float | None = None
+    ) -> pl.DataFrame:
         """Out-of-fold alarms of the good training batches: ``batch_id``, ``hour``, ``alarm``
-        (T² or SPE over its limit at that maturity), what the persistence rule is chosen on."""
+        (the model's statistic, or ``statistic``, over its limit at that maturity), what the
+        persistence rule is chosen on."""
         frames = []
+        stat = statistic or self.stat()
+        f = self.factor() if factor is None else factor
         for m in self.recipes.values():
             with _quiet():
-                a = (m.cv_t2 > m.t2_limit) | (m.cv_spe > m.spe_limit)
+                if stat == "change":
+                    if m.cv_chg is None or m.chg_limit is None:
+                        raise MSPCInputError("this model has no change statistic")
+                    a = m.cv_chg > f * m.chg_limit  # NaN (no baseline yet): never an alarm
+                else:
+                    a = (m.cv_t2 > f * m.t2_limit) | (m.cv_spe > f * m.spe_limit)
             n, k = a.shape
             frames.append(
                 pl.DataFrame(
@@ -407,6 +461,101 @@ def _scale_stats(
     )
     floor = np.maximum(floor, np.array([SD_FLOOR.get(t, 1e-6) for t in tags]))
     return mean, np.maximum(scale_sd, floor[None, :]), raw_sd
+
+
+#: statistics an MSPC model can alarm on (``train(statistic=...)``)
+STATISTICS = ("level", "change")
+#: 1.4826 x MAD is the sd of a normal sample
+MAD_TO_SD = 1.4826
+
+
+def change_residuals(
+    raw: np.ndarray, lag_h: int, window_h: int, detrend: bool = False
+) -> np.ndarray:
+    """Change of each tag from the batch's OWN recent baseline, in raw units.
+
+    ``raw`` is (batches, hours, tags) with NaN where no data. At hour ``k`` the baseline is
+    the batch's mean over hours ``[k - lag_h - window_h + 1, k - lag_h]`` (only hours it
+    has; at least one), so the value is ``raw[k] - baseline``: a batch that differs from
+    the good ones all along (a persistent offset: another media lot, a faster seed train)
+    has a baseline that differs the same way, and the offset cancels; a fault that starts
+    at hour ``k0`` shows as a change for about ``lag_h + window_h / 2`` hours after ``k0``,
+    until the baseline has absorbed it. Causal: nothing after ``k`` is used. NaN before
+    hour ``lag_h`` (no baseline yet) and where the batch has no value."""
+    if lag_h < 1 or window_h < 1:
+        raise MSPCInputError(f"change lag and window must be >= 1 hour, got {lag_h}, {window_h}")
+    n, k_hours, j = raw.shape
+    ok = np.isfinite(raw)
+    cs = np.concatenate([np.zeros((n, 1, j)), np.cumsum(np.where(ok, raw, 0.0), axis=1)], axis=1)
+    cc = np.concatenate([np.zeros((n, 1, j)), np.cumsum(ok, axis=1)], axis=1)
+    ks = np.arange(k_hours)
+    hi = np.clip(ks - lag_h + 1, 0, None)  # exclusive end of the baseline window
+    lo = np.clip(hi - window_h, 0, None)
+    cnt = cc[:, hi] - cc[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base = np.where(cnt > 0, (cs[:, hi] - cs[:, lo]) / np.maximum(cnt, 1), np.nan)
+        if detrend:
+            # the batch's own recent line extrapolated to hour k (least squares over the
+            # baseline hours; with fewer than 2 hours: the mean): a batch growing faster
+            # than the others has steeper trajectories all along, which cancel too
+            t = np.broadcast_to(np.arange(k_hours, dtype=float)[None, :, None], raw.shape)
+            st = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t, 0.0), axis=1)], axis=1
+            )
+            stt = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t * t, 0.0), axis=1)], axis=1
+            )
+            sty = np.concatenate(
+                [np.zeros((n, 1, j)), np.cumsum(np.where(ok, t * raw, 0.0), axis=1)], axis=1
+            )
+            c = np.maximum(cnt, 1)
+            tm = (st[:, hi] - st[:, lo]) / c
+            var_t = (stt[:, hi] - stt[:, lo]) / c - tm * tm
+            cov = (sty[:, hi] - sty[:, lo]) / c - tm * base
+            slope = np.where((cnt >= 2) & (var_t > 1e-9), cov / np.where(var_t > 1e-9, var_t, 1), 0)
+            base = base + slope * (ks[None, :, None] - tm)
+    return raw - base
+
+
+def _change_scale(d: np.ndarray, floor: np.ndarray, window_h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median and robust sd (1.4826 x MAD) of the good batches' changes per (hour, tag); the
+    sd is the largest within ``± window_h`` hours (steps do not come at the same clock hour
+    in every good batch, as for the level scale), floored at the tag's sensor-sized floor.
+    Robust, because "good" batches hold faults the plant does not know about (a feed pump
+    stopped for hours in a right-first-time batch)."""
+    with _quiet():
+        mu = np.nanmedian(d, axis=0)
+        mad = MAD_TO_SD * np.nanmedian(np.abs(d - mu[None]), axis=0)
+    mu = np.where(np.isfinite(mu), mu, 0.0)
+    mad = np.where(np.isfinite(mad), mad, 0.0)
+    if window_h > 0:
+        k_hours = mad.shape[0]
+        pad = np.pad(mad, ((window_h, window_h), (0, 0)), constant_values=0.0)
+        mad = np.max(np.stack([pad[i : i + k_hours] for i in range(2 * window_h + 1)]), axis=0)
+    return mu, np.maximum(mad, floor[None, :])
+
+
+def _change_stat(d: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(statistic (n, K), squared standardised changes (n, K, J)): the statistic is the sum
+    over tags of ((change - median) / robust sd)²; NaN where no tag has a change."""
+    z2 = ((d - mu[None]) / sd[None]) ** 2
+    with _quiet():
+        q = np.nansum(z2, axis=2)
+    q[~np.any(np.isfinite(z2), axis=2)] = np.nan
+    return q, np.nan_to_num(z2, nan=0.0)
+
+
+def _sd_floor(raw: np.ndarray, tags: Sequence[str]) -> np.ndarray:
+    """Smallest scaling sd per tag: 5 % of its overall sd, 0.1 % of its magnitude, or the
+    sensor-sized ``SD_FLOOR``, whichever is largest."""
+    with np.errstate(invalid="ignore"), _quiet():
+        tag_sd = np.nanstd(raw.reshape(-1, raw.shape[2]), axis=0)
+        tag_mag = np.nanmean(np.abs(raw.reshape(-1, raw.shape[2])), axis=0)
+    floor = np.maximum(
+        0.05 * np.where(np.isfinite(tag_sd), tag_sd, 0.0),
+        1e-3 * np.where(np.isfinite(tag_mag), tag_mag, 0.0),
+    )
+    return np.maximum(floor, np.array([SD_FLOOR.get(t, 1e-6) for t in tags]))
 
 
 def _quiet() -> warnings.catch_warnings:  # type: ignore[type-arg]
@@ -542,6 +691,10 @@ def _fit_recipe(
     pool_h: int,
     scale_window_h: int,
     time_blocked_folds: bool = False,
+    change_lag_h: int = 6,
+    change_window_h: int = 6,
+    change_detrend: bool = False,
+    change_scale_window_h: int = 3,
 ) -> RecipeModel:
     from scipy import stats
 
@@ -581,10 +734,29 @@ def _fit_recipe(
         spe_lim[k] = _chi2_limit(cv_spe[:, lo:hi].ravel(), alpha)
     with _quiet():
         n_obs = np.sum(np.isfinite(raw), axis=0)
+    # change statistic: the same folds; no PCA, so each fold only needs the others' median
+    # and robust sd of the changes
+    d = change_residuals(raw, change_lag_h, change_window_h, change_detrend)
+    floor = _sd_floor(raw, tags)
+    chg_mu, chg_sd = _change_scale(d, floor, change_scale_window_h)
+    cv_chg = np.full((n, k_hours), np.nan)
+    for f in np.unique(folds):
+        tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
+        if tr.size < 3:
+            continue
+        mu_f, sd_f = _change_scale(d[tr], floor, change_scale_window_h)
+        cv_chg[te] = _change_stat(d[te], mu_f, sd_f)[0]
+    chg_lim = np.full(k_hours, np.nan)
+    for k in range(k_hours):
+        lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
+        v = cv_chg[:, lo:hi].ravel()
+        if np.isfinite(cv_chg[:, k]).any() and np.isfinite(v).sum() >= 2:
+            chg_lim[k] = _chi2_limit(v, alpha)
     # hours where no good batch has any reading have nothing to compare with: no limit
     empty = n_obs.sum(axis=1) == 0
     t2_lim[empty] = np.nan
     spe_lim[empty] = np.nan
+    chg_lim[empty] = np.nan
     return RecipeModel(
         recipe_id=recipe_id,
         tags=tags,
@@ -603,6 +775,10 @@ def _fit_recipe(
         spe_limit=spe_lim,
         cv_t2=cv_t2,
         cv_spe=cv_spe,
+        chg_mu=chg_mu,
+        chg_sd=chg_sd,
+        chg_limit=chg_lim,
+        cv_chg=cv_chg,
     )
 
 
@@ -633,6 +809,12 @@ def train(
     max_batches: int = 150,
     scale_window_h: int = 3,
     time_blocked_folds: bool = False,
+    statistic: str = "level",
+    change_lag_h: int = 6,
+    change_window_h: int = 6,
+    change_detrend: bool = False,
+    change_scale_window_h: int = 3,
+    max_confirm_samples: int | None = None,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -649,7 +831,21 @@ def train(
     ``time_blocked_folds``: the out-of-fold folds are contiguous blocks of start time
     instead of every ``n_folds``-th batch, so the limits see how batches score against a
     model of other periods (drift between periods widens them; docs/models.md, MSPC).
+    ``statistic``: what raises ``alarm`` and what the persistence rule is chosen on:
+    ``"level"`` (T² or SPE over its limit) or ``"change"`` (the sum over tags of the squared
+    robust z-score of each tag's change from the batch's own baseline ``change_lag_h`` ..
+    ``change_lag_h + change_window_h - 1`` hours earlier: a fault is an onset, a good batch
+    that is merely different has a persistent offset, which cancels; ``change_residuals``).
+    Both statistics are always fitted and both are in ``monitor``'s output.
+    ``max_confirm_samples``: choose a threshold instead of a long persistence rule: the
+    smallest factor of ``ALARM_FACTORS`` (a raw alarm = the statistic over factor x its
+    limit) under which some rule of at most this many samples keeps the good training
+    batches' out-of-fold share with a confirmed alarm <= 5 %, with the least persistent
+    such rule (``choose_factor_and_rule``). Faults are large and sudden, good batches'
+    excursions moderate and long: a short rule on a higher threshold separates them.
     """
+    if statistic not in STATISTICS:
+        raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if not 0.5 < alpha < 1.0:
         raise MSPCInputError(f"alpha must be in (0.5, 1), got {alpha}")
     if scale_window_h < 0:
@@ -699,6 +895,10 @@ def train(
                 pool_h,
                 scale_window_h,
                 time_blocked_folds,
+                change_lag_h,
+                change_window_h,
+                change_detrend,
+                change_scale_window_h,
             )
     if not models:
         raise MSPCInputError(
@@ -715,10 +915,67 @@ def train(
         scale_window_h,
         step_h=step_hours(hourly) if _is_hourly(hourly) else 1.0,
         time_blocked_folds=time_blocked_folds,
+        statistic=statistic,
+        change_lag_h=change_lag_h,
+        change_window_h=change_window_h,
+        change_detrend=change_detrend,
+        change_scale_window_h=change_scale_window_h,
     )
-    choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    if max_confirm_samples is None:
+        choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    else:
+        model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
+    if max_confirm_samples is not None:  # the threshold, and whether it met the target
+        model.alarm_rule_train |= {
+            "alarm_factor": model.alarm_factor,
+            "alarm_rule_met": float(choice.met),
+        }
     return model
+
+
+#: threshold factors tried by ``choose_factor_and_rule``, smallest first
+ALARM_FACTORS = (
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    8.0,
+    12.0,
+    16.0,
+    24.0,
+    32.0,
+    48.0,
+    64.0,
+    96.0,
+    128.0,
+    192.0,
+    256.0,
+    384.0,
+    512.0,
+    1024.0,
+)
+
+
+def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[float, Any]:
+    """(factor, RuleChoice): the smallest ``ALARM_FACTORS`` entry under which a persistence
+    rule of at most ``max_confirm_samples`` samples keeps the good training batches'
+    out-of-fold share with a confirmed alarm within the target; that rule. If no factor
+    does, the largest factor with its best rule (``met`` False). Training data only."""
+    if max_confirm_samples < 1:
+        raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
+    from .alarm_rules import K_CANDIDATES
+
+    ks = [k for k in K_CANDIDATES if k <= max_confirm_samples]
+    choice = None
+    for f in ALARM_FACTORS:
+        choice = choose_rule(model.train_alarm_samples(factor=f), "hour", sample="hour", ks=ks)
+        if choice.met:
+            return f, choice
+    assert choice is not None
+    return ALARM_FACTORS[-1], choice
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -777,13 +1034,19 @@ def monitor(
 ) -> pl.DataFrame:
     """One row per batch per complete elapsed hour (up to the recipe's horizon): the
     ``gold/mspc_scores`` columns, plus ``recipe_id`` and hidden ``_t2_contrib`` /
-    ``_spe_contrib`` JSON for ``alarms``. ``top_contributors`` uses the SPE shares when
+    ``_spe_contrib`` / ``_chg_contrib`` JSON for ``alarms``. Both statistics are scored:
+    ``level_alarm`` (T² or SPE over its limit), ``change_alarm`` (``chg`` over
+    ``chg_limit``; null for models trained before the change statistic); ``alarm`` is the
+    one of the model's ``statistic``. ``top_contributors`` uses, for ``"change"``, the
+    shares of the squared standardised changes; for ``"level"``, the SPE shares when
     SPE/limit >= T²/limit, else the T² shares. Batches whose recipe has no model are
     skipped."""
     rmap = _recipe_map(batches)
     tags = next(iter(model.recipes.values())).tags
     hourly = timeline if _is_hourly(timeline) else hourly_means(timeline, tags)
     now = scored_at or datetime.now(UTC)
+    on_change = model.stat() == "change"
+    fac = model.factor()
     rows: list[dict[str, Any]] = []
     for bid in sorted(set(hourly["batch_id"].to_list())):
         m = model.recipes.get(rmap.get(bid, ""))
@@ -799,6 +1062,11 @@ def monitor(
         with threadpool_limits(limits=1, user_api="blas"):
             t2, spe, c_t2, c_spe = _project(m.x, m.w, m.lam, y, k_max)
         s_t2, s_spe = _shares(c_t2), _shares(c_spe)
+        has_chg = m.chg_mu is not None and m.chg_sd is not None and m.chg_limit is not None
+        if has_chg:
+            d = change_residuals(raw[None], *model.change_window())
+            q, z2 = _change_stat(d, m.chg_mu, m.chg_sd)  # type: ignore[arg-type]
+            chg, s_chg = q[0], _shares(z2[0])
         unit = hb["unit_id"][0]
         has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
         for k in range(k_max):
@@ -809,8 +1077,17 @@ def monitor(
             t2_l, spe_l = _finite(m.t2_limit[k]), _finite(m.spe_limit[k])
             r_t2 = t2_k / t2_l if t2_k is not None and t2_l else None
             r_spe = spe_k / spe_l if spe_k is not None and spe_l else None
+            chg_k = _finite(chg[k]) if has_chg and has_data[k] else None
+            chg_l = _finite(m.chg_limit[k]) if has_chg else None  # type: ignore[index]
+            r_chg = chg_k / chg_l if chg_k is not None and chg_l else None
+            level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
+            chg_alarm = bool((r_chg or 0.0) > fac)
             top = None
-            if r_t2 is not None or r_spe is not None:
+            if on_change:
+                if r_chg is not None:
+                    use = s_chg[k]
+                    top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
+            elif r_t2 is not None or r_spe is not None:
                 use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
                 top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
             rows.append(
@@ -823,10 +1100,15 @@ def monitor(
                     "t2_limit": t2_l,
                     "spe": spe_k,
                     "spe_limit": spe_l,
-                    "alarm": bool((r_t2 or 0.0) > 1.0 or (r_spe or 0.0) > 1.0),
+                    "chg": chg_k,
+                    "chg_limit": chg_l,
+                    "level_alarm": level_alarm,
+                    "change_alarm": chg_alarm,
+                    "alarm": chg_alarm if on_change else level_alarm,
                     "top_contributors": top,
                     "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
                     "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
+                    "_chg_contrib": _contrib_json(m.tags, s_chg[k]) if chg_k is not None else None,
                 }
             )
     schema = {
@@ -838,10 +1120,15 @@ def monitor(
         "t2_limit": pl.Float64,
         "spe": pl.Float64,
         "spe_limit": pl.Float64,
+        "chg": pl.Float64,
+        "chg_limit": pl.Float64,
+        "level_alarm": pl.Boolean,
+        "change_alarm": pl.Boolean,
         "alarm": pl.Boolean,
         "top_contributors": pl.String,
         "_t2_contrib": pl.String,
         "_spe_contrib": pl.String,
+        "_chg_contrib": pl.String,
     }
     return pl.DataFrame(rows, schema=schema).with_columns(
         model_name=pl.lit(model_name),
@@ -855,9 +1142,11 @@ def scores_table(monitored: pl.DataFrame) -> pl.DataFrame:
     return monitored.select([c for c in monitored.columns if not c.startswith("_")])
 
 
-def alarms(monitored: pl.DataFrame) -> pl.DataFrame:
+def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.0) -> pl.DataFrame:
     """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
-    per-tag contribution shares of that statistic as JSON."""
+    per-tag contribution shares of that statistic as JSON. ``statistic`` (the model's
+    ``stat()``): ``"level"`` gives T² and SPE rows, ``"change"`` the change rows; beyond =
+    over ``factor`` (the model's ``factor()``) times the limit, as ``alarm``."""
     for c in ("_t2_contrib", "_spe_contrib"):
         if c not in monitored.columns:
             raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
@@ -866,7 +1155,7 @@ def alarms(monitored: pl.DataFrame) -> pl.DataFrame:
     def beyond(stat: str) -> pl.Expr:
         # polars orders NaN above +inf, so NaN > inf is true there: require finite values
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_finite() & lim.is_finite() & (v > lim)).fill_null(False)
+        return (v.is_finite() & lim.is_finite() & (v > factor * lim)).fill_null(False)
 
     t2 = monitored.filter(beyond("t2")).select(
         *keys,
@@ -882,6 +1171,17 @@ def alarms(monitored: pl.DataFrame) -> pl.DataFrame:
         limit=pl.col("spe_limit"),
         contributions=pl.col("_spe_contrib"),
     )
+    if statistic == "change":
+        if "_chg_contrib" not in monitored.columns:
+            raise MSPCInputError("alarms(statistic='change') needs the monitor() output")
+        chg = monitored.filter(beyond("chg")).select(
+            *keys,
+            statistic=pl.lit("change"),
+            value=pl.col("chg"),
+            limit=pl.col("chg_limit"),
+            contributions=pl.col("_chg_contrib"),
+        )
+        return chg.sort("batch_id", "elapsed_h", "statistic")
     return pl.concat([t2, spe]).sort("batch_id", "elapsed_h", "statistic")
 
 

@@ -177,11 +177,16 @@ def test_serve_plan_follows_the_plant_yaml(tmp_path: Path) -> None:
     assert set(plain.tags[("BR01", "modbus")]) == set(UTILITY_TAGS)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 def test_mixed_plant_every_unit_reaches_hot_store_and_landing_with_batch_ids(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, workers: int
 ) -> None:
-    """OPC UA (two shards), Sparkplug B on Mosquitto and a Modbus skid, one plant; the
-    gateway built from the sources the serve plan gives (as make demo does)."""
+    """OPC UA (two shards, each server in its own process), Sparkplug B on Mosquitto and a
+    Modbus skid, one plant; the gateway built from the sources the serve plan gives (as
+    make demo does), its OPC UA and MQTT sources in the gateway process or (workers=2) in
+    two worker processes."""
+    import multiprocessing
+
     import polars as pl
 
     from pharma_assets.gateway.config import GatewayConfig
@@ -206,6 +211,7 @@ def test_mixed_plant_every_unit_reaches_hot_store_and_landing_with_batch_ids(
             "buffer_dir": str(tmp_path / "buf"),
             "flush_interval_s": 0.5,
             "api": None,
+            "workers": workers,
             "sources": sources,
         }
     )
@@ -237,6 +243,22 @@ def test_mixed_plant_every_unit_reaches_hot_store_and_landing_with_batch_ids(
             120,
             "every tag of every unit in the hot store",
         )
+        children = [p.name for p in multiprocessing.active_children()]
+        assert sorted(n for n in children if n.startswith("opcua-shard-")) == [
+            f"opcua-shard-opc.tcp://127.0.0.1:{opc_port + i}/twin" for i in range(2)
+        ]
+        if workers:
+            assert svc.pool is not None
+            assert sorted(n for n in children if n.startswith("gateway-worker-")) == [
+                "gateway-worker-0",
+                "gateway-worker-1",
+            ]
+            assert [sorted(s) for s in svc.pool.health()["sources"]] == [
+                ["twin-mqtt", "twin-opcua-0"],
+                ["twin-opcua-1"],
+            ]
+        else:
+            assert svc.pool is None
         t.join(300)
         assert not t.is_alive(), "serve_live did not finish"
         assert served == [steps]

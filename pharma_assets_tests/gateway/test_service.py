@@ -203,11 +203,15 @@ def test_gateway_process_serves_api_and_lands_mqtt_and_opcua(
     assert df.select("unit_id", "tag", "ts").is_duplicated().sum() == 0
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
 def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, workers: str
 ) -> None:
-    cfg = _sources(tmp_path, mosquitto.port, free_port())
-    start = [*CLI, "gateway", "--sources", str(cfg)]
+    """Also with the MQTT source in a worker process (``--workers 1``): the SIGKILLed
+    gateway's worker exits with it, and what it had not handed over is redelivered."""
+    api_port = free_port()
+    cfg = _sources(tmp_path, mosquitto.port, api_port)
+    start = [*CLI, "gateway", "--sources", str(cfg), "--workers", workers]
 
     def launch() -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -222,8 +226,15 @@ def test_gateway_sigkill_mid_stream_with_mqtt_nothing_lost_nothing_twice(
         "twin",
         {f"BR{u:02d}": METRICS for u in range(1, 4)},
     )
-    wait_for(lambda: (tmp_path / "buf" / "wal").exists(), 60, "gateway up")
-    time.sleep(1.0)  # its persistent session is registered with the broker
+
+    def subscribed() -> bool:  # its persistent session is registered with the broker
+        try:
+            h = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=1).json()
+        except httpx.HTTPError:
+            return False
+        return bool(h["sources"].get("mqtt1", {}).get("connected"))
+
+    wait_for(subscribed, 60, "gateway up and subscribed")
     edge.start()
     steps = 300
     t0 = int(time.time() * 1000) - steps * 1000 - 5000

@@ -77,16 +77,35 @@ def cont(plant: PlantB):
     return model, feats, train_ids, held
 
 
-@pytest.fixture(scope="module")
-def mspc_model(plant: PlantB):
+def _mspc_model(plant: PlantB, statistic: str, max_confirm_samples: int | None = None):
     good = M.good_batches(plant.batch_summary)
     starts = plant.batches.filter(pl.col("batch_id").is_in(good)).sort("start_ts")
     train_ids = sorted(starts["batch_id"].head(6).to_list())
     held = sorted(set(plant.batches["batch_id"].to_list()) - set(train_ids))
     model = M.train(
-        plant.timeline.filter(pl.col("batch_id").is_in(train_ids)), plant.batches, train_ids
+        plant.timeline.filter(pl.col("batch_id").is_in(train_ids)),
+        plant.batches,
+        train_ids,
+        statistic=statistic,
+        max_confirm_samples=max_confirm_samples,
     )
     return model, train_ids, held
+
+
+@pytest.fixture(scope="module")
+def mspc_model(plant: PlantB):
+    return _mspc_model(plant, "level")
+
+
+@pytest.fixture(scope="module")
+def mspc_change_model(plant: PlantB):
+    return _mspc_model(plant, "change")
+
+
+@pytest.fixture(scope="module")
+def mspc_threshold_model(plant: PlantB):
+    """Change statistic, a rule of at most 3 hours and a threshold factor chosen with it."""
+    return _mspc_model(plant, "change", max_confirm_samples=3)
 
 
 def test_rules_chosen_on_training_period_only(plant: PlantB, cont, mspc_model) -> None:
@@ -182,10 +201,13 @@ def test_contamination_rule_figures_recomputed_from_stored_scores(
     assert {d.batch_id for d in devs if d.source == "contamination"} == conf_batches
 
 
+@pytest.mark.parametrize("which", ["mspc_model", "mspc_change_model", "mspc_threshold_model"])
 def test_mspc_rule_figures_recomputed_from_stored_scores(
-    plant: PlantB, mspc_model, tmp_path: Path
+    plant: PlantB, which: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    model, _, held = mspc_model
+    """Level (T²/SPE) and change statistic alike: the figures from the stored
+    gold/mspc_scores rows, recomputed with plain Python."""
+    model, _, held = request.getfixturevalue(which)
     mon = M.monitor(model, plant.timeline.filter(pl.col("batch_id").is_in(held)), plant.batches)
     lake = Lake.at(tmp_path / "lake")
     lake.overwrite("gold", "mspc_scores", R.confirm_mspc(model, M.scores_table(mon)))
@@ -209,6 +231,19 @@ def test_mspc_rule_figures_recomputed_from_stored_scores(
     for key, v in plain.items():
         assert ev[f"rule_{key}"] == pytest.approx(v, nan_ok=True), key
     assert ev["rule_alarm_rule_k"] == rule.k
+    assert plain["n_faulty_batches"] >= 1
+    # the stored alarm is the model's statistic over its stored limit
+    f = model.factor()
+    if model.stat() == "change":
+        want = (pl.col("chg") > f * pl.col("chg_limit")).fill_null(False)
+    else:
+        want = (
+            (pl.col("t2") > f * pl.col("t2_limit")) | (pl.col("spe") > f * pl.col("spe_limit"))
+        ).fill_null(False)
+    assert stored.select((pl.col("alarm") == want).all()).item()
+    # and the stored confirmed flag is the rule applied to the stored raw alarms
+    for _, g in stored.sort("batch_id", "elapsed_h").group_by("batch_id"):
+        assert g["confirmed_alarm"].to_list() == rule.confirmed(g["alarm"].to_list())
 
 
 def test_shuffled_onsets_detect_no_better_than_chance(plant: PlantB, cont) -> None:

@@ -248,7 +248,7 @@ def mspc_tables(
     confirmed = scores.select("batch_id", "elapsed_h", confirmed=pl.col("confirmed_alarm"))
     tables = {
         "mspc_scores": scores,
-        "mspc_alarms": mspc.alarms(detail).join(
+        "mspc_alarms": mspc.alarms(detail, model.stat(), model.factor()).join(
             confirmed, on=["batch_id", "elapsed_h"], how="left"
         ),
         "golden_batch": mspc.envelope(model, version),

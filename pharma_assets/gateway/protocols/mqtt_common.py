@@ -25,13 +25,17 @@ class MqttSettings:
     keepalive: int = 30
 
 
-def make_client(s: MqttSettings, client_id: str, clean_session: bool) -> mqtt.Client:
-    """A paho client with credentials, TLS and 1-30 s reconnect backoff applied."""
+def make_client(
+    s: MqttSettings, client_id: str, clean_session: bool, manual_ack: bool = False
+) -> mqtt.Client:
+    """A paho client with credentials, TLS and 1-30 s reconnect backoff applied
+    (``manual_ack``: QoS 1 messages are acknowledged by ``client.ack``, not on return)."""
     c = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,
         protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
     if s.username is not None:
         pw = os.environ.get(s.password_env) if s.password_env else None

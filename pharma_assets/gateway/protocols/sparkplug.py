@@ -24,6 +24,7 @@ Payloads are the Sparkplug B protobuf (``sparkplug_b_pb2``, compiled from
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -255,7 +256,9 @@ class SparkplugHost:
         group: str,
         qos: int = 1,
         state_path: Path | None = None,
+        edge_nodes: Sequence[str] = (),
     ) -> None:
+        self.edge_nodes = tuple(edge_nodes)
         self.gw, self.name, self.smap, self.s, self.group, self.qos = (
             gateway,
             name,
@@ -274,7 +277,12 @@ class SparkplugHost:
         self._journal_lines = 0
         if state_path is not None:
             self._load_state(state_path)
-        self.client = make_client(settings, settings.client_id or f"pharma-gateway-{name}", False)
+        # in a worker process (workers.py) the gateway persists a message after this client
+        # has handed it over: acknowledge it only then (``WorkerLink.on_persisted``)
+        self.async_ack = bool(getattr(gateway, "persists_async", False)) and qos == 1
+        self.client = make_client(
+            settings, settings.client_id or f"pharma-gateway-{name}", False, self.async_ack
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -304,7 +312,10 @@ class SparkplugHost:
             self.stats.last_error = f"connect refused: {rc}"
             log.error("source %s: MQTT connect refused: %s", self.name, rc)
             return
-        client.subscribe(f"{NS}/{self.group}/#", qos=self.qos)
+        if self.edge_nodes:  # this source takes these edge nodes of the group only
+            client.subscribe([(f"{NS}/{self.group}/+/{n}/#", self.qos) for n in self.edge_nodes])
+        else:
+            client.subscribe(f"{NS}/{self.group}/#", qos=self.qos)
         self.stats.connected = True
         self._connected.set()
         log.info("source %s: connected to %s:%s", self.name, self.s.host, self.s.port)
@@ -396,6 +407,8 @@ class SparkplugHost:
         except Exception as e:  # a bug or a full disk must not stop the network thread
             self.stats.last_error = f"{type(e).__name__} handling {msg.topic}: {e}"
             log.exception("source %s: error handling %s", self.name, msg.topic)
+        if self.async_ack and msg.qos == 1:
+            self.gw.on_persisted(functools.partial(self.client.ack, msg.mid, 1))
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
