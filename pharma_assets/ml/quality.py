@@ -488,6 +488,25 @@ FORECAST_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def r2_bootstrap_ci(
+    pred: pl.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the held-out R² (batches resampled with
+    replacement) from stored predictions (``y_true``, ``predicted``)."""
+    y = pred["y_true"].to_numpy().astype(float)
+    p = pred["predicted"].to_numpy().astype(float)
+    if len(y) < 3:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yb, pb = y[idx], p[idx]
+    ss_tot = ((yb - yb.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    ok = ss_tot > 0
+    r2 = 1.0 - ((yb - pb) ** 2).sum(axis=1)[ok] / ss_tot[ok]
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(r2, a)), float(np.quantile(r2, 1.0 - a))
+
+
 def assay_noise_ceiling(pred: pl.DataFrame, truth: pl.DataFrame, target: str) -> dict[str, float]:
     """The best R² any model can reach on these held-out batches: the R² of the measured
     target (``pred.y_true``, the release assay) predicted by the simulator's TRUE value
