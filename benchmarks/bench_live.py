@@ -233,7 +233,7 @@ def bench_alarms(units: int = 20, crossings: int = 20, every_s: float = 3.0) -> 
 # ------------------------------------------------------------------ fan-out
 
 
-def ingest_role(prefix: str, units: int, seconds: float) -> None:
+def ingest_role(prefix: str, units: int, seconds: float, hz: float = 1.0) -> None:
     from pharma_assets.gateway.hotstore import RedisHotStore
     from pharma_assets.gateway.records import Reading, now_us
 
@@ -253,7 +253,7 @@ def ingest_role(prefix: str, units: int, seconds: float) -> None:
             ]
         )
         k += 1
-        t_next += 1.0
+        t_next += 1.0 / hz
         time.sleep(max(0.0, t_next - time.monotonic()))
 
 
@@ -300,10 +300,20 @@ CPP_VIEW = "tags=" + ",".join(f"tag{j:02d}" for j in range(6))  # as the Live pa
 
 
 def bench_fanout(
-    clients: int, procs: int, units: int = 10, seconds: float = 30.0, per_unit: bool = False
+    clients: int,
+    procs: int,
+    units: int = 10,
+    seconds: float = 30.0,
+    per_unit: bool = False,
+    hz: float = 1.0,
+    client: str = "python",
 ) -> dict[str, Any]:
     """``per_unit``: client i watches unit i % units (``/ws/live?unit=U``), else every unit's
-    6 CPPs as the Live page's grid (``/ws/live?tags=...``)."""
+    6 CPPs as the Live page's grid (``/ws/live?tags=...``). ``hz``: how often every tag
+    changes (the API snapshots every 0.2 s, so up to 5 messages per client per second).
+    ``client``: "python" (``websockets``, at most 250 connections per process) or "node"
+    (Node's built-in WebSocket, ``benchmarks/ws_clients.mjs``, at most 1,000 per process:
+    far cheaper per message, so the fan-out process is what runs out of CPU first)."""
     from benchmarks.bench_gateway import _proc_cpu_s, _proc_wait_s
 
     prefix = f"pharma:bench:{uuid.uuid4().hex[:8]}"
@@ -325,6 +335,8 @@ def bench_fanout(
                 str(units),
                 "--seconds",
                 str(seconds + 90),
+                "--hz",
+                str(hz),
             ],
             env=env,
         )
@@ -362,31 +374,39 @@ def bench_fanout(
             ]
         else:
             urls = [f"ws://127.0.0.1:{p}/ws/live?{CPP_VIEW}" for p in ports]
-        n_cp = max(1, (clients + 249) // 250)  # client processes of at most 250 connections
+        per_proc = 1000 if client == "node" else 250
+        n_cp = max(1, (clients + per_proc - 1) // per_proc)
         outs = [tmp / f"c{i}.json" for i in range(n_cp)]
         cps = []
         for i in range(n_cp):
             n = clients // n_cp + (1 if i < clients % n_cp else 0)
-            cps.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.bench_live",
-                        "--role",
-                        "client",
-                        "--urls",
-                        "|".join(urls),
-                        "--n",
-                        str(n),
-                        "--seconds",
-                        str(seconds),
-                        "--out",
-                        str(outs[i]),
-                    ],
-                    env=env,
-                )
-            )
+            if client == "node":
+                cmd = [
+                    "node",
+                    "--experimental-websocket",
+                    str(Path(__file__).with_name("ws_clients.mjs")),
+                    "|".join(urls),
+                    str(n),
+                    str(seconds),
+                    str(outs[i]),
+                ]
+            else:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_live",
+                    "--role",
+                    "client",
+                    "--urls",
+                    "|".join(urls),
+                    "--n",
+                    str(n),
+                    "--seconds",
+                    str(seconds),
+                    "--out",
+                    str(outs[i]),
+                ]
+            cps.append(subprocess.Popen(cmd, env=env))
         for c in cps:
             c.wait(seconds + 180)
         wall = time.monotonic() - t0
@@ -412,6 +432,10 @@ def bench_fanout(
             "fanout_wait_pct": 100 * sum(waited) / wall,
             "cpu_ms_per_client_s": 1000 * sum(cpu) / (clients * wall),
             "units": units,
+            "hz": hz,
+            "client": client,
+            # the busiest fan-out process: a single event loop cannot use more than one core
+            "max_proc_cpu_pct": 100 * max(cpu) / wall,
             "messages": len(lat),
             "msgs_per_client_s": len(lat) / max(1, clients) / seconds,
             "errors": errors,
@@ -449,41 +473,81 @@ def markdown(alarm: dict[str, Any] | None, fan: list[dict[str, Any]]) -> str:
         ]
     if fan:
         lines += [
-            "| WebSocket clients | fan-out processes | view | units x tags | messages with "
-            "values | msgs per client per s | bytes per msg | errors | p50 ms | p99 ms | fan-out "
-            "CPU % of a core (all processes) | fan-out waited for a CPU % | fan-out CPU ms per "
-            "client per s | load avg (start / end) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| WebSocket clients | client | fan-out processes | view | units x tags | tag updates per s "
+            "| messages with values | msgs per client per s | bytes per msg | errors | p50 ms | "
+            "p99 ms | fan-out CPU % of a core (all processes) | busiest fan-out process CPU % "
+            "| fan-out waited for a CPU % | fan-out CPU ms per client per s | load avg (start / "
+            "end) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in fan:
             lines.append(
-                f"| {r['clients']} | {r['procs']} | {r['view']} | {r['units']} x 20 | "
-                f"{r['messages']:,} | {r['msgs_per_client_s']:.2f} | {r['bytes_per_msg']:,.0f} | "
+                f"| {r['clients']} | {r.get('client', 'python')} | {r['procs']} | {r['view']} | {r['units']} x 20 | "
+                f"{r['hz']:g} | {r['messages']:,} | {r['msgs_per_client_s']:.2f} | {r['bytes_per_msg']:,.0f} | "
                 f"{r['errors']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                f"{r['fanout_cpu_pct']:.0f} | {r['fanout_wait_pct']:.0f} | "
+                f"{r['fanout_cpu_pct']:.0f} | {r['max_proc_cpu_pct']:.0f} | "
+                f"{r['fanout_wait_pct']:.0f} | "
                 f"{r['cpu_ms_per_client_s']:.2f} | {r['load']} |"
             )
     return "\n".join(lines)
 
 
-FANOUT_PLAN = [  # (clients, fan-out processes, per-unit view)
-    (50, 1, False),
-    (500, 1, False),
-    (500, 2, False),
-    (500, 1, True),
-    (1000, 1, False),
-    (1000, 2, False),
+FANOUT_PLAN = [  # (clients, fan-out processes, per-unit view, tag updates per s)
+    (50, 1, False, 1.0),
+    (500, 1, False, 1.0),
+    (500, 2, False, 1.0),
+    (500, 1, True, 1.0),
+    (1000, 1, False, 1.0),
+    (1000, 2, False, 1.0),
+]
+# Does adding processes scale it? At 1 update/s one process is far from busy (8 % of a core
+# for 1,000 clients), so a second one cannot show anything. Here every tag changes 5 times
+# a second (5 messages per client per second, the API's snapshot rate) so that one process'
+# event loop saturates its core; the same clients on two processes sharing Redis.
+SCALE_PLAN = [
+    (1000, 1, False, 5.0),
+    (1000, 2, False, 5.0),
+    (2000, 1, False, 5.0),
+    (2000, 2, False, 5.0),
 ]
 
 
-def main(only: str | None = None, seconds: float = 30.0) -> str:
+def parse_plan(text: str) -> list[tuple[int, int, bool, float]]:
+    """``"2000x1@5,2000x2@5"``: clients x processes @ tag updates per second."""
+    plan = []
+    for item in text.split(","):
+        try:
+            cp, hz = item.split("@") if "@" in item else (item, "1")
+            c, n = cp.split("x")
+            plan.append((int(c), int(n), False, float(hz)))
+        except ValueError:
+            raise SystemExit(f"--plan: cannot read {item!r} (want CLIENTSxPROCS@HZ)") from None
+    return plan
+
+
+def main(
+    only: str | None = None, seconds: float = 30.0, plan: str = "", client: str = "python"
+) -> str:
     alarm = bench_alarms() if only in (None, "alarms") else None
     if alarm:
         print(json.dumps(alarm), flush=True)
     fan = []
-    if only in (None, "fanout"):
-        for clients, procs, per_unit in FANOUT_PLAN:
-            r = bench_fanout(clients, procs, seconds=seconds, per_unit=per_unit)
+    rows = (
+        parse_plan(plan)
+        if plan
+        else (FANOUT_PLAN if only in (None, "fanout") else [])
+        + (SCALE_PLAN if only in (None, "scale") else [])
+    )
+    if rows:
+        for clients, procs, per_unit, hz in rows:
+            r = bench_fanout(
+                clients,
+                procs,
+                seconds=seconds,
+                per_unit=per_unit,
+                hz=hz,
+                client="node" if (client == "node" or (only == "scale" and not plan)) else client,
+            )
             print(json.dumps(r), flush=True)
             fan.append(r)
     return markdown(alarm, fan)
@@ -492,18 +556,21 @@ def main(only: str | None = None, seconds: float = 30.0) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--role", choices=["ingest", "client"])
-    ap.add_argument("--only", choices=["alarms", "fanout"])
+    ap.add_argument("--only", choices=["alarms", "fanout", "scale"])
+    ap.add_argument("--plan", default="", help="e.g. 2000x1@5,2000x2@5 (clients x procs @ Hz)")
     ap.add_argument("--prefix", default="pharma:bench")
     ap.add_argument("--units", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--hz", type=float, default=1.0)
+    ap.add_argument("--client", choices=["python", "node"], default="python")
     ap.add_argument("--urls", default="")
     ap.add_argument("--n", type=int, default=1)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.role == "ingest":
-        ingest_role(a.prefix, a.units, a.seconds)
+        ingest_role(a.prefix, a.units, a.seconds, a.hz)
     elif a.role == "client":
         assert a.out is not None
         client_role(a.urls.split("|"), a.n, a.seconds, a.out)
     else:
-        print(main(a.only, a.seconds))
+        print(main(a.only, a.seconds, a.plan, a.client))

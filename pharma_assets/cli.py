@@ -169,6 +169,16 @@ def simulate(
         f"{len(res.plan.labels)} labelled faults; {len(res.plan.maintenance)} maintenance records\n"
         f"  landing zone: {res.landing.resolve()}\n  ground truth: {res.ground_truth.resolve()}"
     )
+    now = datetime.now(UTC)
+    ahead = [b for b in res.plan.batches if b.end > now]
+    if ahead:  # silver quarantines readings dated after the wall clock (issue 15)
+        latest = max(b.end for b in ahead)
+        console.print(
+            f"[yellow]warning:[/] {len(ahead)} of {len(res.plan.batches)} batches run past now "
+            f"(the last ends {latest:%Y-%m-%d %H:%M} UTC): silver quarantines telemetry dated "
+            "in the future while their MES and LIMS records reach gold; start the history "
+            "earlier (--start) or leave --start out to end it before today"
+        )
 
 
 def _live_start(text: str | None) -> datetime | None:

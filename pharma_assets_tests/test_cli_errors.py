@@ -269,3 +269,26 @@ def test_train_on_a_lake_without_tables_is_one_line(run, tmp_path: Path) -> None
     assert r.exit_code == 2
     _one_line_naming(r, f"lake {lake} has no table silver/batches: run `pharma-twin pipeline`")
     assert list(lake.iterdir()) == []
+
+
+def test_simulate_warns_when_the_history_runs_into_the_future(run, tmp_path: Path) -> None:
+    """An explicit --start that puts batches past the wall clock: the files are written (a
+    plant may be simulated ahead on purpose) but the CLI says what silver will do with them."""
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%MZ")
+    r = run("simulate", "--batches", "2", "--units", "1", "--start", soon, "--out", "landing")
+    assert r.exit_code == 0, r.output
+    assert "2 of 2 batches run past now" in " ".join(r.output.split())
+    past = run(
+        "simulate",
+        "--batches",
+        "1",
+        "--units",
+        "1",
+        "--start",
+        "2025-01-05T00:00Z",
+        "--out",
+        "landing2",
+    )
+    assert past.exit_code == 0 and "run past now" not in past.output

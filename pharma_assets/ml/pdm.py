@@ -459,8 +459,9 @@ def train_pdm(
         if len(y) == 0 or y.sum() == 0 or y.sum() == len(y):
             n_fail = failures.filter(pl.col("equipment_type") == etype).height
             notes.append(
-                f"{etype}: no failures in the training period ({n_fail} CMMS failures in "
-                f"all, {len(y)} training rows); base rate used"
+                f"{etype}: no failures in the training period ({n_fail} CMMS "
+                f"failure{'' if n_fail == 1 else 's'} in all, {len(y)} training rows); "
+                "base rate used"
             )
             thresholds[etype] = 1.0
             continue
