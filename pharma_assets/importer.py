@@ -90,6 +90,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .process.site_tags import declare_site_tags
+from .process.timestamps import ParsedTimes, check_format, parse_timestamps
 from .process.vocabulary import CANONICAL_TAGS
 from .twin.landing import QUALITY_CODES, chunk_path, write_telemetry_chunk
 
@@ -247,6 +248,7 @@ class ColumnMap(_Model):
     batch_start: str | None = Field(default=None, min_length=1)
     tag: str | None = Field(default=None, min_length=1)
     value: str | None = Field(default=None, min_length=1)
+    timezone: str | None = Field(default=None, min_length=1)  # IANA zone of each row
 
     @model_validator(mode="after")
     def _distinct(self) -> ColumnMap:
@@ -258,7 +260,7 @@ class ColumnMap(_Model):
 
     def id_fields(self, layout: str) -> dict[str, str]:
         """Role -> source column for the non-tag columns used by ``layout``."""
-        roles = ["timestamp", "batch_id", "unit_id", "site_id", "batch_start"]
+        roles = ["timestamp", "batch_id", "unit_id", "site_id", "batch_start", "timezone"]
         if layout == "long":
             roles += ["tag", "value"]
         return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
@@ -271,7 +273,18 @@ class TagMap(_Model):
     columns: ColumnMap
     default_unit_id: str | None = Field(default=None, min_length=1)
     timezone: str = "UTC"
+    # how timestamps are written (``process/timestamps.py``): a strptime format, epoch_s,
+    # epoch_ms, epoch_us or excel; None: ISO 8601 or a known historian format
+    timestamp_format: str | None = None
+    # a naive local time that happened twice at a DST change: reject the row (default),
+    # or read it as the earliest / latest of the two (counted in the report)
+    dst_ambiguous: Literal["reject", "earliest", "latest"] = "reject"
     tags: dict[str, TagMapping] = Field(min_length=1)
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _format(cls, v: str | None) -> str | None:
+        return check_format(v)
 
     @field_validator("timezone")
     @classmethod
@@ -352,6 +365,20 @@ class ImportReport:
     future_readings: int = 0  # dated after now + FUTURE_TOLERANCE (quarantined by silver)
     latest_ts: datetime | None = None
     site_tags: list[str] = field(default_factory=list)  # declared: kept in their unit by silver
+    # rows whose timestamp could not be read (reason -> rows), written to rejects_file
+    rejected_rows: dict[str, int] = field(default_factory=dict)
+    rejects_file: Path | None = None
+    timestamp_format: str = ""  # what the timestamps were read as
+    dst_resolved: int = 0  # ambiguous local times read by the mapping's dst_ambiguous
+    rows_imported: int = 0  # rows whose readings were written (or are bad values)
+
+    @property
+    def reconciles(self) -> bool:
+        """rows read = rows imported + rows rejected (timestamp) + rows skipped (unmapped
+        tag names)."""
+        return self.rows_read == (
+            self.rows_imported + sum(self.rejected_rows.values()) + self.skipped_rows
+        )
 
     def summary(self) -> str:
         """Multi-line human-readable summary naming unmapped columns and bad values."""
@@ -372,6 +399,23 @@ class ImportReport:
             lines.append("  unmapped columns: none")
         if self.skipped_rows:
             lines.append(f"  rows skipped (unmapped tag names): {self.skipped_rows}")
+        if self.timestamp_format:
+            lines.append(f"  timestamps read as: {self.timestamp_format}")
+        if self.dst_resolved:
+            lines.append(
+                f"  ambiguous local times (DST fold) read by dst_ambiguous: {self.dst_resolved}"
+            )
+        if self.rejected_rows:
+            lines.append(
+                f"  rows NOT imported, timestamp rejected ({sum(self.rejected_rows.values())}, "
+                f"listed in {self.rejects_file}):"
+            )
+            lines += [f"    {n} x {r}" for r, n in sorted(self.rejected_rows.items())]
+        lines.append(
+            f"  rows: {self.rows_read} read = {self.rows_imported} imported + "
+            f"{sum(self.rejected_rows.values())} rejected + {self.skipped_rows} skipped"
+            + ("" if self.reconciles else "  (DOES NOT RECONCILE)")
+        )
         if self.missing_tags:
             lines.append("  mapped tags absent from the file: " + ", ".join(self.missing_tags))
         if self.site_tags:
@@ -393,6 +437,12 @@ class ImportReport:
             )
         if self.missing_tags:
             out.append(f"{src}: mapped tags absent from the file: {', '.join(self.missing_tags)}")
+        if self.rejected_rows:
+            out.append(
+                f"{src}: {sum(self.rejected_rows.values())} row(s) NOT imported, their timestamp "
+                f"could not be read ({'; '.join(sorted(self.rejected_rows))}); see "
+                f"{self.rejects_file}"
+            )
         if self.future_readings and self.latest_ts is not None:
             out.append(
                 f"{src}: {self.future_readings} reading(s) dated in the future (latest "
@@ -497,34 +547,72 @@ def _looks_numeric(s: pl.Series) -> bool:
     return present.str.strip_chars().cast(pl.Float64, strict=False).null_count() == 0
 
 
-def _timestamps_us(df: pl.DataFrame, tm: TagMap, src: Path) -> np.ndarray:
-    """Reading times as int64 microseconds since the epoch, UTC; any failure is an error."""
+def _timestamps(df: pl.DataFrame, tm: TagMap, src: Path) -> ParsedTimes:
+    """Reading times as int64 µs since the epoch, UTC, with a reason for each row that has
+    none (``process.timestamps``); numbers are hours since ``columns.batch_start`` unless
+    ``timestamp_format`` says they are epoch or Excel times."""
     col = tm.columns.timestamp
     s = df[col]
-    if _looks_numeric(s):
+    zones: str | list[str] = tm.timezone
+    if tm.columns.timezone is not None:
+        zs = text_column(df[tm.columns.timezone], src, "timezone")
+        bad = sorted({z for z in zs.unique().to_list() if not _known_zone(z)})
+        if bad:
+            raise ValueError(f"{src}: unknown time zone(s) {bad} in column {tm.columns.timezone!r}")
+        zones = zs.to_list()
+    if tm.timestamp_format is None and _looks_numeric(s):
         if tm.columns.batch_start is None:
             raise ValueError(
                 f"{src}: timestamps in column {col!r} are numbers; to read them as hours since "
-                "batch start set columns.batch_start in the tag map"
+                "batch start set columns.batch_start in the tag map, or declare "
+                "timestamp_format: epoch_s, epoch_ms or excel"
             )
         hours = s.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-        start = instants_us(df[tm.columns.batch_start], tm.zone)
-        if start.null_count():
-            rows = np.flatnonzero(start.is_null().to_numpy())
+        start = parse_timestamps(df[tm.columns.batch_start], zones, None, tm.dst_ambiguous)
+        if not start.ok.all():
+            rows = np.flatnonzero(~start.ok)
             raise ValueError(
                 f"{src}: unparseable batch start in column {tm.columns.batch_start!r} "
-                f"({row_examples(rows, df[tm.columns.batch_start])})"
+                f"({row_examples(rows, df[tm.columns.batch_start])}: "
+                f"{start.reason[int(rows[0])]})"
             )
-        ts = start + (hours * _US_PER_HOUR).round(0).cast(pl.Int64)
-    else:
-        ts = instants_us(s, tm.zone)
-    if ts.null_count():
-        rows = np.flatnonzero(ts.is_null().to_numpy())
-        raise ValueError(
-            f"{src}: {len(rows)} timestamp(s) in column {col!r} are empty or not ISO 8601 "
-            f"({row_examples(rows, s)})"
+        us = start.us + (hours * _US_PER_HOUR).round(0).fill_null(0).cast(pl.Int64).to_numpy()
+        reason = [
+            None if h is not None else "empty or non-numeric hours since batch start" for h in hours
+        ]
+        return ParsedTimes(us, reason, "hours since batch start", start.dst_resolved)
+    return parse_timestamps(s, zones, tm.timestamp_format, tm.dst_ambiguous)
+
+
+def _known_zone(z: str) -> bool:
+    try:
+        ZoneInfo(z)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def write_rejects(
+    out: Path, src: Path, df: pl.DataFrame, parsed: ParsedTimes, what: str = "telemetry"
+) -> Path | None:
+    """The rows whose timestamp was rejected, as read (every column as text) with their
+    1-based data row and the reason: ``<out>/import_rejects/<what>_<file>_<now>.csv``."""
+    bad = np.flatnonzero(~parsed.ok)
+    if not len(bad):
+        return None
+    rows = (
+        df[bad.tolist()]
+        .select(pl.all().cast(pl.String))
+        .with_columns(
+            pl.Series("source_row", (bad + 1).tolist(), dtype=pl.Int64),
+            pl.Series("reject_reason", [parsed.reason[int(i)] for i in bad], dtype=pl.String),
         )
-    return ts.to_numpy().astype(np.int64)
+    )
+    folder = out / "import_rejects"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{what}_{src.stem}_{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.csv"
+    rows.select("source_row", "reject_reason", *df.columns).write_csv(path)
+    return path
 
 
 # ---------------------------------------------------------------- import
@@ -563,7 +651,7 @@ def _frame(
     )
 
 
-def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
+def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path, ts: np.ndarray) -> pl.DataFrame:
     c = tm.columns
     n = df.height
     site = id_column(df[c.site_id], src, "site_id") if c.site_id else pl.Series([tm.site_id] * n)
@@ -576,7 +664,7 @@ def _id_frame(df: pl.DataFrame, tm: TagMap, src: Path) -> pl.DataFrame:
     # plant and the CLI write them: "br01" and "BR01" must not become two units
     return pl.DataFrame(
         {
-            "ts": pl.Series(_timestamps_us(df, tm, src), dtype=pl.Int64),
+            "ts": pl.Series(ts, dtype=pl.Int64),
             "site_id": site.cast(pl.String),
             "unit_id": unit.cast(pl.String).str.to_uppercase(),
             "batch_id": id_column(df[c.batch_id], src, "batch_id").str.to_uppercase(),
@@ -620,6 +708,13 @@ def import_file(
     parts: list[pl.DataFrame] = []
     rows_read = df.height
     skipped = 0
+    # rows whose timestamp cannot be read are set aside with the reason (import_rejects/)
+    parsed = _timestamps(df, tm, src)
+    all_rows, ok = df, parsed.ok
+    ts_all = parsed.us
+    if not ok.all():
+        df = df.filter(pl.Series(ok))
+    ts_ok = ts_all[ok]
 
     if layout == "wide":
         unmapped = [c for c in df.columns if c not in id_cols and c not in tm.tags]
@@ -629,7 +724,7 @@ def import_file(
             raise ValueError(
                 f"{src}: none of the tag map's source tags {list(tm.tags)} is a column"
             )
-        ids = _id_frame(df, tm, src)
+        ids = _id_frame(df, tm, src, ts_ok)
         for source in present:
             m = tm.tags[source]
             vals, bad = parse_numbers(df[source])
@@ -647,7 +742,7 @@ def import_file(
         mapped = names.is_in(list(tm.tags)).to_numpy()
         skipped = int((~mapped).sum())
         df, names = df.filter(pl.Series(mapped)), names.filter(pl.Series(mapped))
-        ids = _id_frame(df, tm, src)
+        ids = _id_frame(df, tm, src, ts_ok[mapped])
         vals, bad = parse_numbers(df[tm.columns.value])
         tag_idx = np.zeros(df.height, dtype=np.int32)
         name_arr = names.to_numpy()
@@ -697,8 +792,20 @@ def import_file(
         layout=layout,
         missing_tags=missing,
         skipped_rows=skipped,
+        rejected_rows=dict(parsed.by_reason),
+        timestamp_format=parsed.format,
+        dst_resolved=parsed.dst_resolved,
+        rows_imported=df.height,
     )
+    if parsed.by_reason:
+        log.warning(
+            "%s: %d row(s) NOT imported, timestamp rejected: %s",
+            src,
+            sum(parsed.by_reason.values()),
+            parsed.by_reason,
+        )
     if readings.is_empty():
+        report.rejects_file = write_rejects(root, src, all_rows, parsed)
         return report
 
     key = ["site_id", "unit_id", "batch_id", "ts", "tag_idx"]
@@ -739,6 +846,7 @@ def import_file(
             report.bad_values,
         )
 
+    report.rejects_file = write_rejects(root, src, all_rows, parsed)
     readings = readings.with_columns((pl.col("ts") // _US_PER_DAY).alias("day")).sort(key)
     next_seq: dict[Path, int] = {}
     for chunk in readings.partition_by(

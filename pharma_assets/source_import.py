@@ -38,7 +38,6 @@ from .importer import (
     FUTURE_TOLERANCE,
     M,
     id_column,
-    instants_us,
     load_mapping,
     parse_numbers,
     read_table,
@@ -46,6 +45,7 @@ from .importer import (
     text_column,
     unit_conversion,
 )
+from .process.timestamps import DstPolicy, check_format, parse_timestamps
 from .process.vocabulary import PHASES
 from .twin.landing import chunk_path, write_jsonl, write_lims_csv
 
@@ -95,8 +95,13 @@ class _SourceMap(_Model):
     site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_]+$")
     default_unit_id: str | None = Field(default=None, min_length=1)
     timezone: str = "UTC"
+    # as in the telemetry tag map (``process/timestamps.py``): a strptime format, epoch_s,
+    # epoch_ms, epoch_us or excel; and how a naive time in a DST fold is read
+    timestamp_format: str | None = None
+    dst_ambiguous: Literal["reject", "earliest", "latest"] = "reject"
 
     _zone = field_validator("timezone")(_zone)
+    _format = field_validator("timestamp_format")(check_format)
 
     def _need(self, unit_col: str | None, site_col: str | None = None) -> None:
         if unit_col is None and self.default_unit_id is None:
@@ -323,35 +328,33 @@ def _instants(
     src: Path,
     *,
     optional: bool = False,
+    fmt: str | None = None,
+    dst: DstPolicy = "reject",
 ) -> pl.Series:
-    """Times of ``col`` as Int64 µs since the epoch (UTC). Naive times are read in the row's
-    zone (``zone_col``) or ``zone``; an unparseable non-empty time is an error, an empty one
-    is null when ``optional`` and an error otherwise."""
+    """Times of ``col`` as Int64 µs since the epoch (UTC), read by ``process.timestamps``
+    (ISO 8601, a historian format, or ``fmt``). Naive times are read in the row's zone
+    (``zone_col``) or ``zone``; a time that cannot be read (garbled, a DST gap, a DST fold
+    unless ``dst`` says which) is an error naming the rows and the reason; an empty one is
+    null when ``optional`` and an error otherwise."""
     s = df[col]
-    if zone_col is None:
-        out = instants_us(s, ZoneInfo(zone))
-    else:
-        zones = text_column(df[zone_col], src, "timezone")
-        bad = [z for z in zones.unique().to_list() if _try_zone(z) is None]
+    zones: str | list[str] = zone
+    if zone_col is not None:
+        zs = text_column(df[zone_col], src, "timezone")
+        bad = [z for z in zs.unique().to_list() if _try_zone(z) is None]
         if bad:
             raise ValueError(f"{src}: unknown time zone(s) {bad} in column {zone_col!r}")
-        parts = []
-        idx = pl.Series("i", np.arange(df.height))
-        for z in zones.unique().to_list():
-            sel = (zones == z).to_numpy()
-            parts.append(
-                pl.DataFrame({"i": idx.filter(sel), "t": instants_us(s.filter(sel), ZoneInfo(z))})
-            )
-        out = pl.concat(parts).sort("i")["t"]
-    present = s.cast(pl.String).str.strip_chars().fill_null("") != ""
-    failed = out.is_null() & (present if optional else pl.Series([True] * len(s)))
+        zones = zs.to_list()
+    parsed = parse_timestamps(s, zones, fmt, dst)
+    empty = np.array([r == "empty timestamp" for r in parsed.reason], dtype=bool)
+    failed = ~parsed.ok & ~(empty & optional)
     if failed.any():
-        rows = np.flatnonzero(failed.to_numpy())
+        rows = np.flatnonzero(failed)
+        reasons = sorted({str(parsed.reason[int(r)]) for r in rows})
         raise ValueError(
-            f"{src}: {len(rows)} time(s) in column {col!r} are "
-            f"{'not ISO 8601' if optional else 'empty or not ISO 8601'} ({row_examples(rows, s)})"
+            f"{src}: {len(rows)} time(s) in column {col!r} cannot be read "
+            f"({row_examples(rows, s)}): {'; '.join(reasons)}"
         )
-    return out
+    return pl.Series(col, parsed.us, dtype=pl.Int64).scatter(np.flatnonzero(empty), None)
 
 
 def _try_zone(z: str) -> ZoneInfo | None:
@@ -420,15 +423,49 @@ def import_mes(
         raise ValueError(f"{src}: batch id(s) listed more than once: {sorted(dupes)[:5]}")
     unit = _col_or(df, c.unit_id, mm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, mm.site_id, src, "site_id")
-    start = _instants(df, c.start, mm.timezone, c.timezone, src)
-    end = _instants(df, c.end, mm.timezone, c.timezone, src, optional=True) if c.end else None
+    start = _instants(
+        df, c.start, mm.timezone, c.timezone, src, fmt=mm.timestamp_format, dst=mm.dst_ambiguous
+    )
+    end = (
+        _instants(
+            df,
+            c.end,
+            mm.timezone,
+            c.timezone,
+            src,
+            optional=True,
+            fmt=mm.timestamp_format,
+            dst=mm.dst_ambiguous,
+        )
+        if c.end
+        else None
+    )
     planned = (
-        _instants(df, c.planned_end, mm.timezone, c.timezone, src, optional=True)
+        _instants(
+            df,
+            c.planned_end,
+            mm.timezone,
+            c.timezone,
+            src,
+            optional=True,
+            fmt=mm.timestamp_format,
+            dst=mm.dst_ambiguous,
+        )
         if c.planned_end
         else None
     )
     phase_ts = {
-        col: _instants(df, col, mm.timezone, c.timezone, src, optional=True) for col in mm.phases
+        col: _instants(
+            df,
+            col,
+            mm.timezone,
+            c.timezone,
+            src,
+            optional=True,
+            fmt=mm.timestamp_format,
+            dst=mm.dst_ambiguous,
+        )
+        for col in mm.phases
     }
     status = _opt_text(df, c.status)
     reasons, recipes, products = (
@@ -675,7 +712,9 @@ def import_lims(
     batch = id_column(df[c.batch_id], src, "batch_id").str.to_uppercase()
     unit = _col_or(df, c.unit_id, lm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, lm.site_id, src, "site_id")
-    ts = _instants(df, c.sample_ts, lm.timezone, c.timezone, src)
+    ts = _instants(
+        df, c.sample_ts, lm.timezone, c.timezone, src, fmt=lm.timestamp_format, dst=lm.dst_ambiguous
+    )
     stype_raw = _opt_text(df, c.sample_type)
     sample_ids = _opt_text(df, c.sample_id)
     base = pl.DataFrame(
@@ -822,7 +861,9 @@ def import_cmms(
     rep.unmapped_columns = _unmapped(df, c.model_dump().values())
     unit = _col_or(df, c.unit_id, cm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, cm.site_id, src, "site_id")
-    ts = _instants(df, c.event_ts, cm.timezone, c.timezone, src)
+    ts = _instants(
+        df, c.event_ts, cm.timezone, c.timezone, src, fmt=cm.timestamp_format, dst=cm.dst_ambiguous
+    )
     equip = text_column(df[c.equipment_id], src, "equipment_id").str.to_uppercase()
     etype = text_column(df[c.event_type], src, "event_type")
     wo, part, desc = (

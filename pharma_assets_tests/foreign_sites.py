@@ -714,3 +714,186 @@ def pump_dryer_site(
         },
     )
     return PumpHistory(site, cmms, cmap, failures)
+
+
+#: a batch vacuum dryer (API wet cake): phases by shelf-temperature crossings
+VACUUM_DRYER_CLASS: dict[str, Any] = {
+    "unit_class": "batch_vacuum_dryer",
+    "description": "Batch vacuum shelf dryer (API wet cake)",
+    "phases": ["loading", "drying", "cooling"],
+    "tags": {
+        "shelf_temp_c": {"uom": "degC", "group": "process"},
+        "product_temp_c": {"uom": "degC", "group": "process"},
+        "chamber_pressure_mbar": {"uom": "mbar", "group": "process"},
+        "condenser_temp_c": {"uom": "degC", "group": "process"},
+    },
+    "cell_culture": False,
+    "capabilities": ["cpp_contracts", "excursions", "mspc", "golden_batch", "quality_models"],
+    "phase_rule": {
+        "kind": "tag_crossing",
+        "first_phase": "loading",
+        "crossings": [
+            {"phase": "drying", "tag": "shelf_temp_c", "above": 45},
+            {"phase": "cooling", "tag": "shelf_temp_c", "below": 40},
+        ],
+    },
+}
+
+
+@dataclass
+class DryerRecipes:
+    site: Site
+    spec: Path
+    settings: pl.DataFrame  # per batch: shelf setpoint, hold minutes, vacuum, initial moisture
+    lod: dict[str, float]  # released loss on drying (%), as in the LIMS export
+
+
+def moisture_dryer_site(folder: Path, n_batches: int = 64, seed: int = 21) -> DryerRecipes:
+    """A batch vacuum dryer whose product moisture at release follows drying physics: every
+    batch is dried at its own shelf temperature (50-70 °C), hold time (90-240 min) and
+    vacuum (20-150 mbar), from a wet cake of varying initial moisture (12 ± 0.8 %, not
+    measured); the moisture falls as ``M_eq + (M0 - M_eq) exp(-k t)`` with a rate ``k`` that
+    grows with temperature (Arrhenius-like, x1.57 per +10 °C) and with a deeper vacuum
+    (``(50 / P)^0.35``), integrated over the product temperature minute by minute (the
+    product lags the shelf). Loss on drying is assayed with 0.12 % (absolute) noise. Tags
+    in the site's own names and units (°F, Pa), UTC times, a batch column, no MES; LIMS
+    wide. Its spec: shelf and product temperature are CPPs, no release limit is binding."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, lims, sets = [], [], []
+    ids = [f"VD{i + 1:03d}" for i in range(n_batches)]
+    lod: dict[str, float] = {}
+    t0 = datetime(2025, 5, 5, 6, tzinfo=UTC)
+    f = 1 - np.exp(-2.0 / 20.0)  # product temperature: first-order lag of the shelf (τ 20 min)
+    for i, b in enumerate(ids):
+        t_set = float(rng.uniform(50, 70))
+        hold = int(rng.integers(45, 121)) * 2
+        p_set = float(rng.uniform(20, 150))
+        m0 = float(rng.normal(12.0, 0.8))
+        load = int(rng.integers(8, 13)) * 2
+        ramp_end = load + 30
+        cool = ramp_end + hold
+        dur = cool + 30
+        m = np.arange(0, dur + 1, 2)
+        shelf = 22 + (t_set - 22) * np.clip((m - load) / 30, 0, 1)
+        shelf = np.where(m >= cool, t_set - (t_set - 25) * np.clip((m - cool) / 30, 0, 1), shelf)
+        shelf = shelf + rng.normal(0, 0.25, m.size)
+        prod = np.empty(m.size)
+        prod[0] = 20.0
+        for k in range(1, m.size):
+            prod[k] = prod[k - 1] + (shelf[k] - prod[k - 1]) * f
+        press = np.where(m < load, 1013.0, p_set + (1013.0 - p_set) * np.exp(-(m - load) / 3.0))
+        press = np.where(m >= dur - 6, 1013.0, press) * (1 + rng.normal(0, 0.003, m.size))
+        cond = -45 + rng.normal(0, 0.3, m.size)
+        # drying: the rate follows the product temperature and the vacuum, minute by minute
+        under_vac = (m >= load) & (m < dur - 6)
+        rate = 0.012 * np.exp(0.045 * (prod - 60.0)) * (50.0 / p_set) ** 0.35 * under_vac
+        moist = 0.3 + (m0 - 0.3) * np.exp(-np.sum(rate[1:] * np.diff(m)))
+        value = float(moist + rng.normal(0, 0.12))
+        lod[b] = round(value, 3)
+        start = t0 + timedelta(hours=8 * i)
+        sets.append(
+            {
+                "batch_id": b,
+                "shelf_set_c": t_set,
+                "hold_min": hold,
+                "vacuum_mbar": p_set,
+                "m0_pct": m0,
+                "moisture_true_pct": moist,
+            }
+        )
+        prod = prod + rng.normal(0, 0.2, m.size)
+        for k in range(m.size):
+            rows.append(
+                {
+                    "Lot": b,
+                    "Time": (start + timedelta(minutes=int(m[k]))).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "TIC-110": round(shelf[k] * 9 / 5 + 32, 3),
+                    "TI-120": round(prod[k] * 9 / 5 + 32, 3),
+                    "PI-130": round(press[k] * 100, 1),
+                    "TI-140": round(cond[k], 2),
+                }
+            )
+        lims.append(
+            {
+                "Lot": b,
+                "Sampled": (start + timedelta(minutes=dur + 45)).isoformat(),
+                "LOD_pct": lod[b],
+            }
+        )
+    tele = folder / "vd_historian.csv"
+    pl.DataFrame(rows).write_csv(tele)
+    lab = folder / "vd_lims.csv"
+    pl.DataFrame(lims).write_csv(lab)
+    tag_map = _yaml(
+        folder / "tag_map.yaml",
+        {
+            "site_id": "VDSITE",
+            "default_unit_id": "VD1",
+            "columns": {"timestamp": "Time", "batch_id": "Lot"},
+            "tags": {
+                "TIC-110": {"tag": "shelf_temp_c", "from_uom": "degF", "uom": "degC"},
+                "TI-120": {"tag": "product_temp_c", "from_uom": "degF", "uom": "degC"},
+                "PI-130": {"tag": "chamber_pressure_mbar", "from_uom": "Pa", "uom": "mbar"},
+                "TI-140": {"tag": "condenser_temp_c", "from_uom": "degC", "uom": "degC"},
+            },
+        },
+    )
+    lims_map = _yaml(
+        folder / "lims_map.yaml",
+        {
+            "site_id": "VDSITE",
+            "default_unit_id": "VD1",
+            "layout": "wide",
+            "default_sample_type": "release",
+            "columns": {"batch_id": "Lot", "sample_ts": "Sampled"},
+            "analytes": {"LOD_pct": {"analyte": "loss_on_drying_pct", "from_uom": "%", "uom": "%"}},
+        },
+    )
+    (folder / "batch_vacuum_dryer.yaml").write_text(
+        yaml.safe_dump(VACUUM_DRYER_CLASS, sort_keys=False)
+    )
+    spec = {
+        "version": 1,
+        "effective_from": "2025-05-01",
+        "product": "API-9",
+        "unit_class": "batch_vacuum_dryer.yaml",
+        "change_log": [{"version": 1, "date": "2025-05-01", "by": "vd-pe", "reason": "API-9"}],
+        "settle_minutes": 6,
+        "future_tolerance_minutes": 60,
+        "batch_window_grace_minutes": 5,
+        "right_first_time": {"required_assays": "reported", "max_major_excursions": 0},
+        "cpk_phases": ["drying"],
+        "tags": {
+            "shelf_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-60, 150],
+                "nor": [15, 72],
+                "par": [10, 75],
+                "phases": {"drying": {"target": 60, "nor": [48, 72], "par": [45, 75]}},
+            },
+            "product_temp_c": {
+                "uom": "degC",
+                "cpp": True,
+                "physical": [-60, 150],
+                "nor": [10, 72],
+                "par": [5, 75],
+            },
+            "chamber_pressure_mbar": {"uom": "mbar", "physical": [0, 1100]},
+            "condenser_temp_c": {"uom": "degC", "physical": [-90, 40]},
+        },
+        "unit_conversions": {},
+        "lab": {
+            "in_process": {},
+            "release": {
+                "loss_on_drying_pct": {"uom": "%", "physical": [0, 100], "spec": [None, 15.0]}
+            },
+        },
+    }
+    spec_path = folder / "vd_spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    site = Site(
+        folder, {"telemetry": tele, "lims": lab}, {"telemetry": tag_map, "lims": lims_map}, [], ids
+    )
+    return DryerRecipes(site, spec_path, pl.DataFrame(sets), lod)

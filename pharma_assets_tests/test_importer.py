@@ -416,9 +416,15 @@ def test_missing_column_and_bad_timestamp_errors(tmp_path: Path) -> None:
         ["Time", "Batch", "Reactor", "Temp_K"],
         [["2024-01-01T00:00Z", "B", "R", 1], ["yesterday", "B", "R", 2]],
     )
-    with pytest.raises(ValueError, match=r"row 2: 'yesterday'"):
-        import_file(src, "wide", tag_map, tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # nothing written on a structural error
+    # an unreadable timestamp is no structural error: the row is set aside with its reason
+    rep = import_file(src, "wide", tag_map, tmp_path / "out", allow_missing_tags=True)
+    assert rep.rows_imported == 1 and rep.readings_written == 1 and rep.reconciles
+    assert rep.rejected_rows == {
+        "not ISO 8601 nor a known historian format (declare timestamp_format)": 1
+    }
+    assert rep.rejects_file is not None
+    rej = pl.read_csv(rep.rejects_file, infer_schema=False)
+    assert rej.select("source_row", "Time").rows() == [("2", "yesterday")]
 
 
 def test_duplicate_readings_are_an_error(tmp_path: Path) -> None:

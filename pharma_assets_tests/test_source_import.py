@@ -70,7 +70,8 @@ def test_mes_local_times_with_a_zone_column_become_utc_events(tmp_path: Path) ->
             "Result": ["OK", "NOK", "RUN"],
             "Lot": ["L1", "", "L3"],
             "Planned": ["", "", ""],
-            "Growth": ["2025-03-30 02:00:00", "", ""],
+            # 03:00 CEST: the first wall time after the gap (02:00-03:00 did not happen)
+            "Growth": ["2025-03-30 03:00:00", "", ""],
             "Note": ["x", "y", "z"],
         }
     ).write_csv(src)
@@ -97,7 +98,10 @@ def test_mes_local_times_with_a_zone_column_become_utc_events(tmp_path: Path) ->
     [
         ({"TZ": ["Mars/Olympus"]}, "unknown time zone"),
         ({"Order": ["B1", "B1"]}, "listed more than once"),
-        ({"Begin": ["yesterday"]}, "not ISO 8601"),
+        ({"Begin": ["yesterday"]}, "not ISO 8601 nor a known historian format"),
+        # a wall time the clocks skipped is not moved to a neighbouring instant
+        ({"Begin": ["2025-03-30 02:30:00"], "TZ": ["Europe/Berlin"]}, "DST gap"),
+        ({"Begin": ["2025-10-26 02:30:00"], "TZ": ["Europe/Berlin"]}, "DST fold"),
     ],
 )
 def test_mes_structural_problems_stop_before_writing(tmp_path: Path, change, message) -> None:

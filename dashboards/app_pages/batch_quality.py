@@ -231,7 +231,9 @@ else:
     c1, c2 = st.columns(2)
     targets = sorted(fc["target"].unique().to_list())
     target = c1.selectbox("Forecast target", targets, key="bq_fc_target")
-    horizons = [h for h in ("day3", "day7", "harvest") if h in set(fc["horizon"].to_list())]
+    # day3/day7 (bioreactor), frac50 (half the expected duration, other classes), harvest
+    order_h = ("day3", "day7", "frac50", "harvest")
+    horizons = [h for h in order_h if h in set(fc["horizon"].to_list())]
     horizon = c2.selectbox("Horizon", horizons, key="bq_fc_horizon")
     actual = targets_frame(summary).select("batch_id", pl.col(target).alias("actual"))
     order = summary.select("batch_id", "start_ts")

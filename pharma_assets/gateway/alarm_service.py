@@ -39,6 +39,7 @@ from .alarms import (
     alarm_from_dict,
 )
 from .notify import Dispatcher, Notifier
+from .unit_phases import UnitSpecs
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class AlarmService:
         notify_min_priority: str = "low",
         flush_interval_s: float = 2.0,
         open_deviations: bool = True,
+        unit_specs: UnitSpecs | None = None,
     ) -> None:
         self.lake = lake
         self.dispatcher = Dispatcher(notifiers, notify_min_priority) if notifiers else None
@@ -156,7 +158,7 @@ class AlarmService:
         self.written = 0
         self.write_errors = 0
         sinks = [self._record] + ([self.dispatcher] if self.dispatcher else [])
-        self.engine = AlarmEngine(spec, phases, settings, sinks)
+        self.engine = AlarmEngine(spec, phases, settings, sinks, unit_specs)
         restored = open_alarms_in(lake)
         self.engine.restore(restored)
         self._requested = {a.alarm_id for a in restored if a.deviation_id}

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 from ..lake.gold import CRITICAL_PAR_MINUTES
 from ..lake.specs import CppSpec
 from .records import BAD, Reading, now_us
+from .unit_phases import UnitSpecs
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,17 @@ class MesPhases:
         ]
         return max(running)[1] if running else None
 
+    def has_phases(self, unit_id: str, batch_id: str) -> bool:
+        """Whether the landing zone holds MES ``phase_start`` events of ``batch_id``."""
+        return bool(self._scan(unit_id, batch_id))
+
+    def batch_start_us(self, unit_id: str, batch_id: str) -> int | None:
+        """The MES ``batch_start`` of ``batch_id`` (µs), or None when the landing zone has none."""
+        self.batch_at(unit_id, 0)  # refreshes the unit's spans (at most every rescan_s)
+        with self._lock:
+            span = self._spans.get(unit_id, (0.0, {}))[1].get(batch_id)
+        return span[0] if span is not None else None
+
     def phase_at(self, unit_id: str, batch_id: str, ts_us: int) -> tuple[str, int] | None:
         cur = None
         for t, ph in self._scan(unit_id, batch_id):
@@ -247,9 +259,13 @@ class AlarmEngine:
         phases: PhaseProvider,
         settings: AlarmSettings | None = None,
         sinks: Iterable[Sink] = (),
+        unit_specs: UnitSpecs | None = None,
     ) -> None:
         self.spec = spec
+        # per unit: its own spec (a dryer by its spec, never the bioreactor's), else ``spec``
+        self.unit_specs = unit_specs or UnitSpecs(spec)
         self.phases = phases
+        self._observe = getattr(phases, "observe", None)  # phase rules that watch readings
         self.settings = settings or AlarmSettings()
         self.settle_us = int(
             (
@@ -302,7 +318,9 @@ class AlarmEngine:
         n = 0
         with self._lock:
             for r in readings:
-                if r.tag in self.cpp:
+                if self._observe is not None:
+                    self._observe(r)
+                if r.tag in self.unit_specs.cpp_tags(r.unit_id):
                     n += self._check_one(r)
             self.expire_shelves()
         return n
@@ -322,11 +340,16 @@ class AlarmEngine:
             self.counts["not_judged"] += 1
             return 0
         phase, phase_start = ph
-        lim = self.spec.tags[r.tag].limits(phase)
+        lim = self.unit_specs.spec(r.unit_id).tags[r.tag].limits(phase)
         assert lim.nor is not None and lim.par is not None
         (nlo, nhi), (plo, phi) = lim.nor, lim.par
         v, ts = r.value, r.source_ts_us
-        settled = ts - phase_start >= self.settle_us
+        settle = (
+            self.settle_us
+            if self.settings.settle_s is not None or self.unit_specs.spec(r.unit_id) is self.spec
+            else int(self.unit_specs.spec(r.unit_id).settle_minutes * 60e6)
+        )
+        settled = ts - phase_start >= settle
         if a is not None:  # returning needs the deadband
             db = self.settings.deadband_frac * (nhi - nlo)
             inside_nor = nlo + db <= v <= nhi - db

@@ -116,6 +116,9 @@ class AlarmConfig(_Model):
 
     lake_dir: Path  # the lake holding gxp/ (alarm_events, deviations, users, audit trail)
     spec: Path | None = None  # CPP spec YAML (default: the packaged, change-controlled one)
+    # unit id -> that unit's own product spec (its unit class's tags, phases, phase rule and
+    # CPP limits): a dryer judged by its spec, never the default (bioreactor) one
+    unit_specs: dict[str, Path] = Field(default_factory=dict)
     on_delay_s: float = Field(default=5.0, ge=0)
     deadband_frac: float = Field(default=0.02, ge=0, lt=0.5)
     critical_after_s: float | None = Field(default=None, gt=0)  # default: gold's rule

@@ -39,9 +39,9 @@ class Resolved:
         return raw * self.scale + self.offset
 
 
-def _linear(tag: str, from_uom: str) -> tuple[float, float]:
+def _linear(tag: str, from_uom: str, to_uom: str | None = None) -> tuple[float, float]:
     """Scale and offset of the importer's conversion (``convert_values`` is linear)."""
-    y0, y1 = convert_values(np.array([0.0, 1.0]), tag, from_uom)
+    y0, y1 = convert_values(np.array([0.0, 1.0]), tag, from_uom, to_uom)
     return float(y1 - y0), float(y0)
 
 
@@ -81,6 +81,7 @@ class SourceMap:
         if hit is not None:
             return hit
         m = self.tags.get(name)
+        to_uom: str | None = None  # a site tag (another unit class's) is in its declared unit
         if m is None and self.canonical_names and name in CANONICAL_TAGS:
             m_tag, from_uom = name, declared_uom or CANONICAL_TAGS[name]
         elif m is None:
@@ -90,7 +91,7 @@ class SourceMap:
                 + ("" if self.canonical_names else " (canonical_names is off)"),
             )
         else:
-            m_tag, from_uom = m.tag, m.from_uom
+            m_tag, from_uom, to_uom = m.tag, m.from_uom, m.uom
             if declared_uom is not None and declared_uom != m.from_uom:
                 raise MappingError(
                     "unit_mismatch",
@@ -98,10 +99,10 @@ class SourceMap:
                     f"but the tag map says from_uom {m.from_uom!r}",
                 )
         try:
-            scale, offset = _linear(m_tag, from_uom)
+            scale, offset = _linear(m_tag, from_uom, to_uom)
         except ValueError as e:
             raise MappingError("unit_mismatch", f"source {self.source!r}: {e}") from None
-        r = Resolved(m_tag, CANONICAL_TAGS[m_tag], scale, offset)
+        r = Resolved(m_tag, to_uom or CANONICAL_TAGS[m_tag], scale, offset)
         self._cache[key] = r
         return r
 

@@ -29,6 +29,7 @@ from .protocols.mqtt_common import MqttSettings
 from .protocols.opcua import OpcuaSource
 from .protocols.sparkplug import SparkplugHost
 from .records import now_us
+from .unit_phases import ClassPhases, UnitSpecs
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,19 @@ def start_alarms(ac: AlarmConfig, phases: MesPhases) -> AlarmService:
         max_shelve_s=ac.max_shelve_s,
         **({"critical_after_s": ac.critical_after_s} if ac.critical_after_s else {}),
     )
+    default = load_spec(ac.spec)
+    # each unit judged by its class's spec and phase rule (MES phase events win)
+    specs = UnitSpecs(default, {u: load_spec(p) for u, p in ac.unit_specs.items()})
     return AlarmService(
         Lake.at(ac.lake_dir),
-        load_spec(ac.spec),
-        phases,
+        default,
+        ClassPhases(specs, phases),
         settings,
         notifiers,
         ac.notify_min_priority,
         ac.flush_interval_s,
         ac.open_deviations,
+        unit_specs=specs,
     )
 
 

@@ -15,10 +15,10 @@ held-out batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -271,6 +271,58 @@ def _make(seed: int, n_estimators: int) -> XGBRegressor:
     )
 
 
+#: the learners of :func:`train_quality`: XGBoost (the bioreactor's, on its batch features)
+#: or a regularised linear model (``RegularisedLinear``, on the generic per-tag features)
+Learner = Literal["xgboost", "elastic_net"]
+#: elastic-net mixing ratios and folds tried inside the training batches
+L1_RATIOS = (0.1, 0.5, 0.9, 1.0)
+CV_FOLDS = 5
+
+
+class RegularisedLinear:
+    """Median imputation, standardisation and an elastic net whose penalty and L1 ratio are
+    chosen by ``CV_FOLDS``-fold cross-validation on the rows it is fitted on (the training
+    batches only), so the feature selection (coefficients shrunk to 0) never sees a held-out
+    batch. Made for many correlated per-tag features and few batches: with shuffled labels
+    the cross-validation picks a penalty that zeroes every coefficient (the training mean)."""
+
+    def __init__(self, seed: int = 42) -> None:
+        self.seed = seed
+        self.pipe: Any = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> RegularisedLinear:
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import ElasticNetCV
+        from sklearn.model_selection import KFold
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        folds = KFold(n_splits=max(2, min(CV_FOLDS, len(y))), shuffle=True, random_state=self.seed)
+        self.pipe = make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            StandardScaler(),
+            ElasticNetCV(l1_ratio=list(L1_RATIOS), cv=folds, max_iter=50_000, n_jobs=1),
+        )
+        self.pipe.fit(x, y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pipe.predict(x), dtype=float)
+
+    @property
+    def n_selected(self) -> int:
+        """Features with a non-zero coefficient."""
+        return int((np.abs(self.pipe[-1].coef_) > 0).sum())
+
+
+def _learner(learner: str, seed: int, n_estimators: int) -> Any:
+    if learner == "xgboost":
+        return _make(seed, n_estimators)
+    if learner == "elastic_net":
+        return RegularisedLinear(seed)
+    raise ValueError(f"learner {learner!r} unknown; use 'xgboost' or 'elastic_net'")
+
+
 def split_batches(
     inputs: MlInputs, holdout_fraction: float, targets: tuple[str, ...] = ("final_titer_g_l",)
 ) -> tuple[list[str], list[str], datetime]:
@@ -304,14 +356,21 @@ def train_quality(
     targets: tuple[str, ...] = tuple(TARGETS),
     horizons: tuple[str, ...] = tuple(HORIZONS_H),
     features_by_horizon: dict[str, pl.DataFrame] | None = None,
+    learner: Learner = "xgboost",
+    feature_columns: Callable[[pl.DataFrame], list[str]] = batch_feature_columns,
+    feature_set: str = "bioreactor",
     model_kinds: tuple[str, ...] | None = MODEL_KINDS,
 ) -> list[QualityResult]:
     """Train every target x horizon model; evaluate on the later batches.
 
     ``features_by_horizon``: precomputed :func:`batch_features` tables (from the feature
-    store); computed from ``inputs`` when absent. ``model_kinds``: the kinds each target x
-    horizon chooses from on its training period (:data:`MODEL_KINDS`; ``None``: boosted
-    trees only, the model before issue 14).
+    store); computed from ``inputs`` when absent. For the generic per-tag features of any
+    unit class (``features.generic``): their tables, ``feature_columns`` =
+    ``generic_feature_columns``, ``learner="elastic_net"`` and ``feature_set="generic"``
+    (rows of a horizon not ``reached`` are left out).
+    ``model_kinds`` (XGBoost learner only): the kinds each target x horizon chooses from on
+    its training period (:data:`MODEL_KINDS`; ``None``: boosted trees only, the model
+    before issue 14's second round).
     """
     train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction, targets)
     tg = targets_frame(inputs.batch_summary)
@@ -324,7 +383,9 @@ def train_quality(
             )
         else:
             feats = batch_features(inputs, horizon, batch_ids=train_ids + hold_ids)
-        cols = batch_feature_columns(feats)
+        if "reached" in feats.columns:
+            feats = feats.filter(pl.col("reached"))
+        cols = feature_columns(feats)
         data = feats.join(tg, on="batch_id", how="inner")
         for target in targets:
             tr = data.filter(pl.col("batch_id").is_in(train_ids) & pl.col(target).is_not_null())
@@ -335,21 +396,26 @@ def train_quality(
                 y = rng.permutation(y)
             anchor_col = ANCHORS.get(target)
             anchor = cols.index(anchor_col) if anchor_col in cols else None
-            kinds = tuple(
-                k
-                for k in (model_kinds or ("xgb",))
-                if anchor is not None or k not in ("xgb_anchor_ratio", "anchor_linear")
-            )
+            if learner == "xgboost":
+                kinds = tuple(
+                    k
+                    for k in (model_kinds or ("xgb",))
+                    if anchor is not None or k not in ("xgb_anchor_ratio", "anchor_linear")
+                )
+            else:
+                kinds = (learner,)
+
+            def build(kind: str, _a: int | None = anchor) -> Any:
+                if learner != "xgboost":
+                    return _learner(learner, seed, n_estimators)
+                return YieldRegressor(kind, seed, n_estimators, _a)
+
             # each kind's out-of-fold predictions inside the training period (time-ordered
             # folds): the kind with the best R2 is chosen, and its residuals give the interval
             cv: dict[str, float] = {}
             oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for kind in kinds:
-
-                def mk(_k: str = kind, _a: int | None = anchor) -> YieldRegressor:
-                    return YieldRegressor(_k, seed, n_estimators, _a)
-
-                oof[kind] = time_folds_oof(x, y, mk)
+                oof[kind] = time_folds_oof(x, y, lambda _k=kind: build(_k))
                 i, p_ = oof[kind]
                 cv[kind] = regression_metrics(y[i], p_)["r2"] if len(i) >= 4 else float("nan")
             chosen = max(kinds, key=lambda k: -np.inf if np.isnan(cv[k]) else cv[k])
@@ -360,7 +426,7 @@ def train_quality(
                 if len(resid) >= 4
                 else (float("nan"), float("nan"))
             )
-            reg = YieldRegressor(chosen, seed, n_estimators, anchor).fit(x, y)
+            reg = build(chosen).fit(x, y)
             unit = targets_of(inputs.batch_summary)[target][1]
             model = QualityModel(target, horizon, unit, reg, cols, lo, hi)
             xt, yt = _matrix(te, cols), te[target].to_numpy().astype(float)
@@ -376,6 +442,9 @@ def train_quality(
             naive = regression_metrics(yt, np.full(len(yt), y.mean() if len(y) else np.nan))
             metrics.update({f"baseline_{k}": v for k, v in naive.items()})
             metrics["n_train"] = float(len(y))
+            metrics["n_features"] = float(len(cols))
+            if isinstance(reg, RegularisedLinear):
+                metrics["n_features_selected"] = float(reg.n_selected)
             # the training period's time-ordered CV R2 of every kind considered
             metrics.update({f"cv_r2_{k}": v for k, v in cv.items()})
             targets_map = {"r2": R2_TARGET} if target in YIELD_TARGETS else {}
@@ -389,6 +458,8 @@ def train_quality(
                 params={
                     "target": target,
                     "horizon": horizon,
+                    "learner": learner,
+                    "feature_set": feature_set,
                     "n_estimators": n_estimators,
                     "model_kind": chosen,
                     "model_kinds": list(kinds),
@@ -444,8 +515,10 @@ def forecast_rows(
     """
     frames = []
     for horizon, feats in features_by_horizon.items():
-        cut = HORIZONS_H[horizon]
-        if cut is not None:
+        cut = HORIZONS_H.get(horizon)
+        if "reached" in feats.columns:  # generic features: the horizon's cut is in the past
+            feats = feats.filter(pl.col("reached"))
+        elif cut is not None:
             feats = feats.filter(pl.col("elapsed_h") >= cut - 1e-6)
         else:
             feats = feats.filter(pl.col("batch_id").is_in(sorted(ended_batch_ids)))

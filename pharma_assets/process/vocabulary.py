@@ -164,6 +164,11 @@ class UnitClass(_Model):
     # the batch quality targets its models forecast; None: every release assay the site
     # reports (and the built-in targets, skipped when absent)
     quality_targets: tuple[str, ...] | None = None
+    # the batch features its quality models train on: ``bioreactor`` (the built-in class's
+    # cell-culture features), ``generic`` (per-tag, per-phase statistics of whatever tags the
+    # class and the site declare, ``ml/features/generic.py``); None: ``bioreactor`` for the
+    # built-in bioreactor class, ``generic`` for every other class
+    quality_features: Literal["bioreactor", "generic"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> UnitClass:
@@ -179,6 +184,13 @@ class UnitClass(_Model):
             if unknown:
                 raise ValueError(f"equipment {eq}: tags {unknown} are not tags of the class")
         return self
+
+    @property
+    def generic_quality_features(self) -> bool:
+        """Whether its quality models use the generic per-tag features (``quality_features``)."""
+        if self.quality_features is not None:
+            return self.quality_features == "generic"
+        return self.unit_class != DEFAULT_UNIT_CLASS
 
     def supports(self, capability: str) -> bool:
         """Whether the class declares ``capability`` (one of ``CAPABILITIES``)."""

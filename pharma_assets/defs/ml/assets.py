@@ -21,6 +21,12 @@ import polars as pl
 from pharma_assets.defs.lakehouse.resources import LakehouseResource
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import capabilities, features, pdm, quality, registry
+from pharma_assets.ml.features.generic import (
+    GENERIC_BASE_SCHEMA,
+    GENERIC_HORIZONS,
+    generic_feature_columns,
+    generic_feature_table,
+)
 from pharma_assets.process.vocabulary import UnitClass
 
 from .resources import MlResource
@@ -51,6 +57,11 @@ FEATURE_TABLES = {
     "batch": "Feature table: one row per batch per forecast horizon (day3, day7, harvest): "
     "recipe, lot history, raw-material CoA attributes of its media and feed lots "
     "(coa_*), process summaries and in-process LIMS known at that horizon.",
+    "batch_generic": "Feature table: one row per batch per generic horizon (frac50: the first "
+    "half of the expected duration; harvest) of per-tag, per-phase statistics of every tag the "
+    "unit class and the site declare (mean, min, max, std, last, slope, area, hours outside the "
+    "NOR, phase durations): the quality models' features for a class other than the bioreactor "
+    "(empty for a class that uses the bioreactor features).",
     "contamination_windows": "Feature table: one row per batch per complete 5-minute window "
     "of batch time: OUR/CER, DO, O2 flow, agitation, pH, base rate, dCO2 levels, their "
     "deviation from the batch's trailing 2 h, capacitance change (contamination detector).",
@@ -141,6 +152,12 @@ def feature_tables(
         len(inc.removed),
     )
     now = utc_now()
+    spec = lakehouse.spec()
+    generic = (
+        generic_feature_table(lake, spec, as_of=now)
+        if spec.load_unit_class().generic_quality_features
+        else pl.DataFrame(schema=GENERIC_BASE_SCHEMA)
+    )
     tables = {
         "equipment_hour": features.equipment_hour_features(
             inp.hourly,
@@ -156,6 +173,7 @@ def feature_tables(
             ],
             how="diagonal_relaxed",
         ),
+        "batch_generic": generic,
         "contamination_windows": prods.windows,
         "mspc_hourly": prods.mspc_hourly,
         "hourly": prods.hourly,
@@ -377,7 +395,12 @@ def pdm_failure_72h(
     )
 
 
-def _batch_features_by_horizon(lake: Lake) -> dict[str, pl.DataFrame]:
+def _batch_features_by_horizon(lake: Lake, generic: bool = False) -> dict[str, pl.DataFrame]:
+    """The batch feature table per horizon: the bioreactor's (``features/batch``), or the
+    generic per-tag features (``features/batch_generic``) for a class that uses them."""
+    if generic:
+        bf = read_table(lake, "features", "batch_generic")
+        return {h: bf.filter(pl.col("horizon") == h).drop("horizon") for h in GENERIC_HORIZONS}
     bf = read_table(lake, "features", "batch")
     return {h: bf.filter(pl.col("horizon") == h).drop("horizon") for h in features.HORIZONS_H}
 
@@ -386,7 +409,13 @@ def _batch_features_by_horizon(lake: Lake) -> dict[str, pl.DataFrame]:
     key=["ml", "quality_models"],
     group_name=GROUP,
     kinds={"mlflow", "xgboost"},
-    deps=[key_of("features", "batch"), GOLD_SUMMARY, SILVER_BATCHES, SILVER_LAB],
+    deps=[
+        key_of("features", "batch"),
+        key_of("features", "batch_generic"),
+        GOLD_SUMMARY,
+        SILVER_BATCHES,
+        SILVER_LAB,
+    ],
 )
 def quality_models(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -411,15 +440,28 @@ def quality_models(
             }
         )
     inp = features.load_inputs(lake, with_hourly=False)
-    inp.versions = _feature_versions(lake, ["batch"], inp.versions)
+    generic = unit_class(lakehouse.spec_path).generic_quality_features
+    table = "batch_generic" if generic else "batch"
+    inp.versions = _feature_versions(lake, [table], inp.versions)
     inp.versions.pop("silver/batch_timeline", None)
-    results = quality.train_quality(
-        inp,
-        n_estimators=ml.quality_trees,
-        features_by_horizon=_batch_features_by_horizon(lake),
-        targets=targets,
-        horizons=quality.horizons_within(inp.batches),
-    )
+    if generic:  # per-tag features of the class's own tags, a regularised linear model
+        results = quality.train_quality(
+            inp,
+            features_by_horizon=_batch_features_by_horizon(lake, generic=True),
+            targets=targets,
+            horizons=tuple(GENERIC_HORIZONS),
+            learner="elastic_net",
+            feature_columns=generic_feature_columns,
+            feature_set="generic",
+        )
+    else:
+        results = quality.train_quality(
+            inp,
+            n_estimators=ml.quality_trees,
+            features_by_horizon=_batch_features_by_horizon(lake),
+            targets=targets,
+            horizons=quality.horizons_within(inp.batches),
+        )
     meta: dict[str, Any] = {}
     summary = []
     for r in results:
@@ -441,6 +483,7 @@ def quality_models(
         metadata={
             **meta,
             "models": len(results),
+            "feature_set": "generic" if generic else "bioreactor",
             "evaluation_set": results[0].trained.evaluation_set if results else "none",
             "summary": dg.MetadataValue.md("\n".join(f"- {s}" for s in summary)),
             "targets_skipped": dg.MetadataValue.json(skips),
@@ -523,7 +566,12 @@ def equipment_health(
     key=["gold", "batch_forecasts"],
     group_name=GROUP,
     kinds=DELTA,
-    deps=[key_of("ml", "quality_models"), key_of("features", "batch"), SILVER_BATCHES],
+    deps=[
+        key_of("ml", "quality_models"),
+        key_of("features", "batch"),
+        key_of("features", "batch_generic"),
+        SILVER_BATCHES,
+    ],
 )
 def batch_forecasts(
     context: dg.AssetExecutionContext, lakehouse: LakehouseResource, ml: MlResource
@@ -535,10 +583,11 @@ def batch_forecasts(
     models: dict[tuple[str, str], tuple[Any, str]] = {}
     missing = []
     caps = site_capabilities(lake, ml, lakehouse.spec_path)
+    generic = unit_class(lakehouse.spec_path).generic_quality_features
     for target in [c.target for c in caps if c.capability == capabilities.QUALITY]:
         if not capabilities.find(caps, f"{capabilities.QUALITY}:{target}").applies:
             continue  # no forecast of a target the site does not measure
-        for h in features.HORIZONS_H:
+        for h in GENERIC_HORIZONS if generic else features.HORIZONS_H:
             champ = registry.load_champion(quality.model_name(target, h), uri=uri)
             if champ is None:
                 missing.append(quality.model_name(target, h))
@@ -548,7 +597,7 @@ def batch_forecasts(
         context.log.warning("no champion yet for %s", ", ".join(missing))
     batches = read_table(lake, "silver", "batches")
     ended = set(batches.filter(pl.col("end_ts").is_not_null())["batch_id"].to_list())
-    out = quality.forecast_rows(models, _batch_features_by_horizon(lake), ended)
+    out = quality.forecast_rows(models, _batch_features_by_horizon(lake, generic), ended)
     out = out.with_columns(scored_at=pl.lit(utc_now(), SCORED_AT))
     lake.overwrite("gold", "batch_forecasts", out)
     return dg.MaterializeResult(
