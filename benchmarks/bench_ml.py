@@ -111,27 +111,48 @@ def _yield_figures(
     q: list[quality.QualityResult],
     truth: Path | None,
     ablation: bool,
-) -> dict[str, dict[str, float]]:
-    """Titer and product mass per horizon: held-out R² with the raw-material CoA features,
-    the assay-noise ceiling on the same batches (ground truth, evaluation only) and, with
-    ``ablation``, the R² of the same models trained without the ``coa_*`` features."""
+    trees_baseline: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Titer and product mass per horizon: held-out R² (with its 95 % bootstrap interval and
+    the model kind chosen on the training period), the assay-noise ceiling on the same
+    batches (ground truth, evaluation only), how well the mass-balance anchor alone tracks
+    the simulator's true value (evaluation only), with ``ablation`` the R² of the same
+    models trained without the ``coa_*`` features, and with ``trees_baseline`` the R² of
+    boosted trees alone (the model before the choice of kinds)."""
     gt = (
         pl.read_parquet(truth / "batches.parquet")
         if truth and (truth / "batches.parquet").exists()
         else None
     )
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for r in q:
         t, h = r.model.target, r.model.horizon
         if t not in quality.YIELD_TARGETS:
             continue
+        lo, hi = quality.r2_bootstrap_ci(r.predictions)
         row = {
             "r2": r.trained.metrics["r2"],
+            "r2_ci_lo": lo,
+            "r2_ci_hi": hi,
+            "model_kind": r.trained.params.get("model_kind", "xgb"),
             "n": float(r.predictions.height),
             "n_coa_features": float(sum(c.startswith("coa_") for c in r.model.features)),
         }
         if gt is not None:
             row.update(quality.assay_noise_ceiling(r.predictions, gt, t))
+            anchor = quality.ANCHORS.get(t)
+            if anchor in fbh[h].columns and t in gt.columns:
+                j = (
+                    r.predictions.select("batch_id", "y_true")
+                    .join(fbh[h].select("batch_id", anchor), on="batch_id")
+                    .join(gt.select("batch_id", pl.col(t).alias("_true")), on="batch_id")
+                    .drop_nulls()
+                )
+                a = j[anchor].to_numpy().astype(float)
+                row["anchor_r2_true"] = quality.regression_metrics(j["_true"].to_numpy(), a)["r2"]
+                row["anchor_r2_measured"] = quality.regression_metrics(j["y_true"].to_numpy(), a)[
+                    "r2"
+                ]
         out[f"{t}/{h}"] = row
     if ablation:
         no_coa = {
@@ -141,6 +162,11 @@ def _yield_figures(
             inp, features_by_horizon=no_coa, targets=quality.YIELD_TARGETS
         ):
             out[f"{r.model.target}/{r.model.horizon}"]["r2_without_coa"] = r.trained.metrics["r2"]
+    if trees_baseline:
+        for r in quality.train_quality(
+            inp, features_by_horizon=fbh, targets=quality.YIELD_TARGETS, model_kinds=None
+        ):
+            out[f"{r.model.target}/{r.model.horizon}"]["r2_trees_only"] = r.trained.metrics["r2"]
     return out
 
 
@@ -152,6 +178,7 @@ def run(
     ablation: bool = True,
     units: list[str] | None = None,
     skip_pdm: bool = False,
+    trees_baseline: bool = False,
 ) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     times: dict[str, float] = {}
@@ -205,7 +232,7 @@ def run(
         "yield figures: assay-noise ceiling"
         + (", models without CoA features" if ablation else "")
         + " (not in total)",
-        lambda: _yield_figures(inp, fbh, q, truth, ablation),
+        lambda: _yield_figures(inp, fbh, q, truth, ablation, trees_baseline),
         ev0,
     )
     uri_dir = mlflow_dir or Path(tempfile.mkdtemp(prefix="bench_ml_mlflow_"))
@@ -265,6 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
     ap.add_argument("--skip-pdm", action="store_true", help="do not train the PdM model")
+    ap.add_argument(
+        "--trees-baseline",
+        action="store_true",
+        help="also train boosted trees alone (the quality model before the choice of kinds)",
+    )
     a = ap.parse_args(argv)
     if a.pdm_plant is not None:
         run_pdm(a.pdm_plant, a.json)
@@ -275,7 +307,14 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--lake {a.lake}: no silver/ folder (build it with `pharma-twin pipeline`)")
     units = a.units.split(",") if a.units else None
     res = run(
-        a.lake, a.truth, a.mlflow_dir, not a.no_optional, not a.no_ablation, units, a.skip_pdm
+        a.lake,
+        a.truth,
+        a.mlflow_dir,
+        not a.no_optional,
+        not a.no_ablation,
+        units,
+        a.skip_pdm,
+        a.trees_baseline,
     )
     n = res["n_batches"]
     est = res["total_train_s"] * a.extrapolate_to / max(n, 1)
@@ -507,9 +546,10 @@ def _print_targets(res: dict[str, Any]) -> None:
         "in silver/material_lots):"
     )
     print(
-        "| target / horizon | R² held out | without CoA features | assay-noise ceiling | n | target |"
+        "| target / horizon | R² held out [95 % CI] | model kind (chosen on training) | "
+        "trees only | without CoA features | assay-noise ceiling | n | target |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for key, r in res.get("yield", {}).items():
         tgt = (
             "> 0.90: " + ("met" if r["r2"] > 0.90 else "NOT met")
@@ -517,9 +557,17 @@ def _print_targets(res: dict[str, Any]) -> None:
             else "(report)"
         )
         print(
-            f"| {key} | {_fmt(r['r2'])} | {_fmt(r.get('r2_without_coa'))} | "
-            f"{_fmt(r.get('ceiling_r2'))} | {r['n']:.0f} | {tgt} |"
+            f"| {key} | {_fmt(r['r2'])} [{_fmt(r.get('r2_ci_lo'))}, {_fmt(r.get('r2_ci_hi'))}] | "
+            f"{r.get('model_kind', '')} | {_fmt(r.get('r2_trees_only'))} | "
+            f"{_fmt(r.get('r2_without_coa'))} | {_fmt(r.get('ceiling_r2'))} | {r['n']:.0f} | {tgt} |"
         )
+    for key, r in res.get("yield", {}).items():
+        if "anchor_r2_true" in r:
+            print(
+                f"  {key}: mass-balance anchor alone, R² vs the measured release value "
+                f"{_fmt(r.get('anchor_r2_measured'))}, vs the simulator's true value "
+                f"{_fmt(r['anchor_r2_true'])} (evaluation only)"
+            )
     print("\nalarm rules (issue 14 item 3; rule chosen on the training period):")
     print(
         "| model | rule (k of n samples) | good batches with a confirmed alarm (<= 5 %) | "

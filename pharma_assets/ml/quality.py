@@ -42,10 +42,101 @@ TARGETS: dict[str, tuple[pl.Expr, str]] = {
 YIELD_TARGETS = ("final_titer_g_l", "product_mass_kg")
 R2_TARGET = 0.90
 INTERVAL = (0.10, 0.90)
+#: per yield target, the product mass balance estimate of it (``features/product_balance``):
+#: the physics anchor of the anchored model kinds
+ANCHORS = {
+    "final_titer_g_l": "titer_bal_late_harvest",
+    "product_mass_kg": "mass_bal_late_harvest_kg",
+}
+#: the model kinds a target x horizon chooses from, on its training period's time-ordered
+#: folds (``choose_kind``): boosted trees on the target; boosted trees on the target's ratio
+#: to its mass-balance anchor; ridge regression on every feature; the anchor linearly
+#: calibrated alone; the mean of trees and ridge
+MODEL_KINDS = ("xgb", "xgb_anchor_ratio", "ridge", "anchor_linear", "mean_xgb_ridge")
 
 
 def model_name(target: str, horizon: str) -> str:
     return f"pharma_quality_{target}_{horizon}"
+
+
+class YieldRegressor:
+    """One model kind of :data:`MODEL_KINDS` on a feature matrix (columns = the model's
+    feature list; ``anchor``: the column index of the physics anchor, or None)."""
+
+    def __init__(self, kind: str, seed: int, n_estimators: int, anchor: int | None) -> None:
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"model kind {kind!r} unknown; use one of {MODEL_KINDS}")
+        if kind in ("xgb_anchor_ratio", "anchor_linear") and anchor is None:
+            raise ValueError(f"model kind {kind!r} needs an anchor feature")
+        self.kind, self.seed, self.n_estimators, self.anchor = kind, seed, n_estimators, anchor
+        self.parts: list[Any] = []
+        self.fill = float("nan")
+
+    def _anchor(self, x: np.ndarray) -> np.ndarray:
+        a = x[:, self.anchor] if self.anchor is not None else np.full(len(x), np.nan)
+        return np.where(np.isfinite(a) & (a > 0), a, self.fill)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> YieldRegressor:
+        if self.anchor is not None:
+            a = x[:, self.anchor]
+            ok = np.isfinite(a) & (a > 0)
+            self.fill = float(np.median(a[ok])) if ok.any() else float(np.mean(y))
+        k = self.kind
+        if k == "xgb":
+            self.parts = [_make(self.seed, self.n_estimators).fit(x, y)]
+        elif k == "xgb_anchor_ratio":
+            self.parts = [_make(self.seed, self.n_estimators).fit(x, y / self._anchor(x))]
+        elif k == "ridge":
+            self.parts = [_ridge().fit(x, y)]
+        elif k == "anchor_linear":
+            from sklearn.linear_model import LinearRegression
+
+            self.parts = [LinearRegression().fit(self._anchor(x)[:, None], y)]
+        else:  # mean_xgb_ridge
+            self.parts = [_make(self.seed, self.n_estimators).fit(x, y), _ridge().fit(x, y)]
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        k = self.kind
+        if k == "xgb_anchor_ratio":
+            return self.parts[0].predict(x) * self._anchor(x)
+        if k == "anchor_linear":
+            return self.parts[0].predict(self._anchor(x)[:, None])
+        return np.mean([m.predict(x) for m in self.parts], axis=0)
+
+
+def _ridge() -> Any:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # an all-null column (a site without the assay) is kept as zeros, not dropped, so the
+    # matrix keeps the model's feature list
+    return make_pipeline(
+        SimpleImputer(keep_empty_features=True),
+        StandardScaler(),
+        RidgeCV(alphas=np.logspace(-3, 3, 13)),
+    )
+
+
+def time_folds_oof(
+    x: np.ndarray, y: np.ndarray, make: Any, n_folds: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions on time-ordered folds (rows sorted by start): fold k is
+    predicted by a model of folds 0..k-1. Returns (row indices predicted, predictions)."""
+    folds = np.array_split(np.arange(len(y)), n_folds)
+    idx: list[np.ndarray] = []
+    pred: list[np.ndarray] = []
+    for k in range(1, len(folds)):
+        a, b = np.concatenate(folds[:k]), folds[k]
+        if len(a) < 4 or len(b) == 0:
+            continue
+        idx.append(b)
+        pred.append(make().fit(x[a], y[a]).predict(x[b]))
+    if not idx:
+        return np.array([], dtype=int), np.array([])
+    return np.concatenate(idx), np.concatenate(pred)
 
 
 @dataclass
@@ -55,7 +146,7 @@ class QualityModel:
     target: str
     horizon: str
     unit: str
-    regressor: XGBRegressor
+    regressor: Any  # YieldRegressor (an XGBRegressor in models registered before issue 14)
     features: list[str]
     resid_lo: float
     resid_hi: float
@@ -268,6 +359,7 @@ def train_quality(
     learner: Learner = "xgboost",
     feature_columns: Callable[[pl.DataFrame], list[str]] = batch_feature_columns,
     feature_set: str = "bioreactor",
+    model_kinds: tuple[str, ...] | None = MODEL_KINDS,
 ) -> list[QualityResult]:
     """Train every target x horizon model; evaluate on the later batches.
 
@@ -276,6 +368,9 @@ def train_quality(
     unit class (``features.generic``): their tables, ``feature_columns`` =
     ``generic_feature_columns``, ``learner="elastic_net"`` and ``feature_set="generic"``
     (rows of a horizon not ``reached`` are left out).
+    ``model_kinds`` (XGBoost learner only): the kinds each target x horizon chooses from on
+    its training period (:data:`MODEL_KINDS`; ``None``: boosted trees only, the model
+    before issue 14's second round).
     """
     train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction, targets)
     tg = targets_frame(inputs.batch_summary)
@@ -299,22 +394,39 @@ def train_quality(
             x, y = _matrix(tr, cols), tr[target].to_numpy().astype(float)
             if shuffle_labels:
                 y = rng.permutation(y)
-            # out-of-fold residuals inside the training period (time-ordered folds)
-            folds = np.array_split(np.arange(len(y)), 5)
-            resid: list[float] = []
-            for k in range(1, len(folds)):
-                a = np.concatenate(folds[:k])
-                b = folds[k]
-                if len(a) < 4 or len(b) == 0:
-                    continue
-                m = _learner(learner, seed, n_estimators).fit(x[a], y[a])
-                resid.extend((y[b] - m.predict(x[b])).tolist())
+            anchor_col = ANCHORS.get(target)
+            anchor = cols.index(anchor_col) if anchor_col in cols else None
+            if learner == "xgboost":
+                kinds = tuple(
+                    k
+                    for k in (model_kinds or ("xgb",))
+                    if anchor is not None or k not in ("xgb_anchor_ratio", "anchor_linear")
+                )
+            else:
+                kinds = (learner,)
+
+            def build(kind: str, _a: int | None = anchor) -> Any:
+                if learner != "xgboost":
+                    return _learner(learner, seed, n_estimators)
+                return YieldRegressor(kind, seed, n_estimators, _a)
+
+            # each kind's out-of-fold predictions inside the training period (time-ordered
+            # folds): the kind with the best R2 is chosen, and its residuals give the interval
+            cv: dict[str, float] = {}
+            oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for kind in kinds:
+                oof[kind] = time_folds_oof(x, y, lambda _k=kind: build(_k))
+                i, p_ = oof[kind]
+                cv[kind] = regression_metrics(y[i], p_)["r2"] if len(i) >= 4 else float("nan")
+            chosen = max(kinds, key=lambda k: -np.inf if np.isnan(cv[k]) else cv[k])
+            i, p_ = oof[chosen]
+            resid = (y[i] - p_).tolist()
             lo, hi = (
                 (float(np.quantile(resid, INTERVAL[0])), float(np.quantile(resid, INTERVAL[1])))
                 if len(resid) >= 4
                 else (float("nan"), float("nan"))
             )
-            reg = _learner(learner, seed, n_estimators).fit(x, y)
+            reg = build(chosen).fit(x, y)
             unit = targets_of(inputs.batch_summary)[target][1]
             model = QualityModel(target, horizon, unit, reg, cols, lo, hi)
             xt, yt = _matrix(te, cols), te[target].to_numpy().astype(float)
@@ -333,6 +445,8 @@ def train_quality(
             metrics["n_features"] = float(len(cols))
             if isinstance(reg, RegularisedLinear):
                 metrics["n_features_selected"] = float(reg.n_selected)
+            # the training period's time-ordered CV R2 of every kind considered
+            metrics.update({f"cv_r2_{k}": v for k, v in cv.items()})
             targets_map = {"r2": R2_TARGET} if target in YIELD_TARGETS else {}
 
             def score(m: Any, _te: pl.DataFrame = te, _yt: np.ndarray = yt) -> float:
@@ -347,6 +461,9 @@ def train_quality(
                     "learner": learner,
                     "feature_set": feature_set,
                     "n_estimators": n_estimators,
+                    "model_kind": chosen,
+                    "model_kinds": list(kinds),
+                    "anchor": anchor_col if anchor is not None else "",
                     "max_depth": 3,
                     "learning_rate": 0.05,
                     "holdout_fraction": holdout_fraction,
@@ -442,6 +559,25 @@ FORECAST_SCHEMA: dict[str, pl.DataType] = {
     "model_name": pl.String(),
     "model_version": pl.String(),
 }
+
+
+def r2_bootstrap_ci(
+    pred: pl.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the held-out R² (batches resampled with
+    replacement) from stored predictions (``y_true``, ``predicted``)."""
+    y = pred["y_true"].to_numpy().astype(float)
+    p = pred["predicted"].to_numpy().astype(float)
+    if len(y) < 3:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    yb, pb = y[idx], p[idx]
+    ss_tot = ((yb - yb.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    ok = ss_tot > 0
+    r2 = 1.0 - ((yb - pb) ** 2).sum(axis=1)[ok] / ss_tot[ok]
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(r2, a)), float(np.quantile(r2, 1.0 - a))
 
 
 def assay_noise_ceiling(pred: pl.DataFrame, truth: pl.DataFrame, target: str) -> dict[str, float]:

@@ -3,10 +3,12 @@ CoA results of the batch's lots known by then, and never a label or ground-truth
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from pharma_assets.ml import features, material_features, quality
 
@@ -67,3 +69,41 @@ def test_no_label_or_ground_truth_field_is_a_feature(ml_plant, harvest: pl.DataF
     # nor a target or any release result
     assert not cols & set(quality.TARGETS)
     assert not [c for c in cols if "release" in c or c.startswith("cqa_")]
+
+
+@pytest.mark.parametrize("horizon", ["day3", "harvest"])
+def test_release_results_change_no_batch_s_own_features(
+    ml_inputs: features.MlInputs, horizon: str
+) -> None:
+    """Value-level leakage check (the name check above cannot see a renamed label): scale
+    every release result and every target of gold/batch_summary; no feature of any batch
+    moves except the lot history (the mean release titer of EARLIER batches of the same lot,
+    known by then), and a batch's own release result moves none of its features."""
+    ids = ml_inputs.batches.filter(pl.col("status") == "complete")["batch_id"].to_list()
+    a = features.batch_features(ml_inputs, horizon, batch_ids=ids)
+    rel = pl.col("sample_type") == "release"
+    labs = ml_inputs.lab_results.with_columns(
+        value=pl.when(rel).then(pl.col("value") * 7.0 + 1.0).otherwise(pl.col("value"))
+    )
+    num = [c for c, t in ml_inputs.batch_summary.schema.items() if t.is_float()]
+    summary = ml_inputs.batch_summary.with_columns([pl.col(c) * 7.0 for c in num])
+    b = features.batch_features(
+        dataclasses.replace(ml_inputs, lab_results=labs, batch_summary=summary),
+        horizon,
+        batch_ids=ids,
+    )
+    lot = [c for c in a.columns if c.startswith("lot_") and c.endswith("_prior_titer")]
+    assert lot and a["titer_bal_harvest"].drop_nulls().len() > 0
+    assert_frame_equal(a.drop(lot), b.drop(lot))
+    assert not a.select(lot).equals(b.select(lot))  # the check can see a release result
+    # one batch's own release result: none of its features moves (the lot history too)
+    last = ids[-1]
+    own = ml_inputs.lab_results.with_columns(
+        value=pl.when(rel & (pl.col("batch_id") == last))
+        .then(pl.col("value") * 7.0)
+        .otherwise(pl.col("value"))
+    )
+    c = features.batch_features(
+        dataclasses.replace(ml_inputs, lab_results=own), horizon, batch_ids=[last]
+    )
+    assert_frame_equal(a.filter(pl.col("batch_id") == last), c)

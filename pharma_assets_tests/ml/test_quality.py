@@ -90,3 +90,30 @@ def test_too_few_batches_is_explained(ml_inputs: features.MlInputs) -> None:
     few = dataclasses.replace(ml_inputs, batch_summary=ml_inputs.batch_summary.head(5))
     with pytest.raises(ValueError, match="completed batches with release results"):
         quality.train_quality(few)
+
+
+def test_r2_bootstrap_interval_brackets_the_r2() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.normal(3.0, 0.5, 200)
+    pred = pl.DataFrame({"y_true": y, "predicted": y + rng.normal(0, 0.2, 200)})
+    r2 = quality.regression_metrics(y, pred["predicted"].to_numpy())["r2"]
+    lo, hi = quality.r2_bootstrap_ci(pred)
+    assert lo < r2 < hi and hi - lo < 0.2
+    exact = pl.DataFrame({"y_true": y, "predicted": y})
+    assert quality.r2_bootstrap_ci(exact) == (1.0, 1.0)
+
+
+def test_model_kinds_need_an_anchor_and_fit() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(1.0, 0.1, (60, 3))
+    y = 2.0 * x[:, 0] + rng.normal(0, 0.01, 60)
+    for kind in quality.MODEL_KINDS:
+        m = quality.YieldRegressor(kind, 0, 20, anchor=0).fit(x, y)
+        assert m.predict(x).shape == (60,)
+    # the anchor alone, calibrated, recovers the linear relation
+    m = quality.YieldRegressor("anchor_linear", 0, 20, anchor=0).fit(x, y)
+    assert quality.regression_metrics(y, m.predict(x))["r2"] > 0.99
+    with pytest.raises(ValueError, match="needs an anchor"):
+        quality.YieldRegressor("xgb_anchor_ratio", 0, 20, anchor=None)
+    with pytest.raises(ValueError, match="unknown"):
+        quality.YieldRegressor("forest", 0, 20, anchor=None)

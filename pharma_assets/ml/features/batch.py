@@ -11,6 +11,7 @@ import polars as pl
 from ..material_features import material_features
 from .common import hours
 from .inputs import MlInputs
+from .product_balance import product_balance_features
 from .tags import CPP_TAGS, HORIZONS_H, LIMS_ANALYTES
 
 
@@ -158,7 +159,12 @@ def batch_features(
         )
 
     traj = _yield_trajectory_features(inputs, base, h, lab)
-    out = base.join(proc, on="batch_id", how="left").join(traj, on="batch_id", how="left")
+    bal = product_balance_features(base, h, lab, traj)
+    out = (
+        base.join(proc, on="batch_id", how="left")
+        .join(traj, on="batch_id", how="left")
+        .join(bal, on="batch_id", how="left")
+    )
     if wide is not None:
         out = out.join(wide, on="batch_id", how="left")
     for c in expected_lims:
