@@ -16,3 +16,19 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PHARMA_GXP_HOME", tempfile.mkdtemp(prefix="pharma_gxp_test_"))
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's script runner (AppTest included) puts the page script's module in
+    ``sys.modules["__main__"]`` and leaves it there. A later test in the same worker that
+    starts a process with multiprocessing's ``spawn`` (the gateway's flusher, its source
+    workers, the twin's OPC UA shard servers) would then make the child re-run the page
+    script as its main module, and the child dies (exit 1). Restore pytest's own
+    ``__main__`` after every test so the order of tests in a worker does not matter."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main

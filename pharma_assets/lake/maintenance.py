@@ -85,7 +85,7 @@ def compact(
             dt.alter.set_table_properties(missing)
         schema = pa.schema(dt.schema().to_arrow())  # (arro3 -> pyarrow, Arrow C interface)
         m = dt.optimize.compact(
-            target_size=target_size, writer_properties=writer_properties(schema)
+            target_size=target_size, writer_properties=writer_properties(schema, layer)
         )
         dt.create_checkpoint()
         lake.forget()

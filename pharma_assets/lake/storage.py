@@ -91,9 +91,17 @@ def _plain_type(t: pa.DataType) -> bool:
     return bool(pa.types.is_floating(t))
 
 
-def writer_properties(schema: pa.Schema | pl.Schema | None) -> WriterProperties:
-    """The lake's writer settings for a frame of this schema (see NO_DICTIONARY_COLUMNS)."""
-    if schema is None:
+def writer_properties(
+    schema: pa.Schema | pl.Schema | None, layer: str | None = None
+) -> WriterProperties:
+    """The lake's writer settings for a frame of this schema (see NO_DICTIONARY_COLUMNS).
+
+    GxP tables (the audit trail, signatures, deviations, releases) keep the writer's
+    defaults, statistics on every column: they are small, so the settings buy nothing
+    there, and their files keep the layout the audit trail's tamper tests were written
+    against (a byte flipped in the middle of a file lands in a column's data, which
+    ``AuditTrail.verify`` reads and hashes)."""
+    if schema is None or layer == GXP_LAYER:
         return WRITER_PROPERTIES
     if isinstance(schema, pl.Schema):
         kinds = {n: t.is_float() for n, t in schema.items()}
@@ -592,7 +600,7 @@ class Lake:
                     mode="append",
                     partition_by=list(partition_by) if partition_by else None,
                     storage_options=self.storage_options or None,
-                    writer_properties=writer_properties(_schema_of(table)),
+                    writer_properties=writer_properties(_schema_of(table), layer),
                     commit_properties=props,
                     configuration={**TABLE_CONFIGURATION, **(configuration or {})},
                     schema_mode="merge",
@@ -688,7 +696,7 @@ class Lake:
             predicate=predicate if dt is not None else None,
             partition_by=list(partition_by) if partition_by else None,
             storage_options=self.storage_options or None,
-            writer_properties=writer_properties(_schema_of(table)),
+            writer_properties=writer_properties(_schema_of(table), layer),
             commit_properties=CommitProperties(
                 custom_metadata={k: str(v) for k, v in (metadata or {}).items()},
                 app_transactions=[Transaction(source_app_id(f), 1) for f in source_files] or None,
