@@ -423,50 +423,24 @@ def import_mes(
         raise ValueError(f"{src}: batch id(s) listed more than once: {sorted(dupes)[:5]}")
     unit = _col_or(df, c.unit_id, mm.default_unit_id, src, "unit_id").str.to_uppercase()
     site = _col_or(df, c.site_id, mm.site_id, src, "site_id")
-    start = _instants(
-        df, c.start, mm.timezone, c.timezone, src, fmt=mm.timestamp_format, dst=mm.dst_ambiguous
-    )
-    end = (
-        _instants(
-            df,
-            c.end,
-            mm.timezone,
-            c.timezone,
-            src,
-            optional=True,
-            fmt=mm.timestamp_format,
-            dst=mm.dst_ambiguous,
-        )
-        if c.end
-        else None
-    )
-    planned = (
-        _instants(
-            df,
-            c.planned_end,
-            mm.timezone,
-            c.timezone,
-            src,
-            optional=True,
-            fmt=mm.timestamp_format,
-            dst=mm.dst_ambiguous,
-        )
-        if c.planned_end
-        else None
-    )
-    phase_ts = {
-        col: _instants(
+
+    def at(col: str, optional: bool = False) -> pl.Series:
+        """The instants of one column, read with the map's zone, format and DST choice."""
+        return _instants(
             df,
             col,
             mm.timezone,
             c.timezone,
             src,
-            optional=True,
+            optional=optional,
             fmt=mm.timestamp_format,
             dst=mm.dst_ambiguous,
         )
-        for col in mm.phases
-    }
+
+    start = at(c.start)
+    end = at(c.end, optional=True) if c.end else None
+    planned = at(c.planned_end, optional=True) if c.planned_end else None
+    phase_ts = {col: at(col, optional=True) for col in mm.phases}
     status = _opt_text(df, c.status)
     reasons, recipes, products = (
         _opt_text(df, c.end_reason),
