@@ -80,6 +80,44 @@ THRESHOLD_FIT: dict[str, Any] = {
     "max_batches": 100_000,
     "max_confirm_samples": 3,
 }
+#: fourth part (``--only threshold``, this session): fits (each one ``mspc.train``) x ways
+#: of choosing the threshold on the same fit's out-of-fold statistics (``with_threshold``;
+#: nothing refitted). ``_max``: the change statistic as the largest single tag's squared
+#: z-score instead of the sum over the 16 tags (a step in one tag is not diluted).
+THRESHOLD_FITS: dict[str, dict[str, Any]] = {
+    "level": {"statistic": "level"},
+    "change_3_3": {"statistic": "change", "change_lag_h": 3, "change_window_h": 3},
+    "change_6_6": {"statistic": "change", "change_lag_h": 6, "change_window_h": 6},
+    "change_max_3_3": {
+        "statistic": "change",
+        "change_lag_h": 3,
+        "change_window_h": 3,
+        "change_combine": "max",
+    },
+    "change_max_6_6": {
+        "statistic": "change",
+        "change_lag_h": 6,
+        "change_window_h": 6,
+        "change_combine": "max",
+    },
+}
+#: threshold choices: ``_x3h`` the plant-known good share (as before, <= 5 % with a rule of
+#: at most 3 samples; also ``+forward_rule``), ``_robust*`` the contamination-robust
+#: quantile (``mspc.robust_factor``): clean share 2.5 % (``_robust``), 5 % / 1 %
+#: (``_c05`` / ``_c01``), outliers set aside beyond 3.5 robust sds (``_z35``)
+THRESHOLD_CHOICES: dict[str, dict[str, Any]] = {
+    "_x3h": {"max_confirm_samples": 3, "threshold": "share"},
+    "_robust": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.025},
+    "_robust_c05": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.05},
+    "_robust_c01": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.01},
+    "_robust_z35": {
+        "max_confirm_samples": 1,
+        "threshold": "robust",
+        "clean_share": 0.025,
+        "outlier_z": 3.5,
+    },
+}
+THRESHOLD_BASE_FIT: dict[str, Any] = {"time_blocked_folds": True, "max_batches": 100_000}
 #: the rest of the change model's fit: every good batch, time-blocked folds
 CHANGE_FIT: dict[str, Any] = {
     "statistic": "change",
@@ -315,12 +353,232 @@ def run_change(
     return {"chosen": chosen, "validation": validation, "held_out": held, "scores": scores}
 
 
+def _derive(base: mspc.MSPCModel, choice: dict[str, Any]) -> mspc.MSPCModel:
+    """``base`` with its threshold (and rule) chosen as ``choice`` says (no refit)."""
+    return mspc.with_threshold(
+        base,
+        choice["max_confirm_samples"],
+        choice["threshold"],
+        choice.get("clean_share", 0.025),
+        choice.get("outlier_z", mspc.ROBUST_OUTLIER_Z),
+    )
+
+
+def _select_threshold(rows: list[dict[str, Any]]) -> str:
+    """Among variants whose validation share of *clean* good batches (plant-known good and
+    without any ground-truth fault of the training period) with a confirmed alarm is at
+    most 5 %, the highest validation detection rate, then the shortest median delay (if
+    none: the lowest clean share)."""
+    ok = [r for r in rows if r["validation_clean_share"] <= alarm_rules.TARGET_GOOD_BATCH_SHARE]
+
+    def key(r: dict[str, Any]) -> tuple[float, float, float]:
+        rate, delay = r["validation_detection_rate"], r["validation_median_delay_h"]
+        return (
+            -(rate if rate == rate else 0.0),
+            delay if delay == delay else float("inf"),
+            r["validation_clean_share"],
+        )
+
+    best = min(ok, key=key) if ok else min(rows, key=lambda r: r["validation_clean_share"])
+    return str(best["variant"])
+
+
+def _per_type(
+    m: mspc.MSPCModel, sc: pl.DataFrame, labels: pl.DataFrame, batches: pl.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Detected / faulty batches per fault type (a batch with several types counts under
+    each; detection as ``mspc_figures``: a confirmed alarm of a run started after the
+    batch's first onset, no later than its end)."""
+    s = alarm_rules.mspc_samples(sc, batches)
+    rule = alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT)
+    faulted = labels.filter(
+        pl.col("batch_id").is_not_null()
+        & pl.col("batch_id").is_in(s["batch_id"].unique().implode())
+    )
+    out: dict[str, dict[str, float]] = {}
+    for ft in sorted(set(faulted["fault_type"].to_list())):
+        ids = faulted.filter(pl.col("fault_type") == ft)["batch_id"].unique().implode()
+        on = faulted.filter(pl.col("batch_id").is_in(ids)).select("batch_id", "onset_ts")
+        f = alarm_rules.batch_figures(s, rule, "hour_end_ts", [], on, batches, require_new_run=True)
+        out[ft] = {
+            "n": f["n_faulty_batches"],
+            "detected": f["n_faulty_detected"],
+            "median_delay_h": f["median_detection_delay_h"],
+        }
+    return out
+
+
+def _faulty_detail(
+    m: mspc.MSPCModel, sc: pl.DataFrame, labels: pl.DataFrame, batches: pl.DataFrame
+) -> list[dict[str, Any]]:
+    """Per faulty held-out batch: its fault types, detected or not, and its largest
+    statistic / limit after the first onset (to the batch end) against the factor."""
+    ratio = (
+        pl.col("chg") / pl.col("chg_limit")
+        if m.stat() == "change"
+        else pl.max_horizontal(
+            pl.col("t2") / pl.col("t2_limit"), pl.col("spe") / pl.col("spe_limit")
+        )
+    )
+    faulted = labels.filter(pl.col("batch_id").is_not_null())
+    first = faulted.group_by("batch_id").agg(
+        onset_ts=pl.col("onset_ts").min(), types=pl.col("fault_type").unique().sort()
+    )
+    t = (
+        sc.select("batch_id", "elapsed_h", ratio=ratio)
+        .join(batches.select("batch_id", "start_ts", "end_ts"), on="batch_id")
+        .join(first, on="batch_id")
+        .with_columns(
+            ts=pl.col("start_ts") + pl.duration(seconds=(pl.col("elapsed_h") * 3600).cast(pl.Int64))
+        )
+        .filter(
+            (pl.col("ts") > pl.col("onset_ts"))
+            & (pl.col("end_ts").is_null() | (pl.col("ts") <= pl.col("end_ts")))
+        )
+        .group_by("batch_id")
+        .agg(pl.col("types").first(), peak_after_onset=pl.col("ratio").max())
+    )
+    s = alarm_rules.mspc_samples(sc, batches)
+    rule = alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT)
+    out = []
+    for bid, types, peak in t.sort("batch_id").iter_rows():
+        f = alarm_rules.batch_figures(
+            s.filter(pl.col("batch_id") == bid),
+            rule,
+            "hour_end_ts",
+            [],
+            faulted.filter(pl.col("batch_id") == bid).select("batch_id", "onset_ts"),
+            batches,
+            require_new_run=True,
+        )
+        out.append(
+            {
+                "batch_id": bid,
+                "types": list(types),
+                "detected": bool(f["n_faulty_detected"] > 0),
+                "peak_over_factor": (peak / m.factor()) if peak is not None else None,
+            }
+        )
+    return out
+
+
+def run_threshold(
+    hourly: pl.DataFrame,
+    batches: pl.DataFrame,
+    summary: pl.DataFrame,
+    labels: pl.DataFrame,
+    cutoff: Any,
+    fits: dict[str, dict[str, Any]] = THRESHOLD_FITS,
+    choices: dict[str, dict[str, Any]] = THRESHOLD_CHOICES,
+) -> dict[str, Any]:
+    """Fourth part: each fit once on the training period's earlier good batches (validated
+    on its later batches) and once on every good training batch (scored on the held-out
+    batches), every threshold choice derived from the same fit. Chosen on the training
+    period (``_select_threshold``; training-period labels for selection only), then every
+    variant's held-out figures, with detection per fault type."""
+    fit_ids, val_good, val_all = _inner_split(batches, summary, cutoff)
+    faulted_ids = set(labels["batch_id"].drop_nulls().to_list())
+    val_clean = [b for b in val_good if b not in faulted_ids]
+    lab = labels.filter(pl.col("batch_id").is_in(val_all))
+    rows: list[dict[str, Any]] = []
+    fwd_rules: dict[str, alarm_rules.PersistenceRule] = {}
+    for fname, fkw in fits.items():
+        t0 = time.perf_counter()
+        base = mspc.train(
+            hourly.filter(pl.col("batch_id").is_in(fit_ids)),
+            batches,
+            fit_ids,
+            **(THRESHOLD_BASE_FIT | fkw),
+        )
+        sc0 = mspc.monitor(base, hourly.filter(pl.col("batch_id").is_in(val_all)), batches)
+        print(f"  fit {fname} (training period): {time.perf_counter() - t0:.0f} s", flush=True)
+        for cname, ckw in choices.items():
+            m = _derive(base, ckw)
+            sc = mspc.rescore(sc0, m)
+            alarms_ = sc.select("batch_id", "elapsed_h", "alarm")
+            rules = [(fname + cname, alarm_rules.rule_of(m, alarm_rules.MSPC_DEFAULT))]
+            if ckw["threshold"] == "share":
+                fwd = alarm_rules.choose_rule(
+                    alarms_.filter(pl.col("batch_id").is_in(val_good)), "elapsed_h", sample="hour"
+                ).rule
+                rules.append((fname + cname + "+forward_rule", fwd))
+                fwd_rules[fname + cname + "+forward_rule"] = fwd
+            for name, rule in rules:
+                mr = dataclasses.replace(m, alarm_rule=rule.as_dict())
+                per = alarm_rules.batch_any_confirmed(alarms_, rule, "elapsed_h")
+
+                def share(ids: list[str], per: pl.DataFrame = per) -> float:
+                    c = per.filter(pl.col("batch_id").is_in(ids))["confirmed_alarm"]
+                    return float(c.cast(pl.Float64).mean()) if c.len() else float("nan")  # type: ignore[arg-type]
+
+                f = alarm_rules.mspc_figures(mr, sc, lab, batches)
+                rows.append(
+                    {
+                        "variant": name,
+                        "fit": fname,
+                        "rule_k": rule.k,
+                        "rule_n": rule.n,
+                        "factor": m.factor(),
+                        "validation_good_share": share(val_good),
+                        "validation_clean_share": share(val_clean),
+                        "n_validation_good": len(val_good),
+                        "n_validation_clean": len(val_clean),
+                        "n_fit": len(fit_ids),
+                        "train_good_above_share": m.alarm_rule_train.get(
+                            "train_good_batch_alarm_share", float("nan")
+                        ),
+                        "validation_detected": f["rule_n_faulty_detected"],
+                        "validation_faulty": f["rule_n_faulty_batches"],
+                        "validation_detection_rate": f["rule_batch_detection_rate"],
+                        "validation_median_delay_h": f["rule_median_detection_delay_h"],
+                    }
+                )
+                print(f"  validation {name}: {rows[-1]}", flush=True)
+    chosen = _select_threshold(rows)
+    print(f"threshold variant chosen on the training period: {chosen}", flush=True)
+    good = mspc.good_batches(summary, before=cutoff)
+    hold = batches.filter(pl.col("start_ts") >= cutoff)["batch_id"].to_list()
+    held: dict[str, dict[str, Any]] = {}
+    detail: list[dict[str, Any]] = []
+    for fname, fkw in fits.items():
+        t0 = time.perf_counter()
+        base = mspc.train(
+            hourly.filter(pl.col("batch_id").is_in(good)),
+            batches,
+            good,
+            **(THRESHOLD_BASE_FIT | fkw),
+        )
+        sc0 = mspc.monitor(base, hourly.filter(pl.col("batch_id").is_in(hold)), batches)
+        print(f"  fit {fname} (all training): {time.perf_counter() - t0:.0f} s", flush=True)
+        for cname, ckw in choices.items():
+            m = _derive(base, ckw)
+            sc = mspc.rescore(sc0, m)
+            names = [fname + cname]
+            if ckw["threshold"] == "share":
+                names.append(fname + cname + "+forward_rule")
+            for name in names:
+                mr = (
+                    dataclasses.replace(m, alarm_rule=fwd_rules[name].as_dict())
+                    if name in fwd_rules
+                    else m
+                )
+                held[name] = _held_out(mr, sc, labels, batches) | {
+                    "per_type": _per_type(mr, sc, labels, batches)  # type: ignore[dict-item]
+                }
+                _print_held(name, held[name])
+                print(f"    per fault type: {held[name]['per_type']}", flush=True)
+                if name == chosen:
+                    detail = _faulty_detail(mr, sc, labels, batches)
+    return {"chosen": chosen, "validation": rows, "held_out": held, "chosen_faulty": detail}
+
+
 def run(
     lake_dir: Path,
     truth: Path,
     units: list[str] | None = None,
     only: str | None = None,
     scores_out: Path | None = None,
+    fits: list[str] | None = None,
 ) -> dict[str, Any]:
     lake = Lake.at(lake_dir)
     t0 = time.perf_counter()
@@ -345,10 +603,20 @@ def run(
         "n_good_train": len(good),
     }
     if only == "threshold":
-        th = run_change(hourly, batches, summary, labels, cutoff, THRESHOLD_VARIANTS, THRESHOLD_FIT)
-        if scores_out is not None and "chosen" in th["scores"]:
-            th["scores"]["chosen"].write_parquet(scores_out)
-        return out | {"threshold": {k: v for k, v in th.items() if k != "scores"}}
+        sel = {k: v for k, v in THRESHOLD_FITS.items() if not fits or k in fits}
+        th = run_threshold(hourly, batches, summary, labels, cutoff, sel)
+        n_faulty_train = labels.filter(
+            pl.col("batch_id").is_in(
+                batches.filter(pl.col("start_ts") < cutoff)["batch_id"].implode()
+            )
+        )["batch_id"].n_unique()
+        return out | {
+            "threshold": th,
+            "n_good_train_with_ground_truth_fault": len(
+                set(good) & set(labels["batch_id"].drop_nulls().to_list())
+            ),
+            "n_training_batches_with_fault": n_faulty_train,
+        }
     if only != "level":
         ch = run_change(hourly, batches, summary, labels, cutoff)
         if scores_out is not None and "chosen" in ch["scores"]:
@@ -420,10 +688,11 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
     ]
     side: list[tuple[str, dict[str, float]]] = []
+    if "threshold" in r:
+        out += _threshold_markdown(r)
     for part, title in (
         ("level", "Level statistic (T² / SPE)"),
         ("change", "Change statistic"),
-        ("threshold", "Short rule (<= 3 h) with the threshold factor chosen on training"),
     ):
         sec = r if part == "level" else r.get(part)
         if not sec or "held_out" not in sec:
@@ -455,10 +724,86 @@ def markdown(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _threshold_markdown(r: dict[str, Any]) -> list[str]:
+    th = r["threshold"]
+    out = [
+        f"Good training batches holding a ground-truth fault (read for this note only): "
+        f"{r.get('n_good_train_with_ground_truth_fault', '?')} of {r['n_good_train']}.",
+        "",
+        f"Threshold choice: chosen on the training period **{th['chosen']}**.",
+        "",
+        "| variant | rule, factor (held out fit) | validation: good (plant) / clean good with a "
+        "confirmed alarm, detected | training good above it | held out: good with a "
+        "confirmed alarm (≤ 5 %) | faulty detected (≥ 90 %) | median delay | raw good-hour "
+        "alarm rate (< 1 %) | per fault type (detected / n) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    val = {v["variant"]: v for v in th["validation"]}
+    for name, h in th["held_out"].items():
+        v = val[name]
+        types = ", ".join(
+            f"{t} {d['detected']:.0f}/{d['n']:.0f}" for t, d in h.get("per_type", {}).items()
+        )
+        out.append(
+            f"| {name}{' (chosen)' if name == th['chosen'] else ''} | "
+            f"{h['rule_alarm_rule_k']:.0f} of {h['rule_alarm_rule_n']:.0f} h, "
+            f"{h.get('alarm_factor', 1.0):.3g} | "
+            f"{100 * v['validation_good_share']:.1f} % of {v['n_validation_good']} / "
+            f"{100 * v['validation_clean_share']:.1f} % of {v['n_validation_clean']}, "
+            f"{v['validation_detected']:.0f} / {v['validation_faulty']:.0f} | "
+            f"{100 * h.get('train_good_batch_alarm_share', float('nan')):.1f} % | "
+            f"{100 * h['rule_good_batch_alarm_share']:.1f} % of {h['rule_n_good_batches']:.0f} | "
+            f"{h['rule_n_faulty_detected']:.0f} / {h['rule_n_faulty_batches']:.0f} = "
+            f"{100 * h['rule_batch_detection_rate']:.1f} % | "
+            f"{h['rule_median_detection_delay_h']:.1f} h | "
+            f"{100 * h['hour_false_alarm_rate']:.2f} % | {types} |"
+        )
+    missed = [d for d in th.get("chosen_faulty", []) if not d["detected"]]
+    out += [
+        "",
+        f"Chosen variant, missed faulty held-out batches ({len(missed)}): "
+        + "; ".join(
+            f"{d['batch_id']} {'+'.join(d['types'])} peak/factor "
+            + (f"{d['peak_over_factor']:.2f}" if d["peak_over_factor"] is not None else "n/a")
+            for d in missed
+        ),
+        "",
+    ]
+    return out
+
+
+def combine(paths: list[Path]) -> dict[str, Any]:
+    """Merge ``--only threshold`` runs over disjoint ``--fits`` of the same lake: the choice
+    is made again over every run's validation rows (training period only)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    out = {k: v for k, v in runs[0].items() if k != "threshold"}
+    rows = [v for r in runs for v in r["threshold"]["validation"]]
+    held = {k: v for r in runs for k, v in r["threshold"]["held_out"].items()}
+    chosen = _select_threshold(rows)
+    det = next(
+        (r["threshold"]["chosen_faulty"] for r in runs if r["threshold"]["chosen"] == chosen), []
+    )
+    return out | {
+        "threshold": {"chosen": chosen, "validation": rows, "held_out": held, "chosen_faulty": det}
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--lake", type=Path, required=True)
-    ap.add_argument("--truth", type=Path, required=True)
+    ap.add_argument("--lake", type=Path, default=None)
+    ap.add_argument("--truth", type=Path, default=None)
+    ap.add_argument(
+        "--fits",
+        default=None,
+        help=f"--only threshold: fits to run (of {','.join(THRESHOLD_FITS)})",
+    )
+    ap.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="merge --only threshold JSON runs over disjoint --fits (choice made again)",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--units", default=None, help="comma-separated units to use (default: all)")
     ap.add_argument("--only", choices=("level", "change", "threshold"), default=None)
@@ -466,7 +811,19 @@ def main(argv: list[str] | None = None) -> None:
         "--scores", type=Path, default=None, help="write the chosen change model's held-out scores"
     )
     a = ap.parse_args(argv)
-    r = run(a.lake, a.truth, a.units.split(",") if a.units else None, a.only, a.scores)
+    if a.combine:
+        r = combine(a.combine)
+    else:
+        if a.lake is None or a.truth is None:
+            ap.error("--lake and --truth are required (unless --combine)")
+        r = run(
+            a.lake,
+            a.truth,
+            a.units.split(",") if a.units else None,
+            a.only,
+            a.scores,
+            a.fits.split(",") if a.fits else None,
+        )
     print("\n".join(markdown(r)))
     if a.json:
         a.json.write_text(json.dumps(r, indent=1, default=str))

@@ -345,6 +345,17 @@ class MSPCModel:
     # a raw alarm is the statistic over ``alarm_factor`` x its limit; 1 unless chosen with the
     # rule (``train(max_confirm_samples=...)``: a short rule and a higher threshold)
     alarm_factor: float = 1.0
+    # how the change statistic combines the tags: "sum" of squared robust z-scores (the
+    # original) or "max" (the largest single tag's squared z-score: a step in one tag is
+    # not diluted by the noise of the other tags)
+    change_combine: str = "sum"
+    # how ``alarm_factor`` was chosen with ``max_confirm_samples``: "share" (the smallest
+    # factor keeping <= 5 % of the plant-known good training batches confirmed) or "robust"
+    # (a quantile of their per-batch peaks once clear outliers are set aside;
+    # ``robust_factor``)
+    threshold: str = "share"
+    clean_share: float = 0.025  # "robust": the share of the other good batches above it
+    outlier_z: float = 5.0  # "robust": robust sds above the median peak set aside
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -363,6 +374,10 @@ class MSPCModel:
             "change_detrend": getattr(self, "change_detrend", False),
             "change_scale_window_h": getattr(self, "change_scale_window_h", 3),
             "alarm_factor": self.factor(),
+            "change_combine": self.combine(),
+            "threshold": str(getattr(self, "threshold", "share")),
+            "clean_share": float(getattr(self, "clean_share", 0.025)),
+            "outlier_z": float(getattr(self, "outlier_z", 5.0)),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -394,6 +409,10 @@ class MSPCModel:
     def stat(self) -> str:
         """The statistic that raises ``alarm`` ("level" for models pickled before the option)."""
         return str(getattr(self, "statistic", "level"))
+
+    def combine(self) -> str:
+        """How the change statistic combines tags ("sum" for models before the option)."""
+        return str(getattr(self, "change_combine", "sum"))
 
     def factor(self) -> float:
         """The multiple of the limits a raw alarm needs (1 for models before the option)."""
@@ -535,12 +554,19 @@ def _change_scale(d: np.ndarray, floor: np.ndarray, window_h: int) -> tuple[np.n
     return mu, np.maximum(mad, floor[None, :])
 
 
-def _change_stat(d: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+#: how the change statistic may combine the tags' squared z-scores (``change_combine``)
+COMBINES = ("sum", "max")
+
+
+def _change_stat(
+    d: np.ndarray, mu: np.ndarray, sd: np.ndarray, combine: str = "sum"
+) -> tuple[np.ndarray, np.ndarray]:
     """(statistic (n, K), squared standardised changes (n, K, J)): the statistic is the sum
-    over tags of ((change - median) / robust sd)²; NaN where no tag has a change."""
+    (``combine="sum"``) or the largest (``"max"``) over tags of ((change - median) / robust
+    sd)²; NaN where no tag has a change."""
     z2 = ((d - mu[None]) / sd[None]) ** 2
     with _quiet():
-        q = np.nansum(z2, axis=2)
+        q = np.nanmax(z2, axis=2) if combine == "max" else np.nansum(z2, axis=2)
     q[~np.any(np.isfinite(z2), axis=2)] = np.nan
     return q, np.nan_to_num(z2, nan=0.0)
 
@@ -695,6 +721,7 @@ def _fit_recipe(
     change_window_h: int = 6,
     change_detrend: bool = False,
     change_scale_window_h: int = 3,
+    change_combine: str = "sum",
 ) -> RecipeModel:
     from scipy import stats
 
@@ -745,7 +772,7 @@ def _fit_recipe(
         if tr.size < 3:
             continue
         mu_f, sd_f = _change_scale(d[tr], floor, change_scale_window_h)
-        cv_chg[te] = _change_stat(d[te], mu_f, sd_f)[0]
+        cv_chg[te] = _change_stat(d[te], mu_f, sd_f, change_combine)[0]
     chg_lim = np.full(k_hours, np.nan)
     for k in range(k_hours):
         lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
@@ -815,6 +842,10 @@ def train(
     change_detrend: bool = False,
     change_scale_window_h: int = 3,
     max_confirm_samples: int | None = None,
+    change_combine: str = "sum",
+    threshold: str = "share",
+    clean_share: float = 0.025,
+    outlier_z: float = 5.0,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -843,11 +874,27 @@ def train(
     batches' out-of-fold share with a confirmed alarm <= 5 %, with the least persistent
     such rule (``choose_factor_and_rule``). Faults are large and sudden, good batches'
     excursions moderate and long: a short rule on a higher threshold separates them.
+    ``change_combine``: ``"sum"`` of the tags' squared z-scores or their ``"max"`` (a step
+    in one tag against that tag's own spread, not diluted by the others' noise).
+    ``threshold`` (with ``max_confirm_samples``): ``"share"`` as above, or ``"robust"``:
+    the least persistent rule, with the factor that at most ``clean_share`` of the good
+    training batches' out-of-fold per-batch peaks exceed once peaks more than
+    ``outlier_z`` robust sds above their median are set aside (``robust_factor``), so that
+    the plant-known good batches that hold faults the plant does not know about (a
+    minority far above the bulk) cannot drag the threshold up.
     """
     if statistic not in STATISTICS:
         raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if not 0.5 < alpha < 1.0:
         raise MSPCInputError(f"alpha must be in (0.5, 1), got {alpha}")
+    if change_combine not in COMBINES:
+        raise MSPCInputError(f"change_combine must be one of {COMBINES}, got {change_combine!r}")
+    if threshold not in THRESHOLDS:
+        raise MSPCInputError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+    if not 0.0 < clean_share < 0.5:
+        raise MSPCInputError(f"clean_share must be in (0, 0.5), got {clean_share}")
+    if not outlier_z > 0:
+        raise MSPCInputError(f"outlier_z must be > 0, got {outlier_z}")
     if scale_window_h < 0:
         raise MSPCInputError(f"scale_window_h must be >= 0 hours, got {scale_window_h}")
     ids = sorted(set(good_batch_ids))
@@ -899,6 +946,7 @@ def train(
                 change_window_h,
                 change_detrend,
                 change_scale_window_h,
+                change_combine,
             )
     if not models:
         raise MSPCInputError(
@@ -920,9 +968,38 @@ def train(
         change_window_h=change_window_h,
         change_detrend=change_detrend,
         change_scale_window_h=change_scale_window_h,
+        change_combine=change_combine,
     )
+    return with_threshold(model, max_confirm_samples, threshold, clean_share, outlier_z)
+
+
+#: how ``train(max_confirm_samples=...)`` chooses the threshold factor
+THRESHOLDS = ("share", "robust")
+
+
+def with_threshold(
+    model: MSPCModel,
+    max_confirm_samples: int | None = None,
+    threshold: str = "share",
+    clean_share: float = 0.025,
+    outlier_z: float = 5.0,
+) -> MSPCModel:
+    """``model`` with its persistence rule (and, with ``max_confirm_samples``, its threshold
+    factor) chosen on its good training batches' out-of-fold statistics, as ``train`` does;
+    the limits and statistics are the model's own (a copy; nothing is refitted)."""
+    import dataclasses
+
+    if threshold not in THRESHOLDS:
+        raise MSPCInputError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+    model = dataclasses.replace(model, alarm_factor=1.0, threshold=threshold)
+    model.clean_share, model.outlier_z = clean_share, outlier_z
+    extra: dict[str, float] = {}
     if max_confirm_samples is None:
         choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
+    elif threshold == "robust":
+        model.alarm_factor, choice, extra = choose_factor_robust(
+            model, max_confirm_samples, clean_share, outlier_z
+        )
     else:
         model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
@@ -930,7 +1007,7 @@ def train(
         model.alarm_rule_train |= {
             "alarm_factor": model.alarm_factor,
             "alarm_rule_met": float(choice.met),
-        }
+        } | extra
     return model
 
 
@@ -976,6 +1053,125 @@ def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[
             return f, choice
     assert choice is not None
     return ALARM_FACTORS[-1], choice
+
+
+def train_ratios(model: MSPCModel, statistic: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(batch ids, ratios (batches, hours)) of the good training batches' out-of-fold
+    statistic over its limit (level: the larger of T²/limit and SPE/limit), hours beyond a
+    recipe's horizon ``-inf``: a raw alarm at factor ``f`` is a ratio ``> f``, exactly as
+    ``train_alarm_samples(factor=f)`` (a NaN statistic or limit never alarms: ``-inf``)."""
+    stat = statistic or model.stat()
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    k_max = max(m.n_hours for m in model.recipes.values())
+    for m in model.recipes.values():
+        with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
+            if stat == "change":
+                if m.cv_chg is None or m.chg_limit is None:
+                    raise MSPCInputError("this model has no change statistic")
+                r = m.cv_chg / m.chg_limit[None, :]
+            else:
+                r = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
+        r = np.where(np.isnan(r), -np.inf, r)
+        rows.append(np.pad(r, ((0, 0), (0, k_max - r.shape[1])), constant_values=-np.inf))
+        ids += list(m.batch_ids)
+    return ids, np.concatenate(rows) if rows else np.zeros((0, k_max))
+
+
+def rule_peaks(ratios: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Per batch (row), the largest factor ``f`` at which the persistence rule ``k`` of the
+    last ``n`` samples confirms an alarm on raw alarms ``ratio > f``: the maximum over
+    samples of the ``k``-th largest ratio among the last ``n`` (fewer than ``k`` samples
+    so far: ``-inf``, as ``PersistenceRule`` counts what there is). A batch confirms at
+    factor ``f`` exactly when its peak is ``> f``."""
+    if ratios.size == 0:
+        return np.zeros(ratios.shape[0])
+    pad = np.pad(ratios, ((0, 0), (n - 1, 0)), constant_values=-np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(pad, n, axis=1)  # (b, K, n)
+    kth = np.sort(win, axis=2)[:, :, n - k]
+    return np.max(kth, axis=1)
+
+
+#: the robust threshold needs at least this many good batches with a finite, positive peak
+ROBUST_MIN_BATCHES = 10
+#: a good training batch whose peak is more than this many robust sds (1.4826 x MAD, log
+#: scale) above the median peak is set aside as a clear outlier before the quantile: the
+#: twin's faults move a tag by tens of robust sds, good batches' own excursions by a few
+ROBUST_OUTLIER_Z = 5.0
+
+
+def robust_factor(
+    peaks: np.ndarray, clean_share: float = 0.025, outlier_z: float = ROBUST_OUTLIER_Z
+) -> tuple[float, dict[str, float]]:
+    """Threshold factor from the good training batches' per-batch peaks (``rule_peaks``),
+    robust to a minority of them that hold faults the plant does not know about.
+
+    The bulk of the peaks is located robustly on the log scale (peaks of good batches span
+    orders of magnitude): median and robust sd (1.4826 x MAD), which a minority far above
+    the bulk barely moves. Peaks more than ``outlier_z`` robust sds above the median are
+    set aside (clear outliers; at most half the batches), and the factor is the smallest
+    value that at most ``clean_share`` of the remaining batches exceed (their empirical
+    quantile: no assumption about the shape of the tail), at least 1 (never below the
+    limit). With the plain share (``threshold="share"``) the same batches, up to 5 %
+    of them, would have to stay below it, so a plant-known good population in which more
+    than 5 % hold real faults pushes the threshold above those faults. Returns (factor,
+    diagnostics)."""
+    from .alarm_rules import TARGET_GOOD_BATCH_SHARE
+
+    pk = np.where(np.isnan(peaks), -np.inf, peaks)
+    pos = pk[np.isfinite(pk) & (pk > 0)]
+    if pos.size < ROBUST_MIN_BATCHES:
+        raise MSPCInputError(
+            f"robust threshold needs >= {ROBUST_MIN_BATCHES} good batches with a peak, got "
+            f"{pos.size}; use threshold='share'"
+        )
+    y = np.log(pos)
+    med = float(np.median(y))
+    sd = max(MAD_TO_SD * float(np.median(np.abs(y - med))), 1e-6)
+    cut = float(np.exp(med + outlier_z * sd))
+    kept = np.sort(pk[pk <= cut])  # batches without any peak never alarm: kept, lowest
+    if kept.size < 0.5 * pk.size:
+        raise MSPCInputError("robust threshold: more than half the good batches are outliers")
+    allowed = int(np.floor(clean_share * kept.size))
+    f = max(1.0, float(kept[kept.size - 1 - allowed]))
+    above = float(np.mean(pk > f))
+    return f, {
+        "robust_log_median": med,
+        "robust_log_sd": sd,
+        "robust_outlier_cut": cut,
+        "robust_set_aside_share": float(np.mean(pk > cut)),
+        "robust_clean_share": clean_share,
+        # plant-known good batches above it: those set aside (presumably faults the plant
+        # does not know about) and up to ``clean_share`` of the others
+        "robust_good_above_share": above,
+        "robust_good_above_target": float(above > TARGET_GOOD_BATCH_SHARE),
+    }
+
+
+def choose_factor_robust(
+    model: MSPCModel,
+    max_confirm_samples: int,
+    clean_share: float = 0.025,
+    outlier_z: float = ROBUST_OUTLIER_Z,
+) -> tuple[float, Any, dict[str, float]]:
+    """(factor, RuleChoice, diagnostics) of ``threshold="robust"``: the least persistent
+    rule of at most ``max_confirm_samples`` samples (fewest samples first, as
+    ``alarm_rules.candidates``: the shortest delay for a sustained fault), its factor from
+    ``robust_factor`` on the good training batches' out-of-fold peaks under that rule.
+    ``met``: whether the plant-known good training batches' share above it is within the
+    5 % target (it need not be: they hold faults the plant does not know about)."""
+    from .alarm_rules import K_CANDIDATES, TARGET_GOOD_BATCH_SHARE, RuleChoice, candidates
+
+    if max_confirm_samples < 1:
+        raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
+    rule = candidates([k for k in K_CANDIDATES if k <= max_confirm_samples], "hour")[0]
+    ids, ratios = train_ratios(model)
+    peaks = rule_peaks(ratios, rule.k, rule.n)
+    f, diag = robust_factor(peaks, clean_share, outlier_z)
+    share = diag["robust_good_above_share"]
+    table = pl.DataFrame({"k": [rule.k], "n": [rule.n], "train_good_batch_share": [share]})
+    choice = RuleChoice(rule, share, len(set(ids)), share <= TARGET_GOOD_BATCH_SHARE, table)
+    return f, choice, diag
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -1065,7 +1261,7 @@ def monitor(
         has_chg = m.chg_mu is not None and m.chg_sd is not None and m.chg_limit is not None
         if has_chg:
             d = change_residuals(raw[None], *model.change_window())
-            q, z2 = _change_stat(d, m.chg_mu, m.chg_sd)  # type: ignore[arg-type]
+            q, z2 = _change_stat(d, m.chg_mu, m.chg_sd, model.combine())  # type: ignore[arg-type]
             chg, s_chg = q[0], _shares(z2[0])
         unit = hb["unit_id"][0]
         has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
@@ -1134,6 +1330,25 @@ def monitor(
         model_name=pl.lit(model_name),
         model_version=pl.lit(str(model_version)),
         scored_at=pl.lit(now, pl.Datetime("us", "UTC")),
+    )
+
+
+def rescore(monitored: pl.DataFrame, model: MSPCModel) -> pl.DataFrame:
+    """``monitor`` rows of a model with the same fit re-alarmed under ``model``'s statistic
+    and factor (e.g. after ``with_threshold``): ``level_alarm``, ``change_alarm`` and
+    ``alarm`` recomputed from the stored statistics and limits, as ``monitor`` sets them."""
+    f = model.factor()
+
+    def over(stat: str) -> pl.Expr:
+        v, lim = pl.col(stat), pl.col(f"{stat}_limit")
+        return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > f)).fill_null(False)
+
+    out = monitored.with_columns(
+        level_alarm=over("t2") | over("spe"),
+        change_alarm=over("chg"),
+    )
+    return out.with_columns(
+        alarm=pl.col("change_alarm") if model.stat() == "change" else pl.col("level_alarm")
     )
 
 
