@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
 ``memory``, ``gateway``, ``coldpath`` (gateway flush -> silver), ``spark``, ``pdm``, ``live``,
-``demo``: time to the first dashboard of `make demo`) runs one suite (``--only optimise``: the what-if benchmark, run under
+``demo``: time to the first dashboard of `make demo`, ``mspc``: MSPC threshold and alarm rule
+on an existing lake) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -198,6 +199,43 @@ def demo_start_lines() -> list[str]:
     ]
 
 
+MSPC_MARK = "<!-- mspc-threshold-results -->"
+
+
+def mspc_lines(lake: str | None = None, truth: str | None = None) -> list[str] | None:
+    """Issue 14 item 3's MSPC per-batch figures (``bench_mspc_limits --only threshold``) on
+    an existing lake: ``--mspc-lake`` / ``$PHARMA_BENCH_MSPC_LAKE`` and its ground truth
+    (``--mspc-truth`` / ``$PHARMA_BENCH_MSPC_TRUTH``, default ``ground_truth`` beside the
+    lake). Building the 1,000-batch lake (simulate + ``pharma-twin pipeline``) takes about
+    an hour on the shared machine, so without a lake the suite is skipped (None: the block
+    in the document is left as it is)."""
+    import os
+    import time
+
+    from benchmarks import bench_mspc_limits
+
+    lake = lake or os.environ.get("PHARMA_BENCH_MSPC_LAKE")
+    if not lake or not Path(lake).exists():
+        print(
+            "mspc: skipped (no lake; pass --mspc-lake or set PHARMA_BENCH_MSPC_LAKE to a lake "
+            "built by simulate + pharma-twin pipeline, docs/benchmarks.md)"
+        )
+        return None
+    truth = truth or os.environ.get("PHARMA_BENCH_MSPC_TRUTH")
+    tpath = Path(truth) if truth else Path(lake).parent / "ground_truth"
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    r = bench_mspc_limits.run(Path(lake), tpath, only="threshold")
+    return [
+        _measured(
+            f", one run, {(time.perf_counter() - t0) / 60:.0f} min, load average "
+            f"{load0:.1f} at start / {os.getloadavg()[0]:.1f} at end; lake {lake}."
+        ),
+        "",
+        *bench_mspc_limits.markdown(r),
+    ]
+
+
 SUITES = {
     "simulator": (MARK, simulator_lines),
     "lakehouse": (LAKE_MARK, lakehouse_lines),
@@ -211,16 +249,21 @@ SUITES = {
     "pdm": (PDM_MARK, pdm_lines),
     "live": (LIVE_MARK, live_lines),
     "demo": (DEMO_MARK, demo_start_lines),
+    "mspc": (MSPC_MARK, mspc_lines),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=tuple(SUITES))
+    ap.add_argument("--mspc-lake", default=None, help="lake for the mspc suite (else skipped)")
+    ap.add_argument("--mspc-truth", default=None, help="its ground truth (default: beside it)")
     a = ap.parse_args()
     for name, (mark, lines_of) in SUITES.items():
         if a.only in (None, name):
-            lines = lines_of()
+            lines = mspc_lines(a.mspc_lake, a.mspc_truth) if name == "mspc" else lines_of()
+            if lines is None:
+                continue
             DOC.write_text(replace_block(DOC.read_text() if DOC.exists() else "", mark, lines))
     print(f"wrote {DOC}")
 

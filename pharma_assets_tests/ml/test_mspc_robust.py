@@ -12,6 +12,7 @@ means of ``test_mspc_alignment``); hidden faults are 3 K temperature steps in 8 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -161,7 +162,7 @@ def test_max_combine_is_not_diluted_by_the_other_tags(
 
 
 def test_threshold_choice_reads_the_training_period_only(
-    plant: tuple[pl.DataFrame, list[str], list[str], np.random.Generator],
+    plant: tuple[pl.DataFrame, list[str], list[str], np.random.Generator], tmp_path: Path
 ) -> None:
     """``bench_mspc_limits.run_threshold``'s validation rows and choice come from the
     training period: wrecking every held-out batch (and dropping its labels) changes
@@ -221,3 +222,15 @@ def test_threshold_choice_reads_the_training_period_only(
     }
     h = a["held_out"]["change_3_3_robust"]
     assert h["per_type"]["chiller_fault"]["n"] == h["rule_n_faulty_batches"]
+    # the report: the table row of every variant, the chosen one marked, a merged run
+    # (``--combine``) chooses the same
+    import json
+
+    from benchmarks.bench_mspc_limits import combine, markdown
+
+    r = {"n_batches": 60, "n_held_out": 10, "n_good_train": 50, "threshold": a}
+    md = "\n".join(markdown(r))
+    assert f"| {a['chosen']} (chosen) |" in md and "chiller_fault" in md
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(r, default=str))
+    assert combine([p])["threshold"]["chosen"] == a["chosen"]
