@@ -996,12 +996,17 @@ def with_threshold(
     extra: dict[str, float] = {}
     if max_confirm_samples is None:
         choice = choose_rule(model.train_alarm_samples(), "hour", sample="hour")
-    elif threshold == "robust":
-        model.alarm_factor, choice, extra = choose_factor_robust(
-            model, max_confirm_samples, clean_share, outlier_z
-        )
     else:
-        model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
+        robust = None
+        if threshold == "robust":
+            try:
+                robust = choose_factor_robust(model, max_confirm_samples, clean_share, outlier_z)
+            except MSPCInputError:  # too few good batches for it: the share (recorded)
+                extra = {"robust_fallback_to_share": 1.0}
+        if robust is not None:
+            model.alarm_factor, choice, extra = robust
+        else:
+            model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
     if max_confirm_samples is not None:  # the threshold, and whether it met the target
         model.alarm_rule_train |= {

@@ -153,6 +153,14 @@ def test_max_combine_is_not_diluted_by_the_other_tags(
     # the statistic is the largest squared z-score: its top contributor is the stepped tag
     mon = M.monitor(mx, b, bs).filter(pl.col("elapsed_h") == 102)
     assert mon["top_contributors"][0].startswith(f"{TAG}:")
+    # too few good batches for the robust fit: the share method, recorded as such
+    few = ids[:8]
+    sm = M.train(hourly, _batches(few), few, statistic="change", max_confirm_samples=3)
+    rb = M.train(
+        hourly, _batches(few), few, statistic="change", max_confirm_samples=3, threshold="robust"
+    )
+    assert rb.alarm_rule_train["robust_fallback_to_share"] == 1.0
+    assert rb.factor() == sm.factor() and rb.alarm_rule == sm.alarm_rule
     with pytest.raises(M.MSPCInputError, match="change_combine"):
         M.train(hourly, _batches(ids), ids, change_combine="mean")
     with pytest.raises(M.MSPCInputError, match="threshold must be"):
