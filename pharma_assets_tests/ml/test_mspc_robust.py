@@ -20,6 +20,7 @@ import pytest
 
 from pharma_assets.ml import alarm_rules, contamination
 from pharma_assets.ml import mspc as M
+from pharma_assets_tests.ml.conftest import MlPlant, ml_plant  # noqa: F401
 from pharma_assets_tests.ml.test_mspc_alignment import FEED_H, SHIFT_H, _batch, _batches
 
 TAG = "temperature_c"
@@ -242,3 +243,25 @@ def test_threshold_choice_reads_the_training_period_only(
     p = tmp_path / "a.json"
     p.write_text(json.dumps(r, default=str))
     assert combine([p])["threshold"]["chosen"] == a["chosen"]
+
+
+def test_bench_runs_on_a_lake_and_from_its_cache(
+    ml_plant: MlPlant,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``bench_mspc_limits.run(only="threshold")`` on a real lake (the simulated plant of
+    ``conftest.ml_plant``), then from the ``--cache`` it wrote: the same figures."""
+    from benchmarks.bench_mspc_limits import run
+
+    cache = tmp_path / "cache"
+    a = run(ml_plant.lake_dir, ml_plant.truth, only="threshold", fits=["change_3_3"], cache=cache)
+    assert (cache / "mspc_hourly.parquet").exists()
+    b = run(ml_plant.lake_dir, ml_plant.truth, only="threshold", fits=["change_3_3"], cache=cache)
+    assert a["threshold"]["chosen"] == b["threshold"]["chosen"]
+    assert a["threshold"]["held_out"].keys() == b["threshold"]["held_out"].keys()
+    for k, h in a["threshold"]["held_out"].items():
+        g = b["threshold"]["held_out"][k]
+        assert h["rule_n_faulty_detected"] == g["rule_n_faulty_detected"], k
+        assert h["rule_good_batch_alarm_share"] == g["rule_good_batch_alarm_share"] or (
+            h["rule_good_batch_alarm_share"] != h["rule_good_batch_alarm_share"]
+        )
