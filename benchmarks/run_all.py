@@ -199,7 +199,7 @@ def demo_start_lines() -> list[str]:
     ]
 
 
-MSPC_MARK = "<!-- mspc-threshold-results -->"
+MSPC_MARK = "<!-- mspc-robust-threshold-results -->"
 
 
 def mspc_lines(lake: str | None = None, truth: str | None = None) -> list[str] | None:
