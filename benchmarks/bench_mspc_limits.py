@@ -54,7 +54,8 @@ the tags) is trained once per split, and every way of choosing the threshold
   (``mspc.robust_factor``): per good training batch its out-of-fold peak (the largest
   statistic / limit), peaks more than 5 robust sds (1.4826 x MAD of log peak) above the
   median set aside as clear outliers, the factor = the smallest value at most 2.5 % of the
-  others exceed; ``_c05`` / ``_c01``: 5 % / 1 %; ``_z35``: outliers beyond 3.5 robust sds.
+  others exceed; ``_c05`` / ``_c01``: 5 % / 1 %; ``_z35``: outliers beyond 3.5 robust sds;
+  ``_2of3`` / ``_3of5``: the rule 2 of 3 / 3 of 5 samples, the peaks taken under it.
 
 Why: plant-known good batches hold real faults the plant does not know about (on the
 300-batch lake 20 of 186). A detector that finds 90 % of the faults must then alarm
@@ -122,12 +123,15 @@ THRESHOLD_FITS: dict[str, dict[str, Any]] = {
 #: threshold choices: ``_x3h`` the plant-known good share (as before, <= 5 % with a rule of
 #: at most 3 samples; also ``+forward_rule``), ``_robust*`` the contamination-robust
 #: quantile (``mspc.robust_factor``): clean share 2.5 % (``_robust``), 5 % / 1 %
-#: (``_c05`` / ``_c01``), outliers set aside beyond 3.5 robust sds (``_z35``)
+#: (``_c05`` / ``_c01``), outliers set aside beyond 3.5 robust sds (``_z35``); the rule 2 of
+#: 3 / 3 of 5 samples instead of one sample (``_2of3`` / ``_3of5``)
 THRESHOLD_CHOICES: dict[str, dict[str, Any]] = {
     "_x3h": {"max_confirm_samples": 3, "threshold": "share"},
     "_robust": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.025},
     "_robust_c05": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.05},
     "_robust_c01": {"max_confirm_samples": 1, "threshold": "robust", "clean_share": 0.01},
+    "_robust_2of3": {"max_confirm_samples": 2, "threshold": "robust", "clean_share": 0.025},
+    "_robust_3of5": {"max_confirm_samples": 3, "threshold": "robust", "clean_share": 0.025},
     "_robust_z35": {
         "max_confirm_samples": 1,
         "threshold": "robust",

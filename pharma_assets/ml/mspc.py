@@ -877,7 +877,7 @@ def train(
     ``change_combine``: ``"sum"`` of the tags' squared z-scores or their ``"max"`` (a step
     in one tag against that tag's own spread, not diluted by the others' noise).
     ``threshold`` (with ``max_confirm_samples``): ``"share"`` as above, or ``"robust"``:
-    the least persistent rule, with the factor that at most ``clean_share`` of the good
+    the rule confirming after ``max_confirm_samples`` samples, with the factor that at most ``clean_share`` of the good
     training batches' out-of-fold per-batch peaks exceed once peaks more than
     ``outlier_z`` robust sds above their median are set aside (``robust_factor``), so that
     the plant-known good batches that hold faults the plant does not know about (a
@@ -1159,17 +1159,18 @@ def choose_factor_robust(
     clean_share: float = 0.025,
     outlier_z: float = ROBUST_OUTLIER_Z,
 ) -> tuple[float, Any, dict[str, float]]:
-    """(factor, RuleChoice, diagnostics) of ``threshold="robust"``: the least persistent
-    rule of at most ``max_confirm_samples`` samples (fewest samples first, as
-    ``alarm_rules.candidates``: the shortest delay for a sustained fault), its factor from
-    ``robust_factor`` on the good training batches' out-of-fold peaks under that rule.
+    """(factor, RuleChoice, diagnostics) of ``threshold="robust"``: the rule that confirms
+    after ``max_confirm_samples`` samples (the largest ``K_CANDIDATES`` entry not above it,
+    with the most gap-tolerant window, as ``alarm_rules.candidates``: 1 -> any sample, 2 ->
+    2 of 3, 3 -> 3 of 5), its factor from ``robust_factor`` on the good training batches'
+    out-of-fold peaks under that rule.
     ``met``: whether the plant-known good training batches' share above it is within the
     5 % target (it need not be: they hold faults the plant does not know about)."""
     from .alarm_rules import K_CANDIDATES, TARGET_GOOD_BATCH_SHARE, RuleChoice, candidates
 
     if max_confirm_samples < 1:
         raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
-    rule = candidates([k for k in K_CANDIDATES if k <= max_confirm_samples], "hour")[0]
+    rule = candidates([max(k for k in K_CANDIDATES if k <= max_confirm_samples)], "hour")[0]
     ids, ratios = train_ratios(model)
     peaks = rule_peaks(ratios, rule.k, rule.n)
     f, diag = robust_factor(peaks, clean_share, outlier_z)

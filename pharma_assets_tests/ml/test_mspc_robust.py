@@ -110,8 +110,10 @@ def test_robust_threshold_detects_what_the_hidden_faults_hide(
     assert tr["robust_set_aside_share"] >= 5 / 60
     # the plant-known good share above it is reported honestly (it misses the 5 % target)
     assert tr["train_good_batch_alarm_share"] > 0.05 and tr["alarm_rule_met"] == 0.0
+    rule = alarm_rules.rule_of(robust, alarm_rules.MSPC_DEFAULT)
+    assert (rule.k, rule.n) == (3, 5)  # confirmed after max_confirm_samples samples
     ids_, ratios = M.train_ratios(robust)
-    pk = dict(zip(ids_, M.rule_peaks(ratios, 1, 1), strict=True))
+    pk = dict(zip(ids_, M.rule_peaks(ratios, rule.k, rule.n), strict=True))
     assert sum(pk[b] > robust.factor() for b in hidden) >= 6
     assert sum(pk[b] > robust.factor() for b in ids if b not in hidden) <= 0.05 * 52 + 1
     new = [
