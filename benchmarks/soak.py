@@ -332,9 +332,9 @@ class Sampler:
 
 def gateway_sample(url: str) -> dict[str, Any]:
     """The gateway's /health as soak columns (None when it does not answer)."""
-    from pharma_assets.gateway.health import read_health, summarize
+    from pharma_assets.gateway.health import fetch_health, summarize
 
-    h = read_health(url)
+    h = fetch_health(url)
     if h is None:
         return {"gw_connected": None}
     s = summarize(h)
