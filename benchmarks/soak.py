@@ -30,7 +30,7 @@ Usage: ``python -m benchmarks.soak --minutes 120`` (``make soak MINUTES=120``).
 
 ``--workers N`` soaks the live gateway instead of the live file writer: the twin serves the
 units over OPC UA in real time (``live --serve opcua --opcua-shard-size S``: one server
-process per S units, ports from 4850) and ``pharma-twin gateway`` (sources YAML with
+process per S units, ports from ``--opcua-port``, default 4850) and ``pharma-twin gateway`` (sources YAML with
 ``workers: N``, API on :8766) subscribes to every shard, lands telemetry chunks every 5 s
 into the soak's landing zone (the Dagster sensors take them from there as from the file
 writer) and raises alarms into the soak's lake. Each sample then also reads the gateway's
@@ -590,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --workers: units per OPC UA shard process (default 25)",
     )
     ap.add_argument("--gateway-port", type=int, default=8766, help="with --workers: API port")
+    ap.add_argument(
+        "--opcua-port",
+        type=int,
+        default=4850,
+        help="with --workers: first OPC UA shard port (the shards take consecutive ports)",
+    )
     args = ap.parse_args(argv)
     if args.report:
         print("\n".join(markdown(read_csv(Path(args.report)))))
@@ -661,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
         else:
-            endpoint = "opc.tcp://127.0.0.1:4850/twin"
+            endpoint = f"opc.tcp://127.0.0.1:{args.opcua_port}/twin"
             soak.start(
                 "live",
                 [
