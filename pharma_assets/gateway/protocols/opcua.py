@@ -342,8 +342,12 @@ def _deliver_in_batches(sub: Any, src: OpcuaSource) -> None:
             if isinstance(notif, ua.DataChangeNotification):
                 for item in notif.MonitoredItems:
                     data = items.get(item.ClientHandle)
-                    if data is not None and data.node is not None and item.Value is not None:
+                    if data is None or data.node is None or item.Value is None:
+                        continue
+                    try:  # one odd value must not cost the rest of the message
                         src._on_change(data.node.nodeid, item.Value)
+                    except Exception:
+                        log.exception("source %s: data change of %s", src.name, data.node)
             elif isinstance(notif, ua.StatusChangeNotification):
                 log.warning("source %s: subscription status %s", src.name, notif.Status)
         src._drain()
