@@ -566,9 +566,21 @@ def ingest_files(
     try:
         for item in read_ahead:
             group, group_rows = _take(
-                item, lake, landing_root, source, run_id, limits, seen_sha, seen_rows, guard,
-                rep, group, group_rows, max_rows_per_commit, on_commit,
-            )  # fmt: skip
+                item,
+                lake,
+                landing_root,
+                source,
+                run_id,
+                limits,
+                seen_sha,
+                seen_rows,
+                guard,
+                rep,
+                group,
+                group_rows,
+                max_rows_per_commit,
+                on_commit,
+            )
     finally:
         read_ahead.close()
     if group:
