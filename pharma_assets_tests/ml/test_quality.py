@@ -125,6 +125,23 @@ def test_model_kinds_setting_narrows_the_choice(ml_inputs: features.MlInputs) ->
     }
 
 
+def test_without_interval_the_held_out_figures_are_the_same(
+    ml_inputs: features.MlInputs,
+) -> None:
+    """``interval=False`` (a single kind: the folds choose nothing) leaves out only the
+    out-of-fold fits: same model, same held-out predictions and R², NaN interval."""
+    kw = dict(targets=("final_titer_g_l",), horizons=("day7",), model_kinds=("ridge",))
+    a = quality.train_quality(ml_inputs, **kw)[0]  # type: ignore[arg-type]
+    b = quality.train_quality(ml_inputs, interval=False, **kw)[0]  # type: ignore[arg-type]
+    assert a.predictions.select("batch_id", "predicted").equals(
+        b.predictions.select("batch_id", "predicted")
+    )
+    assert a.trained.metrics["r2"] == b.trained.metrics["r2"]
+    assert np.isfinite(a.model.resid_lo) and np.isnan(b.model.resid_lo)
+    with pytest.raises(ValueError, match="single candidate model kind"):
+        quality.train_quality(ml_inputs, interval=False, model_kinds=("xgb", "ridge"))
+
+
 def test_interval_comes_from_training_residuals_only(ml_inputs: features.MlInputs) -> None:
     """Changing the held-out outcomes changes the metrics but not the interval widths."""
     kw = dict(
