@@ -36,6 +36,11 @@ SHARED_PLANTS = {"ml_plant": "ml_plant", "fixture_lake": "dashboard_lake"}
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # the modules with a ``slow`` test first (whole modules, in their own order, so module
+    # fixtures are still built once): under xdist the long tests start early and the short
+    # ones fill the end, instead of a long test starting last on one worker
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
     for item in items:
         used = sorted(
             {g for f, g in SHARED_PLANTS.items() if f in getattr(item, "fixturenames", ())}

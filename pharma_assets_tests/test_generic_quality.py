@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from mlflow import MlflowClient
 
 from pharma_assets.lake.storage import Lake
@@ -26,6 +27,7 @@ from .test_bring_your_own_data import _auto_promotion, _cli, site_env  # noqa: F
 MODEL = "pharma_quality_loss_on_drying_pct_harvest"
 
 
+@pytest.mark.slow
 def test_dryer_moisture_model_on_generic_features(site_env: Path, monkeypatch) -> None:  # noqa: F811
     vd = moisture_dryer_site(site_env / "exports")
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(vd.spec))
