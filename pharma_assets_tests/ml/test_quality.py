@@ -133,10 +133,10 @@ def test_without_interval_the_held_out_figures_are_the_same(
     kw = dict(targets=("final_titer_g_l",), horizons=("day7",), model_kinds=("ridge",))
     a = quality.train_quality(ml_inputs, **kw)[0]  # type: ignore[arg-type]
     b = quality.train_quality(ml_inputs, interval=False, **kw)[0]  # type: ignore[arg-type]
-    assert a.predictions.select("batch_id", "predicted").equals(
-        b.predictions.select("batch_id", "predicted")
-    )
-    assert a.trained.metrics["r2"] == b.trained.metrics["r2"]
+    # the same fit on the same rows (equal up to floating-point summation order)
+    assert a.predictions["batch_id"].to_list() == b.predictions["batch_id"].to_list()
+    np.testing.assert_allclose(b.predictions["predicted"], a.predictions["predicted"], rtol=1e-9)
+    assert b.trained.metrics["r2"] == pytest.approx(a.trained.metrics["r2"], rel=1e-9)
     assert np.isfinite(a.model.resid_lo) and np.isnan(b.model.resid_lo)
     with pytest.raises(ValueError, match="single candidate model kind"):
         quality.train_quality(ml_inputs, interval=False, model_kinds=("xgb", "ridge"))
