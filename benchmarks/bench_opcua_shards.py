@@ -46,7 +46,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def shard_role(port: int, first: int, count: int, folder: Path, idx: int) -> None:
+def shard_role(
+    port: int, first: int, count: int, folder: Path, idx: int, burst: bool = False
+) -> None:
     from pharma_assets.gateway.protocols.opcua import TagNode, TwinOpcuaServer
     from pharma_assets.process import CANONICAL_TAGS
 
@@ -56,23 +58,50 @@ def shard_role(port: int, first: int, count: int, folder: Path, idx: int) -> Non
     async def main() -> None:
         srv = TwinOpcuaServer(f"opc.tcp://127.0.0.1:{port}/twin", "BENCH", {"A1": units}, tags)
         await srv.start()
+        if not hasattr(srv, "write_units"):  # the server before 2026-12-04 (for before/after)
+
+            async def write_units(ts: Any, values: Any, batch_ids: Any = None) -> None:
+                for u, vals in values.items():
+                    await srv.write(u, ts, vals, batch_id=(batch_ids or {}).get(u))
+
+            srv.write_units = write_units  # type: ignore[method-assign]
+
         rng = np.random.default_rng(idx)
         now = datetime.now(UTC)
-        for u in units:
-            await srv.write(u, now, {t.tag: 50.0 for t in tags}, batch_id=f"{u}-B0001")
+        await srv.write_units(
+            now,
+            {u: {t.tag: 50.0 for t in tags} for u in units},
+            batch_ids={u: f"{u}-B0001" for u in units},
+        )
         (folder / f"shard{idx}.ready").write_text("1")
+        # spread: each unit at its own phase of the second (SLICES groups, as the MQTT
+        # devices of this benchmark and as a plant's controllers do); burst: every unit of
+        # the shard at the top of its second (the model of the runs before 2026-12-04 19:00)
+        slices = 1 if burst else min(SLICES, len(units))
+        per = -(-len(units) // slices)
         written, t_next = 0, time.monotonic()
         while not (folder / "stop_shards").exists():
-            if (folder / "go").exists():
-                now = datetime.now(UTC)
-                vals = rng.normal(50, 10, size=(len(units), len(tags)))
-                for i, u in enumerate(units):
-                    await srv.write(u, now, {t.tag: float(vals[i, j]) for j, t in enumerate(tags)})
-                    written += len(tags)
+            go = (folder / "go").exists()
+            vals = rng.normal(50, 10, size=(len(units), len(tags)))
+            for k in range(slices):
+                if go:
+                    now = datetime.now(UTC)  # source time: when the value is sampled
+                    await srv.write_units(
+                        now,
+                        {
+                            units[i]: {t.tag: float(vals[i, j]) for j, t in enumerate(tags)}
+                            for i in range(k * per, min(len(units), (k + 1) * per))
+                        },
+                    )
+                await asyncio.sleep(max(0.0, t_next + (k + 1) / slices - time.monotonic()))
+            if go:
+                written += len(units) * len(tags)
                 (folder / f".shard{idx}.n").write_text(str(written))
                 os.replace(folder / f".shard{idx}.n", folder / f"shard{idx}.n")
             t_next += 1.0
-            await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+        # the last slices were written just now: serve them (a publishing interval or
+        # two) before stopping, else they count as written and never published
+        await asyncio.sleep(2.0)
         await srv.stop()
 
     asyncio.run(main())
@@ -113,7 +142,9 @@ def mqtt_role(port: int, units: int, folder: Path) -> None:
     edge.stop()
 
 
-def gateway_role(ports: list[int], folder: Path, workers: int, mqtt_port: int) -> None:
+def gateway_role(
+    ports: list[int], folder: Path, workers: int, mqtt_port: int, publishing_ms: float = 100.0
+) -> None:
     from pharma_assets.gateway.coldpath import ColdPath
     from pharma_assets.gateway.config import MqttSourceConfig, OpcuaSourceConfig
     from pharma_assets.gateway.core import Gateway
@@ -139,7 +170,7 @@ def gateway_role(ports: list[int], folder: Path, workers: int, mqtt_port: int) -
             kind="opcua",
             url=f"opc.tcp://127.0.0.1:{p}/twin",
             site_id="BENCH",
-            publishing_interval_ms=100,
+            publishing_interval_ms=publishing_ms,
         )
         for i, p in enumerate(ports)
     ]
@@ -162,6 +193,15 @@ def gateway_role(ports: list[int], folder: Path, workers: int, mqtt_port: int) -
     gw.start_flusher(5.0, process=True)  # as the gateway service does
     while not all(gw.sources.get(sc.name) and gw.sources[sc.name].connected for sc in configs):
         time.sleep(0.2)
+    flusher = gw._flush_proc.pid if gw._flush_proc is not None else None
+    (folder / "pids.json").write_text(
+        json.dumps(
+            {
+                "workers": [w.proc.pid for w in pool.workers] if pool is not None else [],
+                "flusher": [flusher] if flusher else [],
+            }
+        )
+    )
     (folder / "gw.ready").write_text("1")
     while not (folder / "go").exists():
         time.sleep(0.05)
@@ -196,7 +236,13 @@ def gateway_role(ports: list[int], folder: Path, workers: int, mqtt_port: int) -
 
 
 def run(
-    units: int, shards: int, seconds: float, workers: int = 0, mqtt_units: int = 0
+    units: int,
+    shards: int,
+    seconds: float,
+    workers: int = 0,
+    mqtt_units: int = 0,
+    publishing_ms: float = 100.0,
+    burst: bool = False,
 ) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="bench_opcua_"))
     broker, mqtt_port, mqtt_pub = None, 0, None
@@ -226,6 +272,7 @@ def run(
                     str(i),
                     "--folder",
                     str(folder),
+                    *(["--burst"] if burst else []),
                 ],
                 env=env,
             )
@@ -252,6 +299,8 @@ def run(
             str(workers),
             "--mqtt-port",
             str(mqtt_port),
+            "--publishing-ms",
+            str(publishing_ms),
         ],
         env=env,
     )
@@ -272,8 +321,12 @@ def run(
     load0 = os.getloadavg()[0]
     cpu0, wall0 = _proc_cpu_s(gw.pid), time.monotonic()
     own0 = _one_cpu_s(gw.pid)
+    pids = json.loads((folder / "pids.json").read_text())
+    part0 = {k: sum(_one_cpu_s(p) for p in v) for k, v in pids.items()}
+    shard_cpu0 = sum(_one_cpu_s(sp.pid) for sp in procs)
     (folder / "go").write_text("1")
     time.sleep(seconds)
+    shard_cpu1 = sum(_one_cpu_s(sp.pid) for sp in procs)
     (folder / "stop_shards").write_text("1")
     wall1 = time.monotonic()
     load1 = os.getloadavg()[0]
@@ -295,6 +348,7 @@ def run(
     drain = time.monotonic() - wall1
     cpu1, wall2 = _proc_cpu_s(gw.pid), time.monotonic()
     own1 = _one_cpu_s(gw.pid)
+    part1 = {k: sum(_one_cpu_s(p) for p in v) for k, v in pids.items()}
     hwm = _proc_hwm_mb(gw.pid)
     (folder / "stop_gw").write_text("1")
     gw.wait(180)
@@ -302,11 +356,14 @@ def run(
         broker.terminate()
         broker.wait(10)
     res = json.loads((folder / "result.json").read_text())
+    per10k = max(written, 1) / 10_000
     return {
         "units": units,
         "shards": shards,
         "mqtt_units": mqtt_units,
         "workers": workers,
+        "publishing_ms": publishing_ms,
+        "phases": "burst" if burst else "spread",
         "seconds": seconds,
         "written": written,
         "mqtt_published": published,
@@ -316,27 +373,54 @@ def run(
         "gateway_cpu_pct": 100 * (cpu1 - cpu0) / (wall2 - wall0),
         "gateway_main_cpu_pct": 100 * (own1 - own0) / (wall2 - wall0),
         "gateway_peak_rss_mb": hwm,
+        # CPU seconds per 10,000 readings: the shard servers (the twin, benchmark side) over
+        # the timed window, the gateway (its process, workers and flusher) until drained
+        "shard_cpu_s_per_10k": (shard_cpu1 - shard_cpu0) / per10k,
+        "gateway_cpu_s_per_10k": (cpu1 - cpu0) / per10k,
+        "gateway_main_cpu_s_per_10k": (own1 - own0) / per10k,
+        # (a worker restarted in the window would be missed here: see worker_restarts)
+        "gateway_workers_cpu_s_per_10k": (part1["workers"] - part0["workers"]) / per10k,
+        "gateway_flusher_cpu_s_per_10k": (part1["flusher"] - part0["flusher"]) / per10k,
         "load": f"{load0:.1f} / {load1:.1f}",
     }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| OPC UA units x 20 tags | shards | MQTT units | workers | s | readings/s | in | "
-        "accepted | landed | p50 ms | p99 ms | max ms | drained after s | gateway CPU % "
-        "(main) | gateway RSS MB | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| OPC UA units x 20 tags | shards | MQTT units | workers | publishing ms | phases | s | "
+        "readings/s | in | accepted | landed | p50 ms | p99 ms | max ms | drained after s | "
+        "gateway CPU % (main) | CPU s / 10k readings: shards | gateway (main) | "
+        "gateway RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        p50, p99, mx = (
+            "-" if r.get(k) is None else f"{r[k]:.0f}" for k in ("p50_ms", "p99_ms", "max_ms")
+        )
         out.append(
             f"| {r['units']} | {r['shards']} | {r['mqtt_units']} | {r['workers']} | "
-            f"{r['seconds']:g} | {r['readings_per_s']:,.0f} | "
-            f"{r['written']:,} | {r['accepted']:,} | {r['landed']:,} | {r['p50_ms']:.0f} | "
-            f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['drain_s']:.1f} | "
+            f"{r['publishing_ms']:g} | {r['phases']} | {r['seconds']:g} | "
+            f"{r['readings_per_s']:,.0f} | "
+            f"{r['written']:,} | {r['accepted']:,} | {r['landed']:,} | {p50} | {p99} | {mx} | "
+            f"{r['drain_s']:.1f} | "
             f"{r['gateway_cpu_pct']:.0f} ({r['gateway_main_cpu_pct']:.0f}) | "
+            f"{r['shard_cpu_s_per_10k']:.2f} | {r['gateway_cpu_s_per_10k']:.2f} "
+            f"({r['gateway_main_cpu_s_per_10k']:.2f}) | "
             f"{r['gateway_peak_rss_mb']:.0f} | {r['load']} |"
         )
     return "\n".join(out)
+
+
+# ``make bench`` (``run_all --only opcua``): the two runs, 5 minutes each (about
+# 13 minutes in all); meant for a quiet machine (see docs/benchmarks.md)
+DEFAULT_RUNS: list[dict[str, Any]] = [
+    {"units": 500, "shards": 10, "seconds": 300, "workers": 2},
+    {"units": 250, "shards": 5, "seconds": 300, "workers": 2, "mqtt_units": 250},
+]
+
+
+def main(runs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    return [run(**kw) for kw in (runs or DEFAULT_RUNS)]
 
 
 if __name__ == "__main__":
@@ -348,6 +432,14 @@ if __name__ == "__main__":
     ap.add_argument("--units", type=int, default=100)
     ap.add_argument("--shards", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument(
+        "--publishing-ms", type=float, default=100.0, help="the gateway's publishing interval"
+    )
+    ap.add_argument(
+        "--burst",
+        action="store_true",
+        help="write every unit of a shard at the top of its second (default: spread)",
+    )
     ap.add_argument("--port", type=int)
     ap.add_argument("--ports", default="")
     ap.add_argument("--first", type=int, default=0)
@@ -356,12 +448,14 @@ if __name__ == "__main__":
     ap.add_argument("--folder", type=Path)
     a = ap.parse_args()
     if a.role == "shard":
-        shard_role(a.port, a.first, a.count, a.folder, a.idx)
+        shard_role(a.port, a.first, a.count, a.folder, a.idx, a.burst)
     elif a.role == "gateway":
-        gateway_role([int(p) for p in a.ports.split(",")], a.folder, a.workers, a.mqtt_port)
+        gateway_role(
+            [int(p) for p in a.ports.split(",")], a.folder, a.workers, a.mqtt_port, a.publishing_ms
+        )
     elif a.role == "mqtt":
         mqtt_role(a.mqtt_port, a.mqtt_units, a.folder)
     else:
-        r = run(a.units, a.shards, a.seconds, a.workers, a.mqtt_units)
+        r = run(a.units, a.shards, a.seconds, a.workers, a.mqtt_units, a.publishing_ms, a.burst)
         print(json.dumps(r))
         print(markdown([r]))

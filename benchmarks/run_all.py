@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.run_all --only simulator`` (or ``lakehouse``, ``dashboards``, ``audit``,
 ``memory``, ``gateway``, ``coldpath`` (gateway flush -> silver), ``spark``, ``pdm``, ``live``,
-``demo``: time to the first dashboard of `make demo`) runs one suite (``--only optimise``: the what-if benchmark, run under
+``demo``: time to the first dashboard of `make demo`, ``opcua``: 500 OPC UA units on 10 twin
+shard processes, then 250 OPC UA + 250 MQTT, 5 minutes each) runs one suite (``--only optimise``: the what-if benchmark, run under
 ``nice -n 10``); the blocks of the other suites in the document are left as they are.
 """
 
@@ -24,6 +25,7 @@ from benchmarks import (
     bench_lakehouse,
     bench_live,
     bench_memory,
+    bench_opcua_shards,
     bench_optimise,
     bench_simulator,
     bench_spark,
@@ -41,6 +43,7 @@ SPARK_MARK = "<!-- spark-results -->"
 LIVE_MARK = "<!-- live-view-results -->"
 DEMO_MARK = "<!-- demo-start-results -->"
 COLDPATH_MARK = "<!-- coldpath-results -->"
+OPCUA_MARK = "<!-- opcua-shards-results -->"
 
 
 def replace_block(text: str, mark: str, lines: list[str]) -> str:
@@ -162,6 +165,18 @@ def gateway_lines() -> list[str]:
     ]
 
 
+def opcua_lines() -> list[str]:
+    rows = bench_opcua_shards.main()
+    return [
+        _measured(
+            ", shard servers, gateway and MQTT publisher under nice -n 10; load average at "
+            "start / end of each run in the table (the benchmark's own processes included)."
+        ),
+        "",
+        *bench_opcua_shards.markdown(rows).splitlines(),
+    ]
+
+
 def coldpath_lines() -> list[str]:
     from benchmarks import bench_coldpath
 
@@ -207,6 +222,7 @@ SUITES = {
     "optimise": (OPT_MARK, optimise_lines),
     "gateway": (GATEWAY_MARK, gateway_lines),
     "coldpath": (COLDPATH_MARK, coldpath_lines),
+    "opcua": (OPCUA_MARK, opcua_lines),
     "spark": (SPARK_MARK, spark_lines),
     "pdm": (PDM_MARK, pdm_lines),
     "live": (LIVE_MARK, live_lines),

@@ -27,6 +27,18 @@ Pass rule (after a warm-up of the first 10 % of the samples):
   1.25x the maximum over the first third + 150 MB.
 
 Usage: ``python -m benchmarks.soak --minutes 120`` (``make soak MINUTES=120``).
+
+``--workers N`` soaks the live gateway instead of the live file writer: the twin serves the
+units over OPC UA in real time (``live --serve opcua --opcua-shard-size S``: one server
+process per S units, ports from ``--opcua-port``, default 4850) and ``pharma-twin gateway`` (sources YAML with
+``workers: N``, API on :8766) subscribes to every shard, lands telemetry chunks every 5 s
+into the soak's landing zone (the Dagster sensors take them from there as from the file
+writer) and raises alarms into the soak's lake. Each sample then also reads the gateway's
+``/health``: readings/s, sources connected, the largest lag, disk-buffer depth, worker
+restarts, readings landed and rejected; and the verdict adds: every source connected in
+every sample after the warm-up, no worker restart, the disk buffer bounded (last third
+<= 2x the first third's maximum + 1 MB). E.g. an hour of 100 units on 4 shards with two
+worker processes: ``python -m benchmarks.soak --minutes 60 --units 100 --workers 2``.
 """
 
 from __future__ import annotations
@@ -179,6 +191,7 @@ class Sampler:
     awaiting_silver: dict[str, tuple[float, str]] = field(default_factory=dict)
     awaiting_gold: dict[str, tuple[float, float]] = field(default_factory=dict)
     future_total: int = 0
+    gateway_url: str | None = None  # --workers: the gateway's API
 
     def sample(self, since: datetime, now: datetime) -> dict[str, Any]:
         import dagster as dg
@@ -312,7 +325,31 @@ class Sampler:
         row["landing_mb"] = round(_du_mb(self.soak.landing), 1)
         audit = lake.read("gxp", "audit_trail")
         row["audit_entries"] = 0 if audit is None else audit.height
+        if self.gateway_url:
+            row.update(gateway_sample(self.gateway_url))
         return row
+
+
+def gateway_sample(url: str) -> dict[str, Any]:
+    """The gateway's /health as soak columns (None when it does not answer)."""
+    from pharma_assets.gateway.health import fetch_health, summarize
+
+    h = fetch_health(url)
+    if h is None:
+        return {"gw_connected": None}
+    s = summarize(h)
+    src = h.get("sources") or {}
+    return {
+        "gw_connected": f"{s['sources_connected']}/{s['sources_total']}",
+        "gw_all_connected": int(s["sources_connected"] == s["sources_total"]),
+        "gw_readings_per_s": round(s["readings_per_s"], 1),
+        "gw_lag_ms_max": round(s["lag_ms_max"], 1),
+        "gw_buffer_mb": round(s["buffer_bytes"] / 1e6, 2),
+        "gw_landed": s["landed"],
+        "gw_rejected": s["rejected"],
+        "gw_worker_restarts": int(sum(int(v.get("worker_restarts") or 0) for v in src.values())),
+        "gw_reconnects": int(sum(int(v.get("reconnects") or 0) for v in src.values())),
+    }
 
 
 # ------------------------------------------------------------------------------ verdict
@@ -345,6 +382,20 @@ def verdict(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
             f"mean RSS last third {m3:,.0f} MB vs max first third {m1:,.0f} MB",
         )
     )
+    if any("gw_connected" in r for r in rows):  # --workers: the gateway's own checks
+        down = [r["t_min"] for r in body if not r.get("gw_all_connected")]
+        out.append(("gateway: every source connected", not down, f"not at t_min {down[:10]}"))
+        restarts = max((r.get("gw_worker_restarts") or 0 for r in rows), default=0)
+        out.append(("gateway: no worker restart", restarts == 0, f"{restarts} restarts"))
+        b1 = max((r.get("gw_buffer_mb") or 0.0 for r in first), default=0.0)
+        b3 = max((r.get("gw_buffer_mb") or 0.0 for r in last), default=0.0)
+        out.append(
+            (
+                "gateway: disk buffer bounded",
+                b3 <= 2 * b1 + 1.0,
+                f"max last third {b3} MB vs max first third {b1} MB",
+            )
+        )
     return out
 
 
@@ -396,6 +447,11 @@ COLS = (
     "procs_total",
     "lake_mb",
     "audit_entries",
+    "gw_connected",
+    "gw_readings_per_s",
+    "gw_lag_ms_max",
+    "gw_buffer_mb",
+    "gw_worker_restarts",
 )
 
 
@@ -472,6 +528,29 @@ def markdown(rows: list[dict[str, Any]], bucket_min: float = 10.0) -> list[str]:
     return lines
 
 
+def gateway_sources_yaml(soak: Soak, args: argparse.Namespace, endpoint: str) -> Path:
+    """The soak gateway's sources YAML: an OPC UA source per twin shard, ``workers``."""
+    import yaml
+
+    from pharma_assets.gateway.serve import gateway_sources_for, plan_serving
+    from pharma_assets.twin.config import load_plant
+
+    plan = plan_serving(load_plant(None).with_units(args.units), ["opcua"], args.opcua_shard_size)
+    cfg = {
+        "site_id": "SITE01",
+        "landing_dir": str(soak.landing),
+        "buffer_dir": str(soak.work / "gateway_buffer"),
+        "hot_store": "memory",
+        "workers": args.workers,
+        "api": {"host": "127.0.0.1", "port": args.gateway_port},
+        "alarms": {"lake_dir": str(soak.lake), "on_delay_s": 5, "notify_min_priority": "high"},
+        "sources": gateway_sources_for(plan, soak.work / "gateway_maps", endpoint),
+    }
+    path = soak.work / "gateway_sources.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def history_start(units: int, batches: int, live_start: datetime) -> datetime:
     """Where the simulated history must start so that its last batch ends an hour before
     the live clock starts (a history reaching past the wall clock would be quarantined as
@@ -497,6 +576,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=3300, help="Dagster UI port")
     ap.add_argument("--streamlit", action="store_true", help="also serve the dashboards (:8601)")
     ap.add_argument("--report", help="print an earlier soak's CSV as markdown, and exit")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="soak the live gateway with this many worker processes (0: sources in the "
+        "gateway process); the twin then serves OPC UA in real time instead of writing files",
+    )
+    ap.add_argument(
+        "--opcua-shard-size",
+        type=int,
+        default=25,
+        help="with --workers: units per OPC UA shard process (default 25)",
+    )
+    ap.add_argument("--gateway-port", type=int, default=8766, help="with --workers: API port")
+    ap.add_argument(
+        "--opcua-port",
+        type=int,
+        default=4850,
+        help="with --workers: first OPC UA shard port (the shards take consecutive ports)",
+    )
     args = ap.parse_args(argv)
     if args.report:
         print("\n".join(markdown(read_csv(Path(args.report)))))
@@ -550,21 +649,36 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.port),
             ],
         )
-        soak.start(
-            "live",
-            [
-                pt,
+        gateway_url = None
+        if args.workers is None:
+            soak.start(
                 "live",
-                "--out",
-                str(soak.landing),
-                "--units",
-                str(args.units),
-                "--speed",
-                str(args.speed),
-                "--start",
-                live_start.isoformat(),
-            ],
-        )
+                [
+                    pt,
+                    "live",
+                    "--out",
+                    str(soak.landing),
+                    "--units",
+                    str(args.units),
+                    "--speed",
+                    str(args.speed),
+                    "--start",
+                    live_start.isoformat(),
+                ],
+            )
+        else:
+            endpoint = f"opc.tcp://127.0.0.1:{args.opcua_port}/twin"
+            soak.start(
+                "live",
+                [
+                    *(pt, "live", "--serve", f"opcua={endpoint}", "--out", str(soak.landing)),
+                    *("--units", str(args.units), "--period", "1s"),
+                    *("--opcua-shard-size", str(args.opcua_shard_size)),
+                ],
+            )
+            sources = gateway_sources_yaml(soak, args, endpoint)
+            soak.start("gateway", [pt, "gateway", "--sources", str(sources)])
+            gateway_url = f"http://127.0.0.1:{args.gateway_port}"
         if args.streamlit:
             soak.start(
                 "streamlit",
@@ -582,7 +696,12 @@ def main(argv: list[str] | None = None) -> int:
                     "false",
                 ],
             )
-        sampler = Sampler(soak, time.monotonic(), {n: p.pid for n, p in soak.procs.items()})
+        sampler = Sampler(
+            soak,
+            time.monotonic(),
+            {n: p.pid for n, p in soak.procs.items()},
+            gateway_url=gateway_url,
+        )
         end = time.monotonic() + args.minutes * 60
         since = datetime.now(UTC)
         while time.monotonic() < end:

@@ -140,6 +140,31 @@ def broker_reachable(host: str = "127.0.0.1", port: int = 1883, timeout_s: float
         return False
 
 
+def demo_mixed_plant(path: Path, units: int) -> Path:
+    """The built-in plant with ``units`` units, the first ``ceil(units / 2)`` served over
+    OPC UA and the rest over MQTT Sparkplug B (the demo's plant when a broker answers), so
+    the gateway subscribes to both and no unit arrives twice."""
+    import yaml
+
+    from .twin.config import load_plant
+
+    if units < 1:
+        raise ValueError(f"the demo needs at least 1 unit, got {units}")
+    data = load_plant(None).with_units(units).model_dump(mode="json", exclude_none=True)
+    ids = [u["unit_id"] for a in data["areas"] for u in a["units"]]
+    on_opc = set(ids[: (units + 1) // 2])
+    for a in data["areas"]:
+        a.pop("protocol", None)
+        for u in a["units"]:
+            u["protocol"] = "opcua" if u["unit_id"] in on_opc else "mqtt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# written by pharma_assets/demo.py: the built-in plant, units split between OPC UA "
+        "and MQTT\n" + yaml.safe_dump(data, sort_keys=False)
+    )
+    return path
+
+
 def gateway_sources(
     path: Path,
     landing: Path,
@@ -296,10 +321,13 @@ def main() -> int:
                 logs / "live.log",
             )
         else:
-            serve = "opcua,mqtt" if broker_reachable() else "opcua"
+            mqtt_up = broker_reachable()
+            serve = "opcua,mqtt" if mqtt_up else "opcua"
             plant_path = os.environ.get("PHARMA_DEMO_PLANT")  # a plant YAML with protocols
             if plant_path:
                 serve += ",modbus"
+            elif mqtt_up:  # both paths feed the Live page: half the units over each
+                plant_path = str(demo_mixed_plant(ROOT / ".state" / "demo_plant.yaml", int(units)))
             env["PHARMA_GATEWAY_TOKEN"] = env.get("PHARMA_GATEWAY_TOKEN") or secrets.token_hex(16)
             procs["live"] = _start(
                 f"twin serving {serve}",

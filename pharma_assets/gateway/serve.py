@@ -18,12 +18,12 @@ import logging
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -398,7 +398,7 @@ async def _serve(
                     )
             for sp, writes in zip(procs, to_procs, strict=True):
                 if writes:
-                    sp.send(writes)
+                    sp.deliver(writes)  # a dead shard is restarted, its values counted
             if on_step:
                 on_step(outs)
             n += 1
@@ -469,12 +469,20 @@ class ShardProcess:
         site: str,
         areas: dict[str, list[str]],
         unit_nodes: dict[str, list[TagNode]],
+        restart_delay_s: float = 1.0,
+        restart_max_delay_s: float = 30.0,
     ) -> None:
         self.endpoint, self.units = endpoint, list(unit_nodes)
         self._args = (endpoint, site, areas, unit_nodes)
         self.proc: Any = None
         self.conn: Connection | None = None
         self.pid = 0
+        self.restart_delay_s, self.restart_max_delay_s = restart_delay_s, restart_max_delay_s
+        self.restarts = 0  # times the process died and was started again
+        self.unserved = 0  # values the twin produced while this shard was not serving
+        self.serving = False  # the server listens and takes writes
+        self._delay = restart_delay_s
+        self._restart_at = 0.0
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -505,6 +513,68 @@ class ShardProcess:
             msg = ("error", f"exit {self.proc.exitcode}")
         if msg[0] != "ready":
             raise RuntimeError(f"OPC UA shard {self.endpoint} did not start: {msg[1]}")
+        self.serving = True
+
+    def deliver(self, writes: list[tuple[object, ...]]) -> bool:
+        """Send one step's writes if the shard serves; else count them as not served and
+        restart a dead shard process (backoff ``restart_delay_s`` doubling to
+        ``restart_max_delay_s``; back to the first delay once it serves again). Never
+        blocks the twin's clock: the restarted process reports ready through its pipe and
+        is polled here on later steps. True when the writes went to the server."""
+        if self.serving and self.proc.is_alive():
+            try:
+                assert self.conn is not None
+                self.conn.send(writes)
+                return True
+            except (OSError, ValueError):
+                pass
+        self.unserved += sum(len(cast(Sized, w[2])) for w in writes)
+        self._revive()
+        return False
+
+    def _revive(self) -> None:
+        now = time.monotonic()
+        if self.serving:  # it just died
+            self.serving = False
+            self._restart_at = now + self._delay
+            log.error(
+                "OPC UA shard %s (pid %d) died (exit %s); restarting in %.0f s",
+                self.endpoint,
+                self.pid,
+                self.proc.exitcode,
+                self._delay,
+            )
+            return
+        if self.proc.is_alive() and self.conn is not None:  # starting: ready yet?
+            if not self.conn.poll(0):
+                return
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                msg = ("error", "its pipe closed")
+            if msg[0] == "ready":
+                self.serving, self._delay = True, self.restart_delay_s
+                log.info(
+                    "OPC UA shard %s serving again (pid %d, restart %d; %d values not served)",
+                    self.endpoint,
+                    self.pid,
+                    self.restarts,
+                    self.unserved,
+                )
+                return
+            log.error("OPC UA shard %s did not start: %s", self.endpoint, msg[1])
+            self.proc.kill()
+            self.proc.join(5)
+            self._restart_at = now + self._delay
+            return
+        if now < self._restart_at:
+            return
+        if self.conn is not None:
+            self.conn.close()
+        self.restarts += 1
+        self._delay = min(self._delay * 2, self.restart_max_delay_s)
+        self.start()
+        self._restart_at = now + self._delay  # if this start fails too
 
     def send(self, writes: list[tuple[object, ...]]) -> None:
         assert self.conn is not None
