@@ -13,5 +13,12 @@ import os
 # process ends: ingestion runs in per-run processes. An operator's own _RJEM_MALLOC_CONF
 # wins; PHARMA_ALLOCATOR_DEFAULTS=1 keeps polars' defaults.
 ALLOCATOR_CONF = "narenas:2,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-if os.environ.get("PHARMA_ALLOCATOR_DEFAULTS", "") not in ("1", "true", "yes"):
+
+
+def allocator_defaults_requested() -> bool:
+    """Whether ``PHARMA_ALLOCATOR_DEFAULTS`` asks for polars' own allocator settings."""
+    return os.environ.get("PHARMA_ALLOCATOR_DEFAULTS", "") in ("1", "true", "yes")
+
+
+if not allocator_defaults_requested():
     os.environ.setdefault("_RJEM_MALLOC_CONF", ALLOCATOR_CONF)
