@@ -59,7 +59,7 @@ browser:
 
 test: lint browser
 	$(BIN)/dg check defs
-	$(BIN)/pytest -q -n 2 --durations=10
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=10
 
 simulate: $(STAMP)
 	$(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING)

@@ -80,8 +80,16 @@ def _load() -> str:
 # =============================================================================== children
 def run_child(name: str, **kwargs: Any) -> dict[str, Any]:
     """Run ``--child name`` in a fresh interpreter; its JSON result plus its peak RSS (MB)."""
+    import pharma_assets  # sets polars' allocator settings in os.environ (pharma_assets/__init__)
+
     cmd = [sys.executable, "-m", "benchmarks.bench_lakehouse", "--child", name, json.dumps(kwargs)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    # every child, the raw copy included, runs with the allocator settings the product's
+    # processes get (the raw copy imports polars before pharma_assets and would otherwise run
+    # on polars' defaults: a baseline on other terms than the pipeline's)
+    env = dict(os.environ)
+    if "_RJEM_MALLOC_CONF" not in env and not pharma_assets.allocator_defaults_requested():
+        env["_RJEM_MALLOC_CONF"] = pharma_assets.ALLOCATOR_CONF
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     out = proc.stdout.read()
     proc.stdout.close()

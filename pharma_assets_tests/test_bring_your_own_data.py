@@ -31,6 +31,7 @@ from pharma_assets.lake.storage import Lake
 from .foreign_sites import dryer_site, dryer_spec, sparse_campaign, tray_dryer_site, tray_dryer_spec
 
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+pytestmark = pytest.mark.slow  # every test: import + pipeline + train of a whole site
 
 
 def _cli(*args: str) -> tuple[int, str]:

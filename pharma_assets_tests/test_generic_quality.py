@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from mlflow import MlflowClient
 
 from pharma_assets.lake.storage import Lake
@@ -26,6 +27,7 @@ from .test_bring_your_own_data import _auto_promotion, _cli, site_env  # noqa: F
 MODEL = "pharma_quality_loss_on_drying_pct_harvest"
 
 
+@pytest.mark.slow
 def test_dryer_moisture_model_on_generic_features(site_env: Path, monkeypatch) -> None:  # noqa: F811
     vd = moisture_dryer_site(site_env / "exports")
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(vd.spec))
@@ -111,11 +113,13 @@ def test_dryer_moisture_model_on_generic_features(site_env: Path, monkeypatch) -
         feature_columns=generic_feature_columns,
         feature_set="generic",
     )
-    shuffled = quality.train_quality(inp, shuffle_labels=True, **kw)[0]
+    # held-out R2 only: the out-of-fold fits (they give only the interval of a single kind)
+    # are left out; the held-out figures are the same with them
+    shuffled = quality.train_quality(inp, shuffle_labels=True, interval=False, **kw)[0]
     print(f"shuffled labels: R2 {shuffled.trained.metrics['r2']:.3f}")
     assert -0.3 < shuffled.trained.metrics["r2"] < 0.15
     # early prediction: half of the expected duration (the hold not over yet)
-    early = quality.train_quality(inp, **{**kw, "horizons": ("frac50",)})[0]
+    early = quality.train_quality(inp, interval=False, **{**kw, "horizons": ("frac50",)})[0]
     print(f"frac50: R2 {early.trained.metrics['r2']:.3f}")
     assert early.trained.metrics["r2"] < r2
     # the bioreactor's batch features (the previous path) on the same batches

@@ -24,7 +24,8 @@ import hashlib
 import io
 import json
 import os
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -555,78 +556,231 @@ def ingest_files(
 
     group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]] = []
     group_rows = 0
-    for f in todo:
-        now_f = now or datetime.now(UTC)
-        big = _sliced_rows(f, landing_root, source, limits)
-        if big is not None:
-            if group:
-                _commit(lake, source, group, rep)
-                group, group_rows = [], 0
-            _ingest_large(
+    # files are read and parsed one group ahead in a thread (_Prefetch) while this one checks
+    # them in order and commits: the same steps in the same order as reading them here
+    read_ahead = _Prefetch(
+        todo,
+        lambda f: _read_landed(f, landing_root, source, now, run_id, limits),
+        max_rows_per_commit,
+    )
+    try:
+        for item in read_ahead:
+            group, group_rows = _take(
+                item,
                 lake,
                 landing_root,
                 source,
-                f,
-                big,
                 run_id,
-                now_f,
                 limits,
                 seen_sha,
                 seen_rows,
-                rep,
                 guard,
+                rep,
+                group,
+                group_rows,
+                max_rows_per_commit,
+                on_commit,
             )
-            continue
+    finally:
+        read_ahead.close()
+    if group:
+        _commit(lake, source, group, rep, on_commit)
+    return rep
+
+
+@dataclass
+class _Landed:
+    """One landed file as read ahead (``_read_landed``): what the ingestion loop needs."""
+
+    f: LandedFile
+    now: datetime
+    big: int | None = None  # rows of a file too large to parse whole
+    too_large: bool = False  # a text file over the size limit (not read)
+    data: bytes | None = None  # kept only for files outside the landing layout
+    sha: str = ""
+    parsed: pl.DataFrame | BaseException | None = None  # the frame, or why it failed
+    error: BaseException | None = None  # raised when the loop reaches the file
+
+    @property
+    def rows(self) -> int:
+        return self.parsed.height if isinstance(self.parsed, pl.DataFrame) else 0
+
+
+def _read_landed(
+    f: LandedFile,
+    landing_root: str | Path,
+    source: str,
+    now: datetime | None,
+    run_id: str,
+    limits: IngestLimits,
+) -> _Landed:
+    """Read, hash and parse one landed file; whatever fails is kept for the loop to raise
+    or quarantine in its turn (a file's duplicate content is only known there)."""
+    item = _Landed(f, now or datetime.now(UTC))
+    try:
+        item.big = _sliced_rows(f, landing_root, source, limits)
+        if item.big is not None:
+            return item
         if source in SCHEMAS and source != "telemetry" and f.size > limits.max_text_bytes:
-            detail = (
-                f"{f.size:,} bytes; the limit for {source} files is "
-                f"{limits.max_text_bytes:,} (PHARMA_MAX_TEXT_FILE_MB)"
-            )
-            sha = _sha256_file(f.path(landing_root))
-            group.append(
-                (
-                    f,
-                    None,
-                    _log_row(f, sha, "quarantined", "file_too_large", detail, None, now_f, run_id),
-                )
-            )
-            continue
+            item.too_large = True
+            return item
         try:
             data = f.path(landing_root).read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"landed file {f.rel} disappeared before ingestion") from None
-        sha = hashlib.sha256(data).hexdigest()
+        item.sha = hashlib.sha256(data).hexdigest()
+        if source not in SCHEMAS:
+            item.data = data
+            return item
         try:
-            if source not in SCHEMAS:
-                raise FileRejected(
-                    "unexpected_location",
-                    f"{f.rel} is outside the landing layout",
-                    rows=count_rows(f.rel, data),
-                )
-            if sha in seen_sha:
-                raise FileRejected(
-                    "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
-                )
-            df = _finish(read_source_file(source, data), f, now_f, run_id, source)
-            guard.check(f, df, sha, group, rep.batches)
-            seen_sha[sha], seen_rows[sha] = f.rel, df.height
-            log = _log_row(f, sha, "accepted", None, None, df.height, now_f, run_id)
-            group.append((f, df, log))
-            group_rows += df.height
-        except FileRejected as e:
-            group.append(
-                (
-                    f,
-                    None,
-                    _log_row(f, sha, "quarantined", e.reason, e.detail, e.rows, now_f, run_id),
-                )
-            )
-        if group_rows >= max_rows_per_commit:
-            _commit(lake, source, group, rep, on_commit)
+            item.parsed = _finish(read_source_file(source, data), f, item.now, run_id, source)
+        except Exception as e:  # FileRejected quarantines the file; anything else is raised
+            item.parsed = e
+    except Exception as e:
+        item.error = e
+    return item
+
+
+class _Prefetch:
+    """``read(f)`` for each file in order, in a worker thread, at most ``max_rows`` parsed
+    rows ahead of the consumer (plus the file being read): bronze parses the next group
+    while it writes this one (docs/benchmarks.md, "Where the time goes")."""
+
+    def __init__(
+        self, files: Sequence[LandedFile], read: Callable[[LandedFile], _Landed], max_rows: int
+    ) -> None:
+        self._files, self._read, self._max = list(files), read, max(max_rows, 1)
+        self._ready: deque[_Landed] = deque()
+        self._ahead, self._stop, self._done = 0, False, False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="bronze-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for f in self._files:
+                with self._cond:
+                    while self._ahead >= self._max and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                item = self._read(f)
+                with self._cond:
+                    self._ready.append(item)
+                    self._ahead += item.rows
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[_Landed]:
+        for _ in self._files:
+            with self._cond:
+                while not self._ready and not self._done:
+                    self._cond.wait()
+                if not self._ready:  # (the reader stopped: close() was called)
+                    return
+                item = self._ready.popleft()
+                self._ahead -= item.rows
+                self._cond.notify_all()
+            yield item
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._ready.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+
+def _take(
+    item: _Landed,
+    lake: Lake,
+    landing_root: str | Path,
+    source: str,
+    run_id: str,
+    limits: IngestLimits,
+    seen_sha: dict[str, str],
+    seen_rows: dict[str, int],
+    guard: AmendmentGuard,
+    rep: IngestReport,
+    group: list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]],
+    group_rows: int,
+    max_rows_per_commit: int,
+    on_commit: OnCommit | None,
+) -> tuple[list[tuple[LandedFile, pl.DataFrame | Spool | None, dict[str, Any]]], int]:
+    """One landed file, in landing order, into the group being built (committed when full)."""
+    f, now_f, big = item.f, item.now, item.big
+    if item.error is not None:
+        raise item.error
+    if big is not None:
+        if group:
+            _commit(lake, source, group, rep)
             group, group_rows = [], 0
-    if group:
+        _ingest_large(
+            lake,
+            landing_root,
+            source,
+            f,
+            big,
+            run_id,
+            now_f,
+            limits,
+            seen_sha,
+            seen_rows,
+            rep,
+            guard,
+        )
+        return group, group_rows
+    if item.too_large:
+        detail = (
+            f"{f.size:,} bytes; the limit for {source} files is "
+            f"{limits.max_text_bytes:,} (PHARMA_MAX_TEXT_FILE_MB)"
+        )
+        sha = _sha256_file(f.path(landing_root))
+        group.append(
+            (
+                f,
+                None,
+                _log_row(f, sha, "quarantined", "file_too_large", detail, None, now_f, run_id),
+            )
+        )
+        return group, group_rows
+    sha = item.sha
+    try:
+        if source not in SCHEMAS:
+            assert item.data is not None
+            raise FileRejected(
+                "unexpected_location",
+                f"{f.rel} is outside the landing layout",
+                rows=count_rows(f.rel, item.data),
+            )
+        if sha in seen_sha:
+            raise FileRejected(
+                "duplicate_file", f"same content as {seen_sha[sha]}", rows=seen_rows.get(sha)
+            )
+        if isinstance(item.parsed, BaseException):
+            raise item.parsed
+        df = item.parsed
+        assert df is not None
+        guard.check(f, df, sha, group, rep.batches)
+        seen_sha[sha], seen_rows[sha] = f.rel, df.height
+        log = _log_row(f, sha, "accepted", None, None, df.height, now_f, run_id)
+        group.append((f, df, log))
+        group_rows += df.height
+    except FileRejected as e:
+        group.append(
+            (
+                f,
+                None,
+                _log_row(f, sha, "quarantined", e.reason, e.detail, e.rows, now_f, run_id),
+            )
+        )
+    if group_rows >= max_rows_per_commit:
         _commit(lake, source, group, rep, on_commit)
-    return rep
+        group, group_rows = [], 0
+    return group, group_rows
 
 
 # what the one-pass ingestion receives after each bronze commit: (files, rows written)

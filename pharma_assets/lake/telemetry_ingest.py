@@ -3,9 +3,9 @@
 ``ingest_telemetry`` runs bronze's ingestion (``bronze.ingest_files``) in a worker thread;
 after each of bronze's group commits (rows and ledger rows committed, ~1 M readings) the
 group's in-memory frame is handed to silver, which validates it and writes the five
-telemetry tables without reading bronze back. While silver works on group k, bronze parses
-and writes group k+1: the two writes and the validation overlap on both cores (delta-rs and
-polars release the GIL).
+telemetry tables without reading bronze back. While silver works on group k, bronze writes
+group k+1 and its read-ahead thread parses group k+2 (``bronze._Prefetch``): the writes, the
+parsing and the validation overlap on both cores (delta-rs and polars release the GIL).
 
 Exactly-once and reconciliation are those of the two steps run one after the other: silver
 only sees rows bronze has committed with their ledger rows, takes its batch locks and

@@ -53,6 +53,24 @@ ANCHORS = {
 #: to its mass-balance anchor; ridge regression on every feature; the anchor linearly
 #: calibrated alone; the mean of trees and ridge
 MODEL_KINDS = ("xgb", "xgb_anchor_ratio", "ridge", "anchor_linear", "mean_xgb_ridge")
+#: the setting that narrows the candidate kinds (comma-separated names of ``MODEL_KINDS``;
+#: unset or empty: all of them, the product default). Read by ``MlResource.from_env``.
+MODEL_KINDS_ENV = "PHARMA_QUALITY_MODEL_KINDS"
+
+
+def parse_model_kinds(text: str | None) -> tuple[str, ...]:
+    """The candidate model kinds named in ``text`` (comma-separated, in ``MODEL_KINDS``
+    order); empty or None: every kind. An unknown name is a one-line error."""
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    if not names:
+        return MODEL_KINDS
+    unknown = [n for n in names if n not in MODEL_KINDS]
+    if unknown:
+        raise ValueError(
+            f"{MODEL_KINDS_ENV}: model kind(s) {', '.join(map(repr, unknown))} unknown; "
+            f"use a comma-separated subset of {', '.join(MODEL_KINDS)}"
+        )
+    return tuple(k for k in MODEL_KINDS if k in names)
 
 
 def model_name(target: str, horizon: str) -> str:
@@ -360,6 +378,7 @@ def train_quality(
     feature_columns: Callable[[pl.DataFrame], list[str]] = batch_feature_columns,
     feature_set: str = "bioreactor",
     model_kinds: tuple[str, ...] | None = MODEL_KINDS,
+    interval: bool = True,
 ) -> list[QualityResult]:
     """Train every target x horizon model; evaluate on the later batches.
 
@@ -369,9 +388,16 @@ def train_quality(
     ``generic_feature_columns``, ``learner="elastic_net"`` and ``feature_set="generic"``
     (rows of a horizon not ``reached`` are left out).
     ``model_kinds`` (XGBoost learner only): the kinds each target x horizon chooses from on
-    its training period (:data:`MODEL_KINDS`; ``None``: boosted trees only, the model
-    before issue 14's second round).
+    its training period (default every kind of :data:`MODEL_KINDS`; a subset from
+    :func:`parse_model_kinds`, as the ``ml`` resource passes it; ``None``: boosted trees
+    only, the model before issue 14's second round). The training time grows with the
+    number of boosted-tree kinds (``xgb``, ``xgb_anchor_ratio``, ``mean_xgb_ridge``).
+    ``interval=False`` (one candidate kind only, where the folds choose nothing): no
+    out-of-fold fits, the 80 % interval and ``cv_r2_<kind>`` are NaN; the held-out
+    metrics are the same (for comparisons that read only those).
     """
+    if not interval and learner == "xgboost" and len(model_kinds or ("xgb",)) > 1:
+        raise ValueError("interval=False needs a single candidate model kind")
     train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction, targets)
     tg = targets_frame(inputs.batch_summary)
     results = []
@@ -415,7 +441,10 @@ def train_quality(
             cv: dict[str, float] = {}
             oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for kind in kinds:
-                oof[kind] = time_folds_oof(x, y, lambda _k=kind: build(_k))
+                if not interval:
+                    oof[kind] = (np.array([], dtype=int), np.array([]))
+                else:
+                    oof[kind] = time_folds_oof(x, y, lambda _k=kind: build(_k))
                 i, p_ = oof[kind]
                 cv[kind] = regression_metrics(y[i], p_)["r2"] if len(i) >= 4 else float("nan")
             chosen = max(kinds, key=lambda k: -np.inf if np.isnan(cv[k]) else cv[k])

@@ -29,6 +29,7 @@ from pharma_assets.defs.ml.definitions import defs as ml_defs
 from pharma_assets.defs.ml.resources import MlResource
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import registry
+from pharma_assets_tests.conftest import TEST_MODEL_KINDS
 from pharma_assets_tests.ml.conftest import MlPlant, ml_plant  # noqa: F401
 
 CONTRACT = {
@@ -200,7 +201,12 @@ def test_retrain_job_materializes_models_and_gold_tables(
     resources = {
         "lakehouse": LakehouseResource(lake_uri=str(ml_lake), landing_dir=str(ml_plant.landing)),
         "ml": MlResource(
-            mlflow_uri=uri, ground_truth_dir=str(ml_plant.truth), pdm_trees=40, quality_trees=40
+            mlflow_uri=uri,
+            ground_truth_dir=str(ml_plant.truth),
+            pdm_trees=40,
+            quality_trees=40,
+            # the job, not the choice among all kinds (ml/test_quality.py) is tested here
+            quality_model_kinds=",".join(TEST_MODEL_KINDS),
         ),
     }
     defs = dg.Definitions(assets=d.assets, jobs=d.jobs, sensors=d.sensors, resources=resources)

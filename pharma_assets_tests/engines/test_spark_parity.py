@@ -60,6 +60,7 @@ def _canonical(df: pl.DataFrame) -> pl.DataFrame:
 
 
 @pytest.mark.spark
+@pytest.mark.slow
 def test_spark_engine_matches_polars(tmp_path: Path) -> None:
     from pharma_assets.engines.spark import backfill, transforms
     from pharma_assets.engines.spark.session import build_session

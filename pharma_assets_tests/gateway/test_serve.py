@@ -28,6 +28,7 @@ from .brokers import Mosquitto, free_port, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_live_serve_feeds_all_protocols_with_batch_ids(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -177,6 +178,7 @@ def test_serve_plan_follows_the_plant_yaml(tmp_path: Path) -> None:
     assert set(plain.tags[("BR01", "modbus")]) == set(UTILITY_TAGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mixed_plant_every_unit_reaches_hot_store_and_landing_with_batch_ids(
     mosquitto: Mosquitto, tmp_path: Path, workers: int

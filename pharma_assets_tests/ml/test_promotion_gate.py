@@ -18,6 +18,7 @@ from pharma_assets.ml.registry import (
     Minimum,
     promotion_gate,
 )
+from pharma_assets_tests.conftest import TEST_MODEL_KINDS
 
 REG = Minimum("regressor")
 CONT = Minimum("detector", positives_metric="n_contaminated", floors={"detection_share": 0.0})
@@ -110,6 +111,7 @@ def shuffled(ml_inputs: features.MlInputs) -> quality.QualityResult:
         targets=("final_titer_g_l",),
         horizons=("day7",),
         shuffle_labels=True,
+        model_kinds=TEST_MODEL_KINDS,
     )
     return res[0]
 
@@ -133,7 +135,11 @@ def test_real_model_with_negative_r2_is_registered_not_promoted(
 
     # the real model on the same rows: meets its minimum, becomes the first champion
     good = quality.train_quality(
-        ml_inputs, n_estimators=30, targets=("final_titer_g_l",), horizons=("day7",)
+        ml_inputs,
+        n_estimators=30,
+        targets=("final_titer_g_l",),
+        horizons=("day7",),
+        model_kinds=TEST_MODEL_KINDS,
     )[0]
     assert good.trained.metrics["r2"] > 0
     reg2 = registry.register(good.trained, good.score_fn)

@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from pharma_assets.ml import features, quality, registry
+from pharma_assets_tests.conftest import TEST_MODEL_KINDS
 
 N_TREES = 60
 
@@ -52,11 +53,104 @@ def test_metrics_recomputed_from_stored_predictions(
     assert logged["interval_coverage_80"] == pytest.approx(inside)
 
 
+def test_kind_chosen_on_training_folds_and_interval_from_its_residuals(
+    ml_inputs: features.MlInputs, results: list[quality.QualityResult]
+) -> None:
+    """Every target x horizon chooses among all of ``MODEL_KINDS`` (the anchored kinds only
+    where the target has a mass-balance anchor) the kind with the best R² on the training
+    period's time-ordered folds; its interval is the 10/90 % quantiles of THAT kind's
+    out-of-fold residuals, recomputed here from the same training rows."""
+    chosen = set()
+    for r in results:
+        params, metrics = r.trained.params, r.trained.metrics
+        anchored = r.model.target in quality.ANCHORS
+        offered = [
+            k
+            for k in quality.MODEL_KINDS
+            if anchored or k not in ("xgb_anchor_ratio", "anchor_linear")
+        ]
+        assert params["model_kinds"] == offered, r.trained.name
+        cv = {k: metrics[f"cv_r2_{k}"] for k in offered}
+        assert params["model_kind"] == max(cv, key=lambda k: cv[k]), (r.trained.name, cv)
+        chosen.add(params["model_kind"])
+    assert len(chosen) >= 2, chosen  # the choice differs between targets on this plant
+
+    for name in ("final_titer_g_l_day7", "aggregates_pct_harvest"):
+        r = next(r for r in results if r.trained.name.endswith(name))
+        train_ids, hold_ids, _ = quality.split_batches(ml_inputs, 0.25)
+        feats = features.batch_features(ml_inputs, r.model.horizon, batch_ids=train_ids + hold_ids)
+        data = feats.join(quality.targets_frame(ml_inputs.batch_summary), on="batch_id")
+        tr = data.filter(
+            pl.col("batch_id").is_in(train_ids) & pl.col(r.model.target).is_not_null()
+        ).sort("start_ts", "batch_id")
+        assert r.model.features == features.batch_feature_columns(feats)
+        x = tr.select(
+            [pl.col(f).cast(pl.Float64).fill_nan(None) for f in r.model.features]
+        ).to_numpy()
+        y = tr[r.model.target].to_numpy().astype(float)
+        col = quality.ANCHORS.get(r.model.target)
+        anchor = r.model.features.index(col) if col in r.model.features else None
+        kind = r.trained.params["model_kind"]
+        i, p = quality.time_folds_oof(
+            x, y, lambda k=kind, a=anchor: quality.YieldRegressor(k, 42, N_TREES, a)
+        )
+        assert quality.regression_metrics(y[i], p)["r2"] == pytest.approx(
+            r.trained.metrics[f"cv_r2_{kind}"]
+        )
+        resid = y[i] - p
+        assert r.model.resid_lo == pytest.approx(float(np.quantile(resid, 0.10)))
+        assert r.model.resid_hi == pytest.approx(float(np.quantile(resid, 0.90)))
+        assert r.model.regressor.kind == kind
+
+
+def test_model_kinds_setting_narrows_the_choice(ml_inputs: features.MlInputs) -> None:
+    """``PHARMA_QUALITY_MODEL_KINDS`` (via ``parse_model_kinds``) narrows the candidates;
+    unset means all five; an unknown name is refused with the valid ones."""
+    assert quality.parse_model_kinds(None) == quality.parse_model_kinds("") == quality.MODEL_KINDS
+    assert quality.parse_model_kinds(" ridge, xgb ") == ("xgb", "ridge")
+    with pytest.raises(ValueError, match=r"'forest' unknown; use a comma-separated subset"):
+        quality.parse_model_kinds("xgb,forest")
+    (r,) = quality.train_quality(
+        ml_inputs,
+        n_estimators=N_TREES,
+        targets=("final_titer_g_l",),
+        horizons=("harvest",),
+        model_kinds=quality.parse_model_kinds("ridge,anchor_linear"),
+    )
+    assert r.trained.params["model_kinds"] == ["ridge", "anchor_linear"]
+    assert r.trained.params["model_kind"] in ("ridge", "anchor_linear")
+    assert set(k for k in r.trained.metrics if k.startswith("cv_r2_")) == {
+        "cv_r2_ridge",
+        "cv_r2_anchor_linear",
+    }
+
+
+def test_without_interval_the_held_out_figures_are_the_same(
+    ml_inputs: features.MlInputs,
+) -> None:
+    """``interval=False`` (a single kind: the folds choose nothing) leaves out only the
+    out-of-fold fits: same model, same held-out predictions and R², NaN interval."""
+    kw = dict(targets=("final_titer_g_l",), horizons=("day7",), model_kinds=("ridge",))
+    a = quality.train_quality(ml_inputs, **kw)[0]  # type: ignore[arg-type]
+    b = quality.train_quality(ml_inputs, interval=False, **kw)[0]  # type: ignore[arg-type]
+    # the same fit on the same rows (equal up to floating-point summation order)
+    assert a.predictions["batch_id"].to_list() == b.predictions["batch_id"].to_list()
+    np.testing.assert_allclose(b.predictions["predicted"], a.predictions["predicted"], rtol=1e-9)
+    assert b.trained.metrics["r2"] == pytest.approx(a.trained.metrics["r2"], rel=1e-9)
+    assert np.isfinite(a.model.resid_lo) and np.isnan(b.model.resid_lo)
+    with pytest.raises(ValueError, match="single candidate model kind"):
+        quality.train_quality(ml_inputs, interval=False, model_kinds=("xgb", "ridge"))
+
+
 def test_interval_comes_from_training_residuals_only(ml_inputs: features.MlInputs) -> None:
     """Changing the held-out outcomes changes the metrics but not the interval widths."""
-    a = quality.train_quality(
-        ml_inputs, n_estimators=N_TREES, targets=("final_titer_g_l",), horizons=("day7",)
-    )[0]
+    kw = dict(
+        n_estimators=N_TREES,
+        targets=("final_titer_g_l",),
+        horizons=("day7",),
+        model_kinds=TEST_MODEL_KINDS,
+    )
+    a = quality.train_quality(ml_inputs, **kw)[0]  # type: ignore[arg-type]
     _, hold, _ = quality.split_batches(ml_inputs, 0.25)
     summary = ml_inputs.batch_summary.with_columns(
         final_titer_g_l=pl.when(pl.col("batch_id").is_in(hold))
@@ -65,9 +159,7 @@ def test_interval_comes_from_training_residuals_only(ml_inputs: features.MlInput
     )
     # only the outcomes differ: every other input (the CoA results too) is the same
     altered = dataclasses.replace(ml_inputs, batch_summary=summary)
-    b = quality.train_quality(
-        altered, n_estimators=N_TREES, targets=("final_titer_g_l",), horizons=("day7",)
-    )[0]
+    b = quality.train_quality(altered, **kw)[0]  # type: ignore[arg-type]
     assert (a.model.resid_lo, a.model.resid_hi) == (b.model.resid_lo, b.model.resid_hi)
     assert a.trained.metrics["r2"] != b.trained.metrics["r2"]
 
@@ -81,6 +173,7 @@ def test_shuffled_labels_do_no_better_than_chance(ml_inputs: features.MlInputs) 
             shuffle_labels=True,
             seed=seed,
             targets=("final_titer_g_l", "product_mass_kg"),
+            model_kinds=TEST_MODEL_KINDS,
         )
         r2 += [r.trained.metrics["r2"] for r in res]
     assert np.mean(r2) < 0.1, r2

@@ -18,6 +18,7 @@ import pytest
 from pharma_assets.lake.storage import Lake
 from pharma_assets.ml import features, quality, registry
 from pharma_assets.optimise import lake_backtest as lb
+from pharma_assets_tests.conftest import TEST_MODEL_KINDS
 from pharma_assets_tests.ml.conftest import MlPlant, ml_inputs, ml_plant  # noqa: F401
 
 N_TREES = 60
@@ -31,6 +32,7 @@ def results(ml_inputs: features.MlInputs) -> list[quality.QualityResult]:  # noq
         n_estimators=N_TREES,
         targets=tuple(lb.TARGETS.values()),
         horizons=("day3", "day7", "harvest"),
+        model_kinds=TEST_MODEL_KINDS,
     )
 
 

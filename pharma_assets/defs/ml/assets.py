@@ -458,6 +458,7 @@ def quality_models(
         results = quality.train_quality(
             inp,
             n_estimators=ml.quality_trees,
+            model_kinds=ml.model_kinds(),
             features_by_horizon=_batch_features_by_horizon(lake),
             targets=targets,
             horizons=quality.horizons_within(inp.batches),

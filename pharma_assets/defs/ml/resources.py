@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pharma_assets.ml import registry
+from pharma_assets.ml import quality, registry
 
 
 class MlResource(dg.ConfigurableResource):
@@ -18,6 +18,10 @@ class MlResource(dg.ConfigurableResource):
     ground_truth_dir: str = "ground_truth"
     pdm_trees: int = 150  # random forest size (smaller in tests)
     quality_trees: int = 300  # boosting rounds per quality model
+    # the model kinds each quality target x horizon chooses from (comma-separated names of
+    # quality.MODEL_KINDS; empty: all five, the product default). Fewer kinds train faster:
+    # the time grows with the boosted-tree kinds among them (PHARMA_QUALITY_MODEL_KINDS)
+    quality_model_kinds: str = ""
     # MSPC reference (good) batches a process engineer names: comma-separated ids or the path
     # of a file with one id per line; empty: the site's right-first-time rule decides
     reference_batches: str = ""
@@ -28,7 +32,12 @@ class MlResource(dg.ConfigurableResource):
             mlflow_uri=os.environ.get("PHARMA_MLFLOW_URI") or None,
             ground_truth_dir=os.environ.get("PHARMA_GROUND_TRUTH_DIR", "ground_truth"),
             reference_batches=os.environ.get("PHARMA_REFERENCE_BATCHES", ""),
+            quality_model_kinds=os.environ.get(quality.MODEL_KINDS_ENV, ""),
         )
+
+    def model_kinds(self) -> tuple[str, ...]:
+        """The quality model kinds to choose from (``quality.parse_model_kinds``)."""
+        return quality.parse_model_kinds(self.quality_model_kinds)
 
     def reference(self) -> list[str] | None:
         """The reference batch ids given (None: use right first time)."""
