@@ -391,6 +391,27 @@ def _derive(base: mspc.MSPCModel, choice: dict[str, Any]) -> mspc.MSPCModel:
     )
 
 
+def _fit_and_score(
+    hourly: pl.DataFrame,
+    batches: pl.DataFrame,
+    fit_ids: list[str],
+    score_ids: list[str],
+    fit_kw: dict[str, Any],
+    label: str,
+) -> tuple[Any, pl.DataFrame]:
+    """A threshold-study base fit on ``fit_ids`` and its scores of ``score_ids``."""
+    t0 = time.perf_counter()
+    base = mspc.train(
+        hourly.filter(pl.col("batch_id").is_in(fit_ids)),
+        batches,
+        fit_ids,
+        **(THRESHOLD_BASE_FIT | fit_kw),
+    )
+    scores = mspc.monitor(base, hourly.filter(pl.col("batch_id").is_in(score_ids)), batches)
+    print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return base, scores
+
+
 def _select_threshold(rows: list[dict[str, Any]]) -> str:
     """Among variants whose validation share of *clean* good batches (plant-known good and
     without any ground-truth fault of the training period) with a confirmed alarm is at
@@ -510,15 +531,9 @@ def run_threshold(
     rows: list[dict[str, Any]] = []
     fwd_rules: dict[str, alarm_rules.PersistenceRule] = {}
     for fname, fkw in fits.items():
-        t0 = time.perf_counter()
-        base = mspc.train(
-            hourly.filter(pl.col("batch_id").is_in(fit_ids)),
-            batches,
-            fit_ids,
-            **(THRESHOLD_BASE_FIT | fkw),
+        base, sc0 = _fit_and_score(
+            hourly, batches, fit_ids, val_all, fkw, f"fit {fname} (training period)"
         )
-        sc0 = mspc.monitor(base, hourly.filter(pl.col("batch_id").is_in(val_all)), batches)
-        print(f"  fit {fname} (training period): {time.perf_counter() - t0:.0f} s", flush=True)
         for cname, ckw in choices.items():
             m = _derive(base, ckw)
             sc = mspc.rescore(sc0, m)
@@ -568,15 +583,7 @@ def run_threshold(
     held: dict[str, dict[str, Any]] = {}
     detail: list[dict[str, Any]] = []
     for fname, fkw in fits.items():
-        t0 = time.perf_counter()
-        base = mspc.train(
-            hourly.filter(pl.col("batch_id").is_in(good)),
-            batches,
-            good,
-            **(THRESHOLD_BASE_FIT | fkw),
-        )
-        sc0 = mspc.monitor(base, hourly.filter(pl.col("batch_id").is_in(hold)), batches)
-        print(f"  fit {fname} (all training): {time.perf_counter() - t0:.0f} s", flush=True)
+        base, sc0 = _fit_and_score(hourly, batches, good, hold, fkw, f"fit {fname} (all training)")
         for cname, ckw in choices.items():
             m = _derive(base, ckw)
             sc = mspc.rescore(sc0, m)
