@@ -402,11 +402,15 @@ def train_pdm(
     max_false_alarm_rate: float = MAX_FALSE_ALARM_RATE,
     features: list[str] | None = None,
     equipment_types: dict[str, str] | None = None,
+    choose_thresholds: bool = True,
 ) -> PdmResult:
     """Fit, choose the thresholds on the training period, evaluate on the later period
     (``features``: the model inputs, default ``PDM_FEATURES``; ``equipment_types``: id
     suffix -> type of the items to learn, default the bioreactor's AGT and FP: one forest
-    per type, the same labels, split and threshold rule for every type)."""
+    per type, the same labels, split and threshold rule for every type).
+    ``choose_thresholds=False``: no out-of-fold forests, every threshold 0.5 (for studies
+    that read only the ranking, e.g. the ROC AUC: the forests, their probabilities and the
+    AUC are the same as with the thresholds chosen; the alarms and event metrics are not)."""
     etypes = EQUIPMENT_TYPES if equipment_types is None else equipment_types
     feats = list(PDM_FEATURES if features is None else features)
     if not 0.1 <= train_fraction <= 0.95:
@@ -434,7 +438,7 @@ def train_pdm(
     params = {
         "n_estimators": n_estimators,
         "max_samples_per_tree": max_samples,
-        "threshold_folds": n_folds,
+        "threshold_folds": n_folds if choose_thresholds else 0,
         "min_samples_leaf": 10,
         "max_features": "sqrt",
         "class_weight": "balanced_subsample",
@@ -484,7 +488,9 @@ def train_pdm(
         groups = tr["batch_id"].to_numpy()
         oof = np.zeros(len(y))
         n_groups = len(np.unique(groups))
-        if n_groups >= 3:
+        if not choose_thresholds:
+            thresholds[etype] = 0.5
+        elif n_groups >= 3:
             for a, b in GroupKFold(n_splits=min(n_folds, n_groups)).split(x, y, groups):
                 m = make().fit(x[a], y[a])
                 oof[b] = _proba(m, x[b])

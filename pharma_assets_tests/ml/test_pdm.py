@@ -174,8 +174,9 @@ def test_shuffled_labels_do_no_better_than_chance(
     are such outliers (a label-free isolation forest ranks them at AUC 0.97 / 0.84), so the
     expectation sits above 0.5 without any label reaching the model (an sklearn forest on
     permuted labels outside train_pdm gives the same). Hence 8 seeds (their mean's spread
-    is ~1/3 of one run's) and a comparison with the real model's AUC. ``n_folds=2``: the
-    folds only set the threshold, which the AUC does not use."""
+    is ~1/3 of one run's) and a comparison with the real model's AUC.
+    ``choose_thresholds=False``: the out-of-fold forests only set the thresholds, which the
+    AUC does not use (the same AUC without them: the next test)."""
     aucs = []
     for seed in range(1, 9):
         r = pdm.train_pdm(
@@ -185,12 +186,37 @@ def test_shuffled_labels_do_no_better_than_chance(
             n_estimators=N_TREES,
             shuffle_labels=True,
             seed=seed,
-            n_folds=2,
+            choose_thresholds=False,
         )
         aucs.append(r.trained.metrics["roc_auc"])
     real = trained.trained.metrics["roc_auc"]
     assert np.mean(aucs) < 0.65, aucs
     assert np.mean(aucs) < real - 0.1, (aucs, real)
+
+
+def test_without_thresholds_the_same_forests_and_auc(
+    trained: pdm.PdmResult, ml_inputs: features.MlInputs, equipment_hours: pl.DataFrame
+) -> None:
+    """``choose_thresholds=False`` leaves out only the out-of-fold forests of the threshold
+    rule: the held-out probabilities and the ROC AUC are those of the full training, every
+    threshold is 0.5 and the parameters say no threshold folds were run."""
+    r = pdm.train_pdm(
+        equipment_hours,
+        ml_inputs.maintenance,
+        ml_inputs.versions,
+        n_estimators=N_TREES,
+        choose_thresholds=False,
+    )
+    # the same trees; their votes are summed by two threads, so the last bits may differ
+    got, want = r.predictions["probability"].to_numpy(), trained.predictions["probability"]
+    assert np.abs(got - want.to_numpy()).max() < 1e-12
+    assert r.trained.metrics["roc_auc"] == pytest.approx(
+        trained.trained.metrics["roc_auc"], abs=1e-6
+    )
+    assert set(r.model.thresholds.values()) == {0.5}
+    assert set(trained.model.thresholds.values()) != {0.5}
+    assert r.trained.params["threshold_folds"] == 0
+    assert trained.trained.params["threshold_folds"] == 3
 
 
 def test_bad_input_is_explained(
