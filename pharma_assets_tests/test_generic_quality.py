@@ -31,6 +31,8 @@ MODEL = "pharma_quality_loss_on_drying_pct_harvest"
 def test_dryer_moisture_model_on_generic_features(site_env: Path, monkeypatch) -> None:  # noqa: F811
     vd = moisture_dryer_site(site_env / "exports")
     monkeypatch.setenv("PHARMA_CPP_SPEC", str(vd.spec))
+    # the product's elastic-net search (the suite narrows it elsewhere): the figures below
+    monkeypatch.delenv(quality.ENET_SEARCH_ENV, raising=False)
     site = vd.site
     for source, layout, extra in (
         ("telemetry", "wide", ["--infer-batches"]),
@@ -81,6 +83,8 @@ def test_dryer_moisture_model_on_generic_features(site_env: Path, monkeypatch) -
     run = client.get_run(versions[0].run_id)
     assert run.data.params["feature_set"] == "generic"
     assert run.data.params["learner"] == "elastic_net"
+    assert run.data.params["enet_cv_folds"] == str(quality.CV_FOLDS)
+    assert run.data.params["enet_l1_ratios"] == str(list(quality.L1_RATIOS))
     pred = registry.load_artifact_table(versions[0].run_id, "holdout_predictions", uri)
     assert pred.height >= 15
     # recomputed from the stored predictions and the lake's released values

@@ -292,20 +292,61 @@ def _make(seed: int, n_estimators: int) -> XGBRegressor:
 #: the learners of :func:`train_quality`: XGBoost (the bioreactor's, on its batch features)
 #: or a regularised linear model (``RegularisedLinear``, on the generic per-tag features)
 Learner = Literal["xgboost", "elastic_net"]
-#: elastic-net mixing ratios and folds tried inside the training batches
+#: elastic-net mixing ratios and folds tried inside the training batches (the product's search)
 L1_RATIOS = (0.1, 0.5, 0.9, 1.0)
 CV_FOLDS = 5
+#: the setting that narrows the elastic net's search: ``<folds>:<l1 ratio>,<l1 ratio>...``
+#: (e.g. ``3:0.5,1.0``); unset or empty: ``CV_FOLDS`` folds x ``L1_RATIOS``, the product
+#: default. Read by ``MlResource.from_env``; the test suite narrows it where its assertions
+#: do not read the elastic net's figures (``pharma_assets_tests/conftest.py``).
+ENET_SEARCH_ENV = "PHARMA_QUALITY_ENET_SEARCH"
+
+
+@dataclass(frozen=True)
+class ElasticNetSearch:
+    """The cross-validated search of :class:`RegularisedLinear`: ``folds``-fold CV over
+    every mixing ratio of ``l1_ratios`` (and the penalty path of each). The time of one fit
+    grows with ``folds x len(l1_ratios)``."""
+
+    folds: int = CV_FOLDS
+    l1_ratios: tuple[float, ...] = L1_RATIOS
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"elastic-net search: folds must be at least 2, got {self.folds}")
+        if not self.l1_ratios or not all(0 < r <= 1 for r in self.l1_ratios):
+            raise ValueError(
+                f"elastic-net search: l1 ratios must be in (0, 1], got {list(self.l1_ratios)}"
+            )
+
+
+def parse_enet_search(text: str | None) -> ElasticNetSearch:
+    """The search named in ``text`` (``<folds>:<l1 ratio>,...``, e.g. ``3:0.5,1.0``); empty
+    or None: the product default. A malformed value is a one-line error."""
+    text = (text or "").strip()
+    if not text:
+        return ElasticNetSearch()
+    try:
+        folds, _, ratios = text.partition(":")
+        return ElasticNetSearch(int(folds), tuple(float(r) for r in ratios.split(",") if r.strip()))
+    except ValueError as e:
+        raise ValueError(
+            f"{ENET_SEARCH_ENV}={text!r}: {e}; use <folds>:<l1 ratio>,<l1 ratio>... "
+            f"(the product default is {CV_FOLDS}:{','.join(map(str, L1_RATIOS))})"
+        ) from None
 
 
 class RegularisedLinear:
     """Median imputation, standardisation and an elastic net whose penalty and L1 ratio are
-    chosen by ``CV_FOLDS``-fold cross-validation on the rows it is fitted on (the training
-    batches only), so the feature selection (coefficients shrunk to 0) never sees a held-out
-    batch. Made for many correlated per-tag features and few batches: with shuffled labels
-    the cross-validation picks a penalty that zeroes every coefficient (the training mean)."""
+    chosen by cross-validation (``search``: ``CV_FOLDS`` folds x ``L1_RATIOS`` by default) on
+    the rows it is fitted on (the training batches only), so the feature selection
+    (coefficients shrunk to 0) never sees a held-out batch. Made for many correlated per-tag
+    features and few batches: with shuffled labels the cross-validation picks a penalty that
+    zeroes every coefficient (the training mean)."""
 
-    def __init__(self, seed: int = 42) -> None:
+    def __init__(self, seed: int = 42, search: ElasticNetSearch | None = None) -> None:
         self.seed = seed
+        self.search = search or ElasticNetSearch()
         self.pipe: Any = None
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> RegularisedLinear:
@@ -315,11 +356,13 @@ class RegularisedLinear:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        folds = KFold(n_splits=max(2, min(CV_FOLDS, len(y))), shuffle=True, random_state=self.seed)
+        search = self.search
+        n_splits = max(2, min(search.folds, len(y)))
+        folds = KFold(n_splits=n_splits, shuffle=True, random_state=self.seed)
         self.pipe = make_pipeline(
             SimpleImputer(strategy="median", keep_empty_features=True),
             StandardScaler(),
-            ElasticNetCV(l1_ratio=list(L1_RATIOS), cv=folds, max_iter=50_000, n_jobs=1),
+            ElasticNetCV(l1_ratio=list(search.l1_ratios), cv=folds, max_iter=50_000, n_jobs=1),
         )
         self.pipe.fit(x, y)
         return self
@@ -333,11 +376,13 @@ class RegularisedLinear:
         return int((np.abs(self.pipe[-1].coef_) > 0).sum())
 
 
-def _learner(learner: str, seed: int, n_estimators: int) -> Any:
+def _learner(
+    learner: str, seed: int, n_estimators: int, search: ElasticNetSearch | None = None
+) -> Any:
     if learner == "xgboost":
         return _make(seed, n_estimators)
     if learner == "elastic_net":
-        return RegularisedLinear(seed)
+        return RegularisedLinear(seed, search)
     raise ValueError(f"learner {learner!r} unknown; use 'xgboost' or 'elastic_net'")
 
 
@@ -379,6 +424,7 @@ def train_quality(
     feature_set: str = "bioreactor",
     model_kinds: tuple[str, ...] | None = MODEL_KINDS,
     interval: bool = True,
+    enet_search: ElasticNetSearch | None = None,
 ) -> list[QualityResult]:
     """Train every target x horizon model; evaluate on the later batches.
 
@@ -395,7 +441,11 @@ def train_quality(
     ``interval=False`` (one candidate kind only, where the folds choose nothing): no
     out-of-fold fits, the 80 % interval and ``cv_r2_<kind>`` are NaN; the held-out
     metrics are the same (for comparisons that read only those).
+    ``enet_search`` (elastic-net learner only): its cross-validated search (default
+    ``CV_FOLDS`` folds x ``L1_RATIOS``; a smaller one from :func:`parse_enet_search`, as the
+    ``ml`` resource passes it, trains faster).
     """
+    search = enet_search or ElasticNetSearch()
     if not interval and learner == "xgboost" and len(model_kinds or ("xgb",)) > 1:
         raise ValueError("interval=False needs a single candidate model kind")
     train_ids, hold_ids, cutoff = split_batches(inputs, holdout_fraction, targets)
@@ -433,7 +483,7 @@ def train_quality(
 
             def build(kind: str, _a: int | None = anchor) -> Any:
                 if learner != "xgboost":
-                    return _learner(learner, seed, n_estimators)
+                    return _learner(learner, seed, n_estimators, search)
                 return YieldRegressor(kind, seed, n_estimators, _a)
 
             # each kind's out-of-fold predictions inside the training period (time-ordered
@@ -499,6 +549,14 @@ def train_quality(
                     "interval": list(INTERVAL),
                     "seed": seed,
                     "shuffle_labels": shuffle_labels,
+                    **(
+                        {
+                            "enet_cv_folds": search.folds,
+                            "enet_l1_ratios": list(search.l1_ratios),
+                        }
+                        if learner == "elastic_net"
+                        else {}
+                    ),
                 },
                 features=cols,
                 data_versions=dict(inputs.versions),

@@ -210,3 +210,36 @@ def test_model_kinds_need_an_anchor_and_fit() -> None:
         quality.YieldRegressor("xgb_anchor_ratio", 0, 20, anchor=None)
     with pytest.raises(ValueError, match="unknown"):
         quality.YieldRegressor("forest", 0, 20, anchor=None)
+
+
+def test_elastic_net_search_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PHARMA_QUALITY_ENET_SEARCH`` (via ``parse_enet_search``) sets the elastic net's
+    folds and mixing ratios; unset, the product's 5 folds x 4 ratios. The fitted model
+    searched exactly those, on the rows it was given."""
+    from pharma_assets.defs.ml.resources import MlResource
+
+    default = quality.ElasticNetSearch(quality.CV_FOLDS, quality.L1_RATIOS)
+    assert quality.parse_enet_search(None) == quality.parse_enet_search(" ") == default
+    assert quality.parse_enet_search("3:0.5, 1") == quality.ElasticNetSearch(3, (0.5, 1.0))
+    for bad, why in (("1:0.5", "folds must be at least 2"), ("3:0,1", r"in \(0, 1\]")):
+        with pytest.raises(ValueError, match=why):
+            quality.parse_enet_search(bad)
+    with pytest.raises(ValueError, match="use <folds>:<l1 ratio>"):
+        quality.parse_enet_search("five")
+    monkeypatch.delenv(quality.ENET_SEARCH_ENV, raising=False)
+    assert MlResource.from_env().enet_search() == default
+    monkeypatch.setenv(quality.ENET_SEARCH_ENV, "2:1.0")
+    assert MlResource.from_env().enet_search() == quality.ElasticNetSearch(2, (1.0,))
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 6))
+    y = 2 * x[:, 0] + rng.normal(scale=0.1, size=40)
+    for search in (None, quality.ElasticNetSearch(3, (0.5, 1.0))):
+        m = quality.RegularisedLinear(seed=1, search=search).fit(x, y)
+        net = m.pipe[-1]
+        want = search or default
+        assert net.cv.get_n_splits() == want.folds
+        assert list(net.l1_ratio) == list(want.l1_ratios) and net.l1_ratio_ in want.l1_ratios
+        assert net.mse_path_.shape[0] == len(want.l1_ratios)
+        assert net.mse_path_.shape[-1] == want.folds
+        assert m.n_selected >= 1 and abs(net.coef_[0]) > 1  # the signal is found

@@ -453,6 +453,7 @@ def quality_models(
             learner="elastic_net",
             feature_columns=generic_feature_columns,
             feature_set="generic",
+            enet_search=ml.enet_search(),
         )
     else:
         results = quality.train_quality(

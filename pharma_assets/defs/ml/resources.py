@@ -22,6 +22,10 @@ class MlResource(dg.ConfigurableResource):
     # quality.MODEL_KINDS; empty: all five, the product default). Fewer kinds train faster:
     # the time grows with the boosted-tree kinds among them (PHARMA_QUALITY_MODEL_KINDS)
     quality_model_kinds: str = ""
+    # the elastic net's cross-validated search of a unit class on generic features
+    # (``<folds>:<l1 ratio>,...``; empty: 5 folds x 4 ratios, the product default). A smaller
+    # search trains faster (PHARMA_QUALITY_ENET_SEARCH)
+    quality_enet_search: str = ""
     # MSPC reference (good) batches a process engineer names: comma-separated ids or the path
     # of a file with one id per line; empty: the site's right-first-time rule decides
     reference_batches: str = ""
@@ -33,11 +37,16 @@ class MlResource(dg.ConfigurableResource):
             ground_truth_dir=os.environ.get("PHARMA_GROUND_TRUTH_DIR", "ground_truth"),
             reference_batches=os.environ.get("PHARMA_REFERENCE_BATCHES", ""),
             quality_model_kinds=os.environ.get(quality.MODEL_KINDS_ENV, ""),
+            quality_enet_search=os.environ.get(quality.ENET_SEARCH_ENV, ""),
         )
 
     def model_kinds(self) -> tuple[str, ...]:
         """The quality model kinds to choose from (``quality.parse_model_kinds``)."""
         return quality.parse_model_kinds(self.quality_model_kinds)
+
+    def enet_search(self) -> quality.ElasticNetSearch:
+        """The elastic net's search (``quality.parse_enet_search``)."""
+        return quality.parse_enet_search(self.quality_enet_search)
 
     def reference(self) -> list[str] | None:
         """The reference batch ids given (None: use right first time)."""
