@@ -7,12 +7,14 @@ import os
 # after 0.5 s and muzzy ones after 1 s: an ingestion group (about 1 M readings, a few
 # seconds) frees its frames and the next group faults the same amount back in, zeroed by the
 # kernel. Measured on the ingestion benchmark's 8.2 M readings (docs/benchmarks.md, "Where
-# the time goes"): page faults and purging were about 30 % of the process CPU. Kept pages
-# are reused instead; two arenas (one per core) keep the high-water mark down. The peak RSS
-# rises (13 M-reading batch 1.15 -> 1.35 GB, target 2 GB) and is not given back until the
-# process ends: ingestion runs in per-run processes. An operator's own _RJEM_MALLOC_CONF
-# wins; PHARMA_ALLOCATOR_DEFAULTS=1 keeps polars' defaults.
-ALLOCATOR_CONF = "narenas:2,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# the time goes"): page faults and purging were about 30 % of the process CPU. Freed pages
+# are now kept for 10 s (decayed by polars' background purging thread), so the next group
+# reuses them, and a process that goes idle (a dashboard, the gateway, the Dagster code
+# server between runs) gives them back to the OS about 10 s later: with decay disabled
+# (-1, stop 23) an idle process held its high-water mark until it exited. Two arenas (one per
+# core) keep the high-water mark down. An operator's own _RJEM_MALLOC_CONF wins;
+# PHARMA_ALLOCATOR_DEFAULTS=1 keeps polars' defaults.
+ALLOCATOR_CONF = "narenas:2,dirty_decay_ms:10000,muzzy_decay_ms:10000"
 
 
 def allocator_defaults_requested() -> bool:
