@@ -124,6 +124,20 @@ THRESHOLD_FITS: dict[str, dict[str, Any]] = {
         "change_window_h": 6,
         "change_combine": "max",
     },
+    # the change statistic with a drift term (``change_drift_h``): each tag's standardised
+    # change averaged over the last 12 / 24 hours, its own limit, max-combined with the
+    # change (``mspc.drift_means``)
+    **{
+        f"change_max_{lag}_{lag}_d{dh}": {
+            "statistic": "change",
+            "change_lag_h": lag,
+            "change_window_h": lag,
+            "change_combine": "max",
+            "change_drift_h": dh,
+        }
+        for lag in (3, 6)
+        for dh in (12, 24)
+    },
 }
 #: threshold choices: ``_x3h`` the plant-known good share (as before, <= 5 % with a rule of
 #: at most 3 samples; also ``+forward_rule``), ``_robust*`` the contamination-robust
@@ -462,7 +476,7 @@ def _faulty_detail(
     """Per faulty held-out batch: its fault types, detected or not, and its largest
     statistic / limit after the first onset (to the batch end) against the factor."""
     ratio = (
-        pl.col("chg") / pl.col("chg_limit")
+        pl.max_horizontal(pl.col("chg") / pl.col("chg_limit"), pl.col("drf") / pl.col("drf_limit"))
         if m.stat() == "change"
         else pl.max_horizontal(
             pl.col("t2") / pl.col("t2_limit"), pl.col("spe") / pl.col("spe_limit")

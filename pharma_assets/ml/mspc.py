@@ -316,6 +316,14 @@ class RecipeModel:
     chg_sd: np.ndarray | None = None  # (K, J) raw units, floored
     chg_limit: np.ndarray | None = None  # (K,)
     cv_chg: np.ndarray | None = None  # (n, K)
+    # drift term of the change statistic (``change_drift_h > 0``; None otherwise): per
+    # (hour, tag) the good batches' median and robust sd of the tag's mean standardised
+    # change over the last ``change_drift_h`` hours (``drift_means``), the maturity limit
+    # of the drift statistic (unweighted) and its out-of-fold values
+    drf_mu: np.ndarray | None = None  # (K, J) z units
+    drf_sd: np.ndarray | None = None  # (K, J) z units, floored
+    drf_limit: np.ndarray | None = None  # (K,)
+    cv_drf: np.ndarray | None = None  # (n, K)
 
 
 @dataclass
@@ -356,6 +364,14 @@ class MSPCModel:
     threshold: str = "share"
     clean_share: float = 0.025  # "robust": the share of the other good batches above it
     outlier_z: float = 5.0  # "robust": robust sds above the median peak set aside
+    # drift term of the change statistic: hours over which each tag's standardised change is
+    # averaged (0: none, the change statistic alone; ``drift_means``). A slow ramp (a drifting
+    # probe) moves a tag by little per hour, but in the same direction hour after hour.
+    change_drift_h: int = 0
+    # the drift ratio's weight against the change ratio (``change_ratio``): 1, or with the
+    # robust threshold the change's robust factor over the drift's, so that each term alarms
+    # on the same tail share of the good training batches' peaks
+    drift_weight: float = 1.0
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -378,6 +394,8 @@ class MSPCModel:
             "threshold": str(getattr(self, "threshold", "share")),
             "clean_share": float(getattr(self, "clean_share", 0.025)),
             "outlier_z": float(getattr(self, "outlier_z", 5.0)),
+            "change_drift_h": self.drift_h(),
+            "drift_weight": self.weight(),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -418,6 +436,14 @@ class MSPCModel:
         """The multiple of the limits a raw alarm needs (1 for models before the option)."""
         return float(getattr(self, "alarm_factor", 1.0))
 
+    def drift_h(self) -> int:
+        """Hours of the change statistic's drift term (0: none; models before the option)."""
+        return int(getattr(self, "change_drift_h", 0))
+
+    def weight(self) -> float:
+        """The drift ratio's weight (1 for models before the option)."""
+        return float(getattr(self, "drift_weight", 1.0))
+
     def train_alarm_samples(
         self, statistic: str | None = None, factor: float | None = None
     ) -> pl.DataFrame:
@@ -433,6 +459,8 @@ class MSPCModel:
                     if m.cv_chg is None or m.chg_limit is None:
                         raise MSPCInputError("this model has no change statistic")
                     a = m.cv_chg > f * m.chg_limit  # NaN (no baseline yet): never an alarm
+                    if m.cv_drf is not None and m.drf_limit is not None:
+                        a = a | (self.weight() * m.cv_drf > f * m.drf_limit)
                 else:
                     a = (m.cv_t2 > f * m.t2_limit) | (m.cv_spe > f * m.spe_limit)
             n, k = a.shape
@@ -569,6 +597,48 @@ def _change_stat(
         q = np.nanmax(z2, axis=2) if combine == "max" else np.nansum(z2, axis=2)
     q[~np.any(np.isfinite(z2), axis=2)] = np.nan
     return q, np.nan_to_num(z2, nan=0.0)
+
+
+#: smallest robust sd of a tag's drift mean (z units): a tag whose standardised change is
+#: nearly constant in the good batches at some hour must not turn a small mean into an alarm
+DRIFT_SD_FLOOR = 0.1
+
+
+def drift_means(d: np.ndarray, mu: np.ndarray, sd: np.ndarray, drift_h: int) -> np.ndarray:
+    """Drift term of the change statistic: per (batch, hour, tag) the mean over hours
+    ``[k - drift_h + 1, k]`` of the tag's SIGNED standardised change ``(d - mu) / sd`` (the
+    change statistic's robust z-score, before squaring; hours without one are skipped, NaN
+    if the window has none). Causal. A step shows in the change statistic for a few hours and
+    averages out here; a slow ramp (a drifting probe, and the controller's answer to it)
+    changes a tag by a small amount per hour, always in the same direction, so its
+    z-scores do not cancel in the mean: the mean of ``drift_h`` such hours stands out
+    where a single one does not."""
+    if drift_h < 1:
+        raise MSPCInputError(f"change_drift_h must be >= 1 hour, got {drift_h}")
+    z = (d - mu[None]) / sd[None]
+    ok = np.isfinite(z)
+    n, k_hours, j = z.shape
+    cs = np.concatenate([np.zeros((n, 1, j)), np.cumsum(np.where(ok, z, 0.0), axis=1)], axis=1)
+    cc = np.concatenate([np.zeros((n, 1, j)), np.cumsum(ok, axis=1)], axis=1)
+    hi = np.arange(1, k_hours + 1)
+    lo = np.clip(hi - drift_h, 0, None)
+    cnt = cc[:, hi] - cc[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, (cs[:, hi] - cs[:, lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def _drift_fit(
+    d: np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    drift_h: int,
+    scale_window_h: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(drift means of the batches ``d``, their per (hour, tag) median, robust sd)."""
+    dm = drift_means(d, mu, sd, drift_h)
+    j = d.shape[2]
+    dmu, dsd = _change_scale(dm, np.full(j, DRIFT_SD_FLOOR), scale_window_h)
+    return dm, dmu, dsd
 
 
 def _sd_floor(raw: np.ndarray, tags: Sequence[str]) -> np.ndarray:
@@ -722,6 +792,7 @@ def _fit_recipe(
     change_detrend: bool = False,
     change_scale_window_h: int = 3,
     change_combine: str = "sum",
+    change_drift_h: int = 0,
 ) -> RecipeModel:
     from scipy import stats
 
@@ -767,23 +838,40 @@ def _fit_recipe(
     floor = _sd_floor(raw, tags)
     chg_mu, chg_sd = _change_scale(d, floor, change_scale_window_h)
     cv_chg = np.full((n, k_hours), np.nan)
+    drift = change_drift_h > 0
+    cv_drf = np.full((n, k_hours), np.nan)
     for f in np.unique(folds):
         tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
         if tr.size < 3:
             continue
         mu_f, sd_f = _change_scale(d[tr], floor, change_scale_window_h)
         cv_chg[te] = _change_stat(d[te], mu_f, sd_f, change_combine)[0]
-    chg_lim = np.full(k_hours, np.nan)
-    for k in range(k_hours):
-        lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
-        v = cv_chg[:, lo:hi].ravel()
-        if np.isfinite(cv_chg[:, k]).any() and np.isfinite(v).sum() >= 2:
-            chg_lim[k] = _chi2_limit(v, alpha)
+        if drift:  # the drift term's scale from the same fold's batches, as the change's
+            _, dmu_f, dsd_f = _drift_fit(d[tr], mu_f, sd_f, change_drift_h, change_scale_window_h)
+            dm_te = drift_means(d[te], mu_f, sd_f, change_drift_h)
+            cv_drf[te] = _change_stat(dm_te, dmu_f, dsd_f, change_combine)[0]
+
+    def limits(cv: np.ndarray) -> np.ndarray:
+        lim = np.full(k_hours, np.nan)
+        for k in range(k_hours):
+            lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
+            v = cv[:, lo:hi].ravel()
+            if np.isfinite(cv[:, k]).any() and np.isfinite(v).sum() >= 2:
+                lim[k] = _chi2_limit(v, alpha)
+        return lim
+
+    chg_lim = limits(cv_chg)
+    drf_mu = drf_sd = drf_lim = None
+    if drift:
+        _, drf_mu, drf_sd = _drift_fit(d, chg_mu, chg_sd, change_drift_h, change_scale_window_h)
+        drf_lim = limits(cv_drf)
     # hours where no good batch has any reading have nothing to compare with: no limit
     empty = n_obs.sum(axis=1) == 0
     t2_lim[empty] = np.nan
     spe_lim[empty] = np.nan
     chg_lim[empty] = np.nan
+    if drf_lim is not None:
+        drf_lim[empty] = np.nan
     return RecipeModel(
         recipe_id=recipe_id,
         tags=tags,
@@ -806,6 +894,10 @@ def _fit_recipe(
         chg_sd=chg_sd,
         chg_limit=chg_lim,
         cv_chg=cv_chg,
+        drf_mu=drf_mu,
+        drf_sd=drf_sd,
+        drf_limit=drf_lim,
+        cv_drf=cv_drf if drift else None,
     )
 
 
@@ -846,6 +938,7 @@ def train(
     threshold: str = "share",
     clean_share: float = 0.025,
     outlier_z: float = 5.0,
+    change_drift_h: int = 0,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -882,6 +975,15 @@ def train(
     ``outlier_z`` robust sds above their median are set aside (``robust_factor``), so that
     the plant-known good batches that hold faults the plant does not know about (a
     minority far above the bulk) cannot drag the threshold up.
+    ``change_drift_h``: add a drift term to the change statistic (0: none): each tag's
+    signed standardised change averaged over the last ``change_drift_h`` hours
+    (``drift_means``), squared against the good batches' robust spread of that mean and
+    combined over tags as the change (``change_combine``), with its own maturity limits; a
+    raw change alarm is either ratio (change / its limit, drift / its limit times
+    ``drift_weight``) over the factor. A slow ramp (a drifting pH probe and the pH loop's
+    answer to it) barely moves the change from the recent baseline but does so in the same
+    direction for many hours. With ``threshold="robust"`` the drift's weight makes each term
+    alarm on the same tail of the good training batches' peaks (``choose_factor_robust``).
     """
     if statistic not in STATISTICS:
         raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
@@ -897,6 +999,8 @@ def train(
         raise MSPCInputError(f"outlier_z must be > 0, got {outlier_z}")
     if scale_window_h < 0:
         raise MSPCInputError(f"scale_window_h must be >= 0 hours, got {scale_window_h}")
+    if change_drift_h < 0:
+        raise MSPCInputError(f"change_drift_h must be >= 0 hours, got {change_drift_h}")
     ids = sorted(set(good_batch_ids))
     if not ids:
         raise MSPCInputError("no good batches given; see good_batches()")
@@ -947,6 +1051,7 @@ def train(
                 change_detrend,
                 change_scale_window_h,
                 change_combine,
+                change_drift_h,
             )
     if not models:
         raise MSPCInputError(
@@ -969,6 +1074,7 @@ def train(
         change_detrend=change_detrend,
         change_scale_window_h=change_scale_window_h,
         change_combine=change_combine,
+        change_drift_h=change_drift_h,
     )
     return with_threshold(model, max_confirm_samples, threshold, clean_share, outlier_z)
 
@@ -991,7 +1097,7 @@ def with_threshold(
 
     if threshold not in THRESHOLDS:
         raise MSPCInputError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
-    model = dataclasses.replace(model, alarm_factor=1.0, threshold=threshold)
+    model = dataclasses.replace(model, alarm_factor=1.0, threshold=threshold, drift_weight=1.0)
     model.clean_share, model.outlier_z = clean_share, outlier_z
     extra: dict[str, float] = {}
     if max_confirm_samples is None:
@@ -1005,6 +1111,7 @@ def with_threshold(
                 extra = {"robust_fallback_to_share": 1.0}
         if robust is not None:
             model.alarm_factor, choice, extra = robust
+            model.drift_weight = extra.get("drift_weight", 1.0)
         else:
             model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
@@ -1060,12 +1167,20 @@ def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[
     return ALARM_FACTORS[-1], choice
 
 
-def train_ratios(model: MSPCModel, statistic: str | None = None) -> tuple[list[str], np.ndarray]:
+def train_ratios(
+    model: MSPCModel,
+    statistic: str | None = None,
+    part: str = "both",
+    weight: float | None = None,
+) -> tuple[list[str], np.ndarray]:
     """(batch ids, ratios (batches, hours)) of the good training batches' out-of-fold
-    statistic over its limit (level: the larger of T²/limit and SPE/limit), hours beyond a
-    recipe's horizon ``-inf``: a raw alarm at factor ``f`` is a ratio ``> f``, exactly as
-    ``train_alarm_samples(factor=f)`` (a NaN statistic or limit never alarms: ``-inf``)."""
+    statistic over its limit (level: the larger of T²/limit and SPE/limit; change with a
+    drift term: the larger of change/limit and ``weight`` x drift/limit, or one of them with
+    ``part="change"`` / ``"drift"``), hours beyond a recipe's horizon ``-inf``: a raw alarm
+    at factor ``f`` is a ratio ``> f``, exactly as ``train_alarm_samples(factor=f)`` (a NaN
+    statistic or limit never alarms: ``-inf``)."""
     stat = statistic or model.stat()
+    w = model.weight() if weight is None else weight
     ids: list[str] = []
     rows: list[np.ndarray] = []
     k_max = max(m.n_hours for m in model.recipes.values())
@@ -1075,6 +1190,11 @@ def train_ratios(model: MSPCModel, statistic: str | None = None) -> tuple[list[s
                 if m.cv_chg is None or m.chg_limit is None:
                     raise MSPCInputError("this model has no change statistic")
                 r = m.cv_chg / m.chg_limit[None, :]
+                if m.cv_drf is not None and m.drf_limit is not None and part != "change":
+                    rd = w * m.cv_drf / m.drf_limit[None, :]
+                    r = rd if part == "drift" else np.fmax(r, rd)
+                elif part == "drift":
+                    raise MSPCInputError("this model has no drift term")
             else:
                 r = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
         r = np.where(np.isnan(r), -np.inf, r)
@@ -1171,9 +1291,24 @@ def choose_factor_robust(
     if max_confirm_samples < 1:
         raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
     rule = candidates([max(k for k in K_CANDIDATES if k <= max_confirm_samples)], "hour")[0]
-    ids, ratios = train_ratios(model)
+    weight: dict[str, float] = {}
+    if model.stat() == "change" and model.drift_h() > 0:
+        # each term's own robust factor first: the drift ratio is weighted so that both
+        # alarm on the same tail share of the good batches' peaks, then the factor of the
+        # union (at least 1, so never below either term's own factor)
+        _, rc = train_ratios(model, part="change")
+        _, rd = train_ratios(model, part="drift", weight=1.0)
+        f_c, _ = robust_factor(rule_peaks(rc, rule.k, rule.n), clean_share, outlier_z)
+        f_d, _ = robust_factor(rule_peaks(rd, rule.k, rule.n), clean_share, outlier_z)
+        weight = {
+            "drift_weight": f_c / f_d,
+            "robust_change_factor": f_c,
+            "robust_drift_factor": f_d,
+        }
+    ids, ratios = train_ratios(model, weight=weight.get("drift_weight"))
     peaks = rule_peaks(ratios, rule.k, rule.n)
     f, diag = robust_factor(peaks, clean_share, outlier_z)
+    diag |= weight
     share = diag["robust_good_above_share"]
     table = pl.DataFrame({"k": [rule.k], "n": [rule.n], "train_good_batch_share": [share]})
     choice = RuleChoice(rule, share, len(set(ids)), share <= TARGET_GOOD_BATCH_SHARE, table)
@@ -1269,6 +1404,13 @@ def monitor(
             d = change_residuals(raw[None], *model.change_window())
             q, z2 = _change_stat(d, m.chg_mu, m.chg_sd, model.combine())  # type: ignore[arg-type]
             chg, s_chg = q[0], _shares(z2[0])
+        has_drf = has_chg and m.drf_mu is not None and m.drf_limit is not None
+        if has_drf:
+            dm = drift_means(d, m.chg_mu, m.chg_sd, model.drift_h())  # type: ignore[arg-type]
+            qd, zd2 = _change_stat(dm, m.drf_mu, m.drf_sd, model.combine())  # type: ignore[arg-type]
+            drf, s_drf = qd[0], _shares(zd2[0])
+            # the drift's limit as the alarm sees it: its fitted limit over the weight
+            drf_lim_eff: np.ndarray = np.asarray(m.drf_limit) / model.weight()
         unit = hb["unit_id"][0]
         has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
         for k in range(k_max):
@@ -1282,12 +1424,15 @@ def monitor(
             chg_k = _finite(chg[k]) if has_chg and has_data[k] else None
             chg_l = _finite(m.chg_limit[k]) if has_chg else None  # type: ignore[index]
             r_chg = chg_k / chg_l if chg_k is not None and chg_l else None
+            drf_k = _finite(drf[k]) if has_drf and has_data[k] else None
+            drf_l = _finite(drf_lim_eff[k]) if has_drf else None
+            r_drf = drf_k / drf_l if drf_k is not None and drf_l else None
             level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
-            chg_alarm = bool((r_chg or 0.0) > fac)
+            chg_alarm = bool((r_chg or 0.0) > fac or (r_drf or 0.0) > fac)
             top = None
             if on_change:
-                if r_chg is not None:
-                    use = s_chg[k]
+                if r_chg is not None or r_drf is not None:
+                    use = s_drf[k] if (r_drf or 0.0) > (r_chg or 0.0) else s_chg[k]
                     top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
             elif r_t2 is not None or r_spe is not None:
                 use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
@@ -1304,6 +1449,8 @@ def monitor(
                     "spe_limit": spe_l,
                     "chg": chg_k,
                     "chg_limit": chg_l,
+                    "drf": drf_k,
+                    "drf_limit": drf_l,
                     "level_alarm": level_alarm,
                     "change_alarm": chg_alarm,
                     "alarm": chg_alarm if on_change else level_alarm,
@@ -1311,6 +1458,7 @@ def monitor(
                     "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
                     "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
                     "_chg_contrib": _contrib_json(m.tags, s_chg[k]) if chg_k is not None else None,
+                    "_drf_contrib": _contrib_json(m.tags, s_drf[k]) if drf_k is not None else None,
                 }
             )
     schema = {
@@ -1324,6 +1472,8 @@ def monitor(
         "spe_limit": pl.Float64,
         "chg": pl.Float64,
         "chg_limit": pl.Float64,
+        "drf": pl.Float64,
+        "drf_limit": pl.Float64,
         "level_alarm": pl.Boolean,
         "change_alarm": pl.Boolean,
         "alarm": pl.Boolean,
@@ -1331,6 +1481,7 @@ def monitor(
         "_t2_contrib": pl.String,
         "_spe_contrib": pl.String,
         "_chg_contrib": pl.String,
+        "_drf_contrib": pl.String,
     }
     return pl.DataFrame(rows, schema=schema).with_columns(
         model_name=pl.lit(model_name),
@@ -1349,9 +1500,10 @@ def rescore(monitored: pl.DataFrame, model: MSPCModel) -> pl.DataFrame:
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
         return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > f)).fill_null(False)
 
+    drift = over("drf") if "drf" in monitored.columns else pl.lit(False)
     out = monitored.with_columns(
         level_alarm=over("t2") | over("spe"),
-        change_alarm=over("chg"),
+        change_alarm=over("chg") | drift,
     )
     return out.with_columns(
         alarm=pl.col("change_alarm") if model.stat() == "change" else pl.col("level_alarm")
@@ -1402,6 +1554,15 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.
             limit=pl.col("chg_limit"),
             contributions=pl.col("_chg_contrib"),
         )
+        if "_drf_contrib" in monitored.columns:  # the drift term (its weighted limit)
+            drf = monitored.filter(beyond("drf")).select(
+                *keys,
+                statistic=pl.lit("drift"),
+                value=pl.col("drf"),
+                limit=pl.col("drf_limit"),
+                contributions=pl.col("_drf_contrib"),
+            )
+            chg = pl.concat([chg, drf])
         return chg.sort("batch_id", "elapsed_h", "statistic")
     return pl.concat([t2, spe]).sort("batch_id", "elapsed_h", "statistic")
 
