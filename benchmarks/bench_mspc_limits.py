@@ -157,6 +157,20 @@ THRESHOLD_CHOICES: dict[str, dict[str, Any]] = {
         "clean_share": 0.025,
         "outlier_z": 3.5,
     },
+    # change fits only: the level statistic OR'd into the change alarm, its weight chosen as
+    # the drift's (``train(change_level=True)``; each term at the same robust tail)
+    "_robust_lvl": {
+        "max_confirm_samples": 1,
+        "threshold": "robust",
+        "clean_share": 0.025,
+        "change_level": True,
+    },
+    "_robust_lvl_2of3": {
+        "max_confirm_samples": 2,
+        "threshold": "robust",
+        "clean_share": 0.025,
+        "change_level": True,
+    },
 }
 THRESHOLD_BASE_FIT: dict[str, Any] = {"time_blocked_folds": True, "max_batches": 100_000}
 #: the rest of the change model's fit: every good batch, time-blocked folds
@@ -402,6 +416,7 @@ def _derive(base: mspc.MSPCModel, choice: dict[str, Any]) -> mspc.MSPCModel:
         choice["threshold"],
         choice.get("clean_share", 0.025),
         choice.get("outlier_z", mspc.ROBUST_OUTLIER_Z),
+        choice.get("change_level", False),
     )
 
 
@@ -475,12 +490,18 @@ def _faulty_detail(
 ) -> list[dict[str, Any]]:
     """Per faulty held-out batch: its fault types, detected or not, and its largest
     statistic / limit after the first onset (to the batch end) against the factor."""
+    level = pl.max_horizontal(
+        pl.col("t2") / pl.col("t2_limit"), pl.col("spe") / pl.col("spe_limit")
+    )
+    lf = m.level_factor()
     ratio = (
-        pl.max_horizontal(pl.col("chg") / pl.col("chg_limit"), pl.col("drf") / pl.col("drf_limit"))
-        if m.stat() == "change"
-        else pl.max_horizontal(
-            pl.col("t2") / pl.col("t2_limit"), pl.col("spe") / pl.col("spe_limit")
+        pl.max_horizontal(
+            pl.col("chg") / pl.col("chg_limit"),
+            pl.col("drf") / pl.col("drf_limit"),
+            *([level * (m.factor() / lf)] if lf else []),
         )
+        if m.stat() == "change"
+        else level
     )
     faulted = labels.filter(pl.col("batch_id").is_not_null())
     first = faulted.group_by("batch_id").agg(
@@ -549,6 +570,8 @@ def run_threshold(
             hourly, batches, fit_ids, val_all, fkw, f"fit {fname} (training period)"
         )
         for cname, ckw in choices.items():
+            if ckw.get("change_level") and fkw.get("statistic") != "change":
+                continue  # the level in the change alarm: change fits only
             m = _derive(base, ckw)
             sc = mspc.rescore(sc0, m)
             alarms_ = sc.select("batch_id", "elapsed_h", "alarm")
@@ -599,6 +622,8 @@ def run_threshold(
     for fname, fkw in fits.items():
         base, sc0 = _fit_and_score(hourly, batches, good, hold, fkw, f"fit {fname} (all training)")
         for cname, ckw in choices.items():
+            if ckw.get("change_level") and fkw.get("statistic") != "change":
+                continue  # the level in the change alarm: change fits only
             m = _derive(base, ckw)
             sc = mspc.rescore(sc0, m)
             names = [fname + cname]

@@ -372,6 +372,11 @@ class MSPCModel:
     # robust threshold the change's robust factor over the drift's, so that each term alarms
     # on the same tail share of the good training batches' peaks
     drift_weight: float = 1.0
+    # "change" statistic OR'd with the level statistic (T² or SPE over its limit, times
+    # ``level_weight``): a tag that stays where the good batches are not (a feed that never
+    # started) is a level fault the change from the batch's own baseline cannot see
+    change_level: bool = False
+    level_weight: float = 1.0
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -396,6 +401,8 @@ class MSPCModel:
             "outlier_z": float(getattr(self, "outlier_z", 5.0)),
             "change_drift_h": self.drift_h(),
             "drift_weight": self.weight(),
+            "change_level": self.with_level(),
+            "level_weight": float(getattr(self, "level_weight", 1.0)),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -444,6 +451,17 @@ class MSPCModel:
         """The drift ratio's weight (1 for models before the option)."""
         return float(getattr(self, "drift_weight", 1.0))
 
+    def with_level(self) -> bool:
+        """Whether the change statistic's alarm includes the level statistic."""
+        return self.stat() == "change" and bool(getattr(self, "change_level", False))
+
+    def level_factor(self) -> float | None:
+        """The multiple of the T² / SPE limits a level raw alarm needs when the change
+        alarm includes the level statistic (``factor / level_weight``), else None."""
+        if not self.with_level():
+            return None
+        return self.factor() / float(getattr(self, "level_weight", 1.0))
+
     def train_alarm_samples(
         self, statistic: str | None = None, factor: float | None = None
     ) -> pl.DataFrame:
@@ -461,6 +479,9 @@ class MSPCModel:
                     a = m.cv_chg > f * m.chg_limit  # NaN (no baseline yet): never an alarm
                     if m.cv_drf is not None and m.drf_limit is not None:
                         a = a | (self.weight() * m.cv_drf > f * m.drf_limit)
+                    if self.with_level():
+                        fl = f / float(getattr(self, "level_weight", 1.0))
+                        a = a | (m.cv_t2 > fl * m.t2_limit) | (m.cv_spe > fl * m.spe_limit)
                 else:
                     a = (m.cv_t2 > f * m.t2_limit) | (m.cv_spe > f * m.spe_limit)
             n, k = a.shape
@@ -939,6 +960,7 @@ def train(
     clean_share: float = 0.025,
     outlier_z: float = 5.0,
     change_drift_h: int = 0,
+    change_level: bool = False,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -984,6 +1006,10 @@ def train(
     answer to it) barely moves the change from the recent baseline but does so in the same
     direction for many hours. With ``threshold="robust"`` the drift's weight makes each term
     alarm on the same tail of the good training batches' peaks (``choose_factor_robust``).
+    ``change_level`` (with ``statistic="change"``): the alarm is also raised by the level
+    statistic (T² or SPE over ``factor / level_weight`` times its limit; the weight chosen
+    as the drift's): a batch that stays where the good batches are not (a feed that never
+    starts while theirs run) has no change from its own baseline to see.
     """
     if statistic not in STATISTICS:
         raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
@@ -1076,7 +1102,9 @@ def train(
         change_combine=change_combine,
         change_drift_h=change_drift_h,
     )
-    return with_threshold(model, max_confirm_samples, threshold, clean_share, outlier_z)
+    return with_threshold(
+        model, max_confirm_samples, threshold, clean_share, outlier_z, change_level
+    )
 
 
 #: how ``train(max_confirm_samples=...)`` chooses the threshold factor
@@ -1089,15 +1117,25 @@ def with_threshold(
     threshold: str = "share",
     clean_share: float = 0.025,
     outlier_z: float = 5.0,
+    change_level: bool | None = None,
 ) -> MSPCModel:
     """``model`` with its persistence rule (and, with ``max_confirm_samples``, its threshold
     factor) chosen on its good training batches' out-of-fold statistics, as ``train`` does;
-    the limits and statistics are the model's own (a copy; nothing is refitted)."""
+    the limits and statistics are the model's own (a copy; nothing is refitted).
+    ``change_level``: include the level statistic in the change alarm (None: as the model)."""
     import dataclasses
 
     if threshold not in THRESHOLDS:
         raise MSPCInputError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
-    model = dataclasses.replace(model, alarm_factor=1.0, threshold=threshold, drift_weight=1.0)
+    lvl = bool(getattr(model, "change_level", False)) if change_level is None else change_level
+    model = dataclasses.replace(
+        model,
+        alarm_factor=1.0,
+        threshold=threshold,
+        drift_weight=1.0,
+        change_level=lvl,
+        level_weight=1.0,
+    )
     model.clean_share, model.outlier_z = clean_share, outlier_z
     extra: dict[str, float] = {}
     if max_confirm_samples is None:
@@ -1112,6 +1150,7 @@ def with_threshold(
         if robust is not None:
             model.alarm_factor, choice, extra = robust
             model.drift_weight = extra.get("drift_weight", 1.0)
+            model.level_weight = extra.get("level_weight", 1.0)
         else:
             model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
@@ -1172,15 +1211,20 @@ def train_ratios(
     statistic: str | None = None,
     part: str = "both",
     weight: float | None = None,
+    level_weight: float | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """(batch ids, ratios (batches, hours)) of the good training batches' out-of-fold
     statistic over its limit (level: the larger of T²/limit and SPE/limit; change with a
-    drift term: the larger of change/limit and ``weight`` x drift/limit, or one of them with
-    ``part="change"`` / ``"drift"``), hours beyond a recipe's horizon ``-inf``: a raw alarm
-    at factor ``f`` is a ratio ``> f``, exactly as ``train_alarm_samples(factor=f)`` (a NaN
-    statistic or limit never alarms: ``-inf``)."""
+    drift term: the larger of change/limit and ``weight`` x drift/limit, and with
+    ``change_level`` of ``level_weight`` x the level ratio; or one of them with
+    ``part="change"`` / ``"drift"`` / ``"level"``), hours beyond a recipe's horizon
+    ``-inf``: a raw alarm at factor ``f`` is a ratio ``> f``, exactly as
+    ``train_alarm_samples(factor=f)`` (a NaN statistic or limit never alarms: ``-inf``)."""
     stat = statistic or model.stat()
     w = model.weight() if weight is None else weight
+    wl = float(getattr(model, "level_weight", 1.0)) if level_weight is None else level_weight
+    if part == "level":
+        stat, wl = "level", 1.0 if level_weight is None else level_weight
     ids: list[str] = []
     rows: list[np.ndarray] = []
     k_max = max(m.n_hours for m in model.recipes.values())
@@ -1195,8 +1239,12 @@ def train_ratios(
                     r = rd if part == "drift" else np.fmax(r, rd)
                 elif part == "drift":
                     raise MSPCInputError("this model has no drift term")
+                if part == "both" and model.with_level():
+                    lvl = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
+                    r = np.fmax(r, wl * lvl)
             else:
                 r = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
+                r = r * (wl if part == "level" else 1.0)
         r = np.where(np.isnan(r), -np.inf, r)
         rows.append(np.pad(r, ((0, 0), (0, k_max - r.shape[1])), constant_values=-np.inf))
         ids += list(m.batch_ids)
@@ -1292,20 +1340,25 @@ def choose_factor_robust(
         raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
     rule = candidates([max(k for k in K_CANDIDATES if k <= max_confirm_samples)], "hour")[0]
     weight: dict[str, float] = {}
-    if model.stat() == "change" and model.drift_h() > 0:
-        # each term's own robust factor first: the drift ratio is weighted so that both
-        # alarm on the same tail share of the good batches' peaks, then the factor of the
-        # union (at least 1, so never below either term's own factor)
-        _, rc = train_ratios(model, part="change")
-        _, rd = train_ratios(model, part="drift", weight=1.0)
-        f_c, _ = robust_factor(rule_peaks(rc, rule.k, rule.n), clean_share, outlier_z)
-        f_d, _ = robust_factor(rule_peaks(rd, rule.k, rule.n), clean_share, outlier_z)
-        weight = {
-            "drift_weight": f_c / f_d,
-            "robust_change_factor": f_c,
-            "robust_drift_factor": f_d,
-        }
-    ids, ratios = train_ratios(model, weight=weight.get("drift_weight"))
+    if model.stat() == "change" and (model.drift_h() > 0 or model.with_level()):
+        # each term's own robust factor first: the drift (level) ratio is weighted so that
+        # each alarms on the same tail share of the good batches' peaks as the change, then
+        # the factor of the union (at least 1, so never below the change's own factor)
+        def own(part: str) -> float:
+            _, r = train_ratios(model, part=part, weight=1.0, level_weight=1.0)
+            return robust_factor(rule_peaks(r, rule.k, rule.n), clean_share, outlier_z)[0]
+
+        f_c = own("change")
+        weight = {"robust_change_factor": f_c}
+        if model.drift_h() > 0:
+            f_d = own("drift")
+            weight |= {"drift_weight": f_c / f_d, "robust_drift_factor": f_d}
+        if model.with_level():
+            f_l = own("level")
+            weight |= {"level_weight": f_c / f_l, "robust_level_factor": f_l}
+    ids, ratios = train_ratios(
+        model, weight=weight.get("drift_weight"), level_weight=weight.get("level_weight")
+    )
     peaks = rule_peaks(ratios, rule.k, rule.n)
     f, diag = robust_factor(peaks, clean_share, outlier_z)
     diag |= weight
@@ -1384,6 +1437,7 @@ def monitor(
     now = scored_at or datetime.now(UTC)
     on_change = model.stat() == "change"
     fac = model.factor()
+    lvl_fac = model.level_factor()
     rows: list[dict[str, Any]] = []
     for bid in sorted(set(hourly["batch_id"].to_list())):
         m = model.recipes.get(rmap.get(bid, ""))
@@ -1429,8 +1483,14 @@ def monitor(
             r_drf = drf_k / drf_l if drf_k is not None and drf_l else None
             level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
             chg_alarm = bool((r_chg or 0.0) > fac or (r_drf or 0.0) > fac)
+            # the level statistic in the change alarm (``change_level``), at its own factor
+            r_lvl = max(r_t2 or 0.0, r_spe or 0.0) * fac / lvl_fac if lvl_fac else 0.0
+            lvl_union = bool(lvl_fac is not None and r_lvl > fac)
             top = None
-            if on_change:
+            if on_change and lvl_union and r_lvl >= max(r_chg or 0.0, r_drf or 0.0):
+                use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
+                top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
+            elif on_change:
                 if r_chg is not None or r_drf is not None:
                     use = s_drf[k] if (r_drf or 0.0) > (r_chg or 0.0) else s_chg[k]
                     top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
@@ -1453,7 +1513,7 @@ def monitor(
                     "drf_limit": drf_l,
                     "level_alarm": level_alarm,
                     "change_alarm": chg_alarm,
-                    "alarm": chg_alarm if on_change else level_alarm,
+                    "alarm": (chg_alarm or lvl_union) if on_change else level_alarm,
                     "top_contributors": top,
                     "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
                     "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
@@ -1496,15 +1556,19 @@ def rescore(monitored: pl.DataFrame, model: MSPCModel) -> pl.DataFrame:
     ``alarm`` recomputed from the stored statistics and limits, as ``monitor`` sets them."""
     f = model.factor()
 
-    def over(stat: str) -> pl.Expr:
+    def over(stat: str, fac: float = f) -> pl.Expr:
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > f)).fill_null(False)
+        return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > fac)).fill_null(False)
 
     drift = over("drf") if "drf" in monitored.columns else pl.lit(False)
     out = monitored.with_columns(
         level_alarm=over("t2") | over("spe"),
         change_alarm=over("chg") | drift,
     )
+    lf = model.level_factor()
+    if lf is not None:  # the level statistic in the change alarm, at its own factor
+        union = over("t2", lf) | over("spe", lf)
+        return out.with_columns(alarm=pl.col("change_alarm") | union)
     return out.with_columns(
         alarm=pl.col("change_alarm") if model.stat() == "change" else pl.col("level_alarm")
     )
@@ -1515,7 +1579,12 @@ def scores_table(monitored: pl.DataFrame) -> pl.DataFrame:
     return monitored.select([c for c in monitored.columns if not c.startswith("_")])
 
 
-def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.0) -> pl.DataFrame:
+def alarms(
+    monitored: pl.DataFrame,
+    statistic: str = "level",
+    factor: float = 1.0,
+    level_factor: float | None = None,
+) -> pl.DataFrame:
     """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
     per-tag contribution shares of that statistic as JSON. ``statistic`` (the model's
     ``stat()``): ``"level"`` gives T² and SPE rows, ``"change"`` the change rows; beyond =
@@ -1525,10 +1594,10 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.
             raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
     keys = ["batch_id", "unit_id", "elapsed_h", "model_version"]
 
-    def beyond(stat: str) -> pl.Expr:
+    def beyond(stat: str, fac: float = factor) -> pl.Expr:
         # polars orders NaN above +inf, so NaN > inf is true there: require finite values
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_finite() & lim.is_finite() & (v > factor * lim)).fill_null(False)
+        return (v.is_finite() & lim.is_finite() & (v > fac * lim)).fill_null(False)
 
     t2 = monitored.filter(beyond("t2")).select(
         *keys,
@@ -1563,6 +1632,26 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.
                 contributions=pl.col("_drf_contrib"),
             )
             chg = pl.concat([chg, drf])
+        if level_factor is not None:  # the level statistic in the change alarm (its factor)
+            chg = pl.concat(
+                [
+                    chg,
+                    monitored.filter(beyond("t2", level_factor)).select(
+                        *keys,
+                        statistic=pl.lit("t2"),
+                        value=pl.col("t2"),
+                        limit=pl.col("t2_limit"),
+                        contributions=pl.col("_t2_contrib"),
+                    ),
+                    monitored.filter(beyond("spe", level_factor)).select(
+                        *keys,
+                        statistic=pl.lit("spe"),
+                        value=pl.col("spe"),
+                        limit=pl.col("spe_limit"),
+                        contributions=pl.col("_spe_contrib"),
+                    ),
+                ]
+            )
         return chg.sort("batch_id", "elapsed_h", "statistic")
     return pl.concat([t2, spe]).sort("batch_id", "elapsed_h", "statistic")
 

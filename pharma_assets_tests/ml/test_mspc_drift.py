@@ -1,10 +1,12 @@
-"""MSPC change statistic with a drift term (issue 14 item 3, third round).
+"""MSPC change statistic with a drift term and the level in its alarm (issue 14 item 3).
 
 The change statistic (a tag's value at hour k minus the batch's own mean over recent hours)
 sees a step for a few hours but a slow ramp only as its slope: a pH probe drifting 0.1-0.2
 pH/day (docs/process_model.md §16) changes the reading by a few thousandths per hour.
 ``train(change_drift_h=...)`` adds each tag's signed standardised change averaged over
-the last hours (``mspc.drift_means``), which does not cancel for a ramp. Trajectories and
+the last hours (``mspc.drift_means``), which does not cancel for a ramp; and
+``change_level`` puts the level statistic in the change alarm at its own robust factor (a
+feed that never starts has no change to see). Trajectories and
 hidden faults as in ``test_mspc_robust`` (hourly means like the simulator's, 8 of 60
 "good" batches hold a 3 K temperature step the plant does not know about).
 """
@@ -162,3 +164,49 @@ def test_drift_threshold_comes_from_the_training_batches_out_of_fold_peaks(
         M.train(hourly, _batches(ids), ids, statistic="change", change_drift_h=-1)
     with pytest.raises(M.MSPCInputError, match="no drift term"):
         M.train_ratios(old, part="drift")
+
+
+def test_the_level_in_the_change_alarm_sees_a_feed_that_never_starts(
+    plant: tuple[pl.DataFrame, list[str], np.random.Generator],
+    models: tuple[M.MSPCModel, M.MSPCModel],
+) -> None:
+    """``change_level``: a batch whose feed never starts (the twin's feed pump failing as
+    the feed is due) has no change from its own baseline; the level statistic, in the
+    change alarm at its own robust factor, confirms it soon after the good batches' feeds
+    start, and good batches are not alarmed more."""
+    _, ids, rng = plant
+    old, _ = models
+    uni = M.with_threshold(old, 1, "robust", change_level=True)
+    assert uni.with_level() and not old.with_level() and old.level_factor() is None
+    # the level's weight from the training batches' out-of-fold level peaks alone
+    rule = alarm_rules.rule_of(uni, alarm_rules.MSPC_DEFAULT)
+    _, rl = M.train_ratios(uni, part="level", level_weight=1.0)
+    f_l, _ = M.robust_factor(M.rule_peaks(rl, rule.k, rule.n), 0.025)
+    assert uni.level_factor() == pytest.approx(uni.factor() / (old.factor() / f_l))
+    never = [f"BR01-B92{i:02d}" for i in range(5)]
+    goods = [f"BR01-B93{i:02d}" for i in range(30)]
+    frames = [_batch(rng, b, FEED_H + 500, SHIFT_H) for b in never] + [
+        _batch(rng, b, FEED_H + rng.normal(0, 1.0), SHIFT_H + rng.normal(0, 1.5)) for b in goods
+    ]
+    new_h, bs = pl.concat(frames), _batches([*ids, *never, *goods])
+    first = {}
+    for name, m in (("change", old), ("union", uni)):
+        mon = M.monitor(m, new_h, bs)
+        c = alarm_rules.confirm_mspc(m, mon)
+        first[name] = dict(
+            c.group_by("batch_id")
+            .agg(pl.col("elapsed_h").filter(pl.col("confirmed_alarm")).min())
+            .iter_rows()
+        )
+        assert M.rescore(mon, m)["alarm"].to_list() == mon["alarm"].to_list()
+    assert all(first["change"][b] is None for b in never), first["change"]
+    assert all(first["union"][b] is not None and first["union"][b] < FEED_H + 12 for b in never)
+    n_good = {k: sum(v[b] is not None for b in goods) for k, v in first.items()}
+    assert n_good["union"] <= n_good["change"] + 1 and n_good["union"] <= 3, n_good
+    # gold/mspc_alarms: the level rows of the union at the level factor, change rows as before
+    mon = M.monitor(uni, new_h.filter(pl.col("batch_id") == never[0]), bs)
+    al = M.alarms(mon, uni.stat(), uni.factor(), uni.level_factor())
+    lvl = al.filter(pl.col("statistic").is_in(["t2", "spe"]))
+    assert lvl.height > 0
+    assert (lvl["value"] > uni.level_factor() * lvl["limit"]).all()  # type: ignore[operator]
+    assert set(al["statistic"].to_list()) <= {"change", "drift", "t2", "spe"}
