@@ -76,7 +76,16 @@ over the factor. Result on the 1,000-batch plant (2026-12-04, docs/models.md): 7
 ``change_max_3_3_robust`` (1 h, 66 x its limit): held out 2.1 % of 192 good batches
 alarmed, 50 of 58 faulty detected (86.2 %: the 90 % target not met; the share method's
 choice 35 of 58); that run stubbed out the level PCA to fit the session's load (the
-change figures do not use it). ``--fits a,b`` runs some fits only; ``--combine A.json B.json`` merges
+change figures do not use it). Third round (``_d12`` / ``_d24`` fits, ``_robust_lvl``
+choices): the change statistic with a drift term (``train(change_drift_h=...)``: each
+tag's standardised change averaged over the last 12 / 24 h, for slow ramps such as the pH
+probe's drift) and the level statistic in the change alarm (``change_level``: a feed that
+never starts), each term weighted to the change's robust tail on the training batches'
+out-of-fold peaks (``mspc.choose_factor_robust``). Result on the rebuilt 1,000-batch plant
+(2026-12-04 22:30-22:53 UTC, full fits): chosen on training
+``change_max_3_3_robust_lvl_2of3``, held out 5.7 % of 192 good batches alarmed (target
+<= 5 %: not met), 57 of 58 faulty detected (98.3 %), median delay 1.9 h; the 1-h rule and
+the 24-h drift term meet both held out but were not chosen (docs/benchmarks.md). ``--fits a,b`` runs some fits only; ``--combine A.json B.json`` merges
 runs over disjoint fits of the same lake (the choice is made again over all rows).
 
     python -m benchmarks.bench_mspc_limits --lake LAKE --truth GROUND_TRUTH [--json OUT]
