@@ -506,7 +506,7 @@ def _faulty_detail(
     ratio = (
         pl.max_horizontal(
             pl.col("chg") / pl.col("chg_limit"),
-            pl.col("drf") / pl.col("drf_limit"),
+            pl.col("drf") / pl.col("drf_limit") * m.weight(),
             *([level * (m.factor() / lf)] if lf else []),
         )
         if m.stat() == "change"

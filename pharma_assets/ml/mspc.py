@@ -455,6 +455,10 @@ class MSPCModel:
         """Whether the change statistic's alarm includes the level statistic."""
         return self.stat() == "change" and bool(getattr(self, "change_level", False))
 
+    def drift_factor(self) -> float:
+        """The multiple of the drift limit a drift raw alarm needs (``factor / drift_weight``)."""
+        return self.factor() / self.weight()
+
     def level_factor(self) -> float | None:
         """The multiple of the T² / SPE limits a level raw alarm needs when the change
         alarm includes the level statistic (``factor / level_weight``), else None."""
@@ -1463,8 +1467,7 @@ def monitor(
             dm = drift_means(d, m.chg_mu, m.chg_sd, model.drift_h())  # type: ignore[arg-type]
             qd, zd2 = _change_stat(dm, m.drf_mu, m.drf_sd, model.combine())  # type: ignore[arg-type]
             drf, s_drf = qd[0], _shares(zd2[0])
-            # the drift's limit as the alarm sees it: its fitted limit over the weight
-            drf_lim_eff: np.ndarray = np.asarray(m.drf_limit) / model.weight()
+        drf_fac = model.drift_factor()  # the drift's own factor: factor / drift weight
         unit = hb["unit_id"][0]
         has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
         for k in range(k_max):
@@ -1479,8 +1482,9 @@ def monitor(
             chg_l = _finite(m.chg_limit[k]) if has_chg else None  # type: ignore[index]
             r_chg = chg_k / chg_l if chg_k is not None and chg_l else None
             drf_k = _finite(drf[k]) if has_drf and has_data[k] else None
-            drf_l = _finite(drf_lim_eff[k]) if has_drf else None
-            r_drf = drf_k / drf_l if drf_k is not None and drf_l else None
+            drf_l = _finite(m.drf_limit[k]) if has_drf else None  # type: ignore[index]
+            # the drift ratio on the change's scale (weighted), as the factor sees it
+            r_drf = drf_k / drf_l * fac / drf_fac if drf_k is not None and drf_l else None
             level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
             chg_alarm = bool((r_chg or 0.0) > fac or (r_drf or 0.0) > fac)
             # the level statistic in the change alarm (``change_level``), at its own factor
@@ -1560,7 +1564,8 @@ def rescore(monitored: pl.DataFrame, model: MSPCModel) -> pl.DataFrame:
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
         return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > fac)).fill_null(False)
 
-    drift = over("drf") if "drf" in monitored.columns else pl.lit(False)
+    # ``drf_limit`` is the drift's fitted limit: its raw alarms need factor / drift weight
+    drift = over("drf", model.drift_factor()) if "drf" in monitored.columns else pl.lit(False)
     out = monitored.with_columns(
         level_alarm=over("t2") | over("spe"),
         change_alarm=over("chg") | drift,
@@ -1584,6 +1589,7 @@ def alarms(
     statistic: str = "level",
     factor: float = 1.0,
     level_factor: float | None = None,
+    drift_factor: float | None = None,
 ) -> pl.DataFrame:
     """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
     per-tag contribution shares of that statistic as JSON. ``statistic`` (the model's
@@ -1623,8 +1629,10 @@ def alarms(
             limit=pl.col("chg_limit"),
             contributions=pl.col("_chg_contrib"),
         )
-        if "_drf_contrib" in monitored.columns:  # the drift term (its weighted limit)
-            drf = monitored.filter(beyond("drf")).select(
+        if "_drf_contrib" in monitored.columns:  # the drift term, at its own factor
+            drf = monitored.filter(
+                beyond("drf", factor if drift_factor is None else drift_factor)
+            ).select(
                 *keys,
                 statistic=pl.lit("drift"),
                 value=pl.col("drf"),

@@ -116,16 +116,28 @@ def test_a_slow_ramp_is_caught_by_the_drift_term_and_missed_by_the_change_alone(
     assert got["new"]["good"] <= 3, got  # at most 10 % of 30 new good batches
     # the drift alarms are the pH tag's: it leads the contributions where the drift alarms
     mon = M.monitor(new, new_h.filter(pl.col("batch_id") == ramps[0]), bs)
-    hot = mon.filter(pl.col("drf") > new.factor() * pl.col("drf_limit"))
+    hot = mon.filter(pl.col("drf") > new.drift_factor() * pl.col("drf_limit"))
     assert hot.height > 0
     assert hot["top_contributors"].str.starts_with(f"{RAMP_TAG}:").all()
-    al = M.alarms(mon, new.stat(), new.factor())
+    al = M.alarms(mon, new.stat(), new.factor(), drift_factor=new.drift_factor())
     assert set(al["statistic"].to_list()) <= {"change", "drift"} and "drift" in set(
         al["statistic"].to_list()
     )
-    # re-alarming stored rows gives what monitoring gives
+    # re-alarming stored rows gives what monitoring gives, also from the rows of the base
+    # fit (drift weight 1) re-alarmed under the derived weight (how the bench scores)
     re = M.rescore(mon, new)
     assert re["alarm"].to_list() == mon["alarm"].to_list()
+    hourly, _, _ = plant
+    kw = {k: v for k, v in FIT.items() if k not in ("max_confirm_samples", "threshold")}
+    base = M.train(hourly, _batches(ids), ids, change_drift_h=24, **kw)
+    assert base.weight() == 1.0 and abs(np.log(new.weight())) > 0.05
+    derived = M.with_threshold(base, 1, "robust")
+    assert derived.weight() == new.weight() and derived.factor() == new.factor()
+    mon_base, mon_new = M.monitor(base, new_h, bs), M.monitor(new, new_h, bs)
+    re = M.rescore(mon_base, derived)
+    assert re["alarm"].sum() > 0
+    for c in ("alarm", "change_alarm"):
+        assert re[c].to_list() == mon_new[c].to_list(), c
 
 
 def test_drift_threshold_comes_from_the_training_batches_out_of_fold_peaks(

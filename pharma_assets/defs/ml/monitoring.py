@@ -249,7 +249,11 @@ def mspc_tables(
     tables = {
         "mspc_scores": scores,
         "mspc_alarms": mspc.alarms(
-            detail, model.stat(), model.factor(), mspc_level_factor(model)
+            detail,
+            model.stat(),
+            model.factor(),
+            mspc_level_factor(model),
+            mspc_drift_factor(model),
         ).join(confirmed, on=["batch_id", "elapsed_h"], how="left"),
         "golden_batch": mspc.envelope(model, version),
     }
@@ -268,6 +272,12 @@ def mspc_level_factor(model: Any) -> float | None:
     for other models and models pickled before the option)."""
     f = getattr(model, "level_factor", None)
     return f() if callable(f) else None
+
+
+def mspc_drift_factor(model: Any) -> float | None:
+    """The drift term's factor of a change model (None for models before the option)."""
+    f = getattr(model, "drift_factor", None)
+    return f() if callable(f) and getattr(model, "change_drift_h", 0) else None
 
 
 MONITORING_ASSETS = [contamination_iforest, contamination_risk, mspc_pca, mspc_tables]
