@@ -277,7 +277,8 @@ def mspc_level_factor(model: Any) -> float | None:
 def mspc_drift_factor(model: Any) -> float | None:
     """The drift term's factor of a change model (None for models before the option)."""
     f = getattr(model, "drift_factor", None)
-    return f() if callable(f) and getattr(model, "change_drift_h", 0) else None
+    drift_h = int(getattr(model, "change_drift_h", 0) or 0)
+    return float(f()) if callable(f) and drift_h > 0 else None
 
 
 MONITORING_ASSETS = [contamination_iforest, contamination_risk, mspc_pca, mspc_tables]
