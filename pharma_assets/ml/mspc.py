@@ -1114,6 +1114,25 @@ def train(
 #: how ``train(max_confirm_samples=...)`` chooses the threshold factor
 THRESHOLDS = ("share", "robust")
 
+#: the monitoring model the product trains (``monitoring.train_mspc``), chosen on the
+#: training period of the 1,000-batch plant by ``benchmarks/bench_mspc_limits.py --only
+#: threshold`` (``change_max_3_3_d12_robust_lvl``; docs/models.md, "A drift term and the level
+#: in the change alarm"): the change statistic (max over tags, 3 h lag / 3 h baseline) with
+#: a 12-h drift term and the level statistic in its alarm, every good batch, time-blocked
+#: folds, a 1-sample rule and the robust threshold
+MONITORING_FIT: dict[str, Any] = {
+    "statistic": "change",
+    "change_lag_h": 3,
+    "change_window_h": 3,
+    "change_combine": "max",
+    "change_drift_h": 12,
+    "change_level": True,
+    "time_blocked_folds": True,
+    "max_batches": 100_000,
+    "max_confirm_samples": 1,
+    "threshold": "robust",
+}
+
 
 def with_threshold(
     model: MSPCModel,
