@@ -1450,7 +1450,9 @@ def monitor(
     ``_spe_contrib`` / ``_chg_contrib`` JSON for ``alarms``. Both statistics are scored:
     ``level_alarm`` (T² or SPE over its limit), ``change_alarm`` (``chg`` over
     ``chg_limit``; null for models trained before the change statistic); ``alarm`` is the
-    one of the model's ``statistic``. ``top_contributors`` uses, for ``"change"``, the
+    one of the model's ``statistic``; ``alarm_ratio`` is the deciding statistic over its
+    alarm threshold (factor x limit; the alarm is exactly ``alarm_ratio > 1``) and
+    ``alarm_by`` names it (change, drift, T², SPE). ``top_contributors`` uses, for ``"change"``, the
     shares of the squared standardised changes; for ``"level"``, the SPE shares when
     SPE/limit >= T²/limit, else the T² shares. Batches whose recipe has no model are
     skipped."""
@@ -1509,6 +1511,19 @@ def monitor(
             # the level statistic in the change alarm (``change_level``), at its own factor
             r_lvl = max(r_t2 or 0.0, r_spe or 0.0) * fac / lvl_fac if lvl_fac else 0.0
             lvl_union = bool(lvl_fac is not None and r_lvl > fac)
+            # what an operator reads: the deciding statistic over its alarm threshold (the
+            # alarm is exactly ``alarm_ratio > 1``) and which statistic it is
+            if on_change:
+                cands = {"change": r_chg, "drift": r_drf}
+                if lvl_fac is not None:
+                    cands["T²" if (r_t2 or 0.0) >= (r_spe or 0.0) else "SPE"] = (
+                        r_lvl if (r_t2 is not None or r_spe is not None) else None
+                    )
+            else:
+                cands = {"T²": r_t2, "SPE": r_spe}
+            known = {k: v for k, v in cands.items() if v is not None}
+            alarm_by = max(known, key=lambda k: known[k]) if known else None
+            alarm_ratio = known[alarm_by] / fac if alarm_by is not None and fac else None
             top = None
             if on_change and lvl_union and r_lvl >= max(r_chg or 0.0, r_drf or 0.0):
                 use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
@@ -1537,6 +1552,8 @@ def monitor(
                     "level_alarm": level_alarm,
                     "change_alarm": chg_alarm,
                     "alarm": (chg_alarm or lvl_union) if on_change else level_alarm,
+                    "alarm_ratio": alarm_ratio,
+                    "alarm_by": alarm_by,
                     "top_contributors": top,
                     "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
                     "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
@@ -1560,6 +1577,8 @@ def monitor(
         "level_alarm": pl.Boolean,
         "change_alarm": pl.Boolean,
         "alarm": pl.Boolean,
+        "alarm_ratio": pl.Float64,
+        "alarm_by": pl.String,
         "top_contributors": pl.String,
         "_t2_contrib": pl.String,
         "_spe_contrib": pl.String,

@@ -222,3 +222,36 @@ def test_the_level_in_the_change_alarm_sees_a_feed_that_never_starts(
     assert lvl.height > 0
     assert (lvl["value"] > uni.level_factor() * lvl["limit"]).all()  # type: ignore[operator]
     assert set(al["statistic"].to_list()) <= {"change", "drift", "t2", "spe"}
+
+
+def test_alarm_ratio_is_the_alarm_an_operator_reads(
+    plant: tuple[pl.DataFrame, list[str], np.random.Generator],
+    models: tuple[M.MSPCModel, M.MSPCModel],
+) -> None:
+    """``gold/mspc_scores.alarm_ratio``: the deciding statistic over its alarm threshold,
+    so the alarm is exactly ``alarm_ratio > 1`` (the page plots it against 1), for a change
+    model with the level in its alarm, one without, and a level model; ``alarm_by`` names a
+    statistic the model alarms on, and the alarmed hours are named by it."""
+    _, ids, rng = plant
+    old, new = models
+    uni = M.with_threshold(old, 1, "robust", change_level=True)
+    never = [f"BR01-B94{i:02d}" for i in range(3)]
+    goods = [f"BR01-B95{i:02d}" for i in range(10)]
+    frames = [_batch(rng, b, FEED_H + 500, SHIFT_H) for b in never] + [
+        _batch(rng, b, FEED_H + rng.normal(0, 1.0), SHIFT_H + rng.normal(0, 1.5)) for b in goods
+    ]
+    new_h, bs = pl.concat(frames), _batches([*ids, *never, *goods])
+    level = M.with_threshold(old, 1, "robust")  # the same fit's factor ...
+    level.statistic = "level"  # ... read as a level model
+    for name, m, allowed in (
+        ("union", uni, {"change", "drift", "T²", "SPE"}),
+        ("change", new, {"change", "drift"}),
+        ("level", level, {"T²", "SPE"}),
+    ):
+        mon = M.monitor(m, new_h, bs).filter(pl.col("alarm_ratio").is_not_null())
+        assert mon.height > 0, name
+        assert (mon["alarm"] == (mon["alarm_ratio"] > 1)).all(), name
+        assert set(mon["alarm_by"].drop_nulls().to_list()) <= allowed, name
+        if name == "union":
+            assert mon["alarm"].any()  # the never-fed batches alarm (by the level)
+            assert set(mon.filter("alarm")["alarm_by"].to_list()) & {"T²", "SPE"}
