@@ -59,7 +59,8 @@ browser:
 
 test: lint browser
 	$(BIN)/dg check defs
-	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=10
+	# the suite's processes build lakes and exit: polars' allocator as in batch processes
+	PHARMA_ALLOCATOR=batch $(BIN)/pytest -q -n 2 --dist loadgroup --durations=10
 
 simulate: $(STAMP)
 	$(BIN)/pharma-twin simulate --units $(UNITS) --batches $(BATCHES) --seed $(SEED) --out $(LANDING)

@@ -84,7 +84,8 @@ def _optional_models(
     def _train_mspc() -> Any:
         good = mspc.good_batches(inp.batch_summary, before=cutoff)
         hourly = prods.mspc_hourly.filter(pl.col("batch_id").is_in(good))
-        return mspc.train(hourly, inp.batches, good)
+        # the product's monitoring model (``monitoring.train_mspc``)
+        return mspc.train(hourly, inp.batches, good, **mspc.MONITORING_FIT)
 
     mmodel = _timed("train MSPC (multiway PCA per recipe)", _train_mspc, times)
     if truth is not None and (truth / "fault_labels.parquet").exists():

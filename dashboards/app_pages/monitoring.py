@@ -178,6 +178,46 @@ if sc.height == 0:
     )
     st.stop()
 sc = sc.sort("elapsed_h")
+if "alarm_ratio" in sc.columns and sc["alarm_ratio"].drop_nulls().len():
+    # the product's alarm: the deciding statistic over its alarm threshold (1 = alarm)
+    on = sc.filter(pl.col("alarm"))
+    ui.chart(
+        ui.figure(
+            [
+                {
+                    "type": "scatter",
+                    "x": sc["elapsed_h"].to_numpy(),
+                    "y": sc["alarm_ratio"].to_numpy(),
+                    "mode": "lines",
+                    "name": "alarm statistic / threshold",
+                    "text": sc["alarm_by"].to_list(),
+                    "hovertemplate": "%{x} h: %{y:.3g} (%{text})<extra></extra>",
+                },
+                {
+                    "type": "scatter",
+                    "x": on["elapsed_h"].to_numpy(),
+                    "y": on["alarm_ratio"].to_numpy(),
+                    "mode": "markers",
+                    "name": "alarm",
+                    "text": on["alarm_by"].to_list(),
+                    "marker": {"color": "#c62828", "size": 8},
+                },
+            ],
+            "time since inoculation (h)",
+            "alarm statistic / alarm threshold (log scale)",
+            [ui.hline(1.0, "alarm threshold", "#c62828")],
+            yaxis=ui.LOG_AXIS,
+        ),
+        "mspc_alarm_ratio",
+        height=280,
+    )
+    by = on["alarm_by"].drop_nulls().unique().sort().to_list()
+    st.caption(
+        "The alarm the model raises: each hour's deciding statistic (change from the "
+        "batch's own recent hours, its drift, or T²/SPE, whichever the model alarms on) "
+        "divided by its alarm threshold, chosen on the training period; above 1 is an "
+        "alarm" + (f" (in this batch: {', '.join(by)})." if by else ".")
+    )
 for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limit", "SPE (Q)")):
     out = sc.filter(pl.col(stat) > pl.col(limit))
     x = sc["elapsed_h"].to_numpy()
@@ -213,7 +253,8 @@ for stat, limit, name in (("t2", "t2_limit", "Hotelling T²"), ("spe", "spe_limi
 st.caption(
     "Limits vary with batch maturity (one PCA model per hour of batch time, "
     "limits from the good batches' out-of-fold statistics); log scale so that the "
-    "statistic stays readable where a limit is high."
+    "statistic stays readable where a limit is high. A point beyond its limit is not by "
+    "itself an alarm: the alarm threshold is the model's (the first chart)."
 )
 
 st.markdown("**Top contributing tags**")
@@ -228,7 +269,7 @@ al = data.read("gold", "mspc_alarms", where=(("batch_id", batch_id),))
 if al is None:
     st.info(data.missing_hint("gold", "mspc_alarms"))
 elif al.height == 0:
-    st.success(f"No T² or SPE alarm in {batch_id}.")
+    st.success(f"No MSPC alarm in {batch_id}.")
 else:
     al = al.sort("elapsed_h").with_columns(
         top_tag=pl.col("contributions").map_elements(

@@ -3,7 +3,9 @@
 ``ingest_telemetry`` runs bronze's ingestion (``bronze.ingest_files``) in a worker thread;
 after each of bronze's group commits (rows and ledger rows committed, ~1 M readings) the
 group's in-memory frame is handed to silver, which validates it and writes the five
-telemetry tables without reading bronze back. While silver works on group k, bronze writes
+telemetry tables without reading bronze back; each group's last small commits (the derived
+tables and the log) run in the background while the next group is validated
+(``silver.telemetry.GroupTails``). While silver works on group k, bronze writes
 group k+1 and its read-ahead thread parses group k+2 (``bronze._Prefetch``): the writes, the
 parsing and the validation overlap on both cores (delta-rs and polars release the GIL).
 
@@ -30,7 +32,7 @@ import polars as pl
 
 from . import bronze, silver
 from .landing_scan import LandedFile
-from .silver.telemetry import process_group
+from .silver.telemetry import GroupTails, process_group
 from .specs import CppSpec
 from .storage import Lake
 
@@ -125,6 +127,7 @@ def ingest_telemetry(
                     if abort.is_set():
                         break
 
+    tails = GroupTails()  # each group's last commits overlap the next group (GroupTails)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bronze") as pool:
         bronze_run = pool.submit(run_bronze)
         try:
@@ -140,13 +143,25 @@ def ingest_telemetry(
                     rows = rows.filter(pl.col("source_file").is_in(names))
                 group = [(f.batch_id or "", f.rel) for f in ready]
                 process_group(
-                    lake, group, spec, batches, phases, run_id, silver_now, srep, rows=rows
+                    lake,
+                    group,
+                    spec,
+                    batches,
+                    phases,
+                    run_id,
+                    silver_now,
+                    srep,
+                    rows=rows,
+                    tails=tails,
                 )
                 handed += len(ready)
                 del rows, item
+            tails.wait()
         except BaseException:
             abort.set()
             raise
+        finally:
+            tails.close()  # no tail runs (or holds locks) once this returns
         brep = bronze_run.result()
     # what was not handed over: deferred batches, large files, leftovers of crashed runs
     rest = silver.process_telemetry(lake, batch_ids, spec, run_id, silver_now, max_rows, limits)

@@ -132,7 +132,7 @@ def train_mspc(
         if c not in ("batch_id", "unit_id", "hour", "start", "step_min")
         and train_hourly[c].is_not_null().any()
     ]
-    model = mspc.train(train_hourly, batches, good, tags=tags)
+    model = mspc.train(train_hourly, batches, good, tags=tags, **mspc.MONITORING_FIT)
     hold = _heldout(batches, cutoff)
     hold_hourly = hourly_of(hold)
     good_hold = set(

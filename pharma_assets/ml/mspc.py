@@ -316,6 +316,14 @@ class RecipeModel:
     chg_sd: np.ndarray | None = None  # (K, J) raw units, floored
     chg_limit: np.ndarray | None = None  # (K,)
     cv_chg: np.ndarray | None = None  # (n, K)
+    # drift term of the change statistic (``change_drift_h > 0``; None otherwise): per
+    # (hour, tag) the good batches' median and robust sd of the tag's mean standardised
+    # change over the last ``change_drift_h`` hours (``drift_means``), the maturity limit
+    # of the drift statistic (unweighted) and its out-of-fold values
+    drf_mu: np.ndarray | None = None  # (K, J) z units
+    drf_sd: np.ndarray | None = None  # (K, J) z units, floored
+    drf_limit: np.ndarray | None = None  # (K,)
+    cv_drf: np.ndarray | None = None  # (n, K)
 
 
 @dataclass
@@ -356,6 +364,19 @@ class MSPCModel:
     threshold: str = "share"
     clean_share: float = 0.025  # "robust": the share of the other good batches above it
     outlier_z: float = 5.0  # "robust": robust sds above the median peak set aside
+    # drift term of the change statistic: hours over which each tag's standardised change is
+    # averaged (0: none, the change statistic alone; ``drift_means``). A slow ramp (a drifting
+    # probe) moves a tag by little per hour, but in the same direction hour after hour.
+    change_drift_h: int = 0
+    # the drift ratio's weight against the change ratio (``change_ratio``): 1, or with the
+    # robust threshold the change's robust factor over the drift's, so that each term alarms
+    # on the same tail share of the good training batches' peaks
+    drift_weight: float = 1.0
+    # "change" statistic OR'd with the level statistic (T² or SPE over its limit, times
+    # ``level_weight``): a tag that stays where the good batches are not (a feed that never
+    # started) is a level fault the change from the batch's own baseline cannot see
+    change_level: bool = False
+    level_weight: float = 1.0
 
     def params(self) -> dict[str, Any]:
         """Flat parameters for MLflow."""
@@ -378,6 +399,10 @@ class MSPCModel:
             "threshold": str(getattr(self, "threshold", "share")),
             "clean_share": float(getattr(self, "clean_share", 0.025)),
             "outlier_z": float(getattr(self, "outlier_z", 5.0)),
+            "change_drift_h": self.drift_h(),
+            "drift_weight": self.weight(),
+            "change_level": self.with_level(),
+            "level_weight": float(getattr(self, "level_weight", 1.0)),
             "recipes": ",".join(sorted(self.recipes)),
         }
 
@@ -418,6 +443,29 @@ class MSPCModel:
         """The multiple of the limits a raw alarm needs (1 for models before the option)."""
         return float(getattr(self, "alarm_factor", 1.0))
 
+    def drift_h(self) -> int:
+        """Hours of the change statistic's drift term (0: none; models before the option)."""
+        return int(getattr(self, "change_drift_h", 0))
+
+    def weight(self) -> float:
+        """The drift ratio's weight (1 for models before the option)."""
+        return float(getattr(self, "drift_weight", 1.0))
+
+    def with_level(self) -> bool:
+        """Whether the change statistic's alarm includes the level statistic."""
+        return self.stat() == "change" and bool(getattr(self, "change_level", False))
+
+    def drift_factor(self) -> float:
+        """The multiple of the drift limit a drift raw alarm needs (``factor / drift_weight``)."""
+        return self.factor() / self.weight()
+
+    def level_factor(self) -> float | None:
+        """The multiple of the T² / SPE limits a level raw alarm needs when the change
+        alarm includes the level statistic (``factor / level_weight``), else None."""
+        if not self.with_level():
+            return None
+        return self.factor() / float(getattr(self, "level_weight", 1.0))
+
     def train_alarm_samples(
         self, statistic: str | None = None, factor: float | None = None
     ) -> pl.DataFrame:
@@ -433,6 +481,11 @@ class MSPCModel:
                     if m.cv_chg is None or m.chg_limit is None:
                         raise MSPCInputError("this model has no change statistic")
                     a = m.cv_chg > f * m.chg_limit  # NaN (no baseline yet): never an alarm
+                    if m.cv_drf is not None and m.drf_limit is not None:
+                        a = a | (self.weight() * m.cv_drf > f * m.drf_limit)
+                    if self.with_level():
+                        fl = f / float(getattr(self, "level_weight", 1.0))
+                        a = a | (m.cv_t2 > fl * m.t2_limit) | (m.cv_spe > fl * m.spe_limit)
                 else:
                     a = (m.cv_t2 > f * m.t2_limit) | (m.cv_spe > f * m.spe_limit)
             n, k = a.shape
@@ -569,6 +622,48 @@ def _change_stat(
         q = np.nanmax(z2, axis=2) if combine == "max" else np.nansum(z2, axis=2)
     q[~np.any(np.isfinite(z2), axis=2)] = np.nan
     return q, np.nan_to_num(z2, nan=0.0)
+
+
+#: smallest robust sd of a tag's drift mean (z units): a tag whose standardised change is
+#: nearly constant in the good batches at some hour must not turn a small mean into an alarm
+DRIFT_SD_FLOOR = 0.1
+
+
+def drift_means(d: np.ndarray, mu: np.ndarray, sd: np.ndarray, drift_h: int) -> np.ndarray:
+    """Drift term of the change statistic: per (batch, hour, tag) the mean over hours
+    ``[k - drift_h + 1, k]`` of the tag's SIGNED standardised change ``(d - mu) / sd`` (the
+    change statistic's robust z-score, before squaring; hours without one are skipped, NaN
+    if the window has none). Causal. A step shows in the change statistic for a few hours and
+    averages out here; a slow ramp (a drifting probe, and the controller's answer to it)
+    changes a tag by a small amount per hour, always in the same direction, so its
+    z-scores do not cancel in the mean: the mean of ``drift_h`` such hours stands out
+    where a single one does not."""
+    if drift_h < 1:
+        raise MSPCInputError(f"change_drift_h must be >= 1 hour, got {drift_h}")
+    z = (d - mu[None]) / sd[None]
+    ok = np.isfinite(z)
+    n, k_hours, j = z.shape
+    cs = np.concatenate([np.zeros((n, 1, j)), np.cumsum(np.where(ok, z, 0.0), axis=1)], axis=1)
+    cc = np.concatenate([np.zeros((n, 1, j)), np.cumsum(ok, axis=1)], axis=1)
+    hi = np.arange(1, k_hours + 1)
+    lo = np.clip(hi - drift_h, 0, None)
+    cnt = cc[:, hi] - cc[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, (cs[:, hi] - cs[:, lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def _drift_fit(
+    d: np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    drift_h: int,
+    scale_window_h: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(drift means of the batches ``d``, their per (hour, tag) median, robust sd)."""
+    dm = drift_means(d, mu, sd, drift_h)
+    j = d.shape[2]
+    dmu, dsd = _change_scale(dm, np.full(j, DRIFT_SD_FLOOR), scale_window_h)
+    return dm, dmu, dsd
 
 
 def _sd_floor(raw: np.ndarray, tags: Sequence[str]) -> np.ndarray:
@@ -722,6 +817,7 @@ def _fit_recipe(
     change_detrend: bool = False,
     change_scale_window_h: int = 3,
     change_combine: str = "sum",
+    change_drift_h: int = 0,
 ) -> RecipeModel:
     from scipy import stats
 
@@ -767,23 +863,40 @@ def _fit_recipe(
     floor = _sd_floor(raw, tags)
     chg_mu, chg_sd = _change_scale(d, floor, change_scale_window_h)
     cv_chg = np.full((n, k_hours), np.nan)
+    drift = change_drift_h > 0
+    cv_drf = np.full((n, k_hours), np.nan)
     for f in np.unique(folds):
         tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
         if tr.size < 3:
             continue
         mu_f, sd_f = _change_scale(d[tr], floor, change_scale_window_h)
         cv_chg[te] = _change_stat(d[te], mu_f, sd_f, change_combine)[0]
-    chg_lim = np.full(k_hours, np.nan)
-    for k in range(k_hours):
-        lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
-        v = cv_chg[:, lo:hi].ravel()
-        if np.isfinite(cv_chg[:, k]).any() and np.isfinite(v).sum() >= 2:
-            chg_lim[k] = _chi2_limit(v, alpha)
+        if drift:  # the drift term's scale from the same fold's batches, as the change's
+            _, dmu_f, dsd_f = _drift_fit(d[tr], mu_f, sd_f, change_drift_h, change_scale_window_h)
+            dm_te = drift_means(d[te], mu_f, sd_f, change_drift_h)
+            cv_drf[te] = _change_stat(dm_te, dmu_f, dsd_f, change_combine)[0]
+
+    def limits(cv: np.ndarray) -> np.ndarray:
+        lim = np.full(k_hours, np.nan)
+        for k in range(k_hours):
+            lo, hi = max(0, k - pool_h), min(k_hours, k + pool_h + 1)
+            v = cv[:, lo:hi].ravel()
+            if np.isfinite(cv[:, k]).any() and np.isfinite(v).sum() >= 2:
+                lim[k] = _chi2_limit(v, alpha)
+        return lim
+
+    chg_lim = limits(cv_chg)
+    drf_mu = drf_sd = drf_lim = None
+    if drift:
+        _, drf_mu, drf_sd = _drift_fit(d, chg_mu, chg_sd, change_drift_h, change_scale_window_h)
+        drf_lim = limits(cv_drf)
     # hours where no good batch has any reading have nothing to compare with: no limit
     empty = n_obs.sum(axis=1) == 0
     t2_lim[empty] = np.nan
     spe_lim[empty] = np.nan
     chg_lim[empty] = np.nan
+    if drf_lim is not None:
+        drf_lim[empty] = np.nan
     return RecipeModel(
         recipe_id=recipe_id,
         tags=tags,
@@ -806,6 +919,10 @@ def _fit_recipe(
         chg_sd=chg_sd,
         chg_limit=chg_lim,
         cv_chg=cv_chg,
+        drf_mu=drf_mu,
+        drf_sd=drf_sd,
+        drf_limit=drf_lim,
+        cv_drf=cv_drf if drift else None,
     )
 
 
@@ -846,6 +963,8 @@ def train(
     threshold: str = "share",
     clean_share: float = 0.025,
     outlier_z: float = 5.0,
+    change_drift_h: int = 0,
+    change_level: bool = False,
 ) -> MSPCModel:
     """Fit one evolving multiway PCA per recipe on the good batches' timelines.
 
@@ -882,6 +1001,19 @@ def train(
     ``outlier_z`` robust sds above their median are set aside (``robust_factor``), so that
     the plant-known good batches that hold faults the plant does not know about (a
     minority far above the bulk) cannot drag the threshold up.
+    ``change_drift_h``: add a drift term to the change statistic (0: none): each tag's
+    signed standardised change averaged over the last ``change_drift_h`` hours
+    (``drift_means``), squared against the good batches' robust spread of that mean and
+    combined over tags as the change (``change_combine``), with its own maturity limits; a
+    raw change alarm is either ratio (change / its limit, drift / its limit times
+    ``drift_weight``) over the factor. A slow ramp (a drifting pH probe and the pH loop's
+    answer to it) barely moves the change from the recent baseline but does so in the same
+    direction for many hours. With ``threshold="robust"`` the drift's weight makes each term
+    alarm on the same tail of the good training batches' peaks (``choose_factor_robust``).
+    ``change_level`` (with ``statistic="change"``): the alarm is also raised by the level
+    statistic (T² or SPE over ``factor / level_weight`` times its limit; the weight chosen
+    as the drift's): a batch that stays where the good batches are not (a feed that never
+    starts while theirs run) has no change from its own baseline to see.
     """
     if statistic not in STATISTICS:
         raise MSPCInputError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
@@ -897,6 +1029,8 @@ def train(
         raise MSPCInputError(f"outlier_z must be > 0, got {outlier_z}")
     if scale_window_h < 0:
         raise MSPCInputError(f"scale_window_h must be >= 0 hours, got {scale_window_h}")
+    if change_drift_h < 0:
+        raise MSPCInputError(f"change_drift_h must be >= 0 hours, got {change_drift_h}")
     ids = sorted(set(good_batch_ids))
     if not ids:
         raise MSPCInputError("no good batches given; see good_batches()")
@@ -947,6 +1081,7 @@ def train(
                 change_detrend,
                 change_scale_window_h,
                 change_combine,
+                change_drift_h,
             )
     if not models:
         raise MSPCInputError(
@@ -969,12 +1104,34 @@ def train(
         change_detrend=change_detrend,
         change_scale_window_h=change_scale_window_h,
         change_combine=change_combine,
+        change_drift_h=change_drift_h,
     )
-    return with_threshold(model, max_confirm_samples, threshold, clean_share, outlier_z)
+    return with_threshold(
+        model, max_confirm_samples, threshold, clean_share, outlier_z, change_level
+    )
 
 
 #: how ``train(max_confirm_samples=...)`` chooses the threshold factor
 THRESHOLDS = ("share", "robust")
+
+#: the monitoring model the product trains (``monitoring.train_mspc``), chosen on the
+#: training period of the 1,000-batch plant by ``benchmarks/bench_mspc_limits.py --only
+#: threshold`` (``change_max_3_3_d12_robust_lvl``; docs/models.md, "A drift term and the level
+#: in the change alarm"): the change statistic (max over tags, 3 h lag / 3 h baseline) with
+#: a 12-h drift term and the level statistic in its alarm, every good batch, time-blocked
+#: folds, a 1-sample rule and the robust threshold
+MONITORING_FIT: dict[str, Any] = {
+    "statistic": "change",
+    "change_lag_h": 3,
+    "change_window_h": 3,
+    "change_combine": "max",
+    "change_drift_h": 12,
+    "change_level": True,
+    "time_blocked_folds": True,
+    "max_batches": 100_000,
+    "max_confirm_samples": 1,
+    "threshold": "robust",
+}
 
 
 def with_threshold(
@@ -983,15 +1140,25 @@ def with_threshold(
     threshold: str = "share",
     clean_share: float = 0.025,
     outlier_z: float = 5.0,
+    change_level: bool | None = None,
 ) -> MSPCModel:
     """``model`` with its persistence rule (and, with ``max_confirm_samples``, its threshold
     factor) chosen on its good training batches' out-of-fold statistics, as ``train`` does;
-    the limits and statistics are the model's own (a copy; nothing is refitted)."""
+    the limits and statistics are the model's own (a copy; nothing is refitted).
+    ``change_level``: include the level statistic in the change alarm (None: as the model)."""
     import dataclasses
 
     if threshold not in THRESHOLDS:
         raise MSPCInputError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
-    model = dataclasses.replace(model, alarm_factor=1.0, threshold=threshold)
+    lvl = bool(getattr(model, "change_level", False)) if change_level is None else change_level
+    model = dataclasses.replace(
+        model,
+        alarm_factor=1.0,
+        threshold=threshold,
+        drift_weight=1.0,
+        change_level=lvl,
+        level_weight=1.0,
+    )
     model.clean_share, model.outlier_z = clean_share, outlier_z
     extra: dict[str, float] = {}
     if max_confirm_samples is None:
@@ -1005,6 +1172,8 @@ def with_threshold(
                 extra = {"robust_fallback_to_share": 1.0}
         if robust is not None:
             model.alarm_factor, choice, extra = robust
+            model.drift_weight = extra.get("drift_weight", 1.0)
+            model.level_weight = extra.get("level_weight", 1.0)
         else:
             model.alarm_factor, choice = choose_factor_and_rule(model, max_confirm_samples)
     model.alarm_rule, model.alarm_rule_train = choice.rule.as_dict(), choice.summary()
@@ -1060,12 +1229,25 @@ def choose_factor_and_rule(model: MSPCModel, max_confirm_samples: int) -> tuple[
     return ALARM_FACTORS[-1], choice
 
 
-def train_ratios(model: MSPCModel, statistic: str | None = None) -> tuple[list[str], np.ndarray]:
+def train_ratios(
+    model: MSPCModel,
+    statistic: str | None = None,
+    part: str = "both",
+    weight: float | None = None,
+    level_weight: float | None = None,
+) -> tuple[list[str], np.ndarray]:
     """(batch ids, ratios (batches, hours)) of the good training batches' out-of-fold
-    statistic over its limit (level: the larger of T²/limit and SPE/limit), hours beyond a
-    recipe's horizon ``-inf``: a raw alarm at factor ``f`` is a ratio ``> f``, exactly as
+    statistic over its limit (level: the larger of T²/limit and SPE/limit; change with a
+    drift term: the larger of change/limit and ``weight`` x drift/limit, and with
+    ``change_level`` of ``level_weight`` x the level ratio; or one of them with
+    ``part="change"`` / ``"drift"`` / ``"level"``), hours beyond a recipe's horizon
+    ``-inf``: a raw alarm at factor ``f`` is a ratio ``> f``, exactly as
     ``train_alarm_samples(factor=f)`` (a NaN statistic or limit never alarms: ``-inf``)."""
     stat = statistic or model.stat()
+    w = model.weight() if weight is None else weight
+    wl = float(getattr(model, "level_weight", 1.0)) if level_weight is None else level_weight
+    if part == "level":
+        stat, wl = "level", 1.0 if level_weight is None else level_weight
     ids: list[str] = []
     rows: list[np.ndarray] = []
     k_max = max(m.n_hours for m in model.recipes.values())
@@ -1075,8 +1257,17 @@ def train_ratios(model: MSPCModel, statistic: str | None = None) -> tuple[list[s
                 if m.cv_chg is None or m.chg_limit is None:
                     raise MSPCInputError("this model has no change statistic")
                 r = m.cv_chg / m.chg_limit[None, :]
+                if m.cv_drf is not None and m.drf_limit is not None and part != "change":
+                    rd = w * m.cv_drf / m.drf_limit[None, :]
+                    r = rd if part == "drift" else np.fmax(r, rd)
+                elif part == "drift":
+                    raise MSPCInputError("this model has no drift term")
+                if part == "both" and model.with_level():
+                    lvl = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
+                    r = np.fmax(r, wl * lvl)
             else:
                 r = np.fmax(m.cv_t2 / m.t2_limit[None, :], m.cv_spe / m.spe_limit[None, :])
+                r = r * (wl if part == "level" else 1.0)
         r = np.where(np.isnan(r), -np.inf, r)
         rows.append(np.pad(r, ((0, 0), (0, k_max - r.shape[1])), constant_values=-np.inf))
         ids += list(m.batch_ids)
@@ -1171,9 +1362,29 @@ def choose_factor_robust(
     if max_confirm_samples < 1:
         raise MSPCInputError(f"max_confirm_samples must be >= 1, got {max_confirm_samples}")
     rule = candidates([max(k for k in K_CANDIDATES if k <= max_confirm_samples)], "hour")[0]
-    ids, ratios = train_ratios(model)
+    weight: dict[str, float] = {}
+    if model.stat() == "change" and (model.drift_h() > 0 or model.with_level()):
+        # each term's own robust factor first: the drift (level) ratio is weighted so that
+        # each alarms on the same tail share of the good batches' peaks as the change, then
+        # the factor of the union (at least 1, so never below the change's own factor)
+        def own(part: str) -> float:
+            _, r = train_ratios(model, part=part, weight=1.0, level_weight=1.0)
+            return robust_factor(rule_peaks(r, rule.k, rule.n), clean_share, outlier_z)[0]
+
+        f_c = own("change")
+        weight = {"robust_change_factor": f_c}
+        if model.drift_h() > 0:
+            f_d = own("drift")
+            weight |= {"drift_weight": f_c / f_d, "robust_drift_factor": f_d}
+        if model.with_level():
+            f_l = own("level")
+            weight |= {"level_weight": f_c / f_l, "robust_level_factor": f_l}
+    ids, ratios = train_ratios(
+        model, weight=weight.get("drift_weight"), level_weight=weight.get("level_weight")
+    )
     peaks = rule_peaks(ratios, rule.k, rule.n)
     f, diag = robust_factor(peaks, clean_share, outlier_z)
+    diag |= weight
     share = diag["robust_good_above_share"]
     table = pl.DataFrame({"k": [rule.k], "n": [rule.n], "train_good_batch_share": [share]})
     choice = RuleChoice(rule, share, len(set(ids)), share <= TARGET_GOOD_BATCH_SHARE, table)
@@ -1239,7 +1450,9 @@ def monitor(
     ``_spe_contrib`` / ``_chg_contrib`` JSON for ``alarms``. Both statistics are scored:
     ``level_alarm`` (T² or SPE over its limit), ``change_alarm`` (``chg`` over
     ``chg_limit``; null for models trained before the change statistic); ``alarm`` is the
-    one of the model's ``statistic``. ``top_contributors`` uses, for ``"change"``, the
+    one of the model's ``statistic``; ``alarm_ratio`` is the deciding statistic over its
+    alarm threshold (factor x limit; the alarm is exactly ``alarm_ratio > 1``) and
+    ``alarm_by`` names it (change, drift, T², SPE). ``top_contributors`` uses, for ``"change"``, the
     shares of the squared standardised changes; for ``"level"``, the SPE shares when
     SPE/limit >= T²/limit, else the T² shares. Batches whose recipe has no model are
     skipped."""
@@ -1249,6 +1462,7 @@ def monitor(
     now = scored_at or datetime.now(UTC)
     on_change = model.stat() == "change"
     fac = model.factor()
+    lvl_fac = model.level_factor()
     rows: list[dict[str, Any]] = []
     for bid in sorted(set(hourly["batch_id"].to_list())):
         m = model.recipes.get(rmap.get(bid, ""))
@@ -1269,6 +1483,12 @@ def monitor(
             d = change_residuals(raw[None], *model.change_window())
             q, z2 = _change_stat(d, m.chg_mu, m.chg_sd, model.combine())  # type: ignore[arg-type]
             chg, s_chg = q[0], _shares(z2[0])
+        has_drf = has_chg and m.drf_mu is not None and m.drf_limit is not None
+        if has_drf:
+            dm = drift_means(d, m.chg_mu, m.chg_sd, model.drift_h())  # type: ignore[arg-type]
+            qd, zd2 = _change_stat(dm, m.drf_mu, m.drf_sd, model.combine())  # type: ignore[arg-type]
+            drf, s_drf = qd[0], _shares(zd2[0])
+        drf_fac = model.drift_factor()  # the drift's own factor: factor / drift weight
         unit = hb["unit_id"][0]
         has_data = np.any(np.isfinite(raw), axis=1) & (m.n_obs.sum(axis=1) > 0)
         for k in range(k_max):
@@ -1282,12 +1502,35 @@ def monitor(
             chg_k = _finite(chg[k]) if has_chg and has_data[k] else None
             chg_l = _finite(m.chg_limit[k]) if has_chg else None  # type: ignore[index]
             r_chg = chg_k / chg_l if chg_k is not None and chg_l else None
+            drf_k = _finite(drf[k]) if has_drf and has_data[k] else None
+            drf_l = _finite(m.drf_limit[k]) if has_drf else None  # type: ignore[index]
+            # the drift ratio on the change's scale (weighted), as the factor sees it
+            r_drf = drf_k / drf_l * fac / drf_fac if drf_k is not None and drf_l else None
             level_alarm = bool((r_t2 or 0.0) > fac or (r_spe or 0.0) > fac)
-            chg_alarm = bool((r_chg or 0.0) > fac)
-            top = None
+            chg_alarm = bool((r_chg or 0.0) > fac or (r_drf or 0.0) > fac)
+            # the level statistic in the change alarm (``change_level``), at its own factor
+            r_lvl = max(r_t2 or 0.0, r_spe or 0.0) * fac / lvl_fac if lvl_fac else 0.0
+            lvl_union = bool(lvl_fac is not None and r_lvl > fac)
+            # what an operator reads: the deciding statistic over its alarm threshold (the
+            # alarm is exactly ``alarm_ratio > 1``) and which statistic it is
             if on_change:
-                if r_chg is not None:
-                    use = s_chg[k]
+                cands = {"change": r_chg, "drift": r_drf}
+                if lvl_fac is not None:
+                    cands["T²" if (r_t2 or 0.0) >= (r_spe or 0.0) else "SPE"] = (
+                        r_lvl if (r_t2 is not None or r_spe is not None) else None
+                    )
+            else:
+                cands = {"T²": r_t2, "SPE": r_spe}
+            known = {k: v for k, v in cands.items() if v is not None}
+            alarm_by = max(known, key=lambda k: known[k]) if known else None
+            alarm_ratio = known[alarm_by] / fac if alarm_by is not None and fac else None
+            top = None
+            if on_change and lvl_union and r_lvl >= max(r_chg or 0.0, r_drf or 0.0):
+                use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
+                top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
+            elif on_change:
+                if r_chg is not None or r_drf is not None:
+                    use = s_drf[k] if (r_drf or 0.0) > (r_chg or 0.0) else s_chg[k]
                     top = ",".join(f"{m.tags[i]}:{use[i]:.3f}" for i in np.argsort(-use)[:n_top])
             elif r_t2 is not None or r_spe is not None:
                 use = s_spe[k] if (r_spe or 0.0) >= (r_t2 or 0.0) else s_t2[k]
@@ -1304,13 +1547,18 @@ def monitor(
                     "spe_limit": spe_l,
                     "chg": chg_k,
                     "chg_limit": chg_l,
+                    "drf": drf_k,
+                    "drf_limit": drf_l,
                     "level_alarm": level_alarm,
                     "change_alarm": chg_alarm,
-                    "alarm": chg_alarm if on_change else level_alarm,
+                    "alarm": (chg_alarm or lvl_union) if on_change else level_alarm,
+                    "alarm_ratio": alarm_ratio,
+                    "alarm_by": alarm_by,
                     "top_contributors": top,
                     "_t2_contrib": _contrib_json(m.tags, s_t2[k]) if t2_k is not None else None,
                     "_spe_contrib": _contrib_json(m.tags, s_spe[k]) if spe_k is not None else None,
                     "_chg_contrib": _contrib_json(m.tags, s_chg[k]) if chg_k is not None else None,
+                    "_drf_contrib": _contrib_json(m.tags, s_drf[k]) if drf_k is not None else None,
                 }
             )
     schema = {
@@ -1324,13 +1572,18 @@ def monitor(
         "spe_limit": pl.Float64,
         "chg": pl.Float64,
         "chg_limit": pl.Float64,
+        "drf": pl.Float64,
+        "drf_limit": pl.Float64,
         "level_alarm": pl.Boolean,
         "change_alarm": pl.Boolean,
         "alarm": pl.Boolean,
+        "alarm_ratio": pl.Float64,
+        "alarm_by": pl.String,
         "top_contributors": pl.String,
         "_t2_contrib": pl.String,
         "_spe_contrib": pl.String,
         "_chg_contrib": pl.String,
+        "_drf_contrib": pl.String,
     }
     return pl.DataFrame(rows, schema=schema).with_columns(
         model_name=pl.lit(model_name),
@@ -1345,14 +1598,20 @@ def rescore(monitored: pl.DataFrame, model: MSPCModel) -> pl.DataFrame:
     ``alarm`` recomputed from the stored statistics and limits, as ``monitor`` sets them."""
     f = model.factor()
 
-    def over(stat: str) -> pl.Expr:
+    def over(stat: str, fac: float = f) -> pl.Expr:
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > f)).fill_null(False)
+        return (v.is_not_null() & lim.is_not_null() & (lim != 0) & (v / lim > fac)).fill_null(False)
 
+    # ``drf_limit`` is the drift's fitted limit: its raw alarms need factor / drift weight
+    drift = over("drf", model.drift_factor()) if "drf" in monitored.columns else pl.lit(False)
     out = monitored.with_columns(
         level_alarm=over("t2") | over("spe"),
-        change_alarm=over("chg"),
+        change_alarm=over("chg") | drift,
     )
+    lf = model.level_factor()
+    if lf is not None:  # the level statistic in the change alarm, at its own factor
+        union = over("t2", lf) | over("spe", lf)
+        return out.with_columns(alarm=pl.col("change_alarm") | union)
     return out.with_columns(
         alarm=pl.col("change_alarm") if model.stat() == "change" else pl.col("level_alarm")
     )
@@ -1363,7 +1622,13 @@ def scores_table(monitored: pl.DataFrame) -> pl.DataFrame:
     return monitored.select([c for c in monitored.columns if not c.startswith("_")])
 
 
-def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.0) -> pl.DataFrame:
+def alarms(
+    monitored: pl.DataFrame,
+    statistic: str = "level",
+    factor: float = 1.0,
+    level_factor: float | None = None,
+    drift_factor: float | None = None,
+) -> pl.DataFrame:
     """Rows of ``gold/mspc_alarms``: one per statistic beyond its limit, with the full
     per-tag contribution shares of that statistic as JSON. ``statistic`` (the model's
     ``stat()``): ``"level"`` gives T² and SPE rows, ``"change"`` the change rows; beyond =
@@ -1373,10 +1638,10 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.
             raise MSPCInputError(f"alarms() needs the monitor() output (missing {c!r})")
     keys = ["batch_id", "unit_id", "elapsed_h", "model_version"]
 
-    def beyond(stat: str) -> pl.Expr:
+    def beyond(stat: str, fac: float = factor) -> pl.Expr:
         # polars orders NaN above +inf, so NaN > inf is true there: require finite values
         v, lim = pl.col(stat), pl.col(f"{stat}_limit")
-        return (v.is_finite() & lim.is_finite() & (v > factor * lim)).fill_null(False)
+        return (v.is_finite() & lim.is_finite() & (v > fac * lim)).fill_null(False)
 
     t2 = monitored.filter(beyond("t2")).select(
         *keys,
@@ -1402,6 +1667,37 @@ def alarms(monitored: pl.DataFrame, statistic: str = "level", factor: float = 1.
             limit=pl.col("chg_limit"),
             contributions=pl.col("_chg_contrib"),
         )
+        if "_drf_contrib" in monitored.columns:  # the drift term, at its own factor
+            drf = monitored.filter(
+                beyond("drf", factor if drift_factor is None else drift_factor)
+            ).select(
+                *keys,
+                statistic=pl.lit("drift"),
+                value=pl.col("drf"),
+                limit=pl.col("drf_limit"),
+                contributions=pl.col("_drf_contrib"),
+            )
+            chg = pl.concat([chg, drf])
+        if level_factor is not None:  # the level statistic in the change alarm (its factor)
+            chg = pl.concat(
+                [
+                    chg,
+                    monitored.filter(beyond("t2", level_factor)).select(
+                        *keys,
+                        statistic=pl.lit("t2"),
+                        value=pl.col("t2"),
+                        limit=pl.col("t2_limit"),
+                        contributions=pl.col("_t2_contrib"),
+                    ),
+                    monitored.filter(beyond("spe", level_factor)).select(
+                        *keys,
+                        statistic=pl.lit("spe"),
+                        value=pl.col("spe"),
+                        limit=pl.col("spe_limit"),
+                        contributions=pl.col("_spe_contrib"),
+                    ),
+                ]
+            )
         return chg.sort("batch_id", "elapsed_h", "statistic")
     return pl.concat([t2, spe]).sort("batch_id", "elapsed_h", "statistic")
 

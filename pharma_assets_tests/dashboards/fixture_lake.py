@@ -204,6 +204,9 @@ def write_ml_gold(lake: Lake, seed: int = SEED, scored_at: datetime | None = Non
                     "spe": spe,
                     "spe_limit": 11.34,
                     "alarm": t2 > 13.28 or spe > 11.34,
+                    # a level model at factor 1: the larger ratio to its limit decides
+                    "alarm_ratio": max(t2 / 13.28, spe / 11.34),
+                    "alarm_by": "T²" if t2 / 13.28 >= spe / 11.34 else "SPE",
                     "top_contributors": ",".join(f"{tags[i]}:{shares[i]:.3f}" for i in order),
                     "_contrib": json.dumps({tags[i]: round(float(shares[i]), 3) for i in order}),
                 }

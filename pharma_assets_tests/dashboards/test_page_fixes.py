@@ -185,3 +185,32 @@ def test_streamlit_config_binds_localhost_and_hides_deploy():
     ).stdout
     assert '\naddress = "127.0.0.1"' in out
     assert '\ntoolbarMode = "viewer"' in out
+
+
+def test_mspc_alarm_chart_marks_exactly_the_alarm_hours(app, fixture_lake):
+    """The first MSPC chart plots the model's own alarm statistic against its threshold (1):
+    its red markers are the batch's alarm hours in gold/mspc_scores, all above 1, and every
+    hour above 1 is one of them (the T²/SPE charts' limits are not the alarm threshold)."""
+    at = app(fixture_lake.root, "monitoring")
+    batch = at.selectbox(key="mon_batch").value
+    sc = fixture_lake.read("gold", "mspc_scores").filter(pl.col("batch_id") == batch)
+    fig = chart(at, "mspc_alarm_ratio")
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    marks = next(t for t in fig["data"] if t.get("name") == "alarm")
+    alarmed = sc.filter(pl.col("alarm"))
+    assert sorted(arr(marks["x"])) == sorted(alarmed["elapsed_h"].to_list())
+    assert all(y > 1 for y in arr(marks["y"]))
+    over = sc.filter(pl.col("alarm_ratio") > 1)["elapsed_h"].to_list()
+    assert sorted(over) == sorted(alarmed["elapsed_h"].to_list())
+
+
+def test_mspc_scores_from_before_the_alarm_ratio_still_draw(app, lake_copy):
+    """A lake scored before ``alarm_ratio`` existed: no alarm chart, the T²/SPE charts and
+    no exception."""
+    ms = lake_copy.read("gold", "mspc_scores").drop("alarm_ratio", "alarm_by")
+    lake_copy.overwrite("gold", "mspc_scores", ms)
+    at = app(lake_copy.root, "monitoring")
+    assert not at.exception
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert any(i.endswith("chart_mspc_t2") for i in ids)
+    assert not any(i.endswith("chart_mspc_alarm_ratio") for i in ids)

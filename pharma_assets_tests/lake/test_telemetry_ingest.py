@@ -201,3 +201,90 @@ def test_large_files_take_the_sliced_path(landing: Path, tmp_path: Path) -> None
         assert _table(two, layer, name).equals(_table(one, layer, name)), f"{layer}/{name}"
     rec = silver.reconcile_telemetry(one, str(landing), [KILL_BATCH])
     assert rec["reconciled"] and rec["pending_rows"] == 0, rec
+
+
+def _reference(landing: Path, root: Path) -> Lake:
+    """The lake of bronze then silver, one step after the other (no background tails)."""
+    spec, files = load_spec(), scan_landing(landing)
+    tel = [f for f in files if f.source == "telemetry"]
+    ref = Lake.at(root)
+    bronze.ingest_files(ref, landing, "mes", [f for f in files if f.source == "mes"], "r")
+    silver.build_batches(ref)
+    bronze.ingest_files(ref, landing, "telemetry", tel, "r")
+    silver.process_telemetry(ref, sorted({f.batch_id for f in tel if f.batch_id}), spec, "r")
+    return ref
+
+
+def test_a_failed_tail_stops_the_run_and_the_rerun_completes(
+    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's background tail (GroupTails) fails on its second group: the run raises, the
+    failed group's files are not logged, no batch lock stays held, and a rerun gives the lake
+    of the synchronous path."""
+    from pharma_assets.lake.silver import telemetry as silver_telemetry
+
+    spec, files = load_spec(), scan_landing(landing)
+    tel = [f for f in files if f.source == "telemetry"]
+    ids = sorted({f.batch_id for f in tel if f.batch_id})
+    lake = Lake.at(tmp_path / "one")
+    bronze.ingest_files(lake, landing, "mes", [f for f in files if f.source == "mes"], "r")
+    silver.build_batches(lake)
+    real, calls = silver_telemetry._append_new, []
+
+    def failing(lake_: Lake, name: str, *a: object, **k: object) -> None:
+        if name == "batch_timeline":
+            calls.append(name)
+            if len(calls) == 2:
+                raise RuntimeError("disk full (injected)")
+        real(lake_, name, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(silver_telemetry, "_append_new", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        ingest_telemetry(lake, landing, tel, spec, "r", max_rows=150_000)
+    monkeypatch.setattr(silver_telemetry, "_append_new", real)
+    logged = lake.read("silver", "telemetry_log")
+    assert logged is not None and 0 < logged.height < len(tel)  # group 1 logged, not all
+    for bid in ids:  # every lock released (another run could take it at once)
+        with lake.lock(f"silver-telemetry-{bid}", timeout_s=0):
+            pass
+    rep = ingest_telemetry(lake, landing, tel, spec, "rerun")
+    assert rep.silver.files_processed == len(tel) - logged.height
+    ref = _reference(landing, tmp_path / "ref")
+    for layer, name in TABLES:
+        a, b = _table(ref, layer, name), _table(lake, layer, name)
+        assert a.equals(b), f"{layer}/{name} differs from the synchronous path after the rerun"
+
+
+def test_a_batch_locked_by_another_run_waits_without_deadlock(
+    landing: Path, tmp_path: Path
+) -> None:
+    """Another run holds one batch's lock for a while: the one pass (whose groups take over
+    the locks of the tail in flight) waits for it the synchronous way and ends with the lake
+    of the synchronous path."""
+    import threading
+    import time
+
+    spec, files = load_spec(), scan_landing(landing)
+    tel = [f for f in files if f.source == "telemetry"]
+    ids = sorted({f.batch_id for f in tel if f.batch_id})
+    lake = Lake.at(tmp_path / "one")
+    bronze.ingest_files(lake, landing, "mes", [f for f in files if f.source == "mes"], "r")
+    silver.build_batches(lake)
+    taken, released = threading.Event(), []
+
+    def other_run() -> None:
+        with Lake.at(tmp_path / "one").lock(f"silver-telemetry-{ids[-1]}"):
+            taken.set()
+            time.sleep(3)
+            released.append(time.monotonic())
+
+    t = threading.Thread(target=other_run)
+    t.start()
+    assert taken.wait(60)
+    ingest_telemetry(lake, landing, tel, spec, "r", max_rows=150_000)
+    t.join()
+    assert released  # the other run finished its hold before ours could write that batch
+    ref = _reference(landing, tmp_path / "ref")
+    for layer, name in TABLES:
+        a, b = _table(ref, layer, name), _table(lake, layer, name)
+        assert a.equals(b), f"{layer}/{name} differs from the synchronous path"

@@ -248,9 +248,13 @@ def mspc_tables(
     confirmed = scores.select("batch_id", "elapsed_h", confirmed=pl.col("confirmed_alarm"))
     tables = {
         "mspc_scores": scores,
-        "mspc_alarms": mspc.alarms(detail, model.stat(), model.factor()).join(
-            confirmed, on=["batch_id", "elapsed_h"], how="left"
-        ),
+        "mspc_alarms": mspc.alarms(
+            detail,
+            model.stat(),
+            model.factor(),
+            mspc_level_factor(model),
+            mspc_drift_factor(model),
+        ).join(confirmed, on=["batch_id", "elapsed_h"], how="left"),
         "golden_batch": mspc.envelope(model, version),
     }
     for n, df in tables.items():
@@ -261,6 +265,20 @@ def mspc_tables(
             asset_key=["gold", n],
             metadata={"rows": df.height, "model_version": version, **table_meta(lake, "gold", n)},
         )
+
+
+def mspc_level_factor(model: Any) -> float | None:
+    """The level factor of a change model whose alarm includes the level statistic (None
+    for other models and models pickled before the option)."""
+    f = getattr(model, "level_factor", None)
+    return f() if callable(f) else None
+
+
+def mspc_drift_factor(model: Any) -> float | None:
+    """The drift term's factor of a change model (None for models before the option)."""
+    f = getattr(model, "drift_factor", None)
+    drift_h = int(getattr(model, "change_drift_h", 0) or 0)
+    return float(f()) if callable(f) and drift_h > 0 else None
 
 
 MONITORING_ASSETS = [contamination_iforest, contamination_risk, mspc_pca, mspc_tables]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -88,6 +90,104 @@ def process_telemetry(
     return rep
 
 
+class GroupTails:
+    """Each group's last commits, in a background thread, while the next group is worked on.
+
+    A group ends with small commits (the quarantine and the three derived tables, the phase
+    crossings, then ``silver/telemetry_log``) after its big ``silver/telemetry`` write. The
+    next group of the same run needs nothing from them, so they run in one background thread,
+    one tail at a time in group order, while the next group is validated and written.
+
+    Locks. A tail keeps its group's batch locks until its log is written (another run that
+    checks the log under the lock must see the group either not started or finished). The
+    next group of this run often shares a batch with the tail in flight: it takes that batch's
+    lock over (``hold`` counts the holders in this run; the lock file is released when the
+    last lets go). Its other batches' locks are only tried; when one is busy (another run),
+    the group first waits for the tail, lets go of everything and takes its locks the
+    synchronous way, in sorted order, so two runs never wait on each other. With phases by
+    tag crossing the group also waits for the tail first (it reads the crossings the tail
+    writes). Within a group the log is still written last: exactly-once is the synchronous
+    path's. At most one tail is in flight; a failed tail's error stops the next group.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-tail")
+        self._last: Future[None] | None = None
+        self._mu = threading.Lock()
+        self._held: dict[str, list[Any]] = {}  # batch -> [its lock's context manager, holders]
+
+    def hold(self, lake: Lake, ids: Sequence[str]) -> Callable[[], None]:
+        """Take the locks of ``ids`` for one group (module docstring); returns its release."""
+        taken: list[str] = []
+
+        def release() -> None:
+            with self._mu:
+                for bid in taken:
+                    entry = self._held[bid]
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        del self._held[bid]
+                        entry[0].__exit__(None, None, None)
+            taken.clear()
+
+        try:
+            for blocking in (False, True):
+                busy = False
+                for bid in sorted(ids):
+                    with self._mu:
+                        entry = self._held.get(bid)
+                        if entry is not None:
+                            entry[1] += 1
+                            taken.append(bid)
+                            continue
+                    cm = lake.lock(
+                        f"silver-telemetry-{bid}", **({} if blocking else {"timeout_s": 0})
+                    )
+                    try:
+                        cm.__enter__()
+                    except TimeoutError:
+                        if blocking:
+                            raise
+                        busy = True
+                        break
+                    with self._mu:
+                        self._held[bid] = [cm, 1]
+                    taken.append(bid)
+                if not busy:
+                    return release
+                # another run holds one: no waiting while holding (see the docstring)
+                release()
+                self.wait()
+        except BaseException:
+            release()
+            raise
+        raise AssertionError("unreachable")  # the blocking pass returns or raises
+
+    def submit(self, finish: Callable[[], None], held: contextlib.ExitStack) -> None:
+        """Run ``finish`` after the previous tail, then close ``held`` (the group's locks)."""
+        try:
+            self.wait()
+        except BaseException:
+            held.close()
+            raise
+
+        def run() -> None:
+            with held:
+                finish()
+
+        self._last = self._pool.submit(run)
+
+    def wait(self) -> None:
+        """Wait for the tail in flight; re-raise its error."""
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def close(self) -> None:
+        """Wait for the tail in flight (its error is not raised here: call ``wait`` first)."""
+        self._pool.shutdown(wait=True)
+
+
 def process_group(
     lake: Lake,
     group: list[tuple[str, str]],
@@ -98,11 +198,19 @@ def process_group(
     now: datetime,
     rep: SilverReport,
     rows: pl.DataFrame | None = None,
+    tails: GroupTails | None = None,
 ) -> None:
+    """One group of files into silver; with ``tails``, its last commits run in the background
+    (``GroupTails``), else before this returns."""
     ids = sorted({b for b, _ in group})
     with contextlib.ExitStack() as stack:
-        for bid in ids:
-            stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
+        if tails is None:
+            for bid in ids:
+                stack.enter_context(lake.lock(f"silver-telemetry-{bid}"))
+        else:
+            if spec.rule.kind == "tag_crossing":
+                tails.wait()  # its crossings are read below
+            stack.callback(tails.hold(lake, ids))
         # recheck under the locks: another run may have processed some of them meanwhile
         # (files accepted by bronze since the first read wait for the next run)
         pending = not_processed(
@@ -114,7 +222,7 @@ def process_group(
             if fresh is not None:
                 phases = pl.concat([phases.filter(~pl.col("batch_id").is_in(ids)), fresh])
         if pending.height:
-            _process_files(
+            finish = _process_files(
                 lake,
                 pending.sort("batch_id", "source_file"),
                 spec,
@@ -125,6 +233,10 @@ def process_group(
                 rep,
                 rows,
             )
+            if tails is None:
+                finish()
+            else:
+                tails.submit(finish, stack.pop_all())  # the tail releases the locks
 
 
 def _process_files(
@@ -137,9 +249,11 @@ def _process_files(
     now: datetime,
     rep: SilverReport,
     rows: pl.DataFrame | None = None,
-) -> None:
+) -> Callable[[], None]:
     """One group of files (columns batch_id, source_file) -> one commit per silver table.
 
+    Validates and writes ``silver/telemetry``; returns the group's tail, to be called next
+    (``GroupTails``): the other tables' commits, the crossings, then the log.
     ``rows``: the files' bronze rows as bronze committed them (the one-pass ingestion hands
     over its in-memory frame); without it they are read back from bronze/telemetry.
     """
@@ -254,12 +368,6 @@ def _process_files(
         outputs = {"telemetry_quarantine": quarantine_frame(bad, spec, now)}
         outputs.update({name: d.result() for name, d in derived.items()})
         main_write.result()  # (re-raises a failed write: nothing else is committed or logged)
-        writes = [
-            pool.submit(_append_new, lake, name, out, files, ids, run_id)
-            for name, out in outputs.items()
-        ]
-        for w in writes:
-            w.result()  # (re-raises a failed write: the files are then not logged)
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -275,18 +383,33 @@ def _process_files(
             run_id=pl.lit(run_id),
         )
     )
-    write_crossings(lake, phases, crossed)  # before the log: a rerun finds them again
-    # the log's rows are the record (pending_telemetry_files reads them, under the batches'
-    # locks); it is written last, so a file is logged only once every table holds its rows
-    lake.append(LAYER, "telemetry_log", per_file)
-    rep.files_processed += len(files)
-    rep.files += files
-    rep.rows_in += raw_all.height
-    rep.rows_valid += good.height
-    rep.rows_quarantined += bad.height
-    rep.segments += outputs["excursion_segments"].height
-    rep.failed_checks.update(bad["failed_check"].to_list())
-    rep.batches.update(ids)
+    # the tail keeps only small frames (not the group's readings)
+    rows_in, rows_valid, rows_quarantined = raw_all.height, good.height, bad.height
+    failed_checks = bad["failed_check"].to_list()
+
+    def finish() -> None:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="silver-write") as pool:
+            writes = [
+                pool.submit(_append_new, lake, name, out, files, ids, run_id)
+                for name, out in outputs.items()
+            ]
+            for w in writes:
+                w.result()  # (re-raises a failed write: the files are then not logged)
+        write_crossings(lake, phases, crossed)  # before the log: a rerun finds them again
+        # the log's rows are the record (pending_telemetry_files reads them, under the
+        # batches' locks); it is written last, so a file is logged only once every table
+        # holds its rows
+        lake.append(LAYER, "telemetry_log", per_file)
+        rep.files_processed += len(files)
+        rep.files += files
+        rep.rows_in += rows_in
+        rep.rows_valid += rows_valid
+        rep.rows_quarantined += rows_quarantined
+        rep.segments += outputs["excursion_segments"].height
+        rep.failed_checks.update(failed_checks)
+        rep.batches.update(ids)
+
+    return finish
 
 
 def _append_new(
