@@ -156,7 +156,7 @@ else:
         )
 
 # ------------------------------------------------------------------ MSPC
-st.subheader("MSPC: Hotelling T² and SPE")
+st.subheader("MSPC: the alarm, Hotelling T² and SPE")
 ms = data.mspc_latest()  # one row per monitored batch
 if ms is None:
     st.info(data.missing_hint("gold", "mspc_scores"), icon=":material/info:")
