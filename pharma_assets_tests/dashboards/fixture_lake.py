@@ -31,6 +31,7 @@ from pharma_assets.lake.storage import UTC_US, Lake
 from pharma_assets.twin.config import load_plant, load_recipes
 from pharma_assets.twin.history import simulate_history
 from pharma_assets.twin.live import run_live
+from pharma_assets.twin.plant import plan_history
 
 SEED = 7
 UNITS = 2
@@ -63,12 +64,32 @@ def build_fixture_lake(root: Path, live_hours: float = 30.0, with_ml: bool = Tru
     plant = load_plant().with_units(UNITS)
     recipes = load_recipes()
     landing = root / "landing"
-    simulate_history(
-        plant, recipes, HISTORY_BATCHES, seed=SEED, out=landing, truth_out=root / "truth"
+    # live batches start at a UTC midnight and their live_hours must be fully in the past
+    # (the live twin never writes the future: it would wait for the wall clock). That is
+    # yesterday 00:00, unless it is too early in the day for live_hours since then: then the
+    # day before. The history ends before that midnight (the planner's own placement when
+    # it is yesterday's, else planned one day earlier).
+    now = datetime.now(UTC)
+    live_start = (now - timedelta(hours=live_hours + 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
     )
-    # the history ends before yesterday 00:00 UTC; live batches start then, fully in the past
-    live_start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    live_start -= timedelta(days=1)
+    history_start = None
+    if live_start < now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1):
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        plan = plan_history(plant, recipes, HISTORY_BATCHES, SEED, start=epoch)
+        span_h = max((b.start - epoch).total_seconds() / 3600 + b.end_h for b in plan.batches)
+        history_start = (live_start - timedelta(hours=span_h)).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+    simulate_history(
+        plant,
+        recipes,
+        HISTORY_BATCHES,
+        seed=SEED,
+        out=landing,
+        truth_out=root / "truth",
+        start=history_start,
+    )
     run_live(
         plant,
         recipes,
