@@ -215,6 +215,16 @@ def _reference(landing: Path, root: Path) -> Lake:
     return ref
 
 
+def _with_batches(landing: Path, root: Path) -> tuple[Lake, list, list[str]]:
+    """A lake with the landing's MES events and silver batches; its telemetry files and ids."""
+    files = scan_landing(landing)
+    tel = [f for f in files if f.source == "telemetry"]
+    lake = Lake.at(root)
+    bronze.ingest_files(lake, landing, "mes", [f for f in files if f.source == "mes"], "r")
+    silver.build_batches(lake)
+    return lake, tel, sorted({f.batch_id for f in tel if f.batch_id})
+
+
 def test_a_failed_tail_stops_the_run_and_the_rerun_completes(
     landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,12 +233,8 @@ def test_a_failed_tail_stops_the_run_and_the_rerun_completes(
     of the synchronous path."""
     from pharma_assets.lake.silver import telemetry as silver_telemetry
 
-    spec, files = load_spec(), scan_landing(landing)
-    tel = [f for f in files if f.source == "telemetry"]
-    ids = sorted({f.batch_id for f in tel if f.batch_id})
-    lake = Lake.at(tmp_path / "one")
-    bronze.ingest_files(lake, landing, "mes", [f for f in files if f.source == "mes"], "r")
-    silver.build_batches(lake)
+    lake, tel, ids = _with_batches(landing, tmp_path / "one")
+    spec = load_spec()
     real, calls = silver_telemetry._append_new, []
 
     def failing(lake_: Lake, name: str, *a: object, **k: object) -> None:
@@ -264,12 +270,8 @@ def test_a_batch_locked_by_another_run_waits_without_deadlock(
     import threading
     import time
 
-    spec, files = load_spec(), scan_landing(landing)
-    tel = [f for f in files if f.source == "telemetry"]
-    ids = sorted({f.batch_id for f in tel if f.batch_id})
-    lake = Lake.at(tmp_path / "one")
-    bronze.ingest_files(lake, landing, "mes", [f for f in files if f.source == "mes"], "r")
-    silver.build_batches(lake)
+    lake, tel, ids = _with_batches(landing, tmp_path / "one")
+    spec = load_spec()
     taken, released = threading.Event(), []
 
     def other_run() -> None:
