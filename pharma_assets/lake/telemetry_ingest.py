@@ -3,9 +3,10 @@
 ``ingest_telemetry`` runs bronze's ingestion (``bronze.ingest_files``) in a worker thread;
 after each of bronze's group commits (rows and ledger rows committed, ~1 M readings) the
 group's in-memory frame is handed to silver, which validates it and writes the five
-telemetry tables without reading bronze back; each group's last small commits (the derived
-tables and the log) run in the background while the next group is validated
-(``silver.telemetry.GroupTails``). While silver works on group k, bronze writes
+telemetry tables without reading bronze back; each group's commits (silver/telemetry, the
+derived tables, the log) run in the background while the next group is validated, unless
+the next group shares a batch with them (``silver.telemetry.GroupTails``; bronze ends a
+group past half full with its batch). While silver works on group k, bronze writes
 group k+1 and its read-ahead thread parses group k+2 (``bronze._Prefetch``): the writes, the
 parsing and the validation overlap on both cores (delta-rs and polars release the GIL).
 

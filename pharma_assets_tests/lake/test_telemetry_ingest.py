@@ -290,3 +290,71 @@ def test_a_batch_locked_by_another_run_waits_without_deadlock(
     for layer, name in TABLES:
         a, b = _table(ref, layer, name), _table(lake, layer, name)
         assert a.equals(b), f"{layer}/{name} differs from the synchronous path"
+
+
+def test_bronze_groups_end_with_their_batch_once_half_full(landing: Path, tmp_path: Path) -> None:
+    """A group past half its rows ends where its batch ends (silver then prepares and checks
+    whole batches, and the next group's batch differs from the tail in flight); a batch is
+    split only when the group reaches its full size."""
+    tel = [f for f in scan_landing(landing) if f.source == "telemetry"]
+    per_batch: dict[str, int] = {}
+    for f in tel:
+        assert f.batch_id is not None
+        rows = pq.ParquetFile(f.path(landing)).metadata.num_rows
+        per_batch[f.batch_id] = per_batch.get(f.batch_id, 0) + rows
+    assert len(per_batch) >= 3
+    # at twice the largest batch, a group reaches half full only with whole batches in it
+    max_rows = 2 * max(per_batch.values())
+    groups: list[list[str]] = []
+
+    def seen(files: list, rows: pl.DataFrame) -> None:
+        groups.append([f.batch_id for f in files])
+        assert rows.height <= max_rows + max(per_batch.values())
+
+    lake = Lake.at(tmp_path / "lake")
+    rep = bronze.ingest_files(
+        lake, landing, "telemetry", tel, "r", max_rows_per_commit=max_rows, on_commit=seen
+    )
+    assert rep.files_accepted == len(tel) and len(groups) >= 2, groups
+    where = [{bid for bid in g} for g in groups]
+    for bid in per_batch:  # every batch in exactly one group: none split across two
+        assert sum(bid in w for w in where) == 1, (bid, groups)
+    # and the lake holds every landed row once
+    got = lake.read("bronze", "telemetry", ["batch_id"])
+    assert got is not None and got.height == sum(per_batch.values())
+
+
+def test_a_group_waits_for_the_tail_only_when_it_shares_a_batch() -> None:
+    """GroupTails.wait_for: a group of other batches goes on while the tail in flight is still
+    writing (its duplicate check reads only its own batches); a group sharing a batch waits
+    until the tail has written that batch's readings."""
+    import contextlib
+    import threading
+    import time
+
+    from pharma_assets.lake.silver.telemetry import GroupTails
+
+    tails, go, done = GroupTails(), threading.Event(), threading.Event()
+
+    def finish() -> None:
+        assert go.wait(60)
+        done.set()
+
+    try:
+        tails.submit(finish, contextlib.ExitStack(), ["B1"])
+        t0 = time.monotonic()
+        tails.wait_for(["B2", "B3"])  # other batches: no waiting
+        assert not done.is_set() and time.monotonic() - t0 < 30
+        waited: list[bool] = []
+        waiter = threading.Thread(
+            target=lambda: (tails.wait_for(["B2", "B1"]), waited.append(done.is_set()))
+        )
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not waited  # shares B1: still waiting for the tail
+        go.set()
+        waiter.join(60)
+        assert waited == [True]  # returned only once the tail had finished
+    finally:
+        go.set()
+        tails.close()

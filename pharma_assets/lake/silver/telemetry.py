@@ -91,28 +91,34 @@ def process_telemetry(
 
 
 class GroupTails:
-    """Each group's last commits, in a background thread, while the next group is worked on.
+    """Each group's commits, in a background thread, while the next group is validated.
 
-    A group ends with small commits (the quarantine and the three derived tables, the phase
-    crossings, then ``silver/telemetry_log``) after its big ``silver/telemetry`` write. The
-    next group of the same run needs nothing from them, so they run in one background thread,
-    one tail at a time in group order, while the next group is validated and written.
+    A group's tail is its commits: ``silver/telemetry`` (the big write), then the quarantine
+    and the three derived tables, the phase crossings, then ``silver/telemetry_log``. They
+    run in one background thread, one tail at a time in group order, while the next group is
+    read, prepared and checked. The next group needs the tail's rows only when it shares a
+    batch with it (its check for readings repeated from earlier files reads its own
+    batches' silver rows): then it waits for the tail first (``wait_for``). Bronze ends its
+    groups with their batch once they are half full (``bronze.ingest_files``), so in a bulk
+    load consecutive groups usually hold different batches and overlap.
 
     Locks. A tail keeps its group's batch locks until its log is written (another run that
-    checks the log under the lock must see the group either not started or finished). The
-    next group of this run often shares a batch with the tail in flight: it takes that batch's
-    lock over (``hold`` counts the holders in this run; the lock file is released when the
-    last lets go). Its other batches' locks are only tried; when one is busy (another run),
-    the group first waits for the tail, lets go of everything and takes its locks the
-    synchronous way, in sorted order, so two runs never wait on each other. With phases by
-    tag crossing the group also waits for the tail first (it reads the crossings the tail
-    writes). Within a group the log is still written last: exactly-once is the synchronous
-    path's. At most one tail is in flight; a failed tail's error stops the next group.
+    checks the log under the lock must see the group either not started or finished). A
+    next group that shares a batch with the tail in flight takes that batch's lock over
+    (``hold`` counts the holders in this run; the lock file is released when the last lets
+    go). Its other batches' locks are only tried; when one is busy (another run), the group
+    first waits for the tail, lets go of everything and takes its locks the synchronous way,
+    in sorted order, so two runs never wait on each other. With phases by tag crossing the
+    group also waits for the tail first (it reads the crossings the tail writes). Within a
+    group the commits keep the synchronous path's order, the log last: exactly-once is the
+    synchronous path's. At most one tail is in flight; a failed tail's error stops the next
+    group.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-tail")
         self._last: Future[None] | None = None
+        self._last_ids: frozenset[str] = frozenset()  # the batches of the tail in flight
         self._mu = threading.Lock()
         self._held: dict[str, list[Any]] = {}  # batch -> [its lock's context manager, holders]
 
@@ -163,8 +169,11 @@ class GroupTails:
             raise
         raise AssertionError("unreachable")  # the blocking pass returns or raises
 
-    def submit(self, finish: Callable[[], None], held: contextlib.ExitStack) -> None:
-        """Run ``finish`` after the previous tail, then close ``held`` (the group's locks)."""
+    def submit(
+        self, finish: Callable[[], None], held: contextlib.ExitStack, ids: Sequence[str]
+    ) -> None:
+        """Run ``finish`` (the tail of a group of batches ``ids``) after the previous tail,
+        then close ``held`` (the group's locks)."""
         try:
             self.wait()
         except BaseException:
@@ -176,10 +185,18 @@ class GroupTails:
                 finish()
 
         self._last = self._pool.submit(run)
+        self._last_ids = frozenset(ids)
+
+    def wait_for(self, ids: Sequence[str]) -> None:
+        """Wait for the tail in flight if it writes any of these batches (their readings
+        must be in silver before a group of theirs checks for repeated readings)."""
+        if self._last is not None and not self._last_ids.isdisjoint(ids):
+            self.wait()
 
     def wait(self) -> None:
         """Wait for the tail in flight; re-raise its error."""
         last, self._last = self._last, None
+        self._last_ids = frozenset()
         if last is not None:
             last.result()
 
@@ -210,6 +227,8 @@ def process_group(
         else:
             if spec.rule.kind == "tag_crossing":
                 tails.wait()  # its crossings are read below
+            else:
+                tails.wait_for(ids)  # a batch shared with the tail: its readings first
             stack.callback(tails.hold(lake, ids))
         # recheck under the locks: another run may have processed some of them meanwhile
         # (files accepted by bronze since the first read wait for the next run)
@@ -236,7 +255,7 @@ def process_group(
             if tails is None:
                 finish()
             else:
-                tails.submit(finish, stack.pop_all())  # the tail releases the locks
+                tails.submit(finish, stack.pop_all(), ids)  # the tail releases the locks
 
 
 def _process_files(
@@ -252,8 +271,9 @@ def _process_files(
 ) -> Callable[[], None]:
     """One group of files (columns batch_id, source_file) -> one commit per silver table.
 
-    Validates and writes ``silver/telemetry``; returns the group's tail, to be called next
-    (``GroupTails``): the other tables' commits, the crossings, then the log.
+    Validates the rows and computes the derived tables; returns the group's tail, to be
+    called next (``GroupTails``): the commits of ``silver/telemetry``, then of the other
+    tables, the crossings, then the log.
     ``rows``: the files' bronze rows as bronze committed them (the one-pass ingestion hands
     over its in-memory frame); without it they are read back from bronze/telemetry.
     """
@@ -339,35 +359,21 @@ def _process_files(
     bad = pl.concat([b for _, b in routed], how="vertical_relaxed")
     del routed
     processed_at = pl.lit(now, UTC_US)
-    # silver/telemetry (the big write) runs in a thread while the derived tables are each
-    # computed in their own thread (polars and delta-rs release the GIL). The quarantine
-    # and the derived tables are committed only once silver/telemetry is: after a crash in
-    # between, the rerun finds the group's files in silver/telemetry, takes them first and
-    # routes them as before, so the tables it completes agree with the rows already there
+    # the derived tables are each computed in their own thread (polars releases the GIL);
+    # silver/telemetry (the big write) is the tail's first commit (below)
     derivations: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
         "excursion_segments": lambda v: excursion_segments_of(v, spec),
         "telemetry_stats": lambda v: file_stats(v, files, spec),
         "batch_timeline": lambda v: minute_timeline(v, files, spec),
     }
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="silver-write") as pool:
-        valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
-        main_write = pool.submit(
-            _append_new,
-            lake,
-            "telemetry",
-            valid.select(SILVER_TELEMETRY_COLUMNS),
-            files,
-            ids,
-            run_id,
-            written,
-        )
-        del valid
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="silver-derive") as pool:
         slim = derivation_columns(good)
         derived = {name: pool.submit(fn, slim) for name, fn in derivations.items()}
         del slim
         outputs = {"telemetry_quarantine": quarantine_frame(bad, spec, now)}
         outputs.update({name: d.result() for name, d in derived.items()})
-        main_write.result()  # (re-raises a failed write: nothing else is committed or logged)
+    valid = good.with_columns(spec_version=pl.lit(spec.version), processed_at=processed_at)
+    valid = valid.select(SILVER_TELEMETRY_COLUMNS)
     per_file = (
         pl.DataFrame({"_file": pl.Series(range(len(files)), dtype=pl.UInt32), "source_file": files})
         .join(pending.select("source_file", "batch_id"), on="source_file", how="left")
@@ -383,14 +389,26 @@ def _process_files(
             run_id=pl.lit(run_id),
         )
     )
-    # the tail keeps only small frames (not the group's readings)
+    # what each table already holds of these files (after a crash): the segments, stats and
+    # timeline are of valid readings, committed only after silver/telemetry's, so a file
+    # not in silver/telemetry before this group is in none of them (no read needed); the
+    # quarantine is looked up (a file may have no valid reading)
+    held: dict[str, set[str] | None] = {
+        name: None if written or name == "telemetry_quarantine" else set() for name in outputs
+    }
     rows_in, rows_valid, rows_quarantined = raw_all.height, good.height, bad.height
     failed_checks = bad["failed_check"].to_list()
+    del raw_all, good, bad  # the tail keeps the rows it writes, not the group's other frames
 
     def finish() -> None:
+        # silver/telemetry first; the quarantine and the derived tables are committed only
+        # once it is: after a crash in between, the rerun finds the group's files in
+        # silver/telemetry, takes them first and routes them as before, so the tables it
+        # completes agree with the rows already there
+        _append_new(lake, "telemetry", valid, files, ids, run_id, written)
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="silver-write") as pool:
             writes = [
-                pool.submit(_append_new, lake, name, out, files, ids, run_id)
+                pool.submit(_append_new, lake, name, out, files, ids, run_id, held[name])
                 for name, out in outputs.items()
             ]
             for w in writes:
