@@ -18,6 +18,7 @@ table made every snapshot load grow with the lake (docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -394,6 +395,17 @@ class Lake:
         """The lake at ``root``, or at the configured root (:func:`lake_uri_from_env`), with
         the object-store options of the environment: the one place both are read."""
         return cls.at(root or lake_uri_from_env(env), storage_options_from_env(env))
+
+    def with_own_snapshots(self) -> Lake:
+        """The same lake with a snapshot cache of its own, for work in another thread.
+
+        A cached snapshot (``table``) is updated in place by a commit through it and by
+        ``update_incremental``, so a thread that scans a table while another commits to it
+        through the same object can read a half-updated snapshot (seen: a polars panic on
+        a file count one off, reading ``silver/telemetry`` while a background thread
+        appended to it). Two objects on one table are as safe as two processes.
+        """
+        return dataclasses.replace(self, storage_options=dict(self.storage_options), _snapshots={})
 
     @property
     def is_local(self) -> bool:

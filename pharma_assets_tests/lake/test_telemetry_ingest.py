@@ -358,3 +358,44 @@ def test_a_group_waits_for_the_tail_only_when_it_shares_a_batch() -> None:
     finally:
         go.set()
         tails.close()
+
+
+def test_the_tail_commits_through_snapshots_of_its_own(
+    landing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next group reads silver/telemetry and its log while the tail commits to them: the
+    tail goes through a Lake of its own (a shared DeltaTable is updated in place by a commit,
+    and a scan of it from another thread then failed in a 1,000-batch build: a polars panic
+    on a file count one off)."""
+    from pharma_assets.lake.silver import telemetry as silver_telemetry
+
+    lake, tel, _ = _with_batches(landing, tmp_path / "one")
+    real, used = silver_telemetry._append_new, []
+
+    def recording(lake_: Lake, name: str, *a: object, **k: object) -> None:
+        used.append((name, lake_))
+        real(lake_, name, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(silver_telemetry, "_append_new", recording)
+    ingest_telemetry(lake, landing, tel, load_spec(), "r", max_rows=150_000)
+    tails = [lk for name, lk in used if name == "telemetry"]
+    assert len(tails) >= 2
+    for lk in tails:
+        assert lk.root == lake.root and lk._snapshots is not lake._snapshots
+    # the caller's snapshots see the tail's commits
+    assert lake.read("silver", "telemetry_log") is not None
+    ref = _reference(landing, tmp_path / "ref")
+    for layer, name in TABLES:
+        assert _table(ref, layer, name).equals(_table(lake, layer, name)), f"{layer}/{name}"
+
+
+def test_a_lake_with_its_own_snapshots_sees_the_others_commits(tmp_path: Path) -> None:
+    lake = Lake.at(tmp_path / "lake")
+    df = pl.DataFrame({"batch_id": ["B"], "source_file": ["f1"], "v": [1]})
+    lake.append("silver", "t", df)
+    other = lake.with_own_snapshots()
+    assert other.root == lake.root and other._snapshots is not lake._snapshots
+    assert lake.table("silver", "t") is not other.table("silver", "t")  # two objects
+    other.append("silver", "t", df.with_columns(source_file=pl.lit("f2")))
+    assert lake.sources_in("silver", "t", ["f1", "f2"], ["B"]) == {"f1", "f2"}
+    assert lake.version("silver", "t") == other.version("silver", "t") == 1

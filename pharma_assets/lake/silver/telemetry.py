@@ -119,6 +119,7 @@ class GroupTails:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-tail")
         self._last: Future[None] | None = None
         self._last_ids: frozenset[str] = frozenset()  # the batches of the tail in flight
+        self._lakes: dict[str, Lake] = {}  # the tails' own snapshots, per lake root
         self._mu = threading.Lock()
         self._held: dict[str, list[Any]] = {}  # batch -> [its lock's context manager, holders]
 
@@ -170,19 +171,28 @@ class GroupTails:
         raise AssertionError("unreachable")  # the blocking pass returns or raises
 
     def submit(
-        self, finish: Callable[[], None], held: contextlib.ExitStack, ids: Sequence[str]
+        self,
+        finish: Callable[[Lake], None],
+        held: contextlib.ExitStack,
+        ids: Sequence[str],
+        lake: Lake,
     ) -> None:
         """Run ``finish`` (the tail of a group of batches ``ids``) after the previous tail,
-        then close ``held`` (the group's locks)."""
+        then close ``held`` (the group's locks). The tail commits through a ``Lake`` of its
+        own on the same root (``Lake.with_own_snapshots``): the next group reads
+        ``silver/telemetry`` and its log while the tail commits to them."""
         try:
             self.wait()
         except BaseException:
             held.close()
             raise
+        own = self._lakes.get(lake.root)
+        if own is None:
+            own = self._lakes[lake.root] = lake.with_own_snapshots()
 
         def run() -> None:
             with held:
-                finish()
+                finish(own)
 
         self._last = self._pool.submit(run)
         self._last_ids = frozenset(ids)
@@ -253,9 +263,9 @@ def process_group(
                 rows,
             )
             if tails is None:
-                finish()
+                finish(lake)
             else:
-                tails.submit(finish, stack.pop_all(), ids)  # the tail releases the locks
+                tails.submit(finish, stack.pop_all(), ids, lake)  # it releases the locks
 
 
 def _process_files(
@@ -268,7 +278,7 @@ def _process_files(
     now: datetime,
     rep: SilverReport,
     rows: pl.DataFrame | None = None,
-) -> Callable[[], None]:
+) -> Callable[[Lake], None]:
     """One group of files (columns batch_id, source_file) -> one commit per silver table.
 
     Validates the rows and computes the derived tables; returns the group's tail, to be
@@ -400,24 +410,24 @@ def _process_files(
     failed_checks = bad["failed_check"].to_list()
     del raw_all, good, bad  # the tail keeps the rows it writes, not the group's other frames
 
-    def finish() -> None:
+    def finish(dest: Lake) -> None:  # (in the background, the tail's own Lake: GroupTails)
         # silver/telemetry first; the quarantine and the derived tables are committed only
         # once it is: after a crash in between, the rerun finds the group's files in
         # silver/telemetry, takes them first and routes them as before, so the tables it
         # completes agree with the rows already there
-        _append_new(lake, "telemetry", valid, files, ids, run_id, written)
+        _append_new(dest, "telemetry", valid, files, ids, run_id, written)
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="silver-write") as pool:
             writes = [
-                pool.submit(_append_new, lake, name, out, files, ids, run_id, held[name])
+                pool.submit(_append_new, dest, name, out, files, ids, run_id, held[name])
                 for name, out in outputs.items()
             ]
             for w in writes:
                 w.result()  # (re-raises a failed write: the files are then not logged)
-        write_crossings(lake, phases, crossed)  # before the log: a rerun finds them again
+        write_crossings(dest, phases, crossed)  # before the log: a rerun finds them again
         # the log's rows are the record (pending_telemetry_files reads them, under the
         # batches' locks); it is written last, so a file is logged only once every table
         # holds its rows
-        lake.append(LAYER, "telemetry_log", per_file)
+        dest.append(LAYER, "telemetry_log", per_file)
         rep.files_processed += len(files)
         rep.files += files
         rep.rows_in += rows_in
