@@ -675,3 +675,69 @@ def test_mes_file_of_a_batch_malformed_defers_its_telemetry(lake, small_landing:
     assert B2[1] in lake.read("silver", "batches")["batch_id"].to_list()
     assert out.silver.files_processed == 1 and out.silver.rows_in == n_b2
     _check_reconciled(lake, landing)
+
+
+def test_the_duplicate_check_counts_what_one_grouping_of_every_key_counts(tmp_path: Path):
+    """``duplicate_readings`` works cluster by cluster (batches of one unit whose windows
+    overlap): on a silver/telemetry written directly, with repeats inside a batch, across
+    two overlapping batches of one unit, the same times on another unit (not repeats) and a
+    batch apart in time, it counts what one group-by of every (unit, tag, ts) counts."""
+    from datetime import UTC, datetime, timedelta
+
+    lake = Lake.at(tmp_path / "lake")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def rows(bid: str, unit: str, start_min: int, n: int, tags=("ph", "do"), f: str = "a"):
+        ts = [t0 + timedelta(minutes=start_min + i) for i in range(n)]
+        return pl.DataFrame(
+            {
+                "batch_id": bid,
+                "unit_id": unit,
+                "tag": [t for t in tags for _ in ts],
+                "ts": ts * len(tags),
+                "value": 1.0,
+                "source_file": f"{bid}/{f}.parquet",
+            },
+            schema_overrides={"ts": pl.Datetime("us", "UTC")},
+        )
+
+    parts = [
+        rows("B1", "U1", 0, 100),
+        rows("B2", "U1", 60, 100),  # overlaps B1 on U1 for 40 minutes x 2 tags
+        rows("B3", "U2", 0, 100),  # B1's times on another unit: not repeats
+        rows("B4", "U1", 500, 50),
+        rows("B4", "U1", 510, 5, tags=("ph",), f="b"),  # 5 repeats inside B4
+        rows("B5", "U2", 300, 10),
+    ]
+    for p in parts:
+        lake.append("silver", "telemetry", p)
+    everything = pl.concat(parts)
+    ids = ["B1", "B2", "B3", "B4", "B5"]
+
+    def reference(df: pl.DataFrame) -> int:
+        return df.group_by("unit_id", "tag", "ts").len().filter(pl.col("len") > 1).height
+
+    assert reference(everything) == 85
+    assert silver.duplicate_readings(lake, ids) == 85
+    assert silver.duplicate_readings(lake, ["B1", "B3"]) == 0
+    assert silver.duplicate_readings(lake, ["B2", "B1"]) == 80
+
+    # with files: the rows of those files' batches inside each batch's window of them,
+    # grouped at once (what the check did before it worked cluster by cluster)
+    def in_windows(files: list[str]) -> pl.DataFrame:
+        win = (
+            everything.filter(pl.col("source_file").is_in(files))
+            .group_by("batch_id")
+            .agg(lo=pl.col("ts").min(), hi=pl.col("ts").max())
+        )
+        return everything.join(win, on="batch_id").filter(pl.col("ts").is_between("lo", "hi"))
+
+    for files, want in (
+        (["B4/b.parquet"], 5),
+        (["B2/a.parquet"], 0),  # B1's rows are outside the files' batches
+        (["B2/a.parquet", "B1/a.parquet"], 80),
+        (["B1/a.parquet", "B3/a.parquet", "B5/a.parquet"], 0),
+    ):
+        assert reference(in_windows(files)) == want
+        assert silver.duplicate_readings(lake, ids, files) == want, files
+    assert silver.duplicate_readings(lake, ids, []) == 0

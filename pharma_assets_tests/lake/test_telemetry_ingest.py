@@ -324,7 +324,7 @@ def test_bronze_groups_end_with_their_batch_once_half_full(landing: Path, tmp_pa
     assert got is not None and got.height == sum(per_batch.values())
 
 
-def test_a_group_waits_for_the_tail_only_when_it_shares_a_batch() -> None:
+def test_a_group_waits_for_the_tail_only_when_it_shares_a_batch(tmp_path: Path) -> None:
     """GroupTails.wait_for: a group of other batches goes on while the tail in flight is still
     writing (its duplicate check reads only its own batches); a group sharing a batch waits
     until the tail has written that batch's readings."""
@@ -336,12 +336,12 @@ def test_a_group_waits_for_the_tail_only_when_it_shares_a_batch() -> None:
 
     tails, go, done = GroupTails(), threading.Event(), threading.Event()
 
-    def finish() -> None:
+    def finish(_: Lake) -> None:
         assert go.wait(60)
         done.set()
 
     try:
-        tails.submit(finish, contextlib.ExitStack(), ["B1"])
+        tails.submit(finish, contextlib.ExitStack(), ["B1"], Lake.at(tmp_path / "lake"))
         t0 = time.monotonic()
         tails.wait_for(["B2", "B3"])  # other batches: no waiting
         assert not done.is_set() and time.monotonic() - t0 < 30

@@ -112,28 +112,63 @@ def duplicate_readings(
     With ``files`` (the files a run just processed) only the time window those files
     cover is checked, per batch: a new file can only duplicate readings inside its own
     window, so a chunk's run does not re-read the batch's history.
+
+    Cluster by cluster: two readings with one key are of one unit at one time, so only
+    batches of one unit whose windows overlap are grouped together (normally each batch
+    alone). Memory follows the largest cluster, not the run: grouping every reading of a
+    50-batch backfill run at once held about 5 GB (25 M keys).
     """
     lf = lake.scan(LAYER, "telemetry")
-    if lf is None:
+    if lf is None or not batch_ids:
         return 0
     lf = lf.filter(pl.col("batch_id").is_in(list(batch_ids)))
-    if files is not None:
-        if not files:
-            return 0
-        win = (
-            lf.filter(pl.col("source_file").is_in(list(files)))
-            .group_by("batch_id")
-            .agg(lo=pl.col("ts").min(), hi=pl.col("ts").max())
-            .collect()
-        )
-        if win.height == 0:
-            return 0
-        lf = lf.join(win.lazy(), on="batch_id").filter(pl.col("ts").is_between("lo", "hi"))
-    return int(
-        lf.group_by("unit_id", "tag", "ts")
-        .len()
-        .filter(pl.col("len") > 1)
-        .select(pl.len())
-        .collect()
-        .item()
+    if files is not None and not files:
+        return 0
+    scope = lf if files is None else lf.filter(pl.col("source_file").is_in(list(files)))
+    # each batch's window per unit: one streamed pass over three columns
+    win = (
+        scope.group_by("batch_id", "unit_id")
+        .agg(lo=pl.col("ts").min(), hi=pl.col("ts").max())
+        .collect(engine="streaming")
     )
+    if win.height == 0:
+        return 0
+    windows = win.group_by("batch_id").agg(lo=pl.col("lo").min(), hi=pl.col("hi").max())
+    total = 0
+    for cluster in _overlapping(win):
+        part = lf.filter(pl.col("batch_id").is_in(cluster)).join(
+            windows.filter(pl.col("batch_id").is_in(cluster)).lazy(), on="batch_id"
+        )
+        total += int(
+            part.filter(pl.col("ts").is_between("lo", "hi"))
+            .group_by("unit_id", "tag", "ts")
+            .len()
+            .filter(pl.col("len") > 1)
+            .select(pl.len())
+            .collect()
+            .item()
+        )
+    return total
+
+
+def _overlapping(win: pl.DataFrame) -> list[list[str]]:
+    """Batches (rows batch_id, unit_id, lo, hi) joined where one unit's windows overlap."""
+    parent = {b: b for b in win["batch_id"].to_list()}
+
+    def root(b: str) -> str:
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        return b
+
+    for _, rows in win.sort("lo").group_by("unit_id", maintain_order=True):
+        end, last = None, None
+        for bid, lo, hi in rows.select("batch_id", "lo", "hi").iter_rows():
+            if end is not None and lo <= end:
+                parent[root(bid)] = root(last)
+            if end is None or hi > end:
+                end, last = hi, bid
+    clusters: dict[str, list[str]] = {}
+    for b in parent:
+        clusters.setdefault(root(b), []).append(b)
+    return [sorted(c) for c in clusters.values()]
