@@ -162,7 +162,7 @@ def _overlapping(win: pl.DataFrame) -> list[list[str]]:
         return b
 
     for _, rows in win.sort("lo").group_by("unit_id", maintain_order=True):
-        end, last = None, None
+        end, last = None, ""  # the latest end so far, and a batch reaching it
         for bid, lo, hi in rows.select("batch_id", "lo", "hi").iter_rows():
             if end is not None and lo <= end:
                 parent[root(bid)] = root(last)
