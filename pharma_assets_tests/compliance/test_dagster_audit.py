@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from pharma_assets.cli import app
@@ -206,3 +207,35 @@ def test_cli_user_admin_and_release_flow(gold_lake: Lake) -> None:
     assert r.exit_code == 0 and (Path(root).parent / "ebr" / "BR01-B0001_ebr.pdf").exists()
     r = runner.invoke(app, ["audit", "verify", "--lake", root])
     assert r.exit_code == 0, r.output
+
+
+def test_row_counts_of_one_pass_load_each_table_once_moving_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows before/after of each audited materialization: a table's snapshot is loaded
+    once and moved forward (a 1,000-batch build audits about 10,000 materializations; each
+    count loaded the snapshot afresh), a version behind is loaded afresh, and every count is
+    the table's rows at that version."""
+    from deltalake import DeltaTable
+
+    from pharma_assets.compliance import materialization
+
+    lake = Lake.at(tmp_path / "lake")
+    sizes = [3, 5, 0, 7, 2]
+    for n in sizes:
+        lake.append("silver", "t", pl.DataFrame({"x": list(range(n))}, schema={"x": pl.Int64}))
+    uri = lake.uri("silver", "t")
+    loads: list[int | None] = []
+
+    class Counting(DeltaTable):
+        def __init__(self, *a: object, **k: object) -> None:
+            loads.append(k.get("version"))  # type: ignore[arg-type]
+            super().__init__(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(materialization, "DeltaTable", Counting)
+    rows = materialization._RowCounts({})
+    order = [None, 0, 1, 1, 2, 4, 3, 4, -1]
+    got = [rows(uri, v) for v in order]
+    want = [None, *(sum(sizes[: v + 1]) for v in (0, 1, 1, 2, 4, 3, 4)), None]
+    assert got == want
+    assert loads == [0, 3]  # once at the start, once to go back to version 3
