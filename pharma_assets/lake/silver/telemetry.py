@@ -119,7 +119,7 @@ class GroupTails:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="silver-tail")
         self._last: Future[None] | None = None
         self._last_ids: frozenset[str] = frozenset()  # the batches of the tail in flight
-        self._lakes: dict[str, Lake] = {}  # the tails' own snapshots, per lake root
+        self._own: Lake | None = None  # the tails' Lake, with snapshots of its own
         self._mu = threading.Lock()
         self._held: dict[str, list[Any]] = {}  # batch -> [its lock's context manager, holders]
 
@@ -186,9 +186,9 @@ class GroupTails:
         except BaseException:
             held.close()
             raise
-        own = self._lakes.get(lake.root)
-        if own is None:
-            own = self._lakes[lake.root] = lake.with_own_snapshots()
+        if self._own is None or self._own.root != lake.root:
+            self._own = lake.with_own_snapshots()
+        own = self._own
 
         def run() -> None:
             with held:
